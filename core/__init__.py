@@ -1,0 +1,1 @@
+"""onecard's compiled core (Cython): framing, codecs, MACs, state and authorisation."""

@@ -1,0 +1,22 @@
+# Response codes by their index in protocols/codes.CODES (checked at import by authorise.pyx).
+cdef enum RC:
+    RC_00 = 0
+    RC_03 = 1
+    RC_05 = 2
+    RC_12 = 3
+    RC_13 = 4
+    RC_14 = 5
+    RC_25 = 6
+    RC_30 = 7
+    RC_33 = 8
+    RC_41 = 9
+    RC_51 = 10
+    RC_57 = 11
+    RC_58 = 12
+    RC_61 = 13
+    RC_62 = 14
+    RC_91 = 15
+    RC_94 = 16
+    RC_96 = 17
+    RC_A0 = 18
+    N_RC = 32           # room to append codes without changing array shapes

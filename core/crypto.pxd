@@ -1,0 +1,29 @@
+# MACs and key wrapping over OpenSSL's libcrypto (DES for ANSI X9.19, SM4 for the SM4 MAC).
+from libc.stdint cimport uint8_t
+
+cdef extern from "openssl/des.h" nogil:
+    ctypedef unsigned char DES_cblock[8]
+    ctypedef struct DES_key_schedule:
+        pass
+
+cdef enum:
+    MAC_X919 = 1    # ANSI X9.19 retail MAC, double-length 3DES key
+    MAC_SM4 = 2     # CBC-MAC with SM4 (GB/T 15852.1 algorithm 1, padding method 2)
+    KEY_BYTES = 16
+    MAC_BYTES = 8
+    CHECK_VALUE_BYTES = 4
+
+cdef struct MacKey:
+    uint8_t alg            # 0 = not set
+    uint8_t key[16]
+    DES_key_schedule left
+    DES_key_schedule right
+    void* sm4              # EVP_CIPHER_CTX*, SM4-CBC, owned
+
+cdef int mackey_set(MacKey* k, int alg, const uint8_t* key16) noexcept nogil
+cdef void mackey_clear(MacKey* k) noexcept nogil
+cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil
+cdef int mac_equal(const uint8_t* a, const uint8_t* b) noexcept nogil
+cdef int wrap_key(int alg, const uint8_t* kek16, const uint8_t* key16, uint8_t* out16, int decrypt) noexcept nogil
+cdef int check_value(int alg, const uint8_t* key16, uint8_t* out4) noexcept nogil
+cdef int random_bytes(uint8_t* out, int n) noexcept nogil

@@ -1,0 +1,253 @@
+# cython: language_level=3
+"""MAC computation and key wrapping for terminals, over OpenSSL's libcrypto.
+
+Why libcrypto and not a Python package: MACs are computed for every message on the hot path,
+inside batches that must not touch Python objects. libcrypto is the well-kept implementation
+the Python ``cryptography`` package wraps; the tests check these functions against
+``cryptography`` (an independent binding) and against published SM4 vectors.
+
+ANSI X9.19 (retail MAC): data zero-padded to a multiple of 8 bytes, single-DES CBC-MAC under
+the left key half, then the last block decrypted under the right half and encrypted under the
+left. SM4 MAC: GB/T 15852.1 MAC algorithm 1 (CBC-MAC, zero IV) with padding method 2 (0x80 then
+zeros, always added), leftmost 8 bytes of the last block.
+"""
+
+from libc.stdint cimport uint8_t
+from libc.string cimport memcpy, memset
+
+cdef extern from "openssl/des.h" nogil:
+    ctypedef unsigned char const_DES_cblock[8]
+    void DES_set_key_unchecked(const_DES_cblock* key, DES_key_schedule* schedule)
+    void DES_ecb_encrypt(const_DES_cblock* input, DES_cblock* output, DES_key_schedule* ks, int enc)
+    void DES_ecb3_encrypt(const_DES_cblock* input, DES_cblock* output, DES_key_schedule* ks1,
+                          DES_key_schedule* ks2, DES_key_schedule* ks3, int enc)
+    void DES_ncbc_encrypt(const unsigned char* input, unsigned char* output, long length,
+                          DES_key_schedule* schedule, DES_cblock* ivec, int enc)
+    int DES_ENCRYPT
+    int DES_DECRYPT
+
+cdef extern from "openssl/evp.h" nogil:
+    ctypedef struct EVP_CIPHER_CTX:
+        pass
+    ctypedef struct EVP_CIPHER:
+        pass
+    ctypedef struct ENGINE:
+        pass
+    EVP_CIPHER_CTX* EVP_CIPHER_CTX_new()
+    void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX* ctx)
+    int EVP_CIPHER_CTX_set_padding(EVP_CIPHER_CTX* ctx, int pad)
+    const EVP_CIPHER* EVP_sm4_cbc()
+    const EVP_CIPHER* EVP_sm4_ecb()
+    int EVP_EncryptInit_ex(EVP_CIPHER_CTX* ctx, const EVP_CIPHER* cipher, ENGINE* impl,
+                           const unsigned char* key, const unsigned char* iv)
+    int EVP_EncryptUpdate(EVP_CIPHER_CTX* ctx, unsigned char* out, int* outl,
+                          const unsigned char* inp, int inl)
+    int EVP_DecryptInit_ex(EVP_CIPHER_CTX* ctx, const EVP_CIPHER* cipher, ENGINE* impl,
+                           const unsigned char* key, const unsigned char* iv)
+    int EVP_DecryptUpdate(EVP_CIPHER_CTX* ctx, unsigned char* out, int* outl,
+                          const unsigned char* inp, int inl)
+
+cdef extern from "openssl/rand.h" nogil:
+    int RAND_bytes(unsigned char* buf, int num)
+
+cdef enum:
+    CHUNK = 4096          # scratch for CBC output we throw away
+
+cdef uint8_t ZERO_IV[16]
+memset(ZERO_IV, 0, 16)
+
+
+cdef int mackey_set(MacKey* k, int alg, const uint8_t* key16) noexcept nogil:
+    """Install a 16-byte key with its schedule; 0 on success."""
+    mackey_clear(k)
+    memcpy(k.key, key16, KEY_BYTES)
+    if alg == MAC_X919:
+        DES_set_key_unchecked(<const_DES_cblock*>key16, &k.left)
+        DES_set_key_unchecked(<const_DES_cblock*>(key16 + 8), &k.right)
+    elif alg == MAC_SM4:
+        ctx = EVP_CIPHER_CTX_new()
+        if ctx == NULL:
+            return -1
+        if EVP_EncryptInit_ex(ctx, EVP_sm4_cbc(), NULL, key16, ZERO_IV) != 1:
+            EVP_CIPHER_CTX_free(ctx)
+            return -1
+        EVP_CIPHER_CTX_set_padding(ctx, 0)
+        k.sm4 = <void*>ctx
+    else:
+        return -1
+    k.alg = alg
+    return 0
+
+
+cdef void mackey_clear(MacKey* k) noexcept nogil:
+    if k.sm4 != NULL:
+        EVP_CIPHER_CTX_free(<EVP_CIPHER_CTX*>k.sm4)
+    memset(k, 0, sizeof(MacKey))
+
+
+cdef int _x919(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
+    cdef uint8_t scratch[CHUNK]
+    cdef DES_cblock iv
+    cdef DES_cblock tmp
+    cdef size_t done = 0, step
+    memset(iv, 0, 8)
+    if n == 0:
+        DES_ncbc_encrypt(ZERO_IV, scratch, 8, &k.left, &iv, DES_ENCRYPT)
+    while done < n:
+        step = n - done
+        if step > CHUNK:
+            step = CHUNK
+        # DES_ncbc_encrypt zero-pads a final partial block, which is X9.19's padding.
+        DES_ncbc_encrypt(data + done, scratch, <long>step, &k.left, &iv, DES_ENCRYPT)
+        done += step
+    DES_ecb_encrypt(<const_DES_cblock*>iv, &tmp, &k.right, DES_DECRYPT)
+    DES_ecb_encrypt(<const_DES_cblock*>tmp, <DES_cblock*>out8, &k.left, DES_ENCRYPT)
+    return 0
+
+
+cdef int _sm4(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
+    cdef uint8_t scratch[CHUNK]
+    cdef uint8_t last[16]
+    cdef int outl = 0
+    cdef size_t full = n & ~(<size_t>15)
+    cdef size_t done = 0, step
+    cdef size_t rest = n - full
+    cdef EVP_CIPHER_CTX* ctx = <EVP_CIPHER_CTX*>k.sm4
+    if EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, ZERO_IV) != 1:
+        return -1
+    while done < full:
+        step = full - done
+        if step > CHUNK:
+            step = CHUNK
+        if EVP_EncryptUpdate(ctx, scratch, &outl, data + done, <int>step) != 1:
+            return -1
+        done += step
+    memset(last, 0, 16)
+    if rest:
+        memcpy(last, data + full, rest)
+    last[rest] = 0x80
+    if EVP_EncryptUpdate(ctx, scratch, &outl, last, 16) != 1 or outl != 16:
+        return -1
+    memcpy(out8, scratch, MAC_BYTES)
+    return 0
+
+
+cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
+    """8-byte MAC of data under k; -1 when k holds no key."""
+    if k.alg == MAC_X919:
+        return _x919(k, data, n, out8)
+    if k.alg == MAC_SM4:
+        return _sm4(k, data, n, out8)
+    return -1
+
+
+cdef int mac_equal(const uint8_t* a, const uint8_t* b) noexcept nogil:
+    # Constant time: a MAC comparison must not leak how many leading bytes matched.
+    cdef uint8_t diff = 0
+    cdef int i
+    for i in range(MAC_BYTES):
+        diff |= a[i] ^ b[i]
+    return diff == 0
+
+
+cdef int wrap_key(int alg, const uint8_t* kek16, const uint8_t* key16, uint8_t* out16,
+                  int decrypt) noexcept nogil:
+    """Encrypt (or decrypt) a 16-byte key under a 16-byte key-encrypting key, ECB."""
+    cdef DES_key_schedule a, b
+    cdef int outl = 0, ok, half
+    cdef EVP_CIPHER_CTX* ctx
+    if alg == MAC_X919:
+        DES_set_key_unchecked(<const_DES_cblock*>kek16, &a)
+        DES_set_key_unchecked(<const_DES_cblock*>(kek16 + 8), &b)
+        for half in range(2):
+            DES_ecb3_encrypt(<const_DES_cblock*>(key16 + 8 * half), <DES_cblock*>(out16 + 8 * half),
+                             &a, &b, &a, DES_DECRYPT if decrypt else DES_ENCRYPT)
+        return 0
+    if alg == MAC_SM4:
+        ctx = EVP_CIPHER_CTX_new()
+        if ctx == NULL:
+            return -1
+        if decrypt:
+            ok = EVP_DecryptInit_ex(ctx, EVP_sm4_ecb(), NULL, kek16, NULL)
+        else:
+            ok = EVP_EncryptInit_ex(ctx, EVP_sm4_ecb(), NULL, kek16, NULL)
+        EVP_CIPHER_CTX_set_padding(ctx, 0)
+        if ok == 1:
+            if decrypt:
+                ok = EVP_DecryptUpdate(ctx, out16, &outl, key16, 16)
+            else:
+                ok = EVP_EncryptUpdate(ctx, out16, &outl, key16, 16)
+        EVP_CIPHER_CTX_free(ctx)
+        return 0 if ok == 1 and outl == 16 else -1
+    return -1
+
+
+cdef int check_value(int alg, const uint8_t* key16, uint8_t* out4) noexcept nogil:
+    """Key check value: the key encrypting a zero block, first 4 bytes."""
+    cdef uint8_t block[16]
+    memset(block, 0, 16)
+    if wrap_key(alg, key16, ZERO_IV, block, 0) != 0:
+        return -1
+    memcpy(out4, block, CHECK_VALUE_BYTES)
+    return 0
+
+
+cdef int random_bytes(uint8_t* out, int n) noexcept nogil:
+    return 0 if RAND_bytes(out, n) == 1 else -1
+
+
+# ---- Python API (tests, terminal simulators, admin) -----------------------------------------
+
+ALGORITHMS = {"x919": MAC_X919, "sm4": MAC_SM4}
+
+
+def _alg(name: str) -> int:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"unknown MAC algorithm {name!r}; expected one of {sorted(ALGORITHMS)}")
+
+
+def _key(key: bytes) -> bytes:
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"key must be {KEY_BYTES} bytes, got {len(key)}")
+    return key
+
+
+def mac(alg: str, key: bytes, data: bytes) -> bytes:
+    """8-byte MAC of ``data`` (``alg`` is "x919" or "sm4")."""
+    cdef MacKey k
+    cdef uint8_t out[8]
+    cdef const uint8_t[::1] view = data
+    memset(&k, 0, sizeof(MacKey))
+    key = _key(key)
+    if mackey_set(&k, _alg(alg), key) != 0:
+        raise RuntimeError("libcrypto refused the key")
+    try:
+        if mac8(&k, &view[0] if len(data) else ZERO_IV, len(data), out) != 0:
+            raise RuntimeError("MAC computation failed")
+    finally:
+        mackey_clear(&k)
+    return out[:8]
+
+
+def encrypt_key(alg: str, kek: bytes, key: bytes) -> bytes:
+    """Encrypt a 16-byte working key under a 16-byte key-encrypting key (ECB)."""
+    cdef uint8_t out[16]
+    if wrap_key(_alg(alg), _key(kek), _key(key), out, 0) != 0:
+        raise RuntimeError("key encryption failed")
+    return out[:16]
+
+
+def decrypt_key(alg: str, kek: bytes, blob: bytes) -> bytes:
+    cdef uint8_t out[16]
+    if wrap_key(_alg(alg), _key(kek), _key(blob), out, 1) != 0:
+        raise RuntimeError("key decryption failed")
+    return out[:16]
+
+
+def key_check_value(alg: str, key: bytes) -> bytes:
+    cdef uint8_t out[4]
+    if check_value(_alg(alg), _key(key), out) != 0:
+        raise RuntimeError("check value failed")
+    return out[:4]

@@ -1,0 +1,92 @@
+# cython: language_level=3
+"""The core's Python face: one :class:`Engine` per switch process.
+
+``Engine.process(proto, buffer)`` is the only call the server makes per received buffer: it
+splits the buffer into frames, decodes, authorises and encodes every reply, appends journal
+records, counts metrics, and returns how much of the buffer it consumed and the reply bytes.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+from onecard.core.authorise cimport Authoriser
+from onecard.core.iso_path cimport IsoPath
+from onecard.core.journal cimport Journal
+from onecard.core.metrics cimport CoreMetrics
+from onecard.core.native_path cimport NativePath
+from onecard.core.outbuf cimport OutBuf, ob_free
+from onecard.core.state cimport N_PROTOS, PROTO_ISO8583, PROTO_NATIVE, State
+
+cdef extern from "<time.h>" nogil:
+    ctypedef int clockid_t
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clk, timespec* ts)
+    clockid_t CLOCK_REALTIME
+
+ISO8583 = PROTO_ISO8583
+NATIVE = PROTO_NATIVE
+
+
+cdef class Engine:
+    cdef readonly State state
+    cdef readonly Journal journal
+    cdef readonly Authoriser authoriser
+    cdef readonly CoreMetrics metrics
+    cdef IsoPath iso
+    cdef NativePath native
+    cdef OutBuf out
+    cdef public int64_t clock_offset_us     # tests move the clock; 0 in production
+
+    def __init__(self, State state, *, uint64_t next_record_no=0,
+                 int64_t daily_limit_fen=500_000, int64_t max_amount_fen=10_000_000,
+                 uint32_t max_iso_frame=8192, uint32_t max_native_frame=1 << 20,
+                 uint32_t max_native_batch=10_000):
+        self.state = state
+        self.journal = Journal(next_record_no)
+        self.authoriser = Authoriser(state, self.journal, daily_limit_fen=daily_limit_fen,
+                                     max_amount_fen=max_amount_fen)
+        self.metrics = CoreMetrics()
+        self.iso = IsoPath(self.authoriser, self.metrics, max_iso_frame)
+        self.native = NativePath(self.authoriser, self.metrics, max_native_frame,
+                                 max_native_batch)
+        self.clock_offset_us = 0
+
+    def __dealloc__(self):
+        ob_free(&self.out)
+
+    def process(self, int proto, data) -> tuple:
+        """Handle every complete frame in ``data``.
+
+        Returns ``(consumed, replies, batch, close)``: bytes of ``data`` used (the caller keeps
+        the rest for the next call), the reply bytes to write once durable, the batch id to
+        report to ``metrics.written`` after writing (0 when there were no messages), and
+        whether the stream cannot be framed and must be closed after the replies.
+        """
+        cdef Py_buffer view
+        cdef timespec ts
+        cdef uint32_t batch, messages = 0
+        cdef int close = 0
+        cdef size_t consumed
+        if proto != PROTO_ISO8583 and proto != PROTO_NATIVE:
+            raise ValueError(f"unknown protocol {proto}")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            clock_gettime(CLOCK_REALTIME, &ts)
+            self.authoriser.begin(<int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+                                  + self.clock_offset_us)
+            batch = self.metrics.begin_batch(<uint8_t>proto)
+            self.out.len = 0
+            if proto == PROTO_ISO8583:
+                consumed = self.iso.run(<const uint8_t*>view.buf, view.len, &self.out, batch,
+                                        &messages, &close)
+            else:
+                consumed = self.native.run(<const uint8_t*>view.buf, view.len, &self.out,
+                                           batch, &messages, &close)
+            self.metrics.end_batch(batch, messages)
+        finally:
+            PyBuffer_Release(&view)
+        replies = PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len) if self.out.len else b""
+        return consumed, replies, batch if messages else 0, bool(close)

@@ -1,0 +1,304 @@
+# cython: language_level=3
+"""ISO 8583 on the wire: split a received buffer into frames, decode, check terminal and MAC,
+authorise, and encode every reply into one output buffer, in one call per buffer.
+
+Frame checks come first: a length prefix below the smallest possible message (13 bytes) or
+above ``max_frame`` means the stream cannot be framed (the caller closes it); anything that can
+be delimited but not decoded is answered with response code 30 and a field 44 naming the
+problem.
+"""
+
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memset
+
+from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.codes cimport *
+from onecard.core.crypto cimport MAC_BYTES, mac8, mac_equal
+from onecard.core.isocodec cimport *
+from onecard.core.journal cimport NONE32
+from onecard.core.metrics cimport CoreMetrics
+from onecard.core.outbuf cimport OutBuf, ob_reserve
+from onecard.core.state cimport *
+
+cdef enum:
+    MIN_FRAME = 13                      # TPDU + header + MTI: anything shorter is not ISO 8583
+
+from onecard.protocols.codes import CODES as _CODES
+
+cdef char RC_CHARS[2 * N_RC]
+memset(RC_CHARS, 57, sizeof(RC_CHARS))          # "99" for an index with no code
+for _i, (_code, _) in enumerate(_CODES):
+    RC_CHARS[2 * _i] = ord(_code[0])
+    RC_CHARS[2 * _i + 1] = ord(_code[1])
+
+
+cdef inline const char* rc_chars(uint8_t rc) noexcept nogil:
+    return RC_CHARS + 2 * (rc if rc < N_RC else RC_96)
+
+
+cdef inline uint32_t reply_mti(uint32_t mti) noexcept nogil:
+    return mti + 10 if (mti // 10) % 2 == 0 else mti
+
+
+cdef inline int required(IsoMsg* m, uint8_t kind) noexcept nogil:
+    """First mandatory field missing for this kind, 0 when all are there."""
+    if not has_field(m, 11):
+        return 11
+    if not has_field(m, 41):
+        return 41
+    if kind == KIND_ECHO:
+        return 0
+    if not has_field(m, 42):
+        return 42
+    if kind == KIND_SIGNON:
+        return 0
+    if not has_field(m, 64):
+        return 64
+    if not has_field(m, 2) and not has_field(m, 35):
+        return 2
+    if (kind == KIND_PURCHASE or kind == KIND_REVERSAL) and not has_field(m, 4):
+        return 4
+    return 0
+
+
+cdef inline void put_text_number(IsoWriter* w, int f, uint64_t v, int width) noexcept nogil:
+    cdef char s[24]
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        s[i] = <char>(48 + v % 10)
+        v //= 10
+    w_ans(w, f, s, width)
+
+
+cdef class IsoPath:
+    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t max_frame):
+        if max_frame < MIN_MESSAGE or max_frame > 65535:
+            raise ValueError("max_frame must be within 21..65535 bytes")
+        self.auth = auth
+        self.st = auth.state
+        self.mx = mx
+        self.max_frame = max_frame
+
+    cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
+                    uint32_t* messages, int* close) noexcept nogil:
+        cdef size_t pos = 0
+        cdef uint32_t length
+        while n - pos >= PREFIX_BYTES:
+            length = (<uint32_t>p[pos] << 8) | p[pos + 1]
+            if length < MIN_FRAME or length > self.max_frame:
+                close[0] = 1
+                break
+            if n - pos - PREFIX_BYTES < length:
+                break
+            if ob_reserve(out, REPLY_MAX):
+                close[0] = 1                 # out of memory: drop the connection, keep serving
+                break
+            self.one(p + pos + PREFIX_BYTES, length, out, batch)
+            pos += PREFIX_BYTES + length
+            messages[0] += 1
+        return pos
+
+    cdef void format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
+                           uint32_t batch) noexcept nogil:
+        cdef IsoWriter w
+        cdef char text[25]
+        cdef int n, f = m.err_field
+        cdef uint32_t mti = reply_mti(m.mti) if rc != DEC_MTI else 0
+        w_begin(&w, out.data, out.len, hdr, mti)
+        if rc == DEC_FIELD:
+            # Only fields before the broken one were located.
+            if has_field(m, 11) and f > 11:
+                w_copy(&w, m, 11)
+            w_ans(&w, 39, b"30", 2)
+            if has_field(m, 41) and f > 41:
+                w_copy(&w, m, 41)
+            if has_field(m, 42) and f > 42:
+                w_copy(&w, m, 42)
+            n = 0
+            text[n] = 70; n += 1            # "F" + field number
+            if f >= 100:
+                text[n] = 48 + f // 100; n += 1
+            if f >= 10:
+                text[n] = 48 + (f // 10) % 10; n += 1
+            text[n] = 48 + f % 10; n += 1
+            w_ans(&w, 44, text, n)
+        else:
+            if rc == DEC_TRAILING and has_field(m, 11):
+                w_copy(&w, m, 11)
+            w_ans(&w, 39, b"30", 2)
+            if rc == DEC_TRAILING:
+                w_ans(&w, 44, b"TRAILING BYTES", 14)
+            elif rc == DEC_MTI:
+                w_ans(&w, 44, b"MTI NOT BCD", 11)
+            else:
+                w_ans(&w, 44, b"TOO SHORT", 9)
+        out.len = w_end(&w)
+        self.mx.count(batch, KIND_FORMAT, RC_30)
+
+    cdef void one(self, const uint8_t* msg, uint32_t length, OutBuf* out,
+                  uint32_t batch) noexcept nogil:
+        cdef IsoMsg m
+        cdef IsoWriter w
+        cdef Txn t
+        cdef Res r
+        cdef uint8_t hdr[HDR_BYTES]
+        cdef uint8_t mac[8]
+        cdef uint64_t v = 0, tid = 0
+        cdef int64_t term_idx = -1
+        cdef int dec, missing, i
+        cdef uint8_t kind = KIND_OTHER
+        cdef bint reply_mac = False
+        cdef Terminal* term = NULL
+        cdef char text[24]
+        memset(&r, 0, sizeof(Res))
+        r.card = NONE32
+        dec = iso_decode(msg, length, &m)
+        reply_header(msg, length, hdr)
+        if dec != DEC_OK:
+            self.format_error(&m, dec, hdr, out, batch)
+            return
+        # Classify.
+        if m.mti == 800:
+            kind = KIND_SIGNON
+        elif m.mti == 820:
+            kind = KIND_ECHO
+        elif m.mti == 200 or m.mti == 400:
+            if field_u64(&m, 3, &v) == 0:
+                t.proc_code = <uint32_t>v
+                if v // 10000 == 0:
+                    kind = KIND_PURCHASE if m.mti == 200 else KIND_REVERSAL
+                elif v // 10000 == 31 and m.mti == 200:
+                    kind = KIND_BALANCE
+        if kind != KIND_OTHER:
+            missing = required(&m, kind)
+        elif (m.mti == 200 or m.mti == 400) and not has_field(&m, 3):
+            missing = 3
+        else:
+            missing = 0
+        if missing:
+            m.err_field = missing
+            w_begin(&w, out.data, out.len, hdr, reply_mti(m.mti))
+            if has_field(&m, 11):
+                w_copy(&w, &m, 11)
+            w_ans(&w, 39, b"30", 2)
+            if has_field(&m, 41):
+                w_copy(&w, &m, 41)
+            if has_field(&m, 42):
+                w_copy(&w, &m, 42)
+            text[0] = 77                    # "M" + field number: mandatory field missing
+            i = 1
+            if missing >= 10:
+                text[i] = 48 + missing // 10
+                i += 1
+            text[i] = 48 + missing % 10
+            w_ans(&w, 44, text, i + 1)
+            out.len = w_end(&w)
+            self.mx.count(batch, KIND_FORMAT, RC_30)
+            return
+        # Terminal, MAC, permission.
+        r.rc = RC_00
+        if has_field(&m, 41):
+            for i in range(8):
+                tid = (tid << 8) | msg[m.off[41] + i]
+            term_idx = self.st.find_terminal(tid)
+        if kind == KIND_OTHER:
+            r.rc = RC_12
+        elif term_idx < 0:
+            r.rc = RC_03
+        else:
+            term = &self.st.term[term_idx]
+            if has_field(&m, 42) and memcmp(term.merchant, msg + m.off[42], 15) != 0:
+                r.rc = RC_03
+            elif kind != KIND_SIGNON and (kind != KIND_ECHO or has_field(&m, 64)):
+                if not term.signed_on:
+                    r.rc = RC_A0
+                elif (mac8(&self.st.mac_keys[term_idx], msg + MTI_OFF, m.off[64] - MTI_OFF, mac)
+                        or not mac_equal(mac, msg + m.off[64])):
+                    r.rc = RC_A0
+                else:
+                    reply_mac = True
+            if r.rc == RC_00 and (term.protocol != PROTO_ISO8583
+                                  or not (term.permitted >> kind) & 1):
+                r.rc = RC_58
+        if r.rc == RC_00 and kind != KIND_ECHO:
+            t.kind = kind
+            t.proto = PROTO_ISO8583
+            t.terminal = <uint32_t>term_idx
+            field_u64(&m, 11, &v)
+            t.seq = <uint32_t>v
+            t.pan = 0
+            t.amount_fen = 0
+            t.currency = 0
+            t.station_id = 0
+            t.direction = 0
+            t.time_s = 0
+            if kind != KIND_SIGNON:
+                if field_pan(&m, &t.pan) != 0:
+                    t.pan = 0
+                if field_u64(&m, 4, &v) == 0:
+                    t.amount_fen = <int64_t>v
+                if has_field(&m, 49):
+                    t.currency = <uint16_t>((msg[m.off[49]] - 48) * 100
+                                            + (msg[m.off[49] + 1] - 48) * 10
+                                            + (msg[m.off[49] + 2] - 48))
+            self.auth.authorise(&t, &r)
+        self.reply(&m, kind, &r, hdr, reply_mac, term_idx, out)
+        self.mx.count(batch, kind, r.rc)
+
+    cdef void reply(self, IsoMsg* m, uint8_t kind, Res* r, const uint8_t* hdr, bint reply_mac,
+                    int64_t term_idx, OutBuf* out) noexcept nogil:
+        cdef IsoWriter w
+        cdef uint8_t mac[8]
+        cdef char bal[20]
+        cdef int64_t b
+        cdef int i
+        cdef uint64_t hhmmss, mmdd, local_s
+        cdef size_t mac_start
+        w_begin(&w, out.data, out.len, hdr, reply_mti(m.mti))
+        if has_field(m, 2):
+            w_copy(&w, m, 2)
+        if has_field(m, 3):
+            w_copy(&w, m, 3)
+        if has_field(m, 4):
+            w_copy(&w, m, 4)
+        w_copy(&w, m, 11)
+        local_s = <uint64_t>(self.auth.now_us // 1000000 + 8 * 3600) % 86400
+        hhmmss = (local_s // 3600) * 10000 + ((local_s // 60) % 60) * 100 + local_s % 60
+        mmdd = <uint64_t>(self.auth.today_m * 100 + self.auth.today_d)
+        w_n(&w, 12, hhmmss)
+        w_n(&w, 13, mmdd)
+        if has_field(m, 14):
+            w_copy(&w, m, 14)
+        if has_field(m, 25):
+            w_copy(&w, m, 25)
+        if r.record_no:
+            put_text_number(&w, 37, r.record_no, 12)
+        if r.rc == RC_00 and (kind == KIND_PURCHASE or kind == KIND_REVERSAL):
+            put_text_number(&w, 38, r.record_no % 1000000, 6)
+        w_ans(&w, 39, rc_chars(r.rc), 2)
+        w_copy(&w, m, 41)
+        if has_field(m, 42):
+            w_copy(&w, m, 42)
+        if has_field(m, 49):
+            w_copy(&w, m, 49)
+        if r.rc == RC_00 and kind == KIND_BALANCE:
+            # account type, amount type, currency, sign, 12-digit amount (CUPS layout)
+            b = r.balance_fen
+            bal[0] = 49; bal[1] = 48; bal[2] = 48; bal[3] = 50
+            bal[4] = 49; bal[5] = 53; bal[6] = 54
+            bal[7] = 67 if b >= 0 else 68
+            if b < 0:
+                b = -b
+            for i in range(19, 7, -1):
+                bal[i] = <char>(48 + b % 10)
+                b //= 10
+            w_ans(&w, 54, bal, 20)
+        if has_field(m, 60):
+            w_copy(&w, m, 60)
+        if kind == KIND_SIGNON and r.rc == RC_00:
+            w_b(&w, 62, r.keys, 40)
+        if reply_mac:
+            mac_start = w_mac_begin(&w)
+            mac8(&self.st.mac_keys[term_idx], out.data + mac_start, w.pos - mac_start, mac)
+            w_b(&w, 64, mac, MAC_BYTES)
+        out.len = w_end(&w)

@@ -1,0 +1,36 @@
+from libc.stdint cimport uint8_t, uint32_t
+
+from libc.stdint cimport int64_t
+
+from onecard.core.authorise cimport Authoriser
+from onecard.core.crypto cimport MacKey
+from onecard.core.mpack cimport MpReader
+from onecard.core.metrics cimport CoreMetrics
+from onecard.core.outbuf cimport OutBuf
+from onecard.core.state cimport State
+
+cdef struct Frame:               # where a reply frame's parts are, as offsets into out
+    size_t start
+    size_t body_header
+    size_t body
+    uint32_t count
+
+cdef class NativePath:
+    cdef Authoriser auth
+    cdef State st
+    cdef CoreMetrics mx
+    cdef uint32_t max_frame
+    cdef uint32_t max_batch
+    cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
+                    uint32_t* messages, int* close) noexcept nogil
+    cdef void begin(self, OutBuf* out, Frame* f, const uint8_t* tid,
+                    uint32_t tid_len) noexcept nogil
+    cdef void end(self, OutBuf* out, Frame* f, MacKey* key) noexcept nogil
+    cdef void error(self, OutBuf* out, Frame* f, int64_t seq, uint8_t rc,
+                    const char* text) noexcept nogil
+    cdef int frame(self, const uint8_t* p, uint32_t length, OutBuf* out, uint32_t batch,
+                   uint32_t* messages) noexcept nogil
+    cdef int message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
+                     Frame* f, uint32_t batch) noexcept nogil
+    cdef int broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil
+    cdef size_t masked_name(self, uint8_t* p, uint32_t card) noexcept nogil

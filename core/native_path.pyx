@@ -1,0 +1,375 @@
+# cython: language_level=3
+"""Native protocol on the wire (protocols/native.py): split length-prefixed frames, check the
+frame MAC, then decode, authorise and answer every message of the frame's batch, writing one
+reply frame per request frame, all in one call per received buffer.
+
+Errors are specific: a frame that cannot be read or authenticated is answered with a single
+ErrorReply (seq 0); a message that breaks the schema gets an ErrorReply with its own seq and
+the rest of the batch carries on.
+"""
+
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset, strlen
+
+from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.codes cimport *
+from onecard.core.crypto cimport MAC_BYTES, MacKey, mac8, mac_equal, mackey_clear, mackey_set
+from onecard.core.journal cimport NONE32
+from onecard.core.metrics cimport CoreMetrics
+from onecard.core.mpack cimport *
+from onecard.core.outbuf cimport OutBuf, ob_reserve
+from onecard.core.state cimport *
+
+from onecard.protocols.codes import CODES as _CODES
+from onecard.protocols.native import VERSION as _VERSION
+
+cdef enum:
+    PREFIX = 4
+    TAG_SIGNON = 1
+    TAG_HEARTBEAT = 2
+    TAG_TAP = 3
+    TAG_VERIFY = 4
+    REPLY_OFFSET = 100           # reply tag = request tag + 100
+    TAG_ERROR = 199
+    TID_LEN = 8
+    REPLY_RESERVE = 512          # bound on one encoded reply
+    FRAME_RESERVE = 64           # frame header and MAC around a body
+
+cdef int VERSION = _VERSION
+cdef char RC_CHARS[2 * N_RC]
+memset(RC_CHARS, 57, sizeof(RC_CHARS))
+for _i, (_code, _) in enumerate(_CODES):
+    RC_CHARS[2 * _i] = ord(_code[0])
+    RC_CHARS[2 * _i + 1] = ord(_code[1])
+
+
+cdef inline size_t w_rc(uint8_t* p, uint8_t rc) noexcept nogil:
+    return mp_w_str(p, RC_CHARS + 2 * (rc if rc < N_RC else RC_96), 2)
+
+
+cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void put_be32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline int parse_card(MpReader* r, uint64_t* pan) noexcept nogil:
+    cdef const uint8_t* s
+    cdef uint32_t n, i
+    cdef uint64_t v = 0
+    if mp_str(r, &s, &n) or n < 12 or n > 19:
+        return -1
+    for i in range(n):
+        if s[i] < 48 or s[i] > 57:
+            return -1
+        v = v * 10 + (s[i] - 48)
+    pan[0] = v
+    return 0
+
+
+cdef inline int parse_u32(MpReader* r, uint32_t* out) noexcept nogil:
+    cdef int64_t v
+    if mp_int(r, &v) or v < 0 or v > <int64_t>0xffffffff:
+        return -1
+    out[0] = <uint32_t>v
+    return 0
+
+
+cdef class NativePath:
+    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t max_frame, uint32_t max_batch):
+        if max_frame < 16 or max_batch < 1:
+            raise ValueError("max_frame must be >= 16 bytes and max_batch >= 1")
+        self.auth = auth
+        self.st = auth.state
+        self.mx = mx
+        self.max_frame = max_frame
+        self.max_batch = max_batch
+
+    cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
+                    uint32_t* messages, int* close) noexcept nogil:
+        cdef size_t pos = 0
+        cdef uint32_t length
+        cdef Frame f
+        while n - pos >= PREFIX:
+            length = be32(p + pos)
+            if length == 0 or length > self.max_frame:
+                # Cannot be framed: say why, then the caller closes the connection.
+                if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE) == 0:
+                    self.begin(out, &f, NULL, 0)
+                    self.error(out, &f, 0, RC_30, b"frame length is 0 or above the maximum")
+                    self.end(out, &f, NULL)
+                    self.mx.count(batch, KIND_FORMAT, RC_30)
+                    messages[0] += 1
+                close[0] = 1
+                break
+            if n - pos - PREFIX < length:
+                break
+            if self.frame(p + pos + PREFIX, length, out, batch, messages) != 0:
+                close[0] = 1                 # out of memory: drop this connection only
+                break
+            pos += PREFIX + length
+        return pos
+
+    # ---- reply frame -------------------------------------------------------------------------
+
+    cdef void begin(self, OutBuf* out, Frame* f, const uint8_t* tid, uint32_t tid_len) noexcept nogil:
+        cdef uint8_t* p = out.data + out.len
+        cdef size_t k = PREFIX
+        p[k] = 0x94                          # [version, terminal, body, mac]
+        k += 1
+        k += mp_w_int(p + k, VERSION)
+        if tid != NULL:
+            k += mp_w_str(p + k, <const char*>tid, tid_len)
+        else:
+            k += mp_w_str(p + k, NULL, 0)
+        f.start = out.len
+        f.body_header = out.len + k
+        k += 5                               # bin32 header, patched in end()
+        f.body = out.len + k
+        k += 5                               # array32 header, patched in end()
+        f.count = 0
+        out.len += k
+
+    cdef void end(self, OutBuf* out, Frame* f, MacKey* key) noexcept nogil:
+        cdef uint8_t mac[8]
+        cdef size_t body_len = out.len - f.body
+        mp_w_array32(out.data + f.body, f.count)
+        mp_w_bin32_header(out.data + f.body_header, <uint32_t>body_len)
+        if key != NULL and mac8(key, out.data + f.body, body_len, mac) == 0:
+            out.len += mp_w_bin(out.data + out.len, mac, MAC_BYTES)
+        else:
+            out.len += mp_w_bin(out.data + out.len, mac, 0)
+        put_be32(out.data + f.start, <uint32_t>(out.len - f.start - PREFIX))
+
+    cdef void error(self, OutBuf* out, Frame* f, int64_t seq, uint8_t rc,
+                    const char* text) noexcept nogil:
+        cdef uint8_t* p = out.data + out.len
+        cdef size_t k = 0
+        p[k] = 0x94
+        k += 1
+        k += mp_w_int(p + k, TAG_ERROR)
+        k += mp_w_int(p + k, seq)
+        k += w_rc(p + k, rc)
+        k += mp_w_str(p + k, text, <uint32_t>strlen(text))
+        out.len += k
+        f.count += 1
+
+    # ---- one request frame -------------------------------------------------------------------
+
+    cdef int frame(self, const uint8_t* p, uint32_t length, OutBuf* out, uint32_t batch,
+                   uint32_t* messages) noexcept nogil:
+        cdef MpReader r, body, peek
+        cdef Frame f
+        cdef MacKey tmk_key
+        cdef MacKey* key = NULL
+        cdef uint32_t count, tid_len = 0, body_len, mac_len, i, n_msgs
+        cdef int64_t version, term_idx = -1, tag = 0
+        cdef const uint8_t* tid = NULL
+        cdef const uint8_t* body_p
+        cdef const uint8_t* mac_p
+        cdef uint8_t mac[8]
+        cdef uint64_t packed = 0
+        cdef Terminal* term
+        cdef const char* problem = NULL
+        cdef uint8_t rc = RC_30
+        cdef bint lone_signon = False
+        if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE):
+            return -1
+        r.p = p
+        r.n = length
+        r.pos = 0
+        memset(&tmk_key, 0, sizeof(MacKey))
+        if mp_array(&r, &count) or count < 4:
+            problem = b"frame is not an array [version, terminal, body, mac]"
+        elif mp_int(&r, &version) or version != VERSION:
+            problem = b"unsupported protocol version"
+        elif mp_str(&r, &tid, &tid_len) or tid_len != TID_LEN:
+            tid = NULL
+            tid_len = 0
+            problem = b"terminal id must be a string of 8 characters"
+        elif mp_bin(&r, &body_p, &body_len) or mp_bin(&r, &mac_p, &mac_len):
+            problem = b"body and mac must be binary"
+        if problem == NULL:
+            for i in range(TID_LEN):
+                packed = (packed << 8) | tid[i]
+            term_idx = self.st.find_terminal(packed)
+            body.p = body_p
+            body.n = body_len
+            body.pos = 0
+            if term_idx < 0:
+                rc = RC_03
+                problem = b"unknown terminal"
+            elif self.st.term[term_idx].protocol != PROTO_NATIVE:
+                rc = RC_58
+                problem = b"terminal is not registered for the native protocol"
+            elif mp_array(&body, &n_msgs):
+                problem = b"body is not an array of messages"
+            elif n_msgs > self.max_batch:
+                problem = b"batch has more messages than the switch accepts"
+        if problem == NULL:
+            term = &self.st.term[term_idx]
+            if n_msgs == 1:
+                peek = body
+                if mp_array(&peek, &count) == 0 and count >= 1 and mp_int(&peek, &tag) == 0:
+                    lone_signon = tag == TAG_SIGNON
+            if lone_signon:
+                if mackey_set(&tmk_key, term.mac_alg, term.tmk) == 0:
+                    key = &tmk_key
+            elif term.signed_on:
+                key = &self.st.mac_keys[term_idx]
+            if key == NULL:
+                rc = RC_A0
+                problem = b"terminal is not signed on"
+            elif (mac_len != MAC_BYTES or mac8(key, body_p, body_len, mac)
+                    or not mac_equal(mac, mac_p)):
+                rc = RC_A0
+                problem = b"MAC check failed"
+        self.begin(out, &f, tid, tid_len)
+        if problem != NULL:
+            self.error(out, &f, 0, rc, problem)
+            self.end(out, &f, NULL)
+            mackey_clear(&tmk_key)
+            self.mx.count(batch, KIND_FORMAT, rc)
+            messages[0] += 1
+            return 0
+        for i in range(n_msgs):
+            if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE):
+                mackey_clear(&tmk_key)
+                return -1
+            messages[0] += 1
+            if self.message(&body, <uint32_t>term_idx, n_msgs, out, &f, batch) != 0:
+                break                        # the rest of the body cannot be delimited
+        self.end(out, &f, key)
+        mackey_clear(&tmk_key)
+        return 0
+
+    cdef int message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
+                     Frame* f, uint32_t batch) noexcept nogil:
+        """Decode, authorise and answer one message. -1 when the body is not MessagePack."""
+        cdef size_t start = body.pos
+        cdef uint32_t count, extra
+        cdef int64_t tag = 0, seq = 0, v
+        cdef const char* problem = NULL
+        cdef Txn t
+        cdef Res r
+        cdef uint8_t* p
+        cdef size_t k
+        cdef Terminal* term = &self.st.term[term_idx]
+        memset(&t, 0, sizeof(Txn))
+        memset(&r, 0, sizeof(Res))
+        r.card = NONE32
+        t.terminal = term_idx
+        t.proto = PROTO_NATIVE
+        t.kind = KIND_OTHER
+        if mp_array(body, &count) or count < 2 or mp_int(body, &tag):
+            problem = b"message is not an array [tag, seq, ...]"
+        elif mp_int(body, &seq) or seq < 1 or seq > <int64_t>0xffffffff:
+            seq = 0
+            problem = b"seq must be an integer 1..4294967295"
+        else:
+            t.seq = <uint32_t>seq
+            extra = count - 2
+            if tag == TAG_SIGNON:
+                t.kind = KIND_SIGNON
+                if n_msgs != 1:
+                    problem = b"SignOn must be alone in its frame"
+            elif tag == TAG_HEARTBEAT:
+                t.kind = KIND_HEARTBEAT
+            elif tag == TAG_TAP:
+                t.kind = KIND_TAP
+                if count < 6:
+                    problem = b"Tap is [3, seq, card, station, direction, time_s]"
+                elif parse_card(body, &t.pan):
+                    problem = b"card must be a string of 12-19 digits"
+                elif parse_u32(body, &t.station_id):
+                    problem = b"station must be an integer 0..4294967295"
+                elif mp_int(body, &v) or v < 0 or v > 1:
+                    problem = b"direction must be 0 (in) or 1 (out)"
+                elif parse_u32(body, &t.time_s):
+                    problem = b"time_s must be Unix seconds"
+                else:
+                    t.direction = <uint8_t>v
+                    extra = count - 6
+            elif tag == TAG_VERIFY:
+                t.kind = KIND_VERIFY
+                if count < 3:
+                    problem = b"Verify is [4, seq, card]"
+                elif parse_card(body, &t.pan):
+                    problem = b"card must be a string of 12-19 digits"
+                else:
+                    extra = count - 3
+            if problem == NULL:
+                for _ in range(extra):       # fields a newer schema may add
+                    if mp_skip(body, 0):
+                        return self.broken(out, f, batch)
+        if problem != NULL:
+            # Skip the whole message from its start so the next one can be read.
+            body.pos = start
+            if mp_skip(body, 0):
+                return self.broken(out, f, batch)
+            self.error(out, f, seq, RC_30, problem)
+            self.mx.count(batch, KIND_FORMAT, RC_30)
+            return 0
+        if t.kind == KIND_OTHER:
+            self.error(out, f, seq, RC_12, b"unknown message tag")
+            self.mx.count(batch, KIND_OTHER, RC_12)
+            return 0
+        if not (term.permitted >> t.kind) & 1:
+            r.rc = RC_58
+        elif t.kind == KIND_HEARTBEAT:
+            r.rc = RC_00
+        else:
+            self.auth.authorise(&t, &r)
+        self.mx.count(batch, t.kind, r.rc)
+        p = out.data + out.len
+        k = 0
+        p[k] = 0x95 if t.kind == KIND_TAP or t.kind == KIND_VERIFY else 0x94
+        k += 1
+        k += mp_w_int(p + k, tag + REPLY_OFFSET)
+        k += mp_w_int(p + k, seq)
+        k += w_rc(p + k, r.rc)
+        if t.kind == KIND_SIGNON:
+            k += mp_w_bin(p + k, r.keys + 20, 20 if r.rc == RC_00 else 0)
+        elif t.kind == KIND_HEARTBEAT:
+            k += mp_w_int(p + k, self.auth.now_s)
+        elif t.kind == KIND_TAP:
+            k += mp_w_int(p + k, r.amount_fen if r.rc == RC_00 else 0)
+            k += mp_w_int(p + k, r.balance_fen)
+        else:
+            k += self.masked_name(p + k, r.card if r.rc == RC_00 else NONE32)
+            k += mp_w_int(p + k, r.age_band)
+        out.len += k
+        f.count += 1
+        return 0
+
+    cdef int broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil:
+        self.error(out, f, 0, RC_30, b"body is not valid MessagePack")
+        self.mx.count(batch, KIND_FORMAT, RC_30)
+        return -1
+
+    cdef size_t masked_name(self, uint8_t* p, uint32_t card) noexcept nogil:
+        """Surname, then one '*' per remaining character of the name: never the full name."""
+        cdef char name[64]
+        cdef const uint8_t* s
+        cdef Account* a
+        cdef int n = 0, chars = 0, i
+        if card != NONE32:
+            a = &self.st.acct[self.st.card[card].account]
+            s = self.st.surname + <size_t>a.surname * 8
+            for i in range(8):
+                if s[i] == 0:
+                    break
+                name[n] = <char>s[i]
+                n += 1
+                if (s[i] & 0xC0) != 0x80:
+                    chars += 1
+            for i in range(chars, a.name_len):
+                if n < 63:
+                    name[n] = 42
+                    n += 1
+        return mp_w_str(p, name, n)

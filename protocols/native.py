@@ -1,0 +1,153 @@
+"""Native protocol schema, version 1 (SPEC §3.2): msgspec Structs, MessagePack, array_like.
+
+This module is the schema (see ``protocols/NATIVE.md`` for the prose version). Terminals, the
+load generator and the tests use these Structs with msgspec directly; the switch's compiled core
+(``core/native_path.pyx``) reads and writes exactly the same bytes without creating a Python
+object per message.
+
+Wire layout
+-----------
+A frame is a 4-byte big-endian length followed by a MessagePack-encoded :class:`Frame`. The
+frame's ``body`` is itself a MessagePack array of messages (one, or a batch), kept as raw bytes
+so that the MAC covers exactly those bytes. Every request carries the terminal's sequence
+number ``seq``; every reply echoes it. Amounts are integer fen, times are Unix seconds.
+"""
+
+from typing import Final
+
+import msgspec
+
+VERSION: Final = 1
+LENGTH_PREFIX_BYTES: Final = 4
+MAC_BYTES: Final = 8
+
+# Directions of a transit tap.
+TAP_IN: Final = 0
+TAP_OUT: Final = 1
+
+# Age bands returned by identity verification (never the birth date itself).
+AGE_BANDS: Final[tuple[str, ...]] = ("under 18", "18-59", "60-64", "65-69", "70-79", "80+")
+
+
+class Frame(msgspec.Struct, array_like=True, frozen=True):
+    """Outer envelope of every frame, in both directions.
+
+    ``mac`` is the 8-byte MAC over ``body`` with the terminal's working MAC key (ANSI X9.19 or
+    SM4 MAC, per terminal); a frame whose body is a single :class:`SignOn` is MACed with the
+    terminal master key instead, since no working key exists yet. Replies from a terminal that
+    is not signed on carry an empty ``mac``.
+    """
+
+    version: int
+    terminal: str
+    body: bytes
+    mac: bytes
+
+
+# ---- requests -------------------------------------------------------------------------------
+
+
+class SignOn(msgspec.Struct, array_like=True, tag=1, frozen=True):
+    """Ask for a new working MAC key."""
+
+    seq: int
+
+
+class Heartbeat(msgspec.Struct, array_like=True, tag=2, frozen=True):
+    seq: int
+
+
+class Tap(msgspec.Struct, array_like=True, tag=3, frozen=True):
+    """A transit tap. Metro gates send ``direction`` TAP_IN then TAP_OUT; bus and ferry readers
+    send TAP_IN and are charged a flat fare. ``station`` is the station (or stop) id."""
+
+    seq: int
+    card: str
+    station: int
+    direction: int
+    time_s: int
+
+
+class Verify(msgspec.Struct, array_like=True, tag=4, frozen=True):
+    """Identity verification of a card holder."""
+
+    seq: int
+    card: str
+
+
+Request = SignOn | Heartbeat | Tap | Verify
+
+
+# ---- replies --------------------------------------------------------------------------------
+
+
+class SignOnReply(msgspec.Struct, array_like=True, tag=101, frozen=True):
+    """``keys``: the new working MAC key encrypted under the terminal master key (16 bytes)
+    followed by its 4-byte check value (the key encrypting a zero block)."""
+
+    seq: int
+    rc: str
+    keys: bytes
+
+
+class HeartbeatReply(msgspec.Struct, array_like=True, tag=102, frozen=True):
+    seq: int
+    rc: str
+    time_s: int
+
+
+class TapReply(msgspec.Struct, array_like=True, tag=103, frozen=True):
+    """``fare_fen`` is what this tap charged (0 on tap-in); ``balance_fen`` the balance after."""
+
+    seq: int
+    rc: str
+    fare_fen: int
+    balance_fen: int
+
+
+class VerifyReply(msgspec.Struct, array_like=True, tag=104, frozen=True):
+    """Only what the default data scope allows: masked name and an index into AGE_BANDS."""
+
+    seq: int
+    rc: str
+    masked_name: str
+    age_band: int
+
+
+class ErrorReply(msgspec.Struct, array_like=True, tag=199, frozen=True):
+    """A request (or a whole frame, with ``seq`` 0) that could not be processed."""
+
+    seq: int
+    rc: str
+    message: str
+
+
+Reply = SignOnReply | HeartbeatReply | TapReply | VerifyReply | ErrorReply
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(list[Request])
+_reply_decoder = msgspec.msgpack.Decoder(list[Reply])
+_frame_decoder = msgspec.msgpack.Decoder(Frame)
+
+
+def encode_body(messages: list) -> bytes:
+    return _encoder.encode(messages)
+
+
+def encode_frame(terminal: str, body: bytes, mac: bytes) -> bytes:
+    """A complete frame, length prefix included."""
+    payload = _encoder.encode(Frame(VERSION, terminal, body, mac))
+    return len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big") + payload
+
+
+def decode_frame(payload: bytes) -> Frame:
+    """Decode a frame's payload (without its length prefix)."""
+    return _frame_decoder.decode(payload)
+
+
+def decode_requests(body: bytes) -> list:
+    return _request_decoder.decode(body)
+
+
+def decode_replies(body: bytes) -> list:
+    return _reply_decoder.decode(body)

@@ -1,0 +1,3 @@
+"""onecard's switch: asyncio server, store, metrics, admin HTTP and CLI around the core."""
+
+__version__ = "0.1.0"

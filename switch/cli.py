@@ -1,0 +1,171 @@
+"""The ``onecard`` command: serve, demo-data, load, terminals, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from onecard.switch import __version__
+from onecard.switch.config import Config, ConfigError, load, with_overrides
+
+log = logging.getLogger("onecard")
+
+
+def _config(args) -> Config:
+    config = load(args.config)
+    overrides = {"data_dir": getattr(args, "data_dir", None)}
+    for name in ("host", "iso8583_port", "native_port", "http_port"):
+        overrides[f"server.{name}"] = getattr(args, name, None)
+    overrides["demo.cards"] = getattr(args, "cards", None)
+    return with_overrides(config, **overrides)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args) -> int:
+    from onecard.switch import demo, loader, store
+
+    config = _config(args)
+    _logging(config.log_level)
+    data_dir = Path(config.data_dir)
+    if not store.db_path(data_dir).exists():
+        demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
+                      ring_size=config.core.ring_size)
+    loaded = loader.load(data_dir, ring_size=config.core.ring_size)
+    import uvloop
+
+    return uvloop.run(_serve(config, loaded))
+
+
+async def _serve(config: Config, loaded) -> int:
+    from onecard.switch.http import start_http
+    from onecard.switch.server import Switch
+
+    switch = Switch(config, loaded)
+    await switch.start()
+    runner = await start_http(switch, config.server.host, config.server.http_port)
+    http_port = runner.addresses[0][1]
+    mem = loaded.state.memory_report()
+    iso, nat = switch.listeners[0].port, switch.listeners[1].port
+    host = config.server.host
+    print(f"onecard {__version__}: {mem['cards']:,} cards ({mem['bytes_per_card']:.1f} bytes "
+          f"per card), {loaded.state.n_terminals:,} terminals; recovered in "
+          f"{loaded.seconds:.2f} s ({loaded.replayed:,} journal records replayed)")
+    print(f"onecard: listening iso8583 {host}:{iso}   (POS terminals: ISO 8583, TPDU + header)")
+    print(f"onecard: listening native {host}:{nat}   (gates, readers, verifiers: MessagePack)")
+    print(f"onecard: listening http {host}:{http_port}   (http://{host}:{http_port}/metrics, "
+          "/healthz)")
+    print(f"onecard: data in {Path(config.data_dir).resolve()}/ (SQLite journal, checkpoints)")
+    print(f"onecard: try  onecard load --port {iso} --connections 16 --window 8 --duration 10"
+          f"   |   terminal ids and master keys: onecard terminals --kind pos")
+    print("onecard: ready", flush=True)
+    switch.install_signal_handlers()
+    await switch.stopped.wait()
+    print("onecard: stopping: finishing commits and writing a checkpoint", flush=True)
+    await switch.stop()
+    await runner.cleanup()
+    if switch.failed is not None:
+        print(f"onecard: stopped after a journal failure: {switch.failed}", file=sys.stderr)
+        return 70
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    from onecard.switch import demo
+
+    config = _config(args)
+    try:
+        demo.generate(Path(config.data_dir), cards=config.demo.cards,
+                      seed=args.seed if args.seed is not None else config.demo.seed,
+                      ring_size=config.core.ring_size, force=args.force)
+    except FileExistsError as exc:
+        print(f"onecard demo-data: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_load(args) -> int:
+    from onecard.bench import loadgen
+
+    return loadgen.main(args)
+
+
+def cmd_terminals(args) -> int:
+    from onecard.switch.terminals import KIND_NAMES, read_terminals
+
+    config = _config(args)
+    shown = 0
+    print(f"{'terminal':8}  {'kind':8}  {'protocol':8}  {'mac':4}  {'master key (hex)':32}  "
+          f"{'merchant':15}  name")
+    for t in read_terminals(config.data_dir):
+        if args.kind and KIND_NAMES[t.kind] != args.kind:
+            continue
+        proto = "iso8583" if t.protocol == 0 else "native"
+        print(f"{t.tid:8}  {KIND_NAMES[t.kind]:8}  {proto:8}  {t.alg_name:4}  {t.tmk.hex():32}  "
+              f"{t.merchant:15}  {t.name}")
+        shown += 1
+        if shown >= args.limit:
+            break
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onecard", description="Social security card transaction "
+                                "switch (社会保障卡居民服务一卡通).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, *, server: bool = False):
+        sp.add_argument("--config", help="TOML configuration file (every key optional)")
+        sp.add_argument("--data-dir", help="data directory (default: ./onecard-data)")
+        if server:
+            sp.add_argument("--host")
+            sp.add_argument("--iso8583-port", type=int)
+            sp.add_argument("--native-port", type=int)
+            sp.add_argument("--http-port", type=int)
+        return sp
+
+    s = common(sub.add_parser("serve", help="run the switch (creates demo data on first run)"),
+               server=True)
+    s.add_argument("--cards", type=int, help="cards in a newly generated demo data set")
+    s.set_defaults(func=cmd_serve)
+    d = common(sub.add_parser("demo-data", help="generate the demo data set"))
+    d.add_argument("--cards", type=int)
+    d.add_argument("--seed", type=int)
+    d.add_argument("--force", action="store_true", help="replace an existing data set")
+    d.set_defaults(func=cmd_demo_data)
+    t = common(sub.add_parser("terminals", help="list terminals with their master keys"))
+    t.add_argument("--kind", choices=("pos", "gate", "bus", "ferry", "verifier"))
+    t.add_argument("--limit", type=int, default=50)
+    t.set_defaults(func=cmd_terminals)
+    from onecard.bench import loadgen
+
+    ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")
+    loadgen.add_arguments(ld)
+    ld.set_defaults(func=cmd_load)
+    v = sub.add_parser("version", help="print the version")
+    v.set_defaults(func=lambda _: print(f"onecard {__version__}") or 0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"onecard: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"onecard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Configuration: one TOML file, every key optional, decoded and validated with msgspec.
+
+A key the schema does not know, or a value outside its bounds, stops start-up with msgspec's
+message, which names the key (``Object contains unknown field `prot` - at `$.server```).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Positive = Annotated[int, Meta(gt=0)]
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    iso8583_port: Port = 8583
+    native_port: Port = 8584
+    http_port: Port = 8580
+    max_iso8583_frame_bytes: Annotated[int, Meta(ge=21, le=65535)] = 8192
+    max_native_frame_bytes: Annotated[int, Meta(ge=16, le=64 << 20)] = 1 << 20
+    max_native_batch: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    # Replies waiting for the journal before a connection stops being read (backpressure).
+    max_waiting_batches: Annotated[int, Meta(ge=16)] = 100_000
+    write_buffer_high_bytes: Annotated[int, Meta(ge=4096)] = 4 << 20
+
+
+class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    backend: Literal["sqlite"] = "sqlite"
+    # FULL: every group commit is fsynced before its replies leave. Lower only for experiments.
+    synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL"
+    checkpoint_interval_s: Annotated[float, Meta(ge=1)] = 300.0
+    checkpoint_records: Positive = 2_000_000
+    snapshots_kept: Annotated[int, Meta(ge=1, le=100)] = 2
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    daily_limit_fen: Positive = 500_000
+    max_amount_fen: Positive = 10_000_000
+
+
+class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Retransmissions and reversals are matched against the last ring_size requests of each
+    # terminal; a power of two, at least the deepest pipelining window a terminal uses.
+    ring_size: Annotated[int, Meta(ge=8, le=65536)] = 64
+    # How long the writer thread may wait for the GIL (Python's default is 5 ms, which would
+    # sit on every commit under load).
+    gil_switch_interval_us: Annotated[int, Meta(ge=10, le=5000)] = 100
+
+    def __post_init__(self) -> None:
+        if self.ring_size & (self.ring_size - 1):
+            raise ValueError(f"core.ring_size must be a power of two, got {self.ring_size}")
+
+
+class DemoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    cards: Annotated[int, Meta(ge=1000, le=200_000_000)] = 100_000
+    seed: int = 20241101
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    data_dir: str = "onecard-data"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    core: CoreConfig = msgspec.field(default_factory=CoreConfig)
+    demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
+
+
+class ConfigError(Exception):
+    """Start-up must stop: the message names the file and the key."""
+
+
+def load(path: str | Path | None) -> Config:
+    """Read a TOML configuration file; None gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        return msgspec.toml.decode(raw, type=Config)
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+
+
+def with_overrides(config: Config, **changes: object) -> Config:
+    """Apply command-line overrides like ``server.host`` (None values are ignored) and
+    validate the result the same way a file is validated."""
+    data = msgspec.to_builtins(config)
+    for dotted, value in changes.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    try:
+        return msgspec.convert(data, type=Config)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"command-line option: {exc}") from exc

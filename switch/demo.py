@@ -1,0 +1,312 @@
+"""Generate the demo data set: cards across the eight provinces, their accounts and holders,
+terminals of every kind with their master keys, transit networks, policies and the catalogue.
+
+Deterministic for a given seed (except terminal master keys, which come from the OS's random
+source). Written into a fresh data directory: the SQLite database and the first checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from onecard.core.state import (
+    ACCOUNT_DTYPE,
+    CARD_ACTIVE,
+    CARD_CANCELLED,
+    CARD_DTYPE,
+    CARD_FROZEN,
+    CARD_LOST,
+    FN_FINANCIAL,
+    FN_MEDICAL,
+    FN_TRANSPORT,
+    HOLDER_DISABLED,
+    HOLDER_HMT,
+    KIND_BALANCE,
+    KIND_ECHO,
+    KIND_HEARTBEAT,
+    KIND_PURCHASE,
+    KIND_REVERSAL,
+    KIND_SIGNON,
+    KIND_TAP,
+    KIND_VERIFY,
+    OP_BUS,
+    OP_FERRY,
+    OP_METRO,
+    PROTO_ISO8583,
+    PROTO_NATIVE,
+    RING_DTYPE,
+    TERM_BUS_READER,
+    TERM_FERRY_READER,
+    TERM_METRO_GATE,
+    TERM_POS,
+    TERM_VERIFIER,
+)
+from onecard.switch import loader, snapshots, store, transit
+from onecard.switch.reference import (
+    BUS_FARE_FEN,
+    CATALOGUE,
+    FERRIES,
+    GIVEN,
+    METROS,
+    POLICIES,
+    SURNAMES,
+    regions,
+)
+
+Progress = Callable[[str], None]
+
+PROVINCE_WEIGHTS = {44: 0.30, 32: 0.16, 13: 0.14, 33: 0.13, 34: 0.12, 31: 0.06, 11: 0.06,
+                    12: 0.03}
+MAC_X919, MAC_SM4 = 1, 2
+
+
+def _bit(*kinds: int) -> int:
+    return sum(1 << k for k in kinds)
+
+
+PERMITTED = {
+    TERM_POS: _bit(KIND_SIGNON, KIND_ECHO, KIND_PURCHASE, KIND_BALANCE, KIND_REVERSAL),
+    TERM_METRO_GATE: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_TAP),
+    TERM_BUS_READER: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_TAP),
+    TERM_FERRY_READER: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_TAP),
+    TERM_VERIFIER: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_VERIFY),
+}
+POS_PER_REGION = 40
+POS_CROSS_BORDER = 10
+BUS_READERS_PER_REGION = 10
+FERRY_READERS = 4
+GATES_PER_STATION = 2
+VERIFIERS = ("hotel", "museum", "library", "hospital", "scenic spot", "government counter")
+MERCHANTS = ("pharmacy", "elderly canteen", "supermarket", "hospital")
+
+
+def luhn_digit(digits: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def id_check(first17: str) -> str:
+    """GB 11643 check character of an 18-character resident identity number."""
+    return "10X98765432"[sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS, strict=True)) % 11]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101,
+             ring_size: int = 64, force: bool = False, progress: Progress = _stderr) -> Path:
+    """Create the demo data set in data_dir. Refuses to overwrite one unless force."""
+    data_dir = Path(data_dir)
+    path = store.db_path(data_dir)
+    if path.exists() or snapshots.snapshot_root(data_dir).exists():
+        if not force:
+            raise FileExistsError(f"{data_dir} already holds a data set (use --force to replace)")
+        path.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        shutil.rmtree(snapshots.snapshot_root(data_dir), ignore_errors=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    progress(f"onecard: generating demo data ({cards:,} cards) in {data_dir}/")
+    conn = store.connect(path)
+    try:
+        store.create_schema(conn)            # executescript commits on its own
+        conn.execute("BEGIN")
+        region_rows = _write_reference(conn)
+        terminal_count = _write_terminals(conn, region_rows)
+        card_arr, account_arr = _write_cards(conn, rng, cards, region_rows, progress)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('created', ?)",
+                     (dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),))
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('seed', ?)", (str(seed),))
+        conn.execute("COMMIT")
+        terminals = loader.terminals_array(conn)
+    finally:
+        conn.close()
+    snapshots.write(data_dir, {"cards": card_arr, "accounts": account_arr,
+                               "terminals": terminals,
+                               "ring": np.zeros(len(terminals) * ring_size, dtype=RING_DTYPE)},
+                    0)
+    progress(f"onecard: demo data ready: {cards:,} cards, {terminal_count:,} terminals "
+             f"({time.perf_counter() - started:.1f} s)")
+    return path
+
+
+def _write_reference(conn) -> list:
+    rows = regions()
+    for idx, r in enumerate(rows):
+        age, pct, dpct = POLICIES.get(r.code, (0, 100, 100))
+        conn.execute("INSERT INTO regions VALUES (?,?,?,?,?,?,?,?,?)",
+                     (idx, r.code, r.name_zh, r.name_en, r.province, r.group, age, pct, dpct))
+    region_idx = {r.code: i for i, r in enumerate(rows)}
+    op = 0
+    for r in rows:
+        if r.province in (81, 82):
+            continue
+        conn.execute("INSERT INTO operators VALUES (?,?,?,?,?,?,NULL)",
+                     (op, f"BUS{r.code}", f"{r.name_zh}公交", OP_BUS, region_idx[r.code],
+                      BUS_FARE_FEN.get(r.code, 200)))
+        op += 1
+    for code, name, region, fare in FERRIES:
+        conn.execute("INSERT INTO operators VALUES (?,?,?,?,?,?,NULL)",
+                     (op, code, name, OP_FERRY, region_idx[region], fare))
+        op += 1
+    for m in METROS:
+        conn.execute("INSERT INTO operators VALUES (?,?,?,?,?,?,?)",
+                     (op, m.code, m.name, OP_METRO, region_idx[m.region], m.rule.base_fen,
+                      transit.rule_to_json(m.rule)))
+        ids: dict[str, int] = {}
+        for line, stops in m.lines:
+            for name, km in stops:
+                # An interchange is one station id per line: gates belong to a line's hall.
+                sid = m.region * 1000 + len(ids) + 1
+                ids[f"{line}/{name}"] = sid
+                conn.execute("INSERT INTO stations VALUES (?,?,?,?,?)", (sid, op, line, name, km))
+        op += 1
+    for e in CATALOGUE:
+        conn.execute("INSERT INTO catalogue VALUES (?,?,?,?,?,?,?)",
+                     (e.code, e.name_zh, e.name_en, e.domain, e.app, e.functions, e.scope))
+    conn.executemany("INSERT INTO surnames VALUES (?,?)", list(enumerate(SURNAMES)))
+    return rows
+
+
+def _write_terminals(conn, region_rows) -> int:
+    region_idx = {r.code: i for i, r in enumerate(region_rows)}
+    serial: dict[str, int] = {}
+    rows = []
+
+    def add(letter, r, kind, protocol, name, operator=None, station=None, alg=None):
+        n = serial.get(letter + str(r.province), 0) + 1
+        serial[letter + str(r.province)] = n
+        tid = f"{letter}{r.province:02d}{n:05d}"
+        merchant = f"898{r.code:06d}{len(rows) % 1_000_000:06d}"
+        mac_alg = alg if alg is not None else (MAC_X919 if len(rows) % 2 == 0 else MAC_SM4)
+        rows.append((len(rows), tid, merchant, kind, protocol, region_idx[r.code], operator,
+                     station, mac_alg, PERMITTED[kind], os.urandom(16), name))
+
+    ops = {code: idx for idx, code in conn.execute("SELECT idx, code FROM operators")}
+    for r in region_rows:
+        count = POS_CROSS_BORDER if r.province in (81, 82) else POS_PER_REGION
+        for i in range(count):
+            add("P", r, TERM_POS, PROTO_ISO8583, f"{r.name_en} {MERCHANTS[i % len(MERCHANTS)]}")
+        if r.province in (81, 82):
+            continue
+        for i in range(BUS_READERS_PER_REGION):
+            add("B", r, TERM_BUS_READER, PROTO_NATIVE, f"{r.name_en} bus {i + 1}",
+                ops[f"BUS{r.code}"])
+        for kind_name in VERIFIERS:
+            add("V", r, TERM_VERIFIER, PROTO_NATIVE, f"{r.name_en} {kind_name}")
+    by_code = {r.code: r for r in region_rows}
+    for code, _name, region, _fare in FERRIES:
+        for i in range(FERRY_READERS):
+            add("F", by_code[region], TERM_FERRY_READER, PROTO_NATIVE, f"{code} pier {i + 1}",
+                ops[code])
+    for sid, op_idx, line, name, region in conn.execute(
+            "SELECT s.id, s.operator_idx, s.line, s.name, r.code FROM stations s "
+            "JOIN operators o ON o.idx = s.operator_idx JOIN regions r ON r.idx = o.region_idx "
+            "ORDER BY s.id"):
+        for g in range(GATES_PER_STATION):
+            add("G", by_code[region], TERM_METRO_GATE, PROTO_NATIVE,
+                f"{name} ({line}) gate {g + 1}", op_idx, sid)
+    conn.executemany("INSERT INTO terminals VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    return len(rows)
+
+
+def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
+    today = dt.date.today()
+    provinces = np.array(sorted(PROVINCE_WEIGHTS))
+    weights = np.array([PROVINCE_WEIGHTS[p] for p in provinces])
+    card_prov = rng.choice(provinces, size=n, p=weights / weights.sum())
+    region_of = np.zeros(n, dtype=np.int64)
+    for p in provinces:
+        members = [i for i, r in enumerate(region_rows) if r.province == p]
+        # The province's main city (first listed) issues most cards.
+        w = np.array([3.0 if k == 0 else 1.0 for k in range(len(members))])
+        mask = card_prov == p
+        region_of[mask] = rng.choice(members, size=int(mask.sum()), p=w / w.sum())
+
+    cards = np.zeros(n, dtype=CARD_DTYPE)
+    accounts = np.zeros(n, dtype=ACCOUNT_DTYPE)
+    cards["account"] = np.arange(n)
+    cards["region"] = region_of
+    accounts["region"] = region_of
+    status = rng.choice([CARD_ACTIVE, CARD_LOST, CARD_FROZEN, CARD_CANCELLED], size=n,
+                        p=[0.99, 0.005, 0.003, 0.002])
+    cards["status"] = status
+    year = today.year % 100
+    expiry_year = rng.integers(year + 1, year + 11, size=n)
+    expired = rng.random(n) < 0.004
+    expiry_year[expired] = rng.integers(year - 3, year, size=int(expired.sum()))
+    cards["expiry_yymm"] = expiry_year * 100 + rng.integers(1, 13, size=n)
+    functions = np.where(rng.random(n) < 0.98, FN_FINANCIAL, 0)
+    functions |= np.where(rng.random(n) < 0.93, FN_TRANSPORT, 0)
+    functions |= np.where(rng.random(n) < 0.96, FN_MEDICAL, 0)
+    cards["functions"] = functions
+
+    bands = rng.choice(5, size=n, p=[0.18, 0.60, 0.11, 0.07, 0.04])
+    lo = np.array([0, 18, 60, 70, 80])[bands]
+    hi = np.array([18, 60, 70, 80, 96])[bands]
+    age_days = (rng.integers(lo, hi) * 365.25 + rng.integers(0, 365, size=n)).astype(np.int64)
+    birth = np.datetime64(today.isoformat()) - age_days.astype("timedelta64[D]")
+    accounts["birth_day"] = (birth - np.datetime64("1900-01-01")).astype(np.int64)
+    zipf = 1.0 / np.arange(1, len(SURNAMES) + 1)
+    surname = rng.choice(len(SURNAMES), size=n, p=zipf / zipf.sum())
+    accounts["surname"] = surname
+    given_len = np.where(rng.random(n) < 0.7, 2, 1)
+    surname_len = np.array([len(s) for s in SURNAMES])[surname]
+    accounts["name_len"] = surname_len + given_len
+    flags = np.where(rng.random(n) < 0.02, HOLDER_DISABLED, 0)
+    is_gd = np.array([region_rows[r].province == 44 for r in region_of])
+    flags |= np.where(is_gd & (rng.random(n) < 0.01), HOLDER_HMT, 0)
+    accounts["flags"] = flags
+    balance = np.exp(rng.normal(np.log(200_000), 1.0, size=n)).astype(np.int64)
+    low = rng.random(n) < 0.05              # some cards nearly empty: "insufficient funds" is real
+    balance[low] = rng.integers(0, 500, size=int(low.sum()))
+    accounts["balance_fen"] = np.clip(balance, 0, 50_000_000)
+    accounts["medical_fen"] = rng.integers(0, 500_000, size=n)
+
+    bins = {p: f"621{p:02d}1" for p in provinces}
+    given = np.array(GIVEN)
+    chunk = 100_000
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        rows = []
+        g1 = rng.choice(given, size=stop - start)
+        g2 = rng.choice(given, size=stop - start)
+        seqs = rng.integers(0, 1000, size=stop - start)
+        for i in range(start, stop):
+            r = region_rows[region_of[i]]
+            body = f"{bins[r.province]}{i:012d}"
+            pan = body + luhn_digit(body)
+            cards["pan"][i] = int(pan)
+            k = i - start
+            name = SURNAMES[surname[i]] + g1[k] + (g2[k] if given_len[i] == 2 else "")
+            born = str(birth[i]).replace("-", "")
+            if flags[i] & HOLDER_HMT:
+                first17 = f"8{1 + i % 3}0000{born}{seqs[k]:03d}"   # HK/Macao/Taiwan permit
+            else:
+                first17 = f"{r.code:06d}{born}{seqs[k]:03d}"
+            rows.append((i, pan, i, name, first17 + id_check(first17)))
+        conn.executemany("INSERT INTO cards VALUES (?,?,?,?,?)", rows)
+        if n > chunk:
+            progress(f"onecard:   cards {stop:,}/{n:,}")
+    return cards, accounts

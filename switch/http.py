@@ -1,0 +1,68 @@
+"""HTTP on the switch's event loop (aiohttp): Prometheus ``/metrics`` and ``/healthz``.
+
+Errors are RFC 9457 problem documents (``application/problem+json``)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from onecard.switch import __version__
+from onecard.switch.metrics import registry_for
+from onecard.switch.server import Switch
+
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str) -> web.Response:
+    return web.json_response({"type": "about:blank", "title": title, "status": status,
+                              "detail": detail}, status=status, content_type=PROBLEM)
+
+
+@web.middleware
+async def problems(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.reason, f"{request.method} {request.path}: {exc.reason}")
+
+
+def make_app(switch: Switch) -> web.Application:
+    app = web.Application(middlewares=[problems])
+    registry = registry_for(switch)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        sw = switch
+        body = {
+            "status": "failed" if sw.failed else "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - sw.started_at, 3),
+            "cards": int(sw.state.n_cards),
+            "terminals": int(sw.state.n_terminals),
+            "connections": {"iso8583": len(sw.connections[0]), "native": len(sw.connections[1])},
+            "journal": {"next_record": sw.engine.journal.next_no, "durable": sw.durable_no,
+                        "waiting_batches": len(sw.waiting)},
+        }
+        if sw.failed:
+            body["detail"] = f"journal commit failed: {sw.failed}"
+        return web.json_response(body, status=503 if sw.failed else 200)
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def start_http(switch: Switch, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(switch), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner

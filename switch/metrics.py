@@ -1,0 +1,108 @@
+"""Prometheus exposition of the core's aggregated metrics (a custom collector reading numpy
+arrays at scrape time; nothing is observed per message)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+from onecard.core.metrics import BATCH_BOUNDS, LATENCY_BOUNDS_US
+from onecard.core.state import Kind
+from onecard.protocols.codes import CODES
+from onecard.switch.server import PROTOCOL_NAMES, Switch
+from onecard.switch.store import CommitStats
+
+KIND_NAMES = {int(k): k.name.removeprefix("KIND_").lower() for k in Kind
+              if k.name not in ("KIND_NONE", "N_KINDS")}
+
+
+def _buckets(counts: np.ndarray, bounds, scale: float = 1.0) -> list[tuple[str, float]]:
+    cumulative = np.cumsum(counts)
+    out = [(floatToGoString(round(b * scale, 9)), float(c))
+           for b, c in zip(bounds, cumulative[:-1], strict=True)]
+    out.append(("+Inf", float(cumulative[-1])))
+    return out
+
+
+class SwitchCollector(Collector):
+    def __init__(self, switch: Switch) -> None:
+        self.switch = switch
+
+    def collect(self) -> Iterator:
+        sw = self.switch
+        m = sw.engine.metrics
+        counts = m.counts.copy()
+        requests = CounterMetricFamily("onecard_requests", "Requests decided, by response code",
+                                       labels=["protocol", "type", "code"])
+        for p, k, c in zip(*np.nonzero(counts), strict=True):
+            requests.add_metric([PROTOCOL_NAMES[p], KIND_NAMES.get(int(k), str(k)),
+                                 CODES[c][0]], float(counts[p, k, c]))
+        yield requests
+
+        latency = HistogramMetricFamily(
+            "onecard_request_latency_seconds",
+            "Server-side latency from receiving a request to writing its reply",
+            labels=["protocol", "type"])
+        lat = m.latency.copy()
+        lat_sum = m.latency_sum_us.copy()
+        for p in PROTOCOL_NAMES:
+            for k, name in KIND_NAMES.items():
+                if lat[p, k].any():
+                    latency.add_metric([PROTOCOL_NAMES[p], name],
+                                       _buckets(lat[p, k], LATENCY_BOUNDS_US, 1e-6),
+                                       float(lat_sum[p, k]) / 1e6)
+        yield latency
+
+        batches = HistogramMetricFamily("onecard_batch_messages",
+                                        "Messages per received buffer handed to the core",
+                                        labels=["protocol"])
+        sizes = m.batch_sizes.copy()
+        for p, name in PROTOCOL_NAMES.items():
+            batches.add_metric([name], _buckets(sizes[p], BATCH_BOUNDS),
+                               float(m.batch_sum[p]))
+        yield batches
+
+        stats = sw.committer.stats
+        commit = HistogramMetricFamily("onecard_commit_latency_seconds",
+                                       "Group commit duration including fsync")
+        commit.add_metric([], _buckets(stats.latency, CommitStats.LATENCY_BOUNDS_US, 1e-6),
+                          stats.latency_sum_us / 1e6)
+        yield commit
+        size = HistogramMetricFamily("onecard_commit_records", "Journal records per commit")
+        size.add_metric([], _buckets(stats.sizes, CommitStats.SIZE_BOUNDS), float(stats.records))
+        yield size
+        yield CounterMetricFamily("onecard_journal_records_durable",
+                                  "Journal records durable since start", value=stats.records)
+
+        conns = GaugeMetricFamily("onecard_connections", "Open terminal connections",
+                                  labels=["protocol"])
+        for p, name in PROTOCOL_NAMES.items():
+            conns.add_metric([name], len(sw.connections[p]))
+        yield conns
+        yield GaugeMetricFamily("onecard_journal_pending_records",
+                                "Journal records decided but not yet durable",
+                                value=sw.engine.journal.next_no - sw.durable_no)
+        yield GaugeMetricFamily("onecard_replies_waiting",
+                                "Reply batches waiting for their journal records",
+                                value=len(sw.waiting))
+        memory = sw.state.memory_report()
+        yield GaugeMetricFamily("onecard_cards", "Cards held in memory", value=memory["cards"])
+        yield GaugeMetricFamily("onecard_memory_bytes_per_card",
+                                "Card, account and index bytes per card",
+                                value=memory["bytes_per_card"])
+
+
+def registry_for(switch: Switch) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SwitchCollector(switch))
+    ProcessCollector(registry=registry)
+    return registry

@@ -1,0 +1,245 @@
+"""The asyncio server: one listener per protocol, one Protocol object per connection, and the
+release of replies once the journal records they depend on are durable.
+
+Per received buffer the server makes one call into the core (``Engine.process``), so the work
+per message is all compiled; what remains in Python here is per batch. Replies keep request
+order on each connection: every batch waits for all journal records appended before it was
+answered, and records become durable in order, so batches are released in the order they were
+processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from onecard.core.engine import ISO8583, NATIVE, Engine
+from onecard.switch import store
+from onecard.switch.config import Config
+from onecard.switch.loader import Loaded
+from onecard.switch.snapshots import Checkpointer
+
+log = logging.getLogger("onecard.server")
+
+PROTOCOL_NAMES = {ISO8583: "iso8583", NATIVE: "native"}
+
+
+class Connection(asyncio.Protocol):
+    """One terminal link. Buffers partial frames; everything else is the core's."""
+
+    __slots__ = ("closing", "paused", "peer", "proto", "switch", "transport", "_buf")
+
+    def __init__(self, switch: Switch, proto: int) -> None:
+        self.switch = switch
+        self.proto = proto
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self.closing = False
+        self.paused = False
+        self.peer = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
+        transport.set_write_buffer_limits(high=self.switch.config.server.write_buffer_high_bytes)
+        self.switch.connections[self.proto].add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.switch.connections[self.proto].discard(self)
+        self.switch.paused.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        buf = self._buf
+        if buf:
+            buf += data
+            data = buf
+        consumed, replies, batch, close = self.switch.engine.process(self.proto, data)
+        if data is buf:
+            del buf[:consumed]
+        elif consumed < len(data):
+            buf += data[consumed:]
+        if replies:
+            self.switch.deliver(self, replies, batch, close)
+        elif close:
+            self.transport.close()
+        if close:
+            self.closing = True
+            buf.clear()
+
+    def pause_writing(self) -> None:
+        # The terminal is not reading its replies: stop reading its requests.
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.paused:
+            self.transport.resume_reading()
+
+
+@dataclass
+class Listener:
+    name: str
+    server: asyncio.base_events.Server
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+
+class Switch:
+    """Engine, group commit, checkpoints and listeners of one switch process."""
+
+    def __init__(self, config: Config, loaded: Loaded) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.state = loaded.state
+        self.loaded = loaded
+        self.engine = Engine(loaded.state, next_record_no=loaded.next_record_no,
+                             daily_limit_fen=config.limits.daily_limit_fen,
+                             max_amount_fen=config.limits.max_amount_fen,
+                             max_iso_frame=config.server.max_iso8583_frame_bytes,
+                             max_native_frame=config.server.max_native_frame_bytes,
+                             max_native_batch=config.server.max_native_batch)
+        self.durable_no = loaded.next_record_no
+        self.waiting: deque = deque()
+        self.paused: set[Connection] = set()
+        self.connections: dict[int, set[Connection]] = {ISO8583: set(), NATIVE: set()}
+        self.listeners: list[Listener] = []
+        self.failed: BaseException | None = None
+        self.stopped = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.committer = store.GroupCommitter(
+            store.db_path(self.data_dir), self.engine.journal.take, self._durable_threadsafe,
+            self._failed_threadsafe, synchronous=config.store.synchronous)
+        self.checkpointer = Checkpointer(self.data_dir, self.committer.wait_durable,
+                                         config.store.snapshots_kept)
+        self.last_checkpoint_no = loaded.snapshot_upto
+        self.started_at = time.time()
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- replies and durability --------------------------------------------------------------
+
+    def deliver(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
+        need = self.engine.journal.next_no
+        if need <= self.durable_no:
+            self._write(conn, replies, batch, close)
+            return
+        self.waiting.append((need, conn, replies, batch, close))
+        self.committer.wake()
+        if len(self.waiting) > self.config.server.max_waiting_batches and not conn.paused:
+            conn.paused = True
+            self.paused.add(conn)
+            conn.transport.pause_reading()
+
+    def _write(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
+        transport = conn.transport
+        if transport is None:
+            return                           # the terminal went away; its state is journaled
+        transport.write(replies)
+        self.engine.metrics.written(batch)
+        if close:
+            transport.close()
+
+    def _durable_threadsafe(self, end_no: int) -> None:
+        self._loop.call_soon_threadsafe(self._durable, end_no)
+
+    def _durable(self, end_no: int) -> None:
+        self.durable_no = end_no
+        waiting = self.waiting
+        while waiting and waiting[0][0] <= end_no:
+            _, conn, replies, batch, close = waiting.popleft()
+            self._write(conn, replies, batch, close)
+        if self.paused and len(waiting) < self.config.server.max_waiting_batches // 2:
+            for conn in list(self.paused):
+                conn.paused = False
+                if conn.transport is not None:
+                    conn.transport.resume_reading()
+            self.paused.clear()
+
+    def _failed_threadsafe(self, exc: BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._fail, exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        # Answers that are not durable must never leave: drop every connection and stop.
+        self.failed = exc
+        self.waiting.clear()
+        for conns in self.connections.values():
+            for conn in list(conns):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        for listener in self.listeners:
+            listener.server.close()
+        self.stopped.set()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        upto = self.engine.journal.next_no
+        if upto == self.last_checkpoint_no:
+            return
+        self.checkpointer.submit(upto, self.state.snapshot())
+        self.last_checkpoint_no = upto
+
+    async def _checkpoint_loop(self) -> None:
+        interval = self.config.store.checkpoint_interval_s
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            due = time.monotonic() - last >= interval
+            big = (self.engine.journal.next_no - self.last_checkpoint_no
+                   >= self.config.store.checkpoint_records)
+            if (due or big) and not self.checkpointer.busy:
+                self.checkpoint()
+                last = time.monotonic()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        sys.setswitchinterval(self.config.core.gil_switch_interval_us / 1e6)
+        self.committer.start()
+        self.checkpointer.start()
+        srv = self.config.server
+        for proto, port in ((ISO8583, srv.iso8583_port), (NATIVE, srv.native_port)):
+            server = await self._loop.create_server(
+                lambda p=proto: Connection(self, p), srv.host, port, reuse_address=True,
+                backlog=1024)
+            self.listeners.append(Listener(PROTOCOL_NAMES[proto], server))
+        self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, self.stopped.set)
+
+    async def stop(self) -> None:
+        """Stop accepting, let every reply become durable and be written, checkpoint."""
+        for listener in self.listeners:
+            listener.server.close()
+        for conns in self.connections.values():
+            for conn in conns:
+                if conn.transport is not None:
+                    conn.transport.pause_reading()
+        for task in self._tasks:
+            task.cancel()
+        if self.failed is None:
+            deadline = time.monotonic() + 10
+            while self.waiting and time.monotonic() < deadline:
+                self.committer.wake()
+                await asyncio.sleep(0.01)
+            self.checkpoint()
+        self.committer.stop()
+        self.checkpointer.stop()
+        await asyncio.to_thread(self.committer.join, 30)
+        await asyncio.to_thread(self.checkpointer.join, 120)
+        for conns in self.connections.values():
+            for conn in list(conns):
+                if conn.transport is not None:
+                    conn.transport.close()

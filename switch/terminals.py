@@ -1,0 +1,140 @@
+"""Terminal-side helpers shared by the load generator, the CLI and the tests: reading the
+terminal registry and cards of a data set, and signing a terminal on over a blocking socket
+(sign-on is rare and not on any hot path)."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onecard.core import crypto, isocodec
+from onecard.core.state import CARD_ACTIVE
+from onecard.protocols import native
+from onecard.switch import loader, snapshots, store
+
+ALG_NAMES = {1: "x919", 2: "sm4"}
+KIND_NAMES = {1: "pos", 2: "gate", 3: "bus", 4: "ferry", 5: "verifier"}
+REQUEST_TPDU_HEADER = bytes.fromhex("6000030000") + bytes.fromhex("603100000000")
+
+
+@dataclass(frozen=True)
+class TerminalInfo:
+    idx: int
+    tid: str
+    merchant: str
+    kind: int
+    protocol: int
+    region_code: int
+    province: int
+    operator: int | None
+    station_id: int | None
+    mac_alg: int
+    tmk: bytes
+    name: str
+
+    @property
+    def alg_name(self) -> str:
+        return ALG_NAMES[self.mac_alg]
+
+
+def read_terminals(data_dir: str | Path) -> list[TerminalInfo]:
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    try:
+        rows = conn.execute(
+            "SELECT t.idx, t.tid, t.merchant, t.kind, t.protocol, r.code, r.province, "
+            "t.operator_idx, t.station_id, t.mac_alg, t.tmk, t.name FROM terminals t "
+            "JOIN regions r ON r.idx = t.region_idx ORDER BY t.idx").fetchall()
+    finally:
+        conn.close()
+    return [TerminalInfo(*r[:10], bytes(r[10]), r[11]) for r in rows]
+
+
+def usable_cards(data_dir: str | Path, *, province: int | None = None, functions: int = 0,
+                 min_balance_fen: int = 0) -> np.ndarray:
+    """Card numbers (uint64) that are active, unexpired and carry ``functions``, from the
+    newest checkpoint, optionally of one province."""
+    snap = snapshots.latest(data_dir)
+    if snap is None:
+        raise FileNotFoundError(f"no checkpoint in {data_dir}")
+    cards, accounts = snap[1]["cards"], snap[1]["accounts"]
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    try:
+        region_prov = np.array([p for (p,) in conn.execute(
+            "SELECT province FROM regions ORDER BY idx")])
+    finally:
+        conn.close()
+    import datetime as dt
+    today = dt.date.today()
+    yymm = (today.year % 100) * 100 + today.month
+    ok = (cards["status"] == CARD_ACTIVE) & (cards["expiry_yymm"] >= yymm)
+    ok &= (cards["functions"] & functions) == functions
+    ok &= accounts["balance_fen"][cards["account"]] >= min_balance_fen
+    if province is not None:
+        ok &= region_prov[cards["region"]] == province
+    return cards["pan"][ok]
+
+
+def card_rows(data_dir: str | Path, where: str, params: tuple = ()) -> list[sqlite3.Row]:
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(f"SELECT * FROM cards WHERE {where}", params).fetchall()
+    finally:
+        conn.close()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("switch closed the connection")
+        out += chunk
+    return bytes(out)
+
+
+def iso_signon(sock: socket.socket, t: TerminalInfo, stan: int = 1) -> bytes:
+    """0800 sign-on; returns the working MAC key (checked against its check value)."""
+    msg = isocodec.encode_message(REQUEST_TPDU_HEADER, "0800", {
+        11: f"{stan:06d}", 41: t.tid, 42: t.merchant, 60: "00000001003"})
+    sock.sendall(msg)
+    length = int.from_bytes(_recv_exact(sock, 2), "big")
+    _, mti, fields = isocodec.decode_message(_recv_exact(sock, length))
+    if mti != "0810" or fields.get(39) != "00":
+        raise RuntimeError(f"sign-on of {t.tid} refused: {mti} rc={fields.get(39)}")
+    keys = fields[62]
+    mak = crypto.decrypt_key(t.alg_name, t.tmk, keys[20:36])
+    if crypto.key_check_value(t.alg_name, mak) != keys[36:40]:
+        raise RuntimeError(f"sign-on of {t.tid}: MAC key check value mismatch")
+    return mak
+
+
+def native_signon(sock: socket.socket, t: TerminalInfo, seq: int = 1) -> bytes:
+    """Native SignOn (frame MACed with the master key); returns the working MAC key."""
+    body = native.encode_body([native.SignOn(seq)])
+    sock.sendall(native.encode_frame(t.tid, body, crypto.mac(t.alg_name, t.tmk, body)))
+    length = int.from_bytes(_recv_exact(sock, 4), "big")
+    frame = native.decode_frame(_recv_exact(sock, length))
+    (reply,) = native.decode_replies(frame.body)
+    if not isinstance(reply, native.SignOnReply) or reply.rc != "00":
+        raise RuntimeError(f"sign-on of {t.tid} refused: {reply}")
+    mak = crypto.decrypt_key(t.alg_name, t.tmk, reply.keys[:16])
+    if crypto.key_check_value(t.alg_name, mak) != reply.keys[16:20]:
+        raise RuntimeError(f"sign-on of {t.tid}: MAC key check value mismatch")
+    return mak
+
+
+def province_of(data_dir: str | Path) -> dict[int, int]:
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    try:
+        return {idx: p for idx, p in conn.execute("SELECT idx, province FROM regions")}
+    finally:
+        conn.close()
+
+
+__all__ = ["TerminalInfo", "card_rows", "iso_signon", "loader", "native_signon", "province_of",
+           "read_terminals", "usable_cards"]
