@@ -20,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from onecard.core.state import FN_FINANCIAL, FN_TRANSPORT, PROTO_ISO8583, PROTO_NATIVE, TERM_BUS_READER, TERM_METRO_GATE, TERM_POS, TERM_VERIFIER
+from onecard.core.state import (
+    FN_FINANCIAL,
+    FN_TRANSPORT,
+    PROTO_ISO8583,
+    TERM_BUS_READER,
+    TERM_METRO_GATE,
+    TERM_POS,
+    TERM_VERIFIER,
+)
 from onecard.core.terminal import IsoLoad, NativeLoad, Recorder
 from onecard.protocols.codes import CODES
 from onecard.switch.terminals import (

@@ -148,6 +148,7 @@ cdef class Authoriser:
         j.proto = t.proto
         j.card = <uint32_t>idx if idx >= 0 else NONE32
         j.account = self.state.card[idx].account if idx >= 0 else NONE32
+        r.card = j.card
         r.record_no = self.journal.next_no - 1
         return j
 

@@ -33,7 +33,7 @@ PROTOCOL_NAMES = {ISO8583: "iso8583", NATIVE: "native"}
 class Connection(asyncio.Protocol):
     """One terminal link. Buffers partial frames; everything else is the core's."""
 
-    __slots__ = ("closing", "paused", "peer", "proto", "switch", "transport", "_buf")
+    __slots__ = ("_buf", "closing", "paused", "peer", "proto", "switch", "transport")
 
     def __init__(self, switch: Switch, proto: int) -> None:
         self.switch = switch

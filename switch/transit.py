@@ -4,6 +4,7 @@ the operator's distance bands)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 
@@ -38,7 +39,7 @@ def network_distances(stations: list[tuple[str, str, float]]) -> tuple[list[str]
         by_line.setdefault(line, []).append((km, name))
     for stops in by_line.values():
         stops.sort()
-        for (k1, a), (k2, b) in zip(stops, stops[1:], strict=False):
+        for (k1, a), (k2, b) in itertools.pairwise(stops):
             i, j = index[a], index[b]
             d = min(dist[i, j], k2 - k1)
             dist[i, j] = dist[j, i] = d

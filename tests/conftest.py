@@ -1,0 +1,177 @@
+"""Shared fixtures: a small demo data set, engines over it, and real switch processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onecard.core.engine import ISO8583, NATIVE, Engine
+from onecard.switch import demo, loader
+from onecard.switch.terminals import TerminalInfo, read_terminals
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from termsim import IsoTerminal, NativeTerminal
+
+DEMO_CARDS = 4000
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("demo") / "data"
+    demo.generate(path, cards=DEMO_CARDS, seed=7, progress=lambda _: None)
+    return path
+
+
+@pytest.fixture(scope="session")
+def terminals(demo_dir) -> list[TerminalInfo]:
+    return read_terminals(demo_dir)
+
+
+class World:
+    """An engine over a fresh copy of the demo state, with helpers to find cards and
+    terminals and to talk to the engine as terminals do."""
+
+    def __init__(self, data_dir: Path, terminals: list[TerminalInfo]) -> None:
+        self.data_dir = data_dir
+        loaded = loader.load(data_dir)
+        self.state = loaded.state
+        self.engine = Engine(self.state, next_record_no=loaded.next_record_no)
+        self.terminals = terminals
+        regions = self.state.regions
+        self.card_province = regions["province"][self.state.cards["region"]]
+        import sqlite3
+
+        conn = sqlite3.connect(data_dir / "onecard.db")
+        self.provinces = [p for (p,) in conn.execute(
+            "SELECT DISTINCT province FROM regions ORDER BY province")]
+        self.names = dict(conn.execute("SELECT idx, holder_name FROM cards"))
+        conn.close()
+
+    def exchange(self, proto: int):
+        def run(data: bytes) -> bytes:
+            consumed, replies, _, _ = self.engine.process(proto, data)
+            assert consumed == len(data)
+            return replies
+        return run
+
+    def terminal(self, kind: int, province: int = 31, index: int = 0) -> TerminalInfo:
+        found = [t for t in self.terminals if t.kind == kind and t.province == province]
+        return found[index]
+
+    def iso(self, province: int = 31, index: int = 0, signon: bool = True) -> IsoTerminal:
+        t = IsoTerminal(self.terminal(1, province, index), self.exchange(ISO8583))
+        if signon:
+            assert t.signon()["39"] == "00"
+        return t
+
+    def native(self, kind: int, province: int = 31, index: int = 0,
+               signon: bool = True) -> NativeTerminal:
+        t = NativeTerminal(self.terminal(kind, province, index), self.exchange(NATIVE))
+        if signon:
+            assert t.signon().rc == "00"
+        return t
+
+    def province_index(self, code: int) -> int:
+        return self.provinces.index(code)
+
+    def card(self, province: int = 31, *, status: int = 0, functions: int | None = None,
+             min_balance: int = 100_000, nth: int = 0, **account) -> tuple[str, int]:
+        """A card number (string) and its index matching the criteria."""
+        c, a = self.state.cards, self.state.accounts
+        today = dt.date.today()
+        ok = (self.card_province == self.province_index(province)) & (c["status"] == status)
+        ok &= c["expiry_yymm"] >= (today.year % 100) * 100 + today.month
+        if functions is None:
+            ok &= c["functions"] == 7
+        else:
+            ok &= c["functions"] == functions
+        ok &= a["balance_fen"][c["account"]] >= min_balance
+        for key, want in account.items():
+            ok &= want(a[key][c["account"]])
+        idx = int(np.flatnonzero(ok)[nth])
+        return str(int(c["pan"][idx])), idx
+
+    def balance(self, idx: int) -> int:
+        return int(self.state.accounts["balance_fen"][self.state.cards["account"][idx]])
+
+    def set_balance(self, idx: int, fen: int) -> None:
+        self.state.accounts["balance_fen"][self.state.cards["account"][idx]] = fen
+
+
+@pytest.fixture
+def world(demo_dir, terminals) -> World:
+    return World(demo_dir, terminals)
+
+
+# ---- real switch processes -------------------------------------------------------------------
+
+READY_TIMEOUT_S = 60
+
+
+@dataclass
+class SwitchProcess:
+    proc: subprocess.Popen
+    data_dir: Path
+    iso: int
+    native: int
+    http: int
+    output: list[str]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def start_switch(data_dir: Path, *extra: str, env: dict | None = None) -> SwitchProcess:
+    cmd = [sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir", str(data_dir),
+           "--iso8583-port", "0", "--native-port", "0", "--http-port", "0", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    ports: dict[str, int] = {}
+    output: list[str] = []
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        m = re.match(r"onecard: listening (\w+) [\d.]+:(\d+)", line)
+        if m:
+            ports[m.group(1)] = int(m.group(2))
+        if line.startswith("onecard: ready"):
+            return SwitchProcess(proc, data_dir, ports["iso8583"], ports["native"],
+                                 ports["http"], output)
+    proc.kill()
+    raise RuntimeError("switch did not start:\n" + "".join(output) + proc.stdout.read())
+
+
+@pytest.fixture
+def switch_dir(demo_dir, tmp_path) -> Path:
+    """A private copy of the demo data set for a switch process to own."""
+    path = tmp_path / "data"
+    shutil.copytree(demo_dir, path)
+    return path
+
+
+@pytest.fixture
+def running_switch(switch_dir):
+    sw = start_switch(switch_dir)
+    yield sw
+    sw.stop()

@@ -1,0 +1,92 @@
+"""The onecard command: configuration errors name the key, data sets are not overwritten by
+accident, the load generator drives a real switch, README's commands are what CI runs."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def onecard(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onecard.switch.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_version():
+    out = onecard("version")
+    assert out.returncode == 0 and re.fullmatch(r"onecard \d+\.\d+\.\d+\n", out.stdout)
+
+
+@pytest.mark.parametrize(("toml", "named"), [
+    ("[server]\nprot = 1\n", "prot"),
+    ("[server]\niso8583_port = 70000\n", "iso8583_port"),
+    ("[limits]\ndaily_limit_fen = -5\n", "daily_limit_fen"),
+    ("[core]\nring_size = 100\n", "ring_size"),
+    ("[store]\nsynchronous = 'SOMETIMES'\n", "synchronous"),
+    ("datadir = 'x'\n", "datadir"),
+])
+def test_bad_config_stops_startup_naming_the_key(tmp_path, toml, named):
+    cfg = tmp_path / "onecard.toml"
+    cfg.write_text(toml)
+    out = onecard("serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"))
+    assert out.returncode == 2
+    assert named in out.stderr and str(cfg) in out.stderr
+    assert not (tmp_path / "d").exists()                # nothing started, nothing generated
+
+
+def test_missing_config_file_is_reported(tmp_path):
+    out = onecard("serve", "--config", str(tmp_path / "nope.toml"))
+    assert out.returncode == 2 and "cannot read config file" in out.stderr
+
+
+def test_demo_data_is_not_overwritten_without_force(tmp_path):
+    d = tmp_path / "d"
+    assert onecard("demo-data", "--data-dir", str(d), "--cards", "1000").returncode == 0
+    again = onecard("demo-data", "--data-dir", str(d), "--cards", "1000")
+    assert again.returncode == 1 and "--force" in again.stderr
+    assert onecard("demo-data", "--data-dir", str(d), "--cards", "1000",
+                   "--force").returncode == 0
+
+
+def test_terminals_lists_ids_and_keys(demo_dir):
+    out = onecard("terminals", "--data-dir", str(demo_dir), "--kind", "gate", "--limit", "3")
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and len(lines) == 4
+    assert all(re.match(r"G\d{7}\s+gate\s+native\s+(x919|sm4)\s+[0-9a-f]{32}", ln)
+               for ln in lines[1:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["iso8583", "native"])
+def test_load_generator_against_a_real_switch(running_switch, tmp_path, protocol):
+    port = running_switch.iso if protocol == "iso8583" else running_switch.native
+    result = tmp_path / "result.json"
+    out = onecard("load", "--protocol", protocol, "--port", str(port), "--connections", "4",
+                  "--window", "8", "--count", "4000", "--data-dir",
+                  str(running_switch.data_dir), "--json", str(result))
+    assert out.returncode == 0, out.stderr
+    r = json.loads(result.read_text())
+    assert r["completed"] == r["sent"] == 4000 and r["unmatched"] == 0
+    assert r["codes"].get("00", 0) > 3000
+    assert set(r["latency_ms"]) >= {"p50", "p90", "p99", "p99.9", "max"}
+    assert "requests" in out.stdout and "p99" in out.stdout
+
+
+def test_load_generator_reports_an_unreachable_switch(demo_dir):
+    out = onecard("load", "--port", "1", "--count", "10", "--data-dir", str(demo_dir))
+    assert out.returncode != 0 and "is `onecard serve` running" in out.stderr
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)\n```", readme, re.S)
+    run, test = blocks[0], blocks[1]
+    assert run.endswith("onecard serve") and "pip install -e ." in run
+    assert "pytest" in test
+    assert readme.index(run) < readme.index("## ")       # before any section
+    assert test in (ROOT / ".ci" / "run").read_text()
