@@ -44,6 +44,7 @@ DIRECTIVES = {
 }
 
 MODULES = {
+    "codes": [],
     "crypto": ["crypto"],
     "isocodec": [],
     "mpack": [],

@@ -19,13 +19,6 @@ from onecard.core.crypto cimport KEY_BYTES, check_value, random_bytes, wrap_key
 from onecard.core.journal cimport NONE32, JRec, Journal
 from onecard.core.state cimport *
 
-from onecard.protocols.codes import CODES as _CODES
-
-# The core stores codes by index: the enum in codes.pxd must match the table.
-for _i, _name in enumerate(("00", "03", "05", "12", "13", "14", "25", "30", "33", "41", "51",
-                            "57", "58", "61", "62", "91", "94", "96", "A0")):
-    assert _CODES[_i][0] == _name, (_i, _name, _CODES[_i])
-
 cdef enum:
     CNY = 156
     CST_OFFSET_S = 8 * 3600          # cards are used in China time

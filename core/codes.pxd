@@ -1,4 +1,6 @@
-# Response codes by their index in protocols/codes.CODES (checked at import by authorise.pyx).
+# Response codes by their index in protocols/codes.CODES (checked at import by codes.pyx).
+from libc.stdint cimport uint8_t
+
 cdef enum RC:
     RC_00 = 0
     RC_03 = 1
@@ -20,3 +22,6 @@ cdef enum RC:
     RC_96 = 17
     RC_A0 = 18
     N_RC = 32           # room to append codes without changing array shapes
+
+cdef const char* rc_chars(uint8_t rc) noexcept nogil      # the two characters of a code
+cdef uint8_t rc_index(uint8_t first, uint8_t second) noexcept nogil   # RC_96 if unknown

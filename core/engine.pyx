@@ -16,15 +16,8 @@ from onecard.core.journal cimport Journal
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.native_path cimport NativePath
 from onecard.core.outbuf cimport OutBuf, ob_free
-from onecard.core.state cimport N_PROTOS, PROTO_ISO8583, PROTO_NATIVE, State
-
-cdef extern from "<time.h>" nogil:
-    ctypedef int clockid_t
-    cdef struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(clockid_t clk, timespec* ts)
-    clockid_t CLOCK_REALTIME
+from onecard.core.state cimport PROTO_ISO8583, PROTO_NATIVE, State
+from onecard.core.wire cimport realtime_us
 
 ISO8583 = PROTO_ISO8583
 NATIVE = PROTO_NATIVE
@@ -66,7 +59,6 @@ cdef class Engine:
         whether the stream cannot be framed and must be closed after the replies.
         """
         cdef Py_buffer view
-        cdef timespec ts
         cdef uint32_t batch, messages = 0
         cdef int close = 0
         cdef size_t consumed
@@ -74,9 +66,7 @@ cdef class Engine:
             raise ValueError(f"unknown protocol {proto}")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            clock_gettime(CLOCK_REALTIME, &ts)
-            self.authoriser.begin(<int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
-                                  + self.clock_offset_us)
+            self.authoriser.begin(realtime_us() + self.clock_offset_us)
             batch = self.metrics.begin_batch(<uint8_t>proto)
             self.out.len = 0
             if proto == PROTO_ISO8583:

@@ -23,17 +23,6 @@ from onecard.core.state cimport *
 cdef enum:
     MIN_FRAME = 13                      # TPDU + header + MTI: anything shorter is not ISO 8583
 
-from onecard.protocols.codes import CODES as _CODES
-
-cdef char RC_CHARS[2 * N_RC]
-memset(RC_CHARS, 57, sizeof(RC_CHARS))          # "99" for an index with no code
-for _i, (_code, _) in enumerate(_CODES):
-    RC_CHARS[2 * _i] = ord(_code[0])
-    RC_CHARS[2 * _i + 1] = ord(_code[1])
-
-
-cdef inline const char* rc_chars(uint8_t rc) noexcept nogil:
-    return RC_CHARS + 2 * (rc if rc < N_RC else RC_96)
 
 
 cdef inline uint32_t reply_mti(uint32_t mti) noexcept nogil:

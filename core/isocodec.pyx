@@ -10,6 +10,8 @@ ascending order into a caller-reserved buffer (REPLY_MAX bytes per message).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from onecard.core.wire cimport load_be
+
 from onecard.protocols.iso8583_fields import FIELDS as _TABLE
 
 cdef extern from *:
@@ -37,14 +39,6 @@ cdef inline int _bcd2(uint8_t b) noexcept nogil:
     if (b >> 4) > 9 or (b & 15) > 9:
         return -1
     return (b >> 4) * 10 + (b & 15)
-
-
-cdef inline uint64_t _be64(const uint8_t* p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v = (v << 8) | p[i]
-    return v
 
 
 cdef inline bint _digits_ok(const uint8_t* p, int ndigits, bint track) noexcept nogil:
@@ -86,13 +80,13 @@ cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
     if hi < 0 or lo < 0:
         return DEC_MTI
     m.mti = hi * 100 + lo
-    m.bitmap[0] = _be64(p + BITMAP_OFF)
+    m.bitmap[0] = load_be(p + BITMAP_OFF, 8)
     pos = BITMAP_OFF + 8
     if m.bitmap[0] >> 63:
         if n < pos + 8:
             m.err_field = 1
             return DEC_FIELD
-        m.bitmap[1] = _be64(p + pos)
+        m.bitmap[1] = load_be(p + pos, 8)
         pos += 8
     for w in range(2):
         bits = m.bitmap[w]

@@ -32,4 +32,3 @@ cdef class CoreMetrics:
     cdef void count(self, uint32_t batch, uint8_t kind, uint8_t rc) noexcept nogil
     cdef void end_batch(self, uint32_t batch, uint32_t messages) noexcept nogil
 
-cdef uint64_t now_ns() noexcept nogil

@@ -15,14 +15,7 @@ import numpy as np
 
 from onecard.core.codes cimport N_RC
 from onecard.core.state cimport N_KINDS, N_PROTOS
-
-cdef extern from "<time.h>" nogil:
-    ctypedef int clockid_t
-    cdef struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(clockid_t clk, timespec* ts)
-    clockid_t CLOCK_MONOTONIC
+from onecard.core.wire cimport monotonic_ns
 
 # Upper bounds; a last +Inf bucket follows each list.
 LATENCY_BOUNDS_US = (50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 25000,
@@ -39,12 +32,6 @@ for _i, _b in enumerate(BATCH_BOUNDS):
 N_KIND = N_KINDS
 N_PROTO = N_PROTOS
 N_CODES = N_RC
-
-
-cdef uint64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
 
 
 cdef inline int bucket(const uint64_t* bounds, int n, uint64_t v) noexcept nogil:
@@ -83,7 +70,7 @@ cdef class CoreMetrics:
             self.next_id = 1                 # 0 means "no batch"
         b.id = batch
         b.proto = proto
-        b.recv_ns = now_ns()
+        b.recv_ns = monotonic_ns()
         memset(b.kinds, 0, sizeof(b.kinds))
         return batch
 
@@ -106,7 +93,7 @@ cdef class CoreMetrics:
         cdef int i, k
         if batch == 0 or b.id != batch:
             return                           # overwritten by 65536 newer batches: drop
-        us = (now_ns() - b.recv_ns) // 1000
+        us = (monotonic_ns() - b.recv_ns) // 1000
         i = bucket(LAT_B, N_LAT_BOUNDS, us)
         for k in range(N_KINDS):
             if b.kinds[k]:

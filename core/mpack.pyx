@@ -11,21 +11,7 @@ length must be patched after the fact (array32 / bin32 headers), which MessagePa
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-
-cdef inline uint32_t _be(const uint8_t* p, int width) noexcept nogil:
-    cdef uint32_t v = 0
-    cdef int i
-    for i in range(width):
-        v = (v << 8) | p[i]
-    return v
-
-
-cdef inline uint64_t _be64(const uint8_t* p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v = (v << 8) | p[i]
-    return v
+from onecard.core.wire cimport load_be, store_be
 
 
 cdef inline int _need(MpReader* r, size_t k) noexcept nogil:
@@ -46,7 +32,7 @@ cdef int mp_array(MpReader* r, uint32_t* count) noexcept nogil:
         width = 2 if b == 0xdc else 4
         if _need(r, 1 + width):
             return -1
-        count[0] = _be(r.p + r.pos + 1, width)
+        count[0] = <uint32_t>load_be(r.p + r.pos + 1, width)
         r.pos += 1 + width
         return 0
     return -1
@@ -72,12 +58,12 @@ cdef int mp_int(MpReader* r, int64_t* v) noexcept nogil:
         if _need(r, 1 + width):
             return -1
         if width == 8:
-            u = _be64(r.p + r.pos + 1)
+            u = load_be(r.p + r.pos + 1, 8)
             if u > <uint64_t>0x7fffffffffffffff:
                 return -1
             v[0] = <int64_t>u
         else:
-            v[0] = _be(r.p + r.pos + 1, width)
+            v[0] = <uint32_t>load_be(r.p + r.pos + 1, width)
         r.pos += 1 + width
         return 0
     if b == 0xd0 or b == 0xd1 or b == 0xd2 or b == 0xd3:
@@ -87,11 +73,11 @@ cdef int mp_int(MpReader* r, int64_t* v) noexcept nogil:
         if width == 1:
             v[0] = <signed char>r.p[r.pos + 1]
         elif width == 2:
-            v[0] = <int16_t>(<uint16_t>_be(r.p + r.pos + 1, 2))
+            v[0] = <int16_t><uint16_t>load_be(r.p + r.pos + 1, 2)
         elif width == 4:
-            v[0] = <int32_t>_be(r.p + r.pos + 1, 4)
+            v[0] = <int32_t><uint32_t>load_be(r.p + r.pos + 1, 4)
         else:
-            v[0] = <int64_t>_be64(r.p + r.pos + 1)
+            v[0] = <int64_t>load_be(r.p + r.pos + 1, 8)
         r.pos += 1 + width
         return 0
     return -1
@@ -118,7 +104,7 @@ cdef int _bytes(MpReader* r, const uint8_t** s, uint32_t* n, bint text) noexcept
     if width:
         if _need(r, 1 + width):
             return -1
-        length = _be(r.p + r.pos + 1, width)
+        length = <uint32_t>load_be(r.p + r.pos + 1, width)
     if _need(r, 1 + width + length):
         return -1
     s[0] = r.p + r.pos + 1 + width
@@ -175,7 +161,7 @@ cdef int mp_skip(MpReader* r, int depth) noexcept nogil:
             width = 2 if b == 0xde else 4
             if _need(r, 1 + width):
                 return -1
-            count = _be(r.p + r.pos + 1, width)
+            count = <uint32_t>load_be(r.p + r.pos + 1, width)
             r.pos += 1 + width
         for i in range(2 * count):
             if mp_skip(r, depth + 1):
@@ -184,26 +170,20 @@ cdef int mp_skip(MpReader* r, int depth) noexcept nogil:
     return -1
 
 
-cdef inline void _put_be(uint8_t* p, uint64_t v, int width) noexcept nogil:
-    cdef int i
-    for i in range(width):
-        p[i] = <uint8_t>(v >> (8 * (width - 1 - i)))
-
-
 cdef size_t mp_w_array(uint8_t* p, uint32_t n) noexcept nogil:
     if n < 16:
         p[0] = <uint8_t>(0x90 | n)
         return 1
     if n < 65536:
         p[0] = 0xdc
-        _put_be(p + 1, n, 2)
+        store_be(p + 1, n, 2)
         return 3
     return mp_w_array32(p, n)
 
 
 cdef size_t mp_w_array32(uint8_t* p, uint32_t n) noexcept nogil:
     p[0] = 0xdd
-    _put_be(p + 1, n, 4)
+    store_be(p + 1, n, 4)
     return 5
 
 
@@ -221,14 +201,14 @@ cdef size_t mp_w_int(uint8_t* p, int64_t v) noexcept nogil:
             return 2
         if v <= 0xffff:
             p[0] = 0xcd
-            _put_be(p + 1, <uint64_t>v, 2)
+            store_be(p + 1, <uint64_t>v, 2)
             return 3
         if v <= <int64_t>0xffffffff:
             p[0] = 0xce
-            _put_be(p + 1, <uint64_t>v, 4)
+            store_be(p + 1, <uint64_t>v, 4)
             return 5
         p[0] = 0xcf
-        _put_be(p + 1, <uint64_t>v, 8)
+        store_be(p + 1, <uint64_t>v, 8)
         return 9
     if v >= -128:
         p[0] = 0xd0
@@ -236,14 +216,14 @@ cdef size_t mp_w_int(uint8_t* p, int64_t v) noexcept nogil:
         return 2
     if v >= -32768:
         p[0] = 0xd1
-        _put_be(p + 1, <uint64_t>v, 2)
+        store_be(p + 1, <uint64_t>v, 2)
         return 3
     if v >= -2147483648:
         p[0] = 0xd2
-        _put_be(p + 1, <uint64_t>v, 4)
+        store_be(p + 1, <uint64_t>v, 4)
         return 5
     p[0] = 0xd3
-    _put_be(p + 1, <uint64_t>v, 8)
+    store_be(p + 1, <uint64_t>v, 8)
     return 9
 
 
@@ -258,11 +238,11 @@ cdef size_t mp_w_str(uint8_t* p, const char* s, uint32_t n) noexcept nogil:
         h = 2
     elif n < 65536:
         p[0] = 0xda
-        _put_be(p + 1, n, 2)
+        store_be(p + 1, n, 2)
         h = 3
     else:
         p[0] = 0xdb
-        _put_be(p + 1, n, 4)
+        store_be(p + 1, n, 4)
         h = 5
     memcpy(p + h, s, n)
     return h + n
@@ -276,7 +256,7 @@ cdef size_t mp_w_bin(uint8_t* p, const uint8_t* s, uint32_t n) noexcept nogil:
         h = 2
     elif n < 65536:
         p[0] = 0xc5
-        _put_be(p + 1, n, 2)
+        store_be(p + 1, n, 2)
         h = 3
     else:
         h = mp_w_bin32_header(p, n)
@@ -286,5 +266,5 @@ cdef size_t mp_w_bin(uint8_t* p, const uint8_t* s, uint32_t n) noexcept nogil:
 
 cdef size_t mp_w_bin32_header(uint8_t* p, uint32_t n) noexcept nogil:
     p[0] = 0xc6
-    _put_be(p + 1, n, 4)
+    store_be(p + 1, n, 4)
     return 5

@@ -19,8 +19,8 @@ from onecard.core.metrics cimport CoreMetrics
 from onecard.core.mpack cimport *
 from onecard.core.outbuf cimport OutBuf, ob_reserve
 from onecard.core.state cimport *
+from onecard.core.wire cimport load_be, store_be
 
-from onecard.protocols.codes import CODES as _CODES
 from onecard.protocols.native import VERSION as _VERSION
 
 cdef enum:
@@ -36,26 +36,8 @@ cdef enum:
     FRAME_RESERVE = 64           # frame header and MAC around a body
 
 cdef int VERSION = _VERSION
-cdef char RC_CHARS[2 * N_RC]
-memset(RC_CHARS, 57, sizeof(RC_CHARS))
-for _i, (_code, _) in enumerate(_CODES):
-    RC_CHARS[2 * _i] = ord(_code[0])
-    RC_CHARS[2 * _i + 1] = ord(_code[1])
-
-
 cdef inline size_t w_rc(uint8_t* p, uint8_t rc) noexcept nogil:
-    return mp_w_str(p, RC_CHARS + 2 * (rc if rc < N_RC else RC_96), 2)
-
-
-cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline void put_be32(uint8_t* p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
+    return mp_w_str(p, rc_chars(rc), 2)
 
 
 cdef inline int parse_card(MpReader* r, uint64_t* pan) noexcept nogil:
@@ -96,7 +78,7 @@ cdef class NativePath:
         cdef uint32_t length
         cdef Frame f
         while n - pos >= PREFIX:
-            length = be32(p + pos)
+            length = <uint32_t>load_be(p + pos, PREFIX)
             if length == 0 or length > self.max_frame:
                 # Cannot be framed: say why, then the caller closes the connection.
                 if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE) == 0:
@@ -144,7 +126,7 @@ cdef class NativePath:
             out.len += mp_w_bin(out.data + out.len, mac, MAC_BYTES)
         else:
             out.len += mp_w_bin(out.data + out.len, mac, 0)
-        put_be32(out.data + f.start, <uint32_t>(out.len - f.start - PREFIX))
+        store_be(out.data + f.start, out.len - f.start - PREFIX, PREFIX)
 
     cdef void error(self, OutBuf* out, Frame* f, int64_t seq, uint8_t rc,
                     const char* text) noexcept nogil:

@@ -46,6 +46,8 @@ OPERATOR_DTYPE = _dtype([("kind", "u1"), ("pad", "u1"), ("region", "<u2"),
                          ("flat_fare_fen", "<i4"), ("max_fare_fen", "<i4")], sizeof(Operator))
 STATION_DTYPE = _dtype([("id", "<u4"), ("operator", "<u4"), ("local", "<u4")], sizeof(Station))
 SURNAME_BYTES = 8
+# probe() compares the leading uint64 of a record with the key.
+assert CARD_DTYPE.fields["pan"][1] == 0 and TERMINAL_DTYPE.fields["tid"][1] == 0
 
 # Python callers (switch, tests) use the enum members as plain module constants.
 for _enum in (Kind, Proto, TerminalKind, CardStatus, Function, HolderFlag, App, OperatorKind,
@@ -67,6 +69,20 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     x *= MIX2
     x ^= x >> 31
     return x
+
+
+cdef inline int64_t probe(const uint32_t* slots, uint64_t mask, const uint8_t* records,
+                          size_t stride, uint64_t key) noexcept nogil:
+    """Position of the record whose leading uint64 is key, or -1 (linear probing)."""
+    cdef uint64_t h = mix64(key) & mask
+    cdef uint32_t s
+    while True:
+        s = slots[h]
+        if s == 0:
+            return -1
+        if (<const uint64_t*>(records + <size_t>(s - 1) * stride))[0] == key:
+            return s - 1
+        h = (h + 1) & mask
 
 
 def pack_tid(tid: str) -> int:
@@ -221,26 +237,10 @@ cdef class State:
     # ---- lookups (hot path) ------------------------------------------------------------------
 
     cdef int64_t find_card(self, uint64_t pan) noexcept nogil:
-        cdef uint64_t h = mix64(pan) & self.cmask
-        cdef uint32_t s
-        while True:
-            s = self.cslot[h]
-            if s == 0:
-                return -1
-            if self.card[s - 1].pan == pan:
-                return s - 1
-            h = (h + 1) & self.cmask
+        return probe(self.cslot, self.cmask, <const uint8_t*>self.card, sizeof(Card), pan)
 
     cdef int64_t find_terminal(self, uint64_t tid) noexcept nogil:
-        cdef uint64_t h = mix64(tid) & self.tmask
-        cdef uint32_t s
-        while True:
-            s = self.tslot[h]
-            if s == 0:
-                return -1
-            if self.term[s - 1].tid == tid:
-                return s - 1
-            h = (h + 1) & self.tmask
+        return probe(self.tslot, self.tmask, <const uint8_t*>self.term, sizeof(Terminal), tid)
 
     cdef int64_t find_station(self, uint32_t station_id) noexcept nogil:
         cdef int64_t lo = 0, hi = <int64_t>self.n_stations - 1, mid

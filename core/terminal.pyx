@@ -18,14 +18,13 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 
 import numpy as np
 
-from onecard.core.codes cimport N_RC, RC_96
+from onecard.core.codes cimport N_RC, RC_96, rc_index
 from onecard.core.crypto cimport MAC_BYTES, MacKey, mac8, mackey_clear, mackey_set
 from onecard.core.isocodec cimport *
-from onecard.core.metrics cimport now_ns
+from onecard.core.wire cimport load_be, monotonic_ns, store_be
 from onecard.core.mpack cimport *
 from onecard.core.outbuf cimport OutBuf, ob_free, ob_reserve
 
-from onecard.protocols.codes import CODE_INDEX
 
 cdef enum:
     N_BUCKETS = 100001                    # 0..100 ms in 1 µs steps, the last one open-ended
@@ -34,10 +33,6 @@ cdef enum:
 
 LATENCY_BUCKETS = N_BUCKETS
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15   # seeds far apart in xorshift's state space
-cdef uint8_t RC_OF[65536]                 # two code characters -> code index
-memset(RC_OF, RC_96, sizeof(RC_OF))
-for _code, _i in CODE_INDEX.items():
-    RC_OF[ord(_code[0]) << 8 | ord(_code[1])] = _i
 
 
 cdef inline uint64_t xorshift(uint64_t* s) noexcept nogil:
@@ -134,7 +129,7 @@ cdef class IsoLoad:
         cdef IsoWriter w
         cdef uint8_t mac[8]
         cdef char digits[20]
-        cdef uint64_t pan, r, now = now_ns()
+        cdef uint64_t pan, r, now = monotonic_ns()
         cdef uint32_t i, j
         cdef int n
         cdef size_t start
@@ -178,7 +173,7 @@ cdef class IsoLoad:
         cdef const uint8_t* p
         cdef size_t pos = 0, n
         cdef uint32_t length, done = 0
-        cdef uint64_t stan, now = now_ns()
+        cdef uint64_t stan, now = monotonic_ns()
         cdef IsoMsg m
         cdef uint8_t rc
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -186,14 +181,13 @@ cdef class IsoLoad:
             p = <const uint8_t*>view.buf
             n = view.len
             while n - pos >= 2:
-                length = (<uint32_t>p[pos] << 8) | p[pos + 1]
+                length = <uint32_t>load_be(p + pos, 2)
                 if n - pos - 2 < length:
                     break
                 if iso_decode(p + pos + 2, length, &m) == DEC_OK and field_u64(&m, 11, &stan) == 0:
                     rc = RC_96
                     if has_field(&m, 39):
-                        rc = RC_OF[(<uint32_t>p[pos + 2 + m.off[39]] << 8)
-                                   | p[pos + 3 + m.off[39]]]
+                        rc = rc_index(p[pos + 2 + m.off[39]], p[pos + 3 + m.off[39]])
                     self.rec.done(&self.flights[stan & (SLOTS - 1)], <uint32_t>stan, rc, now)
                 else:
                     self.rec.unmatched += 1
@@ -313,17 +307,13 @@ cdef class NativeLoad:
         self.out.len += mp_w_str(self.out.data + self.out.len, <const char*>s.tid, 8)
         self.out.len += mp_w_bin(self.out.data + self.out.len, b, <uint32_t>k)
         self.out.len += mp_w_bin(self.out.data + self.out.len, mac, 8)
-        length = self.out.len - start - 4
-        self.out.data[start] = <uint8_t>(length >> 24)
-        self.out.data[start + 1] = <uint8_t>(length >> 16)
-        self.out.data[start + 2] = <uint8_t>(length >> 8)
-        self.out.data[start + 3] = <uint8_t>length
+        store_be(self.out.data + start, self.out.len - start - 4, 4)
         s.flights[s.seq & (SLOTS - 1)].seq = s.seq
         s.flights[s.seq & (SLOTS - 1)].sent_ns = now
         s.seq += 1
 
     def build(self, uint32_t count) -> bytes:
-        cdef uint64_t r, now = now_ns()
+        cdef uint64_t r, now = monotonic_ns()
         cdef uint32_t i, card, pick
         self.out.len = 0
         for i in range(count):
@@ -354,7 +344,7 @@ cdef class NativeLoad:
         cdef const uint8_t* p
         cdef size_t pos = 0, n
         cdef uint32_t length, done = 0, count, i, k, tid_len, body_len, rc_len, t
-        cdef uint64_t now = now_ns()
+        cdef uint64_t now = monotonic_ns()
         cdef MpReader r, body
         cdef int64_t v, seq
         cdef const uint8_t* tid
@@ -365,8 +355,7 @@ cdef class NativeLoad:
             p = <const uint8_t*>view.buf
             n = view.len
             while n - pos >= 4:
-                length = ((<uint32_t>p[pos] << 24) | (<uint32_t>p[pos + 1] << 16)
-                          | (<uint32_t>p[pos + 2] << 8) | p[pos + 3])
+                length = <uint32_t>load_be(p + pos, 4)
                 if n - pos - 4 < length:
                     break
                 r.p = p + pos + 4
@@ -389,8 +378,8 @@ cdef class NativeLoad:
                                 break
                             self.rec.done(&self.sims[sim].flights[seq & (SLOTS - 1)],
                                           <uint32_t>seq,
-                                          RC_OF[(<uint32_t>s[0] << 8) | s[1]] if rc_len == 2
-                                          else RC_96, now)
+                                          rc_index(s[0], s[1]) if rc_len == 2 else RC_96,
+                                          now)
                             done += 1
                             for _ in range(k - 3):
                                 if mp_skip(&body, 0):
