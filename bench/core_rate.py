@@ -13,8 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from onecard.core import crypto, isocodec
 from onecard.core.engine import ISO8583, Engine
 from onecard.core.state import FN_FINANCIAL
