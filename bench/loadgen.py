@@ -160,8 +160,11 @@ def _pick_native(terminals: list[TerminalInfo], n: int, rng: random.Random) -> l
         a = gates[0]
         b = next((g for g in gates if g.station_id != a.station_id), gates[1])
         province = a.province
-        bus = next(t for t in buses if t.province == province and t.tid not in used)
-        ver = next(t for t in verifiers if t.province == province and t.tid not in used)
+        bus = next((t for t in buses if t.province == province and t.tid not in used), None)
+        ver = next((t for t in verifiers if t.province == province and t.tid not in used), None)
+        if bus is None or ver is None:
+            raise SystemExit("onecard load: not enough bus readers or verifiers for that many "
+                             "native connections")
         for t in (a, b, bus, ver):
             used.add(t.tid)
         sets.append([("gate_in", a), ("gate_out", b), ("bus", bus), ("verifier", ver)])
@@ -221,11 +224,19 @@ def run(args, *, progress: bool = True) -> LoadResult:
     terminals = read_terminals(data_dir)
     recorder = Recorder()
     sims = []
+    cards: dict[tuple[int, int], np.ndarray] = {}
+
+    def pans_for(province: int, functions: int, min_balance_fen: int) -> np.ndarray:
+        key = (province, functions)
+        if key not in cards:
+            cards[key] = usable_cards(data_dir, province=province, functions=functions,
+                                      min_balance_fen=min_balance_fen)
+        return cards[key]
+
     if args.protocol == "iso8583":
         for i, t in enumerate(_pick_iso(terminals, args.connections, rng)):
             mak = _signed_on(args.host, args.port, iso_signon, t)
-            pans = usable_cards(data_dir, province=t.province, functions=FN_FINANCIAL,
-                                min_balance_fen=10_000)
+            pans = pans_for(t.province, FN_FINANCIAL, 10_000)
             sims.append(IsoLoad(recorder, t.tid, t.merchant, t.mac_alg, mak, pans,
                                 balance_share=args.balance_share, seed=args.seed + i,
                                 first_stan=rng.randint(1, 900_000)))
@@ -235,8 +246,7 @@ def run(args, *, progress: bool = True) -> LoadResult:
             for role, t in group:
                 mak = _signed_on(args.host, args.port, native_signon, t)
                 spec.append((role, t.tid, t.mac_alg, mak, t.station_id))
-            pans = usable_cards(data_dir, province=group[0][1].province, functions=FN_TRANSPORT,
-                                min_balance_fen=2_000)
+            pans = pans_for(group[0][1].province, FN_TRANSPORT, 2_000)
             sims.append(NativeLoad(recorder, spec, pans, verify_share=args.verify_share,
                                    bus_share=args.bus_share, seed=args.seed + i))
     if progress:
@@ -264,7 +274,7 @@ def add_arguments(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--duration", type=float, help="seconds to run (default 10)")
     g.add_argument("--count", type=int, help="requests to send in all")
-    p.add_argument("--balance-share", type=float, default=0.0,
+    p.add_argument("--balance-share", type=float, default=0.1,
                    help="iso8583: share of balance inquiries among requests (0..1)")
     p.add_argument("--verify-share", type=float, default=0.1,
                    help="native: share of identity verifications")

@@ -2,10 +2,9 @@
 """ISO 8583 on the wire: split a received buffer into frames, decode, check terminal and MAC,
 authorise, and encode every reply into one output buffer, in one call per buffer.
 
-Frame checks come first: a length prefix below the smallest possible message (13 bytes) or
-above ``max_frame`` means the stream cannot be framed (the caller closes it); anything that can
-be delimited but not decoded is answered with response code 30 and a field 44 naming the
-problem.
+Frame checks come first: a length prefix above ``max_frame`` means the stream cannot be framed
+(the caller closes it); anything that can be delimited but not decoded, however short, is
+answered with response code 30 and a field 44 naming the problem.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -19,9 +18,6 @@ from onecard.core.journal cimport NONE32
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.outbuf cimport OutBuf, ob_reserve
 from onecard.core.state cimport *
-
-cdef enum:
-    MIN_FRAME = 13                      # TPDU + header + MTI: anything shorter is not ISO 8583
 
 
 
@@ -74,8 +70,8 @@ cdef class IsoPath:
         cdef uint32_t length
         while n - pos >= PREFIX_BYTES:
             length = (<uint32_t>p[pos] << 8) | p[pos + 1]
-            if length < MIN_FRAME or length > self.max_frame:
-                close[0] = 1
+            if length > self.max_frame:
+                close[0] = 1                 # more than any message: not a frame we can hold
                 break
             if n - pos - PREFIX_BYTES < length:
                 break
@@ -92,7 +88,7 @@ cdef class IsoPath:
         cdef IsoWriter w
         cdef char text[25]
         cdef int n, f = m.err_field
-        cdef uint32_t mti = reply_mti(m.mti) if rc != DEC_MTI else 0
+        cdef uint32_t mti = reply_mti(m.mti) if rc == DEC_FIELD or rc == DEC_TRAILING else 0
         w_begin(&w, out.data, out.len, hdr, mti)
         if rc == DEC_FIELD:
             # Only fields before the broken one were located.

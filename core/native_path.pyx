@@ -79,11 +79,11 @@ cdef class NativePath:
         cdef Frame f
         while n - pos >= PREFIX:
             length = <uint32_t>load_be(p + pos, PREFIX)
-            if length == 0 or length > self.max_frame:
+            if length > self.max_frame:
                 # Cannot be framed: say why, then the caller closes the connection.
                 if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE) == 0:
                     self.begin(out, &f, NULL, 0)
-                    self.error(out, &f, 0, RC_30, b"frame length is 0 or above the maximum")
+                    self.error(out, &f, 0, RC_30, b"frame length above the maximum")
                     self.end(out, &f, NULL)
                     self.mx.count(batch, KIND_FORMAT, RC_30)
                     messages[0] += 1

@@ -13,8 +13,14 @@ from onecard.switch.config import Config, ConfigError, load, with_overrides
 log = logging.getLogger("onecard")
 
 
+DEFAULT_CONFIG = Path("onecard.toml")
+
+
 def _config(args) -> Config:
-    config = load(args.config)
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG                   # the documented default: ./onecard.toml
+    config = load(path)
     overrides = {"data_dir": getattr(args, "data_dir", None)}
     for name in ("host", "iso8583_port", "native_port", "http_port"):
         overrides[f"server.{name}"] = getattr(args, name, None)
@@ -120,7 +126,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, *, server: bool = False):
-        sp.add_argument("--config", help="TOML configuration file (every key optional)")
+        sp.add_argument("--config", help="TOML configuration file, every key optional "
+                        "(default: ./onecard.toml if it exists)")
         sp.add_argument("--data-dir", help="data directory (default: ./onecard-data)")
         if server:
             sp.add_argument("--host")

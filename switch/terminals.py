@@ -4,8 +4,8 @@ terminal registry and cards of a data set, and signing a terminal on over a bloc
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import numpy as np
 from onecard.core import crypto, isocodec
 from onecard.core.state import CARD_ACTIVE
 from onecard.protocols import native
-from onecard.switch import loader, snapshots, store
+from onecard.switch import snapshots, store
 
 ALG_NAMES = {1: "x919", 2: "sm4"}
 KIND_NAMES = {1: "pos", 2: "gate", 3: "bus", 4: "ferry", 5: "verifier"}
@@ -67,7 +67,6 @@ def usable_cards(data_dir: str | Path, *, province: int | None = None, functions
             "SELECT province FROM regions ORDER BY idx")])
     finally:
         conn.close()
-    import datetime as dt
     today = dt.date.today()
     yymm = (today.year % 100) * 100 + today.month
     ok = (cards["status"] == CARD_ACTIVE) & (cards["expiry_yymm"] >= yymm)
@@ -76,15 +75,6 @@ def usable_cards(data_dir: str | Path, *, province: int | None = None, functions
     if province is not None:
         ok &= region_prov[cards["region"]] == province
     return cards["pan"][ok]
-
-
-def card_rows(data_dir: str | Path, where: str, params: tuple = ()) -> list[sqlite3.Row]:
-    conn = store.connect(store.db_path(data_dir), readonly=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(f"SELECT * FROM cards WHERE {where}", params).fetchall()
-    finally:
-        conn.close()
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -127,14 +117,3 @@ def native_signon(sock: socket.socket, t: TerminalInfo, seq: int = 1) -> bytes:
         raise RuntimeError(f"sign-on of {t.tid}: MAC key check value mismatch")
     return mak
 
-
-def province_of(data_dir: str | Path) -> dict[int, int]:
-    conn = store.connect(store.db_path(data_dir), readonly=True)
-    try:
-        return {idx: p for idx, p in conn.execute("SELECT idx, province FROM regions")}
-    finally:
-        conn.close()
-
-
-__all__ = ["TerminalInfo", "card_rows", "iso_signon", "loader", "native_signon", "province_of",
-           "read_terminals", "usable_cards"]

@@ -39,6 +39,12 @@ def test_bad_config_stops_startup_naming_the_key(tmp_path, toml, named):
     assert not (tmp_path / "d").exists()                # nothing started, nothing generated
 
 
+def test_onecard_toml_in_the_working_directory_is_the_default(tmp_path):
+    (tmp_path / "onecard.toml").write_text("[server]\nhots = 'x'\n")
+    out = onecard("serve", cwd=tmp_path)
+    assert out.returncode == 2 and "hots" in out.stderr and "onecard.toml" in out.stderr
+
+
 def test_missing_config_file_is_reported(tmp_path):
     out = onecard("serve", "--config", str(tmp_path / "nope.toml"))
     assert out.returncode == 2 and "cannot read config file" in out.stderr

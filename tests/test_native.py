@@ -211,3 +211,14 @@ def test_partial_frames_wait_for_the_rest(world, cut):
     assert (consumed, replies, close) == (0, b"", False)
     consumed, replies, _, _ = world.engine.process(NATIVE, data)
     assert consumed == len(data) and replies
+
+
+def test_empty_frame_is_answered_and_the_link_stays(world):
+    t = world.native(TERM_BUS_READER)
+    consumed, replies, _, close = world.engine.process(NATIVE, b"\0\0\0\0")
+    assert consumed == 4 and not close
+    (frame,) = [native.decode_frame(f) for f in frames(replies, 4)]
+    (r,) = native.decode_replies(frame.body)
+    assert r.rc == "30"
+    (hb,) = t.send([native.Heartbeat(t.next_seq())])
+    assert hb.rc == "00"

@@ -82,8 +82,11 @@ def test_malformed_frames_get_30_and_the_connection_carries_on(running_switch, w
 def test_unframeable_stream_is_closed_and_others_carry_on(running_switch, world):
     sock, t = iso_terminal(running_switch, world)
     other = socket.create_connection(("127.0.0.1", running_switch.iso))
-    other.sendall(b"\x00\x03abc")                      # too short to be any ISO 8583 message
     other.settimeout(10)
+    other.sendall(b"\x00\x03abc")                      # delimited, too short: answered 30
+    (short,) = [iso_decode(f) for f in read_frames(other, 1)]
+    assert short["39"] == "30" and short["44"] == "TOO SHORT"
+    other.sendall(b"\xff\xff" + b"x" * 100)             # 65535 bytes: beyond any message
     assert other.recv(100) == b""                      # closed by the switch
     other.close()
     web = socket.create_connection(("127.0.0.1", running_switch.native))
