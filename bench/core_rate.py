@@ -15,7 +15,7 @@ from pathlib import Path
 
 from onecard.core import crypto, isocodec
 from onecard.core.engine import ISO8583, Engine
-from onecard.core.state import FN_FINANCIAL
+from onecard.core.state import FN_FINANCIAL, KIND_PURCHASE
 from onecard.core.terminal import IsoLoad, Recorder
 from onecard.protocols.iso8583_fields import pyiso8583_spec
 from onecard.switch import demo, loader
@@ -47,7 +47,7 @@ def onecard_rate(data_dir: Path, messages: int, batch: int) -> tuple[float, dict
         engine.process(ISO8583, buf)
         engine.journal.take()                        # the committer's share, in-thread here
     elapsed = time.perf_counter() - start
-    codes = engine.metrics.counts[ISO8583].sum(axis=0)
+    codes = engine.metrics.counts[ISO8583, KIND_PURCHASE]
     return len(buffers) * batch / elapsed, {"approved": int(codes[0]),
                                             "declined": int(codes.sum() - codes[0])}, buffers
 
