@@ -246,7 +246,8 @@ cdef class IsoPath:
             w_copy(&w, m, 3)
         if has_field(m, 4):
             w_copy(&w, m, 4)
-        w_copy(&w, m, 11)
+        if has_field(m, 11):                 # absent only in requests of no known kind
+            w_copy(&w, m, 11)
         local_s = <uint64_t>(self.auth.now_us // 1000000 + 8 * 3600) % 86400
         hhmmss = (local_s // 3600) * 10000 + ((local_s // 60) % 60) * 100 + local_s % 60
         mmdd = <uint64_t>(self.auth.today_m * 100 + self.auth.today_d)
@@ -261,7 +262,8 @@ cdef class IsoPath:
         if r.rc == RC_00 and (kind == KIND_PURCHASE or kind == KIND_REVERSAL):
             put_text_number(&w, 38, r.record_no % 1000000, 6)
         w_ans(&w, 39, rc_chars(r.rc), 2)
-        w_copy(&w, m, 41)
+        if has_field(m, 41):
+            w_copy(&w, m, 41)
         if has_field(m, 42):
             w_copy(&w, m, 42)
         if has_field(m, 49):

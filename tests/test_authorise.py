@@ -12,7 +12,7 @@ from onecard.core.state import (
     TERM_METRO_GATE,
 )
 
-from termsim import iso_decode
+from termsim import iso_decode, iso_encode
 
 
 def test_signon_gives_working_keys(world):
@@ -245,6 +245,12 @@ def test_echo_and_unsupported_transactions(world):
     assert echo["t"] == "0830" and echo["39"] == "00"
     assert other["39"] == "12"
     assert proc["39"] == "12"
+
+
+def test_unknown_message_with_almost_no_fields_is_12(world):
+    t = world.iso()
+    (r,) = t.send(iso_encode({"h": t.header, "t": "0300", "3": "000000"}))
+    assert r["t"] == "0310" and r["39"] == "12" and "11" not in r and "41" not in r
 
 
 def test_missing_mandatory_field_is_30_naming_it(world):
