@@ -9,6 +9,7 @@ from onecard.core import crypto
 from onecard.core.engine import ISO8583, NATIVE
 from onecard.core.state import TERM_BUS_READER
 from onecard.protocols import native
+
 from termsim import frames
 
 FUZZ = settings(max_examples=400, deadline=None,
