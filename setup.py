@@ -17,19 +17,17 @@ ANNOTATE = os.environ.get("ONECARD_ANNOTATE") == "1"
 DEBUG = os.environ.get("ONECARD_DEBUG") == "1"
 
 
-def _check_openssl() -> None:
-    # The MAC and key-wrapping code links libcrypto (DES, SM4); fail early with the fix.
-    for root in ("/usr/include", "/usr/local/include", os.environ.get("OPENSSL_INCLUDE", "")):
-        if root and Path(root, "openssl", "des.h").exists():
-            return
-    sys.stderr.write(
-        "onecard: OpenSSL development headers not found (openssl/des.h).\n"
-        "         Install them first: apt-get install libssl-dev  (or set OPENSSL_INCLUDE)\n"
-    )
-    raise SystemExit(1)
+def _check_headers() -> None:
+    # MACs link libcrypto (DES, SM4), the group committer links SQLite: fail early with the fix.
+    roots = ("/usr/include", "/usr/local/include", os.environ.get("ONECARD_INCLUDE", ""))
+    for header, package in (("openssl/des.h", "libssl-dev"), ("sqlite3.h", "libsqlite3-dev")):
+        if not any(root and Path(root, header).exists() for root in roots):
+            sys.stderr.write(f"onecard: {header} not found. Install it first: "
+                             f"apt-get install {package}  (or set ONECARD_INCLUDE)\n")
+            raise SystemExit(1)
 
 
-_check_openssl()
+_check_headers()
 
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-strict-aliasing"]
 CFLAGS += ["-Wno-deprecated-declarations", "-Wno-unused-function"]
@@ -45,6 +43,7 @@ DIRECTIVES = {
 
 MODULES = {
     "codes": [],
+    "commit": ["sqlite3"],
     "crypto": ["crypto"],
     "isocodec": [],
     "mpack": [],

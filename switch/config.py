@@ -36,6 +36,8 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     checkpoint_interval_s: Annotated[float, Meta(ge=1)] = 300.0
     checkpoint_records: Positive = 2_000_000
     snapshots_kept: Annotated[int, Meta(ge=1, le=100)] = 2
+    # The WAL is copied into the database (in the background) once it is this large.
+    wal_checkpoint_mb: Annotated[int, Meta(ge=1, le=65536)] = 64
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -15,11 +15,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from onecard.core.commit import LATENCY_BOUNDS_US as COMMIT_LATENCY_BOUNDS_US
+from onecard.core.commit import SIZE_BOUNDS as COMMIT_SIZE_BOUNDS
 from onecard.core.metrics import BATCH_BOUNDS, LATENCY_BOUNDS_US
 from onecard.core.state import Kind
 from onecard.protocols.codes import CODES
 from onecard.switch.server import PROTOCOL_NAMES, Switch
-from onecard.switch.store import CommitStats
 
 KIND_NAMES = {int(k): k.name.removeprefix("KIND_").lower() for k in Kind
               if k.name not in ("KIND_NONE", "N_KINDS")}
@@ -71,17 +72,17 @@ class SwitchCollector(Collector):
                                float(m.batch_sum[p]))
         yield batches
 
-        stats = sw.committer.stats
+        c = sw.committer
         commit = HistogramMetricFamily("onecard_commit_latency_seconds",
                                        "Group commit duration including fsync")
-        commit.add_metric([], _buckets(stats.latency, CommitStats.LATENCY_BOUNDS_US, 1e-6),
-                          stats.latency_sum_us / 1e6)
+        commit.add_metric([], _buckets(c.latency.copy(), COMMIT_LATENCY_BOUNDS_US, 1e-6),
+                          c.latency_sum_us / 1e6)
         yield commit
         size = HistogramMetricFamily("onecard_commit_records", "Journal records per commit")
-        size.add_metric([], _buckets(stats.sizes, CommitStats.SIZE_BOUNDS), float(stats.records))
+        size.add_metric([], _buckets(c.sizes.copy(), COMMIT_SIZE_BOUNDS), float(c.records))
         yield size
         yield CounterMetricFamily("onecard_journal_records_durable",
-                                  "Journal records durable since start", value=stats.records)
+                                  "Journal records durable since start", value=c.records)
 
         conns = GaugeMetricFamily("onecard_connections", "Open terminal connections",
                                   labels=["protocol"])

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583, NATIVE, Engine
 from onecard.switch import store
 from onecard.switch.config import Config
@@ -116,24 +119,29 @@ class Switch:
         self.failed: BaseException | None = None
         self.stopped = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.committer = store.GroupCommitter(
-            store.db_path(self.data_dir), self.engine.journal.take, self._durable_threadsafe,
-            self._failed_threadsafe, synchronous=config.store.synchronous)
-        self.checkpointer = Checkpointer(self.data_dir, self.committer.wait_durable,
-                                         config.store.snapshots_kept)
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
+                                        loaded.next_record_no,
+                                        synchronous=config.store.synchronous)
+        self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
+                                        daemon=True)
+        self.checkpointer = Checkpointer(self.data_dir, store.db_path(self.data_dir),
+                                         config.store.snapshots_kept,
+                                         wal_limit_bytes=config.store.wal_checkpoint_mb << 20)
         self.last_checkpoint_no = loaded.snapshot_upto
+        self._pending_checkpoint: tuple[int, dict] | None = None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
 
     # ---- replies and durability --------------------------------------------------------------
 
     def deliver(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
-        need = self.engine.journal.next_no
+        journal = self.engine.journal
+        need = self.committer.submit(journal) if journal.pending else journal.next_no
         if need <= self.durable_no:
             self._write(conn, replies, batch, close)
             return
         self.waiting.append((need, conn, replies, batch, close))
-        self.committer.wake()
         if len(self.waiting) > self.config.server.max_waiting_batches and not conn.paused:
             conn.paused = True
             self.paused.add(conn)
@@ -148,8 +156,19 @@ class Switch:
         if close:
             transport.close()
 
-    def _durable_threadsafe(self, end_no: int) -> None:
-        self._loop.call_soon_threadsafe(self._durable, end_no)
+    def _on_commit(self) -> None:
+        """The writer thread signalled the eventfd: a commit finished (or failed)."""
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            return
+        failure = self.committer.failure()
+        if failure is not None:
+            log.critical("journal commit failed, no further replies can be made durable: %s",
+                         failure)
+            self._fail(RuntimeError(failure))
+            return
+        self._durable(self.committer.durable_no)
 
     def _durable(self, end_no: int) -> None:
         self.durable_no = end_no
@@ -163,9 +182,9 @@ class Switch:
                 if conn.transport is not None:
                     conn.transport.resume_reading()
             self.paused.clear()
-
-    def _failed_threadsafe(self, exc: BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._fail, exc)
+        if self._pending_checkpoint is not None and self._pending_checkpoint[0] <= end_no:
+            self.checkpointer.submit(*self._pending_checkpoint)
+            self._pending_checkpoint = None
 
     def _fail(self, exc: BaseException) -> None:
         # Answers that are not durable must never leave: drop every connection and stop.
@@ -182,10 +201,15 @@ class Switch:
     # ---- checkpoints -------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
+        """Copy the state now; publish it once the journal records it includes are durable."""
         upto = self.engine.journal.next_no
         if upto == self.last_checkpoint_no:
             return
-        self.checkpointer.submit(upto, self.state.snapshot())
+        arrays = self.state.snapshot()
+        if upto <= self.durable_no:
+            self.checkpointer.submit(upto, arrays)
+        else:
+            self._pending_checkpoint = (upto, arrays)
         self.last_checkpoint_no = upto
 
     async def _checkpoint_loop(self) -> None:
@@ -196,7 +220,7 @@ class Switch:
             due = time.monotonic() - last >= interval
             big = (self.engine.journal.next_no - self.last_checkpoint_no
                    >= self.config.store.checkpoint_records)
-            if (due or big) and not self.checkpointer.busy:
+            if (due or big) and not self.checkpointer.busy and self._pending_checkpoint is None:
                 self.checkpoint()
                 last = time.monotonic()
 
@@ -205,7 +229,8 @@ class Switch:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         sys.setswitchinterval(self.config.core.gil_switch_interval_us / 1e6)
-        self.committer.start()
+        self._loop.add_reader(self._efd, self._on_commit)
+        self._writer.start()
         self.checkpointer.start()
         srv = self.config.server
         for proto, port in ((ISO8583, srv.iso8583_port), (NATIVE, srv.native_port)):
@@ -230,15 +255,19 @@ class Switch:
         for task in self._tasks:
             task.cancel()
         if self.failed is None:
-            deadline = time.monotonic() + 10
-            while self.waiting and time.monotonic() < deadline:
-                self.committer.wake()
-                await asyncio.sleep(0.01)
+            if self.engine.journal.pending:
+                self.committer.submit(self.engine.journal)
             self.checkpoint()
+            deadline = time.monotonic() + 30
+            while ((self.waiting or self._pending_checkpoint is not None)
+                   and time.monotonic() < deadline and self.failed is None):
+                await asyncio.sleep(0.01)
         self.committer.stop()
         self.checkpointer.stop()
-        await asyncio.to_thread(self.committer.join, 30)
+        await asyncio.to_thread(self._writer.join, 30)
         await asyncio.to_thread(self.checkpointer.join, 120)
+        self._loop.remove_reader(self._efd)
+        os.close(self._efd)
         for conns in self.connections.values():
             for conn in list(conns):
                 if conn.transport is not None:

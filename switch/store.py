@@ -1,19 +1,17 @@
 """The embedded store: one SQLite database (WAL) holding reference tables and the journal.
 
-The journal is written by :class:`GroupCommitter`, a thread that takes every record the core
-has appended since its last commit (from all connections at once), writes them as one packed
-row, and commits with ``synchronous=FULL``; only then does the event loop release the replies
-that depended on them. A row is ``(first_no, n, ts_us, records)`` where ``records`` is ``n``
-64-byte records (``onecard.core.journal.JREC_DTYPE``) numbered from ``first_no``.
+The journal is written by ``onecard.core.commit.GroupCommitter``, a thread that takes every
+record the core has appended since its last commit (from all connections at once), writes them
+as one packed row, and commits with ``synchronous=FULL``; only then does the event loop release
+the replies that depended on them. A row is ``(first_no, n, ts_us, records)`` where ``records``
+is ``n`` 64-byte records (``onecard.core.journal.JREC_DTYPE``) numbered from ``first_no``.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,96 +111,3 @@ def journal_records(conn: sqlite3.Connection,
     if not parts:
         return np.zeros(0, dtype=JREC_DTYPE), np.zeros(0, dtype=np.int64)
     return np.concatenate(parts), np.concatenate(numbers)
-
-
-class CommitStats:
-    """Commit latency and size histograms, written by the committer thread only."""
-
-    LATENCY_BOUNDS_US = (100, 250, 500, 1000, 2000, 3000, 5000, 10000, 25000, 50000, 100000,
-                         1000000)
-    SIZE_BOUNDS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
-
-    def __init__(self) -> None:
-        self.latency = np.zeros(len(self.LATENCY_BOUNDS_US) + 1, dtype=np.uint64)
-        self.latency_sum_us = 0
-        self.sizes = np.zeros(len(self.SIZE_BOUNDS) + 1, dtype=np.uint64)
-        self.records = 0
-        self.commits = 0
-
-    def observe(self, latency_us: int, records: int) -> None:
-        self.latency[np.searchsorted(self.LATENCY_BOUNDS_US, latency_us)] += 1
-        self.latency_sum_us += latency_us
-        self.sizes[np.searchsorted(self.SIZE_BOUNDS, records)] += 1
-        self.records += records
-        self.commits += 1
-
-
-class GroupCommitter(threading.Thread):
-    """Writes the core's pending journal records, many batches per commit.
-
-    ``take`` hands over pending records (first number, packed bytes); ``on_durable(end_no)``
-    is called (from this thread) after records up to end_no are durable; ``on_failure(exc)``
-    when a commit fails, after which nothing more is written: the switch must stop, since it
-    can no longer make its answers durable.
-    """
-
-    def __init__(self, path: Path, take: Callable[[], tuple[int, bytes]],
-                 on_durable: Callable[[int], None], on_failure: Callable[[BaseException], None],
-                 *, synchronous: str = "FULL") -> None:
-        super().__init__(name="onecard-group-commit", daemon=True)
-        self._path = path
-        self._take = take
-        self._on_durable = on_durable
-        self._on_failure = on_failure
-        self._synchronous = synchronous
-        self._wake = threading.Event()
-        self._stopping = False
-        self.stats = CommitStats()
-        self.durable_no = 0
-        self._durable_cond = threading.Condition()
-
-    def wake(self) -> None:
-        """New records are pending (called by the event loop after a batch)."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Commit what is pending, then end."""
-        self._stopping = True
-        self._wake.set()
-
-    def wait_durable(self, record_no: int, timeout: float | None = None) -> bool:
-        """Block until records below record_no are durable (checkpointer thread)."""
-        with self._durable_cond:
-            return self._durable_cond.wait_for(lambda: self.durable_no >= record_no, timeout)
-
-    def run(self) -> None:
-        conn = connect(self._path, synchronous=self._synchronous)
-        try:
-            while True:
-                if not self._stopping:
-                    self._wake.wait()
-                self._wake.clear()
-                first_no, blob = self._take()
-                if blob:
-                    self._commit(conn, first_no, blob)
-                elif self._stopping:
-                    return
-        except BaseException as exc:  # a failed commit must stop the switch, whatever it was
-            log.critical("journal commit failed, no further replies can be made durable: %s",
-                         exc)
-            self._on_failure(exc)
-        finally:
-            conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, first_no: int, blob: bytes) -> None:
-        n = len(blob) // JREC_DTYPE.itemsize
-        start = time.perf_counter_ns()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO journal (first_no, n, ts_us, records) VALUES (?, ?, ?, ?)",
-                     (first_no, n, time.time_ns() // 1000, blob))
-        conn.execute("COMMIT")
-        self.stats.observe((time.perf_counter_ns() - start) // 1000, n)
-        with self._durable_cond:
-            self.durable_no = first_no + n
-            self._durable_cond.notify_all()
-        self._on_durable(first_no + n)
