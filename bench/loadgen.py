@@ -1,25 +1,35 @@
 """``onecard load``: drive a switch with real, signed-on terminals from a data set.
 
-Closed loop: every connection keeps ``window`` requests in flight and sends a new one for each
-reply. Requests are built and replies read by the compiled simulators in
-``core/terminal.pyx`` in batches, so the generator's Python work is per received buffer.
-Latency is measured per request from the moment it was built to the moment its reply was
-read, into 1 µs buckets.
+Closed loop (``--window``): every connection keeps that many requests in flight and sends a
+new one for each reply. Open loop (``--rate``): requests are sent on a fixed schedule whatever
+the replies do, and latency is measured from each request's *scheduled* time, so queueing in
+the switch (or in a generator that falls behind) shows up in the figures instead of being
+hidden. ``--processes`` spreads the connections over several generator processes when one
+cannot keep the switch busy. Requests are built and replies read by the compiled simulators in
+``core/terminal.pyx``; the Python work is per received buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import multiprocessing as mp
 import random
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from onecard.bench.loadresult import (
+    LoadResult,
+    compare,
+    encode_hdr,
+    hdr_from_buckets,
+    percentiles_ms,
+    plot,
+)
 from onecard.core.state import (
     FN_FINANCIAL,
     FN_TRANSPORT,
@@ -29,7 +39,6 @@ from onecard.core.state import (
     TERM_POS,
     TERM_VERIFIER,
 )
-from onecard.core.terminal import IsoLoad, NativeLoad, Recorder
 from onecard.protocols.codes import CODES
 from onecard.switch.terminals import (
     TerminalInfo,
@@ -39,111 +48,38 @@ from onecard.switch.terminals import (
     usable_cards,
 )
 
-PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 MAINLAND = (11, 12, 13, 31, 32, 33, 34, 44)
+MAX_IN_FLIGHT = 60_000          # per connection, below the simulators' 65,536 tracked slots
+TICK_S = 0.001                  # open loop: how often each connection's schedule is checked
+MIXED_ISO_SHARE = 0.3           # "mixed": share of connections that are POS terminals
 
 
 @dataclass
-class LoadResult:
-    protocol: str
-    connections: int
-    window: int
-    seconds: float
-    completed: int
-    sent: int
-    tps: float
-    latency_ms: dict[str, float]
-    codes: dict[str, int]
-    unmatched: int
-    timeline: list[tuple[float, int]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        lat = "  ".join(f"{k} {v:.3f} ms" for k, v in self.latency_ms.items())
-        total = max(self.completed, 1)
-        codes = "  ".join(f"{c} {n:,} ({100 * n / total:.1f}%)"
-                          for c, n in sorted(self.codes.items(), key=lambda kv: -kv[1]))
-        return (f"onecard load: {self.protocol}, {self.connections} connections x window "
-                f"{self.window}, {self.seconds:.1f} s\n"
-                f"  completed {self.completed:,} requests ({self.tps:,.0f}/s)\n"
-                f"  latency   {lat}\n"
-                f"  codes     {codes}"
-                + (f"\n  unmatched replies {self.unmatched}" if self.unmatched else ""))
+class ConnSpec:
+    protocol: str                                # "iso8583" or "native"
+    port: int
+    terminals: list[tuple[str, TerminalInfo]]
+    province: int
+    seed: int
 
 
-def percentiles(hist: np.ndarray, max_us: int) -> dict[str, float]:
-    total = int(hist.sum())
-    out: dict[str, float] = {}
-    if total == 0:
-        return out
-    cum = np.cumsum(hist)
-    for p in PERCENTILES:
-        rank = max(1, int(np.ceil(total * p / 100)))
-        us = int(np.searchsorted(cum, rank))
-        out[f"p{p:g}"] = us / 1000
-    out["max"] = max_us / 1000
-    return out
+# ---- plan: which terminals each connection plays -------------------------------------------
 
 
-class LoadConnection(asyncio.Protocol):
-    def __init__(self, sim, window: int, budget: list[int], stop: asyncio.Event) -> None:
-        self.sim = sim
-        self.window = window
-        self.budget = budget          # shared remaining request count ([-1] = unbounded)
-        self.stop = stop
-        self.buf = bytearray()
-        self.in_flight = 0
-        self.transport: asyncio.Transport | None = None
-        self.done = asyncio.get_running_loop().create_future()
-
-    def _take(self, n: int) -> int:
-        if self.stop.is_set():
-            return 0
-        if self.budget[0] >= 0:
-            n = min(n, self.budget[0])
-            self.budget[0] -= n
-        return n
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        n = self._take(self.window)
-        if n:
-            self.in_flight += n
-            transport.write(self.sim.build(n))
-
-    def data_received(self, data: bytes) -> None:
-        if self.buf:
-            self.buf += data
-            data = self.buf
-        consumed, completed = self.sim.parse(data)
-        if data is self.buf:
-            del self.buf[:consumed]
-        elif consumed < len(data):
-            self.buf += data[consumed:]
-        self.in_flight -= completed
-        n = self._take(completed)
-        if n:
-            self.in_flight += n
-            self.transport.write(self.sim.build(n))
-        elif self.in_flight <= 0 and not self.done.done():
-            self.done.set_result(None)
-
-    def connection_lost(self, exc) -> None:
-        if not self.done.done():
-            self.done.set_result(exc)
-
-
-def _pick_iso(terminals: list[TerminalInfo], n: int, rng: random.Random) -> list[TerminalInfo]:
+def _iso_specs(terminals: list[TerminalInfo], n: int, port: int, rng: random.Random) -> list:
     pos = [t for t in terminals if t.kind == TERM_POS and t.protocol == PROTO_ISO8583
            and t.province in MAINLAND]
     if len(pos) < n:
         raise SystemExit(f"onecard load: only {len(pos)} POS terminals in the data set, "
-                         f"asked for {n} connections")
-    return rng.sample(pos, n)
+                         f"asked for {n} ISO 8583 connections")
+    return [ConnSpec("iso8583", port, [("pos", t)], t.province, rng.randrange(1 << 30))
+            for t in rng.sample(pos, n)]
 
 
-def _pick_native(terminals: list[TerminalInfo], n: int, rng: random.Random) -> list[list]:
-    """Per connection: two gates at different stations of one metro, a bus reader and a
-    verifier of the same province."""
+def _native_specs(terminals: list[TerminalInfo], n: int, port: int,
+                  rng: random.Random) -> list:
+    """Per connection: gates at two stations of one metro network, and a bus reader and a
+    verifier of the same province (a station concentrator and its neighbours)."""
     gates_by_op: dict[int, list[TerminalInfo]] = {}
     for t in terminals:
         if t.kind == TERM_METRO_GATE:
@@ -152,23 +88,38 @@ def _pick_native(terminals: list[TerminalInfo], n: int, rng: random.Random) -> l
     verifiers = [t for t in terminals if t.kind == TERM_VERIFIER]
     ops = sorted(gates_by_op)
     used: set[str] = set()
-    sets = []
+    specs = []
     for i in range(n):
         gates = [g for g in gates_by_op[ops[i % len(ops)]] if g.tid not in used]
         if len(gates) < 2:
             raise SystemExit("onecard load: not enough metro gates for that many connections")
         a = gates[0]
         b = next((g for g in gates if g.station_id != a.station_id), gates[1])
-        province = a.province
-        bus = next((t for t in buses if t.province == province and t.tid not in used), None)
-        ver = next((t for t in verifiers if t.province == province and t.tid not in used), None)
+        bus = next((t for t in buses if t.province == a.province and t.tid not in used), None)
+        ver = next((t for t in verifiers if t.province == a.province and t.tid not in used),
+                   None)
         if bus is None or ver is None:
             raise SystemExit("onecard load: not enough bus readers or verifiers for that many "
                              "native connections")
-        for t in (a, b, bus, ver):
-            used.add(t.tid)
-        sets.append([("gate_in", a), ("gate_out", b), ("bus", bus), ("verifier", ver)])
-    return sets
+        used.update(t.tid for t in (a, b, bus, ver))
+        specs.append(ConnSpec("native", port, [("gate_in", a), ("gate_out", b), ("bus", bus),
+                                               ("verifier", ver)], a.province,
+                              rng.randrange(1 << 30)))
+    return specs
+
+
+def plan(args, terminals: list[TerminalInfo]) -> list[ConnSpec]:
+    rng = random.Random(args.seed)
+    if args.protocol == "iso8583":
+        return _iso_specs(terminals, args.connections, args.port, rng)
+    if args.protocol == "native":
+        return _native_specs(terminals, args.connections, args.port, rng)
+    n_iso = max(1, round(args.connections * MIXED_ISO_SHARE))
+    return (_iso_specs(terminals, n_iso, args.port, rng)
+            + _native_specs(terminals, args.connections - n_iso, args.native_port, rng))
+
+
+# ---- one generator process ------------------------------------------------------------------
 
 
 def _signed_on(host: str, port: int, fn, t: TerminalInfo) -> bytes:
@@ -180,102 +131,267 @@ def _signed_on(host: str, port: int, fn, t: TerminalInfo) -> bytes:
                          "(is `onecard serve` running there?)") from exc
 
 
-async def _run(args, sims: list, recorder: Recorder, progress: bool) -> tuple[float, list]:
+def _simulators(host: str, specs: list[ConnSpec], data_dir: Path, opts: dict, recorder):
+    from onecard.core.terminal import IsoLoad, NativeLoad
+
+    pools: dict[tuple[int, int], np.ndarray] = {}
+
+    def pans(province: int, functions: int, min_balance_fen: int) -> np.ndarray:
+        if (province, functions) not in pools:
+            pools[province, functions] = usable_cards(data_dir, province=province,
+                                                      functions=functions,
+                                                      min_balance_fen=min_balance_fen)
+        return pools[province, functions]
+
+    sims = []
+    for spec in specs:
+        if spec.protocol == "iso8583":
+            t = spec.terminals[0][1]
+            mak = _signed_on(host, spec.port, iso_signon, t)
+            sims.append(IsoLoad(recorder, t.tid, t.merchant, t.mac_alg, mak,
+                                pans(spec.province, FN_FINANCIAL, 10_000),
+                                balance_share=opts["balance_share"], seed=spec.seed,
+                                first_stan=spec.seed % 900_000 + 1))
+        else:
+            roles = [(role, t.tid, t.mac_alg, _signed_on(host, spec.port, native_signon, t),
+                      t.station_id) for role, t in spec.terminals]
+            sims.append(NativeLoad(recorder, roles, pans(spec.province, FN_TRANSPORT, 2_000),
+                                   verify_share=opts["verify_share"],
+                                   bus_share=opts["bus_share"], seed=spec.seed))
+    return sims
+
+
+class LoadConnection(asyncio.Protocol):
+    def __init__(self, sim, window: int, budget: list[int], stop: asyncio.Event) -> None:
+        self.sim = sim
+        self.window = window          # closed loop: requests in flight; 0 = open loop
+        self.budget = budget          # shared remaining request count ([-1] = unbounded)
+        self.stop = stop
+        self.buf = bytearray()
+        self.in_flight = 0
+        self.scheduled = 0            # open loop: requests scheduled so far
+        self.transport: asyncio.Transport | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def _take(self, n: int) -> int:
+        if self.stop.is_set():
+            return 0
+        if self.budget[0] >= 0:
+            n = min(n, self.budget[0])
+            self.budget[0] -= n
+        return n
+
+    def _send(self, n: int, first_ns: int = 0, interval_ns: int = 0) -> None:
+        self.in_flight += n
+        self.transport.write(self.sim.build(n, first_ns, interval_ns))
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if self.window:
+            n = self._take(self.window)
+            if n:
+                self._send(n)
+
+    def tick(self, start_ns: int, now_ns: int, rate: float) -> bool:
+        """Open loop: send what the schedule says is due by now. False when the in-flight
+        limit stops it (the switch is not keeping up)."""
+        due = int((now_ns - start_ns) * rate / 1e9) - self.scheduled
+        if due <= 0:
+            return True
+        if self.in_flight + due > MAX_IN_FLIGHT:
+            return False
+        interval = int(1e9 / rate)
+        n = self._take(due)
+        if n:
+            self._send(n, start_ns + self.scheduled * interval, interval)
+        self.scheduled += due
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self.buf:
+            self.buf += data
+            data = self.buf
+        consumed, completed = self.sim.parse(data)
+        if data is self.buf:
+            del self.buf[:consumed]
+        elif consumed < len(data):
+            self.buf += data[consumed:]
+        self.in_flight -= completed
+        if self.window:
+            n = self._take(completed)
+            if n:
+                self._send(n)
+        if self.in_flight <= 0 and (self.stop.is_set() or self.budget[0] == 0):
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+async def _drive(host: str, specs: list[ConnSpec], sims: list, opts: dict, recorder,
+                 progress, slot: int) -> dict:
+    from onecard.core.terminal import monotonic_ns_py
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    budget = [args.count if args.count else -1]
-    conns: list[LoadConnection] = []
-    for sim in sims:
-        _, proto = await loop.create_connection(
-            lambda s=sim: LoadConnection(s, args.window, budget, stop), args.host, args.port)
-        conns.append(proto)
+    budget = [opts["count"] if opts["count"] else -1]
+    conns = []
+    for spec, sim in zip(specs, sims, strict=True):
+        _, c = await loop.create_connection(
+            lambda s=sim: LoadConnection(s, opts["window"], budget, stop), host, spec.port)
+        conns.append(c)
     started = time.perf_counter()
-    timeline = []
-    deadline = started + (args.duration if args.duration else 3600.0)
-    last = 0
+    start_ns = monotonic_ns_py()
+    deadline = started + opts["duration"]
+    rate = opts["rate"] / max(len(conns), 1) if opts["rate"] else 0.0
+    overloaded = False
+    last_report = 0.0
     while time.perf_counter() < deadline:
         if all(c.done.done() for c in conns):
             break
-        await asyncio.sleep(max(0.0, min(1.0 if progress else 0.1,
-                                         deadline - time.perf_counter())))
-        now = time.perf_counter() - started
-        done = recorder.completed
-        timeline.append((round(now, 3), int(done)))
-        if progress:
-            print(f"  {now:6.1f} s  {done:>12,} replies  {done - last:>10,}/s", file=sys.stderr,
-                  flush=True)
-        last = done
+        if rate:
+            now = monotonic_ns_py()
+            for c in conns:
+                if not c.tick(start_ns, now, rate):
+                    overloaded = True
+            if overloaded:
+                break
+            await asyncio.sleep(TICK_S)
+        else:
+            await asyncio.sleep(0.05)
+        if time.perf_counter() - last_report > 0.05:
+            progress[slot] = recorder.completed
+            last_report = time.perf_counter()
     stop.set()
     elapsed = time.perf_counter() - started
-    # Let requests in flight finish (bounded), so every sent request is accounted for.
-    try:
-        await asyncio.wait_for(asyncio.gather(*(c.done for c in conns if c.in_flight > 0)), 10)
-    except TimeoutError:
-        pass
+    pending = [c.done for c in conns if c.in_flight > 0 and not c.done.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=10)    # let the requests in flight finish
     for c in conns:
         if c.transport is not None:
             c.transport.close()
-    return elapsed, timeline
+    progress[slot] = recorder.completed
+    return {"seconds": elapsed, "overloaded": overloaded}
 
 
-def run(args, *, progress: bool = True) -> LoadResult:
-    rng = random.Random(args.seed)
-    data_dir = Path(args.data_dir)
-    terminals = read_terminals(data_dir)
-    recorder = Recorder()
-    sims = []
-    cards: dict[tuple[int, int], np.ndarray] = {}
+def worker(host: str, specs: list[ConnSpec], data_dir: str, opts: dict, barrier, progress,
+           slot: int, out) -> None:
+    """Body of one generator process: sign on, wait for the others, drive, report."""
+    from onecard.core.terminal import Recorder
 
-    def pans_for(province: int, functions: int, min_balance_fen: int) -> np.ndarray:
-        key = (province, functions)
-        if key not in cards:
-            cards[key] = usable_cards(data_dir, province=province, functions=functions,
-                                      min_balance_fen=min_balance_fen)
-        return cards[key]
-
-    if args.protocol == "iso8583":
-        for i, t in enumerate(_pick_iso(terminals, args.connections, rng)):
-            mak = _signed_on(args.host, args.port, iso_signon, t)
-            pans = pans_for(t.province, FN_FINANCIAL, 10_000)
-            sims.append(IsoLoad(recorder, t.tid, t.merchant, t.mac_alg, mak, pans,
-                                balance_share=args.balance_share, seed=args.seed + i,
-                                first_stan=rng.randint(1, 900_000)))
-    else:
-        for i, group in enumerate(_pick_native(terminals, args.connections, rng)):
-            spec = []
-            for role, t in group:
-                mak = _signed_on(args.host, args.port, native_signon, t)
-                spec.append((role, t.tid, t.mac_alg, mak, t.station_id))
-            pans = pans_for(group[0][1].province, FN_TRANSPORT, 2_000)
-            sims.append(NativeLoad(recorder, spec, pans, verify_share=args.verify_share,
-                                   bus_share=args.bus_share, seed=args.seed + i))
-    if progress:
-        what = f"{args.duration} s" if args.duration else f"{args.count:,} requests"
-        print(f"onecard load: {len(sims)} terminals signed on; running {what}", file=sys.stderr)
     try:
+        recorder = Recorder()
+        sims = _simulators(host, specs, Path(data_dir), opts, recorder)
+        barrier.wait(120)
         import uvloop
-        elapsed, timeline = uvloop.run(_run(args, sims, recorder, progress))
-    except ImportError:
-        elapsed, timeline = asyncio.run(_run(args, sims, recorder, progress))
-    codes = {CODES[i][0]: int(n) for i, n in enumerate(recorder.codes) if n and i < len(CODES)}
-    return LoadResult(args.protocol, args.connections, args.window, elapsed,
-                      int(recorder.completed), int(recorder.sent),
-                      recorder.completed / elapsed if elapsed else 0.0,
-                      percentiles(recorder.histogram, recorder.max_us), codes,
-                      int(recorder.unmatched), timeline)
+
+        run = uvloop.run(_drive(host, specs, sims, opts, recorder, progress, slot))
+        out.send({"histogram": recorder.histogram, "codes": recorder.codes,
+                  "completed": int(recorder.completed), "sent": int(recorder.sent),
+                  "unmatched": int(recorder.unmatched), "max_us": int(recorder.max_us), **run})
+    except BaseException as exc:  # the parent reports it; a child must not die silently
+        barrier.abort()
+        out.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+# ---- the parent ------------------------------------------------------------------------------
+
+
+def run(args, *, progress_output: bool = True) -> LoadResult:
+    terminals = read_terminals(args.data_dir)
+    specs = plan(args, terminals)
+    n_proc = max(1, min(args.processes, len(specs)))
+    chunks = [specs[i::n_proc] for i in range(n_proc)]
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(n_proc + 1)
+    progress = ctx.Array("Q", n_proc, lock=False)
+    opts = {"window": 0 if args.rate else args.window, "rate": args.rate or 0.0,
+            "duration": args.duration if args.duration else 3600.0,
+            "balance_share": args.balance_share, "verify_share": args.verify_share,
+            "bus_share": args.bus_share}
+    procs, pipes = [], []
+    for i, chunk in enumerate(chunks):
+        count = 0
+        if args.count:
+            count = args.count * len(chunk) // len(specs) + (1 if i < args.count * len(chunk)
+                                                            % len(specs) else 0)
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=worker, args=(args.host, chunk, str(args.data_dir),
+                                             {**opts, "count": count}, barrier, progress, i,
+                                             child_end), daemon=True)
+        p.start()
+        procs.append(p)
+        pipes.append(parent_end)
+    try:
+        barrier.wait(180)
+    except Exception as exc:
+        errors = [r["error"] for r in (p.recv() for p in pipes if p.poll(5)) if "error" in r]
+        raise SystemExit("onecard load: " + ("; ".join(errors) or "generators did not start")
+                         ) from exc
+    if progress_output:
+        how = f"{args.duration:g} s" if args.duration else f"{args.count:,} requests"
+        loop = f"open loop at {args.rate:,.0f}/s" if args.rate else f"window {args.window}"
+        print(f"onecard load: {len(specs)} connections signed on in {n_proc} process(es); "
+              f"{loop}; running {how}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    timeline = [(0.0, 0)]
+    last = 0
+    while any(p.is_alive() for p in procs) and not all(pp.poll() for pp in pipes):
+        time.sleep(1.0 if progress_output else 0.2)
+        now = time.perf_counter() - started
+        done = int(sum(progress))
+        timeline.append((round(now, 3), done))
+        if progress_output:
+            print(f"  {now:6.1f} s  {done:>12,} replies  {done - last:>10,}/s", file=sys.stderr,
+                  flush=True)
+        last = done
+    results = [p.recv() for p in pipes]
+    for p in procs:
+        p.join(30)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise SystemExit("onecard load: " + "; ".join(errors))
+    buckets = sum(r["histogram"] for r in results)
+    codes_arr = sum(r["codes"] for r in results)
+    hist = hdr_from_buckets(buckets)
+    seconds = max(r["seconds"] for r in results)
+    completed = sum(r["completed"] for r in results)
+    latency = percentiles_ms(hist)
+    if latency:
+        latency["max"] = max(r["max_us"] for r in results) / 1000
+    return LoadResult(
+        protocol=args.protocol, mode="open" if args.rate else "closed",
+        connections=len(specs), processes=n_proc, window=0 if args.rate else args.window,
+        rate=float(args.rate or 0), seconds=seconds, completed=completed,
+        sent=sum(r["sent"] for r in results), tps=completed / seconds if seconds else 0.0,
+        latency_ms=latency,
+        codes={CODES[i][0]: int(n) for i, n in enumerate(codes_arr) if n and i < len(CODES)},
+        unmatched=sum(r["unmatched"] for r in results),
+        overloaded=any(r["overloaded"] for r in results), timeline=timeline,
+        histogram=encode_hdr(hist))
 
 
 def add_arguments(p) -> None:
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, help="default: 8583 for iso8583, 8584 for native")
-    p.add_argument("--protocol", choices=("iso8583", "native"), default="iso8583")
+    p.add_argument("--port", type=int,
+                   help="switch port (default 8583 for iso8583 and mixed, 8584 for native)")
+    p.add_argument("--native-port", type=int, default=8584, help="mixed: the native port")
+    p.add_argument("--protocol", choices=("iso8583", "native", "mixed"), default="iso8583",
+                   help="mixed: 30%% POS connections, 70%% gates/readers/verifiers")
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--window", type=int, default=8, help="requests in flight per connection")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--duration", type=float, help="seconds to run (default 10)")
-    g.add_argument("--count", type=int, help="requests to send in all")
+    g.add_argument("--window", type=int, default=8,
+                   help="closed loop: requests in flight per connection")
+    g.add_argument("--rate", type=float,
+                   help="open loop: requests per second in all, on a fixed schedule")
+    h = p.add_mutually_exclusive_group()
+    h.add_argument("--duration", type=float, help="seconds to run (default 10)")
+    h.add_argument("--count", type=int, help="requests to send in all")
+    p.add_argument("--processes", type=int, default=1, help="generator processes")
     p.add_argument("--balance-share", type=float, default=0.1,
-                   help="iso8583: share of balance inquiries among requests (0..1)")
+                   help="ISO 8583: share of balance inquiries among requests (0..1)")
     p.add_argument("--verify-share", type=float, default=0.1,
                    help="native: share of identity verifications")
     p.add_argument("--bus-share", type=float, default=0.2, help="native: share of bus taps")
@@ -283,19 +399,35 @@ def add_arguments(p) -> None:
                    help="data set the terminals, keys and cards come from")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="write the result as JSON to this file")
+    p.add_argument("--plot", help="write a PNG plot (latency by percentile, throughput)")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                   help="compare two result files (and plot them with --plot) instead of "
+                   "running")
 
 
 def main(args) -> int:
+    if args.compare:
+        a, b = (LoadResult.load(f) for f in args.compare)
+        print(compare(a, b, tuple(Path(f).stem for f in args.compare)))
+        if args.plot:
+            plot([(Path(f).stem, r) for f, r in zip(args.compare, (a, b), strict=True)],
+                 args.plot)
+        return 0
     if args.port is None:
-        args.port = 8583 if args.protocol == "iso8583" else 8584
+        args.port = 8584 if args.protocol == "native" else 8583
     if not args.duration and not args.count:
         args.duration = 10.0
-    if args.connections < 1 or args.window < 1 or args.window > 4096:
-        raise SystemExit("onecard load: --connections >= 1 and 1 <= --window <= 4096")
+    if args.connections < 1 or not 1 <= args.window <= 4096 or args.processes < 1:
+        raise SystemExit("onecard load: --connections >= 1, 1 <= --window <= 4096, "
+                         "--processes >= 1")
     if args.duration and args.duration > 3600:
         raise SystemExit("onecard load: --duration is limited to 3600 s")
+    if args.rate is not None and args.rate <= 0:
+        raise SystemExit("onecard load: --rate must be positive")
     result = run(args)
     print(result.summary())
     if args.json:
-        Path(args.json).write_text(json.dumps(asdict(result), indent=2))
+        result.save(args.json)
+    if args.plot:
+        plot([(f"{result.protocol} {result.mode}", result)], args.plot)
     return 0

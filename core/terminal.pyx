@@ -6,8 +6,10 @@ can keep a switch core busy.
 ``IsoLoad`` plays one POS terminal (purchases and balance inquiries over ISO 8583).
 ``NativeLoad`` plays a station's gates, a bus reader and a verifier over the native protocol
 (metro tap-in/tap-out pairs, bus taps, identity verifications).
-Latencies go into a shared histogram with 1 µs buckets (``LATENCY_BUCKETS`` of them; slower
-replies land in the last bucket and raise ``max_us``).
+Latencies go into a shared histogram: 1 µs buckets up to 100 ms, then 1 ms buckets up to 60 s
+(``bucket_value_us`` maps a bucket back to its value). A request's latency is measured from its
+send time, or in open loop from the time it was *scheduled* to be sent (``build(n, first_ns,
+interval_ns)``), so a generator that falls behind does not hide queueing.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -27,11 +29,25 @@ from onecard.core.outbuf cimport OutBuf, ob_free, ob_reserve
 
 
 cdef enum:
-    N_BUCKETS = 100001                    # 0..100 ms in 1 µs steps, the last one open-ended
-    SLOTS = 8192                          # in-flight requests tracked per terminal (power of 2)
+    FINE_US = 100000                      # 1 µs buckets below 100 ms
+    COARSE = 60000                        # then 1 ms buckets up to 60 s (the last open-ended)
+    N_BUCKETS = FINE_US + COARSE
+    SLOTS = 65536                         # in-flight requests tracked per terminal (power of 2)
     MAX_STAN = 999999
 
 LATENCY_BUCKETS = N_BUCKETS
+
+
+def monotonic_ns_py() -> int:
+    """The clock requests are stamped with (CLOCK_MONOTONIC, ns)."""
+    return monotonic_ns()
+
+
+def bucket_values_us():
+    """The latency (µs) each histogram bucket stands for."""
+    fine = np.arange(FINE_US, dtype=np.int64)
+    coarse = FINE_US + np.arange(COARSE, dtype=np.int64) * 1000
+    return np.concatenate([fine, coarse])
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15   # seeds far apart in xorshift's state space
 
 
@@ -69,11 +85,14 @@ cdef class Recorder:
         if f.seq != seq or f.sent_ns == 0:
             self.unmatched += 1
             return
-        us = (now - f.sent_ns) // 1000
+        us = (now - f.sent_ns) // 1000 if now > f.sent_ns else 0
         f.sent_ns = 0
         if us > self.max_us:
             self.max_us = us
-        self.hist[us if us < N_BUCKETS - 1 else N_BUCKETS - 1] += 1
+        if us < FINE_US:
+            self.hist[us] += 1
+        else:
+            self.hist[FINE_US + min((us - FINE_US) // 1000, COARSE - 1)] += 1
         self.rc[rc if rc < N_RC else RC_96] += 1
         self.completed += 1
 
@@ -124,12 +143,13 @@ cdef class IsoLoad:
         mackey_clear(&self.key)
         ob_free(&self.out)
 
-    def build(self, uint32_t count) -> bytes:
-        """``count`` new MACed requests, stamped with their send time."""
+    def build(self, uint32_t count, uint64_t first_ns=0, uint64_t interval_ns=0) -> bytes:
+        """``count`` new MACed requests, stamped with their send time (now), or in open loop
+        with their scheduled times ``first_ns + i * interval_ns``."""
         cdef IsoWriter w
         cdef uint8_t mac[8]
         cdef char digits[20]
-        cdef uint64_t pan, r, now = monotonic_ns()
+        cdef uint64_t pan, r, now = first_ns if first_ns else monotonic_ns()
         cdef uint32_t i, j
         cdef int n
         cdef size_t start
@@ -163,6 +183,7 @@ cdef class IsoLoad:
             self.out.len = w_end(&w)
             self.flights[self.stan & (SLOTS - 1)].seq = self.stan
             self.flights[self.stan & (SLOTS - 1)].sent_ns = now
+            now += interval_ns
             self.stan = self.stan + 1 if self.stan < MAX_STAN else 1
         self.rec.sent += count
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
@@ -312,8 +333,9 @@ cdef class NativeLoad:
         s.flights[s.seq & (SLOTS - 1)].sent_ns = now
         s.seq += 1
 
-    def build(self, uint32_t count) -> bytes:
-        cdef uint64_t r, now = monotonic_ns()
+    def build(self, uint32_t count, uint64_t first_ns=0, uint64_t interval_ns=0) -> bytes:
+        """``count`` new request frames (see IsoLoad.build for the time stamps)."""
+        cdef uint64_t r, now = first_ns if first_ns else monotonic_ns()
         cdef uint32_t i, card, pick
         self.out.len = 0
         for i in range(count):
@@ -335,6 +357,7 @@ cdef class NativeLoad:
                 self.riders_len += 1
                 self.frame(self.gate_in, 3, self.pans[card], self.sims[self.gate_in].station,
                            0, now)
+            now += interval_ns
         self.rec.sent += count
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 

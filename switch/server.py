@@ -138,6 +138,10 @@ class Switch:
     def deliver(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
         journal = self.engine.journal
         need = self.committer.submit(journal) if journal.pending else journal.next_no
+        if self.committer.durable_no > self.durable_no:
+            # A commit finished while this loop iteration was busy with sockets: release its
+            # replies now rather than when the event loop reaches the eventfd.
+            self._durable(self.committer.durable_no)
         if need <= self.durable_no:
             self._write(conn, replies, batch, close)
             return

@@ -68,19 +68,48 @@ def test_terminals_lists_ids_and_keys(demo_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["iso8583", "native"])
-def test_load_generator_against_a_real_switch(running_switch, tmp_path, protocol):
-    port = running_switch.iso if protocol == "iso8583" else running_switch.native
-    result = tmp_path / "result.json"
-    out = onecard("load", "--protocol", protocol, "--port", str(port), "--connections", "4",
-                  "--window", "8", "--count", "4000", "--data-dir",
-                  str(running_switch.data_dir), "--json", str(result))
+@pytest.mark.parametrize(("protocol", "extra"), [
+    ("iso8583", ["--window", "8"]),
+    ("native", ["--window", "8", "--processes", "2"]),
+    ("mixed", ["--rate", "2000"]),
+])
+def test_load_generator_against_a_real_switch(running_switch, tmp_path, protocol, extra):
+    port = running_switch.native if protocol == "native" else running_switch.iso
+    result, png = tmp_path / "result.json", tmp_path / "result.png"
+    out = onecard("load", "--protocol", protocol, "--port", str(port), "--native-port",
+                  str(running_switch.native), "--connections", "4", "--count", "3000",
+                  "--data-dir", str(running_switch.data_dir), "--json", str(result),
+                  "--plot", str(png), *extra)
     assert out.returncode == 0, out.stderr
     r = json.loads(result.read_text())
-    assert r["completed"] == r["sent"] == 4000 and r["unmatched"] == 0
-    assert r["codes"].get("00", 0) > 3000
-    assert set(r["latency_ms"]) >= {"p50", "p90", "p99", "p99.9", "max"}
-    assert "requests" in out.stdout and "p99" in out.stdout
+    assert r["completed"] == r["sent"] == 3000 and r["unmatched"] == 0
+    assert r["codes"].get("00", 0) > 2500
+    assert set(r["latency_ms"]) >= {"p50", "p90", "p99", "p99.9", "p99.99", "max"}
+    assert r["mode"] == ("open" if "--rate" in extra else "closed")
+    from onecard.bench.loadresult import LoadResult
+    assert LoadResult.load(result).hdr().get_total_count() == 3000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "completed 3,000 of 3,000 sent" in out.stdout and "p99.9" in out.stdout
+
+
+def test_load_compare_mode(tmp_path):
+    from hdrh.histogram import HdrHistogram
+
+    from onecard.bench.loadresult import LoadResult, encode_hdr
+    files = []
+    for name, tps, lat in (("a", 1000.0, 100), ("b", 2000.0, 50)):
+        h = HdrHistogram(1, 60_000_000, 3)
+        h.record_value(lat, 100)
+        r = LoadResult("iso8583", "closed", 4, 1, 8, 0.0, 1.0, 100, 100, tps,
+                       {"p50": lat / 1000, "max": lat / 1000}, {"00": 100}, 0,
+                       timeline=[(0.0, 0), (1.0, 100)], histogram=encode_hdr(h))
+        r.save(tmp_path / f"{name}.json")
+        files.append(str(tmp_path / f"{name}.json"))
+    out = onecard("load", "--compare", *files, "--plot", str(tmp_path / "ab.png"))
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("throughput"))
+    assert row.split()[-1] == "2.00"
+    assert (tmp_path / "ab.png").stat().st_size > 1000
 
 
 def test_load_generator_reports_an_unreachable_switch(demo_dir):
