@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import random
 import socket
 import sys
@@ -122,7 +123,9 @@ def plan(args, terminals: list[TerminalInfo]) -> list[ConnSpec]:
 # ---- one generator process ------------------------------------------------------------------
 
 
-def _signed_on(host: str, port: int, fn, t: TerminalInfo) -> bytes:
+def _signed_on(host: str, port: int, fn, t: TerminalInfo, skip: bool = False) -> bytes:
+    if skip:
+        return os.urandom(16)              # --no-signon: a peer that does not check MACs
     try:
         with socket.create_connection((host, port), timeout=10) as sock:
             return fn(sock, t)
@@ -147,13 +150,14 @@ def _simulators(host: str, specs: list[ConnSpec], data_dir: Path, opts: dict, re
     for spec in specs:
         if spec.protocol == "iso8583":
             t = spec.terminals[0][1]
-            mak = _signed_on(host, spec.port, iso_signon, t)
+            mak = _signed_on(host, spec.port, iso_signon, t, opts["no_signon"])
             sims.append(IsoLoad(recorder, t.tid, t.merchant, t.mac_alg, mak,
                                 pans(spec.province, FN_FINANCIAL, 10_000),
                                 balance_share=opts["balance_share"], seed=spec.seed,
                                 first_stan=spec.seed % 900_000 + 1))
         else:
-            roles = [(role, t.tid, t.mac_alg, _signed_on(host, spec.port, native_signon, t),
+            roles = [(role, t.tid, t.mac_alg,
+                      _signed_on(host, spec.port, native_signon, t, opts["no_signon"]),
                       t.station_id) for role, t in spec.terminals]
             sims.append(NativeLoad(recorder, roles, pans(spec.province, FN_TRANSPORT, 2_000),
                                    verify_share=opts["verify_share"],
@@ -310,7 +314,7 @@ def run(args, *, progress_output: bool = True) -> LoadResult:
     opts = {"window": 0 if args.rate else args.window, "rate": args.rate or 0.0,
             "duration": args.duration if args.duration else 3600.0,
             "balance_share": args.balance_share, "verify_share": args.verify_share,
-            "bus_share": args.bus_share}
+            "bus_share": args.bus_share, "no_signon": args.no_signon}
     procs, pipes = [], []
     for i, chunk in enumerate(chunks):
         count = 0
@@ -398,6 +402,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", default="onecard-data",
                    help="data set the terminals, keys and cards come from")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-signon", action="store_true",
+                   help="skip sign-on (for peers that do not check MACs, e.g. bench.echo_server)")
     p.add_argument("--json", help="write the result as JSON to this file")
     p.add_argument("--plot", help="write a PNG plot (latency by percentile, throughput)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
