@@ -19,6 +19,14 @@ from onecard.core.crypto cimport KEY_BYTES, check_value, random_bytes, wrap_key
 from onecard.core.journal cimport NONE32, JRec, Journal
 from onecard.core.state cimport *
 
+import numpy as np
+
+TXN_DTYPE = np.dtype([("pan", "<u8"), ("amount_fen", "<i8"), ("terminal", "<u4"),
+                      ("seq", "<u4"), ("station_id", "<u4"), ("time_s", "<u4"),
+                      ("proc_code", "<u4"), ("currency", "<u2"), ("kind", "u1"),
+                      ("proto", "u1"), ("direction", "u1")], align=True)
+assert TXN_DTYPE.itemsize == sizeof(Txn)
+
 cdef enum:
     CNY = 156
     CST_OFFSET_S = 8 * 3600          # cards are used in China time
@@ -390,7 +398,25 @@ cdef class Authoriser:
         else:
             r.rc = RC_12
 
-    # ---- Python API (tests and tools) --------------------------------------------------------
+    # ---- Python API (tests, tools, benchmarks) -----------------------------------------------
+
+    def authorise_many(self, txns) -> np.ndarray:
+        """Authorise decoded requests (a TXN_DTYPE array) in order; their response codes.
+        The benchmark of the rules alone, without codecs or MACs."""
+        cdef const uint8_t[::1] raw = np.ascontiguousarray(txns, dtype=TXN_DTYPE).view(np.uint8)
+        cdef size_t n = len(txns), i
+        rcs = np.empty(n, dtype=np.uint8)
+        cdef uint8_t[::1] out = rcs
+        cdef Res r
+        cdef Txn* t
+        if n == 0:
+            return rcs
+        t = <Txn*>&raw[0]
+        with nogil:
+            for i in range(n):
+                self.authorise(&t[i], &r)
+                out[i] = r.rc
+        return rcs
 
     def masked_name(self, uint32_t card) -> str:
         """The masked holder name as verification returns it: surname and one * per other

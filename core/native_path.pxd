@@ -33,4 +33,3 @@ cdef class NativePath:
     cdef int message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
                      Frame* f, uint32_t batch) noexcept nogil
     cdef int broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil
-    cdef size_t masked_name(self, uint8_t* p, uint32_t card) noexcept nogil

@@ -9,6 +9,8 @@ the rest of the batch carries on.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcpy, memset, strlen
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
@@ -17,7 +19,7 @@ from onecard.core.crypto cimport MAC_BYTES, MacKey, mac8, mac_equal, mackey_clea
 from onecard.core.journal cimport NONE32
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.mpack cimport *
-from onecard.core.outbuf cimport OutBuf, ob_reserve
+from onecard.core.outbuf cimport OutBuf, ob_free, ob_reserve
 from onecard.core.state cimport *
 from onecard.core.wire cimport load_be, store_be
 
@@ -234,61 +236,17 @@ cdef class NativePath:
                      Frame* f, uint32_t batch) noexcept nogil:
         """Decode, authorise and answer one message. -1 when the body is not MessagePack."""
         cdef size_t start = body.pos
-        cdef uint32_t count, extra
-        cdef int64_t tag = 0, seq = 0, v
-        cdef const char* problem = NULL
+        cdef int64_t tag = 0, seq = 0
+        cdef const char* problem
         cdef Txn t
         cdef Res r
-        cdef uint8_t* p
-        cdef size_t k
         cdef Terminal* term = &self.st.term[term_idx]
-        memset(&t, 0, sizeof(Txn))
         memset(&r, 0, sizeof(Res))
         r.card = NONE32
+        problem = parse_message(body, &t, &tag, &seq, n_msgs)
+        if problem == BROKEN:
+            return self.broken(out, f, batch)
         t.terminal = term_idx
-        t.proto = PROTO_NATIVE
-        t.kind = KIND_OTHER
-        if mp_array(body, &count) or count < 2 or mp_int(body, &tag):
-            problem = b"message is not an array [tag, seq, ...]"
-        elif mp_int(body, &seq) or seq < 1 or seq > <int64_t>0xffffffff:
-            seq = 0
-            problem = b"seq must be an integer 1..4294967295"
-        else:
-            t.seq = <uint32_t>seq
-            extra = count - 2
-            if tag == TAG_SIGNON:
-                t.kind = KIND_SIGNON
-                if n_msgs != 1:
-                    problem = b"SignOn must be alone in its frame"
-            elif tag == TAG_HEARTBEAT:
-                t.kind = KIND_HEARTBEAT
-            elif tag == TAG_TAP:
-                t.kind = KIND_TAP
-                if count < 6:
-                    problem = b"Tap is [3, seq, card, station, direction, time_s]"
-                elif parse_card(body, &t.pan):
-                    problem = b"card must be a string of 12-19 digits"
-                elif parse_u32(body, &t.station_id):
-                    problem = b"station must be an integer 0..4294967295"
-                elif mp_int(body, &v) or v < 0 or v > 1:
-                    problem = b"direction must be 0 (in) or 1 (out)"
-                elif parse_u32(body, &t.time_s):
-                    problem = b"time_s must be Unix seconds"
-                else:
-                    t.direction = <uint8_t>v
-                    extra = count - 6
-            elif tag == TAG_VERIFY:
-                t.kind = KIND_VERIFY
-                if count < 3:
-                    problem = b"Verify is [4, seq, card]"
-                elif parse_card(body, &t.pan):
-                    problem = b"card must be a string of 12-19 digits"
-                else:
-                    extra = count - 3
-            if problem == NULL:
-                for _ in range(extra):       # fields a newer schema may add
-                    if mp_skip(body, 0):
-                        return self.broken(out, f, batch)
         if problem != NULL:
             # Skip the whole message from its start so the next one can be read.
             body.pos = start
@@ -308,24 +266,10 @@ cdef class NativePath:
         else:
             self.auth.authorise(&t, &r)
         self.mx.count(batch, t.kind, r.rc)
-        p = out.data + out.len
-        k = 0
-        p[k] = 0x95 if t.kind == KIND_TAP or t.kind == KIND_VERIFY else 0x94
-        k += 1
-        k += mp_w_int(p + k, tag + REPLY_OFFSET)
-        k += mp_w_int(p + k, seq)
-        k += w_rc(p + k, r.rc)
-        if t.kind == KIND_SIGNON:
-            k += mp_w_bin(p + k, r.keys + 20, 20 if r.rc == RC_00 else 0)
-        elif t.kind == KIND_HEARTBEAT:
-            k += mp_w_int(p + k, self.auth.now_s)
-        elif t.kind == KIND_TAP:
-            k += mp_w_int(p + k, r.amount_fen if r.rc == RC_00 else 0)
-            k += mp_w_int(p + k, r.balance_fen)
-        else:
-            k += self.masked_name(p + k, r.card if r.rc == RC_00 else NONE32)
-            k += mp_w_int(p + k, r.age_band)
-        out.len += k
+        if t.kind == KIND_VERIFY and r.rc == RC_00:
+            r.name_len = <uint8_t>masked_name(self.st, r.card, <char*>r.name)
+        out.len += write_reply(out.data + out.len, &t, <uint8_t>(tag + REPLY_OFFSET), &r,
+                               self.auth.now_s)
         f.count += 1
         return 0
 
@@ -334,24 +278,169 @@ cdef class NativePath:
         self.mx.count(batch, KIND_FORMAT, RC_30)
         return -1
 
-    cdef size_t masked_name(self, uint8_t* p, uint32_t card) noexcept nogil:
-        """Surname, then one '*' per remaining character of the name: never the full name."""
-        cdef char name[64]
-        cdef const uint8_t* s
-        cdef Account* a
-        cdef int n = 0, chars = 0, i
-        if card != NONE32:
-            a = &self.st.acct[self.st.card[card].account]
-            s = self.st.surname + <size_t>a.surname * 8
-            for i in range(8):
-                if s[i] == 0:
-                    break
-                name[n] = <char>s[i]
-                n += 1
-                if (s[i] & 0xC0) != 0x80:
-                    chars += 1
-            for i in range(chars, a.name_len):
-                if n < 63:
-                    name[n] = 42
-                    n += 1
-        return mp_w_str(p, name, n)
+
+# ---- shared by the server path and the benchmark hooks ---------------------------------------
+
+cdef const char* BROKEN = b"body is not valid MessagePack"
+
+
+cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* seq,
+                               uint32_t n_msgs) noexcept nogil:
+    """One request message into t. NULL when it follows the schema; otherwise what is wrong
+    (BROKEN when not even its MessagePack structure can be read)."""
+    cdef uint32_t count, extra
+    cdef int64_t v
+    cdef const char* problem = NULL
+    memset(t, 0, sizeof(Txn))
+    t.proto = PROTO_NATIVE
+    t.kind = KIND_OTHER
+    if mp_array(body, &count) or count < 2 or mp_int(body, tag):
+        return b"message is not an array [tag, seq, ...]"
+    if mp_int(body, seq) or seq[0] < 1 or seq[0] > <int64_t>0xffffffff:
+        seq[0] = 0
+        return b"seq must be an integer 1..4294967295"
+    t.seq = <uint32_t>seq[0]
+    extra = count - 2
+    if tag[0] == TAG_SIGNON:
+        t.kind = KIND_SIGNON
+        if n_msgs != 1:
+            problem = b"SignOn must be alone in its frame"
+    elif tag[0] == TAG_HEARTBEAT:
+        t.kind = KIND_HEARTBEAT
+    elif tag[0] == TAG_TAP:
+        t.kind = KIND_TAP
+        if count < 6:
+            problem = b"Tap is [3, seq, card, station, direction, time_s]"
+        elif parse_card(body, &t.pan):
+            problem = b"card must be a string of 12-19 digits"
+        elif parse_u32(body, &t.station_id):
+            problem = b"station must be an integer 0..4294967295"
+        elif mp_int(body, &v) or v < 0 or v > 1:
+            problem = b"direction must be 0 (in) or 1 (out)"
+        elif parse_u32(body, &t.time_s):
+            problem = b"time_s must be Unix seconds"
+        else:
+            t.direction = <uint8_t>v
+            extra = count - 6
+    elif tag[0] == TAG_VERIFY:
+        t.kind = KIND_VERIFY
+        if count < 3:
+            problem = b"Verify is [4, seq, card]"
+        elif parse_card(body, &t.pan):
+            problem = b"card must be a string of 12-19 digits"
+        else:
+            extra = count - 3
+    if problem == NULL:
+        for _ in range(extra):               # fields a newer schema may add
+            if mp_skip(body, 0):
+                return BROKEN
+    return problem
+
+
+cdef size_t write_reply(uint8_t* p, Txn* t, uint8_t tag, Res* r, uint32_t now_s) noexcept nogil:
+    """The reply to t as [tag, seq, rc, ...]; at most REPLY_RESERVE bytes."""
+    cdef size_t k = 0
+    p[k] = 0x95 if t.kind == KIND_TAP or t.kind == KIND_VERIFY else 0x94
+    k += 1
+    k += mp_w_int(p + k, tag)
+    k += mp_w_int(p + k, t.seq)
+    k += w_rc(p + k, r.rc)
+    if t.kind == KIND_SIGNON:
+        k += mp_w_bin(p + k, r.keys + 20, 20 if r.rc == RC_00 else 0)
+    elif t.kind == KIND_HEARTBEAT:
+        k += mp_w_int(p + k, now_s)
+    elif t.kind == KIND_TAP:
+        k += mp_w_int(p + k, r.amount_fen if r.rc == RC_00 else 0)
+        k += mp_w_int(p + k, r.balance_fen)
+    else:
+        k += mp_w_str(p + k, <const char*>r.name, r.name_len if r.rc == RC_00 else 0)
+        k += mp_w_int(p + k, r.age_band)
+    return k
+
+
+cdef int masked_name(State st, uint32_t card, char* name) noexcept nogil:
+    """Surname, then one '*' per remaining character of the name: never the full name.
+    Writes at most 40 bytes."""
+    cdef const uint8_t* s
+    cdef Account* a
+    cdef int n = 0, chars = 0, i
+    if card == NONE32:
+        return 0
+    a = &st.acct[st.card[card].account]
+    s = st.surname + <size_t>a.surname * 8
+    for i in range(8):
+        if s[i] == 0:
+            break
+        name[n] = <char>s[i]
+        n += 1
+        if (s[i] & 0xC0) != 0x80:
+            chars += 1
+    for i in range(chars, a.name_len):
+        if n < 40:
+            name[n] = 42
+            n += 1
+    return n
+
+
+# ---- benchmark hooks: the same code as the server path, one stage at a time ----------------
+
+def decode_bodies(data) -> int:
+    """Decode every message of every frame in ``data`` (no MAC, no authorisation); returns
+    how many followed the schema."""
+    cdef Py_buffer view
+    cdef MpReader r, body
+    cdef size_t pos = 0
+    cdef uint32_t length, count, n_msgs, tid_len, body_len, mac_len, i, ok = 0
+    cdef int64_t version, tag, seq
+    cdef const uint8_t* tid
+    cdef const uint8_t* body_p
+    cdef const uint8_t* mac_p
+    cdef Txn t
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            while view.len - pos >= PREFIX:
+                length = <uint32_t>load_be(<const uint8_t*>view.buf + pos, PREFIX)
+                r.p = <const uint8_t*>view.buf + pos + PREFIX
+                r.n = length
+                r.pos = 0
+                pos += PREFIX + length
+                if (mp_array(&r, &count) or mp_int(&r, &version) or mp_str(&r, &tid, &tid_len)
+                        or mp_bin(&r, &body_p, &body_len) or mp_bin(&r, &mac_p, &mac_len)):
+                    continue
+                body.p = body_p
+                body.n = body_len
+                body.pos = 0
+                if mp_array(&body, &n_msgs):
+                    continue
+                for i in range(n_msgs):
+                    if parse_message(&body, &t, &tag, &seq, n_msgs) == NULL:
+                        ok += 1
+    finally:
+        PyBuffer_Release(&view)
+    return ok
+
+
+def encode_tap_replies(uint32_t count) -> bytes:
+    """``count`` TapReply messages, as the switch writes them, in one body."""
+    cdef OutBuf out
+    cdef Txn t
+    cdef Res r
+    cdef uint32_t i
+    memset(&out, 0, sizeof(OutBuf))
+    memset(&t, 0, sizeof(Txn))
+    memset(&r, 0, sizeof(Res))
+    t.kind = KIND_TAP
+    try:
+        if ob_reserve(&out, 5 + <size_t>count * 64):
+            raise MemoryError()
+        out.len = mp_w_array32(out.data, count)
+        for i in range(count):
+            t.seq = i + 1
+            r.amount_fen = 300 + i % 500
+            r.balance_fen = 1_000_000 - i
+            out.len += write_reply(out.data + out.len, &t, TAG_TAP + REPLY_OFFSET, &r,
+                                   1_700_000_000)
+        return PyBytes_FromStringAndSize(<char*>out.data, out.len)
+    finally:
+        ob_free(&out)

@@ -1,0 +1,72 @@
+"""Group commit: the GIL-free committer writing a batch of journal records as one packed row,
+against the obvious way (a row per record with the stdlib sqlite3 module, one commit)."""
+
+import os
+import threading
+import time
+
+from onecard.core.commit import GroupCommitter
+from onecard.core.engine import ISO8583
+from onecard.core.journal import unpack
+from onecard.switch import store
+
+from .support import record
+
+
+def _db(tmp_path):
+    path = tmp_path / "bench.db"
+    conn = store.connect(path)
+    store.create_schema(conn)
+    conn.close()
+    return path
+
+
+def test_group_commit_onecard(benchmark, iso_source, tmp_path, n):
+    engine = iso_source.engine
+    engine.journal.take()
+    efd = os.eventfd(0)
+    committer = GroupCommitter(str(_db(tmp_path)), efd, engine.journal.next_no)
+    writer = threading.Thread(target=committer.run)
+    writer.start()
+
+    def setup():
+        engine.process(ISO8583, iso_source.purchases(n))      # n journal records pending
+        return (), {}
+
+    def commit():
+        end = committer.submit(engine.journal)
+        while committer.durable_no < end:
+            time.sleep(0)
+        return end
+
+    try:
+        benchmark.pedantic(commit, setup=setup, rounds=20 if not benchmark.disabled else 1)
+    finally:
+        committer.stop()
+        writer.join(10)
+        os.close(efd)
+    assert committer.failure() is None
+    record(benchmark, "durable commit of a batch of records", "onecard", n)
+
+
+def test_group_commit_sqlite_rows(benchmark, iso_source, tmp_path, n):
+    engine = iso_source.engine
+    conn = store.connect(_db(tmp_path))
+    conn.execute("CREATE TABLE rows (no, ts_us, terminal, seq, card, amount, balance, rc)")
+
+    def setup():
+        engine.process(ISO8583, iso_source.purchases(n))
+        first, blob = engine.journal.take()
+        recs = unpack(blob)
+        rows = [(first + i, int(r["ts_us"]), int(r["terminal"]), int(r["seq"]),
+                 int(r["card"]), int(r["amount_fen"]), int(r["balance_fen"]), int(r["rc"]))
+                for i, r in enumerate(recs)]
+        return (rows,), {}
+
+    def commit(rows):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO rows VALUES (?,?,?,?,?,?,?,?)", rows)
+        conn.execute("COMMIT")
+
+    benchmark.pedantic(commit, setup=setup, rounds=20 if not benchmark.disabled else 1)
+    record(benchmark, "durable commit of a batch of records", "peer", n)
