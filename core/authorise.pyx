@@ -28,6 +28,7 @@ TXN_DTYPE = np.dtype([("pan", "<u8"), ("amount_fen", "<i8"), ("terminal", "<u4")
 assert TXN_DTYPE.itemsize == sizeof(Txn)
 
 cdef enum:
+    PREFETCH_AHEAD = 8               # messages between prefetch stages (slot, card, account)
     CNY = 156
     CST_OFFSET_S = 8 * 3600          # cards are used in China time
     DAYS_1970_TO_2000 = 10957
@@ -413,9 +414,16 @@ cdef class Authoriser:
             return rcs
         t = <Txn*>&raw[0]
         with nogil:
-            for i in range(n):
-                self.authorise(&t[i], &r)
-                out[i] = r.rc
+            for i in range(n + 3 * PREFETCH_AHEAD):
+                if i < n:
+                    self.state.prefetch(t[i].pan, 0)
+                if PREFETCH_AHEAD <= i < n + PREFETCH_AHEAD:
+                    self.state.prefetch(t[i - PREFETCH_AHEAD].pan, 1)
+                if 2 * PREFETCH_AHEAD <= i < n + 2 * PREFETCH_AHEAD:
+                    self.state.prefetch(t[i - 2 * PREFETCH_AHEAD].pan, 2)
+                if i >= 3 * PREFETCH_AHEAD:
+                    self.authorise(&t[i - 3 * PREFETCH_AHEAD], &r)
+                    out[i - 3 * PREFETCH_AHEAD] = r.rc
         return rcs
 
     def masked_name(self, uint32_t card) -> str:

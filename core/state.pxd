@@ -152,9 +152,9 @@ cdef class State:
     cdef uint64_t* accept_mask   # [N_APPS][MAX_PROVINCES] -> mask of accepted card provinces
     cdef uint8_t* surname        # [n][8] UTF-8
     cdef uint32_t* cslot
-    cdef uint64_t cmask
+    cdef uint64_t ccap
     cdef uint32_t* tslot
-    cdef uint64_t tmask
+    cdef uint64_t tcap
     cdef MacKey* mac_keys
     cdef readonly uint32_t n_cards, n_accounts, n_terminals, n_stations, n_regions, n_surnames
     cdef readonly uint32_t ring_size
@@ -163,6 +163,7 @@ cdef class State:
     cdef _bind(self)
     cdef _install_key(self, uint32_t t)
     cdef int64_t find_card(self, uint64_t pan) noexcept nogil
+    cdef void prefetch(self, uint64_t pan, int stage) noexcept nogil
     cdef int64_t find_terminal(self, uint64_t tid) noexcept nogil
     cdef int64_t find_station(self, uint32_t station_id) noexcept nogil
     cdef RingEntry* slot(self, uint32_t terminal, uint32_t seq) noexcept nogil
