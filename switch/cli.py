@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -33,19 +34,51 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class DataDirBusy(Exception):
+    pass
+
+
+def _lock(data_dir: Path):
+    """One switch per data directory: two would each hold a different state in memory."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "onecard.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise DataDirBusy(f"data directory {data_dir} is in use by {owner}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"onecard pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def cmd_serve(args) -> int:
     from onecard.switch import demo, loader, store
+    from onecard.switch.server import ListenError
 
     config = _config(args)
     _logging(config.log_level)
     data_dir = Path(config.data_dir)
-    if not store.db_path(data_dir).exists():
-        demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
-                      ring_size=config.core.ring_size)
-    loaded = loader.load(data_dir, ring_size=config.core.ring_size)
-    import uvloop
+    lock = _lock(data_dir)
+    try:
+        if not store.db_path(data_dir).exists():
+            demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
+                          ring_size=config.core.ring_size)
+        loaded = loader.load(data_dir, ring_size=config.core.ring_size)
+        import uvloop
 
-    return uvloop.run(_serve(config, loaded))
+        return uvloop.run(_serve(config, loaded))
+    except ListenError as exc:
+        print(f"onecard: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        lock.close()
 
 
 async def _serve(config: Config, loaded) -> int:
@@ -85,6 +118,7 @@ def cmd_demo_data(args) -> int:
     from onecard.switch import demo
 
     config = _config(args)
+    lock = _lock(Path(config.data_dir))
     try:
         demo.generate(Path(config.data_dir), cards=config.demo.cards,
                       seed=args.seed if args.seed is not None else config.demo.seed,
@@ -92,6 +126,8 @@ def cmd_demo_data(args) -> int:
     except FileExistsError as exc:
         print(f"onecard demo-data: {exc}", file=sys.stderr)
         return 1
+    finally:
+        lock.close()
     return 0
 
 
@@ -166,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, DataDirBusy) as exc:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from onecard.switch import __version__
 from onecard.switch.metrics import registry_for
-from onecard.switch.server import Switch
+from onecard.switch.server import ListenError, Switch
 
 PROBLEM = "application/problem+json"
 
@@ -64,5 +64,10 @@ async def start_http(switch: Switch, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(make_app(switch), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(f"cannot listen for http on {host}:{port}: {exc.strerror or exc} "
+                          "(set server.http_port)") from exc
     return runner

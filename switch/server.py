@@ -33,6 +33,10 @@ log = logging.getLogger("onecard.server")
 PROTOCOL_NAMES = {ISO8583: "iso8583", NATIVE: "native"}
 
 
+class ListenError(Exception):
+    """A listener could not be opened; the message says which and why."""
+
+
 class Connection(asyncio.Protocol):
     """One terminal link. Buffers partial frames; everything else is the core's."""
 
@@ -238,9 +242,14 @@ class Switch:
         self.checkpointer.start()
         srv = self.config.server
         for proto, port in ((ISO8583, srv.iso8583_port), (NATIVE, srv.native_port)):
-            server = await self._loop.create_server(
-                lambda p=proto: Connection(self, p), srv.host, port, reuse_address=True,
-                backlog=1024)
+            try:
+                server = await self._loop.create_server(
+                    lambda p=proto: Connection(self, p), srv.host, port, reuse_address=True,
+                    backlog=1024)
+            except OSError as exc:
+                raise ListenError(f"cannot listen for {PROTOCOL_NAMES[proto]} on "
+                                  f"{srv.host}:{port}: {exc.strerror or exc} (another switch "
+                                  f"running? set server.{PROTOCOL_NAMES[proto]}_port)") from exc
             self.listeners.append(Listener(PROTOCOL_NAMES[proto], server))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
 

@@ -125,3 +125,17 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert "pytest" in test
     assert readme.index(run) < readme.index("## ")       # before any section
     assert test in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_second_switch_on_the_same_data_or_port_is_refused(running_switch, tmp_path):
+    same_dir = onecard("serve", "--data-dir", str(running_switch.data_dir), "--iso8583-port",
+                       "0", "--native-port", "0", "--http-port", "0")
+    assert same_dir.returncode == 2 and "in use by onecard pid" in same_dir.stderr
+    other = tmp_path / "other"
+    assert onecard("demo-data", "--data-dir", str(other), "--cards", "1000").returncode == 0
+    same_port = onecard("serve", "--data-dir", str(other), "--iso8583-port",
+                        str(running_switch.iso), "--native-port", "0", "--http-port", "0")
+    assert same_port.returncode == 2
+    assert f"cannot listen for iso8583 on 127.0.0.1:{running_switch.iso}" in same_port.stderr
+    assert "Traceback" not in same_port.stderr
