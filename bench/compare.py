@@ -9,6 +9,7 @@ core 0 and driven from core 1 with the same connection count and pipelining wind
   (d) a bare uvloop server that only frames and echoes the bytes (bench/echo_server.py).
 
     python -m onecard.bench.compare [--connections 64] [--window 32] [--duration 10]
+                                    [--repeat 3] [--skip naive]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +108,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--cards", type=int, default=100_000)
     p.add_argument("--skip", nargs="*", default=[], choices=("redis", "naive", "echo"))
+    p.add_argument("--repeat", type=int, default=3, help="rounds (medians are reported)")
     p.add_argument("--json")
     args = p.parse_args()
     results: dict[str, dict] = {}
@@ -132,21 +135,32 @@ def main() -> None:
             ("echo", [sys.executable, "-m", "onecard.bench.echo_server", "--port", "0"],
              "echo: ready", ["--no-signon"]),
         ]
-        for name, cmd, ready, extra in targets:
-            if name in args.skip:
-                continue
-            d = fresh()
-            proc, port = _start([c.replace("{data}", str(d)) for c in cmd], ready)
-            try:
-                results[name] = _load(port, d, args, extra, tmp / f"{name}.json")
-            finally:
-                _stop(proc)
-            _report(name, results[name])
-        if "redis" not in args.skip:
-            r = run_redis(args)
-            if r:
-                results["redis"] = r
-                _report("redis", r)
+        runs: dict[str, list[dict]] = {}
+        # Rounds interleave the targets so that a noisy neighbour hits all of them alike;
+        # the medians are reported.
+        for _ in range(args.repeat):
+            for name, cmd, ready, extra in targets:
+                if name in args.skip:
+                    continue
+                d = fresh()
+                proc, port = _start([c.replace("{data}", str(d)) for c in cmd], ready)
+                try:
+                    runs.setdefault(name, []).append(_load(port, d, args, extra,
+                                                           tmp / f"{name}.json"))
+                finally:
+                    _stop(proc)
+                _report(name, runs[name][-1])
+            if "redis" not in args.skip:
+                r = run_redis(args)
+                if r:
+                    runs.setdefault("redis", []).append(r)
+                    _report("redis", r)
+        for name, rs in runs.items():
+            results[name] = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+            results[name]["runs"] = rs
+    print(f"\nmedians of {args.repeat} round(s):")
+    for name, r in results.items():
+        _report(name, r)
     one = results["onecard"]["tps"]
     print(f"\nonecard, {args.connections} connections x window {args.window}, durable:")
     for peer in ("redis", "naive", "echo"):
