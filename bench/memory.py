@@ -1,7 +1,7 @@
 """Scale: build a State holding N synthetic cards (unique 19-digit numbers, one account each)
 and report the bytes the core holds per card, the process's resident memory per card, the time
 to build the index, the index lookup rate, and the authorisation rate for purchases on random
-cards (the rules alone, Authoriser.authorise_many) -- with its ratio to the first size given.
+cards (the rules alone, decide.decide_many) -- with its ratio to the first size given.
 
     python -m onecard.bench.memory --cards 1000000 100000000
 """
@@ -17,14 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from onecard.core.authorise import TXN_DTYPE
+from onecard.core.decide import decide_many
 from onecard.core.engine import Engine
 from onecard.core.state import (
     ACCOUNT_DTYPE,
+    APP_DTYPE,
     CARD_DTYPE,
     KIND_PURCHASE,
+    MAX_APP_COUNT,
     MAX_PROVINCES,
-    N_APPS,
     OPERATOR_DTYPE,
+    POLICY_DTYPE,
     REGION_DTYPE,
     STATION_DTYPE,
     SURNAME_BYTES,
@@ -52,12 +55,15 @@ def synthetic_state(n: int, seed: int = 1) -> State:
     terminals = np.zeros(1, dtype=TERMINAL_DTYPE)
     terminals["tid"] = int.from_bytes(b"P4400001", "big")
     terminals["permitted"] = 0xFFFF
-    accept = np.zeros((N_APPS, MAX_PROVINCES), dtype="<u8")
-    accept[:, 0] = 1                                   # province 0 cards at province 0
+    apps = np.zeros(1, dtype=APP_DTYPE)
+    apps[0] = (1, 1, 0, 0)                             # one application: payment
+    accept = np.zeros((MAX_APP_COUNT, MAX_PROVINCES), dtype="<u8")
+    accept[0, 0] = 1                                   # province 0 cards at province 0
     return State(cards=cards, accounts=accounts, terminals=terminals, regions=regions,
                  operators=np.zeros(0, dtype=OPERATOR_DTYPE),
                  stations=np.zeros(0, dtype=STATION_DTYPE), fares=np.zeros(0, dtype="<i4"),
-                 accept=accept, surnames=np.zeros((1, SURNAME_BYTES), dtype="u1"))
+                 apps=apps, accept=accept, policies=np.zeros(1, dtype=POLICY_DTYPE),
+                 surnames=np.zeros((1, SURNAME_BYTES), dtype="u1"))
 
 
 def authorisation_rate(state: State, count: int = 2_000_000, seed: int = 3) -> float:
@@ -74,7 +80,7 @@ def authorisation_rate(state: State, count: int = 2_000_000, seed: int = 3) -> f
     for start in range(0, count, 500_000):           # bounded memory for the journal
         part = txns[start:start + 500_000]
         t0 = time.perf_counter()
-        rcs = engine.authoriser.authorise_many(part)
+        rcs = decide_many(engine.authoriser, part)
         best = max(best, len(part) / (time.perf_counter() - t0))
         engine.journal.take()
         assert (rcs == 0).all(), np.unique(rcs)

@@ -1,32 +1,47 @@
-# The rules of SPEC §4, shared by both protocols: one request in, one decision out.
+# The rules of SPEC §4 shared by every transaction family: one request in, one decision out.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from onecard.core.journal cimport JRec, Journal
-from onecard.core.state cimport Account, Region, State
+from onecard.core.state cimport Account, Policy, Region, State
+
+cdef enum:
+    MAX_FX = 8
 
 cdef struct Txn:                 # a decoded request, whatever protocol it came in
     uint64_t pan
-    int64_t amount_fen
+    int64_t amount_fen           # as asked, in minor units of `currency`
+    int64_t x[4]                 # settlement: debit total, debit count, credit total, count
     uint32_t terminal            # index, already known, MAC-checked and permitted
     uint32_t seq
     uint32_t station_id
     uint32_t time_s
     uint32_t proc_code
+    uint32_t orig_seq            # void, its reversal, medical refund: the original's seq
+    uint32_t batch_no            # settlement
     uint16_t currency            # ISO 4217 numeric, 0 = not given
     uint8_t kind
     uint8_t proto
     uint8_t direction
+    uint8_t offline
 
 cdef struct Res:                 # the decision and what the reply needs
-    int64_t amount_fen           # amount debited or credited (fare for taps)
+    int64_t amount_fen           # charged or credited (fare, fee, cash share, purchase)
     int64_t balance_fen
+    int64_t x[4]                 # medical: pool, personal, cash, medical account after;
+                                 # settlement: debit total, count, credit total, count
     uint64_t record_no           # journal record (RRN and auth code derive from it)
     uint32_t card                # card index or NONE32
+    uint32_t region_code         # verification: the card's issuing region
     uint8_t rc
     uint8_t duplicate            # answered from the terminal's ring, nothing applied
     uint8_t age_band
     uint8_t name_len             # bytes in name
-    uint8_t name[40]             # masked name, UTF-8
+    uint8_t id_len
+    uint8_t entitlement          # venue: rule that set the price, 1-based, 0 none
+    uint8_t settle_result        # 1 balanced, 2 not balanced
+    uint8_t pad
+    uint8_t name[64]             # masked (or, for lodging terminals, full) name, UTF-8
+    uint8_t id_number[20]        # lodging terminals only
     uint8_t keys[40]             # sign-on: PIN key, check value, MAC key, check value
 
 cdef class Authoriser:
@@ -38,21 +53,20 @@ cdef class Authoriser:
     cdef uint32_t now_s
     cdef uint16_t today
     cdef uint16_t today_yymm
-    cdef int today_y, today_m, today_d
+    cdef int today_y, today_m, today_d, weekday, hour
+    cdef uint16_t fx_currency[8]
+    cdef int64_t fx_rate[8]              # fen per 100 units of the currency (100.00 HKD)
+    cdef int n_fx
 
     cdef void begin(self, int64_t now_us) noexcept nogil
-    cdef void authorise(self, Txn* t, Res* r) noexcept nogil
     cdef int age(self, uint16_t birth_day) noexcept nogil
-    cdef int64_t card_checks(self, Txn* t, int64_t idx, Res* r, uint8_t need_fn,
-                             int app) noexcept nogil
+    cdef int64_t card_checks(self, Txn* t, int64_t idx, Res* r) noexcept nogil
     cdef bint duplicate(self, Txn* t, int64_t idx, Res* r) noexcept nogil
     cdef JRec* record(self, Txn* t, Res* r, int64_t idx) noexcept nogil
     cdef void commit(self, JRec* j, Res* r) noexcept nogil
     cdef int32_t spent_today(self, Account* a) noexcept nogil
+    cdef int32_t app_spent_today(self, uint32_t account, uint16_t app) noexcept nogil
+    cdef int price_pct(self, Policy* p, Account* a, int* entitlement) noexcept nogil
     cdef int32_t concession(self, int32_t fare_fen, Account* a, Region* reg) noexcept nogil
-    cdef void purchase(self, Txn* t, Res* r) noexcept nogil
-    cdef void balance(self, Txn* t, Res* r) noexcept nogil
-    cdef void reversal(self, Txn* t, Res* r) noexcept nogil
-    cdef void tap(self, Txn* t, Res* r) noexcept nogil
-    cdef void verify(self, Txn* t, Res* r) noexcept nogil
+    cdef int64_t to_fen(self, int64_t amount, uint16_t currency) noexcept nogil
     cdef void signon(self, Txn* t, Res* r) noexcept nogil

@@ -21,6 +21,7 @@ cdef enum RC:
     RC_94 = 16
     RC_96 = 17
     RC_A0 = 18
+    RC_M1 = 19          # remote medical treatment without a filing: settle in cash
     N_RC = 32           # room to append codes without changing array shapes
 
 cdef const char* rc_chars(uint8_t rc) noexcept nogil      # the two characters of a code

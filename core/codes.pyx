@@ -9,7 +9,7 @@ from libc.string cimport memset
 from onecard.protocols.codes import CODES as _CODES
 
 for _i, _name in enumerate(("00", "03", "05", "12", "13", "14", "25", "30", "33", "41", "51",
-                            "57", "58", "61", "62", "91", "94", "96", "A0")):
+                            "57", "58", "61", "62", "91", "94", "96", "A0", "M1")):
     assert _CODES[_i][0] == _name, (_i, _name, _CODES[_i])
 assert len(_CODES) <= N_RC
 

@@ -36,11 +36,11 @@ cdef class Engine:
     def __init__(self, State state, *, uint64_t next_record_no=0,
                  int64_t daily_limit_fen=500_000, int64_t max_amount_fen=10_000_000,
                  uint32_t max_iso_frame=8192, uint32_t max_native_frame=1 << 20,
-                 uint32_t max_native_batch=10_000):
+                 uint32_t max_native_batch=10_000, fx_rates=None):
         self.state = state
         self.journal = Journal(next_record_no)
         self.authoriser = Authoriser(state, self.journal, daily_limit_fen=daily_limit_fen,
-                                     max_amount_fen=max_amount_fen)
+                                     max_amount_fen=max_amount_fen, fx_rates=fx_rates)
         self.metrics = CoreMetrics()
         self.iso = IsoPath(self.authoriser, self.metrics, max_iso_frame)
         self.native = NativePath(self.authoriser, self.metrics, max_native_frame,
@@ -49,6 +49,10 @@ cdef class Engine:
 
     def __dealloc__(self):
         ob_free(&self.out)
+
+    def tick(self) -> None:
+        """Bring the decision clock to now (before an operator's change between batches)."""
+        self.authoriser.begin(realtime_us() + self.clock_offset_us)
 
     def process(self, int proto, data) -> tuple:
         """Handle every complete frame in ``data``.

@@ -2,7 +2,7 @@ from libc.stdint cimport uint8_t, uint32_t
 
 from libc.stdint cimport int64_t
 
-from onecard.core.authorise cimport Authoriser, Res
+from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.isocodec cimport IsoMsg
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.outbuf cimport OutBuf
@@ -19,5 +19,5 @@ cdef class IsoPath:
                            uint32_t batch) noexcept nogil
     cdef void one(self, const uint8_t* msg, uint32_t length, OutBuf* out,
                   uint32_t batch) noexcept nogil
-    cdef void reply(self, IsoMsg* m, uint8_t kind, Res* r, const uint8_t* hdr, bint reply_mac,
-                    int64_t term_idx, OutBuf* out) noexcept nogil
+    cdef void reply(self, IsoMsg* m, uint8_t kind, Txn* t, Res* r, const uint8_t* hdr,
+                    bint reply_mac, int64_t term_idx, OutBuf* out) noexcept nogil

@@ -5,6 +5,10 @@ authorise, and encode every reply into one output buffer, in one call per buffer
 Frame checks come first: a length prefix above ``max_frame`` means the stream cannot be framed
 (the caller closes it); anything that can be delimited but not decoded, however short, is
 answered with response code 30 and a field 44 naming the problem.
+
+Messages: 0800 sign-on, 0820 echo, 0200 purchase (processing code 00xxxx), balance inquiry
+(31xxxx) and void (20xxxx, original STAN in field 61), 0400 reversal of a purchase (00xxxx)
+or of a void (20xxxx), 0500 settlement (totals in field 48).
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -13,12 +17,15 @@ from libc.string cimport memcmp, memset
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
 from onecard.core.crypto cimport MAC_BYTES, mac8, mac_equal
+from onecard.core.decide cimport decide
 from onecard.core.isocodec cimport *
 from onecard.core.journal cimport NONE32
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.outbuf cimport OutBuf, ob_reserve
 from onecard.core.state cimport *
 
+cdef enum:
+    SETTLE_TEXT = 37             # field 48: debit n12, count n6, credit n12, count n6, result n1
 
 
 cdef inline uint32_t reply_mti(uint32_t mti) noexcept nogil:
@@ -39,11 +46,38 @@ cdef inline int required(IsoMsg* m, uint8_t kind) noexcept nogil:
         return 0
     if not has_field(m, 64):
         return 64
+    if kind == KIND_SETTLE:
+        if not has_field(m, 48):
+            return 48
+        return 60 if not has_field(m, 60) else 0
     if not has_field(m, 2) and not has_field(m, 35):
         return 2
-    if (kind == KIND_PURCHASE or kind == KIND_REVERSAL) and not has_field(m, 4):
+    if kind != KIND_BALANCE and not has_field(m, 4):
         return 4
+    if kind == KIND_VOID and not has_field(m, 61):
+        return 61
     return 0
+
+
+cdef inline bint FIELD_IS_TEXT(int f) noexcept nogil:
+    return f == 48 or f == 49 or f == 51
+
+
+cdef inline uint64_t digits(IsoMsg* m, int f, int start, int count) noexcept nogil:
+    """Digits [start, start + count) of a numeric or text field as a number (missing ones
+    count as zero)."""
+    cdef uint64_t v = 0
+    cdef int i, d
+    cdef const uint8_t* p = m.p + m.off[f]
+    for i in range(start, start + count):
+        if i >= m.nlen[f]:
+            d = 0
+        elif FIELD_IS_TEXT(f):
+            d = p[i] - 48
+        else:
+            d = (p[i >> 1] >> 4) if (i & 1) == 0 else (p[i >> 1] & 15)
+        v = v * 10 + (d if 0 <= d <= 9 else 0)
+    return v
 
 
 cdef inline void put_text_number(IsoWriter* w, int f, uint64_t v, int width) noexcept nogil:
@@ -53,6 +87,14 @@ cdef inline void put_text_number(IsoWriter* w, int f, uint64_t v, int width) noe
         s[i] = <char>(48 + v % 10)
         v //= 10
     w_ans(w, f, s, width)
+
+
+cdef inline int number_text(char* s, uint64_t v, int width) noexcept nogil:
+    cdef int i
+    for i in range(width - 1, -1, -1):
+        s[i] = <char>(48 + v % 10)
+        v //= 10
+    return width
 
 
 cdef class IsoPath:
@@ -128,7 +170,7 @@ cdef class IsoPath:
         cdef Res r
         cdef uint8_t hdr[HDR_BYTES]
         cdef uint8_t mac[8]
-        cdef uint64_t v = 0, tid = 0
+        cdef uint64_t v = 0, tid = 0, proc
         cdef int64_t term_idx = -1
         cdef int dec, missing, i
         cdef uint8_t kind = KIND_OTHER
@@ -136,6 +178,7 @@ cdef class IsoPath:
         cdef Terminal* term = NULL
         cdef char text[24]
         memset(&r, 0, sizeof(Res))
+        memset(&t, 0, sizeof(Txn))
         r.card = NONE32
         dec = iso_decode(msg, length, &m)
         reply_header(msg, length, hdr)
@@ -147,13 +190,18 @@ cdef class IsoPath:
             kind = KIND_SIGNON
         elif m.mti == 820:
             kind = KIND_ECHO
+        elif m.mti == 500:
+            kind = KIND_SETTLE
         elif m.mti == 200 or m.mti == 400:
             if field_u64(&m, 3, &v) == 0:
                 t.proc_code = <uint32_t>v
-                if v // 10000 == 0:
+                proc = v // 10000
+                if proc == 0:
                     kind = KIND_PURCHASE if m.mti == 200 else KIND_REVERSAL
-                elif v // 10000 == 31 and m.mti == 200:
+                elif proc == 31 and m.mti == 200:
                     kind = KIND_BALANCE
+                elif proc == 20:
+                    kind = KIND_VOID if m.mti == 200 else KIND_REVERSAL
         if kind != KIND_OTHER:
             missing = required(&m, kind)
         elif (m.mti == 200 or m.mti == 400) and not has_field(&m, 3):
@@ -161,7 +209,6 @@ cdef class IsoPath:
         else:
             missing = 0
         if missing:
-            m.err_field = missing
             w_begin(&w, out.data, out.len, hdr, reply_mti(m.mti))
             if has_field(&m, 11):
                 w_copy(&w, &m, 11)
@@ -211,34 +258,35 @@ cdef class IsoPath:
             t.terminal = <uint32_t>term_idx
             field_u64(&m, 11, &v)
             t.seq = <uint32_t>v
-            t.pan = 0
-            t.amount_fen = 0
-            t.currency = 0
-            t.station_id = 0
-            t.direction = 0
-            t.time_s = 0
-            if kind != KIND_SIGNON:
+            if kind != KIND_SIGNON and kind != KIND_SETTLE:
                 if field_pan(&m, &t.pan) != 0:
                     t.pan = 0
                 if field_u64(&m, 4, &v) == 0:
                     t.amount_fen = <int64_t>v
                 if has_field(&m, 49):
-                    t.currency = <uint16_t>((msg[m.off[49]] - 48) * 100
-                                            + (msg[m.off[49] + 1] - 48) * 10
-                                            + (msg[m.off[49] + 2] - 48))
-            self.auth.authorise(&t, &r)
-        self.reply(&m, kind, &r, hdr, reply_mac, term_idx, out)
+                    t.currency = <uint16_t>digits(&m, 49, 0, 3)
+                if kind == KIND_VOID:
+                    t.orig_seq = <uint32_t>digits(&m, 61, 6, 6)
+            if kind == KIND_SETTLE:
+                t.batch_no = <uint32_t>digits(&m, 60, 2, 6)
+                t.x[0] = <int64_t>digits(&m, 48, 0, 12)
+                t.x[1] = <int64_t>digits(&m, 48, 12, 6)
+                t.x[2] = <int64_t>digits(&m, 48, 18, 12)
+                t.x[3] = <int64_t>digits(&m, 48, 30, 6)
+            decide(self.auth, &t, &r)
+        self.reply(&m, kind, &t, &r, hdr, reply_mac, term_idx, out)
         self.mx.count(batch, kind, r.rc)
 
-    cdef void reply(self, IsoMsg* m, uint8_t kind, Res* r, const uint8_t* hdr, bint reply_mac,
-                    int64_t term_idx, OutBuf* out) noexcept nogil:
+    cdef void reply(self, IsoMsg* m, uint8_t kind, Txn* t, Res* r, const uint8_t* hdr,
+                    bint reply_mac, int64_t term_idx, OutBuf* out) noexcept nogil:
         cdef IsoWriter w
         cdef uint8_t mac[8]
-        cdef char bal[20]
+        cdef char buf[40]
         cdef int64_t b
-        cdef int i
+        cdef int i, n
         cdef uint64_t hhmmss, mmdd, local_s
         cdef size_t mac_start
+        cdef bint money = kind == KIND_PURCHASE or kind == KIND_VOID
         w_begin(&w, out.data, out.len, hdr, reply_mti(m.mti))
         if has_field(m, 2):
             w_copy(&w, m, 2)
@@ -246,6 +294,8 @@ cdef class IsoPath:
             w_copy(&w, m, 3)
         if has_field(m, 4):
             w_copy(&w, m, 4)
+        if money and r.rc == RC_00:
+            w_n(&w, 6, <uint64_t>r.amount_fen)     # what was charged (or credited) in fen
         if has_field(m, 11):                 # absent only in requests of no known kind
             w_copy(&w, m, 11)
         local_s = <uint64_t>(self.auth.now_us // 1000000 + 8 * 3600) % 86400
@@ -259,29 +309,40 @@ cdef class IsoPath:
             w_copy(&w, m, 25)
         if r.record_no:
             put_text_number(&w, 37, r.record_no, 12)
-        if r.rc == RC_00 and (kind == KIND_PURCHASE or kind == KIND_REVERSAL):
+        if r.rc == RC_00 and (money or kind == KIND_REVERSAL):
             put_text_number(&w, 38, r.record_no % 1000000, 6)
         w_ans(&w, 39, rc_chars(r.rc), 2)
         if has_field(m, 41):
             w_copy(&w, m, 41)
         if has_field(m, 42):
             w_copy(&w, m, 42)
+        if kind == KIND_SETTLE and r.rc == RC_00:
+            n = number_text(buf, <uint64_t>r.x[0], 12)
+            n += number_text(buf + n, <uint64_t>r.x[1], 6)
+            n += number_text(buf + n, <uint64_t>r.x[2], 12)
+            n += number_text(buf + n, <uint64_t>r.x[3], 6)
+            buf[n] = <char>(48 + r.settle_result)
+            w_ans(&w, 48, buf, n + 1)
         if has_field(m, 49):
             w_copy(&w, m, 49)
+        if money and r.rc == RC_00:
+            w_ans(&w, 51, b"156", 3)
         if r.rc == RC_00 and kind == KIND_BALANCE:
             # account type, amount type, currency, sign, 12-digit amount (CUPS layout)
             b = r.balance_fen
-            bal[0] = 49; bal[1] = 48; bal[2] = 48; bal[3] = 50
-            bal[4] = 49; bal[5] = 53; bal[6] = 54
-            bal[7] = 67 if b >= 0 else 68
+            buf[0] = 49; buf[1] = 48; buf[2] = 48; buf[3] = 50
+            buf[4] = 49; buf[5] = 53; buf[6] = 54
+            buf[7] = 67 if b >= 0 else 68
             if b < 0:
                 b = -b
             for i in range(19, 7, -1):
-                bal[i] = <char>(48 + b % 10)
+                buf[i] = <char>(48 + b % 10)
                 b //= 10
-            w_ans(&w, 54, bal, 20)
+            w_ans(&w, 54, buf, 20)
         if has_field(m, 60):
             w_copy(&w, m, 60)
+        if has_field(m, 61):
+            w_copy(&w, m, 61)
         if kind == KIND_SIGNON and r.rc == RC_00:
             w_b(&w, 62, r.keys, 40)
         if reply_mac:

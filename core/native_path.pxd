@@ -2,7 +2,7 @@ from libc.stdint cimport uint8_t, uint32_t
 
 from libc.stdint cimport int64_t
 
-from onecard.core.authorise cimport Authoriser
+from onecard.core.authorise cimport Authoriser, Txn
 from onecard.core.crypto cimport MacKey
 from onecard.core.mpack cimport MpReader
 from onecard.core.metrics cimport CoreMetrics
@@ -33,3 +33,4 @@ cdef class NativePath:
     cdef int message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
                      Frame* f, uint32_t batch) noexcept nogil
     cdef int broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil
+    cdef int deny_sync(self, Txn* t, OutBuf* out, Frame* f) noexcept nogil

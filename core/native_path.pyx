@@ -14,6 +14,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcpy, memset, strlen
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.decide cimport decide
 from onecard.core.codes cimport *
 from onecard.core.crypto cimport MAC_BYTES, MacKey, mac8, mac_equal, mackey_clear, mackey_set
 from onecard.core.journal cimport NONE32
@@ -31,6 +32,12 @@ cdef enum:
     TAG_HEARTBEAT = 2
     TAG_TAP = 3
     TAG_VERIFY = 4
+    TAG_OFFLINE_TAP = 5
+    TAG_DENY_SYNC = 6
+    TAG_MEDICAL = 7
+    TAG_MEDICAL_REFUND = 8
+    TAG_VENUE = 9
+    DENY_BATCH = 1000            # deny-list changes per reply
     REPLY_OFFSET = 100           # reply tag = request tag + 100
     TAG_ERROR = 199
     TID_LEN = 8
@@ -263,13 +270,60 @@ cdef class NativePath:
             r.rc = RC_58
         elif t.kind == KIND_HEARTBEAT:
             r.rc = RC_00
+        elif t.kind == KIND_DENY_SYNC:
+            self.mx.count(batch, t.kind, RC_00)
+            return self.deny_sync(&t, out, f)
         else:
-            self.auth.authorise(&t, &r)
+            decide(self.auth, &t, &r)
         self.mx.count(batch, t.kind, r.rc)
-        if t.kind == KIND_VERIFY and r.rc == RC_00:
-            r.name_len = <uint8_t>masked_name(self.st, r.card, <char*>r.name)
         out.len += write_reply(out.data + out.len, &t, <uint8_t>(tag + REPLY_OFFSET), &r,
                                self.auth.now_s)
+        f.count += 1
+        return 0
+
+    cdef int deny_sync(self, Txn* t, OutBuf* out, Frame* f) noexcept nogil:
+        """Deny-list changes after the version the gate has: [106, seq, rc, version, added,
+        removed], at most DENY_BATCH changes (the gate asks again from the version given)."""
+        cdef uint32_t since = <uint32_t>t.orig_seq, end = self.st.deny_version, v, e
+        cdef uint32_t n_added = 0, n_removed = 0, i
+        cdef uint8_t* p
+        cdef size_t k
+        cdef char digits[20]
+        cdef int nd
+        cdef uint64_t pan
+        if since > end:
+            since = end                    # a gate ahead of the switch starts over
+        if end - since > DENY_BATCH:
+            end = since + DENY_BATCH
+        if ob_reserve(out, 64 + <size_t>(end - since) * 24 + FRAME_RESERVE):
+            return -1
+        for v in range(since, end):
+            if self.st.deny_log[v] >> 31:
+                n_removed += 1
+            else:
+                n_added += 1
+        p = out.data + out.len
+        k = 0
+        p[k] = 0x96
+        k += 1
+        k += mp_w_int(p + k, TAG_DENY_SYNC + REPLY_OFFSET)
+        k += mp_w_int(p + k, t.seq)
+        k += w_rc(p + k, RC_00)
+        k += mp_w_int(p + k, end)
+        for i in range(2):
+            k += mp_w_array(p + k, n_added if i == 0 else n_removed)
+            for v in range(since, end):
+                e = self.st.deny_log[v]
+                if (e >> 31) != i:
+                    continue
+                pan = self.st.card[e & 0x7fffffff].pan
+                nd = 0
+                while pan:
+                    digits[19 - nd] = <char>(48 + pan % 10)
+                    pan //= 10
+                    nd += 1
+                k += mp_w_str(p + k, digits + 20 - nd, nd)
+        out.len += k
         f.count += 1
         return 0
 
@@ -322,14 +376,49 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
         else:
             t.direction = <uint8_t>v
             extra = count - 6
-    elif tag[0] == TAG_VERIFY:
-        t.kind = KIND_VERIFY
+    elif tag[0] == TAG_OFFLINE_TAP:
+        t.kind = KIND_OFFLINE_TAP
+        if count < 6:
+            problem = b"OfflineTap is [5, seq, card, station, direction, time_s]"
+        elif parse_card(body, &t.pan):
+            problem = b"card must be a string of 12-19 digits"
+        elif parse_u32(body, &t.station_id):
+            problem = b"station must be an integer 0..4294967295"
+        elif mp_int(body, &v) or v < 0 or v > 1:
+            problem = b"direction must be 0 (in) or 1 (out)"
+        elif parse_u32(body, &t.time_s) or t.time_s == 0:
+            problem = b"time_s must be the Unix seconds the tap happened"
+        else:
+            t.direction = <uint8_t>v
+            extra = count - 6
+    elif tag[0] == TAG_VERIFY or tag[0] == TAG_VENUE:
+        t.kind = KIND_VERIFY if tag[0] == TAG_VERIFY else KIND_VENUE
         if count < 3:
-            problem = b"Verify is [4, seq, card]"
+            problem = b"Verify and VenueEntry are [tag, seq, card]"
         elif parse_card(body, &t.pan):
             problem = b"card must be a string of 12-19 digits"
         else:
             extra = count - 3
+    elif tag[0] == TAG_DENY_SYNC:
+        t.kind = KIND_DENY_SYNC
+        if count < 3 or parse_u32(body, &t.orig_seq):
+            problem = b"DenyListSync is [6, seq, since_version]"
+        else:
+            extra = count - 3
+    elif tag[0] == TAG_MEDICAL or tag[0] == TAG_MEDICAL_REFUND:
+        t.kind = KIND_MEDICAL if tag[0] == TAG_MEDICAL else KIND_MEDICAL_REFUND
+        if count < 4:
+            problem = b"Medical is [7, seq, card, bill_fen]; MedicalRefund [8, seq, card, original_seq]"
+        elif parse_card(body, &t.pan):
+            problem = b"card must be a string of 12-19 digits"
+        elif t.kind == KIND_MEDICAL and (mp_int(body, &v) or v <= 0 or v > 0x7fffffff):
+            problem = b"bill_fen must be a positive integer (fen)"
+        elif t.kind == KIND_MEDICAL_REFUND and parse_u32(body, &t.orig_seq):
+            problem = b"original_seq must be the settlement's sequence number"
+        else:
+            if t.kind == KIND_MEDICAL:
+                t.amount_fen = v
+            extra = count - 4
     if problem == NULL:
         for _ in range(extra):               # fields a newer schema may add
             if mp_skip(body, 0):
@@ -340,46 +429,38 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
 cdef size_t write_reply(uint8_t* p, Txn* t, uint8_t tag, Res* r, uint32_t now_s) noexcept nogil:
     """The reply to t as [tag, seq, rc, ...]; at most REPLY_RESERVE bytes."""
     cdef size_t k = 0
-    p[k] = 0x95 if t.kind == KIND_TAP or t.kind == KIND_VERIFY else 0x94
+    cdef bint ok = r.rc == RC_00
+    cdef uint8_t kind = KIND_TAP if t.kind == KIND_OFFLINE_TAP else t.kind
+    p[k] = (0x95 if kind == KIND_TAP else 0x97 if kind == KIND_VERIFY
+            else 0x98 if kind == KIND_MEDICAL or kind == KIND_MEDICAL_REFUND
+            else 0x96 if kind == KIND_VENUE else 0x94)
     k += 1
     k += mp_w_int(p + k, tag)
     k += mp_w_int(p + k, t.seq)
     k += w_rc(p + k, r.rc)
-    if t.kind == KIND_SIGNON:
-        k += mp_w_bin(p + k, r.keys + 20, 20 if r.rc == RC_00 else 0)
-    elif t.kind == KIND_HEARTBEAT:
+    if kind == KIND_SIGNON:
+        k += mp_w_bin(p + k, r.keys + 20, 20 if ok else 0)
+    elif kind == KIND_HEARTBEAT:
         k += mp_w_int(p + k, now_s)
-    elif t.kind == KIND_TAP:
-        k += mp_w_int(p + k, r.amount_fen if r.rc == RC_00 else 0)
+    elif kind == KIND_TAP:
+        k += mp_w_int(p + k, r.amount_fen if ok else 0)
         k += mp_w_int(p + k, r.balance_fen)
-    else:
-        k += mp_w_str(p + k, <const char*>r.name, r.name_len if r.rc == RC_00 else 0)
+    elif kind == KIND_VERIFY:
+        k += mp_w_str(p + k, <const char*>r.name, r.name_len if ok else 0)
         k += mp_w_int(p + k, r.age_band)
+        k += mp_w_int(p + k, r.region_code if ok else 0)
+        k += mp_w_str(p + k, <const char*>r.id_number, r.id_len if ok else 0)
+    elif kind == KIND_MEDICAL or kind == KIND_MEDICAL_REFUND:
+        k += mp_w_int(p + k, r.x[0] if ok else 0)
+        k += mp_w_int(p + k, r.x[1] if ok else 0)
+        k += mp_w_int(p + k, r.x[2] if ok else 0)
+        k += mp_w_int(p + k, r.balance_fen)
+        k += mp_w_int(p + k, r.x[3] if ok else 0)
+    elif kind == KIND_VENUE:
+        k += mp_w_int(p + k, r.amount_fen if ok else 0)
+        k += mp_w_int(p + k, r.balance_fen)
+        k += mp_w_int(p + k, r.entitlement if ok else 0)
     return k
-
-
-cdef int masked_name(State st, uint32_t card, char* name) noexcept nogil:
-    """Surname, then one '*' per remaining character of the name: never the full name.
-    Writes at most 40 bytes."""
-    cdef const uint8_t* s
-    cdef Account* a
-    cdef int n = 0, chars = 0, i
-    if card == NONE32:
-        return 0
-    a = &st.acct[st.card[card].account]
-    s = st.surname + <size_t>a.surname * 8
-    for i in range(8):
-        if s[i] == 0:
-            break
-        name[n] = <char>s[i]
-        n += 1
-        if (s[i] & 0xC0) != 0x80:
-            chars += 1
-    for i in range(chars, a.name_len):
-        if n < 40:
-            name[n] = 42
-            n += 1
-    return n
 
 
 # ---- benchmark hooks: the same code as the server path, one stage at a time ----------------

@@ -2,7 +2,7 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from onecard.core.crypto cimport MacKey
-from onecard.core.journal cimport JRec
+from onecard.core.maps cimport U64Map
 
 cpdef enum Kind:                 # transaction kinds: metrics "type", journal, permissions
     KIND_NONE = 0
@@ -16,7 +16,16 @@ cpdef enum Kind:                 # transaction kinds: metrics "type", journal, p
     KIND_HEARTBEAT = 8
     KIND_FORMAT = 9              # a request that could not be decoded
     KIND_OTHER = 10              # decoded, but not a transaction onecard offers
-    N_KINDS = 16
+    KIND_VOID = 11               # 撤销: a same-day purchase undone
+    KIND_SETTLE = 12             # 0500: batch totals compared
+    KIND_OFFLINE_TAP = 13        # a tap a gate recorded offline, uploaded later
+    KIND_DENY_SYNC = 14          # a gate fetching deny-list changes
+    KIND_MEDICAL = 15            # medical settlement
+    KIND_MEDICAL_REFUND = 16
+    KIND_VENUE = 17              # venue entry (museum, library, scenic spot, sports venue)
+    KIND_CREDIT = 18             # top-up or disbursement credited by an operator
+    KIND_CARD_ADMIN = 19         # card issued or its status changed by an operator
+    N_KINDS = 32
 
 cpdef enum Proto:
     PROTO_ISO8583 = 0
@@ -28,7 +37,13 @@ cpdef enum TerminalKind:
     TERM_METRO_GATE = 2
     TERM_BUS_READER = 3
     TERM_FERRY_READER = 4
-    TERM_VERIFIER = 5
+    TERM_VERIFIER = 5            # identity verification (hotels, counters)
+    TERM_VENUE = 6               # museum, library, scenic spot, sports venue gates
+    TERM_MEDICAL = 7             # hospital and pharmacy settlement terminals
+
+cpdef enum DataScope:            # what identity verification may return to a terminal
+    SCOPE_DEFAULT = 0            # masked name, age band, issuing region
+    SCOPE_LODGING = 1            # full name and identity number (hotel registration)
 
 cpdef enum CardStatus:
     CARD_ACTIVE = 0
@@ -41,16 +56,12 @@ cpdef enum Function:
     FN_FINANCIAL = 1
     FN_TRANSPORT = 2
     FN_MEDICAL = 4
+    FN_ECARD = 8                 # an electronic card (QR code), not a chip card
 
 cpdef enum HolderFlag:
     HOLDER_DISABLED = 1
     HOLDER_HMT = 2               # Hong Kong, Macao or Taiwan resident
-
-cpdef enum App:                  # application classes the catalogue grants per region
-    APP_PAYMENT = 0
-    APP_TRANSIT = 1
-    APP_IDENTITY = 2
-    N_APPS = 8
+    HOLDER_DENIED = 4            # on the transit deny list (negative balance)
 
 cpdef enum OperatorKind:
     OP_METRO = 1
@@ -61,9 +72,22 @@ cpdef enum RingFlag:
     RING_APPROVED = 1            # the original was approved
     RING_REVERSED = 2            # a reversal has been applied to this slot
     RING_NO_ORIGINAL = 4         # reversal arrived for a STAN never seen
+    RING_VOIDED = 8              # the purchase in this slot was voided
+
+cpdef enum RuleKind:             # price rules of canteen and venue policies
+    RULE_NONE = 0
+    RULE_ALL = 1                 # everyone (with the rule's time window)
+    RULE_AGE_GE = 2              # holders of at least `param` years
+    RULE_DISABLED = 3
+    RULE_GROUP_RESIDENT = 4      # holders insured in region group `param` (1 YRD, 2 JJJ, 3 GBA)
+    RULE_PROVINCE_RESIDENT = 5   # holders insured in province index `param`
 
 cdef enum:
     MAX_PROVINCES = 64
+    MAX_APPS = 256
+    MAX_RULES = 6
+    HOLDER_BYTES = 48            # holders file: name (30 bytes UTF-8) + identity number (18)
+    HOLDER_NAME_BYTES = 30
 
 cdef struct Card:                # 24 bytes
     uint64_t pan
@@ -85,25 +109,34 @@ cdef struct Account:             # 32 bytes: the holder and their accounts
     uint16_t region              # insuring region (index into regions)
     uint8_t name_len             # characters in the full name
     uint8_t flags
-    uint8_t spare[6]
+    uint16_t last_ride_region    # for transfer discounts
+    uint32_t last_ride_s
 
-cdef struct Terminal:            # 80 bytes
+cdef struct Terminal:            # 104 bytes
     uint64_t tid                 # field 41, 8 ASCII bytes read big-endian
+    int64_t debit_fen            # open batch totals (settlement, 0500)
+    int64_t credit_fen
     uint32_t region
     uint32_t operator            # transit operator index (gates, readers)
     uint32_t permitted           # bit per Kind
-    uint32_t spare
+    uint32_t offline_hw          # highest offline-upload sequence applied
+    uint32_t batch_no
+    uint32_t debit_count
+    uint32_t credit_count
+    uint16_t app                 # the catalogue application this terminal offers
+    uint16_t policy              # price policy (canteen meal tiers, venue entitlements), 0 none
     uint8_t kind
     uint8_t protocol
     uint8_t mac_alg
     uint8_t signed_on
-    uint8_t pad[4]
+    uint8_t scope                # DataScope
+    uint8_t pad[3]
     uint8_t tmk[16]              # terminal master key
     uint8_t mak[16]              # working MAC key (valid when signed_on)
     uint8_t merchant[16]         # field 42, 15 characters
 
 cdef struct RingEntry:           # 40 bytes: the last transactions of a terminal, by sequence
-    int64_t amount_fen
+    int64_t amount_fen           # as requested
     int64_t balance_fen
     uint64_t record_no
     uint32_t seq
@@ -112,16 +145,42 @@ cdef struct RingEntry:           # 40 bytes: the last transactions of a terminal
     uint8_t flags
     uint8_t rc
     uint8_t aux
-    uint32_t extra
+    uint32_t extra               # purchases: amount charged; taps: station id
 
-cdef struct Region:
+cdef struct Region:              # 24 bytes
     uint32_t code                # 6-digit administrative division code
     uint8_t province             # index into the province list
     uint8_t group                # region group index (0 = none)
-    uint8_t elderly_age          # policy: concession from this age (0 = none)
-    uint8_t elderly_pct          # policy: percent of the fare paid (0 = free)
+    uint8_t elderly_age          # transit policy: concession from this age (0 = none)
+    uint8_t elderly_pct          # percent of the fare paid (0 = free)
     uint8_t disabled_pct
+    uint8_t transfer_minutes     # transfer discount window (0 = none)
+    uint16_t transfer_discount_fen
+    int32_t med_deductible_fen   # medical insurance policy of this insuring region
+    int32_t med_cap_fen          # pooled fund's annual cap per insured person
+    uint8_t med_ratio_pct        # share of the bill above the deductible the pool pays
     uint8_t pad[3]
+
+cdef struct App:                 # 8 bytes: a catalogue application
+    uint8_t functions            # card functions it needs
+    uint8_t active               # 0 once retired
+    uint16_t pad
+    int32_t daily_limit_fen      # per card per day, 0 = none
+
+cdef struct Rule:                # 8 bytes
+    uint8_t kind                 # RuleKind
+    uint8_t param
+    uint8_t pct                  # percent of the price paid (0 = free)
+    uint8_t hour_from            # local time window [from, to), 0..24
+    uint8_t hour_to
+    uint8_t weekdays             # bit 0 = Monday
+    uint16_t pad
+
+cdef struct Policy:              # 56 bytes
+    int32_t base_fen             # venue entry price (canteen policies discount the amount)
+    uint8_t n_rules
+    uint8_t pad[3]
+    Rule rules[6]
 
 cdef struct Operator:            # 24 bytes
     uint8_t kind
@@ -139,8 +198,12 @@ cdef struct Station:
     uint32_t local               # position in the operator's fare matrix
 
 cdef class State:
-    cdef readonly object cards, accounts, terminals, ring, regions, operators, stations, fares
-    cdef readonly object accept, surnames, card_slots, terminal_slots
+    cdef readonly object accounts, terminals, ring, regions, operators, stations, fares
+    cdef readonly object apps, accept, policies, surnames, card_slots, terminal_slots, holders
+    cdef object _cards_store             # cards live in a larger buffer so new cards fit
+    cdef readonly U64Map daily_app       # (account, app) -> day, spent today
+    cdef readonly U64Map medical_year    # account -> year, deductible used, pool paid
+    cdef readonly U64Map filings         # account -> mask of provinces with a filing
     cdef Card* card
     cdef Account* acct
     cdef Terminal* term
@@ -149,16 +212,24 @@ cdef class State:
     cdef Operator* op
     cdef Station* stn
     cdef int32_t* fare
-    cdef uint64_t* accept_mask   # [N_APPS][MAX_PROVINCES] -> mask of accepted card provinces
+    cdef App* app
+    cdef uint64_t* accept_mask   # [MAX_APPS][MAX_PROVINCES] -> mask of accepted card provinces
+    cdef Policy* policy
     cdef uint8_t* surname        # [n][8] UTF-8
+    cdef const uint8_t* holder   # [accounts][HOLDER_BYTES], mapped read-only, may be NULL
     cdef uint32_t* cslot
     cdef uint64_t ccap
     cdef uint32_t* tslot
     cdef uint64_t tcap
     cdef MacKey* mac_keys
+    cdef uint32_t* deny_log      # card index | 1 << 31 when removed; version = position + 1
+    cdef readonly uint32_t deny_version
+    cdef uint32_t deny_cap
     cdef readonly uint32_t n_cards, n_accounts, n_terminals, n_stations, n_regions, n_surnames
+    cdef readonly uint32_t n_apps, n_policies
     cdef readonly uint32_t ring_size
     cdef uint32_t ring_mask
+    cdef uint64_t _capacity_cached
 
     cdef _bind(self)
     cdef _install_key(self, uint32_t t)
@@ -167,4 +238,5 @@ cdef class State:
     cdef int64_t find_terminal(self, uint64_t tid) noexcept nogil
     cdef int64_t find_station(self, uint32_t station_id) noexcept nogil
     cdef RingEntry* slot(self, uint32_t terminal, uint32_t seq) noexcept nogil
-    cdef int apply(self, JRec* r, uint64_t record_no) noexcept nogil
+    cdef int64_t add_card(self, uint64_t pan, uint32_t account) noexcept nogil
+    cdef int deny(self, uint32_t card, bint removed) noexcept nogil

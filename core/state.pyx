@@ -4,22 +4,23 @@ authoriser as C structs, with compiled open-addressing indexes from card number 
 
 Memory per card is the card record (24 bytes), its account record (32 bytes, one per holder)
 and 4-byte index slots at a load factor of at most 0.75: :meth:`State.memory_report` gives the
-figure for the loaded data.
+figure for the loaded data. Cards can be added while running (replacement and electronic
+cards): they live in a buffer with spare room, and the index is rebuilt larger when full.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
 import numpy as np
 
-from onecard.core.crypto cimport mackey_clear, mackey_set, wrap_key
-from onecard.core.journal cimport JREC_BYTES, NONE32, JRec
+from onecard.core.crypto cimport mackey_clear, mackey_set
+from onecard.core.maps cimport U64Map
 
 
-def _dtype(fields: list[tuple[str, str]], itemsize: int) -> np.dtype:
+def _dtype(fields: list, itemsize: int) -> np.dtype:
     dt = np.dtype(fields, align=True)
-    assert dt.itemsize == itemsize, (fields, dt.itemsize)
+    assert dt.itemsize == itemsize, (fields, dt.itemsize, itemsize)
     return dt
 
 
@@ -29,47 +30,50 @@ CARD_DTYPE = _dtype([("pan", "<u8"), ("account", "<u4"), ("trip_time_s", "<u4"),
 ACCOUNT_DTYPE = _dtype([("balance_fen", "<i8"), ("medical_fen", "<i4"),
                         ("daily_spent_fen", "<i4"), ("daily_day", "<u2"), ("birth_day", "<u2"),
                         ("surname", "<u2"), ("region", "<u2"), ("name_len", "u1"),
-                        ("flags", "u1"), ("spare", "u1", (6,))], sizeof(Account))
-TERMINAL_DTYPE = _dtype([("tid", "<u8"), ("region", "<u4"), ("operator", "<u4"),
-                         ("permitted", "<u4"), ("spare", "<u4"), ("kind", "u1"),
-                         ("protocol", "u1"), ("mac_alg", "u1"), ("signed_on", "u1"),
-                         ("pad", "u1", (4,)), ("tmk", "u1", (16,)), ("mak", "u1", (16,)),
-                         ("merchant", "S16")], sizeof(Terminal))
+                        ("flags", "u1"), ("last_ride_region", "<u2"), ("last_ride_s", "<u4")],
+                       sizeof(Account))
+TERMINAL_DTYPE = _dtype([("tid", "<u8"), ("debit_fen", "<i8"), ("credit_fen", "<i8"),
+                         ("region", "<u4"), ("operator", "<u4"), ("permitted", "<u4"),
+                         ("offline_hw", "<u4"), ("batch_no", "<u4"), ("debit_count", "<u4"),
+                         ("credit_count", "<u4"), ("app", "<u2"), ("policy", "<u2"),
+                         ("kind", "u1"), ("protocol", "u1"), ("mac_alg", "u1"),
+                         ("signed_on", "u1"), ("scope", "u1"), ("pad", "u1", (3,)),
+                         ("tmk", "u1", (16,)), ("mak", "u1", (16,)), ("merchant", "S16")],
+                        sizeof(Terminal))
 RING_DTYPE = _dtype([("amount_fen", "<i8"), ("balance_fen", "<i8"), ("record_no", "<u8"),
                      ("seq", "<u4"), ("card", "<u4"), ("kind", "u1"), ("flags", "u1"),
                      ("rc", "u1"), ("aux", "u1"), ("extra", "<u4")], sizeof(RingEntry))
 REGION_DTYPE = _dtype([("code", "<u4"), ("province", "u1"), ("group", "u1"),
                        ("elderly_age", "u1"), ("elderly_pct", "u1"), ("disabled_pct", "u1"),
-                       ("pad", "u1", (3,))], sizeof(Region))
+                       ("transfer_minutes", "u1"), ("transfer_discount_fen", "<u2"),
+                       ("med_deductible_fen", "<i4"), ("med_cap_fen", "<i4"),
+                       ("med_ratio_pct", "u1"), ("pad", "u1", (3,))], sizeof(Region))
+APP_DTYPE = _dtype([("functions", "u1"), ("active", "u1"), ("pad", "<u2"),
+                    ("daily_limit_fen", "<i4")], sizeof(App))
+RULE_DTYPE = _dtype([("kind", "u1"), ("param", "u1"), ("pct", "u1"), ("hour_from", "u1"),
+                     ("hour_to", "u1"), ("weekdays", "u1"), ("pad", "<u2")], sizeof(Rule))
+POLICY_DTYPE = _dtype([("base_fen", "<i4"), ("n_rules", "u1"), ("pad", "u1", (3,)),
+                       ("rules", RULE_DTYPE, (MAX_RULES,))], sizeof(Policy))
 OPERATOR_DTYPE = _dtype([("kind", "u1"), ("pad", "u1"), ("region", "<u2"),
                          ("first_station", "<u4"), ("n_stations", "<u4"), ("fare_off", "<u4"),
                          ("flat_fare_fen", "<i4"), ("max_fare_fen", "<i4")], sizeof(Operator))
 STATION_DTYPE = _dtype([("id", "<u4"), ("operator", "<u4"), ("local", "<u4")], sizeof(Station))
 SURNAME_BYTES = 8
+HOLDER_RECORD_BYTES = HOLDER_BYTES
+HOLDER_NAME_LEN = HOLDER_NAME_BYTES
+MAX_APP_COUNT = MAX_APPS
 # probe() compares the leading uint64 of a record with the key.
 assert CARD_DTYPE.fields["pan"][1] == 0 and TERMINAL_DTYPE.fields["tid"][1] == 0
 
 # Python callers (switch, tests) use the enum members as plain module constants.
-for _enum in (Kind, Proto, TerminalKind, CardStatus, Function, HolderFlag, App, OperatorKind,
-              RingFlag):
+for _enum in (Kind, Proto, TerminalKind, DataScope, CardStatus, Function, HolderFlag,
+              OperatorKind, RingFlag, RuleKind):
     for _name, _member in _enum.__members__.items():
         globals()[_name] = int(_member)
 globals()["MAX_PROVINCES"] = <int>MAX_PROVINCES
 
-
 cdef uint64_t MIX1 = 0xbf58476d1ce4e5b9
 cdef uint64_t MIX2 = 0x94d049bb133111eb
-
-
-cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
-    # splitmix64 finaliser: card numbers share long prefixes, so the low bits need mixing.
-    x ^= x >> 30
-    x *= MIX1
-    x ^= x >> 27
-    x *= MIX2
-    x ^= x >> 31
-    return x
-
 
 cdef extern from *:
     """
@@ -80,10 +84,21 @@ cdef extern from *:
     }
     """
     uint64_t fastrange "onecard_fastrange" (uint64_t h, uint64_t n) nogil
-
-
-cdef extern from *:
     void prefetch_read "__builtin_prefetch" (const void* addr) nogil
+
+cdef extern from "<sys/mman.h>" nogil:
+    int madvise(void* addr, size_t length, int advice)
+    int MADV_HUGEPAGE
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    # splitmix64 finaliser: card numbers share long prefixes, so the low bits need mixing.
+    x ^= x >> 30
+    x *= MIX1
+    x ^= x >> 27
+    x *= MIX2
+    x ^= x >> 31
+    return x
 
 
 cdef inline uint64_t home(uint64_t key, uint64_t cap) noexcept nogil:
@@ -126,9 +141,11 @@ def _capacity(n: int) -> int:
     return max(16, int(n / MAX_LOAD) + 1)
 
 
-cdef _build_index(const uint64_t* keys, size_t stride_words, uint32_t n, str what):
+cdef _build_index(const uint64_t* keys, size_t stride_words, uint32_t n, str what,
+                  uint64_t cap=0):
     """Open-addressing index: slot = position + 1, 0 = empty, linear probing."""
-    cdef uint64_t cap = _capacity(n)
+    if cap == 0:
+        cap = _capacity(n)
     slots = np.zeros(cap, dtype=np.uint32)
     advise_huge_pages(slots)
     cdef uint32_t[::1] s = slots
@@ -164,10 +181,6 @@ def _array(value, dtype, name: str):
     return arr
 
 
-cdef extern from "<sys/mman.h>" nogil:
-    int madvise(void* addr, size_t length, int advice)
-    int MADV_HUGEPAGE
-
 HUGE_PAGE = 2 << 20
 
 
@@ -184,27 +197,32 @@ def advise_huge_pages(arr) -> None:
         madvise(<void*>start, end - start, MADV_HUGEPAGE)
 
 
+def _spare(n: int) -> int:
+    return n + max(1024, n // 64)      # room for replacement and electronic cards
+
+
 cdef class State:
     """All authorisation state. Arrays are owned here; the core reads them through pointers."""
 
     def __init__(self, *, cards, accounts, terminals, regions, operators, stations, fares,
-                 accept, surnames, ring=None, uint32_t ring_size=64):
+                 apps, accept, policies, surnames, holders=None, ring=None,
+                 uint32_t ring_size=64, maps=None):
         if ring_size < 8 or ring_size & (ring_size - 1):
             raise ValueError("ring_size must be a power of two >= 8")
-        self.cards = _array(cards, CARD_DTYPE, "cards")
+        given = _array(cards, CARD_DTYPE, "cards")
+        self.n_cards = len(given)
+        self._cards_store = np.zeros(_spare(self.n_cards), dtype=CARD_DTYPE)
+        self._cards_store[:self.n_cards] = given
+        advise_huge_pages(self._cards_store)
         self.accounts = _array(accounts, ACCOUNT_DTYPE, "accounts")
         self.terminals = _array(terminals, TERMINAL_DTYPE, "terminals")
         self.regions = _array(regions, REGION_DTYPE, "regions")
         self.operators = _array(operators, OPERATOR_DTYPE, "operators")
         self.stations = _array(stations, STATION_DTYPE, "stations")
         self.fares = _array(fares, np.dtype("<i4"), "fares")
-        self.accept = _array(accept, np.dtype("<u8"), "accept")
         self.surnames = _array(surnames, np.dtype("u1"), "surnames")
-        if self.accept.shape != (N_APPS, MAX_PROVINCES):
-            raise ValueError(f"accept must have shape ({N_APPS}, {MAX_PROVINCES})")
         if self.surnames.ndim != 2 or self.surnames.shape[1] != SURNAME_BYTES:
             raise ValueError(f"surnames must have shape (n, {SURNAME_BYTES})")
-        self.n_cards = len(self.cards)
         self.n_accounts = len(self.accounts)
         self.n_terminals = len(self.terminals)
         self.n_stations = len(self.stations)
@@ -217,6 +235,14 @@ cdef class State:
         self.ring = _array(ring, RING_DTYPE, "ring")
         if len(self.ring) != self.n_terminals * ring_size:
             raise ValueError("ring does not match terminals x ring_size")
+        if holders is not None:
+            self.holders = np.frombuffer(holders, dtype=np.uint8)
+            if len(self.holders) < self.n_accounts * HOLDER_BYTES:
+                raise ValueError("holders file is shorter than one record per account")
+        self.daily_app = U64Map(4096)
+        self.medical_year = U64Map(4096)
+        self.filings = U64Map(1024)
+        self.set_catalogue(apps, accept, policies)
         self._check_references()
         self._bind()
         self.card_slots = _build_index(<uint64_t*>self.card, sizeof(Card) // 8, self.n_cards,
@@ -224,18 +250,51 @@ cdef class State:
         self.terminal_slots = _build_index(<uint64_t*>self.term, sizeof(Terminal) // 8,
                                            self.n_terminals, "terminal id")
         self._bind()
+        self._capacity_cached = len(self._cards_store)
         self.mac_keys = <MacKey*>calloc(max(self.n_terminals, 1), sizeof(MacKey))
         if self.mac_keys == NULL:
             raise MemoryError()
         for t in range(self.n_terminals):
             if self.term[t].signed_on:
                 self._install_key(t)
+        if maps:
+            for name in ("daily_app", "medical_year", "filings"):
+                if name in maps:
+                    getattr(self, name).load(maps[name])
 
     def __dealloc__(self):
         if self.mac_keys != NULL:
             for t in range(self.n_terminals):
                 mackey_clear(&self.mac_keys[t])
             free(self.mac_keys)
+        free(self.deny_log)
+
+    @property
+    def cards(self):
+        return self._cards_store[:self.n_cards]
+
+    def set_catalogue(self, apps, accept, policies) -> None:
+        """Install a catalogue version: applications, acceptance masks, price policies. The
+        next authorisation uses it (the event loop calls this between batches)."""
+        apps = _array(apps, APP_DTYPE, "apps")
+        accept = _array(accept, np.dtype("<u8"), "accept")
+        policies = _array(policies, POLICY_DTYPE, "policies")
+        if len(apps) > MAX_APPS or accept.shape != (MAX_APPS, MAX_PROVINCES):
+            raise ValueError(f"at most {MAX_APPS} applications; accept is "
+                             f"({MAX_APPS}, {MAX_PROVINCES})")
+        if len(policies) == 0:
+            raise ValueError("policies[0] must exist (no policy)")
+        if self.terminals is not None and len(self.terminals):
+            if int(self.terminals["app"].max()) >= len(apps):
+                raise ValueError("a terminal refers to an application the catalogue lacks")
+            if int(self.terminals["policy"].max()) >= len(policies):
+                raise ValueError("a terminal refers to a policy that does not exist")
+        self.apps, self.accept, self.policies = apps, accept, policies
+        self.n_apps = len(apps)
+        self.n_policies = len(policies)
+        self.app = <App*><size_t>apps.ctypes.data
+        self.accept_mask = <uint64_t*><size_t>accept.ctypes.data
+        self.policy = <Policy*><size_t>policies.ctypes.data
 
     def _check_references(self) -> None:
         """Every index stored in an array must point inside its target (TIGER_STYLE: the core
@@ -243,12 +302,15 @@ cdef class State:
         def bad(name, values, limit):
             if len(values) and int(values.max()) >= limit:
                 raise ValueError(f"{name} refers past the end ({int(values.max())} >= {limit})")
-        bad("cards.account", self.cards["account"], self.n_accounts)
-        bad("cards.region", self.cards["region"], self.n_regions)
-        bad("cards.trip_station", self.cards["trip_station"], self.n_stations + 1)
+        cards = self.cards
+        bad("cards.account", cards["account"], self.n_accounts)
+        bad("cards.region", cards["region"], self.n_regions)
+        bad("cards.trip_station", cards["trip_station"], self.n_stations + 1)
         bad("accounts.region", self.accounts["region"], self.n_regions)
         bad("accounts.surname", self.accounts["surname"], max(self.n_surnames, 1))
         bad("terminals.region", self.terminals["region"], self.n_regions)
+        bad("terminals.app", self.terminals["app"], self.n_apps)
+        bad("terminals.policy", self.terminals["policy"], self.n_policies)
         bad("regions.province", self.regions["province"], MAX_PROVINCES)
         bad("stations.operator", self.stations["operator"], len(self.operators))
         if len(self.stations) > 1 and np.any(np.diff(self.stations["id"].astype(np.int64)) <= 0):
@@ -259,7 +321,7 @@ cdef class State:
                 raise ValueError("operator fare matrix runs past fares")
 
     cdef _bind(self):
-        self.card = <Card*><size_t>self.cards.ctypes.data
+        self.card = <Card*><size_t>self._cards_store.ctypes.data
         self.acct = <Account*><size_t>self.accounts.ctypes.data
         self.term = <Terminal*><size_t>self.terminals.ctypes.data
         self.rng = <RingEntry*><size_t>self.ring.ctypes.data
@@ -267,8 +329,8 @@ cdef class State:
         self.op = <Operator*><size_t>self.operators.ctypes.data
         self.stn = <Station*><size_t>self.stations.ctypes.data
         self.fare = <int32_t*><size_t>self.fares.ctypes.data
-        self.accept_mask = <uint64_t*><size_t>self.accept.ctypes.data
         self.surname = <uint8_t*><size_t>self.surnames.ctypes.data
+        self.holder = <const uint8_t*><size_t>self.holders.ctypes.data if self.holders is not None else NULL
         if self.card_slots is not None:
             self.cslot = <uint32_t*><size_t>self.card_slots.ctypes.data
             self.ccap = len(self.card_slots)
@@ -320,86 +382,73 @@ cdef class State:
     cdef RingEntry* slot(self, uint32_t terminal, uint32_t seq) noexcept nogil:
         return &self.rng[<size_t>terminal * self.ring_size + (seq & self.ring_mask)]
 
-    # ---- applying records (live and replay) --------------------------------------------------
+    # ---- growth ------------------------------------------------------------------------------
 
-    cdef int apply(self, JRec* r, uint64_t record_no) noexcept nogil:
-        """Apply one record's after-images. The live authoriser and recovery both come here,
-        which is what makes a replayed journal give exactly the live state."""
-        cdef Account* a
-        cdef Card* c
-        cdef RingEntry* e
-        cdef Terminal* t
-        cdef uint8_t enc[16]
-        cdef uint8_t key[16]
-        if r.terminal >= self.n_terminals:
-            return -1
-        if r.kind == KIND_SIGNON:
-            t = &self.term[r.terminal]
-            memcpy(enc, &r.a, 8)
-            memcpy(enc + 8, &r.b, 8)
-            if wrap_key(t.mac_alg, t.tmk, enc, key, 1) != 0:
+    cdef int64_t add_card(self, uint64_t pan, uint32_t account) noexcept nogil:
+        """Append a card (other fields zero) and index it. -2 when the buffer or the index
+        is full (call reserve_cards with the GIL, then again), -3 when the number exists."""
+        cdef uint64_t h
+        cdef uint32_t idx = self.n_cards
+        if idx >= self._capacity_cached or (idx + 1) * 4 > self.ccap * 3:
+            return -2
+        if self.find_card(pan) >= 0:
+            return -3
+        memset(&self.card[idx], 0, sizeof(Card))
+        self.card[idx].pan = pan
+        self.card[idx].account = account
+        h = home(pan, self.ccap)
+        while self.cslot[h] != 0:
+            h += 1
+            if h == self.ccap:
+                h = 0
+        self.cslot[h] = idx + 1
+        self.n_cards += 1
+        return idx
+
+    def reserve_cards(self, uint32_t extra=1) -> None:
+        """Make room for ``extra`` more cards (copying the cards once into a larger buffer
+        and rebuilding the index larger when needed)."""
+        cdef uint64_t need = self.n_cards + extra
+        if need > len(self._cards_store):
+            bigger = np.zeros(_spare(need), dtype=CARD_DTYPE)
+            bigger[:self.n_cards] = self._cards_store[:self.n_cards]
+            advise_huge_pages(bigger)
+            self._cards_store = bigger
+            self._bind()
+        if need * 4 > self.ccap * 3:
+            # Headroom for 1/16 more cards: rebuilding a 10^8 index takes seconds.
+            self.card_slots = _build_index(<uint64_t*>self.card, sizeof(Card) // 8,
+                                           self.n_cards, "card number",
+                                           _capacity(need + need // 16))
+        self._bind()
+        self._capacity_cached = len(self._cards_store)
+
+    # ---- deny list ---------------------------------------------------------------------------
+
+    cdef int deny(self, uint32_t card, bint removed) noexcept nogil:
+        """Append a deny-list change; its version is the new deny_version."""
+        cdef uint32_t cap
+        cdef uint32_t* grown
+        if self.deny_version == self.deny_cap:
+            cap = self.deny_cap * 2 if self.deny_cap else 1024
+            grown = <uint32_t*>realloc(self.deny_log, cap * sizeof(uint32_t))
+            if grown == NULL:
                 return -1
-            memcpy(t.mak, key, 16)
-            t.signed_on = 1
-            return mackey_set(&self.mac_keys[r.terminal], t.mac_alg, key)
-        if r.rc == 0 and r.account != NONE32:
-            if r.account >= self.n_accounts:
-                return -1
-            a = &self.acct[r.account]
-            if r.kind == KIND_PURCHASE or r.kind == KIND_REVERSAL or r.kind == KIND_TAP:
-                a.balance_fen = r.balance_fen
-            if r.kind == KIND_PURCHASE or r.kind == KIND_REVERSAL:
-                a.daily_day = <uint16_t>(r.a >> 32)
-                a.daily_spent_fen = <int32_t><uint32_t>r.a
-        if r.rc == 0 and r.kind == KIND_TAP and r.card != NONE32:
-            if r.card >= self.n_cards:
-                return -1
-            c = &self.card[r.card]
-            c.trip_station = <uint16_t>(r.a >> 32)
-            c.trip_time_s = <uint32_t>r.a
-        e = self.slot(r.terminal, r.seq)
-        e.seq = r.seq
-        e.card = r.card
-        e.record_no = record_no
-        e.rc = r.rc
-        e.flags = r.flags
-        e.balance_fen = r.balance_fen
-        e.aux = 0
-        e.extra = 0
-        if r.kind == KIND_REVERSAL:
-            e.kind = KIND_PURCHASE           # the slot keeps describing the original
-            e.amount_fen = <int64_t>r.b
-        else:
-            e.kind = r.kind
-            e.amount_fen = r.amount_fen
-        if r.kind == KIND_TAP:
-            e.aux = <uint8_t>(r.b & 0xff)
-            e.extra = <uint32_t>(r.b >> 8)
-        elif r.kind == KIND_VERIFY:
-            e.aux = <uint8_t>r.c
+            self.deny_log = grown
+            self.deny_cap = cap
+        self.deny_log[self.deny_version] = card | (<uint32_t>removed << 31)
+        self.deny_version += 1
         return 0
 
-    # ---- Python API (recovery, admin, tests) -------------------------------------------------
+    def deny_changes(self, uint32_t since=0) -> list:
+        """[(version, card number, added)] after version ``since``."""
+        out = []
+        for v in range(since, self.deny_version):
+            e = self.deny_log[v]
+            out.append((v + 1, int(self.card[e & 0x7fffffff].pan), not (e >> 31)))
+        return out
 
-    def apply_records(self, data, uint64_t first_no, uint64_t skip_before=0) -> int:
-        """Replay packed journal records numbered from first_no; records numbered below
-        skip_before are already in the snapshot. Returns how many were applied."""
-        cdef const uint8_t[::1] view = data
-        cdef size_t n = len(data) // JREC_BYTES, i
-        cdef size_t applied = 0
-        cdef JRec* recs
-        if len(data) % JREC_BYTES:
-            raise ValueError("journal blob is not a whole number of records")
-        if n == 0:
-            return 0
-        recs = <JRec*>&view[0]
-        for i in range(n):
-            if first_no + i < skip_before:
-                continue
-            if self.apply(&recs[i], first_no + i) != 0:
-                raise ValueError(f"journal record {first_no + i} does not fit this state")
-            applied += 1
-        return applied
+    # ---- Python API (recovery, admin, tests) -------------------------------------------------
 
     def card_index(self, pan: int) -> int:
         """Position of a card number, or -1."""
@@ -419,21 +468,38 @@ cdef class State:
     def terminal_index(self, tid: str) -> int:
         return self.find_terminal(pack_tid(tid))
 
+    def holder_of(self, uint32_t account) -> tuple[str, str]:
+        """Full name and identity number of an account's holder (from the holders file)."""
+        if self.holder == NULL or account >= self.n_accounts:
+            return "", ""
+        raw = bytes(self.holders[account * HOLDER_BYTES:(account + 1) * HOLDER_BYTES])
+        return (raw[:HOLDER_NAME_BYTES].rstrip(b"\0").decode(),
+                raw[HOLDER_NAME_BYTES:].rstrip(b"\0").decode())
+
     def snapshot(self) -> dict:
-        """Copies of the mutable arrays, for a checkpoint."""
+        """Copies of the mutable state, for a checkpoint."""
+        deny = np.array([self.deny_log[i] for i in range(self.deny_version)], dtype=np.uint32)
         return {"cards": self.cards.copy(), "accounts": self.accounts.copy(),
-                "terminals": self.terminals.copy(), "ring": self.ring.copy()}
+                "terminals": self.terminals.copy(), "ring": self.ring.copy(),
+                "daily_app": self.daily_app.export(), "medical_year": self.medical_year.export(),
+                "filings": self.filings.export(), "deny_log": deny}
+
+    def restore_deny_log(self, log) -> None:
+        for e in np.asarray(log, dtype=np.uint32).tolist():
+            if self.deny(e & 0x7fffffff, e >> 31) != 0:
+                raise MemoryError()
 
     def memory_report(self) -> dict:
         """Bytes held for cards: records, accounts and the card index, and per card."""
-        card_bytes = self.cards.nbytes + self.accounts.nbytes + self.card_slots.nbytes
+        card_bytes = self.n_cards * sizeof(Card)
+        total = card_bytes + self.accounts.nbytes + self.card_slots.nbytes
         return {
             "cards": int(self.n_cards),
             "accounts": int(self.n_accounts),
-            "card_bytes": int(self.cards.nbytes),
+            "card_bytes": int(card_bytes),
             "account_bytes": int(self.accounts.nbytes),
             "index_bytes": int(self.card_slots.nbytes),
-            "bytes_per_card": card_bytes / max(self.n_cards, 1),
+            "bytes_per_card": total / max(self.n_cards, 1),
             "terminal_bytes": int(self.terminals.nbytes + self.ring.nbytes
                                   + self.n_terminals * sizeof(MacKey)),
         }

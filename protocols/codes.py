@@ -26,6 +26,7 @@ CODES: Final[tuple[tuple[str, str], ...]] = (
     ("94", "duplicate transmission"),
     ("96", "system malfunction"),
     ("A0", "MAC failure (or terminal not signed on)"),
+    ("M1", "remote medical treatment without a filing (备案): settle in cash"),
 )
 
 CODE_INDEX: Final[dict[str, int]] = {code: i for i, (code, _) in enumerate(CODES)}

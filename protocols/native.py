@@ -75,7 +75,50 @@ class Verify(msgspec.Struct, array_like=True, tag=4, frozen=True):
     card: str
 
 
-Request = SignOn | Heartbeat | Tap | Verify
+class OfflineTap(msgspec.Struct, array_like=True, tag=5, frozen=True):
+    """A tap a gate recorded while offline, uploaded later (a frame may carry thousands).
+    Applied once per terminal and ``seq`` (upload in increasing ``seq`` order), never refused
+    for lack of money: a balance may go below zero, which puts the card on the deny list."""
+
+    seq: int
+    card: str
+    station: int
+    direction: int
+    time_s: int
+
+
+class DenyListSync(msgspec.Struct, array_like=True, tag=6, frozen=True):
+    """Deny-list changes after ``since_version`` (0 for the whole list)."""
+
+    seq: int
+    since_version: int
+
+
+class Medical(msgspec.Struct, array_like=True, tag=7, frozen=True):
+    """Settle a medical bill (hospital or pharmacy terminals)."""
+
+    seq: int
+    card: str
+    bill_fen: int
+
+
+class MedicalRefund(msgspec.Struct, array_like=True, tag=8, frozen=True):
+    """Refund a settlement made on this terminal (``original_seq``)."""
+
+    seq: int
+    card: str
+    original_seq: int
+
+
+class VenueEntry(msgspec.Struct, array_like=True, tag=9, frozen=True):
+    """Entry to a museum, library, scenic spot or sports venue."""
+
+    seq: int
+    card: str
+
+
+Request = (SignOn | Heartbeat | Tap | Verify | OfflineTap | DenyListSync | Medical
+           | MedicalRefund | VenueEntry)
 
 
 # ---- replies --------------------------------------------------------------------------------
@@ -106,12 +149,72 @@ class TapReply(msgspec.Struct, array_like=True, tag=103, frozen=True):
 
 
 class VerifyReply(msgspec.Struct, array_like=True, tag=104, frozen=True):
-    """Only what the default data scope allows: masked name and an index into AGE_BANDS."""
+    """What the terminal's data scope allows. Default scope: the masked name (surname and one
+    ``*`` per other character), an index into AGE_BANDS and the issuing region's code, and an
+    empty ``id_number``. Lodging-registration terminals: the full name and identity number."""
 
     seq: int
     rc: str
-    masked_name: str
+    name: str
     age_band: int
+    region: int = 0
+    id_number: str = ""
+
+
+class OfflineTapReply(msgspec.Struct, array_like=True, tag=105, frozen=True):
+    """``rc`` 94: this upload was applied before (nothing done again)."""
+
+    seq: int
+    rc: str
+    fare_fen: int
+    balance_fen: int
+
+
+class DenyListReply(msgspec.Struct, array_like=True, tag=106, frozen=True):
+    """Cards added to and removed from the deny list up to ``version``; when ``version`` is
+    below the switch's, ask again from it (at most 1,000 changes a reply)."""
+
+    seq: int
+    rc: str
+    version: int
+    added: list[str]
+    removed: list[str]
+
+
+class MedicalReply(msgspec.Struct, array_like=True, tag=107, frozen=True):
+    """The bill's split: pooled fund, personal medical account, cash (from the financial
+    account); balances after. ``rc`` M1: treatment in another province without a filing
+    (备案): the hospital settles in cash."""
+
+    seq: int
+    rc: str
+    pool_fen: int
+    personal_fen: int
+    cash_fen: int
+    balance_fen: int
+    medical_fen: int
+
+
+class MedicalRefundReply(msgspec.Struct, array_like=True, tag=108, frozen=True):
+    """What went back to the pool, the personal medical account and the financial account."""
+
+    seq: int
+    rc: str
+    pool_fen: int
+    personal_fen: int
+    cash_fen: int
+    balance_fen: int
+    medical_fen: int
+
+
+class VenueReply(msgspec.Struct, array_like=True, tag=109, frozen=True):
+    """``fee_fen`` charged; ``entitlement`` the price rule that applied (1-based, 0 none)."""
+
+    seq: int
+    rc: str
+    fee_fen: int
+    balance_fen: int
+    entitlement: int
 
 
 class ErrorReply(msgspec.Struct, array_like=True, tag=199, frozen=True):
@@ -122,7 +225,8 @@ class ErrorReply(msgspec.Struct, array_like=True, tag=199, frozen=True):
     message: str
 
 
-Reply = SignOnReply | HeartbeatReply | TapReply | VerifyReply | ErrorReply
+Reply = (SignOnReply | HeartbeatReply | TapReply | VerifyReply | OfflineTapReply
+         | DenyListReply | MedicalReply | MedicalRefundReply | VenueReply | ErrorReply)
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(list[Request])

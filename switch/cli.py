@@ -81,13 +81,23 @@ def cmd_serve(args) -> int:
         lock.close()
 
 
+def tokens_path(config: Config) -> Path:
+    path = Path(config.admin.tokens_file)
+    return path if path.is_absolute() else Path(config.data_dir) / path
+
+
 async def _serve(config: Config, loaded) -> int:
+    from onecard.switch import admin, operators
     from onecard.switch.http import start_http
     from onecard.switch.server import Switch
 
     switch = Switch(config, loaded)
+    ops = operators.load_or_create(tokens_path(config))
+    synced = admin.sync(switch)
+    if synced:
+        print(f"onecard: {synced} disbursement report rows rebuilt from the journal")
     await switch.start()
-    runner = await start_http(switch, config.server.host, config.server.http_port)
+    runner = await start_http(switch, config.server.host, config.server.http_port, ops)
     http_port = runner.addresses[0][1]
     mem = loaded.state.memory_report()
     iso, nat = switch.listeners[0].port, switch.listeners[1].port
@@ -100,6 +110,8 @@ async def _serve(config: Config, loaded) -> int:
     print(f"onecard: listening http {host}:{http_port}   (http://{host}:{http_port}/metrics, "
           "/healthz)")
     print(f"onecard: data in {Path(config.data_dir).resolve()}/ (SQLite journal, checkpoints)")
+    print(f"onecard: admin API http://{host}:{http_port}/admin/..., public catalogue "
+          f"http://{host}:{http_port}/catalogue; operator tokens in {tokens_path(config)}")
     print(f"onecard: try  onecard load --port {iso} --connections 16 --window 8 --duration 10"
           f"   |   terminal ids and master keys: onecard terminals --kind pos")
     print("onecard: ready", flush=True)
@@ -182,7 +194,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="replace an existing data set")
     d.set_defaults(func=cmd_demo_data)
     t = common(sub.add_parser("terminals", help="list terminals with their master keys"))
-    t.add_argument("--kind", choices=("pos", "gate", "bus", "ferry", "verifier"))
+    t.add_argument("--kind", choices=("pos", "gate", "bus", "ferry", "verifier", "venue",
+                                      "medical"))
     t.add_argument("--limit", type=int, default=50)
     t.set_defaults(func=cmd_terminals)
     from onecard.bench import loadgen

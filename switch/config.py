@@ -45,6 +45,22 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_amount_fen: Positive = 10_000_000
 
 
+class FxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Hong Kong and Macao acquiring: fen per 100.00 units of the currency."""
+
+    HKD: Annotated[int, Meta(gt=0, le=10_000_000)] = 9_150
+    MOP: Annotated[int, Meta(gt=0, le=10_000_000)] = 8_880
+
+    def rates(self) -> dict[int, int]:
+        return {344: self.HKD, 446: self.MOP}
+
+
+class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Operator tokens and roles; created with one operator per role on first start (0600).
+    tokens_file: str = "admin-tokens.toml"
+    max_disbursement_items: Annotated[int, Meta(ge=1, le=10_000_000)] = 1_000_000
+
+
 class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Retransmissions and reversals are matched against the last ring_size requests of each
     # terminal; a power of two, at least the deepest pipelining window a terminal uses.
@@ -69,6 +85,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    fx: FxConfig = msgspec.field(default_factory=FxConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     core: CoreConfig = msgspec.field(default_factory=CoreConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
 

@@ -8,6 +8,7 @@ source). Written into a fresh data directory: the SQLite database and the first 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -29,24 +30,37 @@ from onecard.core.state import (
     FN_TRANSPORT,
     HOLDER_DISABLED,
     HOLDER_HMT,
+    HOLDER_NAME_LEN,
+    HOLDER_RECORD_BYTES,
     KIND_BALANCE,
+    KIND_DENY_SYNC,
     KIND_ECHO,
     KIND_HEARTBEAT,
+    KIND_MEDICAL,
+    KIND_MEDICAL_REFUND,
+    KIND_OFFLINE_TAP,
     KIND_PURCHASE,
     KIND_REVERSAL,
+    KIND_SETTLE,
     KIND_SIGNON,
     KIND_TAP,
+    KIND_VENUE,
     KIND_VERIFY,
+    KIND_VOID,
     OP_BUS,
     OP_FERRY,
     OP_METRO,
     PROTO_ISO8583,
     PROTO_NATIVE,
     RING_DTYPE,
+    SCOPE_DEFAULT,
+    SCOPE_LODGING,
     TERM_BUS_READER,
     TERM_FERRY_READER,
+    TERM_MEDICAL,
     TERM_METRO_GATE,
     TERM_POS,
+    TERM_VENUE,
     TERM_VERIFIER,
 )
 from onecard.switch import loader, snapshots, store, transit
@@ -55,9 +69,13 @@ from onecard.switch.reference import (
     CATALOGUE,
     FERRIES,
     GIVEN,
+    MEDICAL,
     METROS,
     POLICIES,
+    POLICIES_PRICE,
+    PROGRAMMES,
     SURNAMES,
+    TRANSFERS,
     regions,
 )
 
@@ -72,20 +90,41 @@ def _bit(*kinds: int) -> int:
     return sum(1 << k for k in kinds)
 
 
+TRANSIT = _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_TAP, KIND_OFFLINE_TAP, KIND_DENY_SYNC)
 PERMITTED = {
-    TERM_POS: _bit(KIND_SIGNON, KIND_ECHO, KIND_PURCHASE, KIND_BALANCE, KIND_REVERSAL),
-    TERM_METRO_GATE: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_TAP),
-    TERM_BUS_READER: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_TAP),
-    TERM_FERRY_READER: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_TAP),
+    TERM_POS: _bit(KIND_SIGNON, KIND_ECHO, KIND_PURCHASE, KIND_BALANCE, KIND_REVERSAL,
+                   KIND_VOID, KIND_SETTLE),
+    TERM_METRO_GATE: TRANSIT,
+    TERM_BUS_READER: TRANSIT,
+    TERM_FERRY_READER: TRANSIT,
     TERM_VERIFIER: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_VERIFY),
+    TERM_VENUE: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_VENUE),
+    TERM_MEDICAL: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_MEDICAL, KIND_MEDICAL_REFUND),
 }
-POS_PER_REGION = 40
-POS_CROSS_BORDER = 10
+POLICY_INDEX = {name: i for i, (name, _, _) in enumerate(POLICIES_PRICE)}
 BUS_READERS_PER_REGION = 10
 FERRY_READERS = 4
 GATES_PER_STATION = 2
-VERIFIERS = ("hotel", "museum", "library", "hospital", "scenic spot", "government counter")
-MERCHANTS = ("pharmacy", "elderly canteen", "supermarket", "hospital")
+# (kind, protocol, place, application, price policy, data scope, how many per region)
+PER_REGION = (
+    (TERM_POS, PROTO_ISO8583, "supermarket", "FIN-PAY", "none", SCOPE_DEFAULT, 20),
+    (TERM_POS, PROTO_ISO8583, "pharmacy", "MED-PHARMACY", "none", SCOPE_DEFAULT, 10),
+    (TERM_POS, PROTO_ISO8583, "elderly canteen", "ELD-CANTEEN", "canteen tiers A",
+     SCOPE_DEFAULT, 6),
+    (TERM_POS, PROTO_ISO8583, "elderly canteen", "ELD-CANTEEN", "canteen tiers B",
+     SCOPE_DEFAULT, 4),
+    (TERM_VERIFIER, PROTO_NATIVE, "government counter", "ID-VERIFY", "none", SCOPE_DEFAULT, 3),
+    (TERM_VERIFIER, PROTO_NATIVE, "hotel", "ID-LODGING", "none", SCOPE_LODGING, 3),
+    (TERM_VENUE, PROTO_NATIVE, "museum", "CUL-MUSEUM", "museum (free)", SCOPE_DEFAULT, 2),
+    (TERM_VENUE, PROTO_NATIVE, "library", "CUL-LIBRARY", "library (free)", SCOPE_DEFAULT, 2),
+    (TERM_VENUE, PROTO_NATIVE, "scenic spot", "TOUR-SCENIC", "scenic spot", SCOPE_DEFAULT, 2),
+    (TERM_VENUE, PROTO_NATIVE, "sports venue", "SPORT-VENUE", "sports venue", SCOPE_DEFAULT, 2),
+    (TERM_MEDICAL, PROTO_NATIVE, "hospital", "MED-SETTLE", "none", SCOPE_DEFAULT, 3),
+    (TERM_MEDICAL, PROTO_NATIVE, "pharmacy", "MED-SETTLE", "none", SCOPE_DEFAULT, 2),
+)
+CROSS_BORDER_POS = 10
+BANKS = ("中国工商银行", "中国农业银行", "中国银行", "中国建设银行", "交通银行", "中国邮政储蓄银行",
+         "招商银行", "广州农村商业银行")
 
 
 def luhn_digit(digits: str) -> str:
@@ -134,7 +173,8 @@ def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101
         conn.execute("BEGIN")
         region_rows = _write_reference(conn)
         terminal_count = _write_terminals(conn, region_rows)
-        card_arr, account_arr = _write_cards(conn, rng, cards, region_rows, progress)
+        card_arr, account_arr, holder_rows = _write_cards(conn, rng, cards, region_rows,
+                                                          progress)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('created', ?)",
                      (dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),))
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('seed', ?)", (str(seed),))
@@ -142,6 +182,7 @@ def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101
         terminals = loader.terminals_array(conn)
     finally:
         conn.close()
+    _write_holders(data_dir / loader.HOLDERS_FILE, holder_rows)
     snapshots.write(data_dir, {"cards": card_arr, "accounts": account_arr,
                                "terminals": terminals,
                                "ring": np.zeros(len(terminals) * ring_size, dtype=RING_DTYPE)},
@@ -155,8 +196,11 @@ def _write_reference(conn) -> list:
     rows = regions()
     for idx, r in enumerate(rows):
         age, pct, dpct = POLICIES.get(r.code, (0, 100, 100))
-        conn.execute("INSERT INTO regions VALUES (?,?,?,?,?,?,?,?,?)",
-                     (idx, r.code, r.name_zh, r.name_en, r.province, r.group, age, pct, dpct))
+        tmin, tfen = TRANSFERS.get(r.code, (0, 0))
+        ded, ratio, cap = MEDICAL.get(r.province, (0, 0, 0))
+        conn.execute("INSERT INTO regions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                     (idx, r.code, r.name_zh, r.name_en, r.province, r.group, age, pct, dpct,
+                      tmin, tfen, ded, ratio, cap))
     region_idx = {r.code: i for i, r in enumerate(rows)}
     op = 0
     for r in rows:
@@ -182,9 +226,15 @@ def _write_reference(conn) -> list:
                 ids[f"{line}/{name}"] = sid
                 conn.execute("INSERT INTO stations VALUES (?,?,?,?,?)", (sid, op, line, name, km))
         op += 1
-    for e in CATALOGUE:
-        conn.execute("INSERT INTO catalogue VALUES (?,?,?,?,?,?,?)",
-                     (e.code, e.name_zh, e.name_en, e.domain, e.app, e.functions, e.scope))
+    for idx, e in enumerate(CATALOGUE):
+        conn.execute("INSERT INTO catalogue VALUES (?,?,?,?,?,?,?,?,1,0)",
+                     (e.code, idx, e.name_zh, e.name_en, e.domain, e.functions, e.scope,
+                      e.daily_limit_fen))
+    for idx, (name, base, rules) in enumerate(POLICIES_PRICE):
+        conn.execute("INSERT INTO policies VALUES (?,?,?,?)",
+                     (idx, name, base, json.dumps([list(r) for r in rules])))
+    conn.executemany("INSERT INTO programmes VALUES (?,?,?,?)",
+                     [(i, *p) for i, p in enumerate(PROGRAMMES)])
     conn.executemany("INSERT INTO surnames VALUES (?,?)", list(enumerate(SURNAMES)))
     return rows
 
@@ -193,42 +243,67 @@ def _write_terminals(conn, region_rows) -> int:
     region_idx = {r.code: i for i, r in enumerate(region_rows)}
     serial: dict[str, int] = {}
     rows = []
+    letters = {TERM_POS: "P", TERM_METRO_GATE: "G", TERM_BUS_READER: "B",
+               TERM_FERRY_READER: "F", TERM_VERIFIER: "V", TERM_VENUE: "E", TERM_MEDICAL: "M"}
 
-    def add(letter, r, kind, protocol, name, operator=None, station=None, alg=None):
+    def add(kind, protocol, r, place, app, name, *, operator=None, station=None,
+            policy="none", scope=SCOPE_DEFAULT):
+        letter = letters[kind]
         n = serial.get(letter + str(r.province), 0) + 1
         serial[letter + str(r.province)] = n
         tid = f"{letter}{r.province:02d}{n:05d}"
         merchant = f"898{r.code:06d}{len(rows) % 1_000_000:06d}"
-        mac_alg = alg if alg is not None else (MAC_X919 if len(rows) % 2 == 0 else MAC_SM4)
+        mac_alg = MAC_X919 if len(rows) % 2 == 0 else MAC_SM4
         rows.append((len(rows), tid, merchant, kind, protocol, region_idx[r.code], operator,
-                     station, mac_alg, PERMITTED[kind], os.urandom(16), name))
+                     station, mac_alg, PERMITTED[kind], os.urandom(16), name, place, app,
+                     POLICY_INDEX[policy], scope))
 
     ops = {code: idx for idx, code in conn.execute("SELECT idx, code FROM operators")}
     for r in region_rows:
-        count = POS_CROSS_BORDER if r.province in (81, 82) else POS_PER_REGION
-        for i in range(count):
-            add("P", r, TERM_POS, PROTO_ISO8583, f"{r.name_en} {MERCHANTS[i % len(MERCHANTS)]}")
         if r.province in (81, 82):
+            for i in range(CROSS_BORDER_POS):
+                add(TERM_POS, PROTO_ISO8583, r, "bank", "FIN-PAY", f"{r.name_en} bank POS {i + 1}")
             continue
+        for kind, protocol, place, app, policy, scope, count in PER_REGION:
+            for i in range(count):
+                add(kind, protocol, r, place, app, f"{r.name_en} {place} {i + 1}",
+                    policy=policy, scope=scope)
         for i in range(BUS_READERS_PER_REGION):
-            add("B", r, TERM_BUS_READER, PROTO_NATIVE, f"{r.name_en} bus {i + 1}",
-                ops[f"BUS{r.code}"])
-        for kind_name in VERIFIERS:
-            add("V", r, TERM_VERIFIER, PROTO_NATIVE, f"{r.name_en} {kind_name}")
+            add(TERM_BUS_READER, PROTO_NATIVE, r, "bus", "TRN-BUS", f"{r.name_en} bus {i + 1}",
+                operator=ops[f"BUS{r.code}"])
     by_code = {r.code: r for r in region_rows}
     for code, _name, region, _fare in FERRIES:
         for i in range(FERRY_READERS):
-            add("F", by_code[region], TERM_FERRY_READER, PROTO_NATIVE, f"{code} pier {i + 1}",
-                ops[code])
+            add(TERM_FERRY_READER, PROTO_NATIVE, by_code[region], "ferry", "TRN-FERRY",
+                f"{code} pier {i + 1}", operator=ops[code])
     for sid, op_idx, line, name, region in conn.execute(
             "SELECT s.id, s.operator_idx, s.line, s.name, r.code FROM stations s "
             "JOIN operators o ON o.idx = s.operator_idx JOIN regions r ON r.idx = o.region_idx "
             "ORDER BY s.id"):
         for g in range(GATES_PER_STATION):
-            add("G", by_code[region], TERM_METRO_GATE, PROTO_NATIVE,
-                f"{name} ({line}) gate {g + 1}", op_idx, sid)
-    conn.executemany("INSERT INTO terminals VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            add(TERM_METRO_GATE, PROTO_NATIVE, by_code[region], "metro", "TRN-METRO",
+                f"{name} ({line}) gate {g + 1}", operator=op_idx, station=sid)
+    conn.executemany("INSERT INTO terminals VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
     return len(rows)
+
+
+def _holder(name: str, ident: str) -> bytes:
+    raw = name.encode()[:HOLDER_NAME_LEN]
+    return raw.ljust(HOLDER_NAME_LEN, b"\0") + ident.encode().ljust(
+        HOLDER_RECORD_BYTES - HOLDER_NAME_LEN, b"\0")
+
+
+def _write_holders(path: Path, rows: list[bytes]) -> None:
+    """Full names and identity numbers by account, fixed-size records the core maps
+    read-only (only lodging terminals ever see them)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        for start in range(0, len(rows), 100_000):
+            f.write(b"".join(rows[start:start + 100_000]))
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
@@ -286,6 +361,7 @@ def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
 
     bins = {p: f"621{p:02d}1" for p in provinces}
     given = np.array(GIVEN)
+    holders: list[bytes] = [b""] * n
     chunk = 100_000
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -305,8 +381,18 @@ def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
                 first17 = f"8{1 + i % 3}0000{born}{seqs[k]:03d}"   # HK/Macao/Taiwan permit
             else:
                 first17 = f"{r.code:06d}{born}{seqs[k]:03d}"
-            rows.append((i, pan, i, name, first17 + id_check(first17)))
-        conn.executemany("INSERT INTO cards VALUES (?,?,?,?,?)", rows)
+            rows.append((i, pan, i, name, first17 + id_check(first17),
+                         BANKS[i % len(BANKS)]))
+        conn.executemany("INSERT INTO cards VALUES (?,?,?,?,?,?,'chip')", rows)
+        holders[start:stop] = [_holder(name, ident) for _, _, _, name, ident, _ in rows]
         if n > chunk:
             progress(f"onecard:   cards {stop:,}/{n:,}")
-    return cards, accounts
+    # Some holders have filed for treatment in another province (异地就医备案).
+    filed = np.flatnonzero(rng.random(n) < 0.01)
+    provs = np.array(sorted(PROVINCE_WEIGHTS))
+    for account in filed.tolist():
+        home = region_rows[region_of[account]].province
+        other = int(rng.choice(provs[provs != home]))
+        conn.execute("INSERT INTO filings VALUES (?,?,'demo',?)",
+                     (account, other, dt.date.today().isoformat()))
+    return cards, accounts, holders

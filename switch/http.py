@@ -1,4 +1,5 @@
-"""HTTP on the switch's event loop (aiohttp): Prometheus ``/metrics`` and ``/healthz``.
+"""HTTP on the switch's event loop (aiohttp): Prometheus ``/metrics``, ``/healthz``, the
+public ``/catalogue`` and the admin API (switch/admin.py).
 
 Errors are RFC 9457 problem documents (``application/problem+json``)."""
 
@@ -10,7 +11,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from onecard.switch import __version__
+from onecard.switch.admin import AdminApi
 from onecard.switch.metrics import registry_for
+from onecard.switch.operators import Operators
 from onecard.switch.server import ListenError, Switch
 
 PROBLEM = "application/problem+json"
@@ -31,8 +34,10 @@ async def problems(request: web.Request, handler):
         return problem(exc.status, exc.reason, f"{request.method} {request.path}: {exc.reason}")
 
 
-def make_app(switch: Switch) -> web.Application:
-    app = web.Application(middlewares=[problems])
+def make_app(switch: Switch, operators: Operators | None = None) -> web.Application:
+    app = web.Application(middlewares=[problems], client_max_size=256 << 20)
+    if operators is not None:
+        AdminApi(switch, operators).routes(app)
     registry = registry_for(switch)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -60,8 +65,9 @@ def make_app(switch: Switch) -> web.Application:
     return app
 
 
-async def start_http(switch: Switch, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(switch), access_log=None)
+async def start_http(switch: Switch, host: str, port: int,
+                     operators: Operators | None = None) -> web.AppRunner:
+    runner = web.AppRunner(make_app(switch, operators), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

@@ -1,9 +1,10 @@
-"""Build the core's State from the store: reference tables, the newest checkpoint, and the
-journal records after it (recovery is the same code path as every start)."""
+"""Build the core's State from the store: reference tables, the catalogue, the newest
+checkpoint, and the journal records after it (recovery is the same code path as every start)."""
 
 from __future__ import annotations
 
 import logging
+import mmap
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -11,21 +12,24 @@ from pathlib import Path
 
 import numpy as np
 
+from onecard.core.ledger import apply_records
 from onecard.core.state import (
-    MAX_PROVINCES,
-    N_APPS,
     REGION_DTYPE,
     RING_DTYPE,
     SURNAME_BYTES,
     TERMINAL_DTYPE,
     State,
 )
-from onecard.switch import snapshots, store, transit
-from onecard.switch.reference import CROSS_BORDER, GROUPS, JOINT_CATALOGUE_GROUPS
+from onecard.switch import catalogue, snapshots, store, transit
+from onecard.switch.reference import GROUPS
 
 log = logging.getLogger("onecard.loader")
 
-APP_CLASSES = {"payment": 0, "transit": 1, "identity": 2}
+HOLDERS_FILE = "holders.bin"
+# Terminal fields that are state (sessions, settlement batch, offline watermark), kept from the
+# checkpoint; everything else comes from the terminal registry.
+SESSION_FIELDS = ("signed_on", "mak", "debit_fen", "credit_fen", "debit_count", "credit_count",
+                  "batch_no", "offline_hw")
 
 
 @dataclass
@@ -37,43 +41,20 @@ class Loaded:
     seconds: float
 
 
-def provinces(conn: sqlite3.Connection) -> list[int]:
-    """Province codes in index order (the core stores provinces by this index)."""
-    return [r[0] for r in conn.execute("SELECT DISTINCT province FROM regions ORDER BY province")]
+provinces = catalogue.provinces
 
 
 def regions_array(conn: sqlite3.Connection) -> np.ndarray:
     prov_index = {p: i for i, p in enumerate(provinces(conn))}
-    rows = conn.execute("SELECT idx, code, province, grp, elderly_age, elderly_pct, disabled_pct "
-                        "FROM regions ORDER BY idx").fetchall()
+    rows = conn.execute("SELECT idx, code, province, grp, elderly_age, elderly_pct, "
+                        "disabled_pct, transfer_minutes, transfer_discount_fen, "
+                        "med_deductible_fen, med_cap_fen, med_ratio_pct FROM regions "
+                        "ORDER BY idx").fetchall()
     out = np.zeros(len(rows), dtype=REGION_DTYPE)
-    for idx, code, province, grp, age, pct, dpct in rows:
-        out[idx] = (code, prov_index[province], GROUPS.index(grp), age, pct, dpct, 0)
+    for idx, code, province, grp, age, pct, dpct, tmin, tfen, ded, cap, ratio in rows:
+        out[idx] = (code, prov_index[province], GROUPS.index(grp), age, pct, dpct, tmin, tfen,
+                    ded, cap, ratio, 0)
     return out
-
-
-def accept_array(conn: sqlite3.Connection) -> np.ndarray:
-    """accept[app, terminal province] = bit mask of card provinces the catalogue accepts."""
-    provs = provinces(conn)
-    index = {p: i for i, p in enumerate(provs)}
-    group_of = {p: g for p, g in conn.execute("SELECT DISTINCT province, grp FROM regions")}
-    accept = np.zeros((N_APPS, MAX_PROVINCES), dtype="<u8")
-    for app_name, scope in conn.execute("SELECT app, scope FROM catalogue"):
-        app = APP_CLASSES[app_name]
-        scopes = set(scope.split(","))
-        for term_p in provs:
-            t = index[term_p]
-            if "province" in scopes:
-                accept[app, t] |= np.uint64(1 << t)
-            if "group" in scopes and group_of[term_p] in JOINT_CATALOGUE_GROUPS:
-                for card_p in provs:
-                    if group_of[card_p] == group_of[term_p]:
-                        accept[app, t] |= np.uint64(1 << index[card_p])
-        if "cross_border" in scopes:
-            for card_p, term_p in CROSS_BORDER:
-                if card_p in index and term_p in index:
-                    accept[app, index[term_p]] |= np.uint64(1 << index[card_p])
-    return accept
 
 
 def surnames_array(conn: sqlite3.Connection) -> np.ndarray:
@@ -86,10 +67,13 @@ def surnames_array(conn: sqlite3.Connection) -> np.ndarray:
 
 
 def terminals_array(conn: sqlite3.Connection) -> np.ndarray:
+    app_idx = dict(conn.execute("SELECT code, idx FROM catalogue"))
     rows = conn.execute("SELECT idx, tid, merchant, kind, protocol, region_idx, operator_idx, "
-                        "mac_alg, permitted, tmk FROM terminals ORDER BY idx").fetchall()
+                        "mac_alg, permitted, tmk, app_code, policy_idx, scope FROM terminals "
+                        "ORDER BY idx").fetchall()
     out = np.zeros(len(rows), dtype=TERMINAL_DTYPE)
-    for idx, tid, merchant, kind, protocol, region_idx, op_idx, alg, permitted, tmk in rows:
+    for (idx, tid, merchant, kind, protocol, region_idx, op_idx, alg, permitted, tmk, app,
+         policy, scope) in rows:
         t = out[idx]
         t["tid"] = int.from_bytes(tid.encode("ascii"), "big")
         t["merchant"] = merchant.encode("ascii").ljust(15)
@@ -97,20 +81,45 @@ def terminals_array(conn: sqlite3.Connection) -> np.ndarray:
         t["operator"] = op_idx if op_idx is not None else 0
         t["mac_alg"], t["permitted"] = alg, permitted
         t["tmk"] = np.frombuffer(tmk, dtype="u1")
+        t["app"], t["policy"], t["scope"] = app_idx[app], policy, scope
     return out
 
 
 def _merge_sessions(static: np.ndarray, saved: np.ndarray | None) -> np.ndarray:
-    """Keep the registry's terminal definitions and the checkpoint's sessions (working keys)."""
+    """Keep the registry's terminal definitions and the checkpoint's terminal state."""
     if saved is None or len(saved) != len(static) or not np.array_equal(saved["tid"],
                                                                           static["tid"]):
         if saved is not None:
             log.warning("terminal registry changed since the checkpoint: sessions reset")
         return static
-    same_key = np.all(saved["tmk"] == static["tmk"], axis=1)
-    static["signed_on"] = np.where(same_key, saved["signed_on"], 0)
-    static["mak"] = np.where(same_key[:, None], saved["mak"], 0)
+    for name in SESSION_FIELDS:
+        static[name] = saved[name]
+    rekeyed = ~np.all(saved["tmk"] == static["tmk"], axis=1)   # a new master key: sign on again
+    static["signed_on"][rekeyed] = 0
+    static["mak"][rekeyed] = 0
     return static
+
+
+def holders(data_dir: Path):
+    """The holders file (full names and identity numbers), mapped read-only, or None."""
+    path = Path(data_dir) / HOLDERS_FILE
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def filings_entries(conn: sqlite3.Connection) -> np.ndarray:
+    from onecard.core.maps import ENTRY_DTYPE
+
+    index = {p: i for i, p in enumerate(provinces(conn))}
+    masks: dict[int, int] = {}
+    for account, province in conn.execute("SELECT account, province FROM filings"):
+        masks[account] = masks.get(account, 0) | (1 << index[province])
+    out = np.zeros(len(masks), dtype=ENTRY_DTYPE)
+    for i, (account, mask) in enumerate(sorted(masks.items())):
+        out[i] = (account, mask, 0)
+    return out
 
 
 def load(data_dir: str | Path, *, ring_size: int = 64) -> Loaded:
@@ -127,17 +136,23 @@ def load(data_dir: str | Path, *, ring_size: int = 64) -> Loaded:
             raise FileNotFoundError(f"no checkpoint under {snapshots.snapshot_root(data_dir)}")
         upto, arrays = snap
         operators, stations, fares = transit.build(conn)
+        apps, accept, policies = catalogue.build(conn)
         terminals = _merge_sessions(terminals_array(conn), arrays.get("terminals"))
         ring = arrays.get("ring")
         if ring is None or len(ring) != len(terminals) * ring_size or ring.dtype != RING_DTYPE:
             ring = None
+        maps = {name: arrays[name] for name in ("daily_app", "medical_year") if name in arrays}
+        maps["filings"] = filings_entries(conn)
         state = State(cards=arrays["cards"], accounts=arrays["accounts"], terminals=terminals,
                       regions=regions_array(conn), operators=operators, stations=stations,
-                      fares=fares, accept=accept_array(conn), surnames=surnames_array(conn),
-                      ring=ring, ring_size=ring_size)
+                      fares=fares, apps=apps, accept=accept, policies=policies,
+                      surnames=surnames_array(conn), holders=holders(data_dir), ring=ring,
+                      ring_size=ring_size, maps=maps)
+        if "deny_log" in arrays:
+            state.restore_deny_log(arrays["deny_log"])
         replayed = 0
         for first_no, blob in store.journal_rows(conn, upto):
-            replayed += state.apply_records(blob, first_no, upto)
+            replayed += apply_records(state, blob, first_no, upto)
         next_no = max(store.journal_end(conn), upto)
     finally:
         conn.close()

@@ -31,8 +31,8 @@ def regions() -> list[RegionRow]:
                           r["group"]) for r in csv.DictReader(f)]
 
 
-# Concessions by region: (age from which the elderly concession applies, percent of the fare
-# the elderly pay, percent disabled holders pay). 0 age = no elderly concession.
+# Transit concessions by region: (age from which the elderly concession applies, percent of
+# the fare the elderly pay, percent disabled holders pay). 0 age = no elderly concession.
 POLICIES: dict[int, tuple[int, int, int]] = {
     110000: (65, 0, 0), 120000: (65, 0, 0), 130100: (70, 0, 0), 130600: (70, 0, 0),
     133100: (65, 0, 0), 310000: (70, 0, 0), 310118: (70, 0, 0), 320100: (70, 0, 0),
@@ -41,6 +41,19 @@ POLICIES: dict[int, tuple[int, int, int]] = {
     440400: (65, 0, 0), 440700: (60, 50, 0), 810000: (0, 100, 100), 820000: (0, 100, 100),
 }
 
+# Transfer discount by region: (minutes after a ride ends, fen off the next ride).
+TRANSFERS: dict[int, tuple[int, int]] = {
+    310000: (120, 100), 310118: (120, 100), 440100: (90, 50), 440300: (90, 40),
+    330100: (90, 100), 320100: (90, 50),
+}
+
+# Basic medical insurance by insuring province: (deductible, pool ratio %, annual cap) in fen.
+MEDICAL: dict[int, tuple[int, int, int]] = {
+    11: (180_000, 85, 50_000_000), 12: (160_000, 80, 45_000_000),
+    13: (120_000, 75, 30_000_000), 31: (150_000, 85, 60_000_000),
+    32: (120_000, 80, 40_000_000), 33: (120_000, 80, 40_000_000),
+    34: (100_000, 75, 30_000_000), 44: (120_000, 80, 45_000_000),
+}
 
 @dataclass(frozen=True)
 class FareRule:
@@ -170,18 +183,71 @@ class CatalogueEntry:
     name_zh: str
     name_en: str
     domain: str
-    app: str                 # application class the core enforces: payment, transit, identity
     functions: int           # card functions needed (core.state.Function bits)
-    scope: str               # comma list: province, group (joint catalogue), cross_border
+    scope: str               # comma list: province, group, cross_border, all, prov:NN
+    daily_limit_fen: int = 0  # per card per day, 0 = none
 
+
+DOMAINS = ("social insurance", "human resources", "medical", "transit", "culture and tourism",
+           "sports", "finance", "government services", "elderly care")
 
 CATALOGUE = (
-    CatalogueEntry("FIN-PAY", "金融支付", "Payment at merchants", "finance", "payment", 1,
+    CatalogueEntry("FIN-PAY", "金融支付", "Payment at merchants", "finance", 1,
                    "province,group,cross_border"),
-    CatalogueEntry("TRN-RIDE", "公共交通乘车", "Bus, metro and ferry rides", "transit",
-                   "transit", 2, "province,group"),
-    CatalogueEntry("ID-VERIFY", "身份凭证", "Identity credential", "government", "identity", 0,
+    CatalogueEntry("MED-PHARMACY", "药店购药", "Medicine at pharmacies", "medical", 1,
                    "province,group"),
+    CatalogueEntry("ELD-CANTEEN", "长者食堂助餐", "Elderly canteen meals", "elderly care", 1,
+                   "province", 10_000),
+    CatalogueEntry("TRN-METRO", "地铁乘车", "Metro rides", "transit", 2, "province,group"),
+    CatalogueEntry("TRN-BUS", "公交乘车", "Bus rides", "transit", 2, "province,group"),
+    CatalogueEntry("TRN-FERRY", "轮渡乘船", "Ferry rides", "transit", 2, "province,group"),
+    CatalogueEntry("ID-VERIFY", "身份凭证", "Identity at service counters",
+                   "government services", 0, "province,group"),
+    CatalogueEntry("ID-LODGING", "旅馆住宿登记", "Hotel registration", "government services", 0,
+                   "all"),
+    CatalogueEntry("MED-SETTLE", "就医结算", "Medical settlement (remote with a filing)",
+                   "medical", 4, "all"),
+    CatalogueEntry("CUL-MUSEUM", "博物馆入馆", "Museum entry", "culture and tourism", 0,
+                   "province,group"),
+    CatalogueEntry("CUL-LIBRARY", "图书馆借阅", "Library borrowing", "culture and tourism", 0,
+                   "province,group"),
+    CatalogueEntry("TOUR-SCENIC", "景区入园", "Scenic spot entry", "culture and tourism", 1,
+                   "province,group"),
+    CatalogueEntry("SPORT-VENUE", "体育场馆", "Sports venue entry", "sports", 1,
+                   "province,group"),
+    # Published, offered at counters and online rather than at onecard's terminals:
+    CatalogueEntry("SI-PENSION", "养老金领取", "Pension receipt", "social insurance", 1,
+                   "province"),
+    CatalogueEntry("HR-SUBSIDY", "人社补贴发放", "Human resources subsidies", "human resources",
+                   1, "province"),
+)
+
+# Price policies: (name, base price fen, rules). A rule is (kind, param, pct paid, hour from,
+# hour to, weekday mask); kinds from core.state.RuleKind: 1 all, 2 age >=, 3 disabled,
+# 4 region-group resident (1 YRD, 2 JJJ, 3 GBA), 5 province resident (index).
+ALL_DAYS = 0x7F
+WEEKDAYS = 0x1F
+POLICIES_PRICE = (
+    ("none", 0, ()),
+    ("canteen tiers A", 0, ((2, 60, 90, 0, 24, ALL_DAYS), (2, 70, 80, 0, 24, ALL_DAYS),
+                            (2, 80, 70, 0, 24, ALL_DAYS), (2, 90, 50, 0, 24, ALL_DAYS))),
+    ("canteen tiers B", 0, ((2, 65, 85, 0, 24, ALL_DAYS), (2, 80, 60, 0, 24, ALL_DAYS))),
+    ("museum (free)", 0, ()),
+    ("library (free)", 0, ()),
+    ("scenic spot", 6_000, ((2, 65, 0, 0, 24, ALL_DAYS), (3, 0, 0, 0, 24, ALL_DAYS),
+                           (2, 60, 50, 0, 24, ALL_DAYS), (4, 1, 50, 9, 12, ALL_DAYS),
+                           (4, 2, 50, 9, 12, ALL_DAYS))),
+    ("sports venue", 3_000, ((2, 60, 50, 0, 24, ALL_DAYS), (3, 0, 0, 0, 24, ALL_DAYS),
+                            (1, 0, 70, 6, 9, WEEKDAYS))),
+)
+
+PROGRAMMES = (
+    ("PENSION", "养老金", "Basic pension"),
+    ("UNEMPLOYMENT", "失业保险金", "Unemployment benefit"),
+    ("HR-SUBSIDY", "人社补贴", "Human resources subsidy"),
+    ("CIVIL-RELIEF", "民政救助金", "Civil-affairs relief"),
+    ("AGRI-SUBSIDY", "惠农补贴", "Agricultural subsidy"),
+    ("LONGEVITY", "高龄津贴", "Elderly longevity allowance"),
 )
 
 # Cross-border arrangements: (card province, terminal province) for financial use.

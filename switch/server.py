@@ -114,7 +114,8 @@ class Switch:
                              max_amount_fen=config.limits.max_amount_fen,
                              max_iso_frame=config.server.max_iso8583_frame_bytes,
                              max_native_frame=config.server.max_native_frame_bytes,
-                             max_native_batch=config.server.max_native_batch)
+                             max_native_batch=config.server.max_native_batch,
+                             fx_rates=config.fx.rates())
         self.durable_no = loaded.next_record_no
         self.waiting: deque = deque()
         self.paused: set[Connection] = set()
@@ -134,6 +135,7 @@ class Switch:
                                          wal_limit_bytes=config.store.wal_checkpoint_mb << 20)
         self.last_checkpoint_no = loaded.snapshot_upto
         self._pending_checkpoint: tuple[int, dict] | None = None
+        self._record_waiters: list[tuple[int, asyncio.Future]] = []
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
 
@@ -178,8 +180,34 @@ class Switch:
             return
         self._durable(self.committer.durable_no)
 
+    async def committed(self, record_no: int) -> None:
+        """Wait until the journal record ``record_no`` (and all before it) is durable.
+        Operators' changes answer only then, like terminals' approvals."""
+        self.submit()
+        if record_no < self.durable_no:
+            return
+        if self.failed is not None:
+            raise RuntimeError(f"journal failed: {self.failed}")
+        future = self._loop.create_future()
+        self._record_waiters.append((record_no, future))
+        await future
+
+    def submit(self) -> None:
+        """Hand records appended outside a terminal batch (operators' changes) to the writer."""
+        if self.engine.journal.pending:
+            self.committer.submit(self.engine.journal)
+
     def _durable(self, end_no: int) -> None:
         self.durable_no = end_no
+        if self._record_waiters:
+            still = []
+            for no, future in self._record_waiters:
+                if no < end_no:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    still.append((no, future))
+            self._record_waiters = still
         waiting = self.waiting
         if not waiting or waiting[0][0] > end_no:
             pass
@@ -219,6 +247,10 @@ class Switch:
         # Answers that are not durable must never leave: drop every connection and stop.
         self.failed = exc
         self.waiting.clear()
+        for _, future in self._record_waiters:
+            if not future.done():
+                future.set_exception(RuntimeError(f"journal failed: {exc}"))
+        self._record_waiters.clear()
         for conns in self.connections.values():
             for conn in list(conns):
                 if conn.transport is not None:

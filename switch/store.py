@@ -20,7 +20,7 @@ from onecard.core.journal import JREC_DTYPE
 
 log = logging.getLogger("onecard.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "onecard.db"
 
 SCHEMA = """
@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS regions (
     idx INTEGER PRIMARY KEY, code INTEGER NOT NULL UNIQUE, name_zh TEXT NOT NULL,
     name_en TEXT NOT NULL, province INTEGER NOT NULL, grp TEXT NOT NULL,
-    elderly_age INTEGER NOT NULL, elderly_pct INTEGER NOT NULL, disabled_pct INTEGER NOT NULL);
+    elderly_age INTEGER NOT NULL, elderly_pct INTEGER NOT NULL, disabled_pct INTEGER NOT NULL,
+    transfer_minutes INTEGER NOT NULL, transfer_discount_fen INTEGER NOT NULL,
+    med_deductible_fen INTEGER NOT NULL, med_ratio_pct INTEGER NOT NULL,
+    med_cap_fen INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS operators (
     idx INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
     kind INTEGER NOT NULL, region_idx INTEGER NOT NULL REFERENCES regions(idx),
@@ -37,18 +40,43 @@ CREATE TABLE IF NOT EXISTS stations (
     id INTEGER PRIMARY KEY, operator_idx INTEGER NOT NULL REFERENCES operators(idx),
     line TEXT NOT NULL, name TEXT NOT NULL, km REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS catalogue (
-    code TEXT PRIMARY KEY, name_zh TEXT NOT NULL, name_en TEXT NOT NULL, domain TEXT NOT NULL,
-    app TEXT NOT NULL, functions INTEGER NOT NULL, scope TEXT NOT NULL);
+    code TEXT PRIMARY KEY, idx INTEGER NOT NULL UNIQUE, name_zh TEXT NOT NULL,
+    name_en TEXT NOT NULL, domain TEXT NOT NULL, functions INTEGER NOT NULL,
+    scope TEXT NOT NULL, daily_limit_fen INTEGER NOT NULL, active INTEGER NOT NULL,
+    version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS catalogue_history (
+    version INTEGER PRIMARY KEY, code TEXT NOT NULL, change TEXT NOT NULL,
+    operator TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (
+    idx INTEGER PRIMARY KEY, name TEXT NOT NULL, base_fen INTEGER NOT NULL,
+    rules TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS surnames (idx INTEGER PRIMARY KEY, surname TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS terminals (
     idx INTEGER PRIMARY KEY, tid TEXT NOT NULL UNIQUE, merchant TEXT NOT NULL,
     kind INTEGER NOT NULL, protocol INTEGER NOT NULL,
     region_idx INTEGER NOT NULL REFERENCES regions(idx), operator_idx INTEGER,
     station_id INTEGER, mac_alg INTEGER NOT NULL, permitted INTEGER NOT NULL,
-    tmk BLOB NOT NULL, name TEXT NOT NULL);
+    tmk BLOB NOT NULL, name TEXT NOT NULL, place TEXT NOT NULL,
+    app_code TEXT NOT NULL REFERENCES catalogue(code), policy_idx INTEGER NOT NULL,
+    scope INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cards (
     idx INTEGER PRIMARY KEY, pan TEXT NOT NULL UNIQUE, account INTEGER NOT NULL,
-    holder_name TEXT NOT NULL, id_number TEXT NOT NULL);
+    holder_name TEXT NOT NULL, id_number TEXT NOT NULL, bank TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'chip');
+CREATE INDEX IF NOT EXISTS cards_account ON cards(account);
+CREATE TABLE IF NOT EXISTS filings (
+    account INTEGER NOT NULL, province INTEGER NOT NULL, operator TEXT NOT NULL,
+    at TEXT NOT NULL, PRIMARY KEY (account, province));
+CREATE TABLE IF NOT EXISTS programmes (
+    idx INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, name_zh TEXT NOT NULL,
+    name_en TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS disbursements (
+    programme INTEGER NOT NULL, period INTEGER NOT NULL, pan TEXT NOT NULL,
+    amount_fen INTEGER NOT NULL, result TEXT NOT NULL, record_no INTEGER,
+    operator TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (programme, period, pan));
+CREATE TABLE IF NOT EXISTS admin_log (
+    id INTEGER PRIMARY KEY, at TEXT NOT NULL, operator TEXT NOT NULL, role TEXT NOT NULL,
+    action TEXT NOT NULL, target TEXT NOT NULL, details TEXT NOT NULL, record_no INTEGER);
 CREATE TABLE IF NOT EXISTS journal (
     first_no INTEGER PRIMARY KEY, n INTEGER NOT NULL, ts_us INTEGER NOT NULL,
     records BLOB NOT NULL);

@@ -131,7 +131,8 @@ def test_native_over_tcp(running_switch, world):
     pan, _ = world.card()
     replies = t.send([t.tap(pan), native.Heartbeat(t.next_seq()), t.tap(pan)])
     assert [type(r).__name__ for r in replies] == ["TapReply", "HeartbeatReply", "TapReply"]
-    assert replies[0].rc == "00" and replies[2].balance_fen == replies[0].balance_fen - 200
+    assert replies[0].rc == "00"
+    assert replies[2].balance_fen == replies[0].balance_fen - replies[2].fare_fen
     sock.close()
 
 

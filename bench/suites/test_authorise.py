@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 
 from onecard.core.authorise import TXN_DTYPE
+from onecard.core.decide import decide_many
 from onecard.core.state import FN_FINANCIAL, KIND_PURCHASE, PROTO_ISO8583
 from onecard.switch.terminals import usable_cards
 
@@ -36,7 +37,7 @@ def test_authorise_onecard(benchmark, iso_source, data_dir, pos, n):
     pans = usable(data_dir)
 
     def run(txns):
-        rcs = engine.authoriser.authorise_many(txns)
+        rcs = decide_many(engine.authoriser, txns)
         engine.journal.take()
         return rcs
 

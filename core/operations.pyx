@@ -1,0 +1,129 @@
+# cython: language_level=3
+"""Operators' changes (admin API, CLI): credits (top-ups, disbursements) and card lifecycle.
+Each is a journal record applied like any other; the caller releases its answer once the
+record is durable (Engine.journal.next_no is what it waits for)."""
+
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memset
+
+import numpy as np
+
+from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.codes cimport *
+from onecard.core.journal cimport NONE32, JRec
+from onecard.core.ledger cimport APPLY_FULL, CA_CHANGE, CA_NEW, apply
+from onecard.core.state cimport *
+
+from onecard.protocols.codes import CODES
+
+
+cdef uint8_t credit_one(Authoriser a, uint64_t pan, int64_t amount, uint64_t programme_period,
+                        uint32_t operator, uint64_t* record_no) noexcept nogil:
+    cdef int64_t idx = a.state.find_card(pan)
+    cdef Txn t
+    cdef Res r
+    cdef JRec* j
+    memset(&t, 0, sizeof(Txn))
+    memset(&r, 0, sizeof(Res))
+    t.kind = KIND_CREDIT
+    t.terminal = NONE32
+    if idx < 0:
+        return RC_14
+    if a.state.card[idx].status == CARD_CANCELLED:
+        return RC_14                   # a replaced, lost or frozen card still has its account
+    if amount <= 0 or amount > <int64_t>0x7fffffffffff:
+        return RC_13
+    r.rc = RC_00
+    j = a.record(&t, &r, idx)
+    if j == NULL:
+        return RC_96
+    j.amount_fen = amount
+    j.balance_fen += amount
+    j.a = programme_period
+    j.b = operator
+    a.commit(j, &r)
+    record_no[0] = r.record_no
+    return RC_00
+
+
+def credit(Authoriser a, uint64_t pan, int64_t amount_fen, *, uint32_t programme=0,
+           uint32_t period=0, uint32_t operator=0) -> tuple:
+    """Credit a card's account (a top-up when programme is 0). (code, record number)."""
+    cdef uint64_t no = 0
+    rc = credit_one(a, pan, amount_fen, (<uint64_t>programme << 32) | period, operator, &no)
+    return CODES[rc][0], no
+
+
+def disburse(Authoriser a, uint32_t programme, uint32_t period, pans, amounts,
+             uint32_t operator) -> tuple:
+    """Credit every item of a batch; (codes as indexes into CODES, record numbers, 0 when
+    nothing was written). Idempotency per (programme, period, card) is the caller's: it
+    passes only items not paid before."""
+    cdef const uint64_t[::1] p = np.ascontiguousarray(pans, dtype=np.uint64)
+    cdef const int64_t[::1] m = np.ascontiguousarray(amounts, dtype=np.int64)
+    cdef size_t n = p.shape[0], i
+    if m.shape[0] != n:
+        raise ValueError("pans and amounts differ in length")
+    rcs = np.zeros(n, dtype=np.uint8)
+    nos = np.zeros(n, dtype=np.uint64)
+    cdef uint8_t[::1] rc = rcs
+    cdef uint64_t[::1] no = nos
+    cdef uint64_t pp = (<uint64_t>programme << 32) | period
+    with nogil:
+        for i in range(n):
+            rc[i] = credit_one(a, p[i], m[i], pp, operator, &no[i])
+    return rcs, nos
+
+
+def card_change(Authoriser a, uint32_t card, *, int status=-1, int functions=-1,
+                int expiry_yymm=-1, int region=-1, uint32_t operator=0) -> int:
+    """Change a card's status, functions, expiry or region (-1 keeps it); record number."""
+    if card >= a.state.n_cards:
+        raise IndexError("no such card")
+    c = a.state.cards[card]
+    return _card_admin(a, CA_CHANGE, card, int(c["pan"]), int(c["account"]),
+                       int(c["region"]) if region < 0 else region,
+                       int(c["expiry_yymm"]) if expiry_yymm < 0 else expiry_yymm,
+                       int(c["status"]) if status < 0 else status,
+                       int(c["functions"]) if functions < 0 else functions, operator)
+
+
+def card_new(Authoriser a, uint64_t pan, uint32_t account, *, int region, int expiry_yymm,
+             int functions, uint32_t operator=0) -> tuple:
+    """Issue a card for an existing account; (card index, record number)."""
+    if account >= a.state.n_accounts:
+        raise IndexError("no such account")
+    if a.state.find_card(pan) >= 0:
+        raise ValueError("card number already issued")
+    card = a.state.n_cards
+    no = _card_admin(a, CA_NEW, card, pan, account, region, expiry_yymm, CARD_ACTIVE,
+                     functions, operator)
+    return card, no
+
+
+cdef uint64_t _card_admin(Authoriser a, uint32_t what, uint32_t card, uint64_t pan,
+                          uint32_t account, int region, int expiry, int status, int functions,
+                          uint32_t operator) except? 0:
+    cdef JRec* j = a.journal.append()
+    cdef uint64_t no = a.journal.next_no - 1
+    cdef int rc
+    if j == NULL:
+        raise MemoryError()
+    j.ts_us = a.now_us
+    j.terminal = NONE32
+    j.kind = KIND_CARD_ADMIN
+    j.card = card
+    j.account = account
+    j.a = pan
+    j.b = (<uint64_t>(region & 0xffff) | (<uint64_t>(expiry & 0xffff) << 16)
+           | (<uint64_t>(status & 0xff) << 32) | (<uint64_t>(functions & 0xff) << 40))
+    j.c = operator
+    j.e = what
+    j.rc = RC_00
+    rc = apply(a.state, j, no)
+    if rc == APPLY_FULL:
+        a.state.reserve_cards(1)
+        rc = apply(a.state, j, no)
+    if rc != 0:
+        raise RuntimeError(f"card change could not be applied ({rc})")
+    return no

@@ -1,0 +1,204 @@
+# cython: language_level=3
+"""Payments at POS terminals: purchase (with canteen meal discounts by age tier, Hong Kong and
+Macao currencies, daily limits per card and per application), balance inquiry, void (撤销) of
+a same-day purchase, reversal of a purchase or of a void, and batch settlement (0500)."""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.codes cimport *
+from onecard.core.journal cimport KIND_VOID_REVERSAL, NONE32, JRec
+from onecard.core.state cimport *
+
+cdef enum:
+    CNY = 156
+
+
+cdef inline bint cross_border_terminal(Authoriser a, uint32_t terminal) noexcept nogil:
+    # Hong Kong (81) and Macao (82) terminals take their own currencies.
+    cdef uint32_t code = a.state.region[a.state.term[terminal].region].code // 10000
+    return code == 81 or code == 82
+
+
+cdef inline uint64_t asked(Txn* t) noexcept nogil:
+    return (<uint64_t>(t.currency if t.currency else CNY) << 48) | <uint64_t>t.amount_fen
+
+
+cdef void purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef Terminal* term = &a.state.term[t.terminal]
+    cdef Account* acct
+    cdef JRec* j
+    cdef int64_t fen = 0, charged = 0, spent = 0, app_spent = 0
+    cdef int pct, entitlement
+    if a.duplicate(t, idx, r):
+        return
+    if a.card_checks(t, idx, r) >= 0:
+        acct = &a.state.acct[a.state.card[idx].account]
+        fen = a.to_fen(t.amount_fen, t.currency)
+        if (t.amount_fen <= 0 or fen <= 0 or fen > a.max_amount_fen
+                or (t.currency and t.currency != CNY and not cross_border_terminal(a, t.terminal))):
+            r.rc = RC_13
+        else:
+            charged = fen
+            if term.policy:                 # canteen: meal discount by the holder's age tier
+                pct = a.price_pct(&a.state.policy[term.policy], acct, &entitlement)
+                charged = (fen * pct + 50) // 100
+            spent = a.spent_today(acct) + charged
+            app_spent = a.app_spent_today(a.state.card[idx].account, term.app) + charged
+            if (spent > a.daily_limit_fen or (a.state.app[term.app].daily_limit_fen
+                                              and app_spent > a.state.app[term.app].daily_limit_fen)):
+                r.rc = RC_61
+            elif acct.balance_fen < charged:
+                r.rc = RC_51
+            else:
+                r.rc = RC_00
+    j = a.record(t, r, idx)
+    if j == NULL:
+        return
+    j.b = asked(t)
+    if r.rc == RC_00:
+        j.amount_fen = charged
+        j.balance_fen -= charged
+        j.a = (<uint64_t>a.today << 32) | <uint32_t>spent
+        j.c = <uint32_t>app_spent
+    r.amount_fen = charged if r.rc == RC_00 else 0
+    a.commit(j, r)
+
+
+cdef void balance(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef JRec* j
+    if a.duplicate(t, idx, r):
+        return
+    if a.card_checks(t, idx, r) >= 0:
+        r.rc = RC_00
+    j = a.record(t, r, idx)
+    if j != NULL:
+        a.commit(j, r)
+
+
+cdef inline void undo_spending(Authoriser a, JRec* j, int64_t amount, int sign) noexcept nogil:
+    """Daily totals after giving back (sign -1) or taking again (+1) ``amount`` of today's
+    spending; a purchase from an earlier day frees nothing today."""
+    cdef Account* acct = &a.state.acct[j.account]
+    cdef int64_t spent = a.spent_today(acct)
+    cdef int64_t app_spent = a.app_spent_today(j.account, j.app)
+    spent += sign * amount
+    app_spent += sign * amount
+    j.a = (<uint64_t>a.today << 32) | <uint32_t>(spent if spent > 0 else 0)
+    j.c = <uint32_t>(app_spent if app_spent > 0 else 0)
+
+
+cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """Undo a purchase (processing code 00xxxx) or a void (20xxxx) identified by its STAN.
+    Idempotent; an unknown original is acknowledged and remembered so that a late original
+    is refused; a reversal whose card or amount differ is refused (25)."""
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef RingEntry* e = a.state.slot(t.terminal, t.seq)
+    cdef bint of_void = t.proc_code // 10000 == 20
+    cdef uint8_t orig_kind = KIND_VOID if of_void else KIND_PURCHASE
+    cdef bint known = e.kind != KIND_NONE and e.seq == t.seq
+    cdef JRec* j
+    cdef int64_t amount = 0
+    if known and (e.kind != orig_kind or e.card != <uint32_t>idx
+                  or e.amount_fen != t.amount_fen):
+        r.rc = RC_25                   # that STAN was something else: touch nothing
+        r.duplicate = 1
+        return
+    if known and e.flags & RING_REVERSED:
+        r.rc = RC_00                   # already reversed: same answer, no second effect
+        r.duplicate = 1
+        r.card = e.card
+        return
+    r.rc = RC_00
+    j = a.record(t, r, idx)
+    if j == NULL:
+        return
+    if of_void:
+        j.kind = KIND_VOID_REVERSAL
+    j.b = <uint64_t>t.amount_fen
+    j.flags = RING_REVERSED
+    if not known:
+        j.flags |= RING_NO_ORIGINAL
+        j.account = NONE32             # nothing to restore
+    elif e.flags & RING_APPROVED and not (e.flags & RING_VOIDED):
+        j.flags |= RING_APPROVED
+        amount = e.extra               # what was charged (or, for a void, credited)
+    if of_void and known:
+        j.e = <uint32_t>e.balance_fen  # the purchase the void undid
+    if j.account != NONE32:
+        j.a = (<uint64_t>a.state.acct[j.account].daily_day << 32) | <uint32_t>a.state.acct[j.account].daily_spent_fen
+        if amount:
+            j.amount_fen = amount
+            if of_void:                # the void's credit is taken back, even into the red
+                j.balance_fen -= amount
+                undo_spending(a, j, amount, 1)
+            else:
+                j.balance_fen += amount
+                undo_spending(a, j, amount, -1)
+    a.commit(j, r)
+
+
+cdef void void_purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """撤销: undo a purchase of today, found by the STAN in field 61, under a new STAN."""
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef RingEntry* e = a.state.slot(t.terminal, t.orig_seq)
+    cdef JRec* j
+    cdef int64_t amount = 0
+    if a.duplicate(t, idx, r):
+        return
+    if not (e.kind == KIND_PURCHASE and e.seq == t.orig_seq and e.card == <uint32_t>idx
+            and e.amount_fen == t.amount_fen):
+        r.rc = RC_25                   # no such purchase on this terminal (or details differ)
+    elif not (e.flags & RING_APPROVED) or e.flags & (RING_REVERSED | RING_VOIDED):
+        r.rc = RC_25                   # declined, or already undone
+    elif e.aux != <uint8_t>a.today:
+        r.rc = RC_12                   # a void is for today's purchases only
+    else:
+        r.rc = RC_00
+        amount = e.extra
+    j = a.record(t, r, idx)
+    if j == NULL:
+        return
+    j.b = asked(t)
+    j.e = t.orig_seq
+    if r.rc == RC_00:
+        j.amount_fen = amount
+        j.balance_fen += amount
+        undo_spending(a, j, amount, -1)
+    r.amount_fen = amount
+    a.commit(j, r)
+
+
+cdef void settle(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """0500: compare the terminal's batch totals (debits and credits, amounts and counts)
+    with the switch's, answer balanced (1) or not (2), and start the next batch."""
+    cdef Terminal* term = &a.state.term[t.terminal]
+    cdef RingEntry* e
+    cdef JRec* j
+    if a.duplicate(t, -1, r):
+        e = a.state.slot(t.terminal, t.seq)
+        r.x[0] = e.amount_fen
+        r.x[1] = e.extra & 0xffff
+        r.x[2] = e.balance_fen
+        r.x[3] = e.extra >> 16
+        r.settle_result = e.aux
+        return
+    r.rc = RC_00
+    r.x[0] = term.debit_fen
+    r.x[1] = term.debit_count
+    r.x[2] = term.credit_fen
+    r.x[3] = term.credit_count
+    r.settle_result = 1 if (t.x[0] == term.debit_fen and t.x[1] == term.debit_count
+                            and t.x[2] == term.credit_fen and t.x[3] == term.credit_count) else 2
+    j = a.record(t, r, -1)
+    if j == NULL:
+        return
+    j.amount_fen = term.debit_fen
+    j.b = <uint64_t>term.credit_fen
+    j.c = term.debit_count
+    j.e = term.credit_count
+    j.a = t.batch_no + 1
+    j.d = r.settle_result
+    a.commit(j, r)

@@ -1,0 +1,223 @@
+# cython: language_level=3
+"""Service terminals: identity verification within the terminal's data scope, venue entry
+with entitlements, and medical settlement (pooled fund, personal medical account, cash) and
+its refund."""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.codes cimport *
+from onecard.core.journal cimport JRec
+from onecard.core.maps cimport Entry
+from onecard.core.state cimport *
+
+
+cdef int masked_name(Authoriser a, uint32_t card, char* name) noexcept nogil:
+    """Surname, then one '*' per remaining character of the name: never the full name.
+    Writes at most 40 bytes."""
+    cdef const uint8_t* s
+    cdef Account* acct
+    cdef int n = 0, chars = 0, i
+    acct = &a.state.acct[a.state.card[card].account]
+    s = a.state.surname + <size_t>acct.surname * 8
+    for i in range(8):
+        if s[i] == 0:
+            break
+        name[n] = <char>s[i]
+        n += 1
+        if (s[i] & 0xC0) != 0x80:
+            chars += 1
+    for i in range(chars, acct.name_len):
+        if n < 40:
+            name[n] = 42
+            n += 1
+    return n
+
+
+cdef inline int field_len(const uint8_t* p, int cap) noexcept nogil:
+    cdef int n = 0
+    while n < cap and p[n] != 0:
+        n += 1
+    return n
+
+
+cdef void verify(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """Who holds this card, as far as this terminal may know: masked name, age band and
+    issuing region by default; full name and identity number for lodging registration."""
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef uint8_t scope = a.state.term[t.terminal].scope
+    cdef const uint8_t* holder
+    cdef JRec* j
+    cdef int years
+    if a.duplicate(t, idx, r):
+        scope = <uint8_t>(a.state.slot(t.terminal, t.seq).extra & 0xff)
+    else:
+        if a.card_checks(t, idx, r) >= 0:
+            if scope == SCOPE_LODGING and a.state.holder == NULL:
+                r.rc = RC_96           # no holder file: never fall back to another scope
+            else:
+                years = a.age(a.state.acct[a.state.card[idx].account].birth_day)
+                r.age_band = (0 if years < 18 else 1 if years < 60 else 2 if years < 65 else
+                              3 if years < 70 else 4 if years < 80 else 5)
+                r.rc = RC_00
+        j = a.record(t, r, idx)
+        if j == NULL:
+            return
+        j.c = r.age_band | (<uint32_t>scope << 8)
+        a.commit(j, r)
+    if r.rc != RC_00:
+        return
+    r.region_code = a.state.region[a.state.card[r.card].region].code
+    if scope == SCOPE_LODGING:
+        holder = a.state.holder + <size_t>a.state.card[r.card].account * HOLDER_BYTES
+        r.name_len = <uint8_t>field_len(holder, HOLDER_NAME_BYTES)
+        memcpy(r.name, holder, r.name_len)
+        r.id_len = <uint8_t>field_len(holder + HOLDER_NAME_BYTES, HOLDER_BYTES - HOLDER_NAME_BYTES)
+        memcpy(r.id_number, holder + HOLDER_NAME_BYTES, r.id_len)
+    else:
+        r.name_len = <uint8_t>masked_name(a, r.card, <char*>r.name)
+        r.id_len = 0
+
+
+cdef void venue(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """Entry to a museum, library, scenic spot or sports venue: the price policy's base price
+    times the best entitlement (age, disability, residence, time window); a free entry (a
+    library) is a card check that still counts as an entry."""
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef Policy* p = &a.state.policy[a.state.term[t.terminal].policy]
+    cdef Account* acct
+    cdef JRec* j
+    cdef int pct, entitlement = 0
+    cdef int64_t fee = 0
+    if a.duplicate(t, idx, r):
+        return
+    if a.card_checks(t, idx, r) >= 0:
+        acct = &a.state.acct[a.state.card[idx].account]
+        pct = a.price_pct(p, acct, &entitlement)
+        fee = (<int64_t>p.base_fen * pct + 50) // 100
+        r.rc = RC_51 if acct.balance_fen < fee else RC_00
+    j = a.record(t, r, idx)
+    if j == NULL:
+        return
+    j.c = <uint32_t>entitlement
+    j.d = <uint64_t>p.base_fen
+    if r.rc == RC_00:
+        j.amount_fen = fee
+        j.balance_fen -= fee
+    r.amount_fen = fee if r.rc == RC_00 else 0
+    r.entitlement = <uint8_t>entitlement
+    a.commit(j, r)
+
+
+cdef inline void year_totals(Authoriser a, uint32_t account, int32_t* deductible_used,
+                             int32_t* pool_paid) noexcept nogil:
+    cdef Entry* e = a.state.medical_year.find(account)
+    if e != NULL and (e.a >> 32) == a.today_y:
+        deductible_used[0] = <int32_t><uint32_t>e.a
+        pool_paid[0] = <int32_t>e.b
+    else:
+        deductible_used[0] = 0
+        pool_paid[0] = 0
+
+
+cdef void medical(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """Split a bill (t.amount_fen) by the insuring region's policy: the deductible is paid by
+    the holder, the pool pays its ratio of the rest up to the annual cap, then the personal
+    medical account, then cash from the financial account. Treatment in another province
+    needs a filing (备案) for it, else M1: the hospital takes cash."""
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef Terminal* term = &a.state.term[t.terminal]
+    cdef Account* acct
+    cdef Region* reg
+    cdef Entry* filing
+    cdef JRec* j
+    cdef int32_t ded_used = 0, pool_paid = 0
+    cdef int64_t bill = t.amount_fen, ded = 0, pool = 0, personal = 0, cash = 0, room
+    if a.duplicate(t, idx, r):
+        return
+    if a.card_checks(t, idx, r) >= 0:
+        acct = &a.state.acct[a.state.card[idx].account]
+        reg = &a.state.region[acct.region]
+        filing = a.state.filings.find(a.state.card[idx].account)
+        if bill <= 0 or bill > a.max_amount_fen or bill > 0x7fffffff:
+            r.rc = RC_13
+        elif (a.state.region[term.region].province != reg.province
+              and (filing == NULL or not ((filing.a >> a.state.region[term.region].province) & 1))):
+            r.rc = RC_M1
+        else:
+            year_totals(a, a.state.card[idx].account, &ded_used, &pool_paid)
+            ded = reg.med_deductible_fen - ded_used
+            ded = 0 if ded < 0 else (bill if ded > bill else ded)
+            pool = (bill - ded) * reg.med_ratio_pct // 100
+            room = reg.med_cap_fen - pool_paid
+            pool = 0 if room < 0 else (room if pool > room else pool)
+            personal = bill - pool
+            if personal > acct.medical_fen:
+                personal = acct.medical_fen if acct.medical_fen > 0 else 0
+            cash = bill - pool - personal
+            r.rc = RC_51 if acct.balance_fen < cash else RC_00
+    j = a.record(t, r, idx)
+    if j == NULL:
+        return
+    j.d = (<uint64_t>ded << 32) | <uint32_t>bill
+    j.e = <uint32_t>a.today_y
+    if r.rc == RC_00:
+        acct = &a.state.acct[j.account]
+        j.amount_fen = cash
+        j.balance_fen -= cash
+        j.a = (<uint64_t><uint32_t>(acct.medical_fen - personal) << 32) | <uint32_t>personal
+        j.b = (<uint64_t><uint32_t>(pool_paid + pool) << 32) | <uint32_t>(ded_used + ded)
+        j.c = <uint32_t>pool
+        r.x[3] = acct.medical_fen - personal
+    r.x[0] = pool
+    r.x[1] = personal
+    r.x[2] = cash
+    r.amount_fen = cash
+    a.commit(j, r)
+
+
+cdef void medical_refund(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """Undo a settlement (t.orig_seq) of this terminal: every share goes back where it came
+    from, including the annual totals of the year it was made in."""
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef RingEntry* e = a.state.slot(t.terminal, t.orig_seq)
+    cdef Account* acct
+    cdef JRec* j
+    cdef int32_t ded_used = 0, pool_paid = 0
+    cdef int64_t bill = 0, ded = 0, pool = 0, cash = 0, personal = 0
+    if a.duplicate(t, idx, r):
+        return
+    if not (e.kind == KIND_MEDICAL and e.seq == t.orig_seq and e.card == <uint32_t>idx):
+        r.rc = RC_25
+    elif not (e.flags & RING_APPROVED) or e.flags & RING_REVERSED:
+        r.rc = RC_25
+    else:
+        r.rc = RC_00
+        bill = e.amount_fen & <int64_t>0xffffffff
+        ded = e.amount_fen >> 32
+        pool = e.extra
+        cash = e.balance_fen
+        personal = bill - pool - cash
+    j = a.record(t, r, idx)
+    if j == NULL:
+        return
+    j.f = t.orig_seq
+    j.d = (<uint64_t>ded << 32) | <uint32_t>bill
+    j.e = <uint32_t>a.today_y
+    if r.rc == RC_00:
+        acct = &a.state.acct[j.account]
+        year_totals(a, j.account, &ded_used, &pool_paid)
+        j.amount_fen = cash
+        j.balance_fen += cash
+        j.a = (<uint64_t><uint32_t>(acct.medical_fen + personal) << 32) | <uint32_t>personal
+        ded_used = ded_used - <int32_t>ded if ded_used >= ded else 0
+        pool_paid = pool_paid - <int32_t>pool if pool_paid >= pool else 0
+        j.b = (<uint64_t><uint32_t>pool_paid << 32) | <uint32_t>ded_used
+        j.c = <uint32_t>pool
+        r.x[3] = acct.medical_fen + personal
+    r.x[0] = pool
+    r.x[1] = personal
+    r.x[2] = cash
+    r.amount_fen = cash
+    a.commit(j, r)

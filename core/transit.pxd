@@ -1,0 +1,3 @@
+from onecard.core.authorise cimport Authoriser, Res, Txn
+
+cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil

@@ -1,0 +1,386 @@
+"""The admin API: JSON over HTTP on the switch's event loop (aiohttp), with operator tokens
+and roles; the published catalogue is public. Every change is journaled (money and card state
+in the journal, everything in ``admin_log``) with the operator who made it, and answered once
+durable. Card numbers appear masked in every answer and log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from aiohttp import web
+
+from onecard.core import operations
+from onecard.core.state import (
+    CARD_ACTIVE,
+    CARD_FROZEN,
+    CARD_LOST,
+    CARD_REPLACED,
+    FN_ECARD,
+    HOLDER_DENIED,
+)
+from onecard.protocols.codes import CODES
+from onecard.switch import catalogue, disbursements, store
+from onecard.switch.demo import luhn_digit
+from onecard.switch.operators import Operator, Operators
+from onecard.switch.server import Switch
+
+PROBLEM = "application/problem+json"
+STATUS_NAMES = {0: "active", 1: "lost", 2: "frozen", 3: "cancelled", 4: "replaced"}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+
+
+def problem_response(status: int, title: str, detail: str, **headers: str) -> web.Response:
+    return web.json_response({"type": "about:blank", "title": title, "status": status,
+                              "detail": detail}, status=status, content_type=PROBLEM,
+                             headers=headers)
+
+
+def mask(pan: int | str) -> str:
+    s = str(pan)
+    return f"{s[:6]}{'*' * (len(s) - 10)}{s[-4:]}"
+
+
+Handler = Callable[[web.Request, Operator], Awaitable[web.Response]]
+
+
+class AdminApi:
+    def __init__(self, switch: Switch, operators: Operators) -> None:
+        self.switch = switch
+        self.ops = operators
+        self.db = store.connect(store.db_path(switch.data_dir),
+                                synchronous=switch.config.store.synchronous)
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def guarded(self, role: str, handler: Handler):
+        async def run(request: web.Request) -> web.Response:
+            auth = request.headers.get("Authorization", "")
+            if not auth.startswith("Bearer "):
+                return problem_response(401, "Unauthorized", "send Authorization: Bearer <token>",
+                                        **{"WWW-Authenticate": "Bearer"})
+            op = self.ops.find(auth[7:].strip())
+            if op is None:
+                return problem_response(401, "Unauthorized", "unknown token",
+                                        **{"WWW-Authenticate": "Bearer"})
+            if role not in op.roles:
+                return problem_response(403, "Forbidden",
+                                        f"operator {op.name} lacks the {role} role")
+            try:
+                return await handler(request, op)
+            except Problem as p:
+                return problem_response(p.status, p.title, p.detail)
+        return run
+
+    async def body(self, request: web.Request) -> dict:
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise Problem(400, "Bad Request", f"body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise Problem(400, "Bad Request", "body must be a JSON object")
+        return data
+
+    def audit(self, op: Operator, action: str, target: str, details: dict,
+              record_no: int | None = None) -> None:
+        role = ",".join(op.roles)
+        self.db.execute("INSERT INTO admin_log (at, operator, role, action, target, details, "
+                        "record_no) VALUES (?,?,?,?,?,?,?)",
+                        (dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), op.name, role,
+                         action, target, json.dumps(details, ensure_ascii=False), record_no))
+
+    def card(self, pan: str) -> tuple[int, int]:
+        if not (pan.isdigit() and 12 <= len(pan) <= 19):
+            raise Problem(400, "Bad Request", "card number must be 12-19 digits")
+        idx = self.switch.state.card_index(int(pan))
+        if idx < 0:
+            raise Problem(404, "Not Found", f"no card {mask(pan)}")
+        return idx, int(self.switch.state.cards[idx]["account"])
+
+    def card_view(self, idx: int) -> dict:
+        st = self.switch.state
+        c = st.cards[idx]
+        a = st.accounts[c["account"]]
+        row = self.db.execute("SELECT bank, kind FROM cards WHERE pan = ?",
+                              (str(int(c["pan"])),)).fetchone()
+        return {"card": mask(int(c["pan"])), "status": STATUS_NAMES.get(int(c["status"])),
+                "functions": [n for bit, n in ((1, "financial"), (2, "transport"),
+                                               (4, "medical"), (8, "electronic"))
+                              if c["functions"] & bit],
+                "expiry": f"{int(c['expiry_yymm']):04d}",
+                "region": int(st.regions[c["region"]]["code"]),
+                "balance_fen": int(a["balance_fen"]), "medical_fen": int(a["medical_fen"]),
+                "deny_listed": bool(a["flags"] & HOLDER_DENIED),
+                "bank": row[0] if row else None, "kind": row[1] if row else None}
+
+    async def durable(self, record_no: int) -> None:
+        try:
+            await self.switch.committed(record_no)
+        except RuntimeError as exc:
+            raise Problem(503, "Service Unavailable", str(exc)) from exc
+
+    # ---- catalogue ---------------------------------------------------------------------------
+
+    async def public_catalogue(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            region = int(q["region"]) if "region" in q else None
+            return web.json_response(catalogue.listing(self.db, region=region,
+                                                       domain=q.get("domain"),
+                                                       place=q.get("place")),
+                                     dumps=lambda d: json.dumps(d, ensure_ascii=False))
+        except ValueError as exc:
+            return problem_response(400, "Bad Request", str(exc))
+
+    async def catalogue_change(self, request: web.Request, op: Operator) -> web.Response:
+        method = request.method
+        code = request.match_info.get("code")
+        fields = await self.body(request) if method in ("POST", "PATCH") else {}
+        if method == "POST":
+            code = str(fields.pop("code", ""))
+            if not code:
+                raise Problem(422, "Unprocessable Content", "code is required")
+        action = {"POST": "add", "PATCH": "change", "DELETE": "retire"}[method]
+        try:
+            version = catalogue.change(self.db, op.name, action, code, fields)
+        except catalogue.CatalogueError as exc:
+            status = 404 if "no application" in str(exc) else 409 if "exists" in str(exc) else 422
+            raise Problem(status, "Catalogue change refused", str(exc)) from exc
+        self.switch.state.set_catalogue(*catalogue.build(self.db))     # next batch uses it
+        self.audit(op, f"catalogue.{action}", code, {**fields, "version": version})
+        return web.json_response({"code": code, "action": action, "version": version})
+
+    async def catalogue_history(self, request: web.Request, op: Operator) -> web.Response:
+        rows = self.db.execute("SELECT version, code, change, operator, at FROM "
+                               "catalogue_history ORDER BY version").fetchall()
+        return web.json_response([{"version": v, "code": c, "change": json.loads(ch),
+                                   "operator": o, "at": at} for v, c, ch, o, at in rows])
+
+    # ---- cards -------------------------------------------------------------------------------
+
+    async def card_get(self, request: web.Request, op: Operator) -> web.Response:
+        idx, _ = self.card(request.match_info["pan"])
+        return web.json_response(self.card_view(idx))
+
+    async def card_status(self, request: web.Request, op: Operator) -> web.Response:
+        action = request.match_info["action"]
+        idx, _ = self.card(request.match_info["pan"])
+        status = int(self.switch.state.cards[idx]["status"])
+        allowed = {"loss": ((CARD_ACTIVE, CARD_FROZEN), CARD_LOST),
+                   "unfreeze": ((CARD_LOST, CARD_FROZEN), CARD_ACTIVE),
+                   "freeze": ((CARD_ACTIVE,), CARD_FROZEN)}
+        if action not in allowed:
+            raise Problem(404, "Not Found", f"no card action {action!r}")
+        before, after = allowed[action]
+        if status not in before:
+            raise Problem(409, "Conflict", f"card is {STATUS_NAMES[status]}: cannot {action}")
+        self.switch.engine.tick()
+        no = operations.card_change(self.switch.engine.authoriser, idx, status=after,
+                                    operator=self.ops.index(op))
+        await self.durable(no)
+        self.audit(op, f"card.{action}", mask(int(self.switch.state.cards[idx]["pan"])),
+                   {"status": STATUS_NAMES[after]}, no)
+        return web.json_response(self.card_view(idx))
+
+    def _new_pan(self, old: int, electronic: bool) -> int:
+        st = self.switch.state
+        prefix = str(old)[:5] + ("9" if electronic else "1")
+        for serial in range(st.n_cards, st.n_cards + 1_000_000):
+            body = f"{prefix}{serial:012d}"
+            pan = int(body + luhn_digit(body))
+            if st.card_index(pan) < 0:
+                return pan
+        raise Problem(500, "Internal Server Error", "no free card number")
+
+    async def card_issue(self, request: web.Request, op: Operator) -> web.Response:
+        """replace: a new chip card on the same accounts, the old number refused from now;
+        ecard: an electronic card (its own number) on the same accounts."""
+        action = request.match_info["action"]
+        idx, account = self.card(request.match_info["pan"])
+        st = self.switch.state
+        c = st.cards[idx]
+        if int(c["status"]) in (CARD_REPLACED, 3):
+            raise Problem(409, "Conflict", f"card is {STATUS_NAMES[int(c['status'])]}")
+        electronic = action == "ecard"
+        new_pan = self._new_pan(int(c["pan"]), electronic)
+        today = dt.date.today()
+        functions = (int(c["functions"]) | FN_ECARD) if electronic else (
+            int(c["functions"]) & ~FN_ECARD)
+        a = self.switch.engine.authoriser
+        self.switch.engine.tick()
+        new_idx, no = operations.card_new(a, new_pan, account, region=int(c["region"]),
+                                          expiry_yymm=((today.year + 10) % 100) * 100
+                                          + today.month, functions=functions,
+                                          operator=self.ops.index(op))
+        if not electronic:
+            no = operations.card_change(a, idx, status=CARD_REPLACED,
+                                        operator=self.ops.index(op))
+        await self.durable(no)
+        old = self.db.execute("SELECT holder_name, id_number, bank FROM cards WHERE pan = ?",
+                              (str(int(c["pan"])),)).fetchone()
+        self.db.execute("INSERT INTO cards VALUES (?,?,?,?,?,?,?)",
+                        (new_idx, str(new_pan), account, *(old or ("", "", "")),
+                         "electronic" if electronic else "chip"))
+        self.audit(op, f"card.{action}", mask(int(c["pan"])), {"new_card": mask(new_pan)}, no)
+        view = self.card_view(new_idx)
+        view["card_number"] = str(new_pan)      # the holder's new number, once, to the counter
+        return web.json_response(view, status=201)
+
+    async def card_bank(self, request: web.Request, op: Operator) -> web.Response:
+        idx, account = self.card(request.match_info["pan"])
+        bank = str((await self.body(request)).get("bank", "")).strip()
+        if not 2 <= len(bank) <= 40:
+            raise Problem(422, "Unprocessable Content", "bank: a partner bank's name")
+        self.db.execute("UPDATE cards SET bank = ? WHERE account = ?", (bank, account))
+        self.audit(op, "card.bank", mask(int(self.switch.state.cards[idx]["pan"])),
+                   {"bank": bank})
+        return web.json_response(self.card_view(idx))
+
+    async def card_topup(self, request: web.Request, op: Operator) -> web.Response:
+        pan = request.match_info["pan"]
+        self.card(pan)
+        amount = (await self.body(request)).get("amount_fen")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            raise Problem(422, "Unprocessable Content", "amount_fen must be a positive integer")
+        self.switch.engine.tick()
+        code, no = operations.credit(self.switch.engine.authoriser, int(pan), amount,
+                                     operator=self.ops.index(op))
+        if code != "00":
+            raise Problem(409, "Conflict", f"top-up refused: {code} {dict(CODES)[code]}")
+        await self.durable(no)
+        idx, _ = self.card(pan)
+        self.audit(op, "card.topup", mask(pan), {"amount_fen": amount}, no)
+        return web.json_response(self.card_view(idx))
+
+    async def filing(self, request: web.Request, op: Operator) -> web.Response:
+        data = await self.body(request)
+        idx, account = self.card(str(data.get("card", "")))
+        provs = catalogue.provinces(self.db)
+        province = data.get("province")
+        if province not in provs:
+            raise Problem(422, "Unprocessable Content", f"province must be one of {provs}")
+        self.db.execute("INSERT OR IGNORE INTO filings VALUES (?,?,?,?)",
+                        (account, province, op.name, dt.date.today().isoformat()))
+        entry = self.switch.state.filings.get(account)
+        mask_bits = (entry[0] if entry else 0) | (1 << provs.index(province))
+        self.switch.state.filings.set(account, mask_bits, 0)
+        self.audit(op, "filing.add", mask(int(self.switch.state.cards[idx]["pan"])),
+                   {"province": province})
+        return web.json_response({"card": mask(int(self.switch.state.cards[idx]["pan"])),
+                                  "provinces": [p for i, p in enumerate(provs)
+                                                if mask_bits >> i & 1]}, status=201)
+
+    # ---- disbursements -----------------------------------------------------------------------
+
+    async def disburse(self, request: web.Request, op: Operator) -> web.Response:
+        data = await self.body(request)
+        row = self.db.execute("SELECT idx FROM programmes WHERE code = ?",
+                              (str(data.get("programme", "")),)).fetchone()
+        if row is None:
+            codes = [c for (c,) in self.db.execute("SELECT code FROM programmes")]
+            raise Problem(422, "Unprocessable Content", f"programme must be one of {codes}")
+        programme = row[0]
+        items = data.get("items")
+        if not isinstance(items, list) or not items:
+            raise Problem(422, "Unprocessable Content", "items: a non-empty list")
+        if len(items) > self.switch.config.admin.max_disbursement_items:
+            raise Problem(413, "Content Too Large", "too many items in one batch")
+        try:
+            period = disbursements.parse_period(data.get("period", ""))
+            pans, amounts = disbursements.parse_items(items)
+        except ValueError as exc:
+            raise Problem(422, "Unprocessable Content", str(exc)) from exc
+        paid = disbursements.already_paid(self.db, programme, period)
+        _, first = np.unique(pans, return_index=True)
+        fresh = np.zeros(len(pans), dtype=bool)
+        fresh[first] = True                                 # one credit per card per batch
+        fresh &= ~np.isin(pans, np.fromiter(paid, dtype=np.uint64, count=len(paid)))
+        codes = np.full(len(pans), "94", dtype=object)
+        nos = np.zeros(len(pans), dtype=np.uint64)
+        self.switch.engine.tick()
+        rcs, credited_nos = operations.disburse(self.switch.engine.authoriser, programme + 1,
+                                                period, pans[fresh], amounts[fresh],
+                                                self.ops.index(op))
+        codes[fresh] = [CODES[r][0] for r in rcs]
+        nos[fresh] = credited_nos
+        if nos.any():
+            await self.durable(int(nos.max()))
+        disbursements.record(self.db, programme, period, pans, amounts, codes, nos, op.name)
+        self.audit(op, "disbursement", str(data["programme"]),
+                   {"period": period, "items": len(pans),
+                    "credited": int((codes == "00").sum())}, int(nos.max()) or None)
+        results = [{"card": mask(int(p)), "amount_fen": int(a), "result": c,
+                    "meaning": disbursements.RESULTS.get(c, dict(CODES).get(c))}
+                   for p, a, c in zip(pans, amounts, codes, strict=True)]
+        return web.json_response({"programme": data["programme"], "period": period,
+                                  "credited": int((codes == "00").sum()),
+                                  "credited_fen": int(amounts[codes == "00"].sum()),
+                                  "items": results})
+
+    async def disbursement_report(self, request: web.Request, op: Operator) -> web.Response:
+        code = request.match_info["programme"]
+        try:
+            period = disbursements.parse_period(request.match_info["period"])
+        except ValueError as exc:
+            raise Problem(400, "Bad Request", str(exc)) from exc
+        rows = self.db.execute(
+            "SELECT d.pan, d.amount_fen, d.result, d.record_no, d.operator, d.at FROM "
+            "disbursements d JOIN programmes p ON p.idx = d.programme WHERE p.code = ? AND "
+            "d.period = ? ORDER BY d.pan", (code, period)).fetchall()
+        return web.json_response({"programme": code, "period": period, "items": [
+            {"card": mask(pan), "amount_fen": amt, "result": res, "record": no,
+             "operator": who, "at": at} for pan, amt, res, no, who, at in rows]})
+
+    async def disbursement_totals(self, request: web.Request, op: Operator) -> web.Response:
+        return web.json_response(disbursements.totals(self.db),
+                                 dumps=lambda d: json.dumps(d, ensure_ascii=False))
+
+    # ---- views -------------------------------------------------------------------------------
+
+    async def audit_log(self, request: web.Request, op: Operator) -> web.Response:
+        limit = min(int(request.query.get("limit", 100)), 10_000)
+        rows = self.db.execute("SELECT at, operator, role, action, target, details, record_no "
+                               "FROM admin_log ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return web.json_response([{"at": at, "operator": o, "role": r, "action": a,
+                                   "target": t, "details": json.loads(d), "record": n}
+                                  for at, o, r, a, t, d, n in rows],
+                                 dumps=lambda d: json.dumps(d, ensure_ascii=False))
+
+    def routes(self, app: web.Application) -> None:
+        g = self.guarded
+        app.router.add_get("/catalogue", self.public_catalogue)
+        app.router.add_get("/admin/catalogue/history", g("ops", self.catalogue_history))
+        app.router.add_post("/admin/catalogue", g("catalogue", self.catalogue_change))
+        app.router.add_patch("/admin/catalogue/{code}", g("catalogue", self.catalogue_change))
+        app.router.add_delete("/admin/catalogue/{code}", g("catalogue", self.catalogue_change))
+        app.router.add_get("/admin/cards/{pan}", g("ops", self.card_get))
+        app.router.add_post("/admin/cards/{pan}/{action:loss|unfreeze|freeze}",
+                            g("card", self.card_status))
+        app.router.add_post("/admin/cards/{pan}/{action:replace|ecard}",
+                            g("card", self.card_issue))
+        app.router.add_post("/admin/cards/{pan}/bank", g("card", self.card_bank))
+        app.router.add_post("/admin/cards/{pan}/topup", g("finance", self.card_topup))
+        app.router.add_post("/admin/filings", g("card", self.filing))
+        app.router.add_post("/admin/disbursements", g("finance", self.disburse))
+        app.router.add_get("/admin/disbursements", g("ops", self.disbursement_totals))
+        app.router.add_get("/admin/disbursements/{programme}/{period}",
+                           g("ops", self.disbursement_report))
+        app.router.add_get("/admin/audit", g("ops", self.audit_log))
+
+
+def sync(switch: Switch) -> int:
+    """At start: report rows for journaled disbursement credits that lack them."""
+    conn = store.connect(store.db_path(switch.data_dir))
+    try:
+        return disbursements.sync_from_journal(conn, switch.state.cards["pan"])
+    finally:
+        conn.close()
+

@@ -1,0 +1,209 @@
+"""The application catalogue (应用目录): which applications exist, what card functions they
+need, where they are offered (the terminals that serve them) and whose cards they accept.
+
+The catalogue lives in SQLite; :func:`build` turns it into the arrays the core enforces, and
+:func:`change` makes a new version (add, retire, change acceptance) that the event loop
+installs between two batches, so the next authorisation uses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+
+import numpy as np
+
+from onecard.core.state import APP_DTYPE, MAX_APP_COUNT, MAX_PROVINCES, POLICY_DTYPE
+from onecard.switch.reference import CROSS_BORDER, DOMAINS, JOINT_CATALOGUE_GROUPS
+
+SCOPE_TOKENS = ("province", "group", "cross_border", "all")
+
+
+class CatalogueError(ValueError):
+    """A change the catalogue cannot take; the message says why."""
+
+
+def parse_scope(scope: str, provinces: list[int]) -> list[str]:
+    tokens = [t.strip() for t in scope.split(",") if t.strip()]
+    if not tokens:
+        raise CatalogueError("scope must name at least one of "
+                             f"{', '.join(SCOPE_TOKENS)} or prov:NN")
+    for t in tokens:
+        if t.startswith("prov:"):
+            if not t[5:].isdigit() or int(t[5:]) not in provinces:
+                raise CatalogueError(f"scope {t!r}: no such province in the region table")
+        elif t not in SCOPE_TOKENS:
+            raise CatalogueError(f"scope {t!r}: expected one of {', '.join(SCOPE_TOKENS)} "
+                                 "or prov:NN")
+    return tokens
+
+
+def provinces(conn: sqlite3.Connection) -> list[int]:
+    """Province codes in index order (the core stores provinces by this index)."""
+    return [r[0] for r in conn.execute("SELECT DISTINCT province FROM regions ORDER BY province")]
+
+
+def accepted(scope: str, conn: sqlite3.Connection) -> dict[int, set[int]]:
+    """terminal province -> card provinces accepted, for one scope."""
+    provs = provinces(conn)
+    group_of = dict(conn.execute("SELECT DISTINCT province, grp FROM regions"))
+    out: dict[int, set[int]] = {p: set() for p in provs}
+    for token in parse_scope(scope, provs):
+        for term_p in provs:
+            if token == "province":
+                out[term_p].add(term_p)
+            elif token == "all":
+                out[term_p].update(provs)
+            elif token == "group" and group_of[term_p] in JOINT_CATALOGUE_GROUPS:
+                out[term_p].update(p for p in provs if group_of[p] == group_of[term_p])
+            elif token.startswith("prov:"):
+                out[term_p].add(int(token[5:]))
+        if token == "cross_border":
+            for card_p, term_p in CROSS_BORDER:
+                if card_p in out and term_p in out:
+                    out[term_p].add(card_p)
+    return out
+
+
+def build(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(apps, accept, policies) arrays for State.set_catalogue."""
+    index = {p: i for i, p in enumerate(provinces(conn))}
+    rows = conn.execute("SELECT idx, functions, scope, daily_limit_fen, active FROM catalogue "
+                        "ORDER BY idx").fetchall()
+    n = max((r[0] for r in rows), default=-1) + 1
+    if n > MAX_APP_COUNT:
+        raise CatalogueError(f"at most {MAX_APP_COUNT} applications")
+    apps = np.zeros(n, dtype=APP_DTYPE)
+    accept = np.zeros((MAX_APP_COUNT, MAX_PROVINCES), dtype="<u8")
+    for idx, functions, scope, limit, active in rows:
+        apps[idx] = (functions, active, 0, limit)
+        if not active:
+            continue
+        for term_p, card_ps in accepted(scope, conn).items():
+            for card_p in card_ps:
+                accept[idx, index[term_p]] |= np.uint64(1 << index[card_p])
+    prows = conn.execute("SELECT idx, base_fen, rules FROM policies ORDER BY idx").fetchall()
+    policies = np.zeros(max(len(prows), 1), dtype=POLICY_DTYPE)
+    for idx, base, rules in prows:
+        rules = json.loads(rules)
+        policies[idx]["base_fen"] = base
+        policies[idx]["n_rules"] = len(rules)
+        for k, rule in enumerate(rules):
+            policies[idx]["rules"][k] = (*rule, 0)
+    return apps, accept, policies
+
+
+def version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT MAX(version) FROM catalogue_history").fetchone()
+    return int(row[0] or 0)
+
+
+def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str | None = None,
+            place: str | None = None) -> dict:
+    """The published catalogue: every active application with its accepted provinces and
+    the places (by region and kind of place) it is offered at."""
+    provs = provinces(conn)
+    names = {r[0]: (r[1], r[2]) for r in conn.execute(
+        "SELECT code, name_zh, name_en FROM regions")}
+    region_province = None
+    if region is not None:
+        row = conn.execute("SELECT province FROM regions WHERE code = ?", (region,)).fetchone()
+        if row is None:
+            raise CatalogueError(f"region {region}: not in the region table")
+        region_province = row[0]
+    places: dict[str, list[dict]] = {}
+    for code, region_code, place, count in conn.execute(
+            "SELECT t.app_code, r.code, t.place, COUNT(*) FROM terminals t "
+            "JOIN regions r ON r.idx = t.region_idx GROUP BY t.app_code, r.code, t.place"):
+        places.setdefault(code, []).append({"region": region_code,
+                                            "region_name": names[region_code][0],
+                                            "place": place, "terminals": count})
+    apps = []
+    for code, name_zh, name_en, dom, functions, scope, limit, active in conn.execute(
+            "SELECT code, name_zh, name_en, domain, functions, scope, daily_limit_fen, active "
+            "FROM catalogue ORDER BY idx"):
+        if not active or (domain and dom != domain):
+            continue
+        where = places.get(code, [])
+        acc = accepted(scope, conn)
+        if region is not None:
+            where = [p for p in where if p["region"] == region]
+            if not acc.get(region_province) and not where:
+                continue
+        if place is not None:
+            where = [p for p in where if p["place"] == place]
+            if not where:
+                continue
+        apps.append({
+            "code": code, "name_zh": name_zh, "name_en": name_en, "domain": dom,
+            "card_functions": [n for bit, n in ((1, "financial"), (2, "transport"),
+                                                (4, "medical")) if functions & bit],
+            "scope": scope.split(","),
+            "accepted": {str(t): sorted(c) for t, c in acc.items() if c},
+            "daily_limit_fen": limit or None,
+            "places": where,
+        })
+    return {"version": version(conn), "domains": list(DOMAINS), "provinces": provs,
+            "applications": apps}
+
+
+def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
+           fields: dict) -> int:
+    """Add, retire or change an application in one durable transaction; the new version."""
+    provs = provinces(conn)
+    row = conn.execute("SELECT idx, active FROM catalogue WHERE code = ?", (code,)).fetchone()
+    if action == "add":
+        if row is not None:
+            raise CatalogueError(f"application {code} exists")
+        missing = {"name_zh", "name_en", "domain", "scope"} - set(fields)
+        if missing:
+            raise CatalogueError(f"missing: {', '.join(sorted(missing))}")
+        if fields["domain"] not in DOMAINS:
+            raise CatalogueError(f"domain {fields['domain']!r}: expected one of {DOMAINS}")
+        parse_scope(fields["scope"], provs)
+        functions = int(fields.get("functions", 0))
+        if not 0 <= functions <= 7:
+            raise CatalogueError("functions: a mask of 1 financial, 2 transport, 4 medical")
+        limit = int(fields.get("daily_limit_fen", 0))
+        if limit < 0:
+            raise CatalogueError("daily_limit_fen must be >= 0")
+        idx = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM catalogue").fetchone()[0]
+        if idx >= MAX_APP_COUNT:
+            raise CatalogueError(f"at most {MAX_APP_COUNT} applications")
+    elif row is None:
+        raise CatalogueError(f"no application {code}")
+    new_version = version(conn) + 1
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if action == "add":
+            conn.execute("INSERT INTO catalogue VALUES (?,?,?,?,?,?,?,?,1,?)",
+                         (code, idx, fields["name_zh"], fields["name_en"], fields["domain"],
+                          functions, fields["scope"], limit, new_version))
+        elif action == "retire":
+            conn.execute("UPDATE catalogue SET active = 0, version = ? WHERE code = ?",
+                         (new_version, code))
+        elif action == "change":
+            allowed = {"scope", "daily_limit_fen", "name_zh", "name_en", "active"}
+            unknown = set(fields) - allowed
+            if unknown or not fields:
+                raise CatalogueError(f"changeable: {', '.join(sorted(allowed))}")
+            if "scope" in fields:
+                parse_scope(fields["scope"], provs)
+            if "daily_limit_fen" in fields and int(fields["daily_limit_fen"]) < 0:
+                raise CatalogueError("daily_limit_fen must be >= 0")
+            for key, value in fields.items():
+                conn.execute(f"UPDATE catalogue SET {key} = ? WHERE code = ?",
+                             (value, code))
+            conn.execute("UPDATE catalogue SET version = ? WHERE code = ?", (new_version, code))
+        else:
+            raise CatalogueError(f"unknown action {action!r}")
+        conn.execute("INSERT INTO catalogue_history VALUES (?,?,?,?,?)",
+                     (new_version, code, json.dumps({"action": action, **fields},
+                                                    ensure_ascii=False), operator, now))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return new_version

@@ -1,0 +1,114 @@
+"""Disbursements: credits from a programme (pensions, benefits, subsidies) for a period,
+idempotent per (programme, period, card), with a result per item.
+
+The journal is the record of money moved: every credit is a CREDIT record carrying programme
+and period. The ``disbursements`` table is the report and the idempotency index; it is written
+once the credits are durable, and rebuilt from the journal at start for credits whose rows
+never made it (a crash in between).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import sqlite3
+
+import numpy as np
+
+from onecard.core.state import KIND_CREDIT
+from onecard.protocols.codes import CODES
+from onecard.switch import store
+
+RESULTS = {"00": "credited", "14": "unknown or cancelled card", "13": "invalid amount",
+           "94": "already paid for this programme and period", "96": "system error"}
+SYNC_KEY = "disbursements_synced_no"
+
+
+def parse_period(value) -> int:
+    text = str(value).replace("-", "")
+    if len(text) != 6 or not text.isdigit() or not 1 <= int(text[4:]) <= 12:
+        raise ValueError(f"period {value!r}: expected YYYY-MM")
+    return int(text)
+
+
+def parse_items(items) -> tuple[np.ndarray, np.ndarray]:
+    """Card numbers and amounts from [{"card": "...", "amount_fen": n}, ...]."""
+    pans = np.zeros(len(items), dtype=np.uint64)
+    amounts = np.zeros(len(items), dtype=np.int64)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"item {i}: expected an object with card and amount_fen")
+        card, amount = str(item.get("card", "")), item.get("amount_fen")
+        if not (12 <= len(card) <= 19 and card.isdigit()):
+            raise ValueError(f"item {i}: card must be 12-19 digits")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            raise ValueError(f"item {i}: amount_fen must be a positive integer")
+        pans[i], amounts[i] = int(card), amount
+    return pans, amounts
+
+
+def parse_csv(text: str) -> list[dict]:
+    """A CSV with columns card, amount_fen (a header row is required)."""
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or {"card", "amount_fen"} - set(reader.fieldnames):
+        raise ValueError("CSV needs a header with the columns card,amount_fen")
+    items = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            items.append({"card": row["card"].strip(), "amount_fen": int(row["amount_fen"])})
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"CSV line {line}: amount_fen is not an integer") from exc
+    return items
+
+
+def already_paid(conn: sqlite3.Connection, programme: int, period: int) -> set[int]:
+    return {int(p) for (p,) in conn.execute(
+        "SELECT pan FROM disbursements WHERE programme = ? AND period = ? AND result = '00'",
+        (programme, period))}
+
+
+def record(conn: sqlite3.Connection, programme: int, period: int, pans, amounts, codes, nos,
+           operator: str) -> None:
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO disbursements VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+        "amount_fen = excluded.amount_fen, result = excluded.result, "
+        "record_no = excluded.record_no, operator = excluded.operator, at = excluded.at "
+        "WHERE disbursements.result != '00'",
+        [(programme, period, str(int(p)), int(a), c, int(n) if n else None, operator, now)
+         for p, a, c, n in zip(pans, amounts, codes, nos, strict=True) if c != "94"])
+    conn.execute("COMMIT")
+
+
+def sync_from_journal(conn: sqlite3.Connection, card_pans: np.ndarray) -> int:
+    """Rows for credits in the journal that the table lacks; returns how many were added."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (SYNC_KEY,)).fetchone()
+    since = int(row[0]) if row else 0
+    recs, nos = store.journal_records(conn, since)
+    credit = (recs["kind"] == KIND_CREDIT) & ((recs["a"] >> np.uint64(32)) > 0)
+    added = 0
+    conn.execute("BEGIN")
+    for r, no in zip(recs[credit], nos[credit], strict=True):
+        programme, period = int(r["a"]) >> 32, int(r["a"]) & 0xffffffff
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO disbursements VALUES (?,?,?,?,?,?,?,?)",
+            (programme - 1, period, str(int(card_pans[r["card"]])), int(r["amount_fen"]),
+             CODES[r["rc"]][0], int(no), f"operator {int(r['b'])}",
+             dt.datetime.fromtimestamp(r["ts_us"] / 1e6, dt.UTC).isoformat(timespec="seconds")))
+        added += cur.rowcount
+    end = int(nos[-1]) + 1 if len(nos) else since
+    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (SYNC_KEY, str(end)))
+    conn.execute("COMMIT")
+    return added
+
+
+def totals(conn: sqlite3.Connection) -> list[dict]:
+    return [{"programme": code, "name_zh": zh, "name_en": en, "period": period,
+             "credited_items": n, "credited_fen": fen}
+            for code, zh, en, period, n, fen in conn.execute(
+                "SELECT p.code, p.name_zh, p.name_en, d.period, COUNT(*), SUM(d.amount_fen) "
+                "FROM disbursements d JOIN programmes p ON p.idx = d.programme "
+                "WHERE d.result = '00' GROUP BY p.code, d.period ORDER BY p.code, d.period")]
+
