@@ -107,16 +107,20 @@ def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str 
     names = {r[0]: (r[1], r[2]) for r in conn.execute(
         "SELECT code, name_zh, name_en FROM regions")}
     region_province = None
-    if region is not None:
+    if region is not None and region in provs:        # a province code: all its cities
+        region_province = region
+    elif region is not None:
         row = conn.execute("SELECT province FROM regions WHERE code = ?", (region,)).fetchone()
         if row is None:
-            raise CatalogueError(f"region {region}: not in the region table")
+            raise CatalogueError(f"region {region}: neither a province (e.g. 31) nor a region "
+                                 f"code (e.g. 310000) in the region table")
         region_province = row[0]
     places: dict[str, list[dict]] = {}
     for code, region_code, place, count in conn.execute(
             "SELECT t.app_code, r.code, t.place, COUNT(*) FROM terminals t "
             "JOIN regions r ON r.idx = t.region_idx GROUP BY t.app_code, r.code, t.place"):
         places.setdefault(code, []).append({"region": region_code,
+                                            "province": region_code // 10000,
                                             "region_name": names[region_code][0],
                                             "place": place, "terminals": count})
     apps = []
@@ -128,7 +132,7 @@ def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str 
         where = places.get(code, [])
         acc = accepted(scope, conn)
         if region is not None:
-            where = [p for p in where if p["region"] == region]
+            where = [p for p in where if region in (p["region"], p["province"])]
             if not acc.get(region_province) and not where:
                 continue
         if place is not None:

@@ -1,4 +1,4 @@
-"""The ``onecard`` command: serve, demo-data, load, terminals, version."""
+"""The ``onecard`` command: serve, demo-data, load, terminals, disburse, card, version."""
 
 from __future__ import annotations
 
@@ -199,7 +199,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, default=50)
     t.set_defaults(func=cmd_terminals)
     from onecard.bench import loadgen
+    from onecard.switch import admin_cli
 
+    admin_cli.add_arguments(sub, common)
+    for name in ("disburse", "card"):
+        sub.choices[name].set_defaults(func=lambda a: admin_cli.run(a, _config(a)))
     ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")
     loadgen.add_arguments(ld)
     ld.set_defaults(func=cmd_load)

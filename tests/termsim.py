@@ -101,6 +101,29 @@ class IsoTerminal:
                                    "11": stan, "22": "021", "25": "00", "39": "98",
                                    "60": "22000001000"})
 
+    def void(self, pan: str, amount: int, orig_stan: str, *, stan: str | None = None,
+             currency: str = "156", batch: int = 1) -> bytes:
+        """撤销 of a purchase: processing code 20xxxx, the original's batch and STAN in 61."""
+        return self.build("0200", {"2": pan, "3": "200000", "4": f"{amount:012d}",
+                                   "11": stan or self.next_stan(), "22": "021", "25": "00",
+                                   "49": currency, "60": f"23{batch:06d}000",
+                                   "61": f"{batch:06d}{orig_stan}"})
+
+    def void_reversal(self, pan: str, amount: int, void_stan: str, *,
+                      currency: str = "156") -> bytes:
+        """0400 of a void (processing code 20xxxx), STAN = the void's."""
+        return self.build("0400", {"2": pan, "3": "200000", "4": f"{amount:012d}",
+                                   "11": void_stan, "22": "021", "25": "00", "39": "98",
+                                   "49": currency, "60": "23000001000"})
+
+    def settlement(self, debit_fen: int, debit_count: int, credit_fen: int, credit_count: int,
+                   *, batch: int = 1, stan: str | None = None) -> bytes:
+        """0500 batch settlement: field 48 = debit total n12, debit count n6, credit total
+        n12, credit count n6; field 60 = type 00, batch number n6, network code 201."""
+        totals = f"{debit_fen:012d}{debit_count:06d}{credit_fen:012d}{credit_count:06d}"
+        return self.build("0500", {"11": stan or self.next_stan(), "48": totals,
+                                   "60": f"00{batch:06d}201"})
+
     def verify_reply_mac(self, reply: dict) -> bool:
         """Recompute the MAC of a decoded reply (re-encoded with pyiso8583)."""
         doc = {k: v for k, v in reply.items() if k not in ("p", "1")}
