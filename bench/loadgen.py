@@ -68,8 +68,10 @@ class ConnSpec:
 
 
 def _iso_specs(terminals: list[TerminalInfo], n: int, port: int, rng: random.Random) -> list:
+    # Merchants' POS (the catalogue's FIN-PAY): plain purchases, comparable from release to
+    # release; canteens and pharmacies add their own rules (age tiers, per-application limits).
     pos = [t for t in terminals if t.kind == TERM_POS and t.protocol == PROTO_ISO8583
-           and t.province in MAINLAND]
+           and t.province in MAINLAND and t.app in ("", "FIN-PAY")]
     if len(pos) < n:
         raise SystemExit(f"onecard load: only {len(pos)} POS terminals in the data set, "
                          f"asked for {n} ISO 8583 connections")

@@ -35,6 +35,8 @@ class TerminalInfo:
     mac_alg: int
     tmk: bytes
     name: str
+    place: str = ""              # e.g. "supermarket", "elderly canteen", "hospital"
+    app: str = ""                # the catalogue application the place offers
 
     @property
     def alg_name(self) -> str:
@@ -46,11 +48,12 @@ def read_terminals(data_dir: str | Path) -> list[TerminalInfo]:
     try:
         rows = conn.execute(
             "SELECT t.idx, t.tid, t.merchant, t.kind, t.protocol, r.code, r.province, "
-            "t.operator_idx, t.station_id, t.mac_alg, t.tmk, t.name FROM terminals t "
+            "t.operator_idx, t.station_id, t.mac_alg, t.tmk, t.name, t.place, t.app_code "
+            "FROM terminals t "
             "JOIN regions r ON r.idx = t.region_idx ORDER BY t.idx").fetchall()
     finally:
         conn.close()
-    return [TerminalInfo(*r[:10], bytes(r[10]), r[11]) for r in rows]
+    return [TerminalInfo(*r[:10], bytes(r[10]), *r[11:]) for r in rows]
 
 
 def usable_cards(data_dir: str | Path, *, province: int | None = None, functions: int = 0,
