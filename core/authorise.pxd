@@ -44,6 +44,12 @@ cdef struct Res:                 # the decision and what the reply needs
     uint8_t id_number[20]        # lodging terminals only
     uint8_t keys[40]             # sign-on: PIN key, check value, MAC key, check value
 
+cdef inline uint64_t asked(Txn* t) noexcept nogil:
+    """The amount as the terminal asked it, currency included (156 when not given): what a
+    retransmission, a void or a reversal must match, so that HKD 100.00 never matches CNY."""
+    return (<uint64_t>(t.currency if t.currency else 156) << 48) | <uint64_t>t.amount_fen
+
+
 cdef class Authoriser:
     cdef readonly State state
     cdef readonly Journal journal

@@ -149,7 +149,7 @@ cdef class Authoriser:
         r.card = e.card
         if (e.kind != t.kind or e.card != <uint32_t>idx or (e.flags & RING_REVERSED)
                 or ((t.kind == KIND_PURCHASE or t.kind == KIND_VOID)
-                    and (e.amount_fen != t.amount_fen or e.flags & RING_VOIDED))
+                    and (<uint64_t>e.amount_fen != asked(t) or e.flags & RING_VOIDED))
                 or (t.kind == KIND_MEDICAL and (e.amount_fen & <int64_t>0xffffffff) != t.amount_fen)
                 or (t.kind == KIND_TAP and (e.extra != t.station_id or e.aux != t.direction))):
             # Same STAN, different request (or one already reversed or voided): never act on

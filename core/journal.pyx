@@ -12,7 +12,7 @@ Kind-specific fields (a, b, d are 64-bit, c, e 32-bit):
   PURCHASE   amount = charged (fen); a = daily_day << 32 | daily spent after;
              b = currency << 48 | amount asked (its minor units); c = app spent today after
   VOID       as PURCHASE, amount credited back; e = the purchase's STAN (day: a >> 32)
-  REVERSAL   amount credited back; a, c as PURCHASE; b = original amount asked
+  REVERSAL   amount credited back; a, c as PURCHASE; b = original amount asked, as PURCHASE
   VOID_REVERSAL  amount debited again; a, b, c as REVERSAL; e = the purchase's STAN
   TAP, OFFLINE_TAP  amount = fare; a = open-trip station << 32 | trip time after;
              b = station id << 8 | direction; c = last ride time after; e = last ride region

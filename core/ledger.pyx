@@ -188,18 +188,17 @@ cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
         ring_put(st, r, no, kind, r.amount_fen, <int64_t>r.b, <uint8_t>r.d,
                  (r.c & 0xffff) | (r.e << 16))
     elif kind == KIND_PURCHASE:
-        # aux: the day (low byte) a purchase can be voided on
-        ring_put(st, r, no, kind, <int64_t>(r.b & <uint64_t>0xffffffffffff), r.balance_fen,
-                 <uint8_t>(r.a >> 32), <uint32_t>r.amount_fen)
+        # amount: as asked, with its currency; balance: the day it was made (a purchase's
+        # reply has no balance, and void and reversal need the day); extra: fen charged
+        ring_put(st, r, no, kind, <int64_t>r.b, <int64_t>(r.a >> 32), 0, <uint32_t>r.amount_fen)
     elif kind == KIND_VOID:
         # balance: the voided purchase's STAN (a void's reply has no balance; its reversal
         # needs to find the purchase again)
-        ring_put(st, r, no, kind, <int64_t>(r.b & <uint64_t>0xffffffffffff), r.e, 0,
-                 <uint32_t>r.amount_fen)
+        ring_put(st, r, no, kind, <int64_t>r.b, r.e, 0, <uint32_t>r.amount_fen)
         if ok:
             mark(st, r.terminal, r.e, KIND_PURCHASE, RING_VOIDED, 0)
     elif kind == KIND_REVERSAL:
-        ring_put(st, r, no, KIND_PURCHASE, <int64_t>r.b, r.balance_fen, 0,
+        ring_put(st, r, no, KIND_PURCHASE, <int64_t>r.b, <int64_t>(r.a >> 32), 0,
                  <uint32_t>r.amount_fen)
     elif kind == KIND_VOID_REVERSAL:
         ring_put(st, r, no, KIND_VOID, <int64_t>r.b, r.e, 0, <uint32_t>r.amount_fen)

@@ -5,7 +5,7 @@ a same-day purchase, reversal of a purchase or of a void, and batch settlement (
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.authorise cimport Authoriser, Res, Txn, asked
 from onecard.core.codes cimport *
 from onecard.core.journal cimport KIND_VOID_REVERSAL, NONE32, JRec
 from onecard.core.state cimport *
@@ -18,10 +18,6 @@ cdef inline bint cross_border_terminal(Authoriser a, uint32_t terminal) noexcept
     # Hong Kong (81) and Macao (82) terminals take their own currencies.
     cdef uint32_t code = a.state.region[a.state.term[terminal].region].code // 10000
     return code == 81 or code == 82
-
-
-cdef inline uint64_t asked(Txn* t) noexcept nogil:
-    return (<uint64_t>(t.currency if t.currency else CNY) << 48) | <uint64_t>t.amount_fen
 
 
 cdef void purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
@@ -101,8 +97,10 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef bint known = e.kind != KIND_NONE and e.seq == t.seq
     cdef JRec* j
     cdef int64_t amount = 0
+    cdef RingEntry* p
+    cdef bint today_s = False
     if known and (e.kind != orig_kind or e.card != <uint32_t>idx
-                  or e.amount_fen != t.amount_fen):
+                  or <uint64_t>e.amount_fen != asked(t)):
         r.rc = RC_25                   # that STAN was something else: touch nothing
         r.duplicate = 1
         return
@@ -117,7 +115,7 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
         return
     if of_void:
         j.kind = KIND_VOID_REVERSAL
-    j.b = <uint64_t>t.amount_fen
+    j.b = asked(t)
     j.flags = RING_REVERSED
     if not known:
         j.flags |= RING_NO_ORIGINAL
@@ -126,17 +124,23 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
         j.flags |= RING_APPROVED
         amount = e.extra               # what was charged (or, for a void, credited)
     if of_void and known:
-        j.e = <uint32_t>e.balance_fen  # the purchase the void undid
+        j.e = <uint32_t>e.balance_fen  # the purchase the void undid (voids are same-day)
+        p = a.state.slot(t.terminal, j.e)
+        today_s = p.kind == KIND_PURCHASE and p.seq == j.e and p.balance_fen == a.today
+    elif known:
+        today_s = e.balance_fen == a.today
     if j.account != NONE32:
         j.a = (<uint64_t>a.state.acct[j.account].daily_day << 32) | <uint32_t>a.state.acct[j.account].daily_spent_fen
         if amount:
             j.amount_fen = amount
+            # Only today's spending counts towards today's limits: undoing yesterday's
+            # purchase frees nothing today.
             if of_void:                # the void's credit is taken back, even into the red
                 j.balance_fen -= amount
-                undo_spending(a, j, amount, 1)
+                undo_spending(a, j, amount if today_s else 0, 1)
             else:
                 j.balance_fen += amount
-                undo_spending(a, j, amount, -1)
+                undo_spending(a, j, amount if today_s else 0, -1)
     a.commit(j, r)
 
 
@@ -149,11 +153,11 @@ cdef void void_purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
     if a.duplicate(t, idx, r):
         return
     if not (e.kind == KIND_PURCHASE and e.seq == t.orig_seq and e.card == <uint32_t>idx
-            and e.amount_fen == t.amount_fen):
+            and <uint64_t>e.amount_fen == asked(t)):
         r.rc = RC_25                   # no such purchase on this terminal (or details differ)
     elif not (e.flags & RING_APPROVED) or e.flags & (RING_REVERSED | RING_VOIDED):
         r.rc = RC_25                   # declined, or already undone
-    elif e.aux != <uint8_t>a.today:
+    elif e.balance_fen != a.today:
         r.rc = RC_12                   # a void is for today's purchases only
     else:
         r.rc = RC_00

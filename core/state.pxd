@@ -136,8 +136,8 @@ cdef struct Terminal:            # 104 bytes
     uint8_t merchant[16]         # field 42, 15 characters
 
 cdef struct RingEntry:           # 40 bytes: the last transactions of a terminal, by sequence
-    int64_t amount_fen           # as requested
-    int64_t balance_fen
+    int64_t amount_fen           # as requested (purchases, voids: currency << 48 | amount)
+    int64_t balance_fen          # after (purchases: the day made; voids: the purchase STAN)
     uint64_t record_no
     uint32_t seq
     uint32_t card

@@ -95,6 +95,9 @@ class SwitchCollector(Collector):
         yield GaugeMetricFamily("onecard_replies_waiting",
                                 "Reply batches waiting for their journal records",
                                 value=len(sw.waiting))
+        yield CounterMetricFamily("onecard_deny_list_changes",
+                                  "Cards put on or taken off the transit deny list (its version)",
+                                  value=sw.state.deny_version)
         memory = sw.state.memory_report()
         yield GaugeMetricFamily("onecard_cards", "Cards held in memory", value=memory["cards"])
         yield GaugeMetricFamily("onecard_memory_bytes_per_card",
