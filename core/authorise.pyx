@@ -151,6 +151,7 @@ cdef class Authoriser:
                 or ((t.kind == KIND_PURCHASE or t.kind == KIND_VOID)
                     and (<uint64_t>e.amount_fen != asked(t) or e.flags & RING_VOIDED))
                 or (t.kind == KIND_MEDICAL and (e.amount_fen & <int64_t>0xffffffff) != t.amount_fen)
+                or (t.kind == KIND_MEDICAL_REFUND and (e.balance_fen >> 32) != t.orig_seq)
                 or (t.kind == KIND_TAP and (e.extra != t.station_id or e.aux != t.direction))):
             # Same STAN, different request (or one already reversed or voided): never act on
             # it, and never repeat an approval that no longer stands.
@@ -162,12 +163,14 @@ cdef class Authoriser:
         r.record_no = e.record_no
         r.age_band = e.aux
         r.entitlement = e.aux
-        if t.kind == KIND_MEDICAL:              # shares: pool, personal, cash
+        if t.kind == KIND_MEDICAL or t.kind == KIND_MEDICAL_REFUND:
+            # The original shares (pool, personal, cash); balances as they are now.
             r.x[0] = e.extra
-            r.x[2] = e.balance_fen
-            r.x[1] = (e.amount_fen & <int64_t>0xffffffff) - e.extra - e.balance_fen
+            r.x[2] = e.balance_fen & <int64_t>0xffffffff
+            r.x[1] = (e.amount_fen & <int64_t>0xffffffff) - e.extra - r.x[2]
             r.amount_fen = r.x[2]
             r.balance_fen = self.state.acct[self.state.card[e.card].account].balance_fen
+            r.x[3] = self.state.acct[self.state.card[e.card].account].medical_fen
         return True
 
     cdef JRec* record(self, Txn* t, Res* r, int64_t idx) noexcept nogil:

@@ -210,10 +210,12 @@ cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
     elif kind == KIND_VERIFY:
         ring_put(st, r, no, kind, 0, 0, <uint8_t>(r.c & 0xff), r.c >> 8)
     elif kind == KIND_MEDICAL:
-        # amount: deductible part << 32 | bill; balance: cash share; extra: pool share
-        ring_put(st, r, no, kind, <int64_t>r.d, r.amount_fen, 0, r.c)
+        # amount: deductible part << 32 | bill; balance: cash share; extra: pool share;
+        # aux: the year (from 2000) whose annual totals a refund gives back to
+        ring_put(st, r, no, kind, <int64_t>r.d, r.amount_fen, <uint8_t>(r.e - 2000), r.c)
     elif kind == KIND_MEDICAL_REFUND:
-        ring_put(st, r, no, kind, <int64_t>r.d, r.amount_fen, 0, r.c)
+        # as MEDICAL; balance: the refunded settlement's seq << 32 | cash share
+        ring_put(st, r, no, kind, <int64_t>r.d, (<int64_t>r.f << 32) | r.amount_fen, 0, r.c)
         if ok:
             mark(st, r.terminal, r.f, KIND_MEDICAL, RING_REVERSED, 0)
     elif kind == KIND_VENUE:

@@ -71,6 +71,17 @@ cdef inline int parse_u32(MpReader* r, uint32_t* out) noexcept nogil:
     return 0
 
 
+cdef inline bint superseded(const uint32_t* log, uint32_t v, uint32_t end) noexcept nogil:
+    """Whether a later change in [v + 1, end) concerns the same card: a gate applying the
+    reply must end with each card's latest state, so each card is reported once. Quadratic,
+    but bounded by DENY_BATCH changes a reply and deny-list syncs are rare."""
+    cdef uint32_t w, card = log[v] & 0x7fffffff
+    for w in range(v + 1, end):
+        if (log[w] & 0x7fffffff) == card:
+            return True
+    return False
+
+
 cdef class NativePath:
     def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t max_frame, uint32_t max_batch):
         if max_frame < 16 or max_batch < 1:
@@ -298,6 +309,8 @@ cdef class NativePath:
         if ob_reserve(out, 64 + <size_t>(end - since) * 24 + FRAME_RESERVE):
             return -1
         for v in range(since, end):
+            if superseded(self.st.deny_log, v, end):
+                continue
             if self.st.deny_log[v] >> 31:
                 n_removed += 1
             else:
@@ -314,7 +327,7 @@ cdef class NativePath:
             k += mp_w_array(p + k, n_added if i == 0 else n_removed)
             for v in range(since, end):
                 e = self.st.deny_log[v]
-                if (e >> 31) != i:
+                if (e >> 31) != i or superseded(self.st.deny_log, v, end):
                     continue
                 pan = self.st.card[e & 0x7fffffff].pan
                 nd = 0

@@ -186,6 +186,7 @@ cdef void medical_refund(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef JRec* j
     cdef int32_t ded_used = 0, pool_paid = 0
     cdef int64_t bill = 0, ded = 0, pool = 0, cash = 0, personal = 0
+    cdef bint same_year = False
     if a.duplicate(t, idx, r):
         return
     if not (e.kind == KIND_MEDICAL and e.seq == t.orig_seq and e.card == <uint32_t>idx):
@@ -197,8 +198,9 @@ cdef void medical_refund(Authoriser a, Txn* t, Res* r) noexcept nogil:
         bill = e.amount_fen & <int64_t>0xffffffff
         ded = e.amount_fen >> 32
         pool = e.extra
-        cash = e.balance_fen
+        cash = e.balance_fen & <int64_t>0xffffffff
         personal = bill - pool - cash
+        same_year = 2000 + <int32_t>e.aux == <int32_t>a.today_y
     j = a.record(t, r, idx)
     if j == NULL:
         return
@@ -211,8 +213,9 @@ cdef void medical_refund(Authoriser a, Txn* t, Res* r) noexcept nogil:
         j.amount_fen = cash
         j.balance_fen += cash
         j.a = (<uint64_t><uint32_t>(acct.medical_fen + personal) << 32) | <uint32_t>personal
-        ded_used = ded_used - <int32_t>ded if ded_used >= ded else 0
-        pool_paid = pool_paid - <int32_t>pool if pool_paid >= pool else 0
+        if same_year:                  # an earlier year's totals no longer limit anything
+            ded_used = ded_used - <int32_t>ded if ded_used >= ded else 0
+            pool_paid = pool_paid - <int32_t>pool if pool_paid >= pool else 0
         j.b = (<uint64_t><uint32_t>pool_paid << 32) | <uint32_t>ded_used
         j.c = <uint32_t>pool
         r.x[3] = acct.medical_fen + personal

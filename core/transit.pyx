@@ -37,7 +37,7 @@ cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef Operator* open_op
     cdef JRec* j
     cdef int64_t s_idx = -1, fare = 0, need = 0
-    cdef uint32_t trip_station = 0, trip_time = 0, when, last_ride = 0, last_region = 0
+    cdef uint32_t trip_station = 0, trip_time = 0, when, start, last_ride = 0, last_region = 0
     cdef bint ride_ends = False
     if t.offline:
         if t.seq <= term.offline_hw:
@@ -77,12 +77,14 @@ cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil:
                 trip_time = when
                 r.rc = RC_00
             else:
+                start = when
                 if c.trip_station and a.state.stn[c.trip_station - 1].operator == term.operator:
                     fare = a.state.fare[op.fare_off + a.state.stn[c.trip_station - 1].local * op.n_stations
                                    + a.state.stn[s_idx].local]
+                    start = c.trip_time_s  # the transfer window counts to when the ride began
                 else:                  # no tap-in on this network: maximum fare
                     fare = op.max_fare_fen
-                fare = transfer(a, acct, op, reg, when,
+                fare = transfer(a, acct, op, reg, start,
                                 a.concession(<int32_t>fare, acct, reg))
                 need = fare
                 trip_station = 0

@@ -6,6 +6,7 @@ durable. Card numbers appear masked in every answer and log.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,10 @@ class AdminApi:
         self.ops = operators
         self.db = store.connect(store.db_path(switch.data_dir),
                                 synchronous=switch.config.store.synchronous)
+        # One disbursement batch at a time: between reading what was paid and recording the
+        # new credits the handler waits for durability, and a second identical batch read in
+        # that gap would pay again.
+        self.disbursing = asyncio.Lock()
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -236,9 +241,10 @@ class AdminApi:
 
     async def card_bank(self, request: web.Request, op: Operator) -> web.Response:
         idx, account = self.card(request.match_info["pan"])
-        bank = str((await self.body(request)).get("bank", "")).strip()
-        if not 2 <= len(bank) <= 40:
+        bank = (await self.body(request)).get("bank")
+        if not isinstance(bank, str) or not 2 <= len(bank.strip()) <= 40:
             raise Problem(422, "Unprocessable Content", "bank: a partner bank's name")
+        bank = bank.strip()
         self.db.execute("UPDATE cards SET bank = ? WHERE account = ?", (bank, account))
         self.audit(op, "card.bank", mask(int(self.switch.state.cards[idx]["pan"])),
                    {"bank": bank})
@@ -298,6 +304,12 @@ class AdminApi:
             pans, amounts = disbursements.parse_items(items)
         except ValueError as exc:
             raise Problem(422, "Unprocessable Content", str(exc)) from exc
+        async with self.disbursing:
+            return await self._disburse(op, data["programme"], programme, period, pans,
+                                        amounts)
+
+    async def _disburse(self, op: Operator, code: str, programme: int, period: int,
+                        pans: np.ndarray, amounts: np.ndarray) -> web.Response:
         paid = disbursements.already_paid(self.db, programme, period)
         _, first = np.unique(pans, return_index=True)
         fresh = np.zeros(len(pans), dtype=bool)
@@ -311,18 +323,19 @@ class AdminApi:
                                                 self.ops.index(op))
         codes[fresh] = [CODES[r][0] for r in rcs]
         nos[fresh] = credited_nos
-        if nos.any():
-            await self.durable(int(nos.max()))
+        credited = codes == "00"               # record numbers start at 0: test codes, not nos
+        last = int(nos[credited].max()) if credited.any() else None
+        if last is not None:
+            await self.durable(last)
         disbursements.record(self.db, programme, period, pans, amounts, codes, nos, op.name)
-        self.audit(op, "disbursement", str(data["programme"]),
-                   {"period": period, "items": len(pans),
-                    "credited": int((codes == "00").sum())}, int(nos.max()) or None)
+        self.audit(op, "disbursement", code, {"period": period, "items": len(pans),
+                                              "credited": int(credited.sum())}, last)
         results = [{"card": mask(int(p)), "amount_fen": int(a), "result": c,
                     "meaning": disbursements.RESULTS.get(c, dict(CODES).get(c))}
                    for p, a, c in zip(pans, amounts, codes, strict=True)]
-        return web.json_response({"programme": data["programme"], "period": period,
-                                  "credited": int((codes == "00").sum()),
-                                  "credited_fen": int(amounts[codes == "00"].sum()),
+        return web.json_response({"programme": code, "period": period,
+                                  "credited": int(credited.sum()),
+                                  "credited_fen": int(amounts[credited].sum()),
                                   "items": results})
 
     async def disbursement_report(self, request: web.Request, op: Operator) -> web.Response:
@@ -346,7 +359,10 @@ class AdminApi:
     # ---- views -------------------------------------------------------------------------------
 
     async def audit_log(self, request: web.Request, op: Operator) -> web.Response:
-        limit = min(int(request.query.get("limit", 100)), 10_000)
+        text = request.query.get("limit", "100")
+        if not text.isdigit() or not 1 <= int(text) <= 10_000:
+            return problem_response(400, "Bad Request", "limit: an integer from 1 to 10000")
+        limit = int(text)
         rows = self.db.execute("SELECT at, operator, role, action, target, details, record_no "
                                "FROM admin_log ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return web.json_response([{"at": at, "operator": o, "role": r, "action": a,

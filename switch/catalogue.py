@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+from typing import Annotated
 
+import msgspec
 import numpy as np
 
 from onecard.core.state import APP_DTYPE, MAX_APP_COUNT, MAX_PROVINCES, POLICY_DTYPE
@@ -22,6 +24,37 @@ SCOPE_TOKENS = ("province", "group", "cross_border", "all")
 
 class CatalogueError(ValueError):
     """A change the catalogue cannot take; the message says why."""
+
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+Functions = Annotated[int, msgspec.Meta(ge=0, le=7)]     # 1 financial, 2 transport, 4 medical
+LimitFen = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+
+
+class NewApp(msgspec.Struct, forbid_unknown_fields=True):
+    name_zh: Name
+    name_en: Name
+    domain: str
+    scope: str
+    functions: Functions = 0
+    daily_limit_fen: LimitFen = 0
+
+
+class AppChange(msgspec.Struct, forbid_unknown_fields=True):
+    # Types are checked before anything is written: a bad value stored would stop the
+    # catalogue from building, and with it the switch from starting.
+    name_zh: Name | None = None
+    name_en: Name | None = None
+    scope: str | None = None
+    daily_limit_fen: LimitFen | None = None
+    active: bool | None = None
+
+
+def _validated(fields: dict, kind: type) -> msgspec.Struct:
+    try:
+        return msgspec.convert(fields, kind)
+    except msgspec.ValidationError as exc:
+        raise CatalogueError(str(exc)) from None
 
 
 def parse_scope(scope: str, provinces: list[int]) -> list[str]:
@@ -116,13 +149,13 @@ def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str 
                                  f"code (e.g. 310000) in the region table")
         region_province = row[0]
     places: dict[str, list[dict]] = {}
-    for code, region_code, place, count in conn.execute(
+    for code, region_code, where_kind, count in conn.execute(
             "SELECT t.app_code, r.code, t.place, COUNT(*) FROM terminals t "
             "JOIN regions r ON r.idx = t.region_idx GROUP BY t.app_code, r.code, t.place"):
         places.setdefault(code, []).append({"region": region_code,
                                             "province": region_code // 10000,
                                             "region_name": names[region_code][0],
-                                            "place": place, "terminals": count})
+                                            "place": where_kind, "terminals": count})
     apps = []
     for code, name_zh, name_en, dom, functions, scope, limit, active in conn.execute(
             "SELECT code, name_zh, name_en, domain, functions, scope, daily_limit_fen, active "
@@ -160,18 +193,10 @@ def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
     if action == "add":
         if row is not None:
             raise CatalogueError(f"application {code} exists")
-        missing = {"name_zh", "name_en", "domain", "scope"} - set(fields)
-        if missing:
-            raise CatalogueError(f"missing: {', '.join(sorted(missing))}")
-        if fields["domain"] not in DOMAINS:
-            raise CatalogueError(f"domain {fields['domain']!r}: expected one of {DOMAINS}")
-        parse_scope(fields["scope"], provs)
-        functions = int(fields.get("functions", 0))
-        if not 0 <= functions <= 7:
-            raise CatalogueError("functions: a mask of 1 financial, 2 transport, 4 medical")
-        limit = int(fields.get("daily_limit_fen", 0))
-        if limit < 0:
-            raise CatalogueError("daily_limit_fen must be >= 0")
+        app = _validated(fields, NewApp)
+        if app.domain not in DOMAINS:
+            raise CatalogueError(f"domain {app.domain!r}: expected one of {DOMAINS}")
+        parse_scope(app.scope, provs)
         idx = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM catalogue").fetchone()[0]
         if idx >= MAX_APP_COUNT:
             raise CatalogueError(f"at most {MAX_APP_COUNT} applications")
@@ -183,23 +208,22 @@ def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
     try:
         if action == "add":
             conn.execute("INSERT INTO catalogue VALUES (?,?,?,?,?,?,?,?,1,?)",
-                         (code, idx, fields["name_zh"], fields["name_en"], fields["domain"],
-                          functions, fields["scope"], limit, new_version))
+                         (code, idx, app.name_zh, app.name_en, app.domain, app.functions,
+                          app.scope, app.daily_limit_fen, new_version))
         elif action == "retire":
             conn.execute("UPDATE catalogue SET active = 0, version = ? WHERE code = ?",
                          (new_version, code))
         elif action == "change":
-            allowed = {"scope", "daily_limit_fen", "name_zh", "name_en", "active"}
-            unknown = set(fields) - allowed
-            if unknown or not fields:
-                raise CatalogueError(f"changeable: {', '.join(sorted(allowed))}")
-            if "scope" in fields:
-                parse_scope(fields["scope"], provs)
-            if "daily_limit_fen" in fields and int(fields["daily_limit_fen"]) < 0:
-                raise CatalogueError("daily_limit_fen must be >= 0")
-            for key, value in fields.items():
-                conn.execute(f"UPDATE catalogue SET {key} = ? WHERE code = ?",
-                             (value, code))
+            if not fields:
+                raise CatalogueError(f"changeable: {', '.join(AppChange.__struct_fields__)}")
+            ch = _validated(fields, AppChange)
+            if ch.scope is not None:
+                parse_scope(ch.scope, provs)
+            for key in AppChange.__struct_fields__:
+                value = getattr(ch, key)
+                if value is not None:
+                    conn.execute(f"UPDATE catalogue SET {key} = ? WHERE code = ?",
+                                 (int(value) if key == "active" else value, code))
             conn.execute("UPDATE catalogue SET version = ? WHERE code = ?", (new_version, code))
         else:
             raise CatalogueError(f"unknown action {action!r}")

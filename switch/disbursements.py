@@ -77,7 +77,8 @@ def record(conn: sqlite3.Connection, programme: int, period: int, pans, amounts,
         "amount_fen = excluded.amount_fen, result = excluded.result, "
         "record_no = excluded.record_no, operator = excluded.operator, at = excluded.at "
         "WHERE disbursements.result != '00'",
-        [(programme, period, str(int(p)), int(a), c, int(n) if n else None, operator, now)
+        [(programme, period, str(int(p)), int(a), c, int(n) if c == "00" else None, operator,
+          now)
          for p, a, c, n in zip(pans, amounts, codes, nos, strict=True) if c != "94"])
     conn.execute("COMMIT")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from onecard.switch.terminals import TerminalInfo, read_terminals
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from termsim import IsoTerminal, NativeTerminal
+from termsim import IsoTerminal, NativeTerminal, socket_exchange
 
 DEMO_CARDS = 4000
 
@@ -175,3 +178,139 @@ def running_switch(switch_dir):
     sw = start_switch(switch_dir)
     yield sw
     sw.stop()
+
+
+# ---- admin API helpers (tests/test_admin*.py) ------------------------------------------------
+
+
+def copy_demo(demo_dir: Path, tmp_path_factory, name: str = "data") -> Path:
+    """A private copy of the demo data set (for module-scoped switches)."""
+    path = tmp_path_factory.mktemp(name) / "data"
+    shutil.copytree(demo_dir, path)
+    return path
+
+
+@dataclass
+class HttpReply:
+    status: int
+    headers: dict
+    text: str
+
+    def json(self):
+        return json.loads(self.text)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+
+class AdminClient:
+    """The admin API of a switch process over urllib, with the operator tokens the switch
+    created in its data directory (one operator per role)."""
+
+    def __init__(self, sw: SwitchProcess) -> None:
+        self.sw = sw
+
+    def token(self, role: str) -> str:
+        from onecard.switch import operators
+
+        return operators.token_for(self.sw.data_dir / "admin-tokens.toml", role)
+
+    def call(self, method: str, path: str, body=None, *, role: str | None = None,
+             auth: str | None = None, raw: bytes | None = None) -> HttpReply:
+        headers = {}
+        if role is not None:
+            headers["Authorization"] = f"Bearer {self.token(role)}"
+        if auth is not None:
+            headers["Authorization"] = auth
+        data = raw if raw is not None else (
+            json.dumps(body, ensure_ascii=False).encode() if body is not None else None)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(f"http://127.0.0.1:{self.sw.http}{path}", data=data,
+                                     method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return HttpReply(r.status, dict(r.headers), r.read().decode())
+        except urllib.error.HTTPError as e:
+            return HttpReply(e.code, dict(e.headers), e.read().decode())
+
+    def get(self, path: str, role: str | None = "ops", **kw) -> HttpReply:
+        return self.call("GET", path, role=role, **kw)
+
+    def post(self, path: str, body=None, role: str | None = "card", **kw) -> HttpReply:
+        return self.call("POST", path, body, role=role, **kw)
+
+    def view(self, pan: str) -> dict:
+        """The card view (ops role); fails the test unless 200."""
+        r = self.get(f"/admin/cards/{pan}")
+        assert r.status == 200, r.text
+        return r.json()
+
+
+def assert_problem(reply: HttpReply, status: int) -> dict:
+    """An RFC 9457 problem document with this status; returns it."""
+    assert reply.status == status, (reply.status, reply.text)
+    assert reply.content_type.startswith("application/problem+json"), reply.content_type
+    doc = reply.json()
+    assert {"type", "title", "status", "detail"} <= set(doc), doc
+    assert doc["status"] == status
+    return doc
+
+
+class Supply:
+    """Terminals (by catalogue application) and cards of the demo set, each handed out once,
+    so tests sharing a switch never share a terminal session, its sequence numbers or a card."""
+
+    def __init__(self, data_dir: Path, terminals: list[TerminalInfo]) -> None:
+        import sqlite3
+
+        conn = sqlite3.connect(data_dir / "onecard.db")
+        self.apps = dict(conn.execute("SELECT tid, app_code FROM terminals"))
+        conn.close()
+        self.terminals = terminals
+        self.world = World(data_dir, terminals)
+        self.used_terminals: set[str] = set()
+        self.used_cards: set[int] = set()
+
+    def terminal(self, app: str, province: int = 31) -> TerminalInfo:
+        for t in self.terminals:
+            if (self.apps[t.tid] == app and t.province == province
+                    and t.tid not in self.used_terminals):
+                self.used_terminals.add(t.tid)
+                return t
+        raise LookupError(f"no unused {app} terminal in province {province}")
+
+    def card(self, province: int = 31, **criteria) -> str:
+        """An unused card number matching World.card's criteria."""
+        nth = 0
+        while True:
+            pan, idx = self.world.card(province, nth=nth, **criteria)
+            if idx not in self.used_cards:
+                self.used_cards.add(idx)
+                return pan
+            nth += 1
+
+
+def iso_session(sw: SwitchProcess, info: TerminalInfo):
+    """A signed-on ISO 8583 terminal on its own TCP connection: (socket, terminal)."""
+    sock, exchange = socket_exchange("127.0.0.1", sw.iso, 2)
+    t = IsoTerminal(info, exchange)
+    assert t.signon()["39"] == "00"
+    return sock, t
+
+
+def native_session(sw: SwitchProcess, info: TerminalInfo):
+    """A signed-on native terminal on its own TCP connection: (socket, terminal)."""
+    sock, exchange = socket_exchange("127.0.0.1", sw.native, 4)
+    t = NativeTerminal(info, exchange)
+    assert t.signon().rc == "00"
+    return sock, t
+
+
+def iso_balance(t: IsoTerminal, pan: str) -> int:
+    """The financial balance in fen from a balance inquiry (field 54, CUPS layout)."""
+    (reply,) = t.send(t.balance(pan))
+    assert reply["39"] == "00", reply["39"]
+    sign = -1 if reply["54"][7] == "D" else 1
+    return sign * int(reply["54"][8:])
