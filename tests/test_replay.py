@@ -101,8 +101,8 @@ def drive(world) -> None:
     old = cards[10][1]
     new_pan = 6211119999000000001
     operations.card_new(a, new_pan, int(world.state.cards["account"][old]),
-                                     region=int(world.state.cards["region"][old]),
-                                     expiry_yymm=3612, functions=7, operator=2)
+                        region=int(world.state.cards["region"][old]), expiry_yymm=3612,
+                        functions=7, operator=2)
     operations.card_change(a, old, status=CARD_REPLACED, operator=2)
     assert shop.send(shop.purchase(str(new_pan), 100))[0]["39"] == "00"
 
