@@ -8,6 +8,7 @@ import socket
 import numpy as np
 import pytest
 
+from onecard.core.state import HOLDER_HMT
 from onecard.protocols import native
 from onecard.switch.reference import PROGRAMMES
 
@@ -170,6 +171,29 @@ def test_electronic_card_shares_the_accounts_and_both_numbers_work(api, sw, supp
     assert a["39"] == "00" and b["39"] == "00"
     assert iso_balance(pos, chip) == iso_balance(pos, ecard) == opening - 500
     assert api.view(chip)["status"] == "active"
+    sock.close()
+
+
+def test_hmt_residents_cards_go_through_the_lifecycle_like_locals(api, sw, supply):
+    """A Hong Kong, Macao or Taiwan resident's card (HOLDER_HMT) and a local card of the
+    same province get the same answers at every step of the card services."""
+    hmt = supply.card(44, min_balance=0, flags=lambda f: (f & HOLDER_HMT) != 0)
+    local = supply.card(44, min_balance=0, flags=lambda f: (f & HOLDER_HMT) == 0)
+    sock, pos = iso_session(sw, supply.terminal("FIN-PAY", 44))
+    seen = []
+    for pan in (hmt, local):
+        steps = [results(disburse(api, "LONGEVITY", "2026-09", [(pan, 30_000)]))[0],
+                 pos.send(pos.purchase(pan, 100))[0]["39"],
+                 api.post(f"/admin/cards/{pan}/loss").json()["status"],
+                 pos.send(pos.purchase(pan, 100))[0]["39"],
+                 api.post(f"/admin/cards/{pan}/unfreeze").json()["status"],
+                 pos.send(pos.purchase(pan, 100))[0]["39"]]
+        new = api.post(f"/admin/cards/{pan}/replace").json()["card_number"]
+        steps += [pos.send(pos.purchase(pan, 100))[0]["39"],
+                  pos.send(pos.purchase(new, 100))[0]["39"],
+                  api.view(new)["balance_fen"] == api.view(pan)["balance_fen"]]
+        seen.append(steps)
+    assert seen[0] == seen[1] == ["00", "00", "lost", "41", "active", "00", "14", "00", True]
     sock.close()
 
 
