@@ -55,6 +55,7 @@ cdef class Authoriser:
     cdef readonly Journal journal
     cdef public int64_t daily_limit_fen
     cdef public int64_t max_amount_fen
+    cdef public int64_t max_topup_fen
     cdef int64_t now_us
     cdef uint32_t now_s
     cdef uint16_t today

@@ -75,6 +75,7 @@ cdef class Authoriser:
         self.journal = journal
         self.daily_limit_fen = daily_limit_fen
         self.max_amount_fen = max_amount_fen
+        self.max_topup_fen = 100_000          # 1,000 yuan a top-up; the switch sets its own
         self.n_fx = 0
         for code, rate in (fx_rates or {}).items():
             if self.n_fx == MAX_FX or not 0 < int(rate) < 10**9 or int(code) in (0, 156):
@@ -148,6 +149,7 @@ cdef class Authoriser:
         r.duplicate = 1
         r.card = e.card
         if (e.kind != t.kind or e.card != <uint32_t>idx or (e.flags & RING_REVERSED)
+                or (t.kind == KIND_TOPUP and e.amount_fen != t.amount_fen)
                 or ((t.kind == KIND_PURCHASE or t.kind == KIND_VOID)
                     and (<uint64_t>e.amount_fen != asked(t) or e.flags & RING_VOIDED))
                 or (t.kind == KIND_MEDICAL and (e.amount_fen & <int64_t>0xffffffff) != t.amount_fen)

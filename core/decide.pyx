@@ -9,7 +9,7 @@ from onecard.core.journal cimport NONE32
 from onecard.core.payments cimport balance, purchase, reversal, settle, void_purchase
 from onecard.core.services cimport medical, medical_refund, venue, verify
 from onecard.core.state cimport *
-from onecard.core.transit cimport tap
+from onecard.core.transit cimport tap, topup
 
 cdef enum:
     AHEAD = 8                    # requests between prefetch stages (slot, card, account)
@@ -33,6 +33,8 @@ cdef void decide(Authoriser a, Txn* t, Res* r) noexcept nogil:
         t.offline = t.kind == KIND_OFFLINE_TAP
         t.kind = KIND_TAP
         tap(a, t, r)
+    elif t.kind == KIND_TOPUP:
+        topup(a, t, r)
     elif t.kind == KIND_VERIFY:
         verify(a, t, r)
     elif t.kind == KIND_VENUE:

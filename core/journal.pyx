@@ -17,6 +17,7 @@ Kind-specific fields (a, b, d are 64-bit, c, e 32-bit):
   TAP, OFFLINE_TAP  amount = fare; a = open-trip station << 32 | trip time after;
              b = station id << 8 | direction; c = last ride time after; e = last ride region
   VERIFY     c = age band | scope << 8
+  TOPUP      amount = cash paid in at a kiosk (fen); b = amount asked
   SIGNON     a, b = working MAC key encrypted under the terminal master key; c = algorithm
   SETTLE     amount = debit total, b = credit total, c = debit count, e = credit count,
              a = next batch number, d = 1 balanced / 2 not

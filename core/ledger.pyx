@@ -30,7 +30,7 @@ cdef inline bint moves_balance(uint8_t kind) noexcept nogil:
     return (kind == KIND_PURCHASE or kind == KIND_VOID or kind == KIND_REVERSAL
             or kind == KIND_VOID_REVERSAL or kind == KIND_TAP or kind == KIND_OFFLINE_TAP
             or kind == KIND_MEDICAL or kind == KIND_MEDICAL_REFUND or kind == KIND_VENUE
-            or kind == KIND_CREDIT)
+            or kind == KIND_CREDIT or kind == KIND_TOPUP)
 
 
 cdef inline bint counts_daily(uint8_t kind) noexcept nogil:
@@ -220,6 +220,8 @@ cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
             mark(st, r.terminal, r.f, KIND_MEDICAL, RING_REVERSED, 0)
     elif kind == KIND_VENUE:
         ring_put(st, r, no, kind, r.amount_fen, r.balance_fen, <uint8_t>r.c, <uint32_t>r.d)
+    elif kind == KIND_TOPUP:
+        ring_put(st, r, no, kind, <int64_t>r.b, r.balance_fen, 0, 0)
     elif kind == KIND_BALANCE:
         ring_put(st, r, no, kind, 0, r.balance_fen, 0, 0)
     return 0

@@ -37,6 +37,7 @@ cdef enum:
     TAG_MEDICAL = 7
     TAG_MEDICAL_REFUND = 8
     TAG_VENUE = 9
+    TAG_TOPUP = 10
     DENY_BATCH = 1000            # deny-list changes per reply
     REPLY_OFFSET = 100           # reply tag = request tag + 100
     TAG_ERROR = 199
@@ -412,6 +413,17 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
             problem = b"card must be a string of 12-19 digits"
         else:
             extra = count - 3
+    elif tag[0] == TAG_TOPUP:
+        t.kind = KIND_TOPUP
+        if count < 4:
+            problem = b"TopUp is [10, seq, card, amount_fen]"
+        elif parse_card(body, &t.pan):
+            problem = b"card must be a string of 12-19 digits"
+        elif mp_int(body, &v) or v <= 0 or v > 0x7fffffff:
+            problem = b"amount_fen must be a positive integer (fen)"
+        else:
+            t.amount_fen = v
+            extra = count - 4
     elif tag[0] == TAG_DENY_SYNC:
         t.kind = KIND_DENY_SYNC
         if count < 3 or parse_u32(body, &t.orig_seq):
@@ -444,7 +456,7 @@ cdef size_t write_reply(uint8_t* p, Txn* t, uint8_t tag, Res* r, uint32_t now_s)
     cdef size_t k = 0
     cdef bint ok = r.rc == RC_00
     cdef uint8_t kind = KIND_TAP if t.kind == KIND_OFFLINE_TAP else t.kind
-    p[k] = (0x95 if kind == KIND_TAP else 0x97 if kind == KIND_VERIFY
+    p[k] = (0x95 if kind == KIND_TAP or kind == KIND_TOPUP else 0x97 if kind == KIND_VERIFY
             else 0x98 if kind == KIND_MEDICAL or kind == KIND_MEDICAL_REFUND
             else 0x96 if kind == KIND_VENUE else 0x94)
     k += 1
@@ -455,7 +467,7 @@ cdef size_t write_reply(uint8_t* p, Txn* t, uint8_t tag, Res* r, uint32_t now_s)
         k += mp_w_bin(p + k, r.keys + 20, 20 if ok else 0)
     elif kind == KIND_HEARTBEAT:
         k += mp_w_int(p + k, now_s)
-    elif kind == KIND_TAP:
+    elif kind == KIND_TAP or kind == KIND_TOPUP:
         k += mp_w_int(p + k, r.amount_fen if ok else 0)
         k += mp_w_int(p + k, r.balance_fen)
     elif kind == KIND_VERIFY:

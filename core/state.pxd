@@ -25,6 +25,7 @@ cpdef enum Kind:                 # transaction kinds: metrics "type", journal, p
     KIND_VENUE = 17              # venue entry (museum, library, scenic spot, sports venue)
     KIND_CREDIT = 18             # top-up or disbursement credited by an operator
     KIND_CARD_ADMIN = 19         # card issued or its status changed by an operator
+    KIND_TOPUP = 21              # cash paid in at a kiosk (20 is the journal's VOID_REVERSAL)
     N_KINDS = 32
 
 cpdef enum Proto:
@@ -40,6 +41,7 @@ cpdef enum TerminalKind:
     TERM_VERIFIER = 5            # identity verification (hotels, counters)
     TERM_VENUE = 6               # museum, library, scenic spot, sports venue gates
     TERM_MEDICAL = 7             # hospital and pharmacy settlement terminals
+    TERM_KIOSK = 8               # top-up machines at stations and service halls (圈存)
 
 cpdef enum DataScope:            # what identity verification may return to a terminal
     SCOPE_DEFAULT = 0            # masked name, age band, issuing region

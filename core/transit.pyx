@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Transit taps, online and uploaded from offline gates.
 
-Bus and ferry readers charge a flat fare on boarding; metro gates open a trip on tap-in and
+Kiosks at stations top cards up (圈存). Bus and ferry readers charge a flat fare on boarding; metro gates open a trip on tap-in and
 charge the fare for the network distance on tap-out (a missing tap-out or tap-in costs the
 network's maximum fare). Concessions come from the city's policy table (elderly by age,
 disabled); a ride that starts within the city's transfer window after the previous one ended
@@ -107,4 +107,25 @@ cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil:
         j.balance_fen -= fare
         j.a = (<uint64_t>trip_station << 32) | trip_time
     r.amount_fen = fare if r.rc == RC_00 else 0
+    a.commit(j, r)
+
+
+cdef void topup(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """Cash paid in at a kiosk (圈存) onto the card's account; a card on the deny list comes
+    off it once the balance is back at zero or above. Lost, frozen and replaced cards are
+    refused like anywhere else: the money would go where the holder cannot spend it."""
+    cdef int64_t idx = a.state.find_card(t.pan)
+    cdef JRec* j
+    if a.duplicate(t, idx, r):
+        return
+    if a.card_checks(t, idx, r) >= 0:
+        r.rc = RC_13 if t.amount_fen <= 0 or t.amount_fen > a.max_topup_fen else RC_00
+    j = a.record(t, r, idx)
+    if j == NULL:
+        return
+    j.b = <uint64_t>t.amount_fen       # as asked: a retransmission must match it
+    if r.rc == RC_00:
+        j.amount_fen = t.amount_fen
+        j.balance_fen += t.amount_fen
+    r.amount_fen = t.amount_fen if r.rc == RC_00 else 0
     a.commit(j, r)

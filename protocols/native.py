@@ -117,8 +117,17 @@ class VenueEntry(msgspec.Struct, array_like=True, tag=9, frozen=True):
     card: str
 
 
+class TopUp(msgspec.Struct, array_like=True, tag=10, frozen=True):
+    """Cash paid in at a kiosk (圈存) onto the card's account, in fen (at most the switch's
+    ``limits.max_topup_fen``); takes a card off the deny list once its balance is back at 0."""
+
+    seq: int
+    card: str
+    amount_fen: int
+
+
 Request = (SignOn | Heartbeat | Tap | Verify | OfflineTap | DenyListSync | Medical
-           | MedicalRefund | VenueEntry)
+           | MedicalRefund | VenueEntry | TopUp)
 
 
 # ---- replies --------------------------------------------------------------------------------
@@ -225,8 +234,16 @@ class ErrorReply(msgspec.Struct, array_like=True, tag=199, frozen=True):
     message: str
 
 
+class TopUpReply(msgspec.Struct, array_like=True, tag=110, frozen=True):
+    seq: int
+    rc: str
+    amount_fen: int
+    balance_fen: int
+
+
 Reply = (SignOnReply | HeartbeatReply | TapReply | VerifyReply | OfflineTapReply
-         | DenyListReply | MedicalReply | MedicalRefundReply | VenueReply | ErrorReply)
+         | DenyListReply | MedicalReply | MedicalRefundReply | VenueReply | TopUpReply
+         | ErrorReply)
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(list[Request])

@@ -194,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="replace an existing data set")
     d.set_defaults(func=cmd_demo_data)
     t = common(sub.add_parser("terminals", help="list terminals with their master keys"))
-    t.add_argument("--kind", choices=("pos", "gate", "bus", "ferry", "verifier", "venue",
+    t.add_argument("--kind", choices=("pos", "gate", "bus", "ferry", "verifier", "venue", "kiosk",
                                       "medical"))
     t.add_argument("--limit", type=int, default=50)
     t.set_defaults(func=cmd_terminals)

@@ -43,6 +43,7 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     daily_limit_fen: Positive = 500_000
     max_amount_fen: Positive = 10_000_000
+    max_topup_fen: Positive = 100_000        # cash paid in at a kiosk, per top-up
 
 
 class FxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

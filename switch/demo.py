@@ -44,6 +44,7 @@ from onecard.core.state import (
     KIND_SETTLE,
     KIND_SIGNON,
     KIND_TAP,
+    KIND_TOPUP,
     KIND_VENUE,
     KIND_VERIFY,
     KIND_VOID,
@@ -57,6 +58,7 @@ from onecard.core.state import (
     SCOPE_LODGING,
     TERM_BUS_READER,
     TERM_FERRY_READER,
+    TERM_KIOSK,
     TERM_MEDICAL,
     TERM_METRO_GATE,
     TERM_POS,
@@ -100,6 +102,7 @@ PERMITTED = {
     TERM_VERIFIER: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_VERIFY),
     TERM_VENUE: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_VENUE),
     TERM_MEDICAL: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_MEDICAL, KIND_MEDICAL_REFUND),
+    TERM_KIOSK: _bit(KIND_SIGNON, KIND_HEARTBEAT, KIND_TOPUP),
 }
 POLICY_INDEX = {name: i for i, (name, _, _) in enumerate(POLICIES_PRICE)}
 BUS_READERS_PER_REGION = 10
@@ -121,6 +124,7 @@ PER_REGION = (
     (TERM_VENUE, PROTO_NATIVE, "sports venue", "SPORT-VENUE", "sports venue", SCOPE_DEFAULT, 2),
     (TERM_MEDICAL, PROTO_NATIVE, "hospital", "MED-SETTLE", "none", SCOPE_DEFAULT, 3),
     (TERM_MEDICAL, PROTO_NATIVE, "pharmacy", "MED-SETTLE", "none", SCOPE_DEFAULT, 2),
+    (TERM_KIOSK, PROTO_NATIVE, "service hall", "TRN-TOPUP", "none", SCOPE_DEFAULT, 2),
 )
 CROSS_BORDER_POS = 10
 BANKS = ("中国工商银行", "中国农业银行", "中国银行", "中国建设银行", "交通银行", "中国邮政储蓄银行",
@@ -244,7 +248,8 @@ def _write_terminals(conn, region_rows) -> int:
     serial: dict[str, int] = {}
     rows = []
     letters = {TERM_POS: "P", TERM_METRO_GATE: "G", TERM_BUS_READER: "B",
-               TERM_FERRY_READER: "F", TERM_VERIFIER: "V", TERM_VENUE: "E", TERM_MEDICAL: "M"}
+               TERM_FERRY_READER: "F", TERM_VERIFIER: "V", TERM_VENUE: "E", TERM_MEDICAL: "M",
+               TERM_KIOSK: "K"}
 
     def add(kind, protocol, r, place, app, name, *, operator=None, station=None,
             policy="none", scope=SCOPE_DEFAULT):

@@ -220,6 +220,9 @@ CATALOGUE = (
                    "province"),
     CatalogueEntry("HR-SUBSIDY", "人社补贴发放", "Human resources subsidies", "human resources",
                    1, "province"),
+    # Appended: an application's index is its identity in the terminals table and journal.
+    CatalogueEntry("TRN-TOPUP", "自助圈存充值", "Top-up at kiosks", "transit", 2,
+                   "province,group"),
 )
 
 # Price policies: (name, base price fen, rules). A rule is (kind, param, pct paid, hour from,

@@ -116,6 +116,7 @@ class Switch:
                              max_native_frame=config.server.max_native_frame_bytes,
                              max_native_batch=config.server.max_native_batch,
                              fx_rates=config.fx.rates())
+        self.engine.authoriser.max_topup_fen = config.limits.max_topup_fen
         self.durable_no = loaded.next_record_no
         self.waiting: deque = deque()
         self.paused: set[Connection] = set()

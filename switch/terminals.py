@@ -17,7 +17,8 @@ from onecard.protocols import native
 from onecard.switch import snapshots, store
 
 ALG_NAMES = {1: "x919", 2: "sm4"}
-KIND_NAMES = {1: "pos", 2: "gate", 3: "bus", 4: "ferry", 5: "verifier", 6: "venue", 7: "medical"}
+KIND_NAMES = {1: "pos", 2: "gate", 3: "bus", 4: "ferry", 5: "verifier", 6: "venue", 7: "medical",
+              8: "kiosk"}
 REQUEST_TPDU_HEADER = bytes.fromhex("6000030000") + bytes.fromhex("603100000000")
 
 

@@ -182,7 +182,7 @@ def test_hmt_residents_cards_go_through_the_lifecycle_like_locals(api, sw, suppl
     sock, pos = iso_session(sw, supply.terminal("FIN-PAY", 44))
     seen = []
     for pan in (hmt, local):
-        steps = [results(disburse(api, "LONGEVITY", "2026-09", [(pan, 30_000)]))[0],
+        steps = [results(disburse(api, "LONGEVITY", "2024-01", [(pan, 30_000)]))[0],
                  pos.send(pos.purchase(pan, 100))[0]["39"],
                  api.post(f"/admin/cards/{pan}/loss").json()["status"],
                  pos.send(pos.purchase(pan, 100))[0]["39"],

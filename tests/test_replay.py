@@ -1,9 +1,9 @@
 """Recovery rests on one invariant: applying the journal to the state it started from gives
 exactly the live state. This drives every kind of transaction the services add (voids,
 settlements, canteen meals, taps, offline uploads into the red, deny-list changes, medical
-settlements and refunds, verifications, venue entries, top-ups, disbursements, card loss,
-replacement) through the engine, then replays the journal on a freshly loaded copy and
-compares every mutable array and map."""
+settlements and refunds, verifications, venue entries, kiosk and operator top-ups,
+disbursements, card loss, replacement) through the engine, then replays the journal on a
+freshly loaded copy and compares every mutable array and map."""
 
 import time
 
@@ -14,6 +14,7 @@ from onecard.core.state import (
     CARD_LOST,
     CARD_REPLACED,
     TERM_BUS_READER,
+    TERM_KIOSK,
     TERM_MEDICAL,
     TERM_METRO_GATE,
     TERM_POS,
@@ -77,7 +78,9 @@ def drive(world) -> None:
            for i in range(3)]
     assert {r.rc for r in bus.send(ups)} == {"00"} and world.balance(poor) < 0
     assert bus.send([native.DenyListSync(bus.next_seq(), 0)])[0].added == [poor_pan]
-    assert operations.credit(world.engine.authoriser, int(poor_pan), 10_000)[0] == "00"
+    assert operations.credit(world.engine.authoriser, int(poor_pan), 100)[0] == "00"
+    kiosk = native_at(world, TERM_KIOSK)
+    assert kiosk.send([native.TopUp(kiosk.next_seq(), poor_pan, 10_000)])[0].rc == "00"
 
     doctor = native_at(world, TERM_MEDICAL, "hospital")
     bills = [doctor.next_seq() for _ in range(3)]

@@ -14,16 +14,18 @@ import math
 import sqlite3
 import time
 
+import msgspec
 import numpy as np
 import pytest
 
-from onecard.core import operations
+from onecard.core import crypto, operations
 from onecard.core.engine import NATIVE
 from onecard.core.state import (
     HOLDER_DISABLED,
     HOLDER_HMT,
     TERM_BUS_READER,
     TERM_FERRY_READER,
+    TERM_KIOSK,
     TERM_METRO_GATE,
 )
 from onecard.protocols import native
@@ -386,6 +388,53 @@ def test_negative_offline_balance_denies_online_taps_until_topped_up(world):
     assert ok.rc == "00" and world.balance(idx) == 1000 - ok.fare_fen
     cleared = sync(bus, listed.version)
     assert (cleared.version, cleared.added, cleared.removed) == (listed.version + 1, [], [pan])
+
+
+def kiosk(world, region_code: int = 310000) -> NativeTerminal:
+    return reader(world, TERM_KIOSK, region_code)
+
+
+def top_up(t: NativeTerminal, pan: str, amount_fen: int, seq: int | None = None):
+    (r,) = t.send([native.TopUp(seq or t.next_seq(), pan, amount_fen)])
+    return r
+
+
+def test_kiosk_top_up_credits_once_and_takes_the_card_off_the_deny_list(world):
+    k, bus = kiosk(world), reader(world, TERM_BUS_READER, 310000)
+    pan, idx = world.card(31, **YOUNG)
+    world.set_balance(idx, 0)
+    start = sync(bus, 0).version
+    bus.send([offline(bus, 1001, pan, 0, T0)])                         # below zero: listed
+    owed = -world.balance(idx)
+    assert owed > 0 and tap(bus, pan, when=T0 + 100 * MIN).rc == "05"
+    seq = k.next_seq()
+    paid = top_up(k, pan, owed + 5_000, seq)
+    assert isinstance(paid, native.TopUpReply)
+    assert (paid.rc, paid.amount_fen, paid.balance_fen) == ("00", owed + 5_000, 5_000)
+    again = top_up(k, pan, owed + 5_000, seq)                          # a retransmission
+    assert again == paid and world.balance(idx) == 5_000               # credited once
+    assert top_up(k, pan, 1, seq).rc == "94"                           # same seq, other amount
+    assert tap(bus, pan, when=T0 + 200 * MIN).rc == "00"
+    cleared = sync(bus, start)
+    assert (cleared.added, cleared.removed) == ([], [pan])             # net: off the list
+
+
+def test_kiosk_top_up_refusals(world):
+    k = kiosk(world)
+    pan, idx = world.card(31, **YOUNG)
+    before = world.balance(idx)
+    assert top_up(k, pan, 100_001).rc == "13"                          # over max_topup_fen
+    body = msgspec.msgpack.encode([[10, k.next_seq(), pan, 0]])        # a zero amount
+    (frame,) = k.send_raw(native.encode_frame(k.info.tid, body, crypto.mac(k.alg, k.mak, body)))
+    (bad,) = native.decode_replies(frame.body)
+    assert bad.rc == "30" and "amount_fen" in bad.message
+    outsider, _ = world.card(44)
+    assert top_up(k, outsider, 1_000).rc == "62"                       # not in the YRD group
+    lost, _ = world.card(31, status=1)
+    assert top_up(k, lost, 1_000).rc == "41"
+    gate_reader = reader(world, TERM_BUS_READER, 310000)
+    assert top_up(gate_reader, pan, 1_000).rc == "58"                  # a reader cannot
+    assert world.balance(idx) == before
 
 
 def test_whole_list_sync_gives_a_card_relisted_after_a_top_up_as_denied(world):
