@@ -59,7 +59,9 @@ class FxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Operator tokens and roles; created with one operator per role on first start (0600).
     tokens_file: str = "admin-tokens.toml"
-    max_disbursement_items: Annotated[int, Meta(ge=1, le=10_000_000)] = 1_000_000
+    # Items per POST: a batch is validated and recorded on the event loop that also serves
+    # the terminals, so a bigger one would stall them (onecard disburse sends 10,000 a time).
+    max_disbursement_items: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
 
 
 class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
