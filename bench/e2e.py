@@ -45,7 +45,9 @@ def run_load(ports: dict, data_dir: Path, protocol: str, connections: int, windo
            protocol, "--port", str(port), "--connections", str(connections), "--window",
            str(window), "--duration", str(duration), "--data-dir", str(data_dir),
            "--balance-share", "0", "--json", str(out)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:              # say why (e.g. too few gates for that many)
+        raise SystemExit(f"onecard load {connections}x{window} failed:\n{done.stderr.strip()}")
     return json.loads(out.read_text())
 
 
