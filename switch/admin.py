@@ -30,6 +30,7 @@ from onecard.switch.operators import Operator, Operators
 from onecard.switch.server import Switch
 
 PROBLEM = "application/problem+json"
+PUBLISHED_CACHE_ENTRIES = 1024          # distinct filter combinations kept
 STATUS_NAMES = {0: "active", 1: "lost", 2: "frozen", 3: "cancelled", 4: "replaced"}
 
 
@@ -63,6 +64,10 @@ class AdminApi:
         # new credits the handler waits for durability, and a second identical batch read in
         # that gap would pay again.
         self.disbursing = asyncio.Lock()
+        # The public catalogue is unauthenticated: answered from memory, so that a flood of
+        # GETs cannot take the event loop from the terminals. Only this process changes the
+        # catalogue, and every change clears the cache.
+        self.published: dict[tuple, bytes] = {}
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -136,14 +141,20 @@ class AdminApi:
 
     async def public_catalogue(self, request: web.Request) -> web.Response:
         q = request.query
-        try:
-            region = int(q["region"]) if "region" in q else None
-            return web.json_response(catalogue.listing(self.db, region=region,
-                                                       domain=q.get("domain"),
-                                                       place=q.get("place")),
-                                     dumps=lambda d: json.dumps(d, ensure_ascii=False))
-        except ValueError as exc:
-            return problem_response(400, "Bad Request", str(exc))
+        key = (q.get("region"), q.get("domain"), q.get("place"))
+        body = self.published.get(key)
+        if body is None:
+            try:
+                region = int(key[0]) if key[0] is not None else None
+                listing = catalogue.listing(self.db, region=region, domain=key[1],
+                                            place=key[2])
+            except ValueError as exc:
+                return problem_response(400, "Bad Request", str(exc))
+            body = json.dumps(listing, ensure_ascii=False).encode()
+            if len(self.published) >= PUBLISHED_CACHE_ENTRIES:
+                self.published.clear()
+            self.published[key] = body
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
     async def catalogue_change(self, request: web.Request, op: Operator) -> web.Response:
         method = request.method
@@ -160,6 +171,7 @@ class AdminApi:
             status = 404 if "no application" in str(exc) else 409 if "exists" in str(exc) else 422
             raise Problem(status, "Catalogue change refused", str(exc)) from exc
         self.switch.state.set_catalogue(*catalogue.build(self.db))     # next batch uses it
+        self.published.clear()
         self.audit(op, f"catalogue.{action}", code, {**fields, "version": version})
         return web.json_response({"code": code, "action": action, "version": version})
 
