@@ -72,6 +72,7 @@ def test_terminals_lists_ids_and_keys(demo_dir):
     ("iso8583", ["--window", "8"]),
     ("native", ["--window", "8", "--processes", "2"]),
     ("mixed", ["--rate", "2000"]),
+    ("iso8583", ["--rate", "3000", "--tick-us", "0"]),
 ])
 def test_load_generator_against_a_real_switch(running_switch, tmp_path, protocol, extra):
     port = running_switch.native if protocol == "native" else running_switch.iso
