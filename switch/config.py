@@ -27,6 +27,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Replies waiting for the journal before a connection stops being read (backpressure).
     max_waiting_batches: Annotated[int, Meta(ge=16)] = 100_000
     write_buffer_high_bytes: Annotated[int, Meta(ge=4096)] = 4 << 20
+    # A connection that sends nothing for idle_timeout_s is closed (terminals heartbeat every
+    # minute or so); one that stops halfway through a frame, after partial_frame_timeout_s,
+    # so that a half-sent frame cannot hold a socket for ever. 0 disables either.
+    idle_timeout_s: Annotated[int, Meta(ge=0, le=86_400)] = 900
+    partial_frame_timeout_s: Annotated[int, Meta(ge=0, le=3_600)] = 30
 
 
 class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -89,6 +89,10 @@ class SwitchCollector(Collector):
         for p, name in PROTOCOL_NAMES.items():
             conns.add_metric([name], len(sw.connections[p]))
         yield conns
+        yield CounterMetricFamily("onecard_idle_connections_closed",
+                                  "Connections closed for sending nothing (or half a frame) "
+                                  "for longer than the configured timeout",
+                                  value=sw.idle_closed)
         yield GaugeMetricFamily("onecard_journal_pending_records",
                                 "Journal records decided but not yet durable",
                                 value=sw.engine.journal.next_no - sw.durable_no)

@@ -29,6 +29,7 @@ from onecard.switch.loader import Loaded
 from onecard.switch.snapshots import Checkpointer
 
 log = logging.getLogger("onecard.server")
+IDLE_SWEEP_S = 1.0              # how often connections are checked for the idle timeouts
 
 PROTOCOL_NAMES = {ISO8583: "iso8583", NATIVE: "native"}
 
@@ -40,7 +41,7 @@ class ListenError(Exception):
 class Connection(asyncio.Protocol):
     """One terminal link. Buffers partial frames; everything else is the core's."""
 
-    __slots__ = ("_buf", "closing", "paused", "peer", "proto", "switch", "transport")
+    __slots__ = ("_buf", "closing", "last_rx", "paused", "peer", "proto", "switch", "transport")
 
     def __init__(self, switch: Switch, proto: int) -> None:
         self.switch = switch
@@ -50,6 +51,7 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.peer = None
+        self.last_rx = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -65,6 +67,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.last_rx = time.monotonic()
         buf = self._buf
         if buf:
             buf += data
@@ -123,6 +126,7 @@ class Switch:
         self.connections: dict[int, set[Connection]] = {ISO8583: set(), NATIVE: set()}
         self.listeners: list[Listener] = []
         self.failed: BaseException | None = None
+        self.idle_closed = 0
         self.stopped = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -286,6 +290,26 @@ class Switch:
                 self.checkpoint()
                 last = time.monotonic()
 
+    async def _idle_loop(self) -> None:
+        srv = self.config.server
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_S)
+            now = time.monotonic()
+            for conns in self.connections.values():
+                for conn in list(conns):
+                    idle_s = now - conn.last_rx
+                    if conn.transport is None or conn.closing:
+                        continue
+                    if ((srv.idle_timeout_s and idle_s > srv.idle_timeout_s)
+                            or (srv.partial_frame_timeout_s and conn._buf
+                                and idle_s > srv.partial_frame_timeout_s)):
+                        self.idle_closed += 1
+                        log.info("closing %s connection from %s: nothing received for %.0f s%s",
+                                 PROTOCOL_NAMES[conn.proto], conn.peer, idle_s,
+                                 " in the middle of a frame" if conn._buf else "")
+                        conn.closing = True
+                        conn.transport.close()
+
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -306,6 +330,8 @@ class Switch:
                                   f"running? set server.{PROTOCOL_NAMES[proto]}_port)") from exc
             self.listeners.append(Listener(PROTOCOL_NAMES[proto], server))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+        if srv.idle_timeout_s or srv.partial_frame_timeout_s:
+            self._tasks.append(asyncio.create_task(self._idle_loop()))
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,6 +4,7 @@ metrics and health over HTTP, graceful stop."""
 import asyncio
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from onecard.core.state import TERM_BUS_READER, TERM_POS
 from onecard.protocols import native
 
+from conftest import start_switch
 from termsim import IsoTerminal, NativeTerminal, iso_decode, socket_exchange
 
 pytestmark = pytest.mark.slow
@@ -187,5 +189,28 @@ def test_graceful_stop_checkpoints_and_restart_keeps_balances(switch_dir, world)
         (after,) = t.send(t.balance(pan))
         assert int(after["54"][8:]) == int(before["54"][8:]) - 4321
         sock.close()
+    finally:
+        sw.stop()
+
+
+def test_half_sent_frames_and_silent_connections_are_closed(switch_dir, tmp_path, world):
+    cfg = tmp_path / "onecard.toml"
+    cfg.write_text("[server]\nidle_timeout_s = 4\npartial_frame_timeout_s = 1\n")
+    sw = start_switch(switch_dir, "--config", str(cfg))
+    try:
+        half = socket.create_connection(("127.0.0.1", sw.iso), timeout=15)
+        half.sendall(b"\x00\x40\x60")                 # a length prefix and one byte of 64
+        silent = socket.create_connection(("127.0.0.1", sw.native), timeout=15)
+        busy_sock, busy = iso_terminal(sw, world)
+        for _ in range(14):                            # 7 s: a terminal that talks stays
+            time.sleep(0.5)
+            (echo,) = busy.send(busy.build("0820", {"11": busy.next_stan()}, mac=False))
+            assert echo["39"] == "00"
+        assert half.recv(100) == b"" and silent.recv(100) == b""     # closed by the switch
+        _, _, body = http_get(sw, "/metrics")
+        closed = next(f for f in text_string_to_metric_families(body)
+                      if f.name == "onecard_idle_connections_closed")
+        assert closed.samples[0].value == 2
+        busy_sock.close()
     finally:
         sw.stop()
