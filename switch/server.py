@@ -241,6 +241,7 @@ class Switch:
         if self.paused and len(waiting) < self.config.server.max_waiting_batches // 2:
             for conn in list(self.paused):
                 conn.paused = False
+                conn.last_rx = time.monotonic()    # the pause is not the terminal's silence
                 if conn.transport is not None:
                     conn.transport.resume_reading()
             self.paused.clear()
@@ -298,8 +299,8 @@ class Switch:
             for conns in self.connections.values():
                 for conn in list(conns):
                     idle_s = now - conn.last_rx
-                    if conn.transport is None or conn.closing:
-                        continue
+                    if conn.transport is None or conn.closing or conn.paused:
+                        continue           # paused: not read because of the switch's backlog
                     if ((srv.idle_timeout_s and idle_s > srv.idle_timeout_s)
                             or (srv.partial_frame_timeout_s and conn._buf
                                 and idle_s > srv.partial_frame_timeout_s)):
