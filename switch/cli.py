@@ -106,7 +106,8 @@ async def _serve(config: Config, loaded) -> int:
           f"per card), {loaded.state.n_terminals:,} terminals; recovered in "
           f"{loaded.seconds:.2f} s ({loaded.replayed:,} journal records replayed)")
     print(f"onecard: listening iso8583 {host}:{iso}   (POS terminals: ISO 8583, TPDU + header)")
-    print(f"onecard: listening native {host}:{nat}   (gates, readers, kiosks, verifiers, venues, medical: MessagePack)")
+    print(f"onecard: listening native {host}:{nat}   (gates, readers, kiosks, verifiers, "
+          "venues, medical: MessagePack)")
     print(f"onecard: listening http {host}:{http_port}   (http://{host}:{http_port}/metrics, "
           "/healthz)")
     print(f"onecard: data in {Path(config.data_dir).resolve()}/ (SQLite journal, checkpoints)")
