@@ -5,6 +5,7 @@ settlements and refunds, verifications, venue entries, kiosk and operator top-up
 disbursements, card loss, replacement) through the engine, then replays the journal on a
 freshly loaded copy and compares every mutable array and map."""
 
+import shutil
 import time
 
 import numpy as np
@@ -22,7 +23,7 @@ from onecard.core.state import (
     TERM_VERIFIER,
 )
 from onecard.protocols import native
-from onecard.switch import loader
+from onecard.switch import loader, snapshots
 
 from termsim import IsoTerminal, NativeTerminal
 
@@ -139,3 +140,22 @@ def test_replaying_the_journal_gives_exactly_the_live_state(world):
     opening = comparable(loader.load(world.data_dir).state.snapshot())
     for name in ("accounts", "cards", "ring", "medical_year", "daily_app", "deny_log"):
         assert not np.array_equal(opening[name], live[name]), name
+
+
+def test_a_checkpoint_restores_exactly_the_live_state(world, tmp_path):
+    """What a graceful stop (or the periodic checkpoint) writes and a start loads: every
+    mutable array and map, including terminals' sessions, batch totals and offline
+    watermarks, the per-application daily totals, the medical year totals and the deny log."""
+    drive(world)
+    first_no, data = world.engine.journal.take()
+    upto = first_no + len(data) // 80
+    live = comparable(world.state.snapshot())
+    copy = tmp_path / "data"
+    shutil.copytree(world.data_dir, copy)
+    snapshots.write(copy, world.state.snapshot(), upto)
+
+    loaded = loader.load(copy)
+    assert loaded.next_record_no == upto and loaded.replayed == 0
+    restored = comparable(loaded.state.snapshot())
+    for name in live:
+        assert np.array_equal(live[name], restored[name]), f"{name} differs after a checkpoint"
