@@ -458,7 +458,7 @@ cdef size_t write_reply(uint8_t* p, Txn* t, uint8_t tag, Res* r, uint32_t now_s)
     cdef uint8_t kind = KIND_TAP if t.kind == KIND_OFFLINE_TAP else t.kind
     p[k] = (0x95 if kind == KIND_TAP or kind == KIND_TOPUP else 0x97 if kind == KIND_VERIFY
             else 0x98 if kind == KIND_MEDICAL or kind == KIND_MEDICAL_REFUND
-            else 0x96 if kind == KIND_VENUE else 0x94)
+            else 0x96 if kind == KIND_VENUE or kind == KIND_DENY_SYNC else 0x94)
     k += 1
     k += mp_w_int(p + k, tag)
     k += mp_w_int(p + k, t.seq)
@@ -481,6 +481,10 @@ cdef size_t write_reply(uint8_t* p, Txn* t, uint8_t tag, Res* r, uint32_t now_s)
         k += mp_w_int(p + k, r.x[2] if ok else 0)
         k += mp_w_int(p + k, r.balance_fen)
         k += mp_w_int(p + k, r.x[3] if ok else 0)
+    elif kind == KIND_DENY_SYNC:           # refused (an allowed sync is written by deny_sync)
+        k += mp_w_int(p + k, 0)
+        k += mp_w_array(p + k, 0)
+        k += mp_w_array(p + k, 0)
     elif kind == KIND_VENUE:
         k += mp_w_int(p + k, r.amount_fen if ok else 0)
         k += mp_w_int(p + k, r.balance_fen)

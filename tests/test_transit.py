@@ -434,6 +434,8 @@ def test_kiosk_top_up_refusals(world):
     assert top_up(k, lost, 1_000).rc == "41"
     gate_reader = reader(world, TERM_BUS_READER, 310000)
     assert top_up(gate_reader, pan, 1_000).rc == "58"                  # a reader cannot
+    (no_list,) = k.send([native.DenyListSync(k.next_seq(), 0)])      # nor a kiosk sync
+    assert isinstance(no_list, native.DenyListReply) and no_list.rc == "58"
     assert world.balance(idx) == before
 
 
