@@ -43,10 +43,15 @@ def test_random_iso_frames(world, bodies):
 
 @FUZZ
 @given(st.data())
-def test_mutated_iso_purchases(world, data):
+def test_mutated_iso_requests(world, data):
     t = world.iso()
     pan, _ = world.card()
-    msg = bytearray(t.purchase(pan, 100))
+    build = data.draw(st.sampled_from([
+        lambda: t.purchase(pan, 100), lambda: t.balance(pan),
+        lambda: t.void(pan, 100, "000001"), lambda: t.reversal(pan, 100, "000001"),
+        lambda: t.void_reversal(pan, 100, "000002"), lambda: t.settlement(100, 1, 0, 0),
+        lambda: t.purchase(pan, 100, extra={"49": "344"})]))
+    msg = bytearray(build())
     for _ in range(data.draw(st.integers(1, 6))):
         pos = data.draw(st.integers(2, len(msg) - 1))
         msg[pos] = data.draw(st.integers(0, 255))
