@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -31,6 +32,7 @@ from onecard.switch.server import Switch
 
 PROBLEM = "application/problem+json"
 PUBLISHED_CACHE_ENTRIES = 1024          # distinct filter combinations kept
+APP_CODE = re.compile(r"[A-Z][A-Z0-9-]{1,23}")
 STATUS_NAMES = {0: "active", 1: "lost", 2: "frozen", 3: "cancelled", 4: "replaced"}
 
 
@@ -145,6 +147,9 @@ class AdminApi:
         body = self.published.get(key)
         if body is None:
             try:
+                if key[0] is not None and not (key[0].isdigit() and len(key[0]) <= 6):
+                    raise ValueError(f"region {key[0]!r}: a province (31) or region code "
+                                     "(310000)")
                 region = int(key[0]) if key[0] is not None else None
                 listing = catalogue.listing(self.db, region=region, domain=key[1],
                                             place=key[2])
@@ -161,9 +166,10 @@ class AdminApi:
         code = request.match_info.get("code")
         fields = await self.body(request) if method in ("POST", "PATCH") else {}
         if method == "POST":
-            code = str(fields.pop("code", ""))
-            if not code:
-                raise Problem(422, "Unprocessable Content", "code is required")
+            code = fields.pop("code", None)
+            if not isinstance(code, str) or not APP_CODE.fullmatch(code):
+                raise Problem(422, "Unprocessable Content", "code: 2-24 characters, capital "
+                              "letters, digits and '-', starting with a letter (e.g. CUL-ZOO)")
         action = {"POST": "add", "PATCH": "change", "DELETE": "retire"}[method]
         try:
             version = catalogue.change(self.db, op.name, action, code, fields)
@@ -266,8 +272,10 @@ class AdminApi:
         pan = request.match_info["pan"]
         self.card(pan)
         amount = (await self.body(request)).get("amount_fen")
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-            raise Problem(422, "Unprocessable Content", "amount_fen must be a positive integer")
+        limit = self.switch.config.limits.max_amount_fen
+        if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= limit:
+            raise Problem(422, "Unprocessable Content", f"amount_fen must be an integer from 1 "
+                          f"to {limit} (limits.max_amount_fen)")
         self.switch.engine.tick()
         code, no = operations.credit(self.switch.engine.authoriser, int(pan), amount,
                                      operator=self.ops.index(op))

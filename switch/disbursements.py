@@ -23,6 +23,7 @@ from onecard.switch import store
 RESULTS = {"00": "credited", "14": "unknown or cancelled card", "13": "invalid amount",
            "94": "already paid for this programme and period", "96": "system error"}
 SYNC_KEY = "disbursements_synced_no"
+MAX_ITEM_FEN = 100_000_000         # one million yuan: no programme pays more to one card
 
 
 def parse_period(value) -> int:
@@ -42,8 +43,9 @@ def parse_items(items) -> tuple[np.ndarray, np.ndarray]:
         card, amount = str(item.get("card", "")), item.get("amount_fen")
         if not (12 <= len(card) <= 19 and card.isdigit()):
             raise ValueError(f"item {i}: card must be 12-19 digits")
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-            raise ValueError(f"item {i}: amount_fen must be a positive integer")
+        if (not isinstance(amount, int) or isinstance(amount, bool)
+                or not 0 < amount <= MAX_ITEM_FEN):
+            raise ValueError(f"item {i}: amount_fen must be an integer from 1 to {MAX_ITEM_FEN}")
         pans[i], amounts[i] = int(card), amount
     return pans, amounts
 
