@@ -164,6 +164,8 @@ def add_arguments(sub, common) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     try:
         return args.admin_func(args, config)
+    except BrokenPipeError:                 # output piped into head and the like
+        return 0
     except (AdminError, ValueError, OSError) as exc:
         print(f"onecard {args.command}: {exc}", file=sys.stderr)
         return 1
