@@ -19,6 +19,7 @@ cdef struct MacKey:
     DES_key_schedule left
     DES_key_schedule right
     void* sm4              # EVP_CIPHER_CTX*, SM4-CBC, owned
+    uint8_t sm4_chain[16]  # the context's CBC chain value after the last MAC
 
 cdef int mackey_set(MacKey* k, int alg, const uint8_t* key16) noexcept nogil
 cdef void mackey_clear(MacKey* k) noexcept nogil
