@@ -126,10 +126,12 @@ cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil
     cdef size_t off = BITMAP_OFF + 8, nd, i
     cdef uint64_t pan = 0
     cdef uint8_t b
-    if avail < PREFIX_BYTES + MIN_MESSAGE + 8 or not (msg[BITMAP_OFF] & 0x40):
+    if avail < PREFIX_BYTES + MIN_MESSAGE + 1 or not (msg[BITMAP_OFF] & 0x40):
         return 0
     if msg[BITMAP_OFF] & 0x80:
         off += 8                     # secondary bitmap
+    if PREFIX_BYTES + off + 1 > avail:
+        return 0                     # never read past the received bytes
     nd = (msg[off] >> 4) * 10 + (msg[off] & 15)
     if nd < 12 or nd > 19 or PREFIX_BYTES + off + 1 + (nd + 1) // 2 > avail:
         return 0

@@ -184,3 +184,18 @@ def test_random_service_traffic_replays_exactly(world):
             live[name], replayed[name] = (np.sort(live[name], order="key"),
                                           np.sort(replayed[name], order="key"))
         assert np.array_equal(live[name], replayed[name]), name
+
+
+@FUZZ
+@given(st.data())
+def test_complete_frames_followed_by_a_cut_one(world, data):
+    """The path looks ahead into the frames that follow (to prefetch their cards): a buffer
+    that ends inside a frame, anywhere, is answered up to it and the rest kept."""
+    t = world.iso()
+    pan, _ = world.card()
+    whole = b"".join(t.purchase(pan, 100 + i) for i in range(data.draw(st.integers(0, 12))))
+    tail = t.purchase(pan, 1)
+    cut = tail[:data.draw(st.integers(1, len(tail) - 1))]
+    consumed, replies, _, close = world.engine.process(ISO8583, whole + cut)
+    assert consumed == len(whole) and not close
+    assert len(frames(replies, 2)) == len(frames(whole, 2))
