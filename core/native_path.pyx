@@ -375,33 +375,21 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
             problem = b"SignOn must be alone in its frame"
     elif tag[0] == TAG_HEARTBEAT:
         t.kind = KIND_HEARTBEAT
-    elif tag[0] == TAG_TAP:
-        t.kind = KIND_TAP
+    elif tag[0] == TAG_TAP or tag[0] == TAG_OFFLINE_TAP:
+        # Same fields; an uploaded tap must say when it happened (0 = "now" online only).
+        t.kind = KIND_TAP if tag[0] == TAG_TAP else KIND_OFFLINE_TAP
         if count < 6:
-            problem = b"Tap is [3, seq, card, station, direction, time_s]"
+            problem = (b"Tap is [3, seq, card, station, direction, time_s]" if t.kind == KIND_TAP
+                       else b"OfflineTap is [5, seq, card, station, direction, time_s]")
         elif parse_card(body, &t.pan):
             problem = b"card must be a string of 12-19 digits"
         elif parse_u32(body, &t.station_id):
             problem = b"station must be an integer 0..4294967295"
         elif mp_int(body, &v) or v < 0 or v > 1:
             problem = b"direction must be 0 (in) or 1 (out)"
-        elif parse_u32(body, &t.time_s):
-            problem = b"time_s must be Unix seconds"
-        else:
-            t.direction = <uint8_t>v
-            extra = count - 6
-    elif tag[0] == TAG_OFFLINE_TAP:
-        t.kind = KIND_OFFLINE_TAP
-        if count < 6:
-            problem = b"OfflineTap is [5, seq, card, station, direction, time_s]"
-        elif parse_card(body, &t.pan):
-            problem = b"card must be a string of 12-19 digits"
-        elif parse_u32(body, &t.station_id):
-            problem = b"station must be an integer 0..4294967295"
-        elif mp_int(body, &v) or v < 0 or v > 1:
-            problem = b"direction must be 0 (in) or 1 (out)"
-        elif parse_u32(body, &t.time_s) or t.time_s == 0:
-            problem = b"time_s must be the Unix seconds the tap happened"
+        elif parse_u32(body, &t.time_s) or (t.kind == KIND_OFFLINE_TAP and t.time_s == 0):
+            problem = (b"time_s must be Unix seconds" if t.kind == KIND_TAP
+                       else b"time_s must be the Unix seconds the tap happened")
         else:
             t.direction = <uint8_t>v
             extra = count - 6
