@@ -117,6 +117,9 @@ class AdminApi:
             raise Problem(404, "Not Found", f"no card {mask(pan)}")
         return idx, int(self.switch.state.cards[idx]["account"])
 
+    def masked(self, idx: int) -> str:
+        return mask(int(self.switch.state.cards[idx]["pan"]))
+
     def card_view(self, idx: int) -> dict:
         st = self.switch.state
         c = st.cards[idx]
@@ -209,8 +212,7 @@ class AdminApi:
         no = operations.card_change(self.switch.engine.authoriser, idx, status=after,
                                     operator=self.ops.index(op))
         await self.durable(no)
-        self.audit(op, f"card.{action}", mask(int(self.switch.state.cards[idx]["pan"])),
-                   {"status": STATUS_NAMES[after]}, no)
+        self.audit(op, f"card.{action}", self.masked(idx), {"status": STATUS_NAMES[after]}, no)
         return web.json_response(self.card_view(idx))
 
     def _new_pan(self, old: int, electronic: bool) -> int:
@@ -264,13 +266,12 @@ class AdminApi:
             raise Problem(422, "Unprocessable Content", "bank: a partner bank's name")
         bank = bank.strip()
         self.db.execute("UPDATE cards SET bank = ? WHERE account = ?", (bank, account))
-        self.audit(op, "card.bank", mask(int(self.switch.state.cards[idx]["pan"])),
-                   {"bank": bank})
+        self.audit(op, "card.bank", self.masked(idx), {"bank": bank})
         return web.json_response(self.card_view(idx))
 
     async def card_topup(self, request: web.Request, op: Operator) -> web.Response:
         pan = request.match_info["pan"]
-        self.card(pan)
+        idx, _ = self.card(pan)
         amount = (await self.body(request)).get("amount_fen")
         limit = self.switch.config.limits.max_amount_fen
         if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= limit:
@@ -282,7 +283,6 @@ class AdminApi:
         if code != "00":
             raise Problem(409, "Conflict", f"top-up refused: {code} {dict(CODES)[code]}")
         await self.durable(no)
-        idx, _ = self.card(pan)
         self.audit(op, "card.topup", mask(pan), {"amount_fen": amount}, no)
         return web.json_response(self.card_view(idx))
 
@@ -298,9 +298,8 @@ class AdminApi:
         entry = self.switch.state.filings.get(account)
         mask_bits = (entry[0] if entry else 0) | (1 << provs.index(province))
         self.switch.state.filings.set(account, mask_bits, 0)
-        self.audit(op, "filing.add", mask(int(self.switch.state.cards[idx]["pan"])),
-                   {"province": province})
-        return web.json_response({"card": mask(int(self.switch.state.cards[idx]["pan"])),
+        self.audit(op, "filing.add", self.masked(idx), {"province": province})
+        return web.json_response({"card": self.masked(idx),
                                   "provinces": [p for i, p in enumerate(provs)
                                                 if mask_bits >> i & 1]}, status=201)
 
