@@ -190,6 +190,15 @@ def copy_demo(demo_dir: Path, tmp_path_factory, name: str = "data") -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def sw(demo_dir, tmp_path_factory, request):
+    """A switch process shared by one module's tests, on that module's own copy of the demo
+    data (tests sharing it take their terminals and cards from ``supply``)."""
+    s = start_switch(copy_demo(demo_dir, tmp_path_factory, request.module.__name__))
+    yield s
+    s.stop()
+
+
 @dataclass
 class HttpReply:
     status: int
@@ -314,3 +323,13 @@ def iso_balance(t: IsoTerminal, pan: str) -> int:
     assert reply["39"] == "00", reply["39"]
     sign = -1 if reply["54"][7] == "D" else 1
     return sign * int(reply["54"][8:])
+
+
+@pytest.fixture(scope="module")
+def supply(demo_dir, terminals) -> Supply:
+    return Supply(demo_dir, terminals)
+
+
+@pytest.fixture
+def api(sw) -> AdminClient:
+    return AdminClient(sw)

@@ -11,7 +11,6 @@ from conftest import (
     AdminClient,
     Supply,
     assert_problem,
-    copy_demo,
     iso_session,
     native_session,
     start_switch,
@@ -20,23 +19,6 @@ from conftest import (
 pytestmark = pytest.mark.slow
 
 FIN_PAY_SCOPE = "province,group,cross_border"
-
-
-@pytest.fixture(scope="module")
-def sw(demo_dir, tmp_path_factory):
-    s = start_switch(copy_demo(demo_dir, tmp_path_factory, "admin"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def supply(demo_dir, terminals) -> Supply:
-    return Supply(demo_dir, terminals)
-
-
-@pytest.fixture
-def api(sw) -> AdminClient:
-    return AdminClient(sw)
 
 
 def codes(listing: dict) -> list[str]:

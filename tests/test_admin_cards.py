@@ -16,7 +16,6 @@ from conftest import (
     AdminClient,
     Supply,
     assert_problem,
-    copy_demo,
     iso_balance,
     iso_session,
     native_session,
@@ -26,23 +25,6 @@ from conftest import (
 pytestmark = pytest.mark.slow
 
 OTHER_PROVINCES = (11, 12, 13, 32, 33, 34, 44)
-
-
-@pytest.fixture(scope="module")
-def sw(demo_dir, tmp_path_factory):
-    s = start_switch(copy_demo(demo_dir, tmp_path_factory, "admin-cards"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def supply(demo_dir, terminals) -> Supply:
-    return Supply(demo_dir, terminals)
-
-
-@pytest.fixture
-def api(sw) -> AdminClient:
-    return AdminClient(sw)
 
 
 def unknown_card(pan: str) -> str:

@@ -5,8 +5,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import AdminClient, copy_demo, start_switch
-
 pytestmark = pytest.mark.slow
 
 ROUTES = (   # (method, path, role)
@@ -27,13 +25,6 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), children, max_size=4),
     max_leaves=12)
-
-
-@pytest.fixture(scope="module")
-def api(demo_dir, tmp_path_factory):
-    sw = start_switch(copy_demo(demo_dir, tmp_path_factory, "admin-fuzz"))
-    yield AdminClient(sw)
-    sw.stop()
 
 
 @settings(max_examples=150, deadline=None,

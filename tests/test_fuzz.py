@@ -61,6 +61,17 @@ def test_mutated_iso_requests(world, data):
     assert consumed == len(body) + 2 and len(frames(replies, 2)) == 1
 
 
+def signed_batch(world, t, messages: list) -> list:
+    """Any list of messages, MessagePack-encoded and MACed as terminal t: the replies, after
+    checking that the whole frame was consumed and the connection is kept."""
+    body = msgspec.msgpack.encode(messages)
+    frame = native.encode_frame(t.info.tid, body, crypto.mac(t.alg, t.mak, body))
+    consumed, replies, _, close = world.engine.process(NATIVE, frame)
+    assert consumed == len(frame) and not close
+    (reply,) = [native.decode_frame(f) for f in frames(replies, 4)]
+    return native.decode_replies(reply.body)
+
+
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
     | st.text(max_size=30) | st.binary(max_size=30),
@@ -72,13 +83,7 @@ values = st.recursive(
 @FUZZ
 @given(st.lists(values, max_size=8))
 def test_random_native_bodies_with_a_valid_mac(world, messages):
-    t = world.native(TERM_BUS_READER)
-    body = msgspec.msgpack.encode(messages)
-    frame = native.encode_frame(t.info.tid, body, crypto.mac(t.alg, t.mak, body))
-    consumed, replies, _, close = world.engine.process(NATIVE, frame)
-    assert consumed == len(frame) and not close
-    (reply,) = [native.decode_frame(f) for f in frames(replies, 4)]
-    decoded = native.decode_replies(reply.body)
+    decoded = signed_batch(world, world.native(TERM_BUS_READER), messages)
     assert all(isinstance(r, native.Reply) for r in decoded)
 
 
@@ -117,12 +122,7 @@ def test_service_messages_get_one_answer_each(world, data):
         st.tuples(st.integers(2, 12), st.integers(1, 2**32 - 1),
                   st.lists(fields, max_size=6)).map(lambda m: [m[0], m[1], *m[2]]),
         min_size=1, max_size=12))
-    body = msgspec.msgpack.encode(messages)
-    frame = native.encode_frame(t.info.tid, body, crypto.mac(t.alg, t.mak, body))
-    consumed, replies, _, close = world.engine.process(NATIVE, frame)
-    assert consumed == len(frame) and not close
-    (reply,) = [native.decode_frame(f) for f in frames(replies, 4)]
-    decoded = native.decode_replies(reply.body)
+    decoded = signed_batch(world, t, messages)
     assert [r.seq for r in decoded] == [m[1] for m in messages]
 
 
