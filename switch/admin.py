@@ -329,7 +329,7 @@ class AdminApi:
 
     async def _disburse(self, op: Operator, code: str, programme: int, period: int,
                         pans: np.ndarray, amounts: np.ndarray) -> web.Response:
-        paid = disbursements.already_paid(self.db, programme, period)
+        paid = disbursements.already_paid(self.db, programme, period, pans)
         _, first = np.unique(pans, return_index=True)
         fresh = np.zeros(len(pans), dtype=bool)
         fresh[first] = True                                 # one credit per card per batch

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import sqlite3
 
 import numpy as np
@@ -64,10 +65,15 @@ def parse_csv(text: str) -> list[dict]:
     return items
 
 
-def already_paid(conn: sqlite3.Connection, programme: int, period: int) -> set[int]:
+def already_paid(conn: sqlite3.Connection, programme: int, period: int,
+                 pans: np.ndarray) -> set[int]:
+    """Which of these cards were credited for the programme and period. Looked up by primary
+    key for the batch's cards only: a province's run arrives in many batches, and reading
+    every row paid so far for each of them would grow with the run."""
+    cards = json.dumps([str(int(p)) for p in pans])
     return {int(p) for (p,) in conn.execute(
-        "SELECT pan FROM disbursements WHERE programme = ? AND period = ? AND result = '00'",
-        (programme, period))}
+        "SELECT pan FROM disbursements WHERE programme = ? AND period = ? AND result = '00' "
+        "AND pan IN (SELECT value FROM json_each(?))", (programme, period, cards))}
 
 
 def record(conn: sqlite3.Connection, programme: int, period: int, pans, amounts, codes, nos,
