@@ -123,9 +123,7 @@ cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil
     prefetch; 0 when there is none). Garbage gives a wrong number, which costs one useless
     prefetch and nothing else: the message is decoded and checked properly later."""
     cdef const uint8_t* msg = frame + PREFIX_BYTES
-    cdef size_t off = BITMAP_OFF + 8, nd, i
-    cdef uint64_t pan = 0
-    cdef uint8_t b
+    cdef size_t off = BITMAP_OFF + 8, nd
     if avail < PREFIX_BYTES + MIN_MESSAGE + 1 or not (msg[BITMAP_OFF] & 0x40):
         return 0
     if msg[BITMAP_OFF] & 0x80:
@@ -135,10 +133,7 @@ cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil
     nd = (msg[off] >> 4) * 10 + (msg[off] & 15)
     if nd < 12 or nd > 19 or PREFIX_BYTES + off + 1 + (nd + 1) // 2 > avail:
         return 0
-    for i in range(nd):
-        b = msg[off + 1 + i // 2]
-        pan = pan * 10 + ((b >> 4) if i % 2 == 0 else (b & 15))
-    return pan
+    return bcd_u64(msg + off + 1, <int>nd)
 
 
 cdef class IsoPath:

@@ -60,6 +60,15 @@ cdef void w_b(IsoWriter* w, int f, const uint8_t* s, int n) noexcept nogil
 cdef size_t w_mac_begin(IsoWriter* w) noexcept nogil
 cdef size_t w_end(IsoWriter* w) noexcept nogil
 
+cdef inline uint64_t bcd_u64(const uint8_t* p, int ndigits) noexcept nogil:
+    """Packed BCD digits (left-aligned, at most 19) as an integer; nibbles are not checked."""
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(ndigits):
+        v = v * 10 + ((p[i >> 1] >> 4) if (i & 1) == 0 else (p[i >> 1] & 15))
+    return v
+
+
 cdef inline bint has_field(IsoMsg* m, int f) noexcept nogil:
     if f <= 64:
         return (m.bitmap[0] >> (64 - f)) & 1

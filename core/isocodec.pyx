@@ -144,15 +144,9 @@ cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
 
 cdef int field_u64(IsoMsg* m, int f, uint64_t* out) noexcept nogil:
     """A numeric field (up to 19 digits) as an integer; -1 if absent or not numeric."""
-    cdef uint64_t v = 0
-    cdef int i
-    cdef const uint8_t* p
     if not has_field(m, f) or FIELDS[f].kind != K_N or m.nlen[f] > 19:
         return -1
-    p = m.p + m.off[f]
-    for i in range(m.nlen[f]):
-        v = v * 10 + ((p[i >> 1] >> 4) if (i & 1) == 0 else (p[i >> 1] & 15))
-    out[0] = v
+    out[0] = bcd_u64(m.p + m.off[f], m.nlen[f])
     return 0
 
 
