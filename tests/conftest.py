@@ -62,6 +62,17 @@ class World:
         self.names = dict(conn.execute("SELECT idx, holder_name FROM cards"))
         conn.close()
 
+    def query(self, sql: str, *args) -> list:
+        """Rows from the data set's database, read only (the expected values of a test come
+        from the same tables the switch loads, not from copies of them)."""
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{self.data_dir / 'onecard.db'}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
     def exchange(self, proto: int):
         def run(data: bytes) -> bytes:
             consumed, replies, _, _ = self.engine.process(proto, data)

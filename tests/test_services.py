@@ -9,7 +9,6 @@ filings, holders), never from the switch's answers.
 
 import datetime as dt
 import json
-import sqlite3
 import time
 
 import msgspec
@@ -44,17 +43,9 @@ MON, WED, SAT = 0, 2, 5
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def query(data_dir, sql: str, *args) -> list:
-    conn = sqlite3.connect(f"file:{data_dir / 'onecard.db'}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
 def service_info(world, place: str, region_code: int, index: int = 0):
-    tids = [tid for (tid,) in query(
-        world.data_dir, "SELECT t.tid FROM terminals t JOIN regions r ON r.idx = t.region_idx "
+    tids = [tid for (tid,) in world.query(
+        "SELECT t.tid FROM terminals t JOIN regions r ON r.idx = t.region_idx "
                         "WHERE t.place = ? AND r.code = ? AND t.protocol = ? "
                         "ORDER BY t.idx", place, region_code, NATIVE)]
     return next(t for t in world.terminals if t.tid == tids[index])
@@ -94,13 +85,13 @@ def set_age(world, idx: int, years: int, on: dt.date, *, days_short: int = 0) ->
 
 
 def holder(world, idx: int) -> tuple[str, str]:
-    ((name, ident),) = query(world.data_dir, "SELECT holder_name, id_number FROM cards "
+    ((name, ident),) = world.query("SELECT holder_name, id_number FROM cards "
                                              "WHERE idx = ?", idx)
     return name, ident
 
 
 def surname(world, idx: int) -> str:
-    ((s,),) = query(world.data_dir, "SELECT surname FROM surnames WHERE idx = ?",
+    ((s,),) = world.query("SELECT surname FROM surnames WHERE idx = ?",
                     int(world.state.accounts["surname"][account(world, idx)]))
     return s
 
@@ -119,8 +110,7 @@ AGE_CASES = [(17, 0, "under 18"), (18, 0, "18-59"), (59, 0, "18-59"), (60, 1, "1
 def test_default_scope_gives_masked_name_age_band_and_region_only(world):
     day = pin_clock(world, WED, 10)
     counter = service(world, "government counter")
-    compound = [i for (i,) in query(world.data_dir,
-                                    "SELECT idx FROM surnames WHERE length(surname) > 1")]
+    compound = [i for (i,) in world.query("SELECT idx FROM surnames WHERE length(surname) > 1")]
     cards = [world.card(31)]
     for p in (31, 32, 33, 34):
         try:
@@ -201,7 +191,7 @@ def test_verify_refuses_lost_cards_and_other_groups_at_counters_not_hotels(world
 
 
 def policy(world, name: str) -> tuple[int, list]:
-    ((base, rules),) = query(world.data_dir, "SELECT base_fen, rules FROM policies "
+    ((base, rules),) = world.query("SELECT base_fen, rules FROM policies "
                                              "WHERE name = ?", name)
     return base, json.loads(rules)
 
@@ -237,7 +227,7 @@ def test_scenic_spot_entitlements_by_age_and_disability(world):
 
 def test_region_group_residents_get_the_morning_window_discount(world):
     base, rules = policy(world, "scenic spot")
-    groups = dict(query(world.data_dir, "SELECT code, grp FROM regions"))
+    groups = dict(world.query("SELECT code, grp FROM regions"))
     cases = [(310000, 32, rule(rules, 4, GROUPS.index(groups[310000]))),
              (110000, 12, rule(rules, 4, GROUPS.index(groups[110000])))]
     for venue_region, province, (entitlement, pct) in cases:
@@ -327,8 +317,8 @@ class Insurance:
     def __init__(self, world, idx: int) -> None:
         code = int(world.state.regions["code"][
             world.state.accounts["region"][account(world, idx)]])
-        ((self.deductible, self.ratio, self.cap),) = query(
-            world.data_dir, "SELECT med_deductible_fen, med_ratio_pct, med_cap_fen "
+        ((self.deductible, self.ratio, self.cap),) = world.query(
+            "SELECT med_deductible_fen, med_ratio_pct, med_cap_fen "
                             "FROM regions WHERE code = ?", code)
         self.deductible_used = self.pool_paid = 0
 
@@ -411,7 +401,7 @@ def test_personal_account_first_then_cash_which_must_be_there(world):
 def filed_card(world) -> tuple[str, int, int]:
     """A usable card whose holder filed for treatment in another province (demo filings)."""
     c = world.state.cards
-    for acct, province in query(world.data_dir, "SELECT account, province FROM filings "
+    for acct, province in world.query("SELECT account, province FROM filings "
                                                 "ORDER BY account"):
         for idx in np.flatnonzero(c["account"] == acct).tolist():
             if (c["status"][idx] == 0 and c["functions"][idx] & 4

@@ -11,7 +11,6 @@ import heapq
 import itertools
 import json
 import math
-import sqlite3
 import time
 
 import msgspec
@@ -43,23 +42,15 @@ YOUNG = {"birth_day": lambda b: b > 30000, "flags": lambda f: f == 0}
 # ---- the data set's tables ----------------------------------------------------------------
 
 
-def query(world, sql: str, *args) -> list:
-    conn = sqlite3.connect(f"file:{world.data_dir / 'onecard.db'}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
 def region_policy(world, code: int) -> dict:
-    (row,) = query(world, "SELECT elderly_age, elderly_pct, disabled_pct, transfer_minutes, "
+    (row,) = world.query("SELECT elderly_age, elderly_pct, disabled_pct, transfer_minutes, "
                           "transfer_discount_fen FROM regions WHERE code = ?", code)
     return dict(zip(("elderly_age", "elderly_pct", "disabled_pct", "transfer_minutes",
                      "transfer_discount_fen"), row, strict=True))
 
 
 def flat_fare(world, operator_code: str) -> int:
-    (row,) = query(world, "SELECT flat_fare_fen FROM operators WHERE code = ?", operator_code)
+    (row,) = world.query("SELECT flat_fare_fen FROM operators WHERE code = ?", operator_code)
     return row[0]
 
 
@@ -79,9 +70,9 @@ class Network:
     """A metro operator's stations (km along each line) and fare rule from the store."""
 
     def __init__(self, world, code: str) -> None:
-        ((rule,),) = query(world, "SELECT fare_rule FROM operators WHERE code = ?", code)
+        ((rule,),) = world.query("SELECT fare_rule FROM operators WHERE code = ?", code)
         self.rule = json.loads(rule)
-        rows = query(world, "SELECT s.id, s.line, s.name, s.km FROM stations s JOIN operators o "
+        rows = world.query("SELECT s.id, s.line, s.name, s.km FROM stations s JOIN operators o "
                             "ON o.idx = s.operator_idx WHERE o.code = ?", code)
         self.ids = {(line, name): sid for sid, line, name, _ in rows}
         self.edges: dict[str, list[tuple[float, str]]] = {}
