@@ -86,13 +86,13 @@ def set_age(world, idx: int, years: int, on: dt.date, *, days_short: int = 0) ->
 
 def holder(world, idx: int) -> tuple[str, str]:
     ((name, ident),) = world.query("SELECT holder_name, id_number FROM cards "
-                                             "WHERE idx = ?", idx)
+                                   "WHERE idx = ?", idx)
     return name, ident
 
 
 def surname(world, idx: int) -> str:
     ((s,),) = world.query("SELECT surname FROM surnames WHERE idx = ?",
-                    int(world.state.accounts["surname"][account(world, idx)]))
+                          int(world.state.accounts["surname"][account(world, idx)]))
     return s
 
 
@@ -192,7 +192,7 @@ def test_verify_refuses_lost_cards_and_other_groups_at_counters_not_hotels(world
 
 def policy(world, name: str) -> tuple[int, list]:
     ((base, rules),) = world.query("SELECT base_fen, rules FROM policies "
-                                             "WHERE name = ?", name)
+                                   "WHERE name = ?", name)
     return base, json.loads(rules)
 
 
@@ -402,7 +402,7 @@ def filed_card(world) -> tuple[str, int, int]:
     """A usable card whose holder filed for treatment in another province (demo filings)."""
     c = world.state.cards
     for acct, province in world.query("SELECT account, province FROM filings "
-                                                "ORDER BY account"):
+                                      "ORDER BY account"):
         for idx in np.flatnonzero(c["account"] == acct).tolist():
             if (c["status"][idx] == 0 and c["functions"][idx] & 4
                     and c["expiry_yymm"][idx] >= int(dt.date.today().strftime("%y%m"))

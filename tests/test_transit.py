@@ -44,7 +44,7 @@ YOUNG = {"birth_day": lambda b: b > 30000, "flags": lambda f: f == 0}
 
 def region_policy(world, code: int) -> dict:
     (row,) = world.query("SELECT elderly_age, elderly_pct, disabled_pct, transfer_minutes, "
-                          "transfer_discount_fen FROM regions WHERE code = ?", code)
+                         "transfer_discount_fen FROM regions WHERE code = ?", code)
     return dict(zip(("elderly_age", "elderly_pct", "disabled_pct", "transfer_minutes",
                      "transfer_discount_fen"), row, strict=True))
 
@@ -73,7 +73,7 @@ class Network:
         ((rule,),) = world.query("SELECT fare_rule FROM operators WHERE code = ?", code)
         self.rule = json.loads(rule)
         rows = world.query("SELECT s.id, s.line, s.name, s.km FROM stations s JOIN operators o "
-                            "ON o.idx = s.operator_idx WHERE o.code = ?", code)
+                           "ON o.idx = s.operator_idx WHERE o.code = ?", code)
         self.ids = {(line, name): sid for sid, line, name, _ in rows}
         self.edges: dict[str, list[tuple[float, str]]] = {}
         for line in {r[1] for r in rows}:
