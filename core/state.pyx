@@ -495,16 +495,26 @@ cdef class State:
 
     def snapshot(self) -> dict:
         """Copies of the mutable state, for a checkpoint."""
-        deny = np.array([self.deny_log[i] for i in range(self.deny_version)], dtype=np.uint32)
+        deny = np.empty(self.deny_version, dtype=np.uint32)
+        cdef uint32_t[::1] deny_view = deny
+        if self.deny_version:                # a C copy: the log grows with every listing
+            memcpy(&deny_view[0], self.deny_log, self.deny_version * sizeof(uint32_t))
         return {"cards": self.cards.copy(), "accounts": self.accounts.copy(),
                 "terminals": self.terminals.copy(), "ring": self.ring.copy(),
                 "daily_app": self.daily_app.export(), "medical_year": self.medical_year.export(),
                 "filings": self.filings.export(), "deny_log": deny}
 
     def restore_deny_log(self, log) -> None:
-        for e in np.asarray(log, dtype=np.uint32).tolist():
-            if self.deny(e & 0x7fffffff, e >> 31) != 0:
-                raise MemoryError()
+        cdef const uint32_t[::1] entries = np.ascontiguousarray(log, dtype=np.uint32)
+        cdef size_t i
+        cdef int failed = 0
+        with nogil:
+            for i in range(entries.shape[0]):
+                if self.deny(entries[i] & 0x7fffffff, entries[i] >> 31) != 0:
+                    failed = 1
+                    break
+        if failed:
+            raise MemoryError()
 
     def memory_report(self) -> dict:
         """Bytes held for cards: records, accounts and the card index, and per card."""
