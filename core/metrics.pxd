@@ -2,6 +2,8 @@
 # Prometheus collector at scrape time. Nothing here is per-message Python.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+from onecard.core.state cimport N_KINDS
+
 cdef enum:
     N_LAT_BOUNDS = 17
     N_BATCH_BOUNDS = 12
@@ -12,7 +14,7 @@ cdef struct BatchRec:
     uint32_t id
     uint8_t proto
     uint8_t pad[3]
-    uint16_t kinds[16]
+    uint16_t kinds[N_KINDS]             # messages of each kind in the batch
 
 cdef class CoreMetrics:
     cdef readonly object counts          # [proto, kind, rc] decisions

@@ -21,6 +21,7 @@ from onecard.core.state import (
     CARD_LOST,
     HOLDER_DISABLED,
     HOLDER_HMT,
+    KIND_HEARTBEAT,
     KIND_VENUE,
     KIND_VERIFY,
     SCOPE_DEFAULT,
@@ -579,3 +580,22 @@ def test_services_over_tcp_and_the_scope_in_the_committed_journal(running_switch
            for r in recs if r["kind"] == KIND_VERIFY}
     assert got == {(counter.info.idx, a.seq): SCOPE_DEFAULT, (hotel.info.idx, b.seq):
                    SCOPE_LODGING}
+
+
+def test_latency_histograms_count_every_kind_of_a_batch(world):
+    """Kinds numbered 16 and up (medical refund, venue, top-up, ...) were counted past the
+    end of a batch's per-kind table, in the next batch's record: once that batch began
+    before the first was written (as when both wait for one commit), the histograms
+    counted its clock reading as venue entries."""
+    gate = service(world, "museum")
+    pan = world.card()[0]
+    m = world.engine.metrics
+    before = m.latency[NATIVE].sum(axis=1).copy()
+    venues = gate.frame([native.VenueEntry(gate.next_seq(), pan) for _ in range(3)])
+    beat = gate.frame([native.Heartbeat(gate.next_seq())])
+    batches = [world.engine.process(NATIVE, frame)[2] for frame in (venues, beat)]
+    for batch in batches:
+        m.written(batch)
+    added = m.latency[NATIVE].sum(axis=1) - before
+    assert added[KIND_VENUE] == 3 and added[KIND_HEARTBEAT] == 1
+    assert added.sum() == 4                             # nothing counted under other kinds
