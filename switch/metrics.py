@@ -83,6 +83,15 @@ class SwitchCollector(Collector):
         yield size
         yield CounterMetricFamily("onecard_journal_records_durable",
                                   "Journal records durable since start", value=c.records)
+        yield GaugeMetricFamily("onecard_journal_wal_frames",
+                                "Pages in the SQLite WAL not yet started over (4 KiB each)",
+                                value=c.wal_frames)
+        yield CounterMetricFamily("onecard_journal_wal_restarts",
+                                  "Times the journal's WAL was written from its start again",
+                                  value=c.wal_restarts)
+        yield CounterMetricFamily("onecard_journal_wal_catch_up_seconds",
+                                  "Time the writer spent between commits copying the WAL's "
+                                  "last frames into the database", value=c.catch_up_us_sum / 1e6)
 
         conns = GaugeMetricFamily("onecard_connections", "Open terminal connections",
                                   labels=["protocol"])

@@ -137,7 +137,8 @@ class Switch:
                                         daemon=True)
         self.checkpointer = Checkpointer(self.data_dir, store.db_path(self.data_dir),
                                          config.store.snapshots_kept,
-                                         wal_limit_bytes=config.store.wal_checkpoint_mb << 20)
+                                         wal_limit_bytes=config.store.wal_checkpoint_mb << 20,
+                                         committer=self.committer)
         self.last_checkpoint_no = loaded.snapshot_upto
         self._pending_checkpoint: tuple[int, dict] | None = None
         self._record_waiters: list[tuple[int, asyncio.Future]] = []

@@ -19,17 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
+from onecard.core.commit import GroupCommitter
+
 log = logging.getLogger("onecard.snapshots")
 
 ARRAYS = ("cards", "accounts", "terminals", "ring")
 PREFIX = "snapshot-"
+WAL_FRAME_HEADER = 24                   # bytes before each page in a SQLite WAL frame
 
 
 def snapshot_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / "snapshots"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a directory or a file someone else writes (a read-only descriptor is enough)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -57,9 +61,9 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, *,
         json.dump({"upto": upto, "arrays": sorted(arrays)}, f)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    _fsync(tmp)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    _fsync(root)
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -82,12 +86,22 @@ def latest(data_dir: str | Path) -> tuple[int, dict[str, np.ndarray]] | None:
 class Checkpointer(threading.Thread):
     """Background housekeeping that must never hold up a commit: publishing checkpoints
     (handed over only once the journal covers them) and copying the SQLite WAL into the
-    database once it has grown past ``wal_limit_bytes`` (PASSIVE, so the writer is never
-    blocked; the writer runs with autocheckpoint off). Copying the WAL competes with commits
-    for the disk, so it is done rarely and in large steps rather than every few pages."""
+    database once it has grown past ``wal_limit_bytes``. Copying competes with commits for
+    the disk, so it is done rarely and in large steps rather than every few pages.
+
+    The copying is PASSIVE (the writer, which runs with autocheckpoint off, is never
+    blocked). Under steady load that alone never finishes: commits add frames while it
+    copies, and SQLite only starts the WAL over once every frame is in the database. So,
+    given the ``committer``, it repeats the copy until only a few frames are left and then
+    asks the writer to copy those between two of its commits (a pause of a millisecond or
+    so); the WAL then stays near ``wal_limit_bytes`` and is rewritten in place."""
+
+    CATCH_UP_FRAMES = 256               # what is left for the writer (1 MiB of 4 KiB pages)
+    MAX_PASSES = 8                      # copies per round before handing over anyway
 
     def __init__(self, data_dir: Path, db_path: Path, keep: int, *,
-                 wal_limit_bytes: int = 64 << 20, wal_interval_s: float = 1.0) -> None:
+                 wal_limit_bytes: int = 64 << 20, wal_interval_s: float = 1.0,
+                 committer: GroupCommitter | None = None) -> None:
         super().__init__(name="onecard-checkpoint", daemon=True)
         self._data_dir = data_dir
         self._db_path = db_path
@@ -95,6 +109,7 @@ class Checkpointer(threading.Thread):
         self._wal_interval_s = wal_interval_s
         self._wal_limit_bytes = wal_limit_bytes
         self._wal_path = Path(f"{db_path}-wal")
+        self._committer = committer
         self._cond = threading.Condition()
         self._request: tuple[int, dict[str, np.ndarray]] | None = None
         self._stopping = False
@@ -115,6 +130,7 @@ class Checkpointer(threading.Thread):
 
     def run(self) -> None:
         conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
+        frame_bytes = conn.execute("PRAGMA page_size").fetchone()[0] + WAL_FRAME_HEADER
         try:
             while True:
                 with self._cond:
@@ -124,9 +140,9 @@ class Checkpointer(threading.Thread):
                     stopping = self._stopping
                 if request is not None:
                     self._publish(*request)
-                if stopping or self._wal_bytes() > self._wal_limit_bytes:
+                if stopping or self._wal_bytes(frame_bytes) > self._wal_limit_bytes:
                     try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        self._copy_wal(conn)
                     except sqlite3.Error as exc:   # retried next round; the WAL only grows
                         log.warning("WAL checkpoint failed: %s", exc)
                 if stopping and request is None:
@@ -134,11 +150,32 @@ class Checkpointer(threading.Thread):
         finally:
             conn.close()
 
-    def _wal_bytes(self) -> int:
+    def _wal_bytes(self, frame_bytes: int) -> int:
+        if self._committer is not None:     # the file keeps its size once rewritten in place
+            return self._committer.wal_frames * frame_bytes
         try:
             return self._wal_path.stat().st_size
         except FileNotFoundError:
             return 0
+
+    def _copy_wal(self, conn: sqlite3.Connection) -> None:
+        # The pragma's frame count is the WAL as this connection saw it when it started; the
+        # committer's count is where the writer is now.
+        for _ in range(self.MAX_PASSES):
+            _busy, _frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if self._committer is None:
+                return
+            left = self._committer.wal_frames - copied
+            if left <= self.CATCH_UP_FRAMES:
+                break
+        else:
+            return                      # the writer outran every pass: try next round
+        if left > 0:
+            # SQLite syncs the database only after a pass that copied everything, which no
+            # pass here does under load: flush the copied pages now, so the writer's own sync
+            # at the end of its short copy has little left to write.
+            _fsync(self._db_path)
+            self._committer.request_catch_up()
 
     def _publish(self, upto: int, arrays: dict[str, np.ndarray]) -> None:
         try:

@@ -94,3 +94,41 @@ def test_small_wal_is_left_alone(db, tmp_path):
     cp.stop()
     cp.join(10)
     conn.close()
+
+
+def test_wal_is_started_over_under_steady_commits(db, tmp_path, world):
+    """Under continuous commits a background checkpoint never catches the writer; with the
+    writer finishing the copy, SQLite writes the WAL from its start again, so the file
+    stays near the limit instead of growing with every commit (and nothing is lost)."""
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    committer = GroupCommitter(str(db), efd, 0)
+    writer = threading.Thread(target=committer.run)
+    writer.start()
+    cp = Checkpointer(tmp_path, db, 2, wal_limit_bytes=256 << 10, wal_interval_s=0.01,
+                      committer=committer)
+    cp.start()
+    journal: Journal = world.engine.journal
+    t = world.iso()
+    pan, _ = world.card()
+    wal = tmp_path / "onecard.db-wal"
+    deadline = time.monotonic() + 30
+    commits = 0
+    # Each commit writes at least one 4 KiB page: 3,000 of them are 12 MB of WAL if it is
+    # never started over.
+    while commits < 3000 and time.monotonic() < deadline:
+        t.send(t.purchase(pan, 1))
+        need = committer.submit(journal)
+        while committer.durable_no < need and time.monotonic() < deadline:
+            time.sleep(0)
+        commits += 1
+    cp.stop()
+    cp.join(10)
+    committer.stop()
+    writer.join(10)
+    assert commits == 3000 and committer.failure() is None
+    assert committer.wal_restarts >= 1 and committer.catch_ups >= 1
+    assert wal.stat().st_size < 4 << 20
+    recs, nos = store.journal_records(sqlite3.connect(db))
+    assert list(nos) == list(range(committer.durable_no))
+    assert int(np.sum(recs["amount_fen"])) == 3000
+    os.close(efd)
