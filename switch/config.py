@@ -41,8 +41,14 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     checkpoint_interval_s: Annotated[float, Meta(ge=1)] = 300.0
     checkpoint_records: Positive = 2_000_000
     snapshots_kept: Annotated[int, Meta(ge=1, le=100)] = 2
-    # The WAL is copied into the database (in the background) once it is this large.
-    wal_checkpoint_mb: Annotated[int, Meta(ge=1, le=65536)] = 64
+    # The WAL is copied into the database (in the background) once it holds this much; it is
+    # then written from its start again. Smaller copies disturb commits' fsyncs less (16 MB
+    # against 64: a third as many requests over 5 ms in an open loop at 50k/s).
+    wal_checkpoint_mb: Annotated[int, Meta(ge=1, le=65536)] = 16
+    # Near saturation (a commit of 64 records or more) the writer waits this long before the
+    # next commit, so that fsyncs, each with a fixed CPU cost on the switch's core, carry
+    # more records. Below that load commits start at once. 0 never waits.
+    commit_linger_us: Annotated[int, Meta(ge=0, le=5000)] = 300
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -132,7 +132,8 @@ class Switch:
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
                                         loaded.next_record_no,
-                                        synchronous=config.store.synchronous)
+                                        synchronous=config.store.synchronous,
+                                        linger_us=config.store.commit_linger_us)
         self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
                                         daemon=True)
         self.checkpointer = Checkpointer(self.data_dir, store.db_path(self.data_dir),

@@ -100,7 +100,7 @@ class Checkpointer(threading.Thread):
     MAX_PASSES = 8                      # copies per round before handing over anyway
 
     def __init__(self, data_dir: Path, db_path: Path, keep: int, *,
-                 wal_limit_bytes: int = 64 << 20, wal_interval_s: float = 1.0,
+                 wal_limit_bytes: int = 16 << 20, wal_interval_s: float = 1.0,
                  committer: GroupCommitter | None = None) -> None:
         super().__init__(name="onecard-checkpoint", daemon=True)
         self._data_dir = data_dir
