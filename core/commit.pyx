@@ -72,11 +72,15 @@ cdef enum:
     N_LAT = 12
     N_SIZE = 9
     MAX_ROW_RECORDS = 1 << 20           # a row is at most 64 MiB
-    # A commit this large means the loop is producing faster than fsyncs complete: the
-    # switch is near saturation, where every fsync's fixed CPU cost (on this VM a doorbell
-    # write and two context switches, ~90 µs of the same core the loop runs on) is worth
-    # saving by waiting a little for more records. Below it, commits start at once.
+    # A commit this large, from batches of several requests each (terminals pipelining),
+    # means the loop is producing faster than fsyncs complete: the switch is near
+    # saturation, where every fsync's fixed CPU cost (on this VM a doorbell write and two
+    # context switches, ~90 µs of the core the loop runs on) is worth saving by waiting a
+    # little for more records. Terminals sending one request at a time come one per batch:
+    # waiting for them would only add latency (they are all in this commit already).
     LINGER_MIN_RECORDS = 64
+    LINGER_MIN_PER_BATCH = 4
+    LINGER_STEP_US = 500
 cdef uint64_t LAT_B[N_LAT]
 cdef uint64_t SIZE_B[N_SIZE]
 for _i, _b in enumerate(LATENCY_BOUNDS_US):
@@ -96,6 +100,7 @@ cdef inline int bucket(const uint64_t* bounds, int n, uint64_t v) noexcept nogil
 cdef struct Buf:
     JRec* recs
     size_t n
+    size_t submits                        # batches (received buffers) the records came in
     size_t cap
     uint64_t first_no
 
@@ -144,6 +149,7 @@ cdef class GroupCommitter:
     cdef bint catch_up                    # finish a checkpoint between two commits
     cdef unsigned int linger_us
     cdef size_t last_n                    # records in the last commit
+    cdef size_t last_submits              # and the batches they came in
     cdef readonly uint64_t lingers
     cdef WalInfo wal
     cdef readonly uint64_t catch_ups, catch_up_us_sum, catch_up_us_max
@@ -213,6 +219,7 @@ cdef class GroupCommitter:
         with nogil:
             pthread_mutex_lock(&self.mu)
             rc = buf_append(&self.pending, journal.recs, n)
+            self.pending.submits += 1
             pthread_cond_signal(&self.cv)
             pthread_mutex_unlock(&self.mu)
         if rc != 0:
@@ -237,23 +244,41 @@ cdef class GroupCommitter:
             if self.pending.n == 0 and not self.catch_up:
                 pthread_mutex_unlock(&self.mu)
                 return
-            if self.linger_us and self.last_n >= LINGER_MIN_RECORDS and not self.stopping:
-                pthread_mutex_unlock(&self.mu)
-                usleep(self.linger_us)
-                self.lingers += 1
-                pthread_mutex_lock(&self.mu)
+            if (self.linger_us and self.last_n >= LINGER_MIN_RECORDS
+                    and self.last_n >= LINGER_MIN_PER_BATCH * self.last_submits
+                    and not self.stopping):
+                self._linger()
             catch_up = self.catch_up
             self.catch_up = False
             tmp = self.writing                       # swap: writing is empty here
             self.writing = self.pending
             self.pending = tmp
             self.pending.n = 0
+            self.pending.submits = 0
             self.pending.first_no = self.writing.first_no + self.writing.n
             pthread_mutex_unlock(&self.mu)
             if self.writing.n and self._commit() != 0:
                 return
             if catch_up:
                 self._catch_up()
+
+    cdef void _linger(self) noexcept nogil:
+        # Called and returns with mu held. Waits in steps while records keep arriving: when
+        # every terminal is already waiting for this commit (a closed loop of window 1) the
+        # first step sees nothing new and the commit starts.
+        cdef unsigned int waited = 0, step = LINGER_STEP_US
+        cdef size_t seen
+        if step > self.linger_us:
+            step = self.linger_us
+        self.lingers += 1
+        while waited < self.linger_us and not self.stopping:
+            seen = self.pending.n
+            pthread_mutex_unlock(&self.mu)
+            usleep(step)
+            pthread_mutex_lock(&self.mu)
+            waited += step
+            if self.pending.n == seen:
+                return
 
     cdef int _commit(self) noexcept nogil:
         cdef uint64_t one = 1, started, us
@@ -286,6 +311,7 @@ cdef class GroupCommitter:
         self.commits += 1
         self.durable_no = self.writing.first_no + self.writing.n
         self.last_n = self.writing.n
+        self.last_submits = self.writing.submits
         self.writing.n = 0
         write(self.efd, &one, 8)
         return 0
