@@ -207,9 +207,10 @@ cdef class GroupCommitter:
         pthread_cond_destroy(&self.cv)
         pthread_mutex_destroy(&self.mu)
 
-    def submit(self, Journal journal) -> int:
+    def submit(self, Journal journal, size_t batches=1) -> int:
         """Move the journal's pending records to the writer; returns the number the next
-        record will get (what a batch answered now must wait for)."""
+        record will get (what a batch answered now must wait for). ``batches``: the
+        received buffers they were decided in (how pipelined the terminals are)."""
         cdef size_t n = journal.n
         cdef int rc
         if n == 0:
@@ -219,7 +220,7 @@ cdef class GroupCommitter:
         with nogil:
             pthread_mutex_lock(&self.mu)
             rc = buf_append(&self.pending, journal.recs, n)
-            self.pending.submits += 1
+            self.pending.submits += batches
             pthread_cond_signal(&self.cv)
             pthread_mutex_unlock(&self.mu)
         if rc != 0:

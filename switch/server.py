@@ -145,12 +145,22 @@ class Switch:
         self._record_waiters: list[tuple[int, asyncio.Future]] = []
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
+        self._submit_soon = False
+        self._batches_unsubmitted = 0
 
     # ---- replies and durability --------------------------------------------------------------
 
     def deliver(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
-        journal = self.engine.journal
-        need = self.committer.submit(journal) if journal.pending else journal.next_no
+        # The records go to the writer once per loop iteration, after every socket that was
+        # ready has been read (call_soon runs after the iteration's I/O callbacks): handed
+        # over per read, a waiting writer would start a commit for the first terminal's
+        # record alone and the rest would wait a whole fsync for the next one.
+        need = self.engine.journal.next_no
+        if need > self.committer.submitted_no:
+            self._batches_unsubmitted += 1
+            if not self._submit_soon:
+                self._submit_soon = True
+                self._loop.call_soon(self._submit_batches)
         if self.committer.durable_no > self.durable_no:
             # A commit finished while this loop iteration was busy with sockets: release its
             # replies now rather than when the event loop reaches the eventfd.
@@ -163,6 +173,12 @@ class Switch:
             conn.paused = True
             self.paused.add(conn)
             conn.transport.pause_reading()
+
+    def _submit_batches(self) -> None:
+        self._submit_soon = False
+        if self.engine.journal.pending:
+            self.committer.submit(self.engine.journal, self._batches_unsubmitted)
+        self._batches_unsubmitted = 0
 
     def _write(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
         transport = conn.transport
