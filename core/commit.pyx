@@ -23,7 +23,6 @@ from onecard.core.wire cimport monotonic_ns, realtime_us
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t write(int fd, const void* buf, size_t n)
-    int usleep(unsigned int us)
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
@@ -72,15 +71,6 @@ cdef enum:
     N_LAT = 12
     N_SIZE = 9
     MAX_ROW_RECORDS = 1 << 20           # a row is at most 64 MiB
-    # A commit this large, from batches of several requests each (terminals pipelining),
-    # means the loop is producing faster than fsyncs complete: the switch is near
-    # saturation, where every fsync's fixed CPU cost (on this VM a doorbell write and two
-    # context switches, ~90 µs of the core the loop runs on) is worth saving by waiting a
-    # little for more records. Terminals sending one request at a time come one per batch:
-    # waiting for them would only add latency (they are all in this commit already).
-    LINGER_MIN_RECORDS = 64
-    LINGER_MIN_PER_BATCH = 4
-    LINGER_STEP_US = 500
 cdef uint64_t LAT_B[N_LAT]
 cdef uint64_t SIZE_B[N_SIZE]
 for _i, _b in enumerate(LATENCY_BOUNDS_US):
@@ -100,7 +90,6 @@ cdef inline int bucket(const uint64_t* bounds, int n, uint64_t v) noexcept nogil
 cdef struct Buf:
     JRec* recs
     size_t n
-    size_t submits                        # batches (received buffers) the records came in
     size_t cap
     uint64_t first_no
 
@@ -147,10 +136,6 @@ cdef class GroupCommitter:
     cdef bint stopping
     cdef bint running
     cdef bint catch_up                    # finish a checkpoint between two commits
-    cdef unsigned int linger_us
-    cdef size_t last_n                    # records in the last commit
-    cdef size_t last_submits              # and the batches they came in
-    cdef readonly uint64_t lingers
     cdef WalInfo wal
     cdef readonly uint64_t catch_ups, catch_up_us_sum, catch_up_us_max
     cdef readonly uint64_t durable_no     # records below this number are durable
@@ -168,8 +153,7 @@ cdef class GroupCommitter:
         pthread_mutex_init(&self.mu, NULL)
         pthread_cond_init(&self.cv, NULL)
 
-    def __init__(self, str path, int eventfd, uint64_t next_no, *, str synchronous="FULL",
-                 unsigned int linger_us=0):
+    def __init__(self, str path, int eventfd, uint64_t next_no, *, str synchronous="FULL"):
         cdef char* err = NULL
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, got {synchronous!r}")
@@ -189,7 +173,6 @@ cdef class GroupCommitter:
                               b"VALUES (?, ?, ?, ?)", -1, &self.insert, NULL) != SQLITE_OK:
             raise OSError(f"{path}: {sqlite3_errmsg(self.db).decode()}")
         self.efd = eventfd
-        self.linger_us = linger_us
         self.durable_no = self.submitted_no = next_no
         self.pending.first_no = next_no
         self.latency = np.zeros(N_LAT + 1, dtype=np.uint64)
@@ -207,10 +190,9 @@ cdef class GroupCommitter:
         pthread_cond_destroy(&self.cv)
         pthread_mutex_destroy(&self.mu)
 
-    def submit(self, Journal journal, size_t batches=1) -> int:
+    def submit(self, Journal journal) -> int:
         """Move the journal's pending records to the writer; returns the number the next
-        record will get (what a batch answered now must wait for). ``batches``: the
-        received buffers they were decided in (how pipelined the terminals are)."""
+        record will get (what a batch answered now must wait for)."""
         cdef size_t n = journal.n
         cdef int rc
         if n == 0:
@@ -220,7 +202,6 @@ cdef class GroupCommitter:
         with nogil:
             pthread_mutex_lock(&self.mu)
             rc = buf_append(&self.pending, journal.recs, n)
-            self.pending.submits += batches
             pthread_cond_signal(&self.cv)
             pthread_mutex_unlock(&self.mu)
         if rc != 0:
@@ -245,41 +226,18 @@ cdef class GroupCommitter:
             if self.pending.n == 0 and not self.catch_up:
                 pthread_mutex_unlock(&self.mu)
                 return
-            if (self.linger_us and self.last_n >= LINGER_MIN_RECORDS
-                    and self.last_n >= LINGER_MIN_PER_BATCH * self.last_submits
-                    and not self.stopping):
-                self._linger()
             catch_up = self.catch_up
             self.catch_up = False
             tmp = self.writing                       # swap: writing is empty here
             self.writing = self.pending
             self.pending = tmp
             self.pending.n = 0
-            self.pending.submits = 0
             self.pending.first_no = self.writing.first_no + self.writing.n
             pthread_mutex_unlock(&self.mu)
             if self.writing.n and self._commit() != 0:
                 return
             if catch_up:
                 self._catch_up()
-
-    cdef void _linger(self) noexcept nogil:
-        # Called and returns with mu held. Waits in steps while records keep arriving: when
-        # every terminal is already waiting for this commit (a closed loop of window 1) the
-        # first step sees nothing new and the commit starts.
-        cdef unsigned int waited = 0, step = LINGER_STEP_US
-        cdef size_t seen
-        if step > self.linger_us:
-            step = self.linger_us
-        self.lingers += 1
-        while waited < self.linger_us and not self.stopping:
-            seen = self.pending.n
-            pthread_mutex_unlock(&self.mu)
-            usleep(step)
-            pthread_mutex_lock(&self.mu)
-            waited += step
-            if self.pending.n == seen:
-                return
 
     cdef int _commit(self) noexcept nogil:
         cdef uint64_t one = 1, started, us
@@ -311,8 +269,6 @@ cdef class GroupCommitter:
         self.records += self.writing.n
         self.commits += 1
         self.durable_no = self.writing.first_no + self.writing.n
-        self.last_n = self.writing.n
-        self.last_submits = self.writing.submits
         self.writing.n = 0
         write(self.efd, &one, 8)
         return 0

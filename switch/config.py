@@ -45,11 +45,6 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # then written from its start again. Smaller copies disturb commits' fsyncs less (16 MB
     # against 64: a third as many requests over 5 ms in an open loop at 50k/s).
     wal_checkpoint_mb: Annotated[int, Meta(ge=1, le=65536)] = 16
-    # Near saturation (a commit of 64 records or more) the writer waits up to this long
-    # before the next commit, in 500 µs steps and only while records keep arriving, so that
-    # fsyncs, each with a fixed CPU cost on the switch's core, carry more records. Below that
-    # load commits start at once. 0 never waits.
-    commit_linger_us: Annotated[int, Meta(ge=0, le=5000)] = 1000
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

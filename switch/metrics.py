@@ -83,10 +83,6 @@ class SwitchCollector(Collector):
         yield size
         yield CounterMetricFamily("onecard_journal_records_durable",
                                   "Journal records durable since start", value=c.records)
-        yield CounterMetricFamily("onecard_commit_lingers",
-                                  "Commits the writer delayed by store.commit_linger_us because "
-                                  "the one before carried 64 records or more",
-                                  value=c.lingers)
         yield GaugeMetricFamily("onecard_journal_wal_frames",
                                 "Pages in the SQLite WAL not yet started over (4 KiB each)",
                                 value=c.wal_frames)

@@ -132,8 +132,7 @@ class Switch:
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
                                         loaded.next_record_no,
-                                        synchronous=config.store.synchronous,
-                                        linger_us=config.store.commit_linger_us)
+                                        synchronous=config.store.synchronous)
         self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
                                         daemon=True)
         self.checkpointer = Checkpointer(self.data_dir, store.db_path(self.data_dir),
@@ -146,7 +145,6 @@ class Switch:
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
         self._submit_soon = False
-        self._batches_unsubmitted = 0
 
     # ---- replies and durability --------------------------------------------------------------
 
@@ -156,11 +154,9 @@ class Switch:
         # over per read, a waiting writer would start a commit for the first terminal's
         # record alone and the rest would wait a whole fsync for the next one.
         need = self.engine.journal.next_no
-        if need > self.committer.submitted_no:
-            self._batches_unsubmitted += 1
-            if not self._submit_soon:
-                self._submit_soon = True
-                self._loop.call_soon(self._submit_batches)
+        if not self._submit_soon and need > self.committer.submitted_no:
+            self._submit_soon = True
+            self._loop.call_soon(self._submit_batches)
         if self.committer.durable_no > self.durable_no:
             # A commit finished while this loop iteration was busy with sockets: release its
             # replies now rather than when the event loop reaches the eventfd.
@@ -176,9 +172,7 @@ class Switch:
 
     def _submit_batches(self) -> None:
         self._submit_soon = False
-        if self.engine.journal.pending:
-            self.committer.submit(self.engine.journal, self._batches_unsubmitted)
-        self._batches_unsubmitted = 0
+        self.submit()
 
     def _write(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
         transport = conn.transport

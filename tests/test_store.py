@@ -133,37 +133,3 @@ def test_wal_is_started_over_under_steady_commits(db, tmp_path, world):
     assert int(np.sum(recs["amount_fen"])) == 3000
     os.close(efd)
 
-
-def test_writer_lingers_only_after_a_large_commit(db, world):
-    """Small commits start at once (light load keeps its latency); after a commit of 64
-    records or more the writer waits ``linger_us`` for more, and still writes everything."""
-    efd = os.eventfd(0, os.EFD_NONBLOCK)
-    committer = GroupCommitter(str(db), efd, 0, linger_us=2000)
-    writer = threading.Thread(target=committer.run)
-    writer.start()
-    journal: Journal = world.engine.journal
-    t = world.iso()
-    pan, _ = world.card()
-
-    def commit(n: int) -> None:
-        t.send(*[t.purchase(pan, 1) for _ in range(n)])
-        need = committer.submit(journal)
-        deadline = time.monotonic() + 10
-        while committer.durable_no < need and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert committer.durable_no == need
-
-    for _ in range(5):
-        commit(3)
-    assert committer.lingers == 0
-    commit(100)
-    commit(3)                                           # follows a large commit: waits
-    assert committer.lingers == 1
-    commit(3)
-    assert committer.lingers == 1                       # the last one was small again
-    committer.stop()
-    writer.join(10)
-    recs, nos = store.journal_records(sqlite3.connect(db))
-    assert list(nos) == list(range(committer.durable_no))
-    assert int(np.sum(recs["amount_fen"])) == 5 * 3 + 100 + 3 + 3
-    os.close(efd)
