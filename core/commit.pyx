@@ -137,7 +137,7 @@ cdef class GroupCommitter:
     cdef bint running
     cdef bint catch_up                    # finish a checkpoint between two commits
     cdef WalInfo wal
-    cdef readonly uint64_t catch_ups, catch_up_us_sum, catch_up_us_max
+    cdef readonly uint64_t catch_ups, catch_up_us_sum
     cdef readonly uint64_t durable_no     # records below this number are durable
     cdef readonly uint64_t submitted_no
     cdef readonly object error            # set (from the loop thread) when a commit failed
@@ -286,8 +286,6 @@ cdef class GroupCommitter:
         us = (monotonic_ns() - started) // 1000
         self.catch_ups += 1
         self.catch_up_us_sum += us
-        if us > self.catch_up_us_max:
-            self.catch_up_us_max = us
 
     def request_catch_up(self) -> None:
         """Ask the writer to finish a WAL checkpoint between its next two commits (the

@@ -97,7 +97,7 @@ class Checkpointer(threading.Thread):
     so); the WAL then stays near ``wal_limit_bytes`` and is rewritten in place."""
 
     CATCH_UP_FRAMES = 256               # what is left for the writer (1 MiB of 4 KiB pages)
-    MAX_PASSES = 8                      # copies per round before handing over anyway
+    MAX_PASSES = 8                      # copies a round; if the writer outran them, next round
 
     def __init__(self, data_dir: Path, db_path: Path, keep: int, *,
                  wal_limit_bytes: int = 16 << 20, wal_interval_s: float = 1.0,
