@@ -29,6 +29,17 @@ from termsim import IsoTerminal, NativeTerminal, socket_exchange
 
 DEMO_CARDS = 4000
 
+# The admin API's routes that change something, with the role each needs: every one must
+# answer bad bodies with a problem document (tests/test_admin.py, tests/test_admin_fuzz.py).
+ADMIN_WRITES = (   # (method, path with {pan}, role)
+    ("POST", "/admin/catalogue", "catalogue"),
+    ("PATCH", "/admin/catalogue/TOUR-SCENIC", "catalogue"),
+    ("POST", "/admin/cards/{pan}/bank", "card"),
+    ("POST", "/admin/cards/{pan}/topup", "finance"),
+    ("POST", "/admin/filings", "card"),
+    ("POST", "/admin/disbursements", "finance"),
+)
+
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:

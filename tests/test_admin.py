@@ -8,6 +8,7 @@ from onecard.protocols import native
 from onecard.switch.reference import CATALOGUE, DOMAINS
 
 from conftest import (
+    ADMIN_WRITES,
     AdminClient,
     Supply,
     assert_problem,
@@ -282,16 +283,10 @@ def test_tokens_and_roles(api, supply, method, path, body, role):
     assert api.view(pan) == view
 
 
-@pytest.mark.parametrize("method,path,role", [
-    ("POST", "/admin/catalogue", "catalogue"),
-    ("PATCH", "/admin/catalogue/FIN-PAY", "catalogue"),
-    ("POST", "/admin/disbursements", "finance"),
-    ("POST", "/admin/filings", "card"),
-    ("POST", "/admin/cards/6213110000000000117/topup", "finance"),
-    ("POST", "/admin/cards/6213110000000000117/bank", "card"),
-])
+@pytest.mark.parametrize("method,path,role", ADMIN_WRITES)
 @pytest.mark.parametrize("raw", [b"{not json", b"", "\u4e2d".encode("gbk"), b"[1, 2]"])
 def test_malformed_bodies_are_400(api, method, path, role, raw):
+    path = path.format(pan="6213110000000000117")
     assert_problem(api.call(method, path, role=role, raw=raw), 400)
 
 
