@@ -1,13 +1,14 @@
 # cython: language_level=3
 """Transit taps, online and uploaded from offline gates.
 
-Kiosks at stations top cards up (圈存). Bus and ferry readers charge a flat fare on boarding; metro gates open a trip on tap-in and
-charge the fare for the network distance on tap-out (a missing tap-out or tap-in costs the
-network's maximum fare). Concessions come from the city's policy table (elderly by age,
-disabled); a ride that starts within the city's transfer window after the previous one ended
-gets the transfer discount. Online taps need the money (the gate stays shut otherwise) and
-refuse cards on the deny list; offline taps are applied in sequence order, once (a watermark
-per terminal), and may take a balance below zero, which puts the card on the deny list.
+Kiosks at stations top cards up (圈存). Bus and ferry readers charge a flat fare on boarding;
+metro gates open a trip on tap-in and charge the fare for the network distance on tap-out (a
+missing tap-out or tap-in costs the network's maximum fare). Concessions come from the city's
+policy table (elderly by age, disabled); a ride that starts within the city's transfer window
+after the previous one ended gets the transfer discount. Online taps need the money (the gate
+stays shut otherwise) and refuse cards on the deny list; offline taps are applied in sequence
+order, once (a watermark per terminal), and may take a balance below zero, which puts the card
+on the deny list.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
