@@ -221,8 +221,10 @@ cdef class State:
     cdef const uint8_t* holder   # [accounts][HOLDER_BYTES], mapped read-only, may be NULL
     cdef uint32_t* cslot
     cdef uint64_t ccap
+    cdef uint32_t cmask          # slot bits holding position + 1 (the rest: a hash tag)
     cdef uint32_t* tslot
     cdef uint64_t tcap
+    cdef uint32_t tmask
     cdef MacKey* mac_keys
     cdef uint32_t* deny_log      # card index | 1 << 31 when removed; version = position + 1
     cdef readonly uint32_t deny_version

@@ -102,24 +102,43 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
 
 
 cdef enum:
-    PREFETCH_PROBES = 3          # index slots whose cards a stage-1 prefetch starts loading
+    PREFETCH_PROBES = 6          # index slots a stage-1 prefetch looks at for its card
 
 
 cdef inline uint64_t home(uint64_t key, uint64_t cap) noexcept nogil:
     return fastrange(mix64(key), cap)
 
 
-cdef inline int64_t probe(const uint32_t* slots, uint64_t cap, const uint8_t* records,
-                          size_t stride, uint64_t key) noexcept nogil:
+cdef inline uint32_t slot_mask(uint64_t cap) noexcept nogil:
+    """The low bits of a slot that hold position + 1: enough for any position below cap. The
+    bits above hold a tag of the key's hash, so a probe skips most slots of other keys
+    without loading their records (at 10^8 cards each such load is a trip to DRAM)."""
+    cdef int bits = 1
+    while bits < 32 and (<uint64_t>1 << bits) <= cap:
+        bits += 1
+    return 0xFFFFFFFF if bits >= 32 else <uint32_t>((<uint64_t>1 << bits) - 1)
+
+
+cdef inline uint32_t slot_tag(uint64_t mixed, uint32_t mask) noexcept nogil:
+    # The low hash bits: the home slot comes from the high ones (fastrange).
+    return <uint32_t>mixed & ~mask
+
+
+cdef inline int64_t probe(const uint32_t* slots, uint64_t cap, uint32_t mask,
+                          const uint8_t* records, size_t stride, uint64_t key) noexcept nogil:
     """Position of the record whose leading uint64 is key, or -1 (linear probing)."""
-    cdef uint64_t h = home(key, cap)
-    cdef uint32_t s
+    cdef uint64_t mixed = mix64(key)
+    cdef uint64_t h = fastrange(mixed, cap)
+    cdef uint32_t s, tag = slot_tag(mixed, mask)
+    cdef size_t pos
     while True:
         s = slots[h]
         if s == 0:
             return -1
-        if (<const uint64_t*>(records + <size_t>(s - 1) * stride))[0] == key:
-            return s - 1
+        if (s & ~mask) == tag:
+            pos = (s & mask) - 1
+            if (<const uint64_t*>(records + pos * stride))[0] == key:
+                return <int64_t>pos
         h += 1
         if h == cap:
             h = 0
@@ -147,29 +166,28 @@ def _capacity(n: int) -> int:
 
 cdef _build_index(const uint64_t* keys, size_t stride_words, uint32_t n, str what,
                   uint64_t cap=0):
-    """Open-addressing index: slot = position + 1, 0 = empty, linear probing."""
+    """Open-addressing index: slot = tag | position + 1 (see slot_mask), 0 = empty, linear
+    probing."""
     if cap == 0:
         cap = _capacity(n)
     slots = np.zeros(cap, dtype=np.uint32)
     advise_huge_pages(slots)
     cdef uint32_t[::1] s = slots
-    cdef uint32_t i
+    cdef uint32_t i, mask = slot_mask(cap)
     cdef uint64_t h, key
     cdef int64_t dup = -1
     with nogil:
         for i in range(n):
             key = keys[<size_t>i * stride_words]
+            if probe(&s[0], cap, mask, <const uint8_t*>keys, stride_words * 8, key) >= 0:
+                dup = i
+                break
             h = home(key, cap)
             while s[h] != 0:
-                if keys[<size_t>(s[h] - 1) * stride_words] == key:
-                    dup = i
-                    break
                 h += 1
                 if h == cap:
                     h = 0
-            if dup >= 0:
-                break
-            s[h] = i + 1
+            s[h] = slot_tag(mix64(key), mask) | (i + 1)
     if dup >= 0:
         raise ValueError(f"duplicate {what} at position {dup}")
     return slots
@@ -338,8 +356,10 @@ cdef class State:
         if self.card_slots is not None:
             self.cslot = <uint32_t*><size_t>self.card_slots.ctypes.data
             self.ccap = len(self.card_slots)
+            self.cmask = slot_mask(self.ccap)
             self.tslot = <uint32_t*><size_t>self.terminal_slots.ctypes.data
             self.tcap = len(self.terminal_slots)
+            self.tmask = slot_mask(self.tcap)
 
     cdef _install_key(self, uint32_t t):
         if mackey_set(&self.mac_keys[t], self.term[t].mac_alg, self.term[t].mak) != 0:
@@ -348,31 +368,32 @@ cdef class State:
     # ---- lookups (hot path) ------------------------------------------------------------------
 
     cdef int64_t find_card(self, uint64_t pan) noexcept nogil:
-        return probe(self.cslot, self.ccap, <const uint8_t*>self.card, sizeof(Card), pan)
+        return probe(self.cslot, self.ccap, self.cmask, <const uint8_t*>self.card, sizeof(Card), pan)
 
     cdef void prefetch(self, uint64_t pan, int stage) noexcept nogil:
         """Start loading what looking up ``pan`` will touch, one step further per stage:
         0 its index slot, 1 its card record, 2 its account. Run over a batch a few messages
         ahead of the authoriser, the cache misses of many cards overlap instead of queueing
         (at 10^8 cards each is a trip to DRAM)."""
-        cdef uint64_t h = home(pan, self.ccap)
-        cdef uint32_t s
+        cdef uint64_t mixed = mix64(pan)
+        cdef uint64_t h = fastrange(mixed, self.ccap)
+        cdef uint32_t s, tag = slot_tag(mixed, self.cmask)
         cdef int k
         cdef const uint8_t* rec
         if stage == 0:
             prefetch_read(&self.cslot[h])
             return
         if stage == 1:
-            # Linear probing at load 0.75 reads 2.5 cards on average before the match
-            # (each pan compared is another random card): start loading the first few,
-            # both cache lines of those a 24-byte record straddles.
+            # The cards of the first slots whose tag matches (almost always just the card
+            # sought): both cache lines of those a 24-byte record straddles.
             for k in range(PREFETCH_PROBES):
                 s = self.cslot[h]
                 if s == 0:
                     return
-                rec = <const uint8_t*>&self.card[s - 1]
-                prefetch_read(rec)
-                prefetch_read(rec + sizeof(Card) - 1)
+                if (s & ~self.cmask) == tag:
+                    rec = <const uint8_t*>&self.card[(s & self.cmask) - 1]
+                    prefetch_read(rec)
+                    prefetch_read(rec + sizeof(Card) - 1)
                 h += 1
                 if h == self.ccap:
                     h = 0
@@ -382,7 +403,7 @@ cdef class State:
             prefetch_read(&self.acct[self.card[s - 1].account])
 
     cdef int64_t find_terminal(self, uint64_t tid) noexcept nogil:
-        return probe(self.tslot, self.tcap, <const uint8_t*>self.term, sizeof(Terminal), tid)
+        return probe(self.tslot, self.tcap, self.tmask, <const uint8_t*>self.term, sizeof(Terminal), tid)
 
     cdef int64_t find_station(self, uint32_t station_id) noexcept nogil:
         cdef int64_t lo = 0, hi = <int64_t>self.n_stations - 1, mid
@@ -418,7 +439,7 @@ cdef class State:
             h += 1
             if h == self.ccap:
                 h = 0
-        self.cslot[h] = idx + 1
+        self.cslot[h] = slot_tag(mix64(pan), self.cmask) | (idx + 1)
         self.n_cards += 1
         return idx
 
