@@ -1,10 +1,6 @@
-# MACs and key wrapping over OpenSSL's libcrypto (DES for ANSI X9.19, SM4 for the SM4 MAC).
-from libc.stdint cimport uint8_t
-
-cdef extern from "openssl/des.h" nogil:
-    ctypedef unsigned char DES_cblock[8]
-    ctypedef struct DES_key_schedule:
-        pass
+# MACs and key wrapping: X9.19 over des_lanes.h (several MACs at once), SM4 and key wrapping
+# over OpenSSL's libcrypto.
+from libc.stdint cimport uint8_t, uint32_t
 
 cdef enum:
     MAC_X919 = 1    # ANSI X9.19 retail MAC, double-length 3DES key
@@ -16,14 +12,22 @@ cdef enum:
 cdef struct MacKey:
     uint8_t alg            # 0 = not set
     uint8_t key[16]
-    DES_key_schedule left
-    DES_key_schedule right
+    uint32_t des_k1[32]    # X9.19: left half's subkeys, encryption order (an OcDesKey)
+    uint32_t des_k2d[32]   # right half's, decryption order
     void* sm4              # EVP_CIPHER_CTX*, SM4-CBC, owned
     uint8_t sm4_chain[16]  # the context's CBC chain value after the last MAC
 
 cdef int mackey_set(MacKey* k, int alg, const uint8_t* key16) noexcept nogil
 cdef void mackey_clear(MacKey* k) noexcept nogil
+cdef struct MacJob:
+    MacKey* key
+    const uint8_t* data
+    size_t n
+    uint8_t* out8
+    int rc                 # set by mac_many: 0, or -1 when the key holds no key
+
 cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil
+cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil
 cdef int mac_equal(const uint8_t* a, const uint8_t* b) noexcept nogil
 cdef int wrap_key(int alg, const uint8_t* kek16, const uint8_t* key16, uint8_t* out16, int decrypt) noexcept nogil
 cdef int check_value(int alg, const uint8_t* key16, uint8_t* out4) noexcept nogil

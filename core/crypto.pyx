@@ -1,10 +1,12 @@
 # cython: language_level=3
-"""MAC computation and key wrapping for terminals, over OpenSSL's libcrypto.
+"""MAC computation and key wrapping for terminals.
 
-Why libcrypto and not a Python package: MACs are computed for every message on the hot path,
-inside batches that must not touch Python objects. libcrypto is the well-kept implementation
-the Python ``cryptography`` package wraps; the tests check these functions against
-``cryptography`` (an independent binding) and against published SM4 vectors.
+MACs are computed for every message on the hot path, inside batches that must not touch
+Python objects, so this is C: OpenSSL's libcrypto for SM4 and key wrapping, and for the X9.19
+MAC's DES our own des_lanes.h, which runs the MACs of a batch several at a time (libcrypto's
+DES does one block at a time, at the latency of its rounds; see the header). The tests check
+these functions against ``cryptography`` (an independent binding of OpenSSL) and against
+published SM4 vectors.
 
 ANSI X9.19 (retail MAC): data zero-padded to a multiple of 8 bytes, single-DES CBC-MAC under
 the left key half, then the last block decrypted under the right half and encrypted under the
@@ -14,16 +16,18 @@ zeros, always added), leftmost 8 bytes of the last block.
 
 from libc.stdint cimport uint8_t, uint32_t
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 cdef extern from "openssl/des.h" nogil:
+    ctypedef unsigned char DES_cblock[8]
     ctypedef unsigned char const_DES_cblock[8]
+    ctypedef struct DES_key_schedule:
+        pass
     void DES_set_key_unchecked(const_DES_cblock* key, DES_key_schedule* schedule)
     void DES_ecb_encrypt(const_DES_cblock* input, DES_cblock* output, DES_key_schedule* ks, int enc)
     void DES_ecb3_encrypt(const_DES_cblock* input, DES_cblock* output, DES_key_schedule* ks1,
                           DES_key_schedule* ks2, DES_key_schedule* ks3, int enc)
-    void DES_ncbc_encrypt(const unsigned char* input, unsigned char* output, long length,
-                          DES_key_schedule* schedule, DES_cblock* ivec, int enc)
     int DES_ENCRYPT
     int DES_DECRYPT
 
@@ -60,11 +64,12 @@ memset(ZERO_IV, 0, 16)
 
 cdef int mackey_set(MacKey* k, int alg, const uint8_t* key16) noexcept nogil:
     """Install a 16-byte key with its schedule; 0 on success."""
+    cdef OcDesKey right_enc
     mackey_clear(k)
     memcpy(k.key, key16, KEY_BYTES)
     if alg == MAC_X919:
-        DES_set_key_unchecked(<const_DES_cblock*>key16, &k.left)
-        DES_set_key_unchecked(<const_DES_cblock*>(key16 + 8), &k.right)
+        oc_des_key(key16, <OcDesKey*>k.des_k1, NULL)
+        oc_des_key(key16 + 8, &right_enc, <OcDesKey*>k.des_k2d)
     elif alg == MAC_SM4:
         ctx = EVP_CIPHER_CTX_new()
         if ctx == NULL:
@@ -86,24 +91,54 @@ cdef void mackey_clear(MacKey* k) noexcept nogil:
     memset(k, 0, sizeof(MacKey))
 
 
-cdef int _x919(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
-    cdef uint8_t scratch[CHUNK]
-    cdef DES_cblock iv
-    cdef DES_cblock tmp
-    cdef size_t done = 0, step
-    memset(iv, 0, 8)
-    if n == 0:
-        DES_ncbc_encrypt(ZERO_IV, scratch, 8, &k.left, &iv, DES_ENCRYPT)
-    while done < n:
-        step = n - done
-        if step > CHUNK:
-            step = CHUNK
-        # DES_ncbc_encrypt zero-pads a final partial block, which is X9.19's padding.
-        DES_ncbc_encrypt(data + done, scratch, <long>step, &k.left, &iv, DES_ENCRYPT)
-        done += step
-    DES_ecb_encrypt(<const_DES_cblock*>iv, &tmp, &k.right, DES_DECRYPT)
-    DES_ecb_encrypt(<const_DES_cblock*>tmp, <DES_cblock*>out8, &k.left, DES_ENCRYPT)
-    return 0
+cdef extern from "des_lanes.h" nogil:
+    ctypedef struct OcDesKey:
+        pass
+    ctypedef struct OcMacJob:
+        const OcDesKey* k1
+        const OcDesKey* k2d
+        const uint8_t* data
+        size_t n
+        uint8_t* out8
+    void oc_des_init()
+    void oc_des_key(const uint8_t* key8, OcDesKey* enc, OcDesKey* dec)
+    void oc_x919_many(const OcMacJob* jobs, size_t count)
+
+oc_des_init()
+assert sizeof(OcDesKey) == 32 * sizeof(uint32_t)
+
+cdef enum:
+    LANE_JOBS = 64         # X9.19 jobs handed to the lanes at a time (stack bound)
+
+
+cdef inline void _x919_job(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8,
+                           OcMacJob* job) noexcept nogil:
+    job.k1 = <const OcDesKey*>k.des_k1
+    job.k2d = <const OcDesKey*>k.des_k2d
+    job.data = data
+    job.n = n
+    job.out8 = out8
+
+
+cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil:
+    """The MACs of many messages: the X9.19 ones run several CBC chains at once (see
+    des_lanes.h), the SM4 ones one after another."""
+    cdef OcMacJob lane[LANE_JOBS]
+    cdef size_t i, queued = 0
+    for i in range(count):
+        jobs[i].rc = 0
+        if jobs[i].key.alg == MAC_X919:
+            _x919_job(jobs[i].key, jobs[i].data, jobs[i].n, jobs[i].out8, &lane[queued])
+            queued += 1
+            if queued == LANE_JOBS:
+                oc_x919_many(lane, queued)
+                queued = 0
+        elif jobs[i].key.alg == MAC_SM4:
+            jobs[i].rc = _sm4(jobs[i].key, jobs[i].data, jobs[i].n, jobs[i].out8)
+        else:
+            jobs[i].rc = -1
+    if queued:
+        oc_x919_many(lane, queued)
 
 
 cdef int _sm4(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
@@ -154,8 +189,11 @@ cdef int _sm4_reset(MacKey* k) noexcept nogil:
 
 cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
     """8-byte MAC of data under k; -1 when k holds no key."""
+    cdef OcMacJob job
     if k.alg == MAC_X919:
-        return _x919(k, data, n, out8)
+        _x919_job(k, data, n, out8, &job)
+        oc_x919_many(&job, 1)
+        return 0
     if k.alg == MAC_SM4:
         return _sm4(k, data, n, out8)
     return -1
@@ -251,6 +289,39 @@ def mac(alg: str, key: bytes, data: bytes) -> bytes:
     return out[:8]
 
 
+def macs(jobs: list[tuple[str, bytes, bytes]]) -> list[bytes]:
+    """The MACs of many (algorithm, key, data) at once, computed together as the switch
+    computes a batch's (mac_many)."""
+    cdef size_t i, count = len(jobs)
+    cdef MacKey* keys = <MacKey*>calloc(max(count, 1), sizeof(MacKey))
+    cdef MacJob* work = <MacJob*>calloc(max(count, 1), sizeof(MacJob))
+    cdef const uint8_t[::1] view
+    out = bytearray(8 * count)
+    cdef uint8_t* o = <uint8_t*><char*>out
+    datas = [bytes(data) for _, _, data in jobs]      # kept alive while the C side reads
+    try:
+        if keys == NULL or work == NULL:
+            raise MemoryError()
+        for i in range(count):
+            alg, key, _ = jobs[i]
+            if mackey_set(&keys[i], _alg(alg), _key(key)) != 0:
+                raise RuntimeError("libcrypto refused the key")
+            view = datas[i]
+            work[i].key = &keys[i]
+            work[i].data = &view[0] if len(datas[i]) else ZERO_IV
+            work[i].n = len(datas[i])
+            work[i].out8 = o + 8 * i
+        with nogil:
+            mac_many(work, count)
+    finally:
+        if keys != NULL:
+            for i in range(count):
+                mackey_clear(&keys[i])
+        free(keys)
+        free(work)
+    return [bytes(out[8 * i:8 * i + 8]) for i in range(count)]
+
+
 def encrypt_key(alg: str, kek: bytes, key: bytes) -> bytes:
     """Encrypt a 16-byte working key under a 16-byte key-encrypting key (ECB)."""
     cdef uint8_t out[16]
@@ -275,12 +346,14 @@ def key_check_value(alg: str, key: bytes) -> bytes:
 
 def mac_frames(alg: str, key: bytes, data) -> bytes:
     """The 8-byte MAC of every length-prefixed ISO 8583 message in ``data`` (over the MTI up to
-    the last 8 bytes, where field 64 goes), concatenated: the MAC work of a batch."""
+    the last 8 bytes, where field 64 goes), concatenated: the MAC work of a batch, done as the
+    switch does it (mac_many over up to LANE_JOBS messages at a time)."""
     cdef MacKey k
     cdef Py_buffer view
     cdef const uint8_t* p
-    cdef size_t pos = 0, n_out = 0
+    cdef size_t pos = 0, n_out = 0, queued = 0
     cdef uint32_t length
+    cdef MacJob jobs[LANE_JOBS]
     out = bytearray(len(data) // 8 + 8)
     cdef uint8_t* o = <uint8_t*><char*>out
     memset(&k, 0, sizeof(MacKey))
@@ -294,9 +367,17 @@ def mac_frames(alg: str, key: bytes, data) -> bytes:
                 length = (<uint32_t>p[pos] << 8) | p[pos + 1]
                 if <size_t>view.len - pos - 2 < length or length < 21:
                     break
-                mac8(&k, p + pos + 2 + 11, length - 11 - 8, o + n_out)
+                jobs[queued].key = &k
+                jobs[queued].data = p + pos + 2 + 11
+                jobs[queued].n = length - 11 - 8
+                jobs[queued].out8 = o + n_out
+                queued += 1
+                if queued == LANE_JOBS:
+                    mac_many(jobs, queued)
+                    queued = 0
                 n_out += 8
                 pos += 2 + length
+            mac_many(jobs, queued)
     finally:
         PyBuffer_Release(&view)
         mackey_clear(&k)

@@ -1,12 +1,30 @@
-from libc.stdint cimport uint8_t, uint32_t
-
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
-from onecard.core.isocodec cimport IsoMsg
+from onecard.core.isocodec cimport HDR_BYTES, IsoMsg
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.outbuf cimport OutBuf
 from onecard.core.state cimport State
+
+cdef struct Pending:
+    # A request between prepare() and finish(), with what its reply needs from the group.
+    IsoMsg m
+    const uint8_t* msg
+    uint32_t length
+    int dec                      # iso_decode's result
+    int missing                  # first mandatory field missing, 0 when none
+    uint8_t kind
+    uint8_t rc                   # RC_00, or what the terminal checks answered
+    uint8_t verify               # its MAC is checked (computed into mac by the group)
+    uint32_t proc_code
+    uint32_t job                 # its MAC's position in the group's jobs
+    int64_t term_idx
+    uint64_t pan_hint            # field 2 as peeked for prefetching (0: none)
+    uint8_t hdr[HDR_BYTES]
+    uint8_t mac[8]
+    size_t reply_mac_from        # output offsets: MAC input start; field 64 (0: no MAC)
+    size_t reply_mac_at
+
 
 cdef class IsoPath:
     cdef Authoriser auth
@@ -17,7 +35,6 @@ cdef class IsoPath:
                     uint32_t* messages, int* close) noexcept nogil
     cdef void format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
                            uint32_t batch) noexcept nogil
-    cdef void one(self, const uint8_t* msg, uint32_t length, OutBuf* out,
-                  uint32_t batch) noexcept nogil
-    cdef void reply(self, IsoMsg* m, uint8_t kind, Txn* t, Res* r, const uint8_t* hdr,
-                    bint reply_mac, int64_t term_idx, OutBuf* out) noexcept nogil
+    cdef void prepare(self, const uint8_t* msg, uint32_t length, Pending* pd) noexcept nogil
+    cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch) noexcept nogil
+    cdef void reply(self, Pending* pd, Txn* t, Res* r, bint reply_mac, OutBuf* out) noexcept nogil

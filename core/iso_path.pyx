@@ -16,7 +16,7 @@ from libc.string cimport memcmp, memset
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
-from onecard.core.crypto cimport MAC_BYTES, mac8, mac_equal
+from onecard.core.crypto cimport MAC_BYTES, MacJob, mac_equal, mac_many
 from onecard.core.decide cimport decide
 from onecard.core.isocodec cimport *
 from onecard.core.journal cimport NONE32
@@ -103,6 +103,17 @@ cdef enum:
     AHEAD_ACCOUNT = 2            # ... whose account is
 
 
+cdef enum:
+    GROUP = 16                   # frames whose MACs are computed together (stack-bound)
+
+cdef uint8_t NO_MAC[8]           # field 64's placeholder until the group's MACs are computed
+memset(NO_MAC, 0, 8)
+
+
+cdef inline bint is_signon(const uint8_t* msg, uint32_t length) noexcept nogil:
+    return length > MTI_OFF + 1 and msg[MTI_OFF] == 0x08 and msg[MTI_OFF + 1] == 0x00
+
+
 cdef inline size_t skip_frames(const uint8_t* p, size_t n, size_t pos, int count,
                                uint32_t max_frame) noexcept nogil:
     """The position ``count`` complete frames after ``pos``; n when there are not as many."""
@@ -147,10 +158,16 @@ cdef class IsoPath:
 
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil:
-        cdef size_t pos = 0
-        cdef size_t cursor = 0           # the frame AHEAD_SLOT ahead of the one decided
+        # Frames go in groups: decode and check them all, compute their request MACs together
+        # (several DES chains at once, see crypto.mac_many), decide and encode in order, then
+        # compute the replies' MACs together into the places left for them.
+        cdef Pending group[GROUP]
+        cdef MacJob jobs[GROUP]
         cdef uint64_t pans[AHEAD_SLOT]   # card numbers of the frames ahead, a ring
-        cdef uint32_t length, k = 0, j
+        cdef size_t pos = 0, at
+        cdef size_t cursor = 0           # the frame AHEAD_SLOT ahead of the one prepared
+        cdef uint32_t length, k = 0, j, g, n_jobs
+        cdef Pending* pd
         # The card lookups of the frames ahead start loading while this one is decided
         # (index slot, then the cards it points to, then the account): their cache misses
         # overlap instead of queueing. Each frame's number is read once, into the ring.
@@ -158,25 +175,69 @@ cdef class IsoPath:
             pans[j] = peek_pan(p + cursor, n - cursor) if cursor < n else 0
             self.st.prefetch(pans[j], 0)
             cursor = skip_frames(p, n, cursor, 1, self.max_frame)
-        while n - pos >= PREFIX_BYTES:
-            self.st.prefetch(pans[(k + AHEAD_CARD) % AHEAD_SLOT], 1)
-            self.st.prefetch(pans[(k + AHEAD_ACCOUNT) % AHEAD_SLOT], 2)
-            pans[k % AHEAD_SLOT] = peek_pan(p + cursor, n - cursor) if cursor < n else 0
-            self.st.prefetch(pans[k % AHEAD_SLOT], 0)
-            cursor = skip_frames(p, n, cursor, 1, self.max_frame)
-            k += 1
-            length = (<uint32_t>p[pos] << 8) | p[pos + 1]
-            if length > self.max_frame:
-                close[0] = 1                 # more than any message: not a frame we can hold
+        while not close[0]:
+            g = 0
+            at = pos
+            while g < GROUP and n - at >= PREFIX_BYTES:
+                length = (<uint32_t>p[at] << 8) | p[at + 1]
+                if length > self.max_frame:
+                    close[0] = 1             # more than any message: not a frame we can hold
+                    break
+                if n - at - PREFIX_BYTES < length:
+                    break
+                # A sign-on changes its terminal's MAC key: it goes in a group of its own, so
+                # no MAC of a group is computed with a key that changes within it.
+                if g > 0 and is_signon(p + at + PREFIX_BYTES, length):
+                    break
+                self.st.prefetch(pans[(k + AHEAD_CARD) % AHEAD_SLOT], 1)
+                self.st.prefetch(pans[(k + AHEAD_ACCOUNT) % AHEAD_SLOT], 2)
+                group[g].pan_hint = pans[k % AHEAD_SLOT]
+                pans[k % AHEAD_SLOT] = peek_pan(p + cursor, n - cursor) if cursor < n else 0
+                self.st.prefetch(pans[k % AHEAD_SLOT], 0)
+                cursor = skip_frames(p, n, cursor, 1, self.max_frame)
+                k += 1
+                self.prepare(p + at + PREFIX_BYTES, length, &group[g])
+                at += PREFIX_BYTES + length
+                g += 1
+                if group[g - 1].kind == KIND_SIGNON:
+                    break
+            if g == 0:
                 break
-            if n - pos - PREFIX_BYTES < length:
-                break
-            if ob_reserve(out, REPLY_MAX):
-                close[0] = 1                 # out of memory: drop the connection, keep serving
-                break
-            self.one(p + pos + PREFIX_BYTES, length, out, batch)
-            pos += PREFIX_BYTES + length
-            messages[0] += 1
+            n_jobs = 0
+            for j in range(g):
+                pd = &group[j]
+                if pd.verify:
+                    jobs[n_jobs].key = &self.st.mac_keys[pd.term_idx]
+                    jobs[n_jobs].data = pd.msg + MTI_OFF
+                    jobs[n_jobs].n = pd.m.off[64] - MTI_OFF
+                    jobs[n_jobs].out8 = pd.mac
+                    pd.job = n_jobs
+                    n_jobs += 1
+            mac_many(jobs, n_jobs)
+            for j in range(g):
+                if j + AHEAD_ACCOUNT >= g:
+                    self.st.prefetch(group[j].pan_hint, 2)   # the last ones missed stage 2
+            n_jobs = 0
+            for j in range(g):
+                pd = &group[j]
+                if ob_reserve(out, REPLY_MAX):
+                    close[0] = 1             # out of memory: drop the connection, keep serving
+                    break
+                self.finish(pd, pd.verify and jobs[pd.job].rc == 0
+                            and mac_equal(pd.mac, pd.msg + pd.m.off[64]), out, batch)
+                if pd.reply_mac_at:
+                    jobs[n_jobs].key = &self.st.mac_keys[pd.term_idx]
+                    jobs[n_jobs].data = <uint8_t*><size_t>pd.reply_mac_from
+                    jobs[n_jobs].n = pd.reply_mac_at - pd.reply_mac_from
+                    jobs[n_jobs].out8 = <uint8_t*><size_t>pd.reply_mac_at
+                    n_jobs += 1
+                pos += PREFIX_BYTES + pd.length
+                messages[0] += 1
+            # Offsets until now: reserving room may have moved the output buffer.
+            for j in range(n_jobs):
+                jobs[j].data = out.data + <size_t>jobs[j].data
+                jobs[j].out8 = out.data + <size_t>jobs[j].out8
+            mac_many(jobs, n_jobs)
         return pos
 
     cdef void format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
@@ -216,132 +277,146 @@ cdef class IsoPath:
         out.len = w_end(&w)
         self.mx.count(batch, KIND_FORMAT, RC_30)
 
-    cdef void one(self, const uint8_t* msg, uint32_t length, OutBuf* out,
-                  uint32_t batch) noexcept nogil:
-        cdef IsoMsg m
+    cdef void prepare(self, const uint8_t* msg, uint32_t length, Pending* pd) noexcept nogil:
+        """Decode a request and check what needs no state that a request changes: its fields,
+        terminal and merchant; whether its MAC is to be checked (``verify``)."""
+        cdef uint64_t v = 0, tid = 0, proc
+        cdef int i
+        cdef IsoMsg* m = &pd.m
+        cdef Terminal* term
+        pd.msg = msg
+        pd.length = length
+        pd.kind = KIND_OTHER
+        pd.missing = 0
+        pd.proc_code = 0
+        pd.verify = 0
+        pd.term_idx = -1
+        pd.rc = RC_00
+        pd.reply_mac_at = 0
+        pd.dec = iso_decode(msg, length, m)
+        reply_header(msg, length, pd.hdr)
+        if pd.dec != DEC_OK:
+            return
+        if m.mti == 800:
+            pd.kind = KIND_SIGNON
+        elif m.mti == 820:
+            pd.kind = KIND_ECHO
+        elif m.mti == 500:
+            pd.kind = KIND_SETTLE
+        elif m.mti == 200 or m.mti == 400:
+            if field_u64(m, 3, &v) == 0:
+                pd.proc_code = <uint32_t>v
+                proc = v // 10000
+                if proc == 0:
+                    pd.kind = KIND_PURCHASE if m.mti == 200 else KIND_REVERSAL
+                elif proc == 31 and m.mti == 200:
+                    pd.kind = KIND_BALANCE
+                elif proc == 20:
+                    pd.kind = KIND_VOID if m.mti == 200 else KIND_REVERSAL
+        if pd.kind != KIND_OTHER:
+            pd.missing = required(m, pd.kind)
+        elif (m.mti == 200 or m.mti == 400) and not has_field(m, 3):
+            pd.missing = 3
+        if pd.missing:
+            return
+        if has_field(m, 41):
+            for i in range(8):
+                tid = (tid << 8) | msg[m.off[41] + i]
+            pd.term_idx = self.st.find_terminal(tid)
+        if pd.kind == KIND_OTHER:
+            pd.rc = RC_12
+        elif pd.term_idx < 0:
+            pd.rc = RC_03
+        else:
+            term = &self.st.term[pd.term_idx]
+            if has_field(m, 42) and memcmp(term.merchant, msg + m.off[42], 15) != 0:
+                pd.rc = RC_03
+            elif pd.kind != KIND_SIGNON and (pd.kind != KIND_ECHO or has_field(m, 64)):
+                if not term.signed_on:
+                    pd.rc = RC_A0
+                else:
+                    pd.verify = 1
+
+    cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch) noexcept nogil:
+        """Answer a prepared request (mac_ok: its MAC was checked and matches), in order."""
+        cdef IsoMsg* m = &pd.m
         cdef IsoWriter w
         cdef Txn t
         cdef Res r
-        cdef uint8_t hdr[HDR_BYTES]
-        cdef uint8_t mac[8]
-        cdef uint64_t v = 0, tid = 0, proc
-        cdef int64_t term_idx = -1
-        cdef int dec, missing, i
-        cdef uint8_t kind = KIND_OTHER
-        cdef bint reply_mac = False
-        cdef Terminal* term = NULL
+        cdef uint64_t v = 0
+        cdef int i
+        cdef uint8_t kind = pd.kind
+        cdef Terminal* term
         cdef char text[24]
-        memset(&r, 0, sizeof(Res))
-        memset(&t, 0, sizeof(Txn))
-        r.card = NONE32
-        dec = iso_decode(msg, length, &m)
-        reply_header(msg, length, hdr)
-        if dec != DEC_OK:
-            self.format_error(&m, dec, hdr, out, batch)
+        if pd.dec != DEC_OK:
+            self.format_error(m, pd.dec, pd.hdr, out, batch)
             return
-        # Classify.
-        if m.mti == 800:
-            kind = KIND_SIGNON
-        elif m.mti == 820:
-            kind = KIND_ECHO
-        elif m.mti == 500:
-            kind = KIND_SETTLE
-        elif m.mti == 200 or m.mti == 400:
-            if field_u64(&m, 3, &v) == 0:
-                t.proc_code = <uint32_t>v
-                proc = v // 10000
-                if proc == 0:
-                    kind = KIND_PURCHASE if m.mti == 200 else KIND_REVERSAL
-                elif proc == 31 and m.mti == 200:
-                    kind = KIND_BALANCE
-                elif proc == 20:
-                    kind = KIND_VOID if m.mti == 200 else KIND_REVERSAL
-        if kind != KIND_OTHER:
-            missing = required(&m, kind)
-        elif (m.mti == 200 or m.mti == 400) and not has_field(&m, 3):
-            missing = 3
-        else:
-            missing = 0
-        if missing:
-            w_begin(&w, out.data, out.len, hdr, reply_mti(m.mti))
-            if has_field(&m, 11):
-                w_copy(&w, &m, 11)
+        if pd.missing:
+            w_begin(&w, out.data, out.len, pd.hdr, reply_mti(m.mti))
+            if has_field(m, 11):
+                w_copy(&w, m, 11)
             w_ans(&w, 39, b"30", 2)
-            if has_field(&m, 41):
-                w_copy(&w, &m, 41)
-            if has_field(&m, 42):
-                w_copy(&w, &m, 42)
+            if has_field(m, 41):
+                w_copy(&w, m, 41)
+            if has_field(m, 42):
+                w_copy(&w, m, 42)
             text[0] = 77                    # "M" + field number: mandatory field missing
             i = 1
-            if missing >= 10:
-                text[i] = 48 + missing // 10
+            if pd.missing >= 10:
+                text[i] = 48 + pd.missing // 10
                 i += 1
-            text[i] = 48 + missing % 10
+            text[i] = 48 + pd.missing % 10
             w_ans(&w, 44, text, i + 1)
             out.len = w_end(&w)
             self.mx.count(batch, KIND_FORMAT, RC_30)
             return
-        # Terminal, MAC, permission.
-        r.rc = RC_00
-        if has_field(&m, 41):
-            for i in range(8):
-                tid = (tid << 8) | msg[m.off[41] + i]
-            term_idx = self.st.find_terminal(tid)
-        if kind == KIND_OTHER:
-            r.rc = RC_12
-        elif term_idx < 0:
-            r.rc = RC_03
-        else:
-            term = &self.st.term[term_idx]
-            if has_field(&m, 42) and memcmp(term.merchant, msg + m.off[42], 15) != 0:
-                r.rc = RC_03
-            elif kind != KIND_SIGNON and (kind != KIND_ECHO or has_field(&m, 64)):
-                if not term.signed_on:
-                    r.rc = RC_A0
-                elif (mac8(&self.st.mac_keys[term_idx], msg + MTI_OFF, m.off[64] - MTI_OFF, mac)
-                        or not mac_equal(mac, msg + m.off[64])):
-                    r.rc = RC_A0
-                else:
-                    reply_mac = True
-            if r.rc == RC_00 and (term.protocol != PROTO_ISO8583
-                                  or not (term.permitted >> kind) & 1):
+        memset(&r, 0, sizeof(Res))
+        memset(&t, 0, sizeof(Txn))
+        r.card = NONE32
+        r.rc = pd.rc
+        t.proc_code = pd.proc_code
+        if pd.verify and not mac_ok:
+            r.rc = RC_A0
+        if r.rc == RC_00 and pd.term_idx >= 0:
+            term = &self.st.term[pd.term_idx]
+            if term.protocol != PROTO_ISO8583 or not (term.permitted >> kind) & 1:
                 r.rc = RC_58
         if r.rc == RC_00 and kind != KIND_ECHO:
             t.kind = kind
             t.proto = PROTO_ISO8583
-            t.terminal = <uint32_t>term_idx
-            field_u64(&m, 11, &v)
+            t.terminal = <uint32_t>pd.term_idx
+            field_u64(m, 11, &v)
             t.seq = <uint32_t>v
             if kind != KIND_SIGNON and kind != KIND_SETTLE:
-                if field_pan(&m, &t.pan) != 0:
+                if field_pan(m, &t.pan) != 0:
                     t.pan = 0
-                if field_u64(&m, 4, &v) == 0:
+                if field_u64(m, 4, &v) == 0:
                     t.amount_fen = <int64_t>v
-                if has_field(&m, 49):
-                    t.currency = <uint16_t>digits(&m, 49, 0, 3)
+                if has_field(m, 49):
+                    t.currency = <uint16_t>digits(m, 49, 0, 3)
                 if kind == KIND_VOID:
-                    t.orig_seq = <uint32_t>digits(&m, 61, 6, 6)
+                    t.orig_seq = <uint32_t>digits(m, 61, 6, 6)
             if kind == KIND_SETTLE:
-                t.batch_no = <uint32_t>digits(&m, 60, 2, 6)
-                t.x[0] = <int64_t>digits(&m, 48, 0, 12)
-                t.x[1] = <int64_t>digits(&m, 48, 12, 6)
-                t.x[2] = <int64_t>digits(&m, 48, 18, 12)
-                t.x[3] = <int64_t>digits(&m, 48, 30, 6)
+                t.batch_no = <uint32_t>digits(m, 60, 2, 6)
+                t.x[0] = <int64_t>digits(m, 48, 0, 12)
+                t.x[1] = <int64_t>digits(m, 48, 12, 6)
+                t.x[2] = <int64_t>digits(m, 48, 18, 12)
+                t.x[3] = <int64_t>digits(m, 48, 30, 6)
             decide(self.auth, &t, &r)
-        self.reply(&m, kind, &t, &r, hdr, reply_mac, term_idx, out)
+        self.reply(pd, &t, &r, pd.verify and mac_ok, out)
         self.mx.count(batch, kind, r.rc)
 
-    cdef void reply(self, IsoMsg* m, uint8_t kind, Txn* t, Res* r, const uint8_t* hdr,
-                    bint reply_mac, int64_t term_idx, OutBuf* out) noexcept nogil:
+    cdef void reply(self, Pending* pd, Txn* t, Res* r, bint reply_mac, OutBuf* out) noexcept nogil:
+        """Encode the reply; with reply_mac, leave field 64 for run() to fill (pd.reply_mac_*)."""
+        cdef IsoMsg* m = &pd.m
+        cdef uint8_t kind = pd.kind
         cdef IsoWriter w
-        cdef uint8_t mac[8]
         cdef char buf[40]
         cdef int64_t b
         cdef int i, n
         cdef uint64_t hhmmss, mmdd, local_s
-        cdef size_t mac_start
         cdef bint money = kind == KIND_PURCHASE or kind == KIND_VOID
-        w_begin(&w, out.data, out.len, hdr, reply_mti(m.mti))
+        w_begin(&w, out.data, out.len, pd.hdr, reply_mti(m.mti))
         if has_field(m, 2):
             w_copy(&w, m, 2)
         if has_field(m, 3):
@@ -400,7 +475,7 @@ cdef class IsoPath:
         if kind == KIND_SIGNON and r.rc == RC_00:
             w_b(&w, 62, r.keys, 40)
         if reply_mac:
-            mac_start = w_mac_begin(&w)
-            mac8(&self.st.mac_keys[term_idx], out.data + mac_start, w.pos - mac_start, mac)
-            w_b(&w, 64, mac, MAC_BYTES)
+            pd.reply_mac_from = w_mac_begin(&w)
+            pd.reply_mac_at = w.pos
+            w_b(&w, 64, NO_MAC, MAC_BYTES)
         out.len = w_end(&w)
