@@ -85,6 +85,7 @@ def extension(name: str, libs: list[str]) -> Extension:
         f"onecard.core.{name}",
         [f"core/{name}.pyx"],
         include_dirs=[numpy.get_include(), "core"],
+        depends=[str(h) for h in sorted(Path("core").glob("*.h"))],   # rebuild when they change
         libraries=libs,
         extra_compile_args=CFLAGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -1,5 +1,5 @@
-# MACs and key wrapping: X9.19 over des_lanes.h (several MACs at once), SM4 and key wrapping
-# over OpenSSL's libcrypto.
+# MACs and key wrapping: the MACs over des_lanes.h and sm4_lanes.h (several MACs at once), key
+# wrapping over OpenSSL's libcrypto.
 from libc.stdint cimport uint8_t, uint32_t
 
 cdef enum:
@@ -14,8 +14,7 @@ cdef struct MacKey:
     uint8_t key[16]
     uint32_t des_k1[32]    # X9.19: left half's subkeys, encryption order (an OcDesKey)
     uint32_t des_k2d[32]   # right half's, decryption order
-    void* sm4              # EVP_CIPHER_CTX*, SM4-CBC, owned
-    uint8_t sm4_chain[16]  # the context's CBC chain value after the last MAC
+    uint32_t sm4_rk[32]    # SM4: round keys (an OcSm4Key)
 
 cdef int mackey_set(MacKey* k, int alg, const uint8_t* key16) noexcept nogil
 cdef void mackey_clear(MacKey* k) noexcept nogil
@@ -24,7 +23,7 @@ cdef struct MacJob:
     const uint8_t* data
     size_t n
     uint8_t* out8
-    int rc                 # set by mac_many: 0, or -1 when the key holds no key
+    int rc                 # set by mac_many: 0, or -1 when the MacKey holds no key
 
 cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil
 cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil

@@ -2,10 +2,11 @@
 """MAC computation and key wrapping for terminals.
 
 MACs are computed for every message on the hot path, inside batches that must not touch
-Python objects, so this is C: OpenSSL's libcrypto for SM4 and key wrapping, and for the X9.19
-MAC's DES our own des_lanes.h, which runs the MACs of a batch several at a time (libcrypto's
-DES does one block at a time, at the latency of its rounds; see the header). The tests check
-these functions against ``cryptography`` (an independent binding of OpenSSL) and against
+Python objects, so this is C: the ciphers of both MACs are our own (des_lanes.h, sm4_lanes.h),
+which run the MACs of a batch several at a time (libcrypto does one block at a time, at the
+latency of the cipher's rounds, and its EVP interface costs more than the cipher on ~100-byte
+messages; see the headers). Key wrapping, off the hot path, uses OpenSSL's libcrypto. The tests
+check these functions against ``cryptography`` (an independent binding of OpenSSL) and against
 published SM4 vectors.
 
 ANSI X9.19 (retail MAC): data zero-padded to a multiple of 8 bytes, single-DES CBC-MAC under
@@ -41,7 +42,6 @@ cdef extern from "openssl/evp.h" nogil:
     EVP_CIPHER_CTX* EVP_CIPHER_CTX_new()
     void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX* ctx)
     int EVP_CIPHER_CTX_set_padding(EVP_CIPHER_CTX* ctx, int pad)
-    const EVP_CIPHER* EVP_sm4_cbc()
     const EVP_CIPHER* EVP_sm4_ecb()
     int EVP_EncryptInit_ex(EVP_CIPHER_CTX* ctx, const EVP_CIPHER* cipher, ENGINE* impl,
                            const unsigned char* key, const unsigned char* iv)
@@ -54,9 +54,6 @@ cdef extern from "openssl/evp.h" nogil:
 
 cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char* buf, int num)
-
-cdef enum:
-    CHUNK = 4096          # scratch for CBC output we throw away
 
 cdef uint8_t ZERO_IV[16]
 memset(ZERO_IV, 0, 16)
@@ -71,14 +68,7 @@ cdef int mackey_set(MacKey* k, int alg, const uint8_t* key16) noexcept nogil:
         oc_des_key(key16, <OcDesKey*>k.des_k1, NULL)
         oc_des_key(key16 + 8, &right_enc, <OcDesKey*>k.des_k2d)
     elif alg == MAC_SM4:
-        ctx = EVP_CIPHER_CTX_new()
-        if ctx == NULL:
-            return -1
-        if EVP_EncryptInit_ex(ctx, EVP_sm4_cbc(), NULL, key16, ZERO_IV) != 1:
-            EVP_CIPHER_CTX_free(ctx)
-            return -1
-        EVP_CIPHER_CTX_set_padding(ctx, 0)
-        k.sm4 = <void*>ctx
+        oc_sm4_key(key16, <OcSm4Key*>k.sm4_rk)
     else:
         return -1
     k.alg = alg
@@ -86,8 +76,6 @@ cdef int mackey_set(MacKey* k, int alg, const uint8_t* key16) noexcept nogil:
 
 
 cdef void mackey_clear(MacKey* k) noexcept nogil:
-    if k.sm4 != NULL:
-        EVP_CIPHER_CTX_free(<EVP_CIPHER_CTX*>k.sm4)
     memset(k, 0, sizeof(MacKey))
 
 
@@ -104,8 +92,21 @@ cdef extern from "des_lanes.h" nogil:
     void oc_des_key(const uint8_t* key8, OcDesKey* enc, OcDesKey* dec)
     void oc_x919_many(const OcMacJob* jobs, size_t count)
 
+cdef extern from "sm4_lanes.h" nogil:
+    ctypedef struct OcSm4Key:
+        pass
+    ctypedef struct OcSm4Job:
+        const OcSm4Key* key
+        const uint8_t* data
+        size_t n
+        uint8_t* out8
+    void oc_sm4_init()
+    void oc_sm4_key(const uint8_t* key16, OcSm4Key* k)
+    void oc_sm4_mac_many(const OcSm4Job* jobs, size_t count)
+
 oc_des_init()
-assert sizeof(OcDesKey) == 32 * sizeof(uint32_t)
+oc_sm4_init()
+assert sizeof(OcDesKey) == 32 * sizeof(uint32_t) and sizeof(OcSm4Key) == 32 * sizeof(uint32_t)
 
 cdef enum:
     LANE_JOBS = 64         # X9.19 jobs handed to the lanes at a time (stack bound)
@@ -120,71 +121,40 @@ cdef inline void _x919_job(MacKey* k, const uint8_t* data, size_t n, uint8_t* ou
     job.out8 = out8
 
 
+cdef inline void _sm4_job(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8,
+                          OcSm4Job* job) noexcept nogil:
+    job.key = <const OcSm4Key*>k.sm4_rk
+    job.data = data
+    job.n = n
+    job.out8 = out8
+
+
 cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil:
-    """The MACs of many messages: the X9.19 ones run several CBC chains at once (see
-    des_lanes.h), the SM4 ones one after another."""
-    cdef OcMacJob lane[LANE_JOBS]
-    cdef size_t i, queued = 0
+    """The MACs of many messages, each algorithm's running several CBC chains at once (see
+    des_lanes.h and sm4_lanes.h)."""
+    cdef OcMacJob x919[LANE_JOBS]
+    cdef OcSm4Job sm4[LANE_JOBS]
+    cdef size_t i, n_x919 = 0, n_sm4 = 0
     for i in range(count):
         jobs[i].rc = 0
         if jobs[i].key.alg == MAC_X919:
-            _x919_job(jobs[i].key, jobs[i].data, jobs[i].n, jobs[i].out8, &lane[queued])
-            queued += 1
-            if queued == LANE_JOBS:
-                oc_x919_many(lane, queued)
-                queued = 0
+            _x919_job(jobs[i].key, jobs[i].data, jobs[i].n, jobs[i].out8, &x919[n_x919])
+            n_x919 += 1
+            if n_x919 == LANE_JOBS:
+                oc_x919_many(x919, n_x919)
+                n_x919 = 0
         elif jobs[i].key.alg == MAC_SM4:
-            jobs[i].rc = _sm4(jobs[i].key, jobs[i].data, jobs[i].n, jobs[i].out8)
+            _sm4_job(jobs[i].key, jobs[i].data, jobs[i].n, jobs[i].out8, &sm4[n_sm4])
+            n_sm4 += 1
+            if n_sm4 == LANE_JOBS:
+                oc_sm4_mac_many(sm4, n_sm4)
+                n_sm4 = 0
         else:
             jobs[i].rc = -1
-    if queued:
-        oc_x919_many(lane, queued)
-
-
-cdef int _sm4(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
-    """SM4 CBC-MAC, padding method 2. The context's chain carries on from the previous MAC:
-    re-initialising it for a zero IV costs more than a short MAC (OpenSSL 3 matches parameter
-    names on every init), and XORing the carried chain value into the first block gives the
-    same result as a zero IV."""
-    cdef uint8_t scratch[CHUNK]
-    cdef uint8_t first[16]
-    cdef uint8_t last[16]
-    cdef int outl = 0, i
-    cdef size_t full = n & ~(<size_t>15)
-    cdef size_t done = 16, step
-    cdef size_t rest = n - full
-    cdef EVP_CIPHER_CTX* ctx = <EVP_CIPHER_CTX*>k.sm4
-    memset(last, 0, 16)
-    if rest:
-        memcpy(last, data + full, rest)
-    last[rest] = 0x80
-    if full:
-        for i in range(16):
-            first[i] = data[i] ^ k.sm4_chain[i]
-        if EVP_EncryptUpdate(ctx, scratch, &outl, first, 16) != 1:
-            return _sm4_reset(k)
-    else:
-        for i in range(16):
-            last[i] ^= k.sm4_chain[i]
-    while done < full:
-        step = full - done
-        if step > CHUNK:
-            step = CHUNK
-        if EVP_EncryptUpdate(ctx, scratch, &outl, data + done, <int>step) != 1:
-            return _sm4_reset(k)
-        done += step
-    if EVP_EncryptUpdate(ctx, scratch, &outl, last, 16) != 1 or outl != 16:
-        return _sm4_reset(k)
-    memcpy(k.sm4_chain, scratch, 16)
-    memcpy(out8, scratch, MAC_BYTES)
-    return 0
-
-
-cdef int _sm4_reset(MacKey* k) noexcept nogil:
-    # After a failure the chain value is unknown: start again from a zero IV.
-    memset(k.sm4_chain, 0, 16)
-    EVP_EncryptInit_ex(<EVP_CIPHER_CTX*>k.sm4, NULL, NULL, NULL, ZERO_IV)
-    return -1
+    if n_x919:
+        oc_x919_many(x919, n_x919)
+    if n_sm4:
+        oc_sm4_mac_many(sm4, n_sm4)
 
 
 cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
@@ -194,8 +164,11 @@ cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept 
         _x919_job(k, data, n, out8, &job)
         oc_x919_many(&job, 1)
         return 0
+    cdef OcSm4Job sm4_job
     if k.alg == MAC_SM4:
-        return _sm4(k, data, n, out8)
+        _sm4_job(k, data, n, out8, &sm4_job)
+        oc_sm4_mac_many(&sm4_job, 1)
+        return 0
     return -1
 
 
