@@ -59,6 +59,7 @@ MODULES = {
     "decide": [],
     "operations": [],
     "iso_path": [],
+    "native_msg": [],
     "native_path": [],
     "engine": [],
     "terminal": [],

@@ -1,9 +1,7 @@
-from libc.stdint cimport uint8_t, uint32_t
-
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t
 
 from onecard.core.authorise cimport Authoriser, Txn
-from onecard.core.crypto cimport MacKey
+from onecard.core.crypto cimport MacJob, MacKey
 from onecard.core.mpack cimport MpReader
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.outbuf cimport OutBuf
@@ -15,6 +13,23 @@ cdef struct Frame:               # where a reply frame's parts are, as offsets i
     size_t body
     uint32_t count
 
+cdef struct Head:                # a request frame's header, read before its group's MACs
+    uint32_t length
+    const uint8_t* tid
+    uint32_t tid_len
+    const uint8_t* body_p
+    uint32_t body_len
+    const uint8_t* mac_p
+    uint32_t mac_len
+    uint32_t n_msgs
+    int64_t term_idx
+    const char* problem          # answered with one ErrorReply when set
+    uint8_t rc
+    bint lone_signon
+    bint verify                  # MAC checked with the group's (computed into mac)
+    uint32_t job
+    uint8_t mac[8]
+
 cdef class NativePath:
     cdef Authoriser auth
     cdef State st
@@ -25,11 +40,12 @@ cdef class NativePath:
                     uint32_t* messages, int* close) noexcept nogil
     cdef void begin(self, OutBuf* out, Frame* f, const uint8_t* tid,
                     uint32_t tid_len) noexcept nogil
-    cdef void end(self, OutBuf* out, Frame* f, MacKey* key) noexcept nogil
+    cdef void end(self, OutBuf* out, Frame* f, MacKey* key, MacJob* later) noexcept nogil
     cdef void error(self, OutBuf* out, Frame* f, int64_t seq, uint8_t rc,
                     const char* text) noexcept nogil
-    cdef int frame(self, const uint8_t* p, uint32_t length, OutBuf* out, uint32_t batch,
-                   uint32_t* messages) noexcept nogil
+    cdef void head(self, const uint8_t* p, uint32_t length, Head* h) noexcept nogil
+    cdef int frame(self, Head* h, OutBuf* out, uint32_t batch, uint32_t* messages,
+                   MacJob* reply_mac) noexcept nogil
     cdef int message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
                      Frame* f, uint32_t batch) noexcept nogil
     cdef int broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil

@@ -14,7 +14,9 @@ RESULTS: dict[str, dict[str, float]] = {}
 
 
 def messages(config) -> int:
-    default = 200 if config.getoption("benchmark_disable") else 5000
+    # pyproject's addopts always pass --benchmark-disable; --benchmark-enable wins over it.
+    timed = config.getoption("benchmark_enable") or not config.getoption("benchmark_disable")
+    default = 5000 if timed else 200
     return int(os.environ.get("ONECARD_BENCH_N", default))
 
 

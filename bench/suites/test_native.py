@@ -4,7 +4,7 @@
 import pytest
 
 from onecard.core import crypto
-from onecard.core.native_path import decode_bodies, encode_tap_replies
+from onecard.core.native_msg import decode_bodies, encode_tap_replies
 from onecard.protocols import native
 
 from .support import record
