@@ -12,7 +12,7 @@ from onecard.core.state cimport *
 from onecard.core.transit cimport tap, topup
 
 cdef enum:
-    AHEAD = 8                    # requests between prefetch stages (slot, card, account)
+    CHUNK = 32                   # requests whose card lookups are prefetched stage by stage
 
 
 cdef void decide(Authoriser a, Txn* t, Res* r) noexcept nogil:
@@ -51,12 +51,17 @@ cdef void decide(Authoriser a, Txn* t, Res* r) noexcept nogil:
 
 def decide_many(Authoriser a, txns):
     """Decide decoded requests (an authorise.TXN_DTYPE array) in order; their response
-    codes. The benchmark of the rules alone, without codecs or MACs: card lookups are
-    prefetched a few requests ahead (index slot, card, account)."""
+    codes. The benchmark of the rules alone, without codecs or MACs.
+
+    Card lookups are prefetched in passes over CHUNK requests (all index slots, then all
+    cards, then all accounts), then the CHUNK are decided: in a tight pass the cache misses
+    of many cards are in flight together. Interleaving one stage of each with a decision
+    (the earlier design) kept too few in flight: at 10^8 cards it gave 51% of the rate at
+    10^6, the passes 75%."""
     import numpy as np
     from onecard.core.authorise import TXN_DTYPE
     cdef const unsigned char[::1] raw = np.ascontiguousarray(txns, dtype=TXN_DTYPE).view(np.uint8)
-    cdef size_t n = len(txns), i
+    cdef size_t n = len(txns), i, j, m
     rcs = np.empty(n, dtype=np.uint8)
     cdef unsigned char[::1] out = rcs
     cdef Res r
@@ -66,14 +71,17 @@ def decide_many(Authoriser a, txns):
         return rcs
     t = <Txn*>&raw[0]
     with nogil:
-        for i in range(n + 3 * AHEAD):
-            if i < n:
-                st.prefetch(t[i].pan, 0)
-            if AHEAD <= i < n + AHEAD:
-                st.prefetch(t[i - AHEAD].pan, 1)
-            if 2 * AHEAD <= i < n + 2 * AHEAD:
-                st.prefetch(t[i - 2 * AHEAD].pan, 2)
-            if i >= 3 * AHEAD:
-                decide(a, &t[i - 3 * AHEAD], &r)
-                out[i - 3 * AHEAD] = r.rc
+        i = 0
+        while i < n:
+            m = min(n - i, CHUNK)
+            for j in range(m):
+                st.prefetch(t[i + j].pan, 0)
+            for j in range(m):
+                st.prefetch(t[i + j].pan, 1)
+            for j in range(m):
+                st.prefetch(t[i + j].pan, 2)
+            for j in range(m):
+                decide(a, &t[i + j], &r)
+                out[i + j] = r.rc
+            i += m
     return rcs
