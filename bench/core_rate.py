@@ -3,6 +3,7 @@ core (``Engine.process`` over pre-built buffers), against pyiso8583 decoding the
 in the same run (decode only).
 
     python -m onecard.bench.core_rate [--messages 200000] [--batch 1000] [--cards 100000]
+    python -m onecard.bench.core_rate --data-dir d10m     # an existing data set, e.g. 10M cards
 """
 
 from __future__ import annotations
@@ -74,12 +75,17 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--cards", type=int, default=100_000)
+    p.add_argument("--data-dir", type=Path,
+                   help="an existing demo data set (e.g. `onecard demo-data --cards 10000000`) "
+                        "instead of generating --cards into a temporary directory")
     p.add_argument("--pyiso-messages", type=int, default=50_000)
     p.add_argument("--json")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        demo.generate(data_dir, cards=args.cards, progress=lambda _: None)
+        data_dir = args.data_dir
+        if data_dir is None:
+            data_dir = Path(tmp) / "data"
+            demo.generate(data_dir, cards=args.cards, progress=lambda _: None)
         ours, codes, buffers = onecard_rate(data_dir, args.messages, args.batch)
         peer = pyiso8583_rate(buffers, args.pyiso_messages)
     result = {"onecard_msgs_per_s": round(ours), "pyiso8583_decode_msgs_per_s": round(peer),

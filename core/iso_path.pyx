@@ -98,12 +98,6 @@ cdef inline int number_text(char* s, uint64_t v, int width) noexcept nogil:
 
 
 cdef enum:
-    AHEAD_SLOT = 8               # frames ahead whose index slot is prefetched (ring size)
-    AHEAD_CARD = 4               # ... whose candidate cards are
-    AHEAD_ACCOUNT = 2            # ... whose account is
-
-
-cdef enum:
     GROUP = 16                   # frames whose MACs are computed together (stack-bound)
 
 cdef uint8_t NO_MAC[8]           # field 64's placeholder until the group's MACs are computed
@@ -112,21 +106,6 @@ memset(NO_MAC, 0, 8)
 
 cdef inline bint is_signon(const uint8_t* msg, uint32_t length) noexcept nogil:
     return length > MTI_OFF + 1 and msg[MTI_OFF] == 0x08 and msg[MTI_OFF + 1] == 0x00
-
-
-cdef inline size_t skip_frames(const uint8_t* p, size_t n, size_t pos, int count,
-                               uint32_t max_frame) noexcept nogil:
-    """The position ``count`` complete frames after ``pos``; n when there are not as many."""
-    cdef uint32_t length
-    cdef int i
-    for i in range(count):
-        if pos >= n or n - pos < PREFIX_BYTES:
-            return n
-        length = (<uint32_t>p[pos] << 8) | p[pos + 1]
-        if length > max_frame or n - pos - PREFIX_BYTES < length:
-            return n
-        pos += PREFIX_BYTES + length
-    return pos if pos < n else n
 
 
 cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil:
@@ -160,21 +139,13 @@ cdef class IsoPath:
                     uint32_t* messages, int* close) noexcept nogil:
         # Frames go in groups: decode and check them all, compute their request MACs together
         # (several DES chains at once, see crypto.mac_many), decide and encode in order, then
-        # compute the replies' MACs together into the places left for them.
+        # compute the replies' MACs together into the places left for them. Each frame's card
+        # number is read from field 2 before decoding, to start loading its index slot.
         cdef Pending group[GROUP]
         cdef MacJob jobs[GROUP]
-        cdef uint64_t pans[AHEAD_SLOT]   # card numbers of the frames ahead, a ring
         cdef size_t pos = 0, at
-        cdef size_t cursor = 0           # the frame AHEAD_SLOT ahead of the one prepared
-        cdef uint32_t length, k = 0, j, g, n_jobs
+        cdef uint32_t length, j, g, n_jobs
         cdef Pending* pd
-        # The card lookups of the frames ahead start loading while this one is decided
-        # (index slot, then the cards it points to, then the account): their cache misses
-        # overlap instead of queueing. Each frame's number is read once, into the ring.
-        for j in range(AHEAD_SLOT):
-            pans[j] = peek_pan(p + cursor, n - cursor) if cursor < n else 0
-            self.st.prefetch(pans[j], 0)
-            cursor = skip_frames(p, n, cursor, 1, self.max_frame)
         while not close[0]:
             g = 0
             at = pos
@@ -189,13 +160,8 @@ cdef class IsoPath:
                 # no MAC of a group is computed with a key that changes within it.
                 if g > 0 and is_signon(p + at + PREFIX_BYTES, length):
                     break
-                self.st.prefetch(pans[(k + AHEAD_CARD) % AHEAD_SLOT], 1)
-                self.st.prefetch(pans[(k + AHEAD_ACCOUNT) % AHEAD_SLOT], 2)
-                group[g].pan_hint = pans[k % AHEAD_SLOT]
-                pans[k % AHEAD_SLOT] = peek_pan(p + cursor, n - cursor) if cursor < n else 0
-                self.st.prefetch(pans[k % AHEAD_SLOT], 0)
-                cursor = skip_frames(p, n, cursor, 1, self.max_frame)
-                k += 1
+                group[g].pan_hint = peek_pan(p + at, n - at)
+                self.st.prefetch(group[g].pan_hint, 0)
                 self.prepare(p + at + PREFIX_BYTES, length, &group[g])
                 at += PREFIX_BYTES + length
                 g += 1
@@ -203,6 +169,10 @@ cdef class IsoPath:
                     break
             if g == 0:
                 break
+            # The card lookups in passes over the group (index slots above, then the cards,
+            # then after the MACs the accounts): in a tight pass many misses are in flight.
+            for j in range(g):
+                self.st.prefetch(group[j].pan_hint, 1)
             n_jobs = 0
             for j in range(g):
                 pd = &group[j]
@@ -215,8 +185,7 @@ cdef class IsoPath:
                     n_jobs += 1
             mac_many(jobs, n_jobs)
             for j in range(g):
-                if j + AHEAD_ACCOUNT >= g:
-                    self.st.prefetch(group[j].pan_hint, 2)   # the last ones missed stage 2
+                self.st.prefetch(group[j].pan_hint, 2)
             n_jobs = 0
             for j in range(g):
                 pd = &group[j]
