@@ -20,8 +20,8 @@
 #include <string.h>
 
 typedef struct {
-    uint32_t even[16];   /* subkey chunks 0, 2, 4, 6 at bits 26, 18, 10, 2 */
-    uint32_t odd[16];    /* subkey chunks 7, 1, 3, 5 at bits 26, 18, 10, 2 */
+    uint32_t even[16];   /* subkey chunks 0, 2, 4, 6 in the low 6 bits of bytes 3, 2, 1, 0 */
+    uint32_t odd[16];    /* subkey chunks 7, 1, 3, 5 likewise */
 } OcDesKey;
 
 typedef struct {
@@ -82,17 +82,18 @@ static const uint8_t OC_PC2[48] = {14, 17, 11, 24, 1, 5, 3, 28, 15, 6, 21, 10,
                                    44, 49, 39, 56, 34, 53, 46, 42, 50, 36, 29, 32};
 static const uint8_t OC_SHIFTS[16] = {1, 1, 2, 2, 2, 2, 2, 2, 1, 2, 2, 2, 2, 2, 2, 1};
 
-/* OC_SP[i][x]: the P permutation of S-box i's output for the 6 bits x. */
-static uint32_t OC_SP[8][64];
+/* OC_SP[i][b]: the P permutation of S-box i's output for the low 6 bits of the byte b (256
+   entries, the top two bits ignored, so a chunk is taken from its byte without a mask). */
+static uint32_t OC_SP[8][256];
 
 static void oc_des_init(void) {
     for (int i = 0; i < 8; i++) {
-        for (int x = 0; x < 64; x++) {
-            int row = ((x >> 4) & 2) | (x & 1), col = (x >> 1) & 15;
+        for (int b = 0; b < 256; b++) {
+            int x = b & 63, row = ((x >> 4) & 2) | (x & 1), col = (x >> 1) & 15;
             uint32_t s = (uint32_t)OC_SBOX[i][row * 16 + col] << (28 - 4 * i), p = 0;
             for (int j = 0; j < 32; j++)
                 p |= ((s >> (32 - OC_P[j])) & 1u) << (31 - j);
-            OC_SP[i][x] = p;
+            OC_SP[i][b] = p;
         }
     }
 }
@@ -147,8 +148,8 @@ static void oc_des_key(const uint8_t* key8, OcDesKey* enc, OcDesKey* dec) {
         uint32_t chunk[8];
         for (int i = 0; i < 8; i++)
             chunk[i] = (uint32_t)(sub >> (42 - 6 * i)) & 63u;
-        enc->even[round] = chunk[0] << 26 | chunk[2] << 18 | chunk[4] << 10 | chunk[6] << 2;
-        enc->odd[round] = chunk[7] << 26 | chunk[1] << 18 | chunk[3] << 10 | chunk[5] << 2;
+        enc->even[round] = chunk[0] << 24 | chunk[2] << 16 | chunk[4] << 8 | chunk[6];
+        enc->odd[round] = chunk[7] << 24 | chunk[1] << 16 | chunk[3] << 8 | chunk[5];
     }
     if (dec != NULL) {
         for (int round = 0; round < 16; round++) {
@@ -158,14 +159,15 @@ static void oc_des_key(const uint8_t* key8, OcDesKey* enc, OcDesKey* dec) {
     }
 }
 
-/* One round on R: the expansion E is two rotations (chunk i of E(R) sits at a fixed place
-   in t or u), so the 48-bit XOR with the subkey is two 32-bit ones. */
+/* One round on R: the expansion E is two rotations (each 6-bit chunk of E(R) lands in the
+   low bits of a byte of t or u), so the 48-bit XOR with the subkey is two 32-bit ones and
+   each table index is a byte. */
 #define OC_F(R, K, round) ({ \
-    uint32_t t_ = oc_rotr((R), 1) ^ (K)->even[round]; \
-    uint32_t u_ = oc_rotr((R), 5) ^ (K)->odd[round]; \
-    OC_SP[0][t_ >> 26] ^ OC_SP[2][(t_ >> 18) & 63] ^ OC_SP[4][(t_ >> 10) & 63] ^ \
-    OC_SP[6][(t_ >> 2) & 63] ^ OC_SP[7][u_ >> 26] ^ OC_SP[1][(u_ >> 18) & 63] ^ \
-    OC_SP[3][(u_ >> 10) & 63] ^ OC_SP[5][(u_ >> 2) & 63]; })
+    uint32_t t_ = oc_rotr((R), 3) ^ (K)->even[round]; \
+    uint32_t u_ = oc_rotr((R), 7) ^ (K)->odd[round]; \
+    OC_SP[0][t_ >> 24] ^ OC_SP[2][(uint8_t)(t_ >> 16)] ^ OC_SP[4][(uint8_t)(t_ >> 8)] ^ \
+    OC_SP[6][(uint8_t)t_] ^ OC_SP[7][u_ >> 24] ^ OC_SP[1][(uint8_t)(u_ >> 16)] ^ \
+    OC_SP[3][(uint8_t)(u_ >> 8)] ^ OC_SP[5][(uint8_t)u_]; })
 
 /* DES between IP and FP: (l, r) after IP in, (l, r) to give to FP out. */
 static inline void oc_des_ip1(uint32_t* l, uint32_t* r, const OcDesKey* k) {
