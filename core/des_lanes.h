@@ -9,8 +9,9 @@
  * path), and X9.19's final decrypt-encrypt runs on the same lanes.
  *
  * Written from FIPS 46-3 (the S-boxes and permutations below); the round uses the usual
- * "SP table" form: S-box and P permutation merged into eight 64-entry tables of 32-bit words,
- * built at start from those tables. tests/test_crypto.py checks it against OpenSSL.
+ * "SP table" form: S-box and P permutation merged into eight tables of 32-bit words (256
+ * entries, indexed by a whole byte), built at start from those tables. tests/test_crypto.py
+ * checks it against OpenSSL.
  */
 #ifndef ONECARD_DES_LANES_H
 #define ONECARD_DES_LANES_H
