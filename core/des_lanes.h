@@ -131,7 +131,7 @@ static inline void oc_fp(uint32_t* l, uint32_t* r) {
 }
 
 /* key8: 8 key bytes (parity bits ignored). enc gets the subkeys in encryption order, dec
-   (may be NULL) in decryption order. */
+   (may be NULL; not enc) in decryption order. */
 static void oc_des_key(const uint8_t* key8, OcDesKey* enc, OcDesKey* dec) {
     uint64_t k = 0, cd = 0;
     for (int i = 0; i < 8; i++)
