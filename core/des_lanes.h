@@ -233,6 +233,8 @@ static void oc_x919_many(const OcMacJob* jobs, size_t count) {
     const OcDesKey* key[OC_LANES];
     size_t job[OC_LANES], step[OC_LANES], blocks[OC_LANES], next = 0;
     int lanes = 0, i;
+    if (count == 0)
+        return;
     while (lanes < OC_LANES && next < count) {
         job[lanes] = next;
         step[lanes] = 0;

@@ -150,6 +150,8 @@ static void oc_sm4_mac_many(const OcSm4Job* jobs, size_t count) {
     const OcSm4Key* key[OC_SM4_LANES];
     size_t job[OC_SM4_LANES], step[OC_SM4_LANES], blocks[OC_SM4_LANES], next = 0;
     int lanes = 0, i;
+    if (count == 0)
+        return;
     memset(x, 0, sizeof(x));
     while (lanes < OC_SM4_LANES && next < count) {
         job[lanes] = next;
