@@ -3,6 +3,8 @@ replies MACed together (several cipher chains at once), so each reply frame must
 its own correct MAC, a bad MAC must refuse only its frame, and a lone SignOn inside a buffer
 must change the key for what follows it and nothing before."""
 
+import msgspec
+
 from onecard.core import crypto
 from onecard.core.engine import NATIVE
 from onecard.core.state import TERM_BUS_READER
@@ -68,3 +70,50 @@ def test_a_signon_inside_a_buffer_changes_the_key_for_what_follows_only(world):
     assert t.mak != old
     (r,) = t.send([native.Heartbeat(t.next_seq())])
     assert r.rc == "00"
+
+
+def untimed(frame) -> list:
+    """A reply frame's messages without the switch's clock (a second may pass between)."""
+    return [(type(r).__name__, {k: v for k, v in msgspec.structs.asdict(r).items()
+                                if k != "time_s"}) for r in native.decode_replies(frame.body)]
+
+
+def test_a_buffer_in_one_call_is_answered_as_frame_by_frame(demo_dir, terminals):
+    """Grouping changes no answer: the same random mix of frames (taps, verifies of a card,
+    heartbeats, bad MACs, frames that cannot be read, two readers with both algorithms) sent
+    as one buffer and a frame at a time to two engines gets the same replies."""
+    import random
+
+    from conftest import World
+
+    rng = random.Random(5)
+    worlds = [World(demo_dir, terminals), World(demo_dir, terminals)]
+    readers = [[reader(w, "x919"), reader(w, "sm4")] for w in worlds]
+    cards = [worlds[0].card(nth=i, birth_day=lambda b: b > 30000)[0] for i in range(4)]
+    plan = [(rng.randrange(2), rng.choice(["tap", "tap", "beat", "badmac", "garbage"]),
+             rng.randrange(4)) for _ in range(60)]
+
+    def frames(pair) -> list[bytes]:
+        out = []
+        for who, what, card in plan:
+            t = pair[who]
+            if what == "tap":
+                out.append(t.frame([t.tap(cards[card])]))
+            elif what == "beat":
+                out.append(t.frame([native.Heartbeat(t.next_seq())]))
+            elif what == "badmac":
+                out.append(t.frame([t.tap(cards[card])], key=b"\x44" * 16))
+            else:
+                out.append(b"\x00\x00\x00\x03\x93\x01\x02")
+        return out
+
+    together = readers[0][0].send_raw(b"".join(frames(readers[0])))
+    one_by_one = [r for f in frames(readers[1]) for r in readers[1][0].send_raw(f)]
+    assert len(together) == len(one_by_one) == len(plan)
+    for k, (a, b) in enumerate(zip(together, one_by_one, strict=True)):
+        assert untimed(a) == untimed(b), (k, plan[k])
+        owner = readers[0][plan[k][0]], readers[1][plan[k][0]]
+        if a.mac:
+            assert a.mac == crypto.mac(owner[0].alg, owner[0].mak, a.body)
+            assert b.mac == crypto.mac(owner[1].alg, owner[1].mak, b.body)
+        assert bool(a.mac) == bool(b.mac)
