@@ -157,19 +157,26 @@ cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil:
         oc_sm4_mac_many(sm4, n_sm4)
 
 
+cdef void mac_many_in(MacJob* jobs, size_t count, uint8_t* base) noexcept nogil:
+    """mac_many over jobs whose ``data`` and ``out8`` hold offsets into base: replies are
+    recorded while their output buffer may still move (it grows), and MACed once it is
+    written."""
+    cdef size_t i
+    for i in range(count):
+        jobs[i].data = base + <size_t>jobs[i].data
+        jobs[i].out8 = base + <size_t>jobs[i].out8
+    mac_many(jobs, count)
+
+
 cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
     """8-byte MAC of data under k; -1 when k holds no key."""
-    cdef OcMacJob job
-    if k.alg == MAC_X919:
-        _x919_job(k, data, n, out8, &job)
-        oc_x919_many(&job, 1)
-        return 0
-    cdef OcSm4Job sm4_job
-    if k.alg == MAC_SM4:
-        _sm4_job(k, data, n, out8, &sm4_job)
-        oc_sm4_mac_many(&sm4_job, 1)
-        return 0
-    return -1
+    cdef MacJob job
+    job.key = k
+    job.data = data
+    job.n = n
+    job.out8 = out8
+    mac_many(&job, 1)
+    return job.rc
 
 
 cdef int mac_equal(const uint8_t* a, const uint8_t* b) noexcept nogil:

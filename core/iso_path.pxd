@@ -1,6 +1,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.crypto cimport MacJob
 from onecard.core.isocodec cimport HDR_BYTES, IsoMsg
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.outbuf cimport OutBuf
@@ -22,8 +23,6 @@ cdef struct Pending:
     uint64_t pan_hint            # field 2 as peeked for prefetching (0: none)
     uint8_t hdr[HDR_BYTES]
     uint8_t mac[8]
-    size_t reply_mac_from        # output offsets: MAC input start; field 64 (0: no MAC)
-    size_t reply_mac_at
 
 
 cdef class IsoPath:
@@ -36,5 +35,6 @@ cdef class IsoPath:
     cdef void format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
                            uint32_t batch) noexcept nogil
     cdef void prepare(self, const uint8_t* msg, uint32_t length, Pending* pd) noexcept nogil
-    cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch) noexcept nogil
-    cdef void reply(self, Pending* pd, Txn* t, Res* r, bint reply_mac, OutBuf* out) noexcept nogil
+    cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch,
+                     MacJob* reply_mac) noexcept nogil
+    cdef void reply(self, Pending* pd, Txn* t, Res* r, MacJob* later, OutBuf* out) noexcept nogil

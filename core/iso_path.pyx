@@ -16,7 +16,7 @@ from libc.string cimport memcmp, memset
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
-from onecard.core.crypto cimport MAC_BYTES, MacJob, mac_equal, mac_many
+from onecard.core.crypto cimport MAC_BYTES, MacJob, mac_equal, mac_many, mac_many_in
 from onecard.core.decide cimport decide
 from onecard.core.isocodec cimport *
 from onecard.core.journal cimport NONE32
@@ -193,20 +193,13 @@ cdef class IsoPath:
                     close[0] = 1             # out of memory: drop the connection, keep serving
                     break
                 self.finish(pd, pd.verify and jobs[pd.job].rc == 0
-                            and mac_equal(pd.mac, pd.msg + pd.m.off[64]), out, batch)
-                if pd.reply_mac_at:
-                    jobs[n_jobs].key = &self.st.mac_keys[pd.term_idx]
-                    jobs[n_jobs].data = <uint8_t*><size_t>pd.reply_mac_from
-                    jobs[n_jobs].n = pd.reply_mac_at - pd.reply_mac_from
-                    jobs[n_jobs].out8 = <uint8_t*><size_t>pd.reply_mac_at
+                            and mac_equal(pd.mac, pd.msg + pd.m.off[64]), out, batch,
+                            &jobs[n_jobs])
+                if jobs[n_jobs].key != NULL:
                     n_jobs += 1
                 pos += PREFIX_BYTES + pd.length
                 messages[0] += 1
-            # Offsets until now: reserving room may have moved the output buffer.
-            for j in range(n_jobs):
-                jobs[j].data = out.data + <size_t>jobs[j].data
-                jobs[j].out8 = out.data + <size_t>jobs[j].out8
-            mac_many(jobs, n_jobs)
+            mac_many_in(jobs, n_jobs, out.data)
         return pos
 
     cdef void format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
@@ -261,7 +254,6 @@ cdef class IsoPath:
         pd.verify = 0
         pd.term_idx = -1
         pd.rc = RC_00
-        pd.reply_mac_at = 0
         pd.dec = iso_decode(msg, length, m)
         reply_header(msg, length, pd.hdr)
         if pd.dec != DEC_OK:
@@ -306,8 +298,10 @@ cdef class IsoPath:
                 else:
                     pd.verify = 1
 
-    cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch) noexcept nogil:
-        """Answer a prepared request (mac_ok: its MAC was checked and matches), in order."""
+    cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch,
+                     MacJob* reply_mac) noexcept nogil:
+        """Answer a prepared request (mac_ok: its MAC was checked and matches), in order; the
+        reply's MAC is left to ``reply_mac`` (its key stays NULL when the reply has none)."""
         cdef IsoMsg* m = &pd.m
         cdef IsoWriter w
         cdef Txn t
@@ -317,6 +311,7 @@ cdef class IsoPath:
         cdef uint8_t kind = pd.kind
         cdef Terminal* term
         cdef char text[24]
+        reply_mac.key = NULL
         if pd.dec != DEC_OK:
             self.format_error(m, pd.dec, pd.hdr, out, batch)
             return
@@ -372,11 +367,12 @@ cdef class IsoPath:
                 t.x[2] = <int64_t>digits(m, 48, 18, 12)
                 t.x[3] = <int64_t>digits(m, 48, 30, 6)
             decide(self.auth, &t, &r)
-        self.reply(pd, &t, &r, pd.verify and mac_ok, out)
+        self.reply(pd, &t, &r, reply_mac if pd.verify and mac_ok else NULL, out)
         self.mx.count(batch, kind, r.rc)
 
-    cdef void reply(self, Pending* pd, Txn* t, Res* r, bint reply_mac, OutBuf* out) noexcept nogil:
-        """Encode the reply; with reply_mac, leave field 64 for run() to fill (pd.reply_mac_*)."""
+    cdef void reply(self, Pending* pd, Txn* t, Res* r, MacJob* later, OutBuf* out) noexcept nogil:
+        """Encode the reply; given ``later``, leave field 64 empty and record there (as output
+        offsets, for crypto.mac_many_in) the MAC that fills it."""
         cdef IsoMsg* m = &pd.m
         cdef uint8_t kind = pd.kind
         cdef IsoWriter w
@@ -384,6 +380,7 @@ cdef class IsoPath:
         cdef int64_t b
         cdef int i, n
         cdef uint64_t hhmmss, mmdd, local_s
+        cdef size_t mac_start
         cdef bint money = kind == KIND_PURCHASE or kind == KIND_VOID
         w_begin(&w, out.data, out.len, pd.hdr, reply_mti(m.mti))
         if has_field(m, 2):
@@ -443,8 +440,11 @@ cdef class IsoPath:
             w_copy(&w, m, 61)
         if kind == KIND_SIGNON and r.rc == RC_00:
             w_b(&w, 62, r.keys, 40)
-        if reply_mac:
-            pd.reply_mac_from = w_mac_begin(&w)
-            pd.reply_mac_at = w.pos
+        if later != NULL:
+            mac_start = w_mac_begin(&w)
+            later.key = &self.st.mac_keys[pd.term_idx]
+            later.data = <const uint8_t*>mac_start
+            later.n = w.pos - mac_start
+            later.out8 = <uint8_t*>w.pos
             w_b(&w, 64, NO_MAC, MAC_BYTES)
         out.len = w_end(&w)

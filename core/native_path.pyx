@@ -16,7 +16,7 @@ from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.decide cimport decide
 from onecard.core.codes cimport *
 from onecard.core.crypto cimport (MAC_BYTES, MacJob, MacKey, mac8, mac_equal, mac_many,
-                                  mackey_clear, mackey_set)
+                                  mac_many_in, mackey_clear, mackey_set)
 from onecard.core.journal cimport NONE32
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.mpack cimport *
@@ -117,11 +117,7 @@ cdef class NativePath:
                 if jobs[n_jobs].key != NULL:
                     n_jobs += 1
                 pos += PREFIX + heads[j].length
-            # Offsets until now: reserving room may have moved the output buffer.
-            for j in range(n_jobs):
-                jobs[j].data = out.data + <size_t>jobs[j].data
-                jobs[j].out8 = out.data + <size_t>jobs[j].out8
-            mac_many(jobs, n_jobs)
+            mac_many_in(jobs, n_jobs, out.data)
         return pos
 
     # ---- reply frame -------------------------------------------------------------------------

@@ -105,10 +105,6 @@ cdef enum:
     PREFETCH_PROBES = 6          # index slots a stage-1 prefetch looks at for its card
 
 
-cdef inline uint64_t home(uint64_t key, uint64_t cap) noexcept nogil:
-    return fastrange(mix64(key), cap)
-
-
 cdef inline uint32_t slot_mask(uint64_t cap) noexcept nogil:
     """The low bits of a slot that hold position + 1: enough for any position below cap. The
     bits above hold a tag of the key's hash, so a probe skips most slots of other keys
@@ -164,6 +160,18 @@ def _capacity(n: int) -> int:
     return max(16, int(n / MAX_LOAD) + 1)
 
 
+cdef inline void slot_insert(uint32_t* slots, uint64_t cap, uint32_t mask, uint64_t key,
+                             uint32_t pos) noexcept nogil:
+    """Put the record at pos (whose key is not in the index) into the first free slot."""
+    cdef uint64_t mixed = mix64(key)
+    cdef uint64_t h = fastrange(mixed, cap)
+    while slots[h] != 0:
+        h += 1
+        if h == cap:
+            h = 0
+    slots[h] = slot_tag(mixed, mask) | (pos + 1)
+
+
 cdef _build_index(const uint64_t* keys, size_t stride_words, uint32_t n, str what,
                   uint64_t cap=0):
     """Open-addressing index: slot = tag | position + 1 (see slot_mask), 0 = empty, linear
@@ -174,7 +182,7 @@ cdef _build_index(const uint64_t* keys, size_t stride_words, uint32_t n, str wha
     advise_huge_pages(slots)
     cdef uint32_t[::1] s = slots
     cdef uint32_t i, mask = slot_mask(cap)
-    cdef uint64_t h, key
+    cdef uint64_t key
     cdef int64_t dup = -1
     with nogil:
         for i in range(n):
@@ -182,12 +190,7 @@ cdef _build_index(const uint64_t* keys, size_t stride_words, uint32_t n, str wha
             if probe(&s[0], cap, mask, <const uint8_t*>keys, stride_words * 8, key) >= 0:
                 dup = i
                 break
-            h = home(key, cap)
-            while s[h] != 0:
-                h += 1
-                if h == cap:
-                    h = 0
-            s[h] = slot_tag(mix64(key), mask) | (i + 1)
+            slot_insert(&s[0], cap, mask, key, i)
     if dup >= 0:
         raise ValueError(f"duplicate {what} at position {dup}")
     return slots
@@ -425,7 +428,6 @@ cdef class State:
     cdef int64_t add_card(self, uint64_t pan, uint32_t account) noexcept nogil:
         """Append a card (other fields zero) and index it. -2 when the buffer or the index
         is full (call reserve_cards with the GIL, then again), -3 when the number exists."""
-        cdef uint64_t h
         cdef uint32_t idx = self.n_cards
         if idx >= self._capacity_cached or (idx + 1) * 4 > self.ccap * 3:
             return -2
@@ -434,12 +436,7 @@ cdef class State:
         memset(&self.card[idx], 0, sizeof(Card))
         self.card[idx].pan = pan
         self.card[idx].account = account
-        h = home(pan, self.ccap)
-        while self.cslot[h] != 0:
-            h += 1
-            if h == self.ccap:
-                h = 0
-        self.cslot[h] = slot_tag(mix64(pan), self.cmask) | (idx + 1)
+        slot_insert(self.cslot, self.ccap, self.cmask, pan, idx)
         self.n_cards += 1
         return idx
 
