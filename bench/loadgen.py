@@ -12,6 +12,7 @@ cannot keep the switch busy. Requests are built and replies read by the compiled
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing as mp
 import os
 import random
@@ -290,6 +291,10 @@ def worker(host: str, specs: list[ConnSpec], data_dir: str, opts: dict, barrier,
     try:
         recorder = Recorder()
         sims = _simulators(host, specs, Path(data_dir), opts, recorder)
+        # A full collection mid-run would stall this process's sends and show up as the
+        # switch's latency (see the same freeze in `onecard serve`).
+        gc.collect()
+        gc.freeze()
         barrier.wait(120)
         import uvloop
 
