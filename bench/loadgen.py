@@ -169,9 +169,11 @@ def _simulators(host: str, specs: list[ConnSpec], data_dir: Path, opts: dict, re
 
 
 class LoadConnection(asyncio.Protocol):
-    def __init__(self, sim, window: int, budget: list[int], stop: asyncio.Event) -> None:
+    def __init__(self, sim, window: int, budget: list[int], stop: asyncio.Event,
+                 phase_ns: int = 0) -> None:
         self.sim = sim
         self.window = window          # closed loop: requests in flight; 0 = open loop
+        self.phase_ns = phase_ns      # open loop: this connection's schedule starts this late
         self.budget = budget          # shared remaining request count ([-1] = unbounded)
         self.stop = stop
         self.buf = bytearray()
@@ -199,18 +201,27 @@ class LoadConnection(asyncio.Protocol):
             if n:
                 self._send(n)
 
+    def finished(self) -> bool:
+        """Nothing in flight and nothing left to send (a connection whose last reply came
+        before another took the last of the budget gets no reply to notice that by)."""
+        return self.done.done() or (self.in_flight <= 0 and self.budget[0] == 0)
+
     def tick(self, start_ns: int, now_ns: int, rate: float) -> bool:
-        """Open loop: send what the schedule says is due by now. False when the in-flight
-        limit stops it (the switch is not keeping up)."""
-        due = int((now_ns - start_ns) * rate / 1e9) - self.scheduled
+        """Open loop: send what the schedule says is due by now (request k at
+        ``start + phase + k / rate``). False when the in-flight limit stops it (the switch
+        is not keeping up)."""
+        elapsed_ns = now_ns - start_ns - self.phase_ns
+        if elapsed_ns < 0:
+            return True
+        due = int(elapsed_ns * rate / 1e9) + 1 - self.scheduled
         if due <= 0:
             return True
         if self.in_flight + due > MAX_IN_FLIGHT:
             return False
-        interval = int(1e9 / rate)
         n = self._take(due)
         if n:
-            self._send(n, start_ns + self.scheduled * interval, interval)
+            self._send(n, start_ns + self.phase_ns + int(self.scheduled * 1e9 / rate),
+                       int(1e9 / rate))
         self.scheduled += due
         return True
 
@@ -244,19 +255,21 @@ async def _drive(host: str, specs: list[ConnSpec], sims: list, opts: dict, recor
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     budget = [opts["count"] if opts["count"] else -1]
+    rate = opts["rate"]                                   # per connection
     conns = []
-    for spec, sim in zip(specs, sims, strict=True):
+    for spec, sim, phase in zip(specs, sims, opts["phases"], strict=True):
+        phase_ns = int(phase * 1e9 / rate) if rate else 0
         _, c = await loop.create_connection(
-            lambda s=sim: LoadConnection(s, opts["window"], budget, stop), host, spec.port)
+            lambda s=sim, p=phase_ns: LoadConnection(s, opts["window"], budget, stop, p),
+            host, spec.port)
         conns.append(c)
     started = time.perf_counter()
     start_ns = monotonic_ns_py()
     deadline = started + opts["duration"]
-    rate = opts["rate"] / max(len(conns), 1) if opts["rate"] else 0.0
     overloaded = False
     last_report = 0.0
     while time.perf_counter() < deadline:
-        if all(c.done.done() for c in conns):
+        if all(c.finished() for c in conns):
             break
         if rate:
             now = monotonic_ns_py()
@@ -318,7 +331,11 @@ def run(args, *, progress_output: bool = True) -> LoadResult:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(n_proc + 1)
     progress = ctx.Array("Q", n_proc, lock=False)
-    opts = {"window": 0 if args.rate else args.window, "rate": args.rate or 0.0,
+    # Open loop: each connection sends rate / connections, its schedule offset by its share
+    # of one interval so that the arrivals are spread evenly rather than in bursts of one
+    # request from every connection at once.
+    opts = {"window": 0 if args.rate else args.window,
+            "rate": args.rate / len(specs) if args.rate else 0.0,
             "duration": args.duration if args.duration else 3600.0,
             "balance_share": args.balance_share, "verify_share": args.verify_share,
             "bus_share": args.bus_share, "no_signon": args.no_signon,
@@ -330,9 +347,10 @@ def run(args, *, progress_output: bool = True) -> LoadResult:
             count = args.count * len(chunk) // len(specs) + (1 if i < args.count * len(chunk)
                                                             % len(specs) else 0)
         parent_end, child_end = ctx.Pipe(duplex=False)
+        phases = [(i + j * n_proc) / len(specs) for j in range(len(chunk))]
         p = ctx.Process(target=worker, args=(args.host, chunk, str(args.data_dir),
-                                             {**opts, "count": count}, barrier, progress, i,
-                                             child_end), daemon=True)
+                                             {**opts, "count": count, "phases": phases},
+                                             barrier, progress, i, child_end), daemon=True)
         p.start()
         procs.append(p)
         pipes.append(parent_end)

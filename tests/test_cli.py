@@ -93,6 +93,17 @@ def test_load_generator_against_a_real_switch(running_switch, tmp_path, protocol
     assert "completed 3,000 of 3,000 sent" in out.stdout and "p99.9" in out.stdout
 
 
+@pytest.mark.slow
+def test_several_generator_processes_share_the_rate(running_switch, tmp_path):
+    result = tmp_path / "r.json"
+    out = onecard("load", "--port", str(running_switch.iso), "--connections", "4",
+                  "--processes", "2", "--rate", "1500", "--duration", "2",
+                  "--data-dir", str(running_switch.data_dir), "--json", str(result))
+    assert out.returncode == 0, out.stderr
+    sent = json.loads(result.read_text())["sent"]
+    assert 2400 <= sent <= 3600, sent             # 1,500/s in all, not per process
+
+
 def test_load_compare_mode(tmp_path):
     from hdrh.histogram import HdrHistogram
 
