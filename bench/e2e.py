@@ -39,7 +39,8 @@ def start_switch(data_dir: Path, cards: int, core: int | None) -> tuple[subproce
 
 
 def run_load(ports: dict, data_dir: Path, protocol: str, connections: int, window: int,
-             duration: float, core: int | None, out: Path, *, rate: float = 0.0) -> dict:
+             duration: float, core: int | None, out: Path, *, rate: float = 0.0,
+             extra: tuple[str, ...] = ()) -> dict:
     """One ``onecard load`` run: closed loop with ``window``, or open loop at ``rate``/s
     (the schedule spun, not ticked, so requests leave on time; pin it to its own core)."""
     port = ports["iso8583" if protocol == "iso8583" else "native"]
@@ -47,7 +48,7 @@ def run_load(ports: dict, data_dir: Path, protocol: str, connections: int, windo
     cmd = [*_pin(core), sys.executable, "-m", "onecard.switch.cli", "load", "--protocol",
            protocol, "--port", str(port), "--connections", str(connections), *loop,
            "--duration", str(duration), "--data-dir", str(data_dir), "--balance-share", "0",
-           "--json", str(out)]
+           "--json", str(out), *extra]
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:              # say why (e.g. too few gates for that many)
         how = f"at {rate:,.0f}/s" if rate else f"x{window}"

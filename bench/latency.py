@@ -7,7 +7,9 @@ to the other, as in ``bench.e2e``. First the disk under the data directory is pr
 loop (64 connections x window 32 by default), then each share of it is offered open loop:
 requests leave on a fixed schedule and latency counts from each one's scheduled time. For
 each run the switch's own commits over 2 and 5 ms are read from its ``/metrics``, so a tail
-can be put down to the disk or not.
+can be put down to the disk or not. Last, the same rates are offered to the bare echo server
+(``bench.echo_server``, same core): the tail that the generator, loopback TCP and this VM's
+scheduling give on their own.
 
     python -m onecard.bench.latency                       # shares 0.1 0.25 0.5 of the maximum
     python -m onecard.bench.latency --shares 0.5 --duration 10 --json lat.json
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import urllib.request
 from dataclasses import asdict
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from onecard.bench.compare import _start, _stop
 from onecard.bench.disk import probe
 from onecard.bench.e2e import run_load, start_switch
 
@@ -96,6 +100,20 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
+        echo, port = _start([sys.executable, "-m", "onecard.bench.echo_server", "--port", "0"],
+                            "echo: ready")
+        try:
+            for run in out["runs"]:
+                r = run_load({"iso8583": port}, data_dir, "iso8583", args.connections, 0,
+                             args.duration, 1, Path(tmp) / "echo.json", rate=run["rate"],
+                             extra=("--no-signon",))
+                run["echo"] = r
+                lat = r["latency_ms"]
+                print(f"echo server at {run['rate']:>9,.0f}/s: p50 {lat['p50']:.3f}  p99 "
+                      f"{lat['p99']:.3f}  p99.9 {lat['p99.9']:.3f}  max {lat['max']:.1f} ms",
+                      flush=True)
+        finally:
+            _stop(echo)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
