@@ -1,0 +1,43 @@
+"""The measuring scripts behind issue 3's latency figures run and report what they claim:
+the disk probe, and the open-loop run beside the disk and the echo server."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from onecard.bench.disk import probe
+
+
+def test_disk_probe_reports_fsynced_writes_and_cleans_up(tmp_path):
+    r = probe(tmp_path, 0.3)
+    assert r.writes > 0 and 0 < r.p50_us <= r.p99_us <= r.p999_us <= r.max_us
+    assert r.over_5ms_per_s <= r.over_2ms_per_s
+    assert list(tmp_path.iterdir()) == []                # its file is gone
+
+
+def test_disk_probe_refuses_an_unbounded_run(tmp_path):
+    with pytest.raises(AssertionError):
+        probe(tmp_path, 0)
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.disk", "--dir", str(tmp_path),
+                          "--seconds", "9999"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--seconds" in out.stderr
+
+
+@pytest.mark.slow
+def test_latency_bench_measures_the_switch_the_disk_and_the_echo_server(tmp_path):
+    result = tmp_path / "lat.json"
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.latency", "--shares", "0.05",
+                          "--duration", "1", "--disk-seconds", "0.3", "--cards", "3000",
+                          "--max-run", "8x8", "--connections", "4", "--json", str(result)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(result.read_text())
+    assert r["disk"]["writes"] > 0 and r["max_tps"] > 0
+    (run,) = r["runs"]
+    assert run["rate"] == pytest.approx(0.05 * r["max_tps"])
+    assert run["result"]["mode"] == "open" and run["result"]["completed"] > 0
+    assert run["result"]["codes"].get("00", 0) > 0.5 * run["result"]["completed"]
+    assert run["echo"]["completed"] > 0 and run["commits"] > 0
+    assert "echo server at" in out.stdout and "of max" in out.stdout
