@@ -53,6 +53,7 @@ from onecard.switch.terminals import (
 MAINLAND = (11, 12, 13, 31, 32, 33, 34, 44)
 MAX_IN_FLIGHT = 60_000          # per connection, below the simulators' 65,536 tracked slots
 TICK_US = 1000                  # open loop: how often each connection's schedule is checked
+LATE_NS = 100_000               # open loop: a request sent later than this after due is "late"
 MIXED_ISO_SHARE = 0.3           # "mixed": share of connections that are POS terminals
 
 
@@ -174,6 +175,8 @@ class LoadConnection(asyncio.Protocol):
         self.sim = sim
         self.window = window          # closed loop: requests in flight; 0 = open loop
         self.phase_ns = phase_ns      # open loop: this connection's schedule starts this late
+        self.late = 0                 # open loop: requests sent more than LATE_NS after due
+        self.lag_max_ns = 0           # open loop: the most a request left after it was due
         self.budget = budget          # shared remaining request count ([-1] = unbounded)
         self.stop = stop
         self.buf = bytearray()
@@ -220,8 +223,15 @@ class LoadConnection(asyncio.Protocol):
             return False
         n = self._take(due)
         if n:
-            self._send(n, start_ns + self.phase_ns + int(self.scheduled * 1e9 / rate),
-                       int(1e9 / rate))
+            first_ns = start_ns + self.phase_ns + int(self.scheduled * 1e9 / rate)
+            interval_ns = int(1e9 / rate)
+            self._send(n, first_ns, interval_ns)
+            # The generator's own lateness, so that a tail can be told from the switch's:
+            # request i was due at first + i * interval and left now.
+            lag_ns = now_ns - first_ns
+            self.lag_max_ns = max(self.lag_max_ns, lag_ns)
+            if lag_ns > LATE_NS:
+                self.late += min(n, -(-(lag_ns - LATE_NS) // max(interval_ns, 1)))
         self.scheduled += due
         return True
 
@@ -293,7 +303,9 @@ async def _drive(host: str, specs: list[ConnSpec], sims: list, opts: dict, recor
         if c.transport is not None:
             c.transport.close()
     progress[slot] = recorder.completed
-    return {"seconds": elapsed, "overloaded": overloaded}
+    return {"seconds": elapsed, "overloaded": overloaded,
+            "late": sum(c.late for c in conns),
+            "lag_max_ns": max((c.lag_max_ns for c in conns), default=0)}
 
 
 def worker(host: str, specs: list[ConnSpec], data_dir: str, opts: dict, barrier, progress,
@@ -400,6 +412,8 @@ def run(args, *, progress_output: bool = True) -> LoadResult:
         codes={CODES[i][0]: int(n) for i, n in enumerate(codes_arr) if n and i < len(CODES)},
         unmatched=sum(r["unmatched"] for r in results),
         overloaded=any(r["overloaded"] for r in results), timeline=timeline,
+        late_sends=sum(r["late"] for r in results),
+        send_lag_max_ms=max(r["lag_max_ns"] for r in results) / 1e6,
         histogram=encode_hdr(hist))
 
 

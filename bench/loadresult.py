@@ -51,6 +51,8 @@ class LoadResult:
     unmatched: int
     overloaded: bool = False          # open loop: in-flight limit hit, the rate was not kept
     timeline: list[tuple[float, int]] = field(default_factory=list)
+    late_sends: int = 0               # open loop: requests the generator sent > 0.1 ms late
+    send_lag_max_ms: float = 0.0      # open loop: the latest any request left after its time
     histogram: str = ""               # HdrHistogram, encoded (base64 of its compressed form)
 
     def hdr(self) -> HdrHistogram:
@@ -70,6 +72,10 @@ class LoadResult:
                  f"  codes     {codes}"]
         if self.unmatched:
             lines.append(f"  unmatched replies {self.unmatched}")
+        if self.mode == "open":
+            lines.append(f"  generator {100 * self.late_sends / max(self.sent, 1):.3f}% of "
+                         f"requests sent over 0.1 ms after their time (latest "
+                         f"{self.send_lag_max_ms:.3f} ms; that lateness counts in the latency)")
         if self.overloaded:
             lines.append("  overloaded: a connection reached the in-flight limit; the switch "
                          "did not keep up with the rate asked for")
