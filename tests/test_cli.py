@@ -90,6 +90,8 @@ def test_load_generator_against_a_real_switch(running_switch, tmp_path, protocol
     if "--rate" in extra:                    # the generator's own lateness is reported
         assert 0 <= r["late_sends"] <= 3000 and r["send_lag_max_ms"] >= 0
         assert "sent over 0.1 ms after their time" in out.stdout
+        if "--tick-us" not in extra:         # 1 ms ticks: most leave late, and it says why
+            assert "`--tick-us 0`" in out.stdout
     from onecard.bench.loadresult import LoadResult
     assert LoadResult.load(result).hdr().get_total_count() == 3000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
