@@ -35,7 +35,8 @@ DEBIT_LUA = ("local b = tonumber(redis.call('GET', KEYS[1]) or '0') "
 KEYSPACE = 100_000
 
 
-def _start(cmd: list[str], ready: str) -> tuple[subprocess.Popen, int]:
+def start_server(cmd: list[str], ready: str) -> tuple[subprocess.Popen, int]:
+    """Start a server pinned to core 0; wait for its ``ready`` line; its ISO 8583 port."""
     proc = subprocess.Popen([*_pin(0), *cmd], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     port = None
@@ -48,7 +49,8 @@ def _start(cmd: list[str], ready: str) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"{cmd[0]} did not start")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
+    """Ask a server to stop; kill it if it has not within a minute."""
     proc.terminate()
     try:
         proc.wait(60)
@@ -143,12 +145,12 @@ def main() -> None:
                 if name in args.skip:
                     continue
                 d = fresh()
-                proc, port = _start([c.replace("{data}", str(d)) for c in cmd], ready)
+                proc, port = start_server([c.replace("{data}", str(d)) for c in cmd], ready)
                 try:
                     runs.setdefault(name, []).append(_load(port, d, args, extra,
                                                            tmp / f"{name}.json"))
                 finally:
-                    _stop(proc)
+                    stop_server(proc)
                 _report(name, runs[name][-1])
             if "redis" not in args.skip:
                 r = run_redis(args)

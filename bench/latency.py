@@ -27,7 +27,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from onecard.bench.compare import _start, _stop
+from onecard.bench.compare import start_server, stop_server
 from onecard.bench.disk import probe
 from onecard.bench.e2e import run_load, start_switch
 
@@ -105,8 +105,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
-        echo, port = _start([sys.executable, "-m", "onecard.bench.echo_server", "--port", "0"],
-                            "echo: ready")
+        echo, port = start_server(
+            [sys.executable, "-m", "onecard.bench.echo_server", "--port", "0"], "echo: ready")
         try:
             for run in out["runs"]:
                 r = run_load({"iso8583": port}, data_dir, "iso8583", args.connections, 0,
@@ -118,7 +118,7 @@ def main() -> None:
                       f"{lat['p99']:.3f}  p99.9 {lat['p99.9']:.3f}  max {lat['max']:.1f} ms; "
                       f"generator late (> 0.1 ms) {_late(r):.3%}", flush=True)
         finally:
-            _stop(echo)
+            stop_server(echo)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
