@@ -69,7 +69,10 @@ def main() -> None:
         raise SystemExit("bench.latency: --shares must be in (0, 1]")
     if not 0 < args.duration <= 600:
         raise SystemExit("bench.latency: --duration must be in (0, 600]")
-    conns, window = (int(x) for x in args.max_run.split("x"))
+    try:
+        conns, window = (int(x) for x in args.max_run.split("x"))
+    except ValueError:
+        raise SystemExit("bench.latency: --max-run is CONNECTIONSxWINDOW, e.g. 64x32") from None
     out: dict = {"runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
