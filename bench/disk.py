@@ -52,7 +52,11 @@ def probe(directory: str | Path, seconds: float) -> DiskResult:
     lat_ns = np.zeros(MAX_WRITES, dtype=np.int64)
     fd, name = tempfile.mkstemp(prefix=".onecard-disk-probe-", dir=directory)
     try:
-        os.posix_fallocate(fd, 0, FILE_BYTES)
+        # Written, not just allocated: a first write into an allocated-but-unwritten extent
+        # also changes the file's metadata, which the WAL's rewrites in place never do.
+        chunk = bytes(1 << 20)
+        for at in range(0, FILE_BYTES, len(chunk)):
+            os.pwrite(fd, chunk, at)
         os.fsync(fd)
         offset, n = 0, 0
         started = time.perf_counter_ns()
