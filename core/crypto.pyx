@@ -252,15 +252,20 @@ def _key(key: bytes) -> bytes:
     return key
 
 
+cdef int _set_key(MacKey* k, alg, key) except -1:
+    """Install a named algorithm's key (checked) into k, which the caller clears."""
+    if mackey_set(k, _alg(alg), _key(key)) != 0:
+        raise ValueError(f"cannot install a key for MAC algorithm {alg!r}")
+    return 0
+
+
 def mac(alg: str, key: bytes, data: bytes) -> bytes:
     """8-byte MAC of ``data`` (``alg`` is "x919" or "sm4")."""
     cdef MacKey k
     cdef uint8_t out[8]
     cdef const uint8_t[::1] view = data
     memset(&k, 0, sizeof(MacKey))
-    key = _key(key)
-    if mackey_set(&k, _alg(alg), key) != 0:
-        raise RuntimeError("libcrypto refused the key")
+    _set_key(&k, alg, key)
     try:
         if mac8(&k, &view[0] if len(data) else ZERO_IV, len(data), out) != 0:
             raise RuntimeError("MAC computation failed")
@@ -284,8 +289,7 @@ def macs(jobs: list[tuple[str, bytes, bytes]]) -> list[bytes]:
             raise MemoryError()
         for i in range(count):
             alg, key, _ = jobs[i]
-            if mackey_set(&keys[i], _alg(alg), _key(key)) != 0:
-                raise RuntimeError("libcrypto refused the key")
+            _set_key(&keys[i], alg, key)
             view = datas[i]
             work[i].key = &keys[i]
             work[i].data = &view[0] if len(datas[i]) else ZERO_IV
@@ -337,8 +341,7 @@ def mac_frames(alg: str, key: bytes, data) -> bytes:
     out = bytearray(len(data) // 8 + 8)
     cdef uint8_t* o = <uint8_t*><char*>out
     memset(&k, 0, sizeof(MacKey))
-    if mackey_set(&k, _alg(alg), _key(key)) != 0:
-        raise RuntimeError("libcrypto refused the key")
+    _set_key(&k, alg, key)
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         p = <const uint8_t*>view.buf
