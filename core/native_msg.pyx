@@ -39,6 +39,7 @@ cdef inline int parse_u32(MpReader* r, uint32_t* out) noexcept nogil:
 
 
 cdef const char* BROKEN = b"body is not valid MessagePack"
+cdef const char* BAD_CARD = b"card must be a string of 12-19 digits"
 
 
 cdef bint is_broken(const char* problem) noexcept nogil:
@@ -75,7 +76,7 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
             problem = (b"Tap is [3, seq, card, station, direction, time_s]" if t.kind == KIND_TAP
                        else b"OfflineTap is [5, seq, card, station, direction, time_s]")
         elif parse_card(body, &t.pan):
-            problem = b"card must be a string of 12-19 digits"
+            problem = BAD_CARD
         elif parse_u32(body, &t.station_id):
             problem = b"station must be an integer 0..4294967295"
         elif mp_int(body, &v) or v < 0 or v > 1:
@@ -91,7 +92,7 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
         if count < 3:
             problem = b"Verify and VenueEntry are [tag, seq, card]"
         elif parse_card(body, &t.pan):
-            problem = b"card must be a string of 12-19 digits"
+            problem = BAD_CARD
         else:
             extra = count - 3
     elif tag[0] == TAG_TOPUP:
@@ -99,7 +100,7 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
         if count < 4:
             problem = b"TopUp is [10, seq, card, amount_fen]"
         elif parse_card(body, &t.pan):
-            problem = b"card must be a string of 12-19 digits"
+            problem = BAD_CARD
         elif mp_int(body, &v) or v <= 0 or v > 0x7fffffff:
             problem = b"amount_fen must be a positive integer (fen)"
         else:
@@ -116,7 +117,7 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
         if count < 4:
             problem = b"Medical is [7, seq, card, bill_fen]; MedicalRefund [8, seq, card, original_seq]"
         elif parse_card(body, &t.pan):
-            problem = b"card must be a string of 12-19 digits"
+            problem = BAD_CARD
         elif t.kind == KIND_MEDICAL and (mp_int(body, &v) or v <= 0 or v > 0x7fffffff):
             problem = b"bill_fen must be a positive integer (fen)"
         elif t.kind == KIND_MEDICAL_REFUND and parse_u32(body, &t.orig_seq):
