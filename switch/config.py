@@ -42,8 +42,8 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     checkpoint_records: Positive = 2_000_000
     snapshots_kept: Annotated[int, Meta(ge=1, le=100)] = 2
     # The WAL is copied into the database (in the background) once it holds this much; it is
-    # then written from its start again. Smaller copies disturb commits' fsyncs less (16 MB
-    # against 64: a third as many requests over 5 ms in an open loop at 50k/s).
+    # then written from its start again (bench/README.md: 4, 16 and 64 measured within noise
+    # of each other once GC pauses were out of the open-loop figures).
     wal_checkpoint_mb: Annotated[int, Meta(ge=1, le=65536)] = 16
 
 
