@@ -1,5 +1,6 @@
-"""The measuring scripts behind issue 3's latency figures run and report what they claim:
-the disk probe, and the open-loop run beside the disk and the echo server."""
+"""The measuring scripts behind issue 3's figures run and report what they claim: the core
+rate with its MAC share, the disk probe, and the open-loop run beside the disk and the echo
+server."""
 
 import json
 import subprocess
@@ -41,3 +42,19 @@ def test_latency_bench_measures_the_switch_the_disk_and_the_echo_server(tmp_path
     assert run["result"]["codes"].get("00", 0) > 0.5 * run["result"]["completed"]
     assert run["echo"]["completed"] > 0 and run["commits"] > 0
     assert "echo server at" in out.stdout and "of max" in out.stdout
+
+
+def test_core_rate_reports_its_mac_share_and_the_target_cost(tmp_path):
+    result = tmp_path / "core.json"
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.core_rate", "--messages", "2000",
+                          "--batch", "100", "--cards", "2000", "--pyiso-messages", "500",
+                          "--json", str(result)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(result.read_text())
+    assert r["codes"] == {"approved": 2000, "declined": 0}
+    # The MACs are part of every purchase's cost, so they take less than the whole of it.
+    assert 0 < r["mac_ns_per_purchase"] < r["ns_per_purchase"]
+    assert r["ns_per_purchase"] == pytest.approx(1e9 / r["onecard_msgs_per_s"], rel=0.01)
+    assert r["target_ns_per_purchase"] == pytest.approx(
+        1e9 / (60 * r["pyiso8583_decode_msgs_per_s"]), rel=0.01)
+    assert r["mac"] in ("x919", "sm4") and "of which the two MACs" in out.stdout
