@@ -1,8 +1,14 @@
 """End to end on loopback: start a switch (durable group commit, its own data set) pinned to
-one core, drive it with ``onecard load`` pinned to the other, and report each run.
+one core, drive it with ``onecard load`` pinned to the other, and report each run with the
+switch's own CPU per request and records per commit.
+
+``--synchronous FULL OFF`` runs everything once with each setting (OFF: no fsync, not
+durable, for this measurement only) and prints what the fsync costs the switch's core per
+commit: the difference in CPU per request times the records a commit carries.
 
     python -m onecard.bench.e2e                      # 64 x 32 and 64 x 1, ISO 8583 purchases
     python -m onecard.bench.e2e --runs 64x32 16x8 --duration 10 --protocol native
+    python -m onecard.bench.e2e --runs 64x1 --synchronous FULL OFF
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def _pin(core: int | None) -> list[str]:
@@ -23,10 +32,13 @@ def _pin(core: int | None) -> list[str]:
     return ["taskset", "-c", str(core)]
 
 
-def start_switch(data_dir: Path, cards: int, core: int | None) -> tuple[subprocess.Popen, dict]:
+def start_switch(data_dir: Path, cards: int, core: int | None, *,
+                 config: Path | None = None) -> tuple[subprocess.Popen, dict]:
     cmd = [*_pin(core), sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir",
            str(data_dir), "--cards", str(cards), "--iso8583-port", "0", "--native-port", "0",
            "--http-port", "0"]
+    if config is not None:
+        cmd += ["--config", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ports = {}
     for line in proc.stdout:
@@ -36,6 +48,32 @@ def start_switch(data_dir: Path, cards: int, core: int | None) -> tuple[subproce
         if line.startswith("onecard: ready"):
             return proc, ports
     raise RuntimeError("switch did not start")
+
+
+def metric_samples(http_port: int, family: str) -> list:
+    """The samples of one metric family on the switch's ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for f in text_string_to_metric_families(text):
+        if f.name == family:
+            return f.samples
+    return []
+
+
+def commits(http_port: int) -> tuple[float, float]:
+    """(commits, records committed) so far, from the switch's histogram."""
+    samples = {s.name: s.value for s in metric_samples(http_port, "onecard_commit_records")}
+    return samples.get("onecard_commit_records_count", 0.0), samples.get(
+        "onecard_commit_records_sum", 0.0)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, all its threads (Linux /proc; else None)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_load(ports: dict, data_dir: Path, protocol: str, connections: int, window: int,
@@ -63,29 +101,80 @@ def main() -> None:
     p.add_argument("--protocol", choices=("iso8583", "native"), default="iso8583")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--cards", type=int, default=100_000)
+    p.add_argument("--synchronous", nargs="+", choices=("FULL", "NORMAL", "OFF"),
+                   default=["FULL"], help="the journal's fsync setting(s) to run with; "
+                   "anything but FULL is not durable and only for measuring")
     p.add_argument("--json")
     args = p.parse_args()
+    try:
+        specs = [tuple(int(x) for x in spec.split("x")) for spec in args.runs]
+    except ValueError:
+        raise SystemExit("bench.e2e: --runs takes CONNECTIONSxWINDOW, e.g. 64x32") from None
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        proc, ports = start_switch(data_dir, args.cards, 0)
-        try:
-            for spec in args.runs:
-                conns, window = (int(x) for x in spec.split("x"))
-                r = run_load(ports, data_dir, args.protocol, conns, window, args.duration, 1,
-                             Path(tmp) / "r.json")
-                results.append(r)
-                lat = r["latency_ms"]
-                print(f"{args.protocol} {conns:>3} connections x window {window:<3} "
-                      f"{r['tps']:>10,.0f} TPS   p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms"
-                      f"  p99.9 {lat['p99.9']:.3f} ms   approved "
-                      f"{100 * r['codes'].get('00', 0) / max(r['completed'], 1):.1f}%",
-                      flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(60)
+        for sync in args.synchronous:
+            data_dir = Path(tmp) / f"data-{sync}"        # each setting from the same start
+            config = Path(tmp) / f"sync-{sync}.toml"
+            config.write_text(f'[store]\nsynchronous = "{sync}"\n')
+            proc, ports = start_switch(data_dir, args.cards, 0, config=config)
+            try:
+                for conns, window in specs:
+                    r = _measured_run(proc.pid, ports, data_dir, args, conns, window,
+                                      Path(tmp) / "r.json")
+                    r["synchronous"] = sync
+                    results.append(r)
+                    _print_run(args.protocol, r, conns, window)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+    if "FULL" in args.synchronous and "OFF" in args.synchronous:
+        _print_fsync_cost(results, specs)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def _measured_run(pid: int, ports: dict, data_dir: Path, args, conns: int, window: int,
+                  out: Path) -> dict:
+    """One closed-loop run, with the switch's CPU and commits over it."""
+    cpu0, (commits0, records0) = cpu_seconds(pid), commits(ports["http"])
+    r = run_load(ports, data_dir, args.protocol, conns, window, args.duration, 1, out)
+    cpu1, (commits1, records1) = cpu_seconds(pid), commits(ports["http"])
+    r["records_per_commit"] = (records1 - records0) / max(commits1 - commits0, 1)
+    if cpu0 is not None and cpu1 is not None:
+        r["server_cpu_us_per_request"] = 1e6 * (cpu1 - cpu0) / max(r["completed"], 1)
+        r["server_busy"] = (cpu1 - cpu0) / r["seconds"]
+    return r
+
+
+def _print_run(protocol: str, r: dict, conns: int, window: int) -> None:
+    lat = r["latency_ms"]
+    cpu = ""
+    if "server_cpu_us_per_request" in r:
+        cpu = (f"   switch {r['server_cpu_us_per_request']:.1f} µs CPU a request "
+               f"({r['server_busy']:.0%} of its core)")
+    print(f"{protocol} {r['synchronous']:<4} {conns:>3} connections x window {window:<3} "
+          f"{r['tps']:>10,.0f} TPS   p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms"
+          f"  p99.9 {lat['p99.9']:.3f} ms   approved "
+          f"{100 * r['codes'].get('00', 0) / max(r['completed'], 1):.1f}%{cpu}, "
+          f"{r['records_per_commit']:.0f} records a commit", flush=True)
+
+
+def _print_fsync_cost(results: list[dict], specs: list[tuple[int, int]]) -> None:
+    """What the fsync costs the switch's core a commit, run by run: the extra CPU a request
+    with FULL over OFF, times the records a FULL commit carries."""
+    runs = {(r["synchronous"], r["connections"], r["window"]): r for r in results}
+    for conns, window in specs:
+        full, off = runs[("FULL", conns, window)], runs[("OFF", conns, window)]
+        if "server_cpu_us_per_request" not in full:
+            return
+        extra_us = full["server_cpu_us_per_request"] - off["server_cpu_us_per_request"]
+        if extra_us <= 0:
+            print(f"{conns}x{window}: the fsync's CPU is within the runs' noise "
+                  f"({full['records_per_commit']:.0f} records a commit)")
+            continue
+        print(f"{conns}x{window}: the fsync costs the switch "
+              f"{extra_us * full['records_per_commit']:.0f} µs of CPU a commit ({extra_us:.1f} µs "
+              f"a request over {full['records_per_commit']:.0f} records a commit)")
 
 
 if __name__ == "__main__":

@@ -21,15 +21,12 @@ import argparse
 import json
 import sys
 import tempfile
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from onecard.bench.compare import start_server, stop_server
 from onecard.bench.disk import probe
-from onecard.bench.e2e import run_load, start_switch
+from onecard.bench.e2e import metric_samples, run_load, start_switch
 
 TARGET_P99_MS = 2.0
 TARGET_P999_MS = 5.0
@@ -37,13 +34,9 @@ TARGET_P999_MS = 5.0
 
 def slow_commits(http_port: int) -> tuple[float, float, float]:
     """The switch's commits so far: (all, over 2 ms, over 5 ms), from its histogram."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    buckets = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "onecard_commit_latency_seconds":
-            buckets = {s.labels["le"]: s.value for s in family.samples
-                       if s.name.endswith("_bucket")}
+    buckets = {s.labels["le"]: s.value
+               for s in metric_samples(http_port, "onecard_commit_latency_seconds")
+               if s.name.endswith("_bucket")}
     total = buckets.get("+Inf", 0.0)
     return total, total - buckets.get("0.002", total), total - buckets.get("0.005", total)
 

@@ -58,3 +58,26 @@ def test_core_rate_reports_its_mac_share_and_the_target_cost(tmp_path):
     assert r["target_ns_per_purchase"] == pytest.approx(
         1e9 / (60 * r["pyiso8583_decode_msgs_per_s"]), rel=0.01)
     assert r["mac"] in ("x919", "sm4") and "of which the two MACs" in out.stdout
+
+
+@pytest.mark.slow
+def test_e2e_measures_the_switchs_cpu_and_commits_with_and_without_fsync(tmp_path):
+    result = tmp_path / "e2e.json"
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.e2e", "--runs", "4x1",
+                          "--duration", "1", "--cards", "3000", "--synchronous", "FULL", "OFF",
+                          "--json", str(result)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    full, off = json.loads(result.read_text())
+    assert (full["synchronous"], off["synchronous"]) == ("FULL", "OFF")
+    for r in (full, off):
+        assert r["completed"] > 0 and r["codes"].get("00", 0) > 0.5 * r["completed"]
+        # Four connections of one request each: a commit carries 1..4 records.
+        assert 1 <= r["records_per_commit"] <= 4
+        assert r["server_cpu_us_per_request"] > 0 and r["server_busy"] > 0
+    assert "4x1: the fsync" in out.stdout
+
+
+def test_e2e_refuses_a_malformed_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.e2e", "--runs", "64by32"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "CONNECTIONSxWINDOW" in out.stderr
