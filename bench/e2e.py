@@ -106,10 +106,7 @@ def main() -> None:
                    "anything but FULL is not durable and only for measuring")
     p.add_argument("--json")
     args = p.parse_args()
-    try:
-        specs = [tuple(int(x) for x in spec.split("x")) for spec in args.runs]
-    except ValueError:
-        raise SystemExit("bench.e2e: --runs takes CONNECTIONSxWINDOW, e.g. 64x32") from None
+    specs = [_spec(spec) for spec in args.runs]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for sync in args.synchronous:
@@ -133,7 +130,15 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
-def _measured_run(pid: int, ports: dict, data_dir: Path, args, conns: int, window: int,
+def _spec(text: str) -> tuple[int, int]:
+    conns, _, window = text.partition("x")
+    if not (conns.isdigit() and window.isdigit() and int(conns) > 0 and int(window) > 0):
+        raise SystemExit(f"bench.e2e: --runs takes CONNECTIONSxWINDOW, e.g. 64x32, not {text!r}")
+    return int(conns), int(window)
+
+
+def _measured_run(pid: int, ports: dict, data_dir: Path, args: argparse.Namespace,
+                  conns: int, window: int,
                   out: Path) -> dict:
     """One closed-loop run, with the switch's CPU and commits over it."""
     cpu0, (commits0, records0) = cpu_seconds(pid), commits(ports["http"])

@@ -78,6 +78,6 @@ def test_e2e_measures_the_switchs_cpu_and_commits_with_and_without_fsync(tmp_pat
 
 
 def test_e2e_refuses_a_malformed_run(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.e2e", "--runs", "64by32"],
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.e2e", "--runs", "64x32x2"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "CONNECTIONSxWINDOW" in out.stderr
