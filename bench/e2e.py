@@ -138,8 +138,7 @@ def _spec(text: str) -> tuple[int, int]:
 
 
 def _measured_run(pid: int, ports: dict, data_dir: Path, args: argparse.Namespace,
-                  conns: int, window: int,
-                  out: Path) -> dict:
+                  conns: int, window: int, out: Path) -> dict:
     """One closed-loop run, with the switch's CPU and commits over it."""
     cpu0, (commits0, records0) = cpu_seconds(pid), commits(ports["http"])
     r = run_load(ports, data_dir, args.protocol, conns, window, args.duration, 1, out)
