@@ -92,20 +92,29 @@ def _native_specs(terminals: list[TerminalInfo], n: int, port: int,
     buses = [t for t in terminals if t.kind == TERM_BUS_READER]
     verifiers = [t for t in terminals if t.kind == TERM_VERIFIER]
     ops = sorted(gates_by_op)
+    if not ops and n:
+        raise SystemExit("onecard load: the data set has no metro gates for native connections")
     used: set[str] = set()
     specs = []
+
+    def free(kind: list[TerminalInfo], province: int) -> TerminalInfo | None:
+        return next((t for t in kind if t.province == province and t.tid not in used), None)
+
     for i in range(n):
-        gates = [g for g in gates_by_op[ops[i % len(ops)]] if g.tid not in used]
-        if len(gates) < 2:
-            raise SystemExit("onecard load: not enough metro gates for that many connections")
+        # Networks in turn; one whose province has no gate pair, bus reader or verifier left
+        # is passed over (Beijing's demo data has 6 verifiers for 80 gates).
+        for op in ops[i % len(ops):] + ops[:i % len(ops)]:
+            gates = [g for g in gates_by_op[op] if g.tid not in used]
+            if len(gates) >= 2 and free(buses, gates[0].province) is not None \
+                    and free(verifiers, gates[0].province) is not None:
+                break
+        else:
+            raise SystemExit(f"onecard load: the data set's metro gates, bus readers and "
+                             f"verifiers make {i} native connections, asked for {n} (each "
+                             f"needs its own two gates, bus reader and verifier)")
         a = gates[0]
         b = next((g for g in gates if g.station_id != a.station_id), gates[1])
-        bus = next((t for t in buses if t.province == a.province and t.tid not in used), None)
-        ver = next((t for t in verifiers if t.province == a.province and t.tid not in used),
-                   None)
-        if bus is None or ver is None:
-            raise SystemExit("onecard load: not enough bus readers or verifiers for that many "
-                             "native connections")
+        bus, ver = free(buses, a.province), free(verifiers, a.province)
         used.update(t.tid for t in (a, b, bus, ver))
         specs.append(ConnSpec("native", port, [("gate_in", a), ("gate_out", b), ("bus", bus),
                                                ("verifier", ver)], a.province,
