@@ -23,7 +23,7 @@ from onecard.core.state import FN_FINANCIAL, KIND_PURCHASE
 from onecard.core.terminal import IsoLoad, Recorder
 from onecard.protocols.iso8583_fields import pyiso8583_spec
 from onecard.switch import demo, loader
-from onecard.switch.terminals import REQUEST_TPDU_HEADER, read_terminals, usable_cards
+from onecard.switch.terminals import REQUEST_TPDU_HEADER, TerminalInfo, read_terminals, usable_cards
 
 TARGET_RATIO = 60          # issue 3, target 1: the core at 60x pyiso8583's decode-only rate
 
@@ -51,13 +51,22 @@ class CoreRun:
     mak: bytes
 
 
-def onecard_rate(data_dir: Path, messages: int, batch: int) -> CoreRun:
-    term = next(t for t in read_terminals(data_dir) if t.kind == 1 and t.province == 44)
+def purchase_buffers(data_dir: Path, messages: int, batch: int,
+                     mac: str | None = None) -> tuple[Engine, TerminalInfo, bytes, list[bytes]]:
+    """A signed-on engine, its terminal (the data set's first Guangdong POS, or the first whose
+    MAC algorithm is ``mac``), the terminal's MAC key, and ``messages // batch`` buffers of
+    ``batch`` framed purchases from it."""
+    term = next(t for t in read_terminals(data_dir) if t.kind == 1 and t.province == 44
+                and mac in (None, t.alg_name))
     engine, mak = signed_on_engine(data_dir, term)
     pans = usable_cards(data_dir, province=44, functions=FN_FINANCIAL)
     sim = IsoLoad(Recorder(), term.tid, term.merchant, term.mac_alg, mak, pans, seed=3,
                   first_stan=2)
-    buffers = [sim.build(batch) for _ in range(messages // batch)]
+    return engine, term, mak, [sim.build(batch) for _ in range(messages // batch)]
+
+
+def onecard_rate(data_dir: Path, messages: int, batch: int) -> CoreRun:
+    engine, term, mak, buffers = purchase_buffers(data_dir, messages, batch)
     replies = []
     start = time.perf_counter()
     for buf in buffers:

@@ -1,8 +1,9 @@
 """The measuring scripts behind issue 3's figures run and report what they claim: the core
-rate with its MAC share, the disk probe, and the open-loop run beside the disk and the echo
-server."""
+rate with its MAC share, the core's instruction counts, the end-to-end runs with and without
+fsync, the disk probe, and the open-loop run beside the disk and the echo server."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -81,3 +82,27 @@ def test_e2e_refuses_a_malformed_run(tmp_path):
     out = subprocess.run([sys.executable, "-m", "onecard.bench.e2e", "--runs", "64x32x2"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "CONNECTIONSxWINDOW" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (.ci/run installs it)")
+def test_instruction_counts_repeat_and_add_up(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.json"
+        out = subprocess.run([sys.executable, "-m", "onecard.bench.instructions", "--messages",
+                              "200", "--batch", "50", "--cards", "2000", "--json", str(path)],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(path.read_text()))
+    a, b = runs
+    # The point of counting instructions: the same work gives the same count, run to run.
+    assert a["ir_per_purchase"] == pytest.approx(b["ir_per_purchase"], rel=0.01)
+    assert sum(a["by_module"].values()) == pytest.approx(a["ir_per_purchase"], rel=0.01)
+    # A purchase's two MACs are most of its instructions; the codec comes next.
+    assert max(a["by_module"], key=a["by_module"].get) == "crypto"
+    assert a["by_module"]["isocodec"] > 0 and a["mac"] in ("x919", "sm4")
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.instructions", "--compare",
+                          str(tmp_path / "a.json"), str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "total" in out.stdout and "crypto" in out.stdout
