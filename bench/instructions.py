@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def run_child(data_dir: Path, messages: int, batch: int, mac: str,
 
 
 def measure(data_dir: Path, messages: int, batch: int, mac: str = "x919",
-            progress=print) -> dict:
+            progress: Callable[[str], None] = print) -> dict:
     """Instructions per purchase: the 2N run's counts minus the N run's, over N."""
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
         started = time.monotonic()

@@ -3,12 +3,12 @@ due, leave as soon as they are due (not an interval late, which read as latency)
 connections' schedules are spread over an interval instead of all firing at once. And the
 native connections' terminals: as many connections as the data set's terminals allow."""
 
+import argparse
 import asyncio
-import random
 
 import pytest
 
-from onecard.bench.loadgen import LoadConnection, _native_specs
+from onecard.bench.loadgen import LoadConnection, plan
 from onecard.switch.terminals import read_terminals
 
 
@@ -70,12 +70,15 @@ def test_a_long_run_sends_the_rate_asked_for():
     asyncio.run(main())
 
 
+def native(connections: int) -> argparse.Namespace:
+    return argparse.Namespace(protocol="native", connections=connections, port=9999, seed=1)
+
 
 def test_native_connections_use_every_province_before_giving_up(demo_dir):
     terminals = read_terminals(demo_dir)
     # 64 used to fail: networks were taken strictly in turn, and Beijing's 6 verifiers ran
     # out at its seventh connection.
-    specs = _native_specs(terminals, 64, 9999, random.Random(1))
+    specs = plan(native(64), terminals)
     assert len(specs) == 64
     tids = [t.tid for s in specs for _, t in s.terminals]
     assert len(tids) == len(set(tids)) == 64 * 4        # no terminal on two connections
@@ -84,4 +87,4 @@ def test_native_connections_use_every_province_before_giving_up(demo_dir):
         assert {t.province for t in roles.values()} == {s.province}
         assert roles["gate_in"].operator == roles["gate_out"].operator
     with pytest.raises(SystemExit, match=r"make \d+ native connections, asked for 10000"):
-        _native_specs(terminals, 10_000, 9999, random.Random(1))
+        plan(native(10_000), terminals)
