@@ -25,6 +25,13 @@ cdef struct MacJob:
     uint8_t* out8
     int rc                 # set by mac_many: 0, or -1 when the MacKey holds no key
 
+cdef inline void mac_job(MacJob* job, MacKey* key, const uint8_t* data, size_t n,
+                         uint8_t* out8) noexcept nogil:
+    job.key = key
+    job.data = data
+    job.n = n
+    job.out8 = out8
+
 cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil
 cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil
 cdef void mac_many_in(MacJob* jobs, size_t count, uint8_t* base) noexcept nogil

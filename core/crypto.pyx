@@ -171,10 +171,7 @@ cdef void mac_many_in(MacJob* jobs, size_t count, uint8_t* base) noexcept nogil:
 cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept nogil:
     """8-byte MAC of data under k; -1 when k holds no key."""
     cdef MacJob job
-    job.key = k
-    job.data = data
-    job.n = n
-    job.out8 = out8
+    mac_job(&job, k, data, n, out8)
     mac_many(&job, 1)
     return job.rc
 
@@ -291,10 +288,8 @@ def macs(jobs: list[tuple[str, bytes, bytes]]) -> list[bytes]:
             alg, key, _ = jobs[i]
             _set_key(&keys[i], alg, key)
             view = datas[i]
-            work[i].key = &keys[i]
-            work[i].data = &view[0] if len(datas[i]) else ZERO_IV
-            work[i].n = len(datas[i])
-            work[i].out8 = o + 8 * i
+            mac_job(&work[i], &keys[i], &view[0] if len(datas[i]) else ZERO_IV, len(datas[i]),
+                    o + 8 * i)
         with nogil:
             mac_many(work, count)
     finally:
@@ -350,10 +345,7 @@ def mac_frames(alg: str, key: bytes, data) -> bytes:
                 length = (<uint32_t>p[pos] << 8) | p[pos + 1]
                 if <size_t>view.len - pos - 2 < length or length < 21:
                     break
-                jobs[queued].key = &k
-                jobs[queued].data = p + pos + 2 + 11
-                jobs[queued].n = length - 11 - 8
-                jobs[queued].out8 = o + n_out
+                mac_job(&jobs[queued], &k, p + pos + 2 + 11, length - 11 - 8, o + n_out)
                 queued += 1
                 if queued == LANE_JOBS:
                     mac_many(jobs, queued)

@@ -16,7 +16,8 @@ from libc.string cimport memcmp, memset
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
-from onecard.core.crypto cimport MAC_BYTES, MacJob, mac_equal, mac_many, mac_many_in
+from onecard.core.crypto cimport (MAC_BYTES, MacJob, mac_equal, mac_job, mac_many,
+                                  mac_many_in)
 from onecard.core.decide cimport decide
 from onecard.core.isocodec cimport *
 from onecard.core.journal cimport NONE32
@@ -177,10 +178,8 @@ cdef class IsoPath:
             for j in range(g):
                 pd = &group[j]
                 if pd.verify:
-                    jobs[n_jobs].key = &self.st.mac_keys[pd.term_idx]
-                    jobs[n_jobs].data = pd.msg + MTI_OFF
-                    jobs[n_jobs].n = pd.m.off[64] - MTI_OFF
-                    jobs[n_jobs].out8 = pd.mac
+                    mac_job(&jobs[n_jobs], &self.st.mac_keys[pd.term_idx], pd.msg + MTI_OFF,
+                            pd.m.off[64] - MTI_OFF, pd.mac)
                     pd.job = n_jobs
                     n_jobs += 1
             mac_many(jobs, n_jobs)
@@ -442,9 +441,7 @@ cdef class IsoPath:
             w_b(&w, 62, r.keys, 40)
         if later != NULL:
             mac_start = w_mac_begin(&w)
-            later.key = &self.st.mac_keys[pd.term_idx]
-            later.data = <const uint8_t*>mac_start
-            later.n = w.pos - mac_start
-            later.out8 = <uint8_t*>w.pos
+            mac_job(later, &self.st.mac_keys[pd.term_idx], <const uint8_t*>mac_start,
+                    w.pos - mac_start, <uint8_t*>w.pos)
             w_b(&w, 64, NO_MAC, MAC_BYTES)
         out.len = w_end(&w)

@@ -15,7 +15,7 @@ from libc.string cimport memset, strlen
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.decide cimport decide
 from onecard.core.codes cimport *
-from onecard.core.crypto cimport (MAC_BYTES, MacJob, MacKey, mac8, mac_equal, mac_many,
+from onecard.core.crypto cimport (MAC_BYTES, MacJob, MacKey, mac8, mac_equal, mac_job, mac_many,
                                   mac_many_in, mackey_clear, mackey_set)
 from onecard.core.journal cimport NONE32
 from onecard.core.metrics cimport CoreMetrics
@@ -97,10 +97,8 @@ cdef class NativePath:
             n_jobs = 0
             for j in range(g):
                 if heads[j].verify:
-                    jobs[n_jobs].key = &self.st.mac_keys[heads[j].term_idx]
-                    jobs[n_jobs].data = heads[j].body_p
-                    jobs[n_jobs].n = heads[j].body_len
-                    jobs[n_jobs].out8 = heads[j].mac
+                    mac_job(&jobs[n_jobs], &self.st.mac_keys[heads[j].term_idx], heads[j].body_p,
+                            heads[j].body_len, heads[j].mac)
                     heads[j].job = n_jobs
                     n_jobs += 1
             mac_many(jobs, n_jobs)
@@ -149,11 +147,9 @@ cdef class NativePath:
         mp_w_bin32_header(out.data + f.body_header, <uint32_t>body_len)
         if later != NULL and key != NULL and key.alg != 0:
             memset(mac, 0, MAC_BYTES)
-            later.key = key
-            later.data = <const uint8_t*>f.body
-            later.n = body_len
             out.len += mp_w_bin(out.data + out.len, mac, MAC_BYTES)
-            later.out8 = <uint8_t*>(out.len - MAC_BYTES)
+            mac_job(later, key, <const uint8_t*>f.body, body_len,
+                    <uint8_t*>(out.len - MAC_BYTES))
         elif key != NULL and mac8(key, out.data + f.body, body_len, mac) == 0:
             out.len += mp_w_bin(out.data + out.len, mac, MAC_BYTES)
         else:
