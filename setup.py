@@ -49,6 +49,7 @@ MODULES = {
     "mpack": [],
     "maps": [],
     "state": [],
+    "records": [],
     "journal": [],
     "ledger": [],
     "metrics": [],
@@ -75,10 +76,21 @@ def _cython_include() -> str:
     package = staging / "onecard"
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.pxd").touch()
-    link = package / "core"
-    if not link.is_symlink():
-        link.symlink_to(root / "core", target_is_directory=True)
+    for name in ("core", "protocols"):
+        link = package / name
+        if not link.is_symlink():
+            link.symlink_to(root / name, target_is_directory=True)
     return str(staging)
+
+
+def _render_journal(staging: str) -> None:
+    """The core's journal structs come from the table in protocols/journal.py: write them
+    (and the format's documentation) before Cython reads them."""
+    sys.path.insert(0, staging)
+    from onecard.protocols import journal_render
+
+    for path in journal_render.write(Path(__file__).resolve().parent):
+        print(f"onecard: {path.name} written from protocols/journal.py")
 
 
 def extension(name: str, libs: list[str]) -> Extension:
@@ -93,11 +105,14 @@ def extension(name: str, libs: list[str]) -> Extension:
     )
 
 
+STAGING = _cython_include()
+_render_journal(STAGING)
+
 setup(
     ext_modules=cythonize(
         [extension(name, libs) for name, libs in MODULES.items()],
         compiler_directives=DIRECTIVES,
         annotate=ANNOTATE,
-        include_path=[_cython_include()],
+        include_path=[STAGING],
     ),
 )

@@ -32,7 +32,7 @@ def signed_on_engine(data_dir: Path, terminal) -> tuple[Engine, bytes]:
     """An engine over the data set with one POS terminal signed on through the ISO path."""
     loaded = loader.load(data_dir)
     loaded.state.accounts["balance_fen"][:] = 10**12   # measure approvals, not declines
-    engine = Engine(loaded.state, daily_limit_fen=2**31 - 1, max_amount_fen=10**9)
+    engine = Engine(loaded.state, daily_limit_fen=2**31 - 1, amount_fen_max=10**9)
     signon = isocodec.encode_message(REQUEST_TPDU_HEADER, "0800", {
         11: "000001", 41: terminal.tid, 42: terminal.merchant, 60: "00000001003"})
     _, reply, _, _ = engine.process(ISO8583, signon)

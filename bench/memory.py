@@ -68,7 +68,7 @@ def synthetic_state(n: int, seed: int = 1) -> State:
 
 def authorisation_rate(state: State, count: int = 2_000_000, seed: int = 3) -> float:
     """Purchases on uniformly random cards through the rules, per second."""
-    engine = Engine(state, daily_limit_fen=2**31 - 1, max_amount_fen=10**9)
+    engine = Engine(state, daily_limit_fen=2**31 - 1, amount_fen_max=10**9)
     rng = np.random.default_rng(seed)
     txns = np.zeros(count, dtype=TXN_DTYPE)
     txns["pan"] = state.cards["pan"][rng.integers(0, state.n_cards, size=count)]

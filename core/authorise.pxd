@@ -2,7 +2,7 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from onecard.core.journal cimport JRec, Journal
-from onecard.core.state cimport Account, Policy, Region, State
+from onecard.core.state cimport Account, Policy, Region, State, ring_asked
 
 cdef enum:
     MAX_FX = 8
@@ -27,8 +27,9 @@ cdef struct Txn:                 # a decoded request, whatever protocol it came 
 cdef struct Res:                 # the decision and what the reply needs
     int64_t amount_fen           # charged or credited (fare, fee, cash share, purchase)
     int64_t balance_fen
-    int64_t x[4]                 # medical: pool, personal, cash, medical account after;
-                                 # settlement: debit total, count, credit total, count
+    # medical: pool, personal, cash, medical account after;
+    # settlement: debit total, count, credit total, count
+    int64_t x[4]
     uint64_t record_no           # journal record (RRN and auth code derive from it)
     uint32_t card                # card index or NONE32
     uint32_t region_code         # verification: the card's issuing region
@@ -44,18 +45,22 @@ cdef struct Res:                 # the decision and what the reply needs
     uint8_t id_number[20]        # lodging terminals only
     uint8_t keys[40]             # sign-on: PIN key, check value, MAC key, check value
 
-cdef inline uint64_t asked(Txn* t) noexcept nogil:
-    """The amount as the terminal asked it, currency included (156 when not given): what a
-    retransmission, a void or a reversal must match, so that HKD 100.00 never matches CNY."""
-    return (<uint64_t>(t.currency if t.currency else 156) << 48) | <uint64_t>t.amount_fen
+cdef inline int64_t asked(Txn* t) noexcept nogil:
+    """The amount as the terminal asked it, currency included: what a retransmission, a void
+    or a reversal must match in the terminal's ring."""
+    return ring_asked(t.currency, t.amount_fen)
+
+
+cdef inline uint16_t currency_or_cny(Txn* t) noexcept nogil:
+    return t.currency if t.currency else 156
 
 
 cdef class Authoriser:
     cdef readonly State state
     cdef readonly Journal journal
     cdef public int64_t daily_limit_fen
-    cdef public int64_t max_amount_fen
-    cdef public int64_t max_topup_fen
+    cdef public int64_t amount_fen_max
+    cdef public int64_t topup_fen_max
     cdef int64_t now_us
     cdef uint32_t now_s
     cdef uint16_t today
@@ -71,6 +76,7 @@ cdef class Authoriser:
     cdef bint duplicate(self, Txn* t, int64_t idx, Res* r) noexcept nogil
     cdef JRec* record(self, Txn* t, Res* r, int64_t idx) noexcept nogil
     cdef void commit(self, JRec* j, Res* r) noexcept nogil
+    cdef void decline_unapplied(self, JRec* j, Res* r) noexcept nogil
     cdef int32_t spent_today(self, Account* a) noexcept nogil
     cdef int32_t app_spent_today(self, uint32_t account, uint16_t app) noexcept nogil
     cdef int price_pct(self, Policy* p, Account* a, int* entitlement) noexcept nogil

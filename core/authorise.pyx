@@ -11,21 +11,14 @@ province at the terminal's, amount, limits, funds. An effect is written as a jou
 applied from that record (ledger.apply).
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 
 import numpy as np
 
 from onecard.core.codes cimport *
 from onecard.core.crypto cimport check_value, random_bytes, wrap_key
-from onecard.core.journal cimport (
-    JF_DENY_CLEAR,
-    JF_DENY_SET,
-    KIND_VOID_REVERSAL,
-    NONE32,
-    JRec,
-    Journal,
-)
+from onecard.core.journal cimport JF_APPROVED, JF_DENY_CLEAR, JF_DENY_SET, NONE32, JHead, JRec
 from onecard.core.ledger cimport apply, daily_key
 from onecard.core.maps cimport Entry
 from onecard.core.state cimport *
@@ -67,15 +60,15 @@ cdef inline uint8_t status_code(uint8_t status) noexcept nogil:
 
 cdef class Authoriser:
     def __init__(self, State state, Journal journal, *, int64_t daily_limit_fen=500_000,
-                 int64_t max_amount_fen=10_000_000, fx_rates=None):
+                 int64_t amount_fen_max=10_000_000, fx_rates=None):
         """``fx_rates``: {ISO 4217 numeric code: fen per 100.00 units}, e.g. {344: 9150}."""
-        if daily_limit_fen <= 0 or max_amount_fen <= 0:
+        if daily_limit_fen <= 0 or amount_fen_max <= 0:
             raise ValueError("limits must be positive")
         self.state = state
         self.journal = journal
         self.daily_limit_fen = daily_limit_fen
-        self.max_amount_fen = max_amount_fen
-        self.max_topup_fen = 100_000          # 1,000 yuan a top-up; the switch sets its own
+        self.amount_fen_max = amount_fen_max
+        self.topup_fen_max = 100_000          # 1,000 yuan a top-up; the switch sets its own
         self.n_fx = 0
         for code, rate in (fx_rates or {}).items():
             if self.n_fx == MAX_FX or not 0 < int(rate) < 10**9 or int(code) in (0, 156):
@@ -151,9 +144,9 @@ cdef class Authoriser:
         if (e.kind != t.kind or e.card != <uint32_t>idx or (e.flags & RING_REVERSED)
                 or (t.kind == KIND_TOPUP and e.amount_fen != t.amount_fen)
                 or ((t.kind == KIND_PURCHASE or t.kind == KIND_VOID)
-                    and (<uint64_t>e.amount_fen != asked(t) or e.flags & RING_VOIDED))
-                or (t.kind == KIND_MEDICAL and (e.amount_fen & <int64_t>0xffffffff) != t.amount_fen)
-                or (t.kind == KIND_MEDICAL_REFUND and (e.balance_fen >> 32) != t.orig_seq)
+                    and (e.amount_fen != asked(t) or e.flags & RING_VOIDED))
+                or (t.kind == KIND_MEDICAL and ring_medical_bill(e) != t.amount_fen)
+                or (t.kind == KIND_MEDICAL_REFUND and ring_medical_orig_seq(e) != t.orig_seq)
                 or (t.kind == KIND_TAP and (e.extra != t.station_id or e.aux != t.direction))):
             # Same STAN, different request (or one already reversed or voided): never act on
             # it, and never repeat an approval that no longer stands.
@@ -168,8 +161,8 @@ cdef class Authoriser:
         if t.kind == KIND_MEDICAL or t.kind == KIND_MEDICAL_REFUND:
             # The original shares (pool, personal, cash); balances as they are now.
             r.x[0] = e.extra
-            r.x[2] = e.balance_fen & <int64_t>0xffffffff
-            r.x[1] = (e.amount_fen & <int64_t>0xffffffff) - e.extra - r.x[2]
+            r.x[2] = ring_medical_cash(e)
+            r.x[1] = ring_medical_bill(e) - e.extra - r.x[2]
             r.amount_fen = r.x[2]
             r.balance_fen = self.state.acct[self.state.card[e.card].account].balance_fen
             r.x[3] = self.state.acct[self.state.card[e.card].account].medical_fen
@@ -178,38 +171,54 @@ cdef class Authoriser:
     cdef JRec* record(self, Txn* t, Res* r, int64_t idx) noexcept nogil:
         """A new journal record for this request; NULL (and rc 96) if memory ran out."""
         cdef JRec* j = self.journal.append()
+        cdef JHead* h
         if j == NULL:
             r.rc = RC_96
             return NULL
-        j.ts_us = self.now_us
-        j.terminal = t.terminal
-        j.seq = t.seq
-        j.kind = t.kind
-        j.app = <uint8_t>self.state.term[t.terminal].app if t.terminal != NONE32 else 0
-        j.card = <uint32_t>idx if idx >= 0 else NONE32
-        j.account = self.state.card[idx].account if idx >= 0 else NONE32
-        if j.account != NONE32:
-            j.balance_fen = self.state.acct[j.account].balance_fen
+        h = &j.head
+        h.ts_us = self.now_us
+        h.terminal = t.terminal
+        h.seq = t.seq
+        h.kind = t.kind
+        h.app = <uint8_t>self.state.term[t.terminal].app if t.terminal != NONE32 else 0
+        h.card = <uint32_t>idx if idx >= 0 else NONE32
+        h.account = self.state.card[idx].account if idx >= 0 else NONE32
+        if h.account != NONE32:
+            h.balance_fen_after = self.state.acct[h.account].balance_fen
         r.record_no = self.journal.next_no - 1
-        r.card = j.card
+        r.card = h.card
         return j
 
     cdef void commit(self, JRec* j, Res* r) noexcept nogil:
+        cdef JHead* h = &j.head
         cdef Account* acct
-        j.rc = r.rc
-        if j.rc == RC_00 and j.kind != KIND_REVERSAL and j.kind != KIND_VOID_REVERSAL:
-            j.flags |= RING_APPROVED
-        if j.rc == RC_00 and j.account != NONE32:
+        h.rc = r.rc
+        if h.rc == RC_00 and h.kind != KIND_REVERSAL and h.kind != KIND_VOID_REVERSAL:
+            h.flags |= JF_APPROVED
+        if h.rc == RC_00 and h.account != NONE32:
             # An offline tap may leave a balance below zero: the card goes onto the deny
             # list, and comes off it with the first record that brings it back to zero.
-            acct = &self.state.acct[j.account]
-            if j.balance_fen < 0 and j.kind == KIND_OFFLINE_TAP:
-                j.flags |= JF_DENY_SET
-            elif acct.flags & HOLDER_DENIED and j.balance_fen >= 0:
-                j.flags |= JF_DENY_CLEAR
-        r.balance_fen = j.balance_fen
-        # apply() cannot fail for records built here from validated indexes.
-        apply(self.state, j, r.record_no)
+            acct = &self.state.acct[h.account]
+            if h.balance_fen_after < 0 and h.kind == KIND_OFFLINE_TAP:
+                h.flags |= JF_DENY_SET
+            elif acct.flags & HOLDER_DENIED and h.balance_fen_after >= 0:
+                h.flags |= JF_DENY_CLEAR
+        r.balance_fen = h.balance_fen_after
+        if apply(self.state, j, r.record_no) != 0:
+            self.decline_unapplied(j, r)
+
+    cdef void decline_unapplied(self, JRec* j, Res* r) noexcept nogil:
+        """The record's effect found no room (a map or the deny list at its limit, or memory
+        out): apply() changed nothing, so the record is taken back and the request declined.
+        No approval ever leaves without its record applied and journaled."""
+        cdef uint32_t account = j.head.account
+        self.journal.retract(j)
+        r.rc = RC_96
+        r.record_no = 0
+        r.amount_fen = 0
+        r.balance_fen = self.state.acct[account].balance_fen if account != NONE32 else 0
+        memset(r.x, 0, sizeof(r.x))
+        memset(r.keys, 0, sizeof(r.keys))
 
     cdef int32_t spent_today(self, Account* a) noexcept nogil:
         return a.daily_spent_fen if a.daily_day == self.today else 0
@@ -288,9 +297,8 @@ cdef class Authoriser:
         j = self.record(t, r, -1)
         if j == NULL:
             return
-        memcpy(&j.a, enc, 8)
-        memcpy(&j.b, enc + 8, 8)
-        j.c = term.mac_alg
+        memcpy(j.signon.mac_key_wrapped, enc, 16)
+        j.signon.mac_alg = term.mac_alg
         self.commit(j, r)
         memset(mak, 0, 16)
 

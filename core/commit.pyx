@@ -9,16 +9,16 @@ thread never takes the GIL while running; the loop hands it records with ``submi
 per batch) and learns what is durable from ``durable_no`` when the eventfd fires.
 
 The database is the same SQLite file the rest of the switch opens with the stdlib module;
-the row format is ``journal(first_no, n, ts_us, records)`` as in switch/store.py.
+the row format is ``journal(first_no, n, ts_us, records, format)`` as in switch/store.py.
 """
 
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
 import numpy as np
 
-from onecard.core.journal cimport JREC_BYTES, JRec, Journal
+from onecard.core.journal cimport JOURNAL_FORMAT, JREC_BYTES, JRec, Journal
 from onecard.core.wire cimport monotonic_ns, realtime_us
 
 cdef extern from "<unistd.h>" nogil:
@@ -169,8 +169,9 @@ cdef class GroupCommitter:
             raise OSError(f"{path}: {sqlite3_errmsg(self.db).decode()}")
         # Also turns SQLite's own auto-checkpoint off for this connection.
         sqlite3_wal_hook(self.db, on_wal, &self.wal)
-        if sqlite3_prepare_v2(self.db, b"INSERT INTO journal (first_no, n, ts_us, records) "
-                              b"VALUES (?, ?, ?, ?)", -1, &self.insert, NULL) != SQLITE_OK:
+        insert = ("INSERT INTO journal (first_no, n, ts_us, records, format) "
+                  f"VALUES (?, ?, ?, ?, {JOURNAL_FORMAT})").encode()
+        if sqlite3_prepare_v2(self.db, insert, -1, &self.insert, NULL) != SQLITE_OK:
             raise OSError(f"{path}: {sqlite3_errmsg(self.db).decode()}")
         self.efd = eventfd
         self.durable_no = self.submitted_no = next_no

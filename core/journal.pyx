@@ -8,62 +8,63 @@ committed records in order therefore rebuilds exactly the committed state, whate
 checkpoint it starts from. (Terminal batch totals for settlement are the one running sum:
 they are applied as deltas, which replay from a checkpoint also reproduces exactly.)
 
-Kind-specific fields (a, b, d are 64-bit, c, e 32-bit):
-  PURCHASE   amount = charged (fen); a = daily_day << 32 | daily spent after;
-             b = currency << 48 | amount asked (its minor units); c = app spent today after
-  VOID       as PURCHASE, amount credited back; e = the purchase's STAN (day: a >> 32)
-  REVERSAL   amount credited back; a, c as PURCHASE; b = original amount asked, as PURCHASE
-  VOID_REVERSAL  amount debited again; a, b, c as REVERSAL; e = the purchase's STAN
-  TAP, OFFLINE_TAP  amount = fare; a = open-trip station << 32 | trip time after;
-             b = station id << 8 | direction; c = last ride time after; e = last ride region
-  VERIFY     c = age band | scope << 8
-  TOPUP      amount = cash paid in at a kiosk (fen); b = amount asked
-  SIGNON     a, b = working MAC key encrypted under the terminal master key; c = algorithm
-  SETTLE     amount = debit total, b = credit total, c = debit count, e = credit count,
-             a = next batch number, d = 1 balanced / 2 not
-  MEDICAL    amount = cash share; a = medical account after << 32 | personal share;
-             b = pool paid this year after << 32 | deductible used after; c = pool share;
-             d = deductible part << 32 | bill; e = year
-  MEDICAL_REFUND  as MEDICAL with the shares credited back; f = the settlement's sequence
-  VENUE      amount = fee; c = entitlement (rule + 1, 0 none); d = base price
-  CREDIT     amount credited; a = programme << 32 | period (0 for a top-up); b = operator
-  CARD_ADMIN a = card number; b = region | expiry << 16 | status << 32 | functions << 40;
-             c = operator; e = what was done (see ledger.pyx)
+The fields of each record kind are declared once, in ``protocols/journal.py``: the structs of
+``core/records.pxd`` are generated from it, and this module checks at import that the C
+compiler laid them out where the table (and so every reader) says.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdlib cimport free, realloc
+from libc.stdint cimport uint32_t
+from libc.stdlib cimport abort, free, realloc
 from libc.string cimport memset
 
-import numpy as np
+from onecard.core import records as _records
+from onecard.core import state as _state
+from onecard.protocols import journal as _table
+from onecard.protocols.journal_codec import RECORD_DTYPE, unpack
 
-JREC_DTYPE = np.dtype({
-    "names": ["ts_us", "amount_fen", "balance_fen", "a", "b", "d", "terminal", "seq", "card",
-              "account", "c", "e", "kind", "app", "rc", "flags", "f"],
-    "formats": ["<i8", "<i8", "<i8", "<u8", "<u8", "<u8", "<u4", "<u4", "<u4", "<u4", "<u4",
-                "<u4", "u1", "u1", "u1", "u1", "<u4"],
-    "offsets": [0, 8, 16, 24, 32, 40, 48, 52, 56, 60, 64, 68, 72, 73, 74, 75, 76],
-    "itemsize": JREC_BYTES,
-})
-assert sizeof(JRec) == JREC_BYTES
-NONE = NONE32
+NONE = <uint32_t>NONE32
+
+cdef enum:
+    KEPT_CAPACITY_MAX = 65536         # records' room kept between takes; more is given back
+FORMAT = JOURNAL_FORMAT
+__all__ = ["FORMAT", "NONE", "RECORD_DTYPE", "Journal", "unpack"]
+
+
+def _check_layout() -> None:
+    """The compiled structs, the state's enums and the table agree, or nothing starts."""
+    assert _records.RECORD_BYTES == JREC_BYTES == _table.RECORD_BYTES == sizeof(JRec)
+    assert JOURNAL_FORMAT == _table.FORMAT and <uint32_t>NONE32 == _table.NONE
+    for layout in _table.LAYOUTS:
+        want = {f.name: (offset, _table.TYPES[f.type][0])
+                for f, offset in _table.layout_fields(layout)}
+        got = _records.LAYOUT[layout]
+        assert got == want, f"journal layout {layout}: compiled {got}, table {want}"
+    for kind in _table.KINDS:
+        assert getattr(_state, f"KIND_{kind.name}") == kind.value, kind
+    for name, bit, _ in _table.FLAGS:
+        if bit & JF_RING_MASK:
+            assert getattr(_state, f"RING_{name}") == bit, name
+
+
+_check_layout()
 
 
 cdef class Journal:
     """Records appended by the authoriser and not yet taken by the group committer."""
 
-    def __cinit__(self, uint64_t next_no=0, size_t max_pending=1 << 20):
+    def __cinit__(self, uint64_t next_no=0):
         self.recs = NULL
         self.n = 0
         self.cap = 0
         self.next_no = next_no
-        self.max_pending = max_pending
 
     def __dealloc__(self):
         free(self.recs)
 
     cdef JRec* append(self) noexcept nogil:
-        """A zeroed record at the end, numbered next_no (then incremented); NULL if out of memory."""
+        """A zeroed record at the end, numbered next_no (then incremented); NULL if out of
+        memory."""
         cdef size_t cap
         cdef JRec* grown
         if self.n == self.cap:
@@ -78,6 +79,14 @@ cdef class Journal:
         self.next_no += 1
         return &self.recs[self.n - 1]
 
+    cdef void retract(self, JRec* last) noexcept nogil:
+        """Take back the record just appended (its effect could not be applied): its number
+        goes to the next record, so the journal never holds a record the state lacks."""
+        if self.n == 0 or last != &self.recs[self.n - 1]:
+            abort()                   # a caller bug: going on could journal an unapplied record
+        self.n -= 1
+        self.next_no -= 1
+
     @property
     def pending(self) -> int:
         """Records appended and not yet taken."""
@@ -88,14 +97,9 @@ cdef class Journal:
         first = self.next_no - self.n
         data = PyBytes_FromStringAndSize(<char*>self.recs, self.n * sizeof(JRec))
         self.n = 0
-        if self.cap > (1 << 16):
+        if self.cap > KEPT_CAPACITY_MAX:
             # Give memory back after a burst instead of keeping the high-water mark.
             free(self.recs)
             self.recs = NULL
             self.cap = 0
         return first, data
-
-
-def unpack(data: bytes):
-    """Packed records as a numpy structured array (read-only view)."""
-    return np.frombuffer(data, dtype=JREC_DTYPE)

@@ -5,9 +5,10 @@ from onecard.core.journal cimport JRec
 from onecard.core.state cimport State
 
 cdef enum:
-    CA_NEW = 1                   # CARD_ADMIN: a card issued (replacement or electronic)
-    CA_CHANGE = 2                # CARD_ADMIN: status, functions, expiry or region changed
+    APPLY_BAD = -1               # the record does not fit this state (an index out of range)
     APPLY_FULL = -2              # the cards buffer or index is full: reserve, then again
+    APPLY_DUPLICATE = -3         # CARD_ADMIN: the new card's number exists
+    APPLY_NO_ROOM = -4           # a map or the deny list at its limit, or out of memory
 
 cdef int apply(State st, JRec* r, uint64_t record_no) noexcept nogil
 cdef inline uint64_t daily_key(uint32_t account, uint8_t app) noexcept nogil:

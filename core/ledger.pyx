@@ -4,21 +4,20 @@
 The authoriser builds a record for every decision and applies it through :func:`apply`;
 recovery replays committed records through the same function. That is what makes a restart
 recover exactly the committed state: there is no second code path to drift from the first.
+
+``apply`` is all or nothing. Whatever can fail (room in a map or in the deny log, a card
+index to grow, a key that does not unwrap) is reserved or done before anything changes, so a
+record whose effect cannot be applied leaves the state as it was: the authoriser then takes
+the record back and declines (96), and recovery stops with the record's number.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport abort
 from libc.string cimport memcpy
 
 from onecard.core.codes cimport RC_00
 from onecard.core.crypto cimport mackey_set, wrap_key
-from onecard.core.journal cimport (
-    JF_DENY_CLEAR,
-    JF_DENY_SET,
-    JREC_BYTES,
-    KIND_VOID_REVERSAL,
-    NONE32,
-    JRec,
-)
+from onecard.core.journal cimport *
 from onecard.core.maps cimport Entry
 from onecard.core.state cimport *
 
@@ -26,71 +25,75 @@ CARD_NEW = CA_NEW
 CARD_CHANGE = CA_CHANGE
 
 
-cdef inline bint moves_balance(uint8_t kind) noexcept nogil:
-    return (kind == KIND_PURCHASE or kind == KIND_VOID or kind == KIND_REVERSAL
-            or kind == KIND_VOID_REVERSAL or kind == KIND_TAP or kind == KIND_OFFLINE_TAP
-            or kind == KIND_MEDICAL or kind == KIND_MEDICAL_REFUND or kind == KIND_VENUE
-            or kind == KIND_CREDIT or kind == KIND_TOPUP)
+cdef inline void must(int rc) noexcept nogil:
+    """For what was reserved before: failing now would leave a half-applied record."""
+    if rc != 0:
+        abort()
 
 
-cdef inline bint counts_daily(uint8_t kind) noexcept nogil:
-    return (kind == KIND_PURCHASE or kind == KIND_VOID or kind == KIND_REVERSAL
-            or kind == KIND_VOID_REVERSAL)
+# ---- shared by every kind that touches an account ------------------------------------------
 
-
-cdef int deny_account(State st, JRec* r) noexcept nogil:
-    """Put the account on the deny list (the card used is what gates learn) or take all of
-    its listed cards off it."""
-    cdef Account* a = &st.acct[r.account]
-    cdef uint32_t v, card, i
+cdef uint32_t deny_changes(State st, JHead* h, bint write) noexcept nogil:
+    """The deny-list changes this record's flags make: counted (an upper bound, to reserve
+    room), or with ``write`` made. Onto the list goes the card used (what gates learn); off it,
+    every card of the account whose latest entry is "added"."""
+    cdef Account* a = &st.acct[h.account]
+    cdef uint32_t v, card, i, end = st.deny_version, n = 0
     cdef bint listed
-    if r.flags & JF_DENY_SET and not (a.flags & HOLDER_DENIED):
-        a.flags |= HOLDER_DENIED
-        if r.card != NONE32 and st.deny(r.card, False) != 0:
-            return -1
-    if r.flags & JF_DENY_CLEAR and a.flags & HOLDER_DENIED:
-        a.flags &= ~HOLDER_DENIED
-        # Every card of this account whose latest entry is "added" gets a removal.
-        for v in range(st.deny_version):
+    if h.flags & JF_DENY_SET and not (a.flags & HOLDER_DENIED):
+        if write:
+            a.flags |= HOLDER_DENIED
+        if h.card != NONE32:
+            n += 1
+            if write:
+                must(st.deny(h.card, False))
+    elif h.flags & JF_DENY_CLEAR and a.flags & HOLDER_DENIED:
+        if write:
+            a.flags &= ~HOLDER_DENIED
+        for v in range(end):
             card = st.deny_log[v] & 0x7fffffff
-            if st.deny_log[v] >> 31 or st.card[card].account != r.account:
+            if st.deny_log[v] >> 31 or st.card[card].account != h.account:
                 continue
             listed = True
             for i in range(v + 1, st.deny_version):
                 if st.deny_log[i] & 0x7fffffff == card:
                     listed = not (st.deny_log[i] >> 31)
-            if listed and st.deny(card, True) != 0:
-                return -1
+            if listed:
+                n += 1
+                if write:
+                    must(st.deny(card, True))
+    return n
+
+
+cdef inline bint approved_account(JHead* h) noexcept nogil:
+    return h.rc == RC_00 and h.account != NONE32
+
+
+cdef inline int money_room(State st, JHead* h) noexcept nogil:
+    if approved_account(h) and h.flags & (JF_DENY_SET | JF_DENY_CLEAR):
+        if st.deny_reserve(deny_changes(st, h, False)) != 0:
+            return APPLY_NO_ROOM
     return 0
 
 
-cdef int card_admin(State st, JRec* r) noexcept nogil:
-    cdef int64_t idx
-    cdef Card* c
-    if r.e == CA_NEW and r.card == st.n_cards:
-        idx = st.add_card(r.a, r.account)
-        if idx < 0:
-            return <int>idx                   # APPLY_FULL, or -3 for a duplicate number
-    elif r.card >= st.n_cards or r.account >= st.n_accounts:
-        return -1
-    c = &st.card[r.card]
-    c.pan = r.a
-    c.account = r.account
-    c.region = <uint16_t>(r.b & 0xffff)
-    c.expiry_yymm = <uint16_t>((r.b >> 16) & 0xffff)
-    c.status = <uint8_t>((r.b >> 32) & 0xff)
-    c.functions = <uint8_t>((r.b >> 40) & 0xff)
-    return 0
+cdef inline void money(State st, JHead* h, bint moves_balance) noexcept nogil:
+    """An approved record's balance after, and its deny-list change (room reserved)."""
+    if not approved_account(h):
+        return
+    if moves_balance:
+        st.acct[h.account].balance_fen = h.balance_fen_after
+    if h.flags & (JF_DENY_SET | JF_DENY_CLEAR):
+        deny_changes(st, h, True)
 
 
-cdef void ring_put(State st, JRec* r, uint64_t no, uint8_t kind, int64_t amount,
+cdef void ring_put(State st, JHead* h, uint64_t no, uint8_t kind, int64_t amount,
                    int64_t balance, uint8_t aux, uint32_t extra) noexcept nogil:
-    cdef RingEntry* e = st.slot(r.terminal, r.seq)
-    e.seq = r.seq
-    e.card = r.card
+    cdef RingEntry* e = st.slot(h.terminal, h.seq)
+    e.seq = h.seq
+    e.card = h.card
     e.record_no = no
-    e.rc = r.rc
-    e.flags = r.flags & 0x3f
+    e.rc = h.rc
+    e.flags = h.flags & JF_RING_MASK
     e.kind = kind
     e.amount_fen = amount
     e.balance_fen = balance
@@ -106,130 +109,221 @@ cdef void mark(State st, uint32_t terminal, uint32_t seq, uint8_t kind, uint8_t 
         e.flags = (e.flags | set_flags) & ~clear_flags
 
 
-cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
-    """Apply one record's after-images (and, for settlement totals, deltas)."""
+# ---- one function per layout ----------------------------------------------------------------
+
+cdef void batch_totals(Terminal* t, JPayment* p) noexcept nogil:
+    """The terminal's open batch (settlement, 0500): running sums, applied as deltas."""
+    if p.rc != RC_00:
+        return
+    if p.kind == KIND_PURCHASE:
+        t.debit_fen += p.amount_fen
+        t.debit_count += 1
+    elif p.kind == KIND_VOID:
+        t.credit_fen += p.amount_fen
+        t.credit_count += 1
+    elif p.kind == KIND_REVERSAL and p.flags & JF_APPROVED:
+        t.debit_fen -= p.amount_fen
+        t.debit_count -= 1
+    elif p.kind == KIND_VOID_REVERSAL and p.flags & JF_APPROVED:
+        t.credit_fen -= p.amount_fen
+        t.credit_count -= 1
+
+
+cdef int apply_payment(State st, JRec* r, uint64_t no) noexcept nogil:
+    """PURCHASE, VOID, REVERSAL, VOID_REVERSAL."""
+    cdef JPayment* p = &r.payment
+    cdef bint limited = (approved_account(&r.head) and p.app < st.n_apps
+                         and st.app[p.app].daily_limit_fen > 0)
+    cdef uint64_t key = daily_key(p.account, p.app)
+    cdef int64_t asked = ring_asked(p.currency, p.amount_asked_minor)
     cdef Account* a
-    cdef Card* c
-    cdef Terminal* t
     cdef Entry* ent
-    cdef uint8_t enc[16]
-    cdef uint8_t key[16]
-    cdef uint8_t kind = r.kind
-    cdef bint ok = r.rc == RC_00
-    if kind == KIND_CARD_ADMIN:
-        return card_admin(st, r)
-    if r.account != NONE32 and r.account >= st.n_accounts:
-        return -1
-    if r.card != NONE32 and r.card >= st.n_cards:
-        return -1
-    if ok and r.account != NONE32:
-        a = &st.acct[r.account]
-        if moves_balance(kind):
-            a.balance_fen = r.balance_fen
-        if counts_daily(kind):
-            a.daily_day = <uint16_t>(r.a >> 32)
-            a.daily_spent_fen = <int32_t><uint32_t>r.a
-            if r.app < st.n_apps and st.app[r.app].daily_limit_fen > 0:
-                ent = st.daily_app.upsert(daily_key(r.account, r.app))
-                if ent == NULL:
-                    return -1
-                ent.a = a.daily_day
-                ent.b = <int32_t>r.c
-        if kind == KIND_TAP or kind == KIND_OFFLINE_TAP:
-            a.last_ride_s = r.c
-            a.last_ride_region = <uint16_t>r.e
-        if kind == KIND_MEDICAL or kind == KIND_MEDICAL_REFUND:
-            a.medical_fen = <int32_t><uint32_t>(r.a >> 32)
-            ent = st.medical_year.upsert(r.account)
-            if ent == NULL:
-                return -1
-            ent.a = (<int64_t>r.e << 32) | <uint32_t>r.b
-            ent.b = <int32_t><uint32_t>(r.b >> 32)
-        if r.flags & (JF_DENY_SET | JF_DENY_CLEAR) and deny_account(st, r) != 0:
-            return -1
-    if ok and (kind == KIND_TAP or kind == KIND_OFFLINE_TAP) and r.card != NONE32:
-        c = &st.card[r.card]
-        c.trip_station = <uint16_t>(r.a >> 32)
-        c.trip_time_s = <uint32_t>r.a
-    if kind == KIND_CREDIT:
-        return 0                              # an operator's change: no terminal involved
-    if r.terminal >= st.n_terminals:
-        return -1
-    t = &st.term[r.terminal]
-    if kind == KIND_SIGNON:
-        memcpy(enc, &r.a, 8)
-        memcpy(enc + 8, &r.b, 8)
-        if wrap_key(t.mac_alg, t.tmk, enc, key, 1) != 0:
-            return -1
-        memcpy(t.mak, key, 16)
-        t.signed_on = 1
-        return mackey_set(&st.mac_keys[r.terminal], t.mac_alg, key)
-    if kind == KIND_OFFLINE_TAP:
-        if r.seq > t.offline_hw:
-            t.offline_hw = r.seq
-        return 0                              # idempotent by watermark, not by the ring
-    if ok:
-        if kind == KIND_PURCHASE:
-            t.debit_fen += r.amount_fen
-            t.debit_count += 1
-        elif kind == KIND_VOID:
-            t.credit_fen += r.amount_fen
-            t.credit_count += 1
-        elif kind == KIND_REVERSAL and r.flags & RING_APPROVED:
-            t.debit_fen -= r.amount_fen
-            t.debit_count -= 1
-        elif kind == KIND_VOID_REVERSAL and r.flags & RING_APPROVED:
-            t.credit_fen -= r.amount_fen
-            t.credit_count -= 1
-    if kind == KIND_SETTLE:
-        t.debit_fen = t.credit_fen = 0
-        t.debit_count = t.credit_count = 0
-        t.batch_no = <uint32_t>r.a
-        ring_put(st, r, no, kind, r.amount_fen, <int64_t>r.b, <uint8_t>r.d,
-                 (r.c & 0xffff) | (r.e << 16))
-    elif kind == KIND_PURCHASE:
-        # amount: as asked, with its currency; balance: the day it was made (a purchase's
-        # reply has no balance, and void and reversal need the day); extra: fen charged
-        ring_put(st, r, no, kind, <int64_t>r.b, <int64_t>(r.a >> 32), 0, <uint32_t>r.amount_fen)
-    elif kind == KIND_VOID:
-        # balance: the voided purchase's STAN (a void's reply has no balance; its reversal
-        # needs to find the purchase again)
-        ring_put(st, r, no, kind, <int64_t>r.b, r.e, 0, <uint32_t>r.amount_fen)
-        if ok:
-            mark(st, r.terminal, r.e, KIND_PURCHASE, RING_VOIDED, 0)
-    elif kind == KIND_REVERSAL:
-        ring_put(st, r, no, KIND_PURCHASE, <int64_t>r.b, <int64_t>(r.a >> 32), 0,
-                 <uint32_t>r.amount_fen)
-    elif kind == KIND_VOID_REVERSAL:
-        ring_put(st, r, no, KIND_VOID, <int64_t>r.b, r.e, 0, <uint32_t>r.amount_fen)
-        if r.flags & RING_APPROVED:
-            mark(st, r.terminal, r.e, KIND_PURCHASE, 0, RING_VOIDED)
-    elif kind == KIND_TAP:
-        ring_put(st, r, no, kind, r.amount_fen, r.balance_fen, <uint8_t>(r.b & 0xff),
-                 <uint32_t>(r.b >> 8))
-    elif kind == KIND_VERIFY:
-        ring_put(st, r, no, kind, 0, 0, <uint8_t>(r.c & 0xff), r.c >> 8)
-    elif kind == KIND_MEDICAL:
-        # amount: deductible part << 32 | bill; balance: cash share; extra: pool share;
-        # aux: the year (from 2000) whose annual totals a refund gives back to
-        ring_put(st, r, no, kind, <int64_t>r.d, r.amount_fen, <uint8_t>(r.e - 2000), r.c)
-    elif kind == KIND_MEDICAL_REFUND:
-        # as MEDICAL; balance: the refunded settlement's seq << 32 | cash share
-        ring_put(st, r, no, kind, <int64_t>r.d, (<int64_t>r.f << 32) | r.amount_fen, 0, r.c)
-        if ok:
-            mark(st, r.terminal, r.f, KIND_MEDICAL, RING_REVERSED, 0)
-    elif kind == KIND_VENUE:
-        ring_put(st, r, no, kind, r.amount_fen, r.balance_fen, <uint8_t>r.c, <uint32_t>r.d)
-    elif kind == KIND_TOPUP:
-        ring_put(st, r, no, kind, <int64_t>r.b, r.balance_fen, 0, 0)
-    elif kind == KIND_BALANCE:
-        ring_put(st, r, no, kind, 0, r.balance_fen, 0, 0)
+    if limited and st.daily_app.reserve(key) != 0:
+        return APPLY_NO_ROOM
+    if money_room(st, &r.head) != 0:
+        return APPLY_NO_ROOM
+    money(st, &r.head, True)
+    if approved_account(&r.head):
+        a = &st.acct[p.account]
+        a.daily_day = p.daily_day
+        a.daily_spent_fen = p.daily_spent_fen_after
+        if limited:
+            ent = st.daily_app.upsert(key)
+            ent.a = p.daily_day
+            ent.b = p.app_spent_fen_after
+    batch_totals(&st.term[p.terminal], p)
+    # A purchase's slot keeps the day it was made as its balance (void and reversal need it),
+    # a void's the purchase's STAN; both keep the fen charged or credited as extra.
+    if p.kind == KIND_PURCHASE:
+        ring_put(st, &r.head, no, KIND_PURCHASE, asked, p.daily_day, 0, <uint32_t>p.amount_fen)
+    elif p.kind == KIND_VOID:
+        ring_put(st, &r.head, no, KIND_VOID, asked, p.orig_seq, 0, <uint32_t>p.amount_fen)
+        if p.rc == RC_00:
+            mark(st, p.terminal, p.orig_seq, KIND_PURCHASE, JF_VOIDED, 0)
+    elif p.kind == KIND_REVERSAL:
+        ring_put(st, &r.head, no, KIND_PURCHASE, asked, p.daily_day, 0, <uint32_t>p.amount_fen)
+    else:
+        ring_put(st, &r.head, no, KIND_VOID, asked, p.orig_seq, 0, <uint32_t>p.amount_fen)
+        if p.flags & JF_APPROVED:
+            mark(st, p.terminal, p.orig_seq, KIND_PURCHASE, 0, JF_VOIDED)
     return 0
 
 
+cdef int apply_tap(State st, JRec* r, uint64_t no) noexcept nogil:
+    """TAP, OFFLINE_TAP: the fare, the card's open trip and the account's last ride."""
+    cdef JTap* p = &r.tap
+    cdef Terminal* t = &st.term[p.terminal]
+    if money_room(st, &r.head) != 0:
+        return APPLY_NO_ROOM
+    money(st, &r.head, True)
+    if approved_account(&r.head):
+        st.acct[p.account].last_ride_s = p.last_ride_s_after
+        st.acct[p.account].last_ride_region = p.last_ride_region_after
+    if p.rc == RC_00 and p.card != NONE32:
+        st.card[p.card].trip_station = p.trip_station_after
+        st.card[p.card].trip_time_s = p.trip_started_s_after
+    if p.kind == KIND_OFFLINE_TAP:
+        if p.seq > t.offline_hw:
+            t.offline_hw = p.seq
+        return 0                              # idempotent by watermark, not by the ring
+    ring_put(st, &r.head, no, KIND_TAP, p.amount_fen, p.balance_fen_after, p.direction,
+             p.station_id)
+    return 0
+
+
+cdef int apply_medical(State st, JRec* r, uint64_t no) noexcept nogil:
+    """MEDICAL, MEDICAL_REFUND: cash share, personal medical account, the year's totals."""
+    cdef JMedical* p = &r.medical
+    cdef int64_t amount = ring_medical_amount(p.deductible_fen, p.bill_fen)
+    if approved_account(&r.head) and st.medical_year.reserve(p.account) != 0:
+        return APPLY_NO_ROOM
+    if money_room(st, &r.head) != 0:
+        return APPLY_NO_ROOM
+    money(st, &r.head, True)
+    if approved_account(&r.head):
+        st.acct[p.account].medical_fen = p.medical_fen_after
+        medical_year_set(st.medical_year.upsert(p.account), p.year,
+                         p.deductible_used_fen_after, p.pool_paid_fen_after)
+    if p.kind == KIND_MEDICAL:
+        # aux: the year (from 2000) whose annual totals a refund gives back to
+        ring_put(st, &r.head, no, KIND_MEDICAL, amount,
+                 ring_medical_balance(0, p.amount_fen), <uint8_t>(p.year - 2000), p.pool_fen)
+    else:
+        ring_put(st, &r.head, no, KIND_MEDICAL_REFUND, amount,
+                 ring_medical_balance(p.orig_seq, p.amount_fen), 0, p.pool_fen)
+        if p.rc == RC_00:
+            mark(st, p.terminal, p.orig_seq, KIND_MEDICAL, JF_REVERSED, 0)
+    return 0
+
+
+cdef int apply_signon(State st, JSignon* p) noexcept nogil:
+    """A new working MAC key, unwrapped under the terminal's master key and installed."""
+    cdef Terminal* t = &st.term[p.terminal]
+    cdef uint8_t key[16]
+    if wrap_key(t.mac_alg, t.tmk, p.mac_key_wrapped, key, 1) != 0:
+        return APPLY_BAD                      # an algorithm this build lacks: nothing changed
+    memcpy(t.mak, key, 16)
+    t.signed_on = 1
+    must(mackey_set(&st.mac_keys[p.terminal], t.mac_alg, key))
+    return 0
+
+
+cdef int apply_settle(State st, JRec* r, uint64_t no) noexcept nogil:
+    """0500: the batch is closed; the totals compared are kept for a retransmission."""
+    cdef JSettle* p = &r.settle
+    cdef Terminal* t = &st.term[p.terminal]
+    t.debit_fen = t.credit_fen = 0
+    t.debit_count = t.credit_count = 0
+    t.batch_no = p.batch_no_next
+    ring_put(st, &r.head, no, KIND_SETTLE, p.debit_fen, p.credit_fen, p.result,
+             ring_settle_counts(p.debit_count, p.credit_count))
+    return 0
+
+
+cdef int apply_service(State st, JRec* r, uint64_t no) noexcept nogil:
+    """VERIFY, VENUE, TOPUP, BALANCE: a slot for retransmissions; venues and kiosks move
+    money too."""
+    cdef uint8_t kind = r.head.kind
+    if money_room(st, &r.head) != 0:
+        return APPLY_NO_ROOM
+    money(st, &r.head, kind == KIND_VENUE or kind == KIND_TOPUP)
+    if kind == KIND_VERIFY:
+        ring_put(st, &r.head, no, kind, 0, 0, r.verify.age_band, r.verify.scope)
+    elif kind == KIND_VENUE:
+        ring_put(st, &r.head, no, kind, r.venue.amount_fen, r.venue.balance_fen_after,
+                 r.venue.entitlement, <uint32_t>r.venue.base_fen)
+    elif kind == KIND_TOPUP:
+        ring_put(st, &r.head, no, kind, r.topup.amount_asked_fen, r.topup.balance_fen_after, 0, 0)
+    else:
+        ring_put(st, &r.head, no, kind, 0, r.head.balance_fen_after, 0, 0)
+    return 0
+
+
+cdef int apply_credit(State st, JRec* r) noexcept nogil:
+    """An operator's top-up or disbursement: no terminal involved."""
+    if money_room(st, &r.head) != 0:
+        return APPLY_NO_ROOM
+    money(st, &r.head, True)
+    return 0
+
+
+cdef int apply_card_admin(State st, JCardAdmin* p) noexcept nogil:
+    cdef int64_t idx
+    cdef Card* c
+    if p.action == CA_NEW and p.card == st.n_cards:
+        if p.account >= st.n_accounts:
+            return APPLY_BAD
+        idx = st.add_card(p.pan, p.account)
+        if idx < 0:
+            return <int>idx                   # APPLY_FULL, or APPLY_DUPLICATE
+    elif p.card >= st.n_cards or p.account >= st.n_accounts:
+        return APPLY_BAD
+    c = &st.card[p.card]
+    c.pan = p.pan
+    c.account = p.account
+    c.region = p.region
+    c.expiry_yymm = p.expiry_yymm
+    c.status = p.status
+    c.functions = p.functions
+    return 0
+
+
+# ---- the one switch -------------------------------------------------------------------------
+
+cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
+    """Apply one record's after-images (and, for settlement totals, deltas), all or nothing.
+    0, or an APPLY_* code with the state unchanged."""
+    cdef JHead* h = &r.head
+    cdef uint8_t kind = h.kind
+    if kind == KIND_CARD_ADMIN:
+        return apply_card_admin(st, &r.card_admin)
+    if ((h.account != NONE32 and h.account >= st.n_accounts)
+            or (h.card != NONE32 and h.card >= st.n_cards)):
+        return APPLY_BAD
+    if kind == KIND_CREDIT:
+        return apply_credit(st, r)
+    if h.terminal >= st.n_terminals:
+        return APPLY_BAD
+    if (kind == KIND_PURCHASE or kind == KIND_VOID or kind == KIND_REVERSAL
+            or kind == KIND_VOID_REVERSAL):
+        return apply_payment(st, r, no)
+    if kind == KIND_TAP or kind == KIND_OFFLINE_TAP:
+        return apply_tap(st, r, no)
+    if kind == KIND_MEDICAL or kind == KIND_MEDICAL_REFUND:
+        return apply_medical(st, r, no)
+    if kind == KIND_SIGNON:
+        return apply_signon(st, &r.signon)
+    if kind == KIND_SETTLE:
+        return apply_settle(st, r, no)
+    if (kind == KIND_VERIFY or kind == KIND_VENUE or kind == KIND_TOPUP
+            or kind == KIND_BALANCE):
+        return apply_service(st, r, no)
+    return APPLY_BAD
+
+
 def apply_records(State st, data, uint64_t first_no, uint64_t skip_before=0) -> int:
-    """Replay packed journal records numbered from first_no; records numbered below
-    skip_before are already in the checkpoint. Returns how many were applied."""
+    """Replay packed journal records (the current format) numbered from first_no; records
+    numbered below skip_before are already in the checkpoint. Returns how many were applied."""
     cdef const uint8_t[::1] view = data
     cdef size_t n = len(data) // JREC_BYTES, i
     cdef size_t applied = 0

@@ -11,7 +11,8 @@ cdef class U64Map:
     cdef Entry* slots
     cdef uint64_t cap
     cdef readonly uint64_t size
-    cdef readonly uint64_t max_size
+    cdef readonly uint64_t size_max
     cdef Entry* find(self, uint64_t key) noexcept nogil
     cdef Entry* upsert(self, uint64_t key) noexcept nogil
+    cdef int reserve(self, uint64_t key) noexcept nogil
     cdef int _grow(self) noexcept nogil

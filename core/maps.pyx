@@ -1,9 +1,10 @@
 # cython: language_level=3
 """Open-addressing hash map (linear probing, multiply-shift) from uint64 to two int64s.
 
-Bounded: ``max_size`` entries at most (``upsert`` returns NULL past it, and callers answer
+Bounded: ``size_max`` entries at most (``upsert`` returns NULL past it, and callers answer
 with a system error rather than grow without limit); grows by doubling below that at a load
-of 0.7. Exported and restored as numpy arrays for checkpoints.
+of 0.7. ``reserve`` does what can fail of an insert ahead of it, so that a caller can make
+room before it changes anything else. Exported and restored as numpy arrays for checkpoints.
 """
 
 from libc.stdint cimport int64_t, uint64_t
@@ -26,9 +27,9 @@ assert ENTRY_DTYPE.itemsize == sizeof(Entry)
 
 
 cdef class U64Map:
-    def __cinit__(self, uint64_t capacity=1024, uint64_t max_size=1 << 26):
+    def __cinit__(self, uint64_t capacity=1024, uint64_t size_max=1 << 26):
         self.cap = max(capacity, 16)
-        self.max_size = max_size
+        self.size_max = size_max
         self.size = 0
         self.slots = <Entry*>calloc(self.cap, sizeof(Entry))
         if self.slots == NULL:
@@ -67,6 +68,17 @@ cdef class U64Map:
         free(old)
         return 0
 
+    cdef int reserve(self, uint64_t key) noexcept nogil:
+        """Room for key: afterwards, until another key is inserted, upsert(key) cannot fail.
+        -1 when the map is full or out of memory."""
+        if self.find(key) != NULL:
+            return 0
+        if self.size >= self.size_max:
+            return -1
+        if (self.size + 1) * 10 > self.cap * 7 and self._grow() != 0:
+            return -1
+        return 0
+
     cdef Entry* upsert(self, uint64_t key) noexcept nogil:
         """The entry for key, created zeroed if absent; NULL when full or out of memory.
         Pointers from find/upsert are invalid after the next upsert."""
@@ -74,9 +86,7 @@ cdef class U64Map:
         cdef uint64_t h
         if e != NULL:
             return e
-        if self.size >= self.max_size:
-            return NULL
-        if (self.size + 1) * 10 > self.cap * 7 and self._grow() != 0:
+        if self.reserve(key) != 0:
             return NULL
         h = map_home(key + 1, self.cap)
         while self.slots[h].key != 0:

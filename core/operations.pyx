@@ -10,15 +10,15 @@ import numpy as np
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
-from onecard.core.journal cimport NONE32, JRec
-from onecard.core.ledger cimport APPLY_FULL, CA_CHANGE, CA_NEW, apply
+from onecard.core.journal cimport CA_CHANGE, CA_NEW, NONE32, JRec
+from onecard.core.ledger cimport APPLY_FULL, apply
 from onecard.core.state cimport *
 
 from onecard.protocols.codes import CODES
 
 
-cdef uint8_t credit_one(Authoriser a, uint64_t pan, int64_t amount, uint64_t programme_period,
-                        uint32_t operator, uint64_t* record_no) noexcept nogil:
+cdef uint8_t credit_one(Authoriser a, uint64_t pan, int64_t amount, uint32_t programme,
+                        uint32_t period, uint32_t operator, uint64_t* record_no) noexcept nogil:
     cdef int64_t idx = a.state.find_card(pan)
     cdef Txn t
     cdef Res r
@@ -37,20 +37,21 @@ cdef uint8_t credit_one(Authoriser a, uint64_t pan, int64_t amount, uint64_t pro
     j = a.record(&t, &r, idx)
     if j == NULL:
         return RC_96
-    j.amount_fen = amount
-    j.balance_fen += amount
-    j.a = programme_period
-    j.b = operator
+    j.credit.amount_fen = amount
+    j.credit.balance_fen_after += amount
+    j.credit.programme = programme
+    j.credit.period = period
+    j.credit.operator = operator
     a.commit(j, &r)
     record_no[0] = r.record_no
-    return RC_00
+    return r.rc                        # 96 when its effect found no room: nothing written
 
 
 def credit(Authoriser a, uint64_t pan, int64_t amount_fen, *, uint32_t programme=0,
            uint32_t period=0, uint32_t operator=0) -> tuple:
     """Credit a card's account (a top-up when programme is 0). (code, record number)."""
     cdef uint64_t no = 0
-    rc = credit_one(a, pan, amount_fen, (<uint64_t>programme << 32) | period, operator, &no)
+    rc = credit_one(a, pan, amount_fen, programme, period, operator, &no)
     return CODES[rc][0], no
 
 
@@ -68,10 +69,9 @@ def disburse(Authoriser a, uint32_t programme, uint32_t period, pans, amounts,
     nos = np.zeros(n, dtype=np.uint64)
     cdef uint8_t[::1] rc = rcs
     cdef uint64_t[::1] no = nos
-    cdef uint64_t pp = (<uint64_t>programme << 32) | period
     with nogil:
         for i in range(n):
-            rc[i] = credit_one(a, p[i], m[i], pp, operator, &no[i])
+            rc[i] = credit_one(a, p[i], m[i], programme, period, operator, &no[i])
     return rcs, nos
 
 
@@ -104,26 +104,33 @@ def card_new(Authoriser a, uint64_t pan, uint32_t account, *, int region, int ex
 cdef uint64_t _card_admin(Authoriser a, uint32_t what, uint32_t card, uint64_t pan,
                           uint32_t account, int region, int expiry, int status, int functions,
                           uint32_t operator) except? 0:
-    cdef JRec* j = a.journal.append()
-    cdef uint64_t no = a.journal.next_no - 1
+    cdef JRec* j
+    cdef uint64_t no = a.journal.next_no
     cdef int rc
+    if not (0 <= region <= 0xffff and 0 <= expiry <= 0xffff and 0 <= status <= 0xff
+            and 0 <= functions <= 0xff):
+        raise ValueError("card region, expiry, status or functions out of range")
+    j = a.journal.append()
     if j == NULL:
         raise MemoryError()
-    j.ts_us = a.now_us
-    j.terminal = NONE32
-    j.kind = KIND_CARD_ADMIN
-    j.card = card
-    j.account = account
-    j.a = pan
-    j.b = (<uint64_t>(region & 0xffff) | (<uint64_t>(expiry & 0xffff) << 16)
-           | (<uint64_t>(status & 0xff) << 32) | (<uint64_t>(functions & 0xff) << 40))
-    j.c = operator
-    j.e = what
-    j.rc = RC_00
+    j.card_admin.ts_us = a.now_us
+    j.card_admin.terminal = NONE32
+    j.card_admin.kind = KIND_CARD_ADMIN
+    j.card_admin.card = card
+    j.card_admin.account = account
+    j.card_admin.pan = pan
+    j.card_admin.region = <uint16_t>region
+    j.card_admin.expiry_yymm = <uint16_t>expiry
+    j.card_admin.status = <uint8_t>status
+    j.card_admin.functions = <uint8_t>functions
+    j.card_admin.operator = operator
+    j.card_admin.action = <uint8_t>what
+    j.card_admin.rc = RC_00
     rc = apply(a.state, j, no)
     if rc == APPLY_FULL:
         a.state.reserve_cards(1)
         rc = apply(a.state, j, no)
     if rc != 0:
+        a.journal.retract(j)               # nothing changed: the record must not stay
         raise RuntimeError(f"card change could not be applied ({rc})")
     return no

@@ -3,11 +3,11 @@
 Macao currencies, daily limits per card and per application), balance inquiry, void (撤销) of
 a same-day purchase, reversal of a purchase or of a void, and batch settlement (0500)."""
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 
-from onecard.core.authorise cimport Authoriser, Res, Txn, asked
+from onecard.core.authorise cimport Authoriser, Res, Txn, asked, currency_or_cny
 from onecard.core.codes cimport *
-from onecard.core.journal cimport KIND_VOID_REVERSAL, NONE32, JRec
+from onecard.core.journal cimport NONE32, JPayment, JRec
 from onecard.core.state cimport *
 
 cdef enum:
@@ -20,19 +20,28 @@ cdef inline bint cross_border_terminal(Authoriser a, uint32_t terminal) noexcept
     return code == 81 or code == 82
 
 
+cdef inline JPayment* as_asked(JRec* j, Txn* t) noexcept nogil:
+    """The payment record, with the amount as the terminal asked it."""
+    j.payment.amount_asked_minor = t.amount_fen
+    j.payment.currency = currency_or_cny(t)
+    return &j.payment
+
+
 cdef void purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef int64_t idx = a.state.find_card(t.pan)
     cdef Terminal* term = &a.state.term[t.terminal]
     cdef Account* acct
     cdef JRec* j
+    cdef JPayment* p
     cdef int64_t fen = 0, charged = 0, spent = 0, app_spent = 0
     cdef int pct, entitlement
+    cdef int32_t app_limit
     if a.duplicate(t, idx, r):
         return
     if a.card_checks(t, idx, r) >= 0:
         acct = &a.state.acct[a.state.card[idx].account]
         fen = a.to_fen(t.amount_fen, t.currency)
-        if (t.amount_fen <= 0 or fen <= 0 or fen > a.max_amount_fen
+        if (t.amount_fen <= 0 or fen <= 0 or fen > a.amount_fen_max
                 or (t.currency and t.currency != CNY and not cross_border_terminal(a, t.terminal))):
             r.rc = RC_13
         else:
@@ -42,8 +51,8 @@ cdef void purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
                 charged = (fen * pct + 50) // 100
             spent = a.spent_today(acct) + charged
             app_spent = a.app_spent_today(a.state.card[idx].account, term.app) + charged
-            if (spent > a.daily_limit_fen or (a.state.app[term.app].daily_limit_fen
-                                              and app_spent > a.state.app[term.app].daily_limit_fen)):
+            app_limit = a.state.app[term.app].daily_limit_fen
+            if spent > a.daily_limit_fen or (app_limit and app_spent > app_limit):
                 r.rc = RC_61
             elif acct.balance_fen < charged:
                 r.rc = RC_51
@@ -52,12 +61,13 @@ cdef void purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j = a.record(t, r, idx)
     if j == NULL:
         return
-    j.b = asked(t)
+    p = as_asked(j, t)
     if r.rc == RC_00:
-        j.amount_fen = charged
-        j.balance_fen -= charged
-        j.a = (<uint64_t>a.today << 32) | <uint32_t>spent
-        j.c = <uint32_t>app_spent
+        p.amount_fen = charged
+        p.balance_fen_after -= charged
+        p.daily_day = a.today
+        p.daily_spent_fen_after = <int32_t>spent
+        p.app_spent_fen_after = <int32_t>app_spent
     r.amount_fen = charged if r.rc == RC_00 else 0
     a.commit(j, r)
 
@@ -74,16 +84,17 @@ cdef void balance(Authoriser a, Txn* t, Res* r) noexcept nogil:
         a.commit(j, r)
 
 
-cdef inline void undo_spending(Authoriser a, JRec* j, int64_t amount, int sign) noexcept nogil:
+cdef inline void undo_spending(Authoriser a, JPayment* p, int64_t amount, int sign) noexcept nogil:
     """Daily totals after giving back (sign -1) or taking again (+1) ``amount`` of today's
     spending; a purchase from an earlier day frees nothing today."""
-    cdef Account* acct = &a.state.acct[j.account]
+    cdef Account* acct = &a.state.acct[p.account]
     cdef int64_t spent = a.spent_today(acct)
-    cdef int64_t app_spent = a.app_spent_today(j.account, j.app)
+    cdef int64_t app_spent = a.app_spent_today(p.account, p.app)
     spent += sign * amount
     app_spent += sign * amount
-    j.a = (<uint64_t>a.today << 32) | <uint32_t>(spent if spent > 0 else 0)
-    j.c = <uint32_t>(app_spent if app_spent > 0 else 0)
+    p.daily_day = a.today
+    p.daily_spent_fen_after = <int32_t>(spent if spent > 0 else 0)
+    p.app_spent_fen_after = <int32_t>(app_spent if app_spent > 0 else 0)
 
 
 cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
@@ -96,11 +107,11 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef uint8_t orig_kind = KIND_VOID if of_void else KIND_PURCHASE
     cdef bint known = e.kind != KIND_NONE and e.seq == t.seq
     cdef JRec* j
+    cdef JPayment* p
     cdef int64_t amount = 0
-    cdef RingEntry* p
+    cdef RingEntry* orig
     cdef bint today_s = False
-    if known and (e.kind != orig_kind or e.card != <uint32_t>idx
-                  or <uint64_t>e.amount_fen != asked(t)):
+    if known and (e.kind != orig_kind or e.card != <uint32_t>idx or e.amount_fen != asked(t)):
         r.rc = RC_25                   # that STAN was something else: touch nothing
         r.duplicate = 1
         return
@@ -113,34 +124,36 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j = a.record(t, r, idx)
     if j == NULL:
         return
+    p = as_asked(j, t)
     if of_void:
-        j.kind = KIND_VOID_REVERSAL
-    j.b = asked(t)
-    j.flags = RING_REVERSED
+        p.kind = KIND_VOID_REVERSAL
+    p.flags = RING_REVERSED
     if not known:
-        j.flags |= RING_NO_ORIGINAL
-        j.account = NONE32             # nothing to restore
+        p.flags |= RING_NO_ORIGINAL
+        p.account = NONE32             # nothing to restore
     elif e.flags & RING_APPROVED and not (e.flags & RING_VOIDED):
-        j.flags |= RING_APPROVED
+        p.flags |= RING_APPROVED
         amount = e.extra               # what was charged (or, for a void, credited)
     if of_void and known:
-        j.e = <uint32_t>e.balance_fen  # the purchase the void undid (voids are same-day)
-        p = a.state.slot(t.terminal, j.e)
-        today_s = p.kind == KIND_PURCHASE and p.seq == j.e and p.balance_fen == a.today
+        p.orig_seq = <uint32_t>e.balance_fen   # the purchase the void undid (same-day)
+        orig = a.state.slot(t.terminal, p.orig_seq)
+        today_s = (orig.kind == KIND_PURCHASE and orig.seq == p.orig_seq
+                   and orig.balance_fen == a.today)
     elif known:
         today_s = e.balance_fen == a.today
-    if j.account != NONE32:
-        j.a = (<uint64_t>a.state.acct[j.account].daily_day << 32) | <uint32_t>a.state.acct[j.account].daily_spent_fen
+    if p.account != NONE32:
+        p.daily_day = a.state.acct[p.account].daily_day
+        p.daily_spent_fen_after = a.state.acct[p.account].daily_spent_fen
         if amount:
-            j.amount_fen = amount
+            p.amount_fen = amount
             # Only today's spending counts towards today's limits: undoing yesterday's
             # purchase frees nothing today.
             if of_void:                # the void's credit is taken back, even into the red
-                j.balance_fen -= amount
-                undo_spending(a, j, amount if today_s else 0, 1)
+                p.balance_fen_after -= amount
+                undo_spending(a, p, amount if today_s else 0, 1)
             else:
-                j.balance_fen += amount
-                undo_spending(a, j, amount if today_s else 0, -1)
+                p.balance_fen_after += amount
+                undo_spending(a, p, amount if today_s else 0, -1)
     a.commit(j, r)
 
 
@@ -149,11 +162,12 @@ cdef void void_purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef int64_t idx = a.state.find_card(t.pan)
     cdef RingEntry* e = a.state.slot(t.terminal, t.orig_seq)
     cdef JRec* j
+    cdef JPayment* p
     cdef int64_t amount = 0
     if a.duplicate(t, idx, r):
         return
     if not (e.kind == KIND_PURCHASE and e.seq == t.orig_seq and e.card == <uint32_t>idx
-            and <uint64_t>e.amount_fen == asked(t)):
+            and e.amount_fen == asked(t)):
         r.rc = RC_25                   # no such purchase on this terminal (or details differ)
     elif not (e.flags & RING_APPROVED) or e.flags & (RING_REVERSED | RING_VOIDED):
         r.rc = RC_25                   # declined, or already undone
@@ -165,12 +179,12 @@ cdef void void_purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j = a.record(t, r, idx)
     if j == NULL:
         return
-    j.b = asked(t)
-    j.e = t.orig_seq
+    p = as_asked(j, t)
+    p.orig_seq = t.orig_seq
     if r.rc == RC_00:
-        j.amount_fen = amount
-        j.balance_fen += amount
-        undo_spending(a, j, amount, -1)
+        p.amount_fen = amount
+        p.balance_fen_after += amount
+        undo_spending(a, p, amount, -1)
     r.amount_fen = amount
     a.commit(j, r)
 
@@ -184,9 +198,9 @@ cdef void settle(Authoriser a, Txn* t, Res* r) noexcept nogil:
     if a.duplicate(t, -1, r):
         e = a.state.slot(t.terminal, t.seq)
         r.x[0] = e.amount_fen
-        r.x[1] = e.extra & 0xffff
+        r.x[1] = ring_settle_debits(e)
         r.x[2] = e.balance_fen
-        r.x[3] = e.extra >> 16
+        r.x[3] = ring_settle_credits(e)
         r.settle_result = e.aux
         return
     r.rc = RC_00
@@ -199,10 +213,10 @@ cdef void settle(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j = a.record(t, r, -1)
     if j == NULL:
         return
-    j.amount_fen = term.debit_fen
-    j.b = <uint64_t>term.credit_fen
-    j.c = term.debit_count
-    j.e = term.credit_count
-    j.a = t.batch_no + 1
-    j.d = r.settle_result
+    j.settle.debit_fen = term.debit_fen
+    j.settle.credit_fen = term.credit_fen
+    j.settle.debit_count = term.debit_count
+    j.settle.credit_count = term.credit_count
+    j.settle.batch_no_next = t.batch_no + 1
+    j.settle.result = r.settle_result
     a.commit(j, r)

@@ -3,13 +3,12 @@
 with entitlements, and medical settlement (pooled fund, personal medical account, cash) and
 its refund."""
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
-from onecard.core.journal cimport JRec
-from onecard.core.maps cimport Entry
+from onecard.core.journal cimport JMedical, JRec
 from onecard.core.state cimport *
 
 
@@ -18,7 +17,7 @@ cdef int masked_name(Authoriser a, uint32_t card, char* name) noexcept nogil:
     Writes at most 40 bytes."""
     cdef const uint8_t* s
     cdef Account* acct
-    cdef int n = 0, chars = 0, i
+    cdef int n = 0, chars = 0, i, _star
     acct = &a.state.acct[a.state.card[card].account]
     s = a.state.surname + <size_t>acct.surname * 8
     for i in range(8):
@@ -28,7 +27,7 @@ cdef int masked_name(Authoriser a, uint32_t card, char* name) noexcept nogil:
         n += 1
         if (s[i] & 0xC0) != 0x80:
             chars += 1
-    for i in range(chars, acct.name_len):
+    for _star in range(chars, acct.name_len):
         if n < 40:
             name[n] = 42
             n += 1
@@ -64,7 +63,8 @@ cdef void verify(Authoriser a, Txn* t, Res* r) noexcept nogil:
         j = a.record(t, r, idx)
         if j == NULL:
             return
-        j.c = r.age_band | (<uint32_t>scope << 8)
+        j.verify.age_band = r.age_band
+        j.verify.scope = scope
         a.commit(j, r)
     if r.rc != RC_00:
         return
@@ -100,11 +100,11 @@ cdef void venue(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j = a.record(t, r, idx)
     if j == NULL:
         return
-    j.c = <uint32_t>entitlement
-    j.d = <uint64_t>p.base_fen
+    j.venue.entitlement = <uint8_t>entitlement
+    j.venue.base_fen = p.base_fen
     if r.rc == RC_00:
-        j.amount_fen = fee
-        j.balance_fen -= fee
+        j.venue.amount_fen = fee
+        j.venue.balance_fen_after -= fee
     r.amount_fen = fee if r.rc == RC_00 else 0
     r.entitlement = <uint8_t>entitlement
     a.commit(j, r)
@@ -112,13 +112,22 @@ cdef void venue(Authoriser a, Txn* t, Res* r) noexcept nogil:
 
 cdef inline void year_totals(Authoriser a, uint32_t account, int32_t* deductible_used,
                              int32_t* pool_paid) noexcept nogil:
-    cdef Entry* e = a.state.medical_year.find(account)
-    if e != NULL and (e.a >> 32) == a.today_y:
-        deductible_used[0] = <int32_t><uint32_t>e.a
-        pool_paid[0] = <int32_t>e.b
-    else:
-        deductible_used[0] = 0
-        pool_paid[0] = 0
+    medical_year_get(a.state.medical_year.find(account), <uint16_t>a.today_y, deductible_used,
+                     pool_paid)
+
+
+cdef inline JMedical* bill_of(JRec* j, int64_t bill, int64_t ded, int year) noexcept nogil:
+    j.medical.bill_fen = <int32_t>bill
+    j.medical.deductible_fen = <int32_t>ded
+    j.medical.year = <uint16_t>year
+    return &j.medical
+
+
+cdef inline void shares(JMedical* m, int64_t pool, int64_t personal,
+                        int64_t medical_after) noexcept nogil:
+    m.pool_fen = <int32_t>pool
+    m.personal_fen = <int32_t>personal
+    m.medical_fen_after = <int32_t>medical_after
 
 
 cdef void medical(Authoriser a, Txn* t, Res* r) noexcept nogil:
@@ -132,6 +141,7 @@ cdef void medical(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef Region* reg
     cdef Entry* filing
     cdef JRec* j
+    cdef JMedical* m
     cdef int32_t ded_used = 0, pool_paid = 0
     cdef int64_t bill = t.amount_fen, ded = 0, pool = 0, personal = 0, cash = 0, room
     if a.duplicate(t, idx, r):
@@ -140,7 +150,7 @@ cdef void medical(Authoriser a, Txn* t, Res* r) noexcept nogil:
         acct = &a.state.acct[a.state.card[idx].account]
         reg = &a.state.region[acct.region]
         filing = a.state.filings.find(a.state.card[idx].account)
-        if bill <= 0 or bill > a.max_amount_fen or bill > 0x7fffffff:
+        if bill <= 0 or bill > a.amount_fen_max or bill > INT32_MAX:
             r.rc = RC_13
         elif (a.state.region[term.region].province != reg.province
               and (filing == NULL or not ((filing.a >> a.state.region[term.region].province) & 1))):
@@ -160,15 +170,14 @@ cdef void medical(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j = a.record(t, r, idx)
     if j == NULL:
         return
-    j.d = (<uint64_t>ded << 32) | <uint32_t>bill
-    j.e = <uint32_t>a.today_y
+    m = bill_of(j, bill, ded, a.today_y)
     if r.rc == RC_00:
-        acct = &a.state.acct[j.account]
-        j.amount_fen = cash
-        j.balance_fen -= cash
-        j.a = (<uint64_t><uint32_t>(acct.medical_fen - personal) << 32) | <uint32_t>personal
-        j.b = (<uint64_t><uint32_t>(pool_paid + pool) << 32) | <uint32_t>(ded_used + ded)
-        j.c = <uint32_t>pool
+        acct = &a.state.acct[m.account]
+        m.amount_fen = cash
+        m.balance_fen_after -= cash
+        shares(m, pool, personal, acct.medical_fen - personal)
+        m.pool_paid_fen_after = <int32_t>(pool_paid + pool)
+        m.deductible_used_fen_after = <int32_t>(ded_used + ded)
         r.x[3] = acct.medical_fen - personal
     r.x[0] = pool
     r.x[1] = personal
@@ -184,6 +193,7 @@ cdef void medical_refund(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef RingEntry* e = a.state.slot(t.terminal, t.orig_seq)
     cdef Account* acct
     cdef JRec* j
+    cdef JMedical* m
     cdef int32_t ded_used = 0, pool_paid = 0
     cdef int64_t bill = 0, ded = 0, pool = 0, cash = 0, personal = 0
     cdef bint same_year = False
@@ -195,29 +205,28 @@ cdef void medical_refund(Authoriser a, Txn* t, Res* r) noexcept nogil:
         r.rc = RC_25
     else:
         r.rc = RC_00
-        bill = e.amount_fen & <int64_t>0xffffffff
-        ded = e.amount_fen >> 32
+        bill = ring_medical_bill(e)
+        ded = ring_medical_deductible(e)
         pool = e.extra
-        cash = e.balance_fen & <int64_t>0xffffffff
+        cash = ring_medical_cash(e)
         personal = bill - pool - cash
         same_year = 2000 + <int32_t>e.aux == <int32_t>a.today_y
     j = a.record(t, r, idx)
     if j == NULL:
         return
-    j.f = t.orig_seq
-    j.d = (<uint64_t>ded << 32) | <uint32_t>bill
-    j.e = <uint32_t>a.today_y
+    m = bill_of(j, bill, ded, a.today_y)
+    m.orig_seq = t.orig_seq
     if r.rc == RC_00:
-        acct = &a.state.acct[j.account]
-        year_totals(a, j.account, &ded_used, &pool_paid)
-        j.amount_fen = cash
-        j.balance_fen += cash
-        j.a = (<uint64_t><uint32_t>(acct.medical_fen + personal) << 32) | <uint32_t>personal
+        acct = &a.state.acct[m.account]
+        year_totals(a, m.account, &ded_used, &pool_paid)
+        m.amount_fen = cash
+        m.balance_fen_after += cash
+        shares(m, pool, personal, acct.medical_fen + personal)
         if same_year:                  # an earlier year's totals no longer limit anything
             ded_used = ded_used - <int32_t>ded if ded_used >= ded else 0
             pool_paid = pool_paid - <int32_t>pool if pool_paid >= pool else 0
-        j.b = (<uint64_t><uint32_t>pool_paid << 32) | <uint32_t>ded_used
-        j.c = <uint32_t>pool
+        m.pool_paid_fen_after = pool_paid
+        m.deductible_used_fen_after = ded_used
         r.x[3] = acct.medical_fen + personal
     r.x[0] = pool
     r.x[1] = personal

@@ -2,9 +2,11 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from onecard.core.crypto cimport MacKey
-from onecard.core.maps cimport U64Map
+from onecard.core.maps cimport Entry, U64Map
 
-cpdef enum Kind:                 # transaction kinds: metrics "type", journal, permissions
+# Transaction kinds: metrics "type", journal, permissions; as protocols/journal.py KINDS
+# (checked when core/journal is imported).
+cpdef enum Kind:
     KIND_NONE = 0
     KIND_SIGNON = 1
     KIND_ECHO = 2
@@ -25,7 +27,8 @@ cpdef enum Kind:                 # transaction kinds: metrics "type", journal, p
     KIND_VENUE = 17              # venue entry (museum, library, scenic spot, sports venue)
     KIND_CREDIT = 18             # top-up or disbursement credited by an operator
     KIND_CARD_ADMIN = 19         # card issued or its status changed by an operator
-    KIND_TOPUP = 21              # cash paid in at a kiosk (20 is the journal's VOID_REVERSAL)
+    KIND_VOID_REVERSAL = 20      # journal only: a reversal (0400) that undid a void
+    KIND_TOPUP = 21              # cash paid in at a kiosk
     N_KINDS = 32
 
 cpdef enum Proto:
@@ -90,6 +93,7 @@ cdef enum:
     MAX_RULES = 6
     HOLDER_BYTES = 48            # holders file: name (30 bytes UTF-8) + identity number (18)
     HOLDER_NAME_BYTES = 30
+    DENY_LOG_MAX = 0x7fffffff    # deny-list changes: a card index has 31 bits of an entry
 
 cdef struct Card:                # 24 bytes
     uint64_t pan
@@ -244,3 +248,68 @@ cdef class State:
     cdef RingEntry* slot(self, uint32_t terminal, uint32_t seq) noexcept nogil
     cdef int64_t add_card(self, uint64_t pan, uint32_t account) noexcept nogil
     cdef int deny(self, uint32_t card, bint removed) noexcept nogil
+    cdef int deny_reserve(self, uint32_t entries) noexcept nogil
+
+
+# ---- packed ring slots and map entries ---------------------------------------------------------
+# Some ring slots and map entries keep two values in one field (their layouts are part of the
+# checkpoint format): they are packed and unpacked here and nowhere else.
+
+cdef inline int64_t ring_asked(uint16_t currency, int64_t minor) noexcept nogil:
+    """A purchase's or void's slot amount: as asked, with its currency (CNY when not given),
+    so that a retransmission, void or reversal of HKD 100.00 never matches CNY 100.00."""
+    return <int64_t>((<uint64_t>(currency if currency else 156) << 48) | <uint64_t>minor)
+
+
+cdef inline int64_t ring_medical_amount(int64_t deductible_fen, int64_t bill_fen) noexcept nogil:
+    return <int64_t>((<uint64_t>deductible_fen << 32) | <uint32_t>bill_fen)
+
+
+cdef inline int64_t ring_medical_bill(RingEntry* e) noexcept nogil:
+    return e.amount_fen & <int64_t>0xffffffff
+
+
+cdef inline int64_t ring_medical_deductible(RingEntry* e) noexcept nogil:
+    return e.amount_fen >> 32
+
+
+cdef inline int64_t ring_medical_balance(uint32_t orig_seq, int64_t cash_fen) noexcept nogil:
+    """A settlement's slot balance: its cash share; a refund's: the refunded seq too."""
+    return <int64_t>((<uint64_t>orig_seq << 32) | <uint32_t>cash_fen)
+
+
+cdef inline int64_t ring_medical_cash(RingEntry* e) noexcept nogil:
+    return e.balance_fen & <int64_t>0xffffffff
+
+
+cdef inline uint32_t ring_medical_orig_seq(RingEntry* e) noexcept nogil:
+    return <uint32_t>(e.balance_fen >> 32)
+
+
+cdef inline uint32_t ring_settle_counts(uint32_t debits, uint32_t credits) noexcept nogil:
+    return (debits & 0xffff) | (credits << 16)
+
+
+cdef inline uint32_t ring_settle_debits(RingEntry* e) noexcept nogil:
+    return e.extra & 0xffff
+
+
+cdef inline uint32_t ring_settle_credits(RingEntry* e) noexcept nogil:
+    return e.extra >> 16
+
+
+cdef inline void medical_year_get(Entry* e, uint16_t year, int32_t* deductible_used_fen,
+                                  int32_t* pool_paid_fen) noexcept nogil:
+    """An account's medical totals for ``year`` (zero when the entry is of another year)."""
+    if e != NULL and (e.a >> 32) == year:
+        deductible_used_fen[0] = <int32_t><uint32_t>e.a
+        pool_paid_fen[0] = <int32_t>e.b
+    else:
+        deductible_used_fen[0] = 0
+        pool_paid_fen[0] = 0
+
+
+cdef inline void medical_year_set(Entry* e, uint16_t year, int32_t deductible_used_fen,
+                                  int32_t pool_paid_fen) noexcept nogil:
+    e.a = (<int64_t>year << 32) | <uint32_t>deductible_used_fen
+    e.b = pool_paid_fen

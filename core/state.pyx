@@ -231,7 +231,10 @@ cdef class State:
 
     def __init__(self, *, cards, accounts, terminals, regions, operators, stations, fares,
                  apps, accept, policies, surnames, holders=None, ring=None,
-                 uint32_t ring_size=64, maps=None):
+                 uint32_t ring_size=64, maps=None, uint64_t map_entries_max=1 << 26):
+        """``map_entries_max`` bounds each map of state only some accounts have (daily totals
+        per application, medical year totals): past it, a request that would add an entry is
+        declined with 96 and changes nothing."""
         if ring_size < 8 or ring_size & (ring_size - 1):
             raise ValueError("ring_size must be a power of two >= 8")
         given = _array(cards, CARD_DTYPE, "cards")
@@ -264,8 +267,8 @@ cdef class State:
             self.holders = np.frombuffer(holders, dtype=np.uint8)
             if len(self.holders) < self.n_accounts * HOLDER_BYTES:
                 raise ValueError("holders file is shorter than one record per account")
-        self.daily_app = U64Map(4096)
-        self.medical_year = U64Map(4096)
+        self.daily_app = U64Map(4096, map_entries_max)
+        self.medical_year = U64Map(4096, map_entries_max)
         self.filings = U64Map(1024)
         self.set_catalogue(apps, accept, policies)
         self._check_references()
@@ -464,17 +467,30 @@ cdef class State:
 
     # ---- deny list ---------------------------------------------------------------------------
 
+    cdef int deny_reserve(self, uint32_t entries) noexcept nogil:
+        """Room for ``entries`` more deny-list changes: afterwards that many deny() calls
+        cannot fail. -1 when out of memory (or past 2^31 changes)."""
+        cdef uint64_t need = <uint64_t>self.deny_version + entries, cap = self.deny_cap
+        cdef uint32_t* grown
+        if need <= self.deny_cap:
+            return 0
+        if need > DENY_LOG_MAX:
+            return -1
+        cap = cap * 2 if cap else 1024
+        while cap < need:
+            cap *= 2
+        cap = min(cap, <uint64_t>DENY_LOG_MAX)
+        grown = <uint32_t*>realloc(self.deny_log, cap * sizeof(uint32_t))
+        if grown == NULL:
+            return -1
+        self.deny_log = grown
+        self.deny_cap = <uint32_t>cap
+        return 0
+
     cdef int deny(self, uint32_t card, bint removed) noexcept nogil:
         """Append a deny-list change; its version is the new deny_version."""
-        cdef uint32_t cap
-        cdef uint32_t* grown
-        if self.deny_version == self.deny_cap:
-            cap = self.deny_cap * 2 if self.deny_cap else 1024
-            grown = <uint32_t*>realloc(self.deny_log, cap * sizeof(uint32_t))
-            if grown == NULL:
-                return -1
-            self.deny_log = grown
-            self.deny_cap = cap
+        if self.deny_reserve(1) != 0:
+            return -1
         self.deny_log[self.deny_version] = card | (<uint32_t>removed << 31)
         self.deny_version += 1
         return 0

@@ -11,7 +11,8 @@ order, once (a watermark per terminal), and may take a balance below zero, which
 on the deny list.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.string cimport memset
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
@@ -28,18 +29,78 @@ cdef inline int64_t transfer(Authoriser a, Account* acct, Operator* op, Region* 
     return fare if fare > 0 else 0
 
 
+cdef struct Ride:                # what a tap decides; its record keeps it if approved
+    int64_t fare
+    int64_t need                 # what the balance must cover (an online gate stays shut)
+    uint32_t trip_station        # the card's open metro trip after the tap
+    uint32_t trip_time
+    bint ends                    # a ride ends here: transfer discounts count from it
+
+
+cdef uint8_t metro(Authoriser a, Txn* t, Card* c, Account* acct, Operator* op, Region* reg,
+                   uint32_t when, Ride* ride) noexcept nogil:
+    """Tap in opens a trip (and charges the maximum fare for one left open); tap out charges
+    the fare between the stations, or the maximum without a tap in on this network."""
+    cdef int64_t s_idx = a.state.find_station(t.station_id)
+    cdef uint32_t network = a.state.term[t.terminal].operator
+    cdef uint32_t start = when
+    cdef Station* entry
+    cdef int64_t fare
+    if s_idx < 0 or a.state.stn[s_idx].operator != network:
+        return RC_12                   # a gate may only report its own network's stations
+    if t.direction == 0:
+        if c.trip_station:             # the last trip never tapped out: maximum fare
+            ride.fare = a.concession(a.state.op[a.state.stn[c.trip_station - 1].operator]
+                                     .max_fare_fen, acct, reg)
+        ride.need = ride.fare + a.concession(op.flat_fare_fen, acct, reg)
+        ride.trip_station = <uint32_t>(s_idx + 1)
+        ride.trip_time = when
+        return RC_00
+    if c.trip_station and a.state.stn[c.trip_station - 1].operator == network:
+        entry = &a.state.stn[c.trip_station - 1]
+        fare = a.state.fare[op.fare_off + entry.local * op.n_stations
+                            + a.state.stn[s_idx].local]
+        start = c.trip_time_s          # the transfer window counts to when the ride began
+    else:
+        fare = op.max_fare_fen
+    ride.fare = transfer(a, acct, op, reg, start, a.concession(<int32_t>fare, acct, reg))
+    ride.need = ride.fare
+    ride.trip_station = 0
+    ride.trip_time = 0
+    ride.ends = True
+    return RC_00
+
+
+cdef uint8_t ride(Authoriser a, Txn* t, Card* c, Account* acct, Operator* op, Region* reg,
+                  uint32_t when, Ride* out) noexcept nogil:
+    """The fare of a tap by a usable card: flat on buses and ferries, by distance on metros."""
+    cdef uint8_t rc
+    if not t.offline and acct.flags & HOLDER_DENIED:
+        return RC_05                   # on the deny list until topped up
+    if t.direction > 1:
+        return RC_12
+    if op.kind != OP_METRO:
+        out.fare = transfer(a, acct, op, reg, when, a.concession(op.flat_fare_fen, acct, reg))
+        out.need = out.fare
+        out.ends = True
+        rc = RC_00
+    else:
+        rc = metro(a, t, c, acct, op, reg, when, out)
+    if rc == RC_00 and not t.offline and acct.balance_fen < out.need:
+        return RC_51                   # the gate stays shut; the trip state is unchanged
+    return rc
+
+
 cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef int64_t idx = a.state.find_card(t.pan)
     cdef Terminal* term = &a.state.term[t.terminal]
     cdef Operator* op = &a.state.op[term.operator]
-    cdef Region* reg = &a.state.region[op.region]
     cdef Card* c
     cdef Account* acct
-    cdef Operator* open_op
     cdef JRec* j
-    cdef int64_t s_idx = -1, fare = 0, need = 0
-    cdef uint32_t trip_station = 0, trip_time = 0, when, start, last_ride = 0, last_region = 0
-    cdef bint ride_ends = False
+    cdef Ride trip
+    cdef uint32_t when, last_ride = 0, last_region = 0
+    memset(&trip, 0, sizeof(Ride))
     if t.offline:
         if t.seq <= term.offline_hw:
             r.rc = RC_94               # this upload was applied before: acknowledge only
@@ -52,62 +113,24 @@ cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil:
     if a.card_checks(t, idx, r) >= 0:
         c = &a.state.card[idx]
         acct = &a.state.acct[c.account]
-        trip_station = c.trip_station
-        trip_time = c.trip_time_s
-        last_ride = acct.last_ride_s
-        last_region = acct.last_ride_region
-        if not t.offline and acct.flags & HOLDER_DENIED:
-            r.rc = RC_05               # on the deny list until topped up
-        elif t.direction > 1:
-            r.rc = RC_12
-        elif op.kind != OP_METRO:
-            fare = transfer(a, acct, op, reg, when, a.concession(op.flat_fare_fen, acct, reg))
-            need = fare
-            ride_ends = True
-            r.rc = RC_00
-        else:
-            s_idx = a.state.find_station(t.station_id)
-            if s_idx < 0 or a.state.stn[s_idx].operator != term.operator:
-                r.rc = RC_12           # a gate may only report its own network's stations
-            elif t.direction == 0:
-                if c.trip_station:     # the last trip never tapped out: maximum fare
-                    open_op = &a.state.op[a.state.stn[c.trip_station - 1].operator]
-                    fare = a.concession(open_op.max_fare_fen, acct, reg)
-                need = fare + a.concession(op.flat_fare_fen, acct, reg)
-                trip_station = <uint32_t>(s_idx + 1)
-                trip_time = when
-                r.rc = RC_00
-            else:
-                start = when
-                if c.trip_station and a.state.stn[c.trip_station - 1].operator == term.operator:
-                    fare = a.state.fare[op.fare_off + a.state.stn[c.trip_station - 1].local * op.n_stations
-                                   + a.state.stn[s_idx].local]
-                    start = c.trip_time_s  # the transfer window counts to when the ride began
-                else:                  # no tap-in on this network: maximum fare
-                    fare = op.max_fare_fen
-                fare = transfer(a, acct, op, reg, start,
-                                a.concession(<int32_t>fare, acct, reg))
-                need = fare
-                trip_station = 0
-                trip_time = 0
-                ride_ends = True
-                r.rc = RC_00
-            if r.rc == RC_00 and not t.offline and acct.balance_fen < need:
-                r.rc = RC_51           # the gate stays shut; the trip state is unchanged
-        if ride_ends:
-            last_ride = when
-            last_region = op.region
+        trip.trip_station = c.trip_station
+        trip.trip_time = c.trip_time_s
+        r.rc = ride(a, t, c, acct, op, &a.state.region[op.region], when, &trip)
+        last_ride = when if trip.ends else acct.last_ride_s
+        last_region = op.region if trip.ends else acct.last_ride_region
     j = a.record(t, r, idx)
     if j == NULL:
         return
-    j.b = (<uint64_t>t.station_id << 8) | t.direction
-    j.c = last_ride
-    j.e = last_region
+    j.tap.station_id = t.station_id
+    j.tap.direction = t.direction
+    j.tap.last_ride_s_after = last_ride
+    j.tap.last_ride_region_after = <uint16_t>last_region
     if r.rc == RC_00:
-        j.amount_fen = fare
-        j.balance_fen -= fare
-        j.a = (<uint64_t>trip_station << 32) | trip_time
-    r.amount_fen = fare if r.rc == RC_00 else 0
+        j.tap.amount_fen = trip.fare
+        j.tap.balance_fen_after -= trip.fare
+        j.tap.trip_station_after = <uint16_t>trip.trip_station
+        j.tap.trip_started_s_after = trip.trip_time
+    r.amount_fen = trip.fare if r.rc == RC_00 else 0
     a.commit(j, r)
 
 
@@ -120,13 +143,13 @@ cdef void topup(Authoriser a, Txn* t, Res* r) noexcept nogil:
     if a.duplicate(t, idx, r):
         return
     if a.card_checks(t, idx, r) >= 0:
-        r.rc = RC_13 if t.amount_fen <= 0 or t.amount_fen > a.max_topup_fen else RC_00
+        r.rc = RC_13 if t.amount_fen <= 0 or t.amount_fen > a.topup_fen_max else RC_00
     j = a.record(t, r, idx)
     if j == NULL:
         return
-    j.b = <uint64_t>t.amount_fen       # as asked: a retransmission must match it
+    j.topup.amount_asked_fen = t.amount_fen     # a retransmission must match it
     if r.rc == RC_00:
-        j.amount_fen = t.amount_fen
-        j.balance_fen += t.amount_fen
+        j.topup.amount_fen = t.amount_fen
+        j.topup.balance_fen_after += t.amount_fen
     r.amount_fen = t.amount_fen if r.rc == RC_00 else 0
     a.commit(j, r)

@@ -18,6 +18,7 @@ import sqlite3
 import numpy as np
 
 from onecard.core.state import KIND_CREDIT
+from onecard.protocols import journal_codec
 from onecard.protocols.codes import CODES
 from onecard.switch import store
 
@@ -96,15 +97,16 @@ def sync_from_journal(conn: sqlite3.Connection, card_pans: np.ndarray) -> int:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (SYNC_KEY,)).fetchone()
     since = int(row[0]) if row else 0
     recs, nos = store.journal_records(conn, since)
-    credit = (recs["kind"] == KIND_CREDIT) & ((recs["a"] >> np.uint64(32)) > 0)
+    kind = recs["kind"] == KIND_CREDIT
+    credits = journal_codec.view(recs[kind], "credit")
+    paid = credits["programme"] > 0                 # 0: an operator's top-up
     added = 0
     conn.execute("BEGIN")
-    for r, no in zip(recs[credit], nos[credit], strict=True):
-        programme, period = int(r["a"]) >> 32, int(r["a"]) & 0xffffffff
+    for r, no in zip(credits[paid], nos[kind][paid], strict=True):
         cur = conn.execute(
             "INSERT OR IGNORE INTO disbursements VALUES (?,?,?,?,?,?,?,?)",
-            (programme - 1, period, str(int(card_pans[r["card"]])), int(r["amount_fen"]),
-             CODES[r["rc"]][0], int(no), f"operator {int(r['b'])}",
+            (int(r["programme"]) - 1, int(r["period"]), str(int(card_pans[r["card"]])),
+             int(r["amount_fen"]), CODES[r["rc"]][0], int(no), f"operator {int(r['operator'])}",
              dt.datetime.fromtimestamp(r["ts_us"] / 1e6, dt.UTC).isoformat(timespec="seconds")))
         added += cur.rowcount
     end = int(nos[-1]) + 1 if len(nos) else since

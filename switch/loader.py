@@ -122,12 +122,13 @@ def filings_entries(conn: sqlite3.Connection) -> np.ndarray:
     return out
 
 
-def load(data_dir: str | Path, *, ring_size: int = 64) -> Loaded:
+def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26) -> Loaded:
     """Recover the state: checkpoint + journal replay. Raises if the data set is missing."""
     started = time.perf_counter()
     path = store.db_path(data_dir)
     if not path.exists():
         raise FileNotFoundError(f"no data set at {path} (run: onecard demo-data)")
+    store.migrate(path)
     conn = store.connect(path, readonly=True)
     try:
         store.check_schema(conn, path)
@@ -147,7 +148,7 @@ def load(data_dir: str | Path, *, ring_size: int = 64) -> Loaded:
                       regions=regions_array(conn), operators=operators, stations=stations,
                       fares=fares, apps=apps, accept=accept, policies=policies,
                       surnames=surnames_array(conn), holders=holders(data_dir), ring=ring,
-                      ring_size=ring_size, maps=maps)
+                      ring_size=ring_size, maps=maps, map_entries_max=map_entries_max)
         if "deny_log" in arrays:
             state.restore_deny_log(arrays["deny_log"])
         replayed = 0

@@ -114,12 +114,12 @@ class Switch:
         self.loaded = loaded
         self.engine = Engine(loaded.state, next_record_no=loaded.next_record_no,
                              daily_limit_fen=config.limits.daily_limit_fen,
-                             max_amount_fen=config.limits.max_amount_fen,
+                             amount_fen_max=config.limits.max_amount_fen,
                              max_iso_frame=config.server.max_iso8583_frame_bytes,
                              max_native_frame=config.server.max_native_frame_bytes,
                              max_native_batch=config.server.max_native_batch,
                              fx_rates=config.fx.rates())
-        self.engine.authoriser.max_topup_fen = config.limits.max_topup_fen
+        self.engine.authoriser.topup_fen_max = config.limits.max_topup_fen
         self.durable_no = loaded.next_record_no
         self.waiting: deque = deque()
         self.paused: set[Connection] = set()

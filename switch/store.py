@@ -3,8 +3,10 @@
 The journal is written by ``onecard.core.commit.GroupCommitter``, a thread that takes every
 record the core has appended since its last commit (from all connections at once), writes them
 as one packed row, and commits with ``synchronous=FULL``; only then does the event loop release
-the replies that depended on them. A row is ``(first_no, n, ts_us, records)`` where ``records``
-is ``n`` 64-byte records (``onecard.core.journal.JREC_DTYPE``) numbered from ``first_no``.
+the replies that depended on them. A row is ``(first_no, n, ts_us, records, format)`` where
+``records`` is ``n`` 80-byte records of journal format ``format`` (``protocols/JOURNAL.md``)
+numbered from ``first_no``. Rows are read back in the current format whatever they were
+written in (``journal_rows``): nothing rewrites a committed row.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from onecard.core.journal import JREC_DTYPE
+from onecard.protocols.journal_codec import RECORD_DTYPE, upgrade
 
 log = logging.getLogger("onecard.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Each step takes a database from the version before it to its own, in one transaction.
+MIGRATIONS = {
+    # The journal's rows name their record format; rows written before it are format 1.
+    3: ("ALTER TABLE journal ADD COLUMN format INTEGER NOT NULL DEFAULT 1",),
+}
 DB_NAME = "onecard.db"
 
 SCHEMA = """
@@ -79,7 +86,7 @@ CREATE TABLE IF NOT EXISTS admin_log (
     action TEXT NOT NULL, target TEXT NOT NULL, details TEXT NOT NULL, record_no INTEGER);
 CREATE TABLE IF NOT EXISTS journal (
     first_no INTEGER PRIMARY KEY, n INTEGER NOT NULL, ts_us INTEGER NOT NULL,
-    records BLOB NOT NULL);
+    records BLOB NOT NULL, format INTEGER NOT NULL);
 """
 
 
@@ -104,11 +111,46 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
 
-def check_schema(conn: sqlite3.Connection, path: Path) -> None:
+def schema_version(conn: sqlite3.Connection) -> int | None:
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    if row is None or int(row[0]) != SCHEMA_VERSION:
-        found = row[0] if row else "none"
-        raise RuntimeError(f"{path}: schema version {found}, this build needs {SCHEMA_VERSION}")
+    return int(row[0]) if row else None
+
+
+def check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    found = schema_version(conn)
+    if found != SCHEMA_VERSION:
+        raise RuntimeError(f"{path}: schema version {found or 'none'}, this build needs "
+                           f"{SCHEMA_VERSION}")
+
+
+def migrate(path: Path) -> list[int]:
+    """Bring an older database to this build's schema, a step a transaction; the versions
+    it went through. A database newer than the build, or with no version, is left alone
+    (check_schema then refuses it with its version)."""
+    conn = connect(path, readonly=True)
+    try:
+        found = schema_version(conn)
+    finally:
+        conn.close()
+    if found is None or found >= SCHEMA_VERSION:
+        return []
+    if found + 1 not in MIGRATIONS:
+        raise RuntimeError(f"{path}: schema version {found} is older than this build reads")
+    conn = connect(path)
+    try:
+        done = []
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                         (str(version),))
+            conn.execute("COMMIT")
+            log.info("store schema %d -> %d: %s", version - 1, version, path)
+            done.append(version)
+        return done
+    finally:
+        conn.close()
 
 
 def journal_end(conn: sqlite3.Connection) -> int:
@@ -119,11 +161,12 @@ def journal_end(conn: sqlite3.Connection) -> int:
 
 
 def journal_rows(conn: sqlite3.Connection, since_no: int = 0) -> Iterator[tuple[int, bytes]]:
-    """Journal rows that hold records numbered since_no or later, in order."""
-    cur = conn.execute("SELECT first_no, records FROM journal WHERE first_no + n > ? "
+    """Journal rows that hold records numbered since_no or later, in order, their records in
+    the current format (an older row is read through its format's reader)."""
+    cur = conn.execute("SELECT first_no, records, format FROM journal WHERE first_no + n > ? "
                        "ORDER BY first_no", (since_no,))
-    for first_no, blob in cur:
-        yield int(first_no), bytes(blob)
+    for first_no, blob, fmt in cur:
+        yield int(first_no), upgrade(bytes(blob), int(fmt))
 
 
 def journal_records(conn: sqlite3.Connection,
@@ -131,11 +174,11 @@ def journal_records(conn: sqlite3.Connection,
     """All records numbered since_no or later, and their numbers."""
     parts, numbers = [], []
     for first_no, blob in journal_rows(conn, since_no):
-        recs = np.frombuffer(blob, dtype=JREC_DTYPE)
+        recs = np.frombuffer(blob, dtype=RECORD_DTYPE)
         nos = np.arange(first_no, first_no + len(recs), dtype=np.int64)
         keep = nos >= since_no
         parts.append(recs[keep])
         numbers.append(nos[keep])
     if not parts:
-        return np.zeros(0, dtype=JREC_DTYPE), np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=RECORD_DTYPE), np.zeros(0, dtype=np.int64)
     return np.concatenate(parts), np.concatenate(numbers)

@@ -57,9 +57,9 @@ class World:
     """An engine over a fresh copy of the demo state, with helpers to find cards and
     terminals and to talk to the engine as terminals do."""
 
-    def __init__(self, data_dir: Path, terminals: list[TerminalInfo]) -> None:
+    def __init__(self, data_dir: Path, terminals: list[TerminalInfo], **load_options) -> None:
         self.data_dir = data_dir
-        loaded = loader.load(data_dir)
+        loaded = loader.load(data_dir, **load_options)
         self.state = loaded.state
         self.engine = Engine(self.state, next_record_no=loaded.next_record_no)
         self.terminals = terminals

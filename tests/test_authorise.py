@@ -281,6 +281,6 @@ def test_journal_records_are_after_images(world):
     recs = unpack(blob)
     purchase = recs[-1]
     assert purchase["amount_fen"] == 250 and purchase["card"] == idx
-    assert purchase["balance_fen"] == world.balance(idx)
+    assert purchase["balance_fen_after"] == world.balance(idx)
     assert first == 0 and len(recs) == 2
     assert np.all(recs["ts_us"] > 0)

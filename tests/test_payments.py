@@ -14,6 +14,7 @@ from onecard.core.engine import ISO8583, Engine
 from onecard.core.journal import unpack
 from onecard.core.state import HOLDER_HMT, KIND_PURCHASE, KIND_VOID, TERM_POS
 from onecard.protocols.codes import CODE_INDEX
+from onecard.protocols.journal_codec import view
 from onecard.switch import store
 from onecard.switch.config import FxConfig
 from onecard.switch.demo import POLICY_INDEX
@@ -433,9 +434,9 @@ def test_cross_border_pos_converts_to_fen_and_journals_both(fx_world, province, 
     assert (r["4"], r["49"], r["6"], r["51"]) == (f"{minor:012d}", currency, f"{fen:012d}", "156")
     assert t.verify_reply_mac(r)
     assert world.balance(idx) == before - fen
-    (rec,) = unpack(world.engine.journal.take()[1])
+    (rec,) = view(unpack(world.engine.journal.take()[1]), "payment")
     assert (rec["kind"], rec["card"], rec["amount_fen"]) == (KIND_PURCHASE, idx, fen)
-    assert (int(rec["b"]) >> 48, int(rec["b"]) & (1 << 48) - 1) == (int(currency), minor)
+    assert (rec["currency"], rec["amount_asked_minor"]) == (int(currency), minor)
 
 
 @pytest.mark.parametrize("province", [81, 82])
@@ -567,7 +568,8 @@ def test_hong_kong_pos_over_tcp(running_switch, world):
     assert (recs["kind"][i], recs["seq"][i], recs["rc"][i]) == (KIND_PURCHASE, 100,
                                                                 CODE_INDEX["00"])
     assert recs["amount_fen"][i] == 18_300
-    assert int(recs["b"][i]) == (344 << 48) | 20_000
+    asked = view(recs[i:i + 1], "payment")
+    assert (asked["currency"][0], asked["amount_asked_minor"][0]) == (344, 20_000)
     (j,) = np.flatnonzero(numbers == int(v["37"]))
     assert recs["kind"][j] == KIND_VOID and recs["amount_fen"][j] == 18_300
 

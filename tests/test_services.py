@@ -31,6 +31,7 @@ from onecard.core.state import (
 )
 from onecard.protocols import native
 from onecard.protocols.codes import CODE_INDEX
+from onecard.protocols.journal_codec import view
 from onecard.switch import store
 from onecard.switch.reference import GROUPS
 
@@ -168,8 +169,8 @@ def test_verification_is_journaled_with_the_scope_used(world):
     counter.send([a])
     hotel.send([b])
     recs = unpack(world.engine.journal.take()[1])
-    got = [(int(r["terminal"]), int(r["seq"]), int(r["card"]), int(r["c"]) >> 8)
-           for r in recs if r["kind"] == KIND_VERIFY]
+    got = [(int(r["terminal"]), int(r["seq"]), int(r["card"]), int(r["scope"]))
+           for r in view(recs[recs["kind"] == KIND_VERIFY], "verify")]
     assert got == [(counter.info.idx, a.seq, idx, SCOPE_DEFAULT),
                    (hotel.info.idx, b.seq, idx, SCOPE_LODGING)]
 
@@ -373,7 +374,7 @@ def test_annual_cap_binds_the_pool(world):
     pan, idx = world.card(34)
     fund(world, idx, medical=0, balance=100_000_000)
     ins = Insurance(world, idx)
-    bill = world.engine.authoriser.max_amount_fen
+    bill = world.engine.authoriser.amount_fen_max
     pools = []
     while not pools or pools[-1]:
         expected = ins.split(bill, 0)
@@ -576,8 +577,8 @@ def test_services_over_tcp_and_the_scope_in_the_committed_journal(running_switch
         recs, _ = store.journal_records(conn)
     finally:
         conn.close()
-    got = {(int(r["terminal"]), int(r["seq"])): int(r["c"]) >> 8
-           for r in recs if r["kind"] == KIND_VERIFY}
+    got = {(int(r["terminal"]), int(r["seq"])): int(r["scope"])
+           for r in view(recs[recs["kind"] == KIND_VERIFY], "verify")}
     assert got == {(counter.info.idx, a.seq): SCOPE_DEFAULT, (hotel.info.idx, b.seq):
                    SCOPE_LODGING}
 

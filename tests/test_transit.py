@@ -192,6 +192,18 @@ def test_bus_and_ferry_charge_the_operators_flat_fare(world):
         assert world.balance(idx) == before - r.fare_fen
 
 
+
+def test_an_online_bus_tap_without_the_fare_is_refused_and_changes_nothing(world):
+    """Online taps need the money on buses too (only an offline upload may overdraw)."""
+    pan, idx = world.card(31, **YOUNG)
+    fare = flat_fare(world, "BUS310000")
+    world.set_balance(idx, fare - 1)
+    bus = reader(world, TERM_BUS_READER, 310000)
+    r = tap(bus, pan, when=T0)
+    assert (r.rc, r.fare_fen, world.balance(idx)) == ("51", 0, fare - 1)
+    world.set_balance(idx, fare)
+    assert tap(bus, pan, when=T0 + 60).rc == "00" and world.balance(idx) == 0
+
 # ---- transfers ----------------------------------------------------------------------------
 
 
@@ -414,7 +426,7 @@ def test_kiosk_top_up_refusals(world):
     k = kiosk(world)
     pan, idx = world.card(31, **YOUNG)
     before = world.balance(idx)
-    assert top_up(k, pan, 100_001).rc == "13"                          # over max_topup_fen
+    assert top_up(k, pan, 100_001).rc == "13"                          # over topup_fen_max
     body = msgspec.msgpack.encode([[10, k.next_seq(), pan, 0]])        # a zero amount
     (frame,) = k.send_raw(native.encode_frame(k.info.tid, body, crypto.mac(k.alg, k.mak, body)))
     (bad,) = native.decode_replies(frame.body)

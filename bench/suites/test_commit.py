@@ -64,7 +64,8 @@ def test_group_commit_sqlite_rows(benchmark, iso_source, tmp_path, n):
         first, blob = engine.journal.take()
         recs = unpack(blob)
         rows = [(first + i, int(r["ts_us"]), int(r["terminal"]), int(r["seq"]),
-                 int(r["card"]), int(r["amount_fen"]), int(r["balance_fen"]), int(r["rc"]))
+                 int(r["card"]), int(r["amount_fen"]), int(r["balance_fen_after"]),
+                 int(r["rc"]))
                 for i, r in enumerate(recs)]
         return (rows,), {}
 
