@@ -71,7 +71,8 @@ def cmd_serve(args) -> int:
         if not store.db_path(data_dir).exists():
             demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
                           ring_size=config.core.ring_size)
-        loaded = loader.load(data_dir, ring_size=config.core.ring_size)
+        loaded = loader.load(data_dir, ring_size=config.core.ring_size,
+                             map_entries_max=config.core.map_entries_max)
         import uvloop
 
         return uvloop.run(_serve(config, loaded))
@@ -94,6 +95,9 @@ async def _serve(config: Config, loaded) -> int:
 
     switch = Switch(config, loaded)
     ops = operators.load_or_create(tokens_path(config))
+    if loaded.migrated:
+        print(f"onecard: data set upgraded to store schema {loaded.migrated[-1]} (earlier "
+              "journal rows keep their format and are read as they were written)")
     synced = admin.sync(switch)
     if synced:
         print(f"onecard: {synced} disbursement report rows rebuilt from the journal")

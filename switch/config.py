@@ -75,6 +75,9 @@ class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Retransmissions and reversals are matched against the last ring_size requests of each
     # terminal; a power of two, at least the deepest pipelining window a terminal uses.
     ring_size: Annotated[int, Meta(ge=8, le=65536)] = 64
+    # Entries at most in each map of state only some accounts have (daily totals per
+    # application, medical year totals); a request that would add one past it is declined 96.
+    map_entries_max: Annotated[int, Meta(ge=16, le=1 << 40)] = 1 << 26
     # How long the writer thread may wait for the GIL (Python's default is 5 ms, which would
     # sit on every commit under load).
     gil_switch_interval_us: Annotated[int, Meta(ge=10, le=5000)] = 100

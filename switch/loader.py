@@ -39,6 +39,7 @@ class Loaded:
     snapshot_upto: int
     replayed: int
     seconds: float
+    migrated: list[int]          # store schema versions this start brought the data set to
 
 
 provinces = catalogue.provinces
@@ -128,7 +129,7 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
     path = store.db_path(data_dir)
     if not path.exists():
         raise FileNotFoundError(f"no data set at {path} (run: onecard demo-data)")
-    store.migrate(path)
+    migrated = store.migrate(path)
     conn = store.connect(path, readonly=True)
     try:
         store.check_schema(conn, path)
@@ -157,4 +158,4 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
         next_no = max(store.journal_end(conn), upto)
     finally:
         conn.close()
-    return Loaded(state, next_no, upto, replayed, time.perf_counter() - started)
+    return Loaded(state, next_no, upto, replayed, time.perf_counter() - started, migrated)

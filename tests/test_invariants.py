@@ -18,7 +18,6 @@ from onecard.core.state import (
     TERM_KIOSK,
     TERM_MEDICAL,
     TERM_METRO_GATE,
-    TERM_POS,
     TERM_VENUE,
     TERM_VERIFIER,
 )
@@ -28,23 +27,7 @@ from onecard.switch import loader
 
 from conftest import World
 from termsim import IsoTerminal, NativeTerminal
-from test_replay import comparable
-
-
-def pos_at(world, place: str) -> IsoTerminal:
-    info = next(t for t in world.terminals if t.kind == TERM_POS and t.province == 31
-                and t.place == place)
-    t = IsoTerminal(info, world.exchange(0))
-    assert t.signon()["39"] == "00"
-    return t
-
-
-def native_at(world, kind: int, place: str | None = None, nth: int = 0) -> NativeTerminal:
-    infos = [t for t in world.terminals if t.kind == kind and t.province == 31
-             and (place is None or t.place == place)]
-    t = NativeTerminal(infos[nth], world.exchange(1))
-    assert t.signon().rc == "00"
-    return t
+from test_replay import comparable, native_at, pos_at
 
 
 def replayed(world, data: bytes, first_no: int, **load_options) -> dict:

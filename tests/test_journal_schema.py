@@ -29,7 +29,7 @@ from onecard.switch.terminals import read_terminals
 
 from conftest import start_switch
 from termsim import NativeTerminal, socket_exchange
-from test_replay import comparable
+from test_replay import comparable, native_at
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "fixtures" / "journal-v1.tar.xz"
@@ -69,14 +69,6 @@ def test_the_documentation_names_every_field_and_kind():
 def decode_last(world, n: int = 1) -> list:
     first, blob = world.engine.journal.take()
     return journal_codec.decode(journal_codec.unpack(blob), first)[-n:]
-
-
-def native_at(world, kind: int, place: str | None = None) -> NativeTerminal:
-    info = next(t for t in world.terminals if t.kind == kind and t.province == 31
-                and (place is None or t.place == place))
-    t = NativeTerminal(info, world.exchange(1))
-    assert t.signon().rc == "00"
-    return t
 
 
 def test_every_kind_reads_back_by_name(world):
@@ -244,6 +236,7 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
     sw = start_switch(v1_dir)
     try:
         assert any("73 journal records replayed" in line for line in sw.output)
+        assert any("upgraded to store schema 3" in line for line in sw.output)
         info = next(t for t in read_terminals(v1_dir) if t.kind == TERM_KIOSK
                     and t.province == 31)
         sock, exchange = socket_exchange("127.0.0.1", sw.native, 4)
@@ -265,8 +258,10 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
     assert after == want["accounts"]["balance_fen"][account] + 2_500
 
 
-# Packing that only the schema module may do: shifts by a field width, masks of one.
-PACKING = re.compile(r"(<<|>>)\s*(16|32|40|48)\b|&\s*(<int64_t>\s*)?0xffffffff\b|\(1 << 48\)")
+# Packing that only the schema module may do: shifts of a value by a field width (a power of
+# two written `1 << 40` is a size, not packing), masks of one field.
+PACKING = re.compile(r"(?<!\b1 )<<\s*(16|32|40|48)\b|>>\s*(16|32|40|48)\b"
+                     r"|&\s*(<int64_t>\s*)?0xffffffff\b")
 JOURNAL_READERS = ("core/authorise.pyx", "core/authorise.pxd", "core/payments.pyx",
                    "core/services.pyx", "core/transit.pyx", "core/operations.pyx",
                    "core/ledger.pyx", "core/ledger.pxd", "core/decide.pyx", "core/journal.pyx",

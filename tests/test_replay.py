@@ -28,10 +28,12 @@ from onecard.switch import loader, snapshots
 from termsim import IsoTerminal, NativeTerminal
 
 
-def native_at(world, kind: int, place: str | None = None, province: int = 31) -> NativeTerminal:
-    info = next(t for t in world.terminals if t.kind == kind and t.province == province
-                and (place is None or t.place == place))
-    t = NativeTerminal(info, world.exchange(1))
+def native_at(world, kind: int, place: str | None = None, province: int = 31,
+              nth: int = 0) -> NativeTerminal:
+    """A signed-on native terminal of a kind (and place) in a province, in-process."""
+    infos = [t for t in world.terminals if t.kind == kind and t.province == province
+             and (place is None or t.place == place)]
+    t = NativeTerminal(infos[nth], world.exchange(1))
     assert t.signon().rc == "00"
     return t
 
