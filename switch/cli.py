@@ -180,6 +180,7 @@ def cmd_terminals(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onecard", description="Social security card transaction "
                                 "switch (社会保障卡居民服务一卡通).")
+    p.add_argument("--version", action="version", version=f"onecard {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, *, server: bool = False):
