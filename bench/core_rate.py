@@ -19,7 +19,7 @@ from pathlib import Path
 
 from onecard.core import crypto, isocodec
 from onecard.core.engine import ISO8583, Engine
-from onecard.core.state import FN_FINANCIAL, KIND_PURCHASE
+from onecard.core.state import FN_FINANCIAL, KIND_PURCHASE, TERM_POS
 from onecard.core.terminal import IsoLoad, Recorder
 from onecard.protocols.iso8583_fields import pyiso8583_spec
 from onecard.switch import demo, loader
@@ -56,7 +56,7 @@ def purchase_buffers(data_dir: Path, messages: int, batch: int,
     """A signed-on engine, its terminal (the data set's first Guangdong POS, or the first whose
     MAC algorithm is ``mac``), the terminal's MAC key, and ``messages // batch`` buffers of
     ``batch`` framed purchases from it."""
-    term = next(t for t in read_terminals(data_dir) if t.kind == 1 and t.province == 44
+    term = next(t for t in read_terminals(data_dir) if t.kind == TERM_POS and t.province == 44
                 and mac in (None, t.alg_name))
     engine, mak = signed_on_engine(data_dir, term)
     pans = usable_cards(data_dir, province=44, functions=FN_FINANCIAL)

@@ -23,6 +23,9 @@ from onecard.core.state import (
     ACCOUNT_DTYPE,
     APP_DTYPE,
     CARD_DTYPE,
+    FN_FINANCIAL,
+    FN_MEDICAL,
+    FN_TRANSPORT,
     KIND_PURCHASE,
     MAX_APP_COUNT,
     MAX_PROVINCES,
@@ -48,7 +51,7 @@ def synthetic_state(n: int, seed: int = 1) -> State:
     cards["pan"] = 6_213_110_000_000_000_000 + rng.permutation(n).astype(np.uint64) * 7919
     cards["account"] = np.arange(n, dtype=np.uint32)
     cards["expiry_yymm"] = 9912
-    cards["functions"] = 7
+    cards["functions"] = FN_FINANCIAL | FN_TRANSPORT | FN_MEDICAL
     accounts = np.zeros(n, dtype=ACCOUNT_DTYPE)
     accounts["balance_fen"] = 10**12
     regions = np.zeros(1, dtype=REGION_DTYPE)

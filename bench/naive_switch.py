@@ -19,6 +19,7 @@ import iso8583
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from onecard.protocols.enums import MAC_ALGORITHM
 from onecard.protocols.iso8583_fields import pyiso8583_spec
 from onecard.switch import snapshots
 from onecard.switch.terminals import read_terminals
@@ -41,8 +42,11 @@ def sm4_mac(key: bytes, data: bytes) -> bytes:
     return (enc.update(data) + enc.finalize())[-16:][:8]
 
 
+X919 = MAC_ALGORITHM.value_of["x919"]
+
+
 def wrap(alg: int, kek: bytes, key: bytes) -> bytes:
-    cipher = TripleDES(kek + kek[:8]) if alg == 1 else algorithms.SM4(kek)
+    cipher = TripleDES(kek + kek[:8]) if alg == X919 else algorithms.SM4(kek)
     return Cipher(cipher, modes.ECB()).encryptor().update(key)
 
 
@@ -66,7 +70,7 @@ class NaiveSwitch:
 
     def mac(self, tid: str, data: bytes) -> bytes:
         t = self.terminals[tid]
-        return (x919 if t.mac_alg == 1 else sm4_mac)(self.keys[tid], data)
+        return (x919 if t.mac_alg == X919 else sm4_mac)(self.keys[tid], data)
 
     def handle(self, body: bytes) -> bytes:
         doc, _ = iso8583.decode(bytearray(body), SPEC)

@@ -233,7 +233,14 @@ cdef int random_bytes(uint8_t* out, int n) noexcept nogil:
 
 # ---- Python API (tests, terminal simulators, admin) -----------------------------------------
 
-ALGORITHMS = {"x919": MAC_X919, "sm4": MAC_SM4}
+# The algorithm codes are declared in protocols/enums.py (terminals store them, the CLI and the
+# tools name them); crypto.pxd holds compile-time copies and must agree.
+from onecard.protocols.enums import MAC_ALGORITHM as _DECLARED
+
+_COMPILED = {"MAC_X919": MAC_X919, "MAC_SM4": MAC_SM4}
+assert _COMPILED == _DECLARED.symbols(), (_COMPILED, _DECLARED.symbols())
+globals().update(_COMPILED)                 # as module attributes, for tests and tools
+ALGORITHMS = dict(_DECLARED.value_of)       # name -> code
 
 
 def _alg(name: str) -> int:

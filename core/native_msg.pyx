@@ -236,3 +236,19 @@ def encode_tap_replies(uint32_t count) -> bytes:
         return PyBytes_FromStringAndSize(<char*>out.data, out.len)
     finally:
         ob_free(&out)
+
+
+# ---- the tags are declared in protocols/native.py; native_msg.pxd holds compile-time copies --
+
+from onecard.protocols.native import CORE_CONSTANTS as _DECLARED
+
+_COMPILED = {"TAG_SIGNON": TAG_SIGNON, "TAG_HEARTBEAT": TAG_HEARTBEAT, "TAG_TAP": TAG_TAP,
+             "TAG_VERIFY": TAG_VERIFY, "TAG_OFFLINE_TAP": TAG_OFFLINE_TAP,
+             "TAG_DENY_SYNC": TAG_DENY_SYNC, "TAG_MEDICAL": TAG_MEDICAL,
+             "TAG_MEDICAL_REFUND": TAG_MEDICAL_REFUND, "TAG_VENUE": TAG_VENUE,
+             "TAG_TOPUP": TAG_TOPUP, "REPLY_OFFSET": REPLY_OFFSET, "TAG_ERROR": TAG_ERROR,
+             "PREFIX": PREFIX}
+assert _COMPILED.keys() == _DECLARED.keys(), sorted(_COMPILED.keys() ^ _DECLARED.keys())
+for _symbol, _value in _COMPILED.items():
+    assert _DECLARED[_symbol] == _value, (_symbol, _value, _DECLARED[_symbol])
+    globals()[_symbol] = _value            # as module attributes, for tests and tools

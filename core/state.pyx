@@ -72,6 +72,16 @@ for _enum in (Kind, Proto, TerminalKind, DataScope, CardStatus, Function, Holder
         globals()[_name] = int(_member)
 globals()["MAX_PROVINCES"] = <int>MAX_PROVINCES
 
+
+# The enums that reach a store, a wire, the admin API or the CLI are declared in
+# protocols/enums.py; the ones in state.pxd are compile-time copies and must agree.
+from onecard.protocols.enums import STATE_TABLES as _TABLES
+
+for _table in _TABLES:
+    _compiled = {_name: int(_member) for _name, _member in
+                 globals()[_table.core_enum].__members__.items()}
+    assert _compiled == _table.symbols(), (_table.core_enum, _compiled, _table.symbols())
+
 cdef uint64_t MIX1 = 0xbf58476d1ce4e5b9
 cdef uint64_t MIX2 = 0x94d049bb133111eb
 

@@ -25,6 +25,7 @@ from onecard.core.crypto cimport MAC_BYTES, MacKey, mac8, mackey_clear, mackey_s
 from onecard.core.isocodec cimport *
 from onecard.core.wire cimport load_be, monotonic_ns, store_be
 from onecard.core.mpack cimport *
+from onecard.core.native_msg cimport PREFIX, TAG_TAP, TAG_VERIFY
 from onecard.core.outbuf cimport OutBuf, ob_free, ob_reserve
 
 
@@ -305,7 +306,7 @@ cdef class NativeLoad:
         b = self.body.data
         b[k] = 0x91                        # one message per frame, as online gates send
         k += 1
-        b[k] = 0x96 if tag == 3 else 0x93
+        b[k] = 0x96 if tag == TAG_TAP else 0x93
         k += 1
         k += mp_w_int(b + k, tag)
         k += mp_w_int(b + k, s.seq)
@@ -314,21 +315,21 @@ cdef class NativeLoad:
             pan //= 10
             n += 1
         k += mp_w_str(b + k, digits + 20 - n, n)
-        if tag == 3:
+        if tag == TAG_TAP:
             k += mp_w_int(b + k, station)
             k += mp_w_int(b + k, direction)
             k += mp_w_int(b + k, 0)           # 0: the switch stamps the tap with its clock
         mac8(&s.key, b, k, mac)
         ob_reserve(&self.out, k + 64)
         start = self.out.len
-        self.out.len += 4
+        self.out.len += PREFIX
         self.out.data[self.out.len] = 0x94
         self.out.len += 1
         self.out.len += mp_w_int(self.out.data + self.out.len, 1)
         self.out.len += mp_w_str(self.out.data + self.out.len, <const char*>s.tid, 8)
         self.out.len += mp_w_bin(self.out.data + self.out.len, b, <uint32_t>k)
-        self.out.len += mp_w_bin(self.out.data + self.out.len, mac, 8)
-        store_be(self.out.data + start, self.out.len - start - 4, 4)
+        self.out.len += mp_w_bin(self.out.data + self.out.len, mac, MAC_BYTES)
+        store_be(self.out.data + start, self.out.len - start - PREFIX, PREFIX)
         s.flights[s.seq & (SLOTS - 1)].seq = s.seq
         s.flights[s.seq & (SLOTS - 1)].sent_ns = now
         s.seq += 1
@@ -343,20 +344,20 @@ cdef class NativeLoad:
             pick = <uint32_t>((r >> 40) % 1000)
             card = <uint32_t>(r % self.n_pans)
             if pick < self.verify_per_mille:
-                self.frame(self.verifier, 4, self.pans[card], 0, 0, now)
+                self.frame(self.verifier, TAG_VERIFY, self.pans[card], 0, 0, now)
             elif pick < self.verify_per_mille + self.bus_per_mille or self.gate_in < 0:
-                self.frame(self.bus, 3, self.pans[card], 0, 0, now)
+                self.frame(self.bus, TAG_TAP, self.pans[card], 0, 0, now)
             elif self.riders_len and (self.riders_len >= self.riders_cap or (r >> 20) & 1):
                 card = self.riders[self.riders_head]
                 self.riders_head = (self.riders_head + 1) % self.riders_cap
                 self.riders_len -= 1
-                self.frame(self.gate_out, 3, self.pans[card], self.sims[self.gate_out].station,
-                           1, now)
+                self.frame(self.gate_out, TAG_TAP, self.pans[card],
+                           self.sims[self.gate_out].station, 1, now)
             else:
                 self.riders[(self.riders_head + self.riders_len) % self.riders_cap] = card
                 self.riders_len += 1
-                self.frame(self.gate_in, 3, self.pans[card], self.sims[self.gate_in].station,
-                           0, now)
+                self.frame(self.gate_in, TAG_TAP, self.pans[card],
+                           self.sims[self.gate_in].station, 0, now)
             now += interval_ns
         self.rec.sent += count
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
@@ -377,11 +378,11 @@ cdef class NativeLoad:
         try:
             p = <const uint8_t*>view.buf
             n = view.len
-            while n - pos >= 4:
-                length = <uint32_t>load_be(p + pos, 4)
-                if n - pos - 4 < length:
+            while n - pos >= PREFIX:
+                length = <uint32_t>load_be(p + pos, PREFIX)
+                if n - pos - PREFIX < length:
                     break
-                r.p = p + pos + 4
+                r.p = p + pos + PREFIX
                 r.n = length
                 r.pos = 0
                 sim = -1
@@ -409,7 +410,7 @@ cdef class NativeLoad:
                                     break
                 if sim < 0:
                     self.rec.unmatched += 1
-                pos += 4 + length
+                pos += PREFIX + length
         finally:
             PyBuffer_Release(&view)
         return pos, done

@@ -13,13 +13,54 @@ so that the MAC covers exactly those bytes. Every request carries the terminal's
 number ``seq``; every reply echoes it. Amounts are integer fen, times are Unix seconds.
 """
 
-from typing import Final
+from typing import Final, NamedTuple, get_args
 
 import msgspec
 
 VERSION: Final = 1
 LENGTH_PREFIX_BYTES: Final = 4
 MAC_BYTES: Final = 8
+
+
+class Message(NamedTuple):
+    tag: int          # the request's; its reply's is tag + REPLY_OFFSET
+    symbol: str       # the compiled core's name for the tag (core/native_msg.pxd)
+    request: str      # the Structs below
+    reply: str
+
+
+# The message tags, declared once: the Structs below take their tags from this table, and
+# core/native_msg.pyx asserts at import that its compile-time copy agrees. Append only.
+MESSAGES: Final[tuple[Message, ...]] = (
+    Message(1, "TAG_SIGNON", "SignOn", "SignOnReply"),
+    Message(2, "TAG_HEARTBEAT", "Heartbeat", "HeartbeatReply"),
+    Message(3, "TAG_TAP", "Tap", "TapReply"),
+    Message(4, "TAG_VERIFY", "Verify", "VerifyReply"),
+    Message(5, "TAG_OFFLINE_TAP", "OfflineTap", "OfflineTapReply"),
+    Message(6, "TAG_DENY_SYNC", "DenyListSync", "DenyListReply"),
+    Message(7, "TAG_MEDICAL", "Medical", "MedicalReply"),
+    Message(8, "TAG_MEDICAL_REFUND", "MedicalRefund", "MedicalRefundReply"),
+    Message(9, "TAG_VENUE", "VenueEntry", "VenueReply"),
+    Message(10, "TAG_TOPUP", "TopUp", "TopUpReply"),
+)
+REPLY_OFFSET: Final = 100
+TAG_ERROR: Final = 199            # ErrorReply, to any request (or a frame) not processed
+
+# Struct name -> tag.
+TAGS: Final[dict[str, int]] = {
+    **{m.request: m.tag for m in MESSAGES},
+    **{m.reply: m.tag + REPLY_OFFSET for m in MESSAGES},
+    "ErrorReply": TAG_ERROR,
+}
+# What core/native_msg.pxd must hold (its length prefix is PREFIX).
+CORE_CONSTANTS: Final[dict[str, int]] = {
+    **{m.symbol: m.tag for m in MESSAGES},
+    "REPLY_OFFSET": REPLY_OFFSET,
+    "TAG_ERROR": TAG_ERROR,
+    "PREFIX": LENGTH_PREFIX_BYTES,
+}
+assert len(TAGS) == 2 * len(MESSAGES) + 1 and len(set(TAGS.values())) == len(TAGS), TAGS
+assert max(m.tag for m in MESSAGES) < REPLY_OFFSET     # a reply's tag never reads as a request's
 
 # Directions of a transit tap.
 TAP_IN: Final = 0
@@ -47,17 +88,17 @@ class Frame(msgspec.Struct, array_like=True, frozen=True):
 # ---- requests -------------------------------------------------------------------------------
 
 
-class SignOn(msgspec.Struct, array_like=True, tag=1, frozen=True):
+class SignOn(msgspec.Struct, array_like=True, tag=TAGS["SignOn"], frozen=True):
     """Ask for a new working MAC key."""
 
     seq: int
 
 
-class Heartbeat(msgspec.Struct, array_like=True, tag=2, frozen=True):
+class Heartbeat(msgspec.Struct, array_like=True, tag=TAGS["Heartbeat"], frozen=True):
     seq: int
 
 
-class Tap(msgspec.Struct, array_like=True, tag=3, frozen=True):
+class Tap(msgspec.Struct, array_like=True, tag=TAGS["Tap"], frozen=True):
     """A transit tap. Metro gates send ``direction`` TAP_IN then TAP_OUT; bus and ferry readers
     send TAP_IN and are charged a flat fare. ``station`` is the station (or stop) id."""
 
@@ -68,14 +109,14 @@ class Tap(msgspec.Struct, array_like=True, tag=3, frozen=True):
     time_s: int
 
 
-class Verify(msgspec.Struct, array_like=True, tag=4, frozen=True):
+class Verify(msgspec.Struct, array_like=True, tag=TAGS["Verify"], frozen=True):
     """Identity verification of a card holder."""
 
     seq: int
     card: str
 
 
-class OfflineTap(msgspec.Struct, array_like=True, tag=5, frozen=True):
+class OfflineTap(msgspec.Struct, array_like=True, tag=TAGS["OfflineTap"], frozen=True):
     """A tap a gate recorded while offline, uploaded later (a frame may carry thousands).
     Applied once per terminal and ``seq`` (upload in increasing ``seq`` order), never refused
     for lack of money: a balance may go below zero, which puts the card on the deny list."""
@@ -87,14 +128,14 @@ class OfflineTap(msgspec.Struct, array_like=True, tag=5, frozen=True):
     time_s: int
 
 
-class DenyListSync(msgspec.Struct, array_like=True, tag=6, frozen=True):
+class DenyListSync(msgspec.Struct, array_like=True, tag=TAGS["DenyListSync"], frozen=True):
     """Deny-list changes after ``since_version`` (0 for the whole list)."""
 
     seq: int
     since_version: int
 
 
-class Medical(msgspec.Struct, array_like=True, tag=7, frozen=True):
+class Medical(msgspec.Struct, array_like=True, tag=TAGS["Medical"], frozen=True):
     """Settle a medical bill (hospital or pharmacy terminals)."""
 
     seq: int
@@ -102,7 +143,7 @@ class Medical(msgspec.Struct, array_like=True, tag=7, frozen=True):
     bill_fen: int
 
 
-class MedicalRefund(msgspec.Struct, array_like=True, tag=8, frozen=True):
+class MedicalRefund(msgspec.Struct, array_like=True, tag=TAGS["MedicalRefund"], frozen=True):
     """Refund a settlement made on this terminal (``original_seq``)."""
 
     seq: int
@@ -110,14 +151,14 @@ class MedicalRefund(msgspec.Struct, array_like=True, tag=8, frozen=True):
     original_seq: int
 
 
-class VenueEntry(msgspec.Struct, array_like=True, tag=9, frozen=True):
+class VenueEntry(msgspec.Struct, array_like=True, tag=TAGS["VenueEntry"], frozen=True):
     """Entry to a museum, library, scenic spot or sports venue."""
 
     seq: int
     card: str
 
 
-class TopUp(msgspec.Struct, array_like=True, tag=10, frozen=True):
+class TopUp(msgspec.Struct, array_like=True, tag=TAGS["TopUp"], frozen=True):
     """Cash paid in at a kiosk (圈存) onto the card's account, in fen (at most the switch's
     ``limits.max_topup_fen``); takes a card off the deny list once its balance is back at 0."""
 
@@ -133,7 +174,7 @@ Request = (SignOn | Heartbeat | Tap | Verify | OfflineTap | DenyListSync | Medic
 # ---- replies --------------------------------------------------------------------------------
 
 
-class SignOnReply(msgspec.Struct, array_like=True, tag=101, frozen=True):
+class SignOnReply(msgspec.Struct, array_like=True, tag=TAGS["SignOnReply"], frozen=True):
     """``keys``: the new working MAC key encrypted under the terminal master key (16 bytes)
     followed by its 4-byte check value (the key encrypting a zero block)."""
 
@@ -142,13 +183,13 @@ class SignOnReply(msgspec.Struct, array_like=True, tag=101, frozen=True):
     keys: bytes
 
 
-class HeartbeatReply(msgspec.Struct, array_like=True, tag=102, frozen=True):
+class HeartbeatReply(msgspec.Struct, array_like=True, tag=TAGS["HeartbeatReply"], frozen=True):
     seq: int
     rc: str
     time_s: int
 
 
-class TapReply(msgspec.Struct, array_like=True, tag=103, frozen=True):
+class TapReply(msgspec.Struct, array_like=True, tag=TAGS["TapReply"], frozen=True):
     """``fare_fen`` is what this tap charged (0 on tap-in); ``balance_fen`` the balance after."""
 
     seq: int
@@ -157,7 +198,7 @@ class TapReply(msgspec.Struct, array_like=True, tag=103, frozen=True):
     balance_fen: int
 
 
-class VerifyReply(msgspec.Struct, array_like=True, tag=104, frozen=True):
+class VerifyReply(msgspec.Struct, array_like=True, tag=TAGS["VerifyReply"], frozen=True):
     """What the terminal's data scope allows. Default scope: the masked name (surname and one
     ``*`` per other character), an index into AGE_BANDS and the issuing region's code, and an
     empty ``id_number``. Lodging-registration terminals: the full name and identity number."""
@@ -170,7 +211,7 @@ class VerifyReply(msgspec.Struct, array_like=True, tag=104, frozen=True):
     id_number: str = ""
 
 
-class OfflineTapReply(msgspec.Struct, array_like=True, tag=105, frozen=True):
+class OfflineTapReply(msgspec.Struct, array_like=True, tag=TAGS["OfflineTapReply"], frozen=True):
     """``rc`` 94: this upload was applied before (nothing done again)."""
 
     seq: int
@@ -179,7 +220,7 @@ class OfflineTapReply(msgspec.Struct, array_like=True, tag=105, frozen=True):
     balance_fen: int
 
 
-class DenyListReply(msgspec.Struct, array_like=True, tag=106, frozen=True):
+class DenyListReply(msgspec.Struct, array_like=True, tag=TAGS["DenyListReply"], frozen=True):
     """Cards added to and removed from the deny list up to ``version``; when ``version`` is
     below the switch's, ask again from it (at most 1,000 changes a reply)."""
 
@@ -190,7 +231,7 @@ class DenyListReply(msgspec.Struct, array_like=True, tag=106, frozen=True):
     removed: list[str]
 
 
-class MedicalReply(msgspec.Struct, array_like=True, tag=107, frozen=True):
+class MedicalReply(msgspec.Struct, array_like=True, tag=TAGS["MedicalReply"], frozen=True):
     """The bill's split: pooled fund, personal medical account, cash (from the financial
     account); balances after. ``rc`` M1: treatment in another province without a filing
     (备案): the hospital settles in cash."""
@@ -204,7 +245,8 @@ class MedicalReply(msgspec.Struct, array_like=True, tag=107, frozen=True):
     medical_fen: int
 
 
-class MedicalRefundReply(msgspec.Struct, array_like=True, tag=108, frozen=True):
+class MedicalRefundReply(msgspec.Struct, array_like=True, tag=TAGS["MedicalRefundReply"],
+                         frozen=True):
     """What went back to the pool, the personal medical account and the financial account."""
 
     seq: int
@@ -216,7 +258,7 @@ class MedicalRefundReply(msgspec.Struct, array_like=True, tag=108, frozen=True):
     medical_fen: int
 
 
-class VenueReply(msgspec.Struct, array_like=True, tag=109, frozen=True):
+class VenueReply(msgspec.Struct, array_like=True, tag=TAGS["VenueReply"], frozen=True):
     """``fee_fen`` charged; ``entitlement`` the price rule that applied (1-based, 0 none)."""
 
     seq: int
@@ -226,7 +268,7 @@ class VenueReply(msgspec.Struct, array_like=True, tag=109, frozen=True):
     entitlement: int
 
 
-class ErrorReply(msgspec.Struct, array_like=True, tag=199, frozen=True):
+class ErrorReply(msgspec.Struct, array_like=True, tag=TAGS["ErrorReply"], frozen=True):
     """A request (or a whole frame, with ``seq`` 0) that could not be processed."""
 
     seq: int
@@ -234,7 +276,7 @@ class ErrorReply(msgspec.Struct, array_like=True, tag=199, frozen=True):
     message: str
 
 
-class TopUpReply(msgspec.Struct, array_like=True, tag=110, frozen=True):
+class TopUpReply(msgspec.Struct, array_like=True, tag=TAGS["TopUpReply"], frozen=True):
     seq: int
     rc: str
     amount_fen: int
@@ -244,6 +286,9 @@ class TopUpReply(msgspec.Struct, array_like=True, tag=110, frozen=True):
 Reply = (SignOnReply | HeartbeatReply | TapReply | VerifyReply | OfflineTapReply
          | DenyListReply | MedicalReply | MedicalRefundReply | VenueReply | TopUpReply
          | ErrorReply)
+
+# Every Struct is in the table and a union, under its tag (msgspec needs them distinct).
+assert {c.__name__: c.__struct_config__.tag for c in get_args(Request) + get_args(Reply)} == TAGS
 
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(list[Request])

@@ -18,6 +18,7 @@ from aiohttp import web
 from onecard.core import operations
 from onecard.core.state import (
     CARD_ACTIVE,
+    CARD_CANCELLED,
     CARD_FROZEN,
     CARD_LOST,
     CARD_REPLACED,
@@ -25,6 +26,7 @@ from onecard.core.state import (
     HOLDER_DENIED,
 )
 from onecard.protocols.codes import CODES
+from onecard.protocols.enums import CARD_STATUS, FUNCTION
 from onecard.switch import catalogue, disbursements, store
 from onecard.switch.demo import luhn_digit
 from onecard.switch.operators import Operator, Operators
@@ -33,7 +35,7 @@ from onecard.switch.server import Switch
 PROBLEM = "application/problem+json"
 PUBLISHED_CACHE_ENTRIES = 1024          # distinct filter combinations kept
 APP_CODE = re.compile(r"[A-Z][A-Z0-9-]{1,23}")
-STATUS_NAMES = {0: "active", 1: "lost", 2: "frozen", 3: "cancelled", 4: "replaced"}
+STATUS_NAMES = CARD_STATUS.name_of
 
 
 class Problem(Exception):
@@ -127,9 +129,7 @@ class AdminApi:
         row = self.db.execute("SELECT bank, kind FROM cards WHERE pan = ?",
                               (str(int(c["pan"])),)).fetchone()
         return {"card": mask(int(c["pan"])), "status": STATUS_NAMES.get(int(c["status"])),
-                "functions": [n for bit, n in ((1, "financial"), (2, "transport"),
-                                               (4, "medical"), (8, "electronic"))
-                              if c["functions"] & bit],
+                "functions": FUNCTION.names(int(c["functions"])),
                 "expiry": f"{int(c['expiry_yymm']):04d}",
                 "region": int(st.regions[c["region"]]["code"]),
                 "balance_fen": int(a["balance_fen"]), "medical_fen": int(a["medical_fen"]),
@@ -232,7 +232,7 @@ class AdminApi:
         idx, account = self.card(request.match_info["pan"])
         st = self.switch.state
         c = st.cards[idx]
-        if int(c["status"]) in (CARD_REPLACED, 3):
+        if int(c["status"]) in (CARD_REPLACED, CARD_CANCELLED):
             raise Problem(409, "Conflict", f"card is {STATUS_NAMES[int(c['status'])]}")
         electronic = action == "ecard"
         new_pan = self._new_pan(int(c["pan"]), electronic)

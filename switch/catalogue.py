@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 
 from onecard.core.state import APP_DTYPE, MAX_APP_COUNT, MAX_PROVINCES, POLICY_DTYPE
+from onecard.protocols.enums import APPLICATION_FUNCTIONS, FUNCTION
 from onecard.switch.reference import CROSS_BORDER, DOMAINS, JOINT_CATALOGUE_GROUPS
 
 SCOPE_TOKENS = ("province", "group", "cross_border", "all")
@@ -27,7 +28,9 @@ class CatalogueError(ValueError):
 
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
-Functions = Annotated[int, msgspec.Meta(ge=0, le=7)]     # 1 financial, 2 transport, 4 medical
+# A mask of the card functions an application needs (protocols/enums.py FUNCTION).
+Functions = Annotated[int, msgspec.Meta(ge=0, le=APPLICATION_FUNCTIONS)]
+assert APPLICATION_FUNCTIONS & (APPLICATION_FUNCTIONS + 1) == 0   # low bits: le= is a mask test
 LimitFen = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 
 
@@ -174,8 +177,7 @@ def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str 
                 continue
         apps.append({
             "code": code, "name_zh": name_zh, "name_en": name_en, "domain": dom,
-            "card_functions": [n for bit, n in ((1, "financial"), (2, "transport"),
-                                                (4, "medical")) if functions & bit],
+            "card_functions": FUNCTION.names(functions & APPLICATION_FUNCTIONS),
             "scope": scope.split(","),
             "accepted": {str(t): sorted(c) for t, c in acc.items() if c},
             "daily_limit_fen": limit or None,

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from onecard.protocols.enums import PROTO, TERMINAL_KIND
 from onecard.switch import __version__
 from onecard.switch.config import Config, ConfigError, load, with_overrides
 
@@ -171,7 +172,7 @@ def cmd_terminals(args) -> int:
     for t in read_terminals(config.data_dir):
         if args.kind and KIND_NAMES[t.kind] != args.kind:
             continue
-        proto = "iso8583" if t.protocol == 0 else "native"
+        proto = PROTO.name_of[t.protocol]
         print(f"{t.tid:8}  {KIND_NAMES[t.kind]:8}  {proto:8}  {t.alg_name:4}  {t.tmk.hex():32}  "
               f"{t.merchant:15}  {t.name}")
         shown += 1
@@ -183,6 +184,7 @@ def cmd_terminals(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onecard", description="Social security card transaction "
                                 "switch (社会保障卡居民服务一卡通).")
+    p.add_argument("--version", action="version", version=f"onecard {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, *, server: bool = False):
@@ -206,8 +208,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="replace an existing data set")
     d.set_defaults(func=cmd_demo_data)
     t = common(sub.add_parser("terminals", help="list terminals with their master keys"))
-    t.add_argument("--kind", choices=("pos", "gate", "bus", "ferry", "verifier", "venue", "kiosk",
-                                      "medical"))
+    t.add_argument("--kind", choices=tuple(TERMINAL_KIND.value_of))
     t.add_argument("--limit", type=int, default=50)
     t.set_defaults(func=cmd_terminals)
     from onecard.bench import loadgen

@@ -14,7 +14,7 @@ from onecard.switch import __version__
 from onecard.switch.admin import AdminApi
 from onecard.switch.metrics import registry_for
 from onecard.switch.operators import Operators
-from onecard.switch.server import ListenError, Switch
+from onecard.switch.server import PROTOCOL_NAMES, ListenError, Switch
 
 PROBLEM = "application/problem+json"
 
@@ -52,7 +52,7 @@ def make_app(switch: Switch, operators: Operators | None = None) -> web.Applicat
             "uptime_s": round(time.time() - sw.started_at, 3),
             "cards": int(sw.state.n_cards),
             "terminals": int(sw.state.n_terminals),
-            "connections": {"iso8583": len(sw.connections[0]), "native": len(sw.connections[1])},
+            "connections": {name: len(sw.connections[p]) for p, name in PROTOCOL_NAMES.items()},
             "journal": {"next_record": sw.engine.journal.next_no, "durable": sw.durable_no,
                         "waiting_batches": len(sw.waiting)},
         }

@@ -12,6 +12,8 @@ import csv
 from dataclasses import dataclass
 from importlib import resources
 
+from onecard.protocols.enums import FUNCTION, RULE_KIND
+
 GROUPS = ("", "YRD", "JJJ", "GBA")          # index 0: no region group
 JOINT_CATALOGUE_GROUPS = ("YRD", "JJJ")     # groups that publish a joint catalogue
 
@@ -188,60 +190,75 @@ class CatalogueEntry:
     daily_limit_fen: int = 0  # per card per day, 0 = none
 
 
+# Card functions an application needs (a mask), from their table.
+FN_NONE = 0
+FN_FINANCIAL, FN_TRANSPORT, FN_MEDICAL = (FUNCTION.value_of[n]
+                                          for n in ("financial", "transport", "medical"))
+
 DOMAINS = ("social insurance", "human resources", "medical", "transit", "culture and tourism",
            "sports", "finance", "government services", "elderly care")
 
 CATALOGUE = (
-    CatalogueEntry("FIN-PAY", "金融支付", "Payment at merchants", "finance", 1,
+    CatalogueEntry("FIN-PAY", "金融支付", "Payment at merchants", "finance", FN_FINANCIAL,
                    "province,group,cross_border"),
-    CatalogueEntry("MED-PHARMACY", "药店购药", "Medicine at pharmacies", "medical", 1,
+    CatalogueEntry("MED-PHARMACY", "药店购药", "Medicine at pharmacies", "medical",
+                   FN_FINANCIAL, "province,group"),
+    CatalogueEntry("ELD-CANTEEN", "长者食堂助餐", "Elderly canteen meals", "elderly care",
+                   FN_FINANCIAL, "province", 10_000),
+    CatalogueEntry("TRN-METRO", "地铁乘车", "Metro rides", "transit", FN_TRANSPORT,
                    "province,group"),
-    CatalogueEntry("ELD-CANTEEN", "长者食堂助餐", "Elderly canteen meals", "elderly care", 1,
-                   "province", 10_000),
-    CatalogueEntry("TRN-METRO", "地铁乘车", "Metro rides", "transit", 2, "province,group"),
-    CatalogueEntry("TRN-BUS", "公交乘车", "Bus rides", "transit", 2, "province,group"),
-    CatalogueEntry("TRN-FERRY", "轮渡乘船", "Ferry rides", "transit", 2, "province,group"),
+    CatalogueEntry("TRN-BUS", "公交乘车", "Bus rides", "transit", FN_TRANSPORT, "province,group"),
+    CatalogueEntry("TRN-FERRY", "轮渡乘船", "Ferry rides", "transit", FN_TRANSPORT,
+                   "province,group"),
     CatalogueEntry("ID-VERIFY", "身份凭证", "Identity at service counters",
-                   "government services", 0, "province,group"),
-    CatalogueEntry("ID-LODGING", "旅馆住宿登记", "Hotel registration", "government services", 0,
-                   "all"),
+                   "government services", FN_NONE, "province,group"),
+    CatalogueEntry("ID-LODGING", "旅馆住宿登记", "Hotel registration", "government services",
+                   FN_NONE, "all"),
     CatalogueEntry("MED-SETTLE", "就医结算", "Medical settlement (remote with a filing)",
-                   "medical", 4, "all"),
-    CatalogueEntry("CUL-MUSEUM", "博物馆入馆", "Museum entry", "culture and tourism", 0,
+                   "medical", FN_MEDICAL, "all"),
+    CatalogueEntry("CUL-MUSEUM", "博物馆入馆", "Museum entry", "culture and tourism", FN_NONE,
                    "province,group"),
-    CatalogueEntry("CUL-LIBRARY", "图书馆借阅", "Library borrowing", "culture and tourism", 0,
-                   "province,group"),
-    CatalogueEntry("TOUR-SCENIC", "景区入园", "Scenic spot entry", "culture and tourism", 1,
-                   "province,group"),
-    CatalogueEntry("SPORT-VENUE", "体育场馆", "Sports venue entry", "sports", 1,
+    CatalogueEntry("CUL-LIBRARY", "图书馆借阅", "Library borrowing", "culture and tourism",
+                   FN_NONE, "province,group"),
+    CatalogueEntry("TOUR-SCENIC", "景区入园", "Scenic spot entry", "culture and tourism",
+                   FN_FINANCIAL, "province,group"),
+    CatalogueEntry("SPORT-VENUE", "体育场馆", "Sports venue entry", "sports", FN_FINANCIAL,
                    "province,group"),
     # Published, offered at counters and online rather than at onecard's terminals:
-    CatalogueEntry("SI-PENSION", "养老金领取", "Pension receipt", "social insurance", 1,
-                   "province"),
+    CatalogueEntry("SI-PENSION", "养老金领取", "Pension receipt", "social insurance",
+                   FN_FINANCIAL, "province"),
     CatalogueEntry("HR-SUBSIDY", "人社补贴发放", "Human resources subsidies", "human resources",
-                   1, "province"),
+                   FN_FINANCIAL, "province"),
     # Appended: an application's index is its identity in the terminals table and journal.
-    CatalogueEntry("TRN-TOPUP", "自助圈存充值", "Top-up at kiosks", "transit", 2,
+    CatalogueEntry("TRN-TOPUP", "自助圈存充值", "Top-up at kiosks", "transit", FN_TRANSPORT,
                    "province,group"),
 )
 
 # Price policies: (name, base price fen, rules). A rule is (kind, param, pct paid, hour from,
-# hour to, weekday mask); kinds from core.state.RuleKind: 1 all, 2 age >=, 3 disabled,
-# 4 region-group resident (1 YRD, 2 JJJ, 3 GBA), 5 province resident (index).
+# hour to, weekday mask); kinds from protocols/enums.py RULE_KIND, whose param is an age, a
+# region group (1 YRD, 2 JJJ, 3 GBA) or a province index.
+RULE_ALL, RULE_AGE_GE, RULE_DISABLED, RULE_GROUP_RESIDENT = (
+    RULE_KIND.value_of[n] for n in ("all", "age_ge", "disabled", "group_resident"))
 ALL_DAYS = 0x7F
 WEEKDAYS = 0x1F
 POLICIES_PRICE = (
     ("none", 0, ()),
-    ("canteen tiers A", 0, ((2, 60, 90, 0, 24, ALL_DAYS), (2, 70, 80, 0, 24, ALL_DAYS),
-                            (2, 80, 70, 0, 24, ALL_DAYS), (2, 90, 50, 0, 24, ALL_DAYS))),
-    ("canteen tiers B", 0, ((2, 65, 85, 0, 24, ALL_DAYS), (2, 80, 60, 0, 24, ALL_DAYS))),
+    ("canteen tiers A", 0, ((RULE_AGE_GE, 60, 90, 0, 24, ALL_DAYS),
+                            (RULE_AGE_GE, 70, 80, 0, 24, ALL_DAYS),
+                            (RULE_AGE_GE, 80, 70, 0, 24, ALL_DAYS),
+                            (RULE_AGE_GE, 90, 50, 0, 24, ALL_DAYS))),
+    ("canteen tiers B", 0, ((RULE_AGE_GE, 65, 85, 0, 24, ALL_DAYS),
+                            (RULE_AGE_GE, 80, 60, 0, 24, ALL_DAYS))),
     ("museum (free)", 0, ()),
     ("library (free)", 0, ()),
-    ("scenic spot", 6_000, ((2, 65, 0, 0, 24, ALL_DAYS), (3, 0, 0, 0, 24, ALL_DAYS),
-                           (2, 60, 50, 0, 24, ALL_DAYS), (4, 1, 50, 9, 12, ALL_DAYS),
-                           (4, 2, 50, 9, 12, ALL_DAYS))),
-    ("sports venue", 3_000, ((2, 60, 50, 0, 24, ALL_DAYS), (3, 0, 0, 0, 24, ALL_DAYS),
-                            (1, 0, 70, 6, 9, WEEKDAYS))),
+    ("scenic spot", 6_000, ((RULE_AGE_GE, 65, 0, 0, 24, ALL_DAYS),
+                           (RULE_DISABLED, 0, 0, 0, 24, ALL_DAYS),
+                           (RULE_AGE_GE, 60, 50, 0, 24, ALL_DAYS),
+                           (RULE_GROUP_RESIDENT, 1, 50, 9, 12, ALL_DAYS),
+                           (RULE_GROUP_RESIDENT, 2, 50, 9, 12, ALL_DAYS))),
+    ("sports venue", 3_000, ((RULE_AGE_GE, 60, 50, 0, 24, ALL_DAYS),
+                            (RULE_DISABLED, 0, 0, 0, 24, ALL_DAYS),
+                            (RULE_ALL, 0, 70, 6, 9, WEEKDAYS))),
 )
 
 PROGRAMMES = (

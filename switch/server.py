@@ -23,6 +23,7 @@ from pathlib import Path
 
 from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583, NATIVE, Engine
+from onecard.protocols.enums import PROTO
 from onecard.switch import store
 from onecard.switch.config import Config
 from onecard.switch.loader import Loaded
@@ -31,7 +32,7 @@ from onecard.switch.snapshots import Checkpointer
 log = logging.getLogger("onecard.server")
 IDLE_SWEEP_S = 1.0              # how often connections are checked for the idle timeouts
 
-PROTOCOL_NAMES = {ISO8583: "iso8583", NATIVE: "native"}
+PROTOCOL_NAMES = PROTO.name_of          # keyed by ISO8583 and NATIVE, the core's Proto values
 
 
 class ListenError(Exception):

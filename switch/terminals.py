@@ -14,11 +14,11 @@ import numpy as np
 from onecard.core import crypto, isocodec
 from onecard.core.state import CARD_ACTIVE
 from onecard.protocols import native
+from onecard.protocols.enums import MAC_ALGORITHM, TERMINAL_KIND
 from onecard.switch import snapshots, store
 
-ALG_NAMES = {1: "x919", 2: "sm4"}
-KIND_NAMES = {1: "pos", 2: "gate", 3: "bus", 4: "ferry", 5: "verifier", 6: "venue", 7: "medical",
-              8: "kiosk"}
+ALG_NAMES = MAC_ALGORITHM.name_of
+KIND_NAMES = TERMINAL_KIND.name_of
 REQUEST_TPDU_HEADER = bytes.fromhex("6000030000") + bytes.fromhex("603100000000")
 
 

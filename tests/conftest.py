@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from onecard.core.engine import ISO8583, NATIVE, Engine
+from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, FN_MEDICAL, FN_TRANSPORT, TERM_POS
 from onecard.switch import demo, loader
 from onecard.switch.terminals import TerminalInfo, read_terminals
 
@@ -96,7 +97,7 @@ class World:
         return found[index]
 
     def iso(self, province: int = 31, index: int = 0, signon: bool = True) -> IsoTerminal:
-        t = IsoTerminal(self.terminal(1, province, index), self.exchange(ISO8583))
+        t = IsoTerminal(self.terminal(TERM_POS, province, index), self.exchange(ISO8583))
         if signon:
             assert t.signon()["39"] == "00"
         return t
@@ -111,7 +112,7 @@ class World:
     def province_index(self, code: int) -> int:
         return self.provinces.index(code)
 
-    def card(self, province: int = 31, *, status: int = 0, functions: int | None = None,
+    def card(self, province: int = 31, *, status: int = CARD_ACTIVE, functions: int | None = None,
              min_balance: int = 100_000, nth: int = 0, **account) -> tuple[str, int]:
         """A card number (string) and its index matching the criteria."""
         c, a = self.state.cards, self.state.accounts
@@ -119,7 +120,7 @@ class World:
         ok = (self.card_province == self.province_index(province)) & (c["status"] == status)
         ok &= c["expiry_yymm"] >= (today.year % 100) * 100 + today.month
         if functions is None:
-            ok &= c["functions"] == 7
+            ok &= c["functions"] == FN_FINANCIAL | FN_TRANSPORT | FN_MEDICAL
         else:
             ok &= c["functions"] == functions
         ok &= a["balance_fen"][c["account"]] >= min_balance

@@ -8,7 +8,7 @@ import socket
 import numpy as np
 import pytest
 
-from onecard.core.state import HOLDER_HMT
+from onecard.core.state import CARD_CANCELLED, HOLDER_HMT
 from onecard.protocols import native
 from onecard.switch.reference import PROGRAMMES
 
@@ -34,7 +34,7 @@ def unknown_card(pan: str) -> str:
 
 def cancelled_card(supply: Supply) -> str:
     cards = supply.world.state.cards
-    return str(int(cards["pan"][np.flatnonzero(cards["status"] == 3)[0]]))
+    return str(int(cards["pan"][np.flatnonzero(cards["status"] == CARD_CANCELLED)[0]]))
 
 
 def many_cards(supply: Supply, n: int) -> list[str]:

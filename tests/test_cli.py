@@ -1,13 +1,17 @@
 """The onecard command: configuration errors name the key, data sets are not overwritten by
 accident, the load generator drives a real switch, README's commands are what CI runs."""
 
+import importlib.metadata
 import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+
+from onecard.switch import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,6 +24,17 @@ def onecard(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_version():
     out = onecard("version")
     assert out.returncode == 0 and re.fullmatch(r"onecard \d+\.\d+\.\d+\n", out.stdout)
+
+
+def test_one_version_string():
+    """switch/__init__.py holds it; pyproject.toml reads it, --version and version print it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    for args in (("--version",), ("version",)):
+        out = onecard(*args)
+        assert (out.returncode, out.stdout) == (0, f"onecard {__version__}\n"), out
+    # The installed metadata came from it (reinstall after changing it: pip install -e .).
+    assert importlib.metadata.version("onecard") == __version__
 
 
 @pytest.mark.parametrize(("toml", "named"), [

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from onecard.core import crypto, ledger
 from onecard.core.engine import ISO8583, NATIVE
 from onecard.core.state import (
+    CARD_LOST,
     TERM_BUS_READER,
     TERM_KIOSK,
     TERM_MEDICAL,
@@ -116,7 +117,7 @@ def test_service_messages_get_one_answer_each(world, data):
     gets its reply (or an ErrorReply naming the problem), in order."""
     kind = data.draw(st.sampled_from(SERVICE_KINDS))
     t = world.native(kind)
-    pans = [world.card(nth=i)[0] for i in range(3)] + [world.card(status=1)[0]]
+    pans = [world.card(nth=i)[0] for i in range(3)] + [world.card(status=CARD_LOST)[0]]
     fields = field_values(pans)
     messages = data.draw(st.lists(
         st.tuples(st.integers(2, 12), st.integers(1, 2**32 - 1),

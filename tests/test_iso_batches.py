@@ -6,12 +6,14 @@ buffer must change the key for what follows it and nothing before."""
 import random
 
 from onecard.core import crypto
+from onecard.core.state import TERM_POS
 
 from termsim import IsoTerminal
 
 
 def iso_by_alg(world, alg: str) -> IsoTerminal:
-    index = [t.alg_name for t in world.terminals if t.kind == 1 and t.province == 31].index(alg)
+    pos = [t.alg_name for t in world.terminals if t.kind == TERM_POS and t.province == 31]
+    index = pos.index(alg)
     return world.iso(index=index)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from onecard.core.state import TERM_POS
 from onecard.switch import demo
 from onecard.switch.terminals import read_terminals
 
@@ -35,8 +36,8 @@ def data_dir():
 
 @pytest.fixture(scope="session")
 def pos(data_dir):
-    return next(t for t in read_terminals(data_dir) if t.kind == 1 and t.province == 44
-                and t.mac_alg == 1)
+    return next(t for t in read_terminals(data_dir) if t.kind == TERM_POS and t.province == 44
+                and t.alg_name == "x919")
 
 
 @pytest.fixture

@@ -1,0 +1,21 @@
+from collections.abc import Mapping
+
+import numpy as np
+
+from onecard.core.journal import Journal
+from onecard.core.state import State
+
+TXN_DTYPE: np.dtype[np.void]
+
+class Authoriser:
+    daily_limit_fen: int
+    max_amount_fen: int
+    max_topup_fen: int
+    def __init__(self, state: State, journal: Journal, *, daily_limit_fen: int = ...,
+                 max_amount_fen: int = ..., fx_rates: Mapping[int, int] | None = ...) -> None: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def journal(self) -> Journal: ...
+    def set_clock(self, now_us: int) -> None: ...
+    def masked_name(self, card: int) -> str: ...

@@ -1,0 +1,28 @@
+from collections.abc import Mapping
+
+from typing_extensions import Buffer
+
+from onecard.core.authorise import Authoriser
+from onecard.core.journal import Journal
+from onecard.core.metrics import CoreMetrics
+from onecard.core.state import State
+
+ISO8583: int
+NATIVE: int
+
+class Engine:
+    clock_offset_us: int
+    def __init__(self, state: State, *, next_record_no: int = ..., daily_limit_fen: int = ...,
+                 max_amount_fen: int = ..., max_iso_frame: int = ...,
+                 max_native_frame: int = ..., max_native_batch: int = ...,
+                 fx_rates: Mapping[int, int] | None = ...) -> None: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def journal(self) -> Journal: ...
+    @property
+    def authoriser(self) -> Authoriser: ...
+    @property
+    def metrics(self) -> CoreMetrics: ...
+    def tick(self) -> None: ...
+    def process(self, proto: int, data: Buffer) -> tuple[int, bytes, int, bool]: ...
