@@ -9,10 +9,10 @@ TXN_DTYPE: np.dtype[np.void]
 
 class Authoriser:
     daily_limit_fen: int
-    max_amount_fen: int
-    max_topup_fen: int
+    amount_fen_max: int
+    topup_fen_max: int
     def __init__(self, state: State, journal: Journal, *, daily_limit_fen: int = ...,
-                 max_amount_fen: int = ..., fx_rates: Mapping[int, int] | None = ...) -> None: ...
+                 amount_fen_max: int = ..., fx_rates: Mapping[int, int] | None = ...) -> None: ...
     @property
     def state(self) -> State: ...
     @property

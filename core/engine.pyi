@@ -13,7 +13,7 @@ NATIVE: int
 class Engine:
     clock_offset_us: int
     def __init__(self, state: State, *, next_record_no: int = ..., daily_limit_fen: int = ...,
-                 max_amount_fen: int = ..., max_iso_frame: int = ...,
+                 amount_fen_max: int = ..., max_iso_frame: int = ...,
                  max_native_frame: int = ..., max_native_batch: int = ...,
                  fx_rates: Mapping[int, int] | None = ...) -> None: ...
     @property

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
+from onecard.protocols.enums import RING_FLAG
+
 FORMAT: Final = 2                       # the version this build writes
 RECORD_BYTES: Final = 80
 NONE: Final = 0xFFFFFFFF                # a u32 index that names nothing
@@ -183,12 +185,10 @@ KINDS: Final[tuple[Kind, ...]] = (
     Kind(21, "TOPUP", "topup", "cash paid in at a kiosk, 圈存 (amount_fen credited)"),
 )
 
-# Bits of the head's `flags`: the low four are the terminal ring slot's flags after the record.
+# Bits of the head's `flags`: the terminal ring slot's flags after the record (their table is
+# protocols/enums.py RING_FLAG), and the deny-list changes the record makes.
 FLAGS: Final[tuple[tuple[str, int, str], ...]] = (
-    ("APPROVED", 0x01, "the request was approved"),
-    ("REVERSED", 0x02, "a reversal has been applied to this slot"),
-    ("NO_ORIGINAL", 0x04, "a reversal for a STAN never seen"),
-    ("VOIDED", 0x08, "the purchase in this slot was voided"),
+    *((m.symbol.removeprefix("RING_"), m.value, m.doc) for m in RING_FLAG.members),
     ("DENY_SET", 0x40, "the account goes onto the transit deny list"),
     ("DENY_CLEAR", 0x80, "the account comes off it"),
 )
