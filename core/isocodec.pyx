@@ -62,12 +62,9 @@ cdef inline bint _text_ok(const uint8_t* p, int n, bint strict) noexcept nogil:
     return True
 
 
-cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
-    """Locate and validate every field of one message (TPDU onwards). DEC_OK or an error."""
-    cdef int hi, lo, f, w, lz, count
-    cdef uint32_t pos
-    cdef uint64_t bits
-    cdef FieldDef d
+cdef inline int _decode_header(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
+    """MTI and bitmaps: where the first field starts, or a DecodeError (negative)."""
+    cdef int hi, lo
     m.p = p
     m.n = n
     m.mti = 0
@@ -82,13 +79,48 @@ cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
         return DEC_MTI
     m.mti = hi * 100 + lo
     m.bitmap[0] = load_be(p + BITMAP_OFF, 8)
-    pos = BITMAP_OFF + 8
-    if m.bitmap[0] >> 63:
-        if n < pos + 8:
-            m.err_field = 1
-            return DEC_FIELD
-        m.bitmap[1] = load_be(p + pos, 8)
-        pos += 8
+    if not m.bitmap[0] >> 63:
+        return BITMAP_OFF + 8
+    if n < BITMAP_OFF + 16:
+        m.err_field = 1
+        return DEC_FIELD
+    m.bitmap[1] = load_be(p + BITMAP_OFF + 8, 8)
+    return BITMAP_OFF + 16
+
+
+cdef inline int _field_count(const uint8_t* p, uint32_t n, FieldDef d,
+                             uint32_t* pos) noexcept nogil:
+    """A field's length in its own unit: fixed, or read from its length prefix (pos moves past
+    it). -1 when the prefix is cut short or not BCD, or the length is above the bound."""
+    cdef int count
+    if d.len_type == 0:
+        count = d.max_len
+    elif d.len_type == 2:
+        if pos[0] + 1 > n:
+            return -1
+        count = _bcd2(p[pos[0]])
+        pos[0] += 1
+    else:
+        if pos[0] + 2 > n or p[pos[0]] > 9:
+            return -1
+        count = _bcd2(p[pos[0] + 1])
+        if count < 0:
+            return -1
+        count += p[pos[0]] * 100
+        pos[0] += 2
+    return -1 if count > d.max_len else count
+
+
+cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
+    """Locate and validate every field of one message (TPDU onwards). DEC_OK or an error."""
+    cdef int f, w, lz, count, start
+    cdef uint32_t pos
+    cdef uint64_t bits
+    cdef FieldDef d
+    start = _decode_header(p, n, m)
+    if start < 0:
+        return start
+    pos = <uint32_t>start
     for w in range(2):
         bits = m.bitmap[w]
         if w == 0:
@@ -101,22 +133,8 @@ cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
             m.err_field = f
             if d.kind == 0:
                 return DEC_FIELD               # not in the table
-            if d.len_type == 0:
-                count = d.max_len
-            elif d.len_type == 2:
-                if pos + 1 > n:
-                    return DEC_FIELD
-                count = _bcd2(p[pos])
-                pos += 1
-            else:
-                if pos + 2 > n or p[pos] > 9:
-                    return DEC_FIELD
-                count = _bcd2(p[pos + 1])
-                if count < 0:
-                    return DEC_FIELD
-                count += p[pos] * 100
-                pos += 2
-            if count < 0 or count > d.max_len:
+            count = _field_count(p, n, d, &pos)
+            if count < 0:
                 return DEC_FIELD
             m.nlen[f] = <uint16_t>count
             if d.kind == K_N or d.kind == K_Z:
