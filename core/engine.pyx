@@ -82,5 +82,6 @@ cdef class Engine:
             self.metrics.end_batch(batch, messages)
         finally:
             PyBuffer_Release(&view)
-        replies = PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len) if self.out.len else b""
+        replies = (PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+                   if self.out.len else b"")
         return consumed, replies, batch if messages else 0, bool(close)

@@ -208,7 +208,7 @@ def decode_bodies(data) -> int:
     cdef Py_buffer view
     cdef MpReader r, body
     cdef size_t pos = 0
-    cdef uint32_t length, count, n_msgs, tid_len, body_len, mac_len, i, ok = 0
+    cdef uint32_t length, count, n_msgs, tid_len, body_len, mac_len, _i, ok = 0
     cdef int64_t version, tag, seq
     cdef const uint8_t* tid
     cdef const uint8_t* body_p
@@ -231,7 +231,7 @@ def decode_bodies(data) -> int:
                 body.pos = 0
                 if mp_array(&body, &n_msgs):
                     continue
-                for i in range(n_msgs):
+                for _i in range(n_msgs):
                     if parse_message(&body, &t, &tag, &seq, n_msgs) == NULL:
                         ok += 1
     finally:

@@ -120,7 +120,8 @@ cdef class NativePath:
 
     # ---- reply frame -------------------------------------------------------------------------
 
-    cdef void begin(self, OutBuf* out, Frame* f, const uint8_t* tid, uint32_t tid_len) noexcept nogil:
+    cdef void begin(self, OutBuf* out, Frame* f, const uint8_t* tid,
+                    uint32_t tid_len) noexcept nogil:
         cdef uint8_t* p = out.data + out.len
         cdef size_t k = PREFIX
         p[k] = 0x94                          # [version, terminal, body, mac]
@@ -241,7 +242,7 @@ cdef class NativePath:
         cdef Frame f
         cdef MacKey tmk_key
         cdef MacKey* key = NULL
-        cdef uint32_t i, n_msgs
+        cdef uint32_t _i, n_msgs
         cdef uint8_t mac[8]
         cdef Terminal* term
         reply_mac.key = NULL
@@ -273,7 +274,7 @@ cdef class NativePath:
         body.n = h.body_len
         body.pos = 0
         mp_array(&body, &n_msgs)
-        for i in range(n_msgs):
+        for _i in range(n_msgs):
             if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE):
                 mackey_clear(&tmk_key)
                 return -1

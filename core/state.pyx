@@ -8,7 +8,7 @@ figure for the loaded data. Cards can be added while running (replacement and el
 cards): they live in a buffer with spare room, and the index is rebuilt larger when full.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
@@ -355,7 +355,8 @@ cdef class State:
         self.stn = <Station*><size_t>self.stations.ctypes.data
         self.fare = <int32_t*><size_t>self.fares.ctypes.data
         self.surname = <uint8_t*><size_t>self.surnames.ctypes.data
-        self.holder = <const uint8_t*><size_t>self.holders.ctypes.data if self.holders is not None else NULL
+        self.holder = (<const uint8_t*><size_t>self.holders.ctypes.data
+                       if self.holders is not None else NULL)
         if self.card_slots is not None:
             self.cslot = <uint32_t*><size_t>self.card_slots.ctypes.data
             self.ccap = len(self.card_slots)
@@ -371,7 +372,8 @@ cdef class State:
     # ---- lookups (hot path) ------------------------------------------------------------------
 
     cdef int64_t find_card(self, uint64_t pan) noexcept nogil:
-        return probe(self.cslot, self.ccap, self.cmask, <const uint8_t*>self.card, sizeof(Card), pan)
+        return probe(self.cslot, self.ccap, self.cmask, <const uint8_t*>self.card, sizeof(Card),
+                     pan)
 
     cdef void prefetch(self, uint64_t pan, int stage) noexcept nogil:
         """Start loading what looking up ``pan`` will touch, one step further per stage:
@@ -381,7 +383,7 @@ cdef class State:
         cdef uint64_t mixed, h
         cdef uint32_t s, tag
         cdef int64_t pos
-        cdef int k
+        cdef int _k
         cdef const uint8_t* rec
         if stage == 2:
             pos = self.find_card(pan)
@@ -397,7 +399,7 @@ cdef class State:
             # The cards of the first slots whose tag matches (almost always just the card
             # sought): both cache lines of those a 24-byte record straddles.
             tag = slot_tag(mixed, self.cmask)
-            for k in range(PREFETCH_PROBES):
+            for _k in range(PREFETCH_PROBES):
                 s = self.cslot[h]
                 if s == 0:
                     return
@@ -410,7 +412,8 @@ cdef class State:
                     h = 0
 
     cdef int64_t find_terminal(self, uint64_t tid) noexcept nogil:
-        return probe(self.tslot, self.tcap, self.tmask, <const uint8_t*>self.term, sizeof(Terminal), tid)
+        return probe(self.tslot, self.tcap, self.tmask, <const uint8_t*>self.term,
+                     sizeof(Terminal), tid)
 
     cdef int64_t find_station(self, uint32_t station_id) noexcept nogil:
         cdef int64_t lo = 0, hi = <int64_t>self.n_stations - 1, mid
