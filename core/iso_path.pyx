@@ -2,9 +2,9 @@
 """ISO 8583 on the wire: split a received buffer into frames, decode, check terminal and MAC,
 authorise, and encode every reply into one output buffer, in one call per buffer.
 
-Frame checks come first: a length prefix above ``max_frame`` means the stream cannot be framed
-(the caller closes it); anything that can be delimited but not decoded, however short, is
-answered with response code 30 and a field 44 naming the problem.
+Frame checks come first: a length prefix above ``frame_bytes_max`` means the stream cannot be
+framed (the caller closes it); anything that can be delimited but not decoded, however short,
+is answered with response code 30 and a field 44 naming the problem.
 
 Messages: 0800 sign-on, 0820 echo, 0200 purchase (processing code 00xxxx), balance inquiry
 (31xxxx) and void (20xxxx, original STAN in field 61), 0400 reversal of a purchase (00xxxx)
@@ -211,7 +211,7 @@ cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil
     prefetch and nothing else: the message is decoded and checked properly later."""
     cdef const uint8_t* msg = frame + PREFIX_BYTES
     cdef size_t off = BITMAP_OFF + 8, nd
-    if avail < PREFIX_BYTES + MIN_MESSAGE + 1 or not (msg[BITMAP_OFF] & 0x40):
+    if avail < PREFIX_BYTES + MESSAGE_BYTES_MIN + 1 or not (msg[BITMAP_OFF] & 0x40):
         return 0
     if msg[BITMAP_OFF] & 0x80:
         off += 8                     # secondary bitmap
@@ -224,13 +224,13 @@ cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil
 
 
 cdef class IsoPath:
-    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t max_frame):
-        if max_frame < MIN_MESSAGE or max_frame > 65535:
-            raise ValueError("max_frame must be within 21..65535 bytes")
+    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t frame_bytes_max):
+        if frame_bytes_max < MESSAGE_BYTES_MIN or frame_bytes_max > 65535:
+            raise ValueError("frame_bytes_max must be within 21..65535 bytes")
         self.auth = auth
         self.st = auth.state
         self.mx = mx
-        self.max_frame = max_frame
+        self.frame_bytes_max = frame_bytes_max
 
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil:
@@ -248,7 +248,7 @@ cdef class IsoPath:
             at = pos
             while g < GROUP and n - at >= PREFIX_BYTES:
                 length = (<uint32_t>p[at] << 8) | p[at + 1]
-                if length > self.max_frame:
+                if length > self.frame_bytes_max:
                     close[0] = 1             # more than any message: not a frame we can hold
                     break
                 if n - at - PREFIX_BYTES < length:
@@ -297,8 +297,8 @@ cdef class IsoPath:
             mac_many_in(jobs, n_jobs, out.data)
         return pos
 
-    cdef void format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
-                           uint32_t batch) noexcept nogil:
+    cdef void answer_format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
+                                  uint32_t batch) noexcept nogil:
         cdef IsoWriter w
         cdef char text[4]
         cdef int f = m.err_field
@@ -395,7 +395,7 @@ cdef class IsoPath:
         cdef Terminal* term
         reply_mac.key = NULL
         if pd.dec != DEC_OK:
-            self.format_error(&pd.m, pd.dec, pd.hdr, out, batch)
+            self.answer_format_error(&pd.m, pd.dec, pd.hdr, out, batch)
             return
         if pd.missing:
             out.len = write_missing(pd, out)
@@ -415,10 +415,11 @@ cdef class IsoPath:
         if r.rc == RC_00 and pd.kind != KIND_ECHO:
             read_txn(pd, &t)
             decide(self.auth, &t, &r)
-        self.reply(pd, &t, &r, reply_mac if pd.verify and mac_ok else NULL, out)
+        self.encode_reply(pd, &t, &r, reply_mac if pd.verify and mac_ok else NULL, out)
         self.mx.count(batch, pd.kind, r.rc)
 
-    cdef void reply(self, Pending* pd, Txn* t, Res* r, MacJob* later, OutBuf* out) noexcept nogil:
+    cdef void encode_reply(self, Pending* pd, Txn* t, Res* r, MacJob* later,
+                           OutBuf* out) noexcept nogil:
         """Encode the reply; given ``later``, leave field 64 empty and record there (as output
         offsets, for crypto.mac_many_in) the MAC that fills it."""
         cdef IsoMsg* m = &pd.m

@@ -152,12 +152,12 @@ def unpack_tid(value: int) -> str:
     return int(value).to_bytes(8, "big").decode("ascii")
 
 
-MAX_LOAD = 0.75
+LOAD_FACTOR_MAX = 0.75
 
 
 def _capacity(n: int) -> int:
-    """Slots for n keys at a load factor of MAX_LOAD (linear probing stays short)."""
-    return max(16, int(n / MAX_LOAD) + 1)
+    """Slots for n keys at a load factor of LOAD_FACTOR_MAX (linear probing stays short)."""
+    return max(16, int(n / LOAD_FACTOR_MAX) + 1)
 
 
 cdef inline void slot_insert(uint32_t* slots, uint64_t cap, uint32_t mask, uint64_t key,

@@ -33,7 +33,7 @@ cdef enum:
     COARSE = 60000                        # then 1 ms buckets up to 60 s (the last open-ended)
     N_BUCKETS = FINE_US + COARSE
     SLOTS = 65536                         # in-flight requests tracked per terminal (power of 2)
-    MAX_STAN = 999999
+    STAN_MAX = 999999
 
 LATENCY_BUCKETS = N_BUCKETS
 
@@ -186,7 +186,7 @@ cdef class IsoLoad:
             self.flights[self.stan & (SLOTS - 1)].seq = self.stan
             self.flights[self.stan & (SLOTS - 1)].sent_ns = now
             now += interval_ns
-            self.stan = self.stan + 1 if self.stan < MAX_STAN else 1
+            self.stan = self.stan + 1 if self.stan < STAN_MAX else 1
         self.rec.sent += count
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 

@@ -115,9 +115,9 @@ class Switch:
         self.engine = Engine(loaded.state, next_record_no=loaded.next_record_no,
                              daily_limit_fen=config.limits.daily_limit_fen,
                              max_amount_fen=config.limits.max_amount_fen,
-                             max_iso_frame=config.server.max_iso8583_frame_bytes,
-                             max_native_frame=config.server.max_native_frame_bytes,
-                             max_native_batch=config.server.max_native_batch,
+                             iso_frame_bytes_max=config.server.max_iso8583_frame_bytes,
+                             native_frame_bytes_max=config.server.max_native_frame_bytes,
+                             native_batch_max=config.server.max_native_batch,
                              fx_rates=config.fx.rates())
         self.engine.authoriser.max_topup_fen = config.limits.max_topup_fen
         self.durable_no = loaded.next_record_no
