@@ -21,16 +21,16 @@ from onecard.core.decide import decide_many
 from onecard.core.engine import Engine
 from onecard.core.state import (
     ACCOUNT_DTYPE,
+    APP_COUNT_MAX,
     APP_DTYPE,
     CARD_DTYPE,
     FN_FINANCIAL,
     FN_MEDICAL,
     FN_TRANSPORT,
     KIND_PURCHASE,
-    MAX_APP_COUNT,
-    MAX_PROVINCES,
     OPERATOR_DTYPE,
     POLICY_DTYPE,
+    PROVINCES_MAX,
     REGION_DTYPE,
     STATION_DTYPE,
     SURNAME_BYTES,
@@ -60,7 +60,7 @@ def synthetic_state(n: int, seed: int = 1) -> State:
     terminals["permitted"] = 0xFFFF
     apps = np.zeros(1, dtype=APP_DTYPE)
     apps[0] = (1, 1, 0, 0)                             # one application: payment
-    accept = np.zeros((MAX_APP_COUNT, MAX_PROVINCES), dtype="<u8")
+    accept = np.zeros((APP_COUNT_MAX, PROVINCES_MAX), dtype="<u8")
     accept[0, 0] = 1                                   # province 0 cards at province 0
     return State(cards=cards, accounts=accounts, terminals=terminals, regions=regions,
                  operators=np.zeros(0, dtype=OPERATOR_DTYPE),

@@ -5,7 +5,7 @@ from onecard.core.journal cimport JRec, Journal
 from onecard.core.state cimport Account, Policy, Region, State, ring_asked
 
 cdef enum:
-    MAX_FX = 8
+    FX_RATES_MAX = 8
 
 cdef struct Txn:                 # a decoded request, whatever protocol it came in
     uint64_t pan

@@ -71,7 +71,7 @@ cdef class Authoriser:
         self.topup_fen_max = 100_000          # 1,000 yuan a top-up; the switch sets its own
         self.n_fx = 0
         for code, rate in (fx_rates or {}).items():
-            if self.n_fx == MAX_FX or not 0 < int(rate) < 10**9 or int(code) in (0, 156):
+            if self.n_fx == FX_RATES_MAX or not 0 < int(rate) < 10**9 or int(code) in (0, 156):
                 raise ValueError(f"bad exchange rate {code}: {rate}")
             self.fx_currency[self.n_fx] = int(code)
             self.fx_rate[self.n_fx] = int(rate)
@@ -128,7 +128,7 @@ cdef class Authoriser:
             return -1
         term_prov = self.state.region[term.region].province
         card_prov = self.state.region[c.region].province
-        if not ((self.state.accept_mask[<size_t>term.app * MAX_PROVINCES + term_prov]
+        if not ((self.state.accept_mask[<size_t>term.app * PROVINCES_MAX + term_prov]
                  >> card_prov) & 1):
             r.rc = RC_62
             return -1

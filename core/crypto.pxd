@@ -36,6 +36,7 @@ cdef int mac8(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8) noexcept 
 cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil
 cdef void mac_many_in(MacJob* jobs, size_t count, uint8_t* base) noexcept nogil
 cdef int mac_equal(const uint8_t* a, const uint8_t* b) noexcept nogil
-cdef int wrap_key(int alg, const uint8_t* kek16, const uint8_t* key16, uint8_t* out16, int decrypt) noexcept nogil
+cdef int wrap_key(int alg, const uint8_t* kek16, const uint8_t* key16, uint8_t* out16,
+                  int decrypt) noexcept nogil
 cdef int check_value(int alg, const uint8_t* key16, uint8_t* out4) noexcept nogil
 cdef int random_bytes(uint8_t* out, int n) noexcept nogil

@@ -13,8 +13,8 @@ NATIVE: int
 class Engine:
     clock_offset_us: int
     def __init__(self, state: State, *, next_record_no: int = ..., daily_limit_fen: int = ...,
-                 amount_fen_max: int = ..., max_iso_frame: int = ...,
-                 max_native_frame: int = ..., max_native_batch: int = ...,
+                 amount_fen_max: int = ..., iso_frame_bytes_max: int = ...,
+                 native_frame_bytes_max: int = ..., native_batch_max: int = ...,
                  fx_rates: Mapping[int, int] | None = ...) -> None: ...
     @property
     def state(self) -> State: ...

@@ -35,16 +35,16 @@ cdef class Engine:
 
     def __init__(self, State state, *, uint64_t next_record_no=0,
                  int64_t daily_limit_fen=500_000, int64_t amount_fen_max=10_000_000,
-                 uint32_t max_iso_frame=8192, uint32_t max_native_frame=1 << 20,
-                 uint32_t max_native_batch=10_000, fx_rates=None):
+                 uint32_t iso_frame_bytes_max=8192, uint32_t native_frame_bytes_max=1 << 20,
+                 uint32_t native_batch_max=10_000, fx_rates=None):
         self.state = state
         self.journal = Journal(next_record_no)
         self.authoriser = Authoriser(state, self.journal, daily_limit_fen=daily_limit_fen,
                                      amount_fen_max=amount_fen_max, fx_rates=fx_rates)
         self.metrics = CoreMetrics()
-        self.iso = IsoPath(self.authoriser, self.metrics, max_iso_frame)
-        self.native = NativePath(self.authoriser, self.metrics, max_native_frame,
-                                 max_native_batch)
+        self.iso = IsoPath(self.authoriser, self.metrics, iso_frame_bytes_max)
+        self.native = NativePath(self.authoriser, self.metrics, native_frame_bytes_max,
+                                 native_batch_max)
         self.clock_offset_us = 0
 
     def __dealloc__(self):
@@ -82,5 +82,6 @@ cdef class Engine:
             self.metrics.end_batch(batch, messages)
         finally:
             PyBuffer_Release(&view)
-        replies = PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len) if self.out.len else b""
+        replies = (PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+                   if self.out.len else b"")
         return consumed, replies, batch if messages else 0, bool(close)

@@ -29,12 +29,13 @@ cdef class IsoPath:
     cdef Authoriser auth
     cdef State st
     cdef CoreMetrics mx
-    cdef uint32_t max_frame
+    cdef uint32_t frame_bytes_max
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil
-    cdef void format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
-                           uint32_t batch) noexcept nogil
+    cdef void answer_format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
+                                  uint32_t batch) noexcept nogil
     cdef void prepare(self, const uint8_t* msg, uint32_t length, Pending* pd) noexcept nogil
     cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch,
                      MacJob* reply_mac) noexcept nogil
-    cdef void reply(self, Pending* pd, Txn* t, Res* r, MacJob* later, OutBuf* out) noexcept nogil
+    cdef void encode_reply(self, Pending* pd, Txn* t, Res* r, MacJob* later,
+                           OutBuf* out) noexcept nogil

@@ -2,9 +2,9 @@
 """ISO 8583 on the wire: split a received buffer into frames, decode, check terminal and MAC,
 authorise, and encode every reply into one output buffer, in one call per buffer.
 
-Frame checks come first: a length prefix above ``max_frame`` means the stream cannot be framed
-(the caller closes it); anything that can be delimited but not decoded, however short, is
-answered with response code 30 and a field 44 naming the problem.
+Frame checks come first: a length prefix above ``frame_bytes_max`` means the stream cannot be
+framed (the caller closes it); anything that can be delimited but not decoded, however short,
+is answered with response code 30 and a field 44 naming the problem.
 
 Messages: 0800 sign-on, 0820 echo, 0200 purchase (processing code 00xxxx), balance inquiry
 (31xxxx) and void (20xxxx, original STAN in field 61), 0400 reversal of a purchase (00xxxx)
@@ -12,7 +12,7 @@ or of a void (20xxxx), 0500 settlement (totals in field 48).
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
@@ -98,6 +98,102 @@ cdef inline int number_text(char* s, uint64_t v, int width) noexcept nogil:
     return width
 
 
+cdef inline int field_label(char* text, char letter, int f) noexcept nogil:
+    """Field 44's text for a format error: the letter, then the field number (1..128)."""
+    cdef int n = 1
+    text[0] = letter
+    if f >= 100:
+        text[n] = <char>(48 + f // 100)
+        n += 1
+    if f >= 10:
+        text[n] = <char>(48 + (f // 10) % 10)
+        n += 1
+    text[n] = <char>(48 + f % 10)
+    return n + 1
+
+
+cdef inline void copy_if_present(IsoWriter* w, IsoMsg* m, int f) noexcept nogil:
+    if has_field(m, f):
+        w_copy(w, m, f)
+
+
+cdef inline void put_local_time(IsoWriter* w, int64_t now_us, int month,
+                                int day) noexcept nogil:
+    """Fields 12 and 13: the switch's time and date in China (UTC+8)."""
+    cdef uint64_t local_s = <uint64_t>(now_us // 1000000 + 8 * 3600) % 86400
+    w_n(w, 12, (local_s // 3600) * 10000 + ((local_s // 60) % 60) * 100 + local_s % 60)
+    w_n(w, 13, <uint64_t>(month * 100 + day))
+
+
+cdef inline void put_settle_totals(IsoWriter* w, Res* r) noexcept nogil:
+    """Field 48 of a 0510: the switch's totals (debit n12, count n6, credit n12, count n6) and
+    whether they match the terminal's (n1)."""
+    cdef char buf[SETTLE_TEXT]
+    cdef int n
+    n = number_text(buf, <uint64_t>r.x[0], 12)
+    n += number_text(buf + n, <uint64_t>r.x[1], 6)
+    n += number_text(buf + n, <uint64_t>r.x[2], 12)
+    n += number_text(buf + n, <uint64_t>r.x[3], 6)
+    buf[n] = <char>(48 + r.settle_result)
+    w_ans(w, 48, buf, n + 1)
+
+
+cdef inline void put_balance(IsoWriter* w, int64_t balance_fen) noexcept nogil:
+    """Field 54 in the CUPS layout: account type 10, amount type 02, currency 156, sign C or D,
+    12-digit amount."""
+    cdef char buf[20]
+    cdef int i
+    cdef int64_t b = -balance_fen if balance_fen < 0 else balance_fen
+    memcpy(buf, b"1002156", 7)
+    buf[7] = 67 if balance_fen >= 0 else 68
+    for i in range(19, 7, -1):
+        buf[i] = <char>(48 + b % 10)
+        b //= 10
+    w_ans(w, 54, buf, 20)
+
+
+cdef inline void read_txn(Pending* pd, Txn* t) noexcept nogil:
+    """What decide() needs of an authorised request, read from its fields."""
+    cdef IsoMsg* m = &pd.m
+    cdef uint8_t kind = pd.kind
+    cdef uint64_t v = 0
+    t.kind = kind
+    t.proto = PROTO_ISO8583
+    t.terminal = <uint32_t>pd.term_idx
+    field_u64(m, 11, &v)
+    t.seq = <uint32_t>v
+    if kind != KIND_SIGNON and kind != KIND_SETTLE:
+        if field_pan(m, &t.pan) != 0:
+            t.pan = 0
+        if field_u64(m, 4, &v) == 0:
+            t.amount_fen = <int64_t>v
+        if has_field(m, 49):
+            t.currency = <uint16_t>digits(m, 49, 0, 3)
+        if kind == KIND_VOID:
+            t.orig_seq = <uint32_t>digits(m, 61, 6, 6)
+    if kind == KIND_SETTLE:
+        t.batch_no = <uint32_t>digits(m, 60, 2, 6)
+        t.x[0] = <int64_t>digits(m, 48, 0, 12)
+        t.x[1] = <int64_t>digits(m, 48, 12, 6)
+        t.x[2] = <int64_t>digits(m, 48, 18, 12)
+        t.x[3] = <int64_t>digits(m, 48, 30, 6)
+
+
+cdef inline size_t write_missing(Pending* pd, OutBuf* out) noexcept nogil:
+    """The reply to a request without one of its mandatory fields: response code 30, field 44
+    "M" and the field's number. Returns the new end of out."""
+    cdef IsoMsg* m = &pd.m
+    cdef IsoWriter w
+    cdef char text[4]
+    w_begin(&w, out.data, out.len, pd.hdr, reply_mti(m.mti))
+    copy_if_present(&w, m, 11)
+    w_ans(&w, 39, b"30", 2)
+    copy_if_present(&w, m, 41)
+    copy_if_present(&w, m, 42)
+    w_ans(&w, 44, text, field_label(text, 77, pd.missing))
+    return w_end(&w)
+
+
 cdef enum:
     GROUP = 16                   # frames whose MACs are computed together (stack-bound)
 
@@ -115,7 +211,7 @@ cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil
     prefetch and nothing else: the message is decoded and checked properly later."""
     cdef const uint8_t* msg = frame + PREFIX_BYTES
     cdef size_t off = BITMAP_OFF + 8, nd
-    if avail < PREFIX_BYTES + MIN_MESSAGE + 1 or not (msg[BITMAP_OFF] & 0x40):
+    if avail < PREFIX_BYTES + MESSAGE_BYTES_MIN + 1 or not (msg[BITMAP_OFF] & 0x40):
         return 0
     if msg[BITMAP_OFF] & 0x80:
         off += 8                     # secondary bitmap
@@ -128,13 +224,13 @@ cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil
 
 
 cdef class IsoPath:
-    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t max_frame):
-        if max_frame < MIN_MESSAGE or max_frame > 65535:
-            raise ValueError("max_frame must be within 21..65535 bytes")
+    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t frame_bytes_max):
+        if frame_bytes_max < MESSAGE_BYTES_MIN or frame_bytes_max > 65535:
+            raise ValueError("frame_bytes_max must be within 21..65535 bytes")
         self.auth = auth
         self.st = auth.state
         self.mx = mx
-        self.max_frame = max_frame
+        self.frame_bytes_max = frame_bytes_max
 
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil:
@@ -152,7 +248,7 @@ cdef class IsoPath:
             at = pos
             while g < GROUP and n - at >= PREFIX_BYTES:
                 length = (<uint32_t>p[at] << 8) | p[at + 1]
-                if length > self.max_frame:
+                if length > self.frame_bytes_max:
                     close[0] = 1             # more than any message: not a frame we can hold
                     break
                 if n - at - PREFIX_BYTES < length:
@@ -201,11 +297,11 @@ cdef class IsoPath:
             mac_many_in(jobs, n_jobs, out.data)
         return pos
 
-    cdef void format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
-                           uint32_t batch) noexcept nogil:
+    cdef void answer_format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
+                                  uint32_t batch) noexcept nogil:
         cdef IsoWriter w
-        cdef char text[25]
-        cdef int n, f = m.err_field
+        cdef char text[4]
+        cdef int f = m.err_field
         cdef uint32_t mti = reply_mti(m.mti) if rc == DEC_FIELD or rc == DEC_TRAILING else 0
         w_begin(&w, out.data, out.len, hdr, mti)
         if rc == DEC_FIELD:
@@ -217,14 +313,7 @@ cdef class IsoPath:
                 w_copy(&w, m, 41)
             if has_field(m, 42) and f > 42:
                 w_copy(&w, m, 42)
-            n = 0
-            text[n] = 70; n += 1            # "F" + field number
-            if f >= 100:
-                text[n] = 48 + f // 100; n += 1
-            if f >= 10:
-                text[n] = 48 + (f // 10) % 10; n += 1
-            text[n] = 48 + f % 10; n += 1
-            w_ans(&w, 44, text, n)
+            w_ans(&w, 44, text, field_label(text, 70, f))
         else:
             if rc == DEC_TRAILING and has_field(m, 11):
                 w_copy(&w, m, 11)
@@ -301,36 +390,15 @@ cdef class IsoPath:
                      MacJob* reply_mac) noexcept nogil:
         """Answer a prepared request (mac_ok: its MAC was checked and matches), in order; the
         reply's MAC is left to ``reply_mac`` (its key stays NULL when the reply has none)."""
-        cdef IsoMsg* m = &pd.m
-        cdef IsoWriter w
         cdef Txn t
         cdef Res r
-        cdef uint64_t v = 0
-        cdef int i
-        cdef uint8_t kind = pd.kind
         cdef Terminal* term
-        cdef char text[24]
         reply_mac.key = NULL
         if pd.dec != DEC_OK:
-            self.format_error(m, pd.dec, pd.hdr, out, batch)
+            self.answer_format_error(&pd.m, pd.dec, pd.hdr, out, batch)
             return
         if pd.missing:
-            w_begin(&w, out.data, out.len, pd.hdr, reply_mti(m.mti))
-            if has_field(m, 11):
-                w_copy(&w, m, 11)
-            w_ans(&w, 39, b"30", 2)
-            if has_field(m, 41):
-                w_copy(&w, m, 41)
-            if has_field(m, 42):
-                w_copy(&w, m, 42)
-            text[0] = 77                    # "M" + field number: mandatory field missing
-            i = 1
-            if pd.missing >= 10:
-                text[i] = 48 + pd.missing // 10
-                i += 1
-            text[i] = 48 + pd.missing % 10
-            w_ans(&w, 44, text, i + 1)
-            out.len = w_end(&w)
+            out.len = write_missing(pd, out)
             self.mx.count(batch, KIND_FORMAT, RC_30)
             return
         memset(&r, 0, sizeof(Res))
@@ -342,102 +410,51 @@ cdef class IsoPath:
             r.rc = RC_A0
         if r.rc == RC_00 and pd.term_idx >= 0:
             term = &self.st.term[pd.term_idx]
-            if term.protocol != PROTO_ISO8583 or not (term.permitted >> kind) & 1:
+            if term.protocol != PROTO_ISO8583 or not (term.permitted >> pd.kind) & 1:
                 r.rc = RC_58
-        if r.rc == RC_00 and kind != KIND_ECHO:
-            t.kind = kind
-            t.proto = PROTO_ISO8583
-            t.terminal = <uint32_t>pd.term_idx
-            field_u64(m, 11, &v)
-            t.seq = <uint32_t>v
-            if kind != KIND_SIGNON and kind != KIND_SETTLE:
-                if field_pan(m, &t.pan) != 0:
-                    t.pan = 0
-                if field_u64(m, 4, &v) == 0:
-                    t.amount_fen = <int64_t>v
-                if has_field(m, 49):
-                    t.currency = <uint16_t>digits(m, 49, 0, 3)
-                if kind == KIND_VOID:
-                    t.orig_seq = <uint32_t>digits(m, 61, 6, 6)
-            if kind == KIND_SETTLE:
-                t.batch_no = <uint32_t>digits(m, 60, 2, 6)
-                t.x[0] = <int64_t>digits(m, 48, 0, 12)
-                t.x[1] = <int64_t>digits(m, 48, 12, 6)
-                t.x[2] = <int64_t>digits(m, 48, 18, 12)
-                t.x[3] = <int64_t>digits(m, 48, 30, 6)
+        if r.rc == RC_00 and pd.kind != KIND_ECHO:
+            read_txn(pd, &t)
             decide(self.auth, &t, &r)
-        self.reply(pd, &t, &r, reply_mac if pd.verify and mac_ok else NULL, out)
-        self.mx.count(batch, kind, r.rc)
+        self.encode_reply(pd, &t, &r, reply_mac if pd.verify and mac_ok else NULL, out)
+        self.mx.count(batch, pd.kind, r.rc)
 
-    cdef void reply(self, Pending* pd, Txn* t, Res* r, MacJob* later, OutBuf* out) noexcept nogil:
+    cdef void encode_reply(self, Pending* pd, Txn* t, Res* r, MacJob* later,
+                           OutBuf* out) noexcept nogil:
         """Encode the reply; given ``later``, leave field 64 empty and record there (as output
         offsets, for crypto.mac_many_in) the MAC that fills it."""
         cdef IsoMsg* m = &pd.m
         cdef uint8_t kind = pd.kind
         cdef IsoWriter w
-        cdef char buf[40]
-        cdef int64_t b
-        cdef int i, n
-        cdef uint64_t hhmmss, mmdd, local_s
         cdef size_t mac_start
         cdef bint money = kind == KIND_PURCHASE or kind == KIND_VOID
+        cdef bint ok = r.rc == RC_00
         w_begin(&w, out.data, out.len, pd.hdr, reply_mti(m.mti))
-        if has_field(m, 2):
-            w_copy(&w, m, 2)
-        if has_field(m, 3):
-            w_copy(&w, m, 3)
-        if has_field(m, 4):
-            w_copy(&w, m, 4)
-        if money and r.rc == RC_00:
+        copy_if_present(&w, m, 2)
+        copy_if_present(&w, m, 3)
+        copy_if_present(&w, m, 4)
+        if money and ok:
             w_n(&w, 6, <uint64_t>r.amount_fen)     # what was charged (or credited) in fen
-        if has_field(m, 11):                 # absent only in requests of no known kind
-            w_copy(&w, m, 11)
-        local_s = <uint64_t>(self.auth.now_us // 1000000 + 8 * 3600) % 86400
-        hhmmss = (local_s // 3600) * 10000 + ((local_s // 60) % 60) * 100 + local_s % 60
-        mmdd = <uint64_t>(self.auth.today_m * 100 + self.auth.today_d)
-        w_n(&w, 12, hhmmss)
-        w_n(&w, 13, mmdd)
-        if has_field(m, 14):
-            w_copy(&w, m, 14)
-        if has_field(m, 25):
-            w_copy(&w, m, 25)
+        copy_if_present(&w, m, 11)           # absent only in requests of no known kind
+        put_local_time(&w, self.auth.now_us, self.auth.today_m, self.auth.today_d)
+        copy_if_present(&w, m, 14)
+        copy_if_present(&w, m, 25)
         if r.record_no:
             put_text_number(&w, 37, r.record_no, 12)
-        if r.rc == RC_00 and (money or kind == KIND_REVERSAL):
+        if ok and (money or kind == KIND_REVERSAL):
             put_text_number(&w, 38, r.record_no % 1000000, 6)
         w_ans(&w, 39, rc_chars(r.rc), 2)
-        if has_field(m, 41):
-            w_copy(&w, m, 41)
-        if has_field(m, 42):
-            w_copy(&w, m, 42)
-        if kind == KIND_SETTLE and r.rc == RC_00:
-            n = number_text(buf, <uint64_t>r.x[0], 12)
-            n += number_text(buf + n, <uint64_t>r.x[1], 6)
-            n += number_text(buf + n, <uint64_t>r.x[2], 12)
-            n += number_text(buf + n, <uint64_t>r.x[3], 6)
-            buf[n] = <char>(48 + r.settle_result)
-            w_ans(&w, 48, buf, n + 1)
-        if has_field(m, 49):
-            w_copy(&w, m, 49)
-        if money and r.rc == RC_00:
+        copy_if_present(&w, m, 41)
+        copy_if_present(&w, m, 42)
+        if kind == KIND_SETTLE and ok:
+            put_settle_totals(&w, r)
+        copy_if_present(&w, m, 49)
+        if money and ok:
             w_ans(&w, 51, b"156", 3)
-        if r.rc == RC_00 and kind == KIND_BALANCE:
-            # account type, amount type, currency, sign, 12-digit amount (CUPS layout)
-            b = r.balance_fen
-            buf[0] = 49; buf[1] = 48; buf[2] = 48; buf[3] = 50
-            buf[4] = 49; buf[5] = 53; buf[6] = 54
-            buf[7] = 67 if b >= 0 else 68
-            if b < 0:
-                b = -b
-            for i in range(19, 7, -1):
-                buf[i] = <char>(48 + b % 10)
-                b //= 10
-            w_ans(&w, 54, buf, 20)
-        if has_field(m, 60):
-            w_copy(&w, m, 60)
-        if has_field(m, 61):
-            w_copy(&w, m, 61)
-        if kind == KIND_SIGNON and r.rc == RC_00:
+        if kind == KIND_BALANCE and ok:
+            put_balance(&w, r.balance_fen)
+        copy_if_present(&w, m, 60)
+        copy_if_present(&w, m, 61)
+        if kind == KIND_SIGNON and ok:
             w_b(&w, 62, r.keys, 40)
         if later != NULL:
             mac_start = w_mac_begin(&w)

@@ -13,7 +13,7 @@ cdef enum:
     HDR_BYTES = 11          # TPDU + 6-byte header
     MTI_OFF = 11
     BITMAP_OFF = 13
-    MIN_MESSAGE = 21        # TPDU + header + MTI + primary bitmap
+    MESSAGE_BYTES_MIN = 21        # TPDU + header + MTI + primary bitmap
     REPLY_MAX = 1024        # bound on one encoded reply; callers reserve this much
 
 cdef enum DecodeError:
@@ -26,7 +26,7 @@ cdef enum DecodeError:
 cdef struct FieldDef:
     uint8_t kind
     uint8_t len_type        # 0 fixed, 2 LLVAR, 3 LLLVAR
-    uint16_t max_len
+    uint16_t len_max
 
 cdef struct IsoMsg:
     const uint8_t* p        # first byte of the TPDU (after the 2-byte length)

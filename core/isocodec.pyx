@@ -26,10 +26,10 @@ def _load_table() -> None:
     memset(FIELDS, 0, sizeof(FIELDS))
     for f in _TABLE:
         assert 2 <= f.number <= 128 and f.len_type in (0, 2, 3), f
-        assert f.len_type != 2 or f.max_len <= 99, f
+        assert f.len_type != 2 or f.len_max <= 99, f
         FIELDS[f.number].kind = _KINDS[f.kind]
         FIELDS[f.number].len_type = f.len_type
-        FIELDS[f.number].max_len = f.max_len
+        FIELDS[f.number].len_max = f.len_max
 
 
 _load_table()
@@ -62,19 +62,16 @@ cdef inline bint _text_ok(const uint8_t* p, int n, bint strict) noexcept nogil:
     return True
 
 
-cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
-    """Locate and validate every field of one message (TPDU onwards). DEC_OK or an error."""
-    cdef int hi, lo, f, w, lz, count
-    cdef uint32_t pos
-    cdef uint64_t bits
-    cdef FieldDef d
+cdef inline int _decode_header(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
+    """MTI and bitmaps: where the first field starts, or a DecodeError (negative)."""
+    cdef int hi, lo
     m.p = p
     m.n = n
     m.mti = 0
     m.err_field = 0
     m.bitmap[0] = 0
     m.bitmap[1] = 0
-    if n < MIN_MESSAGE:
+    if n < MESSAGE_BYTES_MIN:
         return DEC_SHORT
     hi = _bcd2(p[MTI_OFF])
     lo = _bcd2(p[MTI_OFF + 1])
@@ -82,13 +79,48 @@ cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
         return DEC_MTI
     m.mti = hi * 100 + lo
     m.bitmap[0] = load_be(p + BITMAP_OFF, 8)
-    pos = BITMAP_OFF + 8
-    if m.bitmap[0] >> 63:
-        if n < pos + 8:
-            m.err_field = 1
-            return DEC_FIELD
-        m.bitmap[1] = load_be(p + pos, 8)
-        pos += 8
+    if not m.bitmap[0] >> 63:
+        return BITMAP_OFF + 8
+    if n < BITMAP_OFF + 16:
+        m.err_field = 1
+        return DEC_FIELD
+    m.bitmap[1] = load_be(p + BITMAP_OFF + 8, 8)
+    return BITMAP_OFF + 16
+
+
+cdef inline int _field_count(const uint8_t* p, uint32_t n, FieldDef d,
+                             uint32_t* pos) noexcept nogil:
+    """A field's length in its own unit: fixed, or read from its length prefix (pos moves past
+    it). -1 when the prefix is cut short or not BCD, or the length is above the bound."""
+    cdef int count
+    if d.len_type == 0:
+        count = d.len_max
+    elif d.len_type == 2:
+        if pos[0] + 1 > n:
+            return -1
+        count = _bcd2(p[pos[0]])
+        pos[0] += 1
+    else:
+        if pos[0] + 2 > n or p[pos[0]] > 9:
+            return -1
+        count = _bcd2(p[pos[0] + 1])
+        if count < 0:
+            return -1
+        count += p[pos[0]] * 100
+        pos[0] += 2
+    return -1 if count > d.len_max else count
+
+
+cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
+    """Locate and validate every field of one message (TPDU onwards). DEC_OK or an error."""
+    cdef int f, w, lz, count, start
+    cdef uint32_t pos
+    cdef uint64_t bits
+    cdef FieldDef d
+    start = _decode_header(p, n, m)
+    if start < 0:
+        return start
+    pos = <uint32_t>start
     for w in range(2):
         bits = m.bitmap[w]
         if w == 0:
@@ -101,22 +133,8 @@ cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
             m.err_field = f
             if d.kind == 0:
                 return DEC_FIELD               # not in the table
-            if d.len_type == 0:
-                count = d.max_len
-            elif d.len_type == 2:
-                if pos + 1 > n:
-                    return DEC_FIELD
-                count = _bcd2(p[pos])
-                pos += 1
-            else:
-                if pos + 2 > n or p[pos] > 9:
-                    return DEC_FIELD
-                count = _bcd2(p[pos + 1])
-                if count < 0:
-                    return DEC_FIELD
-                count += p[pos] * 100
-                pos += 2
-            if count < 0 or count > d.max_len:
+            count = _field_count(p, n, d, &pos)
+            if count < 0:
                 return DEC_FIELD
             m.nlen[f] = <uint16_t>count
             if d.kind == K_N or d.kind == K_Z:
@@ -222,7 +240,7 @@ cdef inline void _prefix(IsoWriter* w, int len_type, int count) noexcept nogil:
 cdef void w_n(IsoWriter* w, int f, uint64_t value) noexcept nogil:
     """A fixed-length numeric field from an integer (zero-filled on the left)."""
     cdef char digits[24]
-    cdef int n = FIELDS[f].max_len, i
+    cdef int n = FIELDS[f].len_max, i
     for i in range(n - 1, -1, -1):
         digits[i] = <char>(48 + value % 10)
         value //= 10
@@ -259,14 +277,14 @@ cdef void w_ans(IsoWriter* w, int f, const char* s, int n) noexcept nogil:
     """Text field; fixed-length fields are space-padded or cut to their length."""
     cdef FieldDef d = FIELDS[f]
     if d.len_type == 0:
-        if n > d.max_len:
-            n = d.max_len
+        if n > d.len_max:
+            n = d.len_max
         memcpy(w.buf + w.pos, s, n)
-        memset(w.buf + w.pos + n, 32, d.max_len - n)
-        w.pos += d.max_len
+        memset(w.buf + w.pos + n, 32, d.len_max - n)
+        w.pos += d.len_max
     else:
-        if n > d.max_len:
-            n = d.max_len
+        if n > d.len_max:
+            n = d.len_max
         _prefix(w, d.len_type, n)
         memcpy(w.buf + w.pos, s, n)
         w.pos += n
@@ -374,20 +392,20 @@ def encode_message(tpdu_header: bytes, mti: str, fields: dict, *, prefix: bool =
         if d.kind == K_N or d.kind == K_Z:
             s = str(value)
             ok = s.isdigit() or (d.kind == K_Z and s.replace("=", "").isdigit())
-            if not ok or (d.len_type == 0 and len(s) != d.max_len) or len(s) > d.max_len:
+            if not ok or (d.len_type == 0 and len(s) != d.len_max) or len(s) > d.len_max:
                 raise ValueError(f"field {f}: {len(s)} digits, expected "
-                                 f"{'' if d.len_type == 0 else 'at most '}{d.max_len}")
+                                 f"{'' if d.len_type == 0 else 'at most '}{d.len_max}")
             b = s.encode()
             w_digits(&w, f, b, len(b))
         elif d.kind == K_B:
             b = bytes(value)
-            if (d.len_type == 0 and len(b) != d.max_len) or len(b) > d.max_len:
-                raise ValueError(f"field {f}: {len(b)} bytes, expected {d.max_len}")
+            if (d.len_type == 0 and len(b) != d.len_max) or len(b) > d.len_max:
+                raise ValueError(f"field {f}: {len(b)} bytes, expected {d.len_max}")
             w_b(&w, f, b, len(b))
         else:
             b = str(value).encode("latin-1")
-            if (d.len_type == 0 and len(b) != d.max_len) or len(b) > d.max_len:
-                raise ValueError(f"field {f}: {len(b)} characters, expected {d.max_len}")
+            if (d.len_type == 0 and len(b) != d.len_max) or len(b) > d.len_max:
+                raise ValueError(f"field {f}: {len(b)} characters, expected {d.len_max}")
             w_ans(&w, f, b, len(b))
         if w.pos > len(out) - 1100:
             raise ValueError("message too long")

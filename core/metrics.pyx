@@ -7,7 +7,7 @@ message counts in a ring and the server reports the write with one call per batc
 (:meth:`CoreMetrics.written`); every message of the batch lands in the same bucket.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 

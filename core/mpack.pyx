@@ -124,7 +124,7 @@ cdef int mp_bin(MpReader* r, const uint8_t** s, uint32_t* n) noexcept nogil:
 cdef int mp_skip(MpReader* r, int depth) noexcept nogil:
     """Skip one object of any type the schema may grow into; bounded nesting."""
     cdef uint8_t b
-    cdef uint32_t count, i, length
+    cdef uint32_t count, _i, length
     cdef int64_t v
     cdef int width
     cdef const uint8_t* s
@@ -149,7 +149,7 @@ cdef int mp_skip(MpReader* r, int depth) noexcept nogil:
     if 0x90 <= b <= 0x9f or b == 0xdc or b == 0xdd:
         if mp_array(r, &count):
             return -1
-        for i in range(count):
+        for _i in range(count):
             if mp_skip(r, depth + 1):
                 return -1
         return 0
@@ -163,7 +163,7 @@ cdef int mp_skip(MpReader* r, int depth) noexcept nogil:
                 return -1
             count = <uint32_t>load_be(r.p + r.pos + 1, width)
             r.pos += 1 + width
-        for i in range(2 * count):
+        for _i in range(2 * count):
             if mp_skip(r, depth + 1):
                 return -1
         return 0

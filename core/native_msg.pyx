@@ -46,12 +46,75 @@ cdef bint is_broken(const char* problem) noexcept nogil:
     return problem == BROKEN
 
 
+cdef inline const char* parse_tap(MpReader* body, Txn* t, uint32_t count) noexcept nogil:
+    """Tap and OfflineTap: the same fields; an uploaded tap must say when it happened (0 =
+    "now" online only)."""
+    cdef int64_t v
+    if count < 6:
+        return (b"Tap is [3, seq, card, station, direction, time_s]" if t.kind == KIND_TAP
+                else b"OfflineTap is [5, seq, card, station, direction, time_s]")
+    if parse_card(body, &t.pan):
+        return BAD_CARD
+    if parse_u32(body, &t.station_id):
+        return b"station must be an integer 0..4294967295"
+    if mp_int(body, &v) or v < 0 or v > 1:
+        return b"direction must be 0 (in) or 1 (out)"
+    if parse_u32(body, &t.time_s) or (t.kind == KIND_OFFLINE_TAP and t.time_s == 0):
+        return (b"time_s must be Unix seconds" if t.kind == KIND_TAP
+                else b"time_s must be the Unix seconds the tap happened")
+    t.direction = <uint8_t>v
+    return NULL
+
+
+cdef inline const char* parse_card_only(MpReader* body, Txn* t, uint32_t count) noexcept nogil:
+    """Verify and VenueEntry: the card alone."""
+    if count < 3:
+        return b"Verify and VenueEntry are [tag, seq, card]"
+    if parse_card(body, &t.pan):
+        return BAD_CARD
+    return NULL
+
+
+cdef inline const char* parse_topup(MpReader* body, Txn* t, uint32_t count) noexcept nogil:
+    cdef int64_t v
+    if count < 4:
+        return b"TopUp is [10, seq, card, amount_fen]"
+    if parse_card(body, &t.pan):
+        return BAD_CARD
+    if mp_int(body, &v) or v <= 0 or v > 0x7fffffff:
+        return b"amount_fen must be a positive integer (fen)"
+    t.amount_fen = v
+    return NULL
+
+
+cdef inline const char* parse_deny_sync(MpReader* body, Txn* t, uint32_t count) noexcept nogil:
+    if count < 3 or parse_u32(body, &t.orig_seq):
+        return b"DenyListSync is [6, seq, since_version]"
+    return NULL
+
+
+cdef inline const char* parse_medical(MpReader* body, Txn* t, uint32_t count) noexcept nogil:
+    """Medical (a bill to settle) and MedicalRefund (the settlement to refund)."""
+    cdef int64_t v
+    if count < 4:
+        return (b"Medical is [7, seq, card, bill_fen]; "
+                b"MedicalRefund [8, seq, card, original_seq]")
+    if parse_card(body, &t.pan):
+        return BAD_CARD
+    if t.kind == KIND_MEDICAL:
+        if mp_int(body, &v) or v <= 0 or v > 0x7fffffff:
+            return b"bill_fen must be a positive integer (fen)"
+        t.amount_fen = v
+    elif parse_u32(body, &t.orig_seq):
+        return b"original_seq must be the settlement's sequence number"
+    return NULL
+
+
 cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* seq,
                                uint32_t n_msgs) noexcept nogil:
     """One request message into t. NULL when it follows the schema; otherwise what is wrong
     (BROKEN when not even its MessagePack structure can be read)."""
     cdef uint32_t count, extra
-    cdef int64_t v
     cdef const char* problem = NULL
     memset(t, 0, sizeof(Txn))
     t.proto = PROTO_NATIVE
@@ -70,62 +133,25 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
     elif tag[0] == TAG_HEARTBEAT:
         t.kind = KIND_HEARTBEAT
     elif tag[0] == TAG_TAP or tag[0] == TAG_OFFLINE_TAP:
-        # Same fields; an uploaded tap must say when it happened (0 = "now" online only).
         t.kind = KIND_TAP if tag[0] == TAG_TAP else KIND_OFFLINE_TAP
-        if count < 6:
-            problem = (b"Tap is [3, seq, card, station, direction, time_s]" if t.kind == KIND_TAP
-                       else b"OfflineTap is [5, seq, card, station, direction, time_s]")
-        elif parse_card(body, &t.pan):
-            problem = BAD_CARD
-        elif parse_u32(body, &t.station_id):
-            problem = b"station must be an integer 0..4294967295"
-        elif mp_int(body, &v) or v < 0 or v > 1:
-            problem = b"direction must be 0 (in) or 1 (out)"
-        elif parse_u32(body, &t.time_s) or (t.kind == KIND_OFFLINE_TAP and t.time_s == 0):
-            problem = (b"time_s must be Unix seconds" if t.kind == KIND_TAP
-                       else b"time_s must be the Unix seconds the tap happened")
-        else:
-            t.direction = <uint8_t>v
-            extra = count - 6
+        problem = parse_tap(body, t, count)
+        extra = count - 6
     elif tag[0] == TAG_VERIFY or tag[0] == TAG_VENUE:
         t.kind = KIND_VERIFY if tag[0] == TAG_VERIFY else KIND_VENUE
-        if count < 3:
-            problem = b"Verify and VenueEntry are [tag, seq, card]"
-        elif parse_card(body, &t.pan):
-            problem = BAD_CARD
-        else:
-            extra = count - 3
+        problem = parse_card_only(body, t, count)
+        extra = count - 3
     elif tag[0] == TAG_TOPUP:
         t.kind = KIND_TOPUP
-        if count < 4:
-            problem = b"TopUp is [10, seq, card, amount_fen]"
-        elif parse_card(body, &t.pan):
-            problem = BAD_CARD
-        elif mp_int(body, &v) or v <= 0 or v > 0x7fffffff:
-            problem = b"amount_fen must be a positive integer (fen)"
-        else:
-            t.amount_fen = v
-            extra = count - 4
+        problem = parse_topup(body, t, count)
+        extra = count - 4
     elif tag[0] == TAG_DENY_SYNC:
         t.kind = KIND_DENY_SYNC
-        if count < 3 or parse_u32(body, &t.orig_seq):
-            problem = b"DenyListSync is [6, seq, since_version]"
-        else:
-            extra = count - 3
+        problem = parse_deny_sync(body, t, count)
+        extra = count - 3
     elif tag[0] == TAG_MEDICAL or tag[0] == TAG_MEDICAL_REFUND:
         t.kind = KIND_MEDICAL if tag[0] == TAG_MEDICAL else KIND_MEDICAL_REFUND
-        if count < 4:
-            problem = b"Medical is [7, seq, card, bill_fen]; MedicalRefund [8, seq, card, original_seq]"
-        elif parse_card(body, &t.pan):
-            problem = BAD_CARD
-        elif t.kind == KIND_MEDICAL and (mp_int(body, &v) or v <= 0 or v > 0x7fffffff):
-            problem = b"bill_fen must be a positive integer (fen)"
-        elif t.kind == KIND_MEDICAL_REFUND and parse_u32(body, &t.orig_seq):
-            problem = b"original_seq must be the settlement's sequence number"
-        else:
-            if t.kind == KIND_MEDICAL:
-                t.amount_fen = v
-            extra = count - 4
+        problem = parse_medical(body, t, count)
+        extra = count - 4
     if problem == NULL:
         for _ in range(extra):               # fields a newer schema may add
             if mp_skip(body, 0):
@@ -182,7 +208,7 @@ def decode_bodies(data) -> int:
     cdef Py_buffer view
     cdef MpReader r, body
     cdef size_t pos = 0
-    cdef uint32_t length, count, n_msgs, tid_len, body_len, mac_len, i, ok = 0
+    cdef uint32_t length, count, n_msgs, tid_len, body_len, mac_len, _i, ok = 0
     cdef int64_t version, tag, seq
     cdef const uint8_t* tid
     cdef const uint8_t* body_p
@@ -205,7 +231,7 @@ def decode_bodies(data) -> int:
                 body.pos = 0
                 if mp_array(&body, &n_msgs):
                     continue
-                for i in range(n_msgs):
+                for _i in range(n_msgs):
                     if parse_message(&body, &t, &tag, &seq, n_msgs) == NULL:
                         ok += 1
     finally:

@@ -34,19 +34,19 @@ cdef class NativePath:
     cdef Authoriser auth
     cdef State st
     cdef CoreMetrics mx
-    cdef uint32_t max_frame
-    cdef uint32_t max_batch
+    cdef uint32_t frame_bytes_max
+    cdef uint32_t batch_max
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil
-    cdef void begin(self, OutBuf* out, Frame* f, const uint8_t* tid,
-                    uint32_t tid_len) noexcept nogil
-    cdef void end(self, OutBuf* out, Frame* f, MacKey* key, MacJob* later) noexcept nogil
-    cdef void error(self, OutBuf* out, Frame* f, int64_t seq, uint8_t rc,
-                    const char* text) noexcept nogil
-    cdef void head(self, const uint8_t* p, uint32_t length, Head* h) noexcept nogil
-    cdef int frame(self, Head* h, OutBuf* out, uint32_t batch, uint32_t* messages,
-                   MacJob* reply_mac) noexcept nogil
-    cdef int message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
-                     Frame* f, uint32_t batch) noexcept nogil
-    cdef int broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil
-    cdef int deny_sync(self, Txn* t, OutBuf* out, Frame* f) noexcept nogil
+    cdef void begin_reply(self, OutBuf* out, Frame* f, const uint8_t* tid,
+                          uint32_t tid_len) noexcept nogil
+    cdef void end_reply(self, OutBuf* out, Frame* f, MacKey* key, MacJob* later) noexcept nogil
+    cdef void append_error(self, OutBuf* out, Frame* f, int64_t seq, uint8_t rc,
+                           const char* text) noexcept nogil
+    cdef void read_head(self, const uint8_t* p, uint32_t length, Head* h) noexcept nogil
+    cdef int answer_frame(self, Head* h, OutBuf* out, uint32_t batch, uint32_t* messages,
+                          MacJob* reply_mac) noexcept nogil
+    cdef int answer_message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
+                            Frame* f, uint32_t batch) noexcept nogil
+    cdef int answer_broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil
+    cdef int answer_deny_sync(self, Txn* t, OutBuf* out, Frame* f) noexcept nogil

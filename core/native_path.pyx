@@ -48,14 +48,15 @@ cdef inline bint superseded(const uint32_t* log, uint32_t v, uint32_t end) noexc
 
 
 cdef class NativePath:
-    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t max_frame, uint32_t max_batch):
-        if max_frame < 16 or max_batch < 1:
-            raise ValueError("max_frame must be >= 16 bytes and max_batch >= 1")
+    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t frame_bytes_max,
+                 uint32_t batch_max):
+        if frame_bytes_max < 16 or batch_max < 1:
+            raise ValueError("frame_bytes_max must be >= 16 bytes and batch_max >= 1")
         self.auth = auth
         self.st = auth.state
         self.mx = mx
-        self.max_frame = max_frame
-        self.max_batch = max_batch
+        self.frame_bytes_max = frame_bytes_max
+        self.batch_max = batch_max
 
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil:
@@ -72,20 +73,20 @@ cdef class NativePath:
             at = pos
             while g < GROUP and n - at >= PREFIX:
                 length = <uint32_t>load_be(p + at, PREFIX)
-                if length > self.max_frame:
+                if length > self.frame_bytes_max:
                     if g == 0:
                         # Cannot be framed: say why, then the caller closes the connection.
                         if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE) == 0:
-                            self.begin(out, &f, NULL, 0)
-                            self.error(out, &f, 0, RC_30, b"frame length above the maximum")
-                            self.end(out, &f, NULL, NULL)
+                            self.begin_reply(out, &f, NULL, 0)
+                            self.append_error(out, &f, 0, RC_30, b"frame length above the maximum")
+                            self.end_reply(out, &f, NULL, NULL)
                             self.mx.count(batch, KIND_FORMAT, RC_30)
                             messages[0] += 1
                         close[0] = 1
                     break
                 if n - at - PREFIX < length:
                     break
-                self.head(p + at + PREFIX, length, &heads[g])
+                self.read_head(p + at + PREFIX, length, &heads[g])
                 if heads[g].lone_signon and g > 0:
                     break
                 at += PREFIX + length
@@ -109,7 +110,7 @@ cdef class NativePath:
                     heads[j].problem = b"MAC check failed"
             n_jobs = 0
             for j in range(g):
-                if self.frame(&heads[j], out, batch, messages, &jobs[n_jobs]) != 0:
+                if self.answer_frame(&heads[j], out, batch, messages, &jobs[n_jobs]) != 0:
                     close[0] = 1             # out of memory: drop this connection only
                     break
                 if jobs[n_jobs].key != NULL:
@@ -120,7 +121,8 @@ cdef class NativePath:
 
     # ---- reply frame -------------------------------------------------------------------------
 
-    cdef void begin(self, OutBuf* out, Frame* f, const uint8_t* tid, uint32_t tid_len) noexcept nogil:
+    cdef void begin_reply(self, OutBuf* out, Frame* f, const uint8_t* tid,
+                          uint32_t tid_len) noexcept nogil:
         cdef uint8_t* p = out.data + out.len
         cdef size_t k = PREFIX
         p[k] = 0x94                          # [version, terminal, body, mac]
@@ -132,13 +134,13 @@ cdef class NativePath:
             k += mp_w_str(p + k, NULL, 0)
         f.start = out.len
         f.body_header = out.len + k
-        k += 5                               # bin32 header, patched in end()
+        k += 5                               # bin32 header, patched in end_reply()
         f.body = out.len + k
-        k += 5                               # array32 header, patched in end()
+        k += 5                               # array32 header, patched in end_reply()
         f.count = 0
         out.len += k
 
-    cdef void end(self, OutBuf* out, Frame* f, MacKey* key, MacJob* later) noexcept nogil:
+    cdef void end_reply(self, OutBuf* out, Frame* f, MacKey* key, MacJob* later) noexcept nogil:
         """Close a reply frame. Its MAC under key now, or, given ``later``, the job (output
         offsets) that fills the MAC's place when the group's replies are MACed together."""
         cdef uint8_t mac[8]
@@ -156,8 +158,8 @@ cdef class NativePath:
             out.len += mp_w_bin(out.data + out.len, mac, 0)
         store_be(out.data + f.start, out.len - f.start - PREFIX, PREFIX)
 
-    cdef void error(self, OutBuf* out, Frame* f, int64_t seq, uint8_t rc,
-                    const char* text) noexcept nogil:
+    cdef void append_error(self, OutBuf* out, Frame* f, int64_t seq, uint8_t rc,
+                           const char* text) noexcept nogil:
         cdef uint8_t* p = out.data + out.len
         cdef size_t k = 0
         p[k] = 0x94
@@ -171,10 +173,10 @@ cdef class NativePath:
 
     # ---- one request frame -------------------------------------------------------------------
 
-    cdef void head(self, const uint8_t* p, uint32_t length, Head* h) noexcept nogil:
+    cdef void read_head(self, const uint8_t* p, uint32_t length, Head* h) noexcept nogil:
         """Read a frame's [version, terminal, body, mac] and check what needs no MAC: the
         problem to answer (``problem``, ``rc``), or a MAC to check (``verify``; a lone
-        sign-on's is checked under the master key in frame())."""
+        sign-on's is checked under the master key in answer_frame())."""
         cdef MpReader r, body
         cdef uint32_t count, i
         cdef int64_t version, tag = 0
@@ -215,7 +217,7 @@ cdef class NativePath:
             h.problem = b"terminal is not registered for the native protocol"
         elif mp_array(&body, &h.n_msgs):
             h.problem = b"body is not an array of messages"
-        elif h.n_msgs > self.max_batch:
+        elif h.n_msgs > self.batch_max:
             h.problem = b"batch has more messages than the switch accepts"
         if h.problem != NULL:
             return
@@ -232,8 +234,8 @@ cdef class NativePath:
         else:
             h.verify = 1
 
-    cdef int frame(self, Head* h, OutBuf* out, uint32_t batch, uint32_t* messages,
-                   MacJob* reply_mac) noexcept nogil:
+    cdef int answer_frame(self, Head* h, OutBuf* out, uint32_t batch, uint32_t* messages,
+                          MacJob* reply_mac) noexcept nogil:
         """Answer a frame whose head was read (and its MAC checked, unless a lone sign-on's);
         the reply's MAC is left to ``reply_mac`` (its key stays NULL when there is none to
         compute later). -1 when out of memory."""
@@ -241,7 +243,7 @@ cdef class NativePath:
         cdef Frame f
         cdef MacKey tmk_key
         cdef MacKey* key = NULL
-        cdef uint32_t i, n_msgs
+        cdef uint32_t _i, n_msgs
         cdef uint8_t mac[8]
         cdef Terminal* term
         reply_mac.key = NULL
@@ -261,10 +263,10 @@ cdef class NativePath:
                 h.problem = b"MAC check failed"
             else:
                 key = &tmk_key
-        self.begin(out, &f, h.tid, h.tid_len)
+        self.begin_reply(out, &f, h.tid, h.tid_len)
         if h.problem != NULL:
-            self.error(out, &f, 0, h.rc, h.problem)
-            self.end(out, &f, NULL, NULL)
+            self.append_error(out, &f, 0, h.rc, h.problem)
+            self.end_reply(out, &f, NULL, NULL)
             mackey_clear(&tmk_key)
             self.mx.count(batch, KIND_FORMAT, h.rc)
             messages[0] += 1
@@ -273,19 +275,19 @@ cdef class NativePath:
         body.n = h.body_len
         body.pos = 0
         mp_array(&body, &n_msgs)
-        for i in range(n_msgs):
+        for _i in range(n_msgs):
             if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE):
                 mackey_clear(&tmk_key)
                 return -1
             messages[0] += 1
-            if self.message(&body, <uint32_t>h.term_idx, n_msgs, out, &f, batch) != 0:
+            if self.answer_message(&body, <uint32_t>h.term_idx, n_msgs, out, &f, batch) != 0:
                 break                        # the rest of the body cannot be delimited
-        self.end(out, &f, key, NULL if key == &tmk_key else reply_mac)
+        self.end_reply(out, &f, key, NULL if key == &tmk_key else reply_mac)
         mackey_clear(&tmk_key)
         return 0
 
-    cdef int message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
-                     Frame* f, uint32_t batch) noexcept nogil:
+    cdef int answer_message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
+                            Frame* f, uint32_t batch) noexcept nogil:
         """Decode, authorise and answer one message. -1 when the body is not MessagePack."""
         cdef size_t start = body.pos
         cdef int64_t tag = 0, seq = 0
@@ -297,18 +299,18 @@ cdef class NativePath:
         r.card = NONE32
         problem = parse_message(body, &t, &tag, &seq, n_msgs)
         if is_broken(problem):
-            return self.broken(out, f, batch)
+            return self.answer_broken(out, f, batch)
         t.terminal = term_idx
         if problem != NULL:
             # Skip the whole message from its start so the next one can be read.
             body.pos = start
             if mp_skip(body, 0):
-                return self.broken(out, f, batch)
-            self.error(out, f, seq, RC_30, problem)
+                return self.answer_broken(out, f, batch)
+            self.append_error(out, f, seq, RC_30, problem)
             self.mx.count(batch, KIND_FORMAT, RC_30)
             return 0
         if t.kind == KIND_OTHER:
-            self.error(out, f, seq, RC_12, b"unknown message tag")
+            self.append_error(out, f, seq, RC_12, b"unknown message tag")
             self.mx.count(batch, KIND_OTHER, RC_12)
             return 0
         if not (term.permitted >> t.kind) & 1:
@@ -317,7 +319,7 @@ cdef class NativePath:
             r.rc = RC_00
         elif t.kind == KIND_DENY_SYNC:
             self.mx.count(batch, t.kind, RC_00)
-            return self.deny_sync(&t, out, f)
+            return self.answer_deny_sync(&t, out, f)
         else:
             decide(self.auth, &t, &r)
         self.mx.count(batch, t.kind, r.rc)
@@ -326,7 +328,7 @@ cdef class NativePath:
         f.count += 1
         return 0
 
-    cdef int deny_sync(self, Txn* t, OutBuf* out, Frame* f) noexcept nogil:
+    cdef int answer_deny_sync(self, Txn* t, OutBuf* out, Frame* f) noexcept nogil:
         """Deny-list changes after the version the gate has: [106, seq, rc, version, added,
         removed], at most DENY_BATCH changes (the gate asks again from the version given)."""
         cdef uint32_t since = <uint32_t>t.orig_seq, end = self.st.deny_version, v, e
@@ -374,7 +376,7 @@ cdef class NativePath:
         f.count += 1
         return 0
 
-    cdef int broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil:
-        self.error(out, f, 0, RC_30, b"body is not valid MessagePack")
+    cdef int answer_broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil:
+        self.append_error(out, f, 0, RC_30, b"body is not valid MessagePack")
         self.mx.count(batch, KIND_FORMAT, RC_30)
         return -1

@@ -88,9 +88,9 @@ cpdef enum RuleKind:             # price rules of canteen and venue policies
     RULE_PROVINCE_RESIDENT = 5   # holders insured in province index `param`
 
 cdef enum:
-    MAX_PROVINCES = 64
-    MAX_APPS = 256
-    MAX_RULES = 6
+    PROVINCES_MAX = 64
+    APPS_MAX = 256
+    RULES_MAX = 6
     HOLDER_BYTES = 48            # holders file: name (30 bytes UTF-8) + identity number (18)
     HOLDER_NAME_BYTES = 30
     DENY_LOG_MAX = 0x7fffffff    # deny-list changes: a card index has 31 bits of an entry
@@ -196,7 +196,7 @@ cdef struct Operator:            # 24 bytes
     uint32_t n_stations
     uint32_t fare_off            # offset into fares (n_stations x n_stations, fen)
     int32_t flat_fare_fen        # bus / ferry, and the minimum to enter a metro
-    int32_t max_fare_fen         # charged for a trip with a missing tap
+    int32_t fare_fen_max         # charged for a trip with a missing tap
 
 cdef struct Station:
     uint32_t id
@@ -219,7 +219,7 @@ cdef class State:
     cdef Station* stn
     cdef int32_t* fare
     cdef App* app
-    cdef uint64_t* accept_mask   # [MAX_APPS][MAX_PROVINCES] -> mask of accepted card provinces
+    cdef uint64_t* accept_mask   # [APPS_MAX][PROVINCES_MAX] -> mask of accepted card provinces
     cdef Policy* policy
     cdef uint8_t* surname        # [n][8] UTF-8
     cdef const uint8_t* holder   # [accounts][HOLDER_BYTES], mapped read-only, may be NULL

@@ -22,9 +22,9 @@ STATION_DTYPE: np.dtype[np.void]
 SURNAME_BYTES: int
 HOLDER_RECORD_BYTES: int
 HOLDER_NAME_LEN: int
-MAX_APP_COUNT: int
-MAX_PROVINCES: int
-MAX_LOAD: float
+APP_COUNT_MAX: int
+PROVINCES_MAX: int
+LOAD_FACTOR_MAX: float
 HUGE_PAGE: int
 
 # The cpdef enums. Values are not repeated here: protocols/enums.py declares them (checked at

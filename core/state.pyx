@@ -8,7 +8,7 @@ figure for the loaded data. Cards can be added while running (replacement and el
 cards): they live in a buffer with spare room, and the index is rebuilt larger when full.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
@@ -53,15 +53,15 @@ APP_DTYPE = _dtype([("functions", "u1"), ("active", "u1"), ("pad", "<u2"),
 RULE_DTYPE = _dtype([("kind", "u1"), ("param", "u1"), ("pct", "u1"), ("hour_from", "u1"),
                      ("hour_to", "u1"), ("weekdays", "u1"), ("pad", "<u2")], sizeof(Rule))
 POLICY_DTYPE = _dtype([("base_fen", "<i4"), ("n_rules", "u1"), ("pad", "u1", (3,)),
-                       ("rules", RULE_DTYPE, (MAX_RULES,))], sizeof(Policy))
+                       ("rules", RULE_DTYPE, (RULES_MAX,))], sizeof(Policy))
 OPERATOR_DTYPE = _dtype([("kind", "u1"), ("pad", "u1"), ("region", "<u2"),
                          ("first_station", "<u4"), ("n_stations", "<u4"), ("fare_off", "<u4"),
-                         ("flat_fare_fen", "<i4"), ("max_fare_fen", "<i4")], sizeof(Operator))
+                         ("flat_fare_fen", "<i4"), ("fare_fen_max", "<i4")], sizeof(Operator))
 STATION_DTYPE = _dtype([("id", "<u4"), ("operator", "<u4"), ("local", "<u4")], sizeof(Station))
 SURNAME_BYTES = 8
 HOLDER_RECORD_BYTES = HOLDER_BYTES
 HOLDER_NAME_LEN = HOLDER_NAME_BYTES
-MAX_APP_COUNT = MAX_APPS
+APP_COUNT_MAX = APPS_MAX
 # probe() compares the leading uint64 of a record with the key.
 assert CARD_DTYPE.fields["pan"][1] == 0 and TERMINAL_DTYPE.fields["tid"][1] == 0
 
@@ -70,7 +70,7 @@ for _enum in (Kind, Proto, TerminalKind, DataScope, CardStatus, Function, Holder
               OperatorKind, RingFlag, RuleKind):
     for _name, _member in _enum.__members__.items():
         globals()[_name] = int(_member)
-globals()["MAX_PROVINCES"] = <int>MAX_PROVINCES
+globals()["PROVINCES_MAX"] = <int>PROVINCES_MAX
 
 
 # The enums that reach a store, a wire, the admin API or the CLI are declared in
@@ -162,12 +162,12 @@ def unpack_tid(value: int) -> str:
     return int(value).to_bytes(8, "big").decode("ascii")
 
 
-MAX_LOAD = 0.75
+LOAD_FACTOR_MAX = 0.75
 
 
 def _capacity(n: int) -> int:
-    """Slots for n keys at a load factor of MAX_LOAD (linear probing stays short)."""
-    return max(16, int(n / MAX_LOAD) + 1)
+    """Slots for n keys at a load factor of LOAD_FACTOR_MAX (linear probing stays short)."""
+    return max(16, int(n / LOAD_FACTOR_MAX) + 1)
 
 
 cdef inline void slot_insert(uint32_t* slots, uint64_t cap, uint32_t mask, uint64_t key,
@@ -317,9 +317,9 @@ cdef class State:
         apps = _array(apps, APP_DTYPE, "apps")
         accept = _array(accept, np.dtype("<u8"), "accept")
         policies = _array(policies, POLICY_DTYPE, "policies")
-        if len(apps) > MAX_APPS or accept.shape != (MAX_APPS, MAX_PROVINCES):
-            raise ValueError(f"at most {MAX_APPS} applications; accept is "
-                             f"({MAX_APPS}, {MAX_PROVINCES})")
+        if len(apps) > APPS_MAX or accept.shape != (APPS_MAX, PROVINCES_MAX):
+            raise ValueError(f"at most {APPS_MAX} applications; accept is "
+                             f"({APPS_MAX}, {PROVINCES_MAX})")
         if len(policies) == 0:
             raise ValueError("policies[0] must exist (no policy)")
         if self.terminals is not None and len(self.terminals):
@@ -349,7 +349,7 @@ cdef class State:
         bad("terminals.region", self.terminals["region"], self.n_regions)
         bad("terminals.app", self.terminals["app"], self.n_apps)
         bad("terminals.policy", self.terminals["policy"], self.n_policies)
-        bad("regions.province", self.regions["province"], MAX_PROVINCES)
+        bad("regions.province", self.regions["province"], PROVINCES_MAX)
         bad("stations.operator", self.stations["operator"], len(self.operators))
         if len(self.stations) > 1 and np.any(np.diff(self.stations["id"].astype(np.int64)) <= 0):
             raise ValueError("stations must be sorted by id, ids unique")
@@ -368,7 +368,8 @@ cdef class State:
         self.stn = <Station*><size_t>self.stations.ctypes.data
         self.fare = <int32_t*><size_t>self.fares.ctypes.data
         self.surname = <uint8_t*><size_t>self.surnames.ctypes.data
-        self.holder = <const uint8_t*><size_t>self.holders.ctypes.data if self.holders is not None else NULL
+        self.holder = (<const uint8_t*><size_t>self.holders.ctypes.data
+                       if self.holders is not None else NULL)
         if self.card_slots is not None:
             self.cslot = <uint32_t*><size_t>self.card_slots.ctypes.data
             self.ccap = len(self.card_slots)
@@ -384,7 +385,8 @@ cdef class State:
     # ---- lookups (hot path) ------------------------------------------------------------------
 
     cdef int64_t find_card(self, uint64_t pan) noexcept nogil:
-        return probe(self.cslot, self.ccap, self.cmask, <const uint8_t*>self.card, sizeof(Card), pan)
+        return probe(self.cslot, self.ccap, self.cmask, <const uint8_t*>self.card, sizeof(Card),
+                     pan)
 
     cdef void prefetch(self, uint64_t pan, int stage) noexcept nogil:
         """Start loading what looking up ``pan`` will touch, one step further per stage:
@@ -394,7 +396,7 @@ cdef class State:
         cdef uint64_t mixed, h
         cdef uint32_t s, tag
         cdef int64_t pos
-        cdef int k
+        cdef int _k
         cdef const uint8_t* rec
         if stage == 2:
             pos = self.find_card(pan)
@@ -410,7 +412,7 @@ cdef class State:
             # The cards of the first slots whose tag matches (almost always just the card
             # sought): both cache lines of those a 24-byte record straddles.
             tag = slot_tag(mixed, self.cmask)
-            for k in range(PREFETCH_PROBES):
+            for _k in range(PREFETCH_PROBES):
                 s = self.cslot[h]
                 if s == 0:
                     return
@@ -423,7 +425,8 @@ cdef class State:
                     h = 0
 
     cdef int64_t find_terminal(self, uint64_t tid) noexcept nogil:
-        return probe(self.tslot, self.tcap, self.tmask, <const uint8_t*>self.term, sizeof(Terminal), tid)
+        return probe(self.tslot, self.tcap, self.tmask, <const uint8_t*>self.term,
+                     sizeof(Terminal), tid)
 
     cdef int64_t find_station(self, uint32_t station_id) noexcept nogil:
         cdef int64_t lo = 0, hi = <int64_t>self.n_stations - 1, mid

@@ -12,7 +12,7 @@ send time, or in open loop from the time it was *scheduled* to be sent (``build(
 interval_ns)``), so a generator that falls behind does not hide queueing.
 """
 
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -34,7 +34,7 @@ cdef enum:
     COARSE = 60000                        # then 1 ms buckets up to 60 s (the last open-ended)
     N_BUCKETS = FINE_US + COARSE
     SLOTS = 65536                         # in-flight requests tracked per terminal (power of 2)
-    MAX_STAN = 999999
+    STAN_MAX = 999999
 
 LATENCY_BUCKETS = N_BUCKETS
 
@@ -49,6 +49,8 @@ def bucket_values_us():
     fine = np.arange(FINE_US, dtype=np.int64)
     coarse = FINE_US + np.arange(COARSE, dtype=np.int64) * 1000
     return np.concatenate([fine, coarse])
+
+
 cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15   # seeds far apart in xorshift's state space
 
 
@@ -151,11 +153,11 @@ cdef class IsoLoad:
         cdef uint8_t mac[8]
         cdef char digits[20]
         cdef uint64_t pan, r, now = first_ns if first_ns else monotonic_ns()
-        cdef uint32_t i, j
+        cdef uint32_t _i
         cdef int n
         cdef size_t start
         self.out.len = 0
-        for i in range(count):
+        for _i in range(count):
             if ob_reserve(&self.out, REPLY_MAX):
                 raise MemoryError()
             r = xorshift(&self.rng)
@@ -185,7 +187,7 @@ cdef class IsoLoad:
             self.flights[self.stan & (SLOTS - 1)].seq = self.stan
             self.flights[self.stan & (SLOTS - 1)].sent_ns = now
             now += interval_ns
-            self.stan = self.stan + 1 if self.stan < MAX_STAN else 1
+            self.stan = self.stan + 1 if self.stan < STAN_MAX else 1
         self.rec.sent += count
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
@@ -299,7 +301,7 @@ cdef class NativeLoad:
         cdef Sim* s = &self.sims[t]
         cdef char digits[20]
         cdef int n = 0
-        cdef size_t k = 0, start, length
+        cdef size_t k = 0, start
         cdef uint8_t mac[8]
         cdef uint8_t* b
         ob_reserve(&self.body, 256)
@@ -337,9 +339,9 @@ cdef class NativeLoad:
     def build(self, uint32_t count, uint64_t first_ns=0, uint64_t interval_ns=0) -> bytes:
         """``count`` new request frames (see IsoLoad.build for the time stamps)."""
         cdef uint64_t r, now = first_ns if first_ns else monotonic_ns()
-        cdef uint32_t i, card, pick
+        cdef uint32_t _i, card, pick
         self.out.len = 0
-        for i in range(count):
+        for _i in range(count):
             r = xorshift(&self.rng)
             pick = <uint32_t>((r >> 40) % 1000)
             card = <uint32_t>(r % self.n_pans)
@@ -367,7 +369,7 @@ cdef class NativeLoad:
         cdef Py_buffer view
         cdef const uint8_t* p
         cdef size_t pos = 0, n
-        cdef uint32_t length, done = 0, count, i, k, tid_len, body_len, rc_len, t
+        cdef uint32_t length, done = 0, count, _i, k, tid_len, body_len, rc_len, t
         cdef uint64_t now = monotonic_ns()
         cdef MpReader r, body
         cdef int64_t v, seq
@@ -396,7 +398,7 @@ cdef class NativeLoad:
                     body.n = body_len
                     body.pos = 0
                     if sim >= 0 and mp_array(&body, &count) == 0:
-                        for i in range(count):
+                        for _i in range(count):
                             if (mp_array(&body, &k) or mp_int(&body, &v) or mp_int(&body, &seq)
                                     or mp_str(&body, &s, &rc_len)):
                                 break

@@ -51,7 +51,7 @@ cdef uint8_t metro(Authoriser a, Txn* t, Card* c, Account* acct, Operator* op, R
     if t.direction == 0:
         if c.trip_station:             # the last trip never tapped out: maximum fare
             ride.fare = a.concession(a.state.op[a.state.stn[c.trip_station - 1].operator]
-                                     .max_fare_fen, acct, reg)
+                                     .fare_fen_max, acct, reg)
         ride.need = ride.fare + a.concession(op.flat_fare_fen, acct, reg)
         ride.trip_station = <uint32_t>(s_idx + 1)
         ride.trip_time = when
@@ -62,7 +62,7 @@ cdef uint8_t metro(Authoriser a, Txn* t, Card* c, Account* acct, Operator* op, R
                             + a.state.stn[s_idx].local]
         start = c.trip_time_s          # the transfer window counts to when the ride began
     else:
-        fare = op.max_fare_fen
+        fare = op.fare_fen_max
     ride.fare = transfer(a, acct, op, reg, start, a.concession(<int32_t>fare, acct, reg))
     ride.need = ride.fare
     ride.trip_station = 0

@@ -7,10 +7,10 @@ pyiso8583 implementation used by the interoperability tests and the benchmarks.
 Encoding kinds
 --------------
 ``n``   numeric, BCD packed two digits a byte; odd digit counts are left-aligned and padded
-        on the right with a ``0`` nibble; ``max_len`` counts digits.
+        on the right with a ``0`` nibble; ``len_max`` counts digits.
 ``z``   track data, BCD with ``D`` as the field separator ``=``; padded like ``n``.
-``an``/``ans``  ASCII, ``max_len`` counts characters.
-``b``   binary, ``max_len`` counts bytes.
+``an``/``ans``  ASCII, ``len_max`` counts characters.
+``b``   binary, ``len_max`` counts bytes.
 
 Length types: ``0`` fixed, ``2`` LLVAR (one BCD length byte), ``3`` LLLVAR (two BCD length
 bytes). For ``n``/``z`` the length prefix counts digits, otherwise bytes.
@@ -26,7 +26,7 @@ from typing import Final, NamedTuple
 class Field(NamedTuple):
     number: int
     kind: str  # "n", "z", "an", "ans" or "b"
-    max_len: int  # digits for n/z, characters for an/ans, bytes for b
+    len_max: int  # digits for n/z, characters for an/ans, bytes for b
     len_type: int  # 0 fixed, 2 LLVAR, 3 LLLVAR
     name: str
 
@@ -96,7 +96,7 @@ def pyiso8583_spec() -> dict:
     }
     for f in FIELDS:
         entry: dict = {"desc": f.name, "len_enc": "bcd", "len_type": {0: 0, 2: 1, 3: 2}[f.len_type],
-                       "max_len": f.max_len}
+                       "max_len": f.len_max}
         if f.kind in ("n", "z"):
             entry.update(data_enc="b", len_count="nibbles", right_pad="0")
         elif f.kind == "b":

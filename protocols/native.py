@@ -160,7 +160,7 @@ class VenueEntry(msgspec.Struct, array_like=True, tag=TAGS["VenueEntry"], frozen
 
 class TopUp(msgspec.Struct, array_like=True, tag=TAGS["TopUp"], frozen=True):
     """Cash paid in at a kiosk (圈存) onto the card's account, in fen (at most the switch's
-    ``limits.max_topup_fen``); takes a card off the deny list once its balance is back at 0."""
+    ``limits.topup_fen_max``); takes a card off the deny list once its balance is back at 0."""
 
     seq: int
     card: str

@@ -273,10 +273,10 @@ class AdminApi:
         pan = request.match_info["pan"]
         idx, _ = self.card(pan)
         amount = (await self.body(request)).get("amount_fen")
-        limit = self.switch.config.limits.max_amount_fen
+        limit = self.switch.config.limits.amount_fen_max
         if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= limit:
             raise Problem(422, "Unprocessable Content", f"amount_fen must be an integer from 1 "
-                          f"to {limit} (limits.max_amount_fen)")
+                          f"to {limit} (limits.amount_fen_max)")
         self.switch.engine.tick()
         code, no = operations.credit(self.switch.engine.authoriser, int(pan), amount,
                                      operator=self.ops.index(op))
@@ -316,7 +316,7 @@ class AdminApi:
         items = data.get("items")
         if not isinstance(items, list) or not items:
             raise Problem(422, "Unprocessable Content", "items: a non-empty list")
-        if len(items) > self.switch.config.admin.max_disbursement_items:
+        if len(items) > self.switch.config.admin.disbursement_items_max:
             raise Problem(413, "Content Too Large", "too many items in one batch")
         try:
             period = disbursements.parse_period(data.get("period", ""))

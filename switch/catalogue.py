@@ -16,7 +16,7 @@ from typing import Annotated
 import msgspec
 import numpy as np
 
-from onecard.core.state import APP_DTYPE, MAX_APP_COUNT, MAX_PROVINCES, POLICY_DTYPE
+from onecard.core.state import APP_COUNT_MAX, APP_DTYPE, POLICY_DTYPE, PROVINCES_MAX
 from onecard.protocols.enums import APPLICATION_FUNCTIONS, FUNCTION
 from onecard.switch.reference import CROSS_BORDER, DOMAINS, JOINT_CATALOGUE_GROUPS
 
@@ -108,10 +108,10 @@ def build(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     rows = conn.execute("SELECT idx, functions, scope, daily_limit_fen, active FROM catalogue "
                         "ORDER BY idx").fetchall()
     n = max((r[0] for r in rows), default=-1) + 1
-    if n > MAX_APP_COUNT:
-        raise CatalogueError(f"at most {MAX_APP_COUNT} applications")
+    if n > APP_COUNT_MAX:
+        raise CatalogueError(f"at most {APP_COUNT_MAX} applications")
     apps = np.zeros(n, dtype=APP_DTYPE)
-    accept = np.zeros((MAX_APP_COUNT, MAX_PROVINCES), dtype="<u8")
+    accept = np.zeros((APP_COUNT_MAX, PROVINCES_MAX), dtype="<u8")
     for idx, functions, scope, limit, active in rows:
         apps[idx] = (functions, active, 0, limit)
         if not active:
@@ -200,8 +200,8 @@ def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
             raise CatalogueError(f"domain {app.domain!r}: expected one of {DOMAINS}")
         parse_scope(app.scope, provs)
         idx = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM catalogue").fetchone()[0]
-        if idx >= MAX_APP_COUNT:
-            raise CatalogueError(f"at most {MAX_APP_COUNT} applications")
+        if idx >= APP_COUNT_MAX:
+            raise CatalogueError(f"at most {APP_COUNT_MAX} applications")
     elif row is None:
         raise CatalogueError(f"no application {code}")
     new_version = version(conn) + 1

@@ -1,16 +1,20 @@
 """Configuration: one TOML file, every key optional, decoded and validated with msgspec.
 
 A key the schema does not know, or a value outside its bounds, stops start-up with msgspec's
-message, which names the key (``Object contains unknown field `prot` - at `$.server```).
+message, which names the key (``Object contains unknown field `prot` - at `$.server```). A key
+renamed since (see RENAMED_KEYS) still loads, with one warning naming its new name.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Meta
+
+log = logging.getLogger("onecard.config")
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[int, Meta(gt=0)]
@@ -21,11 +25,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     iso8583_port: Port = 8583
     native_port: Port = 8584
     http_port: Port = 8580
-    max_iso8583_frame_bytes: Annotated[int, Meta(ge=21, le=65535)] = 8192
-    max_native_frame_bytes: Annotated[int, Meta(ge=16, le=64 << 20)] = 1 << 20
-    max_native_batch: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    iso8583_frame_bytes_max: Annotated[int, Meta(ge=21, le=65535)] = 8192
+    native_frame_bytes_max: Annotated[int, Meta(ge=16, le=64 << 20)] = 1 << 20
+    native_batch_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     # Replies waiting for the journal before a connection stops being read (backpressure).
-    max_waiting_batches: Annotated[int, Meta(ge=16)] = 100_000
+    waiting_batches_max: Annotated[int, Meta(ge=16)] = 100_000
     write_buffer_high_bytes: Annotated[int, Meta(ge=4096)] = 4 << 20
     # A connection that sends nothing for idle_timeout_s is closed (terminals heartbeat every
     # minute or so); one that stops halfway through a frame, after partial_frame_timeout_s,
@@ -49,8 +53,8 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     daily_limit_fen: Positive = 500_000
-    max_amount_fen: Positive = 10_000_000
-    max_topup_fen: Positive = 100_000        # cash paid in at a kiosk, per top-up
+    amount_fen_max: Positive = 10_000_000
+    topup_fen_max: Positive = 100_000        # cash paid in at a kiosk, per top-up
 
 
 class FxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -68,7 +72,7 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens_file: str = "admin-tokens.toml"
     # Items per POST: a batch is validated and recorded on the event loop that also serves
     # the terminals, so a bigger one would stall them (onecard disburse sends 10,000 a time).
-    max_disbursement_items: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    disbursement_items_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
 
 
 class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -108,6 +112,33 @@ class ConfigError(Exception):
     """Start-up must stop: the message names the file and the key."""
 
 
+# Keys renamed to put the qualifier last (TIGER_STYLE: ``native_batch_max``, not
+# ``max_native_batch``). Files written for an earlier version keep working.
+RENAMED_KEYS: Final[dict[tuple[str, str], str]] = {
+    ("server", "max_iso8583_frame_bytes"): "iso8583_frame_bytes_max",
+    ("server", "max_native_frame_bytes"): "native_frame_bytes_max",
+    ("server", "max_native_batch"): "native_batch_max",
+    ("server", "max_waiting_batches"): "waiting_batches_max",
+    ("limits", "max_amount_fen"): "amount_fen_max",
+    ("limits", "max_topup_fen"): "topup_fen_max",
+    ("admin", "max_disbursement_items"): "disbursement_items_max",
+}
+
+
+def _rename_old_keys(data: dict, path: Path) -> None:
+    """Move each renamed key of a decoded file to its new name, warning once per key."""
+    for (section, old), new in RENAMED_KEYS.items():
+        table = data.get(section)
+        if not isinstance(table, dict) or old not in table:
+            continue
+        if new in table:
+            raise ConfigError(f"config file {path}: [{section}] sets both {old} and {new} "
+                              f"(the same key; keep {new})")
+        table[new] = table.pop(old)
+        log.warning("config file %s: [%s] %s is now called %s (the old name still works)",
+                    path, section, old, new)
+
+
 def load(path: str | Path | None) -> Config:
     """Read a TOML configuration file; None gives the defaults."""
     if path is None:
@@ -118,8 +149,13 @@ def load(path: str | Path | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     try:
-        return msgspec.toml.decode(raw, type=Config)
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        data = msgspec.toml.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    _rename_old_keys(data, path)
+    try:
+        return msgspec.convert(data, type=Config)
+    except (msgspec.ValidationError, ValueError) as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
 
 

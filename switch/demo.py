@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -311,8 +312,30 @@ def _write_holders(path: Path, rows: list[bytes]) -> None:
     os.replace(tmp, path)
 
 
+class _People(NamedTuple):
+    """What the cards table's names and identity numbers are made from, per account."""
+
+    birth: np.ndarray           # datetime64[D]
+    surname: np.ndarray         # index into SURNAMES
+    given_len: np.ndarray       # 1 or 2 characters
+    flags: np.ndarray           # HOLDER_*
+
+
 def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
+    """n cards with their accounts and holders: the arrays of the first checkpoint, the holder
+    records, and the cards and filings tables. The random draws come in a fixed order, so a
+    seed gives the same data set."""
     today = dt.date.today()
+    region_of = _card_regions(rng, n, region_rows)
+    cards = _card_array(rng, n, region_of, today)
+    accounts, people = _account_array(rng, n, region_of, region_rows, today)
+    holders = _insert_cards(conn, rng, cards, region_of, region_rows, people, progress)
+    _insert_filings(conn, rng, n, region_of, region_rows, today)
+    return cards, accounts, holders
+
+
+def _card_regions(rng, n: int, region_rows) -> np.ndarray:
+    """Each card's issuing region: provinces by PROVINCE_WEIGHTS, then a region within."""
     provinces = np.array(sorted(PROVINCE_WEIGHTS))
     weights = np.array([PROVINCE_WEIGHTS[p] for p in provinces])
     card_prov = rng.choice(provinces, size=n, p=weights / weights.sum())
@@ -323,12 +346,14 @@ def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
         w = np.array([3.0 if k == 0 else 1.0 for k in range(len(members))])
         mask = card_prov == p
         region_of[mask] = rng.choice(members, size=int(mask.sum()), p=w / w.sum())
+    return region_of
 
+
+def _card_array(rng, n: int, region_of: np.ndarray, today: dt.date) -> np.ndarray:
+    """Status, expiry and loaded functions (card numbers come with the cards table)."""
     cards = np.zeros(n, dtype=CARD_DTYPE)
-    accounts = np.zeros(n, dtype=ACCOUNT_DTYPE)
     cards["account"] = np.arange(n)
     cards["region"] = region_of
-    accounts["region"] = region_of
     status = rng.choice([CARD_ACTIVE, CARD_LOST, CARD_FROZEN, CARD_CANCELLED], size=n,
                         p=[0.99, 0.005, 0.003, 0.002])
     cards["status"] = status
@@ -341,7 +366,14 @@ def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
     functions |= np.where(rng.random(n) < 0.93, FN_TRANSPORT, 0)
     functions |= np.where(rng.random(n) < 0.96, FN_MEDICAL, 0)
     cards["functions"] = functions
+    return cards
 
+
+def _account_array(rng, n: int, region_of: np.ndarray, region_rows,
+                   today: dt.date) -> tuple[np.ndarray, _People]:
+    """Ages, names, holder flags and balances of the accounts (one per card)."""
+    accounts = np.zeros(n, dtype=ACCOUNT_DTYPE)
+    accounts["region"] = region_of
     bands = rng.choice(5, size=n, p=[0.18, 0.60, 0.11, 0.07, 0.04])
     lo = np.array([0, 18, 60, 70, 80])[bands]
     hi = np.array([18, 60, 70, 80, 96])[bands]
@@ -363,8 +395,15 @@ def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
     balance[low] = rng.integers(0, 500, size=int(low.sum()))
     accounts["balance_fen"] = np.clip(balance, 0, 50_000_000)
     accounts["medical_fen"] = rng.integers(0, 500_000, size=n)
+    return accounts, _People(birth, surname, given_len, flags)
 
-    bins = {p: f"621{p:02d}1" for p in provinces}
+
+def _insert_cards(conn, rng, cards: np.ndarray, region_of: np.ndarray, region_rows,
+                  people: _People, progress: Progress) -> list[bytes]:
+    """Card numbers (into cards["pan"]) and the cards table's rows, 100,000 at a time; returns
+    the holder records."""
+    n = len(cards)
+    bins = {p: f"621{p:02d}1" for p in sorted(PROVINCE_WEIGHTS)}
     given = np.array(GIVEN)
     holders: list[bytes] = [b""] * n
     chunk = 100_000
@@ -380,9 +419,10 @@ def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
             pan = body + luhn_digit(body)
             cards["pan"][i] = int(pan)
             k = i - start
-            name = SURNAMES[surname[i]] + g1[k] + (g2[k] if given_len[i] == 2 else "")
-            born = str(birth[i]).replace("-", "")
-            if flags[i] & HOLDER_HMT:
+            name = (SURNAMES[people.surname[i]] + g1[k]
+                    + (g2[k] if people.given_len[i] == 2 else ""))
+            born = str(people.birth[i]).replace("-", "")
+            if people.flags[i] & HOLDER_HMT:
                 first17 = f"8{1 + i % 3}0000{born}{seqs[k]:03d}"   # HK/Macao/Taiwan permit
             else:
                 first17 = f"{r.code:06d}{born}{seqs[k]:03d}"
@@ -392,12 +432,16 @@ def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
         holders[start:stop] = [_holder(name, ident) for _, _, _, name, ident, _ in rows]
         if n > chunk:
             progress(f"onecard:   cards {stop:,}/{n:,}")
-    # Some holders have filed for treatment in another province (异地就医备案).
+    return holders
+
+
+def _insert_filings(conn, rng, n: int, region_of: np.ndarray, region_rows,
+                    today: dt.date) -> None:
+    """Some holders have filed for treatment in another province (异地就医备案)."""
     filed = np.flatnonzero(rng.random(n) < 0.01)
     provs = np.array(sorted(PROVINCE_WEIGHTS))
     for account in filed.tolist():
         home = region_rows[region_of[account]].province
         other = int(rng.choice(provs[provs != home]))
         conn.execute("INSERT INTO filings VALUES (?,?,'demo',?)",
-                     (account, other, dt.date.today().isoformat()))
-    return cards, accounts, holders
+                     (account, other, today.isoformat()))

@@ -11,6 +11,7 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    Metric,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -36,92 +37,112 @@ def _buckets(counts: np.ndarray, bounds, scale: float = 1.0) -> list[tuple[str, 
     return out
 
 
+def _requests(m) -> CounterMetricFamily:
+    counts = m.counts.copy()
+    requests = CounterMetricFamily("onecard_requests", "Requests decided, by response code",
+                                   labels=["protocol", "type", "code"])
+    for p, k, c in zip(*np.nonzero(counts), strict=True):
+        requests.add_metric([PROTOCOL_NAMES[p], KIND_NAMES.get(int(k), str(k)),
+                             CODES[c][0]], float(counts[p, k, c]))
+    return requests
+
+
+def _latency(m) -> HistogramMetricFamily:
+    latency = HistogramMetricFamily(
+        "onecard_request_latency_seconds",
+        "Server-side latency from receiving a request to writing its reply",
+        labels=["protocol", "type"])
+    lat = m.latency.copy()
+    lat_sum = m.latency_sum_us.copy()
+    for p in PROTOCOL_NAMES:
+        for k, name in KIND_NAMES.items():
+            if lat[p, k].any():
+                latency.add_metric([PROTOCOL_NAMES[p], name],
+                                   _buckets(lat[p, k], LATENCY_BOUNDS_US, 1e-6),
+                                   float(lat_sum[p, k]) / 1e6)
+    return latency
+
+
+def _batches(m) -> HistogramMetricFamily:
+    batches = HistogramMetricFamily("onecard_batch_messages",
+                                    "Messages per received buffer handed to the core",
+                                    labels=["protocol"])
+    sizes = m.batch_sizes.copy()
+    for p, name in PROTOCOL_NAMES.items():
+        batches.add_metric([name], _buckets(sizes[p], BATCH_BOUNDS), float(m.batch_sum[p]))
+    return batches
+
+
+def _journal(c) -> Iterator[Metric]:
+    """The group committer's: commit latency and size, durable records, the WAL."""
+    commit = HistogramMetricFamily("onecard_commit_latency_seconds",
+                                   "Group commit duration including fsync")
+    commit.add_metric([], _buckets(c.latency.copy(), COMMIT_LATENCY_BOUNDS_US, 1e-6),
+                      c.latency_sum_us / 1e6)
+    yield commit
+    size = HistogramMetricFamily("onecard_commit_records", "Journal records per commit")
+    size.add_metric([], _buckets(c.sizes.copy(), COMMIT_SIZE_BOUNDS), float(c.records))
+    yield size
+    yield CounterMetricFamily("onecard_journal_records_durable",
+                              "Journal records durable since start", value=c.records)
+    yield GaugeMetricFamily("onecard_journal_wal_frames",
+                            "Pages in the SQLite WAL not yet started over (4 KiB each)",
+                            value=c.wal_frames)
+    yield CounterMetricFamily("onecard_journal_wal_restarts",
+                              "Times the journal's WAL was written from its start again",
+                              value=c.wal_restarts)
+    yield CounterMetricFamily("onecard_journal_wal_catch_up_seconds",
+                              "Time the writer spent between commits copying the WAL's "
+                              "last frames into the database", value=c.catch_up_us_sum / 1e6)
+
+
+def _server(sw: Switch) -> Iterator[Metric]:
+    """Connections, and what waits on the journal."""
+    conns = GaugeMetricFamily("onecard_connections", "Open terminal connections",
+                              labels=["protocol"])
+    for p, name in PROTOCOL_NAMES.items():
+        conns.add_metric([name], len(sw.connections[p]))
+    yield conns
+    yield CounterMetricFamily("onecard_idle_connections_closed",
+                              "Connections closed for sending nothing (or half a frame) "
+                              "for longer than the configured timeout",
+                              value=sw.idle_closed)
+    yield GaugeMetricFamily("onecard_journal_pending_records",
+                            "Journal records decided but not yet durable",
+                            value=sw.engine.journal.next_no - sw.durable_no)
+    yield GaugeMetricFamily("onecard_replies_waiting",
+                            "Reply batches waiting for their journal records",
+                            value=len(sw.waiting))
+
+
+def _state(sw: Switch) -> Iterator[Metric]:
+    """The card state held in memory, and the deny list."""
+    yield CounterMetricFamily("onecard_deny_list_changes",
+                              "Cards put on or taken off the transit deny list (its version)",
+                              value=sw.state.deny_version)
+    yield GaugeMetricFamily("onecard_gc_frozen_objects",
+                            "Objects made at start-up that Python's cyclic collector skips "
+                            "(a full collection walking them stalled the loop ~15 ms)",
+                            value=gc.get_freeze_count())
+    memory = sw.state.memory_report()
+    yield GaugeMetricFamily("onecard_cards", "Cards held in memory", value=memory["cards"])
+    yield GaugeMetricFamily("onecard_memory_bytes_per_card",
+                            "Card, account and index bytes per card",
+                            value=memory["bytes_per_card"])
+
+
 class SwitchCollector(Collector):
     def __init__(self, switch: Switch) -> None:
         self.switch = switch
 
-    def collect(self) -> Iterator:
-        sw = self.switch
-        m = sw.engine.metrics
-        counts = m.counts.copy()
-        requests = CounterMetricFamily("onecard_requests", "Requests decided, by response code",
-                                       labels=["protocol", "type", "code"])
-        for p, k, c in zip(*np.nonzero(counts), strict=True):
-            requests.add_metric([PROTOCOL_NAMES[p], KIND_NAMES.get(int(k), str(k)),
-                                 CODES[c][0]], float(counts[p, k, c]))
-        yield requests
-
-        latency = HistogramMetricFamily(
-            "onecard_request_latency_seconds",
-            "Server-side latency from receiving a request to writing its reply",
-            labels=["protocol", "type"])
-        lat = m.latency.copy()
-        lat_sum = m.latency_sum_us.copy()
-        for p in PROTOCOL_NAMES:
-            for k, name in KIND_NAMES.items():
-                if lat[p, k].any():
-                    latency.add_metric([PROTOCOL_NAMES[p], name],
-                                       _buckets(lat[p, k], LATENCY_BOUNDS_US, 1e-6),
-                                       float(lat_sum[p, k]) / 1e6)
-        yield latency
-
-        batches = HistogramMetricFamily("onecard_batch_messages",
-                                        "Messages per received buffer handed to the core",
-                                        labels=["protocol"])
-        sizes = m.batch_sizes.copy()
-        for p, name in PROTOCOL_NAMES.items():
-            batches.add_metric([name], _buckets(sizes[p], BATCH_BOUNDS),
-                               float(m.batch_sum[p]))
-        yield batches
-
-        c = sw.committer
-        commit = HistogramMetricFamily("onecard_commit_latency_seconds",
-                                       "Group commit duration including fsync")
-        commit.add_metric([], _buckets(c.latency.copy(), COMMIT_LATENCY_BOUNDS_US, 1e-6),
-                          c.latency_sum_us / 1e6)
-        yield commit
-        size = HistogramMetricFamily("onecard_commit_records", "Journal records per commit")
-        size.add_metric([], _buckets(c.sizes.copy(), COMMIT_SIZE_BOUNDS), float(c.records))
-        yield size
-        yield CounterMetricFamily("onecard_journal_records_durable",
-                                  "Journal records durable since start", value=c.records)
-        yield GaugeMetricFamily("onecard_journal_wal_frames",
-                                "Pages in the SQLite WAL not yet started over (4 KiB each)",
-                                value=c.wal_frames)
-        yield CounterMetricFamily("onecard_journal_wal_restarts",
-                                  "Times the journal's WAL was written from its start again",
-                                  value=c.wal_restarts)
-        yield CounterMetricFamily("onecard_journal_wal_catch_up_seconds",
-                                  "Time the writer spent between commits copying the WAL's "
-                                  "last frames into the database", value=c.catch_up_us_sum / 1e6)
-
-        conns = GaugeMetricFamily("onecard_connections", "Open terminal connections",
-                                  labels=["protocol"])
-        for p, name in PROTOCOL_NAMES.items():
-            conns.add_metric([name], len(sw.connections[p]))
-        yield conns
-        yield CounterMetricFamily("onecard_idle_connections_closed",
-                                  "Connections closed for sending nothing (or half a frame) "
-                                  "for longer than the configured timeout",
-                                  value=sw.idle_closed)
-        yield GaugeMetricFamily("onecard_journal_pending_records",
-                                "Journal records decided but not yet durable",
-                                value=sw.engine.journal.next_no - sw.durable_no)
-        yield GaugeMetricFamily("onecard_replies_waiting",
-                                "Reply batches waiting for their journal records",
-                                value=len(sw.waiting))
-        yield CounterMetricFamily("onecard_deny_list_changes",
-                                  "Cards put on or taken off the transit deny list (its version)",
-                                  value=sw.state.deny_version)
-        yield GaugeMetricFamily("onecard_gc_frozen_objects",
-                                "Objects made at start-up that Python's cyclic collector skips "
-                                "(a full collection walking them stalled the loop ~15 ms)",
-                                value=gc.get_freeze_count())
-        memory = sw.state.memory_report()
-        yield GaugeMetricFamily("onecard_cards", "Cards held in memory", value=memory["cards"])
-        yield GaugeMetricFamily("onecard_memory_bytes_per_card",
-                                "Card, account and index bytes per card",
-                                value=memory["bytes_per_card"])
+    def collect(self) -> Iterator[Metric]:
+        m = self.switch.engine.metrics
+        yield _requests(m)
+        yield _latency(m)
+        yield _batches(m)
+        yield from _journal(self.switch.committer)
+        yield from _server(self.switch)
+        yield from _state(self.switch)
 
 
 def registry_for(switch: Switch) -> CollectorRegistry:

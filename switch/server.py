@@ -115,12 +115,12 @@ class Switch:
         self.loaded = loaded
         self.engine = Engine(loaded.state, next_record_no=loaded.next_record_no,
                              daily_limit_fen=config.limits.daily_limit_fen,
-                             amount_fen_max=config.limits.max_amount_fen,
-                             max_iso_frame=config.server.max_iso8583_frame_bytes,
-                             max_native_frame=config.server.max_native_frame_bytes,
-                             max_native_batch=config.server.max_native_batch,
+                             amount_fen_max=config.limits.amount_fen_max,
+                             iso_frame_bytes_max=config.server.iso8583_frame_bytes_max,
+                             native_frame_bytes_max=config.server.native_frame_bytes_max,
+                             native_batch_max=config.server.native_batch_max,
                              fx_rates=config.fx.rates())
-        self.engine.authoriser.topup_fen_max = config.limits.max_topup_fen
+        self.engine.authoriser.topup_fen_max = config.limits.topup_fen_max
         self.durable_no = loaded.next_record_no
         self.waiting: deque = deque()
         self.paused: set[Connection] = set()
@@ -166,7 +166,7 @@ class Switch:
             self._write(conn, replies, batch, close)
             return
         self.waiting.append((need, conn, replies, batch, close))
-        if len(self.waiting) > self.config.server.max_waiting_batches and not conn.paused:
+        if len(self.waiting) > self.config.server.waiting_batches_max and not conn.paused:
             conn.paused = True
             self.paused.add(conn)
             conn.transport.pause_reading()
@@ -251,7 +251,7 @@ class Switch:
                     self.engine.metrics.written(batch)
                 if any(c for _, _, c in items):
                     transport.close()
-        if self.paused and len(waiting) < self.config.server.max_waiting_batches // 2:
+        if self.paused and len(waiting) < self.config.server.waiting_batches_max // 2:
             for conn in list(self.paused):
                 conn.paused = False
                 conn.last_rx = time.monotonic()    # the pause is not the terminal's silence

@@ -64,7 +64,7 @@ def build(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         assert pos == idx, "operators.idx must be 0..n-1"
         o = operators[idx]
         o["kind"], o["region"], o["flat_fare_fen"] = kind, region_idx, flat_fen
-        o["max_fare_fen"] = flat_fen
+        o["fare_fen_max"] = flat_fen
         mine = [(i, r) for i, r in enumerate(st_rows) if r[1] == idx]
         if mine:
             o["first_station"] = mine[0][0]
@@ -81,7 +81,7 @@ def build(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         matrix = np.vectorize(rule.fare_fen, otypes=[np.int32])(dist)
         o["n_stations"] = len(names)
         o["fare_off"] = offset
-        o["max_fare_fen"] = int(matrix.max())
+        o["fare_fen_max"] = int(matrix.max())
         o["flat_fare_fen"] = rule.base_fen            # the least a trip costs: needed to enter
         fares.append(matrix.ravel())
         offset += matrix.size

@@ -380,7 +380,7 @@ def test_disbursement_validation_credits_nothing(api, supply):
 
 def test_too_many_items_is_413(switch_dir, tmp_path, demo_dir, terminals):
     config = tmp_path / "onecard.toml"
-    config.write_text("[admin]\nmax_disbursement_items = 3\n")
+    config.write_text("[admin]\ndisbursement_items_max = 3\n")
     supply = Supply(demo_dir, terminals)
     cards = [supply.card(31) for _ in range(4)]
     sw = start_switch(switch_dir, "--config", str(config))

@@ -60,6 +60,16 @@ def test_onecard_toml_in_the_working_directory_is_the_default(tmp_path):
     assert out.returncode == 2 and "hots" in out.stderr and "onecard.toml" in out.stderr
 
 
+def test_a_renamed_config_key_still_works_with_one_warning_line(tmp_path):
+    cfg = tmp_path / "onecard.toml"
+    cfg.write_text("[server]\nmax_native_batch = 500\n")
+    out = onecard("demo-data", "--config", str(cfg), "--data-dir", str(tmp_path / "d"),
+                  "--cards", "1000")
+    assert out.returncode == 0
+    warned = [line for line in out.stderr.splitlines() if "max_native_batch" in line]
+    assert len(warned) == 1 and "native_batch_max" in warned[0]
+
+
 def test_missing_config_file_is_reported(tmp_path):
     out = onecard("serve", "--config", str(tmp_path / "nope.toml"))
     assert out.returncode == 2 and "cannot read config file" in out.stderr

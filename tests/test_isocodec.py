@@ -18,16 +18,16 @@ PRINTABLE = string.ascii_letters + string.digits + " .-/"
 
 def field_value(f):
     if f.kind in ("n", "z"):
-        lo = f.max_len if f.len_type == 0 else 1
-        digits = st.text("0123456789", min_size=lo, max_size=f.max_len)
+        lo = f.len_max if f.len_type == 0 else 1
+        digits = st.text("0123456789", min_size=lo, max_size=f.len_max)
         if f.kind == "z":
             return digits.map(lambda s: s[:-1] + "D" if len(s) > 2 else s)
         return digits
     if f.kind == "b":
-        lo = f.max_len if f.len_type == 0 else 0
-        return st.binary(min_size=lo, max_size=f.max_len).map(lambda b: b.hex().upper())
-    lo = f.max_len if f.len_type == 0 else 0
-    return st.text(PRINTABLE, min_size=lo, max_size=min(f.max_len, 60))
+        lo = f.len_max if f.len_type == 0 else 0
+        return st.binary(min_size=lo, max_size=f.len_max).map(lambda b: b.hex().upper())
+    lo = f.len_max if f.len_type == 0 else 0
+    return st.text(PRINTABLE, min_size=lo, max_size=min(f.len_max, 60))
 
 
 MESSAGE_FIELDS = [f for f in FIELDS if f.number <= 64]

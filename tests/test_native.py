@@ -89,8 +89,8 @@ def test_missing_tap_out_charges_maximum_fare_at_next_tap(world):
     (again,) = entry.send([entry.tap(pan, entry.info.station_id, native.TAP_IN)])
     op = world.state.operators[world.state.terminals["operator"][
         world.state.terminal_index(entry.info.tid)]]
-    assert again.rc == "00" and again.fare_fen == op["max_fare_fen"] > 300
-    assert world.balance(idx) == before - op["max_fare_fen"]
+    assert again.rc == "00" and again.fare_fen == op["fare_fen_max"] > 300
+    assert world.balance(idx) == before - op["fare_fen_max"]
 
 
 def test_tap_out_without_tap_in_charges_maximum_fare(world):
