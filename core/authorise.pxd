@@ -6,6 +6,7 @@ from onecard.core.state cimport Account, Policy, Region, State, ring_asked
 
 cdef enum:
     FX_RATES_MAX = 8
+    CNY = 156                    # ISO 4217: what an amount without a currency is in
 
 cdef struct Txn:                 # a decoded request, whatever protocol it came in
     uint64_t pan
@@ -45,14 +46,14 @@ cdef struct Res:                 # the decision and what the reply needs
     uint8_t id_number[20]        # lodging terminals only
     uint8_t keys[40]             # sign-on: PIN key, check value, MAC key, check value
 
+cdef inline uint16_t currency_or_cny(Txn* t) noexcept nogil:
+    return t.currency if t.currency else CNY
+
+
 cdef inline int64_t asked(Txn* t) noexcept nogil:
     """The amount as the terminal asked it, currency included: what a retransmission, a void
     or a reversal must match in the terminal's ring."""
-    return ring_asked(t.currency, t.amount_fen)
-
-
-cdef inline uint16_t currency_or_cny(Txn* t) noexcept nogil:
-    return t.currency if t.currency else 156
+    return ring_asked(currency_or_cny(t), t.amount_fen)
 
 
 cdef class Authoriser:

@@ -71,7 +71,7 @@ cdef class Authoriser:
         self.topup_fen_max = 100_000          # 1,000 yuan a top-up; the switch sets its own
         self.n_fx = 0
         for code, rate in (fx_rates or {}).items():
-            if self.n_fx == FX_RATES_MAX or not 0 < int(rate) < 10**9 or int(code) in (0, 156):
+            if self.n_fx == FX_RATES_MAX or not 0 < int(rate) < 10**9 or int(code) in (0, CNY):
                 raise ValueError(f"bad exchange rate {code}: {rate}")
             self.fx_currency[self.n_fx] = int(code)
             self.fx_rate[self.n_fx] = int(rate)
@@ -268,7 +268,7 @@ cdef class Authoriser:
         """An amount in a currency's minor units in fen, at the configured rate; -1 if the
         currency has no rate."""
         cdef int i
-        if currency == 0 or currency == 156:
+        if currency == 0 or currency == CNY:
             return amount
         for i in range(self.n_fx):
             if self.fx_currency[i] == currency:

@@ -21,9 +21,6 @@ from onecard.core.journal cimport *
 from onecard.core.maps cimport Entry
 from onecard.core.state cimport *
 
-CARD_NEW = CA_NEW
-CARD_CHANGE = CA_CHANGE
-
 
 cdef inline void must(int rc) noexcept nogil:
     """For what was reserved before: failing now would leave a half-applied record."""

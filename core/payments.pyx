@@ -5,13 +5,10 @@ a same-day purchase, reversal of a purchase or of a void, and batch settlement (
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 
-from onecard.core.authorise cimport Authoriser, Res, Txn, asked, currency_or_cny
+from onecard.core.authorise cimport CNY, Authoriser, Res, Txn, asked, currency_or_cny
 from onecard.core.codes cimport *
 from onecard.core.journal cimport NONE32, JPayment, JRec
 from onecard.core.state cimport *
-
-cdef enum:
-    CNY = 156
 
 
 cdef inline bint cross_border_terminal(Authoriser a, uint32_t terminal) noexcept nogil:

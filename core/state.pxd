@@ -256,9 +256,9 @@ cdef class State:
 # checkpoint format): they are packed and unpacked here and nowhere else.
 
 cdef inline int64_t ring_asked(uint16_t currency, int64_t minor) noexcept nogil:
-    """A purchase's or void's slot amount: as asked, with its currency (CNY when not given),
-    so that a retransmission, void or reversal of HKD 100.00 never matches CNY 100.00."""
-    return <int64_t>((<uint64_t>(currency if currency else 156) << 48) | <uint64_t>minor)
+    """A purchase's or void's slot amount: as asked, with its currency, so that a
+    retransmission, void or reversal of HKD 100.00 never matches CNY 100.00."""
+    return <int64_t>((<uint64_t>currency << 48) | <uint64_t>minor)
 
 
 cdef inline int64_t ring_medical_amount(int64_t deductible_fen, int64_t bill_fen) noexcept nogil:

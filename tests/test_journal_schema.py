@@ -5,7 +5,6 @@ written by a version-1 build recovers exactly."""
 
 import datetime as dt
 import re
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -281,13 +280,9 @@ def test_no_journal_field_is_packed_by_hand_outside_the_schema():
     assert found == [], "\n".join(found)
 
 
-def test_the_fixture_is_what_its_maker_says(tmp_path):
+def test_the_fixture_is_what_its_maker_says(v1_dir):
     """The version-1 fixture must be a version-1 journal: its rows carry no format column."""
-    with tarfile.open(FIXTURE) as tar:
-        tar.extractall(tmp_path, filter="data")
-    db = tmp_path / "data" / "onecard.db"
-    shutil.copy(db, tmp_path / "copy.db")
-    conn = store.connect(tmp_path / "copy.db", readonly=True)
+    conn = store.connect(store.db_path(v1_dir), readonly=True)
     try:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(journal)")]
         assert store.schema_version(conn) == 2 and "format" not in columns
