@@ -47,6 +47,48 @@ cdef inline bint superseded(const uint32_t* log, uint32_t v, uint32_t end) noexc
     return False
 
 
+cdef bint utf8_valid(const uint8_t* s, uint32_t n) noexcept nogil:
+    """Whether s[:n] is UTF-8 (RFC 3629: shortest forms, no surrogates, up to U+10FFFF).
+    Terminal ids are ASCII in practice: one comparison a byte."""
+    cdef uint32_t i = 0, k, need, cp
+    while i < n:
+        if s[i] < 0x80:
+            i += 1
+            continue
+        if 0xc2 <= s[i] <= 0xdf:
+            need = 1
+            cp = s[i] & 0x1f
+        elif 0xe0 <= s[i] <= 0xef:
+            need = 2
+            cp = s[i] & 0x0f
+        elif 0xf0 <= s[i] <= 0xf4:
+            need = 3
+            cp = s[i] & 0x07
+        else:
+            return False
+        if i + need >= n:                   # a sequence cut off by the end
+            return False
+        for k in range(1, need + 1):
+            if (s[i + k] & 0xc0) != 0x80:
+                return False
+            cp = (cp << 6) | (s[i + k] & 0x3f)
+        if ((need == 2 and (cp < 0x800 or 0xd800 <= cp <= 0xdfff))
+                or (need == 3 and (cp < 0x10000 or cp > 0x10ffff))):
+            return False
+        i += need + 1
+    return True
+
+
+cdef inline bint frame_ends(MpReader* r, uint32_t extra) noexcept nogil:
+    """Skip elements a later frame version may add after mac; then the frame must end where
+    its array does (msgspec refuses trailing bytes too)."""
+    cdef uint32_t _i
+    for _i in range(extra):
+        if mp_skip(r, 0):
+            return False
+    return r.pos == r.n
+
+
 cdef class NativePath:
     def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t frame_bytes_max,
                  uint32_t batch_max):
@@ -197,8 +239,15 @@ cdef class NativePath:
             h.tid = NULL
             h.tid_len = 0
             h.problem = b"terminal id must be a string of 8 characters"
+        elif not utf8_valid(h.tid, h.tid_len):
+            # Echoed, it would break a strict client's decoder: answered with an empty id.
+            h.tid = NULL
+            h.tid_len = 0
+            h.problem = b"terminal id is not valid UTF-8"
         elif mp_bin(&r, &h.body_p, &h.body_len) or mp_bin(&r, &h.mac_p, &h.mac_len):
             h.problem = b"body and mac must be binary"
+        elif not frame_ends(&r, count - 4):
+            h.problem = b"bytes after the frame's array [version, terminal, body, mac]"
         if h.problem != NULL:
             return
         for i in range(TID_LEN):
