@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import re
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import numpy as np
 from aiohttp import web
 
@@ -27,21 +27,29 @@ from onecard.core.state import (
 )
 from onecard.protocols.codes import CODES
 from onecard.protocols.enums import CARD_STATUS, FUNCTION
+from onecard.switch import admin_schema as schema
 from onecard.switch import catalogue, disbursements, store
+from onecard.switch.admin_guard import FailureLimiter
+from onecard.switch.admin_schema import Body, BodyError
 from onecard.switch.demo import luhn_digit
 from onecard.switch.operators import Operator, Operators
 from onecard.switch.server import Switch
 
 PROBLEM = "application/problem+json"
 PUBLISHED_CACHE_ENTRIES = 1024          # distinct filter combinations kept
-APP_CODE = re.compile(r"[A-Z][A-Z0-9-]{1,23}")
+# Bodies larger than this are decoded in a worker thread: the loop keeps serving terminals
+# between the GIL's switch intervals (a disbursement batch of 100,000 items is ~6 MB).
+OFF_LOOP_BODY_BYTES = 256 << 10
+OFF_LOOP_ITEMS = 4096                  # likewise, items turned into arrays in a thread
 STATUS_NAMES = CARD_STATUS.name_of
+UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(self, status: int, title: str, detail: str, **headers: str) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail = status, title, detail
+        self.headers = headers
 
 
 def problem_response(status: int, title: str, detail: str, **headers: str) -> web.Response:
@@ -72,36 +80,54 @@ class AdminApi:
         # GETs cannot take the event loop from the terminals. Only this process changes the
         # catalogue, and every change clears the cache.
         self.published: dict[tuple, bytes] = {}
+        self.failures = FailureLimiter(switch.config.admin.token_failures_per_minute)
+        self.body_limit_bytes = switch.config.admin.body_limit_bytes
 
     # ---- plumbing ----------------------------------------------------------------------------
 
     def guarded(self, role: str, handler: Handler):
         async def run(request: web.Request) -> web.Response:
-            auth = request.headers.get("Authorization", "")
-            if not auth.startswith("Bearer "):
-                return problem_response(401, "Unauthorized", "send Authorization: Bearer <token>",
-                                        **{"WWW-Authenticate": "Bearer"})
-            op = self.ops.find(auth[7:].strip())
-            if op is None:
-                return problem_response(401, "Unauthorized", "unknown token",
-                                        **{"WWW-Authenticate": "Bearer"})
-            if role not in op.roles:
-                return problem_response(403, "Forbidden",
-                                        f"operator {op.name} lacks the {role} role")
+            # Nothing of the body is read before the operator and the size are accepted.
             try:
+                op = self.operator(request, role)
+                size = request.content_length
+                if size is not None and size > self.body_limit_bytes:
+                    raise Problem(413, "Content Too Large", f"body of {size} bytes: at most "
+                                  f"{self.body_limit_bytes} (admin.body_bytes_max)")
                 return await handler(request, op)
             except Problem as p:
-                return problem_response(p.status, p.title, p.detail)
+                return problem_response(p.status, p.title, p.detail, **p.headers)
         return run
 
-    async def body(self, request: web.Request) -> dict:
+    def operator(self, request: web.Request, role: str) -> Operator:
+        peer = request.remote or "unknown"
+        wait_s = self.failures.retry_after_s(peer)
+        if wait_s:
+            raise Problem(429, "Too Many Requests", "too many wrong tokens from this address; "
+                          f"retry in {wait_s} s", **{"Retry-After": str(wait_s)})
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>",
+                          **UNAUTHORIZED)
+        op = self.ops.find(auth[7:].strip())
+        if op is None:
+            self.failures.failed(peer)
+            raise Problem(401, "Unauthorized", "unknown token", **UNAUTHORIZED)
+        if role not in op.roles:
+            raise Problem(403, "Forbidden", f"operator {op.name} lacks the {role} role")
+        return op
+
+    async def body(self, request: web.Request, kind: type[Body]) -> Body:
+        """The body decoded as ``kind``: large ones in a worker thread (reading it is bounded
+        by the application's client_max_size, admin.body_bytes_max)."""
+        raw = await request.read()
         try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise Problem(400, "Bad Request", f"body is not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise Problem(400, "Bad Request", "body must be a JSON object")
-        return data
+            if len(raw) > OFF_LOOP_BODY_BYTES:
+                return await asyncio.to_thread(schema.decode, raw, kind)
+            return schema.decode(raw, kind)
+        except BodyError as exc:
+            title = "Bad Request" if exc.status == 400 else "Unprocessable Content"
+            raise Problem(exc.status, title, str(exc)) from None
 
     def audit(self, op: Operator, action: str, target: str, details: dict,
               record_no: int | None = None) -> None:
@@ -111,9 +137,11 @@ class AdminApi:
                         (dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), op.name, role,
                          action, target, json.dumps(details, ensure_ascii=False), record_no))
 
-    def card(self, pan: str) -> tuple[int, int]:
-        if not (pan.isdigit() and 12 <= len(pan) <= 19):
-            raise Problem(400, "Bad Request", "card number must be 12-19 digits")
+    def card(self, pan: str | int, status: int = 400) -> tuple[int, int]:
+        pan = str(pan)
+        if not schema.valid_card_path(pan):
+            raise Problem(status, "Bad Request" if status == 400 else "Unprocessable Content",
+                          "card number must be 12-19 ASCII digits")
         idx = self.switch.state.card_index(int(pan))
         if idx < 0:
             raise Problem(404, "Not Found", f"no card {mask(pan)}")
@@ -150,7 +178,8 @@ class AdminApi:
         body = self.published.get(key)
         if body is None:
             try:
-                if key[0] is not None and not (key[0].isdigit() and len(key[0]) <= 6):
+                if key[0] is not None and not (key[0].isascii() and key[0].isdigit()
+                                               and len(key[0]) <= 6):
                     raise ValueError(f"region {key[0]!r}: a province (31) or region code "
                                      "(310000)")
                 region = int(key[0]) if key[0] is not None else None
@@ -167,12 +196,12 @@ class AdminApi:
     async def catalogue_change(self, request: web.Request, op: Operator) -> web.Response:
         method = request.method
         code = request.match_info.get("code")
-        fields = await self.body(request) if method in ("POST", "PATCH") else {}
+        fields: dict = {}
         if method == "POST":
-            code = fields.pop("code", None)
-            if not isinstance(code, str) or not APP_CODE.fullmatch(code):
-                raise Problem(422, "Unprocessable Content", "code: 2-24 characters, capital "
-                              "letters, digits and '-', starting with a letter (e.g. CUL-ZOO)")
+            fields = msgspec.to_builtins(await self.body(request, schema.CatalogueAdd))
+            code = fields.pop("code")
+        elif method == "PATCH":
+            fields = msgspec.to_builtins(await self.body(request, schema.CatalogueChange))
         action = {"POST": "add", "PATCH": "change", "DELETE": "retire"}[method]
         try:
             version = catalogue.change(self.db, op.name, action, code, fields)
@@ -261,10 +290,9 @@ class AdminApi:
 
     async def card_bank(self, request: web.Request, op: Operator) -> web.Response:
         idx, account = self.card(request.match_info["pan"])
-        bank = (await self.body(request)).get("bank")
-        if not isinstance(bank, str) or not 2 <= len(bank.strip()) <= 40:
+        bank = (await self.body(request, schema.Bank)).bank.strip()
+        if len(bank) < 2:
             raise Problem(422, "Unprocessable Content", "bank: a partner bank's name")
-        bank = bank.strip()
         self.db.execute("UPDATE cards SET bank = ? WHERE account = ?", (bank, account))
         self.audit(op, "card.bank", self.masked(idx), {"bank": bank})
         return web.json_response(self.card_view(idx))
@@ -272,9 +300,9 @@ class AdminApi:
     async def card_topup(self, request: web.Request, op: Operator) -> web.Response:
         pan = request.match_info["pan"]
         idx, _ = self.card(pan)
-        amount = (await self.body(request)).get("amount_fen")
+        amount = (await self.body(request, schema.TopUp)).amount_fen
         limit = self.switch.config.limits.amount_fen_max
-        if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= limit:
+        if amount > limit:
             raise Problem(422, "Unprocessable Content", f"amount_fen must be an integer from 1 "
                           f"to {limit} (limits.amount_fen_max)")
         self.switch.engine.tick()
@@ -287,10 +315,10 @@ class AdminApi:
         return web.json_response(self.card_view(idx))
 
     async def filing(self, request: web.Request, op: Operator) -> web.Response:
-        data = await self.body(request)
-        idx, account = self.card(str(data.get("card", "")))
+        data = await self.body(request, schema.Filing)
+        idx, account = self.card(data.card, status=422)
         provs = catalogue.provinces(self.db)
-        province = data.get("province")
+        province = data.province
         if province not in provs:
             raise Problem(422, "Unprocessable Content", f"province must be one of {provs}")
         self.db.execute("INSERT OR IGNORE INTO filings VALUES (?,?,?,?)",
@@ -306,26 +334,27 @@ class AdminApi:
     # ---- disbursements -----------------------------------------------------------------------
 
     async def disburse(self, request: web.Request, op: Operator) -> web.Response:
-        data = await self.body(request)
+        data = await self.body(request, schema.Disbursement)
         row = self.db.execute("SELECT idx FROM programmes WHERE code = ?",
-                              (str(data.get("programme", "")),)).fetchone()
+                              (data.programme,)).fetchone()
         if row is None:
             codes = [c for (c,) in self.db.execute("SELECT code FROM programmes")]
             raise Problem(422, "Unprocessable Content", f"programme must be one of {codes}")
         programme = row[0]
-        items = data.get("items")
-        if not isinstance(items, list) or not items:
-            raise Problem(422, "Unprocessable Content", "items: a non-empty list")
-        if len(items) > self.switch.config.admin.disbursement_items_max:
-            raise Problem(413, "Content Too Large", "too many items in one batch")
+        if len(data.items) > self.switch.config.admin.disbursement_items_max:
+            raise Problem(413, "Content Too Large", f"{len(data.items)} items in one batch: at "
+                          f"most {self.switch.config.admin.disbursement_items_max} "
+                          "(admin.disbursement_items_max)")
         try:
-            period = disbursements.parse_period(data.get("period", ""))
-            pans, amounts = disbursements.parse_items(items)
+            period = disbursements.parse_period(data.period)
         except ValueError as exc:
-            raise Problem(422, "Unprocessable Content", str(exc)) from exc
+            raise Problem(422, "Unprocessable Content", f"period: {exc}") from exc
+        if len(data.items) > OFF_LOOP_ITEMS:
+            pans, amounts = await asyncio.to_thread(schema.items_arrays, data.items)
+        else:
+            pans, amounts = schema.items_arrays(data.items)
         async with self.disbursing:
-            return await self._disburse(op, data["programme"], programme, period, pans,
-                                        amounts)
+            return await self._disburse(op, data.programme, programme, period, pans, amounts)
 
     async def _disburse(self, op: Operator, code: str, programme: int, period: int,
                         pans: np.ndarray, amounts: np.ndarray) -> web.Response:
@@ -379,7 +408,8 @@ class AdminApi:
 
     async def audit_log(self, request: web.Request, op: Operator) -> web.Response:
         text = request.query.get("limit", "100")
-        if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        if not (text.isascii() and text.isdigit() and len(text) <= 5
+                and 1 <= int(text) <= 10_000):
             return problem_response(400, "Bad Request", "limit: an integer from 1 to 10000")
         limit = int(text)
         rows = self.db.execute("SELECT at, operator, role, action, target, details, record_no "

@@ -17,6 +17,12 @@ log = logging.getLogger("onecard")
 
 
 DEFAULT_CONFIG = Path("onecard.toml")
+LISTENER_NOTES = {
+    "iso8583": "POS terminals: ISO 8583, TPDU + header",
+    "native": "gates, readers, kiosks, verifiers, venues, medical: MessagePack",
+    "iso8583 tls": "POS terminals: ISO 8583 over TLS",
+    "native tls": "native terminals over TLS",
+}
 
 
 def _config(args) -> Config:
@@ -25,8 +31,10 @@ def _config(args) -> Config:
         path = DEFAULT_CONFIG                   # the documented default: ./onecard.toml
     config = load(path)
     overrides = {"data_dir": getattr(args, "data_dir", None)}
-    for name in ("host", "iso8583_port", "native_port", "http_port"):
+    for name in ("iso8583_port", "native_port", "http_port"):
         overrides[f"server.{name}"] = getattr(args, name, None)
+    overrides["server.terminal_host"] = getattr(args, "host", None)
+    overrides["admin.host"] = getattr(args, "admin_host", None)
     overrides["demo.cards"] = getattr(args, "cards", None)
     return with_overrides(config, **overrides)
 
@@ -63,6 +71,7 @@ def _lock(data_dir: Path):
 def cmd_serve(args) -> int:
     from onecard.switch import demo, loader, store
     from onecard.switch.server import ListenError
+    from onecard.switch.tls import TlsError
 
     config = _config(args)
     _logging(config.log_level)
@@ -77,7 +86,7 @@ def cmd_serve(args) -> int:
         import uvloop
 
         return uvloop.run(_serve(config, loaded))
-    except ListenError as exc:
+    except (ListenError, TlsError) as exc:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -103,22 +112,23 @@ async def _serve(config: Config, loaded) -> int:
     if synced:
         print(f"onecard: {synced} disbursement report rows rebuilt from the journal")
     await switch.start()
-    runner = await start_http(switch, config.server.host, config.server.http_port, ops)
+    runner = await start_http(switch, config.admin.host, config.server.http_port, ops)
     http_port = runner.addresses[0][1]
     mem = loaded.state.memory_report()
-    iso, nat = switch.listeners[0].port, switch.listeners[1].port
-    host = config.server.host
     print(f"onecard {__version__}: {mem['cards']:,} cards ({mem['bytes_per_card']:.1f} bytes "
           f"per card), {loaded.state.n_terminals:,} terminals; recovered in "
           f"{loaded.seconds:.2f} s ({loaded.replayed:,} journal records replayed)")
-    print(f"onecard: listening iso8583 {host}:{iso}   (POS terminals: ISO 8583, TPDU + header)")
-    print(f"onecard: listening native {host}:{nat}   (gates, readers, kiosks, verifiers, "
-          "venues, medical: MessagePack)")
-    print(f"onecard: listening http {host}:{http_port}   (http://{host}:{http_port}/metrics, "
-          "/healthz)")
+    for listener in switch.listeners:
+        print(f"onecard: listening {listener.name} {listener.host}:{listener.port}   "
+              f"({LISTENER_NOTES[listener.name]})")
+    scheme = "https" if config.admin.tls.enabled else "http"
+    base = f"{scheme}://{config.admin.host}:{http_port}"
+    print(f"onecard: listening http {config.admin.host}:{http_port}   ({base}/metrics, "
+          f"/healthz{'; TLS' if config.admin.tls.enabled else ''})")
     print(f"onecard: data in {Path(config.data_dir).resolve()}/ (SQLite journal, checkpoints)")
-    print(f"onecard: admin API http://{host}:{http_port}/admin/..., public catalogue "
-          f"http://{host}:{http_port}/catalogue; operator tokens in {tokens_path(config)}")
+    print(f"onecard: admin API {base}/admin/..., public catalogue {base}/catalogue; "
+          f"operator tokens in {tokens_path(config)}")
+    iso = switch.listeners[0].port
     print(f"onecard: try  onecard load --port {iso} --connections 16 --window 8 --duration 10"
           f"   |   terminal ids and master keys: onecard terminals --kind pos")
     # What start-up made lives as long as the process. Left to the cyclic collector, each full
@@ -192,7 +202,10 @@ def parser() -> argparse.ArgumentParser:
                         "(default: ./onecard.toml if it exists)")
         sp.add_argument("--data-dir", help="data directory (default: ./onecard-data)")
         if server:
-            sp.add_argument("--host")
+            sp.add_argument("--host", help="address the terminal listeners bind "
+                            "(server.terminal_host)")
+            sp.add_argument("--admin-host", help="address the admin and metrics port binds "
+                            "(admin.host)")
             sp.add_argument("--iso8583-port", type=int)
             sp.add_argument("--native-port", type=int)
             sp.add_argument("--http-port", type=int)

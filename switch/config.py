@@ -20,8 +20,43 @@ Port = Annotated[int, Meta(ge=0, le=65535)]
 Positive = Annotated[int, Meta(gt=0)]
 
 
+class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """TLS for a listener (switch/tls.py); off while cert_file is empty. Paths as given
+    (relative to the working directory), PEM files."""
+
+    cert_file: str = ""              # the server's certificate (chain, leaf first)
+    key_file: str = ""               # its private key
+    # Client certificates: verified against this CA bundle when one is presented; with
+    # client_cert_required, a client without a valid one is refused during the handshake.
+    client_ca_file: str = ""
+    client_cert_required: bool = False
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("tls: cert_file and key_file go together")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("tls: client_ca_file needs cert_file and key_file")
+        if self.client_cert_required and not self.client_ca_file:
+            raise ValueError("tls: client_cert_required needs client_ca_file")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+class TerminalTlsConfig(TlsConfig, kw_only=True):
+    """Terminal links over TLS, on ports of their own beside the plain ones (which stay as
+    configured: terminals on a private network keep plain TCP)."""
+
+    iso8583_port: Annotated[int, Meta(ge=0, le=65535)] = 8593
+    native_port: Annotated[int, Meta(ge=0, le=65535)] = 8594
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    host: str = "127.0.0.1"
+    # Terminal listeners bind here (the admin and metrics port binds admin.host); the key
+    # was called host when one address served both.
+    terminal_host: str = "127.0.0.1"
+    tls: TerminalTlsConfig = msgspec.field(default_factory=TerminalTlsConfig)
     iso8583_port: Port = 8583
     native_port: Port = 8584
     http_port: Port = 8580
@@ -67,12 +102,35 @@ class FxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return {344: self.HKD, 446: self.MOP}
 
 
+# A disbursement item as the CLI sends it is ~57 bytes of JSON
+# ({"card": "6213110000000000117", "amount_fen": 100000000}, ); the default body limit
+# leaves room for the largest allowed batch and no more.
+DISBURSEMENT_ITEM_BYTES = 64
+BODY_OVERHEAD_BYTES = 64 << 10
+
+
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # The admin API, /metrics and /healthz listen here (port: server.http_port). Loopback by
+    # default: an operator network is a deliberate choice, ideally with tls below.
+    host: str = "127.0.0.1"
     # Operator tokens and roles; created with one operator per role on first start (0600).
     tokens_file: str = "admin-tokens.toml"
     # Items per POST: a batch is validated and recorded on the event loop that also serves
     # the terminals, so a bigger one would stall them (onecard disburse sends 10,000 a time).
     disbursement_items_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    # Request bodies above this are refused 413 before they are read (by Content-Length, or
+    # once that much has arrived). 0: room for disbursement_items_max items (6.2 MiB).
+    body_bytes_max: Annotated[int, Meta(ge=0, le=1 << 30)] = 0
+    # Wrong tokens from one peer address: this many a minute (a token bucket), then 429
+    # with Retry-After until the bucket refills. Failures are logged once a minute per peer.
+    token_failures_per_minute: Annotated[int, Meta(ge=1, le=100_000)] = 20
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+
+    @property
+    def body_limit_bytes(self) -> int:
+        if self.body_bytes_max:
+            return self.body_bytes_max
+        return self.disbursement_items_max * DISBURSEMENT_ITEM_BYTES + BODY_OVERHEAD_BYTES
 
 
 class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -122,6 +180,8 @@ RENAMED_KEYS: Final[dict[tuple[str, str], str]] = {
     ("limits", "max_amount_fen"): "amount_fen_max",
     ("limits", "max_topup_fen"): "topup_fen_max",
     ("admin", "max_disbursement_items"): "disbursement_items_max",
+    # One address served terminals and HTTP; now server.terminal_host and admin.host.
+    ("server", "host"): "terminal_host",
 }
 
 
@@ -160,7 +220,7 @@ def load(path: str | Path | None) -> Config:
 
 
 def with_overrides(config: Config, **changes: object) -> Config:
-    """Apply command-line overrides like ``server.host`` (None values are ignored) and
+    """Apply command-line overrides like ``server.terminal_host`` (None values are ignored) and
     validate the result the same way a file is validated."""
     data = msgspec.to_builtins(config)
     for dotted, value in changes.items():

@@ -30,7 +30,8 @@ MAX_ITEM_FEN = 100_000_000         # one million yuan: no programme pays more to
 
 def parse_period(value) -> int:
     text = str(value).replace("-", "")
-    if len(text) != 6 or not text.isdigit() or not 1 <= int(text[4:]) <= 12:
+    if (len(text) != 6 or not (text.isascii() and text.isdigit())
+            or not 1 <= int(text[4:]) <= 12):
         raise ValueError(f"period {value!r}: expected YYYY-MM")
     return int(text)
 
@@ -43,7 +44,7 @@ def parse_items(items) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(item, dict):
             raise ValueError(f"item {i}: expected an object with card and amount_fen")
         card, amount = str(item.get("card", "")), item.get("amount_fen")
-        if not (12 <= len(card) <= 19 and card.isdigit()):
+        if not (12 <= len(card) <= 19 and card.isascii() and card.isdigit()):
             raise ValueError(f"item {i}: card must be 12-19 digits")
         if (not isinstance(amount, int) or isinstance(amount, bool)
                 or not 0 < amount <= MAX_ITEM_FEN):

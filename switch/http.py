@@ -15,6 +15,7 @@ from onecard.switch.admin import AdminApi
 from onecard.switch.metrics import registry_for
 from onecard.switch.operators import Operators
 from onecard.switch.server import PROTOCOL_NAMES, ListenError, Switch
+from onecard.switch.tls import server_context
 
 PROBLEM = "application/problem+json"
 
@@ -35,7 +36,9 @@ async def problems(request: web.Request, handler):
 
 
 def make_app(switch: Switch, operators: Operators | None = None) -> web.Application:
-    app = web.Application(middlewares=[problems], client_max_size=256 << 20)
+    # Bodies are read into memory: aiohttp refuses (413) past this, before parsing anything.
+    app = web.Application(middlewares=[problems],
+                          client_max_size=switch.config.admin.body_limit_bytes)
     if operators is not None:
         AdminApi(switch, operators).routes(app)
     registry = registry_for(switch)
@@ -67,13 +70,14 @@ def make_app(switch: Switch, operators: Operators | None = None) -> web.Applicat
 
 async def start_http(switch: Switch, host: str, port: int,
                      operators: Operators | None = None) -> web.AppRunner:
+    context = server_context(switch.config.admin.tls, "admin.tls")
     runner = web.AppRunner(make_app(switch, operators), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise ListenError(f"cannot listen for http on {host}:{port}: {exc.strerror or exc} "
-                          "(set server.http_port)") from exc
+                          "(set server.http_port, admin.host)") from exc
     return runner

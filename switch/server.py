@@ -24,7 +24,7 @@ from pathlib import Path
 from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583, NATIVE, Engine
 from onecard.protocols.enums import PROTO
-from onecard.switch import store
+from onecard.switch import store, tls
 from onecard.switch.config import Config
 from onecard.switch.loader import Loaded
 from onecard.switch.snapshots import Checkpointer
@@ -99,6 +99,7 @@ class Connection(asyncio.Protocol):
 class Listener:
     name: str
     server: asyncio.base_events.Server
+    host: str = ""
 
     @property
     def port(self) -> int:
@@ -333,16 +334,16 @@ class Switch:
         self._writer.start()
         self.checkpointer.start()
         srv = self.config.server
-        for proto, port in ((ISO8583, srv.iso8583_port), (NATIVE, srv.native_port)):
+        for spec in tls.terminal_listeners(srv):
             try:
                 server = await self._loop.create_server(
-                    lambda p=proto: Connection(self, p), srv.host, port, reuse_address=True,
-                    backlog=1024)
+                    lambda p=spec.proto: Connection(self, p), spec.host, spec.port,
+                    reuse_address=True, backlog=1024, ssl=spec.ssl)
             except OSError as exc:
-                raise ListenError(f"cannot listen for {PROTOCOL_NAMES[proto]} on "
-                                  f"{srv.host}:{port}: {exc.strerror or exc} (another switch "
-                                  f"running? set server.{PROTOCOL_NAMES[proto]}_port)") from exc
-            self.listeners.append(Listener(PROTOCOL_NAMES[proto], server))
+                raise ListenError(f"cannot listen for {spec.name} on {spec.host}:{spec.port}: "
+                                  f"{exc.strerror or exc} (another switch running? set "
+                                  f"{spec.port_key})") from exc
+            self.listeners.append(Listener(spec.name, server, spec.host))
         self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         if srv.idle_timeout_s or srv.partial_frame_timeout_s:
             self._tasks.append(asyncio.create_task(self._idle_loop()))

@@ -1,6 +1,7 @@
 """Configuration files: keys renamed to put the qualifier last still load, each with one
 warning that names its new key; a file cannot set a key under both names."""
 
+import json
 import logging
 
 import pytest
@@ -18,8 +19,9 @@ def write(tmp_path, text: str):
 @pytest.mark.parametrize(("section", "old"), sorted(RENAMED_KEYS))
 def test_an_old_key_loads_with_one_warning_naming_the_new_key(tmp_path, caplog, section, old):
     new = RENAMED_KEYS[section, old]
-    value = getattr(getattr(config.Config(), section), new) + 1   # not the default
-    path = write(tmp_path, f"[{section}]\n{old} = {value}\n")
+    default = getattr(getattr(config.Config(), section), new)
+    value = default + 1 if isinstance(default, int) else "0.0.0.0"      # not the default
+    path = write(tmp_path, f"[{section}]\n{old} = {json.dumps(value)}\n")
     with caplog.at_level(logging.WARNING, logger="onecard.config"):
         loaded = config.load(path)
     assert getattr(getattr(loaded, section), new) == value

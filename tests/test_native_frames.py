@@ -47,7 +47,7 @@ def test_an_extra_element_inside_the_frame_array_is_still_skipped(world):
     body = native.encode_body([native.Heartbeat(t.next_seq())])
     payload = msgspec.msgpack.encode([native.VERSION, t.info.tid, body,
                                       crypto.mac(t.alg, t.mak, body), {"future": 1}])
-    consumed, replies, _, _ = world.engine.process(NATIVE, framed(payload))
+    _, replies, _, _ = world.engine.process(NATIVE, framed(payload))
     (raw,) = frames(replies, 4)
     (hb,) = native.decode_replies(native.decode_frame(raw).body)
     assert isinstance(hb, native.HeartbeatReply) and hb.rc == "00"
