@@ -392,6 +392,9 @@ class AdminApi:
             period = disbursements.parse_period(request.match_info["period"])
         except ValueError as exc:
             raise Problem(400, "Bad Request", str(exc)) from exc
+        if self.db.execute("SELECT 1 FROM programmes WHERE code = ?", (code,)).fetchone() is None:
+            raise Problem(404, "Not Found", "no such programme (GET /admin/disbursements "
+                          "lists them)")
         rows = self.db.execute(
             "SELECT d.pan, d.amount_fen, d.result, d.record_no, d.operator, d.at FROM "
             "disbursements d JOIN programmes p ON p.idx = d.programme WHERE p.code = ? AND "
