@@ -176,10 +176,13 @@ class NativeTerminal:
         return native.Verify(self.next_seq(), card)
 
 
-def socket_exchange(host: str, port: int, prefix: int, timeout: float = 10.0) -> tuple:
+def socket_exchange(host: str, port: int, prefix: int, timeout: float = 10.0,
+                    tls=None) -> tuple:
     """A connected socket and an exchange function that waits for one reply per request
-    frame sent."""
+    frame sent; over TLS when ``tls`` (an ssl.SSLContext) is given."""
     sock = socket.create_connection((host, port), timeout=timeout)
+    if tls is not None:
+        sock = tls.wrap_socket(sock, server_hostname=host)
 
     def exchange(data: bytes) -> bytes:
         sent = len(frames(data, prefix))
