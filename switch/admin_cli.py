@@ -32,7 +32,10 @@ class AdminError(Exception):
 def _base_url(args, config: Config) -> str:
     if args.url:
         return args.url.rstrip("/")
-    return f"http://{config.server.host}:{config.server.http_port}"
+    # Over TLS the switch's certificate is checked against the system's CAs, or the bundle
+    # in $SSL_CERT_FILE (a private CA's certificate).
+    scheme = "https" if config.admin.tls.enabled else "http"
+    return f"{scheme}://{config.admin.host}:{config.server.http_port}"
 
 
 def _token(args, config: Config, role: str) -> str:

@@ -121,7 +121,6 @@ def test_the_largest_batch_is_parsed_while_terminals_keep_being_answered(sw, dem
         stop.set()
         pinger.join(30)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
-    print("heartbeats during the parse:", state)
     assert state["during"] >= 10, state
     sock.close()
 
