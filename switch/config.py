@@ -50,6 +50,8 @@ class TerminalTlsConfig(TlsConfig, kw_only=True):
 
     iso8583_port: Annotated[int, Meta(ge=0, le=65535)] = 8593
     native_port: Annotated[int, Meta(ge=0, le=65535)] = 8594
+    # false: with TLS on, the plain terminal ports are not opened at all.
+    plain_listeners: bool = True
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -56,13 +56,16 @@ class ListenerSpec:
 
 
 def terminal_listeners(srv: ServerConfig) -> list[ListenerSpec]:
-    """The plain listeners (ISO 8583 first, then native: callers index them so), then the
-    TLS ones when ``[server.tls]`` has a certificate."""
+    """The plain listeners (ISO 8583 first, then native), then the TLS ones when
+    ``[server.tls]`` has a certificate; the plain ones only unless TLS is on and
+    ``plain_listeners`` is false."""
     specs = [ListenerSpec("iso8583", ISO8583, srv.terminal_host, srv.iso8583_port,
                           "server.iso8583_port", None),
              ListenerSpec("native", NATIVE, srv.terminal_host, srv.native_port,
                           "server.native_port", None)]
     context = server_context(srv.tls, "server.tls")
+    if context is not None and not srv.tls.plain_listeners:
+        specs = []
     if context is not None:
         specs += [ListenerSpec("iso8583 tls", ISO8583, srv.terminal_host, srv.tls.iso8583_port,
                                "server.tls.iso8583_port", context),

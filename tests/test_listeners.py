@@ -221,3 +221,18 @@ def test_tls_settings_that_do_not_go_together_are_config_errors(switch_dir, tmp_
     config.write_text('[admin.tls]\ncert_file = "a.pem"\n')
     with pytest.raises(RuntimeError, match="cert_file and key_file go together"):
         start_switch(switch_dir, "--config", str(config))
+
+
+def test_tls_only_terminal_listeners(pki):
+    from onecard.switch.config import ServerConfig, TerminalTlsConfig
+    from onecard.switch.tls import terminal_listeners
+
+    cert, key = pki["server"]
+    plain = terminal_listeners(ServerConfig())
+    assert [(s.name, s.ssl) for s in plain] == [("iso8583", None), ("native", None)]
+    both = terminal_listeners(ServerConfig(tls=TerminalTlsConfig(cert_file=cert, key_file=key)))
+    assert [s.name for s in both] == ["iso8583", "native", "iso8583 tls", "native tls"]
+    only = terminal_listeners(ServerConfig(tls=TerminalTlsConfig(cert_file=cert, key_file=key,
+                                                                 plain_listeners=False)))
+    assert [s.name for s in only] == ["iso8583 tls", "native tls"]
+    assert all(isinstance(s.ssl, ssl.SSLContext) for s in only)
