@@ -34,6 +34,8 @@ cdef enum:
     GROUP = 16                   # frames whose MACs are computed together (stack-bound)
 
 cdef int VERSION = _VERSION
+# A terminal id (8 bytes, packed big-endian) with none of these bits is ASCII: UTF-8 as is.
+cdef uint64_t ASCII_HIGH_BITS = 0x8080808080808080
 
 
 cdef inline bint superseded(const uint32_t* log, uint32_t v, uint32_t end) noexcept nogil:
@@ -239,11 +241,6 @@ cdef class NativePath:
             h.tid = NULL
             h.tid_len = 0
             h.problem = b"terminal id must be a string of 8 characters"
-        elif not utf8_valid(h.tid, h.tid_len):
-            # Echoed, it would break a strict client's decoder: answered with an empty id.
-            h.tid = NULL
-            h.tid_len = 0
-            h.problem = b"terminal id is not valid UTF-8"
         elif mp_bin(&r, &h.body_p, &h.body_len) or mp_bin(&r, &h.mac_p, &h.mac_len):
             h.problem = b"body and mac must be binary"
         elif not frame_ends(&r, count - 4):
@@ -252,6 +249,12 @@ cdef class NativePath:
             return
         for i in range(TID_LEN):
             packed = (packed << 8) | h.tid[i]
+        if (packed & ASCII_HIGH_BITS) and not utf8_valid(h.tid, h.tid_len):
+            # Echoed, it would break a strict client's decoder: answered with an empty id.
+            h.tid = NULL
+            h.tid_len = 0
+            h.problem = b"terminal id is not valid UTF-8"
+            return
         h.term_idx = self.st.find_terminal(packed)
         body.p = h.body_p
         body.n = h.body_len
