@@ -37,10 +37,9 @@ from onecard.switch.server import Switch
 
 PROBLEM = "application/problem+json"
 PUBLISHED_CACHE_ENTRIES = 1024          # distinct filter combinations kept
-# Bodies larger than this are decoded in a worker thread: the loop keeps serving terminals
-# between the GIL's switch intervals (a disbursement batch of 100,000 items is ~6 MB).
+# Bodies larger than this are decoded in a worker thread (a disbursement batch item by item):
+# the loop keeps serving terminals between the GIL's switch intervals (100,000 items: ~6 MB).
 OFF_LOOP_BODY_BYTES = 256 << 10
-OFF_LOOP_ITEMS = 4096                  # likewise, items turned into arrays in a thread
 STATUS_NAMES = CARD_STATUS.name_of
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
@@ -118,13 +117,18 @@ class AdminApi:
         return op
 
     async def body(self, request: web.Request, kind: type[Body]) -> Body:
-        """The body decoded as ``kind``: large ones in a worker thread (reading it is bounded
-        by the application's client_max_size, admin.body_bytes_max)."""
+        """The body decoded as ``kind`` (reading it is bounded by the application's
+        client_max_size, admin.body_bytes_max)."""
         raw = await request.read()
+        return await self.checked(len(raw) > OFF_LOOP_BODY_BYTES, schema.decode, raw, kind)
+
+    @staticmethod
+    async def checked(large: bool, parse: Callable, *args):
+        """``parse(*args)``, in a worker thread when ``large``; BodyError as a problem."""
         try:
-            if len(raw) > OFF_LOOP_BODY_BYTES:
-                return await asyncio.to_thread(schema.decode, raw, kind)
-            return schema.decode(raw, kind)
+            if large:
+                return await asyncio.to_thread(parse, *args)
+            return parse(*args)
         except BodyError as exc:
             title = "Bad Request" if exc.status == 400 else "Unprocessable Content"
             raise Problem(exc.status, title, str(exc)) from None
@@ -341,18 +345,17 @@ class AdminApi:
             codes = [c for (c,) in self.db.execute("SELECT code FROM programmes")]
             raise Problem(422, "Unprocessable Content", f"programme must be one of {codes}")
         programme = row[0]
-        if len(data.items) > self.switch.config.admin.disbursement_items_max:
-            raise Problem(413, "Content Too Large", f"{len(data.items)} items in one batch: at "
-                          f"most {self.switch.config.admin.disbursement_items_max} "
-                          "(admin.disbursement_items_max)")
+        large = len(data.items) > OFF_LOOP_BODY_BYTES
+        rows = await self.checked(large, schema.split_items, data.items)
+        items_max = self.switch.config.admin.disbursement_items_max
+        if len(rows) > items_max:
+            raise Problem(413, "Content Too Large", f"{len(rows)} items in one batch: at most "
+                          f"{items_max} (admin.disbursement_items_max)")
         try:
             period = disbursements.parse_period(data.period)
         except ValueError as exc:
             raise Problem(422, "Unprocessable Content", f"period: {exc}") from exc
-        if len(data.items) > OFF_LOOP_ITEMS:
-            pans, amounts = await asyncio.to_thread(schema.items_arrays, data.items)
-        else:
-            pans, amounts = schema.items_arrays(data.items)
+        pans, amounts = await self.checked(large, schema.items_arrays, rows)
         async with self.disbursing:
             return await self._disburse(op, data.programme, programme, period, pans, amounts)
 
