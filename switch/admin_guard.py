@@ -11,7 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("onecard.admin")
 
@@ -38,6 +42,8 @@ class FailureLimiter:
         self.refill_per_s = per_minute / 60.0
         self.clock = clock
         self.peers: dict[str, Peer] = {}
+        self.failures_total = 0          # wrong tokens (for /metrics)
+        self.refused_total = 0           # requests answered 429
 
     def _peer(self, address: str, now: float) -> Peer:
         peer = self.peers.get(address)
@@ -67,6 +73,7 @@ class FailureLimiter:
         peer = self._peer(address, now)
         if peer.tokens >= 1.0:
             return 0
+        self.refused_total += 1
         return max(1, math.ceil((1.0 - peer.tokens) / self.refill_per_s))
 
     def failed(self, address: str) -> None:
@@ -74,6 +81,7 @@ class FailureLimiter:
         now = self.clock()
         peer = self._peer(address, now)
         peer.tokens = max(0.0, peer.tokens - 1.0)
+        self.failures_total += 1
         peer.unlogged += 1
         if now - peer.logged_at >= LOG_INTERVAL_S:
             log.warning("admin API: %d wrong token%s from %s%s", peer.unlogged,
@@ -82,3 +90,17 @@ class FailureLimiter:
                         "refills")
             peer.logged_at = now
             peer.unlogged = 0
+
+
+class GuardCollector(Collector):
+    """/metrics: wrong tokens and the requests refused for them, read at scrape time."""
+
+    def __init__(self, limiter: FailureLimiter) -> None:
+        self.limiter = limiter
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("onecard_admin_wrong_tokens", "Admin requests with a token "
+                                  "no operator holds", value=self.limiter.failures_total)
+        yield CounterMetricFamily("onecard_admin_rate_limited", "Admin requests refused 429: "
+                                  "too many wrong tokens from their address",
+                                  value=self.limiter.refused_total)

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from onecard.switch import __version__
 from onecard.switch.admin import AdminApi
+from onecard.switch.admin_guard import GuardCollector
 from onecard.switch.metrics import registry_for
 from onecard.switch.operators import Operators
 from onecard.switch.server import PROTOCOL_NAMES, ListenError, Switch
@@ -39,9 +40,11 @@ def make_app(switch: Switch, operators: Operators | None = None) -> web.Applicat
     # Bodies are read into memory: aiohttp refuses (413) past this, before parsing anything.
     app = web.Application(middlewares=[problems],
                           client_max_size=switch.config.admin.body_limit_bytes)
-    if operators is not None:
-        AdminApi(switch, operators).routes(app)
     registry = registry_for(switch)
+    if operators is not None:
+        api = AdminApi(switch, operators)
+        api.routes(app)
+        registry.register(GuardCollector(api.failures))
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)

@@ -142,6 +142,9 @@ def test_wrong_tokens_are_limited_per_peer_then_429_until_it_refills(switch_dir,
         assert_problem(r, 429)
         assert api.get("/catalogue", role=None).status == 200          # public: not limited
         assert api.get("/healthz", role=None).status == 200
+        metrics = api.get("/metrics", role=None).text
+        assert "onecard_admin_wrong_tokens_total 3.0" in metrics
+        assert "onecard_admin_rate_limited_total 6.0" in metrics
     finally:
         sw.stop()
     log = "".join(sw.output) + sw.proc.stdout.read()
