@@ -132,10 +132,11 @@ class Lifecycle:
                 self.fail("terminal view", f"{link.tid}: a reply it did not ask for: {reply!r}")
             link.outstanding.remove(req)
             if req.kind == "signon" and rc == "00":
-                link.sim.learn_keys(reply if iso else reply)
+                link.sim.learn_keys(reply)
                 link.signed_on = True
             if req.kind == "signon" and not iso and not isinstance(reply, native.SignOnReply):
                 self.fail("terminal view", f"{link.tid}: sign-on answered with {reply!r}")
+            self.summary.answers[(req.kind, rc)] += 1
             answer = iso_answer(reply) if iso else native_answer(reply)
             self._same_answer(link, req, answer)
             if rc == "00" and req.kind in JOURNALED:

@@ -70,6 +70,7 @@ class Summary:
     steps: int
     faults: Counter = field(default_factory=Counter)
     checks: Counter = field(default_factory=Counter)
+    answers: Counter = field(default_factory=Counter)       # (request kind, code) received
     replies: int = 0
     records: int = 0
     restarts: int = 0
@@ -130,7 +131,8 @@ class Simulator(Lifecycle):
         crypto.simulate_keys(self.seed * 2 + 1)
         try:
             self._start()
-            for self.step_no in range(1, self.steps + 1):
+            for step_no in range(1, self.steps + 1):
+                self.step_no = step_no
                 try:
                     self.step()
                 except BooksError as exc:
