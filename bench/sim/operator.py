@@ -26,6 +26,9 @@ class Operator:
         engine.tick()                        # the decision clock to now (admin.py does this)
         pan, idx = rng.choice(self.cards)
         what = rng.randrange(10)
+        if idx >= a.state.n_cards or int(a.state.cards["pan"][idx]) != int(pan):
+            return None          # a replacement lost in a crash: never acknowledged, retried
+
         if what < 3:
             code, no = operations.credit(a, int(pan), rng.randrange(1, 50_000),
                                          operator=OPERATOR)

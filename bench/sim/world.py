@@ -138,11 +138,14 @@ class Simulator(Lifecycle):
                 except BooksError as exc:
                     raise InvariantViolation(self.seed, self.step_no, exc.invariant,
                                              str(exc)) from None
+                except InvariantViolation:
+                    raise
                 except AssertionError as exc:
-                    if isinstance(exc, InvariantViolation):
-                        raise
                     raise InvariantViolation(self.seed, self.step_no, "terminal view",
                                              str(exc)) from exc
+                except Exception as exc:         # the switch (or the simulator) raised
+                    raise InvariantViolation(self.seed, self.step_no, "no exception",
+                                             repr(exc)) from exc
         finally:
             crypto.simulate_keys(0)
             node = getattr(self, "node", None)
