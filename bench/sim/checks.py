@@ -92,7 +92,10 @@ def post(books: Books, opening: State, first_no: int, blob: bytes) -> None:
         r = recs[i]
         no, kind, rc = first_no + i, int(r["kind"]), int(r["rc"])
         account, amount = int(r["account"]), int(r["amount_fen"])
-        if rc == APPROVED and int(r["terminal"]) != NONE and kind != KIND_SIGNON:
+        # An effect: an approval that touches an account. (A reversal whose original has
+        # left the terminal's ring is acknowledged with a record naming no account.)
+        if (rc == APPROVED and int(r["terminal"]) != NONE and kind != KIND_SIGNON
+                and account != NONE):
             key = (int(r["terminal"]), int(r["seq"]), kind)
             if key in books.effects:
                 raise BooksError("one effect per request",
