@@ -9,7 +9,6 @@ from onecard.protocols import native
 from onecard.switch import loader, store
 
 from . import checks
-from .checks import Books
 from .node import Held, Node
 from .terminals import IsoSim, Request, iso_answer, native_answer
 
@@ -145,6 +144,9 @@ class Lifecycle:
 
     def _same_answer(self, link, req: Request, answer: tuple) -> None:
         first = req.retry_of
+        if first is None and req.decided is not None:
+            first = Request(req.tid, req.seq, req.kind, req.frame, answer=req.decided)
+            self.summary.checks["answer decided before a crash given after it"] += 1
         if first is None:
             req.answer = answer
             return
@@ -177,10 +179,27 @@ class Lifecycle:
     # ---- crashes, restarts, checkpoints -----------------------------------------------------
 
     def _crash(self, *, wal_bytes: int | None = None) -> None:
+        self._remember_decided(wal_bytes is None)
         self.incarnation += 1
         image = self.work_dir / f"node-{self.incarnation}"
         self.node.crash(image, wal_bytes=wal_bytes)
         self._restarted(image)
+
+    def _remember_decided(self, durable_kept: bool) -> None:
+        """Replies that were never sent but whose records are durable: after recovery, the
+        terminal's retransmission must get exactly these answers (crash after commit)."""
+        if not durable_kept:
+            return
+        for held in self.node.held:
+            if held.tid == OPERATOR_TID or held.need_no > self.books_durable.end_no:
+                continue
+            link = self.link_by_tid[held.tid]
+            iso = isinstance(link.sim, IsoSim)
+            for reply in link.sim.parse(held.data):
+                seq = int(reply["11"]) if iso else reply.seq
+                req = next((r for r in link.outstanding if r.seq == seq), None)
+                if req is not None and req.retry_of is None and req.kind != "signon":
+                    req.decided = iso_answer(reply) if iso else native_answer(reply)
 
     def _graceful_restart(self) -> None:
         if self.disk_full_steps or self.node.queue or self.node.held:
@@ -249,4 +268,4 @@ class Lifecycle:
         self._crash()
 
 
-__all__ = ["Books", "Lifecycle"]
+__all__ = ["Lifecycle"]

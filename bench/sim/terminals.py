@@ -67,6 +67,7 @@ class Request:
     answer: tuple | None = None
     retry_of: Request | None = None     # a retransmission: the request first sent
     mak: bytes | None = None            # the working key it was MACed with
+    decided: tuple | None = None        # answered durably, but the reply was lost in a crash
 
 
 @dataclass

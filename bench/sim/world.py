@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
+
 from onecard.core import crypto
-from onecard.switch import demo, loader
+from onecard.switch import catalogue, demo, loader, store
 from onecard.switch.terminals import read_terminals
 
 from . import checks, faults
@@ -114,9 +116,13 @@ class Simulator(Lifecycle):
         infos = pick_terminals(read_terminals(self.base_dir))
         self.links = make_links(infos)
         self.link_by_tid = {link.tid: link for link in self.links}
-        provinces = self.opening.regions["province"][self.opening.cards["region"]]
-        prov_codes = sorted({t.province for t in read_terminals(self.base_dir)})
-        codes = [prov_codes[p] if p < len(prov_codes) else -1 for p in provinces]
+        conn = store.connect(store.db_path(self.base_dir), readonly=True)
+        try:
+            codes = np.array(catalogue.provinces(conn))       # province index -> code
+        finally:
+            conn.close()
+        region_province = self.opening.regions["province"][self.opening.cards["region"]]
+        codes = codes[region_province[:self.opening.n_cards]]
         cards = pick_cards(self.opening, codes, self.rng)
         self.traffic = Traffic(self.links, cards, self.rng)
         self.operator = Operator(cards, self.rng)
