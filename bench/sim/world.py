@@ -225,9 +225,9 @@ class Simulator(Lifecycle):
                 self._release()
             return
         if fault == faults.TORN_WRITE:
-            cut = commit.wal_bytes_before + self.rng.randrange(
-                commit.wal_bytes_after - commit.wal_bytes_before)
-            self._crash(wal_bytes=cut)
+            grown = commit.wal_bytes_after - commit.wal_bytes_before
+            assert grown > 0, "the WAL did not grow: the commit's bytes cannot be found"
+            self._crash(wal_bytes=commit.wal_bytes_before + self.rng.randrange(grown))
             return
         if fault == faults.FSYNC_ERROR:
             if self.rng.random() < 0.5:
