@@ -15,7 +15,7 @@ left. SM4 MAC: GB/T 15852.1 MAC algorithm 1 (CBC-MAC, zero IV) with padding meth
 zeros, always added), leftmost 8 bytes of the last block.
 """
 
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
@@ -227,8 +227,35 @@ cdef int check_value(int alg, const uint8_t* key16, uint8_t* out4) noexcept nogi
     return 0
 
 
+# The deterministic simulator (bench/sim) needs the same working keys on every run of a seed:
+# while this is non-zero, keys come from a seeded generator instead of OpenSSL. Nothing in the
+# switch sets it; the cost is one branch per sign-on.
+cdef uint64_t simulated_key_state = 0
+
+
+cdef inline uint64_t splitmix64(uint64_t* s) noexcept nogil:
+    cdef uint64_t z
+    s[0] += <uint64_t>0x9E3779B97F4A7C15
+    z = s[0]
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
 cdef int random_bytes(uint8_t* out, int n) noexcept nogil:
-    return 0 if RAND_bytes(out, n) == 1 else -1
+    cdef int i
+    if simulated_key_state == 0:
+        return 0 if RAND_bytes(out, n) == 1 else -1
+    for i in range(n):
+        out[i] = <uint8_t>(splitmix64(&simulated_key_state) >> 56)
+    return 0
+
+
+def simulate_keys(seed: int) -> None:
+    """Working keys from a generator seeded with ``seed`` (the simulator only: such keys are
+    predictable); 0 goes back to OpenSSL's generator."""
+    global simulated_key_state
+    simulated_key_state = <uint64_t>seed
 
 
 # ---- Python API (tests, terminal simulators, admin) -----------------------------------------

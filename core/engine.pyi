@@ -12,6 +12,7 @@ NATIVE: int
 
 class Engine:
     clock_offset_us: int
+    clock_us: int
     def __init__(self, state: State, *, next_record_no: int = ..., daily_limit_fen: int = ...,
                  amount_fen_max: int = ..., iso_frame_bytes_max: int = ...,
                  native_frame_bytes_max: int = ..., native_batch_max: int = ...,

@@ -32,6 +32,7 @@ cdef class Engine:
     cdef NativePath native
     cdef OutBuf out
     cdef public int64_t clock_offset_us     # tests move the clock; 0 in production
+    cdef public int64_t clock_us            # simulated time when non-zero (bench/sim)
 
     def __init__(self, State state, *, uint64_t next_record_no=0,
                  int64_t daily_limit_fen=500_000, int64_t amount_fen_max=10_000_000,
@@ -46,13 +47,20 @@ cdef class Engine:
         self.native = NativePath(self.authoriser, self.metrics, native_frame_bytes_max,
                                  native_batch_max)
         self.clock_offset_us = 0
+        self.clock_us = 0
 
     def __dealloc__(self):
         ob_free(&self.out)
 
     def tick(self) -> None:
         """Bring the decision clock to now (before an operator's change between batches)."""
-        self.authoriser.begin(realtime_us() + self.clock_offset_us)
+        self.authoriser.begin(self.now_us())
+
+    cdef inline int64_t now_us(self) noexcept nogil:
+        # The simulator drives the clock itself so that a seed replays byte for byte.
+        if self.clock_us:
+            return self.clock_us
+        return realtime_us() + self.clock_offset_us
 
     def process(self, int proto, data) -> tuple:
         """Handle every complete frame in ``data``.
@@ -70,7 +78,7 @@ cdef class Engine:
             raise ValueError(f"unknown protocol {proto}")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self.authoriser.begin(realtime_us() + self.clock_offset_us)
+            self.authoriser.begin(self.now_us())
             batch = self.metrics.begin_batch(<uint8_t>proto)
             self.out.len = 0
             if proto == PROTO_ISO8583:

@@ -217,8 +217,10 @@ def decode_bodies(data) -> int:
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         with nogil:
-            while view.len - pos >= PREFIX:
+            while <size_t>view.len - pos >= PREFIX:
                 length = <uint32_t>load_be(<const uint8_t*>view.buf + pos, PREFIX)
+                if length > <size_t>view.len - pos - PREFIX:
+                    break                      # a frame cut short: never read past the buffer
                 r.p = <const uint8_t*>view.buf + pos + PREFIX
                 r.n = length
                 r.pos = 0
