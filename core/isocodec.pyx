@@ -54,10 +54,12 @@ cdef inline bint _digits_ok(const uint8_t* p, int ndigits, bint track) noexcept 
     return True
 
 
-cdef inline bint _text_ok(const uint8_t* p, int n, bint strict) noexcept nogil:
+cdef inline bint _text_ok(const uint8_t* p, int n) noexcept nogil:
+    # Printable ASCII only (protocols/iso8583_fields.py): a byte above 0x7e in a field the
+    # reply echoes (41, 42) would make the reply unreadable to a strict client.
     cdef int i
     for i in range(n):
-        if p[i] < 0x20 or p[i] == 0x7f or (strict and p[i] > 0x7e):
+        if p[i] < 0x20 or p[i] > 0x7e:
             return False
     return True
 
@@ -146,11 +148,8 @@ cdef int iso_decode(const uint8_t* p, uint32_t n, IsoMsg* m) noexcept nogil:
             if d.kind == K_N or d.kind == K_Z:
                 if not _digits_ok(p + pos, count, d.kind == K_Z):
                     return DEC_FIELD
-            elif d.kind == K_AN:
-                if not _text_ok(p + pos, count, True):
-                    return DEC_FIELD
-            elif d.kind == K_ANS:
-                if not _text_ok(p + pos, count, False):
+            elif d.kind == K_AN or d.kind == K_ANS:
+                if not _text_ok(p + pos, count):
                     return DEC_FIELD
             m.off[f] = <uint16_t>pos
             pos += m.blen[f]

@@ -49,6 +49,16 @@ cdef inline bint superseded(const uint32_t* log, uint32_t v, uint32_t end) noexc
     return False
 
 
+cdef inline bint tid_text(const uint8_t* tid, uint64_t* packed) noexcept nogil:
+    """Pack a terminal id (TID_LEN bytes) big-endian; whether it is UTF-8."""
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(TID_LEN):
+        v = (v << 8) | tid[i]
+    packed[0] = v
+    return not (v & ASCII_HIGH_BITS) or utf8_valid(tid, TID_LEN)
+
+
 cdef bint utf8_valid(const uint8_t* s, uint32_t n) noexcept nogil:
     """Whether s[:n] is UTF-8 (RFC 3629: shortest forms, no surrogates, up to U+10FFFF).
     Terminal ids are ASCII in practice: one comparison a byte."""
@@ -222,7 +232,7 @@ cdef class NativePath:
         problem to answer (``problem``, ``rc``), or a MAC to check (``verify``; a lone
         sign-on's is checked under the master key in answer_frame())."""
         cdef MpReader r, body
-        cdef uint32_t count, i
+        cdef uint32_t count
         cdef int64_t version, tag = 0
         cdef uint64_t packed = 0
         cdef Terminal* term
@@ -241,19 +251,17 @@ cdef class NativePath:
             h.tid = NULL
             h.tid_len = 0
             h.problem = b"terminal id must be a string of 8 characters"
+        elif not tid_text(h.tid, &packed):
+            # Echoed, it would break a strict client's decoder: answered with an empty id
+            # (checked first, since every later problem's answer echoes the id).
+            h.tid = NULL
+            h.tid_len = 0
+            h.problem = b"terminal id is not valid UTF-8"
         elif mp_bin(&r, &h.body_p, &h.body_len) or mp_bin(&r, &h.mac_p, &h.mac_len):
             h.problem = b"body and mac must be binary"
         elif not frame_ends(&r, count - 4):
             h.problem = b"bytes after the frame's array [version, terminal, body, mac]"
         if h.problem != NULL:
-            return
-        for i in range(TID_LEN):
-            packed = (packed << 8) | h.tid[i]
-        if (packed & ASCII_HIGH_BITS) and not utf8_valid(h.tid, h.tid_len):
-            # Echoed, it would break a strict client's decoder: answered with an empty id.
-            h.tid = NULL
-            h.tid_len = 0
-            h.problem = b"terminal id is not valid UTF-8"
             return
         h.term_idx = self.st.find_terminal(packed)
         body.p = h.body_p
