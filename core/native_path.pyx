@@ -108,6 +108,8 @@ cdef class NativePath:
                                         or not mac_equal(heads[j].mac, heads[j].mac_p)):
                     heads[j].rc = RC_A0
                     heads[j].problem = b"MAC check failed"
+                elif heads[j].verify:
+                    self.authenticated = 1   # a frame MACed with a working key
             n_jobs = 0
             for j in range(g):
                 if self.answer_frame(&heads[j], out, batch, messages, &jobs[n_jobs]) != 0:
@@ -117,6 +119,46 @@ cdef class NativePath:
                     n_jobs += 1
                 pos += PREFIX + heads[j].length
             mac_many_in(jobs, n_jobs, out.data)
+        return pos
+
+    cdef size_t refuse(self, const uint8_t* p, size_t n, OutBuf* out, uint8_t rc,
+                       const char* text, uint32_t* frames, int* close) noexcept nogil:
+        """Answer every complete frame with one ErrorReply (seq 0, ``rc``, ``text``), as for
+        any frame-level problem, and do nothing else: no terminal lookup, no MAC, no message
+        decoded, no state read or changed. The terminal id is echoed when it can be read."""
+        cdef size_t pos = 0
+        cdef uint32_t length, count = 0, tid_len = 0
+        cdef int64_t version = 0
+        cdef const uint8_t* tid
+        cdef MpReader r
+        cdef Frame f
+        while n - pos >= PREFIX:
+            length = <uint32_t>load_be(p + pos, PREFIX)
+            if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE):
+                close[0] = 1
+                break
+            if length > self.frame_bytes_max:
+                self.begin_reply(out, &f, NULL, 0)   # as in run(): say why, then close
+                self.append_error(out, &f, 0, RC_30, b"frame length above the maximum")
+                self.end_reply(out, &f, NULL, NULL)
+                frames[0] += 1
+                close[0] = 1
+                break
+            if n - pos - PREFIX < length:
+                break
+            r.p = p + pos + PREFIX
+            r.n = length
+            r.pos = 0
+            tid = NULL
+            if (mp_array(&r, &count) or count < 4 or mp_int(&r, &version)
+                    or mp_str(&r, &tid, &tid_len) or tid_len != TID_LEN):
+                tid = NULL
+                tid_len = 0
+            self.begin_reply(out, &f, tid, tid_len)
+            self.append_error(out, &f, 0, rc, text)
+            self.end_reply(out, &f, NULL, NULL)
+            pos += PREFIX + length
+            frames[0] += 1
         return pos
 
     # ---- reply frame -------------------------------------------------------------------------
@@ -263,6 +305,7 @@ cdef class NativePath:
                 h.problem = b"MAC check failed"
             else:
                 key = &tmk_key
+                self.authenticated = 1       # a sign-on MACed with the master key
         self.begin_reply(out, &f, h.tid, h.tid_len)
         if h.problem != NULL:
             self.append_error(out, &f, 0, h.rc, h.problem)

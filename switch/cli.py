@@ -62,6 +62,7 @@ def _lock(data_dir: Path):
 
 def cmd_serve(args) -> int:
     from onecard.switch import demo, loader, store
+    from onecard.switch.admission import DataDirError, check_data_dir
     from onecard.switch.server import ListenError
 
     config = _config(args)
@@ -69,6 +70,7 @@ def cmd_serve(args) -> int:
     data_dir = Path(config.data_dir)
     lock = _lock(data_dir)
     try:
+        check_data_dir(data_dir, config.store.free_mb_min)
         if not store.db_path(data_dir).exists():
             demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
                           ring_size=config.core.ring_size)
@@ -77,7 +79,7 @@ def cmd_serve(args) -> int:
         import uvloop
 
         return uvloop.run(_serve(config, loaded))
-    except ListenError as exc:
+    except (ListenError, DataDirError) as exc:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
     finally:
