@@ -17,9 +17,11 @@ What "work waiting" is measured by, every ``tick`` (a fifth of the budget, 2..20
   head of ``Switch.waiting``, seen at consecutive ticks). When the disk is the bottleneck
   this is where the queue is, and the event loop looks idle.
 
-``delay = lag + durability wait``; over ``latency_budget_ms`` the switch sheds until a tick
-at least one tick later sees it under budget again (shedding itself makes the loop fast, so
-without that hold it would flip at every tick).
+``delay = lag + durability wait``; over ``latency_budget_ms`` at two ticks in a row the
+switch sheds until a tick at least one tick later sees it under budget again (shedding
+itself makes the loop fast, so without that hold it would flip at every tick). One long
+iteration alone (start-up's GC freeze, a stall of the VM) leaves no queue behind it and
+sheds nothing.
 
 The loop's pace does not show a queue in one connection's kernel buffer (a single busy peer:
 each read takes a few ms, yet the socket holds seconds of requests). So a read of
@@ -175,6 +177,7 @@ class Admission:
         self.delay_s = 0.0
         self._next_tick = 0.0
         self._shed_until = 0.0
+        self._over_before = False
         self._head = None
         self._head_seen = 0.0
         self._timer = None
@@ -230,11 +233,13 @@ class Admission:
             self._head, self._head_seen = head, now
         wait_s = now - self._head_seen if head is not None else 0.0
         self.delay_s = self.lag_s + wait_s
-        if self.delay_s > self.latency_budget_s:
+        over = self.delay_s > self.latency_budget_s
+        if over and self._over_before:
             self._shed_until = now + self.tick_s
             self.overloaded = True
         elif now >= self._shed_until:
             self.overloaded = False
+        self._over_before = over
         self._update()
         self._next_tick = now + self.tick_s
         self._timer = loop.call_at(self._next_tick, self._tick)

@@ -165,11 +165,12 @@ class SwitchProcess:
         self.proc.wait(timeout=30)
 
 
-def start_switch(data_dir: Path, *extra: str, env: dict | None = None) -> SwitchProcess:
+def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
+                 preexec_fn=None) -> SwitchProcess:
     cmd = [sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir", str(data_dir),
            "--iso8583-port", "0", "--native-port", "0", "--http-port", "0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
     ports: dict[str, int] = {}
     output: list[str] = []
     deadline = time.monotonic() + READY_TIMEOUT_S
