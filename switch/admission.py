@@ -138,8 +138,9 @@ def check_data_dir(data_dir: Path, free_mb_min: int) -> None:
     """Refuse to start (DataDirError) when the data directory cannot take a commit: a write of
     PROBE_BYTES with fsync must succeed and ``free_mb_min`` MiB must be free after it."""
     assert free_mb_min >= 0
-    probe = data_dir / ".onecard-write-probe"
+    probe = data_dir / f".onecard-write-probe-{os.getpid()}"
     try:
+        data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, b"\0" * PROBE_BYTES)

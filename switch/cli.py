@@ -68,9 +68,13 @@ def cmd_serve(args) -> int:
     config = _config(args)
     _logging(config.log_level)
     data_dir = Path(config.data_dir)
+    try:
+        check_data_dir(data_dir, config.store.free_mb_min)   # before the lock file's write
+    except DataDirError as exc:
+        print(f"onecard: {exc}", file=sys.stderr)
+        return 2
     lock = _lock(data_dir)
     try:
-        check_data_dir(data_dir, config.store.free_mb_min)
         if not store.db_path(data_dir).exists():
             demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
                           ring_size=config.core.ring_size)
@@ -79,7 +83,7 @@ def cmd_serve(args) -> int:
         import uvloop
 
         return uvloop.run(_serve(config, loaded))
-    except (ListenError, DataDirError) as exc:
+    except ListenError as exc:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
     finally:
