@@ -42,7 +42,7 @@ cdef class Engine:
     cdef NativePath native
     cdef OutBuf out
     cdef public int64_t clock_offset_us     # tests move the clock; 0 in production
-    cdef readonly object shed               # uint64[protocol, reason]: frames refused
+    cdef readonly object shed               # uint64[protocol, reason]: requests refused
     cdef uint64_t* shed_p
 
     def __init__(self, State state, *, uint64_t next_record_no=0,
@@ -109,16 +109,16 @@ cdef class Engine:
         return bool(self.native.authenticated)
 
     def refuse(self, int proto, data, int reason) -> tuple:
-        """Answer every complete frame in ``data`` with ``96`` (ISO 8583) or an ErrorReply
-        ``96`` (native) and change nothing: no journal record, no ring slot, no balance, no
+        """Answer every request in ``data`` with ``96`` (ISO 8583) or an ErrorReply ``96``
+        with its seq (native) and change nothing: no journal record, no ring slot, no balance, no
         clock. For load shedding and a journal that cannot be written; ``reason`` is
         REFUSE_OVERLOAD or REFUSE_JOURNAL. One call per buffer, no Python object per frame.
 
         Returns ``(consumed, replies, close)`` as :meth:`process` does (no batch id: refused
-        frames are counted in :attr:`shed`, not in the latency histograms).
+        requests are counted in :attr:`shed`, not in the latency histograms).
         """
         cdef Py_buffer view
-        cdef uint32_t frames = 0
+        cdef uint32_t requests = 0
         cdef int close = 0
         cdef size_t consumed
         if proto != PROTO_ISO8583 and proto != PROTO_NATIVE:
@@ -130,11 +130,11 @@ cdef class Engine:
             self.out.len = 0
             if proto == PROTO_ISO8583:
                 consumed = self.iso.refuse(<const uint8_t*>view.buf, view.len, &self.out, RC_96,
-                                           &frames, &close)
+                                           &requests, &close)
             else:
                 consumed = self.native.refuse(<const uint8_t*>view.buf, view.len, &self.out,
-                                              RC_96, REFUSE_TEXT[reason], &frames, &close)
-            self.shed_p[proto * 2 + reason] += frames
+                                              RC_96, REFUSE_TEXT[reason], &requests, &close)
+            self.shed_p[proto * 2 + reason] += requests
         finally:
             PyBuffer_Release(&view)
         replies = (PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)

@@ -9,10 +9,11 @@ change, at a fraction of an authorisation's cost (no card or ring lookup, no MAC
 
 What "work waiting" is measured by, every ``tick`` (a fifth of the budget, 2..20 ms):
 
-- *event-loop lag*: how late the tick's own timer fired. The loop reads every ready socket
-  once per iteration (libuv reads a socket until it is drained, up to 32 reads of 256 KiB),
-  so a busy iteration's length is about how long a request arriving now waits in the kernel
-  before the core sees it; under CPU overload this is where the queue is.
+- *event-loop lag*: how late the tick's own timer fired, but no more than the loop's thread
+  spent on the CPU since the last tick (a descheduled process also fires late, with no work
+  of its own waiting). The loop reads every ready socket once per iteration, so a busy
+  iteration's length is about how long a request arriving now waits in the kernel before
+  the core sees it; under CPU overload this is where the queue is.
 - *durability wait*: the age of the oldest reply batch waiting for the group commit (the
   head of ``Switch.waiting``, seen at consecutive ticks). When the disk is the bottleneck
   this is where the queue is, and the event loop looks idle.
@@ -179,6 +180,7 @@ class Admission:
         self._next_tick = 0.0
         self._shed_until = 0.0
         self._over_before = False
+        self._cpu_s = time.thread_time()
         self._head = None
         self._head_seen = 0.0
         self._timer = None
@@ -227,7 +229,11 @@ class Admission:
     def _tick(self) -> None:
         loop = self.switch._loop
         now = loop.time()
-        self.lag_s = max(now - self._next_tick, 0.0)
+        # Lag is counted only as far as the loop was working: a process descheduled on a
+        # busy machine fires late too, but has no queue of its own making to shed.
+        cpu_s = time.thread_time()
+        self.lag_s = max(min(now - self._next_tick, cpu_s - self._cpu_s), 0.0)
+        self._cpu_s = cpu_s
         waiting = self.switch.waiting
         head = waiting[0] if waiting else None
         if head is not self._head:

@@ -60,23 +60,31 @@ def test_refused_iso_buffer_gets_96_per_frame_and_changes_nothing(world):
     assert world.balance(idx) == before - 300
 
 
-def test_refused_native_frames_get_one_error_reply_each_and_change_nothing(world):
+def test_refused_native_messages_get_an_error_reply_each_and_change_nothing(world):
     t = world.native(TERM_BUS_READER)
     pan, idx = world.card()
     before = world.balance(idx)
     next_no = world.engine.journal.next_no
-    frames = [t.frame([t.tap(pan), t.tap(pan)]) for _ in range(5)]
+    batches = [[t.tap(pan), t.tap(pan)] for _ in range(5)]
+    frames = [t.frame(b) for b in batches]
     consumed, replies, close = world.engine.refuse(NATIVE, b"".join(frames), REFUSE_JOURNAL)
     assert consumed == sum(map(len, frames)) and not close
     answered = split_native(replies)
     assert len(answered) == 5
-    for frame, (err,) in answered:
+    for batch, (frame, errors) in zip(batches, answered, strict=True):
         assert frame.terminal == t.info.tid and frame.mac == b""
-        assert type(err).__name__ == "ErrorReply" and err.rc == "96" and err.seq == 0
-        assert "journal" in err.message
+        assert [e.seq for e in errors] == [m.seq for m in batch]      # each by its own seq
+        for err in errors:
+            assert type(err).__name__ == "ErrorReply" and err.rc == "96"
+            assert "journal" in err.message
     assert world.engine.journal.next_no == next_no
     assert world.balance(idx) == before
-    assert int(world.engine.shed[NATIVE, REFUSE_JOURNAL]) == 5
+    assert int(world.engine.shed[NATIVE, REFUSE_JOURNAL]) == 10
+    # A body that cannot be read as far as each message's seq: one ErrorReply, seq 0.
+    bad = native.encode_frame(t.info.tid, b"\x91\xc1", b"")
+    _, replies, close = world.engine.refuse(NATIVE, bad, REFUSE_OVERLOAD)
+    ((_, (err,)),) = split_native(replies)
+    assert err.seq == 0 and err.rc == "96" and not close
 
 
 def test_an_unframeable_stream_is_still_closed_while_refusing(world):
