@@ -119,7 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data_dir = tmp / "data"
-        proc, ports = start_switch(data_dir, args.cards, 0)
+        proc, ports = start_switch(data_dir, args.cards, 0)          # shedding off
         try:
             top = run_load(ports, data_dir, "iso8583", conns, window, args.duration, 1,
                            tmp / "max.json")

@@ -18,11 +18,12 @@ What "work waiting" is measured by, every ``tick`` (a fifth of the budget, 2..20
   head of ``Switch.waiting``, seen at consecutive ticks). When the disk is the bottleneck
   this is where the queue is, and the event loop looks idle.
 
-``delay = lag + durability wait``; over ``latency_budget_ms`` at two ticks in a row the
-switch sheds until a tick at least one tick later sees it under budget again (shedding
-itself makes the loop fast, so without that hold it would flip at every tick). One long
-iteration alone (start-up's GC freeze, a stall of the VM) leaves no queue behind it and
-sheds nothing.
+``delay = lag + durability wait``. Shedding starts when the delay has stayed over
+``latency_budget_ms`` for a whole budget (a transient, such as start-up's GC freeze, one slow
+fsync or a stall of the VM, leaves no queue behind it: shedding would only refuse requests
+that would have been answered in time), and restarts at the first tick over budget within a
+budget of the last shedding: shedding makes the loop fast for a tick without the overload
+going away.
 
 The loop's pace does not show a queue in one connection's kernel buffer (a single busy peer:
 each read takes a few ms, yet the socket holds seconds of requests). So a read of
@@ -178,8 +179,8 @@ class Admission:
         self.lag_s = 0.0
         self.delay_s = 0.0
         self._next_tick = 0.0
-        self._shed_until = 0.0
-        self._over_before = False
+        self._over_since: float | None = None
+        self._shed_last = -1e9
         self._cpu_s = time.thread_time()
         self._head = None
         self._head_seen = 0.0
@@ -240,13 +241,19 @@ class Admission:
             self._head, self._head_seen = head, now
         wait_s = now - self._head_seen if head is not None else 0.0
         self.delay_s = self.lag_s + wait_s
-        over = self.delay_s > self.latency_budget_s
-        if over and self._over_before:
-            self._shed_until = now + self.tick_s
-            self.overloaded = True
-        elif now >= self._shed_until:
-            self.overloaded = False
-        self._over_before = over
+        if self.delay_s > self.latency_budget_s:
+            if self._over_since is None:
+                self._over_since = now
+            # Sustained for a whole budget, or back within a budget of the last shedding
+            # (which itself made the loop fast for a tick, not the overload go away).
+            if (now - self._over_since >= self.latency_budget_s
+                    or now - self._shed_last < self.latency_budget_s):
+                self.overloaded = True
+                self._shed_last = now
+        else:
+            self._over_since = None
+            if now - self._shed_last >= self.tick_s:
+                self.overloaded = False
         self._update()
         self._next_tick = now + self.tick_s
         self._timer = loop.call_at(self._next_tick, self._tick)
