@@ -9,11 +9,12 @@ change, at a fraction of an authorisation's cost (no card or ring lookup, no MAC
 
 What "work waiting" is measured by, every ``tick`` (a fifth of the budget, 2..20 ms):
 
-- *event-loop lag*: how late the tick's own timer fired, but no more than the loop's thread
-  spent on the CPU since the last tick (a descheduled process also fires late, with no work
-  of its own waiting). The loop reads every ready socket once per iteration, so a busy
-  iteration's length is about how long a request arriving now waits in the kernel before
-  the core sees it; under CPU overload this is where the queue is.
+- *event-loop lag*: how late the tick's own timer fired. The loop reads every ready socket
+  once per iteration, so a busy iteration's length is about how long a request arriving now
+  waits in the kernel before the core sees it; under CPU overload this is where the queue
+  is. Wall time, not the loop's CPU time: a switch that keeps losing its core to other
+  processes has less capacity, and its queue is just as real (a one-off stall is filtered
+  by the rule below).
 - *durability wait*: the age of the oldest reply batch waiting for the group commit (the
   head of ``Switch.waiting``, seen at consecutive ticks). When the disk is the bottleneck
   this is where the queue is, and the event loop looks idle.
@@ -24,6 +25,11 @@ fsync or a stall of the VM, leaves no queue behind it: shedding would only refus
 that would have been answered in time), and restarts at the first tick over budget within a
 budget of the last shedding: shedding makes the loop fast for a tick without the overload
 going away.
+
+Within one iteration (the tick cannot run in the middle of one): every record decided in it
+is handed to the writer only when it ends (Switch._submit_batches), so once the iteration's
+first read is ``latency_budget_ms`` old, its remaining reads are refused (one time
+comparison per read; the time is the read's own ``last_rx``).
 
 The loop's pace does not show a queue in one connection's kernel buffer (a single busy peer:
 each read takes a few ms, yet the socket holds seconds of requests). So a read of
@@ -171,6 +177,9 @@ class Admission:
         self.switch = switch
         self.latency_budget_s = srv.latency_budget_ms / 1000
         self.tick_s = min(max(self.latency_budget_s / 5, TICK_S_MIN), TICK_S_MAX)
+        # A loop iteration that has processed reads for this long refuses its other reads:
+        # nothing it decides is even handed to the writer before the iteration ends.
+        self.iteration_max_s = self.latency_budget_s if self.latency_budget_s > 0 else 1e18
         # None: admit. Else the Engine.refuse reason every new buffer is answered with.
         self.refusing: int | None = None
         self.overloaded = False
@@ -181,7 +190,6 @@ class Admission:
         self._next_tick = 0.0
         self._over_since: float | None = None
         self._shed_last = -1e9
-        self._cpu_s = time.thread_time()
         self._head = None
         self._head_seen = 0.0
         self._timer = None
@@ -230,11 +238,7 @@ class Admission:
     def _tick(self) -> None:
         loop = self.switch._loop
         now = loop.time()
-        # Lag is counted only as far as the loop was working: a process descheduled on a
-        # busy machine fires late too, but has no queue of its own making to shed.
-        cpu_s = time.thread_time()
-        self.lag_s = max(min(now - self._next_tick, cpu_s - self._cpu_s), 0.0)
-        self._cpu_s = cpu_s
+        self.lag_s = max(now - self._next_tick, 0.0)
         waiting = self.switch.waiting
         head = waiting[0] if waiting else None
         if head is not self._head:
@@ -265,6 +269,21 @@ class Admission:
             self.refusing = REFUSE_OVERLOAD
         else:
             self.refusing = None
+
+    def handle(self, conn: Connection, data, now: float) -> tuple[int, bytes, int, bool]:
+        """The reads the fast path in Connection.data_received does not take: refusing, a
+        full read, or a loop iteration already busier than the budget. Returns what
+        Engine.process does, with batch -1 for a refusal."""
+        sw = self.switch
+        size = len(data)
+        if (self.refusing is None
+                and not (sw._submit_soon and now - sw.iteration_start >= self.iteration_max_s)
+                and (size < FULL_READ_BYTES or self.admit_backlog(conn, size))):
+            if size < FULL_READ_BYTES:
+                return sw.engine.process(conn.proto, data)
+            return self.process_timed(conn, data)
+        consumed, replies, close = self.refuse(conn, data)
+        return consumed, replies, -1, close
 
     def admit_backlog(self, conn: Connection, size: int) -> bool:
         """For a read of FULL_READ_BYTES or more (the peer is sending faster than it is read):

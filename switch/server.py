@@ -96,20 +96,18 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         sw = self.switch
-        self.last_rx = time.monotonic()
+        self.last_rx = now = time.monotonic()
         buf = self._buf
         held = len(buf)
         if held:
             buf += data
             data = buf
         adm = sw.admission
-        if adm.refusing is None and len(data) < FULL_READ_BYTES:
+        if (adm.refusing is None and len(data) < FULL_READ_BYTES
+                and (not sw._submit_soon or now - sw.iteration_start < adm.iteration_max_s)):
             consumed, replies, batch, close = sw.engine.process(self.proto, data)
-        elif adm.refusing is None and adm.admit_backlog(self, len(data)):
-            consumed, replies, batch, close = adm.process_timed(self, data)
-        else:
-            consumed, replies, close = adm.refuse(self, data)
-            batch = -1                            # refused: no batch, ordered behind its own
+        else:                                     # batch -1: refused (admission.handle)
+            consumed, replies, batch, close = adm.handle(self, data, now)
         if not self.authenticated and batch > 0 and sw.engine.authenticated:
             self.authenticated = True
         if data is buf:
@@ -189,6 +187,7 @@ class Switch:
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
         self._submit_soon = False
+        self.iteration_start = 0.0
         self.admission = Admission(self)
 
     # ---- replies and durability --------------------------------------------------------------
@@ -209,6 +208,7 @@ class Switch:
             need = conn.waiting_need
         if not self._submit_soon and need > self.committer.submitted_no:
             self._submit_soon = True
+            self.iteration_start = conn.last_rx   # this loop iteration's first read
             self._loop.call_soon(self._submit_batches)
         if self.committer.durable_no > self.durable_no:
             # A commit finished while this loop iteration was busy with sockets: release its
