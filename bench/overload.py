@@ -11,17 +11,20 @@ overload), and the switch's resident memory before, at most during, and after th
 
     python -m onecard.bench.overload                       # 2x capacity, 10 s, budget 50 ms
     python -m onecard.bench.overload --factor 2 --duration 10 --json overload.json
+    python -m onecard.bench.overload --hog     # the switch on half a core: really 2x
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from onecard.bench.e2e import metric_samples, run_load, start_switch
+from onecard.bench.e2e import _pin, metric_samples, run_load, start_switch
 
 DURATION_S_MAX = 120
 
@@ -116,6 +119,13 @@ def describe(r: dict) -> str:
             f"{r.get('send_lag_max_ms', 0):.0f} ms, which counts in its latencies)")
 
 
+def start_hog(core: int) -> subprocess.Popen:
+    """A busy loop pinned to the switch's core: the switch gets about half of it, so that the
+    one generator core can offer twice what the switch can do (without it, on 2 cores the
+    generator saturates before the switch does and no overload is produced)."""
+    return subprocess.Popen([*_pin(core), sys.executable, "-c", "while True: pass"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--factor", type=float, default=2.0, help="offered rate / capacity")
@@ -124,6 +134,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     p.add_argument("--budget-ms", type=int, default=50, help="latency_budget_ms when shedding")
     p.add_argument("--cards", type=int, default=100_000)
+    p.add_argument("--hog", action="store_true",
+                   help="share the switch's core with a busy loop for every run (capacity "
+                   "included), so that one generator core can overload it")
     p.add_argument("--json")
     args = p.parse_args()
     if not 0 < args.duration <= DURATION_S_MAX or not 0 < args.factor <= 10:
@@ -133,7 +146,19 @@ def main() -> None:
         raise SystemExit("bench.overload: --budget-ms must be positive (the baseline runs "
                          "with 0 anyway)")
     conns, window = (int(x) for x in args.max_run.split("x"))
-    out: dict = {"runs": []}
+    out: dict = {"runs": [], "hog": args.hog}
+    hog = start_hog(0) if args.hog else None
+    try:
+        run_all(args, conns, window, out)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait(10)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def run_all(args, conns: int, window: int, out: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         data_dir = tmp / "data"
@@ -153,8 +178,6 @@ def main() -> None:
             r = one_run(tmp, data_dir, args, budget, rate)
             out["runs"].append(r)
             print(describe(r), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
