@@ -34,11 +34,18 @@ def _pin(core: int | None) -> list[str]:
 
 def start_switch(data_dir: Path, cards: int, core: int | None, *,
                  config: Path | None = None) -> tuple[subprocess.Popen, dict]:
+    """A switch for measuring: load shedding is off unless ``config`` has a [server] table
+    (these benchmarks measure the normal path; a 96 would hide a slow request)."""
     cmd = [*_pin(core), sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir",
            str(data_dir), "--cards", str(cards), "--iso8583-port", "0", "--native-port", "0",
            "--http-port", "0"]
-    if config is not None:
-        cmd += ["--config", str(config)]
+    text = config.read_text() if config is not None else ""
+    if "[server]" not in text:
+        text += "\n[server]\nlatency_budget_ms = 0\n"
+    merged = data_dir.parent / f"{data_dir.name}-bench.toml"
+    merged.parent.mkdir(parents=True, exist_ok=True)
+    merged.write_text(text)
+    cmd += ["--config", str(merged)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ports = {}
     for line in proc.stdout:

@@ -333,7 +333,8 @@ def worker(host: str, specs: list[ConnSpec], data_dir: str, opts: dict, barrier,
         import uvloop
 
         run = uvloop.run(_drive(host, specs, sims, opts, recorder, progress, slot))
-        out.send({"histogram": recorder.histogram, "codes": recorder.codes,
+        out.send({"histogram": recorder.histogram, "answered": recorder.answered,
+                  "codes": recorder.codes,
                   "completed": int(recorder.completed), "sent": int(recorder.sent),
                   "unmatched": int(recorder.unmatched), "max_us": int(recorder.max_us), **run})
     except BaseException as exc:  # the parent reports it; a child must not die silently
@@ -412,12 +413,13 @@ def run(args, *, progress_output: bool = True) -> LoadResult:
     latency = percentiles_ms(hist)
     if latency:
         latency["max"] = max(r["max_us"] for r in results) / 1000
+    answered = percentiles_ms(hdr_from_buckets(sum(r["answered"] for r in results)))
     return LoadResult(
         protocol=args.protocol, mode="open" if args.rate else "closed",
         connections=len(specs), processes=n_proc, window=0 if args.rate else args.window,
         rate=float(args.rate or 0), seconds=seconds, completed=completed,
         sent=sum(r["sent"] for r in results), tps=completed / seconds if seconds else 0.0,
-        latency_ms=latency,
+        latency_ms=latency, latency_answered_ms=answered,
         codes={CODES[i][0]: int(n) for i, n in enumerate(codes_arr) if n and i < len(CODES)},
         unmatched=sum(r["unmatched"] for r in results),
         overloaded=any(r["overloaded"] for r in results), timeline=timeline,

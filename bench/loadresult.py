@@ -54,6 +54,8 @@ class LoadResult:
     late_sends: int = 0               # open loop: requests the generator sent > 0.1 ms late
     send_lag_max_ms: float = 0.0      # open loop: the latest any request left after its time
     histogram: str = ""               # HdrHistogram, encoded (base64 of its compressed form)
+    # Latency of the replies other than 96: what the requests a shedding switch admitted saw.
+    latency_answered_ms: dict[str, float] = field(default_factory=dict)
 
     def hdr(self) -> HdrHistogram:
         return HdrHistogram.decode(base64.b64decode(self.histogram))
@@ -70,6 +72,9 @@ class LoadResult:
                  f"  completed {self.completed:,} of {self.sent:,} sent ({self.tps:,.0f}/s)",
                  f"  latency   {lat}",
                  f"  codes     {codes}"]
+        if self.codes.get("96") and self.latency_answered_ms:
+            lines.append("  answered (not 96) " + "  ".join(
+                f"{k} {v:.3f} ms" for k, v in self.latency_answered_ms.items()))
         if self.unmatched:
             lines.append(f"  unmatched replies {self.unmatched}")
         if self.mode == "open":

@@ -12,7 +12,7 @@ The database is the same SQLite file the rest of the switch opens with the stdli
 the row format is ``journal(first_no, n, ts_us, records, format)`` as in switch/store.py.
 """
 
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
@@ -23,6 +23,11 @@ from onecard.core.wire cimport monotonic_ns, realtime_us
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t write(int fd, const void* buf, size_t n)
+    int usleep(unsigned int us)
+
+cdef extern from "<errno.h>" nogil:
+    int ENOSPC
+    int EDQUOT
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
@@ -55,11 +60,15 @@ cdef extern from "sqlite3.h" nogil:
     int sqlite3_finalize(sqlite3_stmt* stmt)
     int sqlite3_busy_timeout(sqlite3* db, int ms)
     const char* sqlite3_errmsg(sqlite3* db)
+    int sqlite3_extended_errcode(sqlite3* db)
+    int sqlite3_system_errno(sqlite3* db)
     void* sqlite3_wal_hook(sqlite3* db, int (*cb)(void*, sqlite3*, const char*, int) noexcept nogil,
                            void* arg)
     int sqlite3_wal_checkpoint_v2(sqlite3* db, const char* name, int mode, int* log, int* ckpt)
     int SQLITE_CHECKPOINT_PASSIVE
     int SQLITE_OK
+    int SQLITE_FULL
+    int SQLITE_IOERR
     int SQLITE_DONE
     int SQLITE_OPEN_READWRITE
     int SQLITE_OPEN_FULLMUTEX
@@ -71,6 +80,7 @@ cdef enum:
     N_LAT = 12
     N_SIZE = 9
     MAX_ROW_RECORDS = 1 << 20           # a row is at most 64 MiB
+    SLEEP_STEP_US = 10000               # a full disk's retry wait is cut into these
 cdef uint64_t LAT_B[N_LAT]
 cdef uint64_t SIZE_B[N_SIZE]
 for _i, _b in enumerate(LATENCY_BOUNDS_US):
@@ -143,6 +153,10 @@ cdef class GroupCommitter:
     cdef readonly object error            # set (from the loop thread) when a commit failed
     cdef char errbuf[256]
     cdef bint failed
+    cdef bint full                        # the last commit failed for lack of space
+    cdef size_t done                      # records of ``writing`` already in rows
+    cdef uint32_t full_retry_ms
+    cdef readonly uint64_t full_retries   # commits retried after a full disk
     cdef readonly object latency          # commit latency histogram (µs buckets)
     cdef readonly object sizes            # records per commit histogram
     cdef uint64_t* lat
@@ -153,8 +167,12 @@ cdef class GroupCommitter:
         pthread_mutex_init(&self.mu, NULL)
         pthread_cond_init(&self.cv, NULL)
 
-    def __init__(self, str path, int eventfd, uint64_t next_no, *, str synchronous="FULL"):
+    def __init__(self, str path, int eventfd, uint64_t next_no, *, str synchronous="FULL",
+                 uint32_t full_retry_ms=1000):
         cdef char* err = NULL
+        if not 1 <= full_retry_ms <= 600_000:
+            raise ValueError("full_retry_ms must be within 1..600000")
+        self.full_retry_ms = full_retry_ms
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, got {synchronous!r}")
         encoded = path.encode()
@@ -235,34 +253,70 @@ cdef class GroupCommitter:
             self.pending.n = 0
             self.pending.first_no = self.writing.first_no + self.writing.n
             pthread_mutex_unlock(&self.mu)
-            if self.writing.n and self._commit() != 0:
+            if self.writing.n and self._commit_until_done() != 0:
                 return
             if catch_up:
                 self._catch_up()
 
+    cdef int _commit_until_done(self) noexcept nogil:
+        """Commit ``writing``; while the disk is full keep its records and retry every
+        full_retry_ms (the loop refuses new requests meanwhile). -1: stop the writer."""
+        cdef int rc = self._commit()
+        cdef uint32_t waited_us
+        while rc == 1:
+            waited_us = 0
+            while waited_us < self.full_retry_ms * 1000:
+                usleep(SLEEP_STEP_US)
+                waited_us += SLEEP_STEP_US
+                pthread_mutex_lock(&self.mu)
+                if self.stopping:
+                    # Stopping with records that never became durable: nothing was answered
+                    # for them; say so (the loop reports failure()).
+                    pthread_mutex_unlock(&self.mu)
+                    self.failed = True
+                    return -1
+                pthread_mutex_unlock(&self.mu)
+            self.full_retries += 1
+            rc = self._commit()
+        return rc
+
+    cdef bint _is_full(self) noexcept nogil:
+        cdef int code = sqlite3_extended_errcode(self.db) & 0xff
+        cdef int sys_errno = sqlite3_system_errno(self.db)
+        return code == SQLITE_FULL or (code == SQLITE_IOERR
+                                       and (sys_errno == ENOSPC or sys_errno == EDQUOT))
+
     cdef int _commit(self) noexcept nogil:
+        """0 done; 1 the disk is full (``writing`` kept, ``done`` rows already in); -1 any
+        other error (the writer stops)."""
         cdef uint64_t one = 1, started, us
-        cdef size_t done = 0, part
+        cdef size_t part
         cdef int rc
         started = monotonic_ns()
-        while done < self.writing.n:
-            part = self.writing.n - done
+        while self.done < self.writing.n:
+            part = self.writing.n - self.done
             if part > MAX_ROW_RECORDS:
                 part = MAX_ROW_RECORDS
-            sqlite3_bind_int64(self.insert, 1, <long long>(self.writing.first_no + done))
+            sqlite3_bind_int64(self.insert, 1, <long long>(self.writing.first_no + self.done))
             sqlite3_bind_int64(self.insert, 2, <long long>part)
             sqlite3_bind_int64(self.insert, 3, realtime_us())
-            sqlite3_bind_blob(self.insert, 4, self.writing.recs + done,
+            sqlite3_bind_blob(self.insert, 4, self.writing.recs + self.done,
                               <int>(part * JREC_BYTES), NULL)
             rc = sqlite3_step(self.insert)
             sqlite3_reset(self.insert)
             if rc != SQLITE_DONE:
-                # Nothing after this can be made durable: report and stop writing.
                 strncpy_safe(self.errbuf, sqlite3_errmsg(self.db), 255)
+                if self._is_full():
+                    self.full = True             # kept: retried by _commit_until_done
+                    write(self.efd, &one, 8)
+                    return 1
+                # Nothing after this can be made durable: report and stop writing.
                 self.failed = True
                 write(self.efd, &one, 8)
                 return -1
-            done += part
+            self.done += part
+        self.done = 0
+        self.full = False
         us = (monotonic_ns() - started) // 1000
         self.lat[bucket(LAT_B, N_LAT, us)] += 1
         self.siz[bucket(SIZE_B, N_SIZE, self.writing.n)] += 1
@@ -317,6 +371,13 @@ cdef class GroupCommitter:
     def failure(self) -> str | None:
         """The SQLite error that stopped the writer, if any."""
         if self.failed:
+            return self.errbuf.decode(errors="replace")
+        return None
+
+    def full_error(self) -> str | None:
+        """The error of a commit that failed for lack of space and is being retried (the
+        records are kept), None when the last commit succeeded."""
+        if self.full and not self.failed:
             return self.errbuf.decode(errors="replace")
         return None
 

@@ -1,5 +1,6 @@
 from collections.abc import Mapping
 
+import numpy as np
 from typing_extensions import Buffer
 
 from onecard.core.authorise import Authoriser
@@ -9,6 +10,9 @@ from onecard.core.state import State
 
 ISO8583: int
 NATIVE: int
+REFUSE_OVERLOAD: int
+REFUSE_JOURNAL: int
+REFUSE_REASONS: tuple[str, ...]
 
 class Engine:
     clock_offset_us: int
@@ -25,5 +29,10 @@ class Engine:
     def authoriser(self) -> Authoriser: ...
     @property
     def metrics(self) -> CoreMetrics: ...
+    @property
+    def shed(self) -> np.ndarray: ...
+    @property
+    def authenticated(self) -> bool: ...
     def tick(self) -> None: ...
     def process(self, proto: int, data: Buffer) -> tuple[int, bytes, int, bool]: ...
+    def refuse(self, proto: int, data: Buffer, reason: int) -> tuple[int, bytes, bool]: ...

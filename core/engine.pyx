@@ -11,6 +11,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport Authoriser
+from onecard.core.codes cimport RC_96
 from onecard.core.iso_path cimport IsoPath
 from onecard.core.journal cimport Journal
 from onecard.core.metrics cimport CoreMetrics
@@ -19,8 +20,17 @@ from onecard.core.outbuf cimport OutBuf, ob_free
 from onecard.core.state cimport PROTO_ISO8583, PROTO_NATIVE, State
 from onecard.core.wire cimport realtime_us
 
+import numpy as np
+
 ISO8583 = PROTO_ISO8583
 NATIVE = PROTO_NATIVE
+# Why a buffer was refused (Engine.refuse): the index into Engine.shed's second axis.
+REFUSE_OVERLOAD = 0
+REFUSE_JOURNAL = 1
+REFUSE_REASONS = ("overload", "journal_unwritable")
+cdef const char* REFUSE_TEXT[2]
+REFUSE_TEXT[0] = b"switch overloaded: retry later"
+REFUSE_TEXT[1] = b"journal not writable: retry later"
 
 
 cdef class Engine:
@@ -33,6 +43,8 @@ cdef class Engine:
     cdef OutBuf out
     cdef public int64_t clock_offset_us     # tests move the clock; 0 in production
     cdef public int64_t clock_us            # simulated time when non-zero (bench/sim)
+    cdef readonly object shed               # uint64[protocol, reason]: requests refused
+    cdef uint64_t* shed_p
 
     def __init__(self, State state, *, uint64_t next_record_no=0,
                  int64_t daily_limit_fen=500_000, int64_t amount_fen_max=10_000_000,
@@ -48,6 +60,8 @@ cdef class Engine:
                                  native_batch_max)
         self.clock_offset_us = 0
         self.clock_us = 0
+        self.shed = np.zeros((2, 2), dtype=np.uint64)   # [protocol, reason]
+        self.shed_p = <uint64_t*><size_t>self.shed.ctypes.data
 
     def __dealloc__(self):
         ob_free(&self.out)
@@ -85,6 +99,7 @@ cdef class Engine:
                 consumed = self.iso.run(<const uint8_t*>view.buf, view.len, &self.out, batch,
                                         &messages, &close)
             else:
+                self.native.authenticated = 0
                 consumed = self.native.run(<const uint8_t*>view.buf, view.len, &self.out,
                                            batch, &messages, &close)
             self.metrics.end_batch(batch, messages)
@@ -93,3 +108,43 @@ cdef class Engine:
         replies = (PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
                    if self.out.len else b"")
         return consumed, replies, batch if messages else 0, bool(close)
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the last native ``process`` call saw a frame with a valid MAC (a signed-on
+        terminal's, or a sign-on under its master key): the server lifts a connection's
+        small first-frame limit on it."""
+        return bool(self.native.authenticated)
+
+    def refuse(self, int proto, data, int reason) -> tuple:
+        """Answer every request in ``data`` with ``96`` (ISO 8583) or an ErrorReply ``96``
+        with its seq (native) and change nothing: no journal record, no ring slot, no balance, no
+        clock. For load shedding and a journal that cannot be written; ``reason`` is
+        REFUSE_OVERLOAD or REFUSE_JOURNAL. One call per buffer, no Python object per frame.
+
+        Returns ``(consumed, replies, close)`` as :meth:`process` does (no batch id: refused
+        requests are counted in :attr:`shed`, not in the latency histograms).
+        """
+        cdef Py_buffer view
+        cdef uint32_t requests = 0
+        cdef int close = 0
+        cdef size_t consumed
+        if proto != PROTO_ISO8583 and proto != PROTO_NATIVE:
+            raise ValueError(f"unknown protocol {proto}")
+        if reason != REFUSE_OVERLOAD and reason != REFUSE_JOURNAL:
+            raise ValueError(f"unknown refusal reason {reason}")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self.out.len = 0
+            if proto == PROTO_ISO8583:
+                consumed = self.iso.refuse(<const uint8_t*>view.buf, view.len, &self.out, RC_96,
+                                           &requests, &close)
+            else:
+                consumed = self.native.refuse(<const uint8_t*>view.buf, view.len, &self.out,
+                                              RC_96, REFUSE_TEXT[reason], &requests, &close)
+            self.shed_p[proto * 2 + reason] += requests
+        finally:
+            PyBuffer_Release(&view)
+        replies = (PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+                   if self.out.len else b"")
+        return consumed, replies, bool(close)

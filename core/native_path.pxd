@@ -36,6 +36,11 @@ cdef class NativePath:
     cdef CoreMetrics mx
     cdef uint32_t frame_bytes_max
     cdef uint32_t batch_max
+    cdef public bint authenticated   # a frame since the flag was cleared had a valid MAC
+    cdef size_t refuse(self, const uint8_t* p, size_t n, OutBuf* out, uint8_t rc,
+                       const char* text, uint32_t* requests, int* close) noexcept nogil
+    cdef void refuse_messages(self, MpReader* body, uint32_t n_msgs, OutBuf* out, Frame* f,
+                              uint8_t rc, const char* text) noexcept nogil
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil
     cdef void begin_reply(self, OutBuf* out, Frame* f, const uint8_t* tid,

@@ -99,6 +99,49 @@ cdef inline bint frame_ends(MpReader* r, uint32_t extra) noexcept nogil:
         if mp_skip(r, 0):
             return False
     return r.pos == r.n
+cdef inline int next_seq(MpReader* body, int64_t* seq) noexcept nogil:
+    """Read a message's [tag, seq, ...] header and move past the whole message."""
+    cdef size_t start = body.pos
+    cdef uint32_t count = 0
+    cdef int64_t tag = 0
+    if mp_array(body, &count) or count < 2 or mp_int(body, &tag) or mp_int(body, seq):
+        return -1
+    body.pos = start
+    return mp_skip(body, 0)
+
+
+cdef uint32_t refusal_body(const uint8_t* p, uint32_t length, uint32_t batch_max,
+                           const uint8_t** tid, uint32_t* tid_len, MpReader* body) noexcept nogil:
+    """For a refusal: the frame's terminal id (NULL when unreadable) and its message count
+    with ``body`` at the first message, once every message's seq was found readable (0 when
+    not: the frame is refused as a whole)."""
+    cdef MpReader r
+    cdef uint32_t count = 0, body_len = 0, n_msgs = 0, _i
+    cdef int64_t version = 0, seq = 0
+    cdef uint64_t packed = 0
+    cdef const uint8_t* body_p
+    r.p = p
+    r.n = length
+    r.pos = 0
+    if (mp_array(&r, &count) or count < 4 or mp_int(&r, &version)
+            or mp_str(&r, tid, tid_len) or tid_len[0] != TID_LEN
+            or not tid_text(tid[0], &packed)):
+        tid[0] = NULL
+        tid_len[0] = 0
+        return 0
+    if mp_bin(&r, &body_p, &body_len):
+        return 0
+    body.p = body_p
+    body.n = body_len
+    body.pos = 0
+    if mp_array(body, &n_msgs) or n_msgs > batch_max:
+        return 0
+    for _i in range(n_msgs):
+        if next_seq(body, &seq):
+            return 0
+    body.pos = 0
+    mp_array(body, &n_msgs)
+    return n_msgs
 
 
 cdef class NativePath:
@@ -162,6 +205,8 @@ cdef class NativePath:
                                         or not mac_equal(heads[j].mac, heads[j].mac_p)):
                     heads[j].rc = RC_A0
                     heads[j].problem = b"MAC check failed"
+                elif heads[j].verify:
+                    self.authenticated = 1   # a frame MACed with a working key
             n_jobs = 0
             for j in range(g):
                 if self.answer_frame(&heads[j], out, batch, messages, &jobs[n_jobs]) != 0:
@@ -172,6 +217,60 @@ cdef class NativePath:
                 pos += PREFIX + heads[j].length
             mac_many_in(jobs, n_jobs, out.data)
         return pos
+
+    cdef size_t refuse(self, const uint8_t* p, size_t n, OutBuf* out, uint8_t rc,
+                       const char* text, uint32_t* requests, int* close) noexcept nogil:
+        """Answer every complete frame with ErrorReplies (``rc``, ``text``) and do nothing
+        else: no terminal lookup, no MAC, no state read or changed. Each message gets its own
+        ErrorReply with its ``seq`` (only [tag, seq] of each is read), so a terminal can tell
+        which requests to send again; a frame whose body cannot be read that far gets one
+        ErrorReply with seq 0. The terminal id is echoed when it can be read."""
+        cdef size_t pos = 0
+        cdef uint32_t length, n_msgs
+        cdef const uint8_t* tid
+        cdef uint32_t tid_len
+        cdef MpReader body
+        cdef Frame f
+        cdef size_t text_len = strlen(text)
+        while n - pos >= PREFIX:
+            length = <uint32_t>load_be(p + pos, PREFIX)
+            if ob_reserve(out, REPLY_RESERVE + FRAME_RESERVE):
+                close[0] = 1
+                break
+            if length > self.frame_bytes_max:
+                self.begin_reply(out, &f, NULL, 0)   # as in run(): say why, then close
+                self.append_error(out, &f, 0, RC_30, b"frame length above the maximum")
+                self.end_reply(out, &f, NULL, NULL)
+                requests[0] += 1
+                close[0] = 1
+                break
+            if n - pos - PREFIX < length:
+                break
+            n_msgs = refusal_body(p + pos + PREFIX, length, self.batch_max, &tid, &tid_len,
+                                  &body)
+            if ob_reserve(out, FRAME_RESERVE + REPLY_RESERVE + n_msgs * (24 + text_len)):
+                close[0] = 1
+                break
+            self.begin_reply(out, &f, tid, tid_len)
+            if n_msgs == 0:
+                self.append_error(out, &f, 0, rc, text)
+                requests[0] += 1
+            else:
+                self.refuse_messages(&body, n_msgs, out, &f, rc, text)
+                requests[0] += n_msgs
+            self.end_reply(out, &f, NULL, NULL)
+            pos += PREFIX + length
+        return pos
+
+    cdef void refuse_messages(self, MpReader* body, uint32_t n_msgs, OutBuf* out, Frame* f,
+                              uint8_t rc, const char* text) noexcept nogil:
+        """One ErrorReply per message of a body refusal_body() checked (so reading cannot
+        fail here), with the message's own seq."""
+        cdef uint32_t _i
+        cdef int64_t seq = 0
+        for _i in range(n_msgs):
+            next_seq(body, &seq)
+            self.append_error(out, f, seq, rc, text)
 
     # ---- reply frame -------------------------------------------------------------------------
 
@@ -323,6 +422,7 @@ cdef class NativePath:
                 h.problem = b"MAC check failed"
             else:
                 key = &tmk_key
+                self.authenticated = 1       # a sign-on MACed with the master key
         self.begin_reply(out, &f, h.tid, h.tid_len)
         if h.problem != NULL:
             self.append_error(out, &f, 0, h.rc, h.problem)

@@ -71,20 +71,24 @@ cdef struct Flight:
 cdef class Recorder:
     """Counters shared by all simulated connections of one generator process."""
     cdef readonly object histogram       # uint64[LATENCY_BUCKETS]
+    cdef readonly object answered        # the same for replies other than 96 (not shed)
     cdef readonly object codes           # uint64[N_RC] replies by response code
     cdef uint64_t* hist
+    cdef uint64_t* hist_answered
     cdef uint64_t* rc
     cdef public uint64_t completed, sent, max_us, unmatched
 
     def __init__(self):
         self.histogram = np.zeros(N_BUCKETS, dtype=np.uint64)
+        self.answered = np.zeros(N_BUCKETS, dtype=np.uint64)
+        self.hist_answered = <uint64_t*><size_t>self.answered.ctypes.data
         self.codes = np.zeros(N_RC, dtype=np.uint64)
         self.hist = <uint64_t*><size_t>self.histogram.ctypes.data
         self.rc = <uint64_t*><size_t>self.codes.ctypes.data
         self.completed = self.sent = self.max_us = self.unmatched = 0
 
     cdef inline void done(self, Flight* f, uint32_t seq, uint8_t rc, uint64_t now) noexcept nogil:
-        cdef uint64_t us
+        cdef uint64_t us, b
         if f.seq != seq or f.sent_ns == 0:
             self.unmatched += 1
             return
@@ -92,10 +96,10 @@ cdef class Recorder:
         f.sent_ns = 0
         if us > self.max_us:
             self.max_us = us
-        if us < FINE_US:
-            self.hist[us] += 1
-        else:
-            self.hist[FINE_US + min((us - FINE_US) // 1000, COARSE - 1)] += 1
+        b = us if us < FINE_US else FINE_US + min((us - FINE_US) // 1000, COARSE - 1)
+        self.hist[b] += 1
+        if rc != RC_96:
+            self.hist_answered[b] += 1          # shed replies (96) kept out of this one
         self.rc[rc if rc < N_RC else RC_96] += 1
         self.completed += 1
 

@@ -70,12 +70,18 @@ def _lock(data_dir: Path):
 
 def cmd_serve(args) -> int:
     from onecard.switch import demo, loader, store
+    from onecard.switch.admission import DataDirError, check_data_dir
     from onecard.switch.server import ListenError
     from onecard.switch.tls import TlsError
 
     config = _config(args)
     _logging(config.log_level)
     data_dir = Path(config.data_dir)
+    try:
+        check_data_dir(data_dir, config.store.free_mb_min)   # before the lock file's write
+    except DataDirError as exc:
+        print(f"onecard: {exc}", file=sys.stderr)
+        return 2
     lock = _lock(data_dir)
     try:
         if not store.db_path(data_dir).exists():

@@ -73,6 +73,23 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # so that a half-sent frame cannot hold a socket for ever. 0 disables either.
     idle_timeout_s: Annotated[int, Meta(ge=0, le=86_400)] = 900
     partial_frame_timeout_s: Annotated[int, Meta(ge=0, le=3_600)] = 30
+    # Load shedding (switch/admission.py): when the work waiting in the switch (event-loop
+    # lag plus the oldest reply's wait for the journal) exceeds this, new requests are
+    # answered 96 at once instead of queueing. 0 disables shedding.
+    latency_budget_ms: Annotated[int, Meta(ge=0, le=60_000)] = 50
+    # Terminal connections per listener and per peer address; beyond either, or when fewer
+    # than fd_reserve descriptors would be left (for the admin/metrics port, the journal and
+    # checkpoints), a new connection is closed at once, counted and logged (rate-limited).
+    connections_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    connections_per_peer_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
+    fd_reserve: Annotated[int, Meta(ge=16, le=1_000_000)] = 128
+    # Bytes of partial frames all connections together may hold; over it, the connection
+    # holding the most is closed (400 slow senders x 1 MiB took 350 MB before).
+    partial_bytes_max: Annotated[int, Meta(ge=65536, le=1 << 40)] = 64 << 20
+    # Largest frame a native connection may send before one of its frames passed a MAC check
+    # (a sign-on, a heartbeat or a signed-on terminal's request): unauthenticated peers get
+    # this much buffer, not native_frame_bytes_max.
+    native_first_frame_bytes_max: Annotated[int, Meta(ge=64, le=64 << 20)] = 64 << 10
 
 
 class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -86,6 +103,12 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # then written from its start again (bench/README.md: 4, 16 and 64 measured within noise
     # of each other once GC pauses were out of the open-loop figures).
     wal_checkpoint_mb: Annotated[int, Meta(ge=1, le=65536)] = 16
+    # A commit that fails for lack of space (SQLITE_FULL, ENOSPC) keeps its records and is
+    # retried this often; meanwhile requests are refused 96 and /readyz is not ready.
+    full_retry_ms: Annotated[int, Meta(ge=10, le=600_000)] = 1000
+    # Start-up refuses a data directory with less free space than this (and one where a
+    # 1 MiB write with fsync fails).
+    free_mb_min: Annotated[int, Meta(ge=0, le=1 << 30)] = 16
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -1,5 +1,5 @@
-"""HTTP on the switch's event loop (aiohttp): Prometheus ``/metrics``, ``/healthz``, the
-public ``/catalogue`` and the admin API (switch/admin.py).
+"""HTTP on the switch's event loop (aiohttp): Prometheus ``/metrics``, ``/healthz``,
+``/readyz``, the public ``/catalogue`` and the admin API (switch/admin.py).
 
 Errors are RFC 9457 problem documents (``application/problem+json``)."""
 
@@ -66,8 +66,13 @@ def make_app(switch: Switch, operators: Operators | None = None) -> web.Applicat
             body["detail"] = f"journal commit failed: {sw.failed}"
         return web.json_response(body, status=503 if sw.failed else 200)
 
+    async def readyz(_: web.Request) -> web.Response:
+        ready, detail = switch.ready()
+        return web.json_response({"ready": ready, "detail": detail}, status=200 if ready else 503)
+
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
 
 

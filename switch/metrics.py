@@ -20,6 +20,7 @@ from prometheus_client.utils import floatToGoString
 
 from onecard.core.commit import LATENCY_BOUNDS_US as COMMIT_LATENCY_BOUNDS_US
 from onecard.core.commit import SIZE_BOUNDS as COMMIT_SIZE_BOUNDS
+from onecard.core.engine import REFUSE_REASONS
 from onecard.core.metrics import BATCH_BOUNDS, LATENCY_BOUNDS_US
 from onecard.core.state import Kind
 from onecard.protocols.codes import CODES
@@ -115,6 +116,50 @@ def _server(sw: Switch) -> Iterator[Metric]:
                             value=len(sw.waiting))
 
 
+def _admission(sw: Switch) -> Iterator[Metric]:
+    """Load shedding, the journal's writability, refused and cut connections."""
+    adm = sw.admission
+    shed = CounterMetricFamily("onecard_requests_shed",
+                               "Request frames answered 96 at once without being processed "
+                               "(overload: latency budget exceeded; journal_unwritable: disk "
+                               "full)", labels=["protocol", "reason"])
+    counts = sw.engine.shed.copy()
+    for p, name in PROTOCOL_NAMES.items():
+        for r, reason in enumerate(REFUSE_REASONS):
+            shed.add_metric([name, reason], float(counts[p, r]))
+    yield shed
+    yield GaugeMetricFamily("onecard_shedding", "1 while new requests are refused 96",
+                            value=0 if adm.refusing is None else 1)
+    yield GaugeMetricFamily("onecard_admission_delay_seconds",
+                            "Work waiting in the switch as last measured (event-loop lag "
+                            "plus the oldest reply's wait for the journal)", value=adm.delay_s)
+    yield GaugeMetricFamily("onecard_journal_writable",
+                            "0 while commits fail for lack of space (retried)",
+                            value=1 if adm.journal_writable else 0)
+    yield CounterMetricFamily("onecard_journal_full_retries",
+                              "Commits retried after failing for lack of space",
+                              value=sw.committer.full_retries)
+    refused = CounterMetricFamily("onecard_connections_refused",
+                                  "Terminal connections closed at once by a connection cap",
+                                  labels=["reason"])
+    for reason, counter in adm.refused.items():
+        refused.add_metric([reason], float(counter.count))
+    yield refused
+    yield _partials(adm)
+    yield GaugeMetricFamily("onecard_partial_frame_bytes",
+                            "Bytes of partial frames buffered over all connections",
+                            value=adm.partial_bytes)
+
+
+def _partials(adm) -> CounterMetricFamily:
+    closed = CounterMetricFamily("onecard_partial_frame_connections_closed",
+                                 "Connections closed for the partial-frame budget or a first "
+                                 "native frame above its limit", labels=["reason"])
+    closed.add_metric(["budget"], float(adm.partial_over_budget.count))
+    closed.add_metric(["first_frame"], float(adm.first_frame_too_big.count))
+    return closed
+
+
 def _state(sw: Switch) -> Iterator[Metric]:
     """The card state held in memory, and the deny list."""
     yield CounterMetricFamily("onecard_deny_list_changes",
@@ -142,6 +187,7 @@ class SwitchCollector(Collector):
         yield _batches(m)
         yield from _journal(self.switch.committer)
         yield from _server(self.switch)
+        yield from _admission(self.switch)
         yield from _state(self.switch)
 
 

@@ -25,6 +25,12 @@ from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583, NATIVE, Engine
 from onecard.protocols.enums import PROTO
 from onecard.switch import store, tls
+from onecard.switch.admission import (
+    FULL_READ_BYTES,
+    Admission,
+    RateLimitedLog,
+    first_frame_limit_applies,
+)
 from onecard.switch.config import Config
 from onecard.switch.loader import Loaded
 from onecard.switch.snapshots import Checkpointer
@@ -42,7 +48,8 @@ class ListenError(Exception):
 class Connection(asyncio.Protocol):
     """One terminal link. Buffers partial frames; everything else is the core's."""
 
-    __slots__ = ("_buf", "closing", "last_rx", "paused", "peer", "proto", "switch", "transport")
+    __slots__ = ("_buf", "authenticated", "closing", "fd", "last_rx", "partial_since", "paused",
+                 "peer", "peer_host", "proto", "switch", "transport", "waiting_need")
 
     def __init__(self, switch: Switch, proto: int) -> None:
         self.switch = switch
@@ -52,39 +59,71 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.peer = None
-        self.last_rx = time.monotonic()
+        self.peer_host: str | None = None     # set once admission.accept() counted it
+        self.last_rx = self.partial_since = time.monotonic()
+        # Native connections get a small first-frame limit until a frame passes a MAC check.
+        self.authenticated = not first_frame_limit_applies(proto)
+        self.waiting_need = 0                 # journal record its last queued batch needs
+        self.fd = -1                          # for FIONREAD on full reads (admission.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
+        if not self.switch.admission.accept(self):
+            self.closing = True
+            transport.abort()                 # refused: closed at once, counted, logged
+            return
         transport.set_write_buffer_limits(high=self.switch.config.server.write_buffer_high_bytes)
         self.switch.connections[self.proto].add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.switch.connections[self.proto].discard(self)
         self.switch.paused.discard(self)
+        self.switch.admission.release(self)
         self.transport = None
+
+    def close_now(self) -> None:
+        """Drop the connection and its partial frame (limits of switch/admission.py)."""
+        self.closing = True
+        self.switch.admission.partial_bytes -= len(self._buf)
+        self._buf.clear()
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_rx = time.monotonic()
+        sw = self.switch
+        self.last_rx = now = time.monotonic()
         buf = self._buf
-        if buf:
+        held = len(buf)
+        if held:
             buf += data
             data = buf
-        consumed, replies, batch, close = self.switch.engine.process(self.proto, data)
+        adm = sw.admission
+        if (adm.refusing is None and len(data) < FULL_READ_BYTES
+                and (not sw._submit_soon or now - sw.iteration_start < adm.iteration_max_s)):
+            consumed, replies, batch, close = sw.engine.process(self.proto, data)
+        else:                                     # batch -1: refused (admission.handle)
+            consumed, replies, batch, close = adm.handle(self, data, now)
+        if not self.authenticated and batch > 0 and sw.engine.authenticated:
+            self.authenticated = True
         if data is buf:
             del buf[:consumed]
         elif consumed < len(data):
             buf += data[consumed:]
         if replies:
-            self.switch.deliver(self, replies, batch, close)
+            sw.deliver(self, replies, batch, close)
         elif close:
             self.transport.close()
         if close:
             self.closing = True
+            sw.admission.partial_bytes -= held
             buf.clear()
+        elif buf or held:
+            sw.admission.partial(self, held, consumed, self.last_rx)
 
     def pause_writing(self) -> None:
         # The terminal is not reading its replies: stop reading its requests.
@@ -129,12 +168,14 @@ class Switch:
         self.listeners: list[Listener] = []
         self.failed: BaseException | None = None
         self.idle_closed = 0
+        self.idle_log = RateLimitedLog("connections closed: silent, or a frame unfinished")
         self.stopped = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
                                         loaded.next_record_no,
-                                        synchronous=config.store.synchronous)
+                                        synchronous=config.store.synchronous,
+                                        full_retry_ms=config.store.full_retry_ms)
         self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
                                         daemon=True)
         self.checkpointer = Checkpointer(self.data_dir, store.db_path(self.data_dir),
@@ -147,6 +188,8 @@ class Switch:
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
         self._submit_soon = False
+        self.iteration_start = 0.0
+        self.admission = Admission(self)
 
     # ---- replies and durability --------------------------------------------------------------
 
@@ -156,8 +199,17 @@ class Switch:
         # over per read, a waiting writer would start a commit for the first terminal's
         # record alone and the rest would wait a whole fsync for the next one.
         need = self.engine.journal.next_no
+        if batch < 0:
+            # A refusal made no record: it waits only for this connection's earlier replies
+            # (never for a commit the disk cannot take now), and keeps their order.
+            batch = 0
+            if conn.waiting_need <= self.durable_no:
+                self._write(conn, replies, batch, close)
+                return
+            need = conn.waiting_need
         if not self._submit_soon and need > self.committer.submitted_no:
             self._submit_soon = True
+            self.iteration_start = conn.last_rx   # this loop iteration's first read
             self._loop.call_soon(self._submit_batches)
         if self.committer.durable_no > self.durable_no:
             # A commit finished while this loop iteration was busy with sockets: release its
@@ -167,6 +219,7 @@ class Switch:
             self._write(conn, replies, batch, close)
             return
         self.waiting.append((need, conn, replies, batch, close))
+        conn.waiting_need = need
         if len(self.waiting) > self.config.server.waiting_batches_max and not conn.paused:
             conn.paused = True
             self.paused.add(conn)
@@ -197,6 +250,7 @@ class Switch:
                          failure)
             self._fail(RuntimeError(failure))
             return
+        self.admission.journal_state(self.committer.full_error())
         self._durable(self.committer.durable_no)
 
     async def committed(self, record_no: int) -> None:
@@ -279,6 +333,16 @@ class Switch:
             listener.server.close()
         self.stopped.set()
 
+    def ready(self) -> tuple[bool, str]:
+        """Whether to take traffic (/readyz): recovered, started, the journal writable."""
+        if self.failed is not None:
+            return False, f"journal commit failed: {self.failed}"
+        if self._loop is None or not self.listeners:
+            return False, "starting"
+        if not self.admission.journal_writable:
+            return False, "journal not writable (disk full); commits are being retried"
+        return True, "ok"
+
     # ---- checkpoints -------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
@@ -315,15 +379,16 @@ class Switch:
                     idle_s = now - conn.last_rx
                     if conn.transport is None or conn.closing or conn.paused:
                         continue           # paused: not read because of the switch's backlog
+                    # A frame is timed from its first byte: a trickle never resets it.
+                    frame_s = now - conn.partial_since if conn._buf else 0.0
                     if ((srv.idle_timeout_s and idle_s > srv.idle_timeout_s)
-                            or (srv.partial_frame_timeout_s and conn._buf
-                                and idle_s > srv.partial_frame_timeout_s)):
+                            or (srv.partial_frame_timeout_s
+                                and frame_s > srv.partial_frame_timeout_s)):
                         self.idle_closed += 1
-                        log.info("closing %s connection from %s: nothing received for %.0f s%s",
-                                 PROTOCOL_NAMES[conn.proto], conn.peer, idle_s,
-                                 " in the middle of a frame" if conn._buf else "")
-                        conn.closing = True
-                        conn.transport.close()
+                        self.idle_log.note(f"{PROTOCOL_NAMES[conn.proto]} from {conn.peer}: "
+                                           + (f"a frame unfinished after {frame_s:.0f} s"
+                                              if conn._buf else f"silent for {idle_s:.0f} s"))
+                        conn.close_now()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -344,6 +409,7 @@ class Switch:
                                   f"{exc.strerror or exc} (another switch running? set "
                                   f"{spec.port_key})") from exc
             self.listeners.append(Listener(spec.name, server, spec.host))
+        self.admission.start(self._loop)
         self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         if srv.idle_timeout_s or srv.partial_frame_timeout_s:
             self._tasks.append(asyncio.create_task(self._idle_loop()))
@@ -362,6 +428,7 @@ class Switch:
                     conn.transport.pause_reading()
         for task in self._tasks:
             task.cancel()
+        self.admission.stop()
         if self.failed is None:
             if self.engine.journal.pending:
                 self.committer.submit(self.engine.journal)

@@ -52,17 +52,22 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, *,
     tmp = root / f".tmp-{upto:016d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for name, arr in arrays.items():
-        with open(tmp / f"{name}.npy", "wb") as f:
-            np.save(f, arr, allow_pickle=False)
+    try:
+        for name, arr in arrays.items():
+            with open(tmp / f"{name}.npy", "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+        with open(tmp / "manifest.json", "w") as f:
+            json.dump({"upto": upto, "arrays": sorted(arrays)}, f)
             f.flush()
             os.fsync(f.fileno())
-    with open(tmp / "manifest.json", "w") as f:
-        json.dump({"upto": upto, "arrays": sorted(arrays)}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync(tmp)
-    os.rename(tmp, final)
+        _fsync(tmp)
+        os.rename(tmp, final)
+    except OSError:
+        # E.g. a full disk: give the space back to the journal, which needs it more.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync(root)
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -165,11 +165,22 @@ class SwitchProcess:
         self.proc.wait(timeout=30)
 
 
-def start_switch(data_dir: Path, *extra: str, env: dict | None = None) -> SwitchProcess:
+NO_SHEDDING = "[server]\nlatency_budget_ms = 0\n"
+
+
+def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
+                 preexec_fn=None) -> SwitchProcess:
+    """A switch process. Without a --config of the test's own, load shedding is off: tests
+    that count approvals must not depend on how busy the machine running them is (a shared
+    VM's own latency can exceed the 50 ms budget); tests/test_shedding.py tests it."""
+    if "--config" not in extra:
+        cfg = data_dir.parent / f"{data_dir.name}-test.toml"
+        cfg.write_text(NO_SHEDDING)
+        extra = (*extra, "--config", str(cfg))
     cmd = [sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir", str(data_dir),
            "--iso8583-port", "0", "--native-port", "0", "--http-port", "0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
     ports: dict[str, int] = {}
     output: list[str] = []
     deadline = time.monotonic() + READY_TIMEOUT_S
