@@ -230,7 +230,7 @@ cdef class State:
     cdef uint64_t tcap
     cdef uint32_t tmask
     cdef MacKey* mac_keys
-    cdef uint8_t journal_key[16] # enciphers CARD_ADMIN card numbers (set_journal_key)
+    cdef uint8_t journal_key[16]  # enciphers CARD_ADMIN card numbers (set_journal_key)
     cdef bint journal_keyed
     cdef uint32_t* deny_log      # card index | 1 << 31 when removed; version = position + 1
     cdef readonly uint32_t deny_version
