@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,35 @@ def test_a_clear_checkpoint_is_sealed_at_load(world, tmp_path):
 def test_a_kek_file_inside_the_data_directory_is_refused(tmp_path):
     with pytest.raises(keystore.KekError, match="outside the data directory"):
         keystore.kek_path(tmp_path / "data", str(tmp_path / "data" / "k.kek"))
+
+
+def test_a_clear_data_set_is_encrypted_in_place_by_the_migration(tmp_path):
+    """A data set written before encryption (the version-1 fixture: store schema 2, clear
+    tables, checkpoint and holders file) holds none of its secrets in clear once loaded."""
+    with tarfile.open(Path(__file__).parent / "fixtures" / "journal-v1.tar.xz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    data_dir = tmp_path / "data"
+    reference = clear_reference_text(data_dir)
+    conn = sqlite3.connect(data_dir / "onecard.db")
+    secrets: dict[str, bytes] = {}
+    for pan, name, ident in conn.execute("SELECT pan, holder_name, id_number FROM cards"):
+        secrets |= {f"card {pan}": pan.encode(), f"id {ident}": ident.encode()}
+        if name not in reference:
+            secrets[f"name {name}"] = name.encode()
+    for tid, tmk in conn.execute("SELECT tid, tmk FROM terminals"):
+        secrets |= {f"master key {tid}": bytes(tmk), f"master key {tid} hex": tmk.hex().encode()}
+    conn.close()
+    snap = np.load(data_dir / "snapshots" / "snapshot-0000000000000000" / "terminals.npy")
+    for i, mak in enumerate(snap["mak"]):
+        if mak.any():
+            secrets[f"working key {i}"] = mak.tobytes()
+    for pan in np.load(data_dir / "expected" / "cards.npy")["pan"].tolist():
+        secrets[f"card {pan} u64"] = int(pan).to_bytes(8, "little")
+        secrets[f"card {pan}"] = str(pan).encode()
+
+    def data_files() -> dict[str, bytes]:
+        return {k: v for k, v in files_of(data_dir).items() if not k.startswith("expected")}
+
+    assert scan(data_files(), secrets) != []                   # they were there in clear
+    loader.load(data_dir)
+    assert scan(data_files(), secrets) == []
