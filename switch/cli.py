@@ -110,8 +110,9 @@ async def _serve(config: Config, loaded) -> int:
         roles = ",".join(next(op.roles for op in ops.operators if op.name == name))
         print(f"onecard: operator {name} roles {roles} token {token}")
     if loaded.migrated:
-        print(f"onecard: data set upgraded to store schema {loaded.migrated[-1]} (earlier "
-              "journal rows keep their format and are read as they were written)")
+        print(f"onecard: data set upgraded to store schema {loaded.migrated[-1]} (from 4 on it "
+              "is encrypted at rest; journal rows of formats 1 and 2 were rewritten as format 3 "
+              "with their card numbers enciphered, the others keep their format)")
     synced = admin.sync(switch)
     if synced:
         print(f"onecard: {synced} disbursement report rows rebuilt from the journal")
@@ -131,7 +132,8 @@ async def _serve(config: Config, loaded) -> int:
           "/healthz)")
     print(f"onecard: data in {Path(config.data_dir).resolve()}/ (SQLite journal, checkpoints)")
     print(f"onecard: admin API http://{host}:{http_port}/admin/..., public catalogue "
-          f"http://{host}:{http_port}/catalogue; operator tokens in {tokens_path(config)}")
+          f"http://{host}:{http_port}/catalogue; operators (token hashes) in "
+          f"{tokens_path(config)}")
     print(f"onecard: try  onecard load --port {iso} --connections 16 --window 8 --duration 10"
           f"   |   terminal ids: onecard terminals --kind pos")
     # What start-up made lives as long as the process. Left to the cyclic collector, each full
