@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from onecard.protocols.enums import MAC_ALGORITHM
 from onecard.protocols.iso8583_fields import pyiso8583_spec
 from onecard.switch import snapshots
+from onecard.switch.security import keystore
 from onecard.switch.terminals import read_terminals
 
 SPEC = pyiso8583_spec()
@@ -58,7 +59,7 @@ class NaiveSwitch:
     def __init__(self, data_dir: Path) -> None:
         self.terminals = {t.tid: t for t in read_terminals(data_dir)}
         self.keys: dict[str, bytes] = {}
-        _, arrays = snapshots.latest(data_dir)
+        _, arrays = snapshots.latest(data_dir, keystore.for_data_dir(data_dir))
         cards, accounts = arrays["cards"], arrays["accounts"]
         self.balances = {str(int(pan)): int(accounts["balance_fen"][acct])
                          for pan, acct in zip(cards["pan"], cards["account"], strict=True)}

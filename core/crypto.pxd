@@ -1,6 +1,6 @@
 # MACs and key wrapping: the MACs over des_lanes.h and sm4_lanes.h (several MACs at once), key
 # wrapping over OpenSSL's libcrypto.
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 cdef enum:
     MAC_X919 = 1    # ANSI X9.19 retail MAC, double-length 3DES key
@@ -40,3 +40,5 @@ cdef int wrap_key(int alg, const uint8_t* kek16, const uint8_t* key16, uint8_t* 
                   int decrypt) noexcept nogil
 cdef int check_value(int alg, const uint8_t* key16, uint8_t* out4) noexcept nogil
 cdef int random_bytes(uint8_t* out, int n) noexcept nogil
+cdef uint64_t pan_cipher(const uint8_t* key16, uint64_t pan, uint32_t card, uint32_t account,
+                         int decrypt) noexcept nogil

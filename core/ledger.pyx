@@ -16,7 +16,7 @@ from libc.stdlib cimport abort
 from libc.string cimport memcpy
 
 from onecard.core.codes cimport RC_00
-from onecard.core.crypto cimport mackey_set, wrap_key
+from onecard.core.crypto cimport mackey_set, pan_cipher, wrap_key
 from onecard.core.journal cimport *
 from onecard.core.maps cimport Entry
 from onecard.core.state cimport *
@@ -267,16 +267,19 @@ cdef int apply_credit(State st, JRec* r) noexcept nogil:
 cdef int apply_card_admin(State st, JCardAdmin* p) noexcept nogil:
     cdef int64_t idx
     cdef Card* c
+    cdef uint64_t pan = p.pan                 # the record stays as written: enciphered
+    if st.journal_keyed:
+        pan = pan_cipher(st.journal_key, p.pan, p.card, p.account, 1)
     if p.action == CA_NEW and p.card == st.n_cards:
         if p.account >= st.n_accounts:
             return APPLY_BAD
-        idx = st.add_card(p.pan, p.account)
+        idx = st.add_card(pan, p.account)
         if idx < 0:
             return <int>idx                   # APPLY_FULL, or APPLY_DUPLICATE
     elif p.card >= st.n_cards or p.account >= st.n_accounts:
         return APPLY_BAD
     c = &st.card[p.card]
-    c.pan = p.pan
+    c.pan = pan
     c.account = p.account
     c.region = p.region
     c.expiry_yymm = p.expiry_yymm

@@ -10,6 +10,7 @@ import numpy as np
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
+from onecard.core.crypto cimport pan_cipher
 from onecard.core.journal cimport CA_CHANGE, CA_NEW, NONE32, JRec
 from onecard.core.ledger cimport APPLY_FULL, apply
 from onecard.core.state cimport *
@@ -118,7 +119,10 @@ cdef uint64_t _card_admin(Authoriser a, uint32_t what, uint32_t card, uint64_t p
     j.card_admin.kind = KIND_CARD_ADMIN
     j.card_admin.card = card
     j.card_admin.account = account
-    j.card_admin.pan = pan
+    # Enciphered in the record (nothing on disk holds a card number in clear); apply below
+    # deciphers it, as replay does.
+    j.card_admin.pan = (pan_cipher(a.state.journal_key, pan, card, account, 0)
+                        if a.state.journal_keyed else pan)
     j.card_admin.region = <uint16_t>region
     j.card_admin.expiry_yymm = <uint16_t>expiry
     j.card_admin.status = <uint8_t>status

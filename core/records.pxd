@@ -4,7 +4,7 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:
-    JOURNAL_FORMAT = 2
+    JOURNAL_FORMAT = 3
     JREC_BYTES = 80
     JHEAD_BYTES = 44
     NONE32 = 0xffffffff
@@ -198,7 +198,7 @@ cdef struct JCardAdmin:    # CARD_ADMIN
     uint8_t rc                           # index
     uint8_t flags                        # FLAGS
     uint32_t operator                    # index
-    uint64_t pan
+    uint64_t pan                         # enciphered
     uint16_t region                      # index
     uint16_t expiry_yymm                 # YYMM
     uint8_t status                       # CardStatus

@@ -222,7 +222,7 @@ cdef class State:
     cdef uint64_t* accept_mask   # [APPS_MAX][PROVINCES_MAX] -> mask of accepted card provinces
     cdef Policy* policy
     cdef uint8_t* surname        # [n][8] UTF-8
-    cdef const uint8_t* holder   # [accounts][HOLDER_BYTES], mapped read-only, may be NULL
+    cdef const uint8_t* holder   # [accounts][HOLDER_BYTES], decrypted at load, may be NULL
     cdef uint32_t* cslot
     cdef uint64_t ccap
     cdef uint32_t cmask          # slot bits holding position + 1 (the rest: a hash tag)
@@ -230,6 +230,8 @@ cdef class State:
     cdef uint64_t tcap
     cdef uint32_t tmask
     cdef MacKey* mac_keys
+    cdef uint8_t journal_key[16]  # enciphers CARD_ADMIN card numbers (set_journal_key)
+    cdef bint journal_keyed
     cdef uint32_t* deny_log      # card index | 1 << 31 when removed; version = position + 1
     cdef readonly uint32_t deny_version
     cdef uint32_t deny_cap

@@ -555,6 +555,16 @@ cdef class State:
                 "daily_app": self.daily_app.export(), "medical_year": self.medical_year.export(),
                 "filings": self.filings.export(), "deny_log": deny}
 
+    def set_journal_key(self, key: bytes) -> None:
+        """The key that enciphers card numbers in CARD_ADMIN records (derived from the data
+        set's data key by the loader). Without it, records carry numbers in clear (a State
+        built in memory by a test or benchmark that writes no journal to disk)."""
+        cdef const uint8_t[::1] view = key
+        if len(key) != 16:
+            raise ValueError("the journal key is 16 bytes")
+        memcpy(self.journal_key, &view[0], 16)
+        self.journal_keyed = True
+
     def restore_deny_log(self, log) -> None:
         cdef const uint32_t[::1] entries = np.ascontiguousarray(log, dtype=np.uint32)
         cdef size_t i

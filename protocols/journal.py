@@ -13,10 +13,12 @@ position is written. From it come:
 - ``protocols/JOURNAL.md`` (rendered; a test fails when it is stale).
 
 Layout: a 44-byte head every record has, then the fields of the record's layout, each at its
-natural alignment. Version 2 is this layout; version 1 (before this table) kept kind-specific
-values in six untyped fields ``a``..``f`` with several values packed into one by shifts: each
-field below names where version 1 kept it, and ``journal_codec.upgrade`` reads version-1
-records through that.
+natural alignment. Versions 2 and 3 are this layout; version 1 (before this table) kept
+kind-specific values in six untyped fields ``a``..``f`` with several values packed into one by
+shifts: each field below names where version 1 kept it, and ``journal_codec.upgrade`` reads
+version-1 records through that. Version 3 differs from 2 in one field: CARD_ADMIN's ``pan`` is
+enciphered (no card number is on disk in clear); the store migration to schema 4 re-enciphers
+the rows written in versions 1 and 2.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Final, NamedTuple
 
 from onecard.protocols.enums import RING_FLAG
 
-FORMAT: Final = 2                       # the version this build writes
+FORMAT: Final = 3                       # the version this build writes
 RECORD_BYTES: Final = 80
 NONE: Final = 0xFFFFFFFF                # a u32 index that names nothing
 
@@ -148,7 +150,10 @@ LAYOUTS: Final[dict[str, tuple[Field, ...]]] = {
     ),
     "card_admin": (
         Field("operator", "u32", "index", "operator who made the change", "c"),
-        Field("pan", "u64", "", "the card number", "a"),
+        Field("pan", "u64", "enciphered", "the card number, enciphered: 3DES (double-length "
+              "journal key derived from the data set's data key) of the number XOR "
+              "(card << 32 | account), as a little-endian block; in clear in formats 1 and 2",
+              "a"),
         Field("region", "u16", "index", "issuing region after", "b:0:16"),
         Field("expiry_yymm", "u16", "YYMM", "expiry after", "b:16:16"),
         Field("status", "u8", "CardStatus", "status after", "b:32:8"),

@@ -109,13 +109,16 @@ def _v1_set(column: np.ndarray, rows: np.ndarray, f: Field, value: np.ndarray) -
 
 
 def upgrade(data: bytes, fmt: int) -> bytes:
-    """Packed records of format ``fmt`` as packed records of the current format. Version 1
-    is read through the table's ``v1`` sources; the current format is returned as is."""
-    if fmt == FORMAT:
+    """Packed records of format ``fmt`` in the current format's layout. Version 1 is read
+    through the table's ``v1`` sources; versions 2 and 3 share the layout and are returned as
+    they are. Versions 1 and 2 keep CARD_ADMIN card numbers in clear: the store migration to
+    schema 4 (``switch/security/encrypt_store.py``) enciphers them and rewrites those rows
+    as version 3, so a start never applies a clear number as an enciphered one."""
+    if fmt in (2, FORMAT):
         return data
     if fmt != 1:
-        raise ValueError(f"journal format {fmt} is not known to this build (it reads 1 and "
-                         f"{FORMAT})")
+        raise ValueError(f"journal format {fmt} is not known to this build (it reads 1, 2 "
+                         f"and {FORMAT})")
     if len(data) % RECORD_BYTES:
         raise ValueError("version-1 journal data is not a whole number of records")
     old = np.frombuffer(data, dtype=V1_DTYPE)

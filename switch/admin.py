@@ -33,6 +33,7 @@ from onecard.switch.admin_guard import FailureLimiter
 from onecard.switch.admin_schema import Body, BodyError
 from onecard.switch.demo import luhn_digit
 from onecard.switch.operators import Operator, Operators
+from onecard.switch.security import encrypt_store
 from onecard.switch.server import Switch
 
 PROBLEM = "application/problem+json"
@@ -57,9 +58,7 @@ def problem_response(status: int, title: str, detail: str, **headers: str) -> we
                              headers=headers)
 
 
-def mask(pan: int | str) -> str:
-    s = str(pan)
-    return f"{s[:6]}{'*' * (len(s) - 10)}{s[-4:]}"
+mask = encrypt_store.mask
 
 
 Handler = Callable[[web.Request, Operator], Awaitable[web.Response]]
@@ -158,8 +157,8 @@ class AdminApi:
         st = self.switch.state
         c = st.cards[idx]
         a = st.accounts[c["account"]]
-        row = self.db.execute("SELECT bank, kind FROM cards WHERE pan = ?",
-                              (str(int(c["pan"])),)).fetchone()
+        row = self.db.execute("SELECT bank, kind FROM cards WHERE pan_hmac = ?",
+                              (self.switch.keys.pan_hmac(int(c["pan"])),)).fetchone()
         return {"card": mask(int(c["pan"])), "status": STATUS_NAMES.get(int(c["status"])),
                 "functions": FUNCTION.names(int(c["functions"])),
                 "expiry": f"{int(c['expiry_yymm']):04d}",
@@ -282,15 +281,25 @@ class AdminApi:
             no = operations.card_change(a, idx, status=CARD_REPLACED,
                                         operator=self.ops.index(op))
         await self.durable(no)
-        old = self.db.execute("SELECT holder_name, id_number, bank FROM cards WHERE pan = ?",
-                              (str(int(c["pan"])),)).fetchone()
-        self.db.execute("INSERT INTO cards VALUES (?,?,?,?,?,?,?)",
-                        (new_idx, str(new_pan), account, *(old or ("", "", "")),
-                         "electronic" if electronic else "chip"))
+        self._insert_card(idx, new_idx, new_pan, account, electronic)
         self.audit(op, f"card.{action}", mask(int(c["pan"])), {"new_card": mask(new_pan)}, no)
         view = self.card_view(new_idx)
         view["card_number"] = str(new_pan)      # the holder's new number, once, to the counter
         return web.json_response(view, status=201)
+
+    def _insert_card(self, old_idx: int, new_idx: int, new_pan: int, account: int,
+                     electronic: bool) -> None:
+        """The new card's row: the holder's name and ID number opened from the old card's row
+        and sealed again bound to the new row."""
+        keys = self.switch.keys
+        old = self.db.execute("SELECT holder_name, id_number, bank FROM cards WHERE idx = ?",
+                              (old_idx,)).fetchone()
+        name, ident, bank = ("", "", "") if old is None else (
+            keys.open_text("cards", "holder_name", old_idx, old[0]),
+            keys.open_text("cards", "id_number", old_idx, old[1]), old[2])
+        self.db.execute("INSERT INTO cards VALUES (?,?,?,?,?,?,?,?)", encrypt_store.card_row(
+            keys, new_idx, new_pan, account, name, ident, bank,
+            "electronic" if electronic else "chip"))
 
     async def card_bank(self, request: web.Request, op: Operator) -> web.Response:
         idx, account = self.card(request.match_info["pan"])
@@ -361,7 +370,8 @@ class AdminApi:
 
     async def _disburse(self, op: Operator, code: str, programme: int, period: int,
                         pans: np.ndarray, amounts: np.ndarray) -> web.Response:
-        paid = disbursements.already_paid(self.db, programme, period, pans)
+        keys = self.switch.keys
+        paid = disbursements.already_paid(self.db, keys, programme, period, pans)
         _, first = np.unique(pans, return_index=True)
         fresh = np.zeros(len(pans), dtype=bool)
         fresh[first] = True                                 # one credit per card per batch
@@ -378,7 +388,8 @@ class AdminApi:
         last = int(nos[credited].max()) if credited.any() else None
         if last is not None:
             await self.durable(last)
-        disbursements.record(self.db, programme, period, pans, amounts, codes, nos, op.name)
+        disbursements.record(self.db, keys, programme, period, pans, amounts, codes, nos,
+                             op.name)
         self.audit(op, "disbursement", code, {"period": period, "items": len(pans),
                                               "credited": int(credited.sum())}, last)
         results = [{"card": mask(int(p)), "amount_fen": int(a), "result": c,
@@ -399,12 +410,12 @@ class AdminApi:
             raise Problem(404, "Not Found", "no such programme (GET /admin/disbursements "
                           "lists them)")
         rows = self.db.execute(
-            "SELECT d.pan, d.amount_fen, d.result, d.record_no, d.operator, d.at FROM "
+            "SELECT d.card, d.amount_fen, d.result, d.record_no, d.operator, d.at FROM "
             "disbursements d JOIN programmes p ON p.idx = d.programme WHERE p.code = ? AND "
-            "d.period = ? ORDER BY d.pan", (code, period)).fetchall()
+            "d.period = ? ORDER BY d.card", (code, period)).fetchall()
         return web.json_response({"programme": code, "period": period, "items": [
-            {"card": mask(pan), "amount_fen": amt, "result": res, "record": no,
-             "operator": who, "at": at} for pan, amt, res, no, who, at in rows]})
+            {"card": card, "amount_fen": amt, "result": res, "record": no,
+             "operator": who, "at": at} for card, amt, res, no, who, at in rows]})
 
     async def disbursement_totals(self, request: web.Request, op: Operator) -> web.Response:
         return web.json_response(disbursements.totals(self.db),
@@ -451,7 +462,7 @@ def sync(switch: Switch) -> int:
     """At start: report rows for journaled disbursement credits that lack them."""
     conn = store.connect(store.db_path(switch.data_dir))
     try:
-        return disbursements.sync_from_journal(conn, switch.state.cards["pan"])
+        return disbursements.sync_from_journal(conn, switch.keys, switch.state.cards["pan"])
     finally:
         conn.close()
 

@@ -3,8 +3,8 @@ credits for a programme and period) and ``onecard card`` (lifecycle at the servi
 
 They go through HTTP rather than the data files because the switch owns its state: a change
 made behind its back would be lost or, worse, contradict what it has in memory. The token is
-``--token``, else ``$ONECARD_TOKEN``, else the first operator with the needed role in the data
-directory's tokens file (an operator on the switch's own machine).
+``--token``, else ``$ONECARD_TOKEN`` (the tokens file keeps only hashes: a token is the one
+printed when it was made, by the first start or ``onecard operators add|rotate``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from onecard.switch import disbursements, operators
+from onecard.switch import disbursements
 from onecard.switch.config import Config
 
 CHUNK_ITEMS = 10_000          # per request: progress every few seconds, small request bodies
@@ -43,11 +43,9 @@ def _token(args, config: Config, role: str) -> str:
         return args.token
     if os.environ.get("ONECARD_TOKEN"):
         return os.environ["ONECARD_TOKEN"]
-    path = Path(config.admin.tokens_file)
-    path = path if path.is_absolute() else Path(config.data_dir) / path
-    if not path.exists():
-        raise AdminError(f"no token: pass --token, set ONECARD_TOKEN, or run where {path} is")
-    return operators.token_for(path, role)
+    # The tokens file keeps only hashes: the token is the one shown when it was made.
+    raise AdminError(f"no token: pass --token or set ONECARD_TOKEN (an operator with the {role} "
+                     "role; onecard operators add|rotate makes one)")
 
 
 def call(url: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
@@ -144,8 +142,7 @@ def add_arguments(sub, common) -> None:
         common(sp)
         sp.add_argument("--url", help="the switch's HTTP address (default: from the config, "
                         "http://127.0.0.1:8580)")
-        sp.add_argument("--token", help="operator token (default: $ONECARD_TOKEN, else the "
-                        "data directory's tokens file)")
+        sp.add_argument("--token", help="operator token (default: $ONECARD_TOKEN)")
         return sp
 
     d = client(sub.add_parser("disburse", help="credit a programme's payments from a CSV "

@@ -1,4 +1,8 @@
-"""The ``onecard`` command: serve, demo-data, load, terminals, disburse, card, version."""
+"""The ``onecard`` command: serve, demo-data, load, terminals, operators, disburse, card,
+version.
+
+Every command runs with umask 077: whatever the data set gets (database, WAL, checkpoints,
+tokens, lock, key file) is 0600 in 0700 directories, whatever the caller's umask."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from pathlib import Path
 from onecard.protocols.enums import PROTO, TERMINAL_KIND
 from onecard.switch import __version__
 from onecard.switch.config import Config, ConfigError, load, with_overrides
+from onecard.switch.security import modes
+from onecard.switch.security.keystore import KekError
 
 log = logging.getLogger("onecard")
 
@@ -52,8 +58,10 @@ def _lock(data_dir: Path):
     """One switch per data directory: two would each hold a different state in memory."""
     import fcntl
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / "onecard.lock", "a+")
+    modes.private_dir(data_dir)
+    fd = os.open(data_dir / "onecard.lock", os.O_RDWR | os.O_CREAT, modes.FILE_MODE)
+    os.chmod(data_dir / "onecard.lock", modes.FILE_MODE)
+    handle = os.fdopen(fd, "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -84,11 +92,13 @@ def cmd_serve(args) -> int:
         return 2
     lock = _lock(data_dir)
     try:
+        kek_file = config.security.kek_file or None
         if not store.db_path(data_dir).exists():
             demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
-                          ring_size=config.core.ring_size)
+                          ring_size=config.core.ring_size, kek_file=kek_file)
         loaded = loader.load(data_dir, ring_size=config.core.ring_size,
-                             map_entries_max=config.core.map_entries_max)
+                             map_entries_max=config.core.map_entries_max, kek_file=kek_file)
+        modes.private_tree(data_dir)            # a data set written before 0600 was enforced
         import uvloop
 
         return uvloop.run(_serve(config, loaded))
@@ -110,10 +120,14 @@ async def _serve(config: Config, loaded) -> int:
     from onecard.switch.server import Switch
 
     switch = Switch(config, loaded)
-    ops = operators.load_or_create(tokens_path(config))
+    ops, created = operators.load_or_create(tokens_path(config))
+    for name, token in created.items():      # shown once: the file keeps only hashes
+        roles = ",".join(next(op.roles for op in ops.operators if op.name == name))
+        print(f"onecard: operator {name} roles {roles} token {token}")
     if loaded.migrated:
-        print(f"onecard: data set upgraded to store schema {loaded.migrated[-1]} (earlier "
-              "journal rows keep their format and are read as they were written)")
+        print(f"onecard: data set upgraded to store schema {loaded.migrated[-1]} (from 4 on it "
+              "is encrypted at rest; journal rows of formats 1 and 2 were rewritten as format 3 "
+              "with their card numbers enciphered, the others keep their format)")
     synced = admin.sync(switch)
     if synced:
         print(f"onecard: {synced} disbursement report rows rebuilt from the journal")
@@ -133,10 +147,10 @@ async def _serve(config: Config, loaded) -> int:
           f"/healthz{'; TLS' if config.admin.tls.enabled else ''})")
     print(f"onecard: data in {Path(config.data_dir).resolve()}/ (SQLite journal, checkpoints)")
     print(f"onecard: admin API {base}/admin/..., public catalogue {base}/catalogue; "
-          f"operator tokens in {tokens_path(config)}")
+          f"operators (token hashes) in {tokens_path(config)}")
     iso = switch.listeners[0].port
     print(f"onecard: try  onecard load --port {iso} --connections 16 --window 8 --duration 10"
-          f"   |   terminal ids and master keys: onecard terminals --kind pos")
+          f"   |   terminal ids: onecard terminals --kind pos")
     # What start-up made lives as long as the process. Left to the cyclic collector, each full
     # collection walks all of it (~50k objects, 13-15 ms on this VM with the loop stopped):
     # a stall every few seconds under load that was most of an open loop's p99.9. Frozen,
@@ -163,7 +177,8 @@ def cmd_demo_data(args) -> int:
     try:
         demo.generate(Path(config.data_dir), cards=config.demo.cards,
                       seed=args.seed if args.seed is not None else config.demo.seed,
-                      ring_size=config.core.ring_size, force=args.force)
+                      ring_size=config.core.ring_size, force=args.force,
+                      kek_file=config.security.kek_file or None)
     except FileExistsError as exc:
         print(f"onecard demo-data: {exc}", file=sys.stderr)
         return 1
@@ -178,18 +193,29 @@ def cmd_load(args) -> int:
     return loadgen.main(args)
 
 
+KCV_BYTES = 3        # the printed key check value: 6 hex digits, as key ceremonies read them
+
+
 def cmd_terminals(args) -> int:
+    """The terminal registry with each master key's check value; the key itself only with
+    --reveal-keys (a terminal being keyed by hand, or a simulator elsewhere)."""
+    from onecard.core import crypto
     from onecard.switch.terminals import KIND_NAMES, read_terminals
 
     config = _config(args)
     shown = 0
-    print(f"{'terminal':8}  {'kind':8}  {'protocol':8}  {'mac':4}  {'master key (hex)':32}  "
+    heading = "master key (hex)" if args.reveal_keys else "kcv"
+    width = 32 if args.reveal_keys else 2 * KCV_BYTES
+    print(f"{'terminal':8}  {'kind':8}  {'protocol':8}  {'mac':4}  {heading:{width}}  "
           f"{'merchant':15}  name")
-    for t in read_terminals(config.data_dir):
+    for t in read_terminals(config.data_dir, config.security.kek_file or None):
         if args.kind and KIND_NAMES[t.kind] != args.kind:
             continue
         proto = PROTO.name_of[t.protocol]
-        print(f"{t.tid:8}  {KIND_NAMES[t.kind]:8}  {proto:8}  {t.alg_name:4}  {t.tmk.hex():32}  "
+        # KCV: the key encrypting a zero block (core/crypto's check value), first 3 bytes.
+        key = t.tmk.hex() if args.reveal_keys else (
+            crypto.key_check_value(t.alg_name, t.tmk)[:KCV_BYTES].hex())
+        print(f"{t.tid:8}  {KIND_NAMES[t.kind]:8}  {proto:8}  {t.alg_name:4}  {key:{width}}  "
               f"{t.merchant:15}  {t.name}")
         shown += 1
         if shown >= args.limit:
@@ -226,10 +252,16 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int)
     d.add_argument("--force", action="store_true", help="replace an existing data set")
     d.set_defaults(func=cmd_demo_data)
-    t = common(sub.add_parser("terminals", help="list terminals with their master keys"))
+    t = common(sub.add_parser("terminals", help="list terminals with their master keys' "
+                              "check values"))
     t.add_argument("--kind", choices=tuple(TERMINAL_KIND.value_of))
     t.add_argument("--limit", type=int, default=50)
+    t.add_argument("--reveal-keys", action="store_true",
+                   help="print the master keys themselves (in clear: keep the output secret)")
     t.set_defaults(func=cmd_terminals)
+    from onecard.switch.security import operators_cli
+
+    operators_cli.add_arguments(sub, common, lambda a: tokens_path(_config(a)))
     from onecard.bench import loadgen
     from onecard.switch import admin_cli
 
@@ -245,10 +277,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    modes.private_umask()
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, KekError) as exc:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, DataDirBusy) as exc:

@@ -158,6 +158,14 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return self.disbursement_items_max * DISBURSEMENT_ITEM_BYTES + BODY_OVERHEAD_BYTES
 
 
+class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # The key-encryption key (64 hex digits) that wraps the data set's data key. It must be
+    # outside the data directory, so that a copy of the directory alone reads nothing. Empty:
+    # <data_dir>.kek beside the data directory, created (0600) with the data set.
+    # $ONECARD_KEK (64 hex digits), when set, is used instead of any file.
+    kek_file: str = ""
+
+
 class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Retransmissions and reversals are matched against the last ring_size requests of each
     # terminal; a power of two, at least the deepest pipelining window a terminal uses.
@@ -187,6 +195,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     fx: FxConfig = msgspec.field(default_factory=FxConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     core: CoreConfig = msgspec.field(default_factory=CoreConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
 

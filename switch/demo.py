@@ -2,7 +2,9 @@
 terminals of every kind with their master keys, transit networks, policies and the catalogue.
 
 Deterministic for a given seed (except terminal master keys, which come from the OS's random
-source). Written into a fresh data directory: the SQLite database and the first checkpoint.
+source). Written into a fresh data directory (0700): the SQLite database and the first
+checkpoint, encrypted at rest under a new data key wrapped by the key-encryption key, which is
+created beside the data directory unless one is configured (``security/keystore.py``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ from onecard.switch.reference import (
     TRANSFERS,
     regions,
 )
+from onecard.switch.security import encrypt_store, keystore, modes, sealed_files
+from onecard.switch.security.keystore import DataKeys
 
 Progress = Callable[[str], None]
 
@@ -157,7 +161,8 @@ def _stderr(msg: str) -> None:
 
 
 def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101,
-             ring_size: int = 64, force: bool = False, progress: Progress = _stderr) -> Path:
+             ring_size: int = 64, force: bool = False, progress: Progress = _stderr,
+             kek_file: str | None = None) -> Path:
     """Create the demo data set in data_dir. Refuses to overwrite one unless force."""
     data_dir = Path(data_dir)
     path = store.db_path(data_dir)
@@ -168,7 +173,7 @@ def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101
         for suffix in ("-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
         shutil.rmtree(snapshots.snapshot_root(data_dir), ignore_errors=True)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    modes.private_dir(data_dir)
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     progress(f"onecard: generating demo data ({cards:,} cards) in {data_dir}/")
@@ -176,22 +181,24 @@ def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101
     try:
         store.create_schema(conn)            # executescript commits on its own
         conn.execute("BEGIN")
+        keys = keystore.init_data_set(conn, data_dir, kek_file)
         region_rows = _write_reference(conn)
-        terminal_count = _write_terminals(conn, region_rows)
+        terminal_count = _write_terminals(conn, region_rows, keys)
         card_arr, account_arr, holder_rows = _write_cards(conn, rng, cards, region_rows,
-                                                          progress)
+                                                          progress, keys)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('created', ?)",
                      (dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),))
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('seed', ?)", (str(seed),))
         conn.execute("COMMIT")
-        terminals = loader.terminals_array(conn)
+        terminals = loader.terminals_array(conn, keys)
     finally:
         conn.close()
-    _write_holders(data_dir / loader.HOLDERS_FILE, holder_rows)
+    _write_holders(data_dir / loader.HOLDERS_FILE, holder_rows, keys)
     snapshots.write(data_dir, {"cards": card_arr, "accounts": account_arr,
                                "terminals": terminals,
                                "ring": np.zeros(len(terminals) * ring_size, dtype=RING_DTYPE)},
-                    0)
+                    0, keys)
+    modes.private_tree(data_dir)
     progress(f"onecard: demo data ready: {cards:,} cards, {terminal_count:,} terminals "
              f"({time.perf_counter() - started:.1f} s)")
     return path
@@ -244,7 +251,7 @@ def _write_reference(conn) -> list:
     return rows
 
 
-def _write_terminals(conn, region_rows) -> int:
+def _write_terminals(conn, region_rows, keys: DataKeys) -> int:
     region_idx = {r.code: i for i, r in enumerate(region_rows)}
     serial: dict[str, int] = {}
     rows = []
@@ -261,8 +268,8 @@ def _write_terminals(conn, region_rows) -> int:
         merchant = f"898{r.code:06d}{len(rows) % 1_000_000:06d}"
         mac_alg = MAC_X919 if len(rows) % 2 == 0 else MAC_SM4
         rows.append((len(rows), tid, merchant, kind, protocol, region_idx[r.code], operator,
-                     station, mac_alg, PERMITTED[kind], os.urandom(16), name, place, app,
-                     POLICY_INDEX[policy], scope))
+                     station, mac_alg, PERMITTED[kind], keys.wrap_tmk(tid, os.urandom(16)),
+                     name, place, app, POLICY_INDEX[policy], scope))
 
     ops = {code: idx for idx, code in conn.execute("SELECT idx, code FROM operators")}
     for r in region_rows:
@@ -299,16 +306,11 @@ def _holder(name: str, ident: str) -> bytes:
         HOLDER_RECORD_BYTES - HOLDER_NAME_LEN, b"\0")
 
 
-def _write_holders(path: Path, rows: list[bytes]) -> None:
-    """Full names and identity numbers by account, fixed-size records the core maps
-    read-only (only lodging terminals ever see them)."""
+def _write_holders(path: Path, rows: list[bytes], keys: DataKeys) -> None:
+    """Full names and identity numbers by account, fixed-size records the core reads from
+    memory (only lodging terminals ever see them), sealed under the data key on disk."""
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        for start in range(0, len(rows), 100_000):
-            f.write(b"".join(rows[start:start + 100_000]))
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
+    sealed_files.write_sealed(tmp, b"".join(rows), keys, encrypt_store.HOLDERS_LABEL)
     os.replace(tmp, path)
 
 
@@ -321,7 +323,7 @@ class _People(NamedTuple):
     flags: np.ndarray           # HOLDER_*
 
 
-def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
+def _write_cards(conn, rng, n: int, region_rows, progress: Progress, keys: DataKeys):
     """n cards with their accounts and holders: the arrays of the first checkpoint, the holder
     records, and the cards and filings tables. The random draws come in a fixed order, so a
     seed gives the same data set."""
@@ -329,7 +331,7 @@ def _write_cards(conn, rng, n: int, region_rows, progress: Progress):
     region_of = _card_regions(rng, n, region_rows)
     cards = _card_array(rng, n, region_of, today)
     accounts, people = _account_array(rng, n, region_of, region_rows, today)
-    holders = _insert_cards(conn, rng, cards, region_of, region_rows, people, progress)
+    holders = _insert_cards(conn, rng, cards, region_of, region_rows, people, progress, keys)
     _insert_filings(conn, rng, n, region_of, region_rows, today)
     return cards, accounts, holders
 
@@ -399,7 +401,7 @@ def _account_array(rng, n: int, region_of: np.ndarray, region_rows,
 
 
 def _insert_cards(conn, rng, cards: np.ndarray, region_of: np.ndarray, region_rows,
-                  people: _People, progress: Progress) -> list[bytes]:
+                  people: _People, progress: Progress, keys: DataKeys) -> list[bytes]:
     """Card numbers (into cards["pan"]) and the cards table's rows, 100,000 at a time; returns
     the holder records."""
     n = len(cards)
@@ -428,7 +430,8 @@ def _insert_cards(conn, rng, cards: np.ndarray, region_of: np.ndarray, region_ro
                 first17 = f"{r.code:06d}{born}{seqs[k]:03d}"
             rows.append((i, pan, i, name, first17 + id_check(first17),
                          BANKS[i % len(BANKS)]))
-        conn.executemany("INSERT INTO cards VALUES (?,?,?,?,?,?,'chip')", rows)
+        conn.executemany("INSERT INTO cards VALUES (?,?,?,?,?,?,?,?)",
+                         [encrypt_store.card_row(keys, *row, "chip") for row in rows])
         holders[start:stop] = [_holder(name, ident) for _, _, _, name, ident, _ in rows]
         if n > chunk:
             progress(f"onecard:   cards {stop:,}/{n:,}")

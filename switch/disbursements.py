@@ -4,7 +4,8 @@ idempotent per (programme, period, card), with a result per item.
 The journal is the record of money moved: every credit is a CREDIT record carrying programme
 and period. The ``disbursements`` table is the report and the idempotency index; it is written
 once the credits are durable, and rebuilt from the journal at start for credits whose rows
-never made it (a crash in between).
+never made it (a crash in between). Rows are keyed by the card number's HMAC (``pan_hmac``)
+and show it masked: no card number is stored in clear.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import json
 import sqlite3
 
 import numpy as np
@@ -21,10 +21,13 @@ from onecard.core.state import KIND_CREDIT
 from onecard.protocols import journal_codec
 from onecard.protocols.codes import CODES
 from onecard.switch import store
+from onecard.switch.security.encrypt_store import mask
+from onecard.switch.security.keystore import DataKeys
 
 RESULTS = {"00": "credited", "14": "unknown or cancelled card", "13": "invalid amount",
            "94": "already paid for this programme and period", "96": "system error"}
 SYNC_KEY = "disbursements_synced_no"
+LOOKUP_CHUNK = 10_000             # bound parameters per query (SQLite allows 32,766)
 MAX_ITEM_FEN = 100_000_000         # one million yuan: no programme pays more to one card
 
 
@@ -67,33 +70,39 @@ def parse_csv(text: str) -> list[dict]:
     return items
 
 
-def already_paid(conn: sqlite3.Connection, programme: int, period: int,
+def already_paid(conn: sqlite3.Connection, keys: DataKeys, programme: int, period: int,
                  pans: np.ndarray) -> set[int]:
     """Which of these cards were credited for the programme and period. Looked up by primary
     key for the batch's cards only: a province's run arrives in many batches, and reading
     every row paid so far for each of them would grow with the run."""
-    cards = json.dumps([str(int(p)) for p in pans])
-    return {int(p) for (p,) in conn.execute(
-        "SELECT pan FROM disbursements WHERE programme = ? AND period = ? AND result = '00' "
-        "AND pan IN (SELECT value FROM json_each(?))", (programme, period, cards))}
+    by_hmac = {keys.pan_hmac(int(p)): int(p) for p in pans}
+    hmacs = list(by_hmac)
+    paid = set()
+    for start in range(0, len(hmacs), LOOKUP_CHUNK):
+        chunk = hmacs[start:start + LOOKUP_CHUNK]
+        paid |= {by_hmac[bytes(h)] for (h,) in conn.execute(
+            "SELECT pan_hmac FROM disbursements WHERE programme = ? AND period = ? AND "
+            f"result = '00' AND pan_hmac IN ({','.join('?' * len(chunk))})",
+            (programme, period, *chunk))}
+    return paid
 
 
-def record(conn: sqlite3.Connection, programme: int, period: int, pans, amounts, codes, nos,
-           operator: str) -> None:
+def record(conn: sqlite3.Connection, keys: DataKeys, programme: int, period: int, pans, amounts,
+           codes, nos, operator: str) -> None:
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     conn.execute("BEGIN")
     conn.executemany(
-        "INSERT INTO disbursements VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+        "INSERT INTO disbursements VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
         "amount_fen = excluded.amount_fen, result = excluded.result, "
         "record_no = excluded.record_no, operator = excluded.operator, at = excluded.at "
         "WHERE disbursements.result != '00'",
-        [(programme, period, str(int(p)), int(a), c, int(n) if c == "00" else None, operator,
-          now)
+        [(programme, period, keys.pan_hmac(int(p)), mask(int(p)), int(a), c,
+          int(n) if c == "00" else None, operator, now)
          for p, a, c, n in zip(pans, amounts, codes, nos, strict=True) if c != "94"])
     conn.execute("COMMIT")
 
 
-def sync_from_journal(conn: sqlite3.Connection, card_pans: np.ndarray) -> int:
+def sync_from_journal(conn: sqlite3.Connection, keys: DataKeys, card_pans: np.ndarray) -> int:
     """Rows for credits in the journal that the table lacks; returns how many were added."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (SYNC_KEY,)).fetchone()
     since = int(row[0]) if row else 0
@@ -105,8 +114,9 @@ def sync_from_journal(conn: sqlite3.Connection, card_pans: np.ndarray) -> int:
     conn.execute("BEGIN")
     for r, no in zip(credits[paid], nos[kind][paid], strict=True):
         cur = conn.execute(
-            "INSERT OR IGNORE INTO disbursements VALUES (?,?,?,?,?,?,?,?)",
-            (int(r["programme"]) - 1, int(r["period"]), str(int(card_pans[r["card"]])),
+            "INSERT OR IGNORE INTO disbursements VALUES (?,?,?,?,?,?,?,?,?)",
+            (int(r["programme"]) - 1, int(r["period"]), keys.pan_hmac(int(card_pans[r["card"]])),
+             mask(int(card_pans[r["card"]])),
              int(r["amount_fen"]), CODES[r["rc"]][0], int(no), f"operator {int(r['operator'])}",
              dt.datetime.fromtimestamp(r["ts_us"] / 1e6, dt.UTC).isoformat(timespec="seconds")))
         added += cur.rowcount

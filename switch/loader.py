@@ -1,10 +1,13 @@
 """Build the core's State from the store: reference tables, the catalogue, the newest
-checkpoint, and the journal records after it (recovery is the same code path as every start)."""
+checkpoint, and the journal records after it (recovery is the same code path as every start).
+
+The data set's keys are opened first (a wrong or missing key-encryption key stops here with
+one line, ``keystore.KekError``); master keys are unwrapped, the checkpoint and the holders
+file are decrypted into memory. What is in memory is in clear: memory is not at rest."""
 
 from __future__ import annotations
 
 import logging
-import mmap
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -22,6 +25,8 @@ from onecard.core.state import (
 )
 from onecard.switch import catalogue, snapshots, store, transit
 from onecard.switch.reference import GROUPS
+from onecard.switch.security import encrypt_store, keystore, sealed_files
+from onecard.switch.security.keystore import DataKeys
 
 log = logging.getLogger("onecard.loader")
 
@@ -40,6 +45,7 @@ class Loaded:
     replayed: int
     seconds: float
     migrated: list[int]          # store schema versions this start brought the data set to
+    keys: DataKeys               # to seal checkpoints and card rows written from now on
 
 
 provinces = catalogue.provinces
@@ -67,11 +73,12 @@ def surnames_array(conn: sqlite3.Connection) -> np.ndarray:
     return out
 
 
-def terminals_array(conn: sqlite3.Connection) -> np.ndarray:
+def terminals_array(conn: sqlite3.Connection, keys: DataKeys) -> np.ndarray:
+    """The terminal registry as the core's array, master keys unwrapped."""
     app_idx = dict(conn.execute("SELECT code, idx FROM catalogue"))
     rows = conn.execute("SELECT idx, tid, merchant, kind, protocol, region_idx, operator_idx, "
-                        "mac_alg, permitted, tmk, app_code, policy_idx, scope FROM terminals "
-                        "ORDER BY idx").fetchall()
+                        "mac_alg, permitted, tmk_wrapped, app_code, policy_idx, scope "
+                        "FROM terminals ORDER BY idx").fetchall()
     out = np.zeros(len(rows), dtype=TERMINAL_DTYPE)
     for (idx, tid, merchant, kind, protocol, region_idx, op_idx, alg, permitted, tmk, app,
          policy, scope) in rows:
@@ -81,7 +88,7 @@ def terminals_array(conn: sqlite3.Connection) -> np.ndarray:
         t["kind"], t["protocol"], t["region"] = kind, protocol, region_idx
         t["operator"] = op_idx if op_idx is not None else 0
         t["mac_alg"], t["permitted"] = alg, permitted
-        t["tmk"] = np.frombuffer(tmk, dtype="u1")
+        t["tmk"] = np.frombuffer(keys.unwrap_tmk(tid, tmk), dtype="u1")
         t["app"], t["policy"], t["scope"] = app_idx[app], policy, scope
     return out
 
@@ -101,13 +108,12 @@ def _merge_sessions(static: np.ndarray, saved: np.ndarray | None) -> np.ndarray:
     return static
 
 
-def holders(data_dir: Path):
-    """The holders file (full names and identity numbers), mapped read-only, or None."""
+def holders(data_dir: Path, keys: DataKeys) -> bytearray | None:
+    """The holders file (full names and identity numbers), decrypted into memory, or None."""
     path = Path(data_dir) / HOLDERS_FILE
     if not path.exists() or path.stat().st_size == 0:
         return None
-    with open(path, "rb") as f:
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return sealed_files.read_sealed(path, keys, encrypt_store.HOLDERS_LABEL)
 
 
 def filings_entries(conn: sqlite3.Connection) -> np.ndarray:
@@ -123,23 +129,27 @@ def filings_entries(conn: sqlite3.Connection) -> np.ndarray:
     return out
 
 
-def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26) -> Loaded:
-    """Recover the state: checkpoint + journal replay. Raises if the data set is missing."""
+def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26,
+         kek_file: str | None = None) -> Loaded:
+    """Recover the state: checkpoint + journal replay. Raises if the data set is missing,
+    KekError if its keys do not open."""
     started = time.perf_counter()
     path = store.db_path(data_dir)
     if not path.exists():
         raise FileNotFoundError(f"no data set at {path} (run: onecard demo-data)")
-    migrated = store.migrate(path)
+    migrated = store.migrate(path, kek_file)
     conn = store.connect(path, readonly=True)
     try:
         store.check_schema(conn, path)
-        snap = snapshots.latest(data_dir)
+        keys = keystore.open_data_set(conn, data_dir, kek_file)
+        encrypt_store.seal_files(Path(data_dir), keys, HOLDERS_FILE)
+        snap = snapshots.latest(data_dir, keys)
         if snap is None:
             raise FileNotFoundError(f"no checkpoint under {snapshots.snapshot_root(data_dir)}")
         upto, arrays = snap
         operators, stations, fares = transit.build(conn)
         apps, accept, policies = catalogue.build(conn)
-        terminals = _merge_sessions(terminals_array(conn), arrays.get("terminals"))
+        terminals = _merge_sessions(terminals_array(conn, keys), arrays.get("terminals"))
         ring = arrays.get("ring")
         if ring is None or len(ring) != len(terminals) * ring_size or ring.dtype != RING_DTYPE:
             ring = None
@@ -148,8 +158,9 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
         state = State(cards=arrays["cards"], accounts=arrays["accounts"], terminals=terminals,
                       regions=regions_array(conn), operators=operators, stations=stations,
                       fares=fares, apps=apps, accept=accept, policies=policies,
-                      surnames=surnames_array(conn), holders=holders(data_dir), ring=ring,
+                      surnames=surnames_array(conn), holders=holders(data_dir, keys), ring=ring,
                       ring_size=ring_size, maps=maps, map_entries_max=map_entries_max)
+        state.set_journal_key(keys.journal_key)
         if "deny_log" in arrays:
             state.restore_deny_log(arrays["deny_log"])
         replayed = 0
@@ -158,4 +169,4 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
         next_no = max(store.journal_end(conn), upto)
     finally:
         conn.close()
-    return Loaded(state, next_no, upto, replayed, time.perf_counter() - started, migrated)
+    return Loaded(state, next_no, upto, replayed, time.perf_counter() - started, migrated, keys)

@@ -1,43 +1,82 @@
 """Operator tokens and roles for the admin API.
 
 The tokens file (TOML, mode 0600, in the data directory unless configured elsewhere) lists
-operators with a name, their roles and a token; one operator per role is created on first
-start. Roles: ``ops`` (read only), ``card`` (card service: loss, unfreeze, replace, electronic
-card, bank, filings), ``finance`` (top-ups and disbursements), ``catalogue`` (catalogue
-changes).
+operators with a name, their roles and the SHA-256 of their token (``security/tokens.py``);
+the token itself is shown once, when it is made, and stored nowhere. One operator per role is
+created on first start. Roles: ``ops`` (read only), ``card`` (card service: loss, unfreeze,
+replace, electronic card, bank, filings), ``finance`` (top-ups and disbursements),
+``catalogue`` (catalogue changes).
+
+``onecard operators add|rotate|revoke`` rewrite the file (atomically); a running switch reads
+it again when it changes (``Operators.find`` compares the file's identity, a stat per admin
+request), so no restart is needed. An operator's position in the file is its number in journal
+records: revoking keeps the entry (``revoked = true``) so later positions never shift.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
-import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
+from onecard.switch.security import modes, tokens
+
+log = logging.getLogger("onecard.operators")
+
 ROLES = ("ops", "card", "finance", "catalogue")
+HEADER = ("# onecard operators: Authorization: Bearer <token>. Only SHA-256 hashes of the tokens "
+          "are kept here;\n# manage with: onecard operators list|add|rotate|revoke\n")
 
 
-class Operator(msgspec.Struct, forbid_unknown_fields=True):
+class Operator(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     name: str
     roles: list[str]
-    token: str
+    token_sha256: str = ""
+    revoked: bool = False
+    token: str = ""             # files written before hashing: hashed and removed on load
 
 
 class TokensFile(msgspec.Struct, forbid_unknown_fields=True):
     operator: list[Operator]
 
 
-@dataclass(frozen=True)
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class Operators:
-    operators: tuple[Operator, ...]
+    """The operators of a tokens file, read again whenever the file changes."""
+
+    def __init__(self, operators: tuple[Operator, ...], path: Path | None = None) -> None:
+        self.operators = operators
+        self.path = path
+        self._stamp = _stamp(path) if path is not None else None
+
+    def _refresh(self) -> None:
+        if self.path is None or _stamp(self.path) == self._stamp:
+            return
+        stamp = _stamp(self.path)
+        try:
+            self.operators = tuple(read(self.path).operator)
+        except (ValueError, OSError) as exc:    # half-edited by hand: keep the last good set
+            log.error("tokens file not reloaded, keeping the previous operators: %s", exc)
+        else:
+            log.info("tokens file %s changed: %d operators", self.path, len(self.operators))
+        self._stamp = stamp
 
     def find(self, token: str) -> Operator | None:
+        self._refresh()
+        digest = tokens.hash_token(token).encode()
         found = None
-        for op in self.operators:      # compare with every token: no timing hint which matched
-            if hmac.compare_digest(op.token.encode(), token.encode()):
+        for op in self.operators:      # compare with every hash: no timing hint which matched
+            if hmac.compare_digest(op.token_sha256.encode(), digest) and not op.revoked:
                 found = op
         return found
 
@@ -45,31 +84,59 @@ class Operators:
         return self.operators.index(op) + 1      # 0 = the switch itself in journal records
 
 
-def load_or_create(path: Path) -> Operators:
-    if not path.exists():
-        ops = [Operator(f"{role}-operator", [role], secrets.token_urlsafe(24)) for role in ROLES]
-        text = ("# onecard operator tokens: Authorization: Bearer <token>. Keep this file secret.\n"
-                + msgspec.toml.encode(TokensFile(ops)).decode())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+def _decode(path: Path) -> TokensFile:
     try:
-        data = msgspec.toml.decode(path.read_bytes(), type=TokensFile)
+        return msgspec.toml.decode(path.read_bytes(), type=TokensFile)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def read(path: Path) -> TokensFile:
+    """The file's operators, validated; a clear token (an older file) comes back hashed."""
+    data = _decode(path)
     for op in data.operator:
         unknown = set(op.roles) - set(ROLES)
         if unknown:
             raise ValueError(f"{path}: operator {op.name}: unknown roles {sorted(unknown)}")
-        if len(op.token) < 16:
-            raise ValueError(f"{path}: operator {op.name}: token shorter than 16 characters")
-    return Operators(tuple(data.operator))
+        if op.token:
+            if len(op.token) < tokens.TOKEN_CHARS_MIN:
+                raise ValueError(f"{path}: operator {op.name}: token shorter than "
+                                 f"{tokens.TOKEN_CHARS_MIN} characters")
+            op.token_sha256, op.token = tokens.hash_token(op.token), ""
+        if len(op.token_sha256) != tokens.HASH_HEX_CHARS and not op.revoked:
+            raise ValueError(f"{path}: operator {op.name}: token_sha256 is not a SHA-256")
+    return data
 
 
-def token_for(path: Path, role: str) -> str:
-    """The token of the first operator holding ``role`` (CLI and tests)."""
-    for op in load_or_create(path).operators:
-        if role in op.roles:
-            return op.token
-    raise KeyError(f"no operator with role {role} in {path}")
+def write(path: Path, data: TokensFile) -> None:
+    """Replace the file atomically, 0600 (a reader sees the old file or the new one)."""
+    text = HEADER + msgspec.toml.encode(data).decode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.FILE_MODE)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, modes.FILE_MODE)
+    os.replace(tmp, path)
+
+
+def load_or_create(path: Path) -> tuple[Operators, dict[str, str]]:
+    """The operators, and the tokens made now ({name: token}, to show once): one operator per
+    role when there is no file yet. A file with clear tokens is rewritten with hashes."""
+    created: dict[str, str] = {}
+    if not path.exists():
+        ops = []
+        for role in ROLES:
+            name = f"{role}-operator"
+            created[name] = tokens.new_token()
+            ops.append(Operator(name, [role], tokens.hash_token(created[name])))
+        modes.private_dir(path.parent)
+        write(path, TokensFile(ops))
+    had_clear = any(op.token for op in _decode(path).operator)
+    data = read(path)
+    if had_clear:
+        write(path, data)
+        log.warning("tokens file %s held tokens in clear: rewritten with their hashes", path)
+    modes.private_file(path)
+    return Operators(tuple(data.operator), path), created

@@ -153,6 +153,7 @@ class Switch:
         self.data_dir = Path(config.data_dir)
         self.state = loaded.state
         self.loaded = loaded
+        self.keys = loaded.keys               # seals card rows and checkpoints written later
         self.engine = Engine(loaded.state, next_record_no=loaded.next_record_no,
                              daily_limit_fen=config.limits.daily_limit_fen,
                              amount_fen_max=config.limits.amount_fen_max,
@@ -179,7 +180,7 @@ class Switch:
         self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
                                         daemon=True)
         self.checkpointer = Checkpointer(self.data_dir, store.db_path(self.data_dir),
-                                         config.store.snapshots_kept,
+                                         config.store.snapshots_kept, keys=loaded.keys,
                                          wal_limit_bytes=config.store.wal_checkpoint_mb << 20,
                                          committer=self.committer)
         self.last_checkpoint_no = loaded.snapshot_upto

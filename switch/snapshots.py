@@ -5,6 +5,12 @@ every record below ``upto`` applied. It is handed to the writer here only once t
 are durable, so recovery = newest checkpoint + journal records from ``upto`` on.
 Files live beside the database rather than in it so that writing hundreds of megabytes never
 holds SQLite's write lock against group commits.
+
+Every array is sealed under the data set's data key (``security/sealed_files.py``): the cards
+hold card numbers and the terminals master and working keys, which are never on disk in clear.
+The associated data names the checkpoint and the array, so a file copied into another
+checkpoint does not open. A checkpoint written before encryption (``<name>.npy``) is still
+read, and sealed in place by ``seal_clear`` (the store migration to schema 4, and every load).
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from onecard.core.commit import GroupCommitter
+from onecard.switch.security import modes, sealed_files
+from onecard.switch.security.keystore import DataKeys
 
 log = logging.getLogger("onecard.snapshots")
 
 ARRAYS = ("cards", "accounts", "terminals", "ring")
+SEALED = ".sealed"
 PREFIX = "snapshot-"
 WAL_FRAME_HEADER = 24                   # bytes before each page in a SQLite WAL frame
 
@@ -41,25 +50,27 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, *,
+def _label(upto: int, name: str) -> str:
+    return f"checkpoint {upto:016d} {name}"
+
+
+def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: DataKeys, *,
           keep: int = 2) -> Path:
-    """Write a checkpoint durably and atomically; prune all but the newest ``keep``."""
-    root = snapshot_root(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    """Write a checkpoint durably and atomically, sealed; prune all but the newest ``keep``."""
+    root = modes.private_dir(snapshot_root(data_dir))
     final = root / f"{PREFIX}{upto:016d}"
     if final.exists():
         return final
     tmp = root / f".tmp-{upto:016d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    modes.private_dir(tmp)
     try:
         for name, arr in arrays.items():
-            with open(tmp / f"{name}.npy", "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-        with open(tmp / "manifest.json", "w") as f:
-            json.dump({"upto": upto, "arrays": sorted(arrays)}, f)
+            sealed_files.write_array(tmp / f"{name}{SEALED}", arr, keys, _label(upto, name))
+        fd = os.open(tmp / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     modes.FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"upto": upto, "arrays": sorted(arrays), "sealed": True}, f)
             f.flush()
             os.fsync(f.fileno())
         _fsync(tmp)
@@ -74,7 +85,14 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, *,
     return final
 
 
-def latest(data_dir: str | Path) -> tuple[int, dict[str, np.ndarray]] | None:
+def _read(path: Path, upto: int, name: str, keys: DataKeys) -> np.ndarray:
+    sealed = path / f"{name}{SEALED}"
+    if sealed.exists():
+        return sealed_files.read_array(sealed, keys, _label(upto, name))
+    return np.load(path / f"{name}.npy", allow_pickle=False)     # before encryption
+
+
+def latest(data_dir: str | Path, keys: DataKeys) -> tuple[int, dict[str, np.ndarray]] | None:
     """The newest complete checkpoint: (upto, arrays), or None."""
     root = snapshot_root(data_dir)
     for path in sorted(root.glob(f"{PREFIX}*"), reverse=True):
@@ -82,10 +100,29 @@ def latest(data_dir: str | Path) -> tuple[int, dict[str, np.ndarray]] | None:
         if not manifest.exists():
             continue
         meta = json.loads(manifest.read_text())
-        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False)
-                  for name in meta["arrays"]}
-        return int(meta["upto"]), arrays
+        upto = int(meta["upto"])
+        return upto, {name: _read(path, upto, name, keys) for name in meta["arrays"]}
     return None
+
+
+def seal_clear(data_dir: str | Path, keys: DataKeys) -> int:
+    """Seal the arrays of checkpoints written before encryption (atomically, file by file);
+    how many. A crash halfway leaves each array either clear or sealed, both readable."""
+    sealed = 0
+    for path in sorted(snapshot_root(data_dir).glob(f"{PREFIX}*")):
+        manifest = path / "manifest.json"
+        if not manifest.exists():
+            continue
+        upto = int(json.loads(manifest.read_text())["upto"])
+        for clear in sorted(path.glob("*.npy")):
+            tmp = clear.with_suffix(".tmp")
+            sealed_files.write_array(tmp, np.load(clear, allow_pickle=False), keys,
+                                     _label(upto, clear.stem))
+            os.rename(tmp, clear.with_suffix(SEALED))
+            clear.unlink()
+            sealed += 1
+        _fsync(path)
+    return sealed
 
 
 class Checkpointer(threading.Thread):
@@ -104,13 +141,14 @@ class Checkpointer(threading.Thread):
     CATCH_UP_FRAMES = 256               # what is left for the writer (1 MiB of 4 KiB pages)
     MAX_PASSES = 8                      # copies a round; if the writer outran them, next round
 
-    def __init__(self, data_dir: Path, db_path: Path, keep: int, *,
+    def __init__(self, data_dir: Path, db_path: Path, keep: int, *, keys: DataKeys | None = None,
                  wal_limit_bytes: int = 16 << 20, wal_interval_s: float = 1.0,
                  committer: GroupCommitter | None = None) -> None:
         super().__init__(name="onecard-checkpoint", daemon=True)
         self._data_dir = data_dir
         self._db_path = db_path
         self._keep = keep
+        self._keys = keys
         self._wal_interval_s = wal_interval_s
         self._wal_limit_bytes = wal_limit_bytes
         self._wal_path = Path(f"{db_path}-wal")
@@ -183,8 +221,9 @@ class Checkpointer(threading.Thread):
             self._committer.request_catch_up()
 
     def _publish(self, upto: int, arrays: dict[str, np.ndarray]) -> None:
+        assert self._keys is not None, "checkpoints are written sealed: pass keys"
         try:
-            write(self._data_dir, arrays, upto, keep=self._keep)
+            write(self._data_dir, arrays, upto, self._keys, keep=self._keep)
             self.last_upto = upto
             log.info("checkpoint at journal record %d written", upto)
         except OSError as exc:

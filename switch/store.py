@@ -6,27 +6,53 @@ as one packed row, and commits with ``synchronous=FULL``; only then does the eve
 the replies that depended on them. A row is ``(first_no, n, ts_us, records, format)`` where
 ``records`` is ``n`` 80-byte records of journal format ``format`` (``protocols/JOURNAL.md``)
 numbered from ``first_no``. Rows are read back in the current format whatever they were
-written in (``journal_rows``): nothing rewrites a committed row.
+written in (``journal_rows``). Nothing rewrites a committed row, with one exception: the
+migration to store schema 4 re-enciphers the card numbers of rows written before the journal
+kept them enciphered (format 3), so that no card number stays on disk in clear.
+
+Nothing secret is stored in clear (``switch/security/keystore.py``): terminal master keys are
+wrapped (``terminals.tmk_wrapped``), card numbers are found by ``pan_hmac`` and kept sealed in
+``pan_enc``, holder names and ID numbers are sealed; the database and its -wal/-shm are 0600.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onecard.protocols.journal_codec import RECORD_DTYPE, upgrade
+from onecard.switch.security import modes
+
+if TYPE_CHECKING:
+    from onecard.switch.security.keystore import DataKeys
 
 log = logging.getLogger("onecard.store")
 
-SCHEMA_VERSION = 3
-# Each step takes a database from the version before it to its own, in one transaction.
-MIGRATIONS = {
+SCHEMA_VERSION = 4
+# A Python step gets the connection (inside the step's transaction) and the data set's keys
+# (created, with the key-encryption key, when the data set has none yet).
+PythonStep = Callable[[sqlite3.Connection, "DataKeys"], None]
+
+
+def _encrypt_at_rest(conn: sqlite3.Connection, keys: DataKeys) -> None:
+    from onecard.switch.security import encrypt_store
+
+    encrypt_store.migrate(conn, keys)
+
+
+# Each step takes a database from the version before it to its own, in one transaction: SQL
+# statements, or a Python function.
+MIGRATIONS: dict[int, tuple[str, ...] | PythonStep] = {
     # The journal's rows name their record format; rows written before it are format 1.
     3: ("ALTER TABLE journal ADD COLUMN format INTEGER NOT NULL DEFAULT 1",),
+    # Data at rest: master keys wrapped, holders sealed, cards found by HMAC, journal card
+    # numbers enciphered (security/encrypt_store.py).
+    4: _encrypt_at_rest,
 }
 DB_NAME = "onecard.db"
 
@@ -63,13 +89,13 @@ CREATE TABLE IF NOT EXISTS terminals (
     kind INTEGER NOT NULL, protocol INTEGER NOT NULL,
     region_idx INTEGER NOT NULL REFERENCES regions(idx), operator_idx INTEGER,
     station_id INTEGER, mac_alg INTEGER NOT NULL, permitted INTEGER NOT NULL,
-    tmk BLOB NOT NULL, name TEXT NOT NULL, place TEXT NOT NULL,
+    tmk_wrapped BLOB NOT NULL, name TEXT NOT NULL, place TEXT NOT NULL,
     app_code TEXT NOT NULL REFERENCES catalogue(code), policy_idx INTEGER NOT NULL,
     scope INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cards (
-    idx INTEGER PRIMARY KEY, pan TEXT NOT NULL UNIQUE, account INTEGER NOT NULL,
-    holder_name TEXT NOT NULL, id_number TEXT NOT NULL, bank TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'chip');
+    idx INTEGER PRIMARY KEY, pan_hmac BLOB NOT NULL UNIQUE, pan_enc BLOB NOT NULL,
+    account INTEGER NOT NULL, holder_name BLOB NOT NULL, id_number BLOB NOT NULL,
+    bank TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'chip');
 CREATE INDEX IF NOT EXISTS cards_account ON cards(account);
 CREATE TABLE IF NOT EXISTS filings (
     account INTEGER NOT NULL, province INTEGER NOT NULL, operator TEXT NOT NULL,
@@ -78,9 +104,9 @@ CREATE TABLE IF NOT EXISTS programmes (
     idx INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, name_zh TEXT NOT NULL,
     name_en TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS disbursements (
-    programme INTEGER NOT NULL, period INTEGER NOT NULL, pan TEXT NOT NULL,
-    amount_fen INTEGER NOT NULL, result TEXT NOT NULL, record_no INTEGER,
-    operator TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (programme, period, pan));
+    programme INTEGER NOT NULL, period INTEGER NOT NULL, pan_hmac BLOB NOT NULL,
+    card TEXT NOT NULL, amount_fen INTEGER NOT NULL, result TEXT NOT NULL, record_no INTEGER,
+    operator TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (programme, period, pan_hmac));
 CREATE TABLE IF NOT EXISTS admin_log (
     id INTEGER PRIMARY KEY, at TEXT NOT NULL, operator TEXT NOT NULL, role TEXT NOT NULL,
     action TEXT NOT NULL, target TEXT NOT NULL, details TEXT NOT NULL, record_no INTEGER);
@@ -94,6 +120,12 @@ def db_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / DB_NAME
 
 
+def private_db_files(path: str | Path) -> None:
+    """The database and its -wal/-shm 0600 (SQLite creates them with the process's umask)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        modes.private_file(f"{path}{suffix}")
+
+
 def connect(path: str | Path, *, synchronous: str = "FULL",
             readonly: bool = False) -> sqlite3.Connection:
     if readonly:
@@ -102,6 +134,9 @@ def connect(path: str | Path, *, synchronous: str = "FULL",
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        # Freed pages are zeroed: an updated or deleted row leaves no copy in the file.
+        conn.execute("PRAGMA secure_delete=ON")
+        private_db_files(path)
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -123,10 +158,11 @@ def check_schema(conn: sqlite3.Connection, path: Path) -> None:
                            f"{SCHEMA_VERSION}")
 
 
-def migrate(path: Path) -> list[int]:
+def migrate(path: Path, kek_file: str | None = None) -> list[int]:
     """Bring an older database to this build's schema, a step a transaction; the versions
     it went through. A database newer than the build, or with no version, is left alone
-    (check_schema then refuses it with its version)."""
+    (check_schema then refuses it with its version). After a Python step the file is
+    vacuumed and its WAL emptied: no page of what the step replaced stays on disk."""
     conn = connect(path, readonly=True)
     try:
         found = schema_version(conn)
@@ -141,16 +177,31 @@ def migrate(path: Path) -> list[int]:
         done = []
         for version in range(found + 1, SCHEMA_VERSION + 1):
             conn.execute("BEGIN IMMEDIATE")
-            for statement in MIGRATIONS[version]:
-                conn.execute(statement)
+            step = MIGRATIONS[version]
+            if callable(step):
+                step(conn, _keys_for(conn, path, kek_file))
+            else:
+                for statement in step:
+                    conn.execute(statement)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                          (str(version),))
             conn.execute("COMMIT")
             log.info("store schema %d -> %d: %s", version - 1, version, path)
             done.append(version)
+        if any(callable(MIGRATIONS[v]) for v in done):
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return done
     finally:
         conn.close()
+
+
+def _keys_for(conn: sqlite3.Connection, path: Path, kek_file: str | None) -> DataKeys:
+    from onecard.switch.security import keystore
+
+    if keystore.has_keys(conn):
+        return keystore.open_data_set(conn, path.parent, kek_file)
+    return keystore.init_data_set(conn, path.parent, kek_file)
 
 
 def journal_end(conn: sqlite3.Connection) -> int:

@@ -1,6 +1,9 @@
 """Terminal-side helpers shared by the load generator, the CLI and the tests: reading the
 terminal registry and cards of a data set, and signing a terminal on over a blocking socket
-(sign-on is rare and not on any hot path)."""
+(sign-on is rare and not on any hot path).
+
+Terminal simulators need the master keys: they unwrap them with the data set's
+key-encryption key, so they run where the switch does (the demo) and nowhere else."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from onecard.core.state import CARD_ACTIVE
 from onecard.protocols import native
 from onecard.protocols.enums import MAC_ALGORITHM, TERMINAL_KIND
 from onecard.switch import snapshots, store
+from onecard.switch.security import keystore
 
 ALG_NAMES = MAC_ALGORITHM.name_of
 KIND_NAMES = TERMINAL_KIND.name_of
@@ -44,24 +48,26 @@ class TerminalInfo:
         return ALG_NAMES[self.mac_alg]
 
 
-def read_terminals(data_dir: str | Path) -> list[TerminalInfo]:
+def read_terminals(data_dir: str | Path, kek_file: str | None = None) -> list[TerminalInfo]:
+    """The terminal registry with master keys unwrapped (KekError without the right KEK)."""
     conn = store.connect(store.db_path(data_dir), readonly=True)
     try:
+        keys = keystore.open_data_set(conn, data_dir, kek_file)
         rows = conn.execute(
             "SELECT t.idx, t.tid, t.merchant, t.kind, t.protocol, r.code, r.province, "
-            "t.operator_idx, t.station_id, t.mac_alg, t.tmk, t.name, t.place, t.app_code "
-            "FROM terminals t "
+            "t.operator_idx, t.station_id, t.mac_alg, t.tmk_wrapped, t.name, t.place, "
+            "t.app_code FROM terminals t "
             "JOIN regions r ON r.idx = t.region_idx ORDER BY t.idx").fetchall()
     finally:
         conn.close()
-    return [TerminalInfo(*r[:10], bytes(r[10]), *r[11:]) for r in rows]
+    return [TerminalInfo(*r[:10], keys.unwrap_tmk(r[1], r[10]), *r[11:]) for r in rows]
 
 
 def usable_cards(data_dir: str | Path, *, province: int | None = None, functions: int = 0,
                  min_balance_fen: int = 0) -> np.ndarray:
     """Card numbers (uint64) that are active, unexpired and carry ``functions``, from the
     newest checkpoint, optionally of one province."""
-    snap = snapshots.latest(data_dir)
+    snap = snapshots.latest(data_dir, keystore.for_data_dir(data_dir))
     if snap is None:
         raise FileNotFoundError(f"no checkpoint in {data_dir}")
     cards, accounts = snap[1]["cards"], snap[1]["accounts"]

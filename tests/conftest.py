@@ -29,6 +29,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from termsim import IsoTerminal, NativeTerminal, socket_exchange
 
 DEMO_CARDS = 4000
+# Data sets are encrypted under a key-encryption key kept outside the data directory. Tests
+# copy data directories around (shutil.copytree), so the session's data sets share one KEK
+# from the environment; tests/test_at_rest.py unsets it to test the key file.
+TEST_KEK = "5e" * 32
+os.environ.setdefault("ONECARD_KEK", TEST_KEK)
+# Operator tokens are printed once by a switch's first start (the tokens file keeps hashes):
+# {data directory: {role: token}}, filled by start_switch.
+TOKENS: dict[str, dict[str, str]] = {}
 
 # The admin API's routes that change something, with the role each needs: every one must
 # answer bad bodies with a problem document (tests/test_admin.py, tests/test_admin_fuzz.py).
@@ -68,11 +76,20 @@ class World:
         self.card_province = regions["province"][self.state.cards["region"]]
         import sqlite3
 
+        self.keys = loaded.keys
         conn = sqlite3.connect(data_dir / "onecard.db")
         self.provinces = [p for (p,) in conn.execute(
             "SELECT DISTINCT province FROM regions ORDER BY province")]
-        self.names = dict(conn.execute("SELECT idx, holder_name FROM cards"))
+        self.names = {idx: self.keys.open_text("cards", "holder_name", idx, name)
+                      for idx, name in conn.execute("SELECT idx, holder_name FROM cards")}
         conn.close()
+
+    def holder(self, idx: int) -> tuple[str, str]:
+        """The name and ID number of card idx's holder, opened from the cards table."""
+        ((name, ident),) = self.query("SELECT holder_name, id_number FROM cards WHERE idx = ?",
+                                      idx)
+        return (self.keys.open_text("cards", "holder_name", idx, name),
+                self.keys.open_text("cards", "id_number", idx, ident))
 
     def query(self, sql: str, *args) -> list:
         """Rows from the data set's database, read only (the expected values of a test come
@@ -192,6 +209,10 @@ def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
         m = re.match(r"onecard: listening (\w+) [\d.]+:(\d+)", line)
         if m:
             ports[m.group(1)] = int(m.group(2))
+        m = re.match(r"onecard: operator \S+ roles (\S+) token (\S+)", line)
+        if m:
+            for role in m.group(1).split(","):
+                TOKENS.setdefault(str(data_dir), {})[role] = m.group(2)
         if line.startswith("onecard: ready"):
             return SwitchProcess(proc, data_dir, ports["iso8583"], ports["native"],
                                  ports["http"], output)
@@ -255,9 +276,7 @@ class AdminClient:
         self.sw = sw
 
     def token(self, role: str) -> str:
-        from onecard.switch import operators
-
-        return operators.token_for(self.sw.data_dir / "admin-tokens.toml", role)
+        return TOKENS[str(self.sw.data_dir)][role]
 
     def call(self, method: str, path: str, body=None, *, role: str | None = None,
              auth: str | None = None, raw: bytes | None = None) -> HttpReply:

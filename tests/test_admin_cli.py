@@ -2,19 +2,26 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from conftest import TOKENS
+
 pytestmark = pytest.mark.slow
 
 
 def onecard(sw, *args: str) -> subprocess.CompletedProcess:
+    """The command with the token of the role it needs in $ONECARD_TOKEN (the tokens file
+    keeps only hashes: the tokens are the ones the switch printed at its first start)."""
+    role = "finance" if args[0] == "disburse" else "ops" if args[1] == "show" else "card"
     return subprocess.run([sys.executable, "-m", "onecard.switch.cli", *args,
                            "--data-dir", str(sw.data_dir),
                            "--url", f"http://127.0.0.1:{sw.http}"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ONECARD_TOKEN": TOKENS[str(sw.data_dir)][role]})
 
 
 def test_disburse_csv_is_idempotent_and_reports_each_line(running_switch, world, tmp_path):

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from onecard.protocols import native
-from onecard.switch import operators
 from onecard.switch.admin_guard import FailureLimiter
 
-from conftest import AdminClient, Supply, assert_problem, native_session, start_switch
+from conftest import TOKENS, AdminClient, Supply, assert_problem, native_session, start_switch
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +29,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def token(sw, role: str) -> str:
-    return operators.token_for(sw.data_dir / "admin-tokens.toml", role)
+    return TOKENS[str(sw.data_dir)][role]
 
 
 def raw_request(port: int, head: str, body_chunks=(), timeout_s: float = 20.0) -> str:

@@ -84,12 +84,16 @@ def test_demo_data_is_not_overwritten_without_force(tmp_path):
                    "--force").returncode == 0
 
 
-def test_terminals_lists_ids_and_keys(demo_dir):
+def test_terminals_lists_ids_and_key_check_values(demo_dir):
     out = onecard("terminals", "--data-dir", str(demo_dir), "--kind", "gate", "--limit", "3")
     lines = out.stdout.strip().splitlines()
     assert out.returncode == 0 and len(lines) == 4
-    assert all(re.match(r"G\d{7}\s+gate\s+native\s+(x919|sm4)\s+[0-9a-f]{32}", ln)
+    assert all(re.match(r"G\d{7}\s+gate\s+native\s+(x919|sm4)\s+[0-9a-f]{6}\s", ln)
                for ln in lines[1:])
+    keys = onecard("terminals", "--data-dir", str(demo_dir), "--kind", "gate", "--limit", "3",
+                   "--reveal-keys")
+    assert all(re.match(r"G\d{7}\s+gate\s+native\s+(x919|sm4)\s+[0-9a-f]{32}", ln)
+               for ln in keys.stdout.strip().splitlines()[1:])
 
 
 @pytest.mark.slow

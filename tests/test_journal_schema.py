@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onecard.core import operations, records
+from onecard.core import crypto, operations, records
 from onecard.core.state import (
     CARD_LOST,
     SCOPE_LODGING,
@@ -152,8 +152,11 @@ def test_every_kind_reads_back_by_name(world):
         "CREDIT", 3, 202612, 5, 777)
     operations.card_change(a, idx, status=CARD_LOST, operator=4)
     (ca,) = decode_last(world)
-    assert (ca.kind_name, ca.pan, ca.status, ca.operator) == ("CARD_ADMIN", int(pan),
-                                                              CARD_LOST, 4)
+    # The card number is enciphered in the record (format 3): it deciphers with the journal key.
+    assert ca.pan != int(pan)
+    assert crypto.pan_crypt(world.keys.journal_key, ca.pan, idx, int(cards["account"][idx]),
+                            decrypt=True) == int(pan)
+    assert (ca.kind_name, ca.status, ca.operator) == ("CARD_ADMIN", CARD_LOST, 4)
     assert ca.action == journal.CARD_ADMIN["CHANGE"]
     assert (ca.region, ca.expiry_yymm) == (cards["region"][idx], cards["expiry_yymm"][idx])
 
@@ -187,7 +190,9 @@ def test_a_version_1_journal_recovers_exactly_the_state_it_was_written_with(v1_d
     conn = store.connect(store.db_path(v1_dir), readonly=True)
     try:
         assert store.schema_version(conn) == store.SCHEMA_VERSION
-        assert conn.execute("SELECT DISTINCT format FROM journal").fetchall() == [(1,)]
+        # The migration to schema 4 rewrote the version-1 rows as version 3: the only rows
+        # ever rewritten, to encipher their card numbers (store.py).
+        assert conn.execute("SELECT DISTINCT format FROM journal").fetchall() == [(3,)]
         recs, nos = store.journal_records(conn)
     finally:
         conn.close()
@@ -203,7 +208,9 @@ def test_a_version_1_journal_recovers_exactly_the_state_it_was_written_with(v1_d
     assert {(r.programme, r.period) for r in by_kind["CREDIT"]} >= {(1, 202611)}
     assert by_kind["SETTLE"][0].amount_fen == 0 and by_kind["SETTLE"][0].debit_fen > 0
     new = [r for r in by_kind["CARD_ADMIN"] if r.action == journal.CARD_ADMIN["NEW"]]
-    assert [r.pan for r in new] == [6211119999000000001]
+    assert [crypto.pan_crypt(loaded.keys.journal_key, r.pan, r.card, r.account, decrypt=True)
+            for r in new] == [6211119999000000001]
+    assert [r.pan for r in new] != [6211119999000000001]
 
 
 def test_version_1_disbursements_are_reported_from_the_journal(v1_dir):
@@ -211,7 +218,8 @@ def test_version_1_disbursements_are_reported_from_the_journal(v1_dir):
     conn = store.connect(store.db_path(v1_dir))
     try:
         conn.execute("DELETE FROM disbursements")
-        assert disbursements.sync_from_journal(conn, loaded.state.cards["pan"]) == 4
+        assert disbursements.sync_from_journal(conn, loaded.keys,
+                                               loaded.state.cards["pan"]) == 4
         rows = conn.execute("SELECT programme, period, amount_fen, result FROM disbursements"
                             ).fetchall()
     finally:
@@ -221,8 +229,8 @@ def test_version_1_disbursements_are_reported_from_the_journal(v1_dir):
 
 @pytest.mark.slow
 def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_path):
-    """The version-1 rows stay as written; the new rows are version 2; a restart reads both
-    and recovers what the first run answered."""
+    """The version-1 rows are rewritten as version 3 (card numbers enciphered) by the store
+    migration; the new rows are version 3; a restart recovers what the first run answered."""
     want = expected_v1_state(v1_dir)
     cards = want["cards"]
     conn = store.connect(store.db_path(v1_dir), readonly=True)
@@ -235,7 +243,7 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
     sw = start_switch(v1_dir)
     try:
         assert any("73 journal records replayed" in line for line in sw.output)
-        assert any("upgraded to store schema 3" in line for line in sw.output)
+        assert any("upgraded to store schema 4" in line for line in sw.output)
         info = next(t for t in read_terminals(v1_dir) if t.kind == TERM_KIOSK
                     and t.province == 31)
         sock, exchange = socket_exchange("127.0.0.1", sw.native, 4)
@@ -251,7 +259,7 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
         formats = conn.execute("SELECT format, SUM(n) FROM journal GROUP BY format").fetchall()
     finally:
         conn.close()
-    assert formats == [(1, 73), (2, 2)]                      # the sign-on and the top-up
+    assert formats == [(3, 75)]                   # 73 rewritten, the sign-on and the top-up
     account = int(cards["account"][card])
     after = loader.load(v1_dir).state.accounts["balance_fen"][account]
     assert after == want["accounts"]["balance_fen"][account] + 2_500

@@ -21,9 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from onecard.core.state import TERM_BUS_READER, TERM_POS
-from onecard.switch import operators
 
-from conftest import SwitchProcess, World, iso_balance, start_switch
+from conftest import TOKENS, SwitchProcess, World, iso_balance, start_switch
 from termsim import IsoTerminal, NativeTerminal, socket_exchange
 
 pytestmark = pytest.mark.slow
@@ -161,7 +160,7 @@ def test_admin_over_tls_and_terminal_links_over_tls(switch_dir, tmp_path, pki, d
     pan, _ = world.card(nth=7)
     sw = tls_switch(switch_dir, tmp_path, pki, client_certs=False)
     try:
-        token = operators.token_for(switch_dir / "admin-tokens.toml", "ops")
+        token = TOKENS[str(sw.data_dir)]["ops"]
         status, view = https_get(sw, f"/admin/cards/{pan}", client_context(pki), token)
         assert status == 200 and view["status"] == "active"
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):

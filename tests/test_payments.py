@@ -4,7 +4,6 @@ acceptance. Requests built with pyiso8583 (termsim), through the compiled Engine
 and, at the end, over TCP to a real switch process."""
 
 import datetime as dt
-import sqlite3
 import time
 
 import numpy as np
@@ -504,9 +503,7 @@ def test_supermarket_accepts_its_region_groups_cards(world, terminal_province, a
 
 def hmt_card(world) -> tuple[str, int]:
     pan, idx = funded_card(world, 44, flags=lambda f: (f & HOLDER_HMT) != 0)
-    conn = sqlite3.connect(world.data_dir / "onecard.db")
-    (id_number,) = conn.execute("SELECT id_number FROM cards WHERE idx = ?", (idx,)).fetchone()
-    conn.close()
+    _, id_number = world.holder(idx)
     assert id_number[:2] in ("81", "82", "83")           # a Hong Kong/Macao/Taiwan permit
     return pan, idx
 

@@ -154,7 +154,7 @@ def test_a_checkpoint_restores_exactly_the_live_state(world, tmp_path):
     live = comparable(world.state.snapshot())
     copy = tmp_path / "data"
     shutil.copytree(world.data_dir, copy)
-    snapshots.write(copy, world.state.snapshot(), upto)
+    snapshots.write(copy, world.state.snapshot(), upto, world.keys)
 
     loaded = loader.load(copy)
     assert loaded.next_record_no == upto and loaded.replayed == 0

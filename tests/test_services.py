@@ -87,9 +87,7 @@ def set_age(world, idx: int, years: int, on: dt.date, *, days_short: int = 0) ->
 
 
 def holder(world, idx: int) -> tuple[str, str]:
-    ((name, ident),) = world.query("SELECT holder_name, id_number FROM cards "
-                                   "WHERE idx = ?", idx)
-    return name, ident
+    return world.holder(idx)
 
 
 def surname(world, idx: int) -> str:

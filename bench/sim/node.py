@@ -166,7 +166,7 @@ class Node:
             return None
         upto, arrays = self.pending_checkpoint
         self.pending_checkpoint = None
-        snapshots.write(self.data_dir, arrays, upto, keep=SNAPSHOTS_KEPT)
+        snapshots.write(self.data_dir, arrays, upto, self.loaded.keys, keep=SNAPSHOTS_KEPT)
         self.last_checkpoint_no = upto
         return upto
 

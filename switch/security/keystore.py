@@ -1,0 +1,230 @@
+"""The keys of a data set: the key-encryption key (KEK) and the data key (DEK) it wraps.
+
+KEK (32 bytes) lives outside the data directory, found in this order: ``$ONECARD_KEK`` (64 hex
+digits), else the configured ``[security] kek_file``, else ``<data_dir>.kek`` beside the data
+directory (the embedded default, created 0600 with the data set). Copying the data directory
+alone therefore copies nothing readable.
+
+DEK (32 bytes, random per data set) is stored in ``meta`` only wrapped: ``dek_wrapped`` is
+AES-256-GCM under the KEK. ``kek_check`` (an HMAC of a constant under the KEK) tells a wrong KEK
+from a damaged data set, so a wrong key stops the start with one clear line. Everything else is
+under the DEK:
+
+- AES-256-GCM (random 96-bit nonce, the item's name and row as associated data, so a sealed value
+  moved to another row or column does not open): holder names and ID numbers, card numbers,
+  terminal master keys, checkpoint and holder files (``sealed_files``);
+- HMAC-SHA256 under a key derived with HKDF: the card-number index (``pan_hmac``), so a card is
+  found without its number being stored in clear;
+- a 16-byte double-length 3DES key derived with HKDF: the journal's CARD_ADMIN card numbers (a
+  64-bit block fits the record's 8-byte field; ``protocols/journal.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from onecard.switch.security import modes
+
+log = logging.getLogger("onecard.keystore")
+
+ENV_KEK = "ONECARD_KEK"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+SEALED_OVERHEAD_BYTES = NONCE_BYTES + TAG_BYTES
+JOURNAL_KEY_BYTES = 16
+KEK_SUFFIX = ".kek"
+DEK_AAD = b"onecard dek v1"
+CHECK_MESSAGE = b"onecard kek check v1"
+
+
+class KekError(Exception):
+    """The data set's keys cannot be opened; the message is one line for the operator."""
+
+
+def kek_path(data_dir: str | Path, configured: str | None = None) -> Path:
+    """Where the KEK file is (the environment variable, when set, wins over any file)."""
+    data_dir = Path(data_dir).resolve()
+    path = Path(configured).resolve() if configured else data_dir.with_name(
+        data_dir.name + KEK_SUFFIX)
+    if path == data_dir or data_dir in path.parents:
+        raise KekError(f"the key-encryption key file {path} must be outside the data "
+                       f"directory {data_dir}")
+    return path
+
+
+def _parse_kek(text: str, where: str) -> bytes:
+    try:
+        kek = bytes.fromhex(text.strip())
+    except ValueError:
+        kek = b""
+    if len(kek) != KEY_BYTES:
+        raise KekError(f"the key-encryption key in {where} is not {2 * KEY_BYTES} hex digits")
+    return kek
+
+
+def load_kek(data_dir: str | Path, configured: str | None = None) -> tuple[bytes, str]:
+    """(KEK, where it came from); KekError when there is none."""
+    env = os.environ.get(ENV_KEK)
+    if env:
+        return _parse_kek(env, f"${ENV_KEK}"), f"${ENV_KEK}"
+    path = kek_path(data_dir, configured)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise KekError(f"no key-encryption key: {path} does not exist (set [security] kek_file "
+                       f"or ${ENV_KEK})") from None
+    except OSError as exc:
+        raise KekError(f"cannot read the key-encryption key {path}: {exc.strerror}") from None
+    return _parse_kek(text, str(path)), str(path)
+
+
+def create_kek(data_dir: str | Path, configured: str | None = None) -> tuple[bytes, str]:
+    """The KEK for a new data set: the environment's when set, else the file's when it
+    exists (several data sets may share one), else a new file (0600)."""
+    try:
+        return load_kek(data_dir, configured)
+    except KekError:
+        if os.environ.get(ENV_KEK):
+            raise
+    path = kek_path(data_dir, configured)
+    kek = os.urandom(KEY_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes.FILE_MODE)
+    with os.fdopen(fd, "w") as f:
+        f.write(kek.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, modes.FILE_MODE)
+    log.warning("key-encryption key created in %s: keep it (and a copy) outside backups of "
+                "the data directory; without it the data set cannot be read", path)
+    return kek, str(path)
+
+
+def _check_value(kek: bytes) -> str:
+    return hmac.new(kek, CHECK_MESSAGE, hashlib.sha256).hexdigest()[:32]
+
+
+def _derive(dek: bytes, label: bytes, length: int) -> bytes:
+    return HKDF(hashes.SHA256(), length, salt=None, info=b"onecard " + label).derive(dek)
+
+
+@dataclass(frozen=True)
+class DataKeys:
+    """The DEK and the keys derived from it; the only holder of them in a process."""
+
+    dek: bytes
+    index_key: bytes = field(init=False, repr=False)
+    journal_key: bytes = field(init=False, repr=False)
+    aead: AESGCM = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        assert len(self.dek) == KEY_BYTES
+        object.__setattr__(self, "index_key", _derive(self.dek, b"pan index", KEY_BYTES))
+        object.__setattr__(self, "journal_key", _derive(self.dek, b"journal pan",
+                                                        JOURNAL_KEY_BYTES))
+        object.__setattr__(self, "aead", AESGCM(self.dek))
+
+    def __repr__(self) -> str:             # never a key in a log line or a traceback
+        return "DataKeys(<hidden>)"
+
+    def seal(self, plain: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self.aead.encrypt(nonce, plain, aad)
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        try:
+            return self.aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise KekError(f"sealed value {aad.decode(errors='replace')} does not open: the "
+                           "data set is damaged or was moved between rows") from None
+
+    def open_into(self, blob, aad: bytes, out: memoryview) -> None:
+        """open() into a buffer of exactly the plaintext's size (big files: no copies)."""
+        try:
+            if hasattr(self.aead, "decrypt_into"):        # cryptography 45 and later
+                self.aead.decrypt_into(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad, out)
+            else:
+                out[:] = self.aead.decrypt(bytes(blob[:NONCE_BYTES]), bytes(blob[NONCE_BYTES:]),
+                                           aad)
+        except InvalidTag:
+            raise KekError(f"sealed file part {aad.decode(errors='replace')} does not open: "
+                           "the file is damaged or belongs elsewhere") from None
+
+    def pan_hmac(self, pan: int | str) -> bytes:
+        """The card-number index: HMAC-SHA256 of the decimal digits."""
+        return hmac.digest(self.index_key, str(int(pan)).encode(), "sha256")
+
+    def seal_text(self, table: str, column: str, row: int | str, text: str) -> bytes:
+        return self.seal(text.encode(), f"{table}.{column}:{row}".encode())
+
+    def open_text(self, table: str, column: str, row: int | str, blob: bytes) -> str:
+        return self.open(bytes(blob), f"{table}.{column}:{row}".encode()).decode()
+
+    def wrap_tmk(self, tid: str, tmk: bytes) -> bytes:
+        assert len(tmk) == 16
+        return self.seal(tmk, b"terminals.tmk:" + tid.encode())
+
+    def unwrap_tmk(self, tid: str, blob: bytes) -> bytes:
+        return self.open(bytes(blob), b"terminals.tmk:" + tid.encode())
+
+
+def init_data_set(conn: sqlite3.Connection, data_dir: str | Path,
+                  configured: str | None = None) -> DataKeys:
+    """A new DEK for a data set that has none, wrapped under the KEK (created if missing);
+    the caller commits the meta rows with the rest of its transaction."""
+    kek, where = create_kek(data_dir, configured)
+    dek = os.urandom(KEY_BYTES)
+    nonce = os.urandom(NONCE_BYTES)
+    wrapped = nonce + AESGCM(kek).encrypt(nonce, dek, DEK_AAD)
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('dek_wrapped', ?)", (wrapped.hex(),))
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('kek_check', ?)", (_check_value(kek),))
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('kek_source', ?)", (where,))
+    return DataKeys(dek)
+
+
+def has_keys(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM meta WHERE key = 'dek_wrapped'").fetchone() is not None
+
+
+def open_data_set(conn: sqlite3.Connection, data_dir: str | Path,
+                  configured: str | None = None) -> DataKeys:
+    """The DEK of a data set, unwrapped with the KEK; KekError in one line when it cannot."""
+    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
+                             "('dek_wrapped', 'kek_check')"))
+    if "dek_wrapped" not in meta:
+        raise KekError(f"data set {data_dir} has no data key (an older store schema: start "
+                       "the switch once to encrypt it)")
+    kek, where = load_kek(data_dir, configured)
+    if not hmac.compare_digest(_check_value(kek), meta.get("kek_check", "")):
+        raise KekError(f"the key-encryption key from {where} is not the one data set "
+                       f"{data_dir} was encrypted with")
+    wrapped = bytes.fromhex(meta["dek_wrapped"])
+    try:
+        dek = AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], DEK_AAD)
+    except InvalidTag:
+        raise KekError(f"the data key of {data_dir} does not unwrap (meta dek_wrapped is "
+                       "damaged)") from None
+    return DataKeys(dek)
+
+
+def for_data_dir(data_dir: str | Path, configured: str | None = None) -> DataKeys:
+    """The keys of a data set on disk (tools, terminal simulators, tests)."""
+    from onecard.switch import store
+
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    try:
+        return open_data_set(conn, data_dir, configured)
+    finally:
+        conn.close()

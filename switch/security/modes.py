@@ -1,0 +1,48 @@
+"""File modes of the data directory: 0700 for directories, 0600 for files, whatever the umask.
+
+The CLI sets umask 077 at entry, and every place that creates a file or directory in the data
+set also chmods it explicitly: a library caller (tests, bench tools) may run with any umask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+UMASK = 0o077
+
+
+def private_umask() -> int:
+    """Set umask 077; the previous one."""
+    return os.umask(UMASK)
+
+
+def private_dir(path: str | Path) -> Path:
+    """Create a directory (and missing parents) 0700; an existing one is chmodded to 0700."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+    return path
+
+
+def private_file(path: str | Path) -> None:
+    """chmod 0600 if the file exists (SQLite's -wal/-shm come and go)."""
+    try:
+        os.chmod(path, FILE_MODE)
+    except FileNotFoundError:
+        pass
+
+
+def private_tree(root: str | Path) -> None:
+    """Every directory under root 0700 and every file 0600 (the data directory at start)."""
+    root = Path(root)
+    os.chmod(root, DIR_MODE)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(Path(dirpath, name), DIR_MODE)
+        for name in filenames:
+            path = Path(dirpath, name)
+            if not path.is_symlink():
+                os.chmod(path, FILE_MODE)

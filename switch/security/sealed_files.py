@@ -1,0 +1,97 @@
+"""Sealed files: checkpoint arrays and the holders file, AES-256-GCM under the data key.
+
+Layout: ``MAGIC`` (8 bytes), the plaintext length (u64 LE), then chunks of at most
+``CHUNK_BYTES`` plaintext, each ``nonce (12) ‖ ciphertext ‖ tag (16)``. Every chunk's associated
+data names the file's label (a checkpoint's ``upto`` and array name, or ``holders``), the
+plaintext length and the chunk's position, so chunks cannot be reordered, dropped, truncated
+or moved to another checkpoint without failing to open. Chunking keeps each AEAD call's
+buffers a few MiB however big the array (100M cards: gigabytes).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from onecard.switch.security import modes
+from onecard.switch.security.keystore import NONCE_BYTES, TAG_BYTES, DataKeys, KekError
+
+MAGIC = b"OCSEAL01"
+HEADER = struct.Struct("<8sQ")
+CHUNK_BYTES = 4 << 20
+
+
+def is_sealed(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
+def _aad(label: str, plain_bytes: int, index: int) -> bytes:
+    return f"{label}|{plain_bytes}|{index}".encode()
+
+
+def write_sealed(path: Path, data, keys: DataKeys, label: str) -> None:
+    """Write ``data`` (bytes-like) sealed to ``path`` (0600), fsynced."""
+    view = memoryview(data).cast("B")
+    plain_bytes = len(view)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.FILE_MODE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(HEADER.pack(MAGIC, plain_bytes))
+        for index, start in enumerate(range(0, max(plain_bytes, 1), CHUNK_BYTES)):
+            chunk = view[start:start + CHUNK_BYTES]
+            f.write(keys.seal(bytes(chunk), _aad(label, plain_bytes, index)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, modes.FILE_MODE)
+
+
+def read_sealed(path: Path, keys: DataKeys, label: str) -> bytearray:
+    """The plaintext of a sealed file, in one writable buffer (decrypted in place: a restart
+    of a 100M-card set reads gigabytes, so no chunk is copied more than it must be)."""
+    raw = memoryview(Path(path).read_bytes())
+    magic, plain_bytes = HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise KekError(f"{path} is not a sealed file")
+    out = bytearray(plain_bytes)
+    view = memoryview(out)
+    pos = HEADER.size
+    for index, start in enumerate(range(0, max(plain_bytes, 1), CHUNK_BYTES)):
+        size = min(CHUNK_BYTES, plain_bytes - start)
+        end = pos + NONCE_BYTES + size + TAG_BYTES
+        if end > len(raw):
+            raise KekError(f"{path} is truncated")
+        keys.open_into(raw[pos:end], _aad(label, plain_bytes, index), view[start:start + size])
+        pos = end
+    if pos != len(raw):
+        raise KekError(f"{path} has trailing bytes")
+    return out
+
+
+def array_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getbuffer()
+
+
+def array_from(buf: bytearray) -> np.ndarray:
+    """An .npy image as an array over the buffer itself (writable, no copy)."""
+    f = io.BytesIO(buf)
+    version = np.lib.format.read_magic(f)
+    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = header(f)
+    assert not fortran, "checkpoints are written C-contiguous"
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(buf, dtype=dtype, count=count, offset=f.tell()).reshape(shape)
+
+
+def write_array(path: Path, arr: np.ndarray, keys: DataKeys, label: str) -> None:
+    write_sealed(path, array_bytes(arr), keys, label)
+
+
+def read_array(path: Path, keys: DataKeys, label: str) -> np.ndarray:
+    return array_from(read_sealed(path, keys, label))
