@@ -115,8 +115,9 @@ def tokens_path(config: Config) -> Path:
 
 
 async def _serve(config: Config, loaded) -> int:
-    from onecard.switch import admin, operators
-    from onecard.switch.http import start_http
+    from onecard.switch.admin import operators
+    from onecard.switch.admin import routes as admin
+    from onecard.switch.admin.http import start_http
     from onecard.switch.server import Switch
 
     switch = Switch(config, loaded)
@@ -263,7 +264,7 @@ def parser() -> argparse.ArgumentParser:
 
     operators_cli.add_arguments(sub, common, lambda a: tokens_path(_config(a)))
     from onecard.bench import loadgen
-    from onecard.switch import admin_cli
+    from onecard.switch.admin import cli as admin_cli
 
     admin_cli.add_arguments(sub, common)
     for name in ("disburse", "card"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from onecard.protocols import native
-from onecard.switch.admin_guard import FailureLimiter
+from onecard.switch.admin.guard import FailureLimiter
 
 from conftest import TOKENS, AdminClient, Supply, assert_problem, native_session, start_switch
 

@@ -22,7 +22,8 @@ import pytest
 
 from onecard.core import crypto
 from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, TERM_METRO_GATE, TERM_POS
-from onecard.switch import loader, operators, snapshots
+from onecard.switch import loader, snapshots
+from onecard.switch.admin import operators
 from onecard.switch.security import keystore, sealed_files
 from onecard.switch.terminals import read_terminals
 

@@ -22,8 +22,9 @@ from onecard.protocols.enums import (
     STATE_TABLES,
     TERMINAL_KIND,
 )
-from onecard.switch import admin, cli, server
+from onecard.switch import cli, server
 from onecard.switch import terminals as switch_terminals
+from onecard.switch.admin import routes as admin
 
 ROOT = Path(__file__).resolve().parent.parent
 # Transaction kinds are the journal's table (protocols/journal.py), not protocols/enums.py.

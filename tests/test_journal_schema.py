@@ -23,7 +23,8 @@ from onecard.core.state import (
     TERM_VERIFIER,
 )
 from onecard.protocols import journal, journal_codec, journal_render, native
-from onecard.switch import disbursements, loader, store
+from onecard.switch import loader, store
+from onecard.switch.admin import disbursements
 from onecard.switch.terminals import read_terminals
 
 from conftest import start_switch

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from onecard.switch import operators
-from onecard.switch.operators import ROLES, Operator, TokensFile
+from onecard.switch.admin import operators
+from onecard.switch.admin.operators import ROLES, Operator, TokensFile
 from onecard.switch.security import tokens
 
 TokensPath = Callable[[argparse.Namespace], Path]

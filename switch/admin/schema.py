@@ -17,8 +17,8 @@ import msgspec
 import numpy as np
 from msgspec import UNSET, Meta, UnsetType
 
+from onecard.switch.admin.disbursements import MAX_ITEM_FEN
 from onecard.switch.catalogue import Functions, LimitFen
-from onecard.switch.disbursements import MAX_ITEM_FEN
 
 # No C0/C1 control characters (NUL included), no line or paragraph separators, no
 # bidirectional overrides (they make a name display as something else), no lone surrogates

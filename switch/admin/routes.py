@@ -27,12 +27,12 @@ from onecard.core.state import (
 )
 from onecard.protocols.codes import CODES
 from onecard.protocols.enums import CARD_STATUS, FUNCTION
-from onecard.switch import admin_schema as schema
-from onecard.switch import catalogue, disbursements, store
-from onecard.switch.admin_guard import FailureLimiter
-from onecard.switch.admin_schema import Body, BodyError
+from onecard.switch import catalogue, store
+from onecard.switch.admin import disbursements, schema
+from onecard.switch.admin.guard import FailureLimiter
+from onecard.switch.admin.operators import Operator, Operators
+from onecard.switch.admin.schema import Body, BodyError
 from onecard.switch.demo import luhn_digit
-from onecard.switch.operators import Operator, Operators
 from onecard.switch.security import encrypt_store
 from onecard.switch.server import Switch
 

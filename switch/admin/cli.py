@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from onecard.switch import disbursements
+from onecard.switch.admin import disbursements
 from onecard.switch.config import Config
 
 CHUNK_ITEMS = 10_000          # per request: progress every few seconds, small request bodies

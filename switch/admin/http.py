@@ -1,5 +1,5 @@
 """HTTP on the switch's event loop (aiohttp): Prometheus ``/metrics``, ``/healthz``,
-``/readyz``, the public ``/catalogue`` and the admin API (switch/admin.py).
+``/readyz``, the public ``/catalogue`` and the admin API (switch/admin/routes.py).
 
 Errors are RFC 9457 problem documents (``application/problem+json``)."""
 
@@ -11,10 +11,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from onecard.switch import __version__
-from onecard.switch.admin import AdminApi
-from onecard.switch.admin_guard import GuardCollector
+from onecard.switch.admin.guard import GuardCollector
+from onecard.switch.admin.operators import Operators
+from onecard.switch.admin.routes import AdminApi
 from onecard.switch.metrics import registry_for
-from onecard.switch.operators import Operators
 from onecard.switch.server import PROTOCOL_NAMES, ListenError, Switch
 from onecard.switch.tls import server_context
 

@@ -2,7 +2,7 @@
 bucket) with rate-limited logging of failures, so that tokens cannot be guessed at line rate
 and a guessing peer cannot flood the log either.
 
-The token lookup itself is ``Operators.find`` (switch/operators.py); this module only counts
+The token lookup itself is ``Operators.find`` (switch/admin/operators.py); this module only counts
 its failures. A token is never logged.
 """
 
