@@ -1,4 +1,4 @@
-"""The ``onecard`` command: serve, demo-data, load, terminals, operators, disburse, card,
+"""The ``onecard`` command: serve, demo-data, load, terminals, operators, disburse, card, db,
 version.
 
 Every command runs with umask 077: whatever the data set gets (database, WAL, checkpoints,
@@ -83,6 +83,12 @@ def cmd_serve(args) -> int:
     from onecard.switch.tls import TlsError
 
     config = _config(args)
+    if config.store.backend != "sqlite":
+        # Phase 1 of issue 14: the PostgreSQL store can be migrated and filled, not served.
+        print(f'onecard: store.backend = "{config.store.backend}": this build serves from '
+              "SQLite only; onecard db migrate|import|status manage the PostgreSQL store "
+              "(docs/postgresql.md)", file=sys.stderr)
+        return 2
     _logging(config.log_level)
     data_dir = Path(config.data_dir)
     try:
@@ -267,6 +273,9 @@ def parser() -> argparse.ArgumentParser:
     from onecard.switch.admin import cli as admin_cli
 
     admin_cli.add_arguments(sub, common)
+    from onecard.switch.pg import cli as db_cli
+
+    db_cli.add_arguments(sub, _config)
     for name in ("disburse", "card"):
         sub.choices[name].set_defaults(func=lambda a: admin_cli.run(a, _config(a)))
     ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")

@@ -93,7 +93,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    backend: Literal["sqlite"] = "sqlite"
+    # "sqlite": the embedded store in data_dir. "postgresql": the PostgreSQL store at dsn
+    # (docs/postgresql.md); this build migrates and imports into it (onecard db) but serves
+    # from SQLite only, so onecard serve refuses it.
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    # libpq connection string for backend = "postgresql" and onecard db, e.g.
+    # "host=pg1,pg2,pg3 port=5432 dbname=onecard user=onecard target_session_attrs=read-write"
+    # (a password belongs in ~/.pgpass or $PGPASSWORD, not in this file).
+    dsn: str = ""
     # FULL: every group commit is fsynced before its replies leave. Lower only for experiments.
     synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL"
     checkpoint_interval_s: Annotated[float, Meta(ge=1)] = 300.0
@@ -109,6 +116,11 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Start-up refuses a data directory with less free space than this (and one where a
     # 1 MiB write with fsync fails).
     free_mb_min: Annotated[int, Meta(ge=0, le=1 << 30)] = 16
+
+    def __post_init__(self) -> None:
+        if self.backend == "postgresql" and not self.dsn:
+            raise ValueError('store: backend = "postgresql" needs dsn (a libpq connection '
+                             'string)')
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

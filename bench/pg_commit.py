@@ -1,0 +1,116 @@
+"""Journal-row commits per second into a single-node PostgreSQL with psycopg 3 (issue 14:
+"choose the driver by measurement"), so that the next phase can pick how the committer thread
+writes. A journal row is what one group commit writes: ``records_per_row`` 80-byte records.
+
+Modes, each for ``--seconds`` on a fresh journal table:
+  insert    autocommit INSERT per row: one commit and one round trip per row
+  pipeline  pipeline mode: autocommit INSERTs sent without waiting for each answer (a commit
+            each; the round trips overlap, the WAL flushes do not)
+  copy      binary COPY of ``--rows-per-copy`` rows, then COMMIT: one commit per batch
+
+python -m onecard.bench.pg_commit                       # a throwaway local server (fsync on)
+python -m onecard.bench.pg_commit --dsn "host=... dbname=..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from typing import Final
+
+RECORD_BYTES: Final = 80
+TABLE: Final = ("CREATE TEMP TABLE bench_journal (first_no bigint PRIMARY KEY, n int NOT NULL, "
+                "ts_us bigint NOT NULL, records bytea NOT NULL, format smallint NOT NULL)")
+INSERT: Final = "INSERT INTO bench_journal VALUES (%s, %s, %s, %s, 3)"
+PIPELINE_SYNC_ROWS: Final = 64          # rows sent before waiting for their results
+
+
+def _rows(records_per_row: int):
+    blob = os.urandom(RECORD_BYTES * records_per_row)   # ciphertext-like: incompressible
+    first_no = 0
+    while True:
+        yield first_no, records_per_row, time.time_ns() // 1000, blob
+        first_no += records_per_row
+
+
+def run_insert(conn, rows, deadline: float) -> tuple[int, int]:
+    commits = 0
+    while time.perf_counter() < deadline:
+        conn.execute(INSERT, next(rows), prepare=True)
+        commits += 1
+    return commits, commits
+
+
+def run_pipeline(conn, rows, deadline: float) -> tuple[int, int]:
+    commits = 0
+    with conn.pipeline() as p:
+        while time.perf_counter() < deadline:
+            with conn.cursor() as cur:
+                for _ in range(PIPELINE_SYNC_ROWS):
+                    cur.execute(INSERT, next(rows), prepare=True)
+            p.sync()
+            commits += PIPELINE_SYNC_ROWS
+    return commits, commits
+
+
+def run_copy(conn, rows, deadline: float, rows_per_copy: int) -> tuple[int, int]:
+    commits = written = 0
+    while time.perf_counter() < deadline:
+        with conn.transaction(), conn.cursor().copy(
+                "COPY bench_journal FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "int4", "int8", "bytea", "int2"])
+            for _ in range(rows_per_copy):
+                copy.write_row((*next(rows), 3))
+        commits += 1
+        written += rows_per_copy
+    return commits, written
+
+
+def measure(dsn: str, mode: str, seconds: float, records_per_row: int,
+            rows_per_copy: int) -> dict:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TABLE)
+        run: Callable = {"insert": run_insert, "pipeline": run_pipeline}.get(mode) or (
+            lambda c, r, d: run_copy(c, r, d, rows_per_copy))
+        started = time.perf_counter()
+        commits, written = run(conn, _rows(records_per_row), started + seconds)
+        elapsed_s = time.perf_counter() - started
+    return {"mode": mode, "commits_per_s": commits / elapsed_s, "rows_per_s": written / elapsed_s,
+            "records_per_s": written * records_per_row / elapsed_s}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dsn", help="default: a throwaway local server (fsync on)")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--records-per-row", type=int, default=32)
+    p.add_argument("--rows-per-copy", type=int, default=64)
+    p.add_argument("--modes", default="insert,pipeline,copy")
+    args = p.parse_args(argv)
+    server = None
+    if args.dsn is None:
+        from onecard.bench import pg_local
+
+        server = pg_local.start(durable=True)
+    try:
+        dsn = args.dsn or server.dsn
+        where = "a throwaway local server, fsync on" if server else "--dsn"   # no password
+        print(f"psycopg 3, {args.records_per_row} records ({args.records_per_row * 80} B) a "
+              f"row, {args.seconds:g} s a mode, {where}")
+        for mode in args.modes.split(","):
+            r = measure(dsn, mode, args.seconds, args.records_per_row, args.rows_per_copy)
+            print(f"{r['mode']:9} {r['commits_per_s']:>10,.0f} commits/s "
+                  f"{r['rows_per_s']:>10,.0f} rows/s {r['records_per_s']:>12,.0f} records/s",
+                  flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
