@@ -7,6 +7,8 @@ Modes, each for ``--seconds`` on a fresh journal table:
   pipeline  pipeline mode: an INSERT and a Sync per row (a commit each) sent without waiting
             for the answers before them: the round trips overlap, the WAL flushes do not
   copy      binary COPY of ``--rows-per-copy`` rows, then COMMIT: one commit per batch
+  asyncpg   asyncpg on an event loop, a prepared INSERT per row awaited (a commit each): the
+            other driver the issue names (skipped when asyncpg is not installed)
 
 python -m onecard.bench.pg_commit                       # a throwaway local server (fsync on)
 python -m onecard.bench.pg_commit --dsn "host=... dbname=..."
@@ -71,10 +73,48 @@ def run_copy(conn, rows, deadline: float, rows_per_copy: int) -> tuple[int, int]
     return commits, written
 
 
+def measure_asyncpg(dsn: str, seconds: float, records_per_row: int) -> dict | None:
+    try:
+        import asyncio
+
+        import asyncpg
+    except ImportError:
+        return None
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(dsn)
+
+    async def run() -> tuple[int, float]:
+        conn = await asyncpg.connect(host=params.get("host"), port=int(params.get("port", 5432)),
+                                     user=params.get("user"), password=params.get("password"),
+                                     database=params.get("dbname"))
+        try:
+            await conn.execute("DROP TABLE IF EXISTS bench_journal")
+            await conn.execute(TABLE)
+            insert = await conn.prepare("INSERT INTO bench_journal VALUES ($1, $2, $3, $4, 3)")
+            rows, commits = _rows(records_per_row), 0
+            started = time.perf_counter()
+            while time.perf_counter() < started + seconds:
+                await insert.fetch(*next(rows))
+                commits += 1
+            elapsed_s = time.perf_counter() - started
+            await conn.execute("DROP TABLE bench_journal")
+            return commits, elapsed_s
+        finally:
+            await conn.close()
+
+    commits, elapsed_s = asyncio.run(run())
+    return {"mode": "asyncpg", "commits_per_s": commits / elapsed_s,
+            "rows_per_s": commits / elapsed_s,
+            "records_per_s": commits * records_per_row / elapsed_s}
+
+
 def measure(dsn: str, mode: str, seconds: float, records_per_row: int,
-            rows_per_copy: int) -> dict:
+            rows_per_copy: int) -> dict | None:
     import psycopg
 
+    if mode == "asyncpg":
+        return measure_asyncpg(dsn, seconds, records_per_row)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_journal")
         conn.execute(TABLE)
@@ -94,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--records-per-row", type=int, default=32)
     p.add_argument("--rows-per-copy", type=int, default=64)
-    p.add_argument("--modes", default="insert,pipeline,copy")
+    p.add_argument("--modes", default="insert,pipeline,copy,asyncpg")
     args = p.parse_args(argv)
     server = None
     if args.dsn is None:
@@ -108,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
               f"row, {args.seconds:g} s a mode, {where}")
         for mode in args.modes.split(","):
             r = measure(dsn, mode, args.seconds, args.records_per_row, args.rows_per_copy)
+            if r is None:
+                print(f"{mode:9} not installed (pip install {mode})")
+                continue
             print(f"{r['mode']:9} {r['commits_per_s']:>10,.0f} commits/s "
                   f"{r['rows_per_s']:>10,.0f} rows/s {r['records_per_s']:>12,.0f} records/s",
                   flush=True)
