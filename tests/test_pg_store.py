@@ -84,6 +84,15 @@ def test_migrate_twice_creates_the_schema_once_and_records_its_version(dsn, caps
     assert f"schema version {SCHEMA_VERSION}; journal end 0; lease epoch 0" in out
 
 
+def test_a_store_newer_than_the_build_is_refused_in_one_line(dsn, capsys):
+    assert cli.main(["db", "migrate", "--dsn", dsn]) == 0
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    assert cli.main(["db", "migrate", "--dsn", dsn]) == 2
+    err = capsys.readouterr().err
+    assert "schema version 99, newer than this build's" in err and err.count("\n") == 1
+
+
 def test_import_of_the_demo_data_set_keeps_every_row_and_its_ciphertext(dsn, demo_dir, capsys):
     assert cli.main(["db", "import", str(demo_dir), "--dsn", dsn]) == 0
     out = capsys.readouterr()

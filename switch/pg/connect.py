@@ -52,5 +52,10 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
 
 
 def driver_errors() -> tuple[type[BaseException], ...]:
-    """Errors a command turns into one line after it has connected."""
-    return (_psycopg().Error,)
+    """Errors a command turns into one line after it has connected (none without psycopg:
+    then nothing connected)."""
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.Error,)

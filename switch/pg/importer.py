@@ -69,7 +69,7 @@ def _source(data_dir: Path) -> sqlite3.Connection:
         raise PgError(f"{path}: store schema {found or 'none'}, the import reads "
                       f"{SCHEMA_VERSION} (start this build's switch on it once to upgrade it)")
     tables = {name for (name,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
     unknown = tables - set(TABLES)
     if unknown:
         conn.close()
