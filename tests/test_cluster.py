@@ -43,9 +43,9 @@ pytestmark = [
 ]
 
 
-def cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout_s: float, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onecard.switch.cli", "cluster", *args],
-                          capture_output=True, text=True, timeout=timeout_s)
+                          capture_output=True, text=True, timeout=timeout_s, env=env)
 
 
 def processes_under(directory: Path) -> list[int]:
@@ -93,6 +93,14 @@ def test_up_refuses_a_directory_in_use(tmp_path):
     out = cli("up", "--dir", str(tmp_path), timeout_s=30)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "is not empty" in out.stderr, out.stderr
+
+
+def test_up_without_etcd_is_one_line(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}        # nothing to find there
+    out = cli("up", "--dir", str(tmp_path / "c"), timeout_s=30, env=env)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "etcd not found" in out.stderr, out.stderr
+    assert not (tmp_path / "c").exists()               # checked before anything is created
 
 
 def test_status_without_a_cluster_is_one_line(tmp_path):
