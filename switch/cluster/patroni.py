@@ -58,8 +58,9 @@ class Node:
 
 def pg_bin_dir() -> str:
     """The newest installed PostgreSQL's bin directory (Debian keeps them versioned)."""
-    found = sorted(glob.glob(PG_BIN_GLOB), key=lambda p: int(Path(p).parent.name))
-    found = [p for p in found if os.path.exists(os.path.join(p, "initdb"))]
+    found = [p for p in glob.glob(PG_BIN_GLOB)
+             if Path(p).parent.name.isdigit() and os.path.exists(os.path.join(p, "initdb"))]
+    found.sort(key=lambda p: int(Path(p).parent.name))
     if not found:
         raise ClusterError(f"PostgreSQL not found ({PG_BIN_GLOB}/initdb; Debian: apt-get "
                            "install postgresql)")
