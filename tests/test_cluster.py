@@ -169,6 +169,7 @@ class Writer(threading.Thread):
         self.errors = 0
         self.killed_at: float | None = None
         self.first_write_after_kill: float | None = None
+        self.port_after_kill: int | None = None
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -177,11 +178,16 @@ class Writer(threading.Thread):
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.dsn, autocommit=True)
+                started = time.monotonic()
                 conn.execute("INSERT INTO failover_rows (id) VALUES (%s)", (self.next_id,))
                 now = time.monotonic()
                 self.acked.append(self.next_id)
-                if self.killed_at is not None and self.first_write_after_kill is None:
-                    self.first_write_after_kill = now
+                # Only an INSERT begun after the kill returned can have reached the new
+                # leader: one in flight at the kill may still be acknowledged by the old one.
+                killed_at = self.killed_at
+                if killed_at is not None and started > killed_at \
+                        and self.first_write_after_kill is None:
+                    self.first_write_after_kill, self.port_after_kill = now, conn.info.port
             except psycopg.Error:
                 self.errors += 1
                 if conn is not None:
@@ -226,8 +232,8 @@ def test_kill9_leader_fails_over_without_losing_acknowledged_rows(cluster):
         while len(writer.acked) < ROWS_DURING_LOAD and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(writer.acked) >= ROWS_DURING_LOAD, "no writes before the kill"
-        writer.killed_at = time.monotonic()
         kill_node(old_leader)
+        writer.killed_at = time.monotonic()
         while (time.monotonic() < deadline and (
                 writer.first_write_after_kill is None
                 or writer.acked[-1] - writer.acked[0] < ROWS_DURING_LOAD + ROWS_AFTER_FAILOVER)):
@@ -236,6 +242,8 @@ def test_kill9_leader_fails_over_without_losing_acknowledged_rows(cluster):
         writer.stop.set()
         writer.join(timeout=10)
     assert writer.first_write_after_kill is not None, f"no write within {FAILOVER_WAIT_S} s"
+    assert writer.killed_at is not None
+    assert writer.port_after_kill != old_leader_port
     failover_s = writer.first_write_after_kill - writer.killed_at
     print(f"\nfailover: kill -9 of {old_leader['name']} -> first write on the new leader "
           f"{failover_s:.2f} s ({writer.errors} failed attempts meanwhile)")
