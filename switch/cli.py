@@ -1,5 +1,5 @@
 """The ``onecard`` command: serve, demo-data, load, terminals, operators, disburse, card, db,
-version.
+cluster, version.
 
 Every command runs with umask 077: whatever the data set gets (database, WAL, checkpoints,
 tokens, lock, key file) is 0600 in 0700 directories, whatever the caller's umask."""
@@ -278,6 +278,9 @@ def parser() -> argparse.ArgumentParser:
     db_cli.add_arguments(sub, _config)
     for name in ("disburse", "card"):
         sub.choices[name].set_defaults(func=lambda a: admin_cli.run(a, _config(a)))
+    from onecard.switch.cluster import cli as cluster_cli
+
+    cluster_cli.add_arguments(sub)
     ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")
     loadgen.add_arguments(ld)
     ld.set_defaults(func=cmd_load)

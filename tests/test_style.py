@@ -117,3 +117,20 @@ def test_functions_fit_on_a_screen():
             if n > FUNCTION_LINES_MAX]
     assert not long, (f"functions over {FUNCTION_LINES_MAX} lines (split them by concern):\n"
                       + "\n".join(long))
+
+
+def test_every_package_is_in_pyproject():
+    """A package left out of pyproject's list imports in an editable install (the tests) and
+    is missing from a plain one (what a user deploys)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    roots = {"core": "onecard.core", "protocols": "onecard.protocols",
+             "switch": "onecard.switch", "bench": "onecard.bench"}
+    found = set()
+    for folder, name in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed, f"missing {sorted(found - listed)}, stale {sorted(listed - found)}"

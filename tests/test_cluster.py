@@ -1,0 +1,270 @@
+"""`onecard cluster up|status|down`: a real 3-node Patroni/etcd PostgreSQL cluster on loopback in
+synchronous (quorum, strict) mode, and a failover by kill -9 of the leader's Patroni and
+PostgreSQL that loses no acknowledged commit (issue 14, phase 1).
+
+One cluster serves the module (starting one takes tens of seconds on two cores); the tests run
+in file order and the last one stops it. Every wait is bounded; the fixture's finaliser stops
+whatever is left, whichever test failed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from onecard.switch.cluster import patroni
+from onecard.switch.cluster.procs import read_pid
+
+psycopg = pytest.importorskip("psycopg")
+
+UP_TIMEOUT_S = 150.0                # `cluster up`'s own bound is 120 s
+DOWN_TIMEOUT_S = 60.0
+REPLICA_WAIT_S = 15.0
+FAILOVER_WAIT_S = 90.0              # ttl 20 s + election + the standby's catch-up, with margin
+ROWS_BEFORE_KILL = 100
+ROWS_DURING_LOAD = 30               # acknowledged by the writer thread before the kill
+ROWS_AFTER_FAILOVER = 10
+POLL_S = 0.2
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd not installed"),
+]
+
+
+def cli(*args: str, timeout_s: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onecard.switch.cli", "cluster", *args],
+                          capture_output=True, text=True, timeout=timeout_s, env=env)
+
+
+def processes_under(directory: Path) -> list[int]:
+    """Pids whose command line names a path under directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                if str(directory).encode() in cmdline:
+                    found.append(int(entry.name))
+    return found
+
+
+def members(info: dict) -> dict[str, dict]:
+    """name -> member of GET /cluster from the first node that answers."""
+    for url in info["rest_urls"]:
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(f"{url}/cluster", timeout=2) as resp:
+                return {m["name"]: m for m in json.loads(resp.read())["members"]}
+    raise AssertionError("no node's REST API answers")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Under /tmp (1777), not pytest's 0700 tmp_path: the postgres user must reach DIR.
+    directory = Path(tempfile.mkdtemp(prefix="onecard-cluster-"))
+    try:
+        up = cli("up", "--nodes", "3", "--dir", str(directory), timeout_s=UP_TIMEOUT_S)
+        print(up.stdout, up.stderr)
+        assert up.returncode == 0, up.stdout + up.stderr
+        info = json.loads((directory / "cluster.json").read_text())
+        yield directory, info, up.stdout
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            cli("down", "--dir", str(directory), timeout_s=DOWN_TIMEOUT_S)
+        for pid in processes_under(directory):     # backstop: never leave a process behind
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_up_refuses_a_directory_in_use(tmp_path):
+    (tmp_path / "something").write_text("x")
+    out = cli("up", "--dir", str(tmp_path), timeout_s=30)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "is not empty" in out.stderr, out.stderr
+
+
+def test_up_without_etcd_is_one_line(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}        # nothing to find there
+    out = cli("up", "--dir", str(tmp_path / "c"), timeout_s=30, env=env)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "etcd not found" in out.stderr, out.stderr
+    assert not (tmp_path / "c").exists()               # checked before anything is created
+
+
+def test_status_without_a_cluster_is_one_line(tmp_path):
+    out = cli("status", "--dir", str(tmp_path), timeout_s=30)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "no " in out.stderr, out.stderr
+
+
+def test_up_gives_one_leader_and_a_synchronous_standby(cluster):
+    directory, info, stdout = cluster
+    ports = ",".join(str(n["pg_port"]) for n in info["nodes"])
+    assert f"host=127.0.0.1,127.0.0.1,127.0.0.1 port={ports}" in info["dsn"]
+    assert "target_session_attrs=read-write" in info["dsn"]
+    assert f"dsn: {info['dsn']}" in stdout
+    assert len(info["rest_urls"]) == 3
+    roles = {name: m["role"] for name, m in members(info).items()}
+    assert sorted(roles) == ["node0", "node1", "node2"]
+    assert list(roles.values()).count("leader") == 1, roles
+    assert any(r in patroni.STANDBY_ROLES for r in roles.values()), roles
+    status = cli("status", "--dir", str(directory), timeout_s=30)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "ready" in status.stdout
+
+
+def test_synchronous_write_is_on_the_standbys(cluster):
+    _, info, _ = cluster
+    with psycopg.connect(info["dsn"], autocommit=True) as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        names = conn.execute("SHOW synchronous_standby_names").fetchone()[0]
+        assert names.startswith("ANY 1 ("), names          # quorum mode, one standby
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        conn.execute("CREATE TABLE sync_probe (id int PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO sync_probe VALUES (1, 'committed on two machines')")
+        leader_port = conn.info.port
+    standbys = [n for n in info["nodes"] if n["pg_port"] != leader_port]
+    assert len(standbys) == 2
+    for node in standbys:
+        dsn = f"host=127.0.0.1 port={node['pg_port']} user=postgres dbname=postgres " \
+              f"passfile={info['passfile']}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+            # on: flushed on a standby at COMMIT; replay (visibility) follows shortly.
+            deadline = time.monotonic() + REPLICA_WAIT_S
+            row = None
+            while row is None and time.monotonic() < deadline:
+                row = conn.execute("SELECT note FROM sync_probe WHERE id = 1").fetchone() \
+                    if _table_exists(conn) else None
+                time.sleep(0 if row else POLL_S)
+            assert row == ("committed on two machines",), node["name"]
+
+
+def _table_exists(conn) -> bool:
+    return conn.execute("SELECT to_regclass('sync_probe') IS NOT NULL").fetchone()[0]
+
+
+class Writer(threading.Thread):
+    """Inserts ids 1, 2, ... through the multi-host DSN, one autocommit INSERT each, and keeps
+    the ids whose COMMIT returned: the acknowledged ones. A failed INSERT's outcome is unknown
+    (it may or may not have committed) and is neither counted nor retried; the writer
+    reconnects and goes on with the next id."""
+
+    def __init__(self, dsn: str, first_id: int, deadline: float):
+        super().__init__(daemon=True)
+        self.dsn, self.next_id, self.deadline = dsn, first_id, deadline
+        self.acked: list[int] = []
+        self.errors = 0
+        self.killed_at: float | None = None
+        self.first_write_after_kill: float | None = None
+        self.port_after_kill: int | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = None
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.dsn, autocommit=True)
+                started = time.monotonic()
+                conn.execute("INSERT INTO failover_rows (id) VALUES (%s)", (self.next_id,))
+                now = time.monotonic()
+                self.acked.append(self.next_id)
+                # Only an INSERT begun after the kill returned can have reached the new
+                # leader: one in flight at the kill may still be acknowledged by the old one.
+                killed_at = self.killed_at
+                if killed_at is not None and started > killed_at \
+                        and self.first_write_after_kill is None:
+                    self.first_write_after_kill, self.port_after_kill = now, conn.info.port
+            except psycopg.Error:
+                self.errors += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(POLL_S)
+            self.next_id += 1
+        if conn is not None:
+            conn.close()
+
+
+def kill_node(node: dict) -> None:
+    """kill -9 a node's Patroni and its PostgreSQL (postmaster and backends) as if the machine
+    died: Patroni first, so it cannot react to its PostgreSQL's death."""
+    node_dir = Path(node["dir"])
+    patroni_pid = read_pid(node_dir / "patroni.pid")
+    postmaster_pid = read_pid(Path(node["data_dir"]) / "postmaster.pid")
+    assert patroni_pid and postmaster_pid
+    # Each runs in a session of its own: we start Patroni with a new session, Patroni starts
+    # the postmaster in another (so that it survives Patroni); its backends share it.
+    postmaster_pgid = os.getpgid(postmaster_pid)
+    assert os.getpgid(patroni_pid) == patroni_pid
+    assert len({patroni_pid, postmaster_pgid, os.getpgid(0)}) == 3
+    os.killpg(patroni_pid, signal.SIGKILL)
+    os.killpg(postmaster_pgid, signal.SIGKILL)
+
+
+def test_kill9_leader_fails_over_without_losing_acknowledged_rows(cluster):
+    _, info, _ = cluster
+    with psycopg.connect(info["dsn"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE failover_rows (id int PRIMARY KEY)")
+        for row_id in range(1, ROWS_BEFORE_KILL + 1):
+            conn.execute("INSERT INTO failover_rows (id) VALUES (%s)", (row_id,))
+        old_leader_port = conn.info.port
+    old_leader = next(n for n in info["nodes"] if n["pg_port"] == old_leader_port)
+    assert members(info)[old_leader["name"]]["role"] == "leader"
+
+    writer = Writer(info["dsn"], ROWS_BEFORE_KILL + 1, time.monotonic() + FAILOVER_WAIT_S)
+    writer.start()
+    try:
+        deadline = time.monotonic() + FAILOVER_WAIT_S
+        while len(writer.acked) < ROWS_DURING_LOAD and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(writer.acked) >= ROWS_DURING_LOAD, "no writes before the kill"
+        kill_node(old_leader)
+        writer.killed_at = time.monotonic()
+        while (time.monotonic() < deadline and (
+                writer.first_write_after_kill is None
+                or writer.acked[-1] - writer.acked[0] < ROWS_DURING_LOAD + ROWS_AFTER_FAILOVER)):
+            time.sleep(POLL_S)
+    finally:
+        writer.stop.set()
+        writer.join(timeout=10)
+    assert writer.first_write_after_kill is not None, f"no write within {FAILOVER_WAIT_S} s"
+    assert writer.killed_at is not None
+    assert writer.port_after_kill != old_leader_port
+    failover_s = writer.first_write_after_kill - writer.killed_at
+    print(f"\nfailover: kill -9 of {old_leader['name']} -> first write on the new leader "
+          f"{failover_s:.2f} s ({writer.errors} failed attempts meanwhile)")
+
+    acked = set(range(1, ROWS_BEFORE_KILL + 1)) | set(writer.acked)
+    with psycopg.connect(info["dsn"], autocommit=True) as conn:
+        assert conn.info.port != old_leader_port
+        present = {r[0] for r in conn.execute("SELECT id FROM failover_rows")}
+    lost = sorted(acked - present)
+    assert not lost, f"{len(lost)} acknowledged rows lost: {lost[:20]}"
+    roles = {name: m["role"] for name, m in members(info).items()}
+    new_leaders = [name for name, role in roles.items() if role == "leader"]
+    assert len(new_leaders) == 1 and new_leaders[0] != old_leader["name"], roles
+
+
+def test_down_leaves_no_process_behind(cluster):
+    directory, _, _ = cluster
+    assert processes_under(directory), "the cluster should be running before down"
+    out = cli("down", "--dir", str(directory), timeout_s=DOWN_TIMEOUT_S)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert processes_under(directory) == []
+    again = cli("down", "--dir", str(directory), timeout_s=DOWN_TIMEOUT_S)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "stopped 0" in again.stdout
