@@ -59,9 +59,7 @@ def _lock(data_dir: Path):
     import fcntl
 
     modes.private_dir(data_dir)
-    fd = os.open(data_dir / "onecard.lock", os.O_RDWR | os.O_CREAT, modes.FILE_MODE)
-    os.chmod(data_dir / "onecard.lock", modes.FILE_MODE)
-    handle = os.fdopen(fd, "r+")
+    handle = modes.open_private(data_dir / "onecard.lock", "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

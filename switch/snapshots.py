@@ -67,9 +67,7 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: 
     try:
         for name, arr in arrays.items():
             sealed_files.write_array(tmp / f"{name}{SEALED}", arr, keys, _label(upto, name))
-        fd = os.open(tmp / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                     modes.FILE_MODE)
-        with os.fdopen(fd, "w") as f:
+        with modes.open_private(tmp / "manifest.json", "w") as f:
             json.dump({"upto": upto, "arrays": sorted(arrays), "sealed": True}, f)
             f.flush()
             os.fsync(f.fileno())

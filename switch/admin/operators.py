@@ -112,12 +112,10 @@ def write(path: Path, data: TokensFile) -> None:
     """Replace the file atomically, 0600 (a reader sees the old file or the new one)."""
     text = HEADER + msgspec.toml.encode(data).decode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.FILE_MODE)
-    with os.fdopen(fd, "w") as f:
+    with modes.open_private(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(tmp, modes.FILE_MODE)
     os.replace(tmp, path)
 
 

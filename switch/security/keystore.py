@@ -101,12 +101,10 @@ def create_kek(data_dir: str | Path, configured: str | None = None) -> tuple[byt
     path = kek_path(data_dir, configured)
     kek = os.urandom(KEY_BYTES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes.FILE_MODE)
-    with os.fdopen(fd, "w") as f:
+    with modes.open_private(path, "x") as f:
         f.write(kek.hex() + "\n")
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(path, modes.FILE_MODE)
     log.warning("key-encryption key created in %s: keep it (and a copy) outside backups of "
                 "the data directory; without it the data set cannot be read", path)
     return kek, str(path)

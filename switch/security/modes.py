@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import IO
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -33,6 +34,25 @@ def private_file(path: str | Path) -> None:
         os.chmod(path, FILE_MODE)
     except FileNotFoundError:
         pass
+
+
+# How open_private opens for each file mode: a data set's file is only ever replaced whole,
+# created exclusively (a key that must not be overwritten), or opened to lock.
+_REPLACE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_OPEN_FLAGS = {"w": _REPLACE, "wb": _REPLACE, "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+               "r+": os.O_RDWR | os.O_CREAT}
+
+
+def open_private(path: str | Path, mode: str = "wb") -> IO:
+    """Open a data-set file 0600 whatever the umask: os.open's mode only applies to a new file
+    and is masked by the umask, so the descriptor is fchmodded too (an existing file as well)."""
+    fd = os.open(path, _OPEN_FLAGS[mode], FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "w" if mode == "x" else mode)
 
 
 def private_tree(root: str | Path) -> None:

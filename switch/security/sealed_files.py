@@ -38,15 +38,13 @@ def write_sealed(path: Path, data, keys: DataKeys, label: str) -> None:
     """Write ``data`` (bytes-like) sealed to ``path`` (0600), fsynced."""
     view = memoryview(data).cast("B")
     plain_bytes = len(view)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.FILE_MODE)
-    with os.fdopen(fd, "wb") as f:
+    with modes.open_private(path, "wb") as f:
         f.write(HEADER.pack(MAGIC, plain_bytes))
         for index, start in enumerate(range(0, max(plain_bytes, 1), CHUNK_BYTES)):
             chunk = view[start:start + CHUNK_BYTES]
             f.write(keys.seal(bytes(chunk), _aad(label, plain_bytes, index)))
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(path, modes.FILE_MODE)
 
 
 def read_sealed(path: Path, keys: DataKeys, label: str) -> bytearray:
