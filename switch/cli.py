@@ -16,6 +16,7 @@ from pathlib import Path
 from onecard.protocols.enums import PROTO, TERMINAL_KIND
 from onecard.switch import __version__
 from onecard.switch.config import Config, ConfigError, load, with_overrides
+from onecard.switch.pg.connect import PgError
 from onecard.switch.security import modes
 from onecard.switch.security.keystore import KekError
 
@@ -75,20 +76,17 @@ def _lock(data_dir: Path):
 
 
 def cmd_serve(args) -> int:
-    from onecard.switch import demo, loader, store
     from onecard.switch.admission import DataDirError, check_data_dir
     from onecard.switch.server import ListenError
     from onecard.switch.tls import TlsError
 
     config = _config(args)
-    if config.store.backend != "sqlite":
-        # Phase 1 of issue 14: the PostgreSQL store can be migrated and filled, not served.
-        print(f'onecard: store.backend = "{config.store.backend}": this build serves from '
-              "SQLite only; onecard db migrate|import|status manage the PostgreSQL store "
-              "(docs/postgresql.md)", file=sys.stderr)
-        return 2
     _logging(config.log_level)
     data_dir = Path(config.data_dir)
+    if config.store.backend == "postgresql":
+        # The local directory keeps only what is this machine's: the lock and tokens files
+        # (and, by default, the key-encryption key beside it).
+        modes.private_dir(data_dir)
     try:
         check_data_dir(data_dir, config.store.free_mb_min)   # before the lock file's write
     except DataDirError as exc:
@@ -96,16 +94,11 @@ def cmd_serve(args) -> int:
         return 2
     lock = _lock(data_dir)
     try:
-        kek_file = config.security.kek_file or None
-        if not store.db_path(data_dir).exists():
-            demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
-                          ring_size=config.core.ring_size, kek_file=kek_file)
-        loaded = loader.load(data_dir, ring_size=config.core.ring_size,
-                             map_entries_max=config.core.map_entries_max, kek_file=kek_file)
+        loaded, lease = _recover(config, data_dir)
         modes.private_tree(data_dir)            # a data set written before 0600 was enforced
         import uvloop
 
-        return uvloop.run(_serve(config, loaded))
+        return uvloop.run(_serve(config, loaded, lease))
     except (ListenError, TlsError) as exc:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
@@ -113,18 +106,41 @@ def cmd_serve(args) -> int:
         lock.close()
 
 
+def _recover(config: Config, data_dir: Path):
+    """The state from the configured store (a demo data set made first for an empty embedded
+    one); on PostgreSQL, after taking the lease over."""
+    from onecard.switch import demo, loader, store
+
+    kek_file = config.security.kek_file or None
+    options = {"ring_size": config.core.ring_size,
+               "map_entries_max": config.core.map_entries_max, "kek_file": kek_file}
+    if config.store.backend == "postgresql":
+        from onecard.switch.pg import lease as pg_lease
+
+        lease = pg_lease.take_over(config.store.dsn,
+                                   require_sync=config.store.require_sync_standby)
+        if lease.dropped_rows:
+            print(f"onecard: {lease.dropped_rows} journal rows past a commit that never "
+                  "completed deleted (never answered)")
+        return loader.load(data_dir, dsn=config.store.dsn, **options), lease
+    if not store.db_path(data_dir).exists():
+        demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
+                      ring_size=config.core.ring_size, kek_file=kek_file)
+    return loader.load(data_dir, **options), None
+
+
 def tokens_path(config: Config) -> Path:
     path = Path(config.admin.tokens_file)
     return path if path.is_absolute() else Path(config.data_dir) / path
 
 
-async def _serve(config: Config, loaded) -> int:
+async def _serve(config: Config, loaded, lease) -> int:
     from onecard.switch.admin import operators
     from onecard.switch.admin import routes as admin
     from onecard.switch.admin.http import start_http
     from onecard.switch.server import Switch
 
-    switch = Switch(config, loaded)
+    switch = Switch(config, loaded, lease)
     ops, created = operators.load_or_create(tokens_path(config))
     for name, token in created.items():      # shown once: the file keeps only hashes
         roles = ",".join(next(op.roles for op in ops.operators if op.name == name))
@@ -292,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, KekError) as exc:
+    except (ConfigError, KekError, PgError) as exc:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, DataDirBusy) as exc:

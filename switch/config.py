@@ -94,13 +94,23 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # "sqlite": the embedded store in data_dir. "postgresql": the PostgreSQL store at dsn
-    # (docs/postgresql.md); this build migrates and imports into it (onecard db) but serves
-    # from SQLite only, so onecard serve refuses it.
+    # (docs/postgresql.md): fill it with onecard db migrate and onecard db import.
     backend: Literal["sqlite", "postgresql"] = "sqlite"
     # libpq connection string for backend = "postgresql" and onecard db, e.g.
     # "host=pg1,pg2,pg3 port=5432 dbname=onecard user=onecard target_session_attrs=read-write"
     # (a password belongs in ~/.pgpass or $PGPASSWORD, not in this file).
     dsn: str = ""
+    # PostgreSQL: refuse to start unless the primary waits for a synchronous standby on every
+    # commit (an approval must survive the loss of the primary's machine). false only for a
+    # single-node test store.
+    require_sync_standby: bool = True
+    # PostgreSQL: group commits on their way at once, each on its own connection (hides the
+    # round trip to the standby; replies still leave in commit order).
+    commits_in_flight: Annotated[int, Meta(ge=1, le=16)] = 2
+    # PostgreSQL: a commit unanswered this long is cut and resolved on the (new) primary;
+    # none found within failover_timeout_s stops the switch (no reply is ever guessed).
+    commit_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0
+    failover_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     # FULL: every group commit is fsynced before its replies leave. Lower only for experiments.
     synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL"
     checkpoint_interval_s: Annotated[float, Meta(ge=1)] = 300.0

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583, NATIVE, Engine
@@ -34,6 +35,10 @@ from onecard.switch.admission import (
 from onecard.switch.config import Config
 from onecard.switch.loader import Loaded
 from onecard.switch.snapshots import Checkpointer
+
+if TYPE_CHECKING:
+    from onecard.switch.pg.committer import PgCommitter
+    from onecard.switch.pg.lease import Lease
 
 log = logging.getLogger("onecard.server")
 IDLE_SWEEP_S = 1.0              # how often connections are checked for the idle timeouts
@@ -148,7 +153,7 @@ class Listener:
 class Switch:
     """Engine, group commit, checkpoints and listeners of one switch process."""
 
-    def __init__(self, config: Config, loaded: Loaded) -> None:
+    def __init__(self, config: Config, loaded: Loaded, lease: Lease | None = None) -> None:
         self.config = config
         self.data_dir = Path(config.data_dir)
         self.state = loaded.state
@@ -173,16 +178,9 @@ class Switch:
         self.stopped = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
-                                        loaded.next_record_no,
-                                        synchronous=config.store.synchronous,
-                                        full_retry_ms=config.store.full_retry_ms)
+        self.committer, self.checkpointer = self._writers(config, loaded, lease)
         self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
                                         daemon=True)
-        self.checkpointer = Checkpointer(self.data_dir, store.db_path(self.data_dir),
-                                         config.store.snapshots_kept, keys=loaded.keys,
-                                         wal_limit_bytes=config.store.wal_checkpoint_mb << 20,
-                                         committer=self.committer)
         self.last_checkpoint_no = loaded.snapshot_upto
         self._pending_checkpoint: tuple[int, dict] | None = None
         self._record_waiters: list[tuple[int, asyncio.Future]] = []
@@ -191,6 +189,29 @@ class Switch:
         self._submit_soon = False
         self.iteration_start = 0.0
         self.admission = Admission(self)
+
+    def _writers(self, config: Config, loaded: Loaded,
+                 lease: Lease | None) -> tuple[GroupCommitter | PgCommitter, Checkpointer]:
+        """The journal's writer and the checkpoints' for the configured store (PostgreSQL:
+        under the lease this switch took over)."""
+        st = config.store
+        if st.backend == "postgresql":
+            from onecard.switch.pg.committer import PgCommitter
+
+            assert lease is not None, "the PostgreSQL store is written under a lease"
+            committer = PgCommitter(st.dsn, self._efd, loaded.next_record_no, lease.epoch,
+                                    in_flight=st.commits_in_flight,
+                                    commit_timeout_s=st.commit_timeout_s,
+                                    failover_timeout_s=st.failover_timeout_s)
+            return committer, Checkpointer(self.data_dir, None, st.snapshots_kept,
+                                           keys=loaded.keys, dsn=st.dsn)
+        committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
+                                   loaded.next_record_no, synchronous=st.synchronous,
+                                   full_retry_ms=st.full_retry_ms)
+        return committer, Checkpointer(self.data_dir, store.db_path(self.data_dir),
+                                       st.snapshots_kept, keys=loaded.keys,
+                                       wal_limit_bytes=st.wal_checkpoint_mb << 20,
+                                       committer=committer)
 
     # ---- replies and durability --------------------------------------------------------------
 
