@@ -192,7 +192,7 @@ def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
     VM's own latency can exceed the 50 ms budget); tests/test_shedding.py tests it."""
     if "--config" not in extra:
         cfg = data_dir.parent / f"{data_dir.name}-test.toml"
-        cfg.write_text(NO_SHEDDING)
+        cfg.write_text(NO_SHEDDING + store_config(data_dir))
         extra = (*extra, "--config", str(cfg))
     cmd = [sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir", str(data_dir),
            "--iso8583-port", "0", "--native-port", "0", "--http-port", "0", *extra]
@@ -220,11 +220,63 @@ def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
     raise RuntimeError("switch did not start:\n" + "".join(output) + proc.stdout.read())
 
 
+# ---- the store behind a switch process: SQLite, or PostgreSQL -------------------------------
+# A module runs its switch tests on both stores with
+#   pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+# ("postgresql": the data set imported into a database of its own on one throwaway server
+# shared by the session, the switch configured with [store] backend = "postgresql").
+
+BACKENDS = ("sqlite", "postgresql")
+STORE_FILE = "-store.toml"            # beside the data directory: the test's [store] section
+
+
+def store_config(data_dir: Path) -> str:
+    path = data_dir.parent / f"{data_dir.name}{STORE_FILE}"
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from onecard.bench import pg_local
+
+    pytest.importorskip("psycopg", reason="the PostgreSQL store's tests need psycopg 3")
+    if pg_local.bin_dir() is None:
+        pytest.skip("no PostgreSQL server installed (.ci/run installs Debian's postgresql)")
+    server = pg_local.start(durable=False)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def switch_dir(demo_dir, tmp_path) -> Path:
-    """A private copy of the demo data set for a switch process to own."""
+def backend(request) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+def on_postgresql(data_dir: Path, server, name: str) -> str:
+    """Import the data set into a fresh database; configure its switch to serve from it."""
+    import psycopg
+
+    from onecard.switch import cli
+
+    name = re.sub(r"[^a-z0-9_]", "_", name.lower())[:50]
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = server.dsn_for(name)
+    assert cli.main(["db", "import", str(data_dir), "--dsn", dsn]) == 0
+    (data_dir.parent / f"{data_dir.name}{STORE_FILE}").write_text(
+        f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\nrequire_sync_standby = false\n')
+    return dsn
+
+
+@pytest.fixture
+def switch_dir(demo_dir, tmp_path, backend, request) -> Path:
+    """A private copy of the demo data set for a switch process to own (imported into
+    PostgreSQL when the test runs on that backend)."""
     path = tmp_path / "data"
     shutil.copytree(demo_dir, path)
+    if backend == "postgresql":
+        on_postgresql(path, request.getfixturevalue("pg_server"), request.node.name)
     return path
 
 

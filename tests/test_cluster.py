@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,9 @@ import pytest
 
 from onecard.switch.cluster import patroni
 from onecard.switch.cluster.procs import read_pid
+
+from checker import Load, check_exactly_once, opening_balances
+from conftest import STORE_FILE, start_switch
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -257,6 +261,89 @@ def test_kill9_leader_fails_over_without_losing_acknowledged_rows(cluster):
     roles = {name: m["role"] for name, m in members(info).items()}
     new_leaders = [name for name, role in roles.items() if role == "leader"]
     assert len(new_leaders) == 1 and new_leaders[0] != old_leader["name"], roles
+
+
+FAILOVERS = 3
+APPROVALS_BETWEEN_KILLS = 150
+SWITCH_FAILOVER_WAIT_S = 150.0      # the switch's failover_timeout_s is longer still
+REJOIN_TIMEOUT_S = 180.0
+
+
+def leader(info: dict) -> dict:
+    roles = {name: m["role"] for name, m in members(info).items()}
+    name = next(n for n, role in roles.items() if role == "leader")
+    return next(n for n in info["nodes"] if n["name"] == name)
+
+
+def start_dead_nodes(directory: Path, info: dict) -> None:
+    for node in info["nodes"]:
+        pid = read_pid(Path(node["dir"]) / "patroni.pid")
+        if pid is None or not Path(f"/proc/{pid}").exists():
+            out = cli("start", node["name"], "--dir", str(directory),
+                      timeout_s=REJOIN_TIMEOUT_S + 30)
+            assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def store_on_cluster(cluster, demo_dir, tmp_path_factory):
+    """The demo data set imported into the cluster (database onecard), for switches to serve;
+    the data directory's store file points them at it (tests/conftest.py)."""
+    directory, info, _ = cluster
+    start_dead_nodes(directory, info)
+    with psycopg.connect(info["dsn"], autocommit=True) as conn:
+        conn.execute("CREATE DATABASE onecard")
+    dsn = info["dsn"].replace("dbname=postgres", "dbname=onecard")
+    data_dir = tmp_path_factory.mktemp("on-cluster") / "data"
+    shutil.copytree(demo_dir, data_dir)
+    out = subprocess.run([sys.executable, "-m", "onecard.switch.cli", "db", "import",
+                          str(data_dir), "--dsn", dsn], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (data_dir.parent / f"{data_dir.name}{STORE_FILE}").write_text(
+        f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\nrequire_sync_standby = true\n'
+        f"failover_timeout_s = {SWITCH_FAILOVER_WAIT_S + 60:.0f}\ncommit_timeout_s = 10\n")
+    return data_dir
+
+
+def test_switch_under_load_survives_three_primary_kills_losing_nothing(cluster,
+                                                                        store_on_cluster,
+                                                                        world):
+    directory, info, _ = cluster
+    sw = start_switch(store_on_cluster)
+    try:
+        cards = [world.card(nth=i)[0] for i in range(24)]
+        opening = opening_balances(sw, world, cards)
+        load = Load(sw, world, cards, reply_timeout_s=SWITCH_FAILOVER_WAIT_S, deadline_s=900)
+        failover_s = []
+        try:
+            for k in range(FAILOVERS):
+                assert load.wait_for(load.count() + APPROVALS_BETWEEN_KILLS, 120), \
+                    f"no load before kill {k + 1}"
+                time.sleep(0.3 * k)                    # a different moment of the commits
+                node = leader(info)
+                kill_node(node)
+                killed_at = time.monotonic()
+                deadline = killed_at + SWITCH_FAILOVER_WAIT_S
+                while (load.first_answer_sent_after(killed_at) is None
+                       and time.monotonic() < deadline and sw.proc.poll() is None):
+                    time.sleep(POLL_S)
+                answered = load.first_answer_sent_after(killed_at)
+                assert answered is not None, f"no approval after kill {k + 1}: " + \
+                    "".join(sw.output[-5:])
+                failover_s.append(answered - killed_at)
+                print(f"\nkill {k + 1} of {node['name']}: first approval on the new primary "
+                      f"after {failover_s[-1]:.1f} s")
+                start_dead_nodes(directory, info)      # back as a standby for the next kill
+        finally:
+            load.finish()
+        assert sw.proc.poll() is None, "the switch stopped"
+        debits = check_exactly_once(sw, world, load, opening)
+        print(f"failover median {statistics.median(failover_s):.1f} s over {FAILOVERS} kills; "
+              f"{len(load.approved)} approvals checked, {debits} debits journaled, "
+              f"{load.errors} terminal errors")
+        assert load.errors == 0, "a terminal lost its connection during a failover"
+    finally:
+        sw.stop()
 
 
 def test_down_leaves_no_process_behind(cluster):

@@ -51,6 +51,10 @@ def add_arguments(sub) -> None:
     for name, helptext in (("status", "roles and states of the nodes"),
                            ("down", "stop everything `up` started (idempotent)")):
         csub.add_parser(name, help=helptext)
+    start = csub.add_parser("start", help="start a stopped (or killed) node again: it rejoins "
+                            "as a standby; returns once the cluster is ready")
+    start.add_argument("node", help="the node's name, e.g. node0")
+    start.add_argument("--timeout", type=float, default=READY_TIMEOUT_S)
     for sp in csub.choices.values():
         sp.add_argument("--dir", required=True, type=Path, help="the cluster's directory")
     c.set_defaults(func=run)
@@ -63,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             return up(args.dir, args.nodes, args.timeout)
         if args.cluster_command == "down":
             return down(args.dir)
+        if args.cluster_command == "start":
+            return start_node(args.dir, args.node, args.timeout)
         return status(args.dir)
     except ClusterError as exc:
         print(f"onecard cluster: {exc}", file=sys.stderr)
@@ -171,14 +177,36 @@ def _write_info(directory: Path, nodes: list[Node], etcd_port: int, password: st
     return info
 
 
-def status(directory: Path) -> int:
-    """Print each node's role and state; 0 when the cluster is ready, 1 when not."""
+def _read_info(directory: Path) -> tuple[dict, list[Node]]:
     path = directory / CLUSTER_FILE
     if not path.exists():
         raise ClusterError(f"no {path}: no cluster was started there (onecard cluster up)")
     info = json.loads(path.read_text())
-    nodes = [Node(n["name"], Path(n["dir"]), n["pg_port"], n["rest_port"])
-             for n in info["nodes"]]
+    return info, [Node(n["name"], Path(n["dir"]), n["pg_port"], n["rest_port"])
+                  for n in info["nodes"]]
+
+
+def start_node(directory: Path, name: str, timeout_s: float) -> int:
+    """Start one node's Patroni again (after a crash, a kill or a repair); 0 once the cluster
+    is ready. Patroni rejoins it as a standby of the current leader (pg_rewind if its
+    timeline diverged)."""
+    directory = directory.resolve()
+    _, nodes = _read_info(directory)
+    node = next((n for n in nodes if n.name == name), None)
+    if node is None:
+        raise ClusterError(f"no node {name} (nodes: {', '.join(n.name for n in nodes)})")
+    pid = read_pid(node.pid_path)
+    if pid is not None and _ours(pid, directory):
+        raise ClusterError(f"{name}'s Patroni is running (pid {pid})")
+    patroni.start(node, patroni.patroni_argv())
+    _wait_ready(nodes, timeout_s)
+    print(f"{name} started; cluster ready")
+    return 0
+
+
+def status(directory: Path) -> int:
+    """Print each node's role and state; 0 when the cluster is ready, 1 when not."""
+    info, nodes = _read_info(directory)
     view = patroni.cluster_view(nodes)
     if view is None:
         print("no node's REST API answers (stopped? onecard cluster up)")
