@@ -24,6 +24,7 @@ from onecard.core.engine import REFUSE_REASONS
 from onecard.core.metrics import BATCH_BOUNDS, LATENCY_BOUNDS_US
 from onecard.core.state import Kind
 from onecard.protocols.codes import CODES
+from onecard.switch.pg.committer import PgCommitter
 from onecard.switch.server import PROTOCOL_NAMES, Switch
 
 KIND_NAMES = {int(k): k.name.removeprefix("KIND_").lower() for k in Kind
@@ -86,6 +87,9 @@ def _journal(c) -> Iterator[Metric]:
     yield size
     yield CounterMetricFamily("onecard_journal_records_durable",
                               "Journal records durable since start", value=c.records)
+    if isinstance(c, PgCommitter):
+        yield from _pg_store(c)
+        return
     yield GaugeMetricFamily("onecard_journal_wal_frames",
                             "Pages in the SQLite WAL not yet started over (4 KiB each)",
                             value=c.wal_frames)
@@ -95,6 +99,21 @@ def _journal(c) -> Iterator[Metric]:
     yield CounterMetricFamily("onecard_journal_wal_catch_up_seconds",
                               "Time the writer spent between commits copying the WAL's "
                               "last frames into the database", value=c.catch_up_us_sum / 1e6)
+
+
+def _pg_store(c: PgCommitter) -> Iterator[Metric]:
+    """The PostgreSQL store's: the lease and commits whose outcome had to be resolved."""
+    yield GaugeMetricFamily("onecard_pg_lease_epoch",
+                            "The fencing lease's epoch this switch commits under", value=c.epoch)
+    yield GaugeMetricFamily("onecard_pg_commits_resolving",
+                            "Commits whose outcome is being resolved on the primary now (no "
+                            "reply after them leaves meanwhile)", value=c.resolving)
+    yield CounterMetricFamily("onecard_pg_commits_resolved",
+                              "Commits whose connection was lost, resolved on the primary "
+                              "(found there or written there)", value=c.unknown_outcomes)
+    yield CounterMetricFamily("onecard_pg_commit_timeouts",
+                              "Commits cut for taking longer than store.commit_timeout_s",
+                              value=c.timeouts)
 
 
 def _server(sw: Switch) -> Iterator[Metric]:

@@ -363,6 +363,9 @@ class Switch:
             return False, "starting"
         if not self.admission.journal_writable:
             return False, "journal not writable (disk full); commits are being retried"
+        if getattr(self.committer, "resolving", 0):
+            return False, ("a commit's outcome is being resolved on the PostgreSQL primary "
+                           "(failover?); replies after it wait")
         return True, "ok"
 
     # ---- checkpoints -------------------------------------------------------------------------

@@ -55,10 +55,10 @@ WATCH_INTERVAL_S: Final = 0.1
 COMMIT_SQL: Final = """
 WITH l AS (SELECT epoch FROM lease WHERE epoch = %(epoch)s FOR SHARE),
 ins AS (INSERT INTO journal (first_no, n, ts_us, records, format)
-        SELECT %(first_no)s, %(n)s, %(ts_us)s, %(records)s, %(format)s FROM l
+        SELECT %(first_no)s, %(n)s, %(ts_us)s, %(records)b, %(format)s FROM l
         ON CONFLICT (first_no) DO NOTHING RETURNING first_no)
 SELECT (SELECT count(*) FROM l), (SELECT count(*) FROM ins),
-       (SELECT n = %(n)s AND records = %(records)s FROM journal
+       (SELECT n = %(n)s AND records = %(records)b FROM journal
         WHERE first_no = %(first_no)s)"""
 
 
@@ -100,6 +100,7 @@ class PgCommitter:
         self.sizes = np.zeros(len(SIZE_BOUNDS) + 1, dtype=np.uint64)
         self.latency_sum_us = self.records = self.commits = 0
         self.unknown_outcomes = 0          # commits resolved after their connection was lost
+        self.resolving = 0                 # commits being resolved now (a failover?)
         self.timeouts = 0                  # connections cut for a commit over commit_timeout_s
         # The SQLite writer's WAL and disk-full counters: always 0 here.
         self.full_retries = self.wal_frames = self.wal_restarts = 0
@@ -249,6 +250,7 @@ class PgCommitter:
         why = ""
         while True:
             if deadline is not None and time.monotonic() > deadline:
+                self._resolving(-1)
                 raise CommitFailed(f"no PostgreSQL primary took the commit of records from "
                                    f"{first} within {self._failover_timeout_s:.0f} s: {why}")
             try:
@@ -262,6 +264,8 @@ class PgCommitter:
                     with self._cond:
                         self._on_wire.pop(i, None)
                 if self._outcome(conn, first, locked, inserted, same, deadline):
+                    if deadline is not None:
+                        self._resolving(-1)
                     return conn
                 why = "the row was being written by a statement cut earlier"
             except psycopg.OperationalError as exc:
@@ -272,8 +276,14 @@ class PgCommitter:
                 if deadline is None:
                     log.warning("commit of records from %d: outcome unknown (%s); resolving "
                                 "it on the primary", first, why)
-            deadline = deadline or time.monotonic() + self._failover_timeout_s
+            if deadline is None:
+                deadline = time.monotonic() + self._failover_timeout_s
+                self._resolving(+1)
             time.sleep(RETRY_PAUSE_S)
+
+    def _resolving(self, change: int) -> None:
+        with self._cond:
+            self.resolving += change
 
     def _outcome(self, conn: psycopg.Connection, first: int, locked: int, inserted: int,
                  same: bool | None, retried: float | None) -> bool:

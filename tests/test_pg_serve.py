@@ -1,0 +1,89 @@
+"""`onecard serve` on the PostgreSQL store (issue 14): a paused switch replaced by another is
+fenced and never confirms another approval; bad store configuration is one line at start.
+The store's behaviour under terminals is the same tests as SQLite's, parametrised over both
+(tests/test_server.py, test_durability.py, test_services.py, ...)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from checker import Load, check_exactly_once, opening_balances
+from conftest import STORE_FILE, on_postgresql, start_switch
+from termsim import iso_decode
+from test_server import iso_terminal, read_frames
+
+FENCE_WAIT_S = 60
+
+
+def serve_once(data_dir: Path, store: str) -> subprocess.CompletedProcess:
+    cfg = data_dir.parent / "serve.toml"
+    cfg.write_text(f"[store]\nbackend = \"postgresql\"\n{store}\n")
+    return subprocess.run([sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir",
+                           str(data_dir), "--config", str(cfg), "--iso8583-port", "0",
+                           "--native-port", "0", "--http-port", "0"],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("store", "expected"), [
+    ('dsn = "host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2"', "cannot connect"),
+    ("WRONG_PASSWORD", "password authentication failed"),
+    ("SINGLE_NODE", "no synchronous standby"),
+])
+def test_bad_store_configuration_is_one_line_at_start(pg_server, demo_dir, tmp_path, store,
+                                                      expected):
+    data_dir = tmp_path / "data"
+    shutil.copytree(demo_dir, data_dir)
+    dsn = on_postgresql(data_dir, pg_server, f"bad_{len(store)}")
+    if store == "WRONG_PASSWORD":
+        store = f'dsn = "{dsn.replace("password=", "password=not-")}"'
+    elif store == "SINGLE_NODE":                 # require_sync_standby defaults to true
+        store = f'dsn = "{dsn}"'
+    out = serve_once(data_dir, store)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.count("\n") == 1 and expected in out.stderr, out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_paused_switch_replaced_by_another_is_fenced(pg_server, demo_dir, world, tmp_path):
+    first = tmp_path / "a" / "data"
+    shutil.copytree(demo_dir, first)
+    on_postgresql(first, pg_server, "fenced")
+    old = start_switch(first)
+    cards = [world.card(nth=i)[0] for i in range(12)]
+    opening = opening_balances(old, world, cards)
+    load = Load(old, world, cards, terminals=4, reply_timeout_s=5, deadline_s=60)
+    assert load.wait_for(200, 30)
+    late_sock, late = iso_terminal(old, world, 31, 9)     # signed on before the pause
+    os.kill(old.proc.pid, signal.SIGSTOP)
+    try:
+        load.finish()                    # its terminals give up on the paused switch
+        late_sock.sendall(late.purchase(cards[0], 100))  # read by the old switch on waking
+        second = tmp_path / "b" / "data"                 # another machine's local directory
+        second.mkdir(parents=True)
+        shutil.copy(first.parent / f"{first.name}{STORE_FILE}",
+                    second.parent / f"{second.name}{STORE_FILE}")
+        new = start_switch(second)
+    finally:
+        os.kill(old.proc.pid, signal.SIGCONT)
+    try:
+        late_sock.settimeout(FENCE_WAIT_S)
+        try:
+            replies = [iso_decode(f) for f in read_frames(late_sock, 1)]
+        except OSError:                                  # dropped, as it must be
+            replies = []
+        assert all(r["39"] != "00" for r in replies), replies
+        assert old.proc.wait(FENCE_WAIT_S) != 0
+        output = "".join(old.output) + old.proc.stdout.read()
+        assert "fenced" in output, output[-2000:]
+        assert check_exactly_once(new, world, load, opening) >= 200
+    finally:
+        new.stop()
+        late_sock.close()
