@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from onecard.switch.cluster import etcd, patroni
+from onecard.switch.cluster import switch as cluster_switch
 from onecard.switch.cluster.patroni import Node
 from onecard.switch.cluster.procs import (
     HOST,
@@ -33,6 +34,7 @@ from onecard.switch.cluster.procs import (
 NODES_MAX = 9
 ETCD_START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 120.0
+SWITCH_STOP_TIMEOUT_S = 60.0
 PATRONI_STOP_TIMEOUT_S = 30.0       # Patroni stops PostgreSQL (fast shutdown) on SIGTERM
 LEFTOVER_STOP_TIMEOUT_S = 5.0
 POLL_S = 0.5
@@ -48,6 +50,10 @@ def add_arguments(sub) -> None:
     up.add_argument("--nodes", type=int, default=3, help="PostgreSQL nodes (default 3)")
     up.add_argument("--timeout", type=float, default=READY_TIMEOUT_S,
                     help=f"seconds to wait for the cluster (default {READY_TIMEOUT_S:.0f})")
+    up.add_argument("--switch", action="store_true", help="also import a demo data set into "
+                    "the cluster and start a switch serving from it (DIR/switch)")
+    up.add_argument("--cards", type=int, default=100_000,
+                    help="cards in the --switch demo data set (default 100000)")
     for name, helptext in (("status", "roles and states of the nodes"),
                            ("down", "stop everything `up` started (idempotent)")):
         csub.add_parser(name, help=helptext)
@@ -64,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     """Run one cluster subcommand; a ClusterError is one line on stderr and exit status 2."""
     try:
         if args.cluster_command == "up":
-            return up(args.dir, args.nodes, args.timeout)
+            return up(args.dir, args.nodes, args.timeout,
+                      switch_cards=args.cards if args.switch else 0)
         if args.cluster_command == "down":
             return down(args.dir)
         if args.cluster_command == "start":
@@ -90,8 +97,9 @@ def dsn(directory: Path, nodes: list[Node]) -> str:
             "target_session_attrs=read-write")
 
 
-def up(directory: Path, count: int, timeout_s: float) -> int:
-    """Start etcd and count nodes under directory; 0 once ready, after printing the DSN."""
+def up(directory: Path, count: int, timeout_s: float, *, switch_cards: int = 0) -> int:
+    """Start etcd and count nodes under directory (and a switch on a demo data set of
+    switch_cards cards, if any); 0 once ready, after printing the DSN."""
     if not 2 <= count <= NODES_MAX:
         raise ClusterError(f"--nodes {count}: between 2 and {NODES_MAX}")
     directory = directory.resolve()
@@ -123,6 +131,16 @@ def up(directory: Path, count: int, timeout_s: float) -> int:
           f"{', '.join(info['sync_standbys'])}")
     print(f"dsn: {info['dsn']}")
     print(f"rest: {' '.join(info['rest_urls'])}")
+    if switch_cards:
+        try:
+            sw = cluster_switch.start(directory, info["dsn"], switch_cards)
+        except BaseException:
+            _stop(directory)
+            raise
+        print(f"switch ready: ISO 8583 {HOST}:{sw['iso8583_port']}, native "
+              f"{HOST}:{sw['native_port']}, http {HOST}:{sw['http_port']} (config "
+              f"{sw['config']}, log {sw['log']}); try: onecard load --port "
+              f"{sw['iso8583_port']} --data-dir {directory / 'switch' / 'demo'}")
     print(f"written: {directory / CLUSTER_FILE}; stop with: onecard cluster down --dir "
           f"{directory}")
     return 0
@@ -246,7 +264,9 @@ def _stop(directory: Path) -> int:
     Patroni that was killed leaves its postmaster running in its own session), then etcd."""
     node_dirs = sorted(p for p in directory.glob("node*") if p.is_dir())
     # PostgreSQL: SIGINT is its fast shutdown (SIGTERM, smart, waits for clients to leave).
-    waves = [([d / "patroni.pid" for d in node_dirs], signal.SIGTERM, PATRONI_STOP_TIMEOUT_S),
+    # The switch first: it finishes its commits while the cluster is still there.
+    waves = [([directory / "switch" / "switch.pid"], signal.SIGTERM, SWITCH_STOP_TIMEOUT_S),
+             ([d / "patroni.pid" for d in node_dirs], signal.SIGTERM, PATRONI_STOP_TIMEOUT_S),
              ([d / "data" / "postmaster.pid" for d in node_dirs], signal.SIGINT,
               LEFTOVER_STOP_TIMEOUT_S),
              ([directory / "etcd.pid"], signal.SIGTERM, LEFTOVER_STOP_TIMEOUT_S)]
