@@ -166,7 +166,13 @@ async def _serve(config: Config, loaded, lease) -> int:
     base = f"{scheme}://{config.admin.host}:{http_port}"
     print(f"onecard: listening http {config.admin.host}:{http_port}   ({base}/metrics, "
           f"/healthz{'; TLS' if config.admin.tls.enabled else ''})")
-    print(f"onecard: data in {Path(config.data_dir).resolve()}/ (SQLite journal, checkpoints)")
+    if lease is None:
+        print(f"onecard: data in {Path(config.data_dir).resolve()}/ (SQLite journal, "
+              "checkpoints)")
+    else:
+        print(f"onecard: store PostgreSQL (journal, checkpoints, reference data), lease epoch "
+              f"{lease.epoch} taken from {lease.previous_holder or 'nobody'}; local files in "
+              f"{Path(config.data_dir).resolve()}/")
     print(f"onecard: admin API {base}/admin/..., public catalogue {base}/catalogue; "
           f"operators (token hashes) in {tokens_path(config)}")
     iso = switch.listeners[0].port
