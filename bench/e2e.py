@@ -32,10 +32,20 @@ def _pin(core: int | None) -> list[str]:
     return ["taskset", "-c", str(core)]
 
 
+class SwitchStartError(RuntimeError):
+    """The switch exited (or closed its output) before it was ready."""
+
+    def __init__(self, returncode: int | None, last_line: str) -> None:
+        super().__init__(f"switch did not start (exit code {returncode}): {last_line}")
+        self.returncode = returncode
+        self.last_line = last_line
+
+
 def start_switch(data_dir: Path, cards: int, core: int | None, *,
                  config: Path | None = None) -> tuple[subprocess.Popen, dict]:
     """A switch for measuring: load shedding is off unless ``config`` has a [server] table
-    (these benchmarks measure the normal path; a 96 would hide a slow request)."""
+    (these benchmarks measure the normal path; a 96 would hide a slow request).
+    SwitchStartError, with its exit code and last line, when it stops before ready."""
     cmd = [*_pin(core), sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir",
            str(data_dir), "--cards", str(cards), "--iso8583-port", "0", "--native-port", "0",
            "--http-port", "0"]
@@ -48,13 +58,20 @@ def start_switch(data_dir: Path, cards: int, core: int | None, *,
     cmd += ["--config", str(merged)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ports = {}
+    last = ""
     for line in proc.stdout:
         if line.startswith("onecard: listening"):
             name, addr = line.split()[2:4]
             ports[name] = int(addr.rsplit(":", 1)[1])
         if line.startswith("onecard: ready"):
             return proc, ports
-    raise RuntimeError("switch did not start")
+        last = line.strip() or last
+    try:
+        returncode = proc.wait(60)
+    except subprocess.TimeoutExpired:       # output closed but still running: not ours to keep
+        proc.kill()
+        returncode = proc.wait(60)
+    raise SwitchStartError(returncode, last)
 
 
 def metric_samples(http_port: int, family: str) -> list:
@@ -123,7 +140,7 @@ def main() -> None:
             proc, ports = start_switch(data_dir, args.cards, 0, config=config)
             try:
                 for conns, window in specs:
-                    r = _measured_run(proc.pid, ports, data_dir, args, conns, window,
+                    r = measured_run(proc.pid, ports, data_dir, args, conns, window,
                                       Path(tmp) / "r.json")
                     r["synchronous"] = sync
                     results.append(r)
@@ -144,12 +161,13 @@ def _spec(text: str) -> tuple[int, int]:
     return int(conns), int(window)
 
 
-def _measured_run(pid: int, ports: dict, data_dir: Path, args: argparse.Namespace,
+def measured_run(pid: int, ports: dict, data_dir: Path, args: argparse.Namespace,
                   conns: int, window: int, out: Path) -> dict:
     """One closed-loop run, with the switch's CPU and commits over it."""
     cpu0, (commits0, records0) = cpu_seconds(pid), commits(ports["http"])
     r = run_load(ports, data_dir, args.protocol, conns, window, args.duration, 1, out)
     cpu1, (commits1, records1) = cpu_seconds(pid), commits(ports["http"])
+    r["commits"] = commits1 - commits0
     r["records_per_commit"] = (records1 - records0) / max(commits1 - commits0, 1)
     if cpu0 is not None and cpu1 is not None:
         r["server_cpu_us_per_request"] = 1e6 * (cpu1 - cpu0) / max(r["completed"], 1)
