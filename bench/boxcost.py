@@ -26,19 +26,33 @@ def _stat(pid: str) -> tuple[int, float] | None:
     return int(fields[1]), sum(int(f) for f in fields[11:15]) / _TICK
 
 
-def tree_cpu_seconds(roots: Iterable[int]) -> float:
-    """CPU seconds of the roots and all their live descendants (one pass over /proc)."""
+def _procs() -> tuple[dict[int, int], dict[int, float]]:
+    """(parent of each pid, CPU seconds of each pid), in one pass over /proc."""
     parent, cpu = {}, {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (st := _stat(entry)) is not None:
             parent[int(entry)], cpu[int(entry)] = st
-    ours = {pid for pid in roots if pid in cpu}
-    changed = True
-    while changed:                      # a few rounds: trees here are 2-3 levels deep
-        before = len(ours)
-        ours |= {pid for pid, ppid in parent.items() if ppid in ours}
-        changed = len(ours) != before
-    return sum(cpu[pid] for pid in ours)
+    return parent, cpu
+
+
+def _tree(parent: dict[int, int], roots: Iterable[int], stop: set[int]) -> set[int]:
+    """The roots and their live descendants, not descending into the pids in stop (another
+    group's roots: a postmaster under its Patroni is counted once, as PostgreSQL)."""
+    ours = {pid for pid in roots if pid in parent}
+    while True:                         # a few rounds: trees here are 2-3 levels deep
+        more = {pid for pid, ppid in parent.items()
+                if ppid in ours and pid not in ours and pid not in stop}
+        if not more:
+            return ours
+        ours |= more
+
+
+def groups_cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds of each named group of process trees."""
+    parent, cpu = _procs()
+    roots = {pid for pids in groups.values() for pid in pids}
+    return {name: sum(cpu[pid] for pid in _tree(parent, pids, roots - set(pids)))
+            for name, pids in groups.items()}
 
 
 def _box_busy_s() -> tuple[float, float]:
@@ -64,7 +78,7 @@ def sample(trees: dict[str, list[int]], mark: float = 0.0) -> Sample:
     busy, total = _box_busy_s()
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return Sample(time.monotonic(), busy, total, kids.ru_utime + kids.ru_stime,
-                  {name: tree_cpu_seconds(pids) for name, pids in trees.items()}, mark)
+                  groups_cpu_seconds(trees), mark)
 
 
 def between(a: Sample, b: Sample) -> dict:

@@ -159,7 +159,8 @@ def _patroni(data_dir: Path, work: Path, progress: Progress) -> Iterator[Store]:
     progress(f"onecard cluster up --nodes 3 --dir {directory}")
     try:
         try:
-            cluster.up(directory, 3, CLUSTER_UP_TIMEOUT_S)
+            with contextlib.redirect_stdout(sys.stderr):     # its progress, not the table's
+                cluster.up(directory, 3, CLUSTER_UP_TIMEOUT_S)
         except ClusterError as exc:
             raise TopologyError(f"onecard cluster up: {exc}") from exc
         dsn = json.loads((directory / cluster.CLUSTER_FILE).read_text())["dsn"]
@@ -170,7 +171,8 @@ def _patroni(data_dir: Path, work: Path, progress: Progress) -> Iterator[Store]:
         yield Store("patroni", _pg_store_toml(dsn, True), _cluster_trees(directory.resolve()))
     finally:
         progress("onecard cluster down")
-        cluster.down(directory)
+        with contextlib.redirect_stdout(sys.stderr):
+            cluster.down(directory)
 
 
 SETUPS: Final = {"sqlite": _sqlite, "pg": _pg, "pg-sync": _pg_sync, "patroni": _patroni}
