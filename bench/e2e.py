@@ -20,10 +20,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+READY_TIMEOUT_S = 300.0     # a switch not ready by then (a store that never answers) is killed
+LOAD_GRACE_S = 120.0        # a load generator this long past its duration is killed
 
 
 def _pin(core: int | None) -> list[str]:
@@ -41,8 +45,8 @@ class SwitchStartError(RuntimeError):
         self.last_line = last_line
 
 
-def start_switch(data_dir: Path, cards: int, core: int | None, *,
-                 config: Path | None = None) -> tuple[subprocess.Popen, dict]:
+def start_switch(data_dir: Path, cards: int, core: int | None, *, config: Path | None = None,
+                 ready_timeout_s: float = READY_TIMEOUT_S) -> tuple[subprocess.Popen, dict]:
     """A switch for measuring: load shedding is off unless ``config`` has a [server] table
     (these benchmarks measure the normal path; a 96 would hide a slow request).
     SwitchStartError, with its exit code and last line, when it stops before ready."""
@@ -59,13 +63,26 @@ def start_switch(data_dir: Path, cards: int, core: int | None, *,
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ports = {}
     last = ""
-    for line in proc.stdout:
-        if line.startswith("onecard: listening"):
-            name, addr = line.split()[2:4]
-            ports[name] = int(addr.rsplit(":", 1)[1])
-        if line.startswith("onecard: ready"):
-            return proc, ports
-        last = line.strip() or last
+    timed_out = threading.Event()
+
+    def kill() -> None:                     # ends the read loop below
+        timed_out.set()
+        proc.kill()
+
+    watchdog = threading.Timer(ready_timeout_s, kill)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("onecard: listening"):
+                name, addr = line.split()[2:4]
+                ports[name] = int(addr.rsplit(":", 1)[1])
+            if line.startswith("onecard: ready"):
+                return proc, ports
+            last = line.strip() or last
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        last = f"not ready after {ready_timeout_s:.0f} s, killed (last line: {last or '-'})"
     try:
         returncode = proc.wait(60)
     except subprocess.TimeoutExpired:       # output closed but still running: not ours to keep
@@ -111,7 +128,8 @@ def run_load(ports: dict, data_dir: Path, protocol: str, connections: int, windo
            protocol, "--port", str(port), "--connections", str(connections), *loop,
            "--duration", str(duration), "--data-dir", str(data_dir), "--balance-share", "0",
            "--json", str(out), *extra]
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=duration + LOAD_GRACE_S)
     if done.returncode != 0:              # say why (e.g. too few gates for that many)
         how = f"at {rate:,.0f}/s" if rate else f"x{window}"
         raise SystemExit(f"onecard load {connections} {how} failed:\n{done.stderr.strip()}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,8 +55,6 @@ class Progress:
 
 
 def _demo_data(data_dir: Path, cards: int, progress: Progress) -> None:
-    import subprocess
-
     progress(f"onecard demo-data --cards {cards:,}")
     done = subprocess.run([sys.executable, "-m", "onecard.switch.cli", "demo-data", "--cards",
                            str(cards), "--data-dir", str(data_dir)],
@@ -106,12 +105,23 @@ def _run_one(name: str, tmp: Path, args: argparse.Namespace, progress: Progress)
         line = f"the switch refused to start (exit code {exc.returncode}): {exc.last_line}"
         progress(line)
         return {"topology": name, "description": DESCRIPTIONS[name], "error": line}
-    except TopologyError as exc:
-        progress(str(exc))
-        return {"topology": name, "description": DESCRIPTIONS[name], "error": str(exc)}
+    except (TopologyError, subprocess.SubprocessError, SystemExit) as exc:
+        # SystemExit: run_load's way of saying the generator failed (its stderr follows).
+        line = _one_line(exc)
+        progress(line)
+        return {"topology": name, "description": DESCRIPTIONS[name], "error": line}
     progress(f"{result['tps']:,.0f} TPS, {result['records_per_commit']:.0f} records a "
              f"commit, {result['commits_per_s']:,.0f} commits/s")
     return result
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error in one line: a failed command's last line of stderr, else the first line."""
+    stderr = getattr(exc, "stderr", None)
+    if isinstance(stderr, str) and stderr.strip():
+        return f"{exc.__class__.__name__}: {stderr.strip().splitlines()[-1]}"
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
 
 
 def add_ratios(results: list[dict]) -> None:
