@@ -190,6 +190,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     progress = Progress()
+    machine = {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="onecard-pgcmp-") as tmp:
         # /tmp: the postgres user must reach the data sets' parents (pg_local's dirs are there)
         Path(tmp).chmod(0o711)
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({
             "connections": args.connections, "window": args.window,
             "duration_s": args.duration, "cards": args.cards, "baseline": BASELINE,
-            "results": results}, indent=2) + "\n")
+            "machine": machine, "results": results}, indent=2) + "\n")
     return 2 if any("error" in r for r in results) else 0
 
 

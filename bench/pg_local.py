@@ -27,6 +27,7 @@ PASSWORD: Final = "onecard-test"
 USER: Final = "postgres"
 START_TIMEOUT_S: Final = 60
 STANDBY_NAME: Final = "s1"
+REPLICATION_USER: Final = "replicator"
 SYNC_TIMEOUT_S: Final = 60.0
 POLL_S: Final = 0.2
 
@@ -179,9 +180,12 @@ def start_pair(*settings: str) -> LocalPair:
         raise
     pair = LocalPair(primary, standby)
     try:
-        # initdb's pg_hba already lets the superuser replicate over 127.0.0.1 with SCRAM.
-        conninfo = (f"host=127.0.0.1 port={primary.port} user={USER} password={PASSWORD} "
-                    f"application_name={STANDBY_NAME}")
+        # A role that may stream WAL and nothing else, as in a deployment; initdb's pg_hba
+        # already has "host replication all 127.0.0.1/32 scram-sha-256".
+        primary.sql(f"CREATE ROLE {REPLICATION_USER} WITH REPLICATION LOGIN "
+                    f"PASSWORD '{PASSWORD}'")
+        conninfo = (f"host=127.0.0.1 port={primary.port} user={REPLICATION_USER} "
+                    f"password={PASSWORD} application_name={STANDBY_NAME}")
         standby._run(str(primary.bin / "pg_basebackup"), "-d", conninfo, "-D",
                      str(standby.data), "-R", "-X", "stream", "-c", "fast")
         # -R wrote primary_conninfo; this line comes later in the file, so it wins, and

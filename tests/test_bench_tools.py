@@ -130,6 +130,7 @@ def test_pg_compare_measures_sqlite_and_reports_a_pg_topology_in_one_line(tmp_pa
     assert "Traceback" not in out.stderr, out.stderr
     r = json.loads(result.read_text())
     assert (r["connections"], r["window"], r["baseline"]) == (4, 4, "sqlite")
+    assert r["machine"]["cpus"] >= 1 and len(r["machine"]["loadavg_before"]) == 3
     assert [x["topology"] for x in r["results"]] == topologies
     measured = [x for x in r["results"] if "error" not in x]
     assert measured[0]["topology"] == "sqlite" and measured[0]["tps_ratio"] == 1.0
