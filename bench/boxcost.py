@@ -110,7 +110,11 @@ class Sampler:
 
     def _loop(self) -> None:
         while True:
-            self.samples.append(sample(self.trees(), self.mark()))
+            try:
+                mark = self.mark()
+            except OSError:             # the switch did not answer this once: no movement
+                mark = self.samples[-1].mark if self.samples else 0.0
+            self.samples.append(sample(self.trees(), mark))
             if self._stop.wait(self.interval_s):
                 return
 

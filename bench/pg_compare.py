@@ -82,7 +82,11 @@ def _measure(name: str, data_dir: Path, work: Path, args: argparse.Namespace,
                                  args.window, work / f"{name}-load.json")
         finally:
             proc.terminate()
-            proc.wait(SWITCH_STOP_TIMEOUT_S)
+            try:
+                proc.wait(SWITCH_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:    # before its store is torn down under it
+                proc.kill()
+                proc.wait(SWITCH_STOP_TIMEOUT_S)
     cost = box.loaded()
     return {
         "topology": name, "description": DESCRIPTIONS[name],
