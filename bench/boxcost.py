@@ -108,13 +108,16 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def _take(self) -> None:
+        try:
+            mark = self.mark()
+        except OSError:                 # the switch did not answer this once: no movement
+            mark = self.samples[-1].mark if self.samples else 0.0
+        self.samples.append(sample(self.trees(), mark))
+
     def _loop(self) -> None:
         while True:
-            try:
-                mark = self.mark()
-            except OSError:             # the switch did not answer this once: no movement
-                mark = self.samples[-1].mark if self.samples else 0.0
-            self.samples.append(sample(self.trees(), mark))
+            self._take()
             if self._stop.wait(self.interval_s):
                 return
 
@@ -125,7 +128,7 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append(sample(self.trees(), self.mark()))
+        self._take()
 
     def loaded(self) -> dict:
         """The cost from the last sample before the mark first moved to the first sample
