@@ -20,10 +20,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+READY_TIMEOUT_S = 300.0     # a switch not ready by then (a store that never answers) is killed
+LOAD_GRACE_S = 120.0        # a load generator this long past its duration is killed
 
 
 def _pin(core: int | None) -> list[str]:
@@ -32,10 +36,20 @@ def _pin(core: int | None) -> list[str]:
     return ["taskset", "-c", str(core)]
 
 
-def start_switch(data_dir: Path, cards: int, core: int | None, *,
-                 config: Path | None = None) -> tuple[subprocess.Popen, dict]:
+class SwitchStartError(RuntimeError):
+    """The switch exited (or closed its output) before it was ready."""
+
+    def __init__(self, returncode: int | None, last_line: str) -> None:
+        super().__init__(f"switch did not start (exit code {returncode}): {last_line}")
+        self.returncode = returncode
+        self.last_line = last_line
+
+
+def start_switch(data_dir: Path, cards: int, core: int | None, *, config: Path | None = None,
+                 ready_timeout_s: float = READY_TIMEOUT_S) -> tuple[subprocess.Popen, dict]:
     """A switch for measuring: load shedding is off unless ``config`` has a [server] table
-    (these benchmarks measure the normal path; a 96 would hide a slow request)."""
+    (these benchmarks measure the normal path; a 96 would hide a slow request).
+    SwitchStartError, with its exit code and last line, when it stops before ready."""
     cmd = [*_pin(core), sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir",
            str(data_dir), "--cards", str(cards), "--iso8583-port", "0", "--native-port", "0",
            "--http-port", "0"]
@@ -48,13 +62,33 @@ def start_switch(data_dir: Path, cards: int, core: int | None, *,
     cmd += ["--config", str(merged)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ports = {}
-    for line in proc.stdout:
-        if line.startswith("onecard: listening"):
-            name, addr = line.split()[2:4]
-            ports[name] = int(addr.rsplit(":", 1)[1])
-        if line.startswith("onecard: ready"):
-            return proc, ports
-    raise RuntimeError("switch did not start")
+    last = ""
+    timed_out = threading.Event()
+
+    def kill() -> None:                     # ends the read loop below
+        timed_out.set()
+        proc.kill()
+
+    watchdog = threading.Timer(ready_timeout_s, kill)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("onecard: listening"):
+                name, addr = line.split()[2:4]
+                ports[name] = int(addr.rsplit(":", 1)[1])
+            if line.startswith("onecard: ready"):
+                return proc, ports
+            last = line.strip() or last
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        last = f"not ready after {ready_timeout_s:.0f} s, killed (last line: {last or '-'})"
+    try:
+        returncode = proc.wait(60)
+    except subprocess.TimeoutExpired:       # output closed but still running: not ours to keep
+        proc.kill()
+        returncode = proc.wait(60)
+    raise SwitchStartError(returncode, last)
 
 
 def metric_samples(http_port: int, family: str) -> list:
@@ -94,7 +128,8 @@ def run_load(ports: dict, data_dir: Path, protocol: str, connections: int, windo
            protocol, "--port", str(port), "--connections", str(connections), *loop,
            "--duration", str(duration), "--data-dir", str(data_dir), "--balance-share", "0",
            "--json", str(out), *extra]
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=duration + LOAD_GRACE_S)
     if done.returncode != 0:              # say why (e.g. too few gates for that many)
         how = f"at {rate:,.0f}/s" if rate else f"x{window}"
         raise SystemExit(f"onecard load {connections} {how} failed:\n{done.stderr.strip()}")
@@ -123,7 +158,7 @@ def main() -> None:
             proc, ports = start_switch(data_dir, args.cards, 0, config=config)
             try:
                 for conns, window in specs:
-                    r = _measured_run(proc.pid, ports, data_dir, args, conns, window,
+                    r = measured_run(proc.pid, ports, data_dir, args, conns, window,
                                       Path(tmp) / "r.json")
                     r["synchronous"] = sync
                     results.append(r)
@@ -144,12 +179,13 @@ def _spec(text: str) -> tuple[int, int]:
     return int(conns), int(window)
 
 
-def _measured_run(pid: int, ports: dict, data_dir: Path, args: argparse.Namespace,
+def measured_run(pid: int, ports: dict, data_dir: Path, args: argparse.Namespace,
                   conns: int, window: int, out: Path) -> dict:
     """One closed-loop run, with the switch's CPU and commits over it."""
     cpu0, (commits0, records0) = cpu_seconds(pid), commits(ports["http"])
     r = run_load(ports, data_dir, args.protocol, conns, window, args.duration, 1, out)
     cpu1, (commits1, records1) = cpu_seconds(pid), commits(ports["http"])
+    r["commits"] = commits1 - commits0
     r["records_per_commit"] = (records1 - records0) / max(commits1 - commits0, 1)
     if cpu0 is not None and cpu1 is not None:
         r["server_cpu_us_per_request"] = 1e6 * (cpu1 - cpu0) / max(r["completed"], 1)

@@ -106,3 +106,42 @@ def test_instruction_counts_repeat_and_add_up(tmp_path):
                           str(tmp_path / "a.json"), str(tmp_path / "b.json")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "total" in out.stdout and "crypto" in out.stdout
+
+
+def _pg_available() -> bool:
+    from onecard.bench import pg_local
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return False
+    return pg_local.bin_dir() is not None
+
+
+@pytest.mark.slow
+def test_pg_compare_measures_sqlite_and_reports_a_pg_topology_in_one_line(tmp_path):
+    # pg too when a server is installed: measured once the switch serves from PostgreSQL,
+    # until then its refusal must be one line in the table, not a traceback.
+    topologies = ["sqlite", "pg"] if _pg_available() else ["sqlite"]
+    result = tmp_path / "pgc.json"
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.pg_compare", "--duration", "1",
+                          "--cards", "3000", "--connections", "4", "--window", "4",
+                          "--topologies", *topologies, "--json", str(result)],
+                         capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in out.stderr, out.stderr
+    r = json.loads(result.read_text())
+    assert (r["connections"], r["window"], r["baseline"]) == (4, 4, "sqlite")
+    assert r["machine"]["cpus"] >= 1 and len(r["machine"]["loadavg_before"]) == 3
+    assert [x["topology"] for x in r["results"]] == topologies
+    measured = [x for x in r["results"] if "error" not in x]
+    assert measured[0]["topology"] == "sqlite" and measured[0]["tps_ratio"] == 1.0
+    for x in measured:
+        assert x["completed"] > 0 and x["approved_share"] > 0.5
+        assert 1 <= x["records_per_commit"] <= 16          # 4 connections x window 4
+        assert x["commits_per_s"] > 0 and x["commits_ratio"] > 0
+        assert x["latency_ms"]["p50"] <= x["latency_ms"]["p99"]
+        assert x["box"]["box_busy_cores"] > 0 and x["box"]["cores"]["switch"] > 0
+    for x in r["results"]:
+        if "error" in x:
+            assert "\n" not in x["error"] and f"{x['topology']:9} not measured:" in out.stdout
+    assert out.returncode == (2 if len(measured) < len(topologies) else 0)
+    assert "sqlite" in out.stdout and "TPS" in out.stdout
