@@ -50,7 +50,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _label(upto: int, name: str) -> str:
+def label(upto: int, name: str) -> str:
+    """The associated data naming one array of one checkpoint (in a file or a bytea)."""
     return f"checkpoint {upto:016d} {name}"
 
 
@@ -66,7 +67,7 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: 
     modes.private_dir(tmp)
     try:
         for name, arr in arrays.items():
-            sealed_files.write_array(tmp / f"{name}{SEALED}", arr, keys, _label(upto, name))
+            sealed_files.write_array(tmp / f"{name}{SEALED}", arr, keys, label(upto, name))
         with modes.open_private(tmp / "manifest.json", "w") as f:
             json.dump({"upto": upto, "arrays": sorted(arrays), "sealed": True}, f)
             f.flush()
@@ -86,21 +87,30 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: 
 def _read(path: Path, upto: int, name: str, keys: DataKeys) -> np.ndarray:
     sealed = path / f"{name}{SEALED}"
     if sealed.exists():
-        return sealed_files.read_array(sealed, keys, _label(upto, name))
+        return sealed_files.read_array(sealed, keys, label(upto, name))
     return np.load(path / f"{name}.npy", allow_pickle=False)     # before encryption
 
 
-def latest(data_dir: str | Path, keys: DataKeys) -> tuple[int, dict[str, np.ndarray]] | None:
-    """The newest complete checkpoint: (upto, arrays), or None."""
+def newest(data_dir: str | Path) -> tuple[int, Path, list[str]] | None:
+    """The newest complete checkpoint's upto, directory and array names (nothing opened), or
+    None."""
     root = snapshot_root(data_dir)
     for path in sorted(root.glob(f"{PREFIX}*"), reverse=True):
         manifest = path / "manifest.json"
         if not manifest.exists():
             continue
         meta = json.loads(manifest.read_text())
-        upto = int(meta["upto"])
-        return upto, {name: _read(path, upto, name, keys) for name in meta["arrays"]}
+        return int(meta["upto"]), path, list(meta["arrays"])
     return None
+
+
+def latest(data_dir: str | Path, keys: DataKeys) -> tuple[int, dict[str, np.ndarray]] | None:
+    """The newest complete checkpoint: (upto, arrays), or None."""
+    found = newest(data_dir)
+    if found is None:
+        return None
+    upto, path, names = found
+    return upto, {name: _read(path, upto, name, keys) for name in names}
 
 
 def seal_clear(data_dir: str | Path, keys: DataKeys) -> int:
@@ -115,7 +125,7 @@ def seal_clear(data_dir: str | Path, keys: DataKeys) -> int:
         for clear in sorted(path.glob("*.npy")):
             tmp = clear.with_suffix(".tmp")
             sealed_files.write_array(tmp, np.load(clear, allow_pickle=False), keys,
-                                     _label(upto, clear.stem))
+                                     label(upto, clear.stem))
             os.rename(tmp, clear.with_suffix(SEALED))
             clear.unlink()
             sealed += 1
