@@ -21,6 +21,7 @@ import os
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -149,10 +150,18 @@ class Checkpointer(threading.Thread):
     CATCH_UP_FRAMES = 256               # what is left for the writer (1 MiB of 4 KiB pages)
     MAX_PASSES = 8                      # copies a round; if the writer outran them, next round
 
-    def __init__(self, data_dir: Path, db_path: Path, keep: int, *, keys: DataKeys | None = None,
-                 wal_limit_bytes: int = 16 << 20, wal_interval_s: float = 1.0,
-                 committer: GroupCommitter | None = None) -> None:
+    def __init__(self, data_dir: Path, db_path: Path | None, keep: int, *,
+                 keys: DataKeys | None = None, wal_limit_bytes: int = 16 << 20,
+                 wal_interval_s: float = 1.0, committer: GroupCommitter | None = None,
+                 dsn: str | None = None, fence: Callable | None = None) -> None:
+        """With ``dsn`` checkpoints go to the PostgreSQL store's ``checkpoints`` table on a
+        connection of the thread's own (``fence``, if given, runs in each checkpoint's
+        transaction: ``pg/checkpoints.write``), and there is no WAL to copy: ``db_path``,
+        ``wal_*`` and ``committer`` are unused. Without it, files under data_dir and
+        the SQLite WAL copying, as always."""
         super().__init__(name="onecard-checkpoint", daemon=True)
+        self._dsn = dsn
+        self._fence = fence
         self._data_dir = data_dir
         self._db_path = db_path
         self._keep = keep
@@ -179,16 +188,22 @@ class Checkpointer(threading.Thread):
             self._stopping = True
             self._cond.notify()
 
+    def _next(self, timeout_s: float | None) -> tuple[tuple | None, bool]:
+        """The checkpoint asked for (or None after timeout_s) and whether to stop."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._request is not None or self._stopping, timeout_s)
+            request, self._request = self._request, None
+            return request, self._stopping
+
     def run(self) -> None:
+        if self._dsn:
+            self._run_postgresql()
+            return
         conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
         frame_bytes = conn.execute("PRAGMA page_size").fetchone()[0] + WAL_FRAME_HEADER
         try:
             while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._request is not None or self._stopping,
-                                        self._wal_interval_s)
-                    request, self._request = self._request, None
-                    stopping = self._stopping
+                request, stopping = self._next(self._wal_interval_s)
                 if request is not None:
                     self._publish(*request)
                 if stopping or self._wal_bytes(frame_bytes) > self._wal_limit_bytes:
@@ -200,6 +215,43 @@ class Checkpointer(threading.Thread):
                     return
         finally:
             conn.close()
+
+    def _run_postgresql(self) -> None:
+        """Publish each checkpoint asked for until stopped (a last one asked for before the
+        stop is still written). A failed connection is opened again for the next."""
+        pg = None
+        try:
+            while True:
+                request, stopping = self._next(None)
+                if request is not None:
+                    pg = self._publish_postgresql(pg, *request)
+                if stopping and request is None:
+                    return
+        finally:
+            if pg is not None:
+                pg.close()
+
+    def _publish_postgresql(self, pg, upto: int, arrays: dict[str, np.ndarray]):
+        """Write one checkpoint; the connection to use next (None after a failure)."""
+        from onecard.switch.pg import checkpoints
+        from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
+
+        assert self._keys is not None, "checkpoints are written sealed: pass keys"
+        try:
+            if pg is None or pg.closed:
+                pg = connect(self._dsn, autocommit=True)
+            checkpoints.write(pg, arrays, upto, self._keys, self._keep, fence=self._fence)
+            self.last_upto = upto
+            log.info("checkpoint at journal record %d written to PostgreSQL", upto)
+        except (PgError, *driver_errors()) as exc:
+            # As on SQLite: the journal still holds everything, the next start replays more.
+            log.error("checkpoint at journal record %d failed: %s", upto, one_line(exc))
+            if pg is not None:
+                pg.close()
+            pg = None
+        finally:
+            self.busy = False
+        return pg
 
     def _wal_bytes(self, frame_bytes: int) -> int:
         if self._committer is not None:     # the file keeps its size once rewritten in place

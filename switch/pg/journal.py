@@ -31,11 +31,14 @@ def journal_end(pg: psycopg.Connection) -> int:
 def journal_rows(pg: psycopg.Connection, since_no: int = 0) -> Iterator[tuple[int, bytes]]:
     """Rows holding records numbered since_no or later, in order, in the current format;
     JournalGap when a record from since_no on is missing. Streamed by a server-side cursor
-    (the journal after a checkpoint can be millions of records); on an autocommit connection
-    it is declared WITH HOLD, which needs no transaction but materialises the result."""
+    (the journal after a checkpoint can be millions of records) in the caller's transaction;
+    outside one it is declared WITH HOLD, which needs none but materialises the result."""
+    from psycopg.pq import TransactionStatus
+
     expected = None
+    outside = pg.info.transaction_status == TransactionStatus.IDLE
     with pg.cursor(name="onecard_journal_rows", binary=True,
-                   withhold=pg.autocommit) as cur:
+                   withhold=pg.autocommit and outside) as cur:
         cur.itersize = FETCH_ROWS
         cur.execute("SELECT first_no, n, records, format FROM journal WHERE first_no + n > %s "
                     "ORDER BY first_no", (since_no,))
