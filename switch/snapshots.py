@@ -5,6 +5,9 @@ every record below ``upto`` applied. It is handed to the writer here only once t
 are durable, so recovery = newest checkpoint + journal records from ``upto`` on.
 Files live beside the database rather than in it so that writing hundreds of megabytes never
 holds SQLite's write lock against group commits.
+With the PostgreSQL store the same sealed bytes go into its ``checkpoints`` table instead
+(``switch/pg/checkpoints.py``, ``Checkpointer(dsn=...)``), so that a switch starts from the
+store alone.
 
 Every array is sealed under the data set's data key (``security/sealed_files.py``): the cards
 hold card numbers and the terminals master and working keys, which are never on disk in clear.
@@ -145,7 +148,9 @@ class Checkpointer(threading.Thread):
     copies, and SQLite only starts the WAL over once every frame is in the database. So,
     given the ``committer``, it repeats the copy until only a few frames are left and then
     asks the writer to copy those between two of its commits (a pause of a millisecond or
-    so); the WAL then stays near ``wal_limit_bytes`` and is rewritten in place."""
+    so); the WAL then stays near ``wal_limit_bytes`` and is rewritten in place.
+
+    With the PostgreSQL store (``dsn``) it only publishes checkpoints, into the store."""
 
     CATCH_UP_FRAMES = 256               # what is left for the writer (1 MiB of 4 KiB pages)
     MAX_PASSES = 8                      # copies a round; if the writer outran them, next round
