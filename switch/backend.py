@@ -6,6 +6,8 @@ written once."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from onecard.switch import store
@@ -29,3 +31,17 @@ def open_db(config: Config, *, synchronous: str | None = None) -> sqlite3.Connec
         return open_pg(config.store.dsn)
     return store.connect(store.db_path(config.data_dir),
                          synchronous=synchronous or config.store.synchronous)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection | Db) -> Iterator[None]:
+    """BEGIN ... COMMIT on an autocommit connection of either store, ROLLBACK if the block
+    raises. Without the ROLLBACK a failed statement would leave PostgreSQL's transaction
+    aborted, and every later query on the admin API's one connection refused."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

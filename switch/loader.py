@@ -190,6 +190,9 @@ def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None) -> Iterator
     try:
         pg.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         require_current(pg)
+        if not keystore.has_keys(Db(pg)):
+            raise FileNotFoundError("no data set in the PostgreSQL store (onecard db import "
+                                    "DATA_DIR brings one)")
         keys = keystore.open_data_set(Db(pg), data_dir, kek_file)
         snap = checkpoints.latest(pg, keys)
         if snap is None:

@@ -302,3 +302,22 @@ def test_the_admin_queries_answer_the_same_on_both_stores(demo_dir, dsn, tmp_pat
     assert want["paid"] and want["totals"] and want["report"]["items"]
     assert len(want["audit"]) == 2 and want["history"][-1]["change"]["action"] == "retire"
     assert got == want
+
+
+def test_a_failed_transaction_rolls_back_and_the_connection_serves_on(demo_dir, dsn):
+    imported(demo_dir, dsn)
+    config = Config(data_dir=str(demo_dir), store=StoreConfig(backend="postgresql", dsn=dsn))
+    db = backend.open_db(config)
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        with backend.transaction(db):
+            db.execute("INSERT INTO filings VALUES (?,?,?,?)", (1, 31, "rolled-back", "x"))
+            db.execute("INSERT INTO no_such_table VALUES (?)", (1,))
+    assert db.execute("SELECT count(*) FROM filings WHERE operator = ?",
+                      ("rolled-back",)).fetchone() == (0,)
+    db.close()
+
+
+def test_an_empty_store_is_no_data_set(dsn, tmp_path):
+    assert cli.main(["db", "migrate", "--dsn", dsn]) == 0
+    with pytest.raises(FileNotFoundError, match="no data set in the PostgreSQL store"):
+        loader.load(tmp_path, dsn=dsn)
