@@ -98,6 +98,8 @@ def _source(data_dir: Path) -> sqlite3.Connection:
 def read_sealed_files(data_dir: Path) -> SealedFiles:
     """The newest checkpoint's arrays and the holders file, as their files hold them;
     PgError in one line when there is no checkpoint or a file is not sealed yet."""
+    if not store.db_path(data_dir).exists():
+        raise PgError(f"{data_dir}: no data set ({store.DB_NAME} not found)")
     found = snapshots.newest(data_dir)
     if found is None:
         raise PgError(f"{data_dir}: no checkpoint under {snapshots.snapshot_root(data_dir)} "
