@@ -321,3 +321,13 @@ def test_an_empty_store_is_no_data_set(dsn, tmp_path):
     assert cli.main(["db", "migrate", "--dsn", dsn]) == 0
     with pytest.raises(FileNotFoundError, match="no data set in the PostgreSQL store"):
         loader.load(tmp_path, dsn=dsn)
+
+
+def test_an_array_past_the_bytea_limit_is_refused_in_one_line(demo_dir, dsn, monkeypatch):
+    imported(demo_dir, dsn)
+    loaded = loader.load(demo_dir)
+    monkeypatch.setattr(checkpoints, "BYTEA_MAX", 1000)       # 1 GB stands for itself
+    with connect(dsn) as pg:
+        with pytest.raises(PgError, match=r"array cards is .* over PostgreSQL.s 1 GB limit"):
+            checkpoints.write(pg, {"cards": loaded.state.cards}, 10**9, loaded.keys)
+        assert 10**9 not in checkpoints.uptos(pg)
