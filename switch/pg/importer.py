@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from onecard.switch import snapshots, store
+from onecard.switch.loader import HOLDERS_FILE
 from onecard.switch.pg.connect import PgError
 from onecard.switch.pg.migrate import LOCK_KEY, migrate, require_current
 from onecard.switch.pg.schema import FILE_TABLES, LEASE_TABLE, SCHEMA_VERSION, TABLES
@@ -58,8 +59,6 @@ class SealedFiles:
     upto: int
     blobs: dict[tuple[str, str], bytes]         # (table, name): the file's bytes
 
-
-HOLDERS_FILE: Final = "holders.bin"
 
 
 def journal_digest(rows: Iterable[tuple[int, int, int, bytes, int]]) -> tuple[str, int]:
