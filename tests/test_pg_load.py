@@ -25,7 +25,7 @@ from onecard.switch.pg.db import Db, translate
 from onecard.switch.pg.importer import import_data_set
 from onecard.switch.pg.journal import JournalGap, journal_end, journal_rows
 
-from conftest import Supply, iso_session, start_switch
+from conftest import AdminClient, Supply, iso_session, start_switch
 
 psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL store's tests need psycopg 3")
 if pg_local.bin_dir() is None:
@@ -54,8 +54,8 @@ def dsn(pg, request) -> str:
 
 @pytest.fixture(scope="module")
 def replayed_dir(demo_dir, terminals, tmp_path_factory) -> Path:
-    """A data set whose journal goes past its newest checkpoint: a switch paid, then was
-    killed before it could write a checkpoint at stop."""
+    """A data set whose journal goes past its newest checkpoint: a switch paid and
+    disbursed, then was killed before it could write a checkpoint at stop."""
     data = tmp_path_factory.mktemp("replayed") / "data"
     shutil.copytree(demo_dir, data)
     supply = Supply(demo_dir, terminals)
@@ -66,6 +66,11 @@ def replayed_dir(demo_dir, terminals, tmp_path_factory) -> Path:
             (reply,) = pos.send(pos.purchase(supply.card(31), 100 + i))
             assert reply["39"] == "00"
         sock.close()
+        reply = AdminClient(sw).post("/admin/disbursements", {
+            "programme": "PENSION", "period": "2025-01",
+            "items": [{"card": supply.card(32), "amount_fen": 1000 + i} for i in range(3)]},
+            role="finance")
+        assert reply.status == 200 and reply.json()["credited"] == 3, reply.text
     finally:
         sw.kill9()
     return data
@@ -170,6 +175,28 @@ def test_journal_rows_outside_a_transaction_and_journal_end(replayed_dir, dsn):
     src.close()
     with connect(dsn, autocommit=True) as pg:              # WITH HOLD: no transaction needed
         assert (list(journal_rows(pg, 3)), journal_end(pg)) == want
+
+
+def test_disbursement_rows_are_rebuilt_from_the_postgresql_journal(replayed_dir, dsn):
+    """sync_from_journal reads the journal through the adapter (store.journal_records)."""
+    imported(replayed_dir, dsn)
+    columns = "programme, period, pan_hmac, card, amount_fen, result, record_no"
+    src = sqlite3.connect(f"file:{replayed_dir / 'onecard.db'}?mode=ro", uri=True)
+    want = src.execute(f"SELECT {columns} FROM disbursements ORDER BY record_no").fetchall()
+    src.close()
+    assert len(want) == 3
+    loaded = loader.load(replayed_dir, dsn=dsn)
+    config = Config(data_dir=str(replayed_dir), store=StoreConfig(backend="postgresql",
+                                                                  dsn=dsn))
+    db = backend.open_db(config)
+    db.execute("DELETE FROM disbursements")
+    db.execute("DELETE FROM meta WHERE key = ?", (disbursements.SYNC_KEY,))
+    assert disbursements.sync_from_journal(db, loaded.keys, loaded.state.cards["pan"]) == 3
+    got = db.execute(f"SELECT {columns} FROM disbursements ORDER BY record_no").fetchall()
+    assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+            for row in got] == want
+    assert disbursements.sync_from_journal(db, loaded.keys, loaded.state.cards["pan"]) == 0
+    db.close()
 
 
 # ---- checkpoints written while running ---------------------------------------------------------
