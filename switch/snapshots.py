@@ -24,14 +24,17 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onecard.core.commit import GroupCommitter
 from onecard.switch.security import modes, sealed_files
 from onecard.switch.security.keystore import DataKeys
+
+if TYPE_CHECKING:
+    from onecard.switch.pg.checkpoints import Fence
 
 log = logging.getLogger("onecard.snapshots")
 
@@ -158,7 +161,7 @@ class Checkpointer(threading.Thread):
     def __init__(self, data_dir: Path, db_path: Path | None, keep: int, *,
                  keys: DataKeys | None = None, wal_limit_bytes: int = 16 << 20,
                  wal_interval_s: float = 1.0, committer: GroupCommitter | None = None,
-                 dsn: str | None = None, fence: Callable | None = None) -> None:
+                 dsn: str | None = None, fence: Fence | None = None) -> None:
         """With ``dsn`` checkpoints go to the PostgreSQL store's ``checkpoints`` table on a
         connection of the thread's own (``fence``, if given, runs in each checkpoint's
         transaction: ``pg/checkpoints.write``), and there is no WAL to copy: ``db_path``,

@@ -6,6 +6,9 @@ data names the file's label (a checkpoint's ``upto`` and array name, or ``holder
 plaintext length and the chunk's position, so chunks cannot be reordered, dropped, truncated
 or moved to another checkpoint without failing to open. Chunking keeps each AEAD call's
 buffers a few MiB however big the array (100M cards: gigabytes).
+
+The PostgreSQL store keeps the same bytes in bytea columns: ``seal_bytes``/``open_sealed``
+(and ``seal_array``/``open_array``) are the file functions without the file.
 """
 
 from __future__ import annotations
