@@ -159,6 +159,8 @@ def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str 
                                             "province": region_code // 10000,
                                             "region_name": names[region_code][0],
                                             "place": where_kind, "terminals": count})
+    for where in places.values():       # GROUP BY's order is SQLite's, not PostgreSQL's
+        where.sort(key=lambda p: (p["region"], p["place"]))
     apps = []
     for code, name_zh, name_en, dom, functions, scope, limit, active in conn.execute(
             "SELECT code, name_zh, name_en, domain, functions, scope, daily_limit_fen, active "

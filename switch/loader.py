@@ -1,5 +1,8 @@
 """Build the core's State from the store: reference tables, the catalogue, the newest
 checkpoint, and the journal records after it (recovery is the same code path as every start).
+The store is the SQLite data set in data_dir or, given a DSN, the PostgreSQL store; the same
+queries read both (``switch/pg/db.py``), and only where each keeps its checkpoints, holders
+file and journal differs (``_sqlite_source``, ``_pg_source``).
 
 The data set's keys are opened first (a wrong or missing key-encryption key stops here with
 one line, ``keystore.KekError``); master keys are unwrapped, the checkpoint and the holders
@@ -7,11 +10,15 @@ file are decrypted into memory. What is in memory is in clear: memory is not at 
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +34,9 @@ from onecard.switch import catalogue, snapshots, store, transit
 from onecard.switch.reference import GROUPS
 from onecard.switch.security import encrypt_store, keystore, sealed_files
 from onecard.switch.security.keystore import DataKeys
+
+if TYPE_CHECKING:
+    from onecard.switch.pg.db import Db
 
 log = logging.getLogger("onecard.loader")
 
@@ -129,11 +139,23 @@ def filings_entries(conn: sqlite3.Connection) -> np.ndarray:
     return out
 
 
-def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26,
-         kek_file: str | None = None) -> Loaded:
-    """Recover the state: checkpoint + journal replay. Raises if the data set is missing,
-    KekError if its keys do not open."""
-    started = time.perf_counter()
+@dataclass
+class _Source:
+    """What a start reads, from either store: the tables (``sqlite3``-style queries), the
+    keys, the newest checkpoint, the holders, and the journal after the checkpoint."""
+    conn: sqlite3.Connection | Db
+    keys: DataKeys
+    upto: int
+    arrays: dict[str, np.ndarray]
+    holders: bytearray | None
+    journal_rows: Callable[[int], Iterator[tuple[int, bytes]]]
+    journal_end: Callable[[], int]
+    migrated: list[int] = field(default_factory=list)
+
+
+@contextmanager
+def _sqlite_source(data_dir: str | Path, kek_file: str | None) -> Iterator[_Source]:
+    """The embedded store: migrated and its files sealed first (both only touch data_dir)."""
     path = store.db_path(data_dir)
     if not path.exists():
         raise FileNotFoundError(f"no data set at {path} (run: onecard demo-data)")
@@ -146,27 +168,80 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
         snap = snapshots.latest(data_dir, keys)
         if snap is None:
             raise FileNotFoundError(f"no checkpoint under {snapshots.snapshot_root(data_dir)}")
-        upto, arrays = snap
-        operators, stations, fares = transit.build(conn)
-        apps, accept, policies = catalogue.build(conn)
-        terminals = _merge_sessions(terminals_array(conn, keys), arrays.get("terminals"))
-        ring = arrays.get("ring")
-        if ring is None or len(ring) != len(terminals) * ring_size or ring.dtype != RING_DTYPE:
-            ring = None
-        maps = {name: arrays[name] for name in ("daily_app", "medical_year") if name in arrays}
-        maps["filings"] = filings_entries(conn)
-        state = State(cards=arrays["cards"], accounts=arrays["accounts"], terminals=terminals,
-                      regions=regions_array(conn), operators=operators, stations=stations,
-                      fares=fares, apps=apps, accept=accept, policies=policies,
-                      surnames=surnames_array(conn), holders=holders(data_dir, keys), ring=ring,
-                      ring_size=ring_size, maps=maps, map_entries_max=map_entries_max)
-        state.set_journal_key(keys.journal_key)
-        if "deny_log" in arrays:
-            state.restore_deny_log(arrays["deny_log"])
-        replayed = 0
-        for first_no, blob in store.journal_rows(conn, upto):
-            replayed += apply_records(state, blob, first_no, upto)
-        next_no = max(store.journal_end(conn), upto)
+        yield _Source(conn, keys, *snap, holders(data_dir, keys),
+                      functools.partial(store.journal_rows, conn),
+                      functools.partial(store.journal_end, conn), migrated)
     finally:
         conn.close()
-    return Loaded(state, next_no, upto, replayed, time.perf_counter() - started, migrated, keys)
+
+
+@contextmanager
+def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None) -> Iterator[_Source]:
+    """The PostgreSQL store, read in one snapshot (checkpoint and journal agree even while
+    another switch writes). It is migrated by ``onecard db migrate``, never by a start: a
+    schema other than this build's stops here in one line. Only the key-encryption key is
+    looked for by data_dir ($ONECARD_KEK, kek_file, ``<data_dir>.kek``)."""
+    from onecard.switch.pg import checkpoints, journal
+    from onecard.switch.pg.connect import connect
+    from onecard.switch.pg.db import Db
+    from onecard.switch.pg.migrate import require_current
+
+    pg = connect(dsn, autocommit=True)
+    try:
+        pg.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        require_current(pg)
+        if not keystore.has_keys(Db(pg)):
+            raise FileNotFoundError("no data set in the PostgreSQL store (onecard db import "
+                                    "DATA_DIR brings one)")
+        keys = keystore.open_data_set(Db(pg), data_dir, kek_file)
+        snap = checkpoints.latest(pg, keys)
+        if snap is None:
+            raise FileNotFoundError("no checkpoint in the PostgreSQL store (onecard db import "
+                                    "brings a data set's newest one)")
+        raw = checkpoints.read_file(pg, HOLDERS_FILE)
+        held = None if not raw else sealed_files.open_sealed(
+            raw, keys, encrypt_store.HOLDERS_LABEL, where=f"{HOLDERS_FILE} in PostgreSQL")
+        yield _Source(Db(pg), keys, *snap, held, functools.partial(journal.journal_rows, pg),
+                      functools.partial(journal.journal_end, pg))
+    finally:
+        pg.close()
+
+
+def _state(src: _Source, ring_size: int, map_entries_max: int) -> State:
+    """The core's State from the reference tables and the checkpoint (before replay)."""
+    conn, keys, arrays = src.conn, src.keys, src.arrays
+    operators, stations, fares = transit.build(conn)
+    apps, accept, policies = catalogue.build(conn)
+    terminals = _merge_sessions(terminals_array(conn, keys), arrays.get("terminals"))
+    ring = arrays.get("ring")
+    if ring is None or len(ring) != len(terminals) * ring_size or ring.dtype != RING_DTYPE:
+        ring = None
+    maps = {name: arrays[name] for name in ("daily_app", "medical_year") if name in arrays}
+    maps["filings"] = filings_entries(conn)
+    state = State(cards=arrays["cards"], accounts=arrays["accounts"], terminals=terminals,
+                  regions=regions_array(conn), operators=operators, stations=stations,
+                  fares=fares, apps=apps, accept=accept, policies=policies,
+                  surnames=surnames_array(conn), holders=src.holders, ring=ring,
+                  ring_size=ring_size, maps=maps, map_entries_max=map_entries_max)
+    state.set_journal_key(keys.journal_key)
+    if "deny_log" in arrays:
+        state.restore_deny_log(arrays["deny_log"])
+    return state
+
+
+def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26,
+         kek_file: str | None = None, dsn: str | None = None) -> Loaded:
+    """Recover the state: checkpoint + journal replay, from the SQLite data set in data_dir,
+    or with ``dsn`` from the PostgreSQL store there (data_dir then only locates the
+    key-encryption key). Raises if the data set or its checkpoint is missing, KekError if
+    its keys do not open, PgError (JournalGap) if PostgreSQL's journal misses records."""
+    started = time.perf_counter()
+    source = _pg_source(dsn, data_dir, kek_file) if dsn else _sqlite_source(data_dir, kek_file)
+    with source as src:
+        state = _state(src, ring_size, map_entries_max)
+        replayed = 0
+        for first_no, blob in src.journal_rows(src.upto):
+            replayed += apply_records(state, blob, first_no, src.upto)
+        next_no = max(src.journal_end(), src.upto)
+    return Loaded(state, next_no, src.upto, replayed, time.perf_counter() - started,
+                  src.migrated, src.keys)

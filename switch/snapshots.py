@@ -5,6 +5,9 @@ every record below ``upto`` applied. It is handed to the writer here only once t
 are durable, so recovery = newest checkpoint + journal records from ``upto`` on.
 Files live beside the database rather than in it so that writing hundreds of megabytes never
 holds SQLite's write lock against group commits.
+With the PostgreSQL store the same sealed bytes go into its ``checkpoints`` table instead
+(``switch/pg/checkpoints.py``, ``Checkpointer(dsn=...)``), so that a switch starts from the
+store alone.
 
 Every array is sealed under the data set's data key (``security/sealed_files.py``): the cards
 hold card numbers and the terminals master and working keys, which are never on disk in clear.
@@ -22,12 +25,16 @@ import shutil
 import sqlite3
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onecard.core.commit import GroupCommitter
 from onecard.switch.security import modes, sealed_files
 from onecard.switch.security.keystore import DataKeys
+
+if TYPE_CHECKING:
+    from onecard.switch.pg.checkpoints import Fence
 
 log = logging.getLogger("onecard.snapshots")
 
@@ -50,7 +57,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _label(upto: int, name: str) -> str:
+def label(upto: int, name: str) -> str:
+    """The associated data naming one array of one checkpoint (in a file or a bytea)."""
     return f"checkpoint {upto:016d} {name}"
 
 
@@ -66,7 +74,7 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: 
     modes.private_dir(tmp)
     try:
         for name, arr in arrays.items():
-            sealed_files.write_array(tmp / f"{name}{SEALED}", arr, keys, _label(upto, name))
+            sealed_files.write_array(tmp / f"{name}{SEALED}", arr, keys, label(upto, name))
         with modes.open_private(tmp / "manifest.json", "w") as f:
             json.dump({"upto": upto, "arrays": sorted(arrays), "sealed": True}, f)
             f.flush()
@@ -86,21 +94,30 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: 
 def _read(path: Path, upto: int, name: str, keys: DataKeys) -> np.ndarray:
     sealed = path / f"{name}{SEALED}"
     if sealed.exists():
-        return sealed_files.read_array(sealed, keys, _label(upto, name))
+        return sealed_files.read_array(sealed, keys, label(upto, name))
     return np.load(path / f"{name}.npy", allow_pickle=False)     # before encryption
 
 
-def latest(data_dir: str | Path, keys: DataKeys) -> tuple[int, dict[str, np.ndarray]] | None:
-    """The newest complete checkpoint: (upto, arrays), or None."""
+def newest(data_dir: str | Path) -> tuple[int, Path, list[str]] | None:
+    """The newest complete checkpoint's upto, directory and array names (nothing opened), or
+    None."""
     root = snapshot_root(data_dir)
     for path in sorted(root.glob(f"{PREFIX}*"), reverse=True):
         manifest = path / "manifest.json"
         if not manifest.exists():
             continue
         meta = json.loads(manifest.read_text())
-        upto = int(meta["upto"])
-        return upto, {name: _read(path, upto, name, keys) for name in meta["arrays"]}
+        return int(meta["upto"]), path, list(meta["arrays"])
     return None
+
+
+def latest(data_dir: str | Path, keys: DataKeys) -> tuple[int, dict[str, np.ndarray]] | None:
+    """The newest complete checkpoint: (upto, arrays), or None."""
+    found = newest(data_dir)
+    if found is None:
+        return None
+    upto, path, names = found
+    return upto, {name: _read(path, upto, name, keys) for name in names}
 
 
 def seal_clear(data_dir: str | Path, keys: DataKeys) -> int:
@@ -115,7 +132,7 @@ def seal_clear(data_dir: str | Path, keys: DataKeys) -> int:
         for clear in sorted(path.glob("*.npy")):
             tmp = clear.with_suffix(".tmp")
             sealed_files.write_array(tmp, np.load(clear, allow_pickle=False), keys,
-                                     _label(upto, clear.stem))
+                                     label(upto, clear.stem))
             os.rename(tmp, clear.with_suffix(SEALED))
             clear.unlink()
             sealed += 1
@@ -134,15 +151,25 @@ class Checkpointer(threading.Thread):
     copies, and SQLite only starts the WAL over once every frame is in the database. So,
     given the ``committer``, it repeats the copy until only a few frames are left and then
     asks the writer to copy those between two of its commits (a pause of a millisecond or
-    so); the WAL then stays near ``wal_limit_bytes`` and is rewritten in place."""
+    so); the WAL then stays near ``wal_limit_bytes`` and is rewritten in place.
+
+    With the PostgreSQL store (``dsn``) it only publishes checkpoints, into the store."""
 
     CATCH_UP_FRAMES = 256               # what is left for the writer (1 MiB of 4 KiB pages)
     MAX_PASSES = 8                      # copies a round; if the writer outran them, next round
 
-    def __init__(self, data_dir: Path, db_path: Path, keep: int, *, keys: DataKeys | None = None,
-                 wal_limit_bytes: int = 16 << 20, wal_interval_s: float = 1.0,
-                 committer: GroupCommitter | None = None) -> None:
+    def __init__(self, data_dir: Path, db_path: Path | None, keep: int, *,
+                 keys: DataKeys | None = None, wal_limit_bytes: int = 16 << 20,
+                 wal_interval_s: float = 1.0, committer: GroupCommitter | None = None,
+                 dsn: str | None = None, fence: Fence | None = None) -> None:
+        """With ``dsn`` checkpoints go to the PostgreSQL store's ``checkpoints`` table on a
+        connection of the thread's own (``fence``, if given, runs in each checkpoint's
+        transaction: ``pg/checkpoints.write``), and there is no WAL to copy: ``db_path``,
+        ``wal_*`` and ``committer`` are unused. Without it, files under data_dir and
+        the SQLite WAL copying, as always."""
         super().__init__(name="onecard-checkpoint", daemon=True)
+        self._dsn = dsn
+        self._fence = fence
         self._data_dir = data_dir
         self._db_path = db_path
         self._keep = keep
@@ -169,16 +196,22 @@ class Checkpointer(threading.Thread):
             self._stopping = True
             self._cond.notify()
 
+    def _next(self, timeout_s: float | None) -> tuple[tuple | None, bool]:
+        """The checkpoint asked for (or None after timeout_s) and whether to stop."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._request is not None or self._stopping, timeout_s)
+            request, self._request = self._request, None
+            return request, self._stopping
+
     def run(self) -> None:
+        if self._dsn:
+            self._run_postgresql()
+            return
         conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
         frame_bytes = conn.execute("PRAGMA page_size").fetchone()[0] + WAL_FRAME_HEADER
         try:
             while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._request is not None or self._stopping,
-                                        self._wal_interval_s)
-                    request, self._request = self._request, None
-                    stopping = self._stopping
+                request, stopping = self._next(self._wal_interval_s)
                 if request is not None:
                     self._publish(*request)
                 if stopping or self._wal_bytes(frame_bytes) > self._wal_limit_bytes:
@@ -190,6 +223,43 @@ class Checkpointer(threading.Thread):
                     return
         finally:
             conn.close()
+
+    def _run_postgresql(self) -> None:
+        """Publish each checkpoint asked for until stopped (a last one asked for before the
+        stop is still written). A failed connection is opened again for the next."""
+        pg = None
+        try:
+            while True:
+                request, stopping = self._next(None)
+                if request is not None:
+                    pg = self._publish_postgresql(pg, *request)
+                if stopping and request is None:
+                    return
+        finally:
+            if pg is not None:
+                pg.close()
+
+    def _publish_postgresql(self, pg, upto: int, arrays: dict[str, np.ndarray]):
+        """Write one checkpoint; the connection to use next (None after a failure)."""
+        from onecard.switch.pg import checkpoints
+        from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
+
+        assert self._keys is not None, "checkpoints are written sealed: pass keys"
+        try:
+            if pg is None or pg.closed:
+                pg = connect(self._dsn, autocommit=True)
+            checkpoints.write(pg, arrays, upto, self._keys, self._keep, fence=self._fence)
+            self.last_upto = upto
+            log.info("checkpoint at journal record %d written to PostgreSQL", upto)
+        except (PgError, *driver_errors()) as exc:
+            # As on SQLite: the journal still holds everything, the next start replays more.
+            log.error("checkpoint at journal record %d failed: %s", upto, one_line(exc))
+            if pg is not None:
+                pg.close()
+            pg = None
+        finally:
+            self.busy = False
+        return pg
 
     def _wal_bytes(self, frame_bytes: int) -> int:
         if self._committer is not None:     # the file keeps its size once rewritten in place

@@ -20,7 +20,7 @@ import numpy as np
 from onecard.core.state import KIND_CREDIT
 from onecard.protocols import journal_codec
 from onecard.protocols.codes import CODES
-from onecard.switch import store
+from onecard.switch import backend, store
 from onecard.switch.security.encrypt_store import mask
 from onecard.switch.security.keystore import DataKeys
 
@@ -90,16 +90,16 @@ def already_paid(conn: sqlite3.Connection, keys: DataKeys, programme: int, perio
 def record(conn: sqlite3.Connection, keys: DataKeys, programme: int, period: int, pans, amounts,
            codes, nos, operator: str) -> None:
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO disbursements VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
-        "amount_fen = excluded.amount_fen, result = excluded.result, "
-        "record_no = excluded.record_no, operator = excluded.operator, at = excluded.at "
-        "WHERE disbursements.result != '00'",
-        [(programme, period, keys.pan_hmac(int(p)), mask(int(p)), int(a), c,
-          int(n) if c == "00" else None, operator, now)
-         for p, a, c, n in zip(pans, amounts, codes, nos, strict=True) if c != "94"])
-    conn.execute("COMMIT")
+    with backend.transaction(conn):
+        conn.executemany(
+            "INSERT INTO disbursements VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (programme, "
+            "period, pan_hmac) DO UPDATE SET "
+            "amount_fen = excluded.amount_fen, result = excluded.result, "
+            "record_no = excluded.record_no, operator = excluded.operator, at = excluded.at "
+            "WHERE disbursements.result != '00'",
+            [(programme, period, keys.pan_hmac(int(p)), mask(int(p)), int(a), c,
+              int(n) if c == "00" else None, operator, now)
+             for p, a, c, n in zip(pans, amounts, codes, nos, strict=True) if c != "94"])
 
 
 def sync_from_journal(conn: sqlite3.Connection, keys: DataKeys, card_pans: np.ndarray) -> int:
@@ -111,26 +111,32 @@ def sync_from_journal(conn: sqlite3.Connection, keys: DataKeys, card_pans: np.nd
     credits = journal_codec.view(recs[kind], "credit")
     paid = credits["programme"] > 0                 # 0: an operator's top-up
     added = 0
-    conn.execute("BEGIN")
-    for r, no in zip(credits[paid], nos[kind][paid], strict=True):
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO disbursements VALUES (?,?,?,?,?,?,?,?,?)",
-            (int(r["programme"]) - 1, int(r["period"]), keys.pan_hmac(int(card_pans[r["card"]])),
-             mask(int(card_pans[r["card"]])),
-             int(r["amount_fen"]), CODES[r["rc"]][0], int(no), f"operator {int(r['operator'])}",
-             dt.datetime.fromtimestamp(r["ts_us"] / 1e6, dt.UTC).isoformat(timespec="seconds")))
-        added += cur.rowcount
     end = int(nos[-1]) + 1 if len(nos) else since
-    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (SYNC_KEY, str(end)))
-    conn.execute("COMMIT")
+    with backend.transaction(conn):
+        for r, no in zip(credits[paid], nos[kind][paid], strict=True):
+            pan = int(card_pans[r["card"]])
+            cur = conn.execute(
+                "INSERT INTO disbursements VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (int(r["programme"]) - 1, int(r["period"]), keys.pan_hmac(pan), mask(pan),
+                 int(r["amount_fen"]), CODES[r["rc"]][0], int(no),
+                 f"operator {int(r['operator'])}",
+                 dt.datetime.fromtimestamp(r["ts_us"] / 1e6, dt.UTC).isoformat(
+                     timespec="seconds")))
+            added += cur.rowcount
+        conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                     "value = excluded.value", (SYNC_KEY, str(end)))
     return added
 
 
 def totals(conn: sqlite3.Connection) -> list[dict]:
+    # CAST: PostgreSQL sums bigints as numeric (a Decimal, which JSON cannot encode). Sorted
+    # here rather than by ORDER BY, whose text order depends on PostgreSQL's collation.
+    rows = conn.execute(
+        "SELECT p.code, p.name_zh, p.name_en, d.period, COUNT(*), "
+        "CAST(SUM(d.amount_fen) AS BIGINT) FROM disbursements d JOIN programmes p "
+        "ON p.idx = d.programme WHERE d.result = '00' GROUP BY p.code, p.name_zh, p.name_en, "
+        "d.period").fetchall()
     return [{"programme": code, "name_zh": zh, "name_en": en, "period": period,
              "credited_items": n, "credited_fen": fen}
-            for code, zh, en, period, n, fen in conn.execute(
-                "SELECT p.code, p.name_zh, p.name_en, d.period, COUNT(*), SUM(d.amount_fen) "
-                "FROM disbursements d JOIN programmes p ON p.idx = d.programme "
-                "WHERE d.result = '00' GROUP BY p.code, d.period ORDER BY p.code, d.period")]
+            for code, zh, en, period, n, fen in sorted(rows, key=lambda r: (r[0], r[3]))]
 

@@ -27,7 +27,7 @@ from onecard.core.state import (
 )
 from onecard.protocols.codes import CODES
 from onecard.protocols.enums import CARD_STATUS, FUNCTION
-from onecard.switch import catalogue, store
+from onecard.switch import backend, catalogue
 from onecard.switch.admin import disbursements, schema
 from onecard.switch.admin.guard import FailureLimiter
 from onecard.switch.admin.operators import Operator, Operators
@@ -68,8 +68,7 @@ class AdminApi:
     def __init__(self, switch: Switch, operators: Operators) -> None:
         self.switch = switch
         self.ops = operators
-        self.db = store.connect(store.db_path(switch.data_dir),
-                                synchronous=switch.config.store.synchronous)
+        self.db = backend.open_db(switch.config)
         # One disbursement batch at a time: between reading what was paid and recording the
         # new credits the handler waits for durability, and a second identical batch read in
         # that gap would pay again.
@@ -135,8 +134,11 @@ class AdminApi:
     def audit(self, op: Operator, action: str, target: str, details: dict,
               record_no: int | None = None) -> None:
         role = ",".join(op.roles)
-        self.db.execute("INSERT INTO admin_log (at, operator, role, action, target, details, "
-                        "record_no) VALUES (?,?,?,?,?,?,?)",
+        # The id given, not left to SQLite's rowid: PostgreSQL's bigint key has no default,
+        # and max + 1 is what SQLite would choose (this process is the store's one writer).
+        self.db.execute("INSERT INTO admin_log (id, at, operator, role, action, target, "
+                        "details, record_no) VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM "
+                        "admin_log), ?, ?, ?, ?, ?, ?, ?)",
                         (dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), op.name, role,
                          action, target, json.dumps(details, ensure_ascii=False), record_no))
 
@@ -334,7 +336,7 @@ class AdminApi:
         province = data.province
         if province not in provs:
             raise Problem(422, "Unprocessable Content", f"province must be one of {provs}")
-        self.db.execute("INSERT OR IGNORE INTO filings VALUES (?,?,?,?)",
+        self.db.execute("INSERT INTO filings VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                         (account, province, op.name, dt.date.today().isoformat()))
         entry = self.switch.state.filings.get(account)
         mask_bits = (entry[0] if entry else 0) | (1 << provs.index(province))
@@ -409,10 +411,12 @@ class AdminApi:
         if self.db.execute("SELECT 1 FROM programmes WHERE code = ?", (code,)).fetchone() is None:
             raise Problem(404, "Not Found", "no such programme (GET /admin/disbursements "
                           "lists them)")
-        rows = self.db.execute(
+        # Sorted here, not by ORDER BY: PostgreSQL's collation may not order the masked
+        # numbers ('*' among digits) as SQLite's byte order does.
+        rows = sorted(self.db.execute(
             "SELECT d.card, d.amount_fen, d.result, d.record_no, d.operator, d.at FROM "
             "disbursements d JOIN programmes p ON p.idx = d.programme WHERE p.code = ? AND "
-            "d.period = ? ORDER BY d.card", (code, period)).fetchall()
+            "d.period = ?", (code, period)).fetchall(), key=lambda r: r[0])
         return web.json_response({"programme": code, "period": period, "items": [
             {"card": card, "amount_fen": amt, "result": res, "record": no,
              "operator": who, "at": at} for card, amt, res, no, who, at in rows]})
@@ -460,7 +464,7 @@ class AdminApi:
 
 def sync(switch: Switch) -> int:
     """At start: report rows for journaled disbursement credits that lack them."""
-    conn = store.connect(store.db_path(switch.data_dir))
+    conn = backend.open_db(switch.config, synchronous="FULL")
     try:
         return disbursements.sync_from_journal(conn, switch.keys, switch.state.cards["pan"])
     finally:

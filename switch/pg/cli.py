@@ -59,8 +59,10 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
           "equal on both sides")
     for table, rows in result.rows.items():
         print(f"  {table:18} {rows:>12,}")
-    print("onecard db import: checkpoints not copied (a loader rebuilds from the journal); "
-          "data stays encrypted under the same key-encryption key")
+    sealed = ", ".join(f"{table}/{name}" for table, name in result.sealed)
+    print(f"onecard db import: checkpoint at record {result.checkpoint_upto:,} and sealed "
+          f"files copied as they are ({sealed}), sha256 equal on both sides; data stays "
+          "encrypted under the same key-encryption key")
     return 0
 
 

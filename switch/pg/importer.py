@@ -4,9 +4,11 @@ Everything moves in one PostgreSQL transaction, read from one SQLite read transa
 consistent snapshot even while a switch writes the source): reference tables and the journal,
 by binary COPY, bytes as they are. Nothing is decrypted: card numbers stay sealed, master
 keys wrapped, and ``meta`` (with the data key wrapped by the key-encryption key) is copied as
-it is, so the same KEK opens the imported data set. Checkpoints are not copied: a loader
-rebuilds the state from the journal. Before COMMIT the target is checked against the source:
-row counts per table, and a SHA-256 of the journal's rows in order.
+it is, so the same KEK opens the imported data set. The newest checkpoint's sealed arrays and
+the sealed holders file go into ``checkpoints`` and ``files`` as the files hold them (nothing
+opened), so that a switch can start from PostgreSQL alone; a data set without a checkpoint is
+refused. Before COMMIT the target is checked against the source: row counts per table, a
+SHA-256 of the journal's rows in order, and a SHA-256 of each sealed file.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from onecard.switch import store
+from onecard.switch import snapshots, store
+from onecard.switch.loader import HOLDERS_FILE
 from onecard.switch.pg.connect import PgError
 from onecard.switch.pg.migrate import LOCK_KEY, migrate, require_current
-from onecard.switch.pg.schema import LEASE_TABLE, SCHEMA_VERSION, TABLES
+from onecard.switch.pg.schema import FILE_TABLES, LEASE_TABLE, SCHEMA_VERSION, TABLES
+from onecard.switch.security import sealed_files
 
 if TYPE_CHECKING:
     import psycopg
@@ -42,6 +46,19 @@ class ImportResult:
     journal_sha256: str = ""
     journal_end: int = 0                                      # next record number
     replaced: bool = False
+    checkpoint_upto: int = 0
+    # Sealed files copied, by table and name: their SHA-256 (equal both sides).
+    sealed: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class SealedFiles:
+    """The sealed files of a data set to import, read before its SQLite snapshot: a switch
+    running on it only writes a checkpoint whose records are already committed, so the
+    snapshot's journal reaches at least this checkpoint even if a newer one appears."""
+    upto: int
+    blobs: dict[tuple[str, str], bytes]         # (table, name): the file's bytes
+
 
 
 def journal_digest(rows: Iterable[tuple[int, int, int, bytes, int]]) -> tuple[str, int]:
@@ -77,12 +94,72 @@ def _source(data_dir: Path) -> sqlite3.Connection:
     return conn
 
 
+def read_sealed_files(data_dir: Path) -> SealedFiles:
+    """The newest checkpoint's arrays and the holders file, as their files hold them;
+    PgError in one line when there is no checkpoint or a file is not sealed yet."""
+    if not store.db_path(data_dir).exists():
+        raise PgError(f"{data_dir}: no data set ({store.DB_NAME} not found)")
+    found = snapshots.newest(data_dir)
+    if found is None:
+        raise PgError(f"{data_dir}: no checkpoint under {snapshots.snapshot_root(data_dir)} "
+                      "(the PostgreSQL store starts from one: run the switch on the data set "
+                      "once, or make it with onecard demo-data)")
+    upto, path, names = found
+    blobs: dict[tuple[str, str], bytes] = {}
+    for name in names:
+        file = path / f"{name}{snapshots.SEALED}"
+        if not file.exists():
+            raise PgError(f"{path}: array {name} is not sealed yet (start this build's "
+                          "switch on the data set once to seal it)")
+        blobs["checkpoints", name] = file.read_bytes()
+    holders = data_dir / HOLDERS_FILE
+    if holders.exists() and holders.stat().st_size:
+        if not sealed_files.is_sealed(holders):
+            raise PgError(f"{holders} is not sealed yet (start this build's switch on the "
+                          "data set once to seal it)")
+        blobs["files", HOLDERS_FILE] = holders.read_bytes()
+    return SealedFiles(upto, blobs)
+
+
+def _copy_sealed(pg: psycopg.Connection, files: SealedFiles, result: ImportResult) -> None:
+    for (table, name), blob in files.blobs.items():
+        if table == "checkpoints":
+            pg.execute("INSERT INTO checkpoints (upto, name, data) VALUES (%s, %s, %b)",
+                       (files.upto, name, blob))
+        else:
+            pg.execute("INSERT INTO files (name, data) VALUES (%s, %b)", (name, blob))
+        result.sealed[table, name] = hashlib.sha256(blob).hexdigest()
+    result.checkpoint_upto = files.upto
+
+
+def _verify_sealed(pg: psycopg.Connection, result: ImportResult) -> None:
+    """The sealed files' digests as the server computes them over what it holds."""
+    found = {("checkpoints", name): digest for name, digest in pg.execute(
+        "SELECT name, encode(sha256(data), 'hex') FROM checkpoints WHERE upto = %s",
+        (result.checkpoint_upto,))}
+    found |= {("files", name): digest for name, digest in pg.execute(
+        "SELECT name, encode(sha256(data), 'hex') FROM files")}
+    (others,) = pg.execute("SELECT count(*) FROM checkpoints WHERE upto != %s",
+                           (result.checkpoint_upto,)).fetchone()
+    if found != result.sealed or others:
+        differ = [f"{t}/{n}" for t, n in sorted(set(found) | set(result.sealed))
+                  if found.get((t, n)) != result.sealed.get((t, n))]
+        raise PgError(f"import check: the sealed files differ in PostgreSQL "
+                      f"({', '.join(differ) or f'{others} rows of other checkpoints'}); "
+                      "nothing committed")
+    if result.checkpoint_upto > result.journal_end:
+        raise PgError(f"import check: the checkpoint is at record {result.checkpoint_upto}, "
+                      f"past the journal's end {result.journal_end}; nothing committed")
+
+
 def _target_rows(pg: psycopg.Connection) -> dict[str, int]:
     """Rows in each table of the target (meta without its schema_version row)."""
     rows = {}
     for table in TABLES:
         (rows[table],) = pg.execute(f"SELECT count(*) FROM {table}").fetchone()
     rows["meta"] -= 1
+    for table in FILE_TABLES:
+        (rows[table],) = pg.execute(f"SELECT count(*) FROM {table}").fetchone()
     return rows
 
 
@@ -137,6 +214,7 @@ def _verify(src: sqlite3.Connection, pg: psycopg.Connection, result: ImportResul
         raise PgError(f"import check: the journal differs (PostgreSQL sha256 {target[:16]}… to "
                       f"record {end}, the data set's {result.journal_sha256[:16]}… to "
                       f"{result.journal_end}); nothing committed")
+    _verify_sealed(pg, result)
 
 
 def import_data_set(data_dir: str | Path, pg: psycopg.Connection, *, replace: bool = False,
@@ -145,6 +223,7 @@ def import_data_set(data_dir: str | Path, pg: psycopg.Connection, *, replace: bo
     rows and digest checked. A target that holds data is refused unless replace."""
     assert not pg.autocommit, "import: one transaction"
     migrate(pg)
+    files = read_sealed_files(Path(data_dir))
     src = _source(Path(data_dir))
     result = ImportResult(replaced=replace)
     try:
@@ -157,10 +236,11 @@ def import_data_set(data_dir: str | Path, pg: psycopg.Connection, *, replace: bo
                 raise PgError(f"the target already holds a data set ({listed} rows): "
                               "refusing to import over it without --replace")
             # The lease is not the data set's: its epoch only grows, whatever is imported.
-            assert LEASE_TABLE not in TABLES
-            pg.execute(f"TRUNCATE {', '.join(TABLES)}")
+            assert LEASE_TABLE not in TABLES + FILE_TABLES
+            pg.execute(f"TRUNCATE {', '.join(TABLES + FILE_TABLES)}")
             for table in TABLES:
                 result.rows[table] = _copy_table(src, pg, table, progress)
+            _copy_sealed(pg, files, result)
             _verify(src, pg, result)
     finally:
         src.close()

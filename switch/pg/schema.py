@@ -3,6 +3,8 @@ at rest) in PostgreSQL types, plus the fencing lease.
 
 Versions follow the SQLite store's: a PostgreSQL database at version 4 holds exactly what a
 SQLite data set at version 4 holds, so ``onecard db import`` needs no translation, only a copy.
+Two tables hold what the SQLite store keeps as files beside its database (``checkpoints``,
+``files``): a switch starting from PostgreSQL needs only its key-encryption key locally.
 Integers are ``bigint`` wherever SQLite's 64-bit INTEGER could hold more than 2^31 (record
 numbers, accounts, fen); blobs are ``bytea``; nothing is decrypted on the way.
 """
@@ -22,6 +24,11 @@ TABLES: Final = (
 # Not in the SQLite store: the fencing lease (later phases check and advance it in every
 # commit transaction). One row at most; its epoch only grows, so import never resets it.
 LEASE_TABLE: Final = "lease"
+# Not in the SQLite store's tables either, but the data set's all the same: what SQLite keeps
+# as files in data_dir (the checkpoints' sealed arrays, the sealed holders.bin), so that a
+# switch needs nothing but its key-encryption key to start from PostgreSQL. The importer fills
+# them from those files and checks them apart from TABLES.
+FILE_TABLES: Final = ("checkpoints", "files")
 
 BASE: Final = (
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -81,6 +88,14 @@ BASE: Final = (
     first_no bigint PRIMARY KEY CHECK (first_no >= 0), n int NOT NULL CHECK (n > 0),
     ts_us bigint NOT NULL, records bytea NOT NULL CHECK (octet_length(records) = 80 * n),
     format smallint NOT NULL)""",
+    # A row: one array of the checkpoint taken at journal record upto, its sealed bytes exactly
+    # as snapshots.write puts them in <name>.sealed (same label and associated data). All of a
+    # checkpoint's arrays are written in one transaction, so every upto here is complete.
+    """CREATE TABLE checkpoints (
+    upto bigint NOT NULL CHECK (upto >= 0), name text NOT NULL, data bytea NOT NULL,
+    PRIMARY KEY (upto, name))""",
+    # Sealed files of the data set by name (holders.bin), their bytes as the file holds them.
+    "CREATE TABLE files (name text PRIMARY KEY, data bytea NOT NULL)",
     "CREATE TABLE lease (epoch bigint NOT NULL CHECK (epoch >= 0), holder text NOT NULL, "
     "at timestamptz NOT NULL)",
     # At most one row: an index on a constant.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from onecard.switch.pg.migrate import schema_version
-from onecard.switch.pg.schema import TABLES
+from onecard.switch.pg.schema import FILE_TABLES, TABLES
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,7 +32,7 @@ def read_status(pg: psycopg.Connection) -> Status:
         status.schema_version = schema_version(pg)
         if status.schema_version is None:
             return status
-        for table in TABLES:
+        for table in TABLES + FILE_TABLES:
             (status.rows[table],) = pg.execute(f"SELECT count(*) FROM {table}").fetchone()
         row = pg.execute("SELECT first_no + n FROM journal ORDER BY first_no DESC LIMIT 1"
                          ).fetchone()

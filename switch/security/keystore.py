@@ -186,9 +186,11 @@ def init_data_set(conn: sqlite3.Connection, data_dir: str | Path,
     dek = os.urandom(KEY_BYTES)
     nonce = os.urandom(NONCE_BYTES)
     wrapped = nonce + AESGCM(kek).encrypt(nonce, dek, DEK_AAD)
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('dek_wrapped', ?)", (wrapped.hex(),))
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('kek_check', ?)", (_check_value(kek),))
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('kek_source', ?)", (where,))
+    # The upsert both stores accept (SQLite's INSERT OR REPLACE is its own).
+    for key, value in (("dek_wrapped", wrapped.hex()), ("kek_check", _check_value(kek)),
+                       ("kek_source", where)):
+        conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                     "value = excluded.value", (key, value))
     return DataKeys(dek)
 
 

@@ -6,6 +6,9 @@ data names the file's label (a checkpoint's ``upto`` and array name, or ``holder
 plaintext length and the chunk's position, so chunks cannot be reordered, dropped, truncated
 or moved to another checkpoint without failing to open. Chunking keeps each AEAD call's
 buffers a few MiB however big the array (100M cards: gigabytes).
+
+The PostgreSQL store keeps the same bytes in bytea columns: ``seal_bytes``/``open_sealed``
+(and ``seal_array``/``open_array``) are the file functions without the file.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +38,27 @@ def _aad(label: str, plain_bytes: int, index: int) -> bytes:
     return f"{label}|{plain_bytes}|{index}".encode()
 
 
-def write_sealed(path: Path, data, keys: DataKeys, label: str) -> None:
-    """Write ``data`` (bytes-like) sealed to ``path`` (0600), fsynced."""
+def _sealed_parts(data, keys: DataKeys, label: str) -> Iterator[bytes]:
+    """The header, then each chunk sealed: what a sealed file or blob holds, in order."""
     view = memoryview(data).cast("B")
     plain_bytes = len(view)
+    yield HEADER.pack(MAGIC, plain_bytes)
+    for index, start in enumerate(range(0, max(plain_bytes, 1), CHUNK_BYTES)):
+        chunk = view[start:start + CHUNK_BYTES]
+        yield keys.seal(bytes(chunk), _aad(label, plain_bytes, index))
+
+
+def seal_bytes(data, keys: DataKeys, label: str) -> bytes:
+    """``data`` (bytes-like) sealed, exactly as ``write_sealed`` would write it to a file
+    (the PostgreSQL store keeps such blobs in bytea columns)."""
+    return b"".join(_sealed_parts(data, keys, label))
+
+
+def write_sealed(path: Path, data, keys: DataKeys, label: str) -> None:
+    """Write ``data`` (bytes-like) sealed to ``path`` (0600), fsynced."""
     with modes.open_private(path, "wb") as f:
-        f.write(HEADER.pack(MAGIC, plain_bytes))
-        for index, start in enumerate(range(0, max(plain_bytes, 1), CHUNK_BYTES)):
-            chunk = view[start:start + CHUNK_BYTES]
-            f.write(keys.seal(bytes(chunk), _aad(label, plain_bytes, index)))
+        for part in _sealed_parts(data, keys, label):
+            f.write(part)
         f.flush()
         os.fsync(f.fileno())
 
@@ -50,10 +66,18 @@ def write_sealed(path: Path, data, keys: DataKeys, label: str) -> None:
 def read_sealed(path: Path, keys: DataKeys, label: str) -> bytearray:
     """The plaintext of a sealed file, in one writable buffer (decrypted in place: a restart
     of a 100M-card set reads gigabytes, so no chunk is copied more than it must be)."""
-    raw = memoryview(Path(path).read_bytes())
+    return open_sealed(Path(path).read_bytes(), keys, label, where=str(path))
+
+
+def open_sealed(raw, keys: DataKeys, label: str, *, where: str = "sealed data") -> bytearray:
+    """The plaintext of sealed bytes (a file's content or a bytea value); ``where`` names
+    them in the error."""
+    raw = memoryview(raw).cast("B")
+    if len(raw) < HEADER.size:
+        raise KekError(f"{where} is not sealed (too short)")
     magic, plain_bytes = HEADER.unpack_from(raw)
     if magic != MAGIC:
-        raise KekError(f"{path} is not a sealed file")
+        raise KekError(f"{where} is not sealed")
     out = bytearray(plain_bytes)
     view = memoryview(out)
     pos = HEADER.size
@@ -61,11 +85,11 @@ def read_sealed(path: Path, keys: DataKeys, label: str) -> bytearray:
         size = min(CHUNK_BYTES, plain_bytes - start)
         end = pos + NONCE_BYTES + size + TAG_BYTES
         if end > len(raw):
-            raise KekError(f"{path} is truncated")
+            raise KekError(f"{where} is truncated")
         keys.open_into(raw[pos:end], _aad(label, plain_bytes, index), view[start:start + size])
         pos = end
     if pos != len(raw):
-        raise KekError(f"{path} has trailing bytes")
+        raise KekError(f"{where} has trailing bytes")
     return out
 
 
@@ -93,3 +117,12 @@ def write_array(path: Path, arr: np.ndarray, keys: DataKeys, label: str) -> None
 
 def read_array(path: Path, keys: DataKeys, label: str) -> np.ndarray:
     return array_from(read_sealed(path, keys, label))
+
+
+def seal_array(arr: np.ndarray, keys: DataKeys, label: str) -> bytes:
+    """An array sealed, byte for byte what ``write_array`` writes to its file."""
+    return seal_bytes(array_bytes(arr), keys, label)
+
+
+def open_array(raw, keys: DataKeys, label: str, *, where: str = "sealed array") -> np.ndarray:
+    return array_from(open_sealed(raw, keys, label, where=where))

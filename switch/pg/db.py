@@ -1,0 +1,72 @@
+"""A PostgreSQL connection that answers like the stdlib ``sqlite3`` connection, so that one
+set of queries (the admin API, the catalogue, transit, the loader's reference tables, the
+keystore) serves both stores.
+
+Why by hand: those modules are written against ``sqlite3``'s small API (``execute`` with
+``?`` placeholders returning an iterable cursor, ``executemany``, explicit ``BEGIN`` /
+``COMMIT`` on an autocommit connection) and their SQL is plain enough to be valid in both
+dialects. A query builder or ORM would rewrite every caller for no gain, and keeping two
+copies of each query would let them drift. What this class translates is only the
+placeholder style and the one statement SQLite spells its own way (``BEGIN IMMEDIATE``);
+where the dialects differ in anything else the callers use the spelling both accept
+(``INSERT ... ON CONFLICT (...) DO ...``, ``CAST(... AS bigint)``) rather than being
+translated here.
+
+The connection is in autocommit, like ``store.connect``'s (``isolation_level=None``): a
+statement outside ``BEGIN``/``COMMIT`` commits by itself, and a caller's explicit transaction
+is passed through to the server as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import psycopg
+
+# SQLite's ways of starting a transaction; PostgreSQL takes row locks as it writes, so a plain
+# BEGIN serves for each (IMMEDIATE's early write lock only mattered to SQLite's one writer).
+_BEGIN: Final = re.compile(r"\s*BEGIN(\s+(DEFERRED|IMMEDIATE|EXCLUSIVE))?(\s+TRANSACTION)?\s*;?\s*",
+                           re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=512)
+def translate(sql: str) -> str:
+    """``sql`` with sqlite3's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled
+    first, so it stays a literal). The queries translated carry no ``?`` inside string
+    literals; one that did would need its text changed, not a smarter translation here."""
+    if _BEGIN.fullmatch(sql):
+        return "BEGIN"
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class Db:
+    """``execute``/``executemany``/``close`` of a ``sqlite3.Connection``, over psycopg 3."""
+
+    def __init__(self, pg: psycopg.Connection) -> None:
+        assert pg.autocommit, "Db: callers begin and commit explicitly, as on SQLite"
+        self.pg = pg            # the psycopg connection, for what only PostgreSQL does
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
+        """Run one statement; the cursor iterates its rows (tuples) and has fetchone,
+        fetchall and rowcount, as sqlite3's does."""
+        # Always a tuple, even empty: with None psycopg would not undo the doubled %.
+        return self.pg.execute(translate(sql), tuple(params))
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor:
+        cur = self.pg.cursor()
+        cur.executemany(translate(sql), [tuple(p) for p in seq])
+        return cur
+
+    def close(self) -> None:
+        self.pg.close()
+
+
+def open_db(dsn: str) -> Db:
+    """A Db on its own autocommit connection; PgError in one line if it cannot connect."""
+    from onecard.switch.pg.connect import connect
+
+    return Db(connect(dsn, autocommit=True))
