@@ -196,6 +196,7 @@ class Switch:
         under the lease this switch took over)."""
         st = config.store
         if st.backend == "postgresql":
+            from onecard.switch.pg import lease as pg_lease
             from onecard.switch.pg.committer import PgCommitter
 
             assert lease is not None, "the PostgreSQL store is written under a lease"
@@ -204,7 +205,8 @@ class Switch:
                                     commit_timeout_s=st.commit_timeout_s,
                                     failover_timeout_s=st.failover_timeout_s)
             return committer, Checkpointer(self.data_dir, None, st.snapshots_kept,
-                                           keys=loaded.keys, dsn=st.dsn)
+                                           keys=loaded.keys, dsn=st.dsn,
+                                           fence=pg_lease.fence(lease.epoch))
         committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
                                    loaded.next_record_no, synchronous=st.synchronous,
                                    full_retry_ms=st.full_retry_ms)

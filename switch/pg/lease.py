@@ -117,3 +117,17 @@ def take_over(dsn: str, *, require_sync: bool, holder: str | None = None) -> Lea
         raise PgError(f"PostgreSQL store: {one_line(exc)}") from exc
     finally:
         pg.close()
+
+
+def fence(epoch: int):
+    """A check for a transaction of this switch's other writes (checkpoints): PgError unless
+    the lease is still at ``epoch``; locked FOR SHARE like the journal's rows, so a takeover
+    waits for the transaction, and the transaction after a takeover fails."""
+
+    def check(pg: psycopg.Connection) -> None:
+        if pg.execute("SELECT 1 FROM lease WHERE epoch = %s FOR SHARE", (epoch,)
+                      ).fetchone() is None:
+            raise PgError(f"fenced: another switch took over the PostgreSQL store (lease "
+                          f"epoch no longer {epoch})")
+
+    return check
