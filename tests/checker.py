@@ -123,7 +123,7 @@ def opening_balances(sw, world, cards: list[str]) -> dict[str, int]:
         sock.close()
 
 
-def journal(data_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+def committed_journal(data_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     """The committed journal (records, their numbers) and terminal tids by index, from the
     store the data set's switch is configured with."""
     cfg = data_dir.parent / f"{data_dir.name}{STORE_FILE}"
@@ -154,7 +154,7 @@ def journal(data_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
 def check_exactly_once(sw, world, load: Load, opening: dict[str, int]) -> int:
     """Every approval once in the journal with its amount and RRN, balances exact to the fen,
     a retransmission answered as before without a second debit. The debits journaled."""
-    recs, nos, tids = journal(sw.data_dir)
+    recs, nos, tids = committed_journal(sw.data_dir)
     assert np.all(np.diff(nos) == 1), "gaps in the record numbers"
     debit = (recs["kind"] == KIND_PURCHASE) & (recs["rc"] == 0)
     debits, debit_nos = recs[debit], nos[debit]

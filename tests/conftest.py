@@ -221,12 +221,13 @@ def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
 
 
 # ---- the store behind a switch process: SQLite, or PostgreSQL -------------------------------
-# A module runs its switch tests on both stores with
-#   pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+# A switch test (its switch from switch_dir or running_switch) runs on both stores with
+#   @ON_BOTH_STORES
 # ("postgresql": the data set imported into a database of its own on one throwaway server
 # shared by the session, the switch configured with [store] backend = "postgresql").
 
 BACKENDS = ("sqlite", "postgresql")
+ON_BOTH_STORES = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 STORE_FILE = "-store.toml"            # beside the data directory: the test's [store] section
 
 

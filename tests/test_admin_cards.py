@@ -13,6 +13,7 @@ from onecard.protocols import native
 from onecard.switch.reference import PROGRAMMES
 
 from conftest import (
+    ON_BOTH_STORES,
     AdminClient,
     Supply,
     assert_problem,
@@ -466,6 +467,7 @@ def test_no_answer_carries_a_full_card_number_except_a_newly_issued_one(api, sup
 # ---- durability -------------------------------------------------------------------------------
 
 
+@ON_BOTH_STORES
 def test_changes_survive_kill9(switch_dir, demo_dir, terminals):
     supply = Supply(demo_dir, terminals)
     paid, lost, old, warm = (supply.card(31) for _ in range(4))

@@ -14,11 +14,11 @@ from onecard.core.journal import unpack
 from onecard.core.state import HOLDER_HMT, KIND_PURCHASE, KIND_VOID, TERM_POS
 from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal_codec import view
-from onecard.switch import store
 from onecard.switch.config import FxConfig
 from onecard.switch.demo import POLICY_INDEX
 
-from conftest import start_switch
+from checker import committed_journal
+from conftest import ON_BOTH_STORES, start_switch
 from termsim import IsoTerminal, socket_exchange
 
 DAY_US = 86_400 * 1_000_000
@@ -531,6 +531,7 @@ def test_hong_kong_macao_taiwan_residents_pay_like_locals(fx_world):
 # ---- over TCP, to a real switch process ------------------------------------------------------
 
 @pytest.mark.slow
+@ON_BOTH_STORES
 def test_hong_kong_pos_over_tcp(running_switch, world):
     """The switch as deployed (default configuration, real sockets, group commit): HKD
     converted at the configured rate, other provinces refused, the durable journal row
@@ -556,11 +557,7 @@ def test_hong_kong_pos_over_tcp(running_switch, world):
     assert (v["39"], v["6"], again["39"]) == ("00", "000000018300", "00")
     assert s["39"] == "00" and s["48"] == "000000027450" "000002" "000000018300" "000001" "1"
     assert int(b0["54"][8:]) - int(b2["54"][8:]) == 9_150
-    conn = store.connect(store.db_path(running_switch.data_dir), readonly=True)
-    try:
-        recs, numbers = store.journal_records(conn)
-    finally:
-        conn.close()
+    recs, numbers, _ = committed_journal(running_switch.data_dir)
     (i,) = np.flatnonzero(numbers == int(paid["37"]))            # the RRN names the record
     assert (recs["kind"][i], recs["seq"][i], recs["rc"][i]) == (KIND_PURCHASE, 100,
                                                                 CODE_INDEX["00"])
@@ -572,6 +569,7 @@ def test_hong_kong_pos_over_tcp(running_switch, world):
 
 
 @pytest.mark.slow
+@ON_BOTH_STORES
 def test_batch_and_void_survive_a_kill9_restart(switch_dir, world):
     """A terminal keeps working across a switch crash: the purchase made before it can be
     voided after it, its retry gets the original answer, and the batch settles balanced."""

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from onecard.core.state import TERM_BUS_READER, TERM_POS
 from onecard.protocols import native
 
-from conftest import start_switch
+from conftest import ON_BOTH_STORES, start_switch
 from termsim import IsoTerminal, NativeTerminal, iso_decode, socket_exchange
 
 pytestmark = pytest.mark.slow
@@ -52,6 +52,7 @@ def http_get(sw, path: str):
         return e.code, e.headers.get("Content-Type"), e.read().decode()
 
 
+@ON_BOTH_STORES
 def test_pipelined_replies_keep_request_order(running_switch, world):
     sock, t = iso_terminal(running_switch, world)
     cards = [world.card(nth=i)[0] for i in range(10)]
@@ -68,6 +69,7 @@ def test_pipelined_replies_keep_request_order(running_switch, world):
     sock.close()
 
 
+@ON_BOTH_STORES
 def test_malformed_frames_get_30_and_the_connection_carries_on(running_switch, world):
     sock, t = iso_terminal(running_switch, world)
     garbage = bytes(range(40))
@@ -107,6 +109,7 @@ def test_unframeable_stream_is_closed_and_others_carry_on(running_switch, world)
     sock.close()
 
 
+@ON_BOTH_STORES
 def test_many_connections(running_switch, world):
     async def one(i: int) -> str:
         reader, writer = await asyncio.open_connection("127.0.0.1", running_switch.iso)
@@ -126,6 +129,7 @@ def test_many_connections(running_switch, world):
     assert results == [f"00{i + 1:06d}" for i in range(300)]
 
 
+@ON_BOTH_STORES
 def test_native_over_tcp(running_switch, world):
     sock, exchange = socket_exchange("127.0.0.1", running_switch.native, 4)
     t = NativeTerminal(world.terminal(TERM_BUS_READER), exchange)
@@ -138,6 +142,7 @@ def test_native_over_tcp(running_switch, world):
     sock.close()
 
 
+@ON_BOTH_STORES
 def test_metrics_parse_and_hold_the_histograms(running_switch, world):
     sock, t = iso_terminal(running_switch, world)
     pan, _ = world.card()
@@ -175,6 +180,7 @@ def test_health_and_problem_documents(running_switch):
     assert json.loads(body)["status"] == 404
 
 
+@ON_BOTH_STORES
 def test_graceful_stop_checkpoints_and_restart_keeps_balances(switch_dir, world):
     from conftest import start_switch
 

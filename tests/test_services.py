@@ -32,9 +32,10 @@ from onecard.core.state import (
 from onecard.protocols import native
 from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal_codec import view
-from onecard.switch import store
 from onecard.switch.reference import GROUPS
 
+from checker import committed_journal
+from conftest import ON_BOTH_STORES
 from termsim import NativeTerminal, socket_exchange
 
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -551,6 +552,7 @@ def test_hmt_residents_are_served_like_locals_in_guangdong(world):
 
 
 @pytest.mark.slow
+@ON_BOTH_STORES
 def test_services_over_tcp_and_the_scope_in_the_committed_journal(running_switch, world):
     pan, idx = world.card(31)
     sock, exchange = socket_exchange("127.0.0.1", running_switch.native, 4)
@@ -570,11 +572,7 @@ def test_services_over_tcp_and_the_scope_in_the_committed_journal(running_switch
         assert sum(shares(paid)) == 20_000
     finally:
         sock.close()
-    conn = store.connect(store.db_path(running_switch.data_dir), readonly=True)
-    try:
-        recs, _ = store.journal_records(conn)
-    finally:
-        conn.close()
+    recs, _, _ = committed_journal(running_switch.data_dir)
     got = {(int(r["terminal"]), int(r["seq"])): int(r["scope"])
            for r in view(recs[recs["kind"] == KIND_VERIFY], "verify")}
     assert got == {(counter.info.idx, a.seq): SCOPE_DEFAULT, (hotel.info.idx, b.seq):

@@ -29,7 +29,7 @@ from onecard.core.state import (
 )
 from onecard.protocols import native
 
-from conftest import start_switch
+from conftest import ON_BOTH_STORES, start_switch
 from termsim import NativeTerminal, socket_exchange
 
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -528,6 +528,7 @@ def test_hmt_residents_ride_in_guangdong_exactly_like_locals(world):
 
 
 @pytest.mark.slow
+@ON_BOTH_STORES
 def test_offline_upload_and_deny_sync_over_tcp(running_switch, world):
     net = Network(world, "SHMETRO")
     pan, idx = world.card(31, min_balance=1, balance_fen=lambda b: b < net.max_fare(),
