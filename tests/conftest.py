@@ -298,11 +298,27 @@ def copy_demo(demo_dir: Path, tmp_path_factory, name: str = "data") -> Path:
     return path
 
 
+def pytest_generate_tests(metafunc) -> None:
+    # A module's shared switch (sw) runs on the stores its STORES names (default SQLite).
+    if "module_backend" in metafunc.fixturenames:
+        metafunc.parametrize("module_backend", getattr(metafunc.module, "STORES", ("sqlite",)),
+                             indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def sw(demo_dir, tmp_path_factory, request):
+def module_backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def sw(demo_dir, tmp_path_factory, request, module_backend):
     """A switch process shared by one module's tests, on that module's own copy of the demo
     data (tests sharing it take their terminals and cards from ``supply``)."""
-    s = start_switch(copy_demo(demo_dir, tmp_path_factory, request.module.__name__))
+    data_dir = copy_demo(demo_dir, tmp_path_factory, request.module.__name__)
+    if module_backend == "postgresql":
+        on_postgresql(data_dir, request.getfixturevalue("pg_server"),
+                      f"{request.module.__name__}_{module_backend}")
+    s = start_switch(data_dir)
     yield s
     s.stop()
 
@@ -432,7 +448,8 @@ def iso_balance(t: IsoTerminal, pan: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def supply(demo_dir, terminals) -> Supply:
+def supply(demo_dir, terminals, module_backend) -> Supply:
+    # One per store the module's switch runs on: each switch starts from the same data.
     return Supply(demo_dir, terminals)
 
 

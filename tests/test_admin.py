@@ -9,6 +9,7 @@ from onecard.switch.reference import CATALOGUE, DOMAINS
 
 from conftest import (
     ADMIN_WRITES,
+    BACKENDS,
     AdminClient,
     Supply,
     assert_problem,
@@ -18,6 +19,7 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.slow
+STORES = BACKENDS                 # the shared switch (sw) on SQLite, then on PostgreSQL
 
 FIN_PAY_SCOPE = "province,group,cross_border"
 

@@ -13,6 +13,7 @@ from onecard.protocols import native
 from onecard.switch.reference import PROGRAMMES
 
 from conftest import (
+    BACKENDS,
     ON_BOTH_STORES,
     AdminClient,
     Supply,
@@ -24,6 +25,7 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.slow
+STORES = BACKENDS                 # the shared switch (sw) on SQLite, then on PostgreSQL
 
 OTHER_PROVINCES = (11, 12, 13, 32, 33, 34, 44)
 
