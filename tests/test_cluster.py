@@ -346,6 +346,72 @@ def test_switch_under_load_survives_three_primary_kills_losing_nothing(cluster,
         sw.stop()
 
 
+PAUSE_PAST_FAILOVER_S = 5.0
+DEMOTION_WAIT_S = 90.0
+
+
+def node_groups(node: dict) -> list[int]:
+    """The process groups of a node: its Patroni's and its PostgreSQL's (a machine's)."""
+    patroni_pid = read_pid(Path(node["dir"]) / "patroni.pid")
+    postmaster_pid = read_pid(Path(node["data_dir"]) / "postmaster.pid")
+    assert patroni_pid and postmaster_pid
+    return [patroni_pid, os.getpgid(postmaster_pid)]
+
+
+def metric(sw, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sw.http}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_a_paused_primary_never_confirms_an_approval_after_the_failover(cluster,
+                                                                       store_on_cluster,
+                                                                       world):
+    directory, info, _ = cluster
+    start_dead_nodes(directory, info)
+    sw = start_switch(store_on_cluster)
+    try:
+        cards = [world.card(nth=i)[0] for i in range(24, 48)]
+        opening = opening_balances(sw, world, cards)
+        load = Load(sw, world, cards, reply_timeout_s=SWITCH_FAILOVER_WAIT_S, deadline_s=600)
+        try:
+            assert load.wait_for(APPROVALS_BETWEEN_KILLS, 120), "no load before the pause"
+            old = leader(info)
+            groups = node_groups(old)
+            for pgid in groups:                     # the whole machine stops, sockets open
+                os.killpg(pgid, signal.SIGSTOP)
+            paused_at = time.monotonic()
+            try:
+                deadline = paused_at + SWITCH_FAILOVER_WAIT_S
+                while (load.first_answer_sent_after(paused_at) is None
+                       and time.monotonic() < deadline):
+                    time.sleep(POLL_S)
+                answered = load.first_answer_sent_after(paused_at)
+                assert answered is not None, "no approval while the primary was paused"
+                time.sleep(PAUSE_PAST_FAILOVER_S)
+            finally:
+                for pgid in groups:
+                    os.killpg(pgid, signal.SIGCONT)
+            print(f"\npaused {old['name']}: first approval on the new primary after "
+                  f"{answered - paused_at:.1f} s")
+            approvals_at_resume = load.count()
+            deadline = time.monotonic() + DEMOTION_WAIT_S
+            while time.monotonic() < deadline and leader(info)["name"] == old["name"]:
+                time.sleep(POLL_S)
+            assert leader(info)["name"] != old["name"], "the old primary is leader again"
+            assert load.wait_for(approvals_at_resume + APPROVALS_BETWEEN_KILLS, 120)
+        finally:
+            load.finish()
+        assert metric(sw, "onecard_pg_commit_timeouts_total") >= 1   # cut, never guessed
+        check_exactly_once(sw, world, load, opening)
+        assert load.errors == 0
+    finally:
+        sw.stop()
+    start_dead_nodes(directory, info)
+
+
 def test_down_leaves_no_process_behind(cluster):
     directory, _, _ = cluster
     assert processes_under(directory), "the cluster should be running before down"

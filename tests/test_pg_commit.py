@@ -190,3 +190,25 @@ def test_a_store_without_a_synchronous_standby_is_refused_when_required(store):
 def test_an_unmigrated_store_is_refused_in_one_line(dsn):
     with pytest.raises(PgError, match="onecard db migrate"):
         pg_lease.take_over(dsn, require_sync=False)
+
+
+def test_the_admin_connection_reconnects_between_statements_after_a_loss(store):
+    from onecard.switch.pg.db import open_db
+
+    db = open_db(store)
+    assert db.execute("SELECT epoch FROM lease").fetchone() == (0,)
+    with psycopg.connect(store, autocommit=True) as other:      # as a failover would
+        other.execute("SELECT pg_terminate_backend(%s)", (db.pg.info.backend_pid,))
+    with pytest.raises(psycopg.OperationalError):
+        db.execute("SELECT 1")                                  # the one that meets it
+    assert db.execute("SELECT epoch FROM lease").fetchone() == (0,)
+    db.execute("BEGIN")
+    with psycopg.connect(store, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (db.pg.info.backend_pid,))
+    with pytest.raises(psycopg.OperationalError):
+        db.execute("UPDATE lease SET holder = 'x'")
+    with pytest.raises(psycopg.OperationalError):               # not inside the lost one
+        db.execute("UPDATE lease SET holder = 'y'")
+    db.execute("ROLLBACK")
+    assert db.execute("SELECT holder FROM lease").fetchone() == ("",)
+    db.close()

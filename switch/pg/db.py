@@ -46,18 +46,37 @@ def translate(sql: str) -> str:
 class Db:
     """``execute``/``executemany``/``close`` of a ``sqlite3.Connection``, over psycopg 3."""
 
-    def __init__(self, pg: psycopg.Connection) -> None:
+    def __init__(self, pg: psycopg.Connection, dsn: str | None = None) -> None:
         assert pg.autocommit, "Db: callers begin and commit explicitly, as on SQLite"
         self.pg = pg            # the psycopg connection, for what only PostgreSQL does
+        self._dsn = dsn         # given: reconnect after the connection was lost
+        self._in_transaction = False
+
+    def _live(self, sql: str) -> psycopg.Connection:
+        # A failover drops the connection: the statement that met it failed (its caller
+        # answered an error), the next one starting a transaction or standing alone goes to
+        # the new primary. One inside a transaction must not: what came before it is gone.
+        word = translate(sql).lstrip()[:8].upper()
+        if (self._dsn and (self.pg.closed or self.pg.broken)
+                and (not self._in_transaction or word.startswith(("BEGIN", "ROLLBACK")))):
+            from onecard.switch.pg.connect import connect
+
+            self.pg.close()
+            self.pg = connect(self._dsn, autocommit=True)
+        if word.startswith("BEGIN"):
+            self._in_transaction = True
+        elif word.startswith(("COMMIT", "ROLLBACK")):
+            self._in_transaction = False
+        return self.pg
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
         """Run one statement; the cursor iterates its rows (tuples) and has fetchone,
         fetchall and rowcount, as sqlite3's does."""
         # Always a tuple, even empty: with None psycopg would not undo the doubled %.
-        return self.pg.execute(translate(sql), tuple(params))
+        return self._live(sql).execute(translate(sql), tuple(params))
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor:
-        cur = self.pg.cursor()
+        cur = self._live(sql).cursor()
         cur.executemany(translate(sql), [tuple(p) for p in seq])
         return cur
 
@@ -69,4 +88,4 @@ def open_db(dsn: str) -> Db:
     """A Db on its own autocommit connection; PgError in one line if it cannot connect."""
     from onecard.switch.pg.connect import connect
 
-    return Db(connect(dsn, autocommit=True))
+    return Db(connect(dsn, autocommit=True), dsn)
