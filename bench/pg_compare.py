@@ -69,7 +69,8 @@ def _measure(name: str, data_dir: Path, work: Path, args: argparse.Namespace,
     _demo_data(data_dir, args.cards, progress)
     with open_store(name, data_dir, work, progress) as store:
         config = work / f"{name}.toml"
-        config.write_text(store.store_toml)
+        in_flight = f"commits_in_flight = {args.in_flight}\n" if name != "sqlite" else ""
+        config.write_text(store.store_toml + in_flight)
         progress("starting the switch")
         proc, ports = start_switch(data_dir, args.cards, 0, config=config)
         try:
@@ -180,6 +181,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--topologies", nargs="+", choices=TOPOLOGIES, default=list(TOPOLOGIES))
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--window", type=int, default=32)
+    p.add_argument("--in-flight", type=int, default=2, choices=range(1, 17), metavar="N",
+                   help="PostgreSQL: group commits in flight ([store] commits_in_flight)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if not 0 < args.duration <= DURATION_MAX_S:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Final
 
 from onecard.bench import pg_local
-from onecard.switch.config import StoreConfig
 
 TOPOLOGIES: Final = ("sqlite", "pg", "pg-sync", "patroni")
 DESCRIPTIONS: Final = {
@@ -51,12 +50,8 @@ def _toml_string(text: str) -> str:
 
 
 def _pg_store_toml(dsn: str, require_sync: bool) -> str:
-    lines = ["[store]", 'backend = "postgresql"', f"dsn = {_toml_string(dsn)}"]
-    # Only a build that knows the key gets it: the configuration refuses unknown keys, and
-    # the store's refusal to serve should be what a run on an older build reports.
-    if "require_sync_standby" in StoreConfig.__struct_fields__:
-        lines.append(f"require_sync_standby = {'true' if require_sync else 'false'}")
-    return "\n".join(lines) + "\n"
+    return (f'[store]\nbackend = "postgresql"\ndsn = {_toml_string(dsn)}\n'
+            f"require_sync_standby = {'true' if require_sync else 'false'}\n")
 
 
 def _onecard(*args: str, timeout_s: float) -> subprocess.CompletedProcess:
