@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,31 @@ def test_a_paused_switch_replaced_by_another_is_fenced(pg_server, demo_dir, worl
     finally:
         new.stop()
         late_sock.close()
+
+
+@pytest.mark.slow
+def test_the_server_restarting_under_load_loses_nothing(pg_server, demo_dir, world, tmp_path):
+    """Every commit in flight when PostgreSQL went down has an unknown outcome: resolved once
+    it is back (found, or written), never answered before."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(demo_dir, data_dir)
+    on_postgresql(data_dir, pg_server, "restarted")
+    sw = start_switch(data_dir)
+    try:
+        cards = [world.card(nth=i)[0] for i in range(16)]
+        opening = opening_balances(sw, world, cards)
+        load = Load(sw, world, cards, reply_timeout_s=60, deadline_s=120)
+        try:
+            assert load.wait_for(300, 30)
+            pg_server.halt()                          # immediate: the commits in flight die
+            down_at = time.monotonic()
+            time.sleep(2)
+            pg_server.launch()
+            assert load.wait_for(load.count() + 300, 60)
+            assert load.first_answer_sent_after(down_at) is not None
+        finally:
+            load.finish()
+        assert check_exactly_once(sw, world, load, opening) >= 600
+        assert load.errors == 0
+    finally:
+        sw.stop()
