@@ -170,13 +170,19 @@ def test_unreachable_dsn_and_wrong_password_are_one_line_and_exit_2(pg):
     assert "password authentication failed" in err
 
 
-def test_serve_with_the_postgresql_backend_says_it_serves_from_sqlite_only(pg, tmp_path):
+def test_serve_on_an_empty_postgresql_store_says_to_migrate_and_generates_nothing(dsn,
+                                                                                  tmp_path):
     config = tmp_path / "pg.toml"
-    config.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{pg.dsn}"\n')
-    err = one_line_exit_2(onecard("serve", "--data-dir", str(tmp_path / "none"),
+    config.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+                      "require_sync_standby = false\n")
+    err = one_line_exit_2(onecard("serve", "--data-dir", str(tmp_path / "local"),
                                   input_config=config))
-    assert "serves from SQLite only" in err and "onecard db" in err
-    assert not (tmp_path / "none").exists()              # nothing generated
+    assert "run onecard db migrate" in err
+    assert not (tmp_path / "local" / "onecard.db").exists()      # no demo data made
+    assert cli.main(["db", "migrate", "--dsn", dsn]) == 0
+    err = one_line_exit_2(onecard("serve", "--data-dir", str(tmp_path / "local"),
+                                  input_config=config))
+    assert "no data set in the PostgreSQL store" in err and "onecard db import" in err
     config.write_text('[store]\nbackend = "postgresql"\n')
     assert "needs dsn" in one_line_exit_2(onecard("serve", input_config=config))
 

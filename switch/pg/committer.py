@@ -52,14 +52,16 @@ WATCH_INTERVAL_S: Final = 0.1
 
 # l: the lease at our epoch, locked; ins: the row, unless that record number is taken;
 # then whether a row already there holds exactly these records (a retried commit).
+# (The records are one parameter, sent once, in binary.)
 COMMIT_SQL: Final = """
-WITH l AS (SELECT epoch FROM lease WHERE epoch = %(epoch)s FOR SHARE),
+WITH v AS (SELECT %(first_no)s::bigint AS first_no, %(n)s::int AS n, %(records)b::bytea AS recs),
+l AS (SELECT epoch FROM lease WHERE epoch = %(epoch)s FOR SHARE),
 ins AS (INSERT INTO journal (first_no, n, ts_us, records, format)
-        SELECT %(first_no)s, %(n)s, %(ts_us)s, %(records)b, %(format)s FROM l
+        SELECT v.first_no, v.n, %(ts_us)s, v.recs, %(format)s FROM v, l
         ON CONFLICT (first_no) DO NOTHING RETURNING first_no)
 SELECT (SELECT count(*) FROM l), (SELECT count(*) FROM ins),
-       (SELECT n = %(n)s AND records = %(records)b FROM journal
-        WHERE first_no = %(first_no)s)"""
+       (SELECT j.n = v.n AND j.records = v.recs FROM journal j, v
+        WHERE j.first_no = v.first_no)"""
 
 
 class CommitFailed(Exception):
