@@ -1,7 +1,9 @@
-"""A throwaway PostgreSQL server per test module and a fresh database per test (import the
-fixtures into a test module: ``from pg_fixtures import pg, dsn``)."""
+"""The PostgreSQL store's test fixtures: the session's throwaway server (conftest.pg_server)
+and a fresh database per test. A module imports them: ``from pg_fixtures import dsn, pg``."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -13,17 +15,16 @@ if pg_local.bin_dir() is None:
                 "installs Debian's postgresql)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def pg():
-    server = pg_local.start(durable=False)
-    yield server
-    server.stop()
+@pytest.fixture
+def pg(pg_server) -> pg_local.LocalServer:
+    return pg_server
 
 
 @pytest.fixture
 def dsn(pg, request) -> str:
     """A fresh database of its own for each test."""
-    name = request.node.name.lower()[:40].replace("[", "_").replace("]", "")
+    name = re.sub(r"[^a-z0-9_]", "_", f"{request.module.__name__}_{request.node.name}".lower())
+    name = name[:63]
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')

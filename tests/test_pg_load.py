@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from onecard.bench import pg_local
 from onecard.switch import backend, catalogue, cli, loader, snapshots
 from onecard.switch.admin import disbursements
 from onecard.switch.config import Config, StoreConfig
@@ -26,30 +25,9 @@ from onecard.switch.pg.importer import import_data_set
 from onecard.switch.pg.journal import JournalGap, journal_end, journal_rows
 
 from conftest import AdminClient, Supply, iso_session, start_switch
-
-psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL store's tests need psycopg 3")
-if pg_local.bin_dir() is None:
-    pytest.skip("no PostgreSQL server installed (/usr/lib/postgresql/*/bin/initdb; .ci/run "
-                "installs Debian's postgresql)", allow_module_level=True)
+from pg_fixtures import dsn, pg, psycopg  # noqa: F401  (fixtures)
 
 COMPARED = ("cards", "accounts", "terminals", "regions")
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = pg_local.start(durable=False)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def dsn(pg, request) -> str:
-    """A fresh database of its own for each test."""
-    name = "load_" + request.node.name.lower()[:34].replace("[", "_").replace("]", "")
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return pg.dsn_for(name)
 
 
 @pytest.fixture(scope="module")

@@ -17,28 +17,7 @@ from onecard.switch.pg.importer import journal_digest
 from onecard.switch.pg.schema import SCHEMA_VERSION, TABLES
 
 from conftest import Supply, iso_session, start_switch
-
-psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL store's tests need psycopg 3")
-if pg_local.bin_dir() is None:
-    pytest.skip("no PostgreSQL server installed (/usr/lib/postgresql/*/bin/initdb; .ci/run "
-                "installs Debian's postgresql)", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = pg_local.start(durable=False)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def dsn(pg, request) -> str:
-    """A fresh database of its own for each test."""
-    name = request.node.name.lower()[:40].replace("[", "_").replace("]", "")
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return pg.dsn_for(name)
+from pg_fixtures import dsn, pg, psycopg  # noqa: F401  (fixtures)
 
 
 def onecard(*args: str, input_config: Path | None = None) -> subprocess.CompletedProcess:
