@@ -24,6 +24,7 @@ from termsim import iso_decode
 from test_server import iso_terminal, read_frames
 
 WINDOW = 4
+DUPLICATE_WINDOW = 64             # the ring's requests per terminal ([core] ring_size)
 MAX_ROUNDS = 20_000               # per terminal: every load loop is bounded
 
 
@@ -37,6 +38,7 @@ class Approval:
     raw: bytes                    # the request as sent, for a retransmission
     sent_at: float                # monotonic
     answered_at: float
+    request_no: int               # how many requests its terminal had sent before it
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Load:
     reply_timeout_s: float = 10.0
     deadline_s: float = 300.0
     approved: list[Approval] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=dict)      # tid: requests sent
     declined: int = 0
     errors: int = 0
 
@@ -79,11 +82,14 @@ class Load:
                 for (pan, amount, raw), frame in zip(sent, frames, strict=True):
                     reply = iso_decode(frame)
                     with self.lock:
+                        request_no = self.requests.get(t.info.tid, 0)
+                        self.requests[t.info.tid] = request_no + 1
                         if reply["39"] != "00":
                             self.declined += 1
                             continue
                         self.approved.append(Approval(t.info.tid, int(reply["11"]), pan, amount,
-                                                      reply["37"], raw, sent_at, now))
+                                                      reply["37"], raw, sent_at, now,
+                                                      request_no))
         except OSError:
             with self.lock:
                 self.errors += 1                      # the switch went away under us
@@ -173,10 +179,13 @@ def check_exactly_once(sw, world, load: Load, opening: dict[str, int]) -> int:
         for pan, fen in opening.items():
             assert balance(probe, pan) == fen - by_card.get(pan, 0), pan
         assert sum(a.amount_fen for a in load.approved) <= sum(by_card.values())
-        # The newest approval: still in its terminal's duplicate window (the ring keeps a
-        # terminal's last 64 requests; after a long run with drained cards, the highest STAN
-        # approved may be hundreds of declines ago, a new request by then).
-        last = max(load.approved, key=lambda a: a.answered_at)
+        # An approval still in its terminal's duplicate window: the ring keeps a terminal's
+        # last 64 requests, and after a long run with drained cards an approval may be
+        # hundreds of declines ago (a new request by then).
+        recent = [a for a in load.approved
+                  if load.requests[a.tid] - a.request_no <= DUPLICATE_WINDOW - WINDOW]
+        assert recent, "no approval within a terminal's last requests (cards drained?)"
+        last = max(recent, key=lambda a: a.answered_at)
         before = balance(probe, last.pan)
         with socket.create_connection(("127.0.0.1", sw.iso), timeout=10) as s:
             s.sendall(last.raw)

@@ -311,7 +311,7 @@ def test_switch_under_load_survives_three_primary_kills_losing_nothing(cluster,
     directory, info, _ = cluster
     sw = start_switch(store_on_cluster)
     try:
-        cards = [world.card(nth=i)[0] for i in range(24)]
+        cards = [world.card(nth=i)[0] for i in range(80)]
         opening = opening_balances(sw, world, cards)
         load = Load(sw, world, cards, reply_timeout_s=SWITCH_FAILOVER_WAIT_S, deadline_s=900)
         failover_s = []
@@ -373,7 +373,7 @@ def test_a_paused_primary_never_confirms_an_approval_after_the_failover(cluster,
     start_dead_nodes(directory, info)
     sw = start_switch(store_on_cluster)
     try:
-        cards = [world.card(nth=i)[0] for i in range(24, 48)]
+        cards = [world.card(nth=i)[0] for i in range(80, 158)]
         opening = opening_balances(sw, world, cards)
         load = Load(sw, world, cards, reply_timeout_s=SWITCH_FAILOVER_WAIT_S, deadline_s=600)
         try:
