@@ -270,9 +270,16 @@ REJOIN_TIMEOUT_S = 180.0
 
 
 def leader(info: dict) -> dict:
+    """The node taking writes now: where the multi-host DSN lands (what the switch uses;
+    a node's REST view of the cluster can lag a restart)."""
+    with psycopg.connect(info["dsn"], autocommit=True) as conn:
+        port = conn.info.port
+    return next(n for n in info["nodes"] if n["pg_port"] == port)
+
+
+def rest_leader(info: dict) -> str | None:
     roles = {name: m["role"] for name, m in members(info).items()}
-    name = next(n for n, role in roles.items() if role == "leader")
-    return next(n for n in info["nodes"] if n["name"] == name)
+    return next((n for n, role in roles.items() if role == "leader"), None)
 
 
 def start_dead_nodes(directory: Path, info: dict) -> None:
@@ -350,12 +357,26 @@ PAUSE_PAST_FAILOVER_S = 5.0
 DEMOTION_WAIT_S = 90.0
 
 
-def node_groups(node: dict) -> list[int]:
-    """The process groups of a node: its Patroni's and its PostgreSQL's (a machine's)."""
-    patroni_pid = read_pid(Path(node["dir"]) / "patroni.pid")
-    postmaster_pid = read_pid(Path(node["data_dir"]) / "postmaster.pid")
-    assert patroni_pid and postmaster_pid
-    return [patroni_pid, os.getpgid(postmaster_pid)]
+def signal_machine(node: dict, sig: int) -> None:
+    """Signal every process of a node, as if its machine stopped or went on: Patroni's group,
+    the postmaster and each of its children (PostgreSQL's backends, WAL senders and
+    background processes each call setsid(): signalling the postmaster's group misses them,
+    and a WAL sender left running would go on acknowledging for a 'paused' primary)."""
+    os.killpg(read_pid(Path(node["dir"]) / "patroni.pid"), sig)
+    postmaster = read_pid(Path(node["data_dir"]) / "postmaster.pid")
+    assert postmaster
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == postmaster:
+                    children.append(int(entry.name))
+    assert children, "a running PostgreSQL has child processes"
+    for pid in (postmaster, *children):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def metric(sw, name: str) -> float:
@@ -379,9 +400,7 @@ def test_a_paused_primary_never_confirms_an_approval_after_the_failover(cluster,
         try:
             assert load.wait_for(APPROVALS_BETWEEN_KILLS, 120), "no load before the pause"
             old = leader(info)
-            groups = node_groups(old)
-            for pgid in groups:                     # the whole machine stops, sockets open
-                os.killpg(pgid, signal.SIGSTOP)
+            signal_machine(old, signal.SIGSTOP)     # the whole machine stops, sockets open
             paused_at = time.monotonic()
             try:
                 deadline = paused_at + SWITCH_FAILOVER_WAIT_S
@@ -392,15 +411,22 @@ def test_a_paused_primary_never_confirms_an_approval_after_the_failover(cluster,
                 assert answered is not None, "no approval while the primary was paused"
                 time.sleep(PAUSE_PAST_FAILOVER_S)
             finally:
-                for pgid in groups:
-                    os.killpg(pgid, signal.SIGCONT)
+                signal_machine(old, signal.SIGCONT)
             print(f"\npaused {old['name']}: first approval on the new primary after "
                   f"{answered - paused_at:.1f} s")
             approvals_at_resume = load.count()
             deadline = time.monotonic() + DEMOTION_WAIT_S
-            while time.monotonic() < deadline and leader(info)["name"] == old["name"]:
+            # Patroni demotes the old primary once it runs again (until then it takes
+            # sessions as read-write, but no commit: its standbys follow the new leader).
+            def rejoined() -> bool:       # (its key expired while paused: back once running)
+                view = members(info).get(old["name"], {})
+                return view.get("role") != "leader" and view.get("state") == "streaming"
+
+            while time.monotonic() < deadline and (
+                    rest_leader(info) in (None, old["name"]) or not rejoined()):
                 time.sleep(POLL_S)
-            assert leader(info)["name"] != old["name"], "the old primary is leader again"
+            assert rest_leader(info) not in (None, old["name"]), "the old primary leads again"
+            assert rejoined(), "the old primary did not rejoin as a standby"
             assert load.wait_for(approvals_at_resume + APPROVALS_BETWEEN_KILLS, 120)
         finally:
             load.finish()
