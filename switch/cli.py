@@ -116,13 +116,24 @@ def _recover(config: Config, data_dir: Path):
                "map_entries_max": config.core.map_entries_max, "kek_file": kek_file}
     if config.store.backend == "postgresql":
         from onecard.switch.pg import lease as pg_lease
+        from onecard.switch.pg.journal import JournalGap
 
+        # Loaded first, read-only: a start that fails (a wrong key, a damaged checkpoint)
+        # must not take the lease and so fence a switch that is serving.
+        try:
+            loaded = loader.load(data_dir, dsn=config.store.dsn, **options)
+        except JournalGap:
+            loaded = None              # rows past a gap: the takeover deletes them first
         lease = pg_lease.take_over(config.store.dsn,
                                    require_sync=config.store.require_sync_standby)
         if lease.dropped_rows:
             print(f"onecard: {lease.dropped_rows} journal rows past a commit that never "
                   "completed deleted (never answered)")
-        return loader.load(data_dir, dsn=config.store.dsn, **options), lease
+        if loaded is None or loaded.next_record_no != lease.journal_end:
+            # The previous holder committed after our snapshot: read it again, under the
+            # lease now (nothing else commits).
+            loaded = loader.load(data_dir, dsn=config.store.dsn, **options)
+        return loaded, lease
     if not store.db_path(data_dir).exists():
         demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
                       ring_size=config.core.ring_size, kek_file=kek_file)

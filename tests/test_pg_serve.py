@@ -23,13 +23,15 @@ from test_server import iso_terminal, read_frames
 FENCE_WAIT_S = 60
 
 
-def serve_once(data_dir: Path, store: str) -> subprocess.CompletedProcess:
+def serve_once(data_dir: Path, store: str, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
     cfg = data_dir.parent / "serve.toml"
     cfg.write_text(f"[store]\nbackend = \"postgresql\"\n{store}\n")
     return subprocess.run([sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir",
                            str(data_dir), "--config", str(cfg), "--iso8583-port", "0",
                            "--native-port", "0", "--http-port", "0"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize(("store", "expected"), [
@@ -116,3 +118,23 @@ def test_the_server_restarting_under_load_loses_nothing(pg_server, demo_dir, wor
         assert load.errors == 0
     finally:
         sw.stop()
+
+
+def test_a_switch_that_fails_to_start_does_not_fence_the_one_serving(pg_server, demo_dir,
+                                                                    world, tmp_path):
+    first = tmp_path / "a" / "data"
+    shutil.copytree(demo_dir, first)
+    dsn = on_postgresql(first, pg_server, "not_fenced")
+    serving = start_switch(first)
+    try:
+        sock, t = iso_terminal(serving, world, 31, 1)
+        second = tmp_path / "b" / "data"
+        second.mkdir(parents=True)
+        out = serve_once(second, f'dsn = "{dsn}"\nrequire_sync_standby = false',
+                         env={"ONECARD_KEK": "77" * 32})           # the wrong key
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        (paid,) = t.send(t.purchase(world.card()[0], 100))
+        assert paid["39"] == "00"                     # still the lease holder
+        sock.close()
+    finally:
+        serving.stop()
