@@ -21,14 +21,16 @@ def is_postgresql(config: Config) -> bool:
     return config.store.backend == "postgresql"
 
 
-def open_db(config: Config, *, synchronous: str | None = None) -> sqlite3.Connection | Db:
+def open_db(config: Config, *, synchronous: str | None = None,
+            fence_epoch: int | None = None) -> sqlite3.Connection | Db:
     """A read-write, autocommit connection to the configured store (callers begin and commit
     explicitly). ``synchronous`` overrides ``[store] synchronous`` for SQLite; PostgreSQL's
-    durability is the server's (synchronous_commit)."""
+    durability is the server's (synchronous_commit), and its writes are fenced at the
+    switch's lease epoch when ``fence_epoch`` is given."""
     if is_postgresql(config):
         from onecard.switch.pg.db import open_db as open_pg
 
-        return open_pg(config.store.dsn)
+        return open_pg(config.store.dsn, fence_epoch)
     return store.connect(store.db_path(config.data_dir),
                          synchronous=synchronous or config.store.synchronous)
 

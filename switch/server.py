@@ -158,6 +158,8 @@ class Switch:
         self.data_dir = Path(config.data_dir)
         self.state = loaded.state
         self.loaded = loaded
+        # PostgreSQL: the lease epoch this switch writes under (None on SQLite).
+        self.lease_epoch = lease.epoch if lease is not None else None
         self.keys = loaded.keys               # seals card rows and checkpoints written later
         self.engine = Engine(loaded.state, next_record_no=loaded.next_record_no,
                              daily_limit_fen=config.limits.daily_limit_fen,

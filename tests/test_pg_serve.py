@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from onecard.switch.pg.lease import take_over
+
 from checker import Load, check_exactly_once, opening_balances
-from conftest import STORE_FILE, on_postgresql, start_switch
+from conftest import STORE_FILE, AdminClient, assert_problem, on_postgresql, start_switch
+from pg_fixtures import psycopg
 from termsim import iso_decode
 from test_server import iso_terminal, read_frames
 
@@ -138,3 +141,31 @@ def test_a_switch_that_fails_to_start_does_not_fence_the_one_serving(pg_server, 
         sock.close()
     finally:
         serving.stop()
+
+
+def test_admin_writes_of_a_switch_taken_over_are_refused_503(pg_server, demo_dir, world,
+                                                              tmp_path):
+    """Reference rows (filings, banks, the admin log) are fenced by the lease like the
+    journal: the switch taken over changes nothing, and says so with a problem document."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(demo_dir, data_dir)
+    dsn = on_postgresql(data_dir, pg_server, "admin_fenced")
+    sw = start_switch(data_dir)
+    try:
+        api = AdminClient(sw)
+        pan = world.card(31)[0]
+        assert api.post("/admin/filings", {"card": pan, "province": 32}).status == 201
+        with psycopg.connect(dsn) as conn:
+            before = conn.execute("SELECT count(*) FROM filings").fetchone()
+            logged = conn.execute("SELECT count(*) FROM admin_log").fetchone()
+        take_over(dsn, require_sync=False, holder="another switch")
+        refused = api.post("/admin/filings", {"card": world.card(31, nth=1)[0],
+                                              "province": 32})
+        problem = assert_problem(refused, 503)
+        assert "fenced" in problem["detail"]
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM filings").fetchone() == before
+            assert conn.execute("SELECT count(*) FROM admin_log").fetchone() == logged
+        assert api.get("/admin/audit").status == 200           # reads still answer
+    finally:
+        sw.stop()

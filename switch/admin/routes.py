@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -33,10 +34,15 @@ from onecard.switch.admin.guard import FailureLimiter
 from onecard.switch.admin.operators import Operator, Operators
 from onecard.switch.admin.schema import Body, BodyError
 from onecard.switch.demo import luhn_digit
+from onecard.switch.pg.connect import PgError, driver_errors, one_line
 from onecard.switch.security import encrypt_store
 from onecard.switch.server import Switch
 
+log = logging.getLogger("onecard.admin")
 PROBLEM = "application/problem+json"
+# What the store raises when it cannot take a request now (PostgreSQL failing over, or this
+# switch fenced by another): answered 503, never as the server's own error.
+STORE_ERRORS = (PgError, *driver_errors())
 PUBLISHED_CACHE_ENTRIES = 1024          # distinct filter combinations kept
 # Bodies larger than this are decoded in a worker thread (a disbursement batch item by item):
 # the loop keeps serving terminals between the GIL's switch intervals (100,000 items: ~6 MB).
@@ -68,7 +74,7 @@ class AdminApi:
     def __init__(self, switch: Switch, operators: Operators) -> None:
         self.switch = switch
         self.ops = operators
-        self.db = backend.open_db(switch.config)
+        self.db = backend.open_db(switch.config, fence_epoch=switch.lease_epoch)
         # One disbursement batch at a time: between reading what was paid and recording the
         # new credits the handler waits for durability, and a second identical batch read in
         # that gap would pay again.
@@ -94,6 +100,14 @@ class AdminApi:
                 return await handler(request, op)
             except Problem as p:
                 return problem_response(p.status, p.title, p.detail, **p.headers)
+            except STORE_ERRORS as exc:
+                # The PostgreSQL store failing over, or this switch fenced: nothing was
+                # changed by this request; a retry reaches the (new) primary.
+                log.warning("admin %s %s: store unavailable: %s", request.method,
+                            request.path, one_line(exc))
+                return problem_response(503, "Service Unavailable", "the store is "
+                                        f"unavailable: {one_line(exc)}; retry",
+                                        **{"Retry-After": "5"})
         return run
 
     def operator(self, request: web.Request, role: str) -> Operator:
@@ -464,7 +478,7 @@ class AdminApi:
 
 def sync(switch: Switch) -> int:
     """At start: report rows for journaled disbursement credits that lack them."""
-    conn = backend.open_db(switch.config, synchronous="FULL")
+    conn = backend.open_db(switch.config, synchronous="FULL", fence_epoch=switch.lease_epoch)
     try:
         return disbursements.sync_from_journal(conn, switch.keys, switch.state.cards["pan"])
     finally:

@@ -46,11 +46,16 @@ def translate(sql: str) -> str:
 class Db:
     """``execute``/``executemany``/``close`` of a ``sqlite3.Connection``, over psycopg 3."""
 
-    def __init__(self, pg: psycopg.Connection, dsn: str | None = None) -> None:
+    def __init__(self, pg: psycopg.Connection, dsn: str | None = None,
+                 fence_epoch: int | None = None) -> None:
         assert pg.autocommit, "Db: callers begin and commit explicitly, as on SQLite"
         self.pg = pg            # the psycopg connection, for what only PostgreSQL does
         self._dsn = dsn         # given: reconnect after the connection was lost
         self._in_transaction = False
+        # Given: every write (a transaction, or a lone INSERT/UPDATE/DELETE) first locks the
+        # lease at this epoch, as the journal's commits do (pg/lease.py), so a switch that
+        # was taken over writes no reference row either.
+        self._fence_epoch = fence_epoch
 
     def _live(self, sql: str) -> psycopg.Connection:
         # A failover drops the connection: the statement that met it failed (its caller
@@ -72,8 +77,31 @@ class Db:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
         """Run one statement; the cursor iterates its rows (tuples) and has fetchone,
         fetchall and rowcount, as sqlite3's does."""
-        # Always a tuple, even empty: with None psycopg would not undo the doubled %.
-        return self._live(sql).execute(translate(sql), tuple(params))
+        was_in_transaction = self._in_transaction
+        pg = self._live(sql)
+        word = translate(sql).lstrip()[:6].upper()
+        if self._fence_epoch is None or not (word == "BEGIN" or (
+                not was_in_transaction and word in ("INSERT", "UPDATE", "DELETE"))):
+            # Always a tuple, even empty: with None psycopg would not undo the doubled %.
+            return pg.execute(translate(sql), tuple(params))
+        if word == "BEGIN":
+            cur = pg.execute("BEGIN")
+            self._fence(pg)
+            return cur
+        with pg.transaction():
+            self._fence(pg)
+            return pg.execute(translate(sql), tuple(params))
+
+    def _fence(self, pg: psycopg.Connection) -> None:
+        from onecard.switch.pg.lease import fence
+
+        try:
+            fence(self._fence_epoch)(pg)
+        except Exception:
+            if self._in_transaction:          # the caller's BEGIN: undo it, it raised
+                pg.execute("ROLLBACK")
+                self._in_transaction = False
+            raise
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor:
         cur = self._live(sql).cursor()
@@ -84,8 +112,9 @@ class Db:
         self.pg.close()
 
 
-def open_db(dsn: str) -> Db:
-    """A Db on its own autocommit connection; PgError in one line if it cannot connect."""
+def open_db(dsn: str, fence_epoch: int | None = None) -> Db:
+    """A Db on its own autocommit connection (its writes fenced at fence_epoch, if given);
+    PgError in one line if it cannot connect."""
     from onecard.switch.pg.connect import connect
 
-    return Db(connect(dsn, autocommit=True), dsn)
+    return Db(connect(dsn, autocommit=True), dsn, fence_epoch)
