@@ -212,3 +212,20 @@ def test_the_admin_connection_reconnects_between_statements_after_a_loss(store):
     db.execute("ROLLBACK")
     assert db.execute("SELECT holder FROM lease").fetchone() == ("",)
     db.close()
+
+
+def test_a_fenced_adapter_writes_nothing_and_still_reads(store):
+    from onecard.switch.pg.db import open_db
+
+    lease = pg_lease.take_over(store, require_sync=False)
+    stale = open_db(store, fence_epoch=lease.epoch)
+    assert stale.execute("INSERT INTO meta VALUES ('a', '1')").rowcount == 1   # still ours
+    pg_lease.take_over(store, require_sync=False, holder="another switch")
+    for write in (lambda: stale.execute("INSERT INTO meta VALUES ('b', '2')"),
+                  lambda: stale.executemany("INSERT INTO meta VALUES (?, ?)", [("c", "3")]),
+                  lambda: stale.execute("BEGIN")):
+        with pytest.raises(PgError, match="fenced"):
+            write()
+    assert stale.execute("SELECT key FROM meta WHERE key IN ('a', 'b', 'c')").fetchall() == \
+        [("a",)]
+    stale.close()

@@ -104,8 +104,15 @@ class Db:
             raise
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor:
-        cur = self._live(sql).cursor()
-        cur.executemany(translate(sql), [tuple(p) for p in seq])
+        fenced = self._fence_epoch is not None and not self._in_transaction
+        pg = self._live(sql)
+        cur = pg.cursor()
+        if not fenced:
+            cur.executemany(translate(sql), [tuple(p) for p in seq])
+            return cur
+        with pg.transaction():
+            self._fence(pg)
+            cur.executemany(translate(sql), [tuple(p) for p in seq])
         return cur
 
     def close(self) -> None:
