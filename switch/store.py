@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -223,8 +223,15 @@ def journal_rows(conn: sqlite3.Connection, since_no: int = 0) -> Iterator[tuple[
 def journal_records(conn: sqlite3.Connection,
                     since_no: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """All records numbered since_no or later, and their numbers."""
+    return records_of(journal_rows(conn, since_no), since_no)
+
+
+def records_of(rows: Iterable[tuple[int, bytes]],
+               since_no: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The records of journal rows (either store's ``journal_rows``) numbered since_no or
+    later, and their numbers."""
     parts, numbers = [], []
-    for first_no, blob in journal_rows(conn, since_no):
+    for first_no, blob in rows:
         recs = np.frombuffer(blob, dtype=RECORD_DTYPE)
         nos = np.arange(first_no, first_no + len(recs), dtype=np.int64)
         keep = nos >= since_no

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from onecard.core.state import KIND_PURCHASE
-from onecard.protocols.journal_codec import RECORD_DTYPE, upgrade
 from onecard.switch import store
+from onecard.switch.pg import journal as pg_journal
 
 from conftest import STORE_FILE
 from termsim import iso_decode
@@ -150,15 +150,9 @@ def committed_journal(data_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[int,
 
     dsn = tomllib.loads(cfg.read_text())["store"]["dsn"]
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT first_no, records, format FROM journal ORDER BY first_no"
-                            ).fetchall()
+        recs, nos = store.records_of(pg_journal.journal_rows(conn))
         tids = dict(conn.execute("SELECT idx, tid FROM terminals").fetchall())
-    parts = [np.frombuffer(upgrade(bytes(r), f), dtype=RECORD_DTYPE) for _, r, f in rows]
-    nos = [np.arange(first, first + len(p), dtype=np.int64)
-           for (first, _, _), p in zip(rows, parts, strict=True)]
-    if not parts:
-        return np.zeros(0, dtype=RECORD_DTYPE), np.zeros(0, dtype=np.int64), tids
-    return np.concatenate(parts), np.concatenate(nos), tids
+    return recs, nos, tids
 
 
 def check_exactly_once(sw, world, load: Load, opening: dict[str, int]) -> int:

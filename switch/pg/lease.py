@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
+from onecard.switch.pg.journal import journal_end
 from onecard.switch.pg.migrate import require_current
 
 if TYPE_CHECKING:
@@ -110,9 +111,8 @@ def take_over(dsn: str, *, require_sync: bool, holder: str | None = None) -> Lea
                 log.warning("journal rows past record %d deleted (%d rows): committed by the "
                             "previous switch after one that never committed, never answered",
                             gap, dropped)
-            end = pg.execute("SELECT first_no + n FROM journal ORDER BY first_no DESC LIMIT 1"
-                             ).fetchone()
-        return Lease(int(epoch), holder, int(end[0]) if end else 0, dropped, row[0])
+            end = journal_end(pg)
+        return Lease(int(epoch), holder, end, dropped, row[0])
     except driver_errors() as exc:
         raise PgError(f"PostgreSQL store: {one_line(exc)}") from exc
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from onecard.switch.pg.journal import journal_end
 from onecard.switch.pg.migrate import schema_version
 from onecard.switch.pg.schema import FILE_TABLES, TABLES
 
@@ -34,9 +35,7 @@ def read_status(pg: psycopg.Connection) -> Status:
             return status
         for table in TABLES + FILE_TABLES:
             (status.rows[table],) = pg.execute(f"SELECT count(*) FROM {table}").fetchone()
-        row = pg.execute("SELECT first_no + n FROM journal ORDER BY first_no DESC LIMIT 1"
-                         ).fetchone()
-        status.journal_end = int(row[0]) if row else 0
+        status.journal_end = journal_end(pg)
         row = pg.execute("SELECT epoch FROM lease").fetchone()
         status.lease_epoch = int(row[0]) if row else None
         status.encrypted = pg.execute("SELECT 1 FROM meta WHERE key = 'dek_wrapped'"
