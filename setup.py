@@ -58,6 +58,7 @@ MODULES = {
     "transit": [],
     "services": [],
     "decide": [],
+    "forward": [],
     "operations": [],
     "iso_path": [],
     "native_msg": [],

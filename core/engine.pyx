@@ -12,6 +12,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport Authoriser
 from onecard.core.codes cimport RC_96
+from onecard.core.forward cimport Router
 from onecard.core.iso_path cimport IsoPath
 from onecard.core.journal cimport Journal
 from onecard.core.metrics cimport CoreMetrics
@@ -38,6 +39,7 @@ cdef class Engine:
     cdef readonly Journal journal
     cdef readonly Authoriser authoriser
     cdef readonly CoreMetrics metrics
+    cdef readonly Router router
     cdef IsoPath iso
     cdef NativePath native
     cdef OutBuf out
@@ -55,9 +57,10 @@ cdef class Engine:
         self.authoriser = Authoriser(state, self.journal, daily_limit_fen=daily_limit_fen,
                                      amount_fen_max=amount_fen_max, fx_rates=fx_rates)
         self.metrics = CoreMetrics()
-        self.iso = IsoPath(self.authoriser, self.metrics, iso_frame_bytes_max)
-        self.native = NativePath(self.authoriser, self.metrics, native_frame_bytes_max,
-                                 native_batch_max)
+        self.router = Router(self.authoriser)
+        self.iso = IsoPath(self.authoriser, self.metrics, self.router, iso_frame_bytes_max)
+        self.native = NativePath(self.authoriser, self.metrics, self.router,
+                                 native_frame_bytes_max, native_batch_max)
         self.clock_offset_us = 0
         self.clock_us = 0
         self.shed = np.zeros((2, 2), dtype=np.uint64)   # [protocol, reason]
@@ -83,6 +86,10 @@ cdef class Engine:
         the rest for the next call), the reply bytes to write once durable, the batch id to
         report to ``metrics.written`` after writing (0 when there were no messages), and
         whether the stream cannot be framed and must be closed after the replies.
+
+        With forwarding configured, ``consumed`` may stop before a request for another
+        region's card: ``router.take()`` has what to send, ``router.install()`` takes the
+        answers, then the caller runs the rest of the buffer again.
         """
         cdef Py_buffer view
         cdef uint32_t batch, messages = 0
@@ -108,6 +115,13 @@ cdef class Engine:
         replies = (PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
                    if self.out.len else b"")
         return consumed, replies, batch if messages else 0, bool(close)
+
+    def serve_forwarded(self, data) -> tuple:
+        """Decide a batch another region forwarded (protocols.forward REQUEST records): the
+        ANSWER records and the journal number every record of it is below (the server
+        answers once that is durable)."""
+        self.authoriser.begin(self.now_us())
+        return self.router.serve(data)
 
     @property
     def authenticated(self) -> bool:

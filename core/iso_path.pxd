@@ -2,6 +2,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.crypto cimport MacJob
+from onecard.core.forward cimport Router
 from onecard.core.isocodec cimport HDR_BYTES, IsoMsg
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.outbuf cimport OutBuf
@@ -29,6 +30,7 @@ cdef class IsoPath:
     cdef Authoriser auth
     cdef State st
     cdef CoreMetrics mx
+    cdef Router router
     cdef uint32_t frame_bytes_max
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil
@@ -37,7 +39,7 @@ cdef class IsoPath:
     cdef void answer_format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
                                   uint32_t batch) noexcept nogil
     cdef void prepare(self, const uint8_t* msg, uint32_t length, Pending* pd) noexcept nogil
-    cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch,
-                     MacJob* reply_mac) noexcept nogil
+    cdef int finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch,
+                    MacJob* reply_mac) noexcept nogil
     cdef void encode_reply(self, Pending* pd, Txn* t, Res* r, MacJob* later,
                            OutBuf* out) noexcept nogil

@@ -19,6 +19,8 @@ from onecard.core.codes cimport *
 from onecard.core.crypto cimport (MAC_BYTES, MacJob, mac_equal, mac_job, mac_many,
                                   mac_many_in)
 from onecard.core.decide cimport decide
+from onecard.core.forward cimport (MODE_COLLECT, ROUTE_FORWARD, ROUTE_LOCAL,
+                                   Router)
 from onecard.core.isocodec cimport *
 from onecard.core.journal cimport NONE32
 from onecard.core.metrics cimport CoreMetrics
@@ -224,10 +226,12 @@ cdef inline uint64_t peek_pan(const uint8_t* frame, size_t avail) noexcept nogil
 
 
 cdef class IsoPath:
-    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t frame_bytes_max):
+    def __init__(self, Authoriser auth, CoreMetrics mx, Router router,
+                 uint32_t frame_bytes_max):
         if frame_bytes_max < MESSAGE_BYTES_MIN or frame_bytes_max > 65535:
             raise ValueError("frame_bytes_max must be within 21..65535 bytes")
         self.auth = auth
+        self.router = router
         self.st = auth.state
         self.mx = mx
         self.frame_bytes_max = frame_bytes_max
@@ -238,14 +242,15 @@ cdef class IsoPath:
         # (several DES chains at once, see crypto.mac_many), decide and encode in order, then
         # compute the replies' MACs together into the places left for them. Each frame's card
         # number is read from field 2 before decoding, to start loading its index slot.
+        # Once a frame must go to another region (router.mode turns MODE_COLLECT) nothing more
+        # is answered: pos stays before it while the scan goes on collecting.
         cdef Pending group[GROUP]
         cdef MacJob jobs[GROUP]
-        cdef size_t pos = 0, at
+        cdef size_t pos = 0, at = 0
         cdef uint32_t length, j, g, n_jobs
         cdef Pending* pd
         while not close[0]:
             g = 0
-            at = pos
             while g < GROUP and n - at >= PREFIX_BYTES:
                 length = (<uint32_t>p[at] << 8) | p[at + 1]
                 if length > self.frame_bytes_max:
@@ -287,9 +292,10 @@ cdef class IsoPath:
                 if ob_reserve(out, REPLY_MAX):
                     close[0] = 1             # out of memory: drop the connection, keep serving
                     break
-                self.finish(pd, pd.verify and jobs[pd.job].rc == 0
-                            and mac_equal(pd.mac, pd.msg + pd.m.off[64]), out, batch,
-                            &jobs[n_jobs])
+                if self.finish(pd, pd.verify and jobs[pd.job].rc == 0
+                               and mac_equal(pd.mac, pd.msg + pd.m.off[64]), out, batch,
+                               &jobs[n_jobs]):
+                    continue                 # waits for its issuer's answer
                 if jobs[n_jobs].key != NULL:
                     n_jobs += 1
                 pos += PREFIX_BYTES + pd.length
@@ -425,21 +431,28 @@ cdef class IsoPath:
                 else:
                     pd.verify = 1
 
-    cdef void finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch,
-                     MacJob* reply_mac) noexcept nogil:
+    cdef int finish(self, Pending* pd, bint mac_ok, OutBuf* out, uint32_t batch,
+                    MacJob* reply_mac) noexcept nogil:
         """Answer a prepared request (mac_ok: its MAC was checked and matches), in order; the
-        reply's MAC is left to ``reply_mac`` (its key stays NULL when the reply has none)."""
+        reply's MAC is left to ``reply_mac`` (its key stays NULL when the reply has none).
+        1 when nothing was answered: the request waits for another region (router)."""
         cdef Txn t
         cdef Res r
         cdef Terminal* term
+        cdef int route
+        cdef bint collecting = self.router.mode == MODE_COLLECT
         reply_mac.key = NULL
         if pd.dec != DEC_OK:
+            if collecting:
+                return 1
             self.answer_format_error(&pd.m, pd.dec, pd.hdr, out, batch)
-            return
+            return 0
         if pd.missing:
+            if collecting:
+                return 1
             out.len = write_missing(pd, out)
             self.mx.count(batch, KIND_FORMAT, RC_30)
-            return
+            return 0
         memset(&r, 0, sizeof(Res))
         memset(&t, 0, sizeof(Txn))
         r.card = NONE32
@@ -453,9 +466,16 @@ cdef class IsoPath:
                 r.rc = RC_58
         if r.rc == RC_00 and pd.kind != KIND_ECHO:
             read_txn(pd, &t)
-            decide(self.auth, &t, &r)
+            route = self.router.route(&t, &r)
+            if route == ROUTE_FORWARD or (route == ROUTE_LOCAL and collecting):
+                return 1
+            if route == ROUTE_LOCAL:
+                decide(self.auth, &t, &r)
+        elif collecting:
+            return 1
         self.encode_reply(pd, &t, &r, reply_mac if pd.verify and mac_ok else NULL, out)
         self.mx.count(batch, pd.kind, r.rc)
+        return 0
 
     cdef void encode_reply(self, Pending* pd, Txn* t, Res* r, MacJob* later,
                            OutBuf* out) noexcept nogil:

@@ -108,21 +108,22 @@ cdef void mark(State st, uint32_t terminal, uint32_t seq, uint8_t kind, uint8_t 
 
 # ---- one function per layout ----------------------------------------------------------------
 
-cdef void batch_totals(Terminal* t, JPayment* p) noexcept nogil:
+cdef void batch_totals(Terminal* t, uint8_t kind, uint8_t flags, uint8_t rc,
+                       int64_t amount_fen) noexcept nogil:
     """The terminal's open batch (settlement, 0500): running sums, applied as deltas."""
-    if p.rc != RC_00:
+    if rc != RC_00:
         return
-    if p.kind == KIND_PURCHASE:
-        t.debit_fen += p.amount_fen
+    if kind == KIND_PURCHASE:
+        t.debit_fen += amount_fen
         t.debit_count += 1
-    elif p.kind == KIND_VOID:
-        t.credit_fen += p.amount_fen
+    elif kind == KIND_VOID:
+        t.credit_fen += amount_fen
         t.credit_count += 1
-    elif p.kind == KIND_REVERSAL and p.flags & JF_APPROVED:
-        t.debit_fen -= p.amount_fen
+    elif kind == KIND_REVERSAL and flags & JF_APPROVED:
+        t.debit_fen -= amount_fen
         t.debit_count -= 1
-    elif p.kind == KIND_VOID_REVERSAL and p.flags & JF_APPROVED:
-        t.credit_fen -= p.amount_fen
+    elif kind == KIND_VOID_REVERSAL and flags & JF_APPROVED:
+        t.credit_fen -= amount_fen
         t.credit_count -= 1
 
 
@@ -148,7 +149,7 @@ cdef int apply_payment(State st, JRec* r, uint64_t no) noexcept nogil:
             ent = st.daily_app.upsert(key)
             ent.a = p.daily_day
             ent.b = p.app_spent_fen_after
-    batch_totals(&st.term[p.terminal], p)
+    batch_totals(&st.term[p.terminal], p.kind, p.flags, p.rc, p.amount_fen)
     # A purchase's slot keeps the day it was made as its balance (void and reversal need it),
     # a void's the purchase's STAN; both keep the fen charged or credited as extra.
     if p.kind == KIND_PURCHASE:
@@ -210,6 +211,19 @@ cdef int apply_medical(State st, JRec* r, uint64_t no) noexcept nogil:
                  ring_medical_balance(p.orig_seq, p.amount_fen), 0, p.pool_fen)
         if p.rc == RC_00:
             mark(st, p.terminal, p.orig_seq, KIND_MEDICAL, JF_REVERSED, 0)
+    return 0
+
+
+cdef int apply_forwarded(State st, JRec* r, uint64_t no) noexcept nogil:
+    """The acquirer's side of another region's card: the issuer's record number in the ring
+    (a retransmission is recorded as repeated), and the terminal's batch totals."""
+    cdef JForwarded* p = &r.forwarded
+    if p.repeated:
+        return 0
+    if p.issuer_recorded:
+        ring_put(st, &r.head, no, KIND_FORWARDED, <int64_t>p.issuer_record_no, 0, p.origin,
+                 p.orig_kind)
+    batch_totals(&st.term[p.terminal], p.orig_kind, p.flags, p.rc, p.amount_fen)
     return 0
 
 
@@ -313,6 +327,8 @@ cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
         return apply_medical(st, r, no)
     if kind == KIND_SIGNON:
         return apply_signon(st, &r.signon)
+    if kind == KIND_FORWARDED:
+        return apply_forwarded(st, r, no)
     if kind == KIND_SETTLE:
         return apply_settle(st, r, no)
     if (kind == KIND_VERIFY or kind == KIND_VENUE or kind == KIND_TOPUP

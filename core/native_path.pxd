@@ -2,6 +2,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t
 
 from onecard.core.authorise cimport Authoriser, Txn
 from onecard.core.crypto cimport MacJob, MacKey
+from onecard.core.forward cimport Router
 from onecard.core.mpack cimport MpReader
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.outbuf cimport OutBuf
@@ -34,6 +35,7 @@ cdef class NativePath:
     cdef Authoriser auth
     cdef State st
     cdef CoreMetrics mx
+    cdef Router router
     cdef uint32_t frame_bytes_max
     cdef uint32_t batch_max
     cdef public bint authenticated   # a frame since the flag was cleared had a valid MAC
@@ -53,5 +55,7 @@ cdef class NativePath:
                           MacJob* reply_mac) noexcept nogil
     cdef int answer_message(self, MpReader* body, uint32_t term_idx, uint32_t n_msgs, OutBuf* out,
                             Frame* f, uint32_t batch) noexcept nogil
+    cdef bint held(self, Head* h) noexcept nogil
+    cdef bint scan_frame(self, Head* h, int mode) noexcept nogil
     cdef int answer_broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil
     cdef int answer_deny_sync(self, Txn* t, OutBuf* out, Frame* f) noexcept nogil

@@ -10,10 +10,13 @@ the rest of the batch carries on.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport abort
 from libc.string cimport memset, strlen
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.decide cimport decide
+from onecard.core.forward cimport (MODE_COLLECT, MODE_CONSUME, MODE_PEEK, ROUTE_FORWARD,
+                                   ROUTE_LOCAL, Router)
 from onecard.core.codes cimport *
 from onecard.core.crypto cimport (MAC_BYTES, MacJob, MacKey, mac8, mac_equal, mac_job, mac_many,
                                   mac_many_in, mackey_clear, mackey_set)
@@ -145,11 +148,12 @@ cdef uint32_t refusal_body(const uint8_t* p, uint32_t length, uint32_t batch_max
 
 
 cdef class NativePath:
-    def __init__(self, Authoriser auth, CoreMetrics mx, uint32_t frame_bytes_max,
-                 uint32_t batch_max):
+    def __init__(self, Authoriser auth, CoreMetrics mx, Router router,
+                 uint32_t frame_bytes_max, uint32_t batch_max):
         if frame_bytes_max < 16 or batch_max < 1:
             raise ValueError("frame_bytes_max must be >= 16 bytes and batch_max >= 1")
         self.auth = auth
+        self.router = router
         self.st = auth.state
         self.mx = mx
         self.frame_bytes_max = frame_bytes_max
@@ -160,14 +164,16 @@ cdef class NativePath:
         # Frames go in groups, as in the ISO 8583 path: read every frame's header, check their
         # MACs together (crypto.mac_many), answer them in order, then MAC the replies together.
         # A lone sign-on changes its terminal's key: it goes in a group of its own.
+        # A reply frame is MACed whole, so a frame is answered only when every answer from
+        # other regions it needs is there (scan_frame, MODE_PEEK); the first that lacks one
+        # stops the answering (pos stays before it) and the rest are scanned to collect.
         cdef Head heads[GROUP]
         cdef MacJob jobs[GROUP]
-        cdef size_t pos = 0, at
+        cdef size_t pos = 0, at = 0
         cdef uint32_t length, g, j, n_jobs
         cdef Frame f
         while not close[0]:
             g = 0
-            at = pos
             while g < GROUP and n - at >= PREFIX:
                 length = <uint32_t>load_be(p + at, PREFIX)
                 if length > self.frame_bytes_max:
@@ -209,6 +215,8 @@ cdef class NativePath:
                     self.authenticated = 1   # a frame MACed with a working key
             n_jobs = 0
             for j in range(g):
+                if self.held(&heads[j]):
+                    continue
                 if self.answer_frame(&heads[j], out, batch, messages, &jobs[n_jobs]) != 0:
                     close[0] = 1             # out of memory: drop this connection only
                     break
@@ -454,6 +462,7 @@ cdef class NativePath:
         cdef const char* problem
         cdef Txn t
         cdef Res r
+        cdef int route
         cdef Terminal* term = &self.st.term[term_idx]
         memset(&r, 0, sizeof(Res))
         r.card = NONE32
@@ -481,7 +490,12 @@ cdef class NativePath:
             self.mx.count(batch, t.kind, RC_00)
             return self.answer_deny_sync(&t, out, f)
         else:
-            decide(self.auth, &t, &r)
+            route = self.router.route(&t, &r)
+            if route == ROUTE_FORWARD:
+                # scan_frame found every answer this frame needs: the two walks disagree.
+                abort()
+            if route == ROUTE_LOCAL:
+                decide(self.auth, &t, &r)
         self.mx.count(batch, t.kind, r.rc)
         out.len += write_reply(out.data + out.len, &t, <uint8_t>(tag + REPLY_OFFSET), &r,
                                self.auth.now_s)
@@ -535,6 +549,57 @@ cdef class NativePath:
         out.len += k
         f.count += 1
         return 0
+
+    cdef bint held(self, Head* h) noexcept nogil:
+        """Whether a frame is left unanswered for now: it lacks an answer from another region
+        (MODE_PEEK), or an earlier frame did (MODE_COLLECT: its requests are collected)."""
+        cdef bint routed = (self.router.enabled and h.problem == NULL and not h.lone_signon)
+        if routed and self.router.mode != MODE_COLLECT and self.scan_frame(h, MODE_PEEK):
+            self.router.mode = MODE_COLLECT
+        if self.router.mode != MODE_COLLECT:
+            return False
+        if routed:
+            self.scan_frame(h, MODE_COLLECT)
+        return True
+
+    cdef bint scan_frame(self, Head* h, int mode) noexcept nogil:
+        """Route a frame's messages without answering them: MODE_PEEK, whether one lacks its
+        issuer's answer; MODE_COLLECT, queue every one for its issuer."""
+        cdef MpReader body
+        cdef uint32_t _i, n_msgs
+        cdef int64_t tag = 0, seq = 0
+        cdef size_t start
+        cdef const char* problem
+        cdef Txn t
+        cdef Res r
+        cdef bint lacking = False
+        cdef Terminal* term = &self.st.term[h.term_idx]
+        body.p = h.body_p
+        body.n = h.body_len
+        body.pos = 0
+        if mp_array(&body, &n_msgs):
+            return False
+        self.router.mode = mode
+        self.router.begin_frame()
+        for _i in range(n_msgs):
+            start = body.pos
+            problem = parse_message(&body, &t, &tag, &seq, n_msgs)
+            if is_broken(problem):
+                break
+            if problem != NULL:
+                body.pos = start
+                if mp_skip(&body, 0):
+                    break
+                continue
+            t.terminal = <uint32_t>h.term_idx
+            if t.kind == KIND_OTHER or not (term.permitted >> t.kind) & 1:
+                continue
+            if self.router.route(&t, &r) == ROUTE_FORWARD:
+                lacking = True
+                if mode == MODE_PEEK:
+                    break
+        self.router.mode = MODE_CONSUME if mode == MODE_PEEK else mode
+        return lacking
 
     cdef int answer_broken(self, OutBuf* out, Frame* f, uint32_t batch) noexcept nogil:
         self.append_error(out, f, 0, RC_30, b"body is not valid MessagePack")

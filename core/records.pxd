@@ -185,6 +185,29 @@ cdef struct JCredit:    # CREDIT
     uint32_t programme                   # index + 1
     uint32_t period                      # YYYYMM
 
+cdef struct JForwarded:    # FORWARDED
+    int64_t ts_us                        # µs since 1970-01-01 UTC
+    int64_t amount_fen                   # fen
+    int64_t balance_fen_after            # fen
+    uint32_t terminal                    # index
+    uint32_t seq
+    uint32_t card                        # index
+    uint32_t account                     # index
+    uint8_t kind                         # Kind
+    uint8_t app                          # index
+    uint8_t rc                           # index
+    uint8_t flags                        # FLAGS
+    uint64_t issuer_record_no
+    int64_t amount_asked_minor           # minor units of currency
+    int32_t pool_fen                     # fen
+    uint32_t orig_seq
+    uint16_t currency                    # ISO 4217 numeric
+    uint8_t orig_kind                    # Kind
+    uint8_t issuer_province              # province code
+    uint8_t origin                       # FORWARD_ORIGINS
+    uint8_t repeated
+    uint8_t issuer_recorded
+
 cdef struct JCardAdmin:    # CARD_ADMIN
     int64_t ts_us                        # µs since 1970-01-01 UTC
     int64_t amount_fen                   # fen
@@ -216,5 +239,6 @@ cdef union JRec:
     JMedical medical
     JVenue venue
     JCredit credit
+    JForwarded forwarded
     JCardAdmin card_admin
     uint8_t raw[80]

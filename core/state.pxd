@@ -29,6 +29,7 @@ cpdef enum Kind:
     KIND_CARD_ADMIN = 19         # card issued or its status changed by an operator
     KIND_VOID_REVERSAL = 20      # journal only: a reversal (0400) that undid a void
     KIND_TOPUP = 21              # cash paid in at a kiosk
+    KIND_FORWARDED = 22          # journal only: the acquirer's side of another region's card
     N_KINDS = 32
 
 cpdef enum Proto:

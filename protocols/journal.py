@@ -48,7 +48,9 @@ class Field(NamedTuple):
     type: str
     unit: str
     doc: str
-    v1: str = ""        # version 1: "field" or "field:shift:bits" ("a:32:16" = bits 32..47 of a)
+    # version 1: "field" or "field:shift:bits" ("a:32:16" = bits 32..47 of a); "-" for a layout
+    # version 1 did not have
+    v1: str = ""
 
 
 class Kind(NamedTuple):
@@ -148,6 +150,26 @@ LAYOUTS: Final[dict[str, tuple[Field, ...]]] = {
               "a:32:32"),
         Field("period", "u32", "YYYYMM", "the programme's period, 0 for a top-up", "a:0:32"),
     ),
+    "forwarded": (
+        # The acquirer's side of a request decided by another region's switch (the card's
+        # issuer) or stood in for: what clearing needs of it, and the terminal's batch totals.
+        Field("issuer_record_no", "u64", "", "the issuer's journal record, when "
+              "issuer_recorded (journals are numbered from 0)", "-"),
+        Field("amount_asked_minor", "i64", "minor units of currency",
+              "the amount as the terminal asked it", "-"),
+        Field("pool_fen", "i32", "fen", "medical: the pooled fund's share", "-"),
+        Field("orig_seq", "u32", "", "a void or refund: the original's STAN or sequence", "-"),
+        Field("currency", "u16", "ISO 4217 numeric", "currency of amount_asked_minor", "-"),
+        Field("orig_kind", "u8", "Kind", "the request's kind (PURCHASE, TAP, VERIFY, ...)", "-"),
+        Field("issuer_province", "u8", "province code", "the card's issuing province, from its "
+              "number (two digits, 11..82)", "-"),
+        Field("origin", "u8", "FORWARD_ORIGINS", "who decided: 1 the issuer, 2 this switch "
+              "standing in, 3 nobody (the issuer did not answer: 91)", "-"),
+        Field("repeated", "u8", "", "1 when this switch had already recorded the issuer's "
+              "record (a retransmission): clearing and batch totals count it once", "-"),
+        Field("issuer_recorded", "u8", "", "1 when issuer_record_no names a record of the "
+              "issuer's journal (0: stood in, unavailable, or refused before any record)", "-"),
+    ),
     "card_admin": (
         Field("operator", "u32", "index", "operator who made the change", "c"),
         Field("pan", "u64", "enciphered", "the card number, enciphered: 3DES (double-length "
@@ -188,6 +210,8 @@ KINDS: Final[tuple[Kind, ...]] = (
     Kind(20, "VOID_REVERSAL", "payment",
          "a void reversed: the purchase stands again (amount_fen debited again)"),
     Kind(21, "TOPUP", "topup", "cash paid in at a kiosk, 圈存 (amount_fen credited)"),
+    Kind(22, "FORWARDED", "forwarded", "the acquirer's record of a request for another region's "
+         "card: decided there, stood in for, or declined 91 (amount_fen charged by the issuer)"),
 )
 
 # Bits of the head's `flags`: the terminal ring slot's flags after the record (their table is

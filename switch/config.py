@@ -209,6 +209,27 @@ class DemoConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     seed: int = 20241101
 
 
+class RegionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # A regional switch (docs/regions.md): its name in the routing table and on NATS subjects.
+    # Empty: the single switch that owns every province (nothing is forwarded, no NATS).
+    name: Annotated[str, Meta(pattern=r"^([a-z][a-z0-9_-]{0,31})?$")] = ""
+    # NATS servers (nats://host:port) the switch connects to; required with a name.
+    nats_urls: list[str] = msgspec.field(default_factory=list)
+    # How long the acquirer waits for the issuer's answer to a forwarded batch before it
+    # answers 91 (issuer unavailable).
+    timeout_ms: Annotated[int, Meta(ge=10, le=10_000)] = 150
+    # Replicas of the routing table's key-value bucket when it is first created (1 or 3).
+    routing_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+
+    def __post_init__(self) -> None:
+        if self.name and not self.nats_urls:
+            raise ValueError(f"region.name = {self.name!r} needs region.nats_urls")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.name)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "onecard-data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -220,6 +241,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     core: CoreConfig = msgspec.field(default_factory=CoreConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
+    region: RegionConfig = msgspec.field(default_factory=RegionConfig)
 
 
 class ConfigError(Exception):

@@ -1,0 +1,371 @@
+# cython: language_level=3
+"""Forwarding between regional switches: the acquirer's and the issuer's halves.
+
+Acquirer: while the paths answer a received buffer, :meth:`Router.route` sends each request
+for another region's card one of three ways. With the issuer's answer installed (in buffer
+order) it is answered from it and journaled here as a FORWARDED record. Without one, the paths
+stop before that frame (nothing of it or after it is answered) and go on through the rest of
+the buffer only to collect what else must be forwarded (``MODE_COLLECT``). The server sends
+the collected requests (:meth:`take`: one NATS request per destination), installs the answers
+(:meth:`install`) and runs the buffer again from the frame it stopped at. Replies stay in the
+order the terminal sent the requests, and a batch costs one round trip per destination.
+
+Issuer: :meth:`Router.serve` decides a forwarded batch in one call, as if its terminals were
+local (every region holds the whole terminal registry), so the terminal's ring here makes a
+retransmission an idempotent repeat of the original answer.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memset
+
+from onecard.core.authorise cimport Authoriser, Res, Txn, currency_or_cny
+from onecard.core.codes cimport RC_03, RC_12, RC_58, RC_91, RC_94, RC_96
+from onecard.core.decide cimport decide
+from onecard.core.journal cimport JF_APPROVED, JF_NO_ORIGINAL, JF_REVERSED, JF_VOIDED, NONE32
+from onecard.core.journal cimport JForwarded, JRec
+from onecard.core.ledger cimport apply
+from onecard.core.state cimport *
+
+import numpy as np
+
+from onecard.protocols import forward as _spec
+
+cdef enum:
+    REQS_MAX = 1 << 16           # requests one process() call may collect (a buffer's worth)
+    ORIGIN_ISSUER = 1
+    ORIGIN_UNAVAILABLE = 3
+
+# The wire records are checked against their tables once, at import.
+if sizeof(FwdReq) != _spec.REQUEST.itemsize or sizeof(FwdAns) != _spec.ANSWER.itemsize:
+    raise ImportError("core/forward.pxd does not match protocols/forward.py")
+if (_spec.ORIGIN["ISSUER"], _spec.ORIGIN["UNAVAILABLE"]) != (ORIGIN_ISSUER, ORIGIN_UNAVAILABLE):
+    raise ImportError("core/forward.pyx origins do not match protocols/forward.py")
+if len(_spec.ORIGINS) + 1 != N_ORIGINS:
+    raise ImportError("core/forward.pxd N_ORIGINS does not match protocols/forward.py")
+for _name in ("amount_fen", "record_no", "tid", "seq", "rc", "origin", "name", "flags", "kind",
+              "recorded"):
+    if _name not in _spec.ANSWER.names:
+        raise ImportError(f"protocols/forward.py ANSWER lacks {_name}")
+_offsets = {name: _spec.ANSWER.fields[name][1] for name in _spec.ANSWER.names}
+cdef FwdAns _probe
+if (_offsets["record_no"] != <size_t>&_probe.record_no - <size_t>&_probe
+        or _offsets["name"] != <size_t>&_probe.name - <size_t>&_probe
+        or _offsets["flags"] != <size_t>&_probe.flags - <size_t>&_probe):
+    raise ImportError("core/forward.pxd FwdAns field offsets do not match protocols/forward.py")
+
+# The issuer's record flags an acquirer keeps: what batch totals and clearing read.
+cdef uint8_t KEPT_FLAGS = JF_APPROVED | JF_REVERSED | JF_NO_ORIGINAL | JF_VOIDED
+
+
+cdef inline uint8_t province_of(uint64_t pan) noexcept nogil:
+    """Digits 4 and 5 of the card number (protocols.forward.province_of_pan), 0 if too short."""
+    cdef uint64_t p = pan
+    cdef int digits = 0
+    while p:
+        p //= 10
+        digits += 1
+    if digits < 6:
+        return 0
+    p = pan
+    while digits > 5:
+        p //= 10
+        digits -= 1
+    return <uint8_t>(p % 100)
+
+
+def _answers_for(reqs, list got):
+    """A destination's answers to ``reqs`` (its chunks concatenated), or 91s when a chunk is
+    missing or the answers do not match the requests one for one."""
+    ans = None
+    if all(g is not None for g in got):
+        raw = b"".join(got)
+        if len(raw) == len(reqs) * sizeof(FwdAns):
+            ans = np.frombuffer(raw, dtype=_spec.ANSWER)
+            if not (np.array_equal(ans["tid"], reqs["tid"])
+                    and np.array_equal(ans["seq"], reqs["txn"]["seq"])):
+                ans = None
+    if ans is None:
+        ans = np.zeros(len(reqs), dtype=_spec.ANSWER)
+        ans["tid"] = reqs["tid"]
+        ans["seq"] = reqs["txn"]["seq"]
+        ans["rc"] = RC_91
+        ans["origin"] = ORIGIN_UNAVAILABLE
+    return ans
+
+
+cdef class Router:
+    def __cinit__(self):
+        self.reqs = NULL
+        self.req_dest = NULL
+        self.ans = NULL
+
+    def __init__(self, Authoriser auth):
+        self.auth = auth
+        self.st = auth.state
+        self.enabled = False
+        self.mode = MODE_CONSUME
+        memset(self.dest, 0, sizeof(self.dest))
+        memset(self.forwardable, 0, sizeof(self.forwardable))
+        for kind in _spec.FORWARDED_KINDS:
+            self.forwardable[kind] = 1
+        self.counts = np.zeros((DEST_MAX, N_ORIGINS), dtype=np.uint64)
+        self.counts_p = <uint64_t*><size_t>self.counts.ctypes.data
+
+    def __dealloc__(self):
+        free(self.reqs)
+        free(self.req_dest)
+        free(self.ans)
+
+    def configure(self, dest) -> None:
+        """Set the destination of every province code (uint8[100]: 0 here, k the k-th peer);
+        forwarding is on when any province is elsewhere."""
+        cdef const uint8_t[::1] d = np.ascontiguousarray(dest, dtype=np.uint8)
+        cdef int i
+        if d.shape[0] != PROVINCE_CODES:
+            raise ValueError(f"dest must have {PROVINCE_CODES} entries")
+        for i in range(PROVINCE_CODES):
+            if d[i] >= DEST_MAX:
+                raise ValueError(f"province {i}: destination {d[i]} above {DEST_MAX - 1}")
+        for i in range(PROVINCE_CODES):
+            self.dest[i] = d[i]
+        self.enabled = any(d[i] for i in range(PROVINCE_CODES))
+
+    cdef void begin_frame(self) noexcept nogil:
+        self.peek = self.cursor
+
+    cdef bint collect(self, Txn* t, uint64_t tid, uint8_t d) noexcept nogil:
+        cdef size_t cap
+        cdef void* grown
+        if self.n_reqs == self.cap:
+            if self.cap >= REQS_MAX:
+                return False
+            cap = self.cap * 2 if self.cap else 256
+            grown = realloc(self.reqs, cap * sizeof(FwdReq))
+            if grown == NULL:
+                return False
+            self.reqs = <FwdReq*>grown
+            grown = realloc(self.req_dest, cap)
+            if grown == NULL:
+                return False
+            self.req_dest = <uint8_t*>grown
+            self.cap = cap
+        memset(&self.reqs[self.n_reqs], 0, sizeof(FwdReq))
+        self.reqs[self.n_reqs].tid = tid
+        memcpy(&self.reqs[self.n_reqs].txn, t, sizeof(Txn))
+        self.req_dest[self.n_reqs] = d
+        self.n_reqs += 1
+        return True
+
+    cdef int route(self, Txn* t, Res* r) noexcept nogil:
+        """Where this request is decided (ROUTE_*), by the mode the path is in."""
+        cdef uint8_t prov, d
+        cdef uint64_t tid
+        cdef FwdAns* a
+        if not self.enabled or t.kind >= 32 or not self.forwardable[t.kind]:
+            return ROUTE_LOCAL
+        prov = province_of(t.pan)
+        d = self.dest[prov]
+        if d == 0:
+            return ROUTE_LOCAL
+        tid = self.st.term[t.terminal].tid
+        if self.mode == MODE_PEEK:
+            if (self.peek < self.n_ans and self.ans[self.peek].tid == tid
+                    and self.ans[self.peek].seq == t.seq):
+                self.peek += 1
+                return ROUTE_ANSWERED
+            return ROUTE_FORWARD
+        if self.mode == MODE_CONSUME and self.cursor < self.n_ans:
+            a = &self.ans[self.cursor]
+            if a.tid == tid and a.seq == t.seq:
+                self.cursor += 1
+                self.acquired(t, r, a, d, prov)
+                return ROUTE_ANSWERED
+        if not self.collect(t, tid, d) and self.mode == MODE_CONSUME:
+            # Nothing could be queued for the issuer: a switch fault, said at once.
+            r.rc = RC_96
+            return ROUTE_ANSWERED
+        self.mode = MODE_COLLECT
+        return ROUTE_FORWARD
+
+    cdef void acquired(self, Txn* t, Res* r, FwdAns* a, uint8_t d,
+                       uint8_t province) noexcept nogil:
+        """Answer from the issuer's answer and journal the acquirer's FORWARDED record."""
+        cdef JRec* j
+        cdef JForwarded* f
+        cdef RingEntry* e
+        cdef uint8_t origin = a.origin if 0 < a.origin < N_ORIGINS else ORIGIN_UNAVAILABLE
+        r.amount_fen = a.amount_fen
+        r.balance_fen = a.balance_fen
+        memcpy(r.x, a.x, sizeof(r.x))
+        r.region_code = a.region_code
+        r.rc = a.rc
+        r.duplicate = a.duplicate
+        r.age_band = a.age_band
+        r.entitlement = a.entitlement
+        r.settle_result = a.settle_result
+        r.name_len = min(a.name_len, sizeof(r.name))
+        r.id_len = min(a.id_len, sizeof(r.id_number))
+        memcpy(r.name, a.name, sizeof(r.name))
+        memcpy(r.id_number, a.id_number, sizeof(r.id_number))
+        # The reply's retrieval reference is the issuer's record: a retransmission answered
+        # from the issuer's ring repeats it exactly.
+        r.record_no = a.record_no if a.recorded else 0
+        self.counts_p[d * N_ORIGINS + origin] += 1
+        j = self.auth.journal.append()
+        if j == NULL:
+            return            # out of memory: the issuer's journal still holds the effect
+        f = &j.forwarded
+        f.ts_us = self.auth.now_us
+        f.amount_fen = a.amount_fen
+        f.terminal = t.terminal
+        f.seq = t.seq
+        f.card = NONE32
+        f.account = NONE32
+        f.kind = KIND_FORWARDED
+        f.app = <uint8_t>self.st.term[t.terminal].app
+        f.rc = a.rc
+        f.flags = a.flags & KEPT_FLAGS
+        f.issuer_record_no = a.record_no if a.recorded else 0
+        f.issuer_recorded = a.recorded != 0
+        f.amount_asked_minor = t.amount_fen
+        f.pool_fen = <int32_t>a.x[0] if t.kind == KIND_MEDICAL else 0
+        f.orig_seq = t.orig_seq
+        f.currency = currency_or_cny(t)
+        f.orig_kind = a.kind if a.kind else t.kind
+        f.issuer_province = province
+        f.origin = origin
+        e = self.st.slot(t.terminal, t.seq)
+        f.repeated = (a.recorded and e.kind == KIND_FORWARDED and e.seq == t.seq
+                      and <uint64_t>e.amount_fen == a.record_no)
+        if apply(self.st, j, self.auth.journal.next_no - 1) != 0:
+            self.auth.journal.retract(j)
+
+    def take(self) -> tuple:
+        """The requests collected by the last process() call, and forget them: (order, batches)
+        with ``order`` the destination of each request in buffer order (uint8 array) and
+        ``batches`` [(destination, REQUEST records as bytes)], each in buffer order. The caller
+        keeps ``order`` for :meth:`install` (other connections use the router meanwhile)."""
+        if self.n_reqs == 0:
+            return np.zeros(0, dtype=np.uint8), []
+        reqs = np.frombuffer(bytes((<char*>self.reqs)[:self.n_reqs * sizeof(FwdReq)]),
+                             dtype=_spec.REQUEST)
+        order = np.frombuffer(bytes((<char*>self.req_dest)[:self.n_reqs]), dtype=np.uint8)
+        self.n_reqs = 0
+        return order, [(int(d), reqs[order == d].tobytes()) for d in np.unique(order)]
+
+    def install(self, order, list answers) -> None:
+        """The issuers' answers before the buffer is run again: ``order`` from :meth:`take`
+        and [(destination, REQUEST bytes sent, ANSWER bytes or None)], a destination's chunks
+        in the order sent. They are merged back into buffer order. A destination that did not
+        answer (None), or whose answers do not match its requests one for one (terminal id
+        and sequence), gets 91 for each of its requests: the run then makes progress whatever
+        a peer sends."""
+        order = np.asarray(order, dtype=np.uint8)
+        if len(order) > REQS_MAX:
+            raise ValueError(f"more than {REQS_MAX} answers")
+        merged = np.zeros(len(order), dtype=_spec.ANSWER)
+        for d in np.unique(order):
+            sent = [s for dd, s, _ in answers if dd == d]
+            got = [g for dd, _, g in answers if dd == d]
+            reqs = np.frombuffer(b"".join(sent), dtype=_spec.REQUEST)
+            at = np.flatnonzero(order == d)
+            if len(reqs) != len(at):
+                raise ValueError(f"destination {d}: {len(reqs)} requests sent, "
+                                 f"{len(at)} taken")
+            merged[at] = _answers_for(reqs, got)
+        self.clear()
+        if len(merged) == 0:
+            return
+        grown = realloc(self.ans, len(merged) * sizeof(FwdAns))
+        if grown == NULL:
+            raise MemoryError()
+        self.ans = <FwdAns*>grown
+        self.ans_cap = len(merged)
+        raw = merged.tobytes()
+        memcpy(self.ans, <char*>raw, len(raw))
+        self.n_ans = len(merged)
+
+    def clear(self) -> None:
+        """Forget installed answers (after the run they were for)."""
+        self.n_ans = 0
+        self.cursor = 0
+        self.peek = 0
+        self.mode = MODE_CONSUME
+
+    @property
+    def pending(self) -> int:
+        """Requests collected and not yet taken."""
+        return self.n_reqs
+
+    def serve(self, data) -> tuple:
+        """The issuer's half: decide a forwarded batch (REQUEST records) in order, as the
+        terminals' own switch would. Returns (ANSWER records, journal number to await before
+        answering: every record of the batch is below it)."""
+        cdef const uint8_t[::1] view = data
+        cdef size_t n, i
+        cdef FwdReq* reqs
+        cdef FwdAns* a
+        cdef Txn t
+        cdef Res r
+        if len(data) % sizeof(FwdReq):
+            raise ValueError("forwarded batch is not a whole number of requests")
+        n = len(data) // sizeof(FwdReq)
+        if n > _spec.BATCH_MAX:
+            raise ValueError(f"forwarded batch above {_spec.BATCH_MAX} requests")
+        out = np.zeros(n, dtype=_spec.ANSWER)
+        if n == 0:
+            return out.tobytes(), self.auth.journal.next_no
+        cdef uint8_t[::1] o = out.view(np.uint8)
+        reqs = <FwdReq*>&view[0]
+        a = <FwdAns*>&o[0]
+        with nogil:
+            for i in range(n):
+                memcpy(&t, &reqs[i].txn, sizeof(Txn))
+                self.serve_one(reqs[i].tid, &t, &r, &a[i])
+        return out.tobytes(), self.auth.journal.next_no
+
+    cdef void serve_one(self, uint64_t tid, Txn* t, Res* r, FwdAns* a) noexcept nogil:
+        cdef int64_t idx = self.st.find_terminal(tid)
+        cdef uint64_t first_new = self.auth.journal.next_no
+        cdef JRec* rec
+        a.tid = tid
+        a.seq = t.seq
+        a.origin = ORIGIN_ISSUER
+        a.kind = t.kind
+        if idx < 0:
+            a.rc = RC_03
+            return
+        t.terminal = <uint32_t>idx
+        if t.kind >= 32 or not self.forwardable[t.kind]:
+            a.rc = RC_12
+            return
+        if not (self.st.term[idx].permitted >> t.kind) & 1:
+            a.rc = RC_58
+            return
+        memset(r, 0, sizeof(Res))
+        r.card = NONE32
+        decide(self.auth, t, r)
+        a.amount_fen = r.amount_fen
+        a.balance_fen = r.balance_fen
+        memcpy(a.x, r.x, sizeof(a.x))
+        a.record_no = r.record_no
+        a.region_code = r.region_code
+        a.rc = r.rc
+        a.duplicate = r.duplicate
+        a.age_band = r.age_band
+        a.name_len = r.name_len
+        a.id_len = r.id_len
+        a.entitlement = r.entitlement
+        a.settle_result = r.settle_result
+        memcpy(a.name, r.name, sizeof(a.name))
+        memcpy(a.id_number, r.id_number, sizeof(a.id_number))
+        # A new record of this batch, or the original a retransmission was answered from
+        # (ring entries come from records); a refusal before any record leaves both unset.
+        a.recorded = ((r.duplicate and r.rc != RC_94)
+                      or first_new <= r.record_no < self.auth.journal.next_no)
+        if first_new <= r.record_no < self.auth.journal.next_no:
+            rec = &self.auth.journal.recs[self.auth.journal.n
+                                          - (self.auth.journal.next_no - r.record_no)]
+            a.flags = rec.head.flags
+            a.kind = rec.head.kind

@@ -1,0 +1,236 @@
+"""Forwarding between regional switches in the core (issue 15), without NATS: an acquiring
+engine stops before a request for another region's card, the issuing engine decides the batch
+(``Engine.serve_forwarded``), the answers are installed and the buffer runs again; the server
+does the same around a NATS request (switch/region/link.py, tests/test_region_forward.py).
+
+Both engines load the same demo data set; the acquirer routes Jiangsu (32) cards to the
+issuer, so every Jiangsu card's money must move at the issuer only."""
+
+import numpy as np
+import pytest
+
+from onecard.core.engine import ISO8583, NATIVE
+from onecard.core.state import TERM_BUS_READER, TERM_FERRY_READER, TERM_POS, TERM_VERIFIER
+from onecard.protocols import forward, native
+from onecard.protocols.journal_codec import decode, unpack
+
+from conftest import World
+from termsim import IsoTerminal, NativeTerminal
+
+FOREIGN, HOME = 32, 31
+
+
+class Pair:
+    """An acquirer whose province-32 cards belong to an issuer; ``up`` says whether the
+    issuer answers."""
+
+    def __init__(self, demo_dir, terminals) -> None:
+        self.acq = World(demo_dir, terminals)
+        self.iss = World(demo_dir, terminals)
+        dest = np.zeros(100, dtype=np.uint8)
+        dest[FOREIGN] = 1
+        self.acq.engine.router.configure(dest)
+        self.up = True
+        self.rounds = 0
+        # the issuer's own terminals have used it: its journal is past record 0, which an
+        # ISO 8583 reply cannot name (no field 37 for record 0, as on a single switch)
+        own = IsoTerminal(self.iss.terminal(TERM_POS, FOREIGN), self.iss.exchange(ISO8583))
+        assert own.signon()["39"] == "00"
+
+    def exchange(self, proto: int):
+        def run(data: bytes) -> bytes:
+            router = self.acq.engine.router
+            out, buf, answers, order = b"", data, None, None
+            while True:
+                if answers is not None:
+                    router.install(order, answers)
+                consumed, replies, _, _ = self.acq.engine.process(proto, buf)
+                order, batches = router.take()
+                router.clear()
+                out += replies
+                buf = buf[consumed:]
+                if not batches:
+                    assert not buf
+                    return out
+                self.rounds += 1
+                assert self.rounds < 100
+                answers = [(d, sent, self.serve(sent)) for d, sent in batches]
+        return run
+
+    def serve(self, sent: bytes) -> bytes | None:
+        if not self.up:
+            return None
+        answers, next_no = self.iss.engine.serve_forwarded(sent)
+        assert next_no == self.iss.engine.journal.next_no
+        return answers
+
+    def iso(self, province: int = HOME) -> IsoTerminal:
+        t = IsoTerminal(self.acq.terminal(TERM_POS, province), self.exchange(ISO8583))
+        # the terminal signs on at the acquirer (sign-on is never forwarded) and the issuer
+        # knows its session from the registry every region holds
+        assert t.signon()["39"] == "00"
+        return t
+
+    def native(self, kind: int, province: int = HOME) -> NativeTerminal:
+        t = NativeTerminal(self.acq.terminal(kind, province), self.exchange(NATIVE))
+        assert t.signon().rc == "00"
+        return t
+
+    def card(self, province: int = FOREIGN, nth: int = 0, balance: int = 100_000):
+        pan, idx = self.iss.card(province, min_balance=0, nth=nth)
+        self.iss.set_balance(idx, balance)
+        self.acq.set_balance(idx, balance)
+        return pan, idx
+
+
+def records(world: World) -> list:
+    j = world.engine.journal
+    first, data = j.take()
+    return list(decode(unpack(data), first))
+
+
+@pytest.fixture
+def pair(demo_dir, terminals) -> Pair:
+    return Pair(demo_dir, terminals)
+
+
+def test_a_foreign_card_is_decided_and_journaled_by_its_issuer(pair):
+    t = pair.iso()
+    pan, idx = pair.card()
+    records(pair.acq), records(pair.iss)
+    (r,) = t.send(t.purchase(pan, 1_234))
+    assert r["39"] == "00"
+    assert pair.iss.balance(idx) == 100_000 - 1_234         # the issuer's account moved
+    assert pair.acq.balance(idx) == 100_000                 # the acquirer's copy did not
+    (fwd,) = records(pair.acq)
+    (auth,) = records(pair.iss)
+    assert (auth.kind_name, auth.amount_fen) == ("PURCHASE", 1_234)
+    assert fwd.kind_name == "FORWARDED"
+    assert (fwd.issuer_record_no, fwd.amount_asked_minor) == (auth.no, 1_234)
+    assert (fwd.issuer_province, fwd.origin) == (FOREIGN, forward.ORIGIN["ISSUER"])
+    assert int(r["37"]) == auth.no                   # the RRN is the issuer's record
+
+
+def test_a_retransmission_repeats_the_issuers_answer_with_one_effect(pair):
+    t = pair.iso()
+    pan, idx = pair.card()
+    stan = t.next_stan()
+    (first,) = t.send(t.purchase(pan, 500, stan=stan))
+    (again,) = t.send(t.purchase(pan, 500, stan=stan))
+    assert first["39"] == again["39"] == "00"
+    assert first["37"] == again["37"]
+    assert pair.iss.balance(idx) == 100_000 - 500
+    fwd = [r for r in records(pair.acq) if r.kind_name == "FORWARDED"]
+    assert [r.repeated for r in fwd] == [0, 1]
+
+
+def test_local_and_foreign_requests_in_one_buffer_keep_their_order(pair):
+    t = pair.iso()
+    foreign = [pair.card(nth=i) for i in range(3)]
+    local = [pair.card(HOME, nth=i) for i in range(3)]
+    mixed = [foreign[0], local[0], local[1], foreign[1], local[2], foreign[2]]
+    sent = [(t.next_stan(), pan, 100 + i) for i, (pan, _) in enumerate(mixed)]
+    replies = t.send(*(t.purchase(pan, fen, stan=stan) for stan, pan, fen in sent))
+    assert [(r["11"], r["39"]) for r in replies] == [(stan, "00") for stan, _, _ in sent]
+    assert pair.rounds == 1                   # every foreign request went in one batch
+    for i, (_, idx) in enumerate(mixed):
+        owner, other = (pair.iss, pair.acq) if (_, idx) in foreign else (pair.acq, pair.iss)
+        assert owner.balance(idx) == 100_000 - (100 + i)
+        assert other.balance(idx) == 100_000
+
+
+def test_issuer_unavailable_is_91_and_moves_nothing(pair):
+    t = pair.iso()
+    pan, idx = pair.card()
+    local_pan, local_idx = pair.card(HOME)
+    pair.up = False
+    r1, r2 = t.send(t.purchase(pan, 700), t.purchase(local_pan, 300))
+    assert (r1["39"], r2["39"]) == ("91", "00")
+    assert pair.iss.balance(idx) == pair.acq.balance(idx) == 100_000
+    assert pair.acq.balance(local_idx) == 100_000 - 300
+    (fwd,) = [r for r in records(pair.acq) if r.kind_name == "FORWARDED"]
+    assert fwd.origin == forward.ORIGIN["UNAVAILABLE"] and fwd.issuer_record_no == 0
+
+
+def test_answers_that_do_not_match_their_requests_are_91(pair, monkeypatch):
+    t = pair.iso()
+    pan, _ = pair.card()
+    real = pair.serve
+
+    def wrong(sent):
+        ans = np.frombuffer(real(sent), dtype=forward.ANSWER).copy()
+        ans["seq"] += 1
+        return ans.tobytes()
+
+    monkeypatch.setattr(pair, "serve", wrong)
+    (r,) = t.send(t.purchase(pan, 700))
+    assert r["39"] == "91"
+
+
+def test_reversal_of_a_forwarded_purchase_is_decided_by_the_issuer(pair):
+    t = pair.iso()
+    pan, idx = pair.card()
+    stan = t.next_stan()
+    (p,) = t.send(t.purchase(pan, 900, stan=stan))
+    (rv,) = t.send(t.reversal(pan, 900, stan))
+    assert (p["39"], rv["39"]) == ("00", "00")
+    assert pair.iss.balance(idx) == 100_000
+
+
+def test_settlement_counts_forwarded_purchases(pair):
+    t = pair.iso()
+    pan, _ = pair.card()
+    local_pan, _ = pair.card(HOME)
+    t.send(t.purchase(pan, 1_000), t.purchase(local_pan, 2_000))
+    (s,) = t.send(t.settlement(3_000, 2, 0, 0))
+    assert s["39"] == "00"                    # balanced: the acquirer's totals include both
+
+
+@pytest.mark.parametrize("kind", [TERM_BUS_READER, TERM_FERRY_READER])
+def test_native_frames_with_foreign_taps_are_answered_whole_and_in_order(pair, kind):
+    g = pair.native(kind)
+    cards = [pair.card(FOREIGN, nth=0), pair.card(HOME, nth=0), pair.card(FOREIGN, nth=1)]
+    frame1 = g.frame([g.tap(pan) for pan, _ in cards])
+    frame2 = g.frame([g.tap(cards[1][0], station=0, direction=native.TAP_IN)])
+    f1, f2 = g.send_raw(frame1 + frame2)
+    replies = native.decode_replies(f1.body)
+    assert [r.rc for r in replies] == ["00"] * 3
+    assert len(native.decode_replies(f2.body)) == 1
+    charged = [100_000 - pair.iss.balance(idx) for _, idx in cards]
+    assert charged[0] > 0 and charged[2] > 0 and charged[1] == 0
+    assert pair.acq.balance(cards[0][1]) == pair.acq.balance(cards[2][1]) == 100_000
+
+
+def test_identity_check_answers_with_the_issuers_holder(pair):
+    v = pair.native(TERM_VERIFIER)
+    pan, idx = pair.card()
+    (reply,) = v.send([v.verify(pan)])
+    assert reply.rc == "00"
+    name, _ = pair.iss.holder(idx)
+    assert reply.name[0] == name[0] and reply.name != name   # masked, from the issuer
+
+
+def test_unknown_terminal_and_wrong_kind_are_refused_by_the_issuer(pair):
+    pan, _ = pair.card()
+    t = pair.iso()
+    pair.acq.engine.process(ISO8583, t.purchase(pan, 100))
+    _, [(_, sent)] = pair.acq.engine.router.take()
+    pair.acq.engine.router.clear()
+    req = np.frombuffer(sent, dtype=forward.REQUEST).copy()
+    req["tid"] = 1                                           # no such terminal
+    ans = np.frombuffer(pair.iss.engine.serve_forwarded(req.tobytes())[0],
+                        dtype=forward.ANSWER)
+    assert ans["rc"][0] == _code("03")
+    req = np.frombuffer(sent, dtype=forward.REQUEST).copy()
+    req["txn"]["kind"] = 1                                   # sign-on is never forwarded
+    ans = np.frombuffer(pair.iss.engine.serve_forwarded(req.tobytes())[0],
+                        dtype=forward.ANSWER)
+    assert ans["rc"][0] == _code("12")
+    with pytest.raises(ValueError, match="whole number"):
+        pair.iss.engine.serve_forwarded(sent[:-1])
+
+
+def _code(code: str) -> int:
+    from onecard.protocols.codes import CODE_INDEX
+
+    return CODE_INDEX[code]
