@@ -12,7 +12,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport Authoriser
 from onecard.core.codes cimport RC_96
-from onecard.core.forward cimport Router
+from onecard.core.forward cimport MODE_CONSUME, Router
 from onecard.core.iso_path cimport IsoPath
 from onecard.core.journal cimport Journal
 from onecard.core.metrics cimport CoreMetrics
@@ -89,7 +89,8 @@ cdef class Engine:
 
         With forwarding configured, ``consumed`` may stop before a request for another
         region's card: ``router.take()`` has what to send, ``router.install()`` takes the
-        answers, then the caller runs the rest of the buffer again.
+        answers, then the caller runs the rest of the buffer again and ``router.clear()``s
+        them (switch/region/link.py).
         """
         cdef Py_buffer view
         cdef uint32_t batch, messages = 0
@@ -102,6 +103,7 @@ cdef class Engine:
             self.authoriser.begin(self.now_us())
             batch = self.metrics.begin_batch(<uint8_t>proto)
             self.out.len = 0
+            self.router.mode = MODE_CONSUME      # a run that stopped left it collecting
             if proto == PROTO_ISO8583:
                 consumed = self.iso.run(<const uint8_t*>view.buf, view.len, &self.out, batch,
                                         &messages, &close)

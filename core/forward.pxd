@@ -58,7 +58,7 @@ cdef class Router:
     cdef size_t ans_cap
     cdef size_t cursor
     cdef size_t peek
-    cdef readonly object counts  # uint64[dest, origin]: forwarded requests answered
+    cdef readonly object counts  # uint64[province, origin]: forwarded requests answered
     cdef uint64_t* counts_p
     cdef int route(self, Txn* t, Res* r) noexcept nogil
     cdef void begin_frame(self) noexcept nogil

@@ -109,7 +109,7 @@ cdef class Router:
         memset(self.forwardable, 0, sizeof(self.forwardable))
         for kind in _spec.FORWARDED_KINDS:
             self.forwardable[kind] = 1
-        self.counts = np.zeros((DEST_MAX, N_ORIGINS), dtype=np.uint64)
+        self.counts = np.zeros((PROVINCE_CODES, N_ORIGINS), dtype=np.uint64)
         self.counts_p = <uint64_t*><size_t>self.counts.ctypes.data
 
     def __dealloc__(self):
@@ -211,7 +211,7 @@ cdef class Router:
         # The reply's retrieval reference is the issuer's record: a retransmission answered
         # from the issuer's ring repeats it exactly.
         r.record_no = a.record_no if a.recorded else 0
-        self.counts_p[d * N_ORIGINS + origin] += 1
+        self.counts_p[province * N_ORIGINS + origin] += 1
         j = self.auth.journal.append()
         if j == NULL:
             return            # out of memory: the issuer's journal still holds the effect

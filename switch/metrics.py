@@ -24,9 +24,12 @@ from onecard.core.engine import REFUSE_REASONS
 from onecard.core.metrics import BATCH_BOUNDS, LATENCY_BOUNDS_US
 from onecard.core.state import Kind
 from onecard.protocols.codes import CODES
+from onecard.protocols.forward import ORIGINS
 from onecard.switch.pg.committer import PgCommitter
+from onecard.switch.region.link import LATENCY_BOUNDS_US as LINK_BOUNDS_US
 from onecard.switch.server import PROTOCOL_NAMES, Switch
 
+ORIGIN_NAMES = {value: name.lower() for value, name, _ in ORIGINS}
 KIND_NAMES = {int(k): k.name.removeprefix("KIND_").lower() for k in Kind
               if k.name not in ("KIND_NONE", "N_KINDS")}
 
@@ -195,6 +198,39 @@ def _state(sw: Switch) -> Iterator[Metric]:
                             value=memory["bytes_per_card"])
 
 
+def _region(sw: Switch) -> Iterator[Metric]:
+    """Forwarding between regional switches (switch/region/link.py): nothing on a switch that
+    owns every province."""
+    link = sw.link
+    if link is None:
+        return
+    counts = sw.engine.router.counts.copy()
+    fwd = CounterMetricFamily("onecard_forwarded_requests",
+                              "Requests for other regions' cards, by the card's issuing "
+                              "province and who decided (issuer, stand_in, unavailable: 91)",
+                              labels=["province", "origin"])
+    for p, o in zip(*np.nonzero(counts), strict=True):
+        fwd.add_metric([str(p), ORIGIN_NAMES[o]], float(counts[p, o]))
+    yield fwd
+    latency = HistogramMetricFamily("onecard_forward_latency_seconds",
+                                    "Round trip of a forwarded batch to its issuer's switch",
+                                    labels=["destination"])
+    failed = CounterMetricFamily("onecard_forward_batches_failed",
+                                 "Forwarded batches not answered in time or refused (91)",
+                                 labels=["destination"])
+    for peer, st in sorted(link.stats.items()):
+        latency.add_metric([peer], _buckets(st.latency, LINK_BOUNDS_US, 1e-6),
+                           st.latency_sum_us / 1e6)
+        failed.add_metric([peer], float(st.failed))
+    yield latency
+    yield failed
+    yield CounterMetricFamily("onecard_forwarded_served_requests",
+                              "Requests other regions forwarded here and this switch decided",
+                              value=float(link.served_requests))
+    yield GaugeMetricFamily("onecard_routing_table_version",
+                            "Version of the routing table in use", value=link.table_version)
+
+
 class SwitchCollector(Collector):
     def __init__(self, switch: Switch) -> None:
         self.switch = switch
@@ -208,6 +244,7 @@ class SwitchCollector(Collector):
         yield from _server(self.switch)
         yield from _admission(self.switch)
         yield from _state(self.switch)
+        yield from _region(self.switch)
 
 
 def registry_for(switch: Switch) -> CollectorRegistry:

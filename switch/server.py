@@ -39,6 +39,7 @@ from onecard.switch.snapshots import Checkpointer
 if TYPE_CHECKING:
     from onecard.switch.pg.committer import PgCommitter
     from onecard.switch.pg.lease import Lease
+    from onecard.switch.region.link import RegionLink
 
 log = logging.getLogger("onecard.server")
 IDLE_SWEEP_S = 1.0              # how often connections are checked for the idle timeouts
@@ -53,8 +54,9 @@ class ListenError(Exception):
 class Connection(asyncio.Protocol):
     """One terminal link. Buffers partial frames; everything else is the core's."""
 
-    __slots__ = ("_buf", "authenticated", "closing", "fd", "last_rx", "partial_since", "paused",
-                 "peer", "peer_host", "proto", "switch", "transport", "waiting_need")
+    __slots__ = ("_buf", "authenticated", "closing", "fd", "forwarding", "last_rx",
+                 "partial_since", "paused", "peer", "peer_host", "proto", "switch", "transport",
+                 "waiting_need")
 
     def __init__(self, switch: Switch, proto: int) -> None:
         self.switch = switch
@@ -63,6 +65,7 @@ class Connection(asyncio.Protocol):
         self._buf = bytearray()
         self.closing = False
         self.paused = False
+        self.forwarding = False               # waiting for other regions' answers (link.py)
         self.peer = None
         self.peer_host: str | None = None     # set once admission.accept() counted it
         self.last_rx = self.partial_since = time.monotonic()
@@ -104,6 +107,11 @@ class Connection(asyncio.Protocol):
         self.last_rx = now = time.monotonic()
         buf = self._buf
         held = len(buf)
+        if self.forwarding:
+            # Read before reading paused: it waits behind the requests being forwarded.
+            buf += data
+            sw.admission.partial(self, held, 0, now)
+            return
         if held:
             buf += data
             data = buf
@@ -115,6 +123,16 @@ class Connection(asyncio.Protocol):
             consumed, replies, batch, close = adm.handle(self, data, now)
         if not self.authenticated and batch > 0 and sw.engine.authenticated:
             self.authenticated = True
+        self.ran(data, held, (consumed, replies, batch, close))
+
+    def ran(self, data: bytes | bytearray, held: int, result: tuple, *,
+            relay: bool = True) -> None:
+        """After a core run over ``data`` (the buffer, or a read when nothing was held):
+        keep what it did not consume, hand over the replies, and forward what the core
+        stopped at (``relay``; switch/region/link.py reruns the buffer itself)."""
+        consumed, replies, batch, close = result
+        sw = self.switch
+        buf = self._buf
         if data is buf:
             del buf[:consumed]
         elif consumed < len(data):
@@ -127,15 +145,30 @@ class Connection(asyncio.Protocol):
             self.closing = True
             sw.admission.partial_bytes -= held
             buf.clear()
+            sw.engine.router.take()           # nothing to forward for a closed connection
         elif buf or held:
             sw.admission.partial(self, held, consumed, self.last_rx)
+        if relay and sw.engine.router.pending:
+            sw.link.relay(self)
+
+    def hold(self) -> None:
+        """Stop reading while the buffer waits for other regions' answers (bounded by the
+        forwarding timeout): replies keep request order and held bytes stay bounded."""
+        self.forwarding = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        self.forwarding = False
+        if self.transport is not None and not self.paused and not self.closing:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         # The terminal is not reading its replies: stop reading its requests.
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.paused:
+        if not self.paused and not self.forwarding:
             self.transport.resume_reading()
 
 
@@ -191,6 +224,11 @@ class Switch:
         self._submit_soon = False
         self.iteration_start = 0.0
         self.admission = Admission(self)
+        self.link: RegionLink | None = None
+        if config.region.enabled:
+            from onecard.switch.region.link import RegionLink
+
+            self.link = RegionLink(self, config.region)
 
     def _writers(self, config: Config, loaded: Loaded,
                  lease: Lease | None) -> tuple[GroupCommitter | PgCommitter, Checkpointer]:
@@ -336,7 +374,7 @@ class Switch:
             for conn in list(self.paused):
                 conn.paused = False
                 conn.last_rx = time.monotonic()    # the pause is not the terminal's silence
-                if conn.transport is not None:
+                if conn.transport is not None and not conn.forwarding:
                     conn.transport.resume_reading()
             self.paused.clear()
         if self._pending_checkpoint is not None and self._pending_checkpoint[0] <= end_no:
@@ -370,6 +408,10 @@ class Switch:
         if getattr(self.committer, "resolving", 0):
             return False, ("a commit's outcome is being resolved on the PostgreSQL primary "
                            "(failover?); replies after it wait")
+        if self.link is not None:
+            ok, why = self.link.ready()
+            if not ok:
+                return False, f"region link: {why}"
         return True, "ok"
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -427,6 +469,9 @@ class Switch:
         self._loop.add_reader(self._efd, self._on_commit)
         self._writer.start()
         self.checkpointer.start()
+        if self.link is not None:
+            # Routed before the first terminal connects: a foreign card is never decided here.
+            await self.link.start()
         srv = self.config.server
         for spec in tls.terminal_listeners(srv):
             try:
@@ -458,6 +503,8 @@ class Switch:
         for task in self._tasks:
             task.cancel()
         self.admission.stop()
+        if self.link is not None:
+            await self.link.stop_serving()
         if self.failed is None:
             if self.engine.journal.pending:
                 self.committer.submit(self.engine.journal)
@@ -466,6 +513,8 @@ class Switch:
             while ((self.waiting or self._pending_checkpoint is not None)
                    and time.monotonic() < deadline and self.failed is None):
                 await asyncio.sleep(0.01)
+        if self.link is not None:
+            await self.link.stop()
         self.committer.stop()
         self.checkpointer.stop()
         await asyncio.to_thread(self._writer.join, 30)

@@ -1,0 +1,259 @@
+"""A regional switch's link to the others over NATS (issue 15, docs/regions.md).
+
+Acquirer: when the core stops before a request another region decides (``core/forward.pyx``),
+the connection stops reading and :meth:`RegionLink.relay` sends what the core collected, one
+NATS request per destination (chunked at ``protocols.forward.BATCH_MAX``), all at once; it
+installs the answers and runs the held buffer again, so the terminal's replies keep their
+order. A destination that does not answer within ``region.timeout_ms`` gets 91 for each of its
+requests.
+
+Issuer: forwarded batches arrive on ``onecard.auth.<region>`` (a queue group, so several
+processes of one region could share them); each is decided in one core call, and answered once
+its journal records are durable, like a terminal's replies.
+
+Routing: the table in the NATS key-value bucket is read at start and watched; a new version
+reconfigures the core's router without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onecard.protocols import forward
+
+if TYPE_CHECKING:
+    from onecard.switch.config import RegionConfig
+    from onecard.switch.region.routing import RoutingTable
+    from onecard.switch.server import Connection, Switch
+
+log = logging.getLogger("onecard.region")
+
+ERROR_HEADER = "Onecard-Error"           # an issuer's refusal of a whole batch, in words
+CONNECT_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 10.0                    # for answers and relays in flight when stopping
+ROUNDS_MAX = 8                           # reruns of one held buffer (routing changed meanwhile)
+# Forwarding round trips, µs: from loopback (a few hundred) to the timeout's order.
+LATENCY_BOUNDS_US = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+                     500_000, 1_000_000)
+
+
+class PeerStats:
+    """Round trips to one destination region, aggregated per batch."""
+
+    __slots__ = ("batches", "failed", "latency", "latency_sum_us")
+
+    def __init__(self) -> None:
+        self.latency = np.zeros(len(LATENCY_BOUNDS_US) + 1, dtype=np.uint64)
+        self.latency_sum_us = 0
+        self.batches = 0
+        self.failed = 0                  # unanswered in time, or refused: answered 91
+
+    def observe(self, latency_us: int, ok: bool) -> None:
+        self.latency[np.searchsorted(LATENCY_BOUNDS_US, latency_us)] += 1
+        self.latency_sum_us += latency_us
+        self.batches += 1
+        self.failed += not ok
+
+
+class RegionLink:
+    def __init__(self, switch: Switch, config: RegionConfig) -> None:
+        assert config.enabled, "a link is for a named region"
+        self.switch = switch
+        self.config = config
+        self.name = config.name
+        self.timeout_s = config.timeout_ms / 1000
+        self.peers: list[str] = []
+        self.table_version = 0
+        self.owners: dict[int, str] = {}
+        self.stats: dict[str, PeerStats] = {}
+        self.served_batches = 0
+        self.served_requests = 0
+        self.nc = None
+        self._sub = None
+        self._watch: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # NATS and the routing table only for a regional switch: the single switch (and its
+        # /metrics, which imports this module) needs neither.
+        import nats
+
+        from onecard.switch.region import routing
+
+        self.nc = await nats.connect(servers=list(self.config.nats_urls),
+                                     name=f"onecard-{self.name}",
+                                     connect_timeout=CONNECT_TIMEOUT_S,
+                                     max_reconnect_attempts=-1,
+                                     error_cb=self._nats_error,
+                                     disconnected_cb=self._nats_disconnected)
+        kv = await routing.open_bucket(self.nc.jetstream(), self.config.routing_replicas)
+        found = await routing.current(kv)
+        if found is not None:
+            self.apply(found[0])
+        else:
+            log.warning("region %s: no routing table yet: every card is decided here until "
+                        "one is published (onecard region route)", self.name)
+        self._watch = routing.watch(kv, self.apply, last_version=self.table_version)
+        self._tasks.add(self._watch)
+        self._sub = await self.nc.subscribe(forward.SUBJECT_PREFIX + self.name,
+                                            queue=f"onecard-{self.name}", cb=self._serve)
+        log.info("region %s: linked over NATS (%s), routing table version %d",
+                 self.name, ", ".join(self.config.nats_urls), self.table_version)
+
+    async def stop_serving(self) -> None:
+        """Take no more forwarded batches (the switch is stopping)."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await sub.unsubscribe()
+
+    async def stop(self) -> None:
+        """After the last commits: let batches being answered and relays in flight finish
+        (each is bounded by a commit or the forwarding timeout), then disconnect."""
+        await self.stop_serving()
+        work = [t for t in self._tasks if t is not self._watch]
+        if work:
+            await asyncio.wait(work, timeout=STOP_TIMEOUT_S)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nc is not None:
+            await self.nc.close()
+
+    def apply(self, table: RoutingTable) -> None:
+        """A routing table version: which peer decides each province from now on."""
+        from onecard.switch.region import routing
+
+        dest, peers = routing.destinations(table, self.name)
+        self.switch.engine.router.configure(dest)
+        self.peers, self.table_version = list(peers), table.version
+        self.owners = dict(table.owners)
+        mine = sorted(p for p, r in table.owners.items() if r == self.name)
+        log.info("region %s: routing table version %d: owns %s; peers %s", self.name,
+                 table.version, ",".join(map(str, mine)) or "nothing", ", ".join(peers) or "none")
+
+    def ready(self) -> tuple[bool, str]:
+        if self.nc is None or not self.nc.is_connected:
+            return False, "NATS not connected"
+        return True, f"routing table version {self.table_version}"
+
+    async def _nats_error(self, exc: Exception) -> None:
+        log.warning("region %s: NATS: %s", self.name, exc)
+
+    async def _nats_disconnected(self) -> None:
+        log.warning("region %s: NATS disconnected; reconnecting (forwarded requests get 91 "
+                    "meanwhile)", self.name)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- acquirer ----------------------------------------------------------------------------
+
+    def relay(self, conn: Connection) -> None:
+        """The core stopped before a request another region decides: take what it collected
+        and run the connection's held buffer again once the answers are in."""
+        order, batches = self.switch.engine.router.take()
+        conn.hold()
+        self._spawn(self._relay(conn, order, batches))
+
+    async def _relay(self, conn: Connection, order, batches: list) -> None:
+        engine = self.switch.engine
+        try:
+            for _ in range(ROUNDS_MAX):
+                answers = await self.forward(batches)
+                if conn.closing or conn.transport is None:
+                    # The terminal went away: what issuers approved is journaled there, and
+                    # its retransmission will be answered from their rings.
+                    return
+                router = engine.router
+                router.install(order, answers)
+                try:
+                    result = engine.process(conn.proto, conn._buf)
+                    order, batches = router.take()
+                finally:
+                    router.clear()
+                conn.ran(conn._buf, len(conn._buf), result, relay=False)
+                if not batches:
+                    return
+            log.error("region %s: a connection's requests were rerouted %d times (routing "
+                      "table changing?): closing it", self.name, ROUNDS_MAX)
+            conn.close_now()
+        finally:
+            conn.release()
+
+    async def forward(self, batches: list[tuple[int, bytes]]) -> list:
+        """Send each destination's REQUEST records, at most BATCH_MAX per NATS request, all
+        at once: [(destination, chunk sent, ANSWER bytes or None)] in the order sent."""
+        peers = self.peers                       # as routed: a new table may come meanwhile
+        step = forward.BATCH_MAX * forward.REQUEST.itemsize
+        chunks = [(d, sent[i:i + step]) for d, sent in batches
+                  for i in range(0, len(sent), step)]
+        got = await asyncio.gather(*(self._request(peers[d - 1], chunk) for d, chunk in chunks))
+        return [(d, chunk, answer) for (d, chunk), answer in zip(chunks, got, strict=True)]
+
+    async def _request(self, peer: str, payload: bytes) -> bytes | None:
+        import nats.errors
+
+        start_ns = time.perf_counter_ns()
+        answer = None
+        try:
+            msg = await self.nc.request(forward.SUBJECT_PREFIX + peer, payload,
+                                        timeout=self.timeout_s,
+                                        headers={forward.HEADER: str(forward.VERSION),
+                                                 forward.REGION_HEADER: self.name})
+            refused = (msg.headers or {}).get(ERROR_HEADER)
+            if refused:
+                log.warning("region %s: %s refused a forwarded batch: %s", self.name, peer,
+                            refused)
+            else:
+                answer = msg.data
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.debug("region %s: %s did not answer: %r", self.name, peer, exc)
+        stats = self.stats.get(peer) or self.stats.setdefault(peer, PeerStats())
+        stats.observe((time.perf_counter_ns() - start_ns) // 1000, answer is not None)
+        return answer
+
+    # ---- issuer ------------------------------------------------------------------------------
+
+    async def _serve(self, msg) -> None:
+        headers = msg.headers or {}
+        version = headers.get(forward.HEADER)
+        sw = self.switch
+        if version != str(forward.VERSION):
+            await self._refuse(msg, f"forwarding version {version!r}, this switch speaks "
+                                    f"{forward.VERSION}")
+            return
+        if sw.failed is not None:
+            await self._refuse(msg, "journal failed")
+            return
+        try:
+            answers, end_no = sw.engine.serve_forwarded(msg.data)
+        except ValueError as exc:
+            await self._refuse(msg, str(exc))
+            return
+        self.served_batches += 1
+        self.served_requests += len(answers) // forward.ANSWER.itemsize
+        # Answered once durable, without holding up the next batch: the subscription's
+        # callback returns at once.
+        self._spawn(self._answer(msg, answers, end_no))
+
+    async def _answer(self, msg, answers: bytes, end_no: int) -> None:
+        try:
+            if end_no:
+                await self.switch.committed(end_no - 1)
+        except RuntimeError as exc:
+            await self._refuse(msg, str(exc))
+            return
+        await msg.respond(answers)
+
+    async def _refuse(self, msg, why: str) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, b"", headers={ERROR_HEADER: why[:200]})

@@ -1,0 +1,202 @@
+"""Two regional switches over a real NATS cluster (issue 15): "sh" owns every province but
+Jiangsu, "js" owns Jiangsu (32). Terminals connect to "sh"; a Jiangsu card's requests are
+forwarded to "js", decided and committed there, and answered through "sh", over real TCP, real
+ISO 8583 and the native protocol. The data sets come from ``onecard region split`` of one demo
+data set, and the switches are separate processes started as a user would start them.
+
+Exactly-once is checked the checker's way: the issuer's committed journal and the card's
+balance after stopping everything, against what the terminal was told."""
+
+import urllib.request
+
+import numpy as np
+import pytest
+
+from onecard.core.state import CARD_ACTIVE, TERM_BUS_READER, TERM_POS
+from onecard.protocols.journal_codec import decode
+from onecard.switch import cli, loader
+
+from checker import balance, committed_journal
+from conftest import start_switch
+from termsim import IsoTerminal, NativeTerminal, socket_exchange
+
+pytestmark = pytest.mark.slow
+
+nats_server = pytest.importorskip("onecard.switch.region.nats_server")
+routing = pytest.importorskip("onecard.switch.region.routing")
+split = pytest.importorskip("onecard.switch.region.split")
+
+JS, HOME = 32, 31
+BALANCE_FEN = 100_000
+
+
+class Regions:
+    """The NATS cluster, the two data sets, the routing table and the running switches."""
+
+    def __init__(self, root, demo_dir) -> None:
+        self.root = root
+        self.cluster = nats_server.start_cluster(root / "nats", nodes=3)
+        self.cluster.wait_ready()
+        provinces = sorted({int(p) for p in np.unique(
+            loader.load(demo_dir).state.regions["province"])})
+        self.dirs = {}
+        for name, owns in (("sh", [p for p in provinces if p != JS]), ("js", [JS])):
+            self.dirs[name] = root / name / "data"
+            self.dirs[name].parent.mkdir()
+            split.split_data_set(demo_dir, self.dirs[name], owns)
+        urls = ",".join(self.cluster.urls)
+        others = ",".join(str(p) for p in provinces if p != JS)
+        assert cli.main(["region", "route", "--nats", urls, "--replicas", "3",
+                         "--set", f"{others}=sh", "--set", f"{JS}=js"]) == 0
+        self.switches = {}
+        self.state: dict = {}
+
+    def config(self, name: str, timeout_ms: int = 500) -> str:
+        path = self.root / name / "region.toml"
+        urls = ", ".join(f'"{u}"' for u in self.cluster.urls)
+        path.write_text("[server]\nlatency_budget_ms = 0\n"
+                        f'[region]\nname = "{name}"\nnats_urls = [{urls}]\n'
+                        f"timeout_ms = {timeout_ms}\nrouting_replicas = 3\n")
+        return str(path)
+
+    def start(self, name: str):
+        self.switches[name] = start_switch(self.dirs[name], "--config", self.config(name))
+        return self.switches[name]
+
+    def stop(self, name: str) -> None:
+        sw = self.switches.pop(name, None)
+        if sw is not None:
+            assert sw.stop() == 0
+
+    def close(self) -> None:
+        for name in list(self.switches):
+            self.stop(name)
+        self.cluster.stop_all()
+
+
+@pytest.fixture(scope="module")
+def regions(demo_dir, tmp_path_factory):
+    r = Regions(tmp_path_factory.mktemp("regions"), demo_dir)
+    r.start("js")
+    r.start("sh")
+    yield r
+    r.close()
+
+
+def card_of(data_dir, province: int, nth: int = 0) -> tuple[str, int]:
+    """A Jiangsu (or other) card of a data set: its number and balance (fen), from the
+    data set's own committed state."""
+    st = loader.load(data_dir).state
+    pans = st.cards["pan"]
+    prov = np.array([int(str(int(p))[3:5]) for p in pans])
+    ok = (prov == province) & (st.cards["status"] == CARD_ACTIVE)
+    ok &= st.accounts["balance_fen"][st.cards["account"]] >= BALANCE_FEN
+    idx = int(np.flatnonzero(ok)[nth])
+    return str(int(pans[idx])), int(st.accounts["balance_fen"][st.cards["account"][idx]])
+
+
+def balance_of(data_dir, pan: str) -> int:
+    st = loader.load(data_dir).state
+    (idx,) = np.flatnonzero(st.cards["pan"] == int(pan))
+    return int(st.accounts["balance_fen"][st.cards["account"][idx]])
+
+
+def holds(data_dir, pan: str) -> bool:
+    return bool((loader.load(data_dir).state.cards["pan"] == int(pan)).any())
+
+
+def journal(data_dir) -> list:
+    recs, nos, _ = committed_journal(data_dir)
+    return decode(recs, nos)
+
+
+def pos(regions, province: int = HOME) -> IsoTerminal:
+    from onecard.switch.terminals import read_terminals
+
+    info = next(t for t in read_terminals(regions.dirs["sh"])
+                if t.kind == TERM_POS and t.province == province)
+    sw = regions.switches["sh"]
+    t = IsoTerminal(info, socket_exchange("127.0.0.1", sw.iso, 2))
+    assert t.signon()["39"] == "00"
+    return t
+
+
+def metrics(sw) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sw.http}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def test_a_jiangsu_card_at_a_shanghai_pos_is_decided_once_by_jiangsu(regions):
+    pan, opening_fen = card_of(regions.dirs["js"], JS)
+    local_pan, _ = card_of(regions.dirs["sh"], HOME)
+    t = pos(regions)
+    stan = t.next_stan()
+    first, local = t.send(t.purchase(pan, 1_234, stan=stan), t.purchase(local_pan, 99))
+    assert (first["39"], local["39"]) == ("00", "00")
+    (again,) = t.send(t.purchase(pan, 1_234, stan=stan))          # a retransmission
+    assert (again["39"], again["37"], again["38"]) == (first["39"], first["37"], first["38"])
+    text = metrics(regions.switches["sh"])
+    assert 'onecard_forwarded_requests_total{origin="issuer",province="32"} 2.0' in text
+    assert 'onecard_forward_latency_seconds_count{destination="js"}' in text
+    assert balance(t, pan) == opening_fen - 1_234            # a forwarded balance inquiry
+    regions.state["purchase"] = (pan, stan, first, 1_234, opening_fen)
+
+
+def test_native_taps_of_both_regions_in_one_frame(regions):
+    from onecard.switch.terminals import read_terminals
+
+    info = next(t for t in read_terminals(regions.dirs["sh"])
+                if t.kind == TERM_BUS_READER and t.province == HOME)
+    sw = regions.switches["sh"]
+    g = NativeTerminal(info, socket_exchange("127.0.0.1", sw.native, 4))
+    assert g.signon().rc == "00"
+    js_pan, _ = card_of(regions.dirs["js"], JS, nth=1)
+    sh_pan, _ = card_of(regions.dirs["sh"], HOME, nth=1)
+    replies = g.send([g.tap(js_pan), g.tap(sh_pan), g.tap(js_pan)])
+    assert [r.rc for r in replies] == ["00", "00", "00"]
+
+
+def test_retransmission_after_both_switches_restarted_has_one_effect(regions):
+    pan, stan, first, amount, _ = regions.state["purchase"]
+    regions.stop("sh")
+    regions.stop("js")
+    regions.start("js")
+    regions.start("sh")
+    t = pos(regions)
+    (again,) = t.send(t.purchase(pan, amount, stan=stan))
+    assert (again["39"], again["37"]) == (first["39"], first["37"])
+
+
+def test_issuer_down_is_91_and_local_cards_are_unaffected(regions):
+    pan, _ = card_of(regions.dirs["js"], JS, nth=2)
+    local_pan, _ = card_of(regions.dirs["sh"], HOME, nth=2)
+    regions.stop("js")
+    try:
+        t = pos(regions)
+        foreign, local = t.send(t.purchase(pan, 500), t.purchase(local_pan, 500))
+        assert (foreign["39"], local["39"]) == ("91", "00")
+        text = metrics(regions.switches["sh"])
+        assert 'onecard_forwarded_requests_total{origin="unavailable",province="32"}' in text
+    finally:
+        regions.start("js")
+    t = pos(regions)
+    (back,) = t.send(t.purchase(pan, 500))
+    assert back["39"] == "00"
+
+
+def test_money_moved_once_at_the_issuer_and_nowhere_else(regions):
+    """Stop both; read the committed journals: every approved forwarded purchase is one
+    PURCHASE in Jiangsu's journal, and the card's balance moved by exactly that."""
+    pan, _, first, amount, opening_fen = regions.state["purchase"]
+    regions.stop("sh")
+    regions.stop("js")
+    js_records = journal(regions.dirs["js"])
+    sh_records = journal(regions.dirs["sh"])
+    rrn = int(first["37"])
+    (rec,) = [r for r in js_records if r.no == rrn]
+    assert (rec.kind_name, rec.amount_fen) == ("PURCHASE", amount)
+    fwd = [r for r in sh_records if r.kind_name == "FORWARDED"
+           and r.issuer_recorded and r.issuer_record_no == rrn]
+    assert [r.repeated for r in fwd] == [0, 1, 1]         # sent, retransmitted, after restart
+    assert balance_of(regions.dirs["js"], pan) == opening_fen - amount
+    assert not holds(regions.dirs["sh"], pan)              # Shanghai holds no Jiangsu card
