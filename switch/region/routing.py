@@ -240,6 +240,8 @@ def watch(kv: KeyValue, on_change: OnChange, last_version: int = 0) -> asyncio.T
     quiet WATCH_IDLE_S the table is read again, so a change made while the watch was broken is
     applied within seconds of the connection coming back. on_change may be a coroutine
     function; a call that raises is logged and its version is retried at the next re-read."""
+    if not _is_int(last_version) or not 0 <= last_version <= VERSION_MAX:
+        raise ValueError(f"last_version {last_version!r}: must be 0..{VERSION_MAX}")
     return asyncio.create_task(_watch(kv, on_change, last_version),
                                name=f"watch {BUCKET}/{KEY}")
 
@@ -250,12 +252,16 @@ class _Applier:
     def __init__(self, on_change: OnChange, last_version: int) -> None:
         self.on_change = on_change
         self.version = last_version
+        self.rejected: bytes | None = None
 
     async def offer(self, data: bytes | None) -> None:
         try:
             table = decode(data or b"")
         except ValueError as exc:
-            log.error("routing table ignored: %s", exc)
+            # Once per bad value, not at every re-read while it stays the current one.
+            if data != self.rejected:
+                log.error("routing table ignored, keeping version %d: %s", self.version, exc)
+                self.rejected = data
             return
         if table.version <= self.version:
             return
