@@ -132,6 +132,12 @@ def test_replicas_and_cluster_bounds():
             start_cluster(Path("/nonexistent"), nodes=nodes)
 
 
+def test_watch_checks_last_version():
+    for bad in (-1, True, 1.5, routing.VERSION_MAX + 1):
+        with pytest.raises(ValueError, match="last_version"):
+            routing.watch(None, print, last_version=bad)
+
+
 def test_missing_binary_says_how_to_install(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
@@ -272,6 +278,7 @@ def test_watch_applies_only_newer_versions(cluster):
             # An older table written past publish() (a replayed value) is not applied.
             await kv.put(routing.KEY, routing.encode(table))
             await kv.put(routing.KEY, routing.encode(newer))
+            await kv.put(routing.KEY, b'{"version": 99, "owners": {"34": "NORTH"}}')  # invalid
             newest = RoutingTable(newer.version + 1, {**newer.owners, 34: "north"})
             await kv.put(routing.KEY, routing.encode(newest))
             await _await_version(seen, newest.version, WATCH_WAIT_S)
@@ -282,6 +289,37 @@ def test_watch_applies_only_newer_versions(cluster):
             task = routing.watch(kv, lambda t: late.append(t.version))
             await _await_version(late, newest.version, WATCH_WAIT_S)
             await _stop(task)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+
+
+@needs_nats
+@pytest.mark.slow
+def test_watch_offers_a_version_again_after_on_change_failed(cluster, monkeypatch):
+    monkeypatch.setattr(routing, "WATCH_IDLE_S", 0.2)      # re-read the key soon
+
+    async def main():
+        nc, kv = await _bucket(cluster)
+        try:
+            table, _ = await _some_table(kv)
+            calls: list[int] = []
+
+            def on_change(t: RoutingTable) -> None:
+                calls.append(t.version)
+                if len(calls) == 1:
+                    raise RuntimeError("switch busy")
+
+            task = routing.watch(kv, on_change, last_version=table.version - 1)
+            await _await_version(calls, table.version, WATCH_WAIT_S)
+            deadline = time.monotonic() + WATCH_WAIT_S
+            while len(calls) < 2:
+                assert time.monotonic() < deadline, calls
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)                         # several re-reads: no third call
+            await _stop(task)
+            assert calls == [table.version, table.version]
         finally:
             await nc.close()
 
