@@ -148,6 +148,14 @@ def test_missing_binary_says_how_to_install(monkeypatch):
         nats_server.nats_server_binary()
 
 
+@needs_nats
+@pytest.mark.slow
+def test_a_server_that_fails_to_start_is_reported_with_its_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(nats_server, "_config", lambda node, routes: "jetstream { nonsense\n")
+    with pytest.raises(NatsServerError, match=r"(?s)n0 exited.*nats-server.log:\n.*Parse error"):
+        nats_server.start_single(tmp_path, timeout_s=10.0)
+
+
 # --- a real cluster -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
