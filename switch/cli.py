@@ -1,5 +1,5 @@
 """The ``onecard`` command: serve, demo-data, load, terminals, operators, disburse, card, db,
-cluster, version.
+cluster, region, version.
 
 Every command runs with umask 077: whatever the data set gets (database, WAL, checkpoints,
 tokens, lock, key file) is 0600 in 0700 directories, whatever the caller's umask."""
@@ -312,6 +312,10 @@ def parser() -> argparse.ArgumentParser:
     from onecard.switch.cluster import cli as cluster_cli
 
     cluster_cli.add_arguments(sub)
+    from onecard.switch.region import cli as region_cli
+
+    region_cli.add_arguments(sub, common)
+    sub.choices["region"].set_defaults(func=lambda a: region_cli.run(a, _config(a), _lock))
     ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")
     loadgen.add_arguments(ld)
     ld.set_defaults(func=cmd_load)

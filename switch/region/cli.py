@@ -1,0 +1,76 @@
+"""``onecard region split --data-dir SRC --owns 31,32 --to DST``: the part of a data set one
+regional switch owns (``split.py`` says what it holds). Progress goes to stderr, the summary to
+stdout; a request that cannot be met is one line on stderr (``onecard: ...``) and exit
+status 2, with nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from onecard.switch.config import Config
+
+AddCommon = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+Lock = Callable[[Path], Any]
+
+
+def add_arguments(sub: argparse._SubParsersAction, common: AddCommon) -> None:
+    """Add ``region`` and its ``split`` subcommand to the onecard parser (the caller sets
+    ``func``: it owns the configuration and the data directory lock)."""
+    region = sub.add_parser("region", help="regional switches: cut a data set by province")
+    commands = region.add_subparsers(dest="region_command", required=True)
+    split = common(commands.add_parser(
+        "split", help="write the part of a data set (--data-dir) whose cards' issuing "
+        "provinces are --owns into a new directory (--to)"))
+    split.add_argument("--owns", required=True, metavar="CODES",
+                       help="issuing province codes, comma-separated, e.g. 31,32,33,34")
+    split.add_argument("--to", required=True, type=Path, metavar="DST",
+                       help="the part's data directory (new, or empty); its key-encryption "
+                       "key is the source's, copied to DST.kek when the source's is SRC.kek")
+    split.add_argument("--kek-file", help="the source's key-encryption key file (default: "
+                       "[security] kek_file, else SRC.kek; $ONECARD_KEK wins over both)")
+
+
+def parse_owns(text: str) -> list[int]:
+    """'31,32' -> [31, 32]; SplitError for anything else."""
+    from onecard.switch.region.split import SplitError
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise SplitError(f"--owns {text!r}: give province codes separated by commas, e.g. "
+                         "31,32")
+    return [int(p) for p in parts]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, config: Config, lock: Lock) -> int:
+    """Split the data set under the source's lock (no switch may serve it meanwhile)."""
+    from onecard.switch import store
+    from onecard.switch.region.split import SplitError, split_data_set
+
+    src = Path(config.data_dir)
+    try:
+        owns = parse_owns(args.owns)
+        if not store.db_path(src).exists():        # the lock would create the directory
+            raise FileNotFoundError(f"no data set in {src} ({store.DB_NAME} not found)")
+        held = lock(src)
+        try:
+            summary = split_data_set(src, args.to, owns,
+                                     kek_file=args.kek_file or config.security.kek_file or None,
+                                     ring_size=config.core.ring_size, progress=_stderr)
+        finally:
+            held.close()
+    except SplitError as exc:
+        print(f"onecard: {exc}", file=sys.stderr)
+        return 2
+    print(f"onecard region split: provinces {','.join(map(str, summary.owns))} -> {args.to}: "
+          f"{summary.cards:,} cards, {summary.accounts:,} accounts, {summary.terminals:,} "
+          f"terminals ({summary.sessions:,} sessions), balance {summary.balance_fen:,} fen, "
+          f"{summary.deny_entries:,} deny-list changes; key-encryption key: {summary.kek}")
+    return 0
