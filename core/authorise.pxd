@@ -41,7 +41,7 @@ cdef struct Res:                 # the decision and what the reply needs
     uint8_t id_len
     uint8_t entitlement          # venue: rule that set the price, 1-based, 0 none
     uint8_t settle_result        # 1 balanced, 2 not balanced
-    uint8_t pad
+    uint8_t recorded             # record_no names a journal record (they count from 0)
     uint8_t name[64]             # masked (or, for lodging terminals, full) name, UTF-8
     uint8_t id_number[20]        # lodging terminals only
     uint8_t keys[40]             # sign-on: PIN key, check value, MAC key, check value

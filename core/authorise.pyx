@@ -156,6 +156,7 @@ cdef class Authoriser:
         r.amount_fen = e.extra if t.kind == KIND_PURCHASE or t.kind == KIND_VOID else e.amount_fen
         r.balance_fen = e.balance_fen
         r.record_no = e.record_no
+        r.recorded = 1
         r.age_band = e.aux
         r.entitlement = e.aux
         if t.kind == KIND_MEDICAL or t.kind == KIND_MEDICAL_REFUND:
@@ -186,6 +187,7 @@ cdef class Authoriser:
         if h.account != NONE32:
             h.balance_fen_after = self.state.acct[h.account].balance_fen
         r.record_no = self.journal.next_no - 1
+        r.recorded = 1
         r.card = h.card
         return j
 
@@ -215,6 +217,7 @@ cdef class Authoriser:
         self.journal.retract(j)
         r.rc = RC_96
         r.record_no = 0
+        r.recorded = 0
         r.amount_fen = 0
         r.balance_fen = self.state.acct[account].balance_fen if account != NONE32 else 0
         memset(r.x, 0, sizeof(r.x))

@@ -20,7 +20,7 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
 
 from onecard.core.authorise cimport Authoriser, Res, Txn, currency_or_cny
-from onecard.core.codes cimport RC_03, RC_12, RC_58, RC_91, RC_94, RC_96
+from onecard.core.codes cimport RC_03, RC_12, RC_58, RC_91, RC_96
 from onecard.core.decide cimport decide
 from onecard.core.journal cimport JF_APPROVED, JF_NO_ORIGINAL, JF_REVERSED, JF_VOIDED, NONE32
 from onecard.core.journal cimport JForwarded, JRec
@@ -211,6 +211,7 @@ cdef class Router:
         # The reply's retrieval reference is the issuer's record: a retransmission answered
         # from the issuer's ring repeats it exactly.
         r.record_no = a.record_no if a.recorded else 0
+        r.recorded = a.recorded != 0
         self.counts_p[province * N_ORIGINS + origin] += 1
         j = self.auth.journal.append()
         if j == NULL:
@@ -360,11 +361,8 @@ cdef class Router:
         a.settle_result = r.settle_result
         memcpy(a.name, r.name, sizeof(a.name))
         memcpy(a.id_number, r.id_number, sizeof(a.id_number))
-        # A new record of this batch, or the original a retransmission was answered from
-        # (ring entries come from records); a refusal before any record leaves both unset.
-        a.recorded = ((r.duplicate and r.rc != RC_94)
-                      or first_new <= r.record_no < self.auth.journal.next_no)
-        if first_new <= r.record_no < self.auth.journal.next_no:
+        a.recorded = r.recorded
+        if r.recorded and first_new <= r.record_no < self.auth.journal.next_no:
             rec = &self.auth.journal.recs[self.auth.journal.n
                                           - (self.auth.journal.next_no - r.record_no)]
             a.flags = rec.head.flags

@@ -497,7 +497,7 @@ cdef class IsoPath:
         put_local_time(&w, self.auth.now_us, self.auth.today_m, self.auth.today_d)
         copy_if_present(&w, m, 14)
         copy_if_present(&w, m, 25)
-        if r.record_no:
+        if r.recorded:
             put_text_number(&w, 37, r.record_no, 12)
         if ok and (money or kind == KIND_REVERSAL):
             put_text_number(&w, 38, r.record_no % 1000000, 6)

@@ -315,7 +315,7 @@ def parser() -> argparse.ArgumentParser:
     from onecard.switch.region import cli as region_cli
 
     region_cli.add_arguments(sub, common)
-    sub.choices["region"].set_defaults(func=lambda a: region_cli.run(a, _config(a), _lock))
+    sub.choices["region"].set_defaults(func=lambda a: region_cli.run(a, _config, _lock))
     ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")
     loadgen.add_arguments(ld)
     ld.set_defaults(func=cmd_load)

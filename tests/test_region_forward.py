@@ -7,6 +7,7 @@ data set, and the switches are separate processes started as a user would start 
 Exactly-once is checked the checker's way: the issuer's committed journal and the card's
 balance after stopping everything, against what the terminal was told."""
 
+import sqlite3
 import urllib.request
 
 import numpy as np
@@ -37,8 +38,10 @@ class Regions:
         self.root = root
         self.cluster = nats_server.start_cluster(root / "nats", nodes=3)
         self.cluster.wait_ready()
-        provinces = sorted({int(p) for p in np.unique(
-            loader.load(demo_dir).state.regions["province"])})
+        conn = sqlite3.connect(f"file:{demo_dir / 'onecard.db'}?mode=ro", uri=True)
+        provinces = [p for (p,) in conn.execute(
+            "SELECT DISTINCT province FROM regions ORDER BY province")]
+        conn.close()
         self.dirs = {}
         for name, owns in (("sh", [p for p in provinces if p != JS]), ("js", [JS])):
             self.dirs[name] = root / name / "data"
@@ -50,6 +53,7 @@ class Regions:
                          "--set", f"{others}=sh", "--set", f"{JS}=js"]) == 0
         self.switches = {}
         self.state: dict = {}
+        self.sockets: list = []
 
     def config(self, name: str, timeout_ms: int = 500) -> str:
         path = self.root / name / "region.toml"
@@ -69,6 +73,8 @@ class Regions:
             assert sw.stop() == 0
 
     def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
         for name in list(self.switches):
             self.stop(name)
         self.cluster.stop_all()
@@ -116,7 +122,10 @@ def pos(regions, province: int = HOME) -> IsoTerminal:
     info = next(t for t in read_terminals(regions.dirs["sh"])
                 if t.kind == TERM_POS and t.province == province)
     sw = regions.switches["sh"]
-    t = IsoTerminal(info, socket_exchange("127.0.0.1", sw.iso, 2))
+    sock, exchange = socket_exchange("127.0.0.1", sw.iso, 2)
+    regions.sockets.append(sock)
+    # STANs of this terminal's earlier connections stay in its ring: start past them
+    t = IsoTerminal(info, exchange, stan=1000 * len(regions.sockets))
     assert t.signon()["39"] == "00"
     return t
 
@@ -148,7 +157,9 @@ def test_native_taps_of_both_regions_in_one_frame(regions):
     info = next(t for t in read_terminals(regions.dirs["sh"])
                 if t.kind == TERM_BUS_READER and t.province == HOME)
     sw = regions.switches["sh"]
-    g = NativeTerminal(info, socket_exchange("127.0.0.1", sw.native, 4))
+    sock, exchange = socket_exchange("127.0.0.1", sw.native, 4)
+    regions.sockets.append(sock)
+    g = NativeTerminal(info, exchange)
     assert g.signon().rc == "00"
     js_pan, _ = card_of(regions.dirs["js"], JS, nth=1)
     sh_pan, _ = card_of(regions.dirs["sh"], HOME, nth=1)

@@ -1,7 +1,11 @@
 """``onecard region split --data-dir SRC --owns 31,32 --to DST``: the part of a data set one
 regional switch owns (``split.py`` says what it holds). Progress goes to stderr, the summary to
 stdout; a request that cannot be met is one line on stderr (``onecard: ...``) and exit
-status 2, with nothing written."""
+status 2, with nothing written.
+
+``onecard region route --nats URLS --set 31,33=east --set 32=js``: publish the next version of
+the routing table (``routing.py``; the provinces not named keep their owner), and
+``onecard region table --nats URLS`` prints the current one."""
 
 from __future__ import annotations
 
@@ -32,6 +36,17 @@ def add_arguments(sub: argparse._SubParsersAction, common: AddCommon) -> None:
                        "key is the source's, copied to DST.kek when the source's is SRC.kek")
     split.add_argument("--kek-file", help="the source's key-encryption key file (default: "
                        "[security] kek_file, else SRC.kek; $ONECARD_KEK wins over both)")
+    route = commands.add_parser("route", help="publish the next routing table version: which "
+                                "region decides each issuing province")
+    route.add_argument("--set", action="append", required=True, metavar="CODES=REGION",
+                       help="provinces (comma-separated codes) owned by REGION; repeatable")
+    table = commands.add_parser("table", help="print the routing table in use")
+    for p in (route, table):
+        p.add_argument("--nats", required=True, metavar="URLS",
+                       help="NATS servers, comma-separated (nats://127.0.0.1:4222,...)")
+    route.add_argument("--replicas", type=int, choices=(1, 3), default=None,
+                       help="replicas of the routing bucket if it does not exist yet "
+                       "(default: 3 with three or more servers listed, else 1)")
 
 
 def parse_owns(text: str) -> list[int]:
@@ -49,7 +64,18 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace, config: Config, lock: Lock) -> int:
+def run(args: argparse.Namespace, config_of: Callable[[argparse.Namespace], Config],
+        lock: Lock) -> int:
+    """``region split`` reads the configuration (data directory, keys); ``route`` and
+    ``table`` only talk to NATS."""
+    if args.region_command in ("route", "table"):
+        from onecard.switch.region import route_cli
+
+        return route_cli.run(args)
+    return run_split(args, config_of(args), lock)
+
+
+def run_split(args: argparse.Namespace, config: Config, lock: Lock) -> int:
     """Split the data set under the source's lock (no switch may serve it meanwhile)."""
     from onecard.switch import store
     from onecard.switch.region.split import SplitError, split_data_set
