@@ -69,11 +69,12 @@ class ConnSpec:
 # ---- plan: which terminals each connection plays -------------------------------------------
 
 
-def _iso_specs(terminals: list[TerminalInfo], n: int, port: int, rng: random.Random) -> list:
+def _iso_specs(terminals: list[TerminalInfo], n: int, port: int, rng: random.Random,
+               provinces: tuple[int, ...] = MAINLAND) -> list:
     # Merchants' POS (the catalogue's FIN-PAY): plain purchases, comparable from release to
     # release; canteens and pharmacies add their own rules (age tiers, per-application limits).
     pos = [t for t in terminals if t.kind == TERM_POS and t.protocol == PROTO_ISO8583
-           and t.province in MAINLAND and t.app in ("", "FIN-PAY")]
+           and t.province in provinces and t.app in ("", "FIN-PAY")]
     if len(pos) < n:
         raise SystemExit(f"onecard load: only {len(pos)} POS terminals in the data set, "
                          f"asked for {n} ISO 8583 connections")
@@ -125,7 +126,9 @@ def _native_specs(terminals: list[TerminalInfo], n: int, port: int,
 def plan(args, terminals: list[TerminalInfo]) -> list[ConnSpec]:
     rng = random.Random(args.seed)
     if args.protocol == "iso8583":
-        return _iso_specs(terminals, args.connections, args.port, rng)
+        provinces = ((args.terminal_province,) if getattr(args, "terminal_province", 0)
+                     else MAINLAND)
+        return _iso_specs(terminals, args.connections, args.port, rng, provinces)
     if args.protocol == "native":
         return _native_specs(terminals, args.connections, args.port, rng)
     n_iso = max(1, round(args.connections * MIXED_ISO_SHARE))
@@ -151,12 +154,19 @@ def _simulators(host: str, specs: list[ConnSpec], data_dir: Path, opts: dict, re
     from onecard.core.terminal import IsoLoad, NativeLoad
 
     pools: dict[tuple[int, int], np.ndarray] = {}
+    # Regional switches: cards of another province (and the data set that holds them), so
+    # that every request is forwarded to that province's region (docs/regions.md).
+    cards_dir = Path(opts["cards_data_dir"]) if opts["cards_data_dir"] else data_dir
 
     def pans(province: int, functions: int, min_balance_fen: int) -> np.ndarray:
+        province = opts["card_province"] or province
         if (province, functions) not in pools:
-            pools[province, functions] = usable_cards(data_dir, province=province,
+            pools[province, functions] = usable_cards(cards_dir, province=province,
                                                       functions=functions,
                                                       min_balance_fen=min_balance_fen)
+            if not len(pools[province, functions]):
+                raise SystemExit(f"onecard load: no usable cards of province {province} in "
+                                 f"{cards_dir}")
         return pools[province, functions]
 
     sims = []
@@ -361,7 +371,8 @@ def run(args, *, progress_output: bool = True) -> LoadResult:
             "duration": args.duration if args.duration else 3600.0,
             "balance_share": args.balance_share, "verify_share": args.verify_share,
             "bus_share": args.bus_share, "no_signon": args.no_signon,
-            "tick_us": args.tick_us}
+            "tick_us": args.tick_us, "card_province": args.card_province,
+            "cards_data_dir": args.cards_data_dir}
     procs, pipes = [], []
     for i, chunk in enumerate(chunks):
         count = 0
@@ -456,6 +467,13 @@ def add_arguments(p) -> None:
     p.add_argument("--bus-share", type=float, default=0.2, help="native: share of bus taps")
     p.add_argument("--data-dir", default="onecard-data",
                    help="data set the terminals, keys and cards come from")
+    p.add_argument("--terminal-province", type=int, default=0, metavar="CODE",
+                   help="iso8583: POS terminals of this province only (default: mainland)")
+    p.add_argument("--card-province", type=int, default=0, metavar="CODE",
+                   help="use cards of this issuing province (default: each terminal's own); "
+                   "with regional switches, another region's cards are forwarded")
+    p.add_argument("--cards-data-dir", metavar="DIR",
+                   help="data set the cards come from (default --data-dir): another region's")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-signon", action="store_true",
                    help="skip sign-on (for peers that do not check MACs, e.g. bench.echo_server)")

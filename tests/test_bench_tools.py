@@ -145,3 +145,26 @@ def test_pg_compare_measures_sqlite_and_reports_a_pg_topology_in_one_line(tmp_pa
             assert "\n" not in x["error"] and f"{x['topology']:9} not measured:" in out.stdout
     assert out.returncode == (2 if len(measured) < len(topologies) else 0)
     assert "sqlite" in out.stdout and "TPS" in out.stdout
+
+
+@pytest.mark.slow
+def test_regions_bench_forwards_the_foreign_share_and_reports_the_p99_difference(tmp_path):
+    result = tmp_path / "regions.json"
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.regions", "--duration", "1",
+                          "--cards", "3000", "--local", "2", "--window", "2",
+                          "--json", str(result)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(result.read_text())
+    for setup in ("single", "regions"):
+        for kind in ("local", "foreign"):
+            x = r[setup][kind]
+            assert x["completed"] > 0 and x["codes"].get("00", 0) > 0, (setup, kind, x)
+            assert not set(x["codes"]) - {"00", "51", "61"}, (setup, kind, x["codes"])
+    assert "forwarded p99 - local p99 (regions)" in out.stdout
+    assert 0 < r["nats_echo_ms"]["p50"] <= r["nats_echo_ms"]["p99"]
+
+
+def test_regions_bench_refuses_a_malformed_run():
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.regions", "--window", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--window" in out.stderr
