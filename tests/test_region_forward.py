@@ -37,6 +37,16 @@ class Regions:
     def __init__(self, root, demo_dir) -> None:
         self.root = root
         self.cluster = nats_server.start_cluster(root / "nats", nodes=3)
+        self.switches: dict = {}
+        self.state: dict = {}
+        self.sockets: list = []
+        try:
+            self._prepare(root, demo_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, root, demo_dir) -> None:
         self.cluster.wait_ready()
         conn = sqlite3.connect(f"file:{demo_dir / 'onecard.db'}?mode=ro", uri=True)
         provinces = [p for (p,) in conn.execute(
@@ -51,9 +61,6 @@ class Regions:
         others = ",".join(str(p) for p in provinces if p != JS)
         assert cli.main(["region", "route", "--nats", urls, "--replicas", "3",
                          "--set", f"{others}=sh", "--set", f"{JS}=js"]) == 0
-        self.switches = {}
-        self.state: dict = {}
-        self.sockets: list = []
 
     def config(self, name: str, timeout_ms: int = 500) -> str:
         path = self.root / name / "region.toml"
@@ -83,10 +90,12 @@ class Regions:
 @pytest.fixture(scope="module")
 def regions(demo_dir, tmp_path_factory):
     r = Regions(tmp_path_factory.mktemp("regions"), demo_dir)
-    r.start("js")
-    r.start("sh")
-    yield r
-    r.close()
+    try:
+        r.start("js")
+        r.start("sh")
+        yield r
+    finally:
+        r.close()
 
 
 def card_of(data_dir, province: int, nth: int = 0) -> tuple[str, int]:

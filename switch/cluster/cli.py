@@ -8,9 +8,7 @@ password file and cluster.json (DSN, REST URLs, ports) for programs that use the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import secrets
 import signal
 import sys
@@ -26,9 +24,9 @@ from onecard.switch.cluster.procs import (
     alive,
     free_ports,
     log_tail,
+    ours,
     read_pid,
-    signal_group,
-    stop_group,
+    stop_waves,
 )
 
 NODES_MAX = 9
@@ -53,7 +51,10 @@ def add_arguments(sub) -> None:
     up.add_argument("--switch", action="store_true", help="also import a demo data set into "
                     "the cluster and start a switch serving from it (DIR/switch)")
     up.add_argument("--cards", type=int, default=100_000,
-                    help="cards in the --switch demo data set (default 100000)")
+                    help="cards in the --switch (or --regions) demo data set (default 100000)")
+    up.add_argument("--regions", type=int, default=0, metavar="N",
+                    help="instead of PostgreSQL: N regional switches and a 3-node NATS cluster, "
+                    "the demo data split by province group (docs/regions.md)")
     for name, helptext in (("status", "roles and states of the nodes"),
                            ("down", "stop everything `up` started (idempotent)")):
         csub.add_parser(name, help=helptext)
@@ -68,10 +69,18 @@ def add_arguments(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one cluster subcommand; a ClusterError is one line on stderr and exit status 2."""
+    from onecard.switch.region import cluster as regions
+
     try:
+        if args.cluster_command == "up" and args.regions:
+            return regions.up(args.dir, args.regions, args.cards, args.timeout)
         if args.cluster_command == "up":
             return up(args.dir, args.nodes, args.timeout,
                       switch_cards=args.cards if args.switch else 0)
+        if args.cluster_command == "down" and regions.is_regions(args.dir):
+            return regions.down(args.dir)
+        if args.cluster_command == "status" and regions.is_regions(args.dir):
+            return regions.status(args.dir)
         if args.cluster_command == "down":
             return down(args.dir)
         if args.cluster_command == "start":
@@ -214,7 +223,7 @@ def start_node(directory: Path, name: str, timeout_s: float) -> int:
     if node is None:
         raise ClusterError(f"no node {name} (nodes: {', '.join(n.name for n in nodes)})")
     pid = read_pid(node.pid_path)
-    if pid is not None and _ours(pid, directory):
+    if pid is not None and ours(pid, directory):
         raise ClusterError(f"{name}'s Patroni is running (pid {pid})")
     patroni.start(node, patroni.patroni_argv())
     _wait_ready(nodes, timeout_s)
@@ -249,16 +258,6 @@ def down(directory: Path) -> int:
     return 0
 
 
-def _ours(pid: int, directory: Path) -> bool:
-    """pid runs one of our commands: its command line names a path under directory (a pid
-    file that outlived its process must not make us kill whoever has that pid now)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    return str(directory).encode() in cmdline and alive(pid)
-
-
 def _stop(directory: Path) -> int:
     """Patroni first (it stops its PostgreSQL cleanly), then any PostgreSQL left behind (a
     Patroni that was killed leaves its postmaster running in its own session), then etcd."""
@@ -270,18 +269,4 @@ def _stop(directory: Path) -> int:
              ([d / "data" / "postmaster.pid" for d in node_dirs], signal.SIGINT,
               LEFTOVER_STOP_TIMEOUT_S),
              ([directory / "etcd.pid"], signal.SIGTERM, LEFTOVER_STOP_TIMEOUT_S)]
-    stopped = 0
-    for pid_paths, sig, timeout_s in waves:
-        pgids = []
-        for path in pid_paths:
-            pid = read_pid(path)
-            if pid is not None and _ours(pid, directory):
-                with contextlib.suppress(ProcessLookupError):
-                    pgids.append(os.getpgid(pid))
-        # All of a wave at once: the nodes stop in parallel.
-        for pgid in pgids:
-            signal_group(pgid, sig, spare_runuser=True)
-        for pgid in pgids:
-            stop_group(pgid, timeout_s)
-            stopped += 1
-    return stopped
+    return stop_waves(directory, waves, spare_runuser=True)

@@ -159,3 +159,34 @@ def stop_group(pgid: int, timeout_s: float) -> None:
             if not group_alive(pgid):
                 return
             time.sleep(STOP_POLL_S)
+
+
+def ours(pid: int, directory: Path) -> bool:
+    """pid runs one of our commands: its command line names a path under directory (a pid
+    file that outlived its process must not make us kill whoever has that pid now)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return str(directory).encode() in cmdline and alive(pid)
+
+
+def stop_waves(directory: Path, waves: list[tuple[list[Path], int, float]], *,
+               spare_runuser: bool = False) -> int:
+    """Stop, wave after wave, the process groups whose pid files are listed (those of our
+    commands only): every group of a wave gets ``sig`` at once and up to ``timeout_s`` to
+    go. Returns how many groups were stopped."""
+    stopped = 0
+    for pid_paths, sig, timeout_s in waves:
+        pgids = []
+        for path in pid_paths:
+            pid = read_pid(path)
+            if pid is not None and ours(pid, directory):
+                with contextlib.suppress(ProcessLookupError):
+                    pgids.append(os.getpgid(pid))
+        for pgid in pgids:
+            signal_group(pgid, sig, spare_runuser=spare_runuser)
+        for pgid in pgids:
+            stop_group(pgid, timeout_s)
+            stopped += 1
+    return stopped

@@ -41,11 +41,14 @@ async def _connect(urls: str):
                               max_reconnect_attempts=2, allow_reconnect=True), len(servers)
 
 
-async def _route(args: argparse.Namespace) -> routing.RoutingTable:
-    changes = parse_sets(args.set)
-    nc, n_servers = await _connect(args.nats)
+async def publish(urls: str, sets: list[str], replicas: int | None = None
+                  ) -> routing.RoutingTable:
+    """Publish the current table with ``sets`` (CODES=REGION) applied as the next version;
+    the bucket is created with ``replicas`` (default by the number of servers) if missing."""
+    changes = parse_sets(sets)
+    nc, n_servers = await _connect(urls)
     try:
-        replicas = args.replicas or routing.replicas_for(n_servers)
+        replicas = replicas or routing.replicas_for(n_servers)
         kv = await routing.open_bucket(nc.jetstream(), replicas)
         found = await routing.current(kv)
         old, revision = found if found is not None else (None, None)
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.region_command == "route":
-            table = asyncio.run(_route(args))
+            table = asyncio.run(publish(args.nats, args.set, args.replicas))
             print(f"onecard region route: version {table.version} published: "
                   f"{describe(table)}")
             return 0
