@@ -74,12 +74,19 @@ cdef inline uint8_t province_of(uint64_t pan) noexcept nogil:
     return <uint8_t>(p % 100)
 
 
-def _answers_for(reqs, list got):
-    """A destination's answers to ``reqs`` (its chunks concatenated), or 91s when a chunk is
-    missing or the answers do not match the requests one for one."""
+def unanswered(reqs, got) -> np.ndarray:
+    """Which of one forwarded chunk's requests (REQUEST records) :meth:`Router.install` answers
+    91 given what came back (ANSWER bytes or None): the issuer may or may not have decided
+    them (switch/region/advices.py)."""
+    return _answers_for(reqs, got)["origin"] == ORIGIN_UNAVAILABLE
+
+
+def _answers_for(reqs, got):
+    """One chunk's answers to ``reqs``, or 91s when it is missing or the answers do not
+    match the requests one for one."""
     ans = None
-    if all(g is not None for g in got):
-        raw = b"".join(got)
+    if got is not None:
+        raw = bytes(got)
         if len(raw) == len(reqs) * sizeof(FwdAns):
             ans = np.frombuffer(raw, dtype=_spec.ANSWER)
             if not (np.array_equal(ans["tid"], reqs["tid"])
@@ -258,23 +265,22 @@ cdef class Router:
     def install(self, order, list answers) -> None:
         """The issuers' answers before the buffer is run again: ``order`` from :meth:`take`
         and [(destination, REQUEST bytes sent, ANSWER bytes or None)], a destination's chunks
-        in the order sent. They are merged back into buffer order. A destination that did not
-        answer (None), or whose answers do not match its requests one for one (terminal id
-        and sequence), gets 91 for each of its requests: the run then makes progress whatever
-        a peer sends."""
+        in the order sent. They are merged back into buffer order. A chunk that was not
+        answered (None), or whose answers do not match its requests one for one (terminal id
+        and sequence), gets 91 for each of its requests (:func:`unanswered`): the run then
+        makes progress whatever a peer sends."""
         order = np.asarray(order, dtype=np.uint8)
         if len(order) > REQS_MAX:
             raise ValueError(f"more than {REQS_MAX} answers")
         merged = np.zeros(len(order), dtype=_spec.ANSWER)
         for d in np.unique(order):
-            sent = [s for dd, s, _ in answers if dd == d]
-            got = [g for dd, _, g in answers if dd == d]
-            reqs = np.frombuffer(b"".join(sent), dtype=_spec.REQUEST)
+            parts = [_answers_for(np.frombuffer(s, dtype=_spec.REQUEST), g)
+                     for dd, s, g in answers if dd == d]
             at = np.flatnonzero(order == d)
-            if len(reqs) != len(at):
-                raise ValueError(f"destination {d}: {len(reqs)} requests sent, "
-                                 f"{len(at)} taken")
-            merged[at] = _answers_for(reqs, got)
+            n = sum(len(p) for p in parts)
+            if n != len(at):
+                raise ValueError(f"destination {d}: {n} requests sent, {len(at)} taken")
+            merged[at] = np.concatenate(parts)
         self.clear()
         if len(merged) == 0:
             return

@@ -97,12 +97,20 @@ cdef inline void undo_spending(Authoriser a, JPayment* p, int64_t amount, int si
 cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     """Undo a purchase (processing code 00xxxx) or a void (20xxxx) identified by its STAN.
     Idempotent; an unknown original is acknowledged and remembered so that a late original
-    is refused; a reversal whose card or amount differ is refused (25)."""
-    cdef int64_t idx = a.state.find_card(t.pan)
+    is refused; a reversal whose card or amount differ is refused (25).
+
+    A reversal advice (offline, no card number) comes from another region's switch that
+    answered its terminal 91 for a request forwarded here (switch/region/link.py): the
+    original, if this switch decided it, is found by terminal and STAN alone."""
     cdef RingEntry* e = a.state.slot(t.terminal, t.seq)
     cdef bint of_void = t.proc_code // 10000 == 20
     cdef uint8_t orig_kind = KIND_VOID if of_void else KIND_PURCHASE
     cdef bint known = e.kind != KIND_NONE and e.seq == t.seq
+    cdef int64_t idx
+    if t.offline and t.pan == 0:
+        idx = <int64_t>e.card if known and e.card != NONE32 else -1
+    else:
+        idx = a.state.find_card(t.pan)
     cdef JRec* j
     cdef JPayment* p
     cdef int64_t amount = 0

@@ -227,6 +227,16 @@ def _region(sw: Switch) -> Iterator[Metric]:
     yield CounterMetricFamily("onecard_forwarded_served_requests",
                               "Requests other regions forwarded here and this switch decided",
                               value=float(link.served_requests))
+    adv = link.advices
+    if adv is not None:
+        yield CounterMetricFamily("onecard_advices_published",
+                                  "Reversal advices stored in the JetStream stream for issuers",
+                                  value=float(adv.published))
+        yield GaugeMetricFamily("onecard_advices_pending",
+                                "Reversal advices waiting for the stream", value=len(adv.queue))
+        yield CounterMetricFamily("onecard_advices_applied",
+                                  "Other regions' reversal advices applied here",
+                                  value=float(adv.applied))
     yield GaugeMetricFamily("onecard_routing_table_version",
                             "Version of the routing table in use", value=link.table_version)
 

@@ -7,13 +7,15 @@ data set, and the switches are separate processes started as a user would start 
 Exactly-once is checked the checker's way: the issuer's committed journal and the card's
 balance after stopping everything, against what the terminal was told."""
 
+import signal
 import sqlite3
+import time
 import urllib.request
 
 import numpy as np
 import pytest
 
-from onecard.core.state import CARD_ACTIVE, TERM_BUS_READER, TERM_POS
+from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, TERM_BUS_READER, TERM_POS
 from onecard.protocols.journal_codec import decode
 from onecard.switch import cli, loader
 
@@ -105,6 +107,7 @@ def card_of(data_dir, province: int, nth: int = 0) -> tuple[str, int]:
     pans = st.cards["pan"]
     prov = np.array([int(str(int(p))[3:5]) for p in pans])
     ok = (prov == province) & (st.cards["status"] == CARD_ACTIVE)
+    ok &= (st.cards["functions"] & FN_FINANCIAL) != 0
     ok &= st.accounts["balance_fen"][st.cards["account"]] >= BALANCE_FEN
     idx = int(np.flatnonzero(ok)[nth])
     return str(int(pans[idx])), int(st.accounts["balance_fen"][st.cards["account"][idx]])
@@ -204,6 +207,41 @@ def test_issuer_down_is_91_and_local_cards_are_unaffected(regions):
     assert back["39"] == "00"
 
 
+def metric(sw, name: str) -> float:
+    for line in metrics(sw).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_late_issuer_approval_is_reversed_by_the_acquirers_advice(regions):
+    """The issuer stops (SIGSTOP) with a purchase on its way: the acquirer answers 91 at its
+    timeout; the issuer, resumed, may approve and commit the stale request, and the reversal
+    advice takes it back (or, first, makes the late original refused). The card ends as the
+    terminal was told: nothing charged."""
+    pan, _ = card_of(regions.dirs["js"], JS, nth=3)
+    t = pos(regions)
+    (probe,) = t.send(t.balance(pan))
+    assert probe["39"] == "00", probe
+    opening_fen = int(probe["54"][8:])
+    applied = metric(regions.switches["js"], "onecard_advices_applied_total")
+    js = regions.switches["js"].proc
+    js.send_signal(signal.SIGSTOP)
+    try:
+        (r,) = t.send(t.purchase(pan, 4_321))
+    finally:
+        js.send_signal(signal.SIGCONT)
+    assert r["39"] == "91"
+    deadline = time.monotonic() + 30
+    while (metric(regions.switches["js"], "onecard_advices_applied_total") < applied + 1
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    assert metric(regions.switches["sh"], "onecard_advices_published_total") >= 1
+    assert metric(regions.switches["js"], "onecard_advices_applied_total") >= applied + 1
+    assert balance(t, pan) == opening_fen
+    regions.state["reversed"] = (pan, opening_fen, int(r["11"]))
+
+
 def test_money_moved_once_at_the_issuer_and_nowhere_else(regions):
     """Stop both; read the committed journals: every approved forwarded purchase is one
     PURCHASE in Jiangsu's journal, and the card's balance moved by exactly that."""
@@ -219,4 +257,12 @@ def test_money_moved_once_at_the_issuer_and_nowhere_else(regions):
            and r.issuer_recorded and r.issuer_record_no == rrn]
     assert [r.repeated for r in fwd] == [0, 1, 1]         # sent, retransmitted, after restart
     assert balance_of(regions.dirs["js"], pan) == opening_fen - amount
+    late_pan, late_opening, late_stan = regions.state["reversed"]
+    assert balance_of(regions.dirs["js"], late_pan) == late_opening
+    # the issuer journaled the advice as a reversal of that STAN: of the late approval, or
+    # of nothing yet (and the late original then refused)
+    late = [r for r in js_records if r.seq == late_stan and r.kind_name in ("PURCHASE",
+                                                                              "REVERSAL")]
+    kinds = [r.kind_name for r in late]
+    assert kinds.count("REVERSAL") == 1, kinds
     assert not holds(regions.dirs["sh"], pan)              # Shanghai holds no Jiangsu card

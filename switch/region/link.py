@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onecard.protocols import forward
+from onecard.switch.region.advices import Advices
 
 if TYPE_CHECKING:
     from onecard.switch.config import RegionConfig
@@ -73,9 +74,10 @@ class RegionLink:
         self.served_batches = 0
         self.served_requests = 0
         self.nc = None
+        self.advices: Advices | None = None
         self._sub = None
-        self._watch: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()   # relays and answers: finish before stopping
+        self._loops: set[asyncio.Task] = set()   # the watch and the advice loops: cancelled
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -99,8 +101,13 @@ class RegionLink:
         else:
             log.warning("region %s: no routing table yet: every card is decided here until "
                         "one is published (onecard region route)", self.name)
-        self._watch = routing.watch(kv, self.apply, last_version=self.table_version)
-        self._tasks.add(self._watch)
+        self._loops.add(routing.watch(kv, self.apply, last_version=self.table_version))
+        self.advices = Advices(self)
+        await self.advices.start(self.nc.jetstream(), self.config.routing_replicas)
+        resent = self.advices.resend(*self._journal_tail())
+        if resent:
+            log.info("region %s: %d reversal advices from the journal sent again", self.name,
+                     resent)
         self._sub = await self.nc.subscribe(forward.SUBJECT_PREFIX + self.name,
                                             queue=f"onecard-{self.name}", cb=self._serve)
         log.info("region %s: linked over NATS (%s), routing table version %d",
@@ -116,12 +123,12 @@ class RegionLink:
         """After the last commits: let batches being answered and relays in flight finish
         (each is bounded by a commit or the forwarding timeout), then disconnect."""
         await self.stop_serving()
-        work = [t for t in self._tasks if t is not self._watch]
-        if work:
-            await asyncio.wait(work, timeout=STOP_TIMEOUT_S)
-        for task in list(self._tasks):
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_S)
+        tasks = [*self._tasks, *self._loops]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.nc is not None:
             await self.nc.close()
 
@@ -149,6 +156,35 @@ class RegionLink:
         log.warning("region %s: NATS disconnected; reconnecting (forwarded requests get 91 "
                     "meanwhile)", self.name)
 
+    def _journal_tail(self) -> tuple[list, np.ndarray, object]:
+        """The journal records after the newest checkpoint (where advices not yet in the
+        stream may be), the terminals' ids, and the owner of a province now."""
+        from onecard.protocols.journal_codec import decode
+        from onecard.switch import store
+
+        sw = self.switch
+        if sw.config.store.backend != "sqlite":
+            return [], {}, lambda _: None    # PostgreSQL: not yet (docs/regions.md)
+        conn = store.connect(store.db_path(sw.data_dir), readonly=True)
+        try:
+            recs, nos = store.journal_records(conn, sw.loaded.snapshot_upto)
+        finally:
+            conn.close()
+        tids = sw.state.terminals["tid"]          # as the core keys them
+        owners = self.owners
+
+        def owner_of(province: int) -> str | None:
+            region = owners.get(province)
+            return region if region and region != self.name else None
+
+        return decode(recs, nos), tids, owner_of
+
+    def spawn_loop(self, coro) -> asyncio.Task:
+        """A task that runs as long as the link (cancelled at stop)."""
+        task = asyncio.create_task(coro)
+        self._loops.add(task)
+        return task
+
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -168,6 +204,7 @@ class RegionLink:
         engine = self.switch.engine
         try:
             for _ in range(ROUNDS_MAX):
+                peers = self.peers               # what forward() routes by
                 answers = await self.forward(batches)
                 if conn.closing or conn.transport is None:
                     # The terminal went away: what issuers approved is journaled there, and
@@ -181,6 +218,7 @@ class RegionLink:
                 finally:
                     router.clear()
                 conn.ran(conn._buf, len(conn._buf), result, relay=False)
+                self._advise(answers, peers)
                 if not batches:
                     return
             log.error("region %s: a connection's requests were rerouted %d times (routing "
@@ -188,6 +226,15 @@ class RegionLink:
             conn.close_now()
         finally:
             conn.release()
+
+    def _advise(self, answers: list, peers: list[str]) -> None:
+        """Chunks answered 91: reversal advices for their purchases and voids, once the
+        FORWARDED records just journaled are durable (advices.py)."""
+        if self.advices is None:
+            return
+        journal_no = self.switch.engine.journal.next_no - 1
+        for d, chunk, got in answers:
+            self.advices.queue_unanswered(d, peers[d - 1], chunk, got, journal_no)
 
     async def forward(self, batches: list[tuple[int, bytes]]) -> list:
         """Send each destination's REQUEST records, at most BATCH_MAX per NATS request, all

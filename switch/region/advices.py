@@ -1,0 +1,202 @@
+"""Reversal advices between regional switches (issue 15, docs/regions.md).
+
+An acquirer that answered its terminal ``91`` for a forwarded purchase or void cannot know
+whether the issuer decided it (the answer may have been lost, or late): the issuer may hold a
+debit the terminal was told was declined. So the acquirer sends a reversal advice: a
+REQUEST record of kind REVERSAL for the same terminal and STAN, without the card number
+(``offline``: the issuer finds the original by terminal and STAN alone, ``core/payments.pyx``).
+The issuer applies it like a terminal's reversal: it undoes the original if it approved it,
+and otherwise remembers the STAN so that the original, arriving late, is refused. Either way
+the issuer ends with no effect, as the terminal was told. Applying an advice twice changes
+nothing, so delivery only needs to be at least once.
+
+Delivery: the acquirer's journal first (its FORWARDED record, origin UNAVAILABLE, is durable
+before the advice leaves; on start, those after the newest checkpoint are sent again), then a
+JetStream stream (file storage, ``Nats-Msg-Id`` deduplication, ``sync_interval: always`` on
+the servers), retried until the stream acknowledges. The issuer reads its subject with a
+durable consumer and acknowledges an advice once its own journal holds the reversal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onecard.core.state import KIND_PURCHASE, KIND_REVERSAL, KIND_VOID, PROTO_ISO8583
+from onecard.protocols import forward
+
+if TYPE_CHECKING:
+    from onecard.switch.region.link import RegionLink
+
+log = logging.getLogger("onecard.region")
+
+STREAM = "ONECARD_ADVICES"
+SUBJECT_PREFIX = "onecard.advice."           # + issuer region
+DUPLICATE_WINDOW_S = 24 * 3600.0             # a resend after a restart is within a day
+QUEUED_MAX = 1_000_000                       # advices waiting for the stream
+FETCH_MAX = 256                              # advices applied in one core call
+FETCH_WAIT_S = 1.0
+RETRY_S = (0.05, 0.2, 1.0, 5.0)              # backoff while the stream does not acknowledge
+PUBLISH_TIMEOUT_S = 5.0
+VOID_PROC = 200000                           # processing code 20xxxx: a void's reversal
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
+def reversal_advices(reqs: np.ndarray) -> np.ndarray:
+    """The reversal advices for forwarded requests answered 91: ISO 8583 purchases and voids
+    (the requests whose effect a reversal undoes), as REQUEST records."""
+    txn = reqs["txn"]
+    money = ((txn["kind"] == KIND_PURCHASE) | (txn["kind"] == KIND_VOID)) & (
+        txn["proto"] == PROTO_ISO8583)
+    out = reqs[money].copy()
+    t = out["txn"]
+    t["proc_code"] = np.where(t["kind"] == KIND_VOID, VOID_PROC, 0)
+    t["kind"] = KIND_REVERSAL
+    t["pan"] = 0
+    t["offline"] = 1
+    return out
+
+
+def msg_id(acquirer: str, advice: np.void, day: str) -> str:
+    """Deduplication key: (acquiring region, terminal, STAN, amount, day)."""
+    t = advice["txn"]
+    return (f"{acquirer}.{int(advice['tid'])}.{int(t['seq'])}.{int(t['amount_fen'])}."
+            f"{int(t['currency'])}.{day}")
+
+
+class Advices:
+    """The acquirer's queue of advices to publish and the issuer's consumer of its own."""
+
+    def __init__(self, link: RegionLink) -> None:
+        self.link = link
+        self.queue: deque = deque()              # (journal no to await, subject, bytes, id)
+        self.wakeup = asyncio.Event()
+        self.published = 0
+        self.applied = 0
+        self.dropped = 0
+
+    async def start(self, js, replicas: int) -> None:
+        from nats.js.api import StorageType, StreamConfig
+        from nats.js.errors import BadRequestError
+
+        self.js = js
+        config = StreamConfig(name=STREAM, subjects=[SUBJECT_PREFIX + ">"],
+                              storage=StorageType.FILE, num_replicas=replicas,
+                              duplicate_window=DUPLICATE_WINDOW_S)
+        try:
+            await js.add_stream(config)
+        except BadRequestError:                  # made by another switch, maybe otherwise
+            await js.stream_info(STREAM)
+        name = self.link.name
+        self.sub = await js.pull_subscribe(SUBJECT_PREFIX + name, durable=f"advices-{name}",
+                                           stream=STREAM)
+        self.link.spawn_loop(self._publish_loop())
+        self.link.spawn_loop(self._consume_loop())
+
+    # ---- acquirer ----------------------------------------------------------------------------
+
+    def queue_unanswered(self, dest: int, peer: str, sent: bytes, got: bytes | None,
+                         journal_no: int) -> None:
+        """After a forwarded chunk answered 91: queue the reversal advices it needs, to leave
+        once the journal (``journal_no`` and before) is durable."""
+        from onecard.core.forward import unanswered
+
+        reqs = np.frombuffer(sent, dtype=forward.REQUEST)
+        advices = reversal_advices(reqs[unanswered(reqs, got)])
+        day = dt.datetime.now(CST).strftime("%Y%m%d")
+        for advice in advices:
+            self._enqueue(journal_no, peer, advice, day)
+
+    def _enqueue(self, journal_no: int, peer: str, advice: np.void, day: str) -> None:
+        if len(self.queue) >= QUEUED_MAX:
+            self.dropped += 1
+            log.error("region %s: %d advices waiting for the stream; one for %s dropped "
+                      "(it is in the journal and is sent again at the next start)",
+                      self.link.name, QUEUED_MAX, peer)
+            return
+        self.queue.append((journal_no, SUBJECT_PREFIX + peer, advice.tobytes(),
+                           msg_id(self.link.name, advice, day)))
+        self.wakeup.set()
+
+    def resend(self, records, tids: np.ndarray, owner_of) -> int:
+        """At start: the advices of FORWARDED records answered 91 after the newest
+        checkpoint (their journal is durable; the stream may not have them)."""
+        n = 0
+        for rec in records:
+            if rec.kind_name != "FORWARDED" or rec.origin != forward.ORIGIN["UNAVAILABLE"]:
+                continue
+            peer = owner_of(rec.issuer_province)
+            if peer is None or rec.orig_kind not in (KIND_PURCHASE, KIND_VOID):
+                continue
+            req = np.zeros(1, dtype=forward.REQUEST)
+            req["tid"] = tids[rec.terminal]
+            t = req["txn"]
+            t["seq"], t["amount_fen"], t["currency"] = rec.seq, rec.amount_asked_minor, \
+                rec.currency
+            t["kind"], t["proto"] = rec.orig_kind, PROTO_ISO8583
+            day = dt.datetime.fromtimestamp(rec.ts_us / 1e6, CST).strftime("%Y%m%d")
+            for advice in reversal_advices(req):
+                self._enqueue(0, peer, advice, day)
+                n += 1
+        return n
+
+    async def _publish_loop(self) -> None:
+        sw = self.link.switch
+        while True:
+            if not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            journal_no, subject, payload, key = self.queue[0]
+            if journal_no:
+                await sw.committed(journal_no)
+            for delay_s in (*RETRY_S, None):
+                try:
+                    await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT_S,
+                                          headers={"Nats-Msg-Id": key,
+                                                   forward.HEADER: str(forward.VERSION)})
+                    break
+                except Exception as exc:         # any NATS failure: the advice must wait
+                    log.warning("region %s: advice to %s not stored yet: %r",
+                                self.link.name, subject, exc)
+                    await asyncio.sleep(delay_s if delay_s is not None else RETRY_S[-1])
+            else:
+                continue                         # still failing: try again from the top
+            self.queue.popleft()
+            self.published += 1
+
+    # ---- issuer ------------------------------------------------------------------------------
+
+    async def _consume_loop(self) -> None:
+        import nats.errors
+
+        sw = self.link.switch
+        while True:
+            try:
+                msgs = await self.sub.fetch(FETCH_MAX, timeout=FETCH_WAIT_S)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                log.warning("region %s: advices: %r", self.link.name, exc)
+                await asyncio.sleep(RETRY_S[-1])
+                continue
+            good = [m for m in msgs if len(m.data) % forward.REQUEST.itemsize == 0
+                    and (m.headers or {}).get(forward.HEADER) == str(forward.VERSION)]
+            for m in msgs:
+                if m not in good:                # never applicable: say so, do not retry
+                    log.error("region %s: malformed advice dropped (%d bytes)",
+                              self.link.name, len(m.data))
+                    await m.term()
+            if not good:
+                continue
+            _, end_no = sw.engine.serve_forwarded(b"".join(m.data for m in good))
+            if end_no:
+                await sw.committed(end_no - 1)
+            for m in good:
+                await m.ack()
+            self.applied += sum(len(m.data) // forward.REQUEST.itemsize for m in good)
