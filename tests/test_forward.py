@@ -17,7 +17,7 @@ from onecard.protocols import forward, native
 from onecard.protocols.journal_codec import decode, unpack
 
 from conftest import World
-from termsim import IsoTerminal, NativeTerminal
+from termsim import IsoTerminal, NativeTerminal, frames, iso_decode
 
 FOREIGN, HOME = 32, 31
 
@@ -265,3 +265,75 @@ def test_seeded_traffic_gives_the_single_switchs_codes_and_balances(demo_dir, te
         assert owner.balance(idx) == single.balance(idx)
         if foreign:                             # the acquirer never touched its copy
             assert other.balance(idx) == opening.balance(idx)
+
+
+def test_a_destinations_chunks_are_answered_each_on_its_own(pair):
+    """A batch above BATCH_MAX goes in several NATS requests: one that was answered keeps its
+    answers when another of the same destination was not (those get 91, and advices)."""
+    from onecard.core.forward import unanswered
+
+    t = pair.iso()
+    (pan1, idx1), (pan2, idx2) = pair.card(nth=0), pair.card(nth=1)
+    router = pair.acq.engine.router
+    data = t.purchase(pan1, 100) + t.purchase(pan2, 200)
+    consumed, _, _, _ = pair.acq.engine.process(ISO8583, data)
+    order, [(d, sent)] = router.take()
+    router.clear()
+    assert consumed == 0 and list(order) == [d, d]
+    size = forward.REQUEST.itemsize
+    first, second = sent[:size], sent[size:]
+    got = pair.serve(first)
+    reqs = np.frombuffer(second, dtype=forward.REQUEST)
+    assert unanswered(reqs, None).tolist() == [True]
+    assert unanswered(np.frombuffer(first, dtype=forward.REQUEST), got).tolist() == [False]
+    router.install(order, [(d, first, got), (d, second, None)])
+    _, replies, _, _ = pair.acq.engine.process(ISO8583, data)
+    router.clear()
+    r1, r2 = (iso_decode(f) for f in frames(replies, 2))
+    assert (r1["39"], r2["39"]) == ("00", "91")
+    assert pair.iss.balance(idx1) == 100_000 - 100 and pair.iss.balance(idx2) == 100_000
+
+
+def test_reversal_advices_are_card_less_reversals_of_purchases_and_voids():
+    from onecard.core.state import KIND_PURCHASE, KIND_REVERSAL, KIND_TAP, KIND_VOID
+    from onecard.switch.region.advices import reversal_advices
+
+    reqs = np.zeros(3, dtype=forward.REQUEST)
+    reqs["txn"]["kind"] = [KIND_PURCHASE, KIND_VOID, KIND_TAP]
+    reqs["txn"]["proto"] = [0, 0, 1]
+    reqs["txn"]["pan"] = 6213210000000000504
+    reqs["txn"]["seq"] = [7, 8, 9]
+    out = reversal_advices(reqs)
+    assert out["txn"]["seq"].tolist() == [7, 8]              # a tap has no reversal
+    assert set(out["txn"]["kind"].tolist()) == {KIND_REVERSAL}
+    assert out["txn"]["pan"].tolist() == [0, 0] and out["txn"]["offline"].tolist() == [1, 1]
+    assert out["txn"]["proc_code"].tolist() == [0, 200000]
+
+
+def test_an_advice_undoes_an_approval_or_makes_the_late_original_refused(pair):
+    from onecard.switch.region.advices import reversal_advices
+
+    t = pair.iso()
+    pan, idx = pair.card()
+    router = pair.acq.engine.router
+    # approved by the issuer, but the acquirer never saw the answer: the advice undoes it
+    data = t.purchase(pan, 700)
+    pair.acq.engine.process(ISO8583, data)
+    _, [(_, sent)] = router.take()
+    router.clear()
+    pair.serve(sent)
+    assert pair.iss.balance(idx) == 100_000 - 700
+    advice = reversal_advices(np.frombuffer(sent, dtype=forward.REQUEST)).tobytes()
+    for _ in range(2):                                       # at least once: twice is fine
+        ans = np.frombuffer(pair.serve(advice), dtype=forward.ANSWER)
+        assert ans["rc"][0] == _code("00")
+    assert pair.iss.balance(idx) == 100_000
+    # the advice first: the original, arriving late, is refused and moves nothing
+    data = t.purchase(pan, 800)
+    pair.acq.engine.process(ISO8583, data)
+    _, [(_, sent)] = router.take()
+    router.clear()
+    pair.serve(reversal_advices(np.frombuffer(sent, dtype=forward.REQUEST)).tobytes())
+    late = np.frombuffer(pair.serve(sent), dtype=forward.ANSWER)
+    assert late["rc"][0] == _code("94")
+    assert pair.iss.balance(idx) == 100_000
