@@ -11,6 +11,10 @@ from onecard.core.journal cimport NONE32, JPayment, JRec
 from onecard.core.state cimport *
 
 
+cdef enum:
+    STAN_MOD = 1000000           # ISO 8583 field 11: six digits
+
+
 cdef inline bint cross_border_terminal(Authoriser a, uint32_t terminal) noexcept nogil:
     # Hong Kong (81) and Macao (82) terminals take their own currencies.
     cdef uint32_t code = a.state.region[a.state.term[terminal].region].code // 10000
@@ -94,6 +98,23 @@ cdef inline void undo_spending(Authoriser a, JPayment* p, int64_t amount, int si
     p.app_spent_fen_after = <int32_t>(app_spent if app_spent > 0 else 0)
 
 
+cdef inline bint later_stan(uint32_t held, uint32_t stan) noexcept nogil:
+    """Whether STAN ``held`` came after ``stan`` (STANs count 1..999999 and wrap)."""
+    cdef uint32_t ahead = (held % STAN_MOD + STAN_MOD - stan % STAN_MOD) % STAN_MOD
+    return 0 < ahead < STAN_MOD // 2
+
+
+cdef inline bint advice_too_late(RingEntry* e, Txn* t, bint known, Res* r) noexcept nogil:
+    """A reversal advice whose terminal's ring has moved on past its STAN: whether the
+    original was decided here is no longer known, and a marker would take a later request's
+    slot. Nothing is recorded; 25 tells the advice's consumer to report it."""
+    if known or e.kind == KIND_NONE or not later_stan(e.seq, t.seq):
+        return False
+    r.rc = RC_25
+    r.duplicate = 1
+    return True
+
+
 cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     """Undo a purchase (processing code 00xxxx) or a void (20xxxx) identified by its STAN.
     Idempotent; an unknown original is acknowledged and remembered so that a late original
@@ -106,8 +127,11 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef bint of_void = t.proc_code // 10000 == 20
     cdef uint8_t orig_kind = KIND_VOID if of_void else KIND_PURCHASE
     cdef bint known = e.kind != KIND_NONE and e.seq == t.seq
+    cdef bint advice = t.offline and t.pan == 0
     cdef int64_t idx
-    if t.offline and t.pan == 0:
+    if advice and advice_too_late(e, t, known, r):
+        return
+    if advice:
         idx = <int64_t>e.card if known and e.card != NONE32 else -1
     else:
         idx = a.state.find_card(t.pan)

@@ -237,6 +237,10 @@ def _region(sw: Switch) -> Iterator[Metric]:
         yield CounterMetricFamily("onecard_advices_applied",
                                   "Other regions' reversal advices applied here",
                                   value=float(adv.applied))
+        yield CounterMetricFamily("onecard_advices_unresolved",
+                                  "Reversal advices that came after their terminal's ring "
+                                  "moved on: reconcile (logged with terminal and STAN)",
+                                  value=float(adv.unresolved))
     yield GaugeMetricFamily("onecard_routing_table_version",
                             "Version of the routing table in use", value=link.table_version)
 

@@ -337,3 +337,27 @@ def test_an_advice_undoes_an_approval_or_makes_the_late_original_refused(pair):
     late = np.frombuffer(pair.serve(sent), dtype=forward.ANSWER)
     assert late["rc"][0] == _code("94")
     assert pair.iss.balance(idx) == 100_000
+
+
+def test_an_advice_after_the_terminals_ring_moved_on_is_refused_and_records_nothing(pair):
+    from onecard.switch.region.advices import reversal_advices
+
+    t = pair.iso()
+    pan, idx = pair.card(balance=1_000_000)
+    router = pair.acq.engine.router
+    pair.acq.engine.process(ISO8583, t.purchase(pan, 100))
+    _, [(_, lost)] = router.take()                 # its answer never reaches the acquirer
+    router.clear()
+    pair.serve(lost)
+    for _ in range(70):                            # more than the ring (64) since
+        (r,) = t.send(t.purchase(pan, 1))
+        assert r["39"] == "00"
+    last = t.stan - 1
+    records(pair.iss)
+    ans = np.frombuffer(pair.serve(reversal_advices(
+        np.frombuffer(lost, dtype=forward.REQUEST)).tobytes()), dtype=forward.ANSWER)
+    assert ans["rc"][0] == _code("25")
+    assert records(pair.iss) == []                 # nothing journaled, no slot taken
+    assert pair.iss.balance(idx) == 1_000_000 - 100 - 70
+    (again,) = t.send(t.purchase(pan, 1, stan=f"{last:06d}"))
+    assert again["39"] == "00" and pair.iss.balance(idx) == 1_000_000 - 170

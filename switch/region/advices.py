@@ -27,8 +27,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onecard.core.state import KIND_PURCHASE, KIND_REVERSAL, KIND_VOID, PROTO_ISO8583
+from onecard.core.state import (
+    KIND_PURCHASE,
+    KIND_REVERSAL,
+    KIND_VOID,
+    PROTO_ISO8583,
+    unpack_tid,
+)
 from onecard.protocols import forward
+from onecard.protocols.codes import CODE_INDEX
 
 if TYPE_CHECKING:
     from onecard.switch.region.link import RegionLink
@@ -45,6 +52,7 @@ RETRY_S = (0.05, 0.2, 1.0, 5.0)              # backoff while the stream does not
 PUBLISH_TIMEOUT_S = 5.0
 VOID_PROC = 200000                           # processing code 20xxxx: a void's reversal
 CST = dt.timezone(dt.timedelta(hours=8))
+CODES_INDEX_25 = CODE_INDEX["25"]
 
 
 def reversal_advices(reqs: np.ndarray) -> np.ndarray:
@@ -78,6 +86,7 @@ class Advices:
         self.wakeup = asyncio.Event()
         self.published = 0
         self.applied = 0
+        self.unresolved = 0
         self.dropped = 0
 
     async def start(self, js, replicas: int) -> None:
@@ -194,9 +203,25 @@ class Advices:
                     await m.term()
             if not good:
                 continue
-            _, end_no = sw.engine.serve_forwarded(b"".join(m.data for m in good))
+            data = b"".join(m.data for m in good)
+            answers, end_no = sw.engine.serve_forwarded(data)
             if end_no:
                 await sw.committed(end_no - 1)
             for m in good:
                 await m.ack()
-            self.applied += sum(len(m.data) // forward.REQUEST.itemsize for m in good)
+            self.applied += len(data) // forward.REQUEST.itemsize
+            self._report_unresolved(np.frombuffer(data, dtype=forward.REQUEST),
+                                    np.frombuffer(answers, dtype=forward.ANSWER))
+
+    def _report_unresolved(self, reqs: np.ndarray, answers: np.ndarray) -> None:
+        """Advices that came after their terminal's ring moved on (25): their original may
+        stand here while the terminal was told 91. Counted and logged for reconciliation
+        (clearing's exceptions, issue 16)."""
+        late = answers["rc"] == CODES_INDEX_25
+        if not late.any():
+            return
+        self.unresolved += int(late.sum())
+        for req in reqs[late]:
+            log.error("region %s: reversal advice for terminal %s STAN %06d came after that "
+                      "terminal's ring moved on: reconcile it (the original may stand)",
+                      self.link.name, unpack_tid(int(req["tid"])), int(req["txn"]["seq"]))
