@@ -17,7 +17,7 @@ from onecard.protocols.journal import FLAGS
 from onecard.switch.terminals import read_terminals
 
 from termsim import IsoTerminal, socket_exchange
-from test_region_forward import JS, Regions, balance_of, card_of, journal
+from test_region_forward import JS, balance_of, card_of, journal, metric, two_regions
 
 pytestmark = pytest.mark.slow
 
@@ -29,21 +29,8 @@ APPROVED = next(value for name, value, _ in FLAGS if name == "APPROVED")
 
 @pytest.fixture(scope="module")
 def regions(demo_dir, tmp_path_factory):
-    r = Regions(tmp_path_factory.mktemp("faults"), demo_dir)
-    try:
-        r.start("js")
-        r.start("sh")
+    with two_regions(tmp_path_factory.mktemp("faults"), demo_dir) as r:
         yield r
-    finally:
-        r.close()
-
-
-def metric(sw, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sw.http}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-    return 0.0
 
 
 def node_of(regions, client: str) -> int:

@@ -7,6 +7,7 @@ data set, and the switches are separate processes started as a user would start 
 Exactly-once is checked the checker's way: the issuer's committed journal and the card's
 balance after stopping everything, against what the terminal was told."""
 
+import contextlib
 import signal
 import sqlite3
 import time
@@ -89,15 +90,22 @@ class Regions:
         self.cluster.stop_all()
 
 
-@pytest.fixture(scope="module")
-def regions(demo_dir, tmp_path_factory):
-    r = Regions(tmp_path_factory.mktemp("regions"), demo_dir)
+@contextlib.contextmanager
+def two_regions(root, demo_dir):
+    """Both switches running on the split data sets (stopped, with NATS, on leaving)."""
+    r = Regions(root, demo_dir)
     try:
         r.start("js")
         r.start("sh")
         yield r
     finally:
         r.close()
+
+
+@pytest.fixture(scope="module")
+def regions(demo_dir, tmp_path_factory):
+    with two_regions(tmp_path_factory.mktemp("regions"), demo_dir) as r:
+        yield r
 
 
 def card_of(data_dir, province: int, nth: int = 0) -> tuple[str, int]:
