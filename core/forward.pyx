@@ -74,6 +74,14 @@ cdef inline uint8_t province_of(uint64_t pan) noexcept nogil:
     return <uint8_t>(p % 100)
 
 
+def _packed(records) -> bytes:
+    """Records as wire bytes with their padding zeroed: numpy's selections copy fields, not
+    the bytes between them, which would otherwise carry whatever memory held before."""
+    out = np.zeros(len(records), dtype=records.dtype)
+    out[...] = records
+    return out.tobytes()
+
+
 def unanswered(reqs, got) -> np.ndarray:
     """Which of one forwarded chunk's requests (REQUEST records) :meth:`Router.install` answers
     91 given what came back (ANSWER bytes or None): the issuer may or may not have decided
@@ -260,7 +268,7 @@ cdef class Router:
                              dtype=_spec.REQUEST)
         order = np.frombuffer(bytes((<char*>self.req_dest)[:self.n_reqs]), dtype=np.uint8)
         self.n_reqs = 0
-        return order, [(int(d), reqs[order == d].tobytes()) for d in np.unique(order)]
+        return order, [(int(d), _packed(reqs[order == d])) for d in np.unique(order)]
 
     def install(self, order, list answers) -> None:
         """The issuers' answers before the buffer is run again: ``order`` from :meth:`take`

@@ -122,6 +122,18 @@ def test_a_retransmission_repeats_the_issuers_answer_with_one_effect(pair):
     assert [r.repeated for r in fwd] == [0, 1]
 
 
+def test_forwarded_records_carry_their_fields_and_zero_padding(pair):
+    """Nothing but the request goes on the wire: no bytes of whatever memory held before."""
+    t = pair.iso()
+    pans = [pair.card(nth=i)[0] for i in range(3)]
+    pair.acq.engine.process(ISO8583, b"".join(t.purchase(pan, 500) for pan in pans))
+    _, [(_, sent)] = pair.acq.engine.router.take()
+    pair.acq.engine.router.clear()
+    fields = np.zeros(3, dtype=forward.REQUEST)
+    fields[...] = np.frombuffer(sent, dtype=forward.REQUEST)
+    assert fields.tobytes() == sent
+
+
 def test_local_and_foreign_requests_in_one_buffer_keep_their_order(pair):
     t = pair.iso()
     foreign = [pair.card(nth=i) for i in range(3)]
@@ -308,6 +320,10 @@ def test_reversal_advices_are_card_less_reversals_of_purchases_and_voids():
     assert set(out["txn"]["kind"].tolist()) == {KIND_REVERSAL}
     assert out["txn"]["pan"].tolist() == [0, 0] and out["txn"]["offline"].tolist() == [1, 1]
     assert out["txn"]["proc_code"].tolist() == [0, 200000]
+    blank = np.zeros(2, dtype=forward.REQUEST)        # nothing else of the request goes
+    blank["txn"][["seq", "kind", "proc_code", "offline"]] = out["txn"][
+        ["seq", "kind", "proc_code", "offline"]]
+    assert out.tobytes() == blank.tobytes()
 
 
 def test_an_advice_undoes_an_approval_or_makes_the_late_original_refused(pair):
@@ -361,3 +377,37 @@ def test_an_advice_after_the_terminals_ring_moved_on_is_refused_and_records_noth
     assert pair.iss.balance(idx) == 1_000_000 - 100 - 70
     (again,) = t.send(t.purchase(pan, 1, stan=f"{last:06d}"))
     assert again["39"] == "00" and pair.iss.balance(idx) == 1_000_000 - 170
+
+
+def test_a_restart_sends_again_the_advices_of_91s_in_the_journal(pair):
+    """What an acquirer reads back from its journal at start gives the same advice it sent
+    live (the stream deduplicates, the issuer applies twice harmlessly)."""
+    from types import SimpleNamespace
+
+    from onecard.switch.region.advices import Advices, msg_id, reversal_advices
+
+    t = pair.iso()
+    pan, _ = pair.card()
+    router = pair.acq.engine.router
+    records(pair.acq)
+    stan = t.next_stan()
+    data = t.purchase(pan, 555, stan=stan)
+    pair.acq.engine.process(ISO8583, data)
+    order, [(d, sent)] = router.take()
+    router.clear()
+    router.install(order, [(d, sent, None)])          # the issuer did not answer
+    _, replies, _, _ = pair.acq.engine.process(ISO8583, data)
+    router.clear()
+    assert iso_decode(frames(replies, 2)[0])["39"] == "91"
+    advices = Advices(SimpleNamespace(name="sh"))
+    n = advices.resend(records(pair.acq), pair.acq.state.terminals["tid"],
+                       lambda p: "js" if p == FOREIGN else None)
+    assert n == 1
+    (_, subject, payload, key) = advices.queue[0]
+    assert subject == "onecard.advice.js"
+    advice = np.frombuffer(payload, dtype=forward.REQUEST)[0]
+    assert (int(advice["txn"]["seq"]), int(advice["txn"]["amount_fen"])) == (int(stan), 555)
+    # the live path builds the same advice (and key) from the request it forwarded
+    live = reversal_advices(np.frombuffer(sent, dtype=forward.REQUEST))
+    assert live.tobytes() == payload and key == msg_id("sh", live[0], key.rsplit(".", 1)[1])
+    assert np.frombuffer(pair.serve(payload), dtype=forward.ANSWER)["rc"][0] == _code("00")

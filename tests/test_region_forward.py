@@ -274,3 +274,23 @@ def test_money_moved_once_at_the_issuer_and_nowhere_else(regions):
     kinds = [r.kind_name for r in late]
     assert kinds.count("REVERSAL") == 1, kinds
     assert not holds(regions.dirs["sh"], pan)              # Shanghai holds no Jiangsu card
+
+
+def test_a_switch_whose_nats_is_unreachable_does_not_start(demo_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from onecard.switch.cluster.procs import free_ports
+
+    (port,) = free_ports(1)                         # nobody listens there
+    data = tmp_path / "data"
+    split.split_data_set(demo_dir, data, [JS])
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(f'[region]\nname = "js"\nnats_urls = ["nats://127.0.0.1:{port}"]\n')
+    out = subprocess.run([sys.executable, "-m", "onecard.switch.cli", "serve", "--data-dir",
+                          str(data), "--config", str(cfg),
+                          "--iso8583-port", "0", "--native-port", "0", "--http-port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "onecard: region js: NATS at nats://127.0.0.1:" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -61,11 +61,17 @@ def reversal_advices(reqs: np.ndarray) -> np.ndarray:
     txn = reqs["txn"]
     money = ((txn["kind"] == KIND_PURCHASE) | (txn["kind"] == KIND_VOID)) & (
         txn["proto"] == PROTO_ISO8583)
-    out = reqs[money].copy()
+    src = reqs[money]
+    # Only what the issuer's reversal reads, every other byte zero (padding included): the
+    # same advice whether built live or from the journal at a restart.
+    out = np.zeros(len(src), dtype=forward.REQUEST)
+    out["tid"] = src["tid"]
     t = out["txn"]
-    t["proc_code"] = np.where(t["kind"] == KIND_VOID, VOID_PROC, 0)
+    for name in ("seq", "amount_fen", "currency"):
+        t[name] = src["txn"][name]
+    t["proc_code"] = np.where(src["txn"]["kind"] == KIND_VOID, VOID_PROC, 0)
     t["kind"] = KIND_REVERSAL
-    t["pan"] = 0
+    t["proto"] = PROTO_ISO8583
     t["offline"] = 1
     return out
 

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onecard.core.state import KIND_FORWARDED
 from onecard.protocols import forward
 from onecard.switch.region.advices import Advices
+from onecard.switch.server import ListenError
 
 if TYPE_CHECKING:
     from onecard.switch.config import RegionConfig
@@ -35,11 +37,16 @@ log = logging.getLogger("onecard.region")
 
 ERROR_HEADER = "Onecard-Error"           # an issuer's refusal of a whole batch, in words
 CONNECT_TIMEOUT_S = 5.0
+FIRST_CONNECT_TIMEOUT_S = 15.0           # a switch that cannot join its region does not start
 STOP_TIMEOUT_S = 10.0                    # for answers and relays in flight when stopping
 ROUNDS_MAX = 8                           # reruns of one held buffer (routing changed meanwhile)
 # Forwarding round trips, µs: from loopback (a few hundred) to the timeout's order.
 LATENCY_BOUNDS_US = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
                      500_000, 1_000_000)
+
+
+class RegionLinkError(ListenError):
+    """The switch cannot join its region (NATS unreachable at start): said in one line."""
 
 
 class PeerStats:
@@ -82,18 +89,34 @@ class RegionLink:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # NATS and the routing table only for a regional switch: the single switch (and its
-        # /metrics, which imports this module) needs neither.
+        """Connect, follow the routing table, take forwarded batches and advices; a NATS
+        that cannot be reached (or has no JetStream) stops the start with one line."""
+        # NATS only for a regional switch: the single switch (and its /metrics, which
+        # imports this module) needs none.
+        import nats.errors
+
+        try:
+            await self._start()
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            if self.nc is not None:
+                await self.nc.close()
+            raise RegionLinkError(f"region {self.name}: NATS at "
+                                  f"{', '.join(self.config.nats_urls)}: {exc!r} (is it running, "
+                                  "with JetStream? [region] nats_urls)") from exc
+
+    async def _start(self) -> None:
         import nats
 
         from onecard.switch.region import routing
 
-        self.nc = await nats.connect(servers=list(self.config.nats_urls),
-                                     name=f"onecard-{self.name}",
-                                     connect_timeout=CONNECT_TIMEOUT_S,
-                                     max_reconnect_attempts=-1,
-                                     error_cb=self._nats_error,
-                                     disconnected_cb=self._nats_disconnected)
+        # Reconnects are unbounded once linked; the first connection is not (nats-py would
+        # go round the servers for ever).
+        self.nc = await asyncio.wait_for(
+            nats.connect(servers=list(self.config.nats_urls), name=f"onecard-{self.name}",
+                         connect_timeout=CONNECT_TIMEOUT_S, max_reconnect_attempts=-1,
+                         error_cb=self._nats_error,
+                         disconnected_cb=self._nats_disconnected),
+            FIRST_CONNECT_TIMEOUT_S)
         kv = await routing.open_bucket(self.nc.jetstream(), self.config.routing_replicas)
         found = await routing.current(kv)
         if found is not None:
@@ -177,7 +200,9 @@ class RegionLink:
             region = owners.get(province)
             return region if region and region != self.name else None
 
-        return decode(recs, nos), tids, owner_of
+        # Only FORWARDED records can need an advice: decoded one by one, they are few.
+        forwarded = recs["kind"] == KIND_FORWARDED
+        return decode(recs[forwarded], nos[forwarded]), tids, owner_of
 
     def spawn_loop(self, coro) -> asyncio.Task:
         """A task that runs as long as the link (cancelled at stop)."""
