@@ -14,7 +14,9 @@ in the same run as the single switch's, on the same (shared, 2-core) machine: ev
 both set-ups (NATS, three switches, two load generators) shares the cores, so the ratios
 matter more than the absolute figures.
 
-Also measured: the NATS request-reply round trip alone (an echo responder on the same server,
+Also measured: with the issuer's switch stopped, how fast the acquirer answers a forwarded
+request (91: NATS says at once that nobody serves the subject), and the NATS request-reply
+round trip alone (an echo responder on the same server,
 the same payload size as a forwarded batch of one), the floor under a forwarded request's
 extra latency on this machine.
 """
@@ -27,6 +29,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +43,16 @@ from onecard.switch.region.split import split_data_set
 
 JS, SH = 32, 31
 ECHO_ROUNDS = 2000
+
+
+def _drain(proc: subprocess.Popen) -> None:
+    """Read a switch's output after it is ready: a pipe nobody reads fills, and then the
+    switch blocks on its next log line (a stopped issuer makes the acquirer log)."""
+    def run() -> None:
+        for _ in proc.stdout:
+            pass
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def _progress(msg: str) -> None:
@@ -96,6 +109,22 @@ def measure(name: str, port: int, acquirer_dir: Path, issuer_dir: Path, args,
             "foreign": _finish(foreign, foreign_out, args.duration)}
 
 
+def issuer_down(issuer: subprocess.Popen, port: int, dirs: dict[str, Path], args,
+                work: Path) -> dict:
+    """The issuer's switch stopped (NATS up: no responder, so no waiting for the timeout):
+    how long the acquirer takes to answer a forwarded request 91. Stand-in, when it is
+    built, decides in this same place."""
+    issuer.terminate()
+    issuer.wait(60)
+    duration_s = min(args.duration, 3.0)
+    _progress(f"issuer down: {args.foreign} foreign connections, {duration_s:g} s")
+    out = work / "issuer-down.json"
+    proc = _load(port, dirs["sh"], args.foreign, args.window, duration_s, out, 3,
+                 ("--card-province", str(JS), "--cards-data-dir", str(dirs["js"]),
+                  "--terminal-province", str(SH)))
+    return _finish(proc, out, duration_s)
+
+
 async def _echo_round_trips(url: str, rounds: int) -> np.ndarray:
     """NATS request-reply alone: the floor under forwarding's extra latency."""
     import nats
@@ -147,12 +176,17 @@ def run(args) -> dict:
                                             dirs["all"], args, work)}
                 single.terminate()
                 single.wait(60)
+                regional = {}
                 for name in ("js", "sh"):
                     proc, ports = start_switch(dirs[name], args.cards, None,
                                                config=_region_config(work, name, cluster.urls))
                     procs.append(proc)
+                    regional[name] = proc
+                    _drain(proc)
                 result["regions"] = measure("regions", ports["iso8583"], dirs["sh"],
                                             dirs["js"], args, work)
+                result["issuer_down"] = issuer_down(regional["js"], ports["iso8583"], dirs,
+                                                    args, work)
             finally:
                 for proc in procs:
                     if proc.poll() is None:
@@ -183,6 +217,9 @@ def report(r: dict) -> str:
         f"forwarded share of requests (regions): {reg['foreign']['tps'] / total:.1%}",
         f"total TPS regions / single: {total / single_total:.2f}",
         f"forwarded p99 - local p99 (regions): {diff:.2f} ms (aim <= 2 ms)",
+        f"issuer down, forwarded requests answered in: p50 "
+        f"{r['issuer_down']['latency_ms']['p50']:.2f} ms, p99 "
+        f"{r['issuer_down']['latency_ms']['p99']:.2f} ms, codes {r['issuer_down']['codes']}",
         f"NATS request-reply alone: p50 {r['nats_echo_ms']['p50']:.3f} ms, "
         f"p99 {r['nats_echo_ms']['p99']:.3f} ms",
     ]

@@ -94,6 +94,7 @@ class Advices:
         self.applied = 0
         self.unresolved = 0
         self.dropped = 0
+        self.closed = False                      # the link is stopping: loops end
 
     async def start(self, js, replicas: int) -> None:
         from nats.js.api import StorageType, StreamConfig
@@ -162,7 +163,7 @@ class Advices:
 
     async def _publish_loop(self) -> None:
         sw = self.link.switch
-        while True:
+        while not self.closed:
             if not self.queue:
                 self.wakeup.clear()
                 await self.wakeup.wait()
@@ -191,7 +192,7 @@ class Advices:
         import nats.errors
 
         sw = self.link.switch
-        while True:
+        while not self.closed:
             try:
                 msgs = await self.sub.fetch(FETCH_MAX, timeout=FETCH_WAIT_S)
             except (TimeoutError, nats.errors.TimeoutError):

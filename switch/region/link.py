@@ -148,10 +148,15 @@ class RegionLink:
         await self.stop_serving()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_S)
+        if self.advices is not None:
+            self.advices.closed = True
         tasks = [*self._tasks, *self._loops]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a client library that swallows a cancellation must not hold up the
+            # switch's stop (the loops also end on ``closed``).
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
         if self.nc is not None:
             await self.nc.close()
 
