@@ -211,12 +211,30 @@ def kill_node(node: dict) -> None:
     postmaster_pid = read_pid(Path(node["data_dir"]) / "postmaster.pid")
     assert patroni_pid and postmaster_pid
     # Each runs in a session of its own: we start Patroni with a new session, Patroni starts
-    # the postmaster in another (so that it survives Patroni); its backends share it.
+    # the postmaster in another (so that it survives Patroni). The postmaster's children
+    # (backends, walsenders, ...) each call setsid() too (PostgreSQL's InitPostmasterChild):
+    # killing its group alone left a backend that still committed the writer's next INSERT
+    # on the old leader (seen once in CI), which a machine's death would not.
     postmaster_pgid = os.getpgid(postmaster_pid)
     assert os.getpgid(patroni_pid) == patroni_pid
     assert len({patroni_pid, postmaster_pgid, os.getpgid(0)}) == 3
+    os.kill(postmaster_pid, signal.SIGSTOP)        # forks no new backend meanwhile
+    children = _children(postmaster_pid)
     os.killpg(patroni_pid, signal.SIGKILL)
     os.killpg(postmaster_pgid, signal.SIGKILL)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _children(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(stat.parent.name))
+    return out
 
 
 def test_kill9_leader_fails_over_without_losing_acknowledged_rows(cluster):
