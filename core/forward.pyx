@@ -82,13 +82,6 @@ def _packed(records) -> bytes:
     return out.tobytes()
 
 
-def unanswered(reqs, got) -> np.ndarray:
-    """Which of one forwarded chunk's requests (REQUEST records) :meth:`Router.install` answers
-    91 given what came back (ANSWER bytes or None): the issuer may or may not have decided
-    them (switch/region/advices.py)."""
-    return _answers_for(reqs, got)["origin"] == ORIGIN_UNAVAILABLE
-
-
 def _answers_for(reqs, got):
     """One chunk's answers to ``reqs``, or 91s when it is missing or the answers do not
     match the requests one for one."""
@@ -270,20 +263,23 @@ cdef class Router:
         self.n_reqs = 0
         return order, [(int(d), _packed(reqs[order == d])) for d in np.unique(order)]
 
-    def install(self, order, list answers) -> None:
+    def install(self, order, list answers) -> list:
         """The issuers' answers before the buffer is run again: ``order`` from :meth:`take`
         and [(destination, REQUEST bytes sent, ANSWER bytes or None)], a destination's chunks
         in the order sent. They are merged back into buffer order. A chunk that was not
         answered (None), or whose answers do not match its requests one for one (terminal id
-        and sequence), gets 91 for each of its requests (:func:`unanswered`): the run then
-        makes progress whatever a peer sends."""
+        and sequence), gets 91 for each of its requests: the run then makes progress whatever
+        a peer sends. Returns, per entry of ``answers``, its REQUEST records answered 91 (the
+        issuer may or may not have decided them: switch/region/advices.py)."""
         order = np.asarray(order, dtype=np.uint8)
         if len(order) > REQS_MAX:
             raise ValueError(f"more than {REQS_MAX} answers")
+        sent = [np.frombuffer(s, dtype=_spec.REQUEST) for _, s, _ in answers]
+        got = [_answers_for(reqs, g) for reqs, (_, _, g) in zip(sent, answers)]
+        unanswered = [reqs[a["origin"] == ORIGIN_UNAVAILABLE] for reqs, a in zip(sent, got)]
         merged = np.zeros(len(order), dtype=_spec.ANSWER)
         for d in np.unique(order):
-            parts = [_answers_for(np.frombuffer(s, dtype=_spec.REQUEST), g)
-                     for dd, s, g in answers if dd == d]
+            parts = [a for (dd, _, _), a in zip(answers, got) if dd == d]
             at = np.flatnonzero(order == d)
             n = sum(len(p) for p in parts)
             if n != len(at):
@@ -291,7 +287,7 @@ cdef class Router:
             merged[at] = np.concatenate(parts)
         self.clear()
         if len(merged) == 0:
-            return
+            return unanswered
         grown = realloc(self.ans, len(merged) * sizeof(FwdAns))
         if grown == NULL:
             raise MemoryError()
@@ -300,6 +296,7 @@ cdef class Router:
         raw = merged.tobytes()
         memcpy(self.ans, <char*>raw, len(raw))
         self.n_ans = len(merged)
+        return unanswered
 
     def clear(self) -> None:
         """Forget installed answers (after the run they were for)."""

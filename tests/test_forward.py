@@ -282,8 +282,6 @@ def test_seeded_traffic_gives_the_single_switchs_codes_and_balances(demo_dir, te
 def test_a_destinations_chunks_are_answered_each_on_its_own(pair):
     """A batch above BATCH_MAX goes in several NATS requests: one that was answered keeps its
     answers when another of the same destination was not (those get 91, and advices)."""
-    from onecard.core.forward import unanswered
-
     t = pair.iso()
     (pan1, idx1), (pan2, idx2) = pair.card(nth=0), pair.card(nth=1)
     router = pair.acq.engine.router
@@ -295,10 +293,11 @@ def test_a_destinations_chunks_are_answered_each_on_its_own(pair):
     size = forward.REQUEST.itemsize
     first, second = sent[:size], sent[size:]
     got = pair.serve(first)
-    reqs = np.frombuffer(second, dtype=forward.REQUEST)
-    assert unanswered(reqs, None).tolist() == [True]
-    assert unanswered(np.frombuffer(first, dtype=forward.REQUEST), got).tolist() == [False]
-    router.install(order, [(d, first, got), (d, second, None)])
+    # install says which requests got 91: those of the chunk that was not answered
+    unanswered = router.install(order, [(d, first, got), (d, second, None)])
+    assert [len(u) for u in unanswered] == [0, 1]
+    assert unanswered[1][0]["tid"] == np.frombuffer(second, dtype=forward.REQUEST)[0]["tid"]
+    assert unanswered[1][0]["txn"]["seq"] == np.frombuffer(second, forward.REQUEST)[0]["txn"]["seq"]
     _, replies, _, _ = pair.acq.engine.process(ISO8583, data)
     router.clear()
     r1, r2 = (iso_decode(f) for f in frames(replies, 2))

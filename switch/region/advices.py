@@ -116,14 +116,10 @@ class Advices:
 
     # ---- acquirer ----------------------------------------------------------------------------
 
-    def queue_unanswered(self, dest: int, peer: str, sent: bytes, got: bytes | None,
-                         journal_no: int) -> None:
-        """After a forwarded chunk answered 91: queue the reversal advices it needs, to leave
-        once the journal (``journal_no`` and before) is durable."""
-        from onecard.core.forward import unanswered
-
-        reqs = np.frombuffer(sent, dtype=forward.REQUEST)
-        advices = reversal_advices(reqs[unanswered(reqs, got)])
+    def queue_unanswered(self, peer: str, reqs: np.ndarray, journal_no: int) -> None:
+        """Forwarded requests answered 91 (REQUEST records): queue the reversal advices they
+        need, to leave once the journal (``journal_no`` and before) is durable."""
+        advices = reversal_advices(reqs)
         day = dt.datetime.now(CST).strftime("%Y%m%d")
         for advice in advices:
             self._enqueue(journal_no, peer, advice, day)

@@ -234,21 +234,21 @@ class RegionLink:
         engine = self.switch.engine
         try:
             for _ in range(ROUNDS_MAX):
-                peers = self.peers               # what forward() routes by
-                answers = await self.forward(batches)
+                peers = self.peers               # as routed: a new table may come meanwhile
+                answers = await self.forward(batches, peers)
                 if conn.closing or conn.transport is None:
                     # The terminal went away: what issuers approved is journaled there, and
                     # its retransmission will be answered from their rings.
                     return
                 router = engine.router
-                router.install(order, answers)
+                unanswered = router.install(order, answers)
                 try:
                     result = engine.process(conn.proto, conn._buf)
                     order, batches = router.take()
                 finally:
                     router.clear()
                 conn.ran(conn._buf, len(conn._buf), result, relay=False)
-                self._advise(answers, peers)
+                self._advise(answers, unanswered, peers)
                 if not batches:
                     return
             log.error("region %s: a connection's requests were rerouted %d times (routing "
@@ -257,19 +257,20 @@ class RegionLink:
         finally:
             conn.release()
 
-    def _advise(self, answers: list, peers: list[str]) -> None:
-        """Chunks answered 91: reversal advices for their purchases and voids, once the
-        FORWARDED records just journaled are durable (advices.py)."""
+    def _advise(self, answers: list, unanswered: list, peers: list[str]) -> None:
+        """Requests answered 91 (``Router.install``): reversal advices for their purchases
+        and voids, once the FORWARDED records just journaled are durable (advices.py)."""
         if self.advices is None:
             return
         journal_no = self.switch.engine.journal.next_no - 1
-        for d, chunk, got in answers:
-            self.advices.queue_unanswered(d, peers[d - 1], chunk, got, journal_no)
+        for (d, _, _), reqs in zip(answers, unanswered, strict=True):
+            if len(reqs):
+                self.advices.queue_unanswered(peers[d - 1], reqs, journal_no)
 
-    async def forward(self, batches: list[tuple[int, bytes]]) -> list:
-        """Send each destination's REQUEST records, at most BATCH_MAX per NATS request, all
-        at once: [(destination, chunk sent, ANSWER bytes or None)] in the order sent."""
-        peers = self.peers                       # as routed: a new table may come meanwhile
+    async def forward(self, batches: list[tuple[int, bytes]], peers: list[str]) -> list:
+        """Send each destination's REQUEST records to ``peers[destination - 1]``, at most
+        BATCH_MAX per NATS request, all at once: [(destination, chunk sent, ANSWER bytes or
+        None)] in the order sent."""
         step = forward.BATCH_MAX * forward.REQUEST.itemsize
         chunks = [(d, sent[i:i + step]) for d, sent in batches
                   for i in range(0, len(sent), step)]
