@@ -1,12 +1,13 @@
 # The rules of SPEC §4 shared by every transaction family: one request in, one decision out.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from onecard.core.journal cimport JRec, Journal
+from onecard.core.journal cimport JF_STAND_IN, JRec, Journal
 from onecard.core.state cimport Account, Policy, Region, State, ring_asked
 
 cdef enum:
     FX_RATES_MAX = 8
     CNY = 156                    # ISO 4217: what an amount without a currency is in
+    ADVICE_STAND_IN = 2          # Txn.offline of another region's stand-in advice
 
 cdef struct Txn:                 # a decoded request, whatever protocol it came in
     uint64_t pan
@@ -23,7 +24,7 @@ cdef struct Txn:                 # a decoded request, whatever protocol it came 
     uint8_t kind
     uint8_t proto
     uint8_t direction
-    uint8_t offline
+    uint8_t offline              # 1 an offline upload or reversal advice, ADVICE_STAND_IN
 
 cdef struct Res:                 # the decision and what the reply needs
     int64_t amount_fen           # charged or credited (fare, fee, cash share, purchase)
@@ -84,3 +85,12 @@ cdef class Authoriser:
     cdef int32_t concession(self, int32_t fare_fen, Account* a, Region* reg) noexcept nogil
     cdef int64_t to_fen(self, int64_t amount, uint16_t currency) noexcept nogil
     cdef void signon(self, Txn* t, Res* r) noexcept nogil
+
+
+cdef inline void stand_in_posting(JRec* j, Txn* t) noexcept nogil:
+    """The issuer's record of another region's stand-in advice: flagged (it stays out of the
+    terminal's ring, core/ledger.pyx) and dated when the acquirer stood in, which orders the
+    terminal's advices (ledger.standin_key)."""
+    j.head.flags |= JF_STAND_IN
+    if t.time_s:
+        j.head.ts_us = <int64_t>t.time_s * 1000000

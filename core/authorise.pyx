@@ -18,7 +18,8 @@ import numpy as np
 
 from onecard.core.codes cimport *
 from onecard.core.crypto cimport check_value, random_bytes, wrap_key
-from onecard.core.journal cimport JF_APPROVED, JF_DENY_CLEAR, JF_DENY_SET, NONE32, JHead, JRec
+from onecard.core.journal cimport (JF_APPROVED, JF_DENY_CLEAR, JF_DENY_SET, JF_STAND_IN, NONE32,
+                                   JHead, JRec)
 from onecard.core.ledger cimport apply, daily_key
 from onecard.core.maps cimport Entry
 from onecard.core.state cimport *
@@ -201,7 +202,8 @@ cdef class Authoriser:
             # An offline tap may leave a balance below zero: the card goes onto the deny
             # list, and comes off it with the first record that brings it back to zero.
             acct = &self.state.acct[h.account]
-            if h.balance_fen_after < 0 and h.kind == KIND_OFFLINE_TAP:
+            if h.balance_fen_after < 0 and (h.kind == KIND_OFFLINE_TAP
+                                            or h.flags & JF_STAND_IN):
                 h.flags |= JF_DENY_SET
             elif acct.flags & HOLDER_DENIED and h.balance_fen_after >= 0:
                 h.flags |= JF_DENY_CLEAR

@@ -60,6 +60,16 @@ cdef class Router:
     cdef size_t peek
     cdef readonly object counts  # uint64[province, origin]: forwarded requests answered
     cdef uint64_t* counts_p
+    cdef int64_t per_txn_fen[100]  # stand-in limits the issuer of each province published
+    cdef int64_t per_day_fen[100]  # (0: no stand-in)
+    cdef FwdReq* adv             # stand-in advices of the last process() call, in order
+    cdef uint8_t* adv_dest
+    cdef size_t n_adv
+    cdef size_t adv_cap
+    cdef bint stand_in(self, Txn* t, Res* r, uint8_t province, uint8_t d) noexcept nogil
+    cdef bint advice_room(self) noexcept nogil
+    cdef void advise(self, Txn* t, uint64_t tid, int64_t fen, uint8_t d) noexcept nogil
+    cdef bint post_advice(self, Txn* t, FwdAns* a) noexcept nogil
     cdef int route(self, Txn* t, Res* r) noexcept nogil
     cdef void begin_frame(self) noexcept nogil
     cdef void acquired(self, Txn* t, Res* r, FwdAns* a, uint8_t d,

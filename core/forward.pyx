@@ -19,13 +19,17 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
 
-from onecard.core.authorise cimport Authoriser, Res, Txn, currency_or_cny
-from onecard.core.codes cimport RC_03, RC_12, RC_58, RC_91, RC_96
+from onecard.core.authorise cimport ADVICE_STAND_IN, Authoriser, Res, Txn, currency_or_cny
+from onecard.core.codes cimport RC_00, RC_03, RC_12, RC_58, RC_91, RC_94, RC_96
+from onecard.core.crypto cimport pan_cipher
 from onecard.core.decide cimport decide
 from onecard.core.journal cimport JF_APPROVED, JF_NO_ORIGINAL, JF_REVERSED, JF_VOIDED, NONE32
 from onecard.core.journal cimport JForwarded, JRec
-from onecard.core.ledger cimport apply
+from onecard.core.ledger cimport apply, standin_key
+from onecard.core.maps cimport Entry
+from onecard.core.services cimport venue
 from onecard.core.state cimport *
+from onecard.core.transit cimport tap
 
 import numpy as np
 
@@ -34,13 +38,17 @@ from onecard.protocols import forward as _spec
 cdef enum:
     REQS_MAX = 1 << 16           # requests one process() call may collect (a buffer's worth)
     ORIGIN_ISSUER = 1
+    ORIGIN_STAND_IN = 2
     ORIGIN_UNAVAILABLE = 3
 
 # The wire records are checked against their tables once, at import.
 if sizeof(FwdReq) != _spec.REQUEST.itemsize or sizeof(FwdAns) != _spec.ANSWER.itemsize:
     raise ImportError("core/forward.pxd does not match protocols/forward.py")
-if (_spec.ORIGIN["ISSUER"], _spec.ORIGIN["UNAVAILABLE"]) != (ORIGIN_ISSUER, ORIGIN_UNAVAILABLE):
+if ((_spec.ORIGIN["ISSUER"], _spec.ORIGIN["STAND_IN"], _spec.ORIGIN["UNAVAILABLE"])
+        != (ORIGIN_ISSUER, ORIGIN_STAND_IN, ORIGIN_UNAVAILABLE)):
     raise ImportError("core/forward.pyx origins do not match protocols/forward.py")
+if _spec.ADVICE_STAND_IN != ADVICE_STAND_IN or set(_spec.STAND_IN_KINDS) != {KIND_TAP, KIND_VENUE}:
+    raise ImportError("core stand-in advices do not match protocols/forward.py")
 if len(_spec.ORIGINS) + 1 != N_ORIGINS:
     raise ImportError("core/forward.pxd N_ORIGINS does not match protocols/forward.py")
 for _name in ("amount_fen", "record_no", "tid", "seq", "rc", "origin", "name", "flags", "kind",
@@ -107,6 +115,8 @@ cdef class Router:
         self.reqs = NULL
         self.req_dest = NULL
         self.ans = NULL
+        self.adv = NULL
+        self.adv_dest = NULL
 
     def __init__(self, Authoriser auth):
         self.auth = auth
@@ -119,11 +129,29 @@ cdef class Router:
             self.forwardable[kind] = 1
         self.counts = np.zeros((PROVINCE_CODES, N_ORIGINS), dtype=np.uint64)
         self.counts_p = <uint64_t*><size_t>self.counts.ctypes.data
+        memset(self.per_txn_fen, 0, sizeof(self.per_txn_fen))
+        memset(self.per_day_fen, 0, sizeof(self.per_day_fen))
 
     def __dealloc__(self):
         free(self.reqs)
         free(self.req_dest)
         free(self.ans)
+        free(self.adv)
+        free(self.adv_dest)
+
+    def configure_stand_in(self, per_txn_fen, per_day_fen) -> None:
+        """The stand-in limits for each province's cards (int64[100] each, fen; 0 none), as
+        their issuers published them."""
+        txn = np.ascontiguousarray(per_txn_fen, dtype=np.int64)
+        day = np.ascontiguousarray(per_day_fen, dtype=np.int64)
+        if txn.shape != (PROVINCE_CODES,) or day.shape != (PROVINCE_CODES,):
+            raise ValueError(f"stand-in limits need {PROVINCE_CODES} entries each")
+        if ((txn < 0) | (day < 0) | (txn > _spec.STAND_IN_FEN_MAX)
+                | (day > _spec.STAND_IN_FEN_MAX)).any():
+            raise ValueError(f"stand-in limits must be 0..{_spec.STAND_IN_FEN_MAX} fen")
+        for i in range(PROVINCE_CODES):
+            self.per_txn_fen[i] = txn[i]
+            self.per_day_fen[i] = day[i]
 
     def configure(self, dest) -> None:
         """Set the destination of every province code (uint8[100]: 0 here, k the k-th peer);
@@ -170,6 +198,7 @@ cdef class Router:
         cdef uint8_t prov, d
         cdef uint64_t tid
         cdef FwdAns* a
+        cdef RingEntry* e
         if not self.enabled or t.kind >= 32 or not self.forwardable[t.kind]:
             return ROUTE_LOCAL
         prov = province_of(t.pan)
@@ -177,6 +206,19 @@ cdef class Router:
         if d == 0:
             return ROUTE_LOCAL
         tid = self.st.term[t.terminal].tid
+        e = self.st.slot(t.terminal, t.seq)
+        if e.kind == KIND_FORWARDED and e.seq == t.seq and e.aux == ORIGIN_STAND_IN:
+            # This switch stood in for it: the issuer has (or will have) the advice, never
+            # the request. Answered here, as the first time, in the order of the buffer.
+            if self.mode == MODE_COLLECT:
+                return ROUTE_LOCAL
+            if self.mode == MODE_CONSUME:
+                r.duplicate = 1
+                r.rc = RC_00 if e.extra == t.kind else RC_94
+                r.amount_fen = e.amount_fen if r.rc == RC_00 else 0
+                r.record_no = e.record_no
+                r.recorded = True
+            return ROUTE_ANSWERED
         if self.mode == MODE_PEEK:
             if (self.peek < self.n_ans and self.ans[self.peek].tid == tid
                     and self.ans[self.peek].seq == t.seq):
@@ -203,6 +245,8 @@ cdef class Router:
         cdef JForwarded* f
         cdef RingEntry* e
         cdef uint8_t origin = a.origin if 0 < a.origin < N_ORIGINS else ORIGIN_UNAVAILABLE
+        if origin == ORIGIN_UNAVAILABLE and self.stand_in(t, r, province, d):
+            return
         r.amount_fen = a.amount_fen
         r.balance_fen = a.balance_fen
         memcpy(r.x, a.x, sizeof(r.x))
@@ -249,6 +293,118 @@ cdef class Router:
                       and <uint64_t>e.amount_fen == a.record_no)
         if apply(self.st, j, self.auth.journal.next_no - 1) != 0:
             self.auth.journal.retract(j)
+
+    cdef bint stand_in(self, Txn* t, Res* r, uint8_t province, uint8_t d) noexcept nogil:
+        """Approve a tap or venue entry for an issuer that did not answer, within the limits
+        it published (per request, and per card per day, at the full fare or price: the
+        holder's concessions are the issuer's to know), journal the FORWARDED record (origin
+        STAND_IN) and queue the advice. False: not applicable, answered 91 as before."""
+        cdef Terminal* term = &self.st.term[t.terminal]
+        cdef Operator* op
+        cdef int64_t fen, spent = 0
+        cdef Entry* e
+        cdef JRec* j
+        cdef JForwarded* f
+        if self.per_txn_fen[province] <= 0:
+            return False
+        if t.kind == KIND_TAP and not t.offline and t.direction <= 1:
+            op = &self.st.op[term.operator]
+            # A metro tap may be charged up to the network's maximum (a trip left open, or
+            # the distance once it ends): what the issuer may post is bounded by that.
+            fen = op.flat_fare_fen if op.kind != OP_METRO else op.fare_fen_max
+        elif t.kind == KIND_VENUE:
+            fen = self.st.policy[term.policy].base_fen
+        else:
+            return False
+        if fen < 0 or fen > self.per_txn_fen[province]:
+            return False
+        e = self.st.standin.find(t.pan)
+        if e != NULL and e.a == self.auth.today:
+            spent = e.b
+        if (spent + fen > self.per_day_fen[province] or self.st.standin.reserve(t.pan) != 0
+                or not self.advice_room()):
+            return False
+        j = self.auth.journal.append()
+        if j == NULL:
+            return False
+        f = &j.forwarded
+        f.ts_us = self.auth.now_us
+        f.amount_fen = fen
+        f.terminal = t.terminal
+        f.seq = t.seq
+        f.card = NONE32
+        f.account = NONE32
+        f.kind = KIND_FORWARDED
+        f.app = <uint8_t>term.app
+        f.rc = RC_00
+        f.flags = JF_APPROVED
+        f.issuer_record_no = (pan_cipher(self.st.journal_key, t.pan, NONE32, NONE32, 0)
+                              if self.st.journal_keyed else t.pan)
+        f.amount_asked_minor = t.amount_fen
+        f.pool_fen = t.direction
+        f.orig_seq = t.station_id
+        f.currency = currency_or_cny(t)
+        f.orig_kind = t.kind
+        f.issuer_province = province
+        f.origin = ORIGIN_STAND_IN
+        if apply(self.st, j, self.auth.journal.next_no - 1) != 0:
+            self.auth.journal.retract(j)
+            return False
+        self.advise(t, term.tid, fen, d)
+        r.rc = RC_00
+        r.amount_fen = fen
+        r.record_no = self.auth.journal.next_no - 1
+        r.recorded = True
+        self.counts_p[province * N_ORIGINS + ORIGIN_STAND_IN] += 1
+        return True
+
+    cdef bint advice_room(self) noexcept nogil:
+        cdef size_t cap
+        cdef void* grown
+        if self.n_adv < self.adv_cap:
+            return True
+        if self.adv_cap >= REQS_MAX:
+            return False
+        cap = self.adv_cap * 2 if self.adv_cap else 64
+        grown = realloc(self.adv, cap * sizeof(FwdReq))
+        if grown == NULL:
+            return False
+        self.adv = <FwdReq*>grown
+        grown = realloc(self.adv_dest, cap)
+        if grown == NULL:
+            return False
+        self.adv_dest = <uint8_t*>grown
+        self.adv_cap = cap
+        return True
+
+    cdef void advise(self, Txn* t, uint64_t tid, int64_t fen, uint8_t d) noexcept nogil:
+        """The stand-in advice, with only what the issuer posts (zero elsewhere: the same
+        bytes whether built here or from the journal at a restart, switch/region/advices.py)."""
+        cdef FwdReq* q = &self.adv[self.n_adv]
+        memset(q, 0, sizeof(FwdReq))
+        q.tid = tid
+        q.txn.pan = t.pan
+        q.txn.amount_fen = fen
+        q.txn.seq = t.seq
+        q.txn.station_id = t.station_id
+        q.txn.time_s = <uint32_t>(self.auth.now_us // 1000000)
+        q.txn.kind = t.kind
+        q.txn.direction = t.direction
+        q.txn.offline = ADVICE_STAND_IN
+        self.adv_dest[self.n_adv] = d
+        self.n_adv += 1
+
+    def take_advices(self) -> list:
+        """The stand-in advices queued since the last call, and forget them: [(destination,
+        REQUEST records as bytes)], each in the order stood in (their FORWARDED records are
+        journaled: send them once those are durable)."""
+        if self.n_adv == 0:
+            return []
+        adv = np.frombuffer(bytes((<char*>self.adv)[:self.n_adv * sizeof(FwdReq)]),
+                            dtype=_spec.REQUEST)
+        dest = np.frombuffer(bytes((<char*>self.adv_dest)[:self.n_adv]), dtype=np.uint8)
+        self.n_adv = 0
+        return [(int(d), adv[dest == d].tobytes()) for d in np.unique(dest)]
 
     def take(self) -> tuple:
         """The requests collected by the last process() call, and forget them: (order, batches)
@@ -357,7 +513,15 @@ cdef class Router:
             return
         memset(r, 0, sizeof(Res))
         r.card = NONE32
-        decide(self.auth, t, r)
+        r.rc = RC_96
+        if t.offline != ADVICE_STAND_IN:
+            decide(self.auth, t, r)
+        elif not self.post_advice(t, a):
+            return
+        elif t.kind == KIND_TAP:
+            tap(self.auth, t, r)
+        else:
+            venue(self.auth, t, r)
         a.amount_fen = r.amount_fen
         a.balance_fen = r.balance_fen
         memcpy(a.x, r.x, sizeof(a.x))
@@ -378,3 +542,19 @@ cdef class Router:
                                           - (self.auth.journal.next_no - r.record_no)]
             a.flags = rec.head.flags
             a.kind = rec.head.kind
+
+    cdef bint post_advice(self, Txn* t, FwdAns* a) noexcept nogil:
+        """Another region stood in for this tap or entry: True to post it now. False with
+        ``a`` answered when it cannot be (12) or was posted before (00, duplicate): the
+        terminal's stand-in watermark orders its advices, so one delivered again, by the
+        stream or by the acquirer's resend at its start, has no second effect."""
+        cdef Entry* e
+        if (t.kind != KIND_TAP and t.kind != KIND_VENUE) or t.time_s == 0:
+            a.rc = RC_12
+            return False
+        e = self.st.standin_posted.find(t.terminal)
+        if e != NULL and standin_key(<int64_t>t.time_s * 1000000, t.seq) <= <uint64_t>e.a:
+            a.rc = RC_00
+            a.duplicate = 1
+            return False
+        return True

@@ -22,6 +22,10 @@ from onecard.core.maps cimport Entry
 from onecard.core.state cimport *
 
 
+cdef enum:
+    ORIGIN_STAND_IN = 2          # protocols/forward.py ORIGIN (checked by core/forward.pyx)
+
+
 cdef inline void must(int rc) noexcept nogil:
     """For what was reserved before: failing now would leave a half-applied record."""
     if rc != 0:
@@ -167,11 +171,25 @@ cdef int apply_payment(State st, JRec* r, uint64_t no) noexcept nogil:
     return 0
 
 
+cdef inline int posted_room(State st, JHead* h) noexcept nogil:
+    if h.flags & JF_STAND_IN and st.standin_posted.reserve(h.terminal) != 0:
+        return APPLY_NO_ROOM
+    return 0
+
+
+cdef inline void posted(State st, JHead* h) noexcept nogil:
+    """An issuer's posting of a stand-in advice: the terminal's watermark (room reserved)."""
+    cdef Entry* e = st.standin_posted.upsert(h.terminal)
+    cdef uint64_t key = standin_key(h.ts_us, h.seq)
+    if key > <uint64_t>e.a:
+        e.a = <int64_t>key
+
+
 cdef int apply_tap(State st, JRec* r, uint64_t no) noexcept nogil:
     """TAP, OFFLINE_TAP: the fare, the card's open trip and the account's last ride."""
     cdef JTap* p = &r.tap
     cdef Terminal* t = &st.term[p.terminal]
-    if money_room(st, &r.head) != 0:
+    if money_room(st, &r.head) != 0 or posted_room(st, &r.head) != 0:
         return APPLY_NO_ROOM
     money(st, &r.head, True)
     if approved_account(&r.head):
@@ -180,6 +198,9 @@ cdef int apply_tap(State st, JRec* r, uint64_t no) noexcept nogil:
     if p.rc == RC_00 and p.card != NONE32:
         st.card[p.card].trip_station = p.trip_station_after
         st.card[p.card].trip_time_s = p.trip_started_s_after
+    if p.flags & JF_STAND_IN:
+        posted(st, &r.head)
+        return 0                              # idempotent by its own watermark
     if p.kind == KIND_OFFLINE_TAP:
         if p.seq > t.offline_hw:
             t.offline_hw = p.seq
@@ -218,9 +239,25 @@ cdef int apply_forwarded(State st, JRec* r, uint64_t no) noexcept nogil:
     """The acquirer's side of another region's card: the issuer's record number in the ring
     (a retransmission is recorded as repeated), and the terminal's batch totals."""
     cdef JForwarded* p = &r.forwarded
+    cdef Entry* e
+    cdef uint64_t pan, day
     if p.repeated:
         return 0
-    if p.issuer_recorded:
+    if p.origin == ORIGIN_STAND_IN and p.rc == RC_00:
+        # The card's stand-in total today, against the issuer's per-day limit.
+        pan = p.issuer_record_no
+        if st.journal_keyed:
+            pan = pan_cipher(st.journal_key, pan, NONE32, NONE32, 1)
+        if st.standin.reserve(pan) != 0:
+            return APPLY_NO_ROOM
+        e = st.standin.upsert(pan)
+        day = cst_day(p.ts_us)
+        if <uint64_t>e.a != day:
+            e.a = <int64_t>day
+            e.b = 0
+        e.b += p.amount_fen
+        ring_put(st, &r.head, no, KIND_FORWARDED, p.amount_fen, 0, p.origin, p.orig_kind)
+    elif p.issuer_recorded:
         ring_put(st, &r.head, no, KIND_FORWARDED, <int64_t>p.issuer_record_no, 0, p.origin,
                  p.orig_kind)
     batch_totals(&st.term[p.terminal], p.orig_kind, p.flags, p.rc, p.amount_fen)
@@ -255,10 +292,12 @@ cdef int apply_service(State st, JRec* r, uint64_t no) noexcept nogil:
     """VERIFY, VENUE, TOPUP, BALANCE: a slot for retransmissions; venues and kiosks move
     money too."""
     cdef uint8_t kind = r.head.kind
-    if money_room(st, &r.head) != 0:
+    if money_room(st, &r.head) != 0 or posted_room(st, &r.head) != 0:
         return APPLY_NO_ROOM
     money(st, &r.head, kind == KIND_VENUE or kind == KIND_TOPUP)
-    if kind == KIND_VERIFY:
+    if r.head.flags & JF_STAND_IN:
+        posted(st, &r.head)
+    elif kind == KIND_VERIFY:
         ring_put(st, &r.head, no, kind, 0, 0, r.verify.age_band, r.verify.scope)
     elif kind == KIND_VENUE:
         ring_put(st, &r.head, no, kind, r.venue.amount_fen, r.venue.balance_fen_after,

@@ -12,6 +12,7 @@ cdef enum:
     JF_REVERSED = 0x02
     JF_NO_ORIGINAL = 0x04
     JF_VOIDED = 0x08
+    JF_STAND_IN = 0x20
     JF_DENY_SET = 0x40
     JF_DENY_CLEAR = 0x80
     JF_RING_MASK = 0x3f

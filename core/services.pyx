@@ -6,7 +6,7 @@ its refund."""
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 
-from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.authorise cimport ADVICE_STAND_IN, Authoriser, Res, Txn, stand_in_posting
 from onecard.core.codes cimport *
 from onecard.core.journal cimport JMedical, JRec
 from onecard.core.state cimport *
@@ -90,16 +90,20 @@ cdef void venue(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef JRec* j
     cdef int pct, entitlement = 0
     cdef int64_t fee = 0
-    if a.duplicate(t, idx, r):
+    cdef bint advice = t.offline == ADVICE_STAND_IN
+    if not advice and a.duplicate(t, idx, r):
         return
     if a.card_checks(t, idx, r) >= 0:
         acct = &a.state.acct[a.state.card[idx].account]
         pct = a.price_pct(p, acct, &entitlement)
         fee = (<int64_t>p.base_fen * pct + 50) // 100
-        r.rc = RC_51 if acct.balance_fen < fee else RC_00
+        # Another region let the holder in: the entry is posted even without the money.
+        r.rc = RC_51 if acct.balance_fen < fee and not advice else RC_00
     j = a.record(t, r, idx)
     if j == NULL:
         return
+    if advice:
+        stand_in_posting(j, t)
     j.venue.entitlement = <uint8_t>entitlement
     j.venue.base_fen = p.base_fen
     if r.rc == RC_00:

@@ -211,6 +211,8 @@ cdef class State:
     cdef readonly U64Map daily_app       # (account, app) -> day, spent today
     cdef readonly U64Map medical_year    # account -> year, deductible used, pool paid
     cdef readonly U64Map filings         # account -> mask of provinces with a filing
+    cdef readonly U64Map standin         # acquirer: foreign card -> day, fen stood in that day
+    cdef readonly U64Map standin_posted  # issuer: terminal -> latest stand-in advice posted
     cdef Card* card
     cdef Account* acct
     cdef Terminal* term

@@ -20,6 +20,7 @@ OPERATOR_DTYPE: np.dtype[np.void]
 STATION_DTYPE: np.dtype[np.void]
 
 SURNAME_BYTES: int
+MAPS: tuple[str, ...]
 HOLDER_RECORD_BYTES: int
 HOLDER_NAME_LEN: int
 APP_COUNT_MAX: int
@@ -233,6 +234,10 @@ class State:
     def medical_year(self) -> U64Map: ...
     @property
     def filings(self) -> U64Map: ...
+    @property
+    def standin(self) -> U64Map: ...
+    @property
+    def standin_posted(self) -> U64Map: ...
     @property
     def deny_version(self) -> int: ...
     @property

@@ -58,6 +58,8 @@ OPERATOR_DTYPE = _dtype([("kind", "u1"), ("pad", "u1"), ("region", "<u2"),
                          ("first_station", "<u4"), ("n_stations", "<u4"), ("fare_off", "<u4"),
                          ("flat_fare_fen", "<i4"), ("fare_fen_max", "<i4")], sizeof(Operator))
 STATION_DTYPE = _dtype([("id", "<u4"), ("operator", "<u4"), ("local", "<u4")], sizeof(Station))
+# The compiled maps a checkpoint holds (State.snapshot), by attribute name.
+MAPS = ("daily_app", "medical_year", "filings", "standin", "standin_posted")
 SURNAME_BYTES = 8
 HOLDER_RECORD_BYTES = HOLDER_BYTES
 HOLDER_NAME_LEN = HOLDER_NAME_BYTES
@@ -280,6 +282,8 @@ cdef class State:
         self.daily_app = U64Map(4096, map_entries_max)
         self.medical_year = U64Map(4096, map_entries_max)
         self.filings = U64Map(1024)
+        self.standin = U64Map(1024, map_entries_max)
+        self.standin_posted = U64Map(1024, map_entries_max)
         self.set_catalogue(apps, accept, policies)
         self._check_references()
         self._bind()
@@ -296,7 +300,7 @@ cdef class State:
             if self.term[t].signed_on:
                 self._install_key(t)
         if maps:
-            for name in ("daily_app", "medical_year", "filings"):
+            for name in MAPS:
                 if name in maps:
                     getattr(self, name).load(maps[name])
 
@@ -553,7 +557,8 @@ cdef class State:
         return {"cards": self.cards.copy(), "accounts": self.accounts.copy(),
                 "terminals": self.terminals.copy(), "ring": self.ring.copy(),
                 "daily_app": self.daily_app.export(), "medical_year": self.medical_year.export(),
-                "filings": self.filings.export(), "deny_log": deny}
+                "filings": self.filings.export(), "standin": self.standin.export(),
+                "standin_posted": self.standin_posted.export(), "deny_log": deny}
 
     def set_journal_key(self, key: bytes) -> None:
         """The key that enciphers card numbers in CARD_ADMIN records (derived from the data

@@ -14,7 +14,7 @@ on the deny list.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memset
 
-from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.authorise cimport ADVICE_STAND_IN, Authoriser, Res, Txn, stand_in_posting
 from onecard.core.codes cimport *
 from onecard.core.journal cimport JRec
 from onecard.core.state cimport *
@@ -101,7 +101,9 @@ cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef Ride trip
     cdef uint32_t when, last_ride = 0, last_region = 0
     memset(&trip, 0, sizeof(Ride))
-    if t.offline:
+    if t.offline == ADVICE_STAND_IN:
+        t.kind = KIND_OFFLINE_TAP      # a tap another region let through: posted like one
+    elif t.offline:
         if t.seq <= term.offline_hw:
             r.rc = RC_94               # this upload was applied before: acknowledge only
             r.duplicate = 1
@@ -121,6 +123,8 @@ cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j = a.record(t, r, idx)
     if j == NULL:
         return
+    if t.offline == ADVICE_STAND_IN:
+        stand_in_posting(j, t)
     j.tap.station_id = t.station_id
     j.tap.direction = t.direction
     j.tap.last_ride_s_after = last_ride

@@ -74,6 +74,25 @@ FORWARDED_KINDS: Final = tuple(KIND_BY_NAME[k].value for k in (
     "MEDICAL", "MEDICAL_REFUND", "TOPUP"))
 
 
+# An advice is a REQUEST record the acquirer sends on the advice stream; its ``txn.offline``
+# says which. A reversal advice carries no card number (the issuer finds the original by
+# terminal and STAN); a stand-in advice carries the card, the amount the acquirer approved
+# (the most the issuer may post: docs/regions.md), the tap's station and
+# direction, and ``time_s``, when the acquirer stood in.
+ADVICE_REVERSAL: Final = 1
+ADVICE_STAND_IN: Final = 2
+
+# Requests an acquirer may approve for an issuer that does not answer (a gate must open or
+# stay shut at once); everything else gets 91.
+STAND_IN_KINDS: Final = tuple(KIND_BY_NAME[k].value for k in ("TAP", "VENUE"))
+# The issuer publishes its limits in the routing bucket under STAND_IN_KEY + its region name,
+# as JSON {"per_txn_fen": int, "per_day_fen": int} (0: no stand-in for its cards).
+STAND_IN_KEY: Final = "standin."
+STAND_IN_PER_TXN_FEN: Final = 1_000          # default published limits: ¥10 a tap or entry,
+STAND_IN_PER_DAY_FEN: Final = 3_000          # ¥30 a card a day
+STAND_IN_FEN_MAX: Final = 1_000_000          # limits above ¥10,000 are refused as a mistake
+
+
 def province_of_pan(pan: int) -> int:
     """The issuing province code of a card number: its digits 4 and 5 ("621" + province + ...),
     0 for a number too short to have one."""

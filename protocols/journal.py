@@ -154,11 +154,14 @@ LAYOUTS: Final[dict[str, tuple[Field, ...]]] = {
         # The acquirer's side of a request decided by another region's switch (the card's
         # issuer) or stood in for: what clearing needs of it, and the terminal's batch totals.
         Field("issuer_record_no", "u64", "", "the issuer's journal record, when "
-              "issuer_recorded (journals are numbered from 0)", "-"),
+              "issuer_recorded (journals are numbered from 0); origin STAND_IN: the card "
+              "number, enciphered as card_admin.pan is (card and account NONE32)", "-"),
         Field("amount_asked_minor", "i64", "minor units of currency",
               "the amount as the terminal asked it", "-"),
-        Field("pool_fen", "i32", "fen", "medical: the pooled fund's share", "-"),
-        Field("orig_seq", "u32", "", "a void or refund: the original's STAN or sequence", "-"),
+        Field("pool_fen", "i32", "fen", "medical: the pooled fund's share; origin STAND_IN: "
+              "a tap's direction", "-"),
+        Field("orig_seq", "u32", "", "a void or refund: the original's STAN or sequence; "
+              "origin STAND_IN: a tap's station", "-"),
         Field("currency", "u16", "ISO 4217 numeric", "currency of amount_asked_minor", "-"),
         Field("orig_kind", "u8", "Kind", "the request's kind (PURCHASE, TAP, VERIFY, ...)", "-"),
         Field("issuer_province", "u8", "province code", "the card's issuing province, from its "
@@ -218,6 +221,9 @@ KINDS: Final[tuple[Kind, ...]] = (
 # protocols/enums.py RING_FLAG), and the deny-list changes the record makes.
 FLAGS: Final[tuple[tuple[str, int, str], ...]] = (
     *((m.symbol.removeprefix("RING_"), m.value, m.doc) for m in RING_FLAG.members),
+    ("STAND_IN", 0x20, "the issuer's posting of a stand-in advice: another region's switch "
+     "approved this tap or venue entry while this switch did not answer (not in the ring: "
+     "idempotent by the terminal's stand-in watermark, core/forward.pyx)"),
     ("DENY_SET", 0x40, "the account goes onto the transit deny list"),
     ("DENY_CLEAR", 0x80, "the account comes off it"),
 )
@@ -290,6 +296,7 @@ def _check() -> None:
     for k in KINDS:
         assert k.layout is None or k.layout in LAYOUTS, k
     assert all(bit & RING_FLAGS_MASK or name.startswith("DENY") for name, bit, _ in FLAGS)
+    assert len({bit for _, bit, _ in FLAGS}) == len(FLAGS), "two flags share a bit"
 
 
 _check()

@@ -24,6 +24,7 @@ import numpy as np
 
 from onecard.core.ledger import apply_records
 from onecard.core.state import (
+    MAPS,
     REGION_DTYPE,
     RING_DTYPE,
     SURNAME_BYTES,
@@ -216,7 +217,8 @@ def _state(src: _Source, ring_size: int, map_entries_max: int) -> State:
     ring = arrays.get("ring")
     if ring is None or len(ring) != len(terminals) * ring_size or ring.dtype != RING_DTYPE:
         ring = None
-    maps = {name: arrays[name] for name in ("daily_app", "medical_year") if name in arrays}
+    # Filings are reference data (their table is the truth); the other maps are state.
+    maps = {name: arrays[name] for name in MAPS if name in arrays and name != "filings"}
     maps["filings"] = filings_entries(conn)
     state = State(cards=arrays["cards"], accounts=arrays["accounts"], terminals=terminals,
                   regions=regions_array(conn), operators=operators, stations=stations,

@@ -72,7 +72,7 @@ def reversal_advices(reqs: np.ndarray) -> np.ndarray:
     t["proc_code"] = np.where(src["txn"]["kind"] == KIND_VOID, VOID_PROC, 0)
     t["kind"] = KIND_REVERSAL
     t["proto"] = PROTO_ISO8583
-    t["offline"] = 1
+    t["offline"] = forward.ADVICE_REVERSAL
     return out
 
 

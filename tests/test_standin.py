@@ -1,0 +1,211 @@
+"""Stand-in in the core (issue 15): an acquirer whose issuer does not answer approves low-value
+taps and venue entries within the limits the issuer published, journals them (FORWARDED,
+origin STAND_IN), and hands the advices to the link; the issuer posts each advice once, even
+without the money (the card then goes onto the deny list). Without NATS: tests/test_forward.py's
+Pair passes batches between two engines; tests/test_region_standin.py runs the switches."""
+
+import numpy as np
+import pytest
+from test_forward import FOREIGN, HOME, Pair, _code, records
+
+from onecard.core.engine import NATIVE
+from onecard.core.ledger import apply_records
+from onecard.core.state import TERM_BUS_READER, TERM_METRO_GATE, TERM_VENUE
+from onecard.protocols import forward, native
+from onecard.protocols.journal import FLAGS
+
+from termsim import NativeTerminal
+
+PER_TXN, PER_DAY = 1_000, 3_000
+FLAG = {name: bit for name, bit, _ in FLAGS}
+STAND_IN, DENY_SET = FLAG["STAND_IN"], FLAG["DENY_SET"]
+
+
+@pytest.fixture
+def pair(demo_dir, terminals) -> Pair:
+    p = Pair(demo_dir, terminals)
+    txn, day = np.zeros(100, np.int64), np.zeros(100, np.int64)
+    txn[FOREIGN], day[FOREIGN] = PER_TXN, PER_DAY
+    p.acq.engine.router.configure_stand_in(txn, day)
+    return p
+
+
+def stood_in(world) -> list:
+    return [r for r in records(world) if r.kind_name == "FORWARDED"
+            and r.origin == forward.ORIGIN["STAND_IN"]]
+
+
+def post(pair, advices: list) -> np.ndarray:
+    """The issuer posts the advices (as its advice consumer does): their answers."""
+    (_, data), = advices
+    return np.frombuffer(pair.serve(data), dtype=forward.ANSWER)
+
+
+def fare_of(pair, g) -> int:
+    op = pair.acq.state.operators[pair.acq.state.terminals["operator"][g.info.idx]]
+    return int(op["flat_fare_fen"])
+
+
+def test_an_issuer_that_does_not_answer_is_stood_in_for_and_posts_the_advice_once(pair):
+    g = pair.native(TERM_BUS_READER)
+    pan, idx = pair.card()
+    fare = fare_of(pair, g)
+    records(pair.acq)
+    pair.up = False
+    (reply,) = g.send([g.tap(pan)])
+    assert reply.rc == "00" and reply.fare_fen == fare
+    (rec,) = stood_in(pair.acq)
+    assert (rec.amount_fen, rec.issuer_recorded, rec.issuer_province) == (fare, 0, FOREIGN)
+    assert pair.iss.balance(idx) == 100_000           # nothing at the issuer yet
+    advices = pair.acq.engine.router.take_advices()
+    assert [d for d, _ in advices] == [1]
+    (adv,) = np.frombuffer(advices[0][1], dtype=forward.REQUEST)
+    assert adv["txn"]["offline"] == forward.ADVICE_STAND_IN
+    assert adv["txn"]["amount_fen"] == fare
+    pair.up = True
+    records(pair.iss)
+    (ans,) = post(pair, advices)
+    assert ans["rc"] == _code("00") and not ans["duplicate"]
+    (posting,) = records(pair.iss)
+    assert posting.kind_name == "OFFLINE_TAP" and posting.flags & STAND_IN
+    charged = 100_000 - pair.iss.balance(idx)
+    assert 0 < charged <= fare                    # the issuer's concessions may lower it
+    for _ in range(2):                            # the stream, or a resend, delivers again
+        (again,) = post(pair, advices)
+        assert again["rc"] == _code("00") and again["duplicate"]
+    assert records(pair.iss) == [] and 100_000 - pair.iss.balance(idx) == charged
+
+
+def test_stand_in_keeps_to_the_published_limits(pair):
+    g = pair.native(TERM_BUS_READER)
+    pan, _ = pair.card()
+    fare = fare_of(pair, g)
+    pair.up = False
+    codes = [g.send([g.tap(pan)])[0].rc for _ in range(PER_DAY // fare + 2)]
+    allowed = PER_DAY // fare
+    assert codes == ["00"] * allowed + ["91"] * 2
+    assert sum(r.amount_fen for r in stood_in(pair.acq)) <= PER_DAY
+    # another card has its own day's total; a request above the per-request limit is 91
+    other, _ = pair.card(nth=1)
+    assert g.send([g.tap(other)])[0].rc == "00"
+    txn = np.zeros(100, np.int64)
+    txn[FOREIGN] = fare - 1
+    pair.acq.engine.router.configure_stand_in(txn, txn * 10)
+    assert g.send([g.tap(other)])[0].rc == "91"
+
+
+def test_purchases_and_provinces_without_limits_get_91(pair):
+    t = pair.iso()
+    pan, _ = pair.card()
+    pair.up = False
+    (r,) = t.send(t.purchase(pan, 100))
+    assert r["39"] == "91"
+    g = pair.native(TERM_BUS_READER)
+    zero = np.zeros(100, np.int64)
+    pair.acq.engine.router.configure_stand_in(zero, zero)
+    assert g.send([g.tap(pan)])[0].rc == "91"
+    assert stood_in(pair.acq) == [] and pair.acq.engine.router.take_advices() == []
+
+
+def test_a_stood_in_tap_sent_again_is_answered_by_the_acquirer_not_the_issuer(pair):
+    """Once the issuer is back, forwarding the retransmission would charge the card twice
+    (the advice posts it too): the acquirer's ring answers it."""
+    g = pair.native(TERM_BUS_READER)
+    pan, idx = pair.card()
+    pair.up = False
+    seq = g.next_seq()
+    tap = native.Tap(seq, pan, 0, native.TAP_IN, 0)
+    first = g.send([tap])[0]
+    pair.up = True
+    served = pair.rounds
+    again = g.send([tap])[0]
+    assert (again.rc, again.fare_fen) == (first.rc, first.fare_fen) and first.rc == "00"
+    assert pair.rounds == served                  # not forwarded
+    assert pair.iss.balance(idx) == 100_000
+    assert len(pair.acq.engine.router.take_advices()[0][1]) == forward.REQUEST.itemsize
+
+
+def test_an_advice_that_overdraws_puts_the_card_on_the_deny_list(pair):
+    g = pair.native(TERM_BUS_READER)
+    pan, idx = pair.card(balance=0)
+    pair.up = False
+    assert g.send([g.tap(pan)])[0].rc == "00"    # the acquirer cannot see the balance
+    pair.up = True
+    (ans,) = post(pair, pair.acq.engine.router.take_advices())
+    assert ans["rc"] == _code("00")
+    assert pair.iss.balance(idx) < 0
+    (posting,) = [r for r in records(pair.iss) if r.kind_name == "OFFLINE_TAP"]
+    assert posting.flags & DENY_SET
+    assert g.send([g.tap(pan)])[0].rc == "05"    # online now: refused at the issuer
+
+
+def test_venue_entries_are_stood_in_for_at_the_full_price_within_the_limits(pair):
+    st = pair.acq.state
+    venues = [t for t in pair.acq.terminals if t.kind == TERM_VENUE and t.province == HOME]
+    prices = [int(st.policies["base_fen"][st.terminals["policy"][t.idx]]) for t in venues]
+    free, paid = prices.index(0), next(i for i, p in enumerate(prices) if p > PER_TXN)
+    gates = {}
+    for i in (free, paid):
+        gates[i] = NativeTerminal(venues[i], pair.exchange(NATIVE))
+        assert gates[i].signon().rc == "00"
+    pan, idx = pair.card()
+    pair.up = False
+
+    def enter(i):
+        (reply,) = gates[i].send([native.VenueEntry(gates[i].next_seq(), pan)])
+        return reply.rc, reply.fee_fen
+
+    assert enter(free) == ("00", 0)               # a free museum or library: a card check
+    assert enter(paid)[0] == "91"                 # a scenic spot above the limit
+    txn = np.zeros(100, np.int64)
+    txn[FOREIGN] = prices[paid]
+    pair.acq.engine.router.configure_stand_in(txn, txn)
+    assert enter(paid) == ("00", prices[paid])
+    pair.up = True
+    answers = post(pair, pair.acq.engine.router.take_advices())
+    assert list(answers["rc"]) == [_code("00")] * 2
+    assert 0 <= 100_000 - pair.iss.balance(idx) <= prices[paid]
+
+
+def test_metro_taps_are_bounded_by_the_networks_maximum_fare(pair):
+    gate = pair.native(TERM_METRO_GATE)
+    op = pair.acq.state.operators[pair.acq.state.terminals["operator"][gate.info.idx]]
+    pan, _ = pair.card()
+    txn = np.zeros(100, np.int64)
+    txn[FOREIGN] = int(op["fare_fen_max"])
+    pair.acq.engine.router.configure_stand_in(txn, txn * 4)
+    pair.up = False
+    (reply,) = gate.send([gate.tap(pan, station=gate.info.station_id)])
+    assert (reply.rc, reply.fare_fen) == ("00", int(op["fare_fen_max"]))
+
+
+def test_a_restart_keeps_the_days_totals_and_the_issuers_watermark(pair):
+    """Both are state rebuilt from the journal: replaying it gives them again."""
+    g = pair.native(TERM_BUS_READER)
+    pan, _ = pair.card()
+    pair.up = False
+    for _ in range(2):
+        assert g.send([g.tap(pan)])[0].rc == "00"
+    advices = pair.acq.engine.router.take_advices()
+    pair.up = True
+    post(pair, advices)
+    for world in (pair.acq, pair.iss):
+        fresh = type(world)(world.data_dir, world.terminals)
+        first, data = world.engine.journal.take()
+        apply_records(fresh.state, data, first)
+        for name in ("standin", "standin_posted"):
+            assert np.array_equal(np.sort(getattr(fresh.state, name).export()),
+                                  np.sort(getattr(world.state, name).export())), name
+    assert len(pair.acq.state.standin.export()) == 1
+    (ans,) = post(pair, advices)[:1]
+    assert ans["duplicate"]
+
+
+def test_limits_out_of_range_are_refused(pair):
+    bad = np.zeros(100, np.int64)
+    bad[FOREIGN] = forward.STAND_IN_FEN_MAX + 1
+    with pytest.raises(ValueError, match="stand-in limits"):
+        pair.acq.engine.router.configure_stand_in(bad, bad)
+    with pytest.raises(ValueError, match="100 entries"):
+        pair.acq.engine.router.configure_stand_in(bad[:5], bad[:5])
+
