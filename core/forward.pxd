@@ -40,7 +40,7 @@ cdef struct FwdAns:              # protocols/forward.py ANSWER
     uint8_t flags
     uint8_t kind
     uint8_t recorded
-    uint8_t pad[1]
+    uint8_t undelivered
 
 cdef class Router:
     cdef Authoriser auth
@@ -70,6 +70,7 @@ cdef class Router:
     cdef bint advice_room(self) noexcept nogil
     cdef void advise(self, Txn* t, uint64_t tid, int64_t fen, uint8_t d) noexcept nogil
     cdef bint post_advice(self, Txn* t, FwdAns* a) noexcept nogil
+    cdef bint stood_in_before(self, Txn* t) noexcept nogil
     cdef int route(self, Txn* t, Res* r) noexcept nogil
     cdef void begin_frame(self) noexcept nogil
     cdef void acquired(self, Txn* t, Res* r, FwdAns* a, uint8_t d,

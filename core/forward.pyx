@@ -92,9 +92,9 @@ def _packed(records) -> bytes:
 
 def _answers_for(reqs, got):
     """One chunk's answers to ``reqs``, or 91s when it is missing or the answers do not
-    match the requests one for one."""
+    match the requests one for one (marked undelivered when no issuer received them)."""
     ans = None
-    if got is not None:
+    if got is not None and got is not _spec.UNDELIVERED:
         raw = bytes(got)
         if len(raw) == len(reqs) * sizeof(FwdAns):
             ans = np.frombuffer(raw, dtype=_spec.ANSWER)
@@ -107,6 +107,7 @@ def _answers_for(reqs, got):
         ans["seq"] = reqs["txn"]["seq"]
         ans["rc"] = RC_91
         ans["origin"] = ORIGIN_UNAVAILABLE
+        ans["undelivered"] = got is _spec.UNDELIVERED
     return ans
 
 
@@ -245,7 +246,8 @@ cdef class Router:
         cdef JForwarded* f
         cdef RingEntry* e
         cdef uint8_t origin = a.origin if 0 < a.origin < N_ORIGINS else ORIGIN_UNAVAILABLE
-        if origin == ORIGIN_UNAVAILABLE and self.stand_in(t, r, province, d):
+        if (origin == ORIGIN_UNAVAILABLE and a.undelivered
+                and self.stand_in(t, r, province, d)):
             return
         r.amount_fen = a.amount_fen
         r.balance_fen = a.balance_fen
@@ -511,6 +513,9 @@ cdef class Router:
         if not (self.st.term[idx].permitted >> t.kind) & 1:
             a.rc = RC_58
             return
+        if t.offline != ADVICE_STAND_IN and self.stood_in_before(t):
+            a.rc = RC_94
+            return
         memset(r, 0, sizeof(Res))
         r.card = NONE32
         r.rc = RC_96
@@ -558,3 +563,17 @@ cdef class Router:
             a.duplicate = 1
             return False
         return True
+
+    cdef bint stood_in_before(self, Txn* t) noexcept nogil:
+        """A tap or entry at or below its terminal's stand-in watermark, not in the ring: one
+        the acquirer stood in for (or an older one) sent again after the acquirer's ring moved
+        on. Deciding it would charge twice: refused (94)."""
+        cdef Entry* e
+        cdef RingEntry* slot
+        if (t.kind != KIND_TAP and t.kind != KIND_VENUE) or t.offline:
+            return False
+        e = self.st.standin_posted.find(t.terminal)
+        if e == NULL or standin_key(self.auth.now_us, t.seq) > <uint64_t>e.a:
+            return False
+        slot = self.st.slot(t.terminal, t.seq)
+        return not (slot.seq == t.seq and slot.kind == t.kind)

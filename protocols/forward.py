@@ -56,7 +56,7 @@ ANSWER: Final = np.dtype([
     ("flags", "u1"),              # the issuer's record's head flags (APPROVED, NO_ORIGINAL...)
     ("kind", "u1"),               # the issuer's record's kind (a reversal may be VOID_REVERSAL)
     ("recorded", "u1"),           # 1: record_no names a record (journals count from 0)
-    ("pad", "u1", (1,)),
+    ("undelivered", "u1"),        # acquirer only (the issuer sends 0): no issuer received it
 ], align=True)
 
 # Who decided a forwarded request: the journal's FORWARDED records carry it (``origin``).
@@ -73,6 +73,11 @@ FORWARDED_KINDS: Final = tuple(KIND_BY_NAME[k].value for k in (
     "PURCHASE", "BALANCE", "REVERSAL", "VOID", "TAP", "OFFLINE_TAP", "VERIFY", "VENUE",
     "MEDICAL", "MEDICAL_REFUND", "TOPUP"))
 
+
+# What the acquirer's link gives Router.install for a chunk NATS had no responder for (the
+# issuer's subscription is gone: it never received the requests, so stand-in cannot
+# duplicate a decision it made). None is a chunk whose fate is unknown (a timeout): 91.
+UNDELIVERED: Final = "undelivered"
 
 # An advice is a REQUEST record the acquirer sends on the advice stream; its ``txn.offline``
 # says which. A reversal advice carries no card number (the issuer finds the original by

@@ -14,6 +14,8 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
+from onecard.protocols import forward
+
 log = logging.getLogger("onecard.config")
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -220,8 +222,18 @@ class RegionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_ms: Annotated[int, Meta(ge=10, le=10_000)] = 150
     # Replicas of the routing table's key-value bucket when it is first created (1 or 3).
     routing_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    # The stand-in limits this switch publishes for its own cards: what another region may
+    # approve for one of them while this switch does not answer (transit taps and venue
+    # entries only), per request and per card per day. 0: no stand-in for its cards.
+    standin_per_txn_fen: Annotated[int, Meta(ge=0, le=forward.STAND_IN_FEN_MAX)] = \
+        forward.STAND_IN_PER_TXN_FEN
+    standin_per_day_fen: Annotated[int, Meta(ge=0, le=forward.STAND_IN_FEN_MAX)] = \
+        forward.STAND_IN_PER_DAY_FEN
 
     def __post_init__(self) -> None:
+        if self.standin_per_txn_fen > self.standin_per_day_fen:
+            raise ValueError(f"region.standin_per_txn_fen ({self.standin_per_txn_fen}) is above "
+                             f"region.standin_per_day_fen ({self.standin_per_day_fen})")
         if self.name and not self.nats_urls:
             raise ValueError(f"region.name = {self.name!r} needs region.nats_urls")
 

@@ -230,16 +230,20 @@ def _region(sw: Switch) -> Iterator[Metric]:
     adv = link.advices
     if adv is not None:
         yield CounterMetricFamily("onecard_advices_published",
-                                  "Reversal advices stored in the JetStream stream for issuers",
-                                  value=float(adv.published))
+                                  "Reversal and stand-in advices stored in the JetStream "
+                                  "stream for issuers", value=float(adv.published))
         yield GaugeMetricFamily("onecard_advices_pending",
-                                "Reversal advices waiting for the stream", value=len(adv.queue))
+                                "Advices waiting for the stream", value=len(adv.queue))
         yield CounterMetricFamily("onecard_advices_applied",
-                                  "Other regions' reversal advices applied here",
-                                  value=float(adv.applied))
+                                  "Other regions' advices applied here (delivered again "
+                                  "included)", value=float(adv.applied))
+        yield CounterMetricFamily("onecard_advices_posted",
+                                  "Other regions' stand-in advices posted here (once each)",
+                                  value=float(adv.posted))
         yield CounterMetricFamily("onecard_advices_unresolved",
-                                  "Reversal advices that came after their terminal's ring "
-                                  "moved on: reconcile (logged with terminal and STAN)",
+                                  "Advices not applied: reversals after their terminal's ring "
+                                  "moved on, stand-ins for cards unusable here; reconcile "
+                                  "(logged with terminal and sequence)",
                                   value=float(adv.unresolved))
     yield GaugeMetricFamily("onecard_routing_table_version",
                             "Version of the routing table in use", value=link.table_version)

@@ -33,6 +33,9 @@ class Pair:
         dest[FOREIGN] = 1
         self.acq.engine.router.configure(dest)
         self.up = True
+        # what a chunk gets while the issuer is not up: None (a timeout, fate unknown) or
+        # forward.UNDELIVERED (NATS had no responder: the issuer's switch is gone)
+        self.unanswered = None
         self.rounds = 0
 
     def exchange(self, proto: int):
@@ -57,7 +60,7 @@ class Pair:
 
     def serve(self, sent: bytes) -> bytes | None:
         if not self.up:
-            return None
+            return self.unanswered
         answers, next_no = self.iss.engine.serve_forwarded(sent)
         assert next_no == self.iss.engine.journal.next_no
         return answers
@@ -400,7 +403,7 @@ def test_a_restart_sends_again_the_advices_of_91s_in_the_journal(pair):
     assert iso_decode(frames(replies, 2)[0])["39"] == "91"
     advices = Advices(SimpleNamespace(name="sh"))
     n = advices.resend(records(pair.acq), pair.acq.state.terminals["tid"],
-                       lambda p: "js" if p == FOREIGN else None)
+                       lambda p: "js" if p == FOREIGN else None, pair.acq.keys.journal_key)
     assert n == 1
     (_, subject, payload, key) = advices.queue[0]
     assert subject == "onecard.advice.js"

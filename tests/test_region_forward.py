@@ -108,14 +108,15 @@ def regions(demo_dir, tmp_path_factory):
         yield r
 
 
-def card_of(data_dir, province: int, nth: int = 0) -> tuple[str, int]:
-    """A Jiangsu (or other) card of a data set: its number and balance (fen), from the
-    data set's own committed state."""
+def card_of(data_dir, province: int, nth: int = 0,
+            functions: int = FN_FINANCIAL) -> tuple[str, int]:
+    """A Jiangsu (or other) card of a data set with these functions: its number and balance
+    (fen), from the data set's own committed state."""
     st = loader.load(data_dir).state
     pans = st.cards["pan"]
     prov = np.array([int(str(int(p))[3:5]) for p in pans])
     ok = (prov == province) & (st.cards["status"] == CARD_ACTIVE)
-    ok &= (st.cards["functions"] & FN_FINANCIAL) != 0
+    ok &= (st.cards["functions"] & functions) == functions
     ok &= st.accounts["balance_fen"][st.cards["account"]] >= BALANCE_FEN
     idx = int(np.flatnonzero(ok)[nth])
     return str(int(pans[idx])), int(st.accounts["balance_fen"][st.cards["account"][idx]])

@@ -27,6 +27,7 @@ def pair(demo_dir, terminals) -> Pair:
     txn, day = np.zeros(100, np.int64), np.zeros(100, np.int64)
     txn[FOREIGN], day[FOREIGN] = PER_TXN, PER_DAY
     p.acq.engine.router.configure_stand_in(txn, day)
+    p.unanswered = forward.UNDELIVERED           # the issuer's switch is gone
     return p
 
 
@@ -92,6 +93,32 @@ def test_stand_in_keeps_to_the_published_limits(pair):
     txn[FOREIGN] = fare - 1
     pair.acq.engine.router.configure_stand_in(txn, txn * 10)
     assert g.send([g.tap(other)])[0].rc == "91"
+
+
+def test_an_issuer_that_may_have_decided_is_not_stood_in_for(pair):
+    """A timeout leaves the request's fate unknown (the issuer may be slow, not gone):
+    standing in could charge the card a second time, so the tap gets 91."""
+    g = pair.native(TERM_BUS_READER)
+    pan, _ = pair.card()
+    pair.up, pair.unanswered = False, None
+    assert g.send([g.tap(pan)])[0].rc == "91"
+    assert stood_in(pair.acq) == []
+
+
+def test_a_tap_sent_again_after_the_acquirers_ring_moved_on_is_refused_by_the_issuer(pair):
+    g = pair.native(TERM_BUS_READER)
+    pan, idx = pair.card()
+    pair.up = False
+    seq = g.next_seq()
+    assert g.send([native.Tap(seq, pan, 0, native.TAP_IN, 0)])[0].rc == "00"
+    pair.up = True
+    post(pair, pair.acq.engine.router.take_advices())
+    charged = pair.iss.balance(idx)
+    # the acquirer forgot it (its ring moved on): the issuer's watermark catches it
+    pair.acq.state.ring[pair.acq.state.ring["seq"] == seq] = 0
+    assert g.send([native.Tap(seq, pan, 0, native.TAP_IN, 0)])[0].rc == "94"
+    assert pair.iss.balance(idx) == charged
+    assert g.send([g.tap(pan)])[0].rc == "00"    # later taps are decided as ever
 
 
 def test_purchases_and_provinces_without_limits_get_91(pair):
@@ -209,3 +236,29 @@ def test_limits_out_of_range_are_refused(pair):
     with pytest.raises(ValueError, match="100 entries"):
         pair.acq.engine.router.configure_stand_in(bad[:5], bad[:5])
 
+
+
+def test_a_restart_sends_again_the_same_stand_in_advice(pair):
+    """Rebuilt from the journal (the card number deciphered), the advice and its stream key
+    are those the core queued live: the stream drops the copy, the issuer would too."""
+    from types import SimpleNamespace
+
+    from onecard.switch.region.advices import Advices
+
+    g = pair.native(TERM_BUS_READER)
+    pan, _ = pair.card()
+    records(pair.acq)
+    pair.up = False
+    assert g.send([g.tap(pan)])[0].rc == "00"
+    recs = records(pair.acq)
+    assert pan not in {r.issuer_record_no for r in recs}     # never in clear at rest
+    live = Advices(SimpleNamespace(name="sh"))
+    live.queue_stand_in(["js"], pair.acq.engine.router.take_advices(), 0)
+    again = Advices(SimpleNamespace(name="sh"))
+    n = again.resend(recs, pair.acq.state.terminals["tid"],
+                     lambda p: "js" if p == FOREIGN else None, pair.acq.keys.journal_key)
+    assert n == 1
+    assert list(again.queue) == list(live.queue)
+    (_, subject, payload, key) = again.queue[0]
+    assert subject == "onecard.advice.js" and ".s." in key
+    assert int(np.frombuffer(payload, dtype=forward.REQUEST)["txn"]["pan"][0]) == int(pan)

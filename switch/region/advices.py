@@ -1,4 +1,4 @@
-"""Reversal advices between regional switches (issue 15, docs/regions.md).
+"""Advices between regional switches (issue 15, docs/regions.md): reversal and stand-in.
 
 An acquirer that answered its terminal ``91`` for a forwarded purchase or void cannot know
 whether the issuer decided it (the answer may have been lost, or late): the issuer may hold a
@@ -9,6 +9,11 @@ The issuer applies it like a terminal's reversal: it undoes the original if it a
 and otherwise remembers the STAN so that the original, arriving late, is refused. Either way
 the issuer ends with no effect, as the terminal was told. Applying an advice twice changes
 nothing, so delivery only needs to be at least once.
+
+A stand-in advice tells the issuer of a tap or venue entry the acquirer approved while the
+issuer did not answer (``core/forward.pyx``, ``Router.stand_in``): the issuer posts it, even
+without the money (the card then goes onto the deny list), once: its terminal's stand-in
+watermark makes a second delivery a duplicate.
 
 Delivery: the acquirer's journal first (its FORWARDED record, origin UNAVAILABLE, is durable
 before the advice leaves; on start, those after the newest checkpoint are sent again), then a
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onecard.core import crypto
 from onecard.core.state import (
     KIND_PURCHASE,
     KIND_REVERSAL,
@@ -52,7 +58,10 @@ RETRY_S = (0.05, 0.2, 1.0, 5.0)              # backoff while the stream does not
 PUBLISH_TIMEOUT_S = 5.0
 VOID_PROC = 200000                           # processing code 20xxxx: a void's reversal
 CST = dt.timezone(dt.timedelta(hours=8))
+CODES_INDEX_00 = CODE_INDEX["00"]
 CODES_INDEX_25 = CODE_INDEX["25"]
+CODE_OF_INDEX = {index: code for code, index in CODE_INDEX.items()}
+NONE32 = 0xFFFFFFFF
 
 
 def reversal_advices(reqs: np.ndarray) -> np.ndarray:
@@ -76,10 +85,25 @@ def reversal_advices(reqs: np.ndarray) -> np.ndarray:
     return out
 
 
+def stand_in_advice(tid: int, rec, pan: int) -> np.ndarray:
+    """The stand-in advice of a FORWARDED record of origin STAND_IN (the card number
+    deciphered), byte for byte what the core queued when it stood in (Router.advise)."""
+    out = np.zeros(1, dtype=forward.REQUEST)
+    out["tid"] = tid
+    t = out["txn"]
+    t["pan"], t["amount_fen"], t["seq"] = pan, rec.amount_fen, rec.seq
+    t["station_id"], t["direction"] = rec.orig_seq, rec.pool_fen
+    t["time_s"], t["kind"] = rec.ts_us // 1_000_000, rec.orig_kind
+    t["offline"] = forward.ADVICE_STAND_IN
+    return out
+
+
 def msg_id(acquirer: str, advice: np.void, day: str) -> str:
-    """Deduplication key: (acquiring region, terminal, STAN, amount, day)."""
+    """Deduplication key: (acquiring region, terminal, STAN, amount, day), marked for a
+    stand-in advice."""
     t = advice["txn"]
-    return (f"{acquirer}.{int(advice['tid'])}.{int(t['seq'])}.{int(t['amount_fen'])}."
+    mark = "s." if t["offline"] == forward.ADVICE_STAND_IN else ""
+    return (f"{acquirer}.{mark}{int(advice['tid'])}.{int(t['seq'])}.{int(t['amount_fen'])}."
             f"{int(t['currency'])}.{day}")
 
 
@@ -92,6 +116,7 @@ class Advices:
         self.wakeup = asyncio.Event()
         self.published = 0
         self.applied = 0
+        self.posted = 0                          # stand-in advices posted here (issuer)
         self.unresolved = 0
         self.dropped = 0
         self.closed = False                      # the link is stopping: loops end
@@ -124,6 +149,14 @@ class Advices:
         for advice in advices:
             self._enqueue(journal_no, peer, advice, day)
 
+    def queue_stand_in(self, peers: list[str], advices: list, journal_no: int) -> None:
+        """The core's stand-in advices (``Router.take_advices``), to leave once the journal
+        (``journal_no`` and before) holds their FORWARDED records."""
+        for d, data in advices:
+            for advice in np.frombuffer(data, dtype=forward.REQUEST):
+                day = dt.datetime.fromtimestamp(int(advice["txn"]["time_s"]), CST)
+                self._enqueue(journal_no, peers[d - 1], advice, day.strftime("%Y%m%d"))
+
     def _enqueue(self, journal_no: int, peer: str, advice: np.void, day: str) -> None:
         if len(self.queue) >= QUEUED_MAX:
             self.dropped += 1
@@ -135,15 +168,29 @@ class Advices:
                            msg_id(self.link.name, advice, day)))
         self.wakeup.set()
 
-    def resend(self, records, tids: np.ndarray, owner_of) -> int:
-        """At start: the advices of FORWARDED records answered 91 after the newest
-        checkpoint (their journal is durable; the stream may not have them)."""
+    def resend(self, records, tids: np.ndarray, owner_of, journal_key: bytes | None) -> int:
+        """At start: the advices of FORWARDED records answered 91 or stood in after the newest
+        checkpoint (their journal is durable; the stream may not have them). The key
+        deciphers stood-in card numbers (None: they are in clear, as a test's core keeps
+        them)."""
         n = 0
         for rec in records:
-            if rec.kind_name != "FORWARDED" or rec.origin != forward.ORIGIN["UNAVAILABLE"]:
+            if rec.kind_name != "FORWARDED":
                 continue
             peer = owner_of(rec.issuer_province)
-            if peer is None or rec.orig_kind not in (KIND_PURCHASE, KIND_VOID):
+            if peer is None:
+                continue
+            if rec.origin == forward.ORIGIN["STAND_IN"]:
+                pan = rec.issuer_record_no
+                if journal_key is not None:
+                    pan = crypto.pan_crypt(journal_key, pan, NONE32, NONE32, decrypt=True)
+                day = dt.datetime.fromtimestamp(rec.ts_us // 1_000_000, CST)
+                advice = stand_in_advice(int(tids[rec.terminal]), rec, pan)[0]
+                self._enqueue(0, peer, advice, day.strftime("%Y%m%d"))
+                n += 1
+                continue
+            if (rec.origin != forward.ORIGIN["UNAVAILABLE"]
+                    or rec.orig_kind not in (KIND_PURCHASE, KIND_VOID)):
                 continue
             req = np.zeros(1, dtype=forward.REQUEST)
             req["tid"] = tids[rec.terminal]
@@ -213,18 +260,29 @@ class Advices:
             for m in good:
                 await m.ack()
             self.applied += len(data) // forward.REQUEST.itemsize
-            self._report_unresolved(np.frombuffer(data, dtype=forward.REQUEST),
-                                    np.frombuffer(answers, dtype=forward.ANSWER))
+            self._report(np.frombuffer(data, dtype=forward.REQUEST),
+                         np.frombuffer(answers, dtype=forward.ANSWER))
 
-    def _report_unresolved(self, reqs: np.ndarray, answers: np.ndarray) -> None:
-        """Advices that came after their terminal's ring moved on (25): their original may
-        stand here while the terminal was told 91. Counted and logged for reconciliation
-        (clearing's exceptions, issue 16)."""
-        late = answers["rc"] == CODES_INDEX_25
-        if not late.any():
+    def _report(self, reqs: np.ndarray, answers: np.ndarray) -> None:
+        """Count the stand-in advices posted; count and log the advices that could not be
+        applied, for reconciliation (clearing's exceptions, issue 16): a reversal advice that
+        came after its terminal's ring moved on (25: the original may stand here while the
+        terminal was told 91), and a stand-in advice this switch could not post (the card
+        unknown, lost or expired here: the acquirer's operator let the holder through)."""
+        stand_in = reqs["txn"]["offline"] == forward.ADVICE_STAND_IN
+        posted = stand_in & (answers["rc"] == CODES_INDEX_00)
+        self.posted += int((posted & (answers["duplicate"] == 0)).sum())
+        late = ~stand_in & (answers["rc"] == CODES_INDEX_25)
+        refused = stand_in & ~posted
+        if not (late.any() or refused.any()):
             return
-        self.unresolved += int(late.sum())
+        self.unresolved += int(late.sum() + refused.sum())
         for req in reqs[late]:
             log.error("region %s: reversal advice for terminal %s STAN %06d came after that "
                       "terminal's ring moved on: reconcile it (the original may stand)",
                       self.link.name, unpack_tid(int(req["tid"])), int(req["txn"]["seq"]))
+        for req, ans in zip(reqs[refused], answers[refused], strict=True):
+            log.error("region %s: stand-in advice from terminal %s sequence %d not posted "
+                      "(%s): reconcile it with the acquirer", self.link.name,
+                      unpack_tid(int(req["tid"])), int(req["txn"]["seq"]),
+                      CODE_OF_INDEX.get(int(ans["rc"]), "?"))

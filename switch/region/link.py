@@ -77,6 +77,7 @@ class RegionLink:
         self.peers: list[str] = []
         self.table_version = 0
         self.owners: dict[int, str] = {}
+        self.limits: dict = {}                   # region -> standin.Limits it published
         self.stats: dict[str, PeerStats] = {}
         self.served_batches = 0
         self.served_requests = 0
@@ -107,7 +108,7 @@ class RegionLink:
     async def _start(self) -> None:
         import nats
 
-        from onecard.switch.region import routing
+        from onecard.switch.region import routing, standin
 
         # Reconnects are unbounded once linked; the first connection is not (nats-py would
         # go round the servers for ever).
@@ -125,12 +126,16 @@ class RegionLink:
             log.warning("region %s: no routing table yet: every card is decided here until "
                         "one is published (onecard region route)", self.name)
         self._loops.add(routing.watch(kv, self.apply, last_version=self.table_version))
+        mine = standin.Limits(self.config.standin_per_txn_fen, self.config.standin_per_day_fen)
+        await standin.publish(kv, self.name, mine)
+        limits = standin.Follower(self.apply_limits)
+        await limits.reread(kv)
+        self.spawn_loop(routing.follow(kv, forward.STAND_IN_KEY + "*", limits))
         self.advices = Advices(self)
         await self.advices.start(self.nc.jetstream(), self.config.routing_replicas)
-        resent = self.advices.resend(*self._journal_tail())
+        resent = self.advices.resend(*self._journal_tail(), self.switch.keys.journal_key)
         if resent:
-            log.info("region %s: %d reversal advices from the journal sent again", self.name,
-                     resent)
+            log.info("region %s: %d advices from the journal sent again", self.name, resent)
         self._sub = await self.nc.subscribe(forward.SUBJECT_PREFIX + self.name,
                                             queue=f"onecard-{self.name}", cb=self._serve)
         log.info("region %s: linked over NATS (%s), routing table version %d",
@@ -168,9 +173,21 @@ class RegionLink:
         self.switch.engine.router.configure(dest)
         self.peers, self.table_version = list(peers), table.version
         self.owners = dict(table.owners)
+        self._configure_stand_in()
         mine = sorted(p for p, r in table.owners.items() if r == self.name)
         log.info("region %s: routing table version %d: owns %s; peers %s", self.name,
                  table.version, ",".join(map(str, mine)) or "nothing", ", ".join(peers) or "none")
+
+    def apply_limits(self, limits: dict) -> None:
+        """The stand-in limits every region published (standin.Follower)."""
+        self.limits = limits
+        self._configure_stand_in()
+
+    def _configure_stand_in(self) -> None:
+        from onecard.switch.region import standin
+
+        per_txn, per_day = standin.arrays(self.owners, self.limits, self.name)
+        self.switch.engine.router.configure_stand_in(per_txn, per_day)
 
     def ready(self) -> tuple[bool, str]:
         if self.nc is None or not self.nc.is_connected:
@@ -245,10 +262,11 @@ class RegionLink:
                 try:
                     result = engine.process(conn.proto, conn._buf)
                     order, batches = router.take()
+                    stood_in = router.take_advices()
                 finally:
                     router.clear()
                 conn.ran(conn._buf, len(conn._buf), result, relay=False)
-                self._advise(answers, unanswered, peers)
+                self._advise(answers, unanswered, stood_in, peers)
                 if not batches:
                     return
             log.error("region %s: a connection's requests were rerouted %d times (routing "
@@ -257,27 +275,31 @@ class RegionLink:
         finally:
             conn.release()
 
-    def _advise(self, answers: list, unanswered: list, peers: list[str]) -> None:
-        """Requests answered 91 (``Router.install``): reversal advices for their purchases
-        and voids, once the FORWARDED records just journaled are durable (advices.py)."""
+    def _advise(self, answers: list, unanswered: list, stood_in: list,
+                peers: list[str]) -> None:
+        """Requests the issuer did not answer (``Router.install``): stand-in advices for
+        those the core stood in for, reversal advices for purchases and voids answered 91,
+        each once the FORWARDED records just journaled are durable (advices.py)."""
         if self.advices is None:
             return
         journal_no = self.switch.engine.journal.next_no - 1
+        self.advices.queue_stand_in(peers, stood_in, journal_no)
         for (d, _, _), reqs in zip(answers, unanswered, strict=True):
             if len(reqs):
                 self.advices.queue_unanswered(peers[d - 1], reqs, journal_no)
 
     async def forward(self, batches: list[tuple[int, bytes]], peers: list[str]) -> list:
         """Send each destination's REQUEST records to ``peers[destination - 1]``, at most
-        BATCH_MAX per NATS request, all at once: [(destination, chunk sent, ANSWER bytes or
-        None)] in the order sent."""
+        BATCH_MAX per NATS request, all at once: [(destination, chunk sent, ANSWER bytes,
+        None (no answer in time, or refused) or forward.UNDELIVERED (nobody took it))] in the
+        order sent."""
         step = forward.BATCH_MAX * forward.REQUEST.itemsize
         chunks = [(d, sent[i:i + step]) for d, sent in batches
                   for i in range(0, len(sent), step)]
         got = await asyncio.gather(*(self._request(peers[d - 1], chunk) for d, chunk in chunks))
         return [(d, chunk, answer) for (d, chunk), answer in zip(chunks, got, strict=True)]
 
-    async def _request(self, peer: str, payload: bytes) -> bytes | None:
+    async def _request(self, peer: str, payload: bytes) -> bytes | str | None:
         import nats.errors
 
         start_ns = time.perf_counter_ns()
@@ -293,10 +315,15 @@ class RegionLink:
                             refused)
             else:
                 answer = msg.data
+        except nats.errors.NoRespondersError:
+            # Nobody subscribes to the issuer's subject: no switch of that region received
+            # the requests, so the core may stand in for them.
+            answer = forward.UNDELIVERED
         except (TimeoutError, nats.errors.Error) as exc:
             log.debug("region %s: %s did not answer: %r", self.name, peer, exc)
         stats = self.stats.get(peer) or self.stats.setdefault(peer, PeerStats())
-        stats.observe((time.perf_counter_ns() - start_ns) // 1000, answer is not None)
+        stats.observe((time.perf_counter_ns() - start_ns) // 1000,
+                      answer is not None and answer is not forward.UNDELIVERED)
         return answer
 
     # ---- issuer ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import numpy as np
@@ -242,7 +242,7 @@ def watch(kv: KeyValue, on_change: OnChange, last_version: int = 0) -> asyncio.T
     function; a call that raises is logged and its version is retried at the next re-read."""
     if not _is_int(last_version) or not 0 <= last_version <= VERSION_MAX:
         raise ValueError(f"last_version {last_version!r}: must be 0..{VERSION_MAX}")
-    return asyncio.create_task(_watch(kv, on_change, last_version),
+    return asyncio.create_task(follow(kv, KEY, _Applier(on_change, last_version)),
                                name=f"watch {BUCKET}/{KEY}")
 
 
@@ -253,6 +253,17 @@ class _Applier:
         self.on_change = on_change
         self.version = last_version
         self.rejected: bytes | None = None
+
+    async def entry(self, key: str, data: bytes | None) -> None:
+        if data is not None:            # deletes and purges carry no table
+            await self.offer(data)
+
+    async def reread(self, kv: KeyValue) -> None:
+        from nats.js.errors import KeyNotFoundError
+
+        # Not current(): a corrupt value is offer()'s to log, not an error here.
+        with contextlib.suppress(KeyNotFoundError):
+            await self.offer((await kv.get(KEY)).value)
 
     async def offer(self, data: bytes | None) -> None:
         try:
@@ -275,46 +286,51 @@ class _Applier:
         self.version = table.version
 
 
-async def _watch(kv: KeyValue, on_change: OnChange, last_version: int) -> None:
+class Follower(Protocol):
+    async def entry(self, key: str, data: bytes | None) -> None:
+        """A key's new value (None: deleted or purged)."""
+
+    async def reread(self, kv: KeyValue) -> None:
+        """The watch was quiet: read the keys again (a change may have been missed)."""
+
+
+async def follow(kv: KeyValue, keys: str, follower: Follower) -> None:
+    """Watch ``keys`` (a key or a wildcard) for ever, through reconnects and lost servers,
+    giving the follower each change; an idle watch makes it read the keys again."""
     from nats.errors import ConnectionClosedError
     from nats.errors import Error as NatsError
 
-    applier = _Applier(on_change, last_version)
     while True:
         try:
-            watcher = await kv.watch(KEY)
+            watcher = await kv.watch(keys)
         except ConnectionClosedError:
             raise                       # closed for good (by its owner or out of retries)
         except (TimeoutError, NatsError, OSError) as exc:
-            log.warning("routing table watch failed (%r), retrying", exc)
+            log.warning("watch of %s failed (%r), retrying", keys, exc)
             await asyncio.sleep(WATCH_RETRY_S)
             continue
         try:
-            await _follow(kv, watcher, applier)
+            await _follow(kv, watcher, follower)
         except ConnectionClosedError:
             raise
         except (TimeoutError, NatsError, OSError) as exc:
-            log.warning("routing table watch broke (%r), restarting it", exc)
+            log.warning("watch of %s broke (%r), restarting it", keys, exc)
             await asyncio.sleep(WATCH_RETRY_S)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
 
 
-async def _follow(kv: KeyValue, watcher: KeyValue.KeyWatcher, applier: _Applier) -> None:
-    """Apply the watcher's entries as they come; read the key again when it is quiet."""
+async def _follow(kv: KeyValue, watcher: KeyValue.KeyWatcher, follower: Follower) -> None:
+    """Give the watcher's entries as they come; read the keys again when it is quiet."""
     from nats.errors import TimeoutError as NatsTimeoutError
-    from nats.js.errors import KeyNotFoundError
 
     while True:
         try:
             entry = await watcher.updates(timeout=WATCH_IDLE_S)
         except NatsTimeoutError:
-            # Not current(): a corrupt value is the applier's to log, not an error here.
-            with contextlib.suppress(KeyNotFoundError):
-                await applier.offer((await kv.get(KEY)).value)
+            await follower.reread(kv)
             continue
-        # None marks the end of the initial values; deletes and purges carry no table.
-        if entry is None or entry.operation is not None:
+        if entry is None:               # the end of the initial values
             continue
-        await applier.offer(entry.value)
+        await follower.entry(entry.key, None if entry.operation is not None else entry.value)
