@@ -2,6 +2,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.maps cimport U64Map
 from onecard.core.state cimport State
 
 cdef enum:
@@ -62,11 +63,14 @@ cdef class Router:
     cdef uint64_t* counts_p
     cdef int64_t per_txn_fen[100]  # stand-in limits the issuer of each province published
     cdef int64_t per_day_fen[100]  # (0: no stand-in)
+    cdef readonly U64Map blocked  # other regions' cards unusable: pan -> status, deny-listed
+    cdef int64_t n_blocked       # of them, not active or deny-listed
     cdef FwdReq* adv             # stand-in advices of the last process() call, in order
     cdef uint8_t* adv_dest
     cdef size_t n_adv
     cdef size_t adv_cap
     cdef bint stand_in(self, Txn* t, Res* r, uint8_t province, uint8_t d) noexcept nogil
+    cdef bint refused(self, Txn* t, Res* r, uint8_t province) noexcept nogil
     cdef bint advice_room(self) noexcept nogil
     cdef void advise(self, Txn* t, uint64_t tid, int64_t fen, uint8_t d) noexcept nogil
     cdef bint post_advice(self, Txn* t, FwdAns* a) noexcept nogil

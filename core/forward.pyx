@@ -20,13 +20,13 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
 
 from onecard.core.authorise cimport ADVICE_STAND_IN, Authoriser, Res, Txn, currency_or_cny
-from onecard.core.codes cimport RC_00, RC_03, RC_12, RC_58, RC_91, RC_94, RC_96
+from onecard.core.codes cimport RC_00, RC_03, RC_05, RC_12, RC_14, RC_41, RC_58, RC_91, RC_94, RC_96
 from onecard.core.crypto cimport pan_cipher
 from onecard.core.decide cimport decide
 from onecard.core.journal cimport JF_APPROVED, JF_NO_ORIGINAL, JF_REVERSED, JF_VOIDED, NONE32
 from onecard.core.journal cimport JForwarded, JRec
 from onecard.core.ledger cimport apply, standin_key
-from onecard.core.maps cimport Entry
+from onecard.core.maps cimport Entry, U64Map
 from onecard.core.services cimport venue
 from onecard.core.state cimport *
 from onecard.core.transit cimport tap
@@ -37,6 +37,7 @@ from onecard.protocols import forward as _spec
 
 cdef enum:
     REQS_MAX = 1 << 16           # requests one process() call may collect (a buffer's worth)
+    BLOCKED_MAX = 1 << 26        # other regions' unusable cards known here
     ORIGIN_ISSUER = 1
     ORIGIN_STAND_IN = 2
     ORIGIN_UNAVAILABLE = 3
@@ -132,6 +133,8 @@ cdef class Router:
         self.counts_p = <uint64_t*><size_t>self.counts.ctypes.data
         memset(self.per_txn_fen, 0, sizeof(self.per_txn_fen))
         memset(self.per_day_fen, 0, sizeof(self.per_day_fen))
+        self.blocked = U64Map(1024, BLOCKED_MAX)
+        self.n_blocked = 0
 
     def __dealloc__(self):
         free(self.reqs)
@@ -139,6 +142,24 @@ cdef class Router:
         free(self.ans)
         free(self.adv)
         free(self.adv_dest)
+
+    def block(self, uint64_t pan, uint8_t status, bint denied) -> None:
+        """What another region published about one of its cards (switch/region/blocks.py):
+        its status (CardStatus) and whether it is on its deny list. Stand-in refuses a card
+        that is not active or is deny-listed, with the code its issuer would give."""
+        cdef Entry* e
+        if self.blocked.reserve(pan) != 0:
+            raise MemoryError(f"more than {BLOCKED_MAX} blocked cards of other regions")
+        e = self.blocked.upsert(pan)
+        self.n_blocked -= e.a != CARD_ACTIVE or e.b
+        e.a = status
+        e.b = denied
+        self.n_blocked += status != CARD_ACTIVE or denied
+
+    @property
+    def blocked_cards(self) -> int:
+        """Other regions' cards stand-in refuses now."""
+        return self.n_blocked
 
     def configure_stand_in(self, per_txn_fen, per_day_fen) -> None:
         """The stand-in limits for each province's cards (int64[100] each, fen; 0 none), as
@@ -320,6 +341,13 @@ cdef class Router:
             return False
         if fen < 0 or fen > self.per_txn_fen[province]:
             return False
+        e = self.blocked.find(t.pan)
+        if e != NULL and (e.a != CARD_ACTIVE or e.b):
+            # Its issuer published that it is lost, frozen, replaced or deny-listed: refused
+            # here as the issuer would (journaled, no advice: nothing moves).
+            r.rc = (RC_41 if e.a == CARD_LOST else RC_05 if e.a == CARD_FROZEN or e.b
+                    else RC_14)
+            return self.refused(t, r, province)
         e = self.st.standin.find(t.pan)
         if e != NULL and e.a == self.auth.today:
             spent = e.b
@@ -355,6 +383,35 @@ cdef class Router:
         self.advise(t, term.tid, fen, d)
         r.rc = RC_00
         r.amount_fen = fen
+        r.record_no = self.auth.journal.next_no - 1
+        r.recorded = True
+        self.counts_p[province * N_ORIGINS + ORIGIN_STAND_IN] += 1
+        return True
+
+    cdef bint refused(self, Txn* t, Res* r, uint8_t province) noexcept nogil:
+        """Journal a stand-in refusal (r.rc set): the FORWARDED record, origin STAND_IN."""
+        cdef JRec* j = self.auth.journal.append()
+        cdef JForwarded* f
+        if j == NULL:
+            return False
+        f = &j.forwarded
+        f.ts_us = self.auth.now_us
+        f.terminal = t.terminal
+        f.seq = t.seq
+        f.card = NONE32
+        f.account = NONE32
+        f.kind = KIND_FORWARDED
+        f.app = <uint8_t>self.st.term[t.terminal].app
+        f.rc = r.rc
+        f.amount_asked_minor = t.amount_fen
+        f.currency = currency_or_cny(t)
+        f.orig_kind = t.kind
+        f.issuer_province = province
+        f.origin = ORIGIN_STAND_IN
+        if apply(self.st, j, self.auth.journal.next_no - 1) != 0:
+            self.auth.journal.retract(j)
+            return False
+        r.amount_fen = 0
         r.record_no = self.auth.journal.next_no - 1
         r.recorded = True
         self.counts_p[province * N_ORIGINS + ORIGIN_STAND_IN] += 1

@@ -245,6 +245,15 @@ def _region(sw: Switch) -> Iterator[Metric]:
                                   "moved on, stand-ins for cards unusable here; reconcile "
                                   "(logged with terminal and sequence)",
                                   value=float(adv.unresolved))
+    blocks = link.blocks
+    if blocks is not None:
+        yield CounterMetricFamily("onecard_blocked_cards_published",
+                                  "This region's card changes published for other regions "
+                                  "(status, deny list)", value=float(blocks.published))
+        yield GaugeMetricFamily("onecard_foreign_blocked_cards",
+                                "Other regions' cards that stand-in here refuses (lost, "
+                                "frozen, replaced, deny-listed)",
+                                value=sw.engine.router.blocked_cards)
     yield GaugeMetricFamily("onecard_routing_table_version",
                             "Version of the routing table in use", value=link.table_version)
 

@@ -317,6 +317,12 @@ class Switch:
         self.admission.journal_state(self.committer.full_error())
         self._durable(self.committer.durable_no)
 
+    def cards_changed(self, cards: list[int]) -> None:
+        """Cards whose status an operator changed (durably): other regions must learn it
+        (switch/region/blocks.py)."""
+        if self.link is not None and self.link.blocks is not None:
+            self.link.blocks.cards_changed(cards)
+
     async def committed(self, record_no: int) -> None:
         """Wait until the journal record ``record_no`` (and all before it) is durable.
         Operators' changes answer only then, like terminals' approvals."""

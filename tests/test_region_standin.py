@@ -23,6 +23,7 @@ from onecard.protocols import forward
 from onecard.protocols.journal import FLAGS
 from onecard.switch.terminals import read_terminals
 
+from conftest import AdminClient
 from termsim import NativeTerminal, socket_exchange
 from test_region_forward import JS, balance_of, card_of, journal, metric, two_regions
 
@@ -81,9 +82,41 @@ def wait_for(readers, taps: int) -> None:
         time.sleep(0.01)
 
 
+def reader(regions, index: int) -> NativeTerminal:
+    info = [t for t in read_terminals(regions.dirs["sh"])
+            if t.kind == TERM_BUS_READER and t.province == 31][index]
+    sock, exchange = socket_exchange("127.0.0.1", regions.switches["sh"].native, 4)
+    regions.sockets.append(sock)
+    g = NativeTerminal(info, exchange)
+    assert g.signon().rc == "00"
+    return g
+
+
+def test_a_card_reported_lost_at_home_is_known_lost_everywhere_within_a_second(regions):
+    """Jiangsu's operator reports a card lost: Shanghai learns it (for stand-in) through the
+    blocked-cards bucket; the time is measured, against a generous bound."""
+    sh = regions.switches["sh"]
+    pan, _ = card_of(regions.dirs["js"], JS, nth=20, functions=TRANSIT)
+    before = metric(sh, "onecard_foreign_blocked_cards")
+    r = AdminClient(regions.switches["js"]).post(f"/admin/cards/{pan}/loss")
+    assert r.status == 200, r.text
+    start = time.monotonic()
+    while (metric(sh, "onecard_foreign_blocked_cards") < before + 1
+           and time.monotonic() - start < 10):
+        time.sleep(0.005)
+    took_s = time.monotonic() - start
+    assert metric(sh, "onecard_foreign_blocked_cards") == before + 1
+    assert took_s < 5, f"the loss took {took_s:.3f} s to reach another region"
+    print(f"loss known in another region after {took_s * 1000:.0f} ms")
+    g = reader(regions, READERS)
+    assert g.send([g.tap(pan)])[0].rc == "41"          # online: its issuer refuses it
+    regions.state["lost"] = pan
+
+
 def test_an_issuer_killed_under_load_is_stood_in_for_and_every_answer_stays_true(regions):
     infos = [t for t in read_terminals(regions.dirs["sh"])
              if t.kind == TERM_BUS_READER and t.province == 31][:READERS]
+    assert len(infos) == READERS
     # reader 0 taps one card only: it reaches the day's limit while "js" is dead
     cards = [[card_of(regions.dirs["js"], JS, nth=n, functions=TRANSIT)[0] for n in nths]
              for nths in ([0], [1, 2, 3], [4, 5, 6])][:READERS]
@@ -95,6 +128,10 @@ def test_an_issuer_killed_under_load_is_stood_in_for_and_every_answer_stays_true
     regions.switches.pop("js").kill9()
     killed_at = [len(r.log) for r in readers]
     wait_for(readers, max(killed_at) + TAPS_PER_PHASE)
+    lost = regions.state.get("lost")
+    if lost is not None:                               # stand-in refuses it as js would
+        g = reader(regions, READERS + 1)
+        assert g.send([g.tap(lost)])[0].rc == "41"
     regions.start("js")
     back_at = [len(r.log) for r in readers]
     wait_for(readers, max(back_at) + TAPS_PER_PHASE)
@@ -106,8 +143,10 @@ def test_an_issuer_killed_under_load_is_stood_in_for_and_every_answer_stays_true
             for entry in r.log[a:b]]
     assert {code for _, _, code, _ in dead} <= {"00", "91"}
     assert "00" in {code for _, _, code, _ in dead}
+    # decided by stand-in: the readers' approvals and the lost card's refusal
     stood_in = metric(regions.switches["sh"],
                       'onecard_forwarded_requests_total{origin="stand_in",province="32"}')
+    stood_in -= lost is not None
     assert stood_in > 0, "nothing was stood in for while the issuer was dead"
     # the advices drained: every stand-in posted at the issuer
     sh, js = regions.switches["sh"], regions.switches["js"]

@@ -262,3 +262,23 @@ def test_a_restart_sends_again_the_same_stand_in_advice(pair):
     (_, subject, payload, key) = again.queue[0]
     assert subject == "onecard.advice.js" and ".s." in key
     assert int(np.frombuffer(payload, dtype=forward.REQUEST)["txn"]["pan"][0]) == int(pan)
+
+
+def test_a_card_its_issuer_published_as_unusable_is_refused_not_stood_in_for(pair):
+    from onecard.core.state import CARD_ACTIVE, CARD_LOST
+
+    g = pair.native(TERM_BUS_READER)
+    pan, _ = pair.card()
+    router = pair.acq.engine.router
+    pair.up = False
+    router.block(int(pan), CARD_LOST, False)
+    assert router.blocked_cards == 1
+    assert g.send([g.tap(pan)])[0].rc == "41"
+    router.block(int(pan), CARD_ACTIVE, True)         # deny-listed (a negative balance)
+    assert g.send([g.tap(pan)])[0].rc == "05"
+    (refusal, _) = stood_in(pair.acq)
+    assert refusal.rc != _code("00") and refusal.amount_fen == 0
+    assert router.take_advices() == []                # nothing to post
+    router.block(int(pan), CARD_ACTIVE, False)         # topped up, found: usable again
+    assert router.blocked_cards == 0
+    assert g.send([g.tap(pan)])[0].rc == "00"

@@ -260,6 +260,7 @@ class AdminApi:
         no = operations.card_change(self.switch.engine.authoriser, idx, status=after,
                                     operator=self.ops.index(op))
         await self.durable(no)
+        self.switch.cards_changed([idx])
         self.audit(op, f"card.{action}", self.masked(idx), {"status": STATUS_NAMES[after]}, no)
         return web.json_response(self.card_view(idx))
 
@@ -297,6 +298,7 @@ class AdminApi:
             no = operations.card_change(a, idx, status=CARD_REPLACED,
                                         operator=self.ops.index(op))
         await self.durable(no)
+        self.switch.cards_changed([idx, new_idx])
         self._insert_card(idx, new_idx, new_pan, account, electronic)
         self.audit(op, f"card.{action}", mask(int(c["pan"])), {"new_card": mask(new_pan)}, no)
         view = self.card_view(new_idx)

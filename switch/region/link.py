@@ -17,15 +17,17 @@ reconfigures the core's router without a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onecard.core.state import KIND_FORWARDED
+from onecard.core.state import KIND_CARD_ADMIN, KIND_FORWARDED
 from onecard.protocols import forward
 from onecard.switch.region.advices import Advices
+from onecard.switch.region.blocks import Blocks
 from onecard.switch.server import ListenError
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ class RegionLink:
         self.served_requests = 0
         self.nc = None
         self.advices: Advices | None = None
+        self.blocks: Blocks | None = None
         self._sub = None
         self._tasks: set[asyncio.Task] = set()   # relays and answers: finish before stopping
         self._loops: set[asyncio.Task] = set()   # the watch and the advice loops: cancelled
@@ -99,8 +102,9 @@ class RegionLink:
         try:
             await self._start()
         except (OSError, TimeoutError, nats.errors.Error) as exc:
-            if self.nc is not None:
-                await self.nc.close()
+            # The loops started so far, and the connection: whatever else is failing.
+            with contextlib.suppress(Exception):
+                await self.stop()
             raise RegionLinkError(f"region {self.name}: NATS at "
                                   f"{', '.join(self.config.nats_urls)}: {exc!r} (is it running, "
                                   "with JetStream? [region] nats_urls)") from exc
@@ -133,9 +137,13 @@ class RegionLink:
         self.spawn_loop(routing.follow(kv, forward.STAND_IN_KEY + "*", limits))
         self.advices = Advices(self)
         await self.advices.start(self.nc.jetstream(), self.config.routing_replicas)
-        resent = self.advices.resend(*self._journal_tail(), self.switch.keys.journal_key)
+        tail, tids, owner_of = self._journal_tail()
+        resent = self.advices.resend(tail, tids, owner_of, self.switch.keys.journal_key)
         if resent:
             log.info("region %s: %d advices from the journal sent again", self.name, resent)
+        self.blocks = Blocks(self)
+        self.blocks.start(self.nc.jetstream(), self.config.routing_replicas,
+                          [r.card for r in tail if r.kind_name == "CARD_ADMIN"])
         self._sub = await self.nc.subscribe(forward.SUBJECT_PREFIX + self.name,
                                             queue=f"onecard-{self.name}", cb=self._serve)
         log.info("region %s: linked over NATS (%s), routing table version %d",
@@ -153,8 +161,9 @@ class RegionLink:
         await self.stop_serving()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_S)
-        if self.advices is not None:
-            self.advices.closed = True
+        for part in (self.advices, self.blocks):
+            if part is not None:
+                part.closed = True
         tasks = [*self._tasks, *self._loops]
         for task in tasks:
             task.cancel()
@@ -202,8 +211,9 @@ class RegionLink:
                     "meanwhile)", self.name)
 
     def _journal_tail(self) -> tuple[list, np.ndarray, object]:
-        """The journal records after the newest checkpoint (where advices not yet in the
-        stream may be), the terminals' ids, and the owner of a province now."""
+        """The journal records after the newest checkpoint that may need publishing again
+        (FORWARDED: advices; CARD_ADMIN: blocked cards), the terminals' ids, and the owner of
+        a province now."""
         from onecard.protocols.journal_codec import decode
         from onecard.switch import store
 
@@ -222,9 +232,9 @@ class RegionLink:
             region = owners.get(province)
             return region if region and region != self.name else None
 
-        # Only FORWARDED records can need an advice: decoded one by one, they are few.
-        forwarded = recs["kind"] == KIND_FORWARDED
-        return decode(recs[forwarded], nos[forwarded]), tids, owner_of
+        # Decoded one by one: they are few.
+        wanted = (recs["kind"] == KIND_FORWARDED) | (recs["kind"] == KIND_CARD_ADMIN)
+        return decode(recs[wanted], nos[wanted]), tids, owner_of
 
     def spawn_loop(self, coro) -> asyncio.Task:
         """A task that runs as long as the link (cancelled at stop)."""

@@ -143,24 +143,36 @@ def replicas_for(n_servers: int) -> int:
     return 3 if n_servers >= 3 else 1
 
 
-async def open_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
-    """Bind the routing bucket, creating it (file storage, replicas copies) if it is missing.
-    An existing bucket is bound as it is, whatever its replicas."""
+CREATE_ATTEMPTS = 3
+
+
+async def open_bucket(js: JetStreamContext, replicas: int, bucket: str = BUCKET,
+                      history: int = HISTORY,
+                      description: str = "onecard: province -> owning region") -> KeyValue:
+    """Bind a bucket (the routing table's by default), creating it (file storage, replicas
+    copies) if it is missing. An existing bucket is bound as it is, whatever its replicas.
+    Switches starting together race to create it: the losers bind the winner's."""
+    from nats.errors import TimeoutError as NatsTimeoutError
     from nats.js.errors import APIError, BucketNotFoundError
 
     if not 1 <= replicas <= REPLICAS_MAX:
         raise ValueError(f"replicas must be 1..{REPLICAS_MAX}, not {replicas}")
-    with contextlib.suppress(BucketNotFoundError):
-        return await js.key_value(BUCKET)
-    try:
-        return await js.create_key_value(bucket=BUCKET, history=HISTORY, replicas=replicas,
-                                          description="onecard: province -> owning region")
-    except APIError as exc:
-        # Another switch created it between our bind and create, with a different config
-        # (JetStream accepts a create with the same one): 10058, stream name in use.
-        if exc.err_code != 10058:
-            raise
-        return await js.key_value(BUCKET)
+    for attempt in range(CREATE_ATTEMPTS):
+        with contextlib.suppress(BucketNotFoundError):
+            return await js.key_value(bucket)
+        try:
+            return await js.create_key_value(bucket=bucket, history=history, replicas=replicas,
+                                              description=description)
+        except APIError as exc:
+            # Another switch created it between our bind and create, with a different config
+            # (JetStream accepts a create with the same one): 10058, stream name in use.
+            if exc.err_code != 10058:
+                raise
+        except NatsTimeoutError:
+            # A create racing others' may time out while the stream's group forms.
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise
+    return await js.key_value(bucket)
 
 
 async def current(kv: KeyValue) -> tuple[RoutingTable, int] | None:
