@@ -14,8 +14,10 @@ in the same run as the single switch's, on the same (shared, 2-core) machine: ev
 both set-ups (NATS, three switches, two load generators) shares the cores, so the ratios
 matter more than the absolute figures.
 
-Also measured: with the issuer's switch stopped, how fast the acquirer answers a forwarded
-request (91: NATS says at once that nobody serves the subject), and the NATS request-reply
+Also measured: with the issuer's switch stopped (NATS says at once that nobody serves its
+subject), how fast the acquirer answers a forwarded purchase (91) and decides a bus tap by
+stand-in (approved within Jiangsu's published limits, then 91 once a card's day is used up;
+the codes are reported), and the NATS request-reply
 round trip alone (an echo responder on the same server,
 the same payload size as a forwarded batch of one), the floor under a forwarded request's
 extra latency on this machine.
@@ -79,8 +81,9 @@ def _region_config(work: Path, name: str, urls: list[str]) -> Path:
 
 
 def _load(port: int, data_dir: Path, connections: int, window: int, duration_s: float,
-          out: Path, seed: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "onecard.switch.cli", "load", "--protocol", "iso8583",
+          out: Path, seed: int, extra: tuple[str, ...] = (),
+          protocol: str = "iso8583") -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "onecard.switch.cli", "load", "--protocol", protocol,
            "--port", str(port), "--connections", str(connections), "--window", str(window),
            "--duration", str(duration_s), "--data-dir", str(data_dir), "--balance-share", "0",
            "--seed", str(seed), "--json", str(out), *extra]
@@ -109,20 +112,27 @@ def measure(name: str, port: int, acquirer_dir: Path, issuer_dir: Path, args,
             "foreign": _finish(foreign, foreign_out, args.duration)}
 
 
-def issuer_down(issuer: subprocess.Popen, port: int, dirs: dict[str, Path], args,
+def issuer_down(issuer: subprocess.Popen, ports: dict[str, int], dirs: dict[str, Path], args,
                 work: Path) -> dict:
     """The issuer's switch stopped (NATS up: no responder, so no waiting for the timeout):
-    how long the acquirer takes to answer a forwarded request 91. Stand-in, when it is
-    built, decides in this same place."""
+    how long the acquirer takes to answer forwarded purchases (91) and to decide bus taps by
+    stand-in."""
     issuer.terminate()
     issuer.wait(60)
     duration_s = min(args.duration, 3.0)
-    _progress(f"issuer down: {args.foreign} foreign connections, {duration_s:g} s")
+    foreign = ("--card-province", str(JS), "--cards-data-dir", str(dirs["js"]),
+               "--terminal-province", str(SH))
+    _progress(f"issuer down: {args.foreign} foreign connections, purchases, {duration_s:g} s")
     out = work / "issuer-down.json"
-    proc = _load(port, dirs["sh"], args.foreign, args.window, duration_s, out, 3,
-                 ("--card-province", str(JS), "--cards-data-dir", str(dirs["js"]),
-                  "--terminal-province", str(SH)))
-    return _finish(proc, out, duration_s)
+    proc = _load(ports["iso8583"], dirs["sh"], args.foreign, args.window, duration_s, out, 3,
+                 foreign)
+    result = _finish(proc, out, duration_s)
+    _progress(f"issuer down: {args.foreign} foreign connections, bus taps (stand-in), "
+              f"{duration_s:g} s")
+    out = work / "stand-in.json"
+    proc = _load(ports["native"], dirs["sh"], args.foreign, args.window, duration_s, out, 4,
+                 (*foreign, "--bus-share", "1", "--verify-share", "0"), protocol="native")
+    return {"purchases": result, "taps": _finish(proc, out, duration_s)}
 
 
 async def _echo_round_trips(url: str, rounds: int) -> np.ndarray:
@@ -185,8 +195,7 @@ def run(args) -> dict:
                     _drain(proc)
                 result["regions"] = measure("regions", ports["iso8583"], dirs["sh"],
                                             dirs["js"], args, work)
-                result["issuer_down"] = issuer_down(regional["js"], ports["iso8583"], dirs,
-                                                    args, work)
+                result["issuer_down"] = issuer_down(regional["js"], ports, dirs, args, work)
             finally:
                 for proc in procs:
                     if proc.poll() is None:
@@ -217,9 +226,10 @@ def report(r: dict) -> str:
         f"forwarded share of requests (regions): {reg['foreign']['tps'] / total:.1%}",
         f"total TPS regions / single: {total / single_total:.2f}",
         f"forwarded p99 - local p99 (regions): {diff:.2f} ms (aim <= 2 ms)",
-        f"issuer down, forwarded requests answered in: p50 "
-        f"{r['issuer_down']['latency_ms']['p50']:.2f} ms, p99 "
-        f"{r['issuer_down']['latency_ms']['p99']:.2f} ms, codes {r['issuer_down']['codes']}",
+        *(f"issuer down, forwarded {what} answered in: p50 {x['latency_ms']['p50']:.2f} ms, "
+          f"p99 {x['latency_ms']['p99']:.2f} ms, codes {x['codes']}"
+          for what, x in (("purchases", r["issuer_down"]["purchases"]),
+                          ("bus taps (stand-in)", r["issuer_down"]["taps"]))),
         f"NATS request-reply alone: p50 {r['nats_echo_ms']['p50']:.3f} ms, "
         f"p99 {r['nats_echo_ms']['p99']:.3f} ms",
     ]

@@ -161,7 +161,11 @@ def test_regions_bench_forwards_the_foreign_share_and_reports_the_p99_difference
             assert x["completed"] > 0 and x["codes"].get("00", 0) > 0, (setup, kind, x)
             assert not set(x["codes"]) - {"00", "51", "61"}, (setup, kind, x["codes"])
     assert "forwarded p99 - local p99 (regions)" in out.stdout
-    assert r["issuer_down"]["codes"] == {"91": r["issuer_down"]["completed"]}
+    down = r["issuer_down"]
+    assert down["purchases"]["codes"] == {"91": down["purchases"]["completed"]}
+    # bus taps with the issuer gone: stood in (00) within its limits, 91 past them
+    assert down["taps"]["codes"].get("00", 0) > 0, down["taps"]["codes"]
+    assert not set(down["taps"]["codes"]) - {"00", "91"}, down["taps"]["codes"]
     assert 0 < r["nats_echo_ms"]["p50"] <= r["nats_echo_ms"]["p99"]
 
 

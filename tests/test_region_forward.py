@@ -65,16 +65,19 @@ class Regions:
         assert cli.main(["region", "route", "--nats", urls, "--replicas", "3",
                          "--set", f"{others}=sh", "--set", f"{JS}=js"]) == 0
 
-    def config(self, name: str, timeout_ms: int = 500) -> str:
+    def config(self, name: str, timeout_ms: int = 500, nodes: list[int] | None = None) -> str:
         path = self.root / name / "region.toml"
-        urls = ", ".join(f'"{u}"' for u in self.cluster.urls)
+        chosen = self.cluster.urls if nodes is None else [self.cluster.urls[i] for i in nodes]
+        urls = ", ".join(f'"{u}"' for u in chosen)
         path.write_text("[server]\nlatency_budget_ms = 0\n"
                         f'[region]\nname = "{name}"\nnats_urls = [{urls}]\n'
                         f"timeout_ms = {timeout_ms}\nrouting_replicas = 3\n")
         return str(path)
 
-    def start(self, name: str):
-        self.switches[name] = start_switch(self.dirs[name], "--config", self.config(name))
+    def start(self, name: str, nodes: list[int] | None = None):
+        """Start a region's switch, connected to these NATS nodes (default all)."""
+        self.switches[name] = start_switch(self.dirs[name], "--config",
+                                           self.config(name, nodes=nodes))
         return self.switches[name]
 
     def stop(self, name: str) -> None:

@@ -18,13 +18,13 @@ import time
 
 import pytest
 
-from onecard.core.state import FN_FINANCIAL, FN_TRANSPORT, TERM_BUS_READER
+from onecard.core.state import FN_FINANCIAL, FN_TRANSPORT, TERM_BUS_READER, TERM_POS
 from onecard.protocols import forward
 from onecard.protocols.journal import FLAGS
 from onecard.switch.terminals import read_terminals
 
 from conftest import AdminClient
-from termsim import NativeTerminal, socket_exchange
+from termsim import IsoTerminal, NativeTerminal, socket_exchange
 from test_region_forward import JS, balance_of, card_of, journal, metric, two_regions
 
 pytestmark = pytest.mark.slow
@@ -196,3 +196,82 @@ def check(regions, readers, opening: dict[str, int]) -> None:
             key = (rec.issuer_record_no, (rec.ts_us // 1_000_000 + 8 * 3600) // 86_400)
             per_card[key] = per_card.get(key, 0) + rec.amount_fen
     assert per_card and max(per_card.values()) <= forward.STAND_IN_PER_DAY_FEN
+
+
+def ready(sw) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{sw.http}/readyz", timeout=5) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def test_a_partitioned_issuer_is_stood_in_for_and_converges_when_healed(regions):
+    """"js" reaches NATS through one node only; that node is killed: "js" is cut off from the
+    other regions (its subject has no responder), while both regions' local traffic goes on.
+    Cross traffic at "sh" is stood in for (taps) or gets 91 (purchases), and so does "js"'s
+    for Shanghai cards. The node comes back: "js" reconnects, posts the advices, and the
+    stood-in tap is charged there exactly once."""
+    from test_region_forward import pos
+
+    for name in ("sh", "js"):
+        regions.stop(name)
+    regions.start("js", nodes=[2])
+    regions.start("sh", nodes=[0, 1])
+    sh, js = regions.switches["sh"], regions.switches["js"]
+    js_pan, _ = card_of(regions.dirs["js"], JS, nth=30, functions=TRANSIT)
+    sh_pan, _ = card_of(regions.dirs["sh"], 31, nth=30)
+    g = reader(regions, READERS + 2)
+    t = pos(regions)
+    assert g.send([g.tap(js_pan)])[0].rc == "00"                # forwarded, decided by js
+    regions.cluster.kill(2)
+    deadline = time.monotonic() + 30
+    while ready(js) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ready(js), "js still says it is linked"
+    # local traffic on both sides is unaffected
+    (local,) = t.send(t.purchase(sh_pan, 100))
+    assert local["39"] == "00"
+    js_local = js_pos(regions)
+    (home,) = js_local.send(js_local.purchase(js_pan, 100))
+    assert home["39"] == "00"
+    # cross traffic: stand-in for the tap, 91 for the purchase, both ways
+    before = metric(sh, 'onecard_forwarded_requests_total{origin="stand_in",province="32"}')
+    (stood,) = g.send([g.tap(js_pan)])
+    assert stood.rc == "00"
+    assert metric(sh, 'onecard_forwarded_requests_total{origin="stand_in",province="32"}') \
+        == before + 1
+    (cross,) = t.send(t.purchase(js_pan, 100))
+    assert cross["39"] == "91"
+    (other,) = js_local.send(js_local.purchase(sh_pan, 100))
+    assert other["39"] == "91"
+    # healed: js reconnects and posts the advice
+    posted = metric(js, "onecard_advices_posted_total")
+    regions.cluster.start(2)
+    deadline = time.monotonic() + 60
+    while (metric(js, "onecard_advices_posted_total") < posted + 1
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    assert ready(js)
+    assert metric(js, "onecard_advices_posted_total") == posted + 1
+    assert g.send([g.tap(js_pan)])[0].rc == "00"                # forwarded again
+    regions.stop("sh")
+    regions.stop("js")
+    idx = next(i.idx for i in read_terminals(regions.dirs["js"]) if i.tid == g.info.tid)
+    recs = [r for r in journal(regions.dirs["js"])
+            if r.kind_name == "OFFLINE_TAP" and r.flags & FLAG["STAND_IN"]
+            and (r.terminal, r.seq) == (idx, stood.seq)]
+    assert len(recs) == 1 and recs[0].flags & FLAG["APPROVED"]
+
+
+def js_pos(regions) -> IsoTerminal:
+    info = next(t for t in read_terminals(regions.dirs["js"])
+                if t.kind == TERM_POS and t.province == JS)
+    sock, exchange = socket_exchange("127.0.0.1", regions.switches["js"].iso, 2)
+    regions.sockets.append(sock)
+    t = IsoTerminal(info, exchange, stan=5000)
+    assert t.signon()["39"] == "00"
+    return t

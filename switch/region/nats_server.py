@@ -114,6 +114,10 @@ def _config(node: _Node, route_ports: list[int]) -> str:
             f'  listen: "{HOST}:{node.route_port}"',
             # Explicit routes are retried for ever: a restarted node finds the others again.
             f"  routes: [{routes}]",
+            # A client connects to the nodes it was given (a switch's [region] nats_urls),
+            # not to others it would learn from the cluster: where a region reaches NATS is
+            # its configuration's to say (and a partition test's to cut).
+            "  no_advertise: true",
             "}",
         ]
     return "\n".join(lines) + "\n"
