@@ -190,8 +190,9 @@ def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str 
 
 
 def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
-           fields: dict) -> int:
-    """Add, retire or change an application in one durable transaction; the new version."""
+           fields: dict, *, dry_run: bool = False) -> int:
+    """Add, retire or change an application in one durable transaction; the new version.
+    ``dry_run``: check it (CatalogueError) and change nothing."""
     provs = provinces(conn)
     row = conn.execute("SELECT idx, active FROM catalogue WHERE code = ?", (code,)).fetchone()
     if action == "add":
@@ -234,7 +235,7 @@ def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
         conn.execute("INSERT INTO catalogue_history VALUES (?,?,?,?,?)",
                      (new_version, code, json.dumps({"action": action, **fields},
                                                     ensure_ascii=False), operator, now))
-        conn.execute("COMMIT")
+        conn.execute("ROLLBACK" if dry_run else "COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise

@@ -254,6 +254,13 @@ def _region(sw: Switch) -> Iterator[Metric]:
                                 "Other regions' cards that stand-in here refuses (lost, "
                                 "frozen, replaced, deny-listed)",
                                 value=sw.engine.router.blocked_cards)
+    if link.catalogue is not None and link.catalogue.db is not None:
+        yield GaugeMetricFamily("onecard_catalogue_version",
+                                "Catalogue version enforced here (the same in every region)",
+                                value=link.catalogue.version())
+        yield CounterMetricFamily("onecard_catalogue_versions_applied",
+                                  "Catalogue versions made in other regions, applied here",
+                                  value=float(link.catalogue.applied))
     yield GaugeMetricFamily("onecard_routing_table_version",
                             "Version of the routing table in use", value=link.table_version)
 

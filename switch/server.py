@@ -225,6 +225,8 @@ class Switch:
         self.iteration_start = 0.0
         self.admission = Admission(self)
         self.link: RegionLink | None = None
+        # Called after the catalogue changed (the admin API's cached public listing).
+        self.catalogue_listeners: list = []
         if config.region.enabled:
             from onecard.switch.region.link import RegionLink
 
@@ -316,6 +318,14 @@ class Switch:
             return
         self.admission.journal_state(self.committer.full_error())
         self._durable(self.committer.durable_no)
+
+    def catalogue_changed(self, db) -> None:
+        """A new catalogue version is in the store: the next batch enforces it."""
+        from onecard.switch import catalogue
+
+        self.state.set_catalogue(*catalogue.build(db))
+        for listener in self.catalogue_listeners:
+            listener()
 
     def cards_changed(self, cards: list[int]) -> None:
         """Cards whose status an operator changed (durably): other regions must learn it

@@ -25,7 +25,7 @@ from onecard.switch.terminals import read_terminals
 
 from conftest import AdminClient
 from termsim import IsoTerminal, NativeTerminal, socket_exchange
-from test_region_forward import JS, balance_of, card_of, journal, metric, two_regions
+from test_region_forward import JS, balance_of, card_of, journal, metric, pos, two_regions
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +111,50 @@ def test_a_card_reported_lost_at_home_is_known_lost_everywhere_within_a_second(r
     g = reader(regions, READERS)
     assert g.send([g.tap(pan)])[0].rc == "41"          # online: its issuer refuses it
     regions.state["lost"] = pan
+
+
+def catalogue_of(sw) -> dict:
+    return AdminClient(sw).get("/catalogue", role=None).json()
+
+
+def test_a_catalogue_change_in_one_region_is_enforced_in_every_region_within_a_second(regions):
+    """The catalogue is the scheme's: a change made through Jiangsu's admin API is in
+    Shanghai's within a second (measured), with the same version, and enforced there: an
+    application retired in Jiangsu is refused (58) at Shanghai's terminals."""
+    sh, js = regions.switches["sh"], regions.switches["js"]
+    version = catalogue_of(sh)["version"]
+    assert catalogue_of(js)["version"] == version
+    home = AdminClient(js)
+    r = home.call("PATCH", "/admin/catalogue/FIN-PAY", {"daily_limit_fen": 123_400},
+                  role="catalogue")
+    assert r.status == 200, r.text
+    assert r.json()["version"] == version + 1
+    start = time.monotonic()
+    while metric(sh, "onecard_catalogue_version") < version + 1 and time.monotonic() - start < 10:
+        time.sleep(0.005)
+    took_s = time.monotonic() - start
+    assert took_s < 5, f"the catalogue change took {took_s:.3f} s to reach another region"
+    print(f"catalogue version {version + 1} in another region after {took_s * 1000:.0f} ms")
+    listing = catalogue_of(sh)
+    fin = next(a for a in listing["applications"] if a["code"] == "FIN-PAY")
+    assert (listing["version"], fin["daily_limit_fen"]) == (version + 1, 123_400)
+    # a change made in Shanghai goes the other way, after the first
+    r = AdminClient(sh).call("DELETE", "/admin/catalogue/FIN-PAY", role="catalogue")
+    assert r.status == 200, r.text
+    start = time.monotonic()
+    while metric(js, "onecard_catalogue_version") < version + 2 and time.monotonic() - start < 10:
+        time.sleep(0.005)
+    assert metric(js, "onecard_catalogue_version") == version + 2
+    t = pos(regions)
+    pan, _ = card_of(regions.dirs["sh"], 31, nth=40)
+    (r,) = t.send(t.purchase(pan, 100))
+    assert r["39"] == "58"                                   # retired everywhere
+    r = home.call("PATCH", "/admin/catalogue/FIN-PAY", {"active": True}, role="catalogue")
+    assert r.status == 200, r.text
+    while metric(sh, "onecard_catalogue_version") < version + 3 and time.monotonic() - start < 20:
+        time.sleep(0.005)
+    (r,) = t.send(t.purchase(pan, 100))
+    assert r["39"] == "00"
 
 
 def test_an_issuer_killed_under_load_is_stood_in_for_and_every_answer_stays_true(regions):
@@ -215,8 +259,6 @@ def test_a_partitioned_issuer_is_stood_in_for_and_converges_when_healed(regions)
     Cross traffic at "sh" is stood in for (taps) or gets 91 (purchases), and so does "js"'s
     for Shanghai cards. The node comes back: "js" reconnects, posts the advices, and the
     stood-in tap is charged there exactly once."""
-    from test_region_forward import pos
-
     for name in ("sh", "js"):
         regions.stop(name)
     regions.start("js", nodes=[2])

@@ -83,6 +83,7 @@ class AdminApi:
         # GETs cannot take the event loop from the terminals. Only this process changes the
         # catalogue, and every change clears the cache.
         self.published: dict[tuple, bytes] = {}
+        switch.catalogue_listeners.append(self.published.clear)
         self.failures = FailureLimiter(switch.config.admin.token_failures_per_minute)
         self.body_limit_bytes = switch.config.admin.body_limit_bytes
 
@@ -222,15 +223,42 @@ class AdminApi:
         elif method == "PATCH":
             fields = msgspec.to_builtins(await self.body(request, schema.CatalogueChange))
         action = {"POST": "add", "PATCH": "change", "DELETE": "retire"}[method]
+        link = self.switch.link
+        sync = link.catalogue if link is not None else None
         try:
-            version = catalogue.change(self.db, op.name, action, code, fields)
+            if sync is None:
+                version = catalogue.change(self.db, op.name, action, code, fields)
+            else:
+                version = await self._catalogue_everywhere(sync, op, action, code, fields)
         except catalogue.CatalogueError as exc:
             status = 404 if "no application" in str(exc) else 409 if "exists" in str(exc) else 422
             raise Problem(status, "Catalogue change refused", str(exc)) from exc
-        self.switch.state.set_catalogue(*catalogue.build(self.db))     # next batch uses it
-        self.published.clear()
+        self.switch.catalogue_changed(self.db)                         # next batch uses it
         self.audit(op, f"catalogue.{action}", code, {**fields, "version": version})
         return web.json_response({"code": code, "action": action, "version": version})
+
+    async def _catalogue_everywhere(self, sync, op: Operator, action: str, code: str,
+                                    fields: dict) -> int:
+        """A regional switch: checked here, published for every region, then made here
+        (switch/region/catalogues.py)."""
+        import nats.errors
+
+        from onecard.switch.region.catalogues import CatalogueConflict
+
+        async with sync.lock:
+            catalogue.change(self.db, op.name, action, code, fields, dry_run=True)
+            try:
+                version = await sync.publish(action, code, fields, op.name)
+            except CatalogueConflict as exc:
+                raise Problem(409, "Catalogue changed elsewhere", str(exc)) from exc
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise Problem(503, "Service Unavailable", f"the catalogue is every region's: "
+                              f"its stream cannot be reached ({exc!r})") from exc
+            made = catalogue.change(self.db, op.name, action, code, fields)
+            if made != version:
+                raise Problem(500, "Internal Server Error", f"catalogue version {made} made "
+                              f"here, {version} published")
+            return version
 
     async def catalogue_history(self, request: web.Request, op: Operator) -> web.Response:
         rows = self.db.execute("SELECT version, code, change, operator, at FROM "

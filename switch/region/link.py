@@ -28,6 +28,7 @@ from onecard.core.state import KIND_CARD_ADMIN, KIND_FORWARDED
 from onecard.protocols import forward
 from onecard.switch.region.advices import Advices
 from onecard.switch.region.blocks import Blocks
+from onecard.switch.region.catalogues import CatalogueSync
 from onecard.switch.server import ListenError
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class RegionLink:
         self.nc = None
         self.advices: Advices | None = None
         self.blocks: Blocks | None = None
+        self.catalogue: CatalogueSync | None = None
         self._sub = None
         self._tasks: set[asyncio.Task] = set()   # relays and answers: finish before stopping
         self._loops: set[asyncio.Task] = set()   # the watch and the advice loops: cancelled
@@ -141,6 +143,8 @@ class RegionLink:
         resent = self.advices.resend(tail, tids, owner_of, self.switch.keys.journal_key)
         if resent:
             log.info("region %s: %d advices from the journal sent again", self.name, resent)
+        self.catalogue = CatalogueSync(self)
+        await self.catalogue.start(self.nc.jetstream(), self.config.routing_replicas)
         self.blocks = Blocks(self)
         self.blocks.start(self.nc.jetstream(), self.config.routing_replicas,
                           [r.card for r in tail if r.kind_name == "CARD_ADMIN"])
@@ -173,6 +177,8 @@ class RegionLink:
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
         if self.nc is not None:
             await self.nc.close()
+        if self.catalogue is not None:
+            self.catalogue.close()
 
     def apply(self, table: RoutingTable) -> None:
         """A routing table version: which peer decides each province from now on."""
