@@ -21,7 +21,7 @@ from onecard.protocols.journal_codec import decode
 from onecard.switch import cli, loader
 
 from checker import balance, committed_journal
-from conftest import start_switch
+from conftest import on_postgresql, start_switch, store_config
 from termsim import IsoTerminal, NativeTerminal, socket_exchange
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,9 @@ BALANCE_FEN = 100_000
 class Regions:
     """The NATS cluster, the two data sets, the routing table and the running switches."""
 
-    def __init__(self, root, demo_dir) -> None:
+    def __init__(self, root, demo_dir, pg_server=None) -> None:
         self.root = root
+        self.pg_server = pg_server               # both regions' stores on it, if given
         self.cluster = nats_server.start_cluster(root / "nats", nodes=3)
         self.switches: dict = {}
         self.state: dict = {}
@@ -60,6 +61,8 @@ class Regions:
             self.dirs[name] = root / name / "data"
             self.dirs[name].parent.mkdir()
             split.split_data_set(demo_dir, self.dirs[name], owns)
+            if self.pg_server is not None:
+                on_postgresql(self.dirs[name], self.pg_server, f"{root.name}_{name}")
         urls = ",".join(self.cluster.urls)
         others = ",".join(str(p) for p in provinces if p != JS)
         assert cli.main(["region", "route", "--nats", urls, "--replicas", "3",
@@ -69,7 +72,7 @@ class Regions:
         path = self.root / name / "region.toml"
         chosen = self.cluster.urls if nodes is None else [self.cluster.urls[i] for i in nodes]
         urls = ", ".join(f'"{u}"' for u in chosen)
-        path.write_text("[server]\nlatency_budget_ms = 0\n"
+        path.write_text(store_config(self.dirs[name]) + "[server]\nlatency_budget_ms = 0\n"
                         f'[region]\nname = "{name}"\nnats_urls = [{urls}]\n'
                         f"timeout_ms = {timeout_ms}\nrouting_replicas = 3\n")
         return str(path)
@@ -94,9 +97,10 @@ class Regions:
 
 
 @contextlib.contextmanager
-def two_regions(root, demo_dir):
-    """Both switches running on the split data sets (stopped, with NATS, on leaving)."""
-    r = Regions(root, demo_dir)
+def two_regions(root, demo_dir, pg_server=None):
+    """Both switches running on the split data sets (stopped, with NATS, on leaving); on
+    PostgreSQL stores when a server is given."""
+    r = Regions(root, demo_dir, pg_server)
     try:
         r.start("js")
         r.start("sh")

@@ -6,7 +6,6 @@ Pair passes batches between two engines; tests/test_region_standin.py runs the s
 
 import numpy as np
 import pytest
-from test_forward import FOREIGN, HOME, Pair, _code, records
 
 from onecard.core.engine import NATIVE
 from onecard.core.ledger import apply_records
@@ -15,6 +14,7 @@ from onecard.protocols import forward, native
 from onecard.protocols.journal import FLAGS
 
 from termsim import NativeTerminal
+from test_forward import FOREIGN, HOME, Pair, _code, records
 
 PER_TXN, PER_DAY = 1_000, 3_000
 FLAG = {name: bit for name, bit, _ in FLAGS}

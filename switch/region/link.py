@@ -221,16 +221,24 @@ class RegionLink:
         (FORWARDED: advices; CARD_ADMIN: blocked cards), the terminals' ids, and the owner of
         a province now."""
         from onecard.protocols.journal_codec import decode
-        from onecard.switch import store
+        from onecard.switch import backend, store
 
         sw = self.switch
-        if sw.config.store.backend != "sqlite":
-            return [], {}, lambda _: None    # PostgreSQL: not yet (docs/regions.md)
-        conn = store.connect(store.db_path(sw.data_dir), readonly=True)
-        try:
-            recs, nos = store.journal_records(conn, sw.loaded.snapshot_upto)
-        finally:
-            conn.close()
+        upto = sw.loaded.snapshot_upto
+        if backend.is_postgresql(sw.config):
+            from onecard.switch.pg import journal as pg_journal
+
+            db = backend.open_db(sw.config)
+            try:
+                recs, nos = store.records_of(pg_journal.journal_rows(db.pg, upto), upto)
+            finally:
+                db.close()
+        else:
+            conn = store.connect(store.db_path(sw.data_dir), readonly=True)
+            try:
+                recs, nos = store.journal_records(conn, upto)
+            finally:
+                conn.close()
         tids = sw.state.terminals["tid"]          # as the core keys them
         owners = self.owners
 
