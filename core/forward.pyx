@@ -463,7 +463,7 @@ cdef class Router:
                             dtype=_spec.REQUEST)
         dest = np.frombuffer(bytes((<char*>self.adv_dest)[:self.n_adv]), dtype=np.uint8)
         self.n_adv = 0
-        return [(int(d), adv[dest == d].tobytes()) for d in np.unique(dest)]
+        return [(int(d), _packed(adv[dest == d])) for d in np.unique(dest)]
 
     def take(self) -> tuple:
         """The requests collected by the last process() call, and forget them: (order, batches)

@@ -512,10 +512,11 @@ cdef class State:
         self.deny_version += 1
         return 0
 
-    def deny_changes(self, uint32_t since=0) -> list:
-        """[(version, card number, added)] after version ``since``."""
+    def deny_changes(self, uint32_t since=0, until=None) -> list:
+        """[(version, card number, added)] after version ``since`` (up to ``until``)."""
         out = []
-        for v in range(since, self.deny_version):
+        cdef uint32_t end = self.deny_version if until is None else min(until, self.deny_version)
+        for v in range(since, end):
             e = self.deny_log[v]
             out.append((v + 1, int(self.card[e & 0x7fffffff].pan), not (e >> 31)))
         return out

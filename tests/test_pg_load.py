@@ -238,7 +238,8 @@ def admin_scenario(config: Config, loaded: loader.Loaded) -> dict:
     from onecard.switch.admin.routes import AdminApi, sync
 
     switch = SimpleNamespace(config=config, state=loaded.state, keys=loaded.keys,
-                             data_dir=Path(config.data_dir), lease_epoch=None)
+                             data_dir=Path(config.data_dir), lease_epoch=None,
+                             catalogue_listeners=[])
     api = AdminApi(switch, operators=None)
     op = Operator(name="alice", roles=["ops", "catalogue", "finance"])
     out: dict = {"synced": sync(switch)}

@@ -4,6 +4,8 @@ origin STAND_IN), and hands the advices to the link; the issuer posts each advic
 without the money (the card then goes onto the deny list). Without NATS: tests/test_forward.py's
 Pair passes batches between two engines; tests/test_region_standin.py runs the switches."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,9 @@ def test_an_issuer_that_does_not_answer_is_stood_in_for_and_posts_the_advice_onc
     assert pair.iss.balance(idx) == 100_000           # nothing at the issuer yet
     advices = pair.acq.engine.router.take_advices()
     assert [d for d, _ in advices] == [1]
+    zeroed = np.zeros(1, dtype=forward.REQUEST)       # padding zero: no stale memory sent
+    zeroed[...] = np.frombuffer(advices[0][1], dtype=forward.REQUEST)
+    assert zeroed.tobytes() == advices[0][1]
     (adv,) = np.frombuffer(advices[0][1], dtype=forward.REQUEST)
     assert adv["txn"]["offline"] == forward.ADVICE_STAND_IN
     assert adv["txn"]["amount_fen"] == fare
@@ -282,3 +287,45 @@ def test_a_card_its_issuer_published_as_unusable_is_refused_not_stood_in_for(pai
     router.block(int(pan), CARD_ACTIVE, False)         # topped up, found: usable again
     assert router.blocked_cards == 0
     assert g.send([g.tap(pan)])[0].rc == "00"
+
+
+def test_the_owner_publishes_its_deny_list_and_status_changes_in_bounded_slices(world):
+    """switch/region/blocks.py without NATS: a card driven below zero by an offline upload
+    and a card an operator changed are each put once, as (number, status, deny-listed); the
+    deny log's tail moves on only once every card of its slice is in the bucket."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from onecard.switch.region import blocks
+
+    class Kv:
+        def __init__(self) -> None:
+            self.values: dict[str, bytes] = {}
+
+        async def put(self, key: str, value: bytes) -> int:
+            self.values[key] = value
+            return len(self.values)
+
+    g = world.native(TERM_BUS_READER)
+    pan, idx = world.card(31, min_balance=0)
+    world.set_balance(idx, 0)
+    (r,) = g.send([native.OfflineTap(g.next_seq(), pan, 0, native.TAP_IN, int(time.time()))])
+    assert r.rc == "00" and world.state.deny_version >= 1
+    link = SimpleNamespace(name="sh", switch=SimpleNamespace(state=world.state))
+    b = blocks.Blocks(link)
+    b.kv = Kv()
+    other = (idx + 1) % world.state.n_cards
+    b.cards_changed([other])
+
+    async def once() -> None:
+        b.wakeup.set()
+        task = asyncio.create_task(b._publish_loop())
+        while b.deny_published < world.state.deny_version:
+            await asyncio.sleep(0.01)
+        b.closed = True
+        await task
+
+    asyncio.run(asyncio.wait_for(once(), 10))
+    assert blocks.decode(b.kv.values[f"sh.{idx}"]) == (int(pan), 0, True)
+    assert blocks.decode(b.kv.values[f"sh.{other}"])[0] == int(world.state.cards["pan"][other])
+    assert b.kv.values[blocks.TAIL_PREFIX + "sh"] == str(world.state.deny_version).encode()

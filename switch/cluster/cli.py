@@ -55,6 +55,9 @@ def add_arguments(sub) -> None:
     up.add_argument("--regions", type=int, default=0, metavar="N",
                     help="instead of PostgreSQL: N regional switches and a 3-node NATS cluster, "
                     "the demo data split by province group (docs/regions.md)")
+    up.add_argument("--latency-budget-ms", type=int, default=None, metavar="MS",
+                    help="--regions: the switches' [server] latency_budget_ms (0: no load "
+                    "shedding, for tests and benchmarks on shared machines)")
     for name, helptext in (("status", "roles and states of the nodes"),
                            ("down", "stop everything `up` started (idempotent)")):
         csub.add_parser(name, help=helptext)
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.cluster_command == "up" and args.regions:
-            return regions.up(args.dir, args.regions, args.cards, args.timeout)
+            return regions.up(args.dir, args.regions, args.cards, args.timeout,
+                              args.latency_budget_ms)
         if args.cluster_command == "up":
             return up(args.dir, args.nodes, args.timeout,
                       switch_cards=args.cards if args.switch else 0)

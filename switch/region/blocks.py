@@ -18,6 +18,7 @@ changes after the newest checkpoint are published again at start).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
@@ -112,10 +113,13 @@ class Blocks:
     async def _publish_loop(self) -> None:
         st = self.link.switch.state
         while not self.closed:
-            deny_end = st.deny_version
-            if deny_end > self.deny_published:
-                self.changed.update(st.card_index(pan)
-                                    for _, pan, _ in st.deny_changes(self.deny_published))
+            # A bounded slice of the deny log at a time (a first start may find a long one):
+            # the event loop answers terminals in between.
+            deny_end = self.deny_published
+            if len(self.changed) < PUBLISH_BATCH_MAX:
+                deny_end = min(st.deny_version, self.deny_published + PUBLISH_BATCH_MAX)
+                self.changed.update(st.card_index(pan) for _, pan, _ in
+                                    st.deny_changes(self.deny_published, deny_end))
             if not self.changed:
                 self.wakeup.clear()
                 try:
@@ -131,7 +135,7 @@ class Blocks:
                 await asyncio.sleep(RETRY_S)
 
     async def _publish(self, st, deny_end: int) -> None:
-        cards = sorted(self.changed)[:PUBLISH_BATCH_MAX]
+        cards = list(itertools.islice(self.changed, PUBLISH_BATCH_MAX))
         accounts = st.cards["account"][cards]
         statuses = st.cards["status"][cards]
         denied = (st.accounts["flags"][accounts] & HOLDER_DENIED) != 0
@@ -142,6 +146,7 @@ class Blocks:
             self.changed.discard(card)
             self.published += 1
         if not self.changed and deny_end > self.deny_published:
+            # Every card of the log up to deny_end is in the bucket: the tail moves on.
             await self.kv.put(TAIL_PREFIX + self.link.name, str(deny_end).encode())
             self.deny_published = deny_end
 
