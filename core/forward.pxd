@@ -2,6 +2,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.journal cimport JForwarded
 from onecard.core.maps cimport U64Map
 from onecard.core.state cimport State
 
@@ -70,7 +71,10 @@ cdef class Router:
     cdef size_t n_adv
     cdef size_t adv_cap
     cdef bint stand_in(self, Txn* t, Res* r, uint8_t province, uint8_t d) noexcept nogil
-    cdef bint refused(self, Txn* t, Res* r, uint8_t province) noexcept nogil
+    cdef bint stood_in(self, Txn* t, Res* r, uint8_t province, int64_t fen) noexcept nogil
+    cdef JForwarded* forwarded(self, Txn* t, uint8_t province, uint8_t origin,
+                               uint8_t rc) noexcept nogil
+    cdef bint journaled(self, JForwarded* f) noexcept nogil
     cdef bint advice_room(self) noexcept nogil
     cdef void advise(self, Txn* t, uint64_t tid, int64_t fen, uint8_t d) noexcept nogil
     cdef bint post_advice(self, Txn* t, FwdAns* a) noexcept nogil

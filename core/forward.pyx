@@ -91,6 +91,34 @@ def _packed(records) -> bytes:
     return out.tobytes()
 
 
+cdef bint grow(FwdReq** recs, uint8_t** dests, size_t* cap, size_t first) noexcept nogil:
+    """Room for more records in a pair of buffers (records, their destinations), doubling
+    up to REQS_MAX; False when full or out of memory (the buffers then stay as they were)."""
+    cdef size_t bigger
+    cdef void* grown
+    if cap[0] >= REQS_MAX:
+        return False
+    bigger = cap[0] * 2 if cap[0] else first
+    grown = realloc(recs[0], bigger * sizeof(FwdReq))
+    if grown == NULL:
+        return False
+    recs[0] = <FwdReq*>grown
+    grown = realloc(dests[0], bigger)
+    if grown == NULL:
+        return False
+    dests[0] = <uint8_t*>grown
+    cap[0] = bigger
+    return True
+
+
+def _by_destination(bytes recs, bytes dests) -> tuple:
+    """REQUEST records and their destinations as (destinations, [(destination, records as
+    bytes)]), each destination's in the order given."""
+    reqs = np.frombuffer(recs, dtype=_spec.REQUEST)
+    order = np.frombuffer(dests, dtype=np.uint8)
+    return order, [(int(d), _packed(reqs[order == d])) for d in np.unique(order)]
+
+
 def _answers_for(reqs, got):
     """One chunk's answers to ``reqs``, or 91s when it is missing or the answers do not
     match the requests one for one (marked undelivered when no issuer received them)."""
@@ -193,21 +221,8 @@ cdef class Router:
         self.peek = self.cursor
 
     cdef bint collect(self, Txn* t, uint64_t tid, uint8_t d) noexcept nogil:
-        cdef size_t cap
-        cdef void* grown
-        if self.n_reqs == self.cap:
-            if self.cap >= REQS_MAX:
-                return False
-            cap = self.cap * 2 if self.cap else 256
-            grown = realloc(self.reqs, cap * sizeof(FwdReq))
-            if grown == NULL:
-                return False
-            self.reqs = <FwdReq*>grown
-            grown = realloc(self.req_dest, cap)
-            if grown == NULL:
-                return False
-            self.req_dest = <uint8_t*>grown
-            self.cap = cap
+        if self.n_reqs == self.cap and not grow(&self.reqs, &self.req_dest, &self.cap, 256):
+            return False
         memset(&self.reqs[self.n_reqs], 0, sizeof(FwdReq))
         self.reqs[self.n_reqs].tid = tid
         memcpy(&self.reqs[self.n_reqs].txn, t, sizeof(Txn))
@@ -263,7 +278,6 @@ cdef class Router:
     cdef void acquired(self, Txn* t, Res* r, FwdAns* a, uint8_t d,
                        uint8_t province) noexcept nogil:
         """Answer from the issuer's answer and journal the acquirer's FORWARDED record."""
-        cdef JRec* j
         cdef JForwarded* f
         cdef RingEntry* e
         cdef uint8_t origin = a.origin if 0 < a.origin < N_ORIGINS else ORIGIN_UNAVAILABLE
@@ -288,34 +302,53 @@ cdef class Router:
         r.record_no = a.record_no if a.recorded else 0
         r.recorded = a.recorded != 0
         self.counts_p[province * N_ORIGINS + origin] += 1
-        j = self.auth.journal.append()
-        if j == NULL:
+        f = self.forwarded(t, province, origin, a.rc)
+        if f == NULL:
             return            # out of memory: the issuer's journal still holds the effect
+        f.amount_fen = a.amount_fen
+        f.flags = a.flags & KEPT_FLAGS
+        f.issuer_record_no = a.record_no if a.recorded else 0
+        f.issuer_recorded = a.recorded != 0
+        f.pool_fen = <int32_t>a.x[0] if t.kind == KIND_MEDICAL else 0
+        f.orig_seq = t.orig_seq
+        if a.kind:
+            f.orig_kind = a.kind
+        e = self.st.slot(t.terminal, t.seq)
+        f.repeated = (a.recorded and e.kind == KIND_FORWARDED and e.seq == t.seq
+                      and <uint64_t>e.amount_fen == a.record_no)
+        self.journaled(f)
+
+    cdef JForwarded* forwarded(self, Txn* t, uint8_t province, uint8_t origin,
+                               uint8_t rc) noexcept nogil:
+        """A new FORWARDED record of this request, with what every origin fills (the rest
+        zero); NULL when out of memory."""
+        cdef JRec* j = self.auth.journal.append()
+        cdef JForwarded* f
+        if j == NULL:
+            return NULL
         f = &j.forwarded
         f.ts_us = self.auth.now_us
-        f.amount_fen = a.amount_fen
         f.terminal = t.terminal
         f.seq = t.seq
         f.card = NONE32
         f.account = NONE32
         f.kind = KIND_FORWARDED
         f.app = <uint8_t>self.st.term[t.terminal].app
-        f.rc = a.rc
-        f.flags = a.flags & KEPT_FLAGS
-        f.issuer_record_no = a.record_no if a.recorded else 0
-        f.issuer_recorded = a.recorded != 0
+        f.rc = rc
         f.amount_asked_minor = t.amount_fen
-        f.pool_fen = <int32_t>a.x[0] if t.kind == KIND_MEDICAL else 0
-        f.orig_seq = t.orig_seq
         f.currency = currency_or_cny(t)
-        f.orig_kind = a.kind if a.kind else t.kind
+        f.orig_kind = t.kind
         f.issuer_province = province
         f.origin = origin
-        e = self.st.slot(t.terminal, t.seq)
-        f.repeated = (a.recorded and e.kind == KIND_FORWARDED and e.seq == t.seq
-                      and <uint64_t>e.amount_fen == a.record_no)
-        if apply(self.st, j, self.auth.journal.next_no - 1) != 0:
-            self.auth.journal.retract(j)
+        return f
+
+    cdef bint journaled(self, JForwarded* f) noexcept nogil:
+        """Apply the FORWARDED record just made (the journal's last): False, and the record
+        taken back, when it does not apply."""
+        if apply(self.st, <JRec*>f, self.auth.journal.next_no - 1) != 0:
+            self.auth.journal.retract(<JRec*>f)
+            return False
+        return True
 
     cdef bint stand_in(self, Txn* t, Res* r, uint8_t province, uint8_t d) noexcept nogil:
         """Approve a tap or venue entry for an issuer that did not answer, within the limits
@@ -326,8 +359,6 @@ cdef class Router:
         cdef Operator* op
         cdef int64_t fen, spent = 0
         cdef Entry* e
-        cdef JRec* j
-        cdef JForwarded* f
         if self.per_txn_fen[province] <= 0:
             return False
         if t.kind == KIND_TAP and not t.offline and t.direction <= 1:
@@ -347,94 +378,44 @@ cdef class Router:
             # here as the issuer would (journaled, no advice: nothing moves).
             r.rc = (RC_41 if e.a == CARD_LOST else RC_05 if e.a == CARD_FROZEN or e.b
                     else RC_14)
-            return self.refused(t, r, province)
+            return self.stood_in(t, r, province, 0)
         e = self.st.standin.find(t.pan)
         if e != NULL and e.a == self.auth.today:
             spent = e.b
         if (spent + fen > self.per_day_fen[province] or self.st.standin.reserve(t.pan) != 0
                 or not self.advice_room()):
             return False
-        j = self.auth.journal.append()
-        if j == NULL:
-            return False
-        f = &j.forwarded
-        f.ts_us = self.auth.now_us
-        f.amount_fen = fen
-        f.terminal = t.terminal
-        f.seq = t.seq
-        f.card = NONE32
-        f.account = NONE32
-        f.kind = KIND_FORWARDED
-        f.app = <uint8_t>term.app
-        f.rc = RC_00
-        f.flags = JF_APPROVED
-        f.issuer_record_no = (pan_cipher(self.st.journal_key, t.pan, NONE32, NONE32, 0)
-                              if self.st.journal_keyed else t.pan)
-        f.amount_asked_minor = t.amount_fen
-        f.pool_fen = t.direction
-        f.orig_seq = t.station_id
-        f.currency = currency_or_cny(t)
-        f.orig_kind = t.kind
-        f.issuer_province = province
-        f.origin = ORIGIN_STAND_IN
-        if apply(self.st, j, self.auth.journal.next_no - 1) != 0:
-            self.auth.journal.retract(j)
+        r.rc = RC_00
+        if not self.stood_in(t, r, province, fen):
             return False
         self.advise(t, term.tid, fen, d)
-        r.rc = RC_00
-        r.amount_fen = fen
-        r.record_no = self.auth.journal.next_no - 1
-        r.recorded = True
-        self.counts_p[province * N_ORIGINS + ORIGIN_STAND_IN] += 1
         return True
 
-    cdef bint refused(self, Txn* t, Res* r, uint8_t province) noexcept nogil:
-        """Journal a stand-in refusal (r.rc set): the FORWARDED record, origin STAND_IN."""
-        cdef JRec* j = self.auth.journal.append()
-        cdef JForwarded* f
-        if j == NULL:
+    cdef bint stood_in(self, Txn* t, Res* r, uint8_t province, int64_t fen) noexcept nogil:
+        """Journal this switch's own decision for the issuer (r.rc set: 00 for ``fen``
+        approved, else a refusal of nothing): the FORWARDED record, origin STAND_IN; an
+        approval carries what its advice is rebuilt from (the card enciphered, the tap's
+        direction and station). False when it could not be journaled."""
+        cdef JForwarded* f = self.forwarded(t, province, ORIGIN_STAND_IN, r.rc)
+        if f == NULL:
             return False
-        f = &j.forwarded
-        f.ts_us = self.auth.now_us
-        f.terminal = t.terminal
-        f.seq = t.seq
-        f.card = NONE32
-        f.account = NONE32
-        f.kind = KIND_FORWARDED
-        f.app = <uint8_t>self.st.term[t.terminal].app
-        f.rc = r.rc
-        f.amount_asked_minor = t.amount_fen
-        f.currency = currency_or_cny(t)
-        f.orig_kind = t.kind
-        f.issuer_province = province
-        f.origin = ORIGIN_STAND_IN
-        if apply(self.st, j, self.auth.journal.next_no - 1) != 0:
-            self.auth.journal.retract(j)
+        if r.rc == RC_00:
+            f.amount_fen = fen
+            f.flags = JF_APPROVED
+            f.issuer_record_no = (pan_cipher(self.st.journal_key, t.pan, NONE32, NONE32, 0)
+                                  if self.st.journal_keyed else t.pan)
+            f.pool_fen = t.direction
+            f.orig_seq = t.station_id
+        if not self.journaled(f):
             return False
-        r.amount_fen = 0
+        r.amount_fen = fen if r.rc == RC_00 else 0
         r.record_no = self.auth.journal.next_no - 1
         r.recorded = True
         self.counts_p[province * N_ORIGINS + ORIGIN_STAND_IN] += 1
         return True
 
     cdef bint advice_room(self) noexcept nogil:
-        cdef size_t cap
-        cdef void* grown
-        if self.n_adv < self.adv_cap:
-            return True
-        if self.adv_cap >= REQS_MAX:
-            return False
-        cap = self.adv_cap * 2 if self.adv_cap else 64
-        grown = realloc(self.adv, cap * sizeof(FwdReq))
-        if grown == NULL:
-            return False
-        self.adv = <FwdReq*>grown
-        grown = realloc(self.adv_dest, cap)
-        if grown == NULL:
-            return False
-        self.adv_dest = <uint8_t*>grown
-        self.adv_cap = cap
-        return True
+        return self.n_adv < self.adv_cap or grow(&self.adv, &self.adv_dest, &self.adv_cap, 64)
 
     cdef void advise(self, Txn* t, uint64_t tid, int64_t fen, uint8_t d) noexcept nogil:
         """The stand-in advice, with only what the issuer posts (zero elsewhere: the same
@@ -459,11 +440,10 @@ cdef class Router:
         journaled: send them once those are durable)."""
         if self.n_adv == 0:
             return []
-        adv = np.frombuffer(bytes((<char*>self.adv)[:self.n_adv * sizeof(FwdReq)]),
-                            dtype=_spec.REQUEST)
-        dest = np.frombuffer(bytes((<char*>self.adv_dest)[:self.n_adv]), dtype=np.uint8)
+        _, batches = _by_destination(bytes((<char*>self.adv)[:self.n_adv * sizeof(FwdReq)]),
+                                     bytes((<char*>self.adv_dest)[:self.n_adv]))
         self.n_adv = 0
-        return [(int(d), _packed(adv[dest == d])) for d in np.unique(dest)]
+        return batches
 
     def take(self) -> tuple:
         """The requests collected by the last process() call, and forget them: (order, batches)
@@ -472,11 +452,10 @@ cdef class Router:
         keeps ``order`` for :meth:`install` (other connections use the router meanwhile)."""
         if self.n_reqs == 0:
             return np.zeros(0, dtype=np.uint8), []
-        reqs = np.frombuffer(bytes((<char*>self.reqs)[:self.n_reqs * sizeof(FwdReq)]),
-                             dtype=_spec.REQUEST)
-        order = np.frombuffer(bytes((<char*>self.req_dest)[:self.n_reqs]), dtype=np.uint8)
+        taken = _by_destination(bytes((<char*>self.reqs)[:self.n_reqs * sizeof(FwdReq)]),
+                                bytes((<char*>self.req_dest)[:self.n_reqs]))
         self.n_reqs = 0
-        return order, [(int(d), _packed(reqs[order == d])) for d in np.unique(order)]
+        return taken
 
     def install(self, order, list answers) -> list:
         """The issuers' answers before the buffer is run again: ``order`` from :meth:`take`

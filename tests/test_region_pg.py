@@ -1,19 +1,12 @@
 """Regional switches on the PostgreSQL store (issue 15): the same forwarding, stand-in and
 advices as on SQLite, and the start-up resend reading the journal tail from PostgreSQL."""
 
-import time
-
 import pytest
 
-from onecard.protocols.journal import FLAGS
-from onecard.switch.terminals import read_terminals
-
-from test_region_forward import JS, card_of, journal, metric, two_regions
-from test_region_standin import TRANSIT, reader
+from test_region_forward import JS, card_of, two_regions
+from test_region_standin import TRANSIT, postings, reader, wait_posted
 
 pytestmark = pytest.mark.slow
-
-FLAG = {name: bit for name, bit, _ in FLAGS}
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +29,7 @@ def test_stand_in_on_postgresql_is_resent_from_the_journal_and_posted_once(regio
     assert any("advices from the journal sent again" in line for line in sh.output), \
         "".join(sh.output[-20:])
     js = regions.start("js")
-    deadline = time.monotonic() + 60
-    while metric(js, "onecard_advices_posted_total") < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert metric(js, "onecard_advices_posted_total") == 1
+    assert wait_posted(js, 1) == 1
     regions.stop("sh")
     regions.stop("js")
-    idx = next(t.idx for t in read_terminals(regions.dirs["js"]) if t.tid == g.info.tid)
-    postings = [r for r in journal(regions.dirs["js"])
-                if r.kind_name == "OFFLINE_TAP" and r.flags & FLAG["STAND_IN"]
-                and (r.terminal, r.seq) == (idx, stood.seq)]
-    assert len(postings) == 1
+    assert len(postings(regions, g.info.tid, stood.seq)) == 1

@@ -75,6 +75,24 @@ class Reader(threading.Thread):
             self.error = exc
 
 
+def wait_posted(sw, at_least: float, timeout_s: float = 60) -> float:
+    """Until the issuer has posted this many stand-in advices (or time is up): how many."""
+    deadline = time.monotonic() + timeout_s
+    while (posted := metric(sw, "onecard_advices_posted_total")) < at_least:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return posted
+
+
+def postings(regions, tid: str, seq: int) -> list:
+    """The issuer's (js) committed postings of the stand-in advice of a terminal's request."""
+    idx = next(t.idx for t in read_terminals(regions.dirs["js"]) if t.tid == tid)
+    return [r for r in journal(regions.dirs["js"])
+            if r.kind_name == "OFFLINE_TAP" and r.flags & FLAG["STAND_IN"]
+            and (r.terminal, r.seq) == (idx, seq)]
+
+
 def wait_for(readers, taps: int) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while min(len(r.log) for r in readers) < taps and time.monotonic() < deadline:
@@ -293,19 +311,12 @@ def test_a_partitioned_issuer_is_stood_in_for_and_converges_when_healed(regions)
     # healed: js reconnects and posts the advice
     posted = metric(js, "onecard_advices_posted_total")
     regions.cluster.start(2)
-    deadline = time.monotonic() + 60
-    while (metric(js, "onecard_advices_posted_total") < posted + 1
-           and time.monotonic() < deadline):
-        time.sleep(0.1)
+    assert wait_posted(js, posted + 1) == posted + 1
     assert ready(js)
-    assert metric(js, "onecard_advices_posted_total") == posted + 1
     assert g.send([g.tap(js_pan)])[0].rc == "00"                # forwarded again
     regions.stop("sh")
     regions.stop("js")
-    idx = next(i.idx for i in read_terminals(regions.dirs["js"]) if i.tid == g.info.tid)
-    recs = [r for r in journal(regions.dirs["js"])
-            if r.kind_name == "OFFLINE_TAP" and r.flags & FLAG["STAND_IN"]
-            and (r.terminal, r.seq) == (idx, stood.seq)]
+    recs = postings(regions, g.info.tid, stood.seq)
     assert len(recs) == 1 and recs[0].flags & FLAG["APPROVED"]
 
 

@@ -68,7 +68,6 @@ class Blocks:
         self.wakeup = asyncio.Event()
         self.deny_published = 0                 # deny-log version published
         self.published = 0                      # card values put
-        self.applied = 0                        # other regions' values applied
         self.closed = False
 
     def start(self, js, replicas: int, changed_since_checkpoint: list[int]) -> None:
@@ -162,7 +161,6 @@ class Blocks:
             log.error("region %s: %s (key %s) ignored", self.link.name, exc, key)
             return
         self.link.switch.engine.router.block(pan, status, denied)
-        self.applied += 1
 
     async def reread(self, kv: KeyValue) -> None:
         """Nothing: a watch that broke is made again, and gives every current value again."""

@@ -77,8 +77,7 @@ class Follower:
     def offer(self, key: str, data: bytes | None) -> bool:
         region = key.removeprefix(forward.STAND_IN_KEY)
         if data is None:
-            found = self.limits.pop(region, None) is not None
-            return found
+            return self.limits.pop(region, None) is not None
         try:
             limits = decode(data)
         except ValueError as exc:
