@@ -52,13 +52,14 @@ cdef uint32_t deny_changes(State st, JHead* h, bint write) noexcept nogil:
         if write:
             a.flags &= ~HOLDER_DENIED
         for v in range(end):
-            card = st.deny_log[v] & 0x7fffffff
-            if st.deny_log[v] >> 31 or st.card[card].account != h.account:
+            card = st.deny_log[v] & DENY_INDEX
+            if (st.deny_log[v] & (DENY_REMOVED | DENY_FOREIGN)
+                    or st.card[card].account != h.account):
                 continue
             listed = True
             for i in range(v + 1, st.deny_version):
-                if st.deny_log[i] & 0x7fffffff == card:
-                    listed = not (st.deny_log[i] >> 31)
+                if st.deny_log[i] & ~DENY_REMOVED == card:
+                    listed = not (st.deny_log[i] & DENY_REMOVED)
             if listed:
                 n += 1
                 if write:
@@ -341,6 +342,33 @@ cdef int apply_card_admin(State st, JCardAdmin* p) noexcept nogil:
     return 0
 
 
+cdef int apply_foreign_deny(State st, JForeignDeny* p) noexcept nogil:
+    """Another region's card onto or off this switch's deny list: a deny-log entry when its
+    state here changes (a repeat changes nothing). Its foreign index is the order in which
+    the cards were first listed, so replay gives every entry the same index and version."""
+    cdef uint64_t pan = p.pan, idx = st.foreign_pan.size
+    cdef Entry* e
+    if p.card != NONE32 or p.account != NONE32 or p.listed > 1:
+        return APPLY_BAD
+    if st.journal_keyed:
+        pan = pan_cipher(st.journal_key, pan, NONE32, NONE32, 1)
+    e = st.foreign_deny.find(pan)
+    if (e.b != 0 if e != NULL else False) == (p.listed != 0):
+        return 0
+    if e == NULL and (idx > DENY_INDEX or st.foreign_deny.reserve(pan) != 0
+                      or st.foreign_pan.reserve(idx) != 0):
+        return APPLY_NO_ROOM
+    if st.deny_reserve(1) != 0:
+        return APPLY_NO_ROOM
+    if e == NULL:
+        e = st.foreign_deny.upsert(pan)
+        e.a = <int64_t>idx
+        st.foreign_pan.upsert(idx).a = <int64_t>pan
+    e.b = p.listed
+    must(st.deny(<uint32_t>DENY_FOREIGN | <uint32_t>e.a, not p.listed))
+    return 0
+
+
 # ---- the one switch -------------------------------------------------------------------------
 
 cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
@@ -350,6 +378,8 @@ cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
     cdef uint8_t kind = h.kind
     if kind == KIND_CARD_ADMIN:
         return apply_card_admin(st, &r.card_admin)
+    if kind == KIND_FOREIGN_DENY:
+        return apply_foreign_deny(st, &r.foreign_deny)
     if ((h.account != NONE32 and h.account >= st.n_accounts)
             or (h.card != NONE32 and h.card >= st.n_cards)):
         return APPLY_BAD

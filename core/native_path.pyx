@@ -45,9 +45,9 @@ cdef inline bint superseded(const uint32_t* log, uint32_t v, uint32_t end) noexc
     """Whether a later change in [v + 1, end) concerns the same card: a gate applying the
     reply must end with each card's latest state, so each card is reported once. Quadratic,
     but bounded by DENY_BATCH changes a reply and deny-list syncs are rare."""
-    cdef uint32_t w, card = log[v] & 0x7fffffff
+    cdef uint32_t w, card = log[v] & ~DENY_REMOVED
     for w in range(v + 1, end):
-        if (log[w] & 0x7fffffff) == card:
+        if (log[w] & ~DENY_REMOVED) == card:
             return True
     return False
 
@@ -539,7 +539,7 @@ cdef class NativePath:
                 e = self.st.deny_log[v]
                 if (e >> 31) != i or superseded(self.st.deny_log, v, end):
                     continue
-                pan = self.st.card[e & 0x7fffffff].pan
+                pan = self.st.deny_pan(e)
                 nd = 0
                 while pan:
                     digits[19 - nd] = <char>(48 + pan % 10)

@@ -138,3 +138,32 @@ cdef uint64_t _card_admin(Authoriser a, uint32_t what, uint32_t card, uint64_t p
         a.journal.retract(j)               # nothing changed: the record must not stay
         raise RuntimeError(f"card change could not be applied ({rc})")
     return no
+
+
+def foreign_deny(Authoriser a, uint64_t pan, bint listed, uint8_t province) -> int:
+    """Another region's card onto (``listed``) or off this switch's transit deny list, as
+    its issuer published it (switch/region/blocks.py): the record number, or 0 when the list
+    already says so (nothing journaled)."""
+    cdef JRec* j
+    cdef uint64_t no = a.journal.next_no
+    cdef int rc
+    if a.state.foreign_listed(pan) == listed:
+        return 0
+    j = a.journal.append()
+    if j == NULL:
+        raise MemoryError()
+    j.foreign_deny.ts_us = a.now_us
+    j.foreign_deny.terminal = NONE32
+    j.foreign_deny.card = NONE32
+    j.foreign_deny.account = NONE32
+    j.foreign_deny.kind = KIND_FOREIGN_DENY
+    j.foreign_deny.rc = RC_00
+    j.foreign_deny.pan = (pan_cipher(a.state.journal_key, pan, NONE32, NONE32, 0)
+                          if a.state.journal_keyed else pan)
+    j.foreign_deny.issuer_province = province
+    j.foreign_deny.listed = listed
+    rc = apply(a.state, j, no)
+    if rc != 0:
+        a.journal.retract(j)
+        raise MemoryError(f"another region's card could not be deny-listed ({rc})")
+    return no

@@ -209,6 +209,22 @@ cdef struct JForwarded:    # FORWARDED
     uint8_t repeated
     uint8_t issuer_recorded
 
+cdef struct JForeignDeny:    # FOREIGN_DENY
+    int64_t ts_us                        # µs since 1970-01-01 UTC
+    int64_t amount_fen                   # fen
+    int64_t balance_fen_after            # fen
+    uint32_t terminal                    # index
+    uint32_t seq
+    uint32_t card                        # index
+    uint32_t account                     # index
+    uint8_t kind                         # Kind
+    uint8_t app                          # index
+    uint8_t rc                           # index
+    uint8_t flags                        # FLAGS
+    uint64_t pan                         # enciphered
+    uint8_t issuer_province              # province code
+    uint8_t listed
+
 cdef struct JCardAdmin:    # CARD_ADMIN
     int64_t ts_us                        # µs since 1970-01-01 UTC
     int64_t amount_fen                   # fen
@@ -241,5 +257,6 @@ cdef union JRec:
     JVenue venue
     JCredit credit
     JForwarded forwarded
+    JForeignDeny foreign_deny
     JCardAdmin card_admin
     uint8_t raw[80]

@@ -30,6 +30,7 @@ cpdef enum Kind:
     KIND_VOID_REVERSAL = 20      # journal only: a reversal (0400) that undid a void
     KIND_TOPUP = 21              # cash paid in at a kiosk
     KIND_FORWARDED = 22          # journal only: the acquirer's side of another region's card
+    KIND_FOREIGN_DENY = 23       # journal only: another region's card onto or off the deny list
     N_KINDS = 32
 
 cpdef enum Proto:
@@ -94,7 +95,12 @@ cdef enum:
     RULES_MAX = 6
     HOLDER_BYTES = 48            # holders file: name (30 bytes UTF-8) + identity number (18)
     HOLDER_NAME_BYTES = 30
-    DENY_LOG_MAX = 0x7fffffff    # deny-list changes: a card index has 31 bits of an entry
+    DENY_LOG_MAX = 0x7fffffff    # deny-list changes (versions are positive int32)
+
+cpdef enum DenyEntry:            # a deny-log entry's bits (a checkpoint array)
+    DENY_REMOVED = 0x80000000    # the card came off the list
+    DENY_FOREIGN = 0x40000000    # another region's card: the index is into foreign_pan
+    DENY_INDEX = 0x3fffffff      # the card's index (cards are fewer than 2^30)
 
 cdef struct Card:                # 24 bytes
     uint64_t pan
@@ -213,6 +219,8 @@ cdef class State:
     cdef readonly U64Map filings         # account -> mask of provinces with a filing
     cdef readonly U64Map standin         # acquirer: foreign card -> day, fen stood in that day
     cdef readonly U64Map standin_posted  # issuer: terminal -> latest stand-in advice posted
+    cdef readonly U64Map foreign_deny    # another region's card -> foreign index, listed
+    cdef readonly U64Map foreign_pan     # foreign index -> that card's number (deny-list sync)
     cdef Card* card
     cdef Account* acct
     cdef Terminal* term
@@ -235,7 +243,7 @@ cdef class State:
     cdef MacKey* mac_keys
     cdef uint8_t journal_key[16]  # enciphers CARD_ADMIN card numbers (set_journal_key)
     cdef bint journal_keyed
-    cdef uint32_t* deny_log      # card index | 1 << 31 when removed; version = position + 1
+    cdef uint32_t* deny_log      # DENY_* bits and a card index; version = position + 1
     cdef readonly uint32_t deny_version
     cdef uint32_t deny_cap
     cdef readonly uint32_t n_cards, n_accounts, n_terminals, n_stations, n_regions, n_surnames
@@ -253,6 +261,7 @@ cdef class State:
     cdef RingEntry* slot(self, uint32_t terminal, uint32_t seq) noexcept nogil
     cdef int64_t add_card(self, uint64_t pan, uint32_t account) noexcept nogil
     cdef int deny(self, uint32_t card, bint removed) noexcept nogil
+    cdef uint64_t deny_pan(self, uint32_t entry) noexcept nogil
     cdef int deny_reserve(self, uint32_t entries) noexcept nogil
 
 

@@ -15,7 +15,7 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from onecard.core.crypto cimport mackey_clear, mackey_set
-from onecard.core.maps cimport U64Map
+from onecard.core.maps cimport Entry, U64Map
 
 
 def _dtype(fields: list, itemsize: int) -> np.dtype:
@@ -59,7 +59,8 @@ OPERATOR_DTYPE = _dtype([("kind", "u1"), ("pad", "u1"), ("region", "<u2"),
                          ("flat_fare_fen", "<i4"), ("fare_fen_max", "<i4")], sizeof(Operator))
 STATION_DTYPE = _dtype([("id", "<u4"), ("operator", "<u4"), ("local", "<u4")], sizeof(Station))
 # The compiled maps a checkpoint holds (State.snapshot), by attribute name.
-MAPS = ("daily_app", "medical_year", "filings", "standin", "standin_posted")
+MAPS = ("daily_app", "medical_year", "filings", "standin", "standin_posted", "foreign_deny",
+        "foreign_pan")
 SURNAME_BYTES = 8
 HOLDER_RECORD_BYTES = HOLDER_BYTES
 HOLDER_NAME_LEN = HOLDER_NAME_BYTES
@@ -69,7 +70,7 @@ assert CARD_DTYPE.fields["pan"][1] == 0 and TERMINAL_DTYPE.fields["tid"][1] == 0
 
 # Python callers (switch, tests) use the enum members as plain module constants.
 for _enum in (Kind, Proto, TerminalKind, DataScope, CardStatus, Function, HolderFlag,
-              OperatorKind, RingFlag, RuleKind):
+              OperatorKind, RingFlag, RuleKind, DenyEntry):
     for _name, _member in _enum.__members__.items():
         globals()[_name] = int(_member)
 globals()["PROVINCES_MAX"] = <int>PROVINCES_MAX
@@ -251,6 +252,8 @@ cdef class State:
             raise ValueError("ring_size must be a power of two >= 8")
         given = _array(cards, CARD_DTYPE, "cards")
         self.n_cards = len(given)
+        if self.n_cards > DENY_INDEX:
+            raise ValueError(f"more than {DENY_INDEX} cards")
         self._cards_store = np.zeros(_spare(self.n_cards), dtype=CARD_DTYPE)
         self._cards_store[:self.n_cards] = given
         advise_huge_pages(self._cards_store)
@@ -284,6 +287,8 @@ cdef class State:
         self.filings = U64Map(1024)
         self.standin = U64Map(1024, map_entries_max)
         self.standin_posted = U64Map(1024, map_entries_max)
+        self.foreign_deny = U64Map(1024, map_entries_max)
+        self.foreign_pan = U64Map(1024, map_entries_max)
         self.set_catalogue(apps, accept, policies)
         self._check_references()
         self._bind()
@@ -468,6 +473,8 @@ cdef class State:
         """Make room for ``extra`` more cards (copying the cards once into a larger buffer
         and rebuilding the index larger when needed)."""
         cdef uint64_t need = self.n_cards + extra
+        if need > DENY_INDEX:                # a deny-log entry has 30 bits for the index
+            raise MemoryError(f"more than {DENY_INDEX} cards")
         if need > len(self._cards_store):
             bigger = np.zeros(_spare(need), dtype=CARD_DTYPE)
             bigger[:self.n_cards] = self._cards_store[:self.n_cards]
@@ -512,14 +519,29 @@ cdef class State:
         self.deny_version += 1
         return 0
 
-    def deny_changes(self, uint32_t since=0, until=None) -> list:
-        """[(version, card number, added)] after version ``since`` (up to ``until``)."""
+    cdef uint64_t deny_pan(self, uint32_t entry) noexcept nogil:
+        """The card number a deny-log entry names (this region's card or another's)."""
+        cdef Entry* e
+        if entry & DENY_FOREIGN:
+            e = self.foreign_pan.find(entry & DENY_INDEX)
+            return <uint64_t>e.a if e != NULL else 0
+        return self.card[entry & DENY_INDEX].pan
+
+    def deny_changes(self, uint32_t since=0, until=None, *, bint foreign=True) -> list:
+        """[(version, card number, added)] after version ``since`` (up to ``until``); without
+        ``foreign``, only this region's cards (what its owner publishes)."""
         out = []
         cdef uint32_t end = self.deny_version if until is None else min(until, self.deny_version)
         for v in range(since, end):
             e = self.deny_log[v]
-            out.append((v + 1, int(self.card[e & 0x7fffffff].pan), not (e >> 31)))
+            if foreign or not e & DENY_FOREIGN:
+                out.append((v + 1, int(self.deny_pan(e)), not e & DENY_REMOVED))
         return out
+
+    def foreign_listed(self, uint64_t pan) -> bool:
+        """Whether another region's card is on this switch's deny list (FOREIGN_DENY)."""
+        cdef Entry* e = self.foreign_deny.find(pan)
+        return e != NULL and e.b != 0
 
     # ---- Python API (recovery, admin, tests) -------------------------------------------------
 
@@ -559,7 +581,9 @@ cdef class State:
                 "terminals": self.terminals.copy(), "ring": self.ring.copy(),
                 "daily_app": self.daily_app.export(), "medical_year": self.medical_year.export(),
                 "filings": self.filings.export(), "standin": self.standin.export(),
-                "standin_posted": self.standin_posted.export(), "deny_log": deny}
+                "standin_posted": self.standin_posted.export(),
+                "foreign_deny": self.foreign_deny.export(),
+                "foreign_pan": self.foreign_pan.export(), "deny_log": deny}
 
     def set_journal_key(self, key: bytes) -> None:
         """The key that enciphers card numbers in CARD_ADMIN records (derived from the data
@@ -577,7 +601,7 @@ cdef class State:
         cdef int failed = 0
         with nogil:
             for i in range(entries.shape[0]):
-                if self.deny(entries[i] & 0x7fffffff, entries[i] >> 31) != 0:
+                if self.deny(entries[i] & ~DENY_REMOVED, entries[i] >> 31) != 0:
                     failed = 1
                     break
         if failed:

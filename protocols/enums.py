@@ -29,7 +29,7 @@ class EnumTable:
     __slots__ = ("bound", "core_enum", "flags", "members", "name_of", "value_of")
 
     def __init__(self, core_enum: str, members: tuple[Member, ...], *, flags: bool = False,
-                 bound: str = "") -> None:
+                 bound: str = "", value_max: int = 0xFF) -> None:
         self.core_enum = core_enum    # the cpdef enum in core/state.pxd ("" for none)
         self.members = members
         self.flags = flags            # values are bits of one mask
@@ -38,8 +38,8 @@ class EnumTable:
         self.value_of: Final[dict[str, int]] = {m.name: m.value for m in members}
         symbols = {m.symbol for m in members}
         assert len(self.name_of) == len(self.value_of) == len(symbols) == len(members), members
-        # Every one of these is stored in a uint8_t field of a record.
-        assert all(0 <= m.value <= 0xFF for m in members), members
+        # The field that stores them: a uint8_t of a record unless the table says otherwise.
+        assert all(0 <= m.value <= value_max for m in members), members
         assert not flags or all(m.value > 0 and m.value & (m.value - 1) == 0
                                 for m in members), members            # one bit each
 
@@ -137,7 +137,16 @@ MAC_ALGORITHM: Final = EnumTable("", (
     Member(2, "MAC_SM4", "sm4", "CBC-MAC with SM4 (GB/T 15852.1 algorithm 1, padding method 2)"),
 ))
 
+# A deny-log entry (State.deny_log, kept in checkpoints as "deny_log"): flag bits above a card
+# index; the deny-list version of an entry is its position + 1.
+DENY_ENTRY: Final = EnumTable("DenyEntry", (
+    Member(0x80000000, "DENY_REMOVED", "removed", "the card came off the list"),
+    Member(0x40000000, "DENY_FOREIGN", "foreign", "another region's card (FOREIGN_DENY): the "
+           "index is into the foreign_pan map"),
+    Member(0x3FFFFFFF, "DENY_INDEX", "index", "the mask of the card's index"),
+), value_max=0xFFFFFFFF)
+
 # The tables core/state.pyx checks its cpdef enums against.
 STATE_TABLES: Final[tuple[EnumTable, ...]] = (
     PROTO, TERMINAL_KIND, DATA_SCOPE, CARD_STATUS, FUNCTION, HOLDER_FLAG, OPERATOR_KIND,
-    RING_FLAG, RULE_KIND)
+    RING_FLAG, RULE_KIND, DENY_ENTRY)

@@ -173,6 +173,16 @@ LAYOUTS: Final[dict[str, tuple[Field, ...]]] = {
         Field("issuer_recorded", "u8", "", "1 when issuer_record_no names a record of the "
               "issuer's journal (0: stood in, unavailable, or refused before any record)", "-"),
     ),
+    "foreign_deny": (
+        # Another region's card onto or off this switch's transit deny list, as its issuer
+        # published it (switch/region/blocks.py): the gates here learn it in their deny-list
+        # sync. Journaled so that replay gives every deny-list version the same change.
+        Field("pan", "u64", "enciphered", "the card number, enciphered as card_admin.pan is "
+              "(card and account NONE32)", "-"),
+        Field("issuer_province", "u8", "province code", "the card's issuing province, from its "
+              "number", "-"),
+        Field("listed", "u8", "", "1 onto the deny list, 0 off it", "-"),
+    ),
     "card_admin": (
         Field("operator", "u32", "index", "operator who made the change", "c"),
         Field("pan", "u64", "enciphered", "the card number, enciphered: 3DES (double-length "
@@ -215,6 +225,8 @@ KINDS: Final[tuple[Kind, ...]] = (
     Kind(21, "TOPUP", "topup", "cash paid in at a kiosk, 圈存 (amount_fen credited)"),
     Kind(22, "FORWARDED", "forwarded", "the acquirer's record of a request for another region's "
          "card: decided there, stood in for, or declined 91 (amount_fen charged by the issuer)"),
+    Kind(23, "FOREIGN_DENY", "foreign_deny", "another region's card onto or off this "
+         "switch's transit deny list, as its issuer published it"),
 )
 
 # Bits of the head's `flags`: the terminal ring slot's flags after the record (their table is

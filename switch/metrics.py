@@ -254,6 +254,10 @@ def _region(sw: Switch) -> Iterator[Metric]:
                                 "Other regions' cards that stand-in here refuses (lost, "
                                 "frozen, replaced, deny-listed)",
                                 value=sw.engine.router.blocked_cards)
+        yield CounterMetricFamily("onecard_foreign_deny_list_changes",
+                                  "Other regions' cards put onto or taken off this switch's "
+                                  "deny list (FOREIGN_DENY records)",
+                                  value=float(blocks.foreign_deny_changes))
     if link.catalogue is not None and link.catalogue.db is not None:
         yield GaugeMetricFamily("onecard_catalogue_version",
                                 "Catalogue version enforced here (the same in every region)",

@@ -455,3 +455,18 @@ def test_a_part_imports_into_postgresql(parts, tmp_path, request):
     summary = parts[(11, 12, 13)][1]
     assert (got.state.n_cards, got.next_record_no) == (summary.cards, 0)
     assert int(got.state.accounts["balance_fen"].sum()) == summary.balance_fen
+
+
+def test_other_regions_deny_entries_are_left_out_of_every_part():
+    """A region's own deny log may hold FOREIGN_DENY entries (other regions' cards): a part
+    keeps its owned cards' entries, renumbered, and learns the foreign ones again from their
+    issuers when it joins."""
+    from types import SimpleNamespace
+
+    from onecard.core.state import DENY_FOREIGN, DENY_REMOVED
+    from onecard.switch.region import split
+
+    plan = SimpleNamespace(card_map=np.array([1, -1, 0]))
+    log = np.array([0, DENY_FOREIGN | 2, 2 | DENY_REMOVED, 1, DENY_FOREIGN | DENY_REMOVED | 0],
+                   dtype=np.uint32)
+    assert split._deny_log(log, plan).tolist() == [1, DENY_REMOVED]

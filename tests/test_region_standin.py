@@ -16,11 +16,19 @@ reader."""
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from onecard.core.state import FN_FINANCIAL, FN_TRANSPORT, TERM_BUS_READER, TERM_POS
-from onecard.protocols import forward
+from onecard.core.state import (
+    CARD_ACTIVE,
+    FN_FINANCIAL,
+    FN_TRANSPORT,
+    TERM_BUS_READER,
+    TERM_POS,
+)
+from onecard.protocols import forward, native
 from onecard.protocols.journal import FLAGS
+from onecard.switch import loader
 from onecard.switch.terminals import read_terminals
 
 from conftest import AdminClient
@@ -129,6 +137,43 @@ def test_a_card_reported_lost_at_home_is_known_lost_everywhere_within_a_second(r
     g = reader(regions, READERS)
     assert g.send([g.tap(pan)])[0].rc == "41"          # online: its issuer refuses it
     regions.state["lost"] = pan
+
+
+def poorest_card(data_dir, province: int) -> tuple[str, int]:
+    """The transit card of a province with the smallest balance: its number and balance."""
+    st = loader.load(data_dir).state
+    pans = st.cards["pan"]
+    prov = np.array([int(str(int(p))[3:5]) for p in pans])
+    ok = (prov == province) & (st.cards["status"] == CARD_ACTIVE)
+    ok &= (st.cards["functions"] & TRANSIT) == TRANSIT
+    balances = st.accounts["balance_fen"][st.cards["account"]]
+    idx = int(np.flatnonzero(ok)[np.argmin(balances[ok])])
+    return str(int(pans[idx])), int(balances[idx])
+
+
+def test_a_card_overdrawn_at_home_is_on_every_regions_gate_deny_list_within_a_second(regions):
+    """A Jiangsu card driven below zero by an offline upload (its issuer decides it) goes onto
+    Jiangsu's deny list; Shanghai's gates get it in their own deny-list sync (a FOREIGN_DENY
+    record there) to refuse it offline. The time is measured, against a generous bound."""
+    sh = regions.switches["sh"]
+    pan, balance_fen = poorest_card(regions.dirs["js"], JS)
+    g = reader(regions, READERS + 1)
+    start = g.send([native.DenyListSync(g.next_seq(), 0)])[0].version
+    (r,) = g.send([native.OfflineTap(g.next_seq(), pan, 0, native.TAP_IN, int(time.time()))])
+    assert r.rc == "00" and r.fare_fen > balance_fen, (r, balance_fen)   # now below zero
+    began = time.monotonic()
+    while time.monotonic() - began < 10:
+        listed = g.send([native.DenyListSync(g.next_seq(), start)])[0]
+        if pan in listed.added:
+            break
+        time.sleep(0.005)
+    took_s = time.monotonic() - began
+    assert (listed.added, listed.removed) == ([pan], [])
+    assert took_s < 5, f"the deny listing took {took_s:.3f} s to reach another region's gates"
+    print(f"overdrawn card on another region's gate deny list after {took_s * 1000:.0f} ms")
+    assert metric(sh, "onecard_foreign_deny_list_changes_total") >= 1
+    marks = [x for x in journal(regions.dirs["sh"]) if x.kind_name == "FOREIGN_DENY"]
+    assert [(m.listed, m.issuer_province) for m in marks][-1:] == [(1, JS)]
 
 
 def catalogue_of(sw) -> dict:

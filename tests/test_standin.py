@@ -11,9 +11,10 @@ import pytest
 
 from onecard.core.engine import NATIVE
 from onecard.core.ledger import apply_records
-from onecard.core.state import TERM_BUS_READER, TERM_METRO_GATE, TERM_VENUE
+from onecard.core.state import TERM_BUS_READER, TERM_KIOSK, TERM_METRO_GATE, TERM_VENUE
 from onecard.protocols import forward, native
 from onecard.protocols.journal import FLAGS
+from onecard.protocols.journal_codec import decode, unpack
 
 from termsim import NativeTerminal
 from test_forward import FOREIGN, HOME, Pair, _code, records
@@ -329,3 +330,82 @@ def test_the_owner_publishes_its_deny_list_and_status_changes_in_bounded_slices(
     assert blocks.decode(b.kv.values[f"sh.{idx}"]) == (int(pan), 0, True)
     assert blocks.decode(b.kv.values[f"sh.{other}"])[0] == int(world.state.cards["pan"][other])
     assert b.kv.values[blocks.TAIL_PREFIX + "sh"] == str(world.state.deny_version).encode()
+
+
+def another_regions_card(world) -> int:
+    """A well-formed Jiangsu card number this region does not hold."""
+    pan = int(world.card(FOREIGN)[0])
+    while world.state.card_index(pan) >= 0:
+        pan += 10
+    return pan
+
+
+def test_other_regions_deny_listed_cards_reach_the_gates_deny_list_sync(world):
+    """FOREIGN_DENY: another region's card goes onto this switch's deny list and off it
+    again as its issuer publishes it; gates learn both in their sync, a repeat journals
+    nothing, this region's own entries work as before around it (a top-up clears them and
+    leaves the foreign one listed), the owner's publisher never sends it back, and replay
+    gives the same deny log and foreign tables."""
+    from onecard.core import operations
+    from onecard.switch import loader
+
+    a, st = world.engine.authoriser, world.state
+    bus = world.native(TERM_BUS_READER)
+    start = bus.send([native.DenyListSync(bus.next_seq(), 0)])[0].version
+    foreign = another_regions_card(world)
+    world.engine.tick()
+    assert operations.foreign_deny(a, foreign, True, FOREIGN) > 0
+    assert operations.foreign_deny(a, foreign, True, FOREIGN) == 0        # already listed
+    assert st.foreign_listed(foreign) and st.deny_version == start + 1
+    own, idx = world.card(HOME, min_balance=0)
+    world.set_balance(idx, 0)
+    (r,) = bus.send([native.OfflineTap(bus.next_seq(), own, 0, native.TAP_IN, int(time.time()))])
+    assert r.rc == "00" and st.deny_version == start + 2                 # overdrawn: listed
+    (got,) = bus.send([native.DenyListSync(bus.next_seq(), start)])
+    assert (sorted(got.added), got.removed) == (sorted([str(foreign), own]), [])
+    assert [pan for _, pan, _ in st.deny_changes(start, foreign=False)] == [int(own)]
+    kiosk = world.native(TERM_KIOSK)
+    (paid,) = kiosk.send([native.TopUp(kiosk.next_seq(), own, 100_000)])
+    assert paid.rc == "00" and st.foreign_listed(foreign)                # own card off only
+    assert operations.foreign_deny(a, foreign, False, FOREIGN) > 0       # its issuer: off
+    (got,) = bus.send([native.DenyListSync(bus.next_seq(), start)])
+    assert (got.added, sorted(got.removed)) == ([], sorted([str(foreign), own]))
+
+    first, data = world.engine.journal.take()
+    marks = [r for r in decode(unpack(data), first) if r.kind_name == "FOREIGN_DENY"]
+    assert [(m.listed, m.issuer_province, m.card) for m in marks] == [
+        (1, FOREIGN, 0xFFFFFFFF), (0, FOREIGN, 0xFFFFFFFF)]
+    assert all(m.pan != foreign for m in marks)                          # enciphered on disk
+    fresh = loader.load(world.data_dir)
+    apply_records(fresh.state, data, first)
+    live, replayed = st.snapshot(), fresh.state.snapshot()
+    assert np.array_equal(live["deny_log"], replayed["deny_log"])
+    for name in ("foreign_deny", "foreign_pan"):
+        assert np.array_equal(np.sort(live[name], order="key"),
+                              np.sort(replayed[name], order="key")), name
+
+
+def test_the_follower_journals_a_foreign_deny_list_change_once(world):
+    """switch/region/blocks.py's follower without NATS: a value read again (a watch made
+    anew, a restart) journals nothing more; this region's own keys are not followed."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from onecard.switch.region import blocks
+
+    foreign = another_regions_card(world)
+    sw = SimpleNamespace(state=world.state, engine=world.engine, submit=lambda: None)
+    b = blocks.Blocks(SimpleNamespace(name="sh", switch=sw))
+    before = world.state.deny_version
+
+    async def read(*entries) -> None:
+        for key, value in entries:
+            await b.entry(key, value)
+
+    listed, cleared = blocks.encode(foreign, 0, True), blocks.encode(foreign, 0, False)
+    asyncio.run(read(("js.7", listed), ("js.7", listed), ("sh.7", cleared)))
+    assert (b.foreign_deny_changes, world.state.deny_version) == (1, before + 1)
+    assert world.state.foreign_listed(foreign)
+    asyncio.run(read(("js.7", cleared), ("js.7", cleared)))
+    assert (b.foreign_deny_changes, world.state.deny_version) == (2, before + 2)
+    assert world.engine.router.blocked_cards == 0

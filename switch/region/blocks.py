@@ -13,6 +13,11 @@ card (history 1), so a switch that starts, or comes back, reads the current set 
 bucket's watch and then follows its changes. The owner's store stays the source of truth: the
 bucket is rebuilt from it (``_tail.<region>`` says how far its deny log was published; card
 changes after the newest checkpoint are published again at start).
+
+Every other switch applies what it reads twice: its stand-in refuses the card
+(``Router.block``), and a deny-listed card goes onto its own transit deny list as a journaled
+FOREIGN_DENY record (off it again when its issuer takes it off), so the gates of every region
+learn it in their deny-list sync and refuse it offline.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onecard.core import operations
 from onecard.core.state import HOLDER_DENIED
+from onecard.protocols.forward import province_of_pan
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -68,6 +75,7 @@ class Blocks:
         self.wakeup = asyncio.Event()
         self.deny_published = 0                 # deny-log version published
         self.published = 0                      # card values put
+        self.foreign_deny_changes = 0           # other regions' cards onto or off the deny list
         self.closed = False
 
     def start(self, js, replicas: int, changed_since_checkpoint: list[int]) -> None:
@@ -118,7 +126,8 @@ class Blocks:
             if len(self.changed) < PUBLISH_BATCH_MAX:
                 deny_end = min(st.deny_version, self.deny_published + PUBLISH_BATCH_MAX)
                 self.changed.update(st.card_index(pan) for _, pan, _ in
-                                    st.deny_changes(self.deny_published, deny_end))
+                                    st.deny_changes(self.deny_published, deny_end,
+                                                    foreign=False))
             if not self.changed:
                 self.wakeup.clear()
                 try:
@@ -160,7 +169,15 @@ class Blocks:
         except ValueError as exc:
             log.error("region %s: %s (key %s) ignored", self.link.name, exc, key)
             return
-        self.link.switch.engine.router.block(pan, status, denied)
+        sw = self.link.switch
+        sw.engine.router.block(pan, status, denied)
+        if sw.state.foreign_listed(pan) != denied:
+            # Appended to the journal like an operator's change; the gates may learn it
+            # before it is durable: a crash re-reads the bucket and journals it again.
+            sw.engine.tick()
+            operations.foreign_deny(sw.engine.authoriser, pan, denied, province_of_pan(pan))
+            sw.submit()
+            self.foreign_deny_changes += 1
 
     async def reread(self, kv: KeyValue) -> None:
         """Nothing: a watch that broke is made again, and gives every current value again."""

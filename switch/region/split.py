@@ -69,7 +69,14 @@ from pathlib import Path
 import numpy as np
 
 from onecard.core.maps import ENTRY_DTYPE
-from onecard.core.state import FN_ECARD, HOLDER_RECORD_BYTES, State
+from onecard.core.state import (
+    DENY_FOREIGN,
+    DENY_INDEX,
+    DENY_REMOVED,
+    FN_ECARD,
+    HOLDER_RECORD_BYTES,
+    State,
+)
 from onecard.switch import loader, snapshots, store
 from onecard.switch.admin.disbursements import SYNC_KEY, sync_from_journal
 from onecard.switch.security import encrypt_store, keystore, modes, sealed_files
@@ -501,11 +508,14 @@ def _ring(ring: np.ndarray, plan: Plan, sessions: np.ndarray) -> np.ndarray:
 
 
 def _deny_log(log: np.ndarray, plan: Plan) -> np.ndarray:
-    """The owned cards' deny-list changes, in order, with their new card numbers."""
-    card = (log & 0x7FFFFFFF).astype(np.int64)
-    new_card = plan.card_map[card]
+    """The owned cards' deny-list changes, in order, with their new card numbers. Other
+    regions' cards (FOREIGN_DENY) are left out: a part learns them from their issuers'
+    published state when it joins its region."""
+    own = (log & np.uint32(DENY_FOREIGN)) == 0
+    card = (log & np.uint32(DENY_INDEX)).astype(np.int64)
+    new_card = np.where(own, plan.card_map[np.where(own, card, 0)], -1)
     keep = new_card >= 0
-    return (new_card[keep].astype(np.uint32) | (log[keep] & np.uint32(0x80000000))).astype(
+    return (new_card[keep].astype(np.uint32) | (log[keep] & np.uint32(DENY_REMOVED))).astype(
         np.uint32)
 
 
