@@ -284,6 +284,38 @@ def test_money_moved_once_at_the_issuer_and_nowhere_else(regions):
     assert not holds(regions.dirs["sh"], pan)              # Shanghai holds no Jiangsu card
 
 
+def test_a_province_handed_over_is_routed_to_its_new_owner_without_a_restart(regions):
+    """docs/regions.md "Handing a province over", the whole region moving: js stops (its
+    journal is final), "js2" starts on a copy of its data set (the state, idempotency records
+    included), and the table's next version names js2 for Jiangsu. sh, running throughout,
+    applies it: a retransmission of a purchase js approved gets js's original answer from
+    js2, and a new purchase is decided and journaled at js2."""
+    import shutil
+
+    pan, stan, first, amount, _ = regions.state["purchase"]
+    regions.stop("js")
+    shutil.copytree(regions.dirs["js"].parent, regions.root / "js2")
+    regions.dirs["js2"] = regions.root / "js2" / "data"
+    regions.start("js2")
+    sh = regions.switches.get("sh") or regions.start("sh")     # running, or again
+    version = metric(sh, "onecard_routing_table_version")
+    assert cli.main(["region", "route", "--nats", ",".join(regions.cluster.urls),
+                     "--set", f"{JS}=js2"]) == 0
+    deadline = time.monotonic() + 30
+    while metric(sh, "onecard_routing_table_version") <= version:
+        assert time.monotonic() < deadline, "sh did not apply the new routing table"
+        time.sleep(0.05)
+    t = pos(regions)
+    (again,) = t.send(t.purchase(pan, amount, stan=stan))
+    assert (again["39"], again["37"], again["38"]) == (first["39"], first["37"], first["38"])
+    opening = balance_of(regions.dirs["js2"], pan)
+    (fresh,) = t.send(t.purchase(pan, 77))
+    assert fresh["39"] == "00"
+    regions.stop("js2")
+    assert balance_of(regions.dirs["js2"], pan) == opening - 77     # decided at js2, once
+    assert balance_of(regions.dirs["js"], pan) == opening           # js's data untouched
+
+
 def test_a_switch_whose_nats_is_unreachable_does_not_start(demo_dir, tmp_path):
     import subprocess
     import sys
