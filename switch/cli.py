@@ -316,6 +316,10 @@ def parser() -> argparse.ArgumentParser:
 
     region_cli.add_arguments(sub, common)
     sub.choices["region"].set_defaults(func=lambda a: region_cli.run(a, _config, _lock))
+    from onecard.switch.clearing import cli as clearing_cli
+
+    clearing_cli.add_arguments(sub, common)
+    sub.choices["clearing"].set_defaults(func=lambda a: clearing_cli.run(a, _config(a)))
     ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")
     loadgen.add_arguments(ld)
     ld.set_defaults(func=cmd_load)

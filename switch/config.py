@@ -14,7 +14,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
-from onecard.protocols import forward
+from onecard.protocols import clearing, forward
 
 log = logging.getLogger("onecard.config")
 
@@ -242,6 +242,28 @@ class RegionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return bool(self.name)
 
 
+class FeeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    bps: Annotated[int, Meta(ge=0, le=clearing.FEE_BPS_MAX)] = 0
+    min_fen: Annotated[int, Meta(ge=0, le=clearing.FEE_MIN_FEN_MAX)] = 0
+
+
+class ClearingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # 日切: records decided from this time of day (China time, HH:MM) on belong to the next
+    # settlement date.
+    cutover: str = clearing.CUTOVER_DEFAULT
+    # Fees by catalogue application code, paid by the acquirer on what it is owed:
+    # [clearing.fees.FIN-PAY] bps = 50, min_fen = 1. Applications not named keep
+    # protocols/clearing.py FEES_DEFAULT (public services pay none).
+    fees: dict[str, FeeConfig] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clearing.cutover_minutes(self.cutover)            # ValueError names the value
+
+    def fee_table(self) -> dict[str, clearing.Fee]:
+        return {**clearing.FEES_DEFAULT,
+                **{app: clearing.Fee(f.bps, f.min_fen) for app, f in self.fees.items()}}
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "onecard-data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -254,6 +276,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     core: CoreConfig = msgspec.field(default_factory=CoreConfig)
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     region: RegionConfig = msgspec.field(default_factory=RegionConfig)
+    clearing: ClearingConfig = msgspec.field(default_factory=ClearingConfig)
 
 
 class ConfigError(Exception):

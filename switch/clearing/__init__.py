@@ -1,0 +1,1 @@
+"""Clearing and settlement from the committed journal (issue 16, protocols/CLEARING.md)."""

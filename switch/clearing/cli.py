@@ -1,0 +1,104 @@
+"""``onecard clearing run``: a settlement date's positions from a data set's committed journal
+(issue 16, protocols/CLEARING.md)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from onecard.protocols import clearing
+from onecard.switch import loader, store
+from onecard.switch.clearing.positions import ClearingError, Day, Reference, positions
+
+
+def reference(data_dir: str | Path, kek_file: str | None = None) -> Reference:
+    """Who is behind each card (its state, after replay: cards issued since a checkpoint
+    count), terminal, application and programme."""
+    state = loader.load(data_dir, kek_file=kek_file).state
+    region = state.cards["region"].astype(np.int64)
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    try:
+        # the regions table's codes (the state's copy numbers provinces by index)
+        rows = np.array(conn.execute("SELECT code, province FROM regions ORDER BY idx"
+                                     ).fetchall(), dtype=np.int64).reshape(-1, 2)
+        acquirers = [operator or merchant for merchant, operator in conn.execute(
+            "SELECT t.merchant, o.code FROM terminals t LEFT JOIN operators o "
+            "ON o.idx = t.operator_idx ORDER BY t.idx")]
+        apps = [code for (code,) in conn.execute("SELECT code FROM catalogue ORDER BY idx")]
+        programmes = [code for (code,) in conn.execute(
+            "SELECT code FROM programmes ORDER BY idx")]
+    finally:
+        conn.close()
+    return Reference(card_province=rows[region, 1], card_region=rows[region, 0],
+                     terminal_acquirer=acquirers, app_codes=apps, programme_codes=programmes)
+
+
+def clear(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER_DEFAULT,
+          fees: dict[str, clearing.Fee] | None = None, kek_file: str | None = None) -> Day:
+    """The date's positions from the data set's committed journal (SQLite store)."""
+    ref = reference(data_dir, kek_file)
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    try:
+        recs, nos = store.journal_records(conn)
+    finally:
+        conn.close()
+    return positions(recs, nos, ref, date, cutover=cutover, fees=fees)
+
+
+def _yuan(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    return f"{sign}{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
+
+
+def report(day: Day) -> str:
+    lines = [f"settlement date {day.date} (cut-over {day.cutover} China time): "
+             f"{day.records:,} records moved money, {len(day.positions)} parties",
+             f"{'party':32}{'records':>9}{'debit':>16}{'credit':>16}{'fees':>12}{'net':>16}"]
+    for p in day.positions:
+        lines.append(f"{p.party:32}{p.count:>9,}{_yuan(p.debit_fen):>16}"
+                     f"{_yuan(p.credit_fen):>16}{_yuan(p.fee_fen):>12}{_yuan(p.net_fen):>16}")
+    lines.append(f"{'sum of net positions':32}{'':>69}"
+                 f"{_yuan(sum(p.net_fen for p in day.positions)):>16}")
+    return "\n".join(lines)
+
+
+def add_arguments(sub, common) -> None:
+    c = sub.add_parser("clearing", help="clearing and settlement from the committed journal")
+    csub = c.add_subparsers(dest="clearing_command", required=True)
+    r = common(csub.add_parser("run", help="a settlement date's net positions per party"))
+    r.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
+    r.add_argument("--json", help="write the positions as JSON here")
+
+
+def run(args: argparse.Namespace, config) -> int:
+    try:
+        date = dt.date.fromisoformat(args.date)
+    except ValueError:
+        print(f"onecard clearing: --date {args.date!r} is not YYYY-MM-DD", file=sys.stderr)
+        return 2
+    today = dt.datetime.now(clearing.CST).date()
+    if date > today + dt.timedelta(days=1):
+        print(f"onecard clearing: {date} is in the future (today is {today})", file=sys.stderr)
+        return 2
+    if config.store.backend == "postgresql":
+        print("onecard clearing: a PostgreSQL store is not cleared yet (SQLite only)",
+              file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        day = clear(config.data_dir, date, cutover=config.clearing.cutover,
+                    fees=config.clearing.fee_table(), kek_file=config.security.kek_file or None)
+    except ClearingError as exc:
+        print(f"onecard clearing: {exc}", file=sys.stderr)
+        return 1
+    print(report(day))
+    print(f"cleared in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_bytes(msgspec.json.encode(day))
+    return 0

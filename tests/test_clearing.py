@@ -1,0 +1,198 @@
+"""Clearing's net positions (issue 16, protocols/CLEARING.md): each kind's legs, fees, the
+cut-over, and sum of net positions = 0 to the fen for seeded random days of every kind."""
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from onecard.protocols import clearing
+from onecard.protocols.codes import CODE_INDEX
+from onecard.protocols.journal import KIND_BY_NAME, NONE
+from onecard.protocols.journal_codec import DTYPES, RECORD_DTYPE
+from onecard.switch import cli
+from onecard.switch.clearing.positions import ClearingError, Reference, positions
+
+CST = clearing.CST
+DAY = dt.date(2026, 11, 30)
+NOON_US = int(dt.datetime(2026, 11, 30, 12, 0, tzinfo=CST).timestamp() * 1e6)
+REF = Reference(card_province=np.array([31, 32, 81]),
+                card_region=np.array([310000, 320100, 810000]),
+                terminal_acquirer=["SHOP-1", "SHMETRO", "HOSPITAL-1", "KIOSK-OP"],
+                app_codes=["FIN-PAY", "TRN-METRO", "MED-SETTLE", "TRN-TOPUP"],
+                programme_codes=["PENSION"])
+SHOP, METRO, HOSPITAL, KIOSK = range(4)
+
+
+def rec(kind: str, amount_fen: int, *, card: int = 0, terminal: int = SHOP, app: int = 0,
+        ts_us: int = NOON_US, rc: str = "00", pool: int = 0, personal: int = 0,
+        programme: int = 0) -> np.ndarray:
+    layout = KIND_BY_NAME[kind].layout
+    r = np.zeros(1, dtype=DTYPES[layout])
+    r["kind"], r["amount_fen"], r["card"], r["app"] = KIND_BY_NAME[kind].value, amount_fen, \
+        card, app
+    r["terminal"] = NONE if kind == "CREDIT" else terminal
+    r["ts_us"], r["rc"] = ts_us, CODE_INDEX[rc]
+    if layout == "medical":
+        r["pool_fen"], r["personal_fen"] = pool, personal
+    if layout == "credit":
+        r["programme"] = programme
+    return r.view(RECORD_DTYPE)
+
+
+def day_of(*records, date: dt.date = DAY, **kw) -> dict[str, int]:
+    recs = np.concatenate(records)
+    d = positions(recs, np.arange(len(recs)), REF, date, **kw)
+    nets = {p.party: p.net_fen for p in d.positions}
+    assert sum(nets.values()) == 0
+    return nets
+
+
+def test_a_purchase_pays_its_acquirer_less_the_fee_and_its_issuer_owes_it():
+    assert day_of(rec("PURCHASE", 10_000)) == {
+        "issuer:31": -10_000, "acquirer:SHOP-1": 9_950, "scheme:onecard": 50}
+    # the minimum fee on a small amount; no fee for a public service (metro)
+    assert day_of(rec("PURCHASE", 10))["scheme:onecard"] == 1
+    assert day_of(rec("TAP", 300, terminal=METRO, app=1, card=1)) == {
+        "issuer:32": -300, "acquirer:SHMETRO": 300}
+
+
+def test_a_reversal_after_the_cutover_nets_out_over_the_two_dates():
+    before = int(dt.datetime(2026, 11, 30, 22, 59, 59, 999_999, tzinfo=CST).timestamp() * 1e6)
+    after = before + 1                                        # 23:00:00: the next date
+    records = (rec("PURCHASE", 10_000, ts_us=before), rec("REVERSAL", 10_000, ts_us=after))
+    first, second = day_of(*records), day_of(*records, date=DAY + dt.timedelta(days=1))
+    assert first == {"issuer:31": -10_000, "acquirer:SHOP-1": 9_950, "scheme:onecard": 50}
+    assert second == {k: -v for k, v in first.items()}
+    # with the cut-over at midnight both are of the same date and nothing is owed
+    same = day_of(*records, cutover="00:00")
+    assert set(same.values()) == {0}
+
+
+def test_a_medical_bill_is_owed_to_the_institution_by_the_funds_and_the_cardholder():
+    bill = rec("MEDICAL", 3_000, card=1, terminal=HOSPITAL, app=2, pool=5_000, personal=2_000)
+    assert day_of(bill) == {"issuer:32": -3_000, "pool:320100": -5_000,
+                            "personal:320100": -2_000, "acquirer:HOSPITAL-1": 10_000}
+    refund = rec("MEDICAL_REFUND", 3_000, card=1, terminal=HOSPITAL, app=2, pool=5_000,
+                 personal=2_000)
+    assert set(day_of(bill, refund).values()) == {0}
+
+
+def test_credits_are_owed_by_their_programme_or_the_counter_and_top_ups_by_the_kiosk():
+    assert day_of(rec("CREDIT", 250_000, programme=1), rec("CREDIT", 5_000, card=2)) == {
+        "issuer:31": 250_000, "programme:PENSION": -250_000, "issuer:81": 5_000,
+        "deposit:81": -5_000}
+    assert day_of(rec("TOPUP", 10_000, terminal=KIOSK, app=3)) == {
+        "issuer:31": 10_000, "acquirer:KIOSK-OP": -10_000}
+
+
+def test_declined_records_and_other_dates_move_nothing():
+    tomorrow = NOON_US + 86_400 * 1_000_000
+    assert day_of(rec("PURCHASE", 10_000, rc="51"), rec("PURCHASE", 5, ts_us=tomorrow),
+                  rec("BALANCE", 0)) == {}
+
+
+def test_fees_are_configurable_per_application():
+    fees = {"FIN-PAY": clearing.Fee(0, 0), "TRN-METRO": clearing.Fee(100, 5)}
+    nets = day_of(rec("PURCHASE", 10_000), rec("TAP", 300, terminal=METRO, app=1), fees=fees)
+    assert nets == {"issuer:31": -10_300, "acquirer:SHOP-1": 10_000, "acquirer:SHMETRO": 295,
+                    "scheme:onecard": 5}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_seeded_random_days_of_every_kind_net_to_zero_to_the_fen(seed):
+    rng = np.random.default_rng(seed)
+    kinds = list(clearing.LEGS)
+    n = 5_000
+    start = int(dt.datetime(2026, 11, 29, 0, 0, tzinfo=CST).timestamp() * 1e6)
+    records = [rec(kinds[k], int(rng.integers(0, 10_000_000)), card=int(c),
+                   terminal=int(t), app=int(rng.integers(0, 4)), ts_us=int(ts),
+                   rc="00" if ok else "51", pool=int(rng.integers(0, 1_000_000)),
+                   personal=int(rng.integers(0, 100_000)), programme=int(rng.integers(0, 2)))
+               for k, c, t, ts, ok in zip(rng.integers(0, len(kinds), n),
+                                          rng.integers(0, 3, n), rng.integers(0, 4, n),
+                                          rng.integers(start, start + 3 * 86_400_000_000, n),
+                                          rng.random(n) < 0.9, strict=True)]
+    recs = np.concatenate(records)
+    for offset in range(3):
+        date = dt.date(2026, 11, 29) + dt.timedelta(days=offset)
+        d = positions(recs, np.arange(n), REF, date)
+        assert d.records > 0 and sum(p.net_fen for p in d.positions) == 0
+        assert sum(p.credit_fen for p in d.positions) == sum(p.debit_fen for p in d.positions)
+        # a pure function of the records: their order does not matter
+        order = rng.permutation(n)
+        assert positions(recs[order], order, REF, date) == d
+
+
+def test_the_settlement_date_follows_the_cutover():
+    at = [dt.datetime(2026, 11, 30, h, m, tzinfo=CST) for h, m in ((0, 0), (22, 59), (23, 0))]
+    us = np.array([int(t.timestamp() * 1e6) for t in at])
+    day = clearing.day_number(DAY)
+    assert clearing.settlement_days(us, 23 * 60).tolist() == [day, day, day + 1]
+    assert clearing.settlement_days(us, 0).tolist() == [day, day, day]
+    for bad in ("23", "24:00", "7:5", "ab:cd"):
+        with pytest.raises(ValueError):
+            clearing.cutover_minutes(bad)
+
+
+def test_a_money_record_naming_no_card_is_a_clear_error():
+    bad = rec("PURCHASE", 100, card=NONE)
+    with pytest.raises(ClearingError, match="journal record 1 moves money"):
+        positions(np.concatenate([rec("PURCHASE", 5), bad]), np.arange(2), REF, DAY)
+
+
+def test_the_command_clears_a_data_set_and_refuses_bad_dates(demo_dir, capsys):
+    today = dt.datetime.now(CST).date().isoformat()
+    assert cli.main(["clearing", "run", "--data-dir", str(demo_dir), "--date", today]) == 0
+    out = capsys.readouterr().out
+    assert f"settlement date {today}" in out and "sum of net positions" in out
+    assert out.rstrip().endswith("0.00")
+    assert cli.main(["clearing", "run", "--data-dir", str(demo_dir), "--date", "30/11"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+    assert cli.main(["clearing", "run", "--data-dir", str(demo_dir),
+                     "--date", "2999-01-01"]) == 2
+    assert "in the future" in capsys.readouterr().err
+
+
+def test_a_switchs_committed_purchases_are_cleared_from_its_store(demo_dir, terminals, world,
+                                                                  tmp_path):
+    """Real path: purchases through a running switch over TCP, committed to its SQLite store,
+    then cleared from the store alone (with the data set's card and terminal registry)."""
+    import shutil
+    import time
+
+    from onecard.core.state import TERM_POS
+    from onecard.switch.clearing.cli import clear
+
+    from conftest import iso_session, start_switch
+
+    path = tmp_path / "data"
+    shutil.copytree(demo_dir, path)
+    info = next(t for t in terminals if t.kind == TERM_POS and t.province == 31
+                and t.app == "FIN-PAY")
+    pan, _ = world.card(31)
+    sw = start_switch(path)
+    try:
+        sock, t = iso_session(sw, info)
+        replies = t.send(t.purchase(pan, 10_000), t.purchase(pan, 2_345))
+        sock.close()
+    finally:
+        sw.stop()
+    assert [r["39"] for r in replies] == ["00", "00"]
+    now_us = np.array([time.time_ns() // 1000])
+    date = clearing.day_date(clearing.settlement_days(now_us, 23 * 60)[0])
+    day = clear(path, date)
+    nets = {p.party: p.net_fen for p in day.positions}
+    assert day.records == 2 and nets == {"issuer:31": -12_345,
+                                         f"acquirer:{info.merchant}": 12_345 - 50 - 12,
+                                         "scheme:onecard": 62}
+
+
+def test_the_documentation_names_every_role_and_kind():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "protocols" / "CLEARING.md").read_text()
+    for role in clearing.ROLES:
+        assert f"| `{role.name}` |" in text
+    for kind in clearing.LEGS:
+        assert f"`{kind}`" in text
