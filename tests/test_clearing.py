@@ -2,6 +2,7 @@
 cut-over, and sum of net positions = 0 to the fen for seeded random days of every kind."""
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +10,10 @@ import pytest
 from onecard.protocols import clearing
 from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME, NONE
-from onecard.protocols.journal_codec import DTYPES, RECORD_DTYPE
+from onecard.protocols.journal_codec import DTYPES, RECORD_DTYPE, view
 from onecard.switch import cli
-from onecard.switch.clearing.positions import ClearingError, Reference, positions
+from onecard.switch.clearing import files
+from onecard.switch.clearing.positions import ClearingError, Reference, legs, positions
 
 CST = clearing.CST
 DAY = dt.date(2026, 11, 30)
@@ -33,6 +35,8 @@ def rec(kind: str, amount_fen: int, *, card: int = 0, terminal: int = SHOP, app:
         card, app
     r["terminal"] = NONE if kind == "CREDIT" else terminal
     r["ts_us"], r["rc"] = ts_us, CODE_INDEX[rc]
+    if layout == "payment":                       # as the terminal asked it, in CNY
+        r["amount_asked_minor"], r["currency"] = amount_fen, 156
     if layout == "medical":
         r["pool_fen"], r["personal_fen"] = pool, personal
     if layout == "credit":
@@ -186,13 +190,91 @@ def test_a_switchs_committed_purchases_are_cleared_from_its_store(demo_dir, term
     assert day.records == 2 and nets == {"issuer:31": -12_345,
                                          f"acquirer:{info.merchant}": 12_345 - 50 - 12,
                                          "scheme:onecard": 62}
+    # the command's files, run twice: the same bytes, and they read back as those positions
+    written = []
+    for out in ("first", "second"):
+        assert cli.main(["clearing", "files", "--data-dir", str(path), "--date",
+                         date.isoformat(), "--out", str(tmp_path / out)]) == 0
+        folder = tmp_path / out / date.strftime("%Y%m%d")
+        written.append({p.name: p.read_bytes() for p in folder.iterdir()})
+    assert written[0] == written[1] and len(written[0]) == 3
+    read = [files.read(tmp_path / "first" / date.strftime("%Y%m%d") / name)
+            for name in written[0]]
+    assert {f.party: f.net_fen for f in read} == nets
+    assert all(row["card"] == files.mask_pan(int(pan)) for f in read for row in f.rows)
 
 
 def test_the_documentation_names_every_role_and_kind():
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parent.parent / "protocols" / "CLEARING.md").read_text()
     for role in clearing.ROLES:
         assert f"| `{role.name}` |" in text
     for kind in clearing.LEGS:
         assert f"`{kind}`" in text
+
+
+# ---- clearing files ------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).parent / "fixtures" / "clearing"
+FILE_REF = Reference(card_province=REF.card_province, card_region=REF.card_region,
+                     terminal_acquirer=REF.terminal_acquirer, app_codes=REF.app_codes,
+                     programme_codes=REF.programme_codes,
+                     card_pan=np.array([6231310000000000011, 6231320000000000029,
+                                        6231810000000000034], dtype=np.uint64),
+                     terminal_tid=["POS00001", "GATE0001", "HOSP0001", "KIOSK001"])
+
+
+def golden_day() -> tuple:
+    """A small fixed day: a purchase, its void, an HKD purchase, a metro tap, a medical bill,
+    a pension, a reversal of the day before's purchase after the cut-over."""
+    at = lambda h, m: int(dt.datetime(2026, 11, 30, h, m, tzinfo=CST).timestamp() * 1e6)  # noqa: E731
+    hkd = rec("PURCHASE", 9_120, card=2, ts_us=at(10, 5))
+    view(hkd, "payment")["amount_asked_minor"], view(hkd, "payment")["currency"] = 10_000, 344
+    void = rec("VOID", 10_000, ts_us=at(9, 30))
+    view(void, "payment")["orig_seq"] = 11
+    records = [rec("PURCHASE", 10_000, ts_us=at(9, 0)), void, hkd,
+               rec("TAP", 400, card=1, terminal=METRO, app=1, ts_us=at(8, 15)),
+               rec("MEDICAL", 3_000, card=1, terminal=HOSPITAL, app=2, pool=5_000,
+                   personal=2_000, ts_us=at(15, 0)),
+               rec("CREDIT", 250_000, programme=1, ts_us=at(6, 0)),
+               rec("REVERSAL", 700, ts_us=at(23, 0) - 86_400_000_000)]
+    recs = np.concatenate(records)
+    recs["seq"] = np.arange(11, 11 + len(recs))
+    return recs, np.arange(100, 100 + len(recs))
+
+
+def test_clearing_files_are_the_golden_ones_and_byte_identical_on_rerun(tmp_path):
+    recs, nos = golden_day()
+    day = legs(recs, nos, FILE_REF, DAY)
+    paths = files.write(files.render(day, FILE_REF, DAY, "23:00"), tmp_path, DAY)
+    names = sorted(p.name for p in paths)
+    assert names == sorted(p.name for p in (GOLDEN / "20261130").iterdir())
+    for p in paths:
+        assert p.read_bytes() == (GOLDEN / "20261130" / p.name).read_bytes(), p.name
+    # again, from the records in another order: the same bytes
+    order = np.arange(len(recs))[::-1]
+    again = files.render(legs(recs[order], nos[order], FILE_REF, DAY), FILE_REF, DAY, "23:00")
+    assert {files.file_name(k): v for k, v in again.items()} == {
+        p.name: p.read_bytes() for p in paths}
+    # every file reads back with its totals, matching the date's positions
+    nets = day_of(*[recs[i:i + 1] for i in range(len(recs))])
+    for p in paths:
+        f = files.read(p)
+        assert f.net_fen == nets[f.party] and f.date == "20261130"
+        assert all("*" in r["card"] for r in f.rows)                   # masked, always
+
+
+def test_a_clearing_file_altered_or_cut_is_detected(tmp_path):
+    recs, nos = golden_day()
+    (path, *_) = files.write(files.render(legs(recs, nos, FILE_REF, DAY), FILE_REF, DAY,
+                                          "23:00"), tmp_path, DAY)
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b",10000,", b",10001,", 1))
+    with pytest.raises(files.ClearingFileError, match="checksum mismatch"):
+        files.read(path)
+    lines = good.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-2] + lines[-1:]))                  # a line dropped
+    with pytest.raises(files.ClearingFileError, match="checksum"):
+        files.read(path)
+    path.write_bytes(b"".join(lines[:-1]))                               # no trailer
+    with pytest.raises(files.ClearingFileError, match="not a clearing file"):
+        files.read(path)

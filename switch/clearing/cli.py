@@ -14,7 +14,15 @@ import numpy as np
 
 from onecard.protocols import clearing
 from onecard.switch import loader, store
-from onecard.switch.clearing.positions import ClearingError, Day, Reference, positions
+from onecard.switch.clearing import files
+from onecard.switch.clearing.positions import (
+    ClearingError,
+    Day,
+    Legs,
+    Reference,
+    legs,
+    summarise,
+)
 
 
 def reference(data_dir: str | Path, kek_file: str | None = None) -> Reference:
@@ -27,28 +35,41 @@ def reference(data_dir: str | Path, kek_file: str | None = None) -> Reference:
         # the regions table's codes (the state's copy numbers provinces by index)
         rows = np.array(conn.execute("SELECT code, province FROM regions ORDER BY idx"
                                      ).fetchall(), dtype=np.int64).reshape(-1, 2)
-        acquirers = [operator or merchant for merchant, operator in conn.execute(
-            "SELECT t.merchant, o.code FROM terminals t LEFT JOIN operators o "
-            "ON o.idx = t.operator_idx ORDER BY t.idx")]
+        terminals = conn.execute("SELECT t.tid, t.merchant, o.code FROM terminals t LEFT JOIN "
+                                 "operators o ON o.idx = t.operator_idx ORDER BY t.idx"
+                                 ).fetchall()
         apps = [code for (code,) in conn.execute("SELECT code FROM catalogue ORDER BY idx")]
         programmes = [code for (code,) in conn.execute(
             "SELECT code FROM programmes ORDER BY idx")]
     finally:
         conn.close()
     return Reference(card_province=rows[region, 1], card_region=rows[region, 0],
-                     terminal_acquirer=acquirers, app_codes=apps, programme_codes=programmes)
+                     terminal_acquirer=[operator or merchant for _, merchant, operator
+                                        in terminals],
+                     app_codes=apps, programme_codes=programmes,
+                     card_pan=state.cards["pan"].copy(),
+                     terminal_tid=[tid for tid, _, _ in terminals])
 
 
-def clear(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER_DEFAULT,
-          fees: dict[str, clearing.Fee] | None = None, kek_file: str | None = None) -> Day:
-    """The date's positions from the data set's committed journal (SQLite store)."""
+def load(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER_DEFAULT,
+         fees: dict[str, clearing.Fee] | None = None,
+         kek_file: str | None = None) -> tuple[Legs, Reference]:
+    """The date's legs from the data set's committed journal (SQLite store), and the
+    registry they were resolved with."""
     ref = reference(data_dir, kek_file)
     conn = store.connect(store.db_path(data_dir), readonly=True)
     try:
         recs, nos = store.journal_records(conn)
     finally:
         conn.close()
-    return positions(recs, nos, ref, date, cutover=cutover, fees=fees)
+    return legs(recs, nos, ref, date, cutover=cutover, fees=fees), ref
+
+
+def clear(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER_DEFAULT,
+          fees: dict[str, clearing.Fee] | None = None, kek_file: str | None = None) -> Day:
+    """The date's positions from the data set's committed journal."""
+    day, _ = load(data_dir, date, cutover=cutover, fees=fees, kek_file=kek_file)
+    return summarise(day, date, cutover)
 
 
 def _yuan(fen: int) -> str:
@@ -74,31 +95,57 @@ def add_arguments(sub, common) -> None:
     r = common(csub.add_parser("run", help="a settlement date's net positions per party"))
     r.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
     r.add_argument("--json", help="write the positions as JSON here")
+    f = common(csub.add_parser("files", help="a settlement date's clearing file per party"))
+    f.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
+    f.add_argument("--out", required=True, help="directory: files go to OUT/YYYYMMDD/")
+
+
+def _date(text: str) -> dt.date:
+    """The --date given, or ValueError with what is wrong with it."""
+    try:
+        date = dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--date {text!r} is not YYYY-MM-DD") from None
+    today = dt.datetime.now(clearing.CST).date()
+    if date > today + dt.timedelta(days=1):          # after the cut-over: tomorrow's date
+        raise ValueError(f"{date} is in the future (today is {today})")
+    return date
 
 
 def run(args: argparse.Namespace, config) -> int:
     try:
-        date = dt.date.fromisoformat(args.date)
-    except ValueError:
-        print(f"onecard clearing: --date {args.date!r} is not YYYY-MM-DD", file=sys.stderr)
-        return 2
-    today = dt.datetime.now(clearing.CST).date()
-    if date > today + dt.timedelta(days=1):
-        print(f"onecard clearing: {date} is in the future (today is {today})", file=sys.stderr)
-        return 2
-    if config.store.backend == "postgresql":
-        print("onecard clearing: a PostgreSQL store is not cleared yet (SQLite only)",
-              file=sys.stderr)
+        date = _date(args.date)
+        if config.store.backend == "postgresql":
+            raise ValueError("a PostgreSQL store is not cleared yet (SQLite only)")
+    except ValueError as exc:
+        print(f"onecard clearing: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     try:
-        day = clear(config.data_dir, date, cutover=config.clearing.cutover,
-                    fees=config.clearing.fee_table(), kek_file=config.security.kek_file or None)
+        day, ref = load(config.data_dir, date, cutover=config.clearing.cutover,
+                        fees=config.clearing.fee_table(),
+                        kek_file=config.security.kek_file or None)
     except ClearingError as exc:
         print(f"onecard clearing: {exc}", file=sys.stderr)
         return 1
-    print(report(day))
+    if args.clearing_command == "files":
+        return _files(day, ref, date, config.clearing.cutover, Path(args.out), started)
+    summary = summarise(day, date, config.clearing.cutover)
+    print(report(summary))
     print(f"cleared in {time.perf_counter() - started:.2f} s", file=sys.stderr)
     if args.json:
-        Path(args.json).write_bytes(msgspec.json.encode(day))
+        Path(args.json).write_bytes(msgspec.json.encode(summary))
+    return 0
+
+
+def _files(day: Legs, ref: Reference, date: dt.date, cutover: str, out: Path,
+           started: float) -> int:
+    rendering = time.perf_counter()
+    rendered = files.render(day, ref, date, cutover)
+    paths = files.write(rendered, out, date)
+    lines = sum(data.count(b"\n") for data in rendered.values())
+    took = time.perf_counter() - rendering
+    print(f"onecard clearing: {len(paths)} files, {lines:,} lines in "
+          f"{out / date.strftime('%Y%m%d')}/ ({lines / max(took, 1e-9):,.0f} lines/s; "
+          f"{time.perf_counter() - started:.2f} s in all)")
     return 0

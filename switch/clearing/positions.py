@@ -58,6 +58,8 @@ class Reference(msgspec.Struct, kw_only=True):
     terminal_acquirer: list[str]    # per terminal: merchant id or transit operator code
     app_codes: list[str]            # per catalogue application index
     programme_codes: list[str]      # per programme index
+    card_pan: np.ndarray | None = None      # per card: its number (clearing files mask it)
+    terminal_tid: list[str] | None = None   # per terminal: its id (clearing files)
 
 
 class _Parties:
@@ -97,7 +99,8 @@ def _fee_arrays(ref: Reference, fees: dict[str, clearing.Fee]) -> tuple[np.ndarr
 
 def _legs_of(recs: np.ndarray, kind: str, lookups: dict[str, np.ndarray],
              fees: tuple[np.ndarray, np.ndarray]) -> list:
-    """(party ids, signed amounts, fees) of every leg of this kind's records."""
+    """(party ids, signed amounts, fees) of every leg of this kind's records, each array in
+    the records' order."""
     medical = kind in ("MEDICAL", "MEDICAL_REFUND")
     amounts = {"amount": recs["amount_fen"].astype(np.int64)}
     if medical:
@@ -152,10 +155,24 @@ def _check_references(recs: np.ndarray, nos: np.ndarray, ref: Reference) -> None
                             f"terminal: {int(bad.sum())} such records")
 
 
-def positions(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
-              cutover: str = clearing.CUTOVER_DEFAULT,
-              fees: dict[str, clearing.Fee] | None = None) -> Day:
-    """The settlement date's positions from journal records (any superset of the date's)."""
+class Legs(msgspec.Struct, kw_only=True):
+    """Every leg of a settlement date: leg i moves ``signed[i]`` fen for party ``party[i]``
+    (a name in ``names``), by the record ``records[row[i]]`` (journal number ``nos[row[i]]``),
+    with ``fee[i]`` fen of fee in it. Legs of zero fen are left out."""
+    records: np.ndarray              # the date's records that moved money (RECORD_DTYPE)
+    nos: np.ndarray
+    row: np.ndarray
+    party: np.ndarray
+    signed: np.ndarray
+    fee: np.ndarray
+    names: list[str]
+    roles: list[str]
+
+
+def legs(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
+         cutover: str = clearing.CUTOVER_DEFAULT,
+         fees: dict[str, clearing.Fee] | None = None) -> Legs:
+    """The settlement date's legs from journal records (any superset of the date's)."""
     cutover_min = clearing.cutover_minutes(cutover)
     day = clearing.settlement_days(recs["ts_us"], cutover_min) == clearing.day_number(date)
     moving = day & (recs["rc"] == APPROVED)
@@ -166,34 +183,48 @@ def positions(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, 
     parties = _Parties()
     lookups = _lookups(ref, parties)
     fee_table = _fee_arrays(ref, clearing.FEES_DEFAULT if fees is None else fees)
-    legs = []
+    parts: list[tuple[np.ndarray, ...]] = []
     for value, kind in kinds.items():
-        of_kind = recs["kind"] == value
-        if of_kind.any():
-            legs += _legs_of(np.ascontiguousarray(recs[of_kind]), kind, lookups, fee_table)
-    return Day(date=date.isoformat(), cutover=cutover, records=len(recs),
-               positions=_sum(legs, parties))
+        rows = np.flatnonzero(recs["kind"] == value)
+        if len(rows):
+            parts += [(rows, *leg) for leg in _legs_of(np.ascontiguousarray(recs[rows]), kind,
+                                                        lookups, fee_table)]
+    empty = np.zeros(0, dtype=np.int64)
+    row, party, signed, fee = (np.concatenate([p[i] for p in parts]) if parts else empty
+                               for i in range(4))
+    kept = signed != 0
+    return Legs(records=recs, nos=nos, row=row[kept], party=party[kept],
+                signed=signed[kept].astype(np.int64), fee=fee[kept].astype(np.int64),
+                names=parties.names, roles=parties.roles)
 
 
-def _sum(legs: list, parties: _Parties) -> list[Position]:
-    if not legs:
+def positions(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
+              cutover: str = clearing.CUTOVER_DEFAULT,
+              fees: dict[str, clearing.Fee] | None = None) -> Day:
+    """The settlement date's positions from journal records (any superset of the date's)."""
+    return summarise(legs(recs, nos, ref, date, cutover=cutover, fees=fees), date, cutover)
+
+
+def summarise(day: Legs, date: dt.date, cutover: str) -> Day:
+    """The positions of a date's legs."""
+    return Day(date=date.isoformat(), cutover=cutover, records=len(day.records),
+               positions=_sum(day))
+
+
+def _sum(day: Legs) -> list[Position]:
+    if not len(day.party):
         return []
-    ids = np.concatenate([ids for ids, _, _ in legs])
-    signed = np.concatenate([amount for _, amount, _ in legs])
-    fee = np.concatenate([f for _, _, f in legs])
-    counted = signed != 0
-    ids, signed, fee = ids[counted], signed[counted], fee[counted]
-    order = np.argsort(ids, kind="stable")
-    ids, signed, fee = ids[order], signed[order], fee[order]
+    order = np.argsort(day.party, kind="stable")
+    ids, signed, fee = day.party[order], day.signed[order], day.fee[order]
     party, start = np.unique(ids, return_index=True)
-    credit = np.add.reduceat(np.maximum(signed, 0), start) if len(ids) else signed
-    debit = np.add.reduceat(np.maximum(-signed, 0), start) if len(ids) else signed
-    fees = np.add.reduceat(fee, start) if len(ids) else fee
+    credit = np.add.reduceat(np.maximum(signed, 0), start)
+    debit = np.add.reduceat(np.maximum(-signed, 0), start)
+    fees = np.add.reduceat(fee, start)
     counts = np.diff(np.append(start, len(ids)))
     if int(credit.sum()) != int(debit.sum()):
         raise ClearingError(f"positions do not net to zero: credits {int(credit.sum())} fen, "
                             f"debits {int(debit.sum())} fen")
-    out = [Position(party=parties.names[p], role=parties.roles[p], debit_fen=int(d),
+    out = [Position(party=day.names[p], role=day.roles[p], debit_fen=int(d),
                     credit_fen=int(c), fee_fen=int(f), count=int(n), net_fen=int(c - d))
            for p, c, d, f, n in zip(party.tolist(), credit.tolist(), debit.tolist(),
                                     fees.tolist(), counts.tolist(), strict=True)]

@@ -1,0 +1,168 @@
+"""Clearing files: one per party per settlement date, generated from the committed journal
+alone (protocols/CLEARING.md "Clearing files"); the same journal gives the same bytes.
+
+CSV, one line per leg, because the parties read them with spreadsheets and finance systems
+and every value is ASCII digits or codes (no quoting is ever needed); the columns are fixed
+by ``COLUMNS`` and the header names the format version. The trailer carries the counts, the
+totals and a SHA-256 of every line before it, so a file altered or cut short is detected by
+``read`` (and by any party's own reader).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from onecard.protocols import clearing
+from onecard.protocols.journal import KIND_BY_VALUE, NONE
+from onecard.protocols.journal_codec import view
+from onecard.switch.clearing.positions import Legs, Reference
+
+MAGIC = "ONECARD-CLEARING"
+VERSION = 1
+COLUMNS = ("record_no", "settle_date", "time", "kind", "terminal", "seq", "card",
+           "amount_asked_minor", "currency", "amount_fen", "fee_fen", "settle_fen", "orig_seq")
+CNY = 156
+ORIG_SEQ_LAYOUTS = {"VOID": "payment", "VOID_REVERSAL": "payment",
+                    "MEDICAL_REFUND": "medical"}
+ASKED_LAYOUT_KINDS = ("PURCHASE", "VOID", "REVERSAL", "VOID_REVERSAL")
+
+
+class ClearingFileError(ValueError):
+    """A clearing file that is not what its trailer says (the message says what differs)."""
+
+
+class ClearingFile(msgspec.Struct, frozen=True):
+    party: str
+    date: str                       # YYYYMMDD
+    cutover: str                    # HHMM
+    rows: list[dict[str, str]]
+    debit_fen: int
+    credit_fen: int
+    fee_fen: int
+    net_fen: int
+
+
+def mask_pan(pan: int) -> str:
+    """First 6 and last 4 digits; the rest hidden (never a full card number in a file)."""
+    digits = str(pan)
+    return digits[:6] + "*" * max(len(digits) - 10, 0) + digits[-4:]
+
+
+def file_name(party: str) -> str:
+    return party.replace(":", "_") + ".csv"
+
+
+def _record_columns(day: Legs, ref: Reference, date: dt.date) -> dict[str, list[str]]:
+    """Each money-moving record's columns but the per-party ones, as text."""
+    recs = day.records
+    local = (recs["ts_us"] // 1_000_000 + clearing.CST_OFFSET_S).astype("datetime64[s]")
+    times = np.char.replace(np.char.replace(np.char.replace(
+        np.datetime_as_string(local), "-", ""), ":", ""), "T", "")
+    kinds = [KIND_BY_VALUE[int(k)].name for k in recs["kind"]]
+    asked = recs["amount_fen"].astype(np.int64).copy()
+    currency = np.full(len(recs), CNY, dtype=np.int64)
+    orig = np.zeros(len(recs), dtype=np.int64)
+    for i, kind in enumerate(kinds):            # per record, but only for a few kinds' rows
+        if kind in ASKED_LAYOUT_KINDS:
+            p = view(recs[i:i + 1], "payment")[0]
+            asked[i], currency[i] = p["amount_asked_minor"], p["currency"]
+        if kind in ORIG_SEQ_LAYOUTS:
+            orig[i] = view(recs[i:i + 1], ORIG_SEQ_LAYOUTS[kind])[0]["orig_seq"]
+    terminal = recs["terminal"].tolist()
+    card = recs["card"].tolist()
+    pans = ref.card_pan if ref.card_pan is not None else np.zeros(0, dtype=np.uint64)
+    return {
+        "record_no": [str(n) for n in day.nos.tolist()],
+        "settle_date": [date.strftime("%Y%m%d")] * len(recs),
+        "time": times.tolist(),
+        "kind": kinds,
+        "terminal": ["" if t == NONE or ref.terminal_tid is None else ref.terminal_tid[t]
+                     for t in terminal],
+        "seq": [str(s) for s in recs["seq"].tolist()],
+        "card": [mask_pan(int(pans[c])) if c < len(pans) else "" for c in card],
+        "amount_asked_minor": [str(a) for a in asked.tolist()],
+        "currency": [str(c) for c in currency.tolist()],
+        "amount_fen": [str(a) for a in recs["amount_fen"].tolist()],
+        "orig_seq": [str(o) for o in orig.tolist()],
+    }
+
+
+def render(day: Legs, ref: Reference, date: dt.date, cutover: str) -> dict[str, bytes]:
+    """Every party's file of the date: {party: bytes}, parties and lines in a fixed order
+    (by party, then by journal record number, then by leg)."""
+    columns = _record_columns(day, ref, date)
+    order = np.lexsort((np.arange(len(day.row)), day.nos[day.row], day.party))
+    party, row = day.party[order], day.row[order]
+    signed, fee = day.signed[order], day.fee[order]
+    starts = np.flatnonzero(np.r_[True, party[1:] != party[:-1]]) if len(party) else ()
+    ends = [*starts[1:].tolist(), len(party)] if len(party) else []
+    out = {}
+    for start, end in zip(starts, ends, strict=True):
+        name = day.names[int(party[start])]
+        header = (f"H,{MAGIC},{VERSION},{date.strftime('%Y%m%d')},{name},"
+                  f"{cutover.replace(':', '')}\n")
+        lines = [header]
+        for r, s, f in zip(row[start:end].tolist(), signed[start:end].tolist(),
+                           fee[start:end].tolist(), strict=True):
+            values = [columns[c][r] for c in COLUMNS[:10]] + [str(f), str(s),
+                                                              columns["orig_seq"][r]]
+            lines.append("D," + ",".join(values) + "\n")
+        body = "".join(lines).encode("ascii")
+        part = signed[start:end]
+        debit, credit = int(-part[part < 0].sum()), int(part[part > 0].sum())
+        trailer = (f"T,{end - start},{debit},{credit},{int(fee[start:end].sum())},"
+                   f"{credit - debit},{hashlib.sha256(body).hexdigest()}\n")
+        out[name] = body + trailer.encode("ascii")
+    return out
+
+
+def write(files: dict[str, bytes], out_dir: str | Path, date: dt.date) -> list[Path]:
+    """Write (or write again, identically) the date's files under DIR/YYYYMMDD/; each through
+    a temporary file and a rename, so a crash never leaves half a file."""
+    folder = Path(out_dir) / date.strftime("%Y%m%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for party, data in sorted(files.items()):
+        path = folder / file_name(party)
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def read(path: str | Path) -> ClearingFile:
+    """A clearing file, checked against its trailer (ClearingFileError otherwise)."""
+    data = Path(path).read_bytes()
+    lines = data.decode("ascii").splitlines(keepends=True)
+    if len(lines) < 2 or not lines[0].startswith(f"H,{MAGIC},") or not lines[-1].startswith(
+            "T,"):
+        raise ClearingFileError(f"{path}: not a clearing file (header or trailer missing)")
+    head = lines[0].rstrip("\n").split(",")
+    if head[2] != str(VERSION) or len(head) != 6:
+        raise ClearingFileError(f"{path}: format version {head[2]!r}, this reader knows "
+                                f"{VERSION}")
+    tail = lines[-1].rstrip("\n").split(",")
+    body = "".join(lines[:-1]).encode("ascii")
+    if len(tail) != 7 or hashlib.sha256(body).hexdigest() != tail[6]:
+        raise ClearingFileError(f"{path}: checksum mismatch: the file was altered or cut")
+    rows = [dict(zip(COLUMNS, line.rstrip("\n").split(",")[1:], strict=True))
+            for line in lines[1:-1]]
+    settle = [int(r["settle_fen"]) for r in rows]
+    debit, credit = -sum(s for s in settle if s < 0), sum(s for s in settle if s > 0)
+    fees = sum(int(r["fee_fen"]) for r in rows)
+    if [int(t) for t in tail[1:6]] != [len(rows), debit, credit, fees, credit - debit]:
+        raise ClearingFileError(f"{path}: the trailer's count and totals do not match "
+                                f"its lines")
+    return ClearingFile(party=head[4], date=head[3], cutover=head[5], rows=rows,
+                        debit_fen=debit, credit_fen=credit, fee_fen=fees,
+                        net_fen=credit - debit)
