@@ -177,3 +177,15 @@ def test_regions_bench_refuses_a_malformed_run():
     out = subprocess.run([sys.executable, "-m", "onecard.bench.regions", "--window", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "--window" in out.stderr
+
+
+def test_clearing_bench_reports_time_memory_and_lines(tmp_path):
+    result = tmp_path / "clearing.json"
+    out = subprocess.run([sys.executable, "-m", "onecard.bench.clearing", "--records", "20000",
+                          "--cards", "1000", "--terminals", "50", "--file-records", "2000",
+                          "--json", str(result)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(result.read_text())
+    assert 0 < r["moving_records"] < r["records"] == 20_000 and r["parties"] > 0
+    assert r["peak_mib"] > 0 and r["file_lines"] > r["files"] > 0
+    assert "aim <= 60 s" in out.stdout and "lines/s" in out.stdout

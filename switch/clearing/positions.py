@@ -97,37 +97,42 @@ def _fee_arrays(ref: Reference, fees: dict[str, clearing.Fee]) -> tuple[np.ndarr
     return bps, min_fen
 
 
-def _legs_of(recs: np.ndarray, kind: str, lookups: dict[str, np.ndarray],
-             fees: tuple[np.ndarray, np.ndarray]) -> list:
-    """(party ids, signed amounts, fees) of every leg of this kind's records, each array in
-    the records' order."""
-    medical = kind in ("MEDICAL", "MEDICAL_REFUND")
-    amounts = {"amount": recs["amount_fen"].astype(np.int64)}
-    if medical:
-        m = view(recs, "medical")
-        amounts["pool"] = m["pool_fen"].astype(np.int64)
-        amounts["personal"] = m["personal_fen"].astype(np.int64)
+def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str, np.ndarray],
+               fees: tuple[np.ndarray, np.ndarray], out: Legs, at: int) -> int:
+    """Write the legs of this kind's records (``rows`` of ``recs``) into ``out`` from leg
+    ``at``; the next free leg. Fields are gathered one at a time: a copy of the records
+    themselves would cost 80 bytes each."""
+    def field(layout: str, name: str) -> np.ndarray:
+        return view(recs, layout)[name][rows].astype(np.int64)
+
+    amounts = {"amount": recs["amount_fen"][rows].astype(np.int64)}
+    if kind in ("MEDICAL", "MEDICAL_REFUND"):
+        amounts["pool"] = field("medical", "pool_fen")
+        amounts["personal"] = field("medical", "personal_fen")
         amounts["bill"] = amounts["amount"] + amounts["pool"] + amounts["personal"]
-    card, terminal = recs["card"].astype(np.int64), recs["terminal"].astype(np.int64)
-    out = []
+    card = recs["card"][rows].astype(np.int64)
+    n = len(rows)
     for leg in clearing.LEGS[kind]:
         if leg.role == "acquirer":
-            ids = lookups["acquirer"][terminal]
+            ids = lookups["acquirer"][recs["terminal"][rows].astype(np.int64)]
         elif leg.role == "payer":
-            programme = view(recs, "credit")["programme"].astype(np.int64)
+            programme = field("credit", "programme")
             ids = np.where(programme > 0, lookups["programme"][np.maximum(programme - 1, 0)],
                            lookups["deposit"][card])
         else:
             ids = lookups[leg.role][card]
         amount = amounts[leg.amount]
-        fee = np.zeros(len(recs), dtype=np.int64)
+        fee = 0
         if leg.role == "acquirer" and kind in FEE_KINDS:
-            app = np.minimum(recs["app"].astype(np.int64), len(fees[0]) - 1)
+            app = np.minimum(recs["app"][rows].astype(np.int64), len(fees[0]) - 1)
             fee = clearing.fees_fen(amount, fees[0][app], fees[1][app])
-            out.append((np.full(len(recs), lookups["scheme"], dtype=np.int64),
-                        leg.sign * fee, fee))
-        out.append((ids, leg.sign * amount - leg.sign * fee, fee))
-    return out
+            out.row[at:at + n], out.party[at:at + n] = rows, lookups["scheme"]
+            out.signed[at:at + n], out.fee[at:at + n] = leg.sign * fee, fee
+            at += n
+        out.row[at:at + n], out.party[at:at + n] = rows, ids
+        out.signed[at:at + n], out.fee[at:at + n] = leg.sign * (amount - fee), fee
+        at += n
+    return at
 
 
 def _lookups(ref: Reference, parties: _Parties) -> dict[str, np.ndarray]:
@@ -144,13 +149,14 @@ def _lookups(ref: Reference, parties: _Parties) -> dict[str, np.ndarray]:
     }
 
 
-def _check_references(recs: np.ndarray, nos: np.ndarray, ref: Reference) -> None:
-    card, terminal = recs["card"], recs["terminal"]
-    credit = recs["kind"] == KIND_CREDIT
+def _check_references(recs: np.ndarray, nos: np.ndarray, rows: np.ndarray,
+                      ref: Reference) -> None:
+    card, terminal = recs["card"][rows], recs["terminal"][rows]
+    credit = recs["kind"][rows] == KIND_CREDIT
     bad = (card == NONE) | (card >= len(ref.card_province))
     bad |= ~credit & ((terminal == NONE) | (terminal >= len(ref.terminal_acquirer)))
     if bad.any():
-        no = int(nos[np.flatnonzero(bad)[0]])
+        no = int(nos[rows[np.flatnonzero(bad)[0]]])
         raise ClearingError(f"journal record {no} moves money but names no known card or "
                             f"terminal: {int(bad.sum())} such records")
 
@@ -158,9 +164,11 @@ def _check_references(recs: np.ndarray, nos: np.ndarray, ref: Reference) -> None
 class Legs(msgspec.Struct, kw_only=True):
     """Every leg of a settlement date: leg i moves ``signed[i]`` fen for party ``party[i]``
     (a name in ``names``), by the record ``records[row[i]]`` (journal number ``nos[row[i]]``),
-    with ``fee[i]`` fen of fee in it. Legs of zero fen are left out."""
-    records: np.ndarray              # the date's records that moved money (RECORD_DTYPE)
+    with ``fee[i]`` fen of fee in it. A leg may be of zero fen (a medical bill without a pool
+    share): sums and files leave those out."""
+    records: np.ndarray              # the records given (RECORD_DTYPE), not a copy
     nos: np.ndarray
+    moving: int                      # records of the date that moved money
     row: np.ndarray
     party: np.ndarray
     signed: np.ndarray
@@ -174,28 +182,29 @@ def legs(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
          fees: dict[str, clearing.Fee] | None = None) -> Legs:
     """The settlement date's legs from journal records (any superset of the date's)."""
     cutover_min = clearing.cutover_minutes(cutover)
-    day = clearing.settlement_days(recs["ts_us"], cutover_min) == clearing.day_number(date)
-    moving = day & (recs["rc"] == APPROVED)
+    recs = np.ascontiguousarray(recs)
+    moving = clearing.settlement_days(recs["ts_us"], cutover_min) == clearing.day_number(date)
+    moving &= recs["rc"] == APPROVED
     kinds = {KIND_BY_NAME[k].value: k for k in clearing.LEGS}
     moving &= np.isin(recs["kind"], list(kinds))
-    recs, nos = np.ascontiguousarray(recs[moving]), nos[moving]
-    _check_references(recs, nos, ref)
+    rows = np.flatnonzero(moving)
+    del moving
+    _check_references(recs, nos, rows, ref)
     parties = _Parties()
     lookups = _lookups(ref, parties)
     fee_table = _fee_arrays(ref, clearing.FEES_DEFAULT if fees is None else fees)
-    parts: list[tuple[np.ndarray, ...]] = []
-    for value, kind in kinds.items():
-        rows = np.flatnonzero(recs["kind"] == value)
-        if len(rows):
-            parts += [(rows, *leg) for leg in _legs_of(np.ascontiguousarray(recs[rows]), kind,
-                                                        lookups, fee_table)]
-    empty = np.zeros(0, dtype=np.int64)
-    row, party, signed, fee = (np.concatenate([p[i] for p in parts]) if parts else empty
-                               for i in range(4))
-    kept = signed != 0
-    return Legs(records=recs, nos=nos, row=row[kept], party=party[kept],
-                signed=signed[kept].astype(np.int64), fee=fee[kept].astype(np.int64),
-                names=parties.names, roles=parties.roles)
+    of_kind = {kind: rows[recs["kind"][rows] == value] for value, kind in kinds.items()}
+    total = sum(len(r) * (len(clearing.LEGS[k]) + (k in FEE_KINDS))
+                for k, r in of_kind.items())
+    out = Legs(records=recs, nos=nos, moving=len(rows), row=np.empty(total, dtype=np.int64),
+               party=np.empty(total, dtype=np.int32), signed=np.empty(total, dtype=np.int64),
+               fee=np.empty(total, dtype=np.int64), names=parties.names, roles=parties.roles)
+    at = 0
+    for kind, kind_rows in of_kind.items():
+        if len(kind_rows):
+            at = _fill_kind(recs, kind_rows, kind, lookups, fee_table, out, at)
+    assert at == total, (at, total)
+    return out
 
 
 def positions(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
@@ -207,26 +216,25 @@ def positions(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, 
 
 def summarise(day: Legs, date: dt.date, cutover: str) -> Day:
     """The positions of a date's legs."""
-    return Day(date=date.isoformat(), cutover=cutover, records=len(day.records),
+    return Day(date=date.isoformat(), cutover=cutover, records=day.moving,
                positions=_sum(day))
 
 
 def _sum(day: Legs) -> list[Position]:
-    if not len(day.party):
-        return []
-    order = np.argsort(day.party, kind="stable")
-    ids, signed, fee = day.party[order], day.signed[order], day.fee[order]
-    party, start = np.unique(ids, return_index=True)
-    credit = np.add.reduceat(np.maximum(signed, 0), start)
-    debit = np.add.reduceat(np.maximum(-signed, 0), start)
-    fees = np.add.reduceat(fee, start)
-    counts = np.diff(np.append(start, len(ids)))
-    if int(credit.sum()) != int(debit.sum()):
+    """Exact integer sums per party (np.add.at: no float, no sorted copy of the legs)."""
+    n = len(day.names)
+    net, credit, fees = (np.zeros(n, dtype=np.int64) for _ in range(3))
+    np.add.at(net, day.party, day.signed)
+    np.add.at(credit, day.party, np.maximum(day.signed, 0))
+    np.add.at(fees, day.party, day.fee)
+    counts = np.bincount(day.party[day.signed != 0], minlength=n)
+    debit = credit - net
+    if int(net.sum()) != 0:
         raise ClearingError(f"positions do not net to zero: credits {int(credit.sum())} fen, "
                             f"debits {int(debit.sum())} fen")
-    out = [Position(party=day.names[p], role=day.roles[p], debit_fen=int(d),
-                    credit_fen=int(c), fee_fen=int(f), count=int(n), net_fen=int(c - d))
-           for p, c, d, f, n in zip(party.tolist(), credit.tolist(), debit.tolist(),
-                                    fees.tolist(), counts.tolist(), strict=True)]
+    out = [Position(party=day.names[p], role=day.roles[p], debit_fen=int(debit[p]),
+                    credit_fen=int(credit[p]), fee_fen=int(fees[p]), count=int(counts[p]),
+                    net_fen=int(net[p]))
+           for p in np.flatnonzero(counts).tolist()]
     role_order = {r.name: i for i, r in enumerate(clearing.ROLES)}
     return sorted(out, key=lambda x: (role_order[x.role], x.party))
