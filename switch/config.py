@@ -255,6 +255,11 @@ class ClearingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # [clearing.fees.FIN-PAY] bps = 50, min_fen = 1. Applications not named keep
     # protocols/clearing.py FEES_DEFAULT (public services pay none).
     fees: dict[str, FeeConfig] = msgspec.field(default_factory=dict)
+    # The running switch clears each date after its cut-over (files in out_dir, default
+    # DATA_DIR/clearing/), grace_s later: records decided just before it are committed then.
+    scheduled: bool = True
+    out_dir: str = ""
+    grace_s: Annotated[float, Meta(ge=0, le=3600)] = 60.0
 
     def __post_init__(self) -> None:
         clearing.cutover_minutes(self.cutover)            # ValueError names the value

@@ -283,6 +283,25 @@ class SwitchCollector(Collector):
         yield from _admission(self.switch)
         yield from _state(self.switch)
         yield from _region(self.switch)
+        yield from _clearing(self.switch)
+
+
+def _clearing(sw: Switch) -> Iterator[Metric]:
+    """Clearing runs (issue 16): scheduled after each cut-over, or asked through the API."""
+    c = getattr(sw, "clearing", None)
+    if c is None:
+        return
+    yield CounterMetricFamily("onecard_clearing_runs", "Settlement dates cleared", value=c.runs)
+    yield CounterMetricFamily("onecard_clearing_failures", "Clearing runs that failed (logged; "
+                              "a scheduled one is retried)", value=c.failures)
+    yield GaugeMetricFamily("onecard_clearing_last_duration_seconds",
+                            "Duration of the last clearing run", value=c.last_duration_s)
+    yield GaugeMetricFamily("onecard_clearing_last_records",
+                            "Records that moved money on the last date cleared",
+                            value=c.last_records)
+    yield GaugeMetricFamily("onecard_clearing_last_parties",
+                            "Parties with a position on the last date cleared",
+                            value=c.last_parties)
 
 
 def registry_for(switch: Switch) -> CollectorRegistry:

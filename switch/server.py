@@ -231,6 +231,9 @@ class Switch:
             from onecard.switch.region.link import RegionLink
 
             self.link = RegionLink(self, config.region)
+        from onecard.switch.clearing.service import ClearingService
+
+        self.clearing = ClearingService(self)
 
     def _writers(self, config: Config, loaded: Loaded,
                  lease: Lease | None) -> tuple[GroupCommitter | PgCommitter, Checkpointer]:
@@ -503,6 +506,8 @@ class Switch:
         self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         if srv.idle_timeout_s or srv.partial_frame_timeout_s:
             self._tasks.append(asyncio.create_task(self._idle_loop()))
+        if self.config.clearing.scheduled:
+            self._tasks.append(asyncio.create_task(self.clearing.schedule()))
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):

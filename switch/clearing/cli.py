@@ -25,30 +25,34 @@ from onecard.switch.clearing.positions import (
 )
 
 
-def reference(data_dir: str | Path, kek_file: str | None = None) -> Reference:
-    """Who is behind each card (its state, after replay: cards issued since a checkpoint
-    count), terminal, application and programme."""
-    state = loader.load(data_dir, kek_file=kek_file).state
-    region = state.cards["region"].astype(np.int64)
-    conn = store.connect(store.db_path(data_dir), readonly=True)
-    try:
-        # the regions table's codes (the state's copy numbers provinces by index)
-        rows = np.array(conn.execute("SELECT code, province FROM regions ORDER BY idx"
-                                     ).fetchall(), dtype=np.int64).reshape(-1, 2)
-        terminals = conn.execute("SELECT t.tid, t.merchant, o.code FROM terminals t LEFT JOIN "
-                                 "operators o ON o.idx = t.operator_idx ORDER BY t.idx"
-                                 ).fetchall()
-        apps = [code for (code,) in conn.execute("SELECT code FROM catalogue ORDER BY idx")]
-        programmes = [code for (code,) in conn.execute(
-            "SELECT code FROM programmes ORDER BY idx")]
-    finally:
-        conn.close()
+def registry(conn, card_pan: np.ndarray, card_region: np.ndarray) -> Reference:
+    """Who is behind each card (its number and issuing region index, from the state),
+    terminal, application and programme (the store's tables)."""
+    # the regions table's codes (the state's copy numbers provinces by index)
+    rows = np.array(conn.execute("SELECT code, province FROM regions ORDER BY idx").fetchall(),
+                    dtype=np.int64).reshape(-1, 2)
+    terminals = conn.execute("SELECT t.tid, t.merchant, o.code FROM terminals t LEFT JOIN "
+                             "operators o ON o.idx = t.operator_idx ORDER BY t.idx").fetchall()
+    apps = [code for (code,) in conn.execute("SELECT code FROM catalogue ORDER BY idx")]
+    programmes = [code for (code,) in conn.execute("SELECT code FROM programmes ORDER BY idx")]
+    region = np.asarray(card_region, dtype=np.int64)
     return Reference(card_province=rows[region, 1], card_region=rows[region, 0],
                      terminal_acquirer=[operator or merchant for _, merchant, operator
                                         in terminals],
                      app_codes=apps, programme_codes=programmes,
-                     card_pan=state.cards["pan"].copy(),
+                     card_pan=np.asarray(card_pan, dtype=np.uint64),
                      terminal_tid=[tid for tid, _, _ in terminals])
+
+
+def reference(data_dir: str | Path, kek_file: str | None = None) -> Reference:
+    """The registry of a data set at rest: its cards after replay (cards issued since a
+    checkpoint count)."""
+    state = loader.load(data_dir, kek_file=kek_file).state
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    try:
+        return registry(conn, state.cards["pan"].copy(), state.cards["region"])
+    finally:
+        conn.close()
 
 
 def load(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER_DEFAULT,
@@ -100,21 +104,26 @@ def add_arguments(sub, common) -> None:
     f.add_argument("--out", required=True, help="directory: files go to OUT/YYYYMMDD/")
 
 
-def _date(text: str) -> dt.date:
-    """The --date given, or ValueError with what is wrong with it."""
+class FutureDate(ValueError):
+    """A settlement date that has not begun."""
+
+
+def settlement_date(text: str) -> dt.date:
+    """A settlement date as given (YYYY-MM-DD): ValueError if malformed, FutureDate if it
+    has not begun."""
     try:
         date = dt.date.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"--date {text!r} is not YYYY-MM-DD") from None
+        raise ValueError(f"date {text!r} is not YYYY-MM-DD") from None
     today = dt.datetime.now(clearing.CST).date()
     if date > today + dt.timedelta(days=1):          # after the cut-over: tomorrow's date
-        raise ValueError(f"{date} is in the future (today is {today})")
+        raise FutureDate(f"{date} is in the future (today is {today})")
     return date
 
 
 def run(args: argparse.Namespace, config) -> int:
     try:
-        date = _date(args.date)
+        date = settlement_date(args.date)
         if config.store.backend == "postgresql":
             raise ValueError("a PostgreSQL store is not cleared yet (SQLite only)")
     except ValueError as exc:

@@ -1,0 +1,124 @@
+"""Clearing in the running switch (issue 16, protocols/CLEARING.md): shortly after each
+cut-over the settlement date that just closed is cleared from the committed journal and its
+files are written; the admin API clears a date on demand and serves positions and files.
+
+The work runs in a thread over its own read-only connection to the store: the event loop
+keeps answering terminals. Only the cards' numbers and regions are taken from the live state
+(copied on the loop, between batches); everything else is read from the store, and only
+committed records are read, so a run is what ``onecard clearing`` would compute at rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onecard.protocols import clearing
+from onecard.switch import store
+from onecard.switch.clearing import files
+from onecard.switch.clearing.cli import registry
+from onecard.switch.clearing.positions import Day, legs, summarise
+
+if TYPE_CHECKING:
+    from onecard.switch.server import Switch
+
+log = logging.getLogger("onecard.clearing")
+
+RETRY_S = 300.0                          # a scheduled run that failed is tried again
+
+
+class ClearingService:
+    def __init__(self, switch: Switch) -> None:
+        self.switch = switch
+        cfg = switch.config.clearing
+        self.cutover = cfg.cutover
+        self.fees = cfg.fee_table()
+        self.grace_s = cfg.grace_s
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir else (
+            Path(switch.config.data_dir) / "clearing")
+        self.lock = asyncio.Lock()           # one run at a time
+        self.runs = 0
+        self.failures = 0
+        self.last_date = ""
+        self.last_duration_s = 0.0
+        self.last_records = 0
+        self.last_parties = 0
+
+    @property
+    def available(self) -> bool:
+        """Clearing reads the embedded store (PostgreSQL stores: not yet)."""
+        return self.switch.config.store.backend == "sqlite"
+
+    async def run(self, date: dt.date, *, write: bool = True) -> Day:
+        """Clear a date (again: the same journal gives the same positions and files)."""
+        if not self.available:
+            raise RuntimeError("clearing reads the SQLite store; this switch runs on "
+                               "PostgreSQL (not cleared yet)")
+        async with self.lock:
+            cards = self.switch.state.cards
+            pans, regions = cards["pan"].copy(), cards["region"].copy()
+            began = time.perf_counter()
+            try:
+                day = await asyncio.to_thread(self._run, date, pans, regions, write)
+            except Exception:
+                self.failures += 1
+                raise
+            self.runs += 1
+            self.last_date, self.last_duration_s = date.isoformat(), time.perf_counter() - began
+            self.last_records, self.last_parties = day.records, len(day.positions)
+            log.info("clearing %s: %d records, %d parties, %.2f s%s", date, day.records,
+                     len(day.positions), self.last_duration_s,
+                     f", files in {self.out_dir / date.strftime('%Y%m%d')}" if write else "")
+            return day
+
+    def _run(self, date: dt.date, pans: np.ndarray, regions: np.ndarray, write: bool) -> Day:
+        conn = store.connect(store.db_path(self.switch.config.data_dir), readonly=True)
+        try:
+            ref = registry(conn, pans, regions)
+            recs, nos = store.journal_records(conn)
+        finally:
+            conn.close()
+        day_legs = legs(recs, nos, ref, date, cutover=self.cutover, fees=self.fees)
+        if write:
+            files.write(files.render(day_legs, ref, date, self.cutover), self.out_dir, date)
+        return summarise(day_legs, date, self.cutover)
+
+    def file(self, date: dt.date, party: str) -> Path | None:
+        """A party's file of a date, if that date was cleared here."""
+        path = self.out_dir / date.strftime("%Y%m%d") / files.file_name(party)
+        return path if path.is_file() else None
+
+    def next_run(self, now: dt.datetime) -> tuple[dt.datetime, dt.date]:
+        """When the next scheduled run is due (the next cut-over plus the grace, for records
+        decided just before it to be committed) and the date it clears."""
+        minutes = clearing.cutover_minutes(self.cutover)
+        local = now.astimezone(clearing.CST)
+        at = local.replace(hour=minutes // 60, minute=minutes % 60, second=0, microsecond=0)
+        at += dt.timedelta(seconds=self.grace_s)
+        if at <= local:
+            at += dt.timedelta(days=1)
+        closed_us = np.array([int((at - dt.timedelta(seconds=self.grace_s + 1)).timestamp()
+                                  * 1e6)])
+        return at, clearing.day_date(clearing.settlement_days(closed_us, minutes)[0])
+
+    async def schedule(self) -> None:
+        """Clear each settlement date after its cut-over, for as long as the switch runs."""
+        if not self.available:
+            log.warning("clearing: not scheduled (the PostgreSQL store is not cleared yet)")
+            return
+        while True:
+            at, date = self.next_run(dt.datetime.now(clearing.CST))
+            await asyncio.sleep(max((at - dt.datetime.now(clearing.CST)).total_seconds(), 0))
+            while True:
+                try:
+                    await self.run(date)
+                    break
+                except Exception as exc:       # logged and retried: the switch goes on
+                    log.error("clearing %s failed: %r; again in %.0f s", date, exc, RETRY_S)
+                    await asyncio.sleep(RETRY_S)
