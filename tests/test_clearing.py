@@ -151,6 +151,12 @@ def test_the_command_clears_a_data_set_and_refuses_bad_dates(demo_dir, capsys):
     out = capsys.readouterr().out
     assert f"settlement date {today}" in out and "sum of net positions" in out
     assert out.rstrip().endswith("0.00")
+    assert cli.main(["clearing", "medical", "--data-dir", str(demo_dir), "--month",
+                     today[:7]]) == 0
+    assert "monthly claim per institution" in capsys.readouterr().out
+    assert cli.main(["clearing", "medical", "--data-dir", str(demo_dir), "--month",
+                     "2026-13"]) == 2
+    assert "is not YYYY-MM" in capsys.readouterr().err
     assert cli.main(["clearing", "run", "--data-dir", str(demo_dir), "--date", "30/11"]) == 2
     assert "YYYY-MM-DD" in capsys.readouterr().err
     assert cli.main(["clearing", "run", "--data-dir", str(demo_dir),
@@ -278,3 +284,34 @@ def test_a_clearing_file_altered_or_cut_is_detected(tmp_path):
     path.write_bytes(b"".join(lines[:-1]))                               # no trailer
     with pytest.raises(files.ClearingFileError, match="not a clearing file"):
         files.read(path)
+
+
+# ---- medical -------------------------------------------------------------------------------
+
+def test_medical_totals_per_institution_and_fund_monthly_and_across_provinces():
+    """A Jiangsu insured treated in Shanghai twice (once refunded, on another date of the
+    month) and a Shanghai insured at the same hospital: per institution and fund, the
+    month's claim, and what Jiangsu owes Shanghai (pool and personal shares)."""
+    from onecard.switch.clearing.medical import medical
+
+    ref = Reference(**{**{f: getattr(FILE_REF, f) for f in FILE_REF.__struct_fields__},
+                       "terminal_province": np.array([31, 31, 31, 31])})
+    later = NOON_US + 5 * 86_400_000_000
+    recs = np.concatenate([
+        rec("MEDICAL", 3_000, card=1, terminal=HOSPITAL, pool=5_000, personal=2_000),
+        rec("MEDICAL", 1_000, card=1, terminal=HOSPITAL, pool=500, personal=0, ts_us=later),
+        rec("MEDICAL_REFUND", 1_000, card=1, terminal=HOSPITAL, pool=500, ts_us=later),
+        rec("MEDICAL", 800, card=0, terminal=HOSPITAL, pool=1_200, personal=400),
+        rec("MEDICAL", 9_999, card=0, terminal=HOSPITAL, pool=1, rc="51"),   # declined
+        rec("PURCHASE", 10_000)])
+    day = medical(recs, ref, DAY, DAY)
+    assert [(t.key, t.bills, t.bill_fen, t.pool_fen, t.personal_fen, t.cash_fen)
+            for t in day.by_institution_fund] == [
+        (["HOSPITAL-1", "310000"], 1, 2_400, 1_200, 400, 800),
+        (["HOSPITAL-1", "320100"], 1, 10_000, 5_000, 2_000, 3_000)]
+    month = medical(recs, ref, dt.date(2026, 11, 1), dt.date(2026, 12, 31))
+    (claim,) = month.by_institution
+    assert (claim.key, claim.bills, claim.pool_fen, claim.bill_fen) == (
+        ["HOSPITAL-1"], 2, 6_200, 12_400)                     # the refund netted out
+    (away,) = month.cross_province
+    assert (away.key, away.pool_fen, away.personal_fen) == (["31", "32"], 5_000, 2_000)

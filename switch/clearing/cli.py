@@ -14,7 +14,7 @@ import numpy as np
 
 from onecard.protocols import clearing
 from onecard.switch import loader, store
-from onecard.switch.clearing import files
+from onecard.switch.clearing import files, medical
 from onecard.switch.clearing.positions import (
     ClearingError,
     Day,
@@ -31,17 +31,19 @@ def registry(conn, card_pan: np.ndarray, card_region: np.ndarray) -> Reference:
     # the regions table's codes (the state's copy numbers provinces by index)
     rows = np.array(conn.execute("SELECT code, province FROM regions ORDER BY idx").fetchall(),
                     dtype=np.int64).reshape(-1, 2)
-    terminals = conn.execute("SELECT t.tid, t.merchant, o.code FROM terminals t LEFT JOIN "
-                             "operators o ON o.idx = t.operator_idx ORDER BY t.idx").fetchall()
+    terminals = conn.execute("SELECT t.tid, t.merchant, o.code, r.province FROM terminals t "
+                             "LEFT JOIN operators o ON o.idx = t.operator_idx JOIN regions r "
+                             "ON r.idx = t.region_idx ORDER BY t.idx").fetchall()
     apps = [code for (code,) in conn.execute("SELECT code FROM catalogue ORDER BY idx")]
     programmes = [code for (code,) in conn.execute("SELECT code FROM programmes ORDER BY idx")]
     region = np.asarray(card_region, dtype=np.int64)
     return Reference(card_province=rows[region, 1], card_region=rows[region, 0],
-                     terminal_acquirer=[operator or merchant for _, merchant, operator
+                     terminal_acquirer=[operator or merchant for _, merchant, operator, _
                                         in terminals],
                      app_codes=apps, programme_codes=programmes,
                      card_pan=np.asarray(card_pan, dtype=np.uint64),
-                     terminal_tid=[tid for tid, _, _ in terminals])
+                     terminal_tid=[tid for tid, _, _, _ in terminals],
+                     terminal_province=np.array([p for *_, p in terminals], dtype=np.int64))
 
 
 def reference(data_dir: str | Path, kek_file: str | None = None) -> Reference:
@@ -99,6 +101,12 @@ def add_arguments(sub, common) -> None:
     r = common(csub.add_parser("run", help="a settlement date's net positions per party"))
     r.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
     r.add_argument("--json", help="write the positions as JSON here")
+    m = common(csub.add_parser("medical", help="medical totals per institution and fund, "
+                               "the monthly claim per institution, cross-province totals"))
+    when = m.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", help="one settlement date, YYYY-MM-DD")
+    when.add_argument("--month", help="every settlement date of a month, YYYY-MM")
+    m.add_argument("--json", help="write the totals as JSON here")
     f = common(csub.add_parser("files", help="a settlement date's clearing file per party"))
     f.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
     f.add_argument("--out", required=True, help="directory: files go to OUT/YYYYMMDD/")
@@ -121,15 +129,31 @@ def settlement_date(text: str) -> dt.date:
     return date
 
 
+def _period(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
+    """The dates a command covers: --date, or every date of --month."""
+    if getattr(args, "month", None):
+        try:
+            first = dt.date.fromisoformat(args.month + "-01")
+        except ValueError:
+            raise ValueError(f"month {args.month!r} is not YYYY-MM") from None
+        last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+        settlement_date(first.isoformat())           # not a month still to come
+        return first, last
+    date = settlement_date(args.date)
+    return date, date
+
+
 def run(args: argparse.Namespace, config) -> int:
     try:
-        date = settlement_date(args.date)
+        first, date = _period(args)
         if config.store.backend == "postgresql":
             raise ValueError("a PostgreSQL store is not cleared yet (SQLite only)")
     except ValueError as exc:
         print(f"onecard clearing: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    if args.clearing_command == "medical":
+        return _medical(config, first, date, args.json)
     try:
         day, ref = load(config.data_dir, date, cutover=config.clearing.cutover,
                         fees=config.clearing.fee_table(),
@@ -157,4 +181,27 @@ def _files(day: Legs, ref: Reference, date: dt.date, cutover: str, out: Path,
     print(f"onecard clearing: {len(paths)} files, {lines:,} lines in "
           f"{out / date.strftime('%Y%m%d')}/ ({lines / max(took, 1e-9):,.0f} lines/s; "
           f"{time.perf_counter() - started:.2f} s in all)")
+    return 0
+
+
+def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> int:
+    ref = reference(config.data_dir, config.security.kek_file or None)
+    conn = store.connect(store.db_path(config.data_dir), readonly=True)
+    try:
+        recs, _ = store.journal_records(conn)
+    finally:
+        conn.close()
+    totals = medical.medical(recs, ref, first, last, cutover=config.clearing.cutover)
+    print(f"medical clearing, settlement dates {first} to {last}")
+    for title, rows in (("per institution and insuring fund", totals.by_institution_fund),
+                        ("monthly claim per institution", totals.by_institution),
+                        ("cross-province: treating province, home province",
+                         totals.cross_province)):
+        print(f"{title}:")
+        print(f"  {'':32}{'bills':>7}{'bill':>14}{'pool':>14}{'personal':>14}{'cash':>14}")
+        for t in rows:
+            print(f"  {' / '.join(t.key):32}{t.bills:>7,}{_yuan(t.bill_fen):>14}"
+                  f"{_yuan(t.pool_fen):>14}{_yuan(t.personal_fen):>14}{_yuan(t.cash_fen):>14}")
+    if json_path:
+        Path(json_path).write_bytes(msgspec.json.encode(totals))
     return 0

@@ -60,6 +60,7 @@ class Reference(msgspec.Struct, kw_only=True):
     programme_codes: list[str]      # per programme index
     card_pan: np.ndarray | None = None      # per card: its number (clearing files mask it)
     terminal_tid: list[str] | None = None   # per terminal: its id (clearing files)
+    terminal_province: np.ndarray | None = None  # per terminal: its province (medical)
 
 
 class _Parties:
