@@ -68,6 +68,9 @@ cdef class Authoriser:
     cdef uint16_t today
     cdef uint16_t today_yymm
     cdef int today_y, today_m, today_d, weekday, hour
+    cdef public int cutover_s            # 日切, seconds after midnight China time
+    cdef readonly uint16_t settle_day    # settlement date now (days since 2000-01-01)
+    cdef int settle_m, settle_d
     cdef uint16_t fx_currency[8]
     cdef int64_t fx_rate[8]              # fen per 100 units of the currency (100.00 HKD)
     cdef int n_fx

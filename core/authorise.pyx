@@ -16,6 +16,8 @@ from libc.string cimport memcpy, memset
 
 import numpy as np
 
+from onecard.protocols.clearing import CUTOVER_DEFAULT, cutover_minutes
+
 from onecard.core.codes cimport *
 from onecard.core.crypto cimport check_value, random_bytes, wrap_key
 from onecard.core.journal cimport (JF_APPROVED, JF_DENY_CLEAR, JF_DENY_SET, JF_STAND_IN, NONE32,
@@ -30,6 +32,7 @@ TXN_DTYPE = np.dtype([("pan", "<u8"), ("amount_fen", "<i8"), ("x", "<i8", (4,)),
                       ("batch_no", "<u4"), ("currency", "<u2"), ("kind", "u1"),
                       ("proto", "u1"), ("direction", "u1"), ("offline", "u1")], align=True)
 assert TXN_DTYPE.itemsize == sizeof(Txn)
+_CUTOVER_S = cutover_minutes(CUTOVER_DEFAULT) * 60
 
 cdef enum:
     CST_OFFSET_S = 8 * 3600          # cards are used in China time
@@ -67,6 +70,7 @@ cdef class Authoriser:
             raise ValueError("limits must be positive")
         self.state = state
         self.journal = journal
+        self.cutover_s = _CUTOVER_S                # [clearing] cutover sets the switch's
         self.daily_limit_fen = daily_limit_fen
         self.amount_fen_max = amount_fen_max
         self.topup_fen_max = 100_000          # 1,000 yuan a top-up; the switch sets its own
@@ -86,6 +90,8 @@ cdef class Authoriser:
     cdef void begin(self, int64_t now_us) noexcept nogil:
         cdef int64_t local_s = now_us // 1000000 + CST_OFFSET_S
         cdef int64_t local_days = local_s // 86400
+        cdef int64_t settle_days
+        cdef int y
         self.now_us = now_us
         self.now_s = <uint32_t>(now_us // 1000000)
         self.today = <uint16_t>(local_days - DAYS_1970_TO_2000)
@@ -93,6 +99,10 @@ cdef class Authoriser:
         self.today_yymm = <uint16_t>((self.today_y % 100) * 100 + self.today_m)
         self.weekday = <int>((local_days + 3) % 7)          # 1970-01-01 was a Thursday
         self.hour = <int>((local_s % 86400) // 3600)
+        # protocols.clearing.settlement_days: from the cut-over on, the next date
+        settle_days = (local_s + (86400 - self.cutover_s) % 86400) // 86400
+        self.settle_day = <uint16_t>(settle_days - DAYS_1970_TO_2000)
+        civil(settle_days, &y, &self.settle_m, &self.settle_d)
 
     cdef int age(self, uint16_t birth_day) noexcept nogil:
         cdef int y, m, d, years
@@ -304,6 +314,7 @@ cdef class Authoriser:
             return
         memcpy(j.signon.mac_key_wrapped, enc, 16)
         j.signon.mac_alg = term.mac_alg
+        j.signon.session_day = self.settle_day
         self.commit(j, r)
         memset(mak, 0, 16)
 

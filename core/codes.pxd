@@ -22,6 +22,7 @@ cdef enum RC:
     RC_96 = 17
     RC_A0 = 18
     RC_M1 = 19          # remote medical treatment without a filing: settle in cash
+    RC_77 = 20          # 日切: the terminal's session is of an earlier settlement date
     N_RC = 32           # room to append codes without changing array shapes
 
 cdef const char* rc_chars(uint8_t rc) noexcept nogil      # the two characters of a code

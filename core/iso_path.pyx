@@ -114,6 +114,26 @@ cdef inline int field_label(char* text, char letter, int f) noexcept nogil:
     return n + 1
 
 
+cdef inline bint dated(uint8_t kind) noexcept nogil:
+    """Replies that carry the settlement date (field 15): sign-on, the 0200 family and
+    settlement."""
+    return (kind == KIND_SIGNON or kind == KIND_PURCHASE or kind == KIND_BALANCE
+            or kind == KIND_VOID or kind == KIND_SETTLE)
+
+
+cdef inline bint holds(RingEntry* e, uint32_t seq) noexcept nogil:
+    return e.kind != 0 and e.seq == seq
+
+
+cdef inline bint stale_session(Terminal* term, uint8_t kind, uint16_t settle_day) noexcept nogil:
+    """After the cut-over a POS still on the previous settlement date's session may settle
+    its batch (0500) and reverse (0400), but not start new transactions: 77, sign on again
+    (China bank POS practice). A session of unknown date (signed on before the switch
+    recorded it) is not held to it."""
+    return (term.session_day != 0 and term.session_day < settle_day
+            and (kind == KIND_PURCHASE or kind == KIND_BALANCE or kind == KIND_VOID))
+
+
 cdef inline void copy_if_present(IsoWriter* w, IsoMsg* m, int f) noexcept nogil:
     if has_field(m, f):
         w_copy(w, m, f)
@@ -466,6 +486,12 @@ cdef class IsoPath:
                 r.rc = RC_58
         if r.rc == RC_00 and pd.kind != KIND_ECHO:
             read_txn(pd, &t)
+            # A retransmission gets its original answer whatever the date (the ring's slot
+            # holds its STAN); only a new request of a stale session is sent to sign on.
+            if (stale_session(&self.st.term[t.terminal], pd.kind, self.auth.settle_day)
+                    and not holds(self.st.slot(t.terminal, t.seq), t.seq)):
+                r.rc = RC_77
+        if r.rc == RC_00 and pd.kind != KIND_ECHO:
             route = self.router.route(&t, &r)
             if route == ROUTE_FORWARD or (route == ROUTE_LOCAL and collecting):
                 return 1
@@ -496,6 +522,8 @@ cdef class IsoPath:
         copy_if_present(&w, m, 11)           # absent only in requests of no known kind
         put_local_time(&w, self.auth.now_us, self.auth.today_m, self.auth.today_d)
         copy_if_present(&w, m, 14)
+        if dated(kind):                      # 0810, 0210, 0510: the settlement date (MMDD)
+            w_n(&w, 15, <uint64_t>(self.auth.settle_m * 100 + self.auth.settle_d))
         copy_if_present(&w, m, 25)
         if r.recorded:
             put_text_number(&w, 37, r.record_no, 12)

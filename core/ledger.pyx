@@ -273,6 +273,7 @@ cdef int apply_signon(State st, JSignon* p) noexcept nogil:
         return APPLY_BAD                      # an algorithm this build lacks: nothing changed
     memcpy(t.mak, key, 16)
     t.signed_on = 1
+    t.session_day = p.session_day
     must(mackey_set(&st.mac_keys[p.terminal], t.mac_alg, key))
     return 0
 

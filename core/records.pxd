@@ -113,6 +113,7 @@ cdef struct JSignon:    # SIGNON
     uint8_t flags                        # FLAGS
     uint8_t mac_alg
     uint8_t mac_key_wrapped[16]
+    uint16_t session_day                 # days since 2000-01-01 (China time)
 
 cdef struct JSettle:    # SETTLE
     int64_t ts_us                        # µs since 1970-01-01 UTC

@@ -190,6 +190,8 @@ LAYOUT = {
                     sizeof(_r.signon.mac_alg)),
         "mac_key_wrapped": (at(&_r.signon.mac_key_wrapped),
                             sizeof(_r.signon.mac_key_wrapped)),
+        "session_day": (at(&_r.signon.session_day),
+                        sizeof(_r.signon.session_day)),
     },
     "settle": {
         "ts_us": (at(&_r.settle.ts_us),

@@ -143,7 +143,8 @@ cdef struct Terminal:            # 104 bytes
     uint8_t mac_alg
     uint8_t signed_on
     uint8_t scope                # DataScope
-    uint8_t pad[3]
+    uint8_t pad
+    uint16_t session_day         # settlement date of the sign-on (days since 2000), 0 unknown
     uint8_t tmk[16]              # terminal master key
     uint8_t mak[16]              # working MAC key (valid when signed_on)
     uint8_t merchant[16]         # field 42, 15 characters

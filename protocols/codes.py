@@ -27,6 +27,7 @@ CODES: Final[tuple[tuple[str, str], ...]] = (
     ("96", "system malfunction"),
     ("A0", "MAC failure (or terminal not signed on)"),
     ("M1", "remote medical treatment without a filing (备案): settle in cash"),
+    ("77", "settlement date changed (日切): settle the batch and sign on again"),
 )
 
 CODE_INDEX: Final[dict[str, int]] = {code: i for i, (code, _) in enumerate(CODES)}

@@ -116,6 +116,9 @@ LAYOUTS: Final[dict[str, tuple[Field, ...]]] = {
         Field("mac_alg", "u8", "", "MAC algorithm of the new key (1 X9.19, 2 SM4)", "c:0:8"),
         Field("mac_key_wrapped", "key16", "",
               "the new working MAC key, encrypted under the terminal master key", "a+b"),
+        Field("session_day", "u16", "days since 2000-01-01 (China time)",
+              "the settlement date the terminal's session and batch belong to (0: not "
+              "recorded, a record written before the field existed)", "-"),
     ),
     "settle": (
         Field("batch_no_next", "u32", "", "the terminal's next batch number", "a:0:32"),

@@ -131,6 +131,8 @@ def upgrade(data: bytes, fmt: int) -> bytes:
             continue
         new, src = buf.view(DTYPES[kind.layout]), old[rows]
         for f in LAYOUTS[kind.layout]:
+            if f.v1 == "-":            # a field added since: version 1 did not record it
+                continue
             if f.v1 == "a+b":          # 16 raw bytes: a's eight, then b's
                 raw = np.stack([src["a"], src["b"]], axis=1).astype("<u8")
                 new[f.name][rows] = raw.view(np.uint8).reshape(len(rows), 16)

@@ -45,7 +45,7 @@ HOLDERS_FILE = "holders.bin"
 # Terminal fields that are state (sessions, settlement batch, offline watermark), kept from the
 # checkpoint; everything else comes from the terminal registry.
 SESSION_FIELDS = ("signed_on", "mak", "debit_fen", "credit_fen", "debit_count", "credit_count",
-                  "batch_no", "offline_hw")
+                  "batch_no", "offline_hw", "session_day")
 
 
 @dataclass
@@ -112,7 +112,8 @@ def _merge_sessions(static: np.ndarray, saved: np.ndarray | None) -> np.ndarray:
             log.warning("terminal registry changed since the checkpoint: sessions reset")
         return static
     for name in SESSION_FIELDS:
-        static[name] = saved[name]
+        if name in saved.dtype.names:       # a checkpoint written before a field existed
+            static[name] = saved[name]
     rekeyed = ~np.all(saved["tmk"] == static["tmk"], axis=1)   # a new master key: sign on again
     static["signed_on"][rekeyed] = 0
     static["mak"][rekeyed] = 0

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583, NATIVE, Engine
+from onecard.protocols import clearing
 from onecard.protocols.enums import PROTO
 from onecard.switch import store, tls
 from onecard.switch.admission import (
@@ -202,6 +203,7 @@ class Switch:
                              native_batch_max=config.server.native_batch_max,
                              fx_rates=config.fx.rates())
         self.engine.authoriser.topup_fen_max = config.limits.topup_fen_max
+        self.engine.authoriser.cutover_s = clearing.cutover_minutes(config.clearing.cutover) * 60
         self.durable_no = loaded.next_record_no
         self.waiting: deque = deque()
         self.paused: set[Connection] = set()

@@ -157,6 +157,7 @@ def test_daily_limit_is_61_and_resets_next_day(world):
     (a, b) = t.send(t.purchase(pan, 400_000), t.purchase(pan, 100_001))
     assert (a["39"], b["39"]) == ("00", "61")
     world.engine.clock_offset_us = 86_400 * 1_000_000
+    assert t.signon()["39"] == "00"          # 日切: the next settlement date, a new session
     (c,) = t.send(t.purchase(pan, 100_001))
     assert c["39"] == "00"
 

@@ -189,7 +189,17 @@ def test_a_version_1_journal_recovers_exactly_the_state_it_was_written_with(v1_d
     assert all(len(got.pop(name)) == 0 for name in set(got) - set(want))
     assert sorted(got) == sorted(want)
     for name in want:
-        assert np.array_equal(got[name], want[name]), f"{name} differs"
+        g, w = got[name], want[name]
+        if g.dtype != w.dtype:
+            # A field added since the fixture was written (a terminal's session_day, in its
+            # padding) is zero for its records: not recorded then.
+            added = set(g.dtype.names) - set(w.dtype.names)
+            assert all(not g[f].any() for f in added), (name, added)
+            common = [f for f in w.dtype.names if f in g.dtype.names and f != "pad"]
+            g, w = g[common], w[common]
+            assert all(np.array_equal(g[f], w[f]) for f in common), f"{name} differs"
+            continue
+        assert np.array_equal(g, w), f"{name} differs"
     conn = store.connect(store.db_path(v1_dir), readonly=True)
     try:
         assert store.schema_version(conn) == store.SCHEMA_VERSION

@@ -137,6 +137,7 @@ def test_void_of_an_earlier_days_purchase_is_12(world, days):
     t.send(t.purchase(pan, 400, stan="000410"))
     after_purchase = world.balance(idx)
     world.engine.clock_offset_us += days * DAY_US
+    assert t.signon()["39"] == "00"          # 日切: the next settlement date, a new session
     (v,) = t.send(t.void(pan, 400, "000410"))
     assert v["39"] == "12"
     assert world.balance(idx) == after_purchase
@@ -215,9 +216,10 @@ def test_reversal_of_yesterdays_purchase_does_not_free_todays_limit(world):
     pan, idx = funded_card(world, balance=10_000_000)
     pin_clock(world, dt.datetime(2031, 5, 20, 23, 0, tzinfo=CST))
     world.state.cards["expiry_yymm"][idx] = 9912
+    assert t.signon()["39"] == "00"          # each settlement date its session (日切)
     (p,) = t.send(t.purchase(pan, 400_000, stan="000900"))
     pin_clock(world, dt.datetime(2031, 5, 21, 10, 0, tzinfo=CST))
-    (today,) = t.send(t.purchase(pan, 500_000))
+    (today,) = t.send(t.purchase(pan, 500_000))         # 23:00 was already the 21st's
     (rev,) = t.send(t.reversal(pan, 400_000, "000900"))
     assert (p["39"], today["39"], rev["39"]) == ("00", "00", "00")
     (more,) = t.send(t.purchase(pan, 100_000))
@@ -343,12 +345,12 @@ def test_old_holder_pays_less_than_young_one_for_the_same_meal(world):
     (dt.date(1961, 5, 21), 1_116),     # 70 tomorrow: still 69, the 60+ tier (90%)
 ])
 def test_canteen_tier_changes_on_the_birthday(world, born, charged):
+    pin_clock(world, dt.datetime(2031, 5, 20, 12, 0, tzinfo=CST))
     t = canteen(world, "A")
     pan, idx = funded_card(world)
     world.state.cards["expiry_yymm"][idx] = 9912
     account = world.state.cards["account"][idx]
     world.state.accounts["birth_day"][account] = (born - dt.date(1900, 1, 1)).days
-    pin_clock(world, dt.datetime(2031, 5, 20, 12, 0, tzinfo=CST))
     (r,) = t.send(t.purchase(pan, 1_240))
     assert r["39"] == "00" and r["6"] == f"{charged:012d}"
 
@@ -408,6 +410,7 @@ def test_canteen_limit_starts_again_the_next_day_and_after_a_void(world):
     (b,) = t.send(t.purchase(pan, 10_000))
     assert (a["39"], v["39"], b["39"]) == ("00", "00", "00")
     world.engine.clock_offset_us += DAY_US
+    assert t.signon()["39"] == "00"          # 日切: the next settlement date, a new session
     (c,) = t.send(t.purchase(pan, 10_000))
     assert c["39"] == "00"
 

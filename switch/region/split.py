@@ -91,7 +91,7 @@ VERBATIM_TABLES = ("regions", "operators", "stations", "catalogue", "catalogue_h
                    "policies", "surnames", "programmes", "terminals")
 # A terminal's session, kept only by its acquiring region (see the module docstring).
 ACQUIRER_FIELDS = ("signed_on", "mak", "debit_fen", "credit_fen", "debit_count",
-                   "credit_count")
+                   "credit_count", "session_day")
 NO_CARD = 0xFFFFFFFF                    # a ring slot or journal record naming no card
 ROWS_PER_CHUNK = 100_000
 PAN_PROVINCE_DIGITS = slice(3, 5)       # 621 PP T ...: the issuing province
