@@ -315,3 +315,41 @@ def test_medical_totals_per_institution_and_fund_monthly_and_across_provinces():
         ["HOSPITAL-1"], 2, 6_200, 12_400)                     # the refund netted out
     (away,) = month.cross_province
     assert (away.key, away.pool_fen, away.personal_fen) == (["31", "32"], 5_000, 2_000)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_seeded_real_traffic_of_every_kind_nets_to_zero_on_every_date(demo_dir, terminals,
+                                                                     seed):
+    """The engine's own records of a seeded random run (tests/test_invariants.py: purchases,
+    voids, reversals, HKD, canteen tiers, taps online and offline, venues, medical bills and
+    refunds, top-ups, credits, card changes, retransmissions): every approved record of a
+    money-moving kind is cleared on exactly one date, and each date nets to zero."""
+    import random
+
+    from onecard.protocols.journal_codec import unpack
+    from onecard.switch import store
+    from onecard.switch.clearing.cli import registry
+
+    from conftest import World
+    from test_invariants import Traffic
+
+    world = World(demo_dir, terminals)
+    traffic = Traffic(world, random.Random(seed))
+    for _ in range(400):
+        traffic.step()
+    first, data = world.engine.journal.take()
+    recs = unpack(data)
+    nos = np.arange(first, first + len(recs))
+    conn = store.connect(store.db_path(demo_dir), readonly=True)
+    try:
+        ref = registry(conn, world.state.cards["pan"], world.state.cards["region"])
+    finally:
+        conn.close()
+    moving = (recs["rc"] == CODE_INDEX["00"]) & np.isin(
+        recs["kind"], [KIND_BY_NAME[k].value for k in clearing.LEGS])
+    cleared = 0
+    for day in sorted(set(clearing.settlement_days(recs["ts_us"], 23 * 60).tolist())):
+        d = positions(recs, nos, ref, clearing.day_date(day))
+        assert sum(p.net_fen for p in d.positions) == 0
+        cleared += d.records
+    assert cleared == int(moving.sum()) > 0
