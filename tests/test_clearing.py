@@ -353,3 +353,64 @@ def test_seeded_real_traffic_of_every_kind_nets_to_zero_on_every_date(demo_dir, 
         assert sum(p.net_fen for p in d.positions) == 0
         cleared += d.records
     assert cleared == int(moving.sum()) > 0
+
+
+# ---- regions: hub netting ------------------------------------------------------------------
+
+def test_regions_clear_their_own_journals_and_the_hub_nets_between_them(demo_dir, terminals):
+    """A Jiangsu card at a Shanghai POS is decided and journaled by Jiangsu ("js"), a
+    Shanghai card there by Shanghai ("sh"): each clears its own journal, and the hub finds that
+    js owes sh the merchant's share and each region the hub its fees; the nets sum to zero."""
+    from onecard.protocols.journal_codec import unpack
+    from onecard.switch import store
+    from onecard.switch.clearing import hub
+    from onecard.switch.clearing.cli import registry
+
+    from test_forward import FOREIGN, HOME, Pair
+
+    pair = Pair(demo_dir, terminals)
+    t = pair.iso()
+    foreign, _ = pair.iss.card(FOREIGN)
+    local, _ = pair.acq.card(HOME)
+    replies = t.send(t.purchase(foreign, 10_000), t.purchase(local, 3_000))
+    assert [r["39"] for r in replies] == ["00", "00"]
+    conn = store.connect(store.db_path(demo_dir), readonly=True)
+    try:
+        days, ref = {}, None
+        for name, world in (("sh", pair.acq), ("js", pair.iss)):
+            ref = registry(conn, world.state.cards["pan"], world.state.cards["region"])
+            first, data = world.engine.journal.take()
+            recs = unpack(data)
+            when = clearing.day_date(clearing.settlement_days(recs["ts_us"][-1:], 23 * 60)[0])
+            days[name] = positions(recs, np.arange(first, first + len(recs)), ref, when)
+    finally:
+        conn.close()
+    assert days["sh"].records == 1 and days["js"].records == 1     # FORWARDED moves nothing
+    owners = {int(p): ("js" if p == FOREIGN else "sh") for p in set(ref.card_province)}
+    owners.update({int(p): owners.get(int(p), "sh") for p in set(ref.terminal_province)})
+    acquirer_province = dict(zip(ref.terminal_acquirer, ref.terminal_province.tolist(),
+                                 strict=True))
+    netted = hub.net(days, owners, acquirer_province)
+    # the fees (50 on the Jiangsu card's purchase, 15 on the local one) are the hub's
+    assert [(f.payer, f.payee, f.fen) for f in netted.flows] == [
+        ("js", "hub", 50), ("js", "sh", 9_950), ("sh", "hub", 15)]
+    assert {r.region: r.net_fen for r in netted.regions} == {
+        "hub": 65, "js": -10_000, "sh": 9_935}
+
+
+def test_the_hub_command_nets_the_regions_data_sets(demo_dir, tmp_path, capsys):
+    import sqlite3
+
+    from onecard.switch.region.split import split_data_set
+
+    conn = sqlite3.connect(f"file:{demo_dir / 'onecard.db'}?mode=ro", uri=True)
+    provinces = [p for (p,) in conn.execute("SELECT DISTINCT province FROM regions")]
+    conn.close()
+    split_data_set(demo_dir, tmp_path / "js", [32])
+    split_data_set(demo_dir, tmp_path / "sh", [p for p in provinces if p != 32])
+    today = dt.datetime.now(CST).date().isoformat()
+    assert cli.main(["clearing", "hub", "--date", today, "--region", f"sh={tmp_path / 'sh'}",
+                     "--region", f"js={tmp_path / 'js'}"]) == 0
+    assert f"hub netting, settlement date {today}" in capsys.readouterr().out
+    assert cli.main(["clearing", "hub", "--date", today, "--region", "sh"]) == 2
+    assert "is not NAME=DATA_DIR" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import numpy as np
 
 from onecard.protocols import clearing
 from onecard.switch import loader, store
-from onecard.switch.clearing import files, medical
+from onecard.switch.clearing import files, hub, medical
 from onecard.switch.clearing.positions import (
     ClearingError,
     Day,
@@ -107,6 +107,11 @@ def add_arguments(sub, common) -> None:
     when.add_argument("--date", help="one settlement date, YYYY-MM-DD")
     when.add_argument("--month", help="every settlement date of a month, YYYY-MM")
     m.add_argument("--json", help="write the totals as JSON here")
+    h = common(csub.add_parser("hub", help="net the regions' positions of a date between "
+                               "regions (each region's data set)"))
+    h.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
+    h.add_argument("--region", action="append", required=True, metavar="NAME=DATA_DIR",
+                   help="a region and its data set (repeat for each region)")
     f = common(csub.add_parser("files", help="a settlement date's clearing file per party"))
     f.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
     f.add_argument("--out", required=True, help="directory: files go to OUT/YYYYMMDD/")
@@ -154,6 +159,8 @@ def run(args: argparse.Namespace, config) -> int:
     started = time.perf_counter()
     if args.clearing_command == "medical":
         return _medical(config, first, date, args.json)
+    if args.clearing_command == "hub":
+        return _hub(config, date, args.region)
     try:
         day, ref = load(config.data_dir, date, cutover=config.clearing.cutover,
                         fees=config.clearing.fee_table(),
@@ -204,4 +211,33 @@ def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> in
                   f"{_yuan(t.pool_fen):>14}{_yuan(t.personal_fen):>14}{_yuan(t.cash_fen):>14}")
     if json_path:
         Path(json_path).write_bytes(msgspec.json.encode(totals))
+    return 0
+
+
+def _hub(config, date: dt.date, regions: list[str]) -> int:
+    """Each region's positions from its own data set, netted between regions."""
+    days, owners, acquirer_province = {}, {}, {}
+    for spec in regions:
+        name, sep, data_dir = spec.partition("=")
+        if not (sep and name and data_dir and Path(data_dir).is_dir()):
+            print(f"onecard clearing: --region {spec!r} is not NAME=DATA_DIR (an existing "
+                  f"data directory)", file=sys.stderr)
+            return 2
+        day, ref = load(data_dir, date, cutover=config.clearing.cutover,
+                        fees=config.clearing.fee_table())
+        days[name] = summarise(day, date, config.clearing.cutover)
+        # A region's data set holds its own provinces' cards only (onecard region split).
+        owners.update({int(p): name for p in np.unique(ref.card_province)})
+        acquirer_province.update(zip(ref.terminal_acquirer, ref.terminal_province.tolist(),
+                                     strict=True))
+    try:
+        netted = hub.net(days, owners, acquirer_province)
+    except hub.HubError as exc:
+        print(f"onecard clearing: {exc}", file=sys.stderr)
+        return 1
+    print(f"hub netting, settlement date {date}: {len(netted.flows)} flows between regions")
+    for f in netted.flows:
+        print(f"  {f.payer:>12} pays {f.payee:<12}{_yuan(f.fen):>16}")
+    for r in netted.regions:
+        print(f"  {r.region:>12} net {_yuan(r.net_fen):>16}")
     return 0
