@@ -5,9 +5,10 @@ Every approved record of a kind in ``protocols.clearing.LEGS`` moves money betwe
 (the card's issuer, the terminal's acquirer, medical funds, programmes, the scheme's fees);
 a party's position is what it is owed (credits) minus what it owes (debits). The whole day is
 computed with numpy over the records, no Python per record: party ids come from per-card and
-per-terminal lookup arrays, the legs of each kind are array operations, and the positions are
-sums over the records sorted by party. The positions of a day always sum to zero, to the fen:
-checked before anything is returned.
+per-terminal lookup arrays, the legs of each kind are array operations into preallocated
+arrays (only the fields used are gathered, never a copy of the records), and the positions
+are exact integer sums per party (np.add.at). The positions of a day always sum to zero, to
+the fen: checked before anything is returned.
 """
 
 from __future__ import annotations
