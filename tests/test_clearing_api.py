@@ -95,3 +95,41 @@ def test_the_schedule_clears_each_date_after_its_cutover(now, at, date):
     got_at, got_date = service.next_run(dt.datetime(2026, 11, 30, *now, tzinfo=clearing.CST))
     assert got_at == dt.datetime(2026, *at, tzinfo=clearing.CST)
     assert got_date == dt.date(2026, *date)
+
+
+def test_a_switch_on_postgresql_clears_its_dates(demo_dir, terminals, tmp_path, pg_server):
+    """The same clearing from a PostgreSQL store: through the running switch's API, and by
+    the command at rest."""
+    import json
+    import shutil
+
+    from onecard.switch import cli
+
+    from conftest import on_postgresql, store_config
+
+    path = tmp_path / "data"
+    shutil.copytree(demo_dir, path)
+    on_postgresql(path, pg_server, "clearing_pg")
+    supply = Supply(demo_dir, terminals)
+    info = supply.terminal("FIN-PAY")
+    s = start_switch(path)
+    try:
+        sock, t = iso_session(s, info)
+        try:
+            (reply,) = t.send(t.purchase(supply.card(), 10_000))
+        finally:
+            sock.close()
+        assert reply["39"] == "00"
+        r = AdminClient(s).post(f"/admin/clearing/{today()}", role="finance")
+        assert r.status == 200, r.text
+        nets = {p["party"]: p["net_fen"] for p in r.json()["positions"]}
+        assert nets[f"acquirer:{info.merchant}"] == 10_000 - 50 and sum(nets.values()) == 0
+    finally:
+        s.stop()
+    cfg = tmp_path / "pg.toml"
+    cfg.write_text(store_config(path))
+    out = tmp_path / "positions.json"
+    assert cli.main(["clearing", "run", "--config", str(cfg), "--data-dir", str(path),
+                     "--date", today().isoformat(), "--json", str(out)]) == 0
+    again = {p["party"]: p["net_fen"] for p in json.loads(out.read_text())["positions"]}
+    assert again == nets

@@ -46,35 +46,49 @@ def registry(conn, card_pan: np.ndarray, card_region: np.ndarray) -> Reference:
                      terminal_province=np.array([p for *_, p in terminals], dtype=np.int64))
 
 
-def reference(data_dir: str | Path, kek_file: str | None = None) -> Reference:
-    """The registry of a data set at rest: its cards after replay (cards issued since a
-    checkpoint count)."""
-    state = loader.load(data_dir, kek_file=kek_file).state
+def read_store(data_dir: str | Path, card_pan: np.ndarray, card_region: np.ndarray,
+               dsn: str | None = None) -> tuple[Reference, np.ndarray, np.ndarray]:
+    """The registry and every committed journal record (and their numbers), from the
+    data set's SQLite store, or with ``dsn`` from its PostgreSQL store."""
+    if dsn:
+        from onecard.switch.pg.db import open_db
+        from onecard.switch.pg.journal import journal_rows
+
+        db = open_db(dsn)
+        try:
+            return (registry(db, card_pan, card_region),
+                    *store.records_of(journal_rows(db.pg)))
+        finally:
+            db.close()
     conn = store.connect(store.db_path(data_dir), readonly=True)
     try:
-        return registry(conn, state.cards["pan"].copy(), state.cards["region"])
+        return registry(conn, card_pan, card_region), *store.journal_records(conn)
     finally:
         conn.close()
+
+
+def reference(data_dir: str | Path, kek_file: str | None = None,
+              dsn: str | None = None) -> tuple[Reference, np.ndarray, np.ndarray]:
+    """A data set at rest: its registry with its cards after replay (cards issued since a
+    checkpoint count), and its committed journal."""
+    state = loader.load(data_dir, kek_file=kek_file, dsn=dsn).state
+    return read_store(data_dir, state.cards["pan"].copy(), state.cards["region"], dsn)
 
 
 def load(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER_DEFAULT,
-         fees: dict[str, clearing.Fee] | None = None,
-         kek_file: str | None = None) -> tuple[Legs, Reference]:
-    """The date's legs from the data set's committed journal (SQLite store), and the
-    registry they were resolved with."""
-    ref = reference(data_dir, kek_file)
-    conn = store.connect(store.db_path(data_dir), readonly=True)
-    try:
-        recs, nos = store.journal_records(conn)
-    finally:
-        conn.close()
+         fees: dict[str, clearing.Fee] | None = None, kek_file: str | None = None,
+         dsn: str | None = None) -> tuple[Legs, Reference]:
+    """The date's legs from the data set's committed journal, and the registry they were
+    resolved with."""
+    ref, recs, nos = reference(data_dir, kek_file, dsn)
     return legs(recs, nos, ref, date, cutover=cutover, fees=fees), ref
 
 
 def clear(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER_DEFAULT,
-          fees: dict[str, clearing.Fee] | None = None, kek_file: str | None = None) -> Day:
+          fees: dict[str, clearing.Fee] | None = None, kek_file: str | None = None,
+          dsn: str | None = None) -> Day:
     """The date's positions from the data set's committed journal."""
-    day, _ = load(data_dir, date, cutover=cutover, fees=fees, kek_file=kek_file)
+    day, _ = load(data_dir, date, cutover=cutover, fees=fees, kek_file=kek_file, dsn=dsn)
     return summarise(day, date, cutover)
 
 
@@ -151,8 +165,6 @@ def _period(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
 def run(args: argparse.Namespace, config) -> int:
     try:
         first, date = _period(args)
-        if config.store.backend == "postgresql":
-            raise ValueError("a PostgreSQL store is not cleared yet (SQLite only)")
     except ValueError as exc:
         print(f"onecard clearing: {exc}", file=sys.stderr)
         return 2
@@ -164,7 +176,7 @@ def run(args: argparse.Namespace, config) -> int:
     try:
         day, ref = load(config.data_dir, date, cutover=config.clearing.cutover,
                         fees=config.clearing.fee_table(),
-                        kek_file=config.security.kek_file or None)
+                        kek_file=config.security.kek_file or None, dsn=_dsn(config))
     except ClearingError as exc:
         print(f"onecard clearing: {exc}", file=sys.stderr)
         return 1
@@ -191,13 +203,12 @@ def _files(day: Legs, ref: Reference, date: dt.date, cutover: str, out: Path,
     return 0
 
 
+def _dsn(config) -> str | None:
+    return config.store.dsn if config.store.backend == "postgresql" else None
+
+
 def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> int:
-    ref = reference(config.data_dir, config.security.kek_file or None)
-    conn = store.connect(store.db_path(config.data_dir), readonly=True)
-    try:
-        recs, _ = store.journal_records(conn)
-    finally:
-        conn.close()
+    ref, recs, _ = reference(config.data_dir, config.security.kek_file or None, _dsn(config))
     totals = medical.medical(recs, ref, first, last, cutover=config.clearing.cutover)
     print(f"medical clearing, settlement dates {first} to {last}")
     for title, rows in (("per institution and insuring fund", totals.by_institution_fund),

@@ -2,7 +2,7 @@
 cut-over the settlement date that just closed is cleared from the committed journal and its
 files are written; the admin API clears a date on demand and serves positions and files.
 
-The work runs in a thread over its own read-only connection to the store: the event loop
+The work runs in a thread over its own connection to the store (either): the event loop
 keeps answering terminals. Only the cards' numbers and regions are taken from the live state
 (copied on the loop, between batches); everything else is read from the store, and only
 committed records are read, so a run is what ``onecard clearing`` would compute at rest.
@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onecard.protocols import clearing
-from onecard.switch import store
 from onecard.switch.clearing import files
-from onecard.switch.clearing.cli import registry
+from onecard.switch.clearing.cli import read_store
 from onecard.switch.clearing.positions import Day, legs, summarise
 
 if TYPE_CHECKING:
@@ -50,16 +49,8 @@ class ClearingService:
         self.last_records = 0
         self.last_parties = 0
 
-    @property
-    def available(self) -> bool:
-        """Clearing reads the embedded store (PostgreSQL stores: not yet)."""
-        return self.switch.config.store.backend == "sqlite"
-
     async def run(self, date: dt.date, *, write: bool = True) -> Day:
         """Clear a date (again: the same journal gives the same positions and files)."""
-        if not self.available:
-            raise RuntimeError("clearing reads the SQLite store; this switch runs on "
-                               "PostgreSQL (not cleared yet)")
         async with self.lock:
             cards = self.switch.state.cards
             pans, regions = cards["pan"].copy(), cards["region"].copy()
@@ -78,12 +69,9 @@ class ClearingService:
             return day
 
     def _run(self, date: dt.date, pans: np.ndarray, regions: np.ndarray, write: bool) -> Day:
-        conn = store.connect(store.db_path(self.switch.config.data_dir), readonly=True)
-        try:
-            ref = registry(conn, pans, regions)
-            recs, nos = store.journal_records(conn)
-        finally:
-            conn.close()
+        cfg = self.switch.config
+        ref, recs, nos = read_store(cfg.data_dir, pans, regions, cfg.store.dsn
+                                    if cfg.store.backend == "postgresql" else None)
         day_legs = legs(recs, nos, ref, date, cutover=self.cutover, fees=self.fees)
         if write:
             files.write(files.render(day_legs, ref, date, self.cutover), self.out_dir, date)
@@ -109,9 +97,6 @@ class ClearingService:
 
     async def schedule(self) -> None:
         """Clear each settlement date after its cut-over, for as long as the switch runs."""
-        if not self.available:
-            log.warning("clearing: not scheduled (the PostgreSQL store is not cleared yet)")
-            return
         while True:
             at, date = self.next_run(dt.datetime.now(clearing.CST))
             await asyncio.sleep(max((at - dt.datetime.now(clearing.CST)).total_seconds(), 0))
