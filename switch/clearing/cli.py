@@ -1,5 +1,6 @@
-"""``onecard clearing run``: a settlement date's positions from a data set's committed journal
-(issue 16, protocols/CLEARING.md)."""
+"""``onecard clearing run|files|medical|hub``: a settlement date's positions, clearing files,
+medical totals and the netting between regions, from a data set's committed journal (issue
+16, protocols/CLEARING.md)."""
 
 from __future__ import annotations
 
@@ -169,11 +170,11 @@ def run(args: argparse.Namespace, config) -> int:
         print(f"onecard clearing: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    if args.clearing_command == "medical":
-        return _medical(config, first, date, args.json)
-    if args.clearing_command == "hub":
-        return _hub(config, date, args.region)
     try:
+        if args.clearing_command == "medical":
+            return _medical(config, first, date, args.json)
+        if args.clearing_command == "hub":
+            return _hub(config, date, args.region)
         day, ref = load(config.data_dir, date, cutover=config.clearing.cutover,
                         fees=config.clearing.fee_table(),
                         kek_file=config.security.kek_file or None, dsn=_dsn(config))
