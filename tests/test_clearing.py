@@ -414,3 +414,46 @@ def test_the_hub_command_nets_the_regions_data_sets(demo_dir, tmp_path, capsys):
     assert f"hub netting, settlement date {today}" in capsys.readouterr().out
     assert cli.main(["clearing", "hub", "--date", today, "--region", "sh"]) == 2
     assert "is not NAME=DATA_DIR" in capsys.readouterr().err
+
+
+def test_the_hub_finds_approvals_the_terminal_was_told_were_91(demo_dir, terminals):
+    """The issuer decides and commits, but its answer comes too late: the acquirer answered
+    91 (FORWARDED, origin UNAVAILABLE). A native tap has no reversal, so it is a late
+    approval to resolve; a purchase its terminal then reversed (0400) is not."""
+    from onecard.core.state import TERM_BUS_READER
+    from onecard.protocols.journal_codec import unpack
+    from onecard.switch.clearing import hub
+
+    from test_forward import FOREIGN, Pair
+
+    class LatePair(Pair):
+        def serve(self, sent: bytes) -> bytes | None:
+            if self.up:
+                return super().serve(sent)
+            self.iss.engine.serve_forwarded(sent)      # decided and committed there ...
+            return None                                # ... answered after the timeout
+
+    pair = LatePair(demo_dir, terminals)
+    pair.up = False
+    reader, pos = pair.native(TERM_BUS_READER), pair.iso()
+    pan, _ = pair.iss.card(FOREIGN)
+    (tap,) = reader.send([reader.tap(pan)])
+    stan = pos.next_stan()
+    (bought,) = pos.send(pos.purchase(pan, 700, stan=stan))
+    assert (tap.rc, bought["39"]) == ("91", "91")
+    pair.up = True
+    (undone,) = pos.send(pos.reversal(pan, 700, stan))
+    assert undone["39"] == "00"
+    journals = {}
+    for name, world in (("sh", pair.acq), ("js", pair.iss)):
+        first, data = world.engine.journal.take()
+        journals[name] = (unpack(data), np.arange(first, first + len(data) // 80))
+    iss = journals["js"][0]
+    assert ((iss["kind"] == KIND_BY_NAME["PURCHASE"].value) & (iss["seq"] == int(stan))
+            & (iss["rc"] == CODE_INDEX["00"])).sum() == 1      # approved there, then undone
+    when = clearing.day_date(clearing.settlement_days(journals["sh"][0]["ts_us"][-1:],
+                                                      23 * 60)[0])
+    late = hub.late_approvals("sh", journals["sh"][0], "js", *journals["js"], when)
+    assert [(x.acquirer, x.issuer, x.kind, x.seq, x.terminal) for x in late] == [
+        ("sh", "js", "TAP", tap.seq, reader.info.idx)]
+    assert hub.late_approvals("js", journals["js"][0], "sh", *journals["sh"], when) == []

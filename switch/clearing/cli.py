@@ -228,7 +228,7 @@ def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> in
 
 def _hub(config, date: dt.date, regions: list[str]) -> int:
     """Each region's positions from its own data set, netted between regions."""
-    days, owners, acquirer_province = {}, {}, {}
+    days, owners, acquirer_province, journals = {}, {}, {}, {}
     for spec in regions:
         name, sep, data_dir = spec.partition("=")
         if not (sep and name and data_dir and Path(data_dir).is_dir()):
@@ -238,6 +238,7 @@ def _hub(config, date: dt.date, regions: list[str]) -> int:
         day, ref = load(data_dir, date, cutover=config.clearing.cutover,
                         fees=config.clearing.fee_table())
         days[name] = summarise(day, date, config.clearing.cutover)
+        journals[name] = (day.records, day.nos)
         # A region's data set holds its own provinces' cards only (onecard region split).
         owners.update({int(p): name for p in np.unique(ref.card_province)})
         acquirer_province.update(zip(ref.terminal_acquirer, ref.terminal_province.tolist(),
@@ -252,4 +253,11 @@ def _hub(config, date: dt.date, regions: list[str]) -> int:
         print(f"  {f.payer:>12} pays {f.payee:<12}{_yuan(f.fen):>16}")
     for r in netted.regions:
         print(f"  {r.region:>12} net {_yuan(r.net_fen):>16}")
+    late = [x for acq in journals for iss in journals if acq != iss
+            for x in hub.late_approvals(acq, journals[acq][0], iss, *journals[iss], date,
+                                        cutover=config.clearing.cutover)]
+    print(f"late approvals (the terminal was told 91, the issuer approved): {len(late)}")
+    for x in late:
+        print(f"  {x.acquirer} <- {x.issuer}: terminal {x.terminal} seq {x.seq} {x.kind} "
+              f"{_yuan(x.amount_fen)} (issuer record {x.issuer_record_no})")
     return 0

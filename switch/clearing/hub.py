@@ -7,12 +7,25 @@ date, finds each party's home region (an issuer, deposit or fund: the owner of i
 an acquirer: the owner of its terminals' province; the scheme: the hub itself) and nets what
 each region's clearing says it owes the parties of another: a matrix of region-to-region
 amounts, and one net position per region, summing to zero to the fen.
+
+It also finds the **late approvals** between two regions: a request the acquirer answered
+`91` (its FORWARDED record of origin UNAVAILABLE: the issuer did not answer in time) that the
+issuer nevertheless approved, and that no reversal undid (ISO 8583 purchases get a reversal
+advice; native taps, venue entries, medical bills and top-ups have none). The terminal was
+told "declined" while the card was charged: an exception for an operator to resolve.
 """
 
 from __future__ import annotations
 
-import msgspec
+import datetime as dt
 
+import msgspec
+import numpy as np
+
+from onecard.protocols import clearing, forward
+from onecard.protocols.codes import CODE_INDEX
+from onecard.protocols.journal import KIND_BY_NAME
+from onecard.protocols.journal_codec import view
 from onecard.switch.clearing.positions import Day, Position
 
 HUB = "hub"                                  # the scheme's own fees are the hub's
@@ -33,6 +46,16 @@ class Hub(msgspec.Struct, frozen=True):
     date: str
     flows: list[Flow]
     regions: list[RegionNet]
+
+
+class LateApproval(msgspec.Struct, frozen=True):
+    acquirer: str           # the region whose terminal was told 91
+    issuer: str             # the region that approved the request
+    terminal: int           # index in the (shared) terminal registry
+    seq: int                # the request's STAN or sequence
+    kind: str               # the issuer's record kind (TAP, VENUE, ...)
+    amount_fen: int
+    issuer_record_no: int
 
 
 class HubError(ValueError):
@@ -84,3 +107,40 @@ def net(days: dict[str, Day], owners: dict[int, str],
     assert sum(totals.values()) == 0, totals
     return Hub(date=next(iter(dates), ""), flows=flows,
                regions=[RegionNet(region=r, net_fen=v) for r, v in sorted(totals.items())])
+
+
+FORWARDED = KIND_BY_NAME["FORWARDED"].value
+REVERSAL = KIND_BY_NAME["REVERSAL"].value
+MONEY_KINDS = [KIND_BY_NAME[k].value for k in clearing.LEGS]
+
+
+def _keys(recs: np.ndarray) -> np.ndarray:
+    return (recs["terminal"].astype(np.uint64) << np.uint64(32)) | recs["seq"].astype(np.uint64)
+
+
+def late_approvals(acquirer: str, acq_recs: np.ndarray, issuer: str, iss_recs: np.ndarray,
+                   iss_nos: np.ndarray, date: dt.date, *,
+                   cutover: str = clearing.CUTOVER_DEFAULT) -> list[LateApproval]:
+    """The acquirer's 91s of the date (its FORWARDED records of origin UNAVAILABLE) that the
+    issuer's journal holds as approved money records and no reversal of the same terminal and
+    sequence undid."""
+    acq_recs, iss_recs = np.ascontiguousarray(acq_recs), np.ascontiguousarray(iss_recs)
+    day = clearing.day_number(date)
+    told_91 = ((acq_recs["kind"] == FORWARDED)
+               & (view(acq_recs, "forwarded")["origin"] == forward.ORIGIN["UNAVAILABLE"])
+               & (clearing.settlement_days(acq_recs["ts_us"],
+                                           clearing.cutover_minutes(cutover)) == day))
+    # The issuer decided it within seconds of the acquirer's timeout: the same settlement
+    # date or, across the cut-over, the next (a sequence number repeats over longer times).
+    iss_day = clearing.settlement_days(iss_recs["ts_us"], clearing.cutover_minutes(cutover))
+    approved = (iss_recs["rc"] == CODE_INDEX["00"]) & (iss_day >= day) & (iss_day <= day + 1)
+    reversed_keys = _keys(iss_recs[approved & (iss_recs["kind"] == REVERSAL)])
+    money = approved & np.isin(iss_recs["kind"], MONEY_KINDS) & (iss_recs["kind"] != REVERSAL)
+    rows = np.flatnonzero(money)
+    keys = _keys(iss_recs[rows])
+    late = np.isin(keys, _keys(acq_recs[told_91])) & ~np.isin(keys, reversed_keys)
+    names = {k.value: k.name for k in KIND_BY_NAME.values()}
+    return [LateApproval(acquirer=acquirer, issuer=issuer, terminal=int(r["terminal"]),
+                         seq=int(r["seq"]), kind=names[int(r["kind"])],
+                         amount_fen=int(r["amount_fen"]), issuer_record_no=int(no))
+            for r, no in zip(iss_recs[rows[late]], iss_nos[rows[late]].tolist(), strict=True)]
