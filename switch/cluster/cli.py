@@ -58,6 +58,9 @@ def add_arguments(sub) -> None:
     up.add_argument("--latency-budget-ms", type=int, default=None, metavar="MS",
                     help="--regions: the switches' [server] latency_budget_ms (0: no load "
                     "shedding, for tests and benchmarks on shared machines)")
+    up.add_argument("--forward-timeout-ms", type=int, default=None, metavar="MS",
+                    help="--regions: the switches' [region] timeout_ms (default 150): how "
+                    "long a forwarded batch may wait for its issuer before 91")
     for name, helptext in (("status", "roles and states of the nodes"),
                            ("down", "stop everything `up` started (idempotent)")):
         csub.add_parser(name, help=helptext)
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.cluster_command == "up" and args.regions:
             return regions.up(args.dir, args.regions, args.cards, args.timeout,
-                              args.latency_budget_ms)
+                              args.latency_budget_ms, args.forward_timeout_ms)
         if args.cluster_command == "up":
             return up(args.dir, args.nodes, args.timeout,
                       switch_cards=args.cards if args.switch else 0)

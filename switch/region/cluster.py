@@ -56,20 +56,22 @@ def plan(count: int) -> dict[str, list[int]]:
 
 
 def _config(home: Path, name: str, urls: list[str], ports: list[int],
-            latency_budget_ms: int | None) -> str:
+            latency_budget_ms: int | None, forward_timeout_ms: int | None) -> str:
     quoted = ", ".join(f'"{u}"' for u in urls)
     budget = "" if latency_budget_ms is None else f"latency_budget_ms = {latency_budget_ms}\n"
+    timeout = "" if forward_timeout_ms is None else f"timeout_ms = {forward_timeout_ms}\n"
     return (f'data_dir = "{home / "data"}"\n\n[server]\nterminal_host = "{HOST}"\n'
             f"iso8583_port = {ports[0]}\nnative_port = {ports[1]}\nhttp_port = {ports[2]}\n"
             f"{budget}\n"
-            f'[region]\nname = "{name}"\nnats_urls = [{quoted}]\nrouting_replicas = 3\n')
+            f'[region]\nname = "{name}"\nnats_urls = [{quoted}]\nrouting_replicas = 3\n'
+            f"{timeout}")
 
 
-def _start_switch(home: Path, name: str, urls: list[str],
-                  latency_budget_ms: int | None) -> dict:
+def _start_switch(home: Path, name: str, urls: list[str], latency_budget_ms: int | None,
+                  forward_timeout_ms: int | None) -> dict:
     ports = free_ports(3)
     config = home / "onecard.toml"
-    config.write_text(_config(home, name, urls, ports, latency_budget_ms))
+    config.write_text(_config(home, name, urls, ports, latency_budget_ms, forward_timeout_ms))
     log_path = home / "switch.log"
     pid = spawn([sys.executable, "-m", "onecard.switch.cli", "serve", "--config", str(config)],
                 log_path, home / "switch.pid").pid
@@ -94,13 +96,16 @@ def _wait_ready(switches: dict[str, dict], timeout_s: float) -> None:
 
 
 def up(directory: Path, count: int, cards: int, timeout_s: float = READY_TIMEOUT_S,
-       latency_budget_ms: int | None = None) -> int:
+       latency_budget_ms: int | None = None, forward_timeout_ms: int | None = None) -> int:
     """``latency_budget_ms``: the switches' [server] latency_budget_ms (None: the default;
-    0: no load shedding, for tests and benchmarks on shared machines)."""
+    0: no load shedding, for tests and benchmarks on shared machines); ``forward_timeout_ms``
+    their [region] timeout_ms (None: the default)."""
     from onecard.switch import demo
     from onecard.switch.region import nats_server, route_cli
     from onecard.switch.region.split import split_data_set
 
+    if forward_timeout_ms is not None and not 10 <= forward_timeout_ms <= 10_000:
+        raise ClusterError(f"--forward-timeout-ms {forward_timeout_ms}: from 10 to 10000")
     regions = plan(count)
     directory = directory.resolve()
     if directory.exists() and any(directory.iterdir()):
@@ -119,7 +124,8 @@ def up(directory: Path, count: int, cards: int, timeout_s: float = READY_TIMEOUT
         nats.wait_ready(timeout_s)
         sets = [f"{','.join(map(str, owns))}={name}" for name, owns in regions.items()]
         asyncio.run(route_cli.publish(",".join(nats.urls), sets, replicas=3))
-        switches = {name: _start_switch(directory / name, name, nats.urls, latency_budget_ms)
+        switches = {name: _start_switch(directory / name, name, nats.urls, latency_budget_ms,
+                                        forward_timeout_ms)
                     for name in regions}
         _write(directory, nats.urls, regions, switches)
         _wait_ready(switches, timeout_s)
