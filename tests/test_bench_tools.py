@@ -12,6 +12,19 @@ import pytest
 from onecard.bench.disk import probe
 
 
+def bench(module: str, *args, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    """``python -m onecard.bench.MODULE ARGS``, its output captured."""
+    return subprocess.run([sys.executable, "-m", f"onecard.bench.{module}", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def bench_json(module: str, path, *args, timeout_s: float = 300):
+    """A bench run that must succeed: its output and the figures it wrote to ``path``."""
+    out = bench(module, *args, "--json", path, timeout_s=timeout_s)
+    assert out.returncode == 0, out.stderr
+    return out, json.loads(path.read_text())
+
+
 def test_disk_probe_reports_fsynced_writes_and_cleans_up(tmp_path):
     r = probe(tmp_path, 0.3)
     assert r.writes > 0 and 0 < r.p50_us <= r.p99_us <= r.p999_us <= r.max_us
@@ -22,20 +35,15 @@ def test_disk_probe_reports_fsynced_writes_and_cleans_up(tmp_path):
 def test_disk_probe_refuses_an_unbounded_run(tmp_path):
     with pytest.raises(AssertionError):
         probe(tmp_path, 0)
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.disk", "--dir", str(tmp_path),
-                          "--seconds", "9999"], capture_output=True, text=True, timeout=60)
+    out = bench("disk", "--dir", tmp_path, "--seconds", "9999", timeout_s=60)
     assert out.returncode != 0 and "--seconds" in out.stderr
 
 
 @pytest.mark.slow
 def test_latency_bench_measures_the_switch_the_disk_and_the_echo_server(tmp_path):
-    result = tmp_path / "lat.json"
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.latency", "--shares", "0.05",
-                          "--duration", "1", "--disk-seconds", "0.3", "--cards", "3000",
-                          "--max-run", "8x8", "--connections", "4", "--json", str(result)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    r = json.loads(result.read_text())
+    out, r = bench_json("latency", tmp_path / "lat.json", "--shares", "0.05", "--duration", "1",
+                        "--disk-seconds", "0.3", "--cards", "3000", "--max-run", "8x8",
+                        "--connections", "4")
     assert r["disk"]["writes"] > 0 and r["max_tps"] > 0
     (run,) = r["runs"]
     assert run["rate"] == pytest.approx(0.05 * r["max_tps"])
@@ -46,12 +54,8 @@ def test_latency_bench_measures_the_switch_the_disk_and_the_echo_server(tmp_path
 
 
 def test_core_rate_reports_its_mac_share_and_the_target_cost(tmp_path):
-    result = tmp_path / "core.json"
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.core_rate", "--messages", "2000",
-                          "--batch", "100", "--cards", "2000", "--pyiso-messages", "500",
-                          "--json", str(result)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    r = json.loads(result.read_text())
+    out, r = bench_json("core_rate", tmp_path / "core.json", "--messages", "2000", "--batch",
+                        "100", "--cards", "2000", "--pyiso-messages", "500")
     assert r["codes"] == {"approved": 2000, "declined": 0}
     # The MAC share and the purchase cost are two separate timings, so on a noisy machine the
     # share can exceed the whole: only that it was measured is asserted (no wall-clock order).
@@ -64,12 +68,8 @@ def test_core_rate_reports_its_mac_share_and_the_target_cost(tmp_path):
 
 @pytest.mark.slow
 def test_e2e_measures_the_switchs_cpu_and_commits_with_and_without_fsync(tmp_path):
-    result = tmp_path / "e2e.json"
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.e2e", "--runs", "4x1",
-                          "--duration", "1", "--cards", "3000", "--synchronous", "FULL", "OFF",
-                          "--json", str(result)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    full, off = json.loads(result.read_text())
+    out, (full, off) = bench_json("e2e", tmp_path / "e2e.json", "--runs", "4x1", "--duration",
+                                  "1", "--cards", "3000", "--synchronous", "FULL", "OFF")
     assert (full["synchronous"], off["synchronous"]) == ("FULL", "OFF")
     for r in (full, off):
         assert r["completed"] > 0 and r["codes"].get("00", 0) > 0.5 * r["completed"]
@@ -80,32 +80,24 @@ def test_e2e_measures_the_switchs_cpu_and_commits_with_and_without_fsync(tmp_pat
 
 
 def test_e2e_refuses_a_malformed_run(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.e2e", "--runs", "64x32x2"],
-                         capture_output=True, text=True, timeout=60)
+    out = bench("e2e", "--runs", "64x32x2", timeout_s=60)
     assert out.returncode != 0 and "CONNECTIONSxWINDOW" in out.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (.ci/run installs it)")
 def test_instruction_counts_repeat_and_add_up(tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        path = tmp_path / f"{name}.json"
-        out = subprocess.run([sys.executable, "-m", "onecard.bench.instructions", "--messages",
-                              "200", "--batch", "50", "--cards", "2000", "--json", str(path)],
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr
-        runs.append(json.loads(path.read_text()))
-    a, b = runs
+    a, b = (bench_json("instructions", tmp_path / f"{name}.json", "--messages", "200",
+                       "--batch", "50", "--cards", "2000", timeout_s=600)[1]
+            for name in ("a", "b"))
     # The point of counting instructions: the same work gives the same count, run to run.
     assert a["ir_per_purchase"] == pytest.approx(b["ir_per_purchase"], rel=0.01)
     assert sum(a["by_module"].values()) == pytest.approx(a["ir_per_purchase"], rel=0.01)
     # A purchase's two MACs are most of its instructions; the codec comes next.
     assert max(a["by_module"], key=a["by_module"].get) == "crypto"
     assert a["by_module"]["isocodec"] > 0 and a["mac"] in ("x919", "sm4")
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.instructions", "--compare",
-                          str(tmp_path / "a.json"), str(tmp_path / "b.json")],
-                         capture_output=True, text=True, timeout=60)
+    out = bench("instructions", "--compare", tmp_path / "a.json", tmp_path / "b.json",
+                timeout_s=60)
     assert out.returncode == 0 and "total" in out.stdout and "crypto" in out.stdout
 
 
@@ -124,10 +116,8 @@ def test_pg_compare_measures_sqlite_and_reports_a_pg_topology_in_one_line(tmp_pa
     # until then its refusal must be one line in the table, not a traceback.
     topologies = ["sqlite", "pg"] if _pg_available() else ["sqlite"]
     result = tmp_path / "pgc.json"
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.pg_compare", "--duration", "1",
-                          "--cards", "3000", "--connections", "4", "--window", "4",
-                          "--topologies", *topologies, "--json", str(result)],
-                         capture_output=True, text=True, timeout=300)
+    out = bench("pg_compare", "--duration", "1", "--cards", "3000", "--connections", "4",
+                "--window", "4", "--topologies", *topologies, "--json", result)
     assert "Traceback" not in out.stderr, out.stderr
     r = json.loads(result.read_text())
     assert (r["connections"], r["window"], r["baseline"]) == (4, 4, "sqlite")
@@ -150,12 +140,8 @@ def test_pg_compare_measures_sqlite_and_reports_a_pg_topology_in_one_line(tmp_pa
 
 @pytest.mark.slow
 def test_regions_bench_forwards_the_foreign_share_and_reports_the_p99_difference(tmp_path):
-    result = tmp_path / "regions.json"
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.regions", "--duration", "1",
-                          "--cards", "3000", "--local", "2", "--window", "2",
-                          "--json", str(result)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    r = json.loads(result.read_text())
+    out, r = bench_json("regions", tmp_path / "regions.json", "--duration", "1", "--cards",
+                        "3000", "--local", "2", "--window", "2")
     for setup in ("single", "regions"):
         # local cards, and each of the two issuing regions' cards (three regions by default)
         assert set(r[setup]) == {"local", "js", "zj"}
@@ -174,18 +160,13 @@ def test_regions_bench_forwards_the_foreign_share_and_reports_the_p99_difference
 
 
 def test_regions_bench_refuses_a_malformed_run():
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.regions", "--window", "0"],
-                         capture_output=True, text=True, timeout=60)
+    out = bench("regions", "--window", "0", timeout_s=60)
     assert out.returncode != 0 and "--window" in out.stderr
 
 
 def test_clearing_bench_reports_time_memory_and_lines(tmp_path):
-    result = tmp_path / "clearing.json"
-    out = subprocess.run([sys.executable, "-m", "onecard.bench.clearing", "--records", "20000",
-                          "--cards", "1000", "--terminals", "50", "--file-records", "2000",
-                          "--json", str(result)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    r = json.loads(result.read_text())
+    out, r = bench_json("clearing", tmp_path / "clearing.json", "--records", "20000", "--cards",
+                        "1000", "--terminals", "50", "--file-records", "2000")
     assert 0 < r["moving_records"] < r["records"] == 20_000 and r["parties"] > 0
     assert r["peak_mib"] > 0 and r["file_lines"] > r["files"] > 0
     assert "aim <= 60 s" in out.stdout and "lines/s" in out.stdout
