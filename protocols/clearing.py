@@ -83,6 +83,10 @@ class Fee(NamedTuple):
 # Fees by catalogue application, paid by the acquirer to the scheme on the amount it is owed
 # (and given back by a void or reversal). Public services pay none unless configured.
 FEES_DEFAULT: Final[dict[str, Fee]] = {"FIN-PAY": Fee(50, 1)}
+# The kinds whose acquirer leg carries the fee: what an acquirer is paid, and what undoes it
+# (a top-up's kiosk pays the cash in, and pays no fee on it).
+FEE_KINDS: Final = frozenset({"PURCHASE", "VOID_REVERSAL", "TAP", "OFFLINE_TAP", "VENUE",
+                              "MEDICAL", "REVERSAL", "VOID", "MEDICAL_REFUND"})
 FEE_BPS_MAX: Final = 1_000               # 10%: a fee above is a configuration mistake
 FEE_MIN_FEN_MAX: Final = 10_000
 
@@ -97,6 +101,8 @@ def _check() -> None:
             assert leg.sign in (1, -1) and leg.amount in weights, (kind, leg)
             total += leg.sign * np.array(weights[leg.amount])
         assert not total.any(), f"{kind}'s legs do not sum to zero"
+    assert FEE_KINDS <= {k for k, legs in LEGS.items() if any(leg.role == "acquirer"
+                                                                 for leg in legs)}
 
 
 _check()

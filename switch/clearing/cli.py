@@ -15,6 +15,7 @@ import numpy as np
 
 from onecard.protocols import clearing
 from onecard.switch import loader, store
+from onecard.switch.backend import is_postgresql
 from onecard.switch.clearing import files, hub, medical
 from onecard.switch.clearing.positions import (
     ClearingError,
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace, config) -> int:
             return _hub(config, date, args.region)
         day, ref = load(config.data_dir, date, cutover=config.clearing.cutover,
                         fees=config.clearing.fee_table(),
-                        kek_file=config.security.kek_file or None, dsn=_dsn(config))
+                        kek_file=config.security.kek_file or None, dsn=store_dsn(config))
     except ClearingError as exc:
         print(f"onecard clearing: {exc}", file=sys.stderr)
         return 1
@@ -204,12 +205,14 @@ def _files(day: Legs, ref: Reference, date: dt.date, cutover: str, out: Path,
     return 0
 
 
-def _dsn(config) -> str | None:
-    return config.store.dsn if config.store.backend == "postgresql" else None
+def store_dsn(config) -> str | None:
+    """The PostgreSQL store's connection string, or None for the embedded SQLite store."""
+    return config.store.dsn if is_postgresql(config) else None
 
 
 def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> int:
-    ref, recs, _ = reference(config.data_dir, config.security.kek_file or None, _dsn(config))
+    ref, recs, _ = reference(config.data_dir, config.security.kek_file or None,
+                             store_dsn(config))
     totals = medical.medical(recs, ref, first, last, cutover=config.clearing.cutover)
     print(f"medical clearing, settlement dates {first} to {last}")
     for title, rows in (("per institution and insuring fund", totals.by_institution_fund),

@@ -64,8 +64,7 @@ def _record_columns(recs: np.ndarray, nos: np.ndarray, ref: Reference,
     local = (recs["ts_us"] // 1_000_000 + clearing.CST_OFFSET_S).astype("datetime64[s]")
     times = np.char.replace(np.char.replace(np.char.replace(
         np.datetime_as_string(local), "-", ""), ":", ""), "T", "")
-    names = {k.value: k.name for k in KIND_BY_VALUE.values()}
-    kinds = [names[k] for k in recs["kind"].tolist()]
+    kinds = [KIND_BY_VALUE[k].name for k in recs["kind"].tolist()]
     amount = recs["amount_fen"].astype(np.int64)
     payment = np.isin(recs["kind"], [KIND_BY_NAME[k].value for k in ASKED_LAYOUT_KINDS])
     p = view(recs, "payment")

@@ -24,7 +24,7 @@ import numpy as np
 
 from onecard.protocols import clearing, forward
 from onecard.protocols.codes import CODE_INDEX
-from onecard.protocols.journal import KIND_BY_NAME
+from onecard.protocols.journal import KIND_BY_NAME, KIND_BY_VALUE
 from onecard.protocols.journal_codec import view
 from onecard.switch.clearing.positions import Day, Position
 
@@ -139,8 +139,7 @@ def late_approvals(acquirer: str, acq_recs: np.ndarray, issuer: str, iss_recs: n
     rows = np.flatnonzero(money)
     keys = _keys(iss_recs[rows])
     late = np.isin(keys, _keys(acq_recs[told_91])) & ~np.isin(keys, reversed_keys)
-    names = {k.value: k.name for k in KIND_BY_NAME.values()}
     return [LateApproval(acquirer=acquirer, issuer=issuer, terminal=int(r["terminal"]),
-                         seq=int(r["seq"]), kind=names[int(r["kind"])],
+                         seq=int(r["seq"]), kind=KIND_BY_VALUE[int(r["kind"])].name,
                          amount_fen=int(r["amount_fen"]), issuer_record_no=int(no))
             for r, no in zip(iss_recs[rows[late]], iss_nos[rows[late]].tolist(), strict=True)]

@@ -17,8 +17,7 @@ import numpy as np
 from onecard.protocols import clearing
 from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME
-from onecard.protocols.journal_codec import view
-from onecard.switch.clearing.positions import Reference
+from onecard.switch.clearing.positions import Reference, medical_amounts
 
 MEDICAL = KIND_BY_NAME["MEDICAL"].value
 REFUND = KIND_BY_NAME["MEDICAL_REFUND"].value
@@ -72,12 +71,8 @@ def medical(recs: np.ndarray, ref: Reference, first: dt.date, last: dt.date, *,
                           & (days <= clearing.day_number(last))
                           & np.isin(recs["kind"], [MEDICAL, REFUND])
                           & (recs["rc"] == CODE_INDEX["00"]))
-    m = view(recs, "medical")
-    cash = recs["amount_fen"][rows].astype(np.int64)
-    pool = m["pool_fen"][rows].astype(np.int64)
-    personal = m["personal_fen"][rows].astype(np.int64)
-    amounts = {"bill": cash + pool + personal, "pool": pool, "personal": personal,
-               "cash": cash}
+    amounts = medical_amounts(recs, rows)
+    amounts["cash"] = amounts.pop("amount")
     sign = np.where(recs["kind"][rows] == REFUND, -1, 1).astype(np.int64)
     card = recs["card"][rows].astype(np.int64)
     terminal = recs["terminal"][rows].astype(np.int64)

@@ -25,9 +25,7 @@ from onecard.protocols.journal import KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import view
 
 APPROVED = CODE_INDEX["00"]
-FEE_KINDS = frozenset(k for k, legs in clearing.LEGS.items()
-                      if any(leg.role == "acquirer" and leg.sign > 0 for leg in legs)
-                      or k in ("REVERSAL", "VOID", "MEDICAL_REFUND"))
+MEDICAL_KINDS = ("MEDICAL", "MEDICAL_REFUND")
 
 
 class ClearingError(Exception):
@@ -99,6 +97,17 @@ def _fee_arrays(ref: Reference, fees: dict[str, clearing.Fee]) -> tuple[np.ndarr
     return bps, min_fen
 
 
+def medical_amounts(recs: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Medical records' shares (``rows`` of ``recs``): the cash (``amount``), the pool's,
+    the personal accounts', and the ``bill`` they make together."""
+    m = view(recs, "medical")
+    out = {"amount": recs["amount_fen"][rows].astype(np.int64),
+           "pool": m["pool_fen"][rows].astype(np.int64),
+           "personal": m["personal_fen"][rows].astype(np.int64)}
+    out["bill"] = out["amount"] + out["pool"] + out["personal"]
+    return out
+
+
 def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str, np.ndarray],
                fees: tuple[np.ndarray, np.ndarray], out: Legs, at: int) -> int:
     """Write the legs of this kind's records (``rows`` of ``recs``) into ``out`` from leg
@@ -107,11 +116,8 @@ def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str,
     def field(layout: str, name: str) -> np.ndarray:
         return view(recs, layout)[name][rows].astype(np.int64)
 
-    amounts = {"amount": recs["amount_fen"][rows].astype(np.int64)}
-    if kind in ("MEDICAL", "MEDICAL_REFUND"):
-        amounts["pool"] = field("medical", "pool_fen")
-        amounts["personal"] = field("medical", "personal_fen")
-        amounts["bill"] = amounts["amount"] + amounts["pool"] + amounts["personal"]
+    amounts = (medical_amounts(recs, rows) if kind in MEDICAL_KINDS
+               else {"amount": recs["amount_fen"][rows].astype(np.int64)})
     card = recs["card"][rows].astype(np.int64)
     n = len(rows)
     for leg in clearing.LEGS[kind]:
@@ -125,7 +131,7 @@ def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str,
             ids = lookups[leg.role][card]
         amount = amounts[leg.amount]
         fee = 0
-        if leg.role == "acquirer" and kind in FEE_KINDS:
+        if leg.role == "acquirer" and kind in clearing.FEE_KINDS:
             app = np.minimum(recs["app"][rows].astype(np.int64), len(fees[0]) - 1)
             fee = clearing.fees_fen(amount, fees[0][app], fees[1][app])
             out.row[at:at + n], out.party[at:at + n] = rows, lookups["scheme"]
@@ -196,7 +202,7 @@ def legs(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
     lookups = _lookups(ref, parties)
     fee_table = _fee_arrays(ref, clearing.FEES_DEFAULT if fees is None else fees)
     of_kind = {kind: rows[recs["kind"][rows] == value] for value, kind in kinds.items()}
-    total = sum(len(r) * (len(clearing.LEGS[k]) + (k in FEE_KINDS))
+    total = sum(len(r) * (len(clearing.LEGS[k]) + (k in clearing.FEE_KINDS))
                 for k, r in of_kind.items())
     out = Legs(records=recs, nos=nos, moving=len(rows), row=np.empty(total, dtype=np.int64),
                party=np.empty(total, dtype=np.int32), signed=np.empty(total, dtype=np.int64),

@@ -21,7 +21,7 @@ import numpy as np
 
 from onecard.protocols import clearing
 from onecard.switch.clearing import files
-from onecard.switch.clearing.cli import read_store
+from onecard.switch.clearing.cli import read_store, store_dsn
 from onecard.switch.clearing.positions import Day, legs, summarise
 
 if TYPE_CHECKING:
@@ -70,8 +70,7 @@ class ClearingService:
 
     def _run(self, date: dt.date, pans: np.ndarray, regions: np.ndarray, write: bool) -> Day:
         cfg = self.switch.config
-        ref, recs, nos = read_store(cfg.data_dir, pans, regions, cfg.store.dsn
-                                    if cfg.store.backend == "postgresql" else None)
+        ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg))
         day_legs = legs(recs, nos, ref, date, cutover=self.cutover, fees=self.fees)
         if write:
             files.write(files.render(day_legs, ref, date, self.cutover), self.out_dir, date)
