@@ -113,9 +113,6 @@ def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str,
     """Write the legs of this kind's records (``rows`` of ``recs``) into ``out`` from leg
     ``at``; the next free leg. Fields are gathered one at a time: a copy of the records
     themselves would cost 80 bytes each."""
-    def field(layout: str, name: str) -> np.ndarray:
-        return view(recs, layout)[name][rows].astype(np.int64)
-
     amounts = (medical_amounts(recs, rows) if kind in MEDICAL_KINDS
                else {"amount": recs["amount_fen"][rows].astype(np.int64)})
     card = recs["card"][rows].astype(np.int64)
@@ -124,7 +121,7 @@ def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str,
         if leg.role == "acquirer":
             ids = lookups["acquirer"][recs["terminal"][rows].astype(np.int64)]
         elif leg.role == "payer":
-            programme = field("credit", "programme")
+            programme = view(recs, "credit")["programme"][rows].astype(np.int64)
             ids = np.where(programme > 0, lookups["programme"][np.maximum(programme - 1, 0)],
                            lookups["deposit"][card])
         else:
