@@ -102,42 +102,58 @@ def card_new(Authoriser a, uint64_t pan, uint32_t account, *, int region, int ex
     return card, no
 
 
+cdef JRec* _operator_record(Authoriser a, uint8_t kind, uint32_t card,
+                            uint32_t account) except NULL:
+    """A new record of an operator's change (no terminal), its head filled and approved."""
+    cdef JRec* j = a.journal.append()
+    if j == NULL:
+        raise MemoryError()
+    j.head.ts_us = a.now_us
+    j.head.terminal = NONE32
+    j.head.kind = kind
+    j.head.card = card
+    j.head.account = account
+    j.head.rc = RC_00
+    return j
+
+
+cdef inline uint64_t _enciphered(Authoriser a, uint64_t pan, uint32_t card,
+                                 uint32_t account) noexcept:
+    # Nothing on disk holds a card number in clear; apply deciphers it, as replay does.
+    return pan_cipher(a.state.journal_key, pan, card, account, 0) if a.state.journal_keyed \
+        else pan
+
+
+cdef uint64_t _applied(Authoriser a, JRec* j, uint64_t no, str what, type error) except? 0:
+    """Apply the record just made (growing the cards once if they are full), or take it back
+    (nothing changed: the record must not stay) and raise ``error``. Its record number."""
+    cdef int rc = apply(a.state, j, no)
+    if rc == APPLY_FULL:
+        a.state.reserve_cards(1)
+        rc = apply(a.state, j, no)
+    if rc != 0:
+        a.journal.retract(j)
+        raise error(f"{what} could not be applied ({rc})")
+    return no
+
+
 cdef uint64_t _card_admin(Authoriser a, uint32_t what, uint32_t card, uint64_t pan,
                           uint32_t account, int region, int expiry, int status, int functions,
                           uint32_t operator) except? 0:
     cdef JRec* j
     cdef uint64_t no = a.journal.next_no
-    cdef int rc
     if not (0 <= region <= 0xffff and 0 <= expiry <= 0xffff and 0 <= status <= 0xff
             and 0 <= functions <= 0xff):
         raise ValueError("card region, expiry, status or functions out of range")
-    j = a.journal.append()
-    if j == NULL:
-        raise MemoryError()
-    j.card_admin.ts_us = a.now_us
-    j.card_admin.terminal = NONE32
-    j.card_admin.kind = KIND_CARD_ADMIN
-    j.card_admin.card = card
-    j.card_admin.account = account
-    # Enciphered in the record (nothing on disk holds a card number in clear); apply below
-    # deciphers it, as replay does.
-    j.card_admin.pan = (pan_cipher(a.state.journal_key, pan, card, account, 0)
-                        if a.state.journal_keyed else pan)
+    j = _operator_record(a, KIND_CARD_ADMIN, card, account)
+    j.card_admin.pan = _enciphered(a, pan, card, account)
     j.card_admin.region = <uint16_t>region
     j.card_admin.expiry_yymm = <uint16_t>expiry
     j.card_admin.status = <uint8_t>status
     j.card_admin.functions = <uint8_t>functions
     j.card_admin.operator = operator
     j.card_admin.action = <uint8_t>what
-    j.card_admin.rc = RC_00
-    rc = apply(a.state, j, no)
-    if rc == APPLY_FULL:
-        a.state.reserve_cards(1)
-        rc = apply(a.state, j, no)
-    if rc != 0:
-        a.journal.retract(j)               # nothing changed: the record must not stay
-        raise RuntimeError(f"card change could not be applied ({rc})")
-    return no
+    return _applied(a, j, no, "card change", RuntimeError)
 
 
 def foreign_deny(Authoriser a, uint64_t pan, bint listed, uint8_t province) -> int:
@@ -146,24 +162,10 @@ def foreign_deny(Authoriser a, uint64_t pan, bint listed, uint8_t province) -> i
     already says so (nothing journaled)."""
     cdef JRec* j
     cdef uint64_t no = a.journal.next_no
-    cdef int rc
     if a.state.foreign_listed(pan) == listed:
         return 0
-    j = a.journal.append()
-    if j == NULL:
-        raise MemoryError()
-    j.foreign_deny.ts_us = a.now_us
-    j.foreign_deny.terminal = NONE32
-    j.foreign_deny.card = NONE32
-    j.foreign_deny.account = NONE32
-    j.foreign_deny.kind = KIND_FOREIGN_DENY
-    j.foreign_deny.rc = RC_00
-    j.foreign_deny.pan = (pan_cipher(a.state.journal_key, pan, NONE32, NONE32, 0)
-                          if a.state.journal_keyed else pan)
+    j = _operator_record(a, KIND_FOREIGN_DENY, NONE32, NONE32)
+    j.foreign_deny.pan = _enciphered(a, pan, NONE32, NONE32)
     j.foreign_deny.issuer_province = province
     j.foreign_deny.listed = listed
-    rc = apply(a.state, j, no)
-    if rc != 0:
-        a.journal.retract(j)
-        raise MemoryError(f"another region's card could not be deny-listed ({rc})")
-    return no
+    return _applied(a, j, no, "another region's deny-list change", MemoryError)
