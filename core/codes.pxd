@@ -23,6 +23,8 @@ cdef enum RC:
     RC_A0 = 18
     RC_M1 = 19          # remote medical treatment without a filing: settle in cash
     RC_77 = 20          # 日切: the terminal's session is of an earlier settlement date
+    RC_95 = 21          # 0320 for a batch that is not the terminal's unbalanced one
+    RC_80 = 22          # a settlement date not yet begun
     N_RC = 32           # room to append codes without changing array shapes
 
 cdef const char* rc_chars(uint8_t rc) noexcept nogil      # the two characters of a code

@@ -6,7 +6,8 @@ from libc.string cimport memset
 from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport RC_12, RC_96
 from onecard.core.journal cimport NONE32
-from onecard.core.payments cimport balance, purchase, reversal, settle, void_purchase
+from onecard.core.payments cimport (balance, batch_upload, purchase, reversal, settle,
+                                    void_purchase)
 from onecard.core.services cimport medical, medical_refund, venue, verify
 from onecard.core.state cimport *
 from onecard.core.transit cimport tap, topup
@@ -29,6 +30,8 @@ cdef void decide(Authoriser a, Txn* t, Res* r) noexcept nogil:
         void_purchase(a, t, r)
     elif t.kind == KIND_SETTLE:
         settle(a, t, r)
+    elif t.kind == KIND_BATCH_UPLOAD:
+        batch_upload(a, t, r)
     elif t.kind == KIND_TAP or t.kind == KIND_OFFLINE_TAP:
         t.offline = t.kind == KIND_OFFLINE_TAP
         t.kind = KIND_TAP

@@ -15,6 +15,7 @@ cdef struct Pending:
     uint32_t length
     int dec                      # iso_decode's result
     int missing                  # first mandatory field missing, 0 when none
+    uint8_t malformed            # missing names a field present but malformed (0320)
     uint8_t kind
     uint8_t rc                   # RC_00, or what the terminal checks answered
     uint8_t verify               # its MAC is checked (computed into mac by the group)

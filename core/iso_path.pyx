@@ -8,7 +8,8 @@ is answered with response code 30 and a field 44 naming the problem.
 
 Messages: 0800 sign-on, 0820 echo, 0200 purchase (processing code 00xxxx), balance inquiry
 (31xxxx) and void (20xxxx, original STAN in field 61), 0400 reversal of a purchase (00xxxx)
-or of a void (20xxxx), 0500 settlement (totals in field 48).
+or of a void (20xxxx), 0500 settlement (totals in field 48), 0320 batch upload after a 0500
+answered "not balanced" (field 60's network code: 201 a transaction, 202 the end).
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -29,6 +30,10 @@ from onecard.core.state cimport *
 
 cdef enum:
     SETTLE_TEXT = 37             # field 48: debit n12, count n6, credit n12, count n6, result n1
+    FIELD60_DIGITS = 11          # type n2, batch number n6, network code n3
+    UPLOAD_ITEM = 201            # 0320 network codes: a transaction of the batch
+    UPLOAD_END = 202             #   the end of the upload (field 48: how many, n4)
+    UPLOAD_COUNT_CHARS = 4
 
 
 cdef inline uint32_t reply_mti(uint32_t mti) noexcept nogil:
@@ -53,6 +58,13 @@ cdef inline int required(IsoMsg* m, uint8_t kind) noexcept nogil:
         if not has_field(m, 48):
             return 48
         return 60 if not has_field(m, 60) else 0
+    if kind == KIND_BATCH_UPLOAD:
+        if not has_field(m, 60):
+            return 60
+        if digits(m, 60, 8, 3) == UPLOAD_END:
+            return 48 if not has_field(m, 48) else 0
+        if not has_field(m, 3):
+            return 3
     if not has_field(m, 2) and not has_field(m, 35):
         return 2
     if kind != KIND_BALANCE and not has_field(m, 4):
@@ -112,6 +124,38 @@ cdef inline int field_label(char* text, char letter, int f) noexcept nogil:
         n += 1
     text[n] = <char>(48 + f % 10)
     return n + 1
+
+
+cdef inline int malformed_upload(IsoMsg* m) noexcept nogil:
+    """The first field of a 0320 (all mandatory ones present) whose value cannot be an
+    upload's, 0 when none: field 60 of 11 digits naming a transaction or the end, a
+    transaction of a purchase or a void, an end's count of 4 digits, a settlement date
+    (field 15, optional) that is a month and a day."""
+    cdef uint64_t code = digits(m, 60, 8, 3), date, proc
+    cdef int i
+    if m.nlen[60] != FIELD60_DIGITS or (code != UPLOAD_ITEM and code != UPLOAD_END):
+        return 60
+    if code == UPLOAD_END:
+        if m.nlen[48] != UPLOAD_COUNT_CHARS:
+            return 48
+        for i in range(UPLOAD_COUNT_CHARS):
+            if not 48 <= m.p[m.off[48] + i] <= 57:
+                return 48
+    else:
+        proc = digits(m, 3, 0, 2)
+        if proc != 0 and proc != 20:
+            return 3
+    if has_field(m, 15):
+        date = digits(m, 15, 0, 4)
+        if not (1 <= date // 100 <= 12 and 1 <= date % 100 <= 31):
+            return 15
+    return 0
+
+
+cdef inline uint8_t permission_kind(uint8_t kind) noexcept nogil:
+    """The permission bit a kind needs: a terminal that may settle may upload the batch it
+    settled (permission bits are stored in data sets made before uploads existed)."""
+    return KIND_SETTLE if kind == KIND_BATCH_UPLOAD else kind
 
 
 cdef inline bint dated(uint8_t kind) noexcept nogil:
@@ -193,6 +237,15 @@ cdef inline void read_txn(Pending* pd, Txn* t) noexcept nogil:
             t.currency = <uint16_t>digits(m, 49, 0, 3)
         if kind == KIND_VOID:
             t.orig_seq = <uint32_t>digits(m, 61, 6, 6)
+    if kind == KIND_BATCH_UPLOAD:
+        t.batch_no = <uint32_t>digits(m, 60, 2, 6)
+        t.x[0] = <int64_t>digits(m, 60, 8, 3)
+        if t.x[0] == UPLOAD_END:
+            t.x[1] = <int64_t>digits(m, 48, 0, UPLOAD_COUNT_CHARS)
+        else:
+            t.direction = KIND_VOID if digits(m, 3, 0, 2) == 20 else KIND_PURCHASE
+        if has_field(m, 15):
+            t.x[2] = <int64_t>digits(m, 15, 0, 4)
     if kind == KIND_SETTLE:
         t.batch_no = <uint32_t>digits(m, 60, 2, 6)
         t.x[0] = <int64_t>digits(m, 48, 0, 12)
@@ -203,7 +256,8 @@ cdef inline void read_txn(Pending* pd, Txn* t) noexcept nogil:
 
 cdef inline size_t write_missing(Pending* pd, OutBuf* out) noexcept nogil:
     """The reply to a request without one of its mandatory fields: response code 30, field 44
-    "M" and the field's number. Returns the new end of out."""
+    "M" and the field's number ("F" when it is there but malformed). Returns the new end of
+    out."""
     cdef IsoMsg* m = &pd.m
     cdef IsoWriter w
     cdef char text[4]
@@ -212,7 +266,7 @@ cdef inline size_t write_missing(Pending* pd, OutBuf* out) noexcept nogil:
     w_ans(&w, 39, b"30", 2)
     copy_if_present(&w, m, 41)
     copy_if_present(&w, m, 42)
-    w_ans(&w, 44, text, field_label(text, 77, pd.missing))
+    w_ans(&w, 44, text, field_label(text, 70 if pd.malformed else 77, pd.missing))
     return w_end(&w)
 
 
@@ -403,6 +457,7 @@ cdef class IsoPath:
         pd.length = length
         pd.kind = KIND_OTHER
         pd.missing = 0
+        pd.malformed = 0
         pd.proc_code = 0
         pd.verify = 0
         pd.term_idx = -1
@@ -417,6 +472,10 @@ cdef class IsoPath:
             pd.kind = KIND_ECHO
         elif m.mti == 500:
             pd.kind = KIND_SETTLE
+        elif m.mti == 320:
+            pd.kind = KIND_BATCH_UPLOAD
+            if field_u64(m, 3, &v) == 0:
+                pd.proc_code = <uint32_t>v
         elif m.mti == 200 or m.mti == 400:
             if field_u64(m, 3, &v) == 0:
                 pd.proc_code = <uint32_t>v
@@ -429,6 +488,9 @@ cdef class IsoPath:
                     pd.kind = KIND_VOID if m.mti == 200 else KIND_REVERSAL
         if pd.kind != KIND_OTHER:
             pd.missing = required(m, pd.kind)
+            if pd.missing == 0 and pd.kind == KIND_BATCH_UPLOAD:
+                pd.missing = malformed_upload(m)
+                pd.malformed = pd.missing != 0
         elif (m.mti == 200 or m.mti == 400) and not has_field(m, 3):
             pd.missing = 3
         if pd.missing:
@@ -482,7 +544,8 @@ cdef class IsoPath:
             r.rc = RC_A0
         if r.rc == RC_00 and pd.term_idx >= 0:
             term = &self.st.term[pd.term_idx]
-            if term.protocol != PROTO_ISO8583 or not (term.permitted >> pd.kind) & 1:
+            if (term.protocol != PROTO_ISO8583
+                    or not (term.permitted >> permission_kind(pd.kind)) & 1):
                 r.rc = RC_58
         if r.rc == RC_00 and pd.kind != KIND_ECHO:
             read_txn(pd, &t)

@@ -285,6 +285,7 @@ cdef int apply_settle(State st, JRec* r, uint64_t no) noexcept nogil:
     t.debit_fen = t.credit_fen = 0
     t.debit_count = t.credit_count = 0
     t.batch_no = p.batch_no_next
+    t.upload_open = p.result == 2        # its batch may be uploaded (0320) until the next
     ring_put(st, &r.head, no, KIND_SETTLE, p.debit_fen, p.credit_fen, p.result,
              ring_settle_counts(p.debit_count, p.credit_count))
     return 0
@@ -401,6 +402,8 @@ cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
         return apply_forwarded(st, r, no)
     if kind == KIND_SETTLE:
         return apply_settle(st, r, no)
+    if kind == KIND_BATCH_UPLOAD or kind == KIND_ADJUSTMENT:
+        return 0                         # for clearing to read: no state changes
     if (kind == KIND_VERIFY or kind == KIND_VENUE or kind == KIND_TOPUP
             or kind == KIND_BALANCE):
         return apply_service(st, r, no)

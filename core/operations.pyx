@@ -169,3 +169,27 @@ def foreign_deny(Authoriser a, uint64_t pan, bint listed, uint8_t province) -> i
     j.foreign_deny.issuer_province = province
     j.foreign_deny.listed = listed
     return _applied(a, j, no, "another region's deny-list change", MemoryError)
+
+
+def adjust(Authoriser a, uint32_t terminal, uint32_t seq, uint32_t card, int64_t amount_fen,
+           *, uint8_t exception, uint32_t ref, uint8_t direction, uint32_t operator) -> int:
+    """差错调整: journal an operator's resolution of a clearing exception (the terminal and
+    STAN it is about, its kind and reference) moving ``amount_fen`` between the card's
+    issuer and the terminal's acquirer (``direction`` 1: the acquirer is owed it, 2: it owes
+    it); no account changes. The record number."""
+    cdef JRec* j
+    cdef uint64_t no = a.journal.next_no
+    if terminal >= a.state.n_terminals or card >= a.state.n_cards:
+        raise IndexError("no such terminal or card")
+    if not 0 <= amount_fen <= <int64_t>0x7fffffffffff or direction not in (1, 2):
+        raise ValueError("an adjustment moves 0 or more fen, one way (direction 1 or 2)")
+    j = _operator_record(a, KIND_ADJUSTMENT, card, NONE32)
+    j.head.terminal = terminal
+    j.head.seq = seq
+    j.head.app = <uint8_t>a.state.term[terminal].app
+    j.head.amount_fen = amount_fen
+    j.adjustment.operator = operator
+    j.adjustment.ref = ref
+    j.adjustment.exception = exception
+    j.adjustment.direction = direction
+    return _applied(a, j, no, "adjustment", RuntimeError)

@@ -249,3 +249,58 @@ cdef void settle(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j.settle.batch_no_next = t.batch_no + 1
     j.settle.result = r.settle_result
     a.commit(j, r)
+
+
+cdef inline bint date_to_come(Authoriser a, int64_t mmdd) noexcept nogil:
+    """A settlement date (MMDD, no year) after the switch's: within half a year ahead it is
+    this year's and has not begun; further ahead it is last year's (a batch of late December
+    uploaded in January)."""
+    cdef int64_t today = a.settle_m * 100 + a.settle_d
+    return mmdd > today and mmdd - today < 600
+
+
+cdef inline uint64_t masked_pan(uint64_t pan, uint8_t* digits) noexcept nogil:
+    """The first six and last four digits of a card number (what a clearing exception may
+    show), and how many digits it has."""
+    cdef uint64_t lead = pan
+    cdef uint8_t n = 0
+    while lead:
+        lead //= 10
+        n += 1
+    digits[0] = n
+    lead = pan
+    while lead >= 1000000:
+        lead //= 10
+    return lead * 10000 + pan % 10000
+
+
+cdef void batch_upload(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """0320: one transaction of the batch the last 0500 found unbalanced, as the terminal
+    has it, or the end of the upload: journaled for clearing to reconcile (it moves no
+    money, changes no state). A batch that is not the one settled unbalanced is 95, a
+    settlement date not begun 80: nothing is journaled for either."""
+    cdef Terminal* term = &a.state.term[t.terminal]
+    cdef int64_t idx
+    cdef JRec* j
+    if not term.upload_open or t.batch_no + 1 != term.batch_no:
+        r.rc = RC_95
+        return
+    if t.x[2] and date_to_come(a, t.x[2]):
+        r.rc = RC_80
+        return
+    idx = a.state.find_card(t.pan) if t.pan else -1
+    r.rc = RC_00
+    j = a.record(t, r, idx)
+    if j == NULL:
+        return
+    j.head.account = NONE32             # the cardholder's account is not touched
+    j.head.balance_fen_after = 0
+    j.upload.batch_no = t.batch_no
+    if t.x[0] == 202:                    # the end: how many transactions the terminal sent
+        j.upload.count = <uint32_t>t.x[1]
+    else:
+        j.upload.orig_kind = t.direction
+        j.upload.amount_asked_minor = t.amount_fen
+        j.upload.currency = currency_or_cny(t)
+        j.upload.pan_masked = masked_pan(t.pan, &j.upload.pan_len)
+    a.commit(j, r)

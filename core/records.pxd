@@ -226,6 +226,43 @@ cdef struct JForeignDeny:    # FOREIGN_DENY
     uint8_t issuer_province              # province code
     uint8_t listed
 
+cdef struct JUpload:    # BATCH_UPLOAD
+    int64_t ts_us                        # µs since 1970-01-01 UTC
+    int64_t amount_fen                   # fen
+    int64_t balance_fen_after            # fen
+    uint32_t terminal                    # index
+    uint32_t seq
+    uint32_t card                        # index
+    uint32_t account                     # index
+    uint8_t kind                         # Kind
+    uint8_t app                          # index
+    uint8_t rc                           # index
+    uint8_t flags                        # FLAGS
+    int64_t amount_asked_minor           # minor units of currency
+    uint64_t pan_masked
+    uint32_t batch_no
+    uint32_t count
+    uint16_t currency                    # ISO 4217 numeric
+    uint8_t orig_kind                    # Kind
+    uint8_t pan_len                      # digits
+
+cdef struct JAdjustment:    # ADJUSTMENT
+    int64_t ts_us                        # µs since 1970-01-01 UTC
+    int64_t amount_fen                   # fen
+    int64_t balance_fen_after            # fen
+    uint32_t terminal                    # index
+    uint32_t seq
+    uint32_t card                        # index
+    uint32_t account                     # index
+    uint8_t kind                         # Kind
+    uint8_t app                          # index
+    uint8_t rc                           # index
+    uint8_t flags                        # FLAGS
+    uint32_t operator                    # index
+    uint32_t ref
+    uint8_t exception                    # EXCEPTIONS
+    uint8_t direction
+
 cdef struct JCardAdmin:    # CARD_ADMIN
     int64_t ts_us                        # µs since 1970-01-01 UTC
     int64_t amount_fen                   # fen
@@ -259,5 +296,7 @@ cdef union JRec:
     JCredit credit
     JForwarded forwarded
     JForeignDeny foreign_deny
+    JUpload upload
+    JAdjustment adjustment
     JCardAdmin card_admin
     uint8_t raw[80]

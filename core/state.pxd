@@ -31,6 +31,8 @@ cpdef enum Kind:
     KIND_TOPUP = 21              # cash paid in at a kiosk
     KIND_FORWARDED = 22          # journal only: the acquirer's side of another region's card
     KIND_FOREIGN_DENY = 23       # journal only: another region's card onto or off the deny list
+    KIND_BATCH_UPLOAD = 24       # 0320: a transaction of an unbalanced batch, as the POS has it
+    KIND_ADJUSTMENT = 25         # journal only: 差错调整 of a clearing exception by an operator
     N_KINDS = 32
 
 cpdef enum Proto:
@@ -143,7 +145,7 @@ cdef struct Terminal:            # 104 bytes
     uint8_t mac_alg
     uint8_t signed_on
     uint8_t scope                # DataScope
-    uint8_t pad
+    uint8_t upload_open          # the last 0500 was not balanced: its batch may be uploaded
     uint16_t session_day         # settlement date of the sign-on (days since 2000), 0 unknown
     uint8_t tmk[16]              # terminal master key
     uint8_t mak[16]              # working MAC key (valid when signed_on)

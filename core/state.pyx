@@ -37,7 +37,7 @@ TERMINAL_DTYPE = _dtype([("tid", "<u8"), ("debit_fen", "<i8"), ("credit_fen", "<
                          ("offline_hw", "<u4"), ("batch_no", "<u4"), ("debit_count", "<u4"),
                          ("credit_count", "<u4"), ("app", "<u2"), ("policy", "<u2"),
                          ("kind", "u1"), ("protocol", "u1"), ("mac_alg", "u1"),
-                         ("signed_on", "u1"), ("scope", "u1"), ("pad", "u1"),
+                         ("signed_on", "u1"), ("scope", "u1"), ("upload_open", "u1"),
                          ("session_day", "<u2"),
                          ("tmk", "u1", (16,)), ("mak", "u1", (16,)), ("merchant", "S16")],
                         sizeof(Terminal))

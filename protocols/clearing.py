@@ -72,7 +72,40 @@ LEGS: Final[dict[str, tuple[Leg, ...]]] = {
     "CREDIT": (Leg("payer", -1, "amount"), Leg("issuer", +1, "amount")),
     "MEDICAL": _CARE,
     "MEDICAL_REFUND": tuple(Leg(leg.role, -leg.sign, leg.amount) for leg in _CARE),
+    # 差错调整: a sale's legs with the amount signed by the record's direction (1: the
+    # acquirer is owed it, 2: it owes it); no fee
+    "ADJUSTMENT": _SALE,
 }
+ADJUST_OWED: Final = 1                   # adjustment.direction: the acquirer is owed
+ADJUST_OWES: Final = 2                   #   the acquirer owes
+DIRECTIONS: Final[dict[str, int]] = {"acquirer_owed": ADJUST_OWED, "acquirer_owes": ADJUST_OWES}
+
+
+class ExceptionKind(NamedTuple):
+    name: str
+    value: int          # durable: ADJUSTMENT records name the exception they resolve by it
+    doc: str
+
+
+# What reconciliation finds (switch/clearing/exceptions.py): an operator with the finance
+# role resolves each with an adjustment (ADJUSTMENT record). Append, never renumber.
+EXCEPTIONS: Final[tuple[ExceptionKind, ...]] = (
+    ExceptionKind("MISSING_AT_SWITCH", 1, "the terminal uploaded a transaction its batch in "
+                  "the switch's journal does not have"),
+    ExceptionKind("MISSING_AT_TERMINAL", 2, "the switch's batch has an approved transaction "
+                  "the terminal did not upload"),
+    ExceptionKind("AMOUNT_MISMATCH", 3, "both have the transaction, with different amounts "
+                  "or currencies"),
+    ExceptionKind("CARD_MISMATCH", 4, "both have the transaction, with different cards"),
+    ExceptionKind("COUNT_MISMATCH", 5, "the upload's end counts other than the transactions "
+                  "uploaded"),
+    ExceptionKind("NOT_UPLOADED", 6, "a batch answered \"not balanced\" whose upload has "
+                  "not ended (no 0320 with network code 202)"),
+    ExceptionKind("MEDICAL_TOTALS", 7, "a medical institution's daily totals for a fund "
+                  "differ from the switch's"),
+)
+EXCEPTION: Final[dict[str, int]] = {e.name: e.value for e in EXCEPTIONS}
+EXCEPTION_NAME: Final[dict[int, str]] = {e.value: e.name for e in EXCEPTIONS}
 
 
 class Fee(NamedTuple):
@@ -101,6 +134,8 @@ def _check() -> None:
             assert leg.sign in (1, -1) and leg.amount in weights, (kind, leg)
             total += leg.sign * np.array(weights[leg.amount])
         assert not total.any(), f"{kind}'s legs do not sum to zero"
+    assert len(EXCEPTION) == len(EXCEPTION_NAME) == len(EXCEPTIONS)
+    assert "ADJUSTMENT" not in FEE_KINDS
     assert FEE_KINDS <= {k for k, legs in LEGS.items() if any(leg.role == "acquirer"
                                                                  for leg in legs)}
 

@@ -28,6 +28,8 @@ CODES: Final[tuple[tuple[str, str], ...]] = (
     ("A0", "MAC failure (or terminal not signed on)"),
     ("M1", "remote medical treatment without a filing (备案): settle in cash"),
     ("77", "settlement date changed (日切): settle the batch and sign on again"),
+    ("95", "reconcile error: no unbalanced batch of this number to upload (0320)"),
+    ("80", "invalid date: a settlement date that has not begun"),
 )
 
 CODE_INDEX: Final[dict[str, int]] = {code: i for i, (code, _) in enumerate(CODES)}

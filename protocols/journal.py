@@ -186,6 +186,35 @@ LAYOUTS: Final[dict[str, tuple[Field, ...]]] = {
               "number", "-"),
         Field("listed", "u8", "", "1 onto the deny list, 0 off it", "-"),
     ),
+    "upload": (
+        # One message of a POS batch upload (0320) after a 0500 answered "not balanced":
+        # a transaction as the terminal has it, or the end of the upload. Moves no money and
+        # changes no state; clearing's reconciliation compares these with the terminal's
+        # batch in the journal (switch/clearing/reconcile.py).
+        Field("amount_asked_minor", "i64", "minor units of currency",
+              "the transaction's amount as the terminal uploaded it (0 for the end)", "-"),
+        Field("pan_masked", "u64", "", "the uploaded card number's first six digits times "
+              "10^4 plus its last four (never the whole number: head.card names the card "
+              "when the switch knows it)", "-"),
+        Field("batch_no", "u32", "", "the batch uploaded (the unbalanced 0500's)", "-"),
+        Field("count", "u32", "", "the end: transactions the terminal says it uploaded", "-"),
+        Field("currency", "u16", "ISO 4217 numeric", "currency of amount_asked_minor", "-"),
+        Field("orig_kind", "u8", "Kind", "PURCHASE or VOID; 0 for the end of the upload", "-"),
+        Field("pan_len", "u8", "digits", "length of the uploaded card number", "-"),
+    ),
+    "adjustment": (
+        # 差错调整: an operator with the finance role resolves a clearing exception
+        # (switch/clearing/exceptions.py) by moving money between the card's issuer and the
+        # terminal's acquirer. Head: terminal and seq of the exception, card (the issuer),
+        # account NONE (no cardholder balance changes: the issuer settles with its holder).
+        Field("operator", "u32", "index", "operator who made the adjustment", "-"),
+        Field("ref", "u32", "", "the exception's reference: the batch number, or the "
+              "settlement date (days since 2000-01-01) of a medical institution's totals", "-"),
+        Field("exception", "u8", "EXCEPTIONS", "the kind of exception resolved "
+              "(protocols/clearing.py)", "-"),
+        Field("direction", "u8", "", "1 the acquirer is owed amount_fen by the issuer, 2 it "
+              "owes it", "-"),
+    ),
     "card_admin": (
         Field("operator", "u32", "index", "operator who made the change", "c"),
         Field("pan", "u64", "enciphered", "the card number, enciphered: 3DES (double-length "
@@ -230,6 +259,10 @@ KINDS: Final[tuple[Kind, ...]] = (
          "card: decided there, stood in for, or declined 91 (amount_fen charged by the issuer)"),
     Kind(23, "FOREIGN_DENY", "foreign_deny", "another region's card onto or off this "
          "switch's transit deny list, as its issuer published it"),
+    Kind(24, "BATCH_UPLOAD", "upload", "0320: a transaction of a POS batch the switch found "
+         "unbalanced, as the terminal uploads it, or the upload's end (moves no money)"),
+    Kind(25, "ADJUSTMENT", "adjustment", "差错调整: an operator resolves a clearing "
+         "exception, amount_fen between the card's issuer and the terminal's acquirer"),
 )
 
 # Bits of the head's `flags`: the terminal ring slot's flags after the record (their table is

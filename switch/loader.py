@@ -45,7 +45,7 @@ HOLDERS_FILE = "holders.bin"
 # Terminal fields that are state (sessions, settlement batch, offline watermark), kept from the
 # checkpoint; everything else comes from the terminal registry.
 SESSION_FIELDS = ("signed_on", "mak", "debit_fen", "credit_fen", "debit_count", "credit_count",
-                  "batch_no", "offline_hw", "session_day")
+                  "batch_no", "offline_hw", "session_day", "upload_open")
 
 
 @dataclass

@@ -302,6 +302,9 @@ def _clearing(sw: Switch) -> Iterator[Metric]:
     yield GaugeMetricFamily("onecard_clearing_last_parties",
                             "Parties with a position on the last date cleared",
                             value=c.last_parties)
+    yield GaugeMetricFamily("onecard_clearing_last_exceptions",
+                            "Open exceptions (reconciliation) of the last date cleared",
+                            value=c.last_exceptions)
 
 
 def registry_for(switch: Switch) -> CollectorRegistry:

@@ -124,6 +124,23 @@ class IsoTerminal:
         return self.build("0500", {"11": stan or self.next_stan(), "48": totals,
                                    "60": f"00{batch:06d}201"})
 
+    def upload(self, pan: str, amount_fen: int, stan: str, *, batch: int = 1,
+               proc: str = "000000", extra: dict | None = None) -> bytes:
+        """0320 batch upload of one transaction as the terminal has it (after a 0510 said
+        "not balanced"): its STAN in field 11, field 60 = type 00, batch, network code 201."""
+        fields = {"2": pan, "3": proc, "4": f"{amount_fen:012d}", "11": stan, "49": "156",
+                  "60": f"00{batch:06d}201"}
+        fields.update(extra or {})
+        return self.build("0320", fields)
+
+    def upload_end(self, count: int | str, *, batch: int = 1, stan: str | None = None,
+                   extra: dict | None = None) -> bytes:
+        """The end of a batch upload: field 48 = the transactions uploaded, n4."""
+        count_text = count if isinstance(count, str) else f"{count:04d}"
+        fields = {"11": stan or self.next_stan(), "48": count_text, "60": f"00{batch:06d}202"}
+        fields.update(extra or {})
+        return self.build("0320", fields)
+
     def verify_reply_mac(self, reply: dict) -> bool:
         """Recompute the MAC of a decoded reply (re-encoded with pyiso8583)."""
         doc = {k: v for k, v in reply.items() if k not in ("p", "1")}

@@ -28,7 +28,7 @@ SHOP, METRO, HOSPITAL, KIOSK = range(4)
 
 def rec(kind: str, amount_fen: int, *, card: int = 0, terminal: int = SHOP, app: int = 0,
         ts_us: int = NOON_US, rc: str = "00", pool: int = 0, personal: int = 0,
-        programme: int = 0) -> np.ndarray:
+        programme: int = 0, direction: int = clearing.ADJUST_OWED) -> np.ndarray:
     layout = KIND_BY_NAME[kind].layout
     r = np.zeros(1, dtype=DTYPES[layout])
     r["kind"], r["amount_fen"], r["card"], r["app"] = KIND_BY_NAME[kind].value, amount_fen, \
@@ -41,6 +41,8 @@ def rec(kind: str, amount_fen: int, *, card: int = 0, terminal: int = SHOP, app:
         r["pool_fen"], r["personal_fen"] = pool, personal
     if layout == "credit":
         r["programme"] = programme
+    if layout == "adjustment":
+        r["direction"], r["account"] = direction, NONE
     return r.view(RECORD_DTYPE)
 
 
@@ -90,6 +92,12 @@ def test_credits_are_owed_by_their_programme_or_the_counter_and_top_ups_by_the_k
         "issuer:31": 10_000, "acquirer:KIOSK-OP": -10_000}
 
 
+def test_an_adjustment_moves_money_between_issuer_and_acquirer_either_way_without_fee():
+    assert day_of(rec("ADJUSTMENT", 700)) == {"issuer:31": -700, "acquirer:SHOP-1": 700}
+    assert day_of(rec("ADJUSTMENT", 700, direction=clearing.ADJUST_OWES, card=1)) == {
+        "issuer:32": 700, "acquirer:SHOP-1": -700}
+
+
 def test_declined_records_and_other_dates_move_nothing():
     tomorrow = NOON_US + 86_400 * 1_000_000
     assert day_of(rec("PURCHASE", 10_000, rc="51"), rec("PURCHASE", 5, ts_us=tomorrow),
@@ -112,7 +120,8 @@ def test_seeded_random_days_of_every_kind_net_to_zero_to_the_fen(seed):
     records = [rec(kinds[k], int(rng.integers(0, 10_000_000)), card=int(c),
                    terminal=int(t), app=int(rng.integers(0, 4)), ts_us=int(ts),
                    rc="00" if ok else "51", pool=int(rng.integers(0, 1_000_000)),
-                   personal=int(rng.integers(0, 100_000)), programme=int(rng.integers(0, 2)))
+                   personal=int(rng.integers(0, 100_000)), programme=int(rng.integers(0, 2)),
+                   direction=int(rng.integers(1, 3)))
                for k, c, t, ts, ok in zip(rng.integers(0, len(kinds), n),
                                           rng.integers(0, 3, n), rng.integers(0, 4, n),
                                           rng.integers(start, start + 3 * 86_400_000_000, n),

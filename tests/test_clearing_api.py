@@ -133,3 +133,86 @@ def test_a_switch_on_postgresql_clears_its_dates(demo_dir, terminals, tmp_path, 
                      "--date", today().isoformat(), "--json", str(out)]) == 0
     again = {p["party"]: p["net_fen"] for p in json.loads(out.read_text())["positions"]}
     assert again == nets
+
+
+def _reconciled_batch(sw, supply):
+    """A POS batch the switch and the terminal disagree on: the switch approved 1,000,
+    2,500 and 400 fen; the terminal uploads the first, the second as 2,600 and one of 700
+    the switch never saw. (terminal info, the uploaded-only card's number)."""
+    info = supply.terminal("FIN-PAY")
+    sock, t = iso_session(sw, info)
+    card, extra_card = supply.card(), supply.card()
+    try:
+        p = t.send(t.purchase(card, 1_000), t.purchase(card, 2_500), t.purchase(card, 400))
+        assert [r["39"] for r in p] == ["00"] * 3
+        (s,) = t.send(t.settlement(4_500, 3, 0, 0, batch=5))
+        assert s["48"][-1] == "2"                                 # not balanced
+        up = t.send(t.upload(card, 1_000, p[0]["11"], batch=5),
+                    t.upload(card, 2_600, p[1]["11"], batch=5),
+                    t.upload(extra_card, 700, "000900", batch=5), t.upload_end(3, batch=5))
+        assert [r["39"] for r in up] == ["00"] * 4
+    finally:
+        sock.close()
+    return info, p, extra_card
+
+
+def test_a_batch_upload_gives_exceptions_an_adjustment_resolves(sw, demo_dir, terminals):
+    supply = Supply(demo_dir, terminals)
+    info, p, extra_card = _reconciled_batch(sw, supply)
+    api = AdminClient(sw)
+    date = today().isoformat()
+    listed = api.get(f"/admin/clearing/{date}/exceptions", role="finance")
+    assert listed.status == 200, listed.text
+    mine = {e["kind"]: e for e in listed.json() if e["terminal"] == info.tid}
+    assert set(mine) == {"AMOUNT_MISMATCH", "MISSING_AT_TERMINAL", "MISSING_AT_SWITCH"}
+    assert (mine["AMOUNT_MISMATCH"]["seq"], mine["AMOUNT_MISMATCH"]["switch_amount_minor"],
+            mine["AMOUNT_MISMATCH"]["terminal_amount_minor"]) == (int(p[1]["11"]), 2_500, 2_600)
+    assert mine["MISSING_AT_TERMINAL"]["seq"] == int(p[2]["11"])
+    extra = mine["MISSING_AT_SWITCH"]
+    assert (extra["seq"], extra["card"]) == (900, extra_card[:6] + "*" * (len(extra_card) - 10)
+                                             + extra_card[-4:])
+    assert (extra["suggested_fen"], extra["suggested_direction"]) == (700, "acquirer_owed")
+    assert all(e["status"] == "open" for e in mine.values())
+
+    before = {x["party"]: x["net_fen"] for x in
+              api.get(f"/admin/clearing/{date}/positions", role="finance").json()["positions"]}
+    adj = api.post(f"/admin/clearing/exceptions/{extra['id']}/adjustment",
+                   {"amount_fen": 700, "direction": "acquirer_owed", "note": "receipt seen"},
+                   role="finance")
+    assert adj.status == 201, adj.text
+    assert adj.json()["status"] == "resolved" and adj.json()["adjustment"]["amount_fen"] == 700
+    after = {x["party"]: x["net_fen"] for x in
+             api.post(f"/admin/clearing/{date}", role="finance").json()["positions"]}
+    acquirer, issuer = f"acquirer:{info.merchant}", extra["issuer"]
+    assert after[acquirer] - before[acquirer] == 700
+    assert after[issuer] - before.get(issuer, 0) == -700 and sum(after.values()) == 0
+    audit = api.get("/admin/audit?limit=10").json()
+    logged = [a for a in audit if a["action"] == "clearing.adjust"]
+    assert logged and logged[0]["target"] == extra["id"] and logged[0]["record"] is not None
+    assert extra_card not in str(audit)                       # masked in the admin log
+    again = api.post(f"/admin/clearing/exceptions/{extra['id']}/adjustment",
+                     {"amount_fen": 700, "direction": "acquirer_owed"}, role="finance")
+    assert_problem(again, 409)
+    resolved = api.get(f"/admin/clearing/{date}/exceptions?status=resolved",
+                       role="finance").json()
+    assert [e["id"] for e in resolved if e["terminal"] == info.tid] == [extra["id"]]
+    text = api.get("/metrics", role=None).text
+    assert "onecard_clearing_last_exceptions" in text
+
+
+@pytest.mark.parametrize("ident, body, status", [
+    ("nonsense", {"amount_fen": 1, "direction": "acquirer_owed"}, 404),
+    ("20261130-MISSING_AT_SWITCH-NOBODY-1-1", {"amount_fen": 1, "direction": "acquirer_owed"},
+     404),
+    ("29990101-MISSING_AT_SWITCH-X-1-1", {"amount_fen": 1, "direction": "acquirer_owed"}, 422),
+    ("20261130-MISSING_AT_SWITCH-X-1-1", {"amount_fen": -1, "direction": "acquirer_owed"}, 422),
+    ("20261130-MISSING_AT_SWITCH-X-1-1", {"amount_fen": 1, "direction": "sideways"}, 422),
+    ("20261130-MISSING_AT_SWITCH-X-1-1", {"amount_fen": 1.5, "direction": "acquirer_owed"},
+     422),
+])
+def test_bad_adjustments_are_problem_documents(sw, ident, body, status):
+    api = AdminClient(sw)
+    before = api.get("/admin/audit?limit=1").json()
+    r = api.post(f"/admin/clearing/exceptions/{ident}/adjustment", body, role="finance")
+    assert assert_problem(r, status)["detail"]
+    assert api.get("/admin/audit?limit=1").json() == before    # nothing done

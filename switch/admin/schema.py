@@ -11,7 +11,7 @@ value first. Card numbers are ASCII digits only: ``'²'.isdigit()`` is true in P
 from __future__ import annotations
 
 import re
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -72,6 +72,13 @@ class Bank(msgspec.Struct, forbid_unknown_fields=True):
 
 class TopUp(msgspec.Struct, forbid_unknown_fields=True):
     amount_fen: Annotated[int, Meta(ge=1)]     # the upper bound is configured (limits)
+
+
+class Adjust(msgspec.Struct, forbid_unknown_fields=True):
+    """差错调整 of a clearing exception: fen between the card's issuer and the acquirer."""
+    amount_fen: Annotated[int, Meta(ge=0)]      # the upper bound is configured (limits)
+    direction: Literal["acquirer_owed", "acquirer_owes"]
+    note: Annotated[str, Meta(max_length=200, pattern=TEXT_PATTERN)] = ""
 
 
 class Filing(msgspec.Struct, forbid_unknown_fields=True):

@@ -115,6 +115,9 @@ def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str,
     themselves would cost 80 bytes each."""
     amounts = (medical_amounts(recs, rows) if kind in MEDICAL_KINDS
                else {"amount": recs["amount_fen"][rows].astype(np.int64)})
+    if kind == "ADJUSTMENT":
+        owes = view(recs, "adjustment")["direction"][rows] == clearing.ADJUST_OWES
+        amounts["amount"] = np.where(owes, -amounts["amount"], amounts["amount"])
     card = recs["card"][rows].astype(np.int64)
     n = len(rows)
     for leg in clearing.LEGS[kind]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onecard.protocols import clearing
-from onecard.switch.clearing import files
+from onecard.switch.clearing import exceptions, files
 from onecard.switch.clearing.cli import read_store, store_dsn
 from onecard.switch.clearing.positions import Day, legs, summarise
 
@@ -42,12 +42,15 @@ class ClearingService:
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else (
             Path(switch.config.data_dir) / "clearing")
         self.lock = asyncio.Lock()           # one run at a time
+        self.adjusting = asyncio.Lock()      # one adjustment at a time: none resolves twice
+        self.open_exceptions = 0
         self.runs = 0
         self.failures = 0
         self.last_date = ""
         self.last_duration_s = 0.0
         self.last_records = 0
         self.last_parties = 0
+        self.last_exceptions = 0             # open exceptions the last run found
 
     async def run(self, date: dt.date, *, write: bool = True) -> Day:
         """Clear a date (again: the same journal gives the same positions and files)."""
@@ -63,6 +66,7 @@ class ClearingService:
             self.runs += 1
             self.last_date, self.last_duration_s = date.isoformat(), time.perf_counter() - began
             self.last_records, self.last_parties = day.records, len(day.positions)
+            self.last_exceptions = self.open_exceptions
             log.info("clearing %s: %d records, %d parties, %.2f s%s", date, day.records,
                      len(day.positions), self.last_duration_s,
                      f", files in {self.out_dir / date.strftime('%Y%m%d')}" if write else "")
@@ -72,9 +76,23 @@ class ClearingService:
         cfg = self.switch.config
         ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg))
         day_legs = legs(recs, nos, ref, date, cutover=self.cutover, fees=self.fees)
+        found = exceptions.find(recs, nos, ref, date, cutover=self.cutover)
+        self.open_exceptions = sum(e.status == "open" for e in found)
         if write:
             files.write(files.render(day_legs, ref, date, self.cutover), self.out_dir, date)
         return summarise(day_legs, date, self.cutover)
+
+    async def exceptions(self, date: dt.date) -> list[exceptions.Exception_]:
+        """The date's exceptions from the committed journal, resolved ones included."""
+        cards = self.switch.state.cards
+        pans, regions = cards["pan"].copy(), cards["region"].copy()
+        return await asyncio.to_thread(self._exceptions, date, pans, regions)
+
+    def _exceptions(self, date: dt.date, pans: np.ndarray,
+                    regions: np.ndarray) -> list[exceptions.Exception_]:
+        cfg = self.switch.config
+        ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg))
+        return exceptions.find(recs, nos, ref, date, cutover=self.cutover)
 
     def file(self, date: dt.date, party: str) -> Path | None:
         """A party's file of a date, if that date was cleared here."""
