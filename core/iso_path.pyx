@@ -32,7 +32,7 @@ cdef enum:
     SETTLE_TEXT = 37             # field 48: debit n12, count n6, credit n12, count n6, result n1
     FIELD60_DIGITS = 11          # type n2, batch number n6, network code n3
     UPLOAD_ITEM = 201            # 0320 network codes: a transaction of the batch
-    UPLOAD_END = 202             #   the end of the upload (field 48: how many, n4)
+    UPLOAD_END = 202             # 0320: the end of the upload (field 48: how many, n4)
     UPLOAD_COUNT_CHARS = 4
 
 

@@ -174,9 +174,10 @@ def test_the_command_clears_a_data_set_and_refuses_bad_dates(demo_dir, capsys):
 
 
 def test_a_switchs_committed_purchases_are_cleared_from_its_store(demo_dir, terminals, world,
-                                                                  tmp_path):
+                                                                  tmp_path, capsys):
     """Real path: purchases through a running switch over TCP, committed to its SQLite store,
     then cleared from the store alone (with the data set's card and terminal registry)."""
+    import json
     import shutil
     import time
 
@@ -194,10 +195,14 @@ def test_a_switchs_committed_purchases_are_cleared_from_its_store(demo_dir, term
     try:
         sock, t = iso_session(sw, info)
         replies = t.send(t.purchase(pan, 10_000), t.purchase(pan, 2_345))
+        # the terminal lost the second: its batch does not balance, and its upload says so
+        (settled,) = t.send(t.settlement(10_000, 1, 0, 0))
+        uploaded = t.send(t.upload(pan, 10_000, replies[0]["11"]), t.upload_end(1))
         sock.close()
     finally:
         sw.stop()
     assert [r["39"] for r in replies] == ["00", "00"]
+    assert settled["48"][-1] == "2" and [r["39"] for r in uploaded] == ["00", "00"]
     now_us = np.array([time.time_ns() // 1000])
     date = clearing.day_date(clearing.settlement_days(now_us, 23 * 60)[0])
     day = clear(path, date)
@@ -213,6 +218,11 @@ def test_a_switchs_committed_purchases_are_cleared_from_its_store(demo_dir, term
         folder = tmp_path / out / date.strftime("%Y%m%d")
         written.append({p.name: p.read_bytes() for p in folder.iterdir()})
     assert written[0] == written[1] and len(written[0]) == 3
+    assert cli.main(["clearing", "exceptions", "--data-dir", str(path), "--date",
+                     date.isoformat(), "--json", str(tmp_path / "x.json")]) == 0
+    assert f"MISSING_AT_TERMINAL-{info.tid}-1-{int(replies[1]['11'])}" in capsys.readouterr().out
+    (found,) = json.loads((tmp_path / "x.json").read_text())
+    assert (found["switch_amount_minor"], found["status"]) == (2_345, "open")
     read = [files.read(tmp_path / "first" / date.strftime("%Y%m%d") / name)
             for name in written[0]]
     assert {f.party: f.net_fen for f in read} == nets

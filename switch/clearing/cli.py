@@ -16,7 +16,7 @@ import numpy as np
 from onecard.protocols import clearing
 from onecard.switch import loader, store
 from onecard.switch.backend import is_postgresql
-from onecard.switch.clearing import files, hub, medical
+from onecard.switch.clearing import exceptions, files, hub, medical
 from onecard.switch.clearing.positions import (
     ClearingError,
     Day,
@@ -128,6 +128,10 @@ def add_arguments(sub, common) -> None:
     h.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
     h.add_argument("--region", action="append", required=True, metavar="NAME=DATA_DIR",
                    help="a region and its data set (repeat for each region)")
+    x = common(csub.add_parser("exceptions", help="a settlement date's reconciliation "
+                               "exceptions (batch uploads) and their adjustments"))
+    x.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
+    x.add_argument("--json", help="write the exceptions as JSON here")
     f = common(csub.add_parser("files", help="a settlement date's clearing file per party"))
     f.add_argument("--date", required=True, help="settlement date, YYYY-MM-DD")
     f.add_argument("--out", required=True, help="directory: files go to OUT/YYYYMMDD/")
@@ -176,6 +180,8 @@ def run(args: argparse.Namespace, config) -> int:
             return _medical(config, first, date, args.json)
         if args.clearing_command == "hub":
             return _hub(config, date, args.region)
+        if args.clearing_command == "exceptions":
+            return _exceptions(config, date, args.json)
         day, ref = load(config.data_dir, date, cutover=config.clearing.cutover,
                         fees=config.clearing.fee_table(),
                         kek_file=config.security.kek_file or None, dsn=store_dsn(config))
@@ -226,6 +232,22 @@ def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> in
                   f"{_yuan(t.pool_fen):>14}{_yuan(t.personal_fen):>14}{_yuan(t.cash_fen):>14}")
     if json_path:
         Path(json_path).write_bytes(msgspec.json.encode(totals))
+    return 0
+
+
+def _exceptions(config, date: dt.date, json_path: str | None) -> int:
+    ref, recs, nos = reference(config.data_dir, config.security.kek_file or None,
+                               store_dsn(config))
+    found = exceptions.find(recs, nos, ref, date, cutover=config.clearing.cutover)
+    still = sum(e.status == "open" for e in found)
+    print(f"settlement date {date}: {len(found)} exceptions, {still} open")
+    for e in found:
+        done = (f"resolved by record {e.adjustment.record_no}: {e.adjustment.direction} "
+                f"{_yuan(e.adjustment.amount_fen)}" if e.adjustment else
+                f"open; suggested {e.suggested_direction} {_yuan(e.suggested_fen)}")
+        print(f"  {e.id}\n    {e.detail}\n    {done}")
+    if json_path:
+        Path(json_path).write_bytes(msgspec.json.encode(found))
     return 0
 
 
