@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING
 
 from onecard.core.engine import NATIVE, REFUSE_JOURNAL, REFUSE_OVERLOAD
 from onecard.protocols.enums import PROTO
+from onecard.switch import logs
 
 if TYPE_CHECKING:
     from onecard.switch.server import Connection, Switch
@@ -100,9 +101,11 @@ class DataDirError(Exception):
 class RateLimitedLog:
     """One log line per ``interval_s`` at most, carrying how many events it stands for."""
 
-    def __init__(self, what: str, interval_s: float = LOG_INTERVAL_S) -> None:
+    def __init__(self, what: str, interval_s: float = LOG_INTERVAL_S,
+                 event: str = "connection_refused") -> None:
         assert interval_s > 0
         self.what = what
+        self.event = event
         self.interval_s = interval_s
         self.count = 0                 # events since start (the metric)
         self._unlogged = 0
@@ -114,7 +117,8 @@ class RateLimitedLog:
         now = time.monotonic()
         if now - self._last_s >= self.interval_s:
             log.warning("%s: %d in the last %.0f s (latest: %s)", self.what, self._unlogged,
-                        min(now - self._last_s, 1e9), detail)
+                        min(now - self._last_s, 1e9), detail,
+                        extra=logs.extra(self.event, count=self._unlogged, latest=detail))
             self._unlogged = 0
             self._last_s = now
 
@@ -324,10 +328,12 @@ class Admission:
         if not writable:
             self.journal_full_since = time.monotonic()
             log.error("journal not writable (%s): new requests are refused 96 and /readyz is "
-                      "not ready; decided replies wait for the retried commit", full_error)
+                      "not ready; decided replies wait for the retried commit", full_error,
+                      extra=logs.extra("journal_unwritable", error=str(full_error)))
         else:
             log.warning("journal writable again after %.1f s: approving again",
-                        time.monotonic() - self.journal_full_since)
+                        time.monotonic() - self.journal_full_since,
+                        extra=logs.extra("journal_writable"))
         self._update()
 
     # ---- connections ------------------------------------------------------------------------

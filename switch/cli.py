@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from onecard.protocols.enums import PROTO, TERMINAL_KIND
-from onecard.switch import __version__
+from onecard.switch import __version__, logs
 from onecard.switch.config import Config, ConfigError, load, with_overrides
 from onecard.switch.pg.connect import PgError
 from onecard.switch.security import modes
@@ -46,9 +46,8 @@ def _config(args) -> Config:
     return with_overrides(config, **overrides)
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(config: Config) -> None:
+    logs.configure(config.log_level, config.log.format)
 
 
 class DataDirBusy(Exception):
@@ -81,7 +80,7 @@ def cmd_serve(args) -> int:
     from onecard.switch.tls import TlsError
 
     config = _config(args)
-    _logging(config.log_level)
+    _logging(config)
     data_dir = Path(config.data_dir)
     if config.store.backend == "postgresql":
         # The local directory keeps only what is this machine's: the lock and tokens files
@@ -93,8 +92,17 @@ def cmd_serve(args) -> int:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
     lock = _lock(data_dir)
+    log.info("onecard %s starting on %s (%s store)", __version__, data_dir.resolve(),
+             config.store.backend, extra=logs.extra("start", version=__version__,
+                                                     data_dir=str(data_dir.resolve()),
+                                                     store=config.store.backend))
     try:
         loaded, lease = _recover(config, data_dir)
+        log.info("recovered in %.2f s: %d journal records replayed from the checkpoint at "
+                 "record %d", loaded.seconds, loaded.replayed, loaded.snapshot_upto,
+                 extra=logs.extra("recovered", seconds=round(loaded.seconds, 3),
+                                  replayed=loaded.replayed, checkpoint=loaded.snapshot_upto,
+                                  next_record=loaded.next_record_no))
         modes.private_tree(data_dir)            # a data set written before 0600 was enforced
         import uvloop
 
@@ -195,12 +203,19 @@ async def _serve(config: Config, loaded, lease) -> int:
     # collections see only what was made since.
     gc.collect()
     gc.freeze()
+    log.info("ready: terminals on %s, http on %d", ", ".join(
+        f"{x.name} {x.port}" for x in switch.listeners), http_port,
+        extra=logs.extra("ready", http_port=http_port,
+                         listeners={x.name: x.port for x in switch.listeners}))
     print("onecard: ready", flush=True)
     switch.install_signal_handlers()
     await switch.stopped.wait()
     print("onecard: stopping: finishing commits and writing a checkpoint", flush=True)
     await switch.stop()
     await runner.cleanup()
+    log.info("stopped%s", f" after a journal failure: {switch.failed}" if switch.failed else "",
+             extra=logs.extra("stop", next_record=switch.engine.journal.next_no,
+                              failed=switch.failed is not None))
     if switch.failed is not None:
         print(f"onecard: stopped after a journal failure: {switch.failed}", file=sys.stderr)
         return 70

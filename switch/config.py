@@ -269,9 +269,16 @@ class ClearingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 **{app: clearing.Fee(f.bps, f.min_fen) for app, f in self.fees.items()}}
 
 
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # One line per event on stderr (switch/logs.py): readable text, or one JSON object per
+    # line for a collector (journald, Loki, Elasticsearch).
+    format: Literal["text", "json"] = "text"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "onecard-data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)

@@ -4,6 +4,7 @@ arrays at scrape time; nothing is observed per message)."""
 from __future__ import annotations
 
 import gc
+import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -284,6 +285,39 @@ class SwitchCollector(Collector):
         yield from _state(self.switch)
         yield from _region(self.switch)
         yield from _clearing(self.switch)
+        yield from _housekeeping(self.switch)
+
+
+def _housekeeping(sw: Switch) -> Iterator[Metric]:
+    """Readiness, recovery, checkpoints and the data directory's disk (issue 17: alerts)."""
+    ready, _ = sw.ready()
+    yield GaugeMetricFamily("onecard_ready", "1 while the switch takes traffic (/readyz)",
+                            value=1 if ready else 0)
+    yield GaugeMetricFamily("onecard_recovery_seconds", "Time the last start took to load the "
+                            "checkpoint and replay the journal", value=sw.loaded.seconds)
+    yield GaugeMetricFamily("onecard_recovery_replayed_records", "Journal records the last "
+                            "start replayed after its checkpoint", value=sw.loaded.replayed)
+    cp = sw.checkpointer
+    yield CounterMetricFamily("onecard_checkpoints_written", "Checkpoints published",
+                              value=cp.written)
+    yield CounterMetricFamily("onecard_checkpoints_failed", "Checkpoints that failed (logged; "
+                              "the journal still holds everything)", value=cp.failed)
+    yield GaugeMetricFamily("onecard_checkpoint_last_duration_seconds",
+                            "Time the last checkpoint took to write", value=cp.last_duration_s)
+    yield GaugeMetricFamily("onecard_checkpoint_last_timestamp_seconds",
+                            "When the last checkpoint was published (unix time; 0 none yet)",
+                            value=cp.last_at_s)
+    yield GaugeMetricFamily("onecard_checkpoint_last_record",
+                            "Journal record number the last checkpoint covers up to",
+                            value=max(cp.last_upto, sw.loaded.snapshot_upto))
+    try:
+        disk = shutil.disk_usage(sw.config.data_dir)
+    except OSError:
+        return                          # gone: /readyz and the journal say so louder
+    yield GaugeMetricFamily("onecard_data_disk_free_bytes", "Bytes free (to this user) on the "
+                            "data directory's filesystem", value=disk.free)
+    yield GaugeMetricFamily("onecard_data_disk_size_bytes", "Size of the data directory's "
+                            "filesystem", value=disk.total)
 
 
 def _clearing(sw: Switch) -> Iterator[Metric]:

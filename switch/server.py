@@ -26,7 +26,7 @@ from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583, NATIVE, Engine
 from onecard.protocols import clearing
 from onecard.protocols.enums import PROTO
-from onecard.switch import store, tls
+from onecard.switch import logs, store, tls
 from onecard.switch.admission import (
     FULL_READ_BYTES,
     Admission,
@@ -318,7 +318,7 @@ class Switch:
         failure = self.committer.failure()
         if failure is not None:
             log.critical("journal commit failed, no further replies can be made durable: %s",
-                         failure)
+                         failure, extra=logs.extra("commit_failed", error=str(failure)))
             self._fail(RuntimeError(failure))
             return
         self.admission.journal_state(self.committer.full_error())

@@ -24,12 +24,14 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onecard.core.commit import GroupCommitter
+from onecard.switch import logs
 from onecard.switch.security import modes, sealed_files
 from onecard.switch.security.keystore import DataKeys
 
@@ -183,6 +185,10 @@ class Checkpointer(threading.Thread):
         self._stopping = False
         self.busy = False
         self.last_upto = -1
+        self.written = 0                    # checkpoints published (metrics)
+        self.failed = 0
+        self.last_duration_s = 0.0
+        self.last_at_s = 0.0                # unix time of the last one published
 
     def submit(self, upto: int, arrays: dict[str, np.ndarray]) -> None:
         """Publish this checkpoint; records below ``upto`` must already be durable."""
@@ -245,15 +251,15 @@ class Checkpointer(threading.Thread):
         from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
 
         assert self._keys is not None, "checkpoints are written sealed: pass keys"
+        began = time.monotonic()
         try:
             if pg is None or pg.closed:
                 pg = connect(self._dsn, autocommit=True)
             checkpoints.write(pg, arrays, upto, self._keys, self._keep, fence=self._fence)
-            self.last_upto = upto
-            log.info("checkpoint at journal record %d written to PostgreSQL", upto)
+            self._done(upto, began)
         except (PgError, *driver_errors()) as exc:
             # As on SQLite: the journal still holds everything, the next start replays more.
-            log.error("checkpoint at journal record %d failed: %s", upto, one_line(exc))
+            self._done(upto, began, one_line(exc))
             if pg is not None:
                 pg.close()
             pg = None
@@ -290,13 +296,26 @@ class Checkpointer(threading.Thread):
 
     def _publish(self, upto: int, arrays: dict[str, np.ndarray]) -> None:
         assert self._keys is not None, "checkpoints are written sealed: pass keys"
+        began = time.monotonic()
         try:
             write(self._data_dir, arrays, upto, self._keys, keep=self._keep)
-            self.last_upto = upto
-            log.info("checkpoint at journal record %d written", upto)
+            self._done(upto, began)
         except OSError as exc:
             # The journal still holds everything; a failed checkpoint only makes the next
             # recovery replay more.
-            log.error("checkpoint at journal record %d failed: %s", upto, exc)
+            self._done(upto, began, str(exc))
         finally:
             self.busy = False
+
+    def _done(self, upto: int, began: float, error: str | None = None) -> None:
+        """Count and log a checkpoint written (or failed)."""
+        took = time.monotonic() - began
+        fields = logs.extra("checkpoint", upto=upto, seconds=round(took, 3), error=error)
+        if error is not None:
+            self.failed += 1
+            log.error("checkpoint at journal record %d failed: %s", upto, error, extra=fields)
+            return
+        self.last_upto, self.written = upto, self.written + 1
+        self.last_duration_s, self.last_at_s = took, time.time()
+        log.info("checkpoint at journal record %d written in %.2f s%s", upto, took,
+                 " to PostgreSQL" if self._dsn else "", extra=fields)

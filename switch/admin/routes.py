@@ -28,7 +28,7 @@ from onecard.core.state import (
 )
 from onecard.protocols.codes import CODES
 from onecard.protocols.enums import CARD_STATUS, FUNCTION
-from onecard.switch import backend, catalogue
+from onecard.switch import backend, catalogue, logs
 from onecard.switch.admin import disbursements, schema
 from onecard.switch.admin.guard import FailureLimiter
 from onecard.switch.admin.operators import Operator, Operators
@@ -156,6 +156,9 @@ class AdminApi:
                         "admin_log), ?, ?, ?, ?, ?, ?, ?)",
                         (dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), op.name, role,
                          action, target, json.dumps(details, ensure_ascii=False), record_no))
+        log.info("operator %s: %s %s", op.name, action, target,
+                 extra=logs.extra("operator_action", operator=op.name, role=role,
+                                  action=action, target=target, record=record_no))
 
     def card(self, pan: str | int, status: int = 400) -> tuple[int, int]:
         pan = str(pan)

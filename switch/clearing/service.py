@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onecard.protocols import clearing
+from onecard.switch import logs
 from onecard.switch.clearing import exceptions, files
 from onecard.switch.clearing.cli import read_store, store_dsn
 from onecard.switch.clearing.positions import Day, legs, summarise
@@ -67,9 +68,14 @@ class ClearingService:
             self.last_date, self.last_duration_s = date.isoformat(), time.perf_counter() - began
             self.last_records, self.last_parties = day.records, len(day.positions)
             self.last_exceptions = self.open_exceptions
-            log.info("clearing %s: %d records, %d parties, %.2f s%s", date, day.records,
-                     len(day.positions), self.last_duration_s,
-                     f", files in {self.out_dir / date.strftime('%Y%m%d')}" if write else "")
+            log.info("clearing %s: %d records, %d parties, %d open exceptions, %.2f s%s", date,
+                     day.records, len(day.positions), self.open_exceptions,
+                     self.last_duration_s,
+                     f", files in {self.out_dir / date.strftime('%Y%m%d')}" if write else "",
+                     extra=logs.extra("clearing", date=date.isoformat(), records=day.records,
+                                      parties=len(day.positions),
+                                      exceptions=self.open_exceptions,
+                                      seconds=round(self.last_duration_s, 3)))
             return day
 
     def _run(self, date: dt.date, pans: np.ndarray, regions: np.ndarray, write: bool) -> Day:
