@@ -236,6 +236,13 @@ def test_the_first_leg_may_be_of_the_day_before_and_other_cards_do_not_count():
     assert nets(*recs) == {"issuer:31": -400, "acquirer:SHMETRO": 400}
 
 
+def test_a_free_ride_between_is_the_first_leg_and_moves_nothing():
+    """A concession rider's free ferry between the metro and the discounted bus: the switch
+    counted the window from the ferry, so the journey is ferry then bus: nothing to share."""
+    assert nets(leg(400, terminal=0), leg(0, terminal=2), leg(100, 100, terminal=1)) == {
+        "issuer:31": -500, "acquirer:SHMETRO": 400, "acquirer:BUS310000": 100}
+
+
 def test_a_journey_within_one_operator_moves_nothing_between_operators():
     """Two metro gates of the same operator: no apportionment line, the same positions."""
     recs = np.concatenate([leg(400, terminal=0), leg(200, 100, terminal=3)])

@@ -55,12 +55,12 @@ def shares(charged1: np.ndarray, discount1: np.ndarray, charged2: np.ndarray,
 
 
 def ride_ends(recs: np.ndarray) -> np.ndarray:
-    """Approved tap records that charged a ride (a fare or a discount) and ended it: a flat
-    fare or a metro tap-out. A metro tap-in (direction 0 at a station) opens a ride and
-    charges at most the maximum fare of a trip left open before: never a journey's leg."""
+    """Approved tap records that ended a ride: a flat fare (buses and ferries report no
+    station) or a metro tap-out, free ones too (a concession), as the switch counts the
+    transfer window from any of them. A metro tap-in (direction 0 at a station) opens a
+    ride and charges at most the maximum fare of a trip left open before: never a leg."""
     tap = view(recs, "tap")
     out = np.isin(recs["kind"], TAP_KINDS) & (recs["rc"] == APPROVED)
-    out &= (recs["amount_fen"] > 0) | (tap["transfer_discount_fen"] > 0)
     out &= (tap["direction"] == 1) | (tap["station_id"] == 0)
     return out
 
@@ -81,7 +81,9 @@ def journeys(recs: np.ndarray, nos: np.ndarray, rows: np.ndarray) -> Journeys:
         return Journeys(empty, empty, empty)
     account = recs["account"]
     # Only the accounts with a discounted leg today: their rides, by account, then by number.
-    cand = np.flatnonzero(ride_ends(recs) & np.isin(account, account[discounted]))
+    cand = ride_ends(recs) & np.isin(account, account[discounted])
+    cand[discounted] = True            # a discount is a ride's end, whatever the gate said
+    cand = np.flatnonzero(cand)
     cand = cand[np.lexsort((nos[cand], account[cand]))]
     at = np.flatnonzero(np.isin(cand, discounted))
     at = at[at > 0]
