@@ -69,6 +69,7 @@ cdef struct JTap:    # TAP, OFFLINE_TAP
     uint16_t trip_station_after          # index + 1
     uint16_t last_ride_region_after      # index
     uint8_t direction
+    uint16_t transfer_discount_fen       # fen
 
 cdef struct JVerify:    # VERIFY
     int64_t ts_us                        # µs since 1970-01-01 UTC

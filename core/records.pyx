@@ -108,6 +108,8 @@ LAYOUT = {
                                    sizeof(_r.tap.last_ride_region_after)),
         "direction": (at(&_r.tap.direction),
                       sizeof(_r.tap.direction)),
+        "transfer_discount_fen": (at(&_r.tap.transfer_discount_fen),
+                                  sizeof(_r.tap.transfer_discount_fen)),
     },
     "verify": {
         "ts_us": (at(&_r.verify.ts_us),

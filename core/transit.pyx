@@ -5,7 +5,8 @@ Kiosks at stations top cards up (圈存). Bus and ferry readers charge a flat fa
 metro gates open a trip on tap-in and charge the fare for the network distance on tap-out (a
 missing tap-out or tap-in costs the network's maximum fare). Concessions come from the city's
 policy table (elderly by age, disabled); a ride that starts within the city's transfer window
-after the previous one ended gets the transfer discount. Online taps need the money (the gate
+after the previous one ended gets the transfer discount (kept in the tap's record, by which
+clearing apportions the journey between its operators). Online taps need the money (the gate
 stays shut otherwise) and refuse cards on the deny list; offline taps are applied in sequence
 order, once (a watermark per terminal), and may take a balance below zero, which puts the card
 on the deny list.
@@ -20,21 +21,27 @@ from onecard.core.journal cimport JRec
 from onecard.core.state cimport *
 
 
-cdef inline int64_t transfer(Authoriser a, Account* acct, Operator* op, Region* reg,
-                             uint32_t when, int64_t fare) noexcept nogil:
-    if (reg.transfer_minutes and acct.last_ride_s and acct.last_ride_region == op.region
-            and when >= acct.last_ride_s
-            and when - acct.last_ride_s <= <uint32_t>reg.transfer_minutes * 60):
-        fare -= reg.transfer_discount_fen
-    return fare if fare > 0 else 0
-
-
 cdef struct Ride:                # what a tap decides; its record keeps it if approved
     int64_t fare
+    int64_t discount             # the transfer discount in it (clearing apportions by it)
     int64_t need                 # what the balance must cover (an online gate stays shut)
     uint32_t trip_station        # the card's open metro trip after the tap
     uint32_t trip_time
     bint ends                    # a ride ends here: transfer discounts count from it
+
+
+cdef inline void transfer(Account* acct, Operator* op, Region* reg, uint32_t when,
+                          int64_t fare, Ride* ride) noexcept nogil:
+    """The ride's fare, less the transfer discount inside the window. The discount kept is
+    what was taken off (never more than the fare), so fare + discount is the undiscounted
+    fare the journey is apportioned by (protocols/CLEARING.md)."""
+    cdef int64_t off = 0
+    if (reg.transfer_minutes and acct.last_ride_s and acct.last_ride_region == op.region
+            and when >= acct.last_ride_s
+            and when - acct.last_ride_s <= <uint32_t>reg.transfer_minutes * 60):
+        off = reg.transfer_discount_fen if reg.transfer_discount_fen < fare else fare
+    ride.fare = fare - off if fare > 0 else 0
+    ride.discount = off if off > 0 else 0
 
 
 cdef uint8_t metro(Authoriser a, Txn* t, Card* c, Account* acct, Operator* op, Region* reg,
@@ -63,7 +70,7 @@ cdef uint8_t metro(Authoriser a, Txn* t, Card* c, Account* acct, Operator* op, R
         start = c.trip_time_s          # the transfer window counts to when the ride began
     else:
         fare = op.fare_fen_max
-    ride.fare = transfer(a, acct, op, reg, start, a.concession(<int32_t>fare, acct, reg))
+    transfer(acct, op, reg, start, a.concession(<int32_t>fare, acct, reg), ride)
     ride.need = ride.fare
     ride.trip_station = 0
     ride.trip_time = 0
@@ -80,7 +87,7 @@ cdef uint8_t ride(Authoriser a, Txn* t, Card* c, Account* acct, Operator* op, Re
     if t.direction > 1:
         return RC_12
     if op.kind != OP_METRO:
-        out.fare = transfer(a, acct, op, reg, when, a.concession(op.flat_fare_fen, acct, reg))
+        transfer(acct, op, reg, when, a.concession(op.flat_fare_fen, acct, reg), out)
         out.need = out.fare
         out.ends = True
         rc = RC_00
@@ -131,6 +138,7 @@ cdef void tap(Authoriser a, Txn* t, Res* r) noexcept nogil:
     j.tap.last_ride_region_after = <uint16_t>last_region
     if r.rc == RC_00:
         j.tap.amount_fen = trip.fare
+        j.tap.transfer_discount_fen = <uint16_t>trip.discount
         j.tap.balance_fen_after -= trip.fare
         j.tap.trip_station_after = <uint16_t>trip.trip_station
         j.tap.trip_started_s_after = trip.trip_time

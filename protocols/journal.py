@@ -104,6 +104,9 @@ LAYOUTS: Final[dict[str, tuple[Field, ...]]] = {
               "station of the open metro trip after this record, 0 none", "a:32:16"),
         Field("last_ride_region_after", "u16", "index", "region of the last ride", "e:0:16"),
         Field("direction", "u8", "", "0 tap in (or a flat fare), 1 tap out", "b:0:8"),
+        Field("transfer_discount_fen", "u16", "fen", "the transfer discount this ride got "
+              "(0 none, and in records written before the field): its undiscounted fare is "
+              "amount_fen + this; clearing apportions the journey by it", "-"),
     ),
     "verify": (
         Field("age_band", "u8", "", "0 <18, 1 18-59, 2 60-64, 3 65-69, 4 70-79, 5 80+", "c:0:8"),

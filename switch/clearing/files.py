@@ -31,6 +31,7 @@ CNY = 156
 ORIG_SEQ_LAYOUTS = {"VOID": "payment", "VOID_REVERSAL": "payment",
                     "MEDICAL_REFUND": "medical"}
 ASKED_LAYOUT_KINDS = ("PURCHASE", "VOID", "REVERSAL", "VOID_REVERSAL")
+APPORTION = "APPORTION"         # a transfer journey's apportionment line (not a journal kind)
 
 
 class ClearingFileError(ValueError):
@@ -93,16 +94,42 @@ def _record_columns(recs: np.ndarray, nos: np.ndarray, ref: Reference,
     }
 
 
+def _apportion_columns(day: Legs, journey: np.ndarray, ref: Reference,
+                       date: dt.date) -> dict[str, list[str]]:
+    """The columns of apportionment lines (``journey``: each line's index in
+    ``day.journeys``): the discounted record's, but kind ``APPORTION``, the journey's
+    undiscounted fare as asked, its charged total as the amount, and the first leg's journal
+    record number as ``orig_seq`` (protocols/CLEARING.md "Transit apportionment")."""
+    if not len(journey):               # no transfer journey (np.char cannot size no text)
+        return {c: [] for c in COLUMNS}
+    first, second = day.journeys.first[journey], day.journeys.second[journey]
+    recs = day.records
+    columns = _record_columns(np.ascontiguousarray(recs[second]), day.nos[second], ref, date)
+    charged = recs["amount_fen"][first].astype(np.int64) + recs["amount_fen"][second]
+    discount = view(recs, "tap")["transfer_discount_fen"]
+    undiscounted = charged + discount[first] + discount[second]
+    columns["kind"] = [APPORTION] * len(journey)
+    columns["amount_asked_minor"] = [str(a) for a in undiscounted.tolist()]
+    columns["amount_fen"] = [str(a) for a in charged.tolist()]
+    columns["orig_seq"] = [str(n) for n in day.nos[first].tolist()]
+    return columns
+
+
 def render(day: Legs, ref: Reference, date: dt.date, cutover: str) -> dict[str, bytes]:
     """Every party's file of the date: {party: bytes}, parties and lines in a fixed order
     (by party, then by journal record number, then by leg)."""
     kept = day.signed != 0
-    used, local = np.unique(day.row[kept], return_inverse=True)
+    plain = kept[:day.plain]
+    used, local = np.unique(day.row[:day.plain][plain], return_inverse=True)
     columns = _record_columns(np.ascontiguousarray(day.records[used]), day.nos[used], ref, date)
-    # Each record's columns before the per-party ones, joined once (a record has 2-4 legs).
-    head = [",".join(values) for values in zip(*(columns[c] for c in COLUMNS[:10]),
-                                                strict=True)]
-    orig = columns["orig_seq"]
+    # The apportionment's legs (after the records' own) each get their own line's columns.
+    journey = np.flatnonzero(kept[day.plain:]) % max(len(day.journeys.second), 1)
+    extra = _apportion_columns(day, journey, ref, date)
+    local = np.concatenate([local, len(used) + np.arange(len(journey))])
+    # Each line's columns before the per-party ones, joined once (a record has 2-4 legs).
+    head = [",".join(values) for values in zip(
+        *(columns[c] + extra[c] for c in COLUMNS[:10]), strict=True)]
+    orig = columns["orig_seq"] + extra["orig_seq"]
     leg_party = day.party[kept]
     order = np.lexsort((np.arange(len(local)), day.nos[day.row[kept]], leg_party))
     party, row = leg_party[order], local[order]

@@ -7,8 +7,9 @@ a party's position is what it is owed (credits) minus what it owes (debits). The
 computed with numpy over the records, no Python per record: party ids come from per-card and
 per-terminal lookup arrays, the legs of each kind are array operations into preallocated
 arrays (only the fields used are gathered, never a copy of the records), and the positions
-are exact integer sums per party (np.add.at). The positions of a day always sum to zero, to
-the fen: checked before anything is returned.
+are exact integer sums per party (np.add.at). A transfer journey between two transit
+operators adds a pair of legs between them (apportion.py). The positions of a day always sum
+to zero, to the fen: checked before anything is returned.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from onecard.protocols import clearing
 from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import view
+from onecard.switch.clearing import apportion
 
 APPROVED = CODE_INDEX["00"]
 MEDICAL_KINDS = ("MEDICAL", "MEDICAL_REFUND")
@@ -173,7 +175,10 @@ class Legs(msgspec.Struct, kw_only=True):
     """Every leg of a settlement date: leg i moves ``signed[i]`` fen for party ``party[i]``
     (a name in ``names``), by the record ``records[row[i]]`` (journal number ``nos[row[i]]``),
     with ``fee[i]`` fen of fee in it. A leg may be of zero fen (a medical bill without a pool
-    share): sums and files leave those out."""
+    share): sums and files leave those out. After every record's own legs come the transit
+    apportionment's (apportion.py), two per journey, by the discounted record and with no
+    fee: the first legs' operators ``-moved`` (one per journey, in ``journeys`` order), then
+    the second legs' operators ``+moved``."""
     records: np.ndarray              # the records given (RECORD_DTYPE), not a copy
     nos: np.ndarray
     moving: int                      # records of the date that moved money
@@ -183,6 +188,12 @@ class Legs(msgspec.Struct, kw_only=True):
     fee: np.ndarray
     names: list[str]
     roles: list[str]
+    journeys: apportion.Journeys = apportion.Journeys(*(np.zeros(0, dtype=np.int64),) * 3)
+
+    @property
+    def plain(self) -> int:
+        """Legs before the apportionment's: the records' own."""
+        return len(self.signed) - 2 * len(self.journeys.second)
 
 
 def legs(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
@@ -202,17 +213,45 @@ def legs(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
     lookups = _lookups(ref, parties)
     fee_table = _fee_arrays(ref, clearing.FEES_DEFAULT if fees is None else fees)
     of_kind = {kind: rows[recs["kind"][rows] == value] for value, kind in kinds.items()}
+    journeys = _journeys(recs, nos, rows, ref, lookups["acquirer"])
     total = sum(len(r) * (len(clearing.LEGS[k]) + (k in clearing.FEE_KINDS))
-                for k, r in of_kind.items())
+                for k, r in of_kind.items()) + 2 * len(journeys.second)
     out = Legs(records=recs, nos=nos, moving=len(rows), row=np.empty(total, dtype=np.int64),
                party=np.empty(total, dtype=np.int32), signed=np.empty(total, dtype=np.int64),
-               fee=np.empty(total, dtype=np.int64), names=parties.names, roles=parties.roles)
+               fee=np.empty(total, dtype=np.int64), names=parties.names, roles=parties.roles,
+               journeys=journeys)
     at = 0
     for kind, kind_rows in of_kind.items():
         if len(kind_rows):
             at = _fill_kind(recs, kind_rows, kind, lookups, fee_table, out, at)
+    at = _fill_apportion(recs, journeys, lookups["acquirer"], out, at)
     assert at == total, (at, total)
     return out
+
+
+def _journeys(recs: np.ndarray, nos: np.ndarray, rows: np.ndarray, ref: Reference,
+              acquirer: np.ndarray) -> apportion.Journeys:
+    """The date's transfer journeys between two operators (one operator's own journey
+    moves nothing). A first leg of an earlier date was checked on its own date; it is
+    checked again here, as it names the party that pays."""
+    j = apportion.journeys(recs, nos, rows)
+    _check_references(recs, nos, j.first, ref)
+    terminal = recs["terminal"]
+    return apportion.between(j, acquirer[terminal[j.first].astype(np.int64)]
+                             != acquirer[terminal[j.second].astype(np.int64)])
+
+
+def _fill_apportion(recs: np.ndarray, j: apportion.Journeys, acquirer: np.ndarray, out: Legs,
+                    at: int) -> int:
+    """The apportionment's pair of legs per journey, by its discounted record: no fee (the
+    fees stay on what each leg charged)."""
+    n = len(j.second)
+    for rows, sign in ((j.first, -1), (j.second, +1)):
+        out.row[at:at + n] = j.second
+        out.party[at:at + n] = acquirer[recs["terminal"][rows].astype(np.int64)]
+        out.signed[at:at + n], out.fee[at:at + n] = sign * j.moved, 0
+        at += n
+    return at
 
 
 def positions(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
