@@ -3,6 +3,7 @@ journaled, even when a map of the state is full; and replaying the journal gives
 live state after a seeded random run of every kind of request, retransmissions and 96s
 included."""
 
+import datetime as dt
 import random
 import time
 
@@ -175,6 +176,13 @@ class Traffic:
 
     def medical(self) -> None:
         pan = self.pan()
+        if self.rng.random() < 0.15:                 # the day's totals (3201), made up
+            day = dt.date(2000, 1, 1) + dt.timedelta(self.world.engine.authoriser.settle_day)
+            shares = [self.rng.randrange(0, 10**6) for _ in range(3)]
+            self.native(self.doctor, native.MedicalTotals(
+                self.doctor.next_seq(), int(day.strftime("%Y%m%d")), self.rng.randrange(50),
+                self.rng.randrange(5), sum(shares), *shares))
+            return
         if self.bills and self.rng.random() < 0.3:
             pan, seq = self.bills.pop(self.rng.randrange(len(self.bills)))
             self.native(self.doctor, native.MedicalRefund(self.doctor.next_seq(), pan, seq))
