@@ -12,14 +12,17 @@ cdef enum:
 cdef struct Txn:                 # a decoded request, whatever protocol it came in
     uint64_t pan
     int64_t amount_fen           # as asked, in minor units of `currency`
-    int64_t x[4]                 # settlement: debit total, debit count, credit total, count
+    # settlement: debit total, debit count, credit total, count;
+    # medical totals: pool, personal, cash, settlements
+    int64_t x[4]
     uint32_t terminal            # index, already known, MAC-checked and permitted
     uint32_t seq
     uint32_t station_id
     uint32_t time_s
     uint32_t proc_code
-    uint32_t orig_seq            # void, its reversal, medical refund: the original's seq
-    uint32_t batch_no            # settlement
+    # void, its reversal, medical refund: the original's seq; medical totals: the refunds
+    uint32_t orig_seq
+    uint32_t batch_no            # settlement; medical totals: the date (days since 2000)
     uint16_t currency            # ISO 4217 numeric, 0 = not given
     uint8_t kind
     uint8_t proto
@@ -41,7 +44,7 @@ cdef struct Res:                 # the decision and what the reply needs
     uint8_t name_len             # bytes in name
     uint8_t id_len
     uint8_t entitlement          # venue: rule that set the price, 1-based, 0 none
-    uint8_t settle_result        # 1 balanced, 2 not balanced
+    uint8_t settle_result        # 1 balanced, 2 not balanced (medical totals: 0 not compared)
     uint8_t recorded             # record_no names a journal record (they count from 0)
     uint8_t name[64]             # masked (or, for lodging terminals, full) name, UTF-8
     uint8_t id_number[20]        # lodging terminals only

@@ -158,7 +158,11 @@ cdef class Authoriser:
                     and (e.amount_fen != asked(t) or e.flags & RING_VOIDED))
                 or (t.kind == KIND_MEDICAL and ring_medical_bill(e) != t.amount_fen)
                 or (t.kind == KIND_MEDICAL_REFUND and ring_medical_orig_seq(e) != t.orig_seq)
-                or (t.kind == KIND_TAP and (e.extra != t.station_id or e.aux != t.direction))):
+                or (t.kind == KIND_TAP and (e.extra != t.station_id or e.aux != t.direction))
+                or (t.kind == KIND_MEDICAL_TOTALS
+                    and (e.extra != t.batch_no or e.amount_fen != t.amount_fen
+                         or e.balance_fen != ring_totals_print(<uint32_t>t.x[3], t.orig_seq,
+                                                               t.x[0], t.x[1], t.x[2])))):
             # Same STAN, different request (or one already reversed or voided): never act on
             # it, and never repeat an approval that no longer stands.
             r.rc = RC_94

@@ -8,7 +8,7 @@ from onecard.core.codes cimport RC_12, RC_96
 from onecard.core.journal cimport NONE32
 from onecard.core.payments cimport (balance, batch_upload, purchase, reversal, settle,
                                     void_purchase)
-from onecard.core.services cimport medical, medical_refund, venue, verify
+from onecard.core.services cimport medical, medical_refund, medical_totals, venue, verify
 from onecard.core.state cimport *
 from onecard.core.transit cimport tap, topup
 
@@ -46,6 +46,8 @@ cdef void decide(Authoriser a, Txn* t, Res* r) noexcept nogil:
         medical(a, t, r)
     elif t.kind == KIND_MEDICAL_REFUND:
         medical_refund(a, t, r)
+    elif t.kind == KIND_MEDICAL_TOTALS:
+        medical_totals(a, t, r)
     elif t.kind == KIND_SIGNON:
         a.signon(t, r)
     else:

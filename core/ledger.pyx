@@ -236,6 +236,17 @@ cdef int apply_medical(State st, JRec* r, uint64_t no) noexcept nogil:
     return 0
 
 
+cdef int apply_medical_totals(State st, JRec* r, uint64_t no) noexcept nogil:
+    """An institution's totals of a date: nothing in the state changes (clearing reads them
+    from the journal) but the terminal's ring slot, so a retransmission is answered as the
+    original and a different message under its seq is told apart (94)."""
+    cdef JMedicalTotals* p = &r.medical_totals
+    ring_put(st, &r.head, no, KIND_MEDICAL_TOTALS, p.pool_fen + p.personal_fen + p.cash_fen,
+             ring_totals_print(p.settlements, p.refunds, p.pool_fen, p.personal_fen,
+                               p.cash_fen), 0, p.settle_day)
+    return 0
+
+
 cdef int apply_forwarded(State st, JRec* r, uint64_t no) noexcept nogil:
     """The acquirer's side of another region's card: the issuer's record number in the ring
     (a retransmission is recorded as repeated), and the terminal's batch totals."""
@@ -398,6 +409,8 @@ cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
         return apply_medical(st, r, no)
     if kind == KIND_SIGNON:
         return apply_signon(st, &r.signon)
+    if kind == KIND_MEDICAL_TOTALS:
+        return apply_medical_totals(st, r, no)
     if kind == KIND_FORWARDED:
         return apply_forwarded(st, r, no)
     if kind == KIND_SETTLE:

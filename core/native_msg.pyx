@@ -110,6 +110,65 @@ cdef inline const char* parse_medical(MpReader* body, Txn* t, uint32_t count) no
     return NULL
 
 
+cdef enum:
+    DAYS_1970_TO_2000 = 10957
+
+# |amount| of a day's medical totals, below: a sum of three never overflows (an enum is an int)
+cdef int64_t TOTAL_FEN_MAX = <int64_t>1 << 47
+
+
+cdef inline int64_t day_number(int64_t yyyymmdd) noexcept nogil:
+    """A YYYYMMDD date as days since 2000-01-01 (H. Hinnant's days_from_civil), or -1 when
+    it is no date or is outside 2000-01-01..2179-06-06 (what a u16 day holds)."""
+    cdef int64_t y = yyyymmdd // 10000, m = yyyymmdd // 100 % 100, d = yyyymmdd % 100
+    cdef int64_t era, yoe, doy, doe, days
+    cdef int month_days
+    if yyyymmdd < 20000101 or y > 2179 or m < 1 or m > 12 or d < 1:
+        return -1
+    month_days = (29 if m == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+                  else 28 if m == 2 else 30 if m == 4 or m == 6 or m == 9 or m == 11 else 31)
+    if d > month_days:
+        return -1
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m - 3 if m > 2 else m + 9) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468 - DAYS_1970_TO_2000
+    return days if days <= 0xffff else -1
+
+
+cdef inline const char* parse_totals(MpReader* body, Txn* t, uint32_t count) noexcept nogil:
+    """MedicalTotals: t.batch_no the settlement date (days since 2000-01-01), t.amount_fen the
+    bill, t.x its pool, personal and cash shares and the settlements, t.orig_seq the refunds.
+    Sums are net of refunds: below zero only with refunds."""
+    cdef int64_t v
+    cdef uint32_t settlements, refunds
+    cdef int i
+    if count < 9:
+        return (b"MedicalTotals is [11, seq, settle_date, settlements, refunds, bill_fen, "
+                b"pool_fen, personal_fen, cash_fen]")
+    if mp_int(body, &v) or day_number(v) < 0:
+        return b"settle_date must be a date YYYYMMDD from 20000101"
+    t.batch_no = <uint32_t>day_number(v)
+    if parse_u32(body, &settlements) or parse_u32(body, &refunds):
+        return b"settlements and refunds must be counts 0..4294967295"
+    for i in range(4):
+        if mp_int(body, &v) or v <= -TOTAL_FEN_MAX or v >= TOTAL_FEN_MAX:
+            return b"amounts must be integers (fen) within 2^47 either side of 0"
+        if v < 0 and refunds == 0:
+            return b"an amount below zero needs refunds: a sum of settlements alone is >= 0"
+        if i == 0:
+            t.amount_fen = v
+        else:
+            t.x[i - 1] = v
+    if t.amount_fen != t.x[0] + t.x[1] + t.x[2]:
+        return b"bill_fen must be pool_fen + personal_fen + cash_fen"
+    t.x[3] = settlements
+    t.orig_seq = refunds
+    return NULL
+
+
 cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* seq,
                                uint32_t n_msgs) noexcept nogil:
     """One request message into t. NULL when it follows the schema; otherwise what is wrong
@@ -152,6 +211,10 @@ cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* se
         t.kind = KIND_MEDICAL if tag[0] == TAG_MEDICAL else KIND_MEDICAL_REFUND
         problem = parse_medical(body, t, count)
         extra = count - 4
+    elif tag[0] == TAG_MEDICAL_TOTALS:
+        t.kind = KIND_MEDICAL_TOTALS
+        problem = parse_totals(body, t, count)
+        extra = count - 9
     if problem == NULL:
         for _ in range(extra):               # fields a newer schema may add
             if mp_skip(body, 0):
@@ -197,6 +260,8 @@ cdef size_t write_reply(uint8_t* p, Txn* t, uint8_t tag, Res* r, uint32_t now_s)
         k += mp_w_int(p + k, r.amount_fen if ok else 0)
         k += mp_w_int(p + k, r.balance_fen)
         k += mp_w_int(p + k, r.entitlement if ok else 0)
+    elif kind == KIND_MEDICAL_TOTALS:
+        k += mp_w_int(p + k, r.settle_result if ok else 0)
     return k
 
 
@@ -274,7 +339,8 @@ _COMPILED = {"TAG_SIGNON": TAG_SIGNON, "TAG_HEARTBEAT": TAG_HEARTBEAT, "TAG_TAP"
              "TAG_VERIFY": TAG_VERIFY, "TAG_OFFLINE_TAP": TAG_OFFLINE_TAP,
              "TAG_DENY_SYNC": TAG_DENY_SYNC, "TAG_MEDICAL": TAG_MEDICAL,
              "TAG_MEDICAL_REFUND": TAG_MEDICAL_REFUND, "TAG_VENUE": TAG_VENUE,
-             "TAG_TOPUP": TAG_TOPUP, "REPLY_OFFSET": REPLY_OFFSET, "TAG_ERROR": TAG_ERROR,
+             "TAG_TOPUP": TAG_TOPUP, "TAG_MEDICAL_TOTALS": TAG_MEDICAL_TOTALS,
+             "REPLY_OFFSET": REPLY_OFFSET, "TAG_ERROR": TAG_ERROR,
              "PREFIX": PREFIX}
 assert _COMPILED.keys() == _DECLARED.keys(), sorted(_COMPILED.keys() ^ _DECLARED.keys())
 for _symbol, _value in _COMPILED.items():

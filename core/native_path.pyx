@@ -482,7 +482,7 @@ cdef class NativePath:
             self.append_error(out, f, seq, RC_12, b"unknown message tag")
             self.mx.count(batch, KIND_OTHER, RC_12)
             return 0
-        if not (term.permitted >> t.kind) & 1:
+        if not permits(term, t.kind):
             r.rc = RC_58
         elif t.kind == KIND_HEARTBEAT:
             r.rc = RC_00
@@ -592,7 +592,7 @@ cdef class NativePath:
                     break
                 continue
             t.terminal = <uint32_t>h.term_idx
-            if t.kind == KIND_OTHER or not (term.permitted >> t.kind) & 1:
+            if t.kind == KIND_OTHER or not permits(term, t.kind):
                 continue
             if self.router.route(&t, &r) == ROUTE_FORWARD:
                 lacking = True

@@ -176,11 +176,15 @@ def adjust(Authoriser a, uint32_t terminal, uint32_t seq, uint32_t card, int64_t
     """差错调整: journal an operator's resolution of a clearing exception (the terminal and
     STAN it is about, its kind and reference) moving ``amount_fen`` between the card's
     issuer and the terminal's acquirer (``direction`` 1: the acquirer is owed it, 2: it owes
-    it); no account changes. The record number."""
+    it); no account changes. Without a card (NONE32: a medical institution's totals) it moves
+    nothing and acknowledges the exception. The record number."""
     cdef JRec* j
     cdef uint64_t no = a.journal.next_no
-    if terminal >= a.state.n_terminals or card >= a.state.n_cards:
+    if terminal >= a.state.n_terminals or (card >= a.state.n_cards and card != NONE32):
         raise IndexError("no such terminal or card")
+    if card == NONE32 and amount_fen:
+        raise ValueError("an adjustment without a card (no issuer) moves 0 fen: it "
+                         "acknowledges an exception")
     if not 0 <= amount_fen <= <int64_t>0x7fffffffffff or direction not in (1, 2):
         raise ValueError("an adjustment moves 0 or more fen, one way (direction 1 or 2)")
     j = _operator_record(a, KIND_ADJUSTMENT, card, NONE32)

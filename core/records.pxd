@@ -284,6 +284,25 @@ cdef struct JCardAdmin:    # CARD_ADMIN
     uint8_t functions                    # Function bits
     uint8_t action                       # CARD_ADMIN_ACTIONS
 
+cdef struct JMedicalTotals:    # MEDICAL_TOTALS
+    int64_t ts_us                        # µs since 1970-01-01 UTC
+    int64_t amount_fen                   # fen
+    int64_t balance_fen_after            # fen
+    uint32_t terminal                    # index
+    uint32_t seq
+    uint32_t card                        # index
+    uint32_t account                     # index
+    uint8_t kind                         # Kind
+    uint8_t app                          # index
+    uint8_t rc                           # index
+    uint8_t flags                        # FLAGS
+    uint16_t settle_day                  # days since 2000-01-01 (China time)
+    int64_t pool_fen                     # fen
+    int64_t personal_fen                 # fen
+    int64_t cash_fen                     # fen
+    uint32_t settlements
+    uint32_t refunds
+
 cdef union JRec:
     JHead head
     JPayment payment
@@ -300,4 +319,5 @@ cdef union JRec:
     JUpload upload
     JAdjustment adjustment
     JCardAdmin card_admin
+    JMedicalTotals medical_totals
     uint8_t raw[80]

@@ -8,7 +8,7 @@ from libc.string cimport memcpy
 
 from onecard.core.authorise cimport ADVICE_STAND_IN, Authoriser, Res, Txn, stand_in_posting
 from onecard.core.codes cimport *
-from onecard.core.journal cimport JMedical, JRec
+from onecard.core.journal cimport JMedical, JMedicalTotals, JRec
 from onecard.core.state cimport *
 
 
@@ -236,4 +236,33 @@ cdef void medical_refund(Authoriser a, Txn* t, Res* r) noexcept nogil:
     r.x[1] = personal
     r.x[2] = cash
     r.amount_fen = cash
+    a.commit(j, r)
+
+
+cdef void medical_totals(Authoriser a, Txn* t, Res* r) noexcept nogil:
+    """An institution's totals of a settlement date on this terminal (3201, as native_msg
+    parsed them): journaled as sent and answered 00 with result 0. They are compared in
+    clearing, from the journal (switch/clearing/medical.py totals_differences): the core
+    keeps no daily totals per terminal, and refunds of earlier dates count on theirs. A date
+    after the current settlement date is refused (12) with nothing journaled: no bill of it
+    can have been settled yet."""
+    cdef JRec* j
+    cdef JMedicalTotals* m
+    if a.duplicate(t, -1, r):
+        return
+    if t.batch_no > a.settle_day:
+        r.rc = RC_12
+        return
+    r.rc = RC_00
+    r.settle_result = 0
+    j = a.record(t, r, -1)
+    if j == NULL:
+        return
+    m = &j.medical_totals
+    m.settle_day = <uint16_t>t.batch_no
+    m.pool_fen = t.x[0]
+    m.personal_fen = t.x[1]
+    m.cash_fen = t.x[2]
+    m.settlements = <uint32_t>t.x[3]
+    m.refunds = t.orig_seq
     a.commit(j, r)

@@ -33,6 +33,7 @@ cpdef enum Kind:
     KIND_FOREIGN_DENY = 23       # journal only: another region's card onto or off the deny list
     KIND_BATCH_UPLOAD = 24       # 0320: a transaction of an unbalanced batch, as the POS has it
     KIND_ADJUSTMENT = 25         # journal only: 差错调整 of a clearing exception by an operator
+    KIND_MEDICAL_TOTALS = 26     # a medical institution's daily totals (3201-style)
     N_KINDS = 32
 
 cpdef enum Proto:
@@ -313,6 +314,28 @@ cdef inline uint32_t ring_settle_debits(RingEntry* e) noexcept nogil:
 
 cdef inline uint32_t ring_settle_credits(RingEntry* e) noexcept nogil:
     return e.extra >> 16
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    """SplitMix64's finaliser: every input bit moves about half the output bits (card numbers
+    share long prefixes, so the map slots need their low bits mixed; state.pyx)."""
+    x ^= x >> 30
+    x *= <uint64_t>0xbf58476d1ce4e5b9
+    x ^= x >> 27
+    x *= <uint64_t>0x94d049bb133111eb
+    x ^= x >> 31
+    return x
+
+
+cdef inline int64_t ring_totals_print(uint32_t settlements, uint32_t refunds, int64_t pool_fen,
+                                      int64_t personal_fen, int64_t cash_fen) noexcept nogil:
+    """A medical totals slot's balance: a 64-bit fingerprint of the counts and shares (the
+    slot has no room for them all), so that a different message under the same seq is told
+    from a retransmission; its amount is the bill and its extra the settlement date."""
+    cdef uint64_t h = mix64((<uint64_t>settlements << 32) | refunds)
+    h = mix64(h ^ <uint64_t>pool_fen)
+    h = mix64(h ^ <uint64_t>personal_fen)
+    return <int64_t>mix64(h ^ <uint64_t>cash_fen)
 
 
 cdef inline void medical_year_get(Entry* e, uint16_t year, int32_t* deductible_used_fen,

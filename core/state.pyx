@@ -86,8 +86,6 @@ for _table in _TABLES:
                  globals()[_table.core_enum].__members__.items()}
     assert _compiled == _table.symbols(), (_table.core_enum, _compiled, _table.symbols())
 
-cdef uint64_t MIX1 = 0xbf58476d1ce4e5b9
-cdef uint64_t MIX2 = 0x94d049bb133111eb
 
 cdef extern from *:
     """
@@ -103,16 +101,6 @@ cdef extern from *:
 cdef extern from "<sys/mman.h>" nogil:
     int madvise(void* addr, size_t length, int advice)
     int MADV_HUGEPAGE
-
-
-cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
-    # splitmix64 finaliser: card numbers share long prefixes, so the low bits need mixing.
-    x ^= x >> 30
-    x *= MIX1
-    x ^= x >> 27
-    x *= MIX2
-    x ^= x >> 31
-    return x
 
 
 cdef enum:

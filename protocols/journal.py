@@ -230,6 +230,21 @@ LAYOUTS: Final[dict[str, tuple[Field, ...]]] = {
         Field("functions", "u8", "Function bits", "functions loaded after", "b:40:8"),
         Field("action", "u8", "CARD_ADMIN_ACTIONS", "what was done", "e:0:8"),
     ),
+    "medical_totals": (
+        # A medical institution's own totals of a settlement date (3201-style, native
+        # MedicalTotals): kept as sent, compared with the switch's records of the date by
+        # clearing (switch/clearing/medical.py totals_differences). Amounts are net of
+        # refunds, so they may be below zero; the bill is not kept: it is the sum of the
+        # three shares (the switch refuses totals where it is not), and 80 bytes hold no more.
+        Field("settle_day", "u16", "days since 2000-01-01 (China time)",
+              "the settlement date the totals are of", "-"),
+        Field("pool_fen", "i64", "fen", "the pooled fund's share, net of refunds", "-"),
+        Field("personal_fen", "i64", "fen", "the personal medical accounts' share, net of "
+              "refunds", "-"),
+        Field("cash_fen", "i64", "fen", "the cardholders' cash share, net of refunds", "-"),
+        Field("settlements", "u32", "", "settlements the institution counted", "-"),
+        Field("refunds", "u32", "", "refunds the institution counted", "-"),
+    ),
 }
 
 # Every transaction kind: the metrics "type", the terminals' permission bits, the journal's
@@ -266,6 +281,8 @@ KINDS: Final[tuple[Kind, ...]] = (
          "unbalanced, as the terminal uploads it, or the upload's end (moves no money)"),
     Kind(25, "ADJUSTMENT", "adjustment", "差错调整: an operator resolves a clearing "
          "exception, amount_fen between the card's issuer and the terminal's acquirer"),
+    Kind(26, "MEDICAL_TOTALS", "medical_totals", "a medical institution's totals of a "
+         "settlement date, as it sent them (moves no money; clearing compares them)"),
 )
 
 # Bits of the head's `flags`: the terminal ring slot's flags after the record (their table is

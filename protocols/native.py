@@ -42,6 +42,7 @@ MESSAGES: Final[tuple[Message, ...]] = (
     Message(8, "TAG_MEDICAL_REFUND", "MedicalRefund", "MedicalRefundReply"),
     Message(9, "TAG_VENUE", "VenueEntry", "VenueReply"),
     Message(10, "TAG_TOPUP", "TopUp", "TopUpReply"),
+    Message(11, "TAG_MEDICAL_TOTALS", "MedicalTotals", "MedicalTotalsReply"),
 )
 REPLY_OFFSET: Final = 100
 TAG_ERROR: Final = 199            # ErrorReply, to any request (or a frame) not processed
@@ -167,8 +168,27 @@ class TopUp(msgspec.Struct, array_like=True, tag=TAGS["TopUp"], frozen=True):
     amount_fen: int
 
 
+class MedicalTotals(msgspec.Struct, array_like=True, tag=TAGS["MedicalTotals"], frozen=True):
+    """A medical institution's totals of one settlement date on this terminal (the national
+    platform's 3201 daily reconciliation): ``settle_date`` YYYYMMDD (the switch's settlement
+    date, cut-over included, not after its current one); the approved settlements and refunds
+    it counted; the bill and its shares, net of refunds (a refund counts negative, so an
+    amount may be below zero, but only when ``refunds`` > 0), with ``bill_fen`` = ``pool_fen``
+    + ``personal_fen`` + ``cash_fen``. Journaled as sent and compared by clearing; a later
+    MedicalTotals for the same date replaces it."""
+
+    seq: int
+    settle_date: int
+    settlements: int
+    refunds: int
+    bill_fen: int
+    pool_fen: int
+    personal_fen: int
+    cash_fen: int
+
+
 Request = (SignOn | Heartbeat | Tap | Verify | OfflineTap | DenyListSync | Medical
-           | MedicalRefund | VenueEntry | TopUp)
+           | MedicalRefund | VenueEntry | TopUp | MedicalTotals)
 
 
 # ---- replies --------------------------------------------------------------------------------
@@ -283,9 +303,21 @@ class TopUpReply(msgspec.Struct, array_like=True, tag=TAGS["TopUpReply"], frozen
     balance_fen: int
 
 
+class MedicalTotalsReply(msgspec.Struct, array_like=True, tag=TAGS["MedicalTotalsReply"],
+                         frozen=True):
+    """``rc`` 00: the totals are recorded. ``result`` 0: not compared here: the switch's own
+    totals come from its journal in clearing (``onecard clearing medical``), where a
+    difference becomes an exception; 1 (agree) and 2 (differ) are kept for a comparison in
+    the reply. ``rc`` 12: ``settle_date`` is after the switch's current settlement date."""
+
+    seq: int
+    rc: str
+    result: int
+
+
 Reply = (SignOnReply | HeartbeatReply | TapReply | VerifyReply | OfflineTapReply
          | DenyListReply | MedicalReply | MedicalRefundReply | VenueReply | TopUpReply
-         | ErrorReply)
+         | MedicalTotalsReply | ErrorReply)
 
 # Every Struct is in the table and a union, under its tag (msgspec needs them distinct).
 assert {c.__name__: c.__struct_config__.tag for c in get_args(Request) + get_args(Reply)} == TAGS

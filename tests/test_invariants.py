@@ -3,6 +3,7 @@ journaled, even when a map of the state is full; and replaying the journal gives
 live state after a seeded random run of every kind of request, retransmissions and 96s
 included."""
 
+import datetime as dt
 import random
 import time
 
@@ -143,7 +144,13 @@ class Traffic:
     def settle_or_balance(self) -> None:
         t = self.rng.choice(self.pos)
         if self.rng.random() < 0.3:
-            self.iso(t, t.settlement(self.rng.randrange(10**6), self.rng.randrange(50), 0, 0))
+            settled = self.iso(t, t.settlement(self.rng.randrange(10**6), self.rng.randrange(50),
+                                               0, 0))
+            if settled["39"] == "00" and settled["48"][-1] == "2":    # upload (0320) some of it
+                mine = [p for p in self.purchases if p[0] is t][-2:]
+                for _, pan, amount, stan in mine:
+                    self.iso(t, t.upload(pan, amount, stan))
+                self.iso(t, t.upload_end(len(mine)))
         else:
             self.iso(t, t.balance(self.pan()))
 
@@ -175,6 +182,13 @@ class Traffic:
 
     def medical(self) -> None:
         pan = self.pan()
+        if self.rng.random() < 0.15:                 # the day's totals (3201), made up
+            day = dt.date(2000, 1, 1) + dt.timedelta(self.world.engine.authoriser.settle_day)
+            shares = [self.rng.randrange(0, 10**6) for _ in range(3)]
+            self.native(self.doctor, native.MedicalTotals(
+                self.doctor.next_seq(), int(day.strftime("%Y%m%d")), self.rng.randrange(50),
+                self.rng.randrange(5), sum(shares), *shares))
+            return
         if self.bills and self.rng.random() < 0.3:
             pan, seq = self.bills.pop(self.rng.randrange(len(self.bills)))
             self.native(self.doctor, native.MedicalRefund(self.doctor.next_seq(), pan, seq))
@@ -185,7 +199,7 @@ class Traffic:
             self.bills.append((pan, seq))
 
     def operator(self) -> None:
-        a, what = self.world.engine.authoriser, self.rng.randrange(4)
+        a, what = self.world.engine.authoriser, self.rng.randrange(5)
         pan, idx = self.rng.choice(self.cards)
         self.world.engine.tick()
         if what == 0:
@@ -193,6 +207,10 @@ class Traffic:
         elif what == 1:
             pans = np.array([int(self.pan()) for _ in range(3)], dtype=np.uint64)
             operations.disburse(a, 2, 202612, pans, np.full(3, 9_000, dtype=np.int64), 1)
+        elif what == 4:                               # 差错调整 of a made-up exception
+            operations.adjust(a, self.rng.choice(self.pos).info.idx, self.rng.randrange(999),
+                              idx, self.rng.randrange(10_000), exception=1, ref=1,
+                              direction=self.rng.choice([1, 2]), operator=3)
         else:
             status = self.rng.choice([CARD_LOST, CARD_FROZEN, CARD_ACTIVE])
             operations.card_change(a, idx, status=status, operator=2)

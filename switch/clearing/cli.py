@@ -217,8 +217,8 @@ def store_dsn(config) -> str | None:
 
 
 def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> int:
-    ref, recs, _ = reference(config.data_dir, config.security.kek_file or None,
-                             store_dsn(config))
+    ref, recs, nos = reference(config.data_dir, config.security.kek_file or None,
+                               store_dsn(config))
     totals = medical.medical(recs, ref, first, last, cutover=config.clearing.cutover)
     print(f"medical clearing, settlement dates {first} to {last}")
     for title, rows in (("per institution and insuring fund", totals.by_institution_fund),
@@ -230,8 +230,14 @@ def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> in
         for t in rows:
             print(f"  {' / '.join(t.key):32}{t.bills:>7,}{_yuan(t.bill_fen):>14}"
                   f"{_yuan(t.pool_fen):>14}{_yuan(t.personal_fen):>14}{_yuan(t.cash_fen):>14}")
+    dates = medical.totals_dates(recs, first, last)
+    differences = [d for date in dates for d in medical.totals_differences(
+        recs, nos, ref, date, cutover=config.clearing.cutover)]
+    print("\n".join(totals_report(differences, len(dates))))
     if json_path:
-        Path(json_path).write_bytes(msgspec.json.encode(totals))
+        Path(json_path).write_bytes(msgspec.json.encode(
+            {**msgspec.structs.asdict(totals),
+             "totals_differences": [d._asdict() for d in differences]}))
     return 0
 
 
@@ -249,6 +255,22 @@ def _exceptions(config, date: dt.date, json_path: str | None) -> int:
     if json_path:
         Path(json_path).write_bytes(msgspec.json.encode(found))
     return 0
+
+
+def totals_report(differences: list[medical.MedicalDifference], dates: int) -> list[str]:
+    """The institutions' daily totals (3201) that differ from the switch's, one line each:
+    amounts in yuan, counts as counts."""
+    if not differences:
+        return [f"institutions' daily totals: no differences ({dates} dates with totals)"]
+    lines = [f"institutions' daily totals that differ from the switch's ({len(differences)}):",
+             f"  {'date':12}{'institution / terminal':32}{'':12}{'switch':>14}"
+             f"{'institution':>14}{'record':>10}"]
+    for d in differences:
+        show = _yuan if d.fund in ("pool", "personal", "cash") else "{:,}".format
+        lines.append(f"  {d.settle_date.isoformat():12}{d.institution + ' / ' + d.terminal:32}"
+                     f"{d.fund:12}{show(d.switch_value):>14}{show(d.institution_value):>14}"
+                     f"{d.record_no:>10}")
+    return lines
 
 
 def _hub(config, date: dt.date, regions: list[str]) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 from onecard.protocols import clearing
 from onecard.protocols.journal import FLAG, KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import view
+from onecard.switch.clearing import medical
 from onecard.switch.clearing.files import mask_pan
 from onecard.switch.clearing.positions import APPROVED, Reference
 
@@ -242,6 +243,34 @@ def _batches(recs: np.ndarray, ref: Reference, date: dt.date,
     return out
 
 
+def _medical(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date,
+             cutover: str) -> list[Exception_]:
+    """The institutions' daily totals (3201) that differ from the switch's journal: the
+    journal is what was settled, so an adjustment acknowledges them with 0 fen (the
+    institution corrects its own books)."""
+    differences = medical.totals_differences(recs, nos, ref, date, cutover=cutover)
+    if not differences:
+        return []
+    index = {tid: i for i, tid in enumerate(ref.terminal_tid or [])}
+    day = clearing.day_number(date)
+    out = []
+    for d in differences:
+        seq = medical.COMPARED.index(d.fund)
+        unit = "fen" if d.fund in ("pool", "personal", "cash") else ""
+        out.append(Exception_(
+            id=exception_id(date, "MEDICAL_TOTALS", d.terminal, day, seq),
+            date=date.isoformat(), kind="MEDICAL_TOTALS",
+            detail=f"{d.institution}'s totals of {d.settle_date} ({d.terminal}, record "
+                   f"{d.record_no}): {d.fund} {d.institution_value} {unit}, the switch's "
+                   f"journal {d.switch_value} {unit}".replace("  ", " "),
+            terminal=d.terminal, terminal_idx=index.get(d.terminal, -1),
+            acquirer=f"acquirer:{d.institution}", ref=day, seq=seq, card="", card_idx=-1,
+            issuer="", switch_amount_minor=d.switch_value,
+            terminal_amount_minor=d.institution_value, currency=CNY if unit else 0,
+            suggested_fen=0, suggested_direction="acquirer_owed"))
+    return out
+
+
 def _tid(ref: Reference, terminal: int) -> str:
     return ref.terminal_tid[terminal] if ref.terminal_tid else str(terminal)
 
@@ -269,6 +298,7 @@ def find(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
     """The date's exceptions, each with the adjustment that resolved it, if one did."""
     recs = np.ascontiguousarray(recs)
     found = _batches(recs, ref, date, clearing.cutover_minutes(cutover))
+    found += _medical(recs, nos, ref, date, cutover)
     done = adjustments(recs, nos, ref, cutover)
     out = []
     for e in found:

@@ -206,6 +206,8 @@ def legs(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
     moving &= recs["rc"] == APPROVED
     kinds = {KIND_BY_NAME[k].value: k for k in clearing.LEGS}
     moving &= np.isin(recs["kind"], list(kinds))
+    # an adjustment of 0 fen (an acknowledgement, maybe naming no card) moves nothing
+    moving &= (recs["kind"] != KIND_BY_NAME["ADJUSTMENT"].value) | (recs["amount_fen"] != 0)
     rows = np.flatnonzero(moving)
     del moving
     _check_references(recs, nos, rows, ref)

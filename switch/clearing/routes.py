@@ -11,6 +11,7 @@ from aiohttp import web
 
 from onecard.core import operations
 from onecard.protocols import clearing
+from onecard.protocols.journal import NONE as NO_CARD
 from onecard.switch.admin import schema
 from onecard.switch.admin.routes import Problem
 from onecard.switch.clearing import exceptions
@@ -87,12 +88,14 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
             if e.adjustment is not None:
                 raise Problem(409, "Conflict", f"exception {ident} was resolved by journal "
                               f"record {e.adjustment.record_no}")
-            if e.card_idx < 0:
+            if e.card_idx < 0 and body.amount_fen:
                 raise Problem(422, "Unprocessable Content", f"exception {ident} names no card "
-                              "the switch knows: there is no issuer to adjust against")
+                              "the switch knows: there is no issuer to move money with (an "
+                              "adjustment of 0 fen acknowledges it)")
             api.switch.engine.tick()
             no = operations.adjust(api.switch.engine.authoriser, e.terminal_idx, e.seq,
-                                   e.card_idx, body.amount_fen,
+                                   e.card_idx if e.card_idx >= 0 else NO_CARD,
+                                   body.amount_fen,
                                    exception=clearing.EXCEPTION[e.kind], ref=e.ref,
                                    direction=clearing.DIRECTIONS[body.direction],
                                    operator=api.ops.index(op))
