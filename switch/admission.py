@@ -215,9 +215,11 @@ class Admission:
         self.partial_bytes_max = srv.partial_bytes_max
         self.first_frame_bytes_max = srv.native_first_frame_bytes_max
         self.partial_over_budget = RateLimitedLog("connections closed: partial frames over "
-                                                  "server.partial_bytes_max")
+                                                  "server.partial_bytes_max",
+                                                  event="connection_closed")
         self.first_frame_too_big = RateLimitedLog("native connections closed: first frame "
-                                                  "above server.native_first_frame_bytes_max")
+                                                  "above server.native_first_frame_bytes_max",
+                                                  event="connection_closed")
 
     # ---- start ------------------------------------------------------------------------------
 

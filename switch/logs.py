@@ -26,6 +26,7 @@ EVENTS: Final[dict[str, str]] = {
     "ready": "listeners open: the switch takes traffic",
     "stop": "the switch stopped",
     "connection_refused": "terminal connections closed at once by a connection cap",
+    "connection_closed": "terminal connections closed for idling, half frames or oversize",
     "commit_failed": "a journal commit failed: no reply after it is released",
     "journal_unwritable": "commits fail for lack of space (retried; requests refused 96)",
     "journal_writable": "commits succeed again after lack of space",

@@ -127,6 +127,10 @@ def _server(sw: Switch) -> Iterator[Metric]:
     for p, name in PROTOCOL_NAMES.items():
         conns.add_metric([name], len(sw.connections[p]))
     yield conns
+    yield GaugeMetricFamily("onecard_connections_max", "Terminal connections this switch "
+                            "accepts in all (server.connections_max, or fewer if the open-files "
+                            "limit is lower)", value=min(sw.admission.connections_max,
+                                                         sw.admission.terminal_fds_max))
     yield CounterMetricFamily("onecard_idle_connections_closed",
                               "Connections closed for sending nothing (or half a frame) "
                               "for longer than the configured timeout",
@@ -137,6 +141,9 @@ def _server(sw: Switch) -> Iterator[Metric]:
     yield GaugeMetricFamily("onecard_replies_waiting",
                             "Reply batches waiting for their journal records",
                             value=len(sw.waiting))
+    yield GaugeMetricFamily("onecard_connections_paused", "Connections not read from while "
+                            "their replies wait for the journal (backpressure)",
+                            value=len(sw.paused))
 
 
 def _admission(sw: Switch) -> Iterator[Metric]:
@@ -286,6 +293,8 @@ class SwitchCollector(Collector):
         yield from _region(self.switch)
         yield from _clearing(self.switch)
         yield from _housekeeping(self.switch)
+        if self.switch.replication is not None:
+            yield from _replication(self.switch.replication)
 
 
 def _housekeeping(sw: Switch) -> Iterator[Metric]:
@@ -318,6 +327,31 @@ def _housekeeping(sw: Switch) -> Iterator[Metric]:
                             "data directory's filesystem", value=disk.free)
     yield GaugeMetricFamily("onecard_data_disk_size_bytes", "Size of the data directory's "
                             "filesystem", value=disk.total)
+
+
+def _replication(mon) -> Iterator[Metric]:
+    """The PostgreSQL primary's standbys (switch/pg/replication.py): failover and lag."""
+    yield GaugeMetricFamily("onecard_pg_primary_reachable", "1 when the last poll of "
+                            "pg_stat_replication reached the primary", value=1 if mon.ok else 0)
+    standbys = GaugeMetricFamily("onecard_pg_standbys", "Standbys attached to the primary",
+                                 labels=["sync_state"])
+    states = {"sync": 0, "quorum": 0, "potential": 0, "async": 0}
+    for sb in mon.standbys:
+        states[sb.sync_state] = states.get(sb.sync_state, 0) + 1
+    for state, n in states.items():
+        standbys.add_metric([state], n)
+    yield standbys
+    lag = GaugeMetricFamily("onecard_pg_replication_lag_bytes", "WAL the primary has written "
+                            "that a standby has not replayed", labels=["standby", "sync_state"])
+    lag_s = GaugeMetricFamily("onecard_pg_replication_lag_seconds", "How long ago a standby "
+                              "replayed what the primary had flushed (PostgreSQL replay_lag)",
+                              labels=["standby"])
+    for sb in mon.standbys:
+        if sb.lag_bytes is not None:
+            lag.add_metric([sb.name, sb.sync_state], sb.lag_bytes)
+        lag_s.add_metric([sb.name], sb.lag_s)
+    yield lag
+    yield lag_s
 
 
 def _clearing(sw: Switch) -> Iterator[Metric]:

@@ -211,11 +211,17 @@ class Switch:
         self.listeners: list[Listener] = []
         self.failed: BaseException | None = None
         self.idle_closed = 0
-        self.idle_log = RateLimitedLog("connections closed: silent, or a frame unfinished")
+        self.idle_log = RateLimitedLog("connections closed: silent, or a frame unfinished",
+                                       event="connection_closed")
         self.stopped = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.committer, self.checkpointer = self._writers(config, loaded, lease)
+        self.replication = None                # PostgreSQL: the primary's standbys, polled
+        if config.store.backend == "postgresql":
+            from onecard.switch.pg.replication import ReplicationMonitor
+
+            self.replication = ReplicationMonitor(config.store.dsn)
         self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
                                         daemon=True)
         self.last_checkpoint_no = loaded.snapshot_upto
@@ -490,6 +496,8 @@ class Switch:
         self._loop.add_reader(self._efd, self._on_commit)
         self._writer.start()
         self.checkpointer.start()
+        if self.replication is not None:
+            self.replication.start()
         if self.link is not None:
             # Routed before the first terminal connects: a foreign card is never decided here.
             await self.link.start()
@@ -540,6 +548,8 @@ class Switch:
             await self.link.stop()
         self.committer.stop()
         self.checkpointer.stop()
+        if self.replication is not None:
+            self.replication.stop()
         await asyncio.to_thread(self._writer.join, 30)
         await asyncio.to_thread(self.checkpointer.join, 120)
         self._loop.remove_reader(self._efd)

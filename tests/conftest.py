@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -171,6 +172,13 @@ class SwitchProcess:
     native: int
     http: int
     output: list[str]
+    drain: threading.Thread | None = None
+
+    def text(self, timeout_s: float = 60) -> str:
+        """Everything the process wrote, once it has ended (stdout and stderr)."""
+        if self.drain is not None:
+            self.drain.join(timeout_s)
+        return "".join(self.output)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -183,6 +191,15 @@ class SwitchProcess:
 
 
 NO_SHEDDING = "[server]\nlatency_budget_ms = 0\n"
+OUTPUT_LINES_MAX = 100_000
+
+
+def _drain(stream, output: list[str]) -> None:
+    for line in stream:
+        output.append(line)
+        if len(output) > OUTPUT_LINES_MAX:
+            del output[:OUTPUT_LINES_MAX // 2]
+
 
 
 def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
@@ -214,8 +231,11 @@ def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
             for role in m.group(1).split(","):
                 TOKENS.setdefault(str(data_dir), {})[role] = m.group(2)
         if line.startswith("onecard: ready"):
+            # Read on, or a switch that logs more than a pipe holds would block writing.
+            drain = threading.Thread(target=_drain, args=(proc.stdout, output), daemon=True)
+            drain.start()
             return SwitchProcess(proc, data_dir, ports["iso8583"], ports["native"],
-                                 ports["http"], output)
+                                 ports["http"], output, drain)
     proc.kill()
     raise RuntimeError("switch did not start:\n" + "".join(output) + proc.stdout.read())
 

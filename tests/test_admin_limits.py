@@ -146,7 +146,7 @@ def test_wrong_tokens_are_limited_per_peer_then_429_until_it_refills(switch_dir,
         assert "onecard_admin_rate_limited_total 6.0" in metrics
     finally:
         sw.stop()
-    log = "".join(sw.output) + sw.proc.stdout.read()
+    log = sw.text()
     lines = [line for line in log.splitlines() if "wrong token" in line]
     assert len(lines) == 1 and "127.0.0.1" in lines[0], lines      # one line a minute a peer
     assert not any(g.split()[1] in log for g in guesses)            # never the token

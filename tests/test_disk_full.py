@@ -146,7 +146,7 @@ def test_full_disk_refuses_then_resumes_without_losing_an_approval(small_disk, d
         if filler is not None:
             filler.unlink()
         assert sw.stop() == 0
-    assert any("journal not writable" in line for line in sw.proc.stdout.read().splitlines())
+    assert any("journal not writable" in line for line in sw.text().splitlines())
 
     sw = start_switch(data, "--config", str(cfg))
     try:

@@ -88,7 +88,7 @@ def test_descriptor_exhaustion_keeps_the_admin_port_and_recovers(switch_dir, wor
         for s in idle:
             s.close()
         sw.stop()
-    log = sw.proc.stdout.read() if sw.proc.stdout else ""
+    log = sw.text()
     # Rate-limited: 150+ refusals, a handful of lines at most.
     assert 1 <= log.count("connections refused") <= 3, log[-2000:]
 

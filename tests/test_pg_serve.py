@@ -87,7 +87,7 @@ def test_a_paused_switch_replaced_by_another_is_fenced(pg_server, demo_dir, worl
             replies = []
         assert all(r["39"] != "00" for r in replies), replies
         assert old.proc.wait(FENCE_WAIT_S) != 0
-        output = "".join(old.output) + old.proc.stdout.read()
+        output = old.text()
         assert "fenced" in output, output[-2000:]
         assert check_exactly_once(new, world, load, opening) >= 200
     finally:
