@@ -45,6 +45,7 @@ STEP_PAGES = 4096                 # 16 MiB of 4 KiB pages per backup step
 CHECKPOINT_TRIES = 5
 PROGRESS_EVERY_S = 1.0
 COPY_CHUNK = 1 << 20
+BIG_FILE_BYTES = 64 << 20         # restore names each file this big as it copies it
 
 Progress = Callable[[str], None]
 
@@ -116,6 +117,7 @@ def _copy_checkpoint(data_dir: Path, to: Path, out: Progress) -> tuple[int, dict
         upto, path, _names = found
         rel = Path(root.name, path.name)
         dst = modes.private_dir(to / rel)
+        out(f"onecard backup: copying checkpoint {path.name} (journal records below {upto:,})")
         try:
             # A checkpoint directory is renamed into place complete: what it lists is whole.
             files = {(rel / p.name).as_posix(): _copy_file(p, dst / p.name, modes.FILE_MODE)
@@ -157,6 +159,7 @@ def _copy_database(data_dir: Path, to: Path, out: Progress) -> tuple[int, dict]:
     try:
         src.execute("BEGIN")
         end = store.journal_end(src)           # starts the read transaction: the snapshot
+        out(f"onecard backup: copying the database as of journal record {end:,}")
         src.backup(dst, pages=STEP_PAGES, progress=progress)
         src.execute("COMMIT")
         copied_end = store.journal_end(dst)
@@ -197,10 +200,18 @@ def _fsync_dirs(root: Path) -> None:
         _fsync(Path(dirpath))
 
 
+def _nested(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def backup(data_dir: str | Path, to: str | Path, *, out: Progress = stderr) -> dict:
     """Copy the data set in data_dir (a switch may be serving from it) into the new or empty
     directory ``to``; the manifest written. Refused if ``to`` holds anything."""
     data_dir, to = Path(data_dir), Path(to)
+    if _nested(data_dir, to):
+        raise Refused(f"backup target {to} and data directory {data_dir} must not contain "
+                      "one another")
     if _entries(to):
         raise Refused(f"backup target {to} is not empty")
     if not store.db_path(data_dir).exists():
@@ -243,7 +254,7 @@ def read_manifest(src: Path) -> dict:
     return manifest
 
 
-def _stage(src: Path, staging: Path, manifest: dict) -> None:
+def _stage(src: Path, staging: Path, manifest: dict, out: Progress) -> None:
     """Copy the backup's files into staging, each checked against the manifest."""
     for rel, want in sorted(manifest["files"].items()):
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
@@ -252,6 +263,8 @@ def _stage(src: Path, staging: Path, manifest: dict) -> None:
         if not source.is_file():
             raise BackupError(f"backup file {source} is missing")
         modes.private_dir((staging / rel).parent)
+        if want["bytes"] >= BIG_FILE_BYTES:
+            out(f"onecard restore: checking and copying {rel} ({want['bytes'] / 2**20:,.0f} MiB)")
         got = _copy_file(source, staging / rel, int(want["mode"], 8) & 0o777)
         if got["sha256"] != want["sha256"] or got["bytes"] != want["bytes"]:
             raise BackupError(f"backup file {source} is damaged: its SHA-256 is not the one "
@@ -288,6 +301,9 @@ def restore(src: str | Path, data_dir: str | Path, *, lock: Callable, force: boo
     it. ``lock(data_dir)`` takes the data directory's lock (refusing one a switch serves
     from) and returns a handle to close."""
     src, data_dir = Path(src), Path(data_dir)
+    if _nested(src, data_dir):
+        raise Refused(f"backup {src} and data directory {data_dir} must not contain one "
+                      "another")
     manifest = read_manifest(src)
     if _entries(data_dir) and not force:
         raise Refused(f"data directory {data_dir} is not empty (--force replaces it)")
@@ -299,7 +315,7 @@ def restore(src: str | Path, data_dir: str | Path, *, lock: Callable, force: boo
         shutil.rmtree(staging, ignore_errors=True)
         modes.private_dir(staging)
         out(f"onecard restore: checking and copying {len(manifest['files'])} files from {src}")
-        _stage(src, staging, manifest)
+        _stage(src, staging, manifest, out)
         _check_kek(staging, data_dir, kek_file)
         _move_into(staging, data_dir, force)
         moved = True

@@ -326,6 +326,23 @@ def cmd_terminals(args) -> int:
     return 0
 
 
+def _backup_arguments(sub, common) -> None:
+    b = common(sub.add_parser("backup", help="online copy of the embedded store (the switch "
+                              "may be running) with a checksum manifest; no key"))
+    b.add_argument("--to", required=True, metavar="DIR",
+                   help="new or empty directory for the backup")
+    b.set_defaults(func=cmd_backup)
+    r = common(sub.add_parser("restore", help="restore a backup into a data directory "
+                              "and load it"))
+    r.add_argument("--from", dest="source", required=True, metavar="DIR",
+                   help="a directory onecard backup wrote")
+    r.add_argument("--force", action="store_true", help="replace a data directory that is "
+                   "not empty (never one a switch runs on)")
+    r.add_argument("--kek-file", help="the data set's key-encryption key (default: "
+                   "[security] kek_file, else DATA_DIR.kek beside the data directory)")
+    r.set_defaults(func=cmd_restore)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onecard", description="Social security card transaction "
                                 "switch (社会保障卡居民服务一卡通).")
@@ -385,19 +402,7 @@ def parser() -> argparse.ArgumentParser:
 
     clearing_cli.add_arguments(sub, common)
     sub.choices["clearing"].set_defaults(func=lambda a: clearing_cli.run(a, _config(a)))
-    b = common(sub.add_parser("backup", help="online copy of the embedded store (the switch "
-                              "may be running) with a checksum manifest; no key"))
-    b.add_argument("--to", required=True, help="new or empty directory for the backup")
-    b.set_defaults(func=cmd_backup)
-    r = common(sub.add_parser("restore", help="restore a backup into a data directory "
-                              "and load it"))
-    r.add_argument("--from", dest="source", required=True, help="a directory onecard backup "
-                   "wrote")
-    r.add_argument("--force", action="store_true", help="replace a data directory that is "
-                   "not empty (never one a switch runs on)")
-    r.add_argument("--kek-file", help="the data set's key-encryption key (default: "
-                   "[security] kek_file, else DATA_DIR.kek beside the data directory)")
-    r.set_defaults(func=cmd_restore)
+    _backup_arguments(sub, common)
     ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")
     loadgen.add_arguments(ld)
     ld.set_defaults(func=cmd_load)
