@@ -174,8 +174,8 @@ def _copy_database(data_dir: Path, to: Path, out: Progress) -> tuple[int, dict]:
 
 
 def _copy_others(data_dir: Path, to: Path, out: Progress) -> dict:
-    """Every other regular file of the data directory, modes kept. Temporary files (dot
-    names) and symbolic links are left out (named)."""
+    """Every other regular file of the data directory, modes kept. Dot files (a start's
+    write probe, temporaries) are left out; so are symbolic links and the like, named."""
     files = {}
     for dirpath, dirnames, filenames in os.walk(data_dir):
         here = Path(dirpath)

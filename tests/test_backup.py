@@ -201,6 +201,17 @@ def test_backup_keeps_modes_and_lists_every_file(quiet_backup):
     assert stat.S_IMODE(quiet_backup.stat().st_mode) == 0o700
 
 
+def test_a_long_database_copy_reports_progress(demo_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(backup, "STEP_PAGES", 16)
+    monkeypatch.setattr(backup, "PROGRESS_EVERY_S", 0.0)
+    lines: list[str] = []
+    manifest = backup.backup(demo_dir, tmp_path / "bk", out=lines.append)
+    pages = [line for line in lines if " pages (" in line]
+    assert len(pages) > 2 and pages[-1].endswith("(100%)")
+    assert manifest["files"]["onecard.db"]["bytes"] == (tmp_path / "bk" / "onecard.db"
+                                                        ).stat().st_size
+
+
 def test_backup_refuses_a_non_empty_target(demo_dir, tmp_path, capsys):
     target = tmp_path / "full"
     target.mkdir()
