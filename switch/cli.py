@@ -1,5 +1,5 @@
 """The ``onecard`` command: serve, demo-data, load, terminals, operators, disburse, card, db,
-cluster, region, version.
+cluster, region, clearing, backup, restore, version.
 
 Every command runs with umask 077: whatever the data set gets (database, WAL, checkpoints,
 tokens, lock, key file) is 0600 in 0700 directories, whatever the caller's umask."""
@@ -10,6 +10,7 @@ import argparse
 import gc
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -240,6 +241,70 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def _embedded_only(config: Config, command: str) -> bool:
+    if config.store.backend != "postgresql":
+        return True
+    print(f"onecard {command}: the store is PostgreSQL; back it up with pg_basebackup and WAL "
+          "archiving (docs/operations.md). This command copies the embedded store.",
+          file=sys.stderr)
+    return False
+
+
+def cmd_backup(args) -> int:
+    """An online copy of the embedded store (a switch may be serving from it)."""
+    from onecard.switch import backup
+
+    config = _config(args)
+    if not _embedded_only(config, "backup"):
+        return 2
+    data_dir = Path(config.data_dir)
+    try:
+        manifest = backup.backup(data_dir, args.to)
+    except backup.Refused as exc:
+        print(f"onecard backup: {exc}", file=sys.stderr)
+        return 2
+    except (backup.BackupError, OSError, sqlite3.Error) as exc:
+        print(f"onecard backup: failed: {exc}", file=sys.stderr)
+        return 1
+    files = manifest["files"]
+    for rel, entry in sorted(files.items()):
+        print(f"onecard backup: {rel}  {entry['bytes']:,} bytes  mode {entry['mode']}")
+    total = sum(entry["bytes"] for entry in files.values())
+    print(f"onecard backup: {len(files)} files, {total / 2**20:.1f} MiB in {args.to}: journal "
+          f"end {manifest['journal_end']:,}, checkpoint upto {manifest['checkpoint_upto']:,}")
+    tokens = tokens_path(config).resolve()
+    if data_dir.resolve() not in tokens.parents:
+        print(f"onecard backup: the operators file {tokens} is outside the data directory: "
+              "not in this backup")
+    print("onecard backup: the key-encryption key is not in a backup: keep it separately")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    """A backup into a data directory (refused over one a switch runs on), then loaded."""
+    from onecard.switch import backup
+
+    config = _config(args)
+    if not _embedded_only(config, "restore"):
+        return 2
+    kek_file = args.kek_file or config.security.kek_file or None
+    try:
+        manifest, loaded = backup.restore(
+            args.source, config.data_dir, lock=_lock, force=args.force, kek_file=kek_file,
+            ring_size=config.core.ring_size, map_entries_max=config.core.map_entries_max)
+    except backup.Refused as exc:
+        print(f"onecard restore: {exc}", file=sys.stderr)
+        return 2
+    except (backup.BackupError, OSError, sqlite3.Error) as exc:
+        print(f"onecard restore: failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"onecard restore: {config.data_dir} restored from {args.source} (taken "
+          f"{manifest['created']} from {manifest['source']}): {loaded.next_record_no:,} journal "
+          f"records, {loaded.replayed:,} replayed after checkpoint {loaded.snapshot_upto:,}, "
+          f"{len(loaded.state.cards):,} cards, loaded in {loaded.seconds:.2f} s")
+    return 0
+
+
 def cmd_load(args) -> int:
     from onecard.bench import loadgen
 
@@ -274,6 +339,23 @@ def cmd_terminals(args) -> int:
         if shown >= args.limit:
             break
     return 0
+
+
+def _backup_arguments(sub, common) -> None:
+    b = common(sub.add_parser("backup", help="online copy of the embedded store (the switch "
+                              "may be running) with a checksum manifest; no key"))
+    b.add_argument("--to", required=True, metavar="DIR",
+                   help="new or empty directory for the backup")
+    b.set_defaults(func=cmd_backup)
+    r = common(sub.add_parser("restore", help="restore a backup into a data directory "
+                              "and load it"))
+    r.add_argument("--from", dest="source", required=True, metavar="DIR",
+                   help="a directory onecard backup wrote")
+    r.add_argument("--force", action="store_true", help="replace a data directory that is "
+                   "not empty (never one a switch runs on)")
+    r.add_argument("--kek-file", help="the data set's key-encryption key (default: "
+                   "[security] kek_file, else DATA_DIR.kek beside the data directory)")
+    r.set_defaults(func=cmd_restore)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -335,6 +417,7 @@ def parser() -> argparse.ArgumentParser:
 
     clearing_cli.add_arguments(sub, common)
     sub.choices["clearing"].set_defaults(func=lambda a: clearing_cli.run(a, _config(a)))
+    _backup_arguments(sub, common)
     ld = sub.add_parser("load", help="drive a running switch with signed-on terminals")
     loadgen.add_arguments(ld)
     ld.set_defaults(func=cmd_load)
