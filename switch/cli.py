@@ -397,6 +397,10 @@ def parser() -> argparse.ArgumentParser:
     from onecard.switch.security import operators_cli
 
     operators_cli.add_arguments(sub, common, lambda a: tokens_path(_config(a)))
+    from onecard.switch.security import keys_cli
+
+    keys_cli.add_arguments(sub, common)
+    sub.choices["keys"].set_defaults(func=lambda a: keys_cli.run(a, _config(a), _lock))
     from onecard.bench import loadgen
     from onecard.switch.admin import cli as admin_cli
 

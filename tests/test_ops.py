@@ -232,3 +232,28 @@ def test_a_standalone_switch_serves_health_and_readiness(demo_dir, tmp_path):
         assert health["status"] == "ok" and ready == {"ready": True, "detail": "ok"}
     finally:
         sw.stop()
+
+
+def test_the_deploy_files_are_what_the_runbook_installs(tmp_path):
+    import configparser
+
+    from onecard.switch import config
+
+    cfg = config.load(ROOT / "deploy" / "onecard.toml")          # every key known and valid
+    assert cfg.log.format == "json" and cfg.security.kek_file.startswith("/etc/onecard/")
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(ROOT / "deploy" / "systemd" / "onecard.service")
+    service = unit["Service"]
+    assert service["ExecStart"].endswith("onecard serve --config /etc/onecard/onecard.toml")
+    assert service["User"] == "onecard" and service["KillSignal"] == "SIGTERM"
+    assert cfg.data_dir.startswith(service["ReadWritePaths"])
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no promtool (.ci/run installs Debian's prometheus)")
+    conf = tmp_path / "prometheus.yml"
+    conf.write_text((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text().replace(
+        "/etc/prometheus/onecard-alerts.yml", str(ALERTS)))
+    out = subprocess.run([promtool, "check", "config", str(conf)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert yaml.safe_load(conf.read_text())["scrape_configs"][0]["job_name"] == "onecard"

@@ -64,7 +64,7 @@ def kek_path(data_dir: str | Path, configured: str | None = None) -> Path:
     return path
 
 
-def _parse_kek(text: str, where: str) -> bytes:
+def parse_kek(text: str, where: str) -> bytes:
     try:
         kek = bytes.fromhex(text.strip())
     except ValueError:
@@ -78,7 +78,7 @@ def load_kek(data_dir: str | Path, configured: str | None = None) -> tuple[bytes
     """(KEK, where it came from); KekError when there is none."""
     env = os.environ.get(ENV_KEK)
     if env:
-        return _parse_kek(env, f"${ENV_KEK}"), f"${ENV_KEK}"
+        return parse_kek(env, f"${ENV_KEK}"), f"${ENV_KEK}"
     path = kek_path(data_dir, configured)
     try:
         text = path.read_text()
@@ -87,7 +87,7 @@ def load_kek(data_dir: str | Path, configured: str | None = None) -> tuple[bytes
                        f"or ${ENV_KEK})") from None
     except OSError as exc:
         raise KekError(f"cannot read the key-encryption key {path}: {exc.strerror}") from None
-    return _parse_kek(text, str(path)), str(path)
+    return parse_kek(text, str(path)), str(path)
 
 
 def create_kek(data_dir: str | Path, configured: str | None = None) -> tuple[bytes, str]:
@@ -228,3 +228,19 @@ def for_data_dir(data_dir: str | Path, configured: str | None = None) -> DataKey
         return open_data_set(conn, data_dir, configured)
     finally:
         conn.close()
+
+
+def rewrap(conn: sqlite3.Connection, data_dir: str | Path, new_kek: bytes, new_source: str,
+           configured: str | None = None) -> None:
+    """KEK rotation: the data key unwrapped with the current KEK and wrapped under
+    ``new_kek``, in one transaction (nothing else is encrypted under the KEK, so nothing
+    else changes). Raises KekError if the current KEK does not open the data set."""
+    assert len(new_kek) == KEY_BYTES
+    keys = open_data_set(conn, data_dir, configured)
+    nonce = os.urandom(NONCE_BYTES)
+    wrapped = nonce + AESGCM(new_kek).encrypt(nonce, keys.dek, DEK_AAD)
+    with conn:
+        for key, value in (("dek_wrapped", wrapped.hex()), ("kek_check", _check_value(new_kek)),
+                           ("kek_source", new_source)):
+            conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                         "value = excluded.value", (key, value))

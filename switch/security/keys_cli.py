@@ -1,0 +1,70 @@
+"""``onecard keys rotate-kek --new-kek-file F``: the key-encryption key rotated (docs/
+operations.md "Rotate keys"). Only the data key's wrapping changes, in one transaction; the
+switch must be stopped (the command takes the data directory's lock)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from onecard.switch import store
+from onecard.switch.security import keystore, modes
+
+
+def add_arguments(sub, common) -> None:
+    p = sub.add_parser("keys", help="the data set's key-encryption key")
+    ks = p.add_subparsers(dest="keys_command", required=True)
+    r = common(ks.add_parser("rotate-kek", help="wrap the data key under a new key-encryption "
+                             "key (the switch stopped)"))
+    r.add_argument("--new-kek-file", required=True,
+                   help="where the new key goes (created 0600 if missing; an existing one "
+                        "must hold 64 hex digits)")
+
+
+def run(args: argparse.Namespace, config, lock) -> int:
+    from onecard.switch.cli import DataDirBusy
+
+    data_dir = Path(config.data_dir)
+    if config.store.backend != "sqlite":
+        print("onecard keys: rotate-kek works on the embedded store (its meta table); on "
+              "PostgreSQL the data key is wrapped in the store's meta table the same way: "
+              "not yet automated", file=sys.stderr)
+        return 2
+    new_path = Path(args.new_kek_file)
+    try:
+        new_kek = _new_kek(new_path)
+        handle = lock(data_dir)
+    except (keystore.KekError, OSError, ValueError, DataDirBusy) as exc:
+        print(f"onecard keys: {exc}", file=sys.stderr)
+        return 2
+    try:
+        conn = store.connect(store.db_path(data_dir))
+        try:
+            keystore.rewrap(conn, data_dir, new_kek, str(new_path),
+                            config.security.kek_file or None)
+        finally:
+            conn.close()
+    except keystore.KekError as exc:
+        print(f"onecard keys: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        handle.close()
+    print(f"onecard keys: the data key of {data_dir} is now wrapped under {new_path}; start "
+          f"the switch with [security] kek_file = \"{new_path}\" (or move it to "
+          f"{keystore.kek_path(data_dir)}), and keep the old key as long as backups made "
+          "before now are kept: they open only with it")
+    return 0
+
+
+def _new_kek(path: Path) -> bytes:
+    if path.exists():
+        return keystore.parse_kek(path.read_text(), str(path))
+    kek = os.urandom(keystore.KEY_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with modes.open_private(path, "x") as f:
+        f.write(kek.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return kek
