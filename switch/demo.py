@@ -160,6 +160,11 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _remove_store(path: Path) -> None:
+    for name in (str(path), f"{path}-wal", f"{path}-shm"):
+        Path(name).unlink(missing_ok=True)
+
+
 def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101,
              ring_size: int = 64, force: bool = False, progress: Progress = _stderr,
              kek_file: str | None = None) -> Path:
@@ -169,15 +174,14 @@ def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101
     if path.exists() or snapshots.snapshot_root(data_dir).exists():
         if not force:
             raise FileExistsError(f"{data_dir} already holds a data set (use --force to replace)")
-        path.unlink(missing_ok=True)
-        for suffix in ("-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
+        _remove_store(path)
         shutil.rmtree(snapshots.snapshot_root(data_dir), ignore_errors=True)
     modes.private_dir(data_dir)
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     progress(f"onecard: generating demo data ({cards:,} cards) in {data_dir}/")
     conn = store.connect(path)
+    committed = False
     try:
         store.create_schema(conn)            # executescript commits on its own
         conn.execute("BEGIN")
@@ -190,9 +194,12 @@ def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101
                      (dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),))
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('seed', ?)", (str(seed),))
         conn.execute("COMMIT")
+        committed = True
         terminals = loader.terminals_array(conn, keys)
     finally:
         conn.close()
+        if not committed:                    # a failed start (no key, say) leaves no store
+            _remove_store(path)
     _write_holders(data_dir / loader.HOLDERS_FILE, holder_rows, keys)
     snapshots.write(data_dir, {"cards": card_arr, "accounts": account_arr,
                                "terminals": terminals,

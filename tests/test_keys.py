@@ -2,6 +2,7 @@
 re-wrapped under a new KEK in one transaction; the data set opens with the new key only; a
 running switch holds the data directory and the rotation waits for it to stop."""
 
+import os
 import shutil
 
 import pytest
@@ -48,3 +49,19 @@ def test_a_running_switch_keeps_its_kek(copy, tmp_path, capsys):
     finally:
         sw.stop()
     loader.load(copy)                                         # still the old key
+
+
+def test_a_key_that_cannot_be_made_is_one_line_and_leaves_no_data_set(tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.delenv(keystore.ENV_KEK)
+    locked = tmp_path / "etc"
+    locked.mkdir(mode=0o500)                  # the switch's user cannot write here
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[security]\n'
+                      f'kek_file = "{locked / "onecard.kek"}"\n')
+    if os.geteuid() == 0:                     # root writes anywhere: a file in the way then
+        (locked / "onecard.kek").mkdir()
+    assert cli.main(["demo-data", "--config", str(config), "--cards", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the key-encryption key" in err and "Traceback" not in err
+    assert not (tmp_path / "data" / "onecard.db").exists()

@@ -5,12 +5,11 @@ switch must be stopped (the command takes the data directory's lock)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from onecard.switch import store
-from onecard.switch.security import keystore, modes
+from onecard.switch.security import keystore
 
 
 def add_arguments(sub, common) -> None:
@@ -61,10 +60,4 @@ def run(args: argparse.Namespace, config, lock) -> int:
 def _new_kek(path: Path) -> bytes:
     if path.exists():
         return keystore.parse_kek(path.read_text(), str(path))
-    kek = os.urandom(keystore.KEY_BYTES)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with modes.open_private(path, "x") as f:
-        f.write(kek.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return kek
+    return keystore.write_kek(path)

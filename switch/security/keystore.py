@@ -99,15 +99,26 @@ def create_kek(data_dir: str | Path, configured: str | None = None) -> tuple[byt
         if os.environ.get(ENV_KEK):
             raise
     path = kek_path(data_dir, configured)
-    kek = os.urandom(KEY_BYTES)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with modes.open_private(path, "x") as f:
-        f.write(kek.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    kek = write_kek(path)
     log.warning("key-encryption key created in %s: keep it (and a copy) outside backups of "
                 "the data directory; without it the data set cannot be read", path)
     return kek, str(path)
+
+
+def write_kek(path: Path) -> bytes:
+    """A new random KEK in a new file (0600, synced); KekError when it cannot be made."""
+    kek = os.urandom(KEY_BYTES)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with modes.open_private(path, "x") as f:
+            f.write(kek.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise KekError(f"cannot create the key-encryption key {path}: {exc.strerror} (make "
+                       "it yourself: 64 hex digits, e.g. `openssl rand -hex 32`, readable by "
+                       "the switch's user)") from None
+    return kek
 
 
 def _check_value(kek: bytes) -> str:
