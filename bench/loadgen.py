@@ -163,7 +163,8 @@ def _simulators(host: str, specs: list[ConnSpec], data_dir: Path, opts: dict, re
         if (province, functions) not in pools:
             pools[province, functions] = usable_cards(cards_dir, province=province,
                                                       functions=functions,
-                                                      min_balance_fen=min_balance_fen)
+                                                      min_balance_fen=min_balance_fen,
+                                                      kek_file=opts["kek_file"])
             if not len(pools[province, functions]):
                 raise SystemExit(f"onecard load: no usable cards of province {province} in "
                                  f"{cards_dir}")
@@ -356,7 +357,7 @@ def worker(host: str, specs: list[ConnSpec], data_dir: str, opts: dict, barrier,
 
 
 def run(args, *, progress_output: bool = True) -> LoadResult:
-    terminals = read_terminals(args.data_dir)
+    terminals = read_terminals(args.data_dir, args.kek_file)
     specs = plan(args, terminals)
     n_proc = max(1, min(args.processes, len(specs)))
     chunks = [specs[i::n_proc] for i in range(n_proc)]
@@ -372,7 +373,7 @@ def run(args, *, progress_output: bool = True) -> LoadResult:
             "balance_share": args.balance_share, "verify_share": args.verify_share,
             "bus_share": args.bus_share, "no_signon": args.no_signon,
             "tick_us": args.tick_us, "card_province": args.card_province,
-            "cards_data_dir": args.cards_data_dir}
+            "cards_data_dir": args.cards_data_dir, "kek_file": args.kek_file}
     procs, pipes = [], []
     for i, chunk in enumerate(chunks):
         count = 0
@@ -467,6 +468,9 @@ def add_arguments(p) -> None:
     p.add_argument("--bus-share", type=float, default=0.2, help="native: share of bus taps")
     p.add_argument("--data-dir", default="onecard-data",
                    help="data set the terminals, keys and cards come from")
+    p.add_argument("--kek-file", metavar="FILE",
+                   help="the data set's key-encryption key (default: $ONECARD_KEK, else "
+                        "DATA_DIR.kek beside it), as [security] kek_file")
     p.add_argument("--terminal-province", type=int, default=0, metavar="CODE",
                    help="iso8583: POS terminals of this province only (default: mainland)")
     p.add_argument("--card-province", type=int, default=0, metavar="CODE",

@@ -93,12 +93,15 @@ def cmd_serve(args) -> int:
         print(f"onecard: {exc}", file=sys.stderr)
         return 2
     lock = _lock(data_dir)
-    log.info("onecard %s starting on %s (%s store)", __version__, data_dir.resolve(),
-             config.store.backend, extra=logs.extra("start", version=__version__,
-                                                     data_dir=str(data_dir.resolve()),
-                                                     store=config.store.backend))
     try:
         loaded, lease = _recover(config, data_dir)
+        # Logged once the data set opened: a start that cannot open it says why in one
+        # line, and nothing else (tests/test_at_rest.py, tests/test_pg_serve.py).
+        log.info("onecard %s starting on %s (%s store), pid %d", __version__,
+                 data_dir.resolve(), config.store.backend, os.getpid(),
+                 extra=logs.extra("start", version=__version__, pid=os.getpid(),
+                                  data_dir=str(data_dir.resolve()),
+                                  store=config.store.backend))
         log.info("recovered in %.2f s: %d journal records replayed from the checkpoint at "
                  "record %d", loaded.seconds, loaded.replayed, loaded.snapshot_upto,
                  extra=logs.extra("recovered", seconds=round(loaded.seconds, 3),

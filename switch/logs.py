@@ -21,7 +21,7 @@ from typing import Final
 # Stable event names: dashboards and alerting on logs match these, so they are declared once
 # and a caller naming another is a bug (checked when the line is formatted).
 EVENTS: Final[dict[str, str]] = {
-    "start": "the switch is starting: configuration and data set read",
+    "start": "the switch is starting: configuration read, data set opened",
     "recovered": "state recovered: checkpoint loaded and the journal replayed",
     "ready": "listeners open: the switch takes traffic",
     "stop": "the switch stopped",

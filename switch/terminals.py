@@ -64,10 +64,10 @@ def read_terminals(data_dir: str | Path, kek_file: str | None = None) -> list[Te
 
 
 def usable_cards(data_dir: str | Path, *, province: int | None = None, functions: int = 0,
-                 min_balance_fen: int = 0) -> np.ndarray:
+                 min_balance_fen: int = 0, kek_file: str | None = None) -> np.ndarray:
     """Card numbers (uint64) that are active, unexpired and carry ``functions``, from the
     newest checkpoint, optionally of one province."""
-    snap = snapshots.latest(data_dir, keystore.for_data_dir(data_dir))
+    snap = snapshots.latest(data_dir, keystore.for_data_dir(data_dir, kek_file))
     if snap is None:
         raise FileNotFoundError(f"no checkpoint in {data_dir}")
     cards, accounts = snap[1]["cards"], snap[1]["accounts"]

@@ -198,7 +198,7 @@ def test_nothing_secret_is_at_rest_and_a_restart_recovers_exactly(tmp_path, no_e
 
 def problems(stderr: str) -> list[str]:
     """What a start said that is not one of its structured log lines (switch/logs.py: a
-    timestamp first; the "start" event comes before the data set is opened)."""
+    timestamp first)."""
     return [line for line in stderr.strip().splitlines()
             if not re.match(r"\d{4}-\d\d-\d\dT", line)]
 

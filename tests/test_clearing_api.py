@@ -24,13 +24,18 @@ def sw(demo_dir, tmp_path_factory):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def supply(demo_dir, terminals):
+    """One per module: tests on the shared switch never share a terminal (its STANs) or card."""
+    return Supply(demo_dir, terminals)
+
+
 def today() -> dt.date:
     now_us = np.array([time.time_ns() // 1000])
     return clearing.day_date(clearing.settlement_days(now_us, 23 * 60)[0])
 
 
-def test_a_date_is_cleared_through_the_api_with_its_files(sw, demo_dir, terminals, tmp_path):
-    supply = Supply(demo_dir, terminals)
+def test_a_date_is_cleared_through_the_api_with_its_files(sw, supply, tmp_path):
     info = supply.terminal("FIN-PAY")
     sock, t = iso_session(sw, info)
     try:
@@ -156,8 +161,7 @@ def _reconciled_batch(sw, supply):
     return info, p, extra_card
 
 
-def test_a_batch_upload_gives_exceptions_an_adjustment_resolves(sw, demo_dir, terminals):
-    supply = Supply(demo_dir, terminals)
+def test_a_batch_upload_gives_exceptions_an_adjustment_resolves(sw, supply):
     info, p, extra_card = _reconciled_batch(sw, supply)
     api = AdminClient(sw)
     date = today().isoformat()

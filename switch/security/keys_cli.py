@@ -50,10 +50,11 @@ def run(args: argparse.Namespace, config, lock) -> int:
         return 2
     finally:
         handle.close()
-    print(f"onecard keys: the data key of {data_dir} is now wrapped under {new_path}; start "
-          f"the switch with [security] kek_file = \"{new_path}\" (or move it to "
-          f"{keystore.kek_path(data_dir)}), and keep the old key as long as backups made "
-          "before now are kept: they open only with it")
+    current = keystore.kek_path(data_dir, config.security.kek_file or None)
+    print(f"onecard keys: the data key of {data_dir} is now wrapped under {new_path}: move it "
+          f"over {current} (or set [security] kek_file = \"{new_path}\") before the next "
+          "start, and keep the old key as long as backups made before now are kept: they "
+          "open only with it")
     return 0
 
 
