@@ -29,7 +29,7 @@ from onecard.protocols import clearing
 from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import RECORD_DTYPE, view
-from onecard.switch.clearing import files
+from onecard.switch.clearing import exceptions, files
 from onecard.switch.clearing.positions import Reference, legs, summarise
 
 DATE = dt.date(2026, 11, 30)
@@ -83,7 +83,32 @@ def day(n: int, ref: Reference, rng: np.random.Generator) -> np.ndarray:
                               KIND_BY_NAME["MEDICAL_REFUND"].value])
     pool, personal = rng.integers(0, 80_000, n), rng.integers(0, 20_000, n)
     m["pool_fen"][medical], m["personal_fen"][medical] = pool[medical], personal[medical]
+    _transfers_and_batches(recs, kinds, len(ref.terminal_acquirer), rng)
     return recs
+
+
+def _transfers_and_batches(recs: np.ndarray, kinds: np.ndarray, terminals: int,
+                           rng: np.random.Generator) -> None:
+    """A tenth of the taps with a transfer discount (apportioned to the previous ride's
+    operator), and one POS batch in 10,000 records settled unbalanced, then uploaded."""
+    n = len(recs)
+    taps = np.flatnonzero(kinds == KIND_BY_NAME["TAP"].value)
+    discounted = taps[rng.random(len(taps)) < 0.1]
+    view(recs, "tap")["transfer_discount_fen"][discounted] = 100
+    settles = rng.choice(n, max(n // 10_000, 1), replace=False)
+    recs["kind"][settles] = KIND_BY_NAME["SETTLE"].value
+    recs["terminal"][settles] = settles % terminals       # never NONE
+    recs["rc"][settles] = CODE_INDEX["00"]
+    st = view(recs, "settle")
+    st["result"][settles], st["batch_no_next"][settles] = 2, 2
+    for s in settles.tolist():               # the terminal's upload: ten records after it
+        rows = np.arange(s + 1, min(s + 11, n))
+        rows = rows[~np.isin(rows, settles)]
+        recs["kind"][rows] = KIND_BY_NAME["BATCH_UPLOAD"].value
+        recs["terminal"][rows] = recs["terminal"][s]
+        up = view(recs, "upload")
+        up["batch_no"][rows], up["orig_kind"][rows] = 1, KIND_BY_NAME["PURCHASE"].value
+        up["orig_kind"][rows[-1:]], up["count"][rows[-1:]] = 0, len(rows) - 1
 
 
 def run(args) -> dict:
@@ -107,6 +132,10 @@ def run(args) -> dict:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert sum(p.net_fen for p in summary.positions) == 0
+    _progress("exceptions (reconciliation)")
+    began = time.perf_counter()
+    found = exceptions.find(recs, nos, ref, DATE)
+    exceptions_s = time.perf_counter() - began
     sub = min(args.file_records, args.records)
     _progress(f"clearing files for the first {sub:,} records")
     part = legs(recs[:sub], nos[:sub], ref, DATE)
@@ -119,6 +148,7 @@ def run(args) -> dict:
     lines = sum(data.count(b"\n") for data in rendered.values())
     return {"records": args.records, "moving_records": summary.records,
             "parties": len(summary.positions), "clear_s": clear_s,
+            "exceptions": len(found), "exceptions_s": exceptions_s,
             "peak_mib": peak / 2**20, "records_mib": recs.nbytes / 2**20, "copy_s": copy_s,
             "file_records": sub, "file_lines": lines, "files": len(rendered),
             "render_s": render_s, "files_s": files_s, "lines_per_s": lines / files_s,
@@ -145,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"positions: {r['clear_s']:.2f} s (aim <= 60 s), peak {r['peak_mib']:,.0f} MiB "
           f"(aim <= 2048 MiB); {r['clear_s'] / r['copy_s']:.1f}x one copy of the records "
           f"({r['copy_s']:.3f} s)")
+    print(f"exceptions: {r['exceptions']:,} from the unbalanced batches' uploads in "
+          f"{r['exceptions_s']:.2f} s")
     print(f"clearing files: {r['file_lines']:,} lines in {r['files']:,} files for "
           f"{r['file_records']:,} records in {r['files_s']:.2f} s: {r['lines_per_s']:,.0f} "
           f"lines/s written ({r['render_lines_per_s']:,.0f} lines/s rendered; the rest is "

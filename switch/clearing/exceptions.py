@@ -27,7 +27,7 @@ from onecard.protocols.journal import FLAG, KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import view
 from onecard.switch.clearing import medical
 from onecard.switch.clearing.files import mask_pan
-from onecard.switch.clearing.positions import APPROVED, Reference
+from onecard.switch.clearing.positions import APPROVED, ClearingError, Reference
 
 K = {name: KIND_BY_NAME[name].value for name in (
     "PURCHASE", "VOID", "REVERSAL", "VOID_REVERSAL", "SETTLE", "BATCH_UPLOAD", "FORWARDED",
@@ -217,6 +217,9 @@ def _batches(recs: np.ndarray, ref: Reference, date: dt.date,
     if len(unbalanced) == 0:
         return []
     terminals = np.unique(recs["terminal"][unbalanced])
+    if int(terminals[-1]) >= len(ref.terminal_acquirer):
+        raise ClearingError(f"a 0500 of terminal {int(terminals[-1])} is journaled, and the "
+                            "registry has no such terminal")
     # only the rows of those terminals are looked at again (a few, of millions)
     rows = np.flatnonzero(np.isin(recs["terminal"], terminals)
                           & np.isin(kind, [*BATCH_KINDS, K["SETTLE"], K["BATCH_UPLOAD"]]))
