@@ -425,7 +425,8 @@ class Switch:
         self.stopped.set()
 
     def ready(self) -> tuple[bool, str]:
-        """Whether to take traffic (/readyz): recovered, started, the journal writable."""
+        """Whether to take traffic (/readyz): recovered, started, the journal writable, and
+        when configured the PostgreSQL primary reachable and the region link up."""
         if self.failed is not None:
             return False, f"journal commit failed: {self.failed}"
         if self._loop is None or not self.listeners:
@@ -435,6 +436,10 @@ class Switch:
         if getattr(self.committer, "resolving", 0):
             return False, ("a commit's outcome is being resolved on the PostgreSQL primary "
                            "(failover?); replies after it wait")
+        if self.replication is not None and self.replication.unreachable():
+            return False, (f"the PostgreSQL primary has not answered for "
+                           f"{self.replication.failing} polls (every "
+                           f"{self.replication.poll_s:g} s)")
         if self.link is not None:
             ok, why = self.link.ready()
             if not ok:
@@ -552,6 +557,8 @@ class Switch:
             self.replication.stop()
         await asyncio.to_thread(self._writer.join, 30)
         await asyncio.to_thread(self.checkpointer.join, 120)
+        if self.replication is not None:
+            await asyncio.to_thread(self.replication.join, 10)
         self._loop.remove_reader(self._efd)
         os.close(self._efd)
         for conns in self.connections.values():

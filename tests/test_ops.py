@@ -257,3 +257,25 @@ def test_the_deploy_files_are_what_the_runbook_installs(tmp_path):
                          text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert yaml.safe_load(conf.read_text())["scrape_configs"][0]["job_name"] == "onecard"
+
+
+def test_the_replication_monitor_sees_a_primary_and_an_unreachable_one(pg_server):
+    """The thread behind the replication panels, the standby alerts and /readyz."""
+    from onecard.switch.pg.replication import UNREACHABLE_POLLS, ReplicationMonitor
+
+    up = ReplicationMonitor(pg_server.dsn, poll_s=0.05)
+    down = ReplicationMonitor("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=1",
+                              poll_s=0.05)
+    up.start()
+    down.start()
+    try:
+        assert up.wait_first(10) and up.standbys == () and not up.unreachable()
+        deadline = time.monotonic() + 30
+        while down.failing < UNREACHABLE_POLLS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert down.unreachable() and not down.ok
+    finally:
+        up.stop()
+        down.stop()
+        up.join(10)
+        down.join(10)

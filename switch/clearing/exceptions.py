@@ -118,14 +118,13 @@ def _switch_batch(recs: np.ndarray, rows: np.ndarray, ref: Reference) -> dict:
     return items
 
 
-def _uploaded(recs: np.ndarray, rows: np.ndarray) -> tuple[dict, int | None, int]:
-    """The batch as the terminal uploaded it, the count its last end gave (None: no end
-    yet), and the last upload record's number position."""
+def _uploaded(recs: np.ndarray, rows: np.ndarray) -> tuple[dict, int | None]:
+    """The batch as the terminal uploaded it, and the count its last end gave (None: no end
+    yet)."""
     up = view(recs, "upload")
     items: dict[tuple[int, int], Item] = {}
-    count, last = None, -1
+    count = None
     for r in rows.tolist():
-        last = r
         kind = int(up["orig_kind"][r])
         if kind == 0:
             count = int(up["count"][r])
@@ -135,7 +134,7 @@ def _uploaded(recs: np.ndarray, rows: np.ndarray) -> tuple[dict, int | None, int
         items[(kind, int(recs["seq"][r]))] = Item(
             int(up["amount_asked_minor"][r]), int(up["currency"][r]), int(recs["card"][r]),
             digits[:6] + stars + digits[6:])
-    return items, count, last
+    return items, count
 
 
 class _Batch(NamedTuple):
@@ -241,7 +240,7 @@ def _batches(recs: np.ndarray, ref: Reference, date: dt.date,
         upload = mine_rows[(mine_rows > s) & (mine_rows < end)
                            & (kind[mine_rows] == K["BATCH_UPLOAD"])]
         upload = upload[batch_no[upload] == number]
-        theirs, count, _ = _uploaded(recs, upload)
+        theirs, count = _uploaded(recs, upload)
         out += _compare(b, ref, _switch_batch(recs, batch, ref), theirs, count)
     return out
 

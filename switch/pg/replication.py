@@ -20,6 +20,7 @@ log = logging.getLogger("onecard.pg.replication")
 
 POLL_S = 5.0
 STATEMENT_TIMEOUT_MS = 2_000
+UNREACHABLE_POLLS = 3                    # /readyz: not ready after this many failed polls
 QUERY = ("SELECT application_name, state, sync_state, "
          "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
          "coalesce(extract(epoch FROM replay_lag), 0)::float8 FROM pg_stat_replication "
@@ -44,16 +45,17 @@ class ReplicationMonitor(threading.Thread):
         self.standbys: tuple[Standby, ...] = ()
         self.ok = False                      # the last poll reached a primary
         self.polls_failed = 0
-        self._stop = threading.Event()
+        self.failing = 0                     # polls failed in a row (readiness)
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
 
         pg = None
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 if pg is None or pg.closed:
                     pg = connect(self.dsn, autocommit=True)
@@ -62,18 +64,24 @@ class ReplicationMonitor(threading.Thread):
                 self.standbys = tuple(Standby(n or "", s or "", y or "",
                                               None if b is None else int(b), float(lag))
                                       for n, s, y, b, lag in rows)
-                self.ok = True
+                self.ok, self.failing = True, 0
             except (PgError, *driver_errors()) as exc:
                 if self.ok or self.polls_failed == 0:
                     log.warning("standbys not read from the primary: %s", one_line(exc))
                 self.ok, self.standbys = False, ()
                 self.polls_failed += 1
+                self.failing += 1
                 if pg is not None:
                     pg.close()
                 pg = None
-            self._stop.wait(self.poll_s)
+            self._stopping.wait(self.poll_s)
         if pg is not None:
             pg.close()
+
+    def unreachable(self) -> bool:
+        """The primary has not answered UNREACHABLE_POLLS polls in a row (a blip, or the
+        seconds a failover takes, do not count)."""
+        return self.failing >= UNREACHABLE_POLLS
 
     def wait_first(self, timeout_s: float) -> bool:
         """For tests and start-up output: True once a poll has answered."""
