@@ -56,10 +56,10 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
         return web.Response(body=path.read_bytes(), content_type="text/csv", charset="ascii")
 
     async def listed(request: web.Request, op: Operator) -> web.Response:
-        found = await service.exceptions(_date(request))
         status = request.query.get("status")
         if status not in (None, "open", "resolved"):
             raise Problem(400, "Bad Request", "status must be open or resolved")
+        found = await service.exceptions(_date(request))
         return web.json_response(body=msgspec.json.encode(
             [e for e in found if status is None or e.status == status]))
 
