@@ -45,6 +45,8 @@ from onecard.protocols.codes import CODES
 from onecard.switch.terminals import (
     TerminalInfo,
     iso_signon,
+    iso_signon_key,
+    iso_signon_request,
     native_signon,
     read_terminals,
     usable_cards,
@@ -190,8 +192,13 @@ def _simulators(host: str, specs: list[ConnSpec], data_dir: Path, opts: dict, re
 
 
 class LoadConnection(asyncio.Protocol):
+    """One terminal's connection. An ISO 8583 POS (``terminal`` given) that is answered 77
+    (the switch's cut-over: its session is of the previous settlement date) stops sending,
+    signs on again once nothing is in flight, and goes on with the new key: a run across
+    the cut-over counts only the few requests in flight when it came."""
+
     def __init__(self, sim, window: int, budget: list[int], stop: asyncio.Event,
-                 phase_ns: int = 0) -> None:
+                 phase_ns: int = 0, terminal: TerminalInfo | None = None) -> None:
         self.sim = sim
         self.window = window          # closed loop: requests in flight; 0 = open loop
         self.phase_ns = phase_ns      # open loop: this connection's schedule starts this late
@@ -204,9 +211,13 @@ class LoadConnection(asyncio.Protocol):
         self.scheduled = 0            # open loop: requests scheduled so far
         self.transport: asyncio.Transport | None = None
         self.done = asyncio.get_running_loop().create_future()
+        self.terminal = terminal
+        self.holding = False          # answered 77: no new request until signed on again
+        self.signing_on = False       # the 0800 is out; the next reply is its 0810
+        self.signons = 0              # sign-ons after a 77
 
     def _take(self, n: int) -> int:
-        if self.stop.is_set():
+        if self.stop.is_set() or self.holding or self.signing_on:
             return 0
         if self.budget[0] >= 0:
             n = min(n, self.budget[0])
@@ -256,7 +267,12 @@ class LoadConnection(asyncio.Protocol):
         return True
 
     def data_received(self, data: bytes) -> None:
-        if self.buf:
+        if self.signing_on:
+            self.buf += data
+            if not self._signed_on():
+                return
+            data = self.buf
+        elif self.buf:
             self.buf += data
             data = self.buf
         consumed, completed = self.sim.parse(data)
@@ -265,6 +281,13 @@ class LoadConnection(asyncio.Protocol):
         elif consumed < len(data):
             self.buf += data[consumed:]
         self.in_flight -= completed
+        if self.terminal is not None and self.sim.stale:
+            self.sim.stale = 0
+            self.holding = True
+        if self.holding and self.in_flight <= 0 and not self.stop.is_set():
+            self.holding, self.signing_on = False, True
+            self.transport.write(iso_signon_request(self.terminal))
+            return
         if self.window:
             n = self._take(completed)
             if n:
@@ -272,6 +295,22 @@ class LoadConnection(asyncio.Protocol):
         if self.in_flight <= 0 and (self.stop.is_set() or self.budget[0] == 0):
             if not self.done.done():
                 self.done.set_result(None)
+
+    def _signed_on(self) -> bool:
+        """The 0810 of the sign-on after a 77, once whole in the buffer: the new key in use,
+        the window refilled. False while it is incomplete."""
+        if len(self.buf) < 2 or len(self.buf) < 2 + int.from_bytes(self.buf[:2], "big"):
+            return False
+        end = 2 + int.from_bytes(self.buf[:2], "big")
+        self.sim.rekey(iso_signon_key(self.terminal, bytes(self.buf[2:end])))
+        del self.buf[:end]
+        self.signing_on = False
+        self.signons += 1
+        if self.window:
+            n = self._take(self.window)
+            if n:
+                self._send(n)
+        return True
 
     def connection_lost(self, exc) -> None:
         if not self.done.done():
@@ -289,8 +328,11 @@ async def _drive(host: str, specs: list[ConnSpec], sims: list, opts: dict, recor
     conns = []
     for spec, sim, phase in zip(specs, sims, opts["phases"], strict=True):
         phase_ns = int(phase * 1e9 / rate) if rate else 0
+        pos = (spec.terminals[0][1] if spec.protocol == "iso8583" and not opts["no_signon"]
+               else None)
         _, c = await loop.create_connection(
-            lambda s=sim, p=phase_ns: LoadConnection(s, opts["window"], budget, stop, p),
+            lambda s=sim, p=phase_ns, t=pos: LoadConnection(s, opts["window"], budget, stop,
+                                                             p, t),
             host, spec.port)
         conns.append(c)
     started = time.perf_counter()

@@ -20,7 +20,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 
 import numpy as np
 
-from onecard.core.codes cimport N_RC, RC_96, rc_index
+from onecard.core.codes cimport N_RC, RC_77, RC_96, rc_index
 from onecard.core.crypto cimport MAC_BYTES, MacKey, mac8, mackey_clear, mackey_set
 from onecard.core.isocodec cimport *
 from onecard.core.wire cimport load_be, monotonic_ns, store_be
@@ -118,6 +118,10 @@ cdef class IsoLoad:
     cdef uint64_t rng
     cdef Flight flights[SLOTS]
     cdef OutBuf out
+    cdef int mac_alg
+    # replies answered 77 (the switch's cut-over: the session is of the previous settlement
+    # date) since the caller last set this back to 0 after signing on again
+    cdef public uint32_t stale
 
     def __init__(self, Recorder recorder, str tid, str merchant, int mac_alg, bytes mak,
                  pans, *, double balance_share=0.0, uint64_t seed=1, uint32_t first_stan=1):
@@ -128,8 +132,10 @@ cdef class IsoLoad:
         self.pans = <uint64_t*><size_t>self._pans.ctypes.data
         self.n_pans = len(self._pans)
         memset(&self.key, 0, sizeof(MacKey))
-        if mackey_set(&self.key, mac_alg, mak) != 0:
+        if len(mak) != 16 or mackey_set(&self.key, mac_alg, mak) != 0:
             raise ValueError("bad MAC key")
+        self.mac_alg = mac_alg
+        self.stale = 0
         tid_b = tid.encode("ascii")
         merchant_b = merchant.encode("ascii")
         if len(tid_b) != 8 or len(merchant_b) != 15:
@@ -149,6 +155,12 @@ cdef class IsoLoad:
     def __dealloc__(self):
         mackey_clear(&self.key)
         ob_free(&self.out)
+
+    def rekey(self, bytes mak) -> None:
+        """The working MAC key of a new sign-on (after the cut-over sent this one to sign
+        on again)."""
+        if len(mak) != 16 or mackey_set(&self.key, self.mac_alg, mak) != 0:
+            raise ValueError("bad MAC key")
 
     def build(self, uint32_t count, uint64_t first_ns=0, uint64_t interval_ns=0) -> bytes:
         """``count`` new MACed requests, stamped with their send time (now), or in open loop
@@ -216,6 +228,8 @@ cdef class IsoLoad:
                     rc = RC_96
                     if has_field(&m, 39):
                         rc = rc_index(p[pos + 2 + m.off[39]], p[pos + 3 + m.off[39]])
+                    if rc == RC_77:
+                        self.stale += 1
                     self.rec.done(&self.flights[stan & (SLOTS - 1)], <uint32_t>stan, rc, now)
                 else:
                     self.rec.unmatched += 1
@@ -269,7 +283,7 @@ cdef class NativeLoad:
             raise MemoryError()
         self.gate_in = self.gate_out = self.bus = self.verifier = -1
         for i, (role, tid, alg, mak, station) in enumerate(terminals):
-            if mackey_set(&self.sims[i].key, alg, mak) != 0:
+            if len(mak) != 16 or mackey_set(&self.sims[i].key, alg, mak) != 0:
                 raise ValueError(f"bad MAC key for {tid}")
             tid_b = tid.encode("ascii")
             if len(tid_b) != 8:

@@ -207,7 +207,7 @@ async def _serve(config: Config, loaded, lease) -> int:
     # collections see only what was made since.
     gc.collect()
     gc.freeze()
-    log.info("ready: terminals on %s, http on %d", ", ".join(
+    log.info("terminals on %s, http on %d", ", ".join(
         f"{x.name} {x.port}" for x in switch.listeners), http_port,
         extra=logs.extra("ready", http_port=http_port,
                          listeners={x.name: x.port for x in switch.listeners}))

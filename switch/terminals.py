@@ -99,11 +99,21 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def iso_signon(sock: socket.socket, t: TerminalInfo, stan: int = 1) -> bytes:
     """0800 sign-on; returns the working MAC key (checked against its check value)."""
-    msg = isocodec.encode_message(REQUEST_TPDU_HEADER, "0800", {
-        11: f"{stan:06d}", 41: t.tid, 42: t.merchant, 60: "00000001003"})
-    sock.sendall(msg)
+    sock.sendall(iso_signon_request(t, stan))
     length = int.from_bytes(_recv_exact(sock, 2), "big")
-    _, mti, fields = isocodec.decode_message(_recv_exact(sock, length))
+    return iso_signon_key(t, _recv_exact(sock, length))
+
+
+def iso_signon_request(t: TerminalInfo, stan: int = 1) -> bytes:
+    """A framed 0800 sign-on of terminal ``t``."""
+    return isocodec.encode_message(REQUEST_TPDU_HEADER, "0800", {
+        11: f"{stan:06d}", 41: t.tid, 42: t.merchant, 60: "00000001003"})
+
+
+def iso_signon_key(t: TerminalInfo, reply: bytes) -> bytes:
+    """The working MAC key an 0810 (unframed) delivers, checked against its check value;
+    RuntimeError if the sign-on was refused."""
+    _, mti, fields = isocodec.decode_message(reply)
     if mti != "0810" or fields.get(39) != "00":
         raise RuntimeError(f"sign-on of {t.tid} refused: {mti} rc={fields.get(39)}")
     keys = fields[62]

@@ -88,3 +88,82 @@ def test_native_connections_use_every_province_before_giving_up(demo_dir):
         assert roles["gate_in"].operator == roles["gate_out"].operator
     with pytest.raises(SystemExit, match=r"make \d+ native connections, asked for 10000"):
         plan(native(10_000), terminals)
+
+
+class StaleSim:
+    """Each byte received is one reply; every reply is 77 until the terminal is re-keyed."""
+
+    def __init__(self) -> None:
+        self.stale = 0
+        self.keys: list[bytes] = []
+        self.sent = 0
+
+    def build(self, n: int, first_ns: int = 0, interval_ns: int = 0) -> bytes:
+        self.sent += n
+        return b"r" * n
+
+    def parse(self, data) -> tuple[int, int]:
+        if not self.keys:
+            self.stale += len(data)
+        return len(data), len(data)
+
+    def rekey(self, mak: bytes) -> None:
+        self.keys.append(mak)
+
+
+class Wire:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+def test_a_pos_answered_77_signs_on_again_and_goes_on_with_the_new_key(demo_dir):
+    """The cut-over (日切) during a run: the connection stops sending, signs on once its
+    requests are answered, takes the 0810's key and refills its window."""
+    from onecard.core import crypto, isocodec
+    from onecard.core.state import TERM_POS
+
+    info = next(t for t in read_terminals(demo_dir) if t.kind == TERM_POS)
+
+    async def main():
+        sim, wire = StaleSim(), Wire()
+        c = LoadConnection(sim, 4, [-1], asyncio.Event(), terminal=info)
+        c.connection_made(wire)
+        assert wire.writes == [b"rrrr"] and c.in_flight == 4
+        c.data_received(b"ab")                         # two answered 77: hold
+        c.data_received(b"cd")                         # the rest: sign on, nothing else
+        _, mti, fields = isocodec.decode_message(wire.writes[-1][2:])
+        assert (mti, fields[41], len(wire.writes)) == ("0800", info.tid, 2)
+        mak = bytes(range(16))
+        keys = (b"\0" * 20 + crypto.encrypt_key(info.alg_name, info.tmk, mak)
+                + crypto.key_check_value(info.alg_name, mak))
+        reply = isocodec.encode_message(bytes.fromhex("6000000003603100000000"), "0810", {
+            11: "000001", 39: "00", 41: info.tid, 42: info.merchant, 62: keys})
+        c.data_received(reply[:5])                     # in pieces, as TCP may give it
+        assert sim.keys == [] and len(wire.writes) == 2
+        c.data_received(reply[5:])
+        assert sim.keys == [mak] and c.signons == 1
+        assert wire.writes[-1] == b"rrrr" and c.in_flight == 4
+    asyncio.run(main())
+
+
+def test_the_pos_simulator_counts_the_replies_answered_77(demo_dir):
+    import numpy as np
+
+    from onecard.core import isocodec
+    from onecard.core.state import TERM_POS
+    from onecard.core.terminal import IsoLoad, Recorder
+
+    info = next(t for t in read_terminals(demo_dir) if t.kind == TERM_POS)
+    sim = IsoLoad(Recorder(), info.tid, info.merchant, info.mac_alg, bytes(16),
+                  np.array([6231310000000000011], dtype=np.uint64))
+    sim.build(2)
+    replies = b"".join(isocodec.encode_message(
+        bytes.fromhex("6000000003603100000000"), "0210",
+        {11: f"{stan:06d}", 39: rc, 41: info.tid}) for stan, rc in ((1, "77"), (2, "00")))
+    assert sim.parse(replies) == (len(replies), 2) and sim.stale == 1
+    sim.rekey(bytes(range(16)))                       # the next sign-on's key
+    with pytest.raises(ValueError, match="bad MAC key"):
+        sim.rekey(b"short")
