@@ -71,12 +71,6 @@ cdef inline int required(IsoMsg* m, uint8_t kind) noexcept nogil:
     return 0
 
 
-cdef inline uint8_t permission_kind(uint8_t kind) noexcept nogil:
-    """The permission bit a kind needs: a terminal that may settle may upload the batch it
-    settled (permission bits are stored in data sets made before uploads existed)."""
-    return KIND_SETTLE if kind == KIND_BATCH_UPLOAD else kind
-
-
 cdef inline bint dated(uint8_t kind) noexcept nogil:
     """Replies that carry the settlement date (field 15): sign-on, the 0200 family and
     settlement."""
@@ -463,8 +457,7 @@ cdef class IsoPath:
             r.rc = RC_A0
         if r.rc == RC_00 and pd.term_idx >= 0:
             term = &self.st.term[pd.term_idx]
-            if (term.protocol != PROTO_ISO8583
-                    or not (term.permitted >> permission_kind(pd.kind)) & 1):
+            if term.protocol != PROTO_ISO8583 or not permits(term, pd.kind):
                 r.rc = RC_58
         if r.rc == RC_00 and pd.kind != KIND_ECHO:
             read_txn(pd, &t)

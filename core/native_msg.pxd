@@ -3,7 +3,6 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t
 from onecard.core.authorise cimport Res, Txn
 from onecard.core.codes cimport rc_chars
 from onecard.core.mpack cimport MpReader, mp_w_str
-from onecard.core.state cimport KIND_MEDICAL, KIND_MEDICAL_TOTALS, TERM_MEDICAL, Terminal
 
 cdef enum:
     PREFIX = 4                   # frame length prefix, big-endian
@@ -25,17 +24,6 @@ cdef enum:
 
 cdef inline size_t w_rc(uint8_t* p, uint8_t rc) noexcept nogil:
     return mp_w_str(p, rc_chars(rc), 2)
-
-
-cdef inline bint permits(Terminal* term, uint8_t kind) noexcept nogil:
-    """Whether a terminal may send a kind of request: its permission bit. MEDICAL_TOTALS came
-    after the terminals' permissions were stored in data sets: a medical terminal allowed
-    MEDICAL may send it too (an institution that settles bills reports their totals), and no
-    other terminal may, whatever its bits."""
-    if kind == KIND_MEDICAL_TOTALS:
-        return (term.kind == TERM_MEDICAL
-                and ((term.permitted >> KIND_MEDICAL) | (term.permitted >> kind)) & 1 != 0)
-    return ((term.permitted >> kind) & 1) != 0
 
 
 cdef const char* parse_message(MpReader* body, Txn* t, int64_t* tag, int64_t* seq,

@@ -353,3 +353,17 @@ cdef inline void medical_year_set(Entry* e, uint16_t year, int32_t deductible_us
                                   int32_t pool_paid_fen) noexcept nogil:
     e.a = (<int64_t>year << 32) | <uint32_t>deductible_used_fen
     e.b = pool_paid_fen
+
+
+cdef inline bint permits(Terminal* term, uint8_t kind) noexcept nogil:
+    """Whether a terminal may send a kind of request: its permission bit (one per Kind).
+    Kinds added after terminals' permissions were stored in data sets take an older kind's
+    bit: a 0320 batch upload SETTLE's (a terminal that may settle may upload the batch it
+    settled), a medical institution's daily totals MEDICAL's, and only from a medical
+    terminal (an institution that settles bills reports their totals)."""
+    if kind == KIND_BATCH_UPLOAD:
+        return ((term.permitted >> KIND_SETTLE) & 1) != 0
+    if kind == KIND_MEDICAL_TOTALS:
+        return (term.kind == TERM_MEDICAL
+                and ((term.permitted >> KIND_MEDICAL) | (term.permitted >> kind)) & 1 != 0)
+    return ((term.permitted >> kind) & 1) != 0
