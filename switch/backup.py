@@ -62,14 +62,6 @@ def stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _entries(path: Path) -> list[str]:
     """What a directory holds besides its lock file (which a switch or a restore made)."""
     if not path.exists():
@@ -169,7 +161,7 @@ def _copy_database(data_dir: Path, to: Path, out: Progress) -> tuple[int, dict]:
         dst.close()
     if copied_end != end:
         raise BackupError(f"the copied journal ends at {copied_end}, the snapshot at {end}")
-    _fsync(dst_path)
+    snapshots.fsync_path(dst_path)
     return end, _sha256(dst_path)
 
 
@@ -197,7 +189,7 @@ def _copy_others(data_dir: Path, to: Path, out: Progress) -> dict:
 
 def _fsync_dirs(root: Path) -> None:
     for dirpath, _dirnames, _files in os.walk(root, topdown=False):
-        _fsync(Path(dirpath))
+        snapshots.fsync_path(Path(dirpath))
 
 
 def _nested(a: Path, b: Path) -> bool:
@@ -291,7 +283,7 @@ def _move_into(staging: Path, data_dir: Path, force: bool) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     for p in sorted(staging.iterdir()):
         os.rename(p, data_dir / p.name)
-    _fsync(data_dir)
+    snapshots.fsync_path(data_dir)
 
 
 def restore(src: str | Path, data_dir: str | Path, *, lock: Callable, force: bool = False,

@@ -50,7 +50,7 @@ def snapshot_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / "snapshots"
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a directory or a file someone else writes (a read-only descriptor is enough)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -81,13 +81,13 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: 
             json.dump({"upto": upto, "arrays": sorted(arrays), "sealed": True}, f)
             f.flush()
             os.fsync(f.fileno())
-        _fsync(tmp)
+        fsync_path(tmp)
         os.rename(tmp, final)
     except OSError:
         # E.g. a full disk: give the space back to the journal, which needs it more.
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(root)
+    fsync_path(root)
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -138,7 +138,7 @@ def seal_clear(data_dir: str | Path, keys: DataKeys) -> int:
             os.rename(tmp, clear.with_suffix(SEALED))
             clear.unlink()
             sealed += 1
-        _fsync(path)
+        fsync_path(path)
     return sealed
 
 
@@ -291,7 +291,7 @@ class Checkpointer(threading.Thread):
             # SQLite syncs the database only after a pass that copied everything, which no
             # pass here does under load: flush the copied pages now, so the writer's own sync
             # at the end of its short copy has little left to write.
-            _fsync(self._db_path)
+            fsync_path(self._db_path)
             self._committer.request_catch_up()
 
     def _publish(self, upto: int, arrays: dict[str, np.ndarray]) -> None:

@@ -20,7 +20,7 @@ from onecard.core.state import KIND_PURCHASE
 from onecard.switch import backup, cli, loader, snapshots, store
 from onecard.switch.security import keystore
 
-from checker import Load
+from checker import Load, committed_journal
 from conftest import NO_SHEDDING, TEST_KEK, start_switch
 
 LOAD_MAX_S = 90                    # every loop here is bounded
@@ -48,16 +48,6 @@ def wait_for_checkpoint(data_dir: Path) -> int:
             return found[0]
         time.sleep(0.1)
     raise AssertionError("the switch wrote no checkpoint")
-
-
-def journal(data_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """A data set's committed journal records, their numbers, and terminal ids by index."""
-    conn = store.connect(store.db_path(data_dir), readonly=True)
-    try:
-        recs, nos = store.journal_records(conn)
-        return recs, nos, dict(conn.execute("SELECT idx, tid FROM terminals"))
-    finally:
-        conn.close()
 
 
 def journal_prefix_state(demo_dir: Path, data_dir: Path, end: int):
@@ -117,8 +107,8 @@ def test_backup_under_load_restores_exactly_a_committed_prefix(switch_dir, demo_
 
     # The restored journal is the original's first `end` records, byte for byte, and the
     # original went on past it (the backup was taken under load).
-    original, original_nos, _ = journal(switch_dir)
-    copy, copy_nos, tids = journal(restored)
+    original, original_nos, _ = committed_journal(switch_dir)
+    copy, copy_nos, tids = committed_journal(restored)
     assert np.array_equal(copy_nos, np.arange(end))
     assert copy.tobytes() == original[original_nos < end].tobytes()
     assert len(original) > end
@@ -154,7 +144,7 @@ def test_a_checkpoint_published_while_copying_is_taken_instead(switch_dir, world
     # The stop wrote a checkpoint at the journal's end: take it away, so that the backup
     # finds the demo's, and have it published again while that one is being copied.
     end, newest, _ = snapshots.newest(switch_dir)
-    assert end == len(journal(switch_dir)[1]) > 0
+    assert end == len(committed_journal(switch_dir)[1]) > 0
     shutil.rmtree(newest)
     state = loader.load(switch_dir).state
     keys = keystore.for_data_dir(switch_dir)

@@ -1,11 +1,10 @@
 """POS batch upload (0320, issue 16): after a 0500 answered "not balanced" the terminal uploads
 its batch, one transaction per 0320 (network code 201) and then the end (202, field 48 the
-count); each is journaled for clearing's reconciliation (tests/test_reconcile.py). Bad input
-gets a clear code and journals nothing."""
+count); each is journaled for clearing's reconciliation (below, and through the admin API in
+tests/test_clearing_api.py). Bad input gets a clear code and journals nothing."""
 
 import datetime as dt
 import sqlite3
-import time
 
 import numpy as np
 
@@ -16,13 +15,9 @@ from onecard.protocols.journal_codec import RECORD_DTYPE, view
 from onecard.switch import loader
 from onecard.switch.clearing import exceptions
 
-DAY = dt.date(2031, 5, 20)
+from test_cutover import DAY, at
+
 UPLOAD = KIND_BY_NAME["BATCH_UPLOAD"].value
-
-
-def at(world, hour: int, day: dt.date = DAY) -> None:
-    when = dt.datetime.combine(day, dt.time(hour), clearing.CST)
-    world.engine.clock_offset_us = int(when.timestamp() * 1e6) - time.time_ns() // 1000
 
 
 def unbalanced(world):
@@ -191,7 +186,7 @@ def test_an_adjustment_resolves_its_exception_and_moves_money_on_its_own_date(wo
     t.send(t.upload(pan, 1_000, p1["11"], batch=7), t.upload_end(1, batch=7))
     (e,) = found(world).values()
     assert e.kind == "MISSING_AT_TERMINAL" and e.status == "open"
-    at(world, 9, DAY + dt.timedelta(days=1))
+    at(world, 9, day=DAY + dt.timedelta(days=1))
     world.engine.tick()
     no = operations.adjust(world.engine.authoriser, e.terminal_idx, e.seq, e.card_idx, 2_500,
                            exception=clearing.EXCEPTION[e.kind], ref=e.ref,
