@@ -200,6 +200,7 @@ def test_a_batch_upload_gives_exceptions_an_adjustment_resolves(sw, supply):
     resolved = api.get(f"/admin/clearing/{date}/exceptions?status=resolved",
                        role="finance").json()
     assert [e["id"] for e in resolved if e["terminal"] == info.tid] == [extra["id"]]
+    assert [e for e in resolved if e["id"] == extra["id"]] == [adj.json()]   # as journaled
     text = api.get("/metrics", role=None).text
     assert "onecard_clearing_last_exceptions" in text
 

@@ -103,7 +103,12 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
         api.audit(op, "clearing.adjust", ident, {"amount_fen": body.amount_fen,
                                                  "direction": body.direction,
                                                  "card": e.card, "note": body.note}, no)
-        resolved = next(x for x in await service.exceptions(date) if x.id == ident)
+        # as the journal now says it (exceptions.adjustments), without reading it all again
+        made = exceptions.Adjustment(
+            record_no=no, amount_fen=body.amount_fen, direction=body.direction,
+            operator=api.ops.index(op),
+            date=clearing.day_date(api.switch.engine.authoriser.settle_day).isoformat())
+        resolved = msgspec.structs.replace(e, status="resolved", adjustment=made)
         return web.json_response(body=msgspec.json.encode(resolved), status=201)
 
     g = api.guarded
