@@ -258,17 +258,18 @@ def _medical(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date,
     out = []
     for d in differences:
         seq = medical.COMPARED.index(d.fund)
-        unit = "fen" if d.fund in ("pool", "personal", "cash") else ""
+        money = d.fund in ("pool", "personal", "cash")
+        unit = " fen" if money else ""
         out.append(Exception_(
             id=exception_id(date, "MEDICAL_TOTALS", d.terminal, day, seq),
             date=date.isoformat(), kind="MEDICAL_TOTALS",
             detail=f"{d.institution}'s totals of {d.settle_date} ({d.terminal}, record "
-                   f"{d.record_no}): {d.fund} {d.institution_value} {unit}, the switch's "
-                   f"journal {d.switch_value} {unit}".replace("  ", " "),
+                   f"{d.record_no}): {d.fund} {d.institution_value}{unit}, the switch's "
+                   f"journal {d.switch_value}{unit}",
             terminal=d.terminal, terminal_idx=index.get(d.terminal, -1),
             acquirer=f"acquirer:{d.institution}", ref=day, seq=seq, card="", card_idx=-1,
             issuer="", switch_amount_minor=d.switch_value,
-            terminal_amount_minor=d.institution_value, currency=CNY if unit else 0,
+            terminal_amount_minor=d.institution_value, currency=CNY if money else 0,
             suggested_fen=0, suggested_direction="acquirer_owed"))
     return out
 
