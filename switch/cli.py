@@ -253,6 +253,21 @@ def _embedded_only(config: Config, command: str) -> bool:
     return False
 
 
+def _backup_step(what: str, call):
+    """``call()`` and 0; or None and the exit status with the reason on stderr: 2 refused
+    (backup.Refused), 1 failed."""
+    from onecard.switch import backup
+
+    try:
+        return call(), 0
+    except backup.Refused as exc:
+        print(f"onecard {what}: {exc}", file=sys.stderr)
+        return None, 2
+    except (backup.BackupError, OSError, sqlite3.Error) as exc:
+        print(f"onecard {what}: failed: {exc}", file=sys.stderr)
+        return None, 1
+
+
 def cmd_backup(args) -> int:
     """An online copy of the embedded store (a switch may be serving from it)."""
     from onecard.switch import backup
@@ -261,14 +276,9 @@ def cmd_backup(args) -> int:
     if not _embedded_only(config, "backup"):
         return 2
     data_dir = Path(config.data_dir)
-    try:
-        manifest = backup.backup(data_dir, args.to)
-    except backup.Refused as exc:
-        print(f"onecard backup: {exc}", file=sys.stderr)
-        return 2
-    except (backup.BackupError, OSError, sqlite3.Error) as exc:
-        print(f"onecard backup: failed: {exc}", file=sys.stderr)
-        return 1
+    manifest, status = _backup_step("backup", lambda: backup.backup(data_dir, args.to))
+    if status:
+        return status
     files = manifest["files"]
     for rel, entry in sorted(files.items()):
         print(f"onecard backup: {rel}  {entry['bytes']:,} bytes  mode {entry['mode']}")
@@ -291,16 +301,12 @@ def cmd_restore(args) -> int:
     if not _embedded_only(config, "restore"):
         return 2
     kek_file = args.kek_file or config.security.kek_file or None
-    try:
-        manifest, loaded = backup.restore(
-            args.source, config.data_dir, lock=_lock, force=args.force, kek_file=kek_file,
-            ring_size=config.core.ring_size, map_entries_max=config.core.map_entries_max)
-    except backup.Refused as exc:
-        print(f"onecard restore: {exc}", file=sys.stderr)
-        return 2
-    except (backup.BackupError, OSError, sqlite3.Error) as exc:
-        print(f"onecard restore: failed: {exc}", file=sys.stderr)
-        return 1
+    done, status = _backup_step("restore", lambda: backup.restore(
+        args.source, config.data_dir, lock=_lock, force=args.force, kek_file=kek_file,
+        ring_size=config.core.ring_size, map_entries_max=config.core.map_entries_max))
+    if status:
+        return status
+    manifest, loaded = done
     print(f"onecard restore: {config.data_dir} restored from {args.source} (taken "
           f"{manifest['created']} from {manifest['source']}): {loaded.next_record_no:,} journal "
           f"records, {loaded.replayed:,} replayed after checkpoint {loaded.snapshot_upto:,}, "
