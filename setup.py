@@ -48,6 +48,7 @@ MODULES = {
     "isocodec": [],
     "mpack": [],
     "maps": [],
+    "horizon": [],
     "state": [],
     "records": [],
     "journal": [],

@@ -146,23 +146,34 @@ cdef class Authoriser:
         return idx
 
     cdef bint duplicate(self, Txn* t, int64_t idx, Res* r) noexcept nogil:
-        """Answer a retransmission from the ring. True when the request is a duplicate."""
-        cdef RingEntry* e = self.state.slot(t.terminal, t.seq)
+        """Answer a retransmission from the ring, or from the horizon behind it (whatever
+        came in between, for idempotency_days settlement dates). True when the request is a
+        duplicate."""
+        cdef RingEntry* e = self.state.seen(t.terminal, t.seq)
+        cdef bint same
         if e.kind == KIND_NONE or e.seq != t.seq:
+            return False
+        same = not (e.kind != t.kind or e.card != <uint32_t>idx
+                    or (t.kind == KIND_TOPUP and e.amount_fen != t.amount_fen)
+                    or ((t.kind == KIND_PURCHASE or t.kind == KIND_VOID)
+                        and e.amount_fen != asked(t))
+                    or (t.kind == KIND_MEDICAL and ring_medical_bill(e) != t.amount_fen)
+                    or (t.kind == KIND_MEDICAL_REFUND
+                        and ring_medical_orig_seq(e) != t.orig_seq)
+                    or (t.kind == KIND_TAP
+                        and (e.extra != t.station_id or e.aux != t.direction))
+                    or (t.kind == KIND_MEDICAL_TOTALS
+                        and (e.extra != t.batch_no or e.amount_fen != t.amount_fen
+                             or e.balance_fen != ring_totals_print(
+                                 <uint32_t>t.x[3], t.orig_seq, t.x[0], t.x[1], t.x[2]))))
+        if not same and e != self.state.slot(t.terminal, t.seq):
+            # Found only behind the ring under another request: the number was used again
+            # (a new date, a terminal's counter reset), a new request.
             return False
         r.duplicate = 1
         r.card = e.card
-        if (e.kind != t.kind or e.card != <uint32_t>idx or (e.flags & RING_REVERSED)
-                or (t.kind == KIND_TOPUP and e.amount_fen != t.amount_fen)
-                or ((t.kind == KIND_PURCHASE or t.kind == KIND_VOID)
-                    and (e.amount_fen != asked(t) or e.flags & RING_VOIDED))
-                or (t.kind == KIND_MEDICAL and ring_medical_bill(e) != t.amount_fen)
-                or (t.kind == KIND_MEDICAL_REFUND and ring_medical_orig_seq(e) != t.orig_seq)
-                or (t.kind == KIND_TAP and (e.extra != t.station_id or e.aux != t.direction))
-                or (t.kind == KIND_MEDICAL_TOTALS
-                    and (e.extra != t.batch_no or e.amount_fen != t.amount_fen
-                         or e.balance_fen != ring_totals_print(<uint32_t>t.x[3], t.orig_seq,
-                                                               t.x[0], t.x[1], t.x[2])))):
+        if (not same or (e.flags & RING_REVERSED)
+                or ((t.kind == KIND_PURCHASE or t.kind == KIND_VOID) and e.flags & RING_VOIDED)):
             # Same STAN, different request (or one already reversed or voided): never act on
             # it, and never repeat an approval that no longer stands.
             r.rc = RC_94

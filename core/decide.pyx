@@ -3,7 +3,7 @@
 
 from libc.string cimport memset
 
-from onecard.core.authorise cimport Authoriser, Res, Txn
+from onecard.core.authorise cimport Authoriser, Res, Txn, asked
 from onecard.core.codes cimport RC_12, RC_96
 from onecard.core.journal cimport NONE32
 from onecard.core.payments cimport (balance, batch_upload, purchase, reversal, settle,
@@ -52,6 +52,31 @@ cdef void decide(Authoriser a, Txn* t, Res* r) noexcept nogil:
         a.signon(t, r)
     else:
         r.rc = RC_12
+
+
+
+cdef bint retransmitted(Authoriser a, Txn* t) noexcept nogil:
+    """Whether deciding this request would only answer it again, from the ring or the
+    horizon, with no record and no effect: what load shedding still answers
+    (switch/admission.py). A request of another region's card (forwarded: its answer is the
+    issuer's) and an advice are not."""
+    cdef RingEntry* e = a.state.seen(t.terminal, t.seq)
+    cdef int64_t idx
+    cdef uint8_t orig_kind
+    cdef Res probe
+    if e.kind == KIND_NONE or e.seq != t.seq or e.kind == KIND_FORWARDED or t.offline:
+        return False
+    if t.kind == KIND_SIGNON or t.kind == KIND_BATCH_UPLOAD or t.kind == KIND_OFFLINE_TAP:
+        return False                     # a new session, journaled again, or by watermark
+    idx = a.state.find_card(t.pan)
+    if t.kind == KIND_REVERSAL:          # payments.reversal: what it answers unrecorded
+        orig_kind = KIND_VOID if t.proc_code // 10000 == 20 else KIND_PURCHASE
+        return (e.kind != orig_kind or e.card != <uint32_t>idx or e.amount_fen != asked(t)
+                or (e.flags & RING_REVERSED) != 0)
+    if t.kind == KIND_SETTLE or t.kind == KIND_MEDICAL_TOTALS:
+        idx = -1                         # as payments.settle and services.medical_totals ask
+    memset(&probe, 0, sizeof(Res))
+    return a.duplicate(t, idx, &probe)
 
 
 def decide_many(Authoriser a, txns):

@@ -134,33 +134,47 @@ cdef class Engine:
 
     def refuse(self, int proto, data, int reason) -> tuple:
         """Answer every request in ``data`` with ``96`` (ISO 8583) or an ErrorReply ``96``
-        with its seq (native) and change nothing: no journal record, no ring slot, no balance, no
-        clock. For load shedding and a journal that cannot be written; ``reason`` is
-        REFUSE_OVERLOAD or REFUSE_JOURNAL. One call per buffer, no Python object per frame.
+        with its seq (native) and change nothing: no journal record, no ring slot, no balance.
+        For load shedding and a journal that cannot be written; ``reason`` is REFUSE_OVERLOAD
+        or REFUSE_JOURNAL. One call per buffer, no Python object per frame.
 
-        Returns ``(consumed, replies, close)`` as :meth:`process` does (no batch id: refused
-        requests are counted in :attr:`shed`, not in the latency histograms).
+        While shedding (REFUSE_OVERLOAD) a retransmission still gets its original answer: a
+        frame whose STAN or seq its terminal's ring or horizon holds goes through the normal
+        path (MAC, then the duplicate check), and a new request in it is answered 96. Nothing
+        is ever decided, forwarded or journaled here.
+
+        Returns ``(consumed, replies, batch, close)`` as :meth:`process` does, with batch -1
+        when every request was refused (counted in :attr:`shed`, not in the latency
+        histograms): the replies of a batch that answered retransmissions wait, as any
+        answer does, for the records before them to be durable.
         """
         cdef Py_buffer view
-        cdef uint32_t requests = 0
+        cdef uint32_t requests = 0, answered = 0, batch
         cdef int close = 0
         cdef size_t consumed
         if proto != PROTO_ISO8583 and proto != PROTO_NATIVE:
             raise ValueError(f"unknown protocol {proto}")
         if reason != REFUSE_OVERLOAD and reason != REFUSE_JOURNAL:
             raise ValueError(f"unknown refusal reason {reason}")
+        cdef bint repeats = reason == REFUSE_OVERLOAD
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
+            self.authoriser.begin(self.now_us())
+            batch = self.metrics.begin_batch(<uint8_t>proto)
             self.out.len = 0
+            self.router.mode = MODE_CONSUME
             if proto == PROTO_ISO8583:
-                consumed = self.iso.refuse(<const uint8_t*>view.buf, view.len, &self.out, RC_96,
-                                           &requests, &close)
+                consumed = self.iso.refuse(<const uint8_t*>view.buf, view.len, &self.out,
+                                           RC_96, repeats, batch, &requests, &answered,
+                                           &close)
             else:
                 consumed = self.native.refuse(<const uint8_t*>view.buf, view.len, &self.out,
-                                              RC_96, REFUSE_TEXT[reason], &requests, &close)
+                                              RC_96, REFUSE_TEXT[reason], repeats, batch,
+                                              &requests, &answered, &close)
             self.shed_p[proto * 2 + reason] += requests
+            self.metrics.end_batch(batch, answered)
         finally:
             PyBuffer_Release(&view)
         replies = (PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
                    if self.out.len else b"")
-        return consumed, replies, bool(close)
+        return consumed, replies, batch if answered else -1, bool(close)

@@ -243,7 +243,7 @@ cdef class Router:
         if d == 0:
             return ROUTE_LOCAL
         tid = self.st.term[t.terminal].tid
-        e = self.st.slot(t.terminal, t.seq)
+        e = self.st.seen(t.terminal, t.seq)
         if e.kind == KIND_FORWARDED and e.seq == t.seq and e.aux == ORIGIN_STAND_IN:
             # This switch stood in for it: the issuer has (or will have) the advice, never
             # the request. Answered here, as the first time, in the order of the buffer.
@@ -313,7 +313,7 @@ cdef class Router:
         f.orig_seq = t.orig_seq
         if a.kind:
             f.orig_kind = a.kind
-        e = self.st.slot(t.terminal, t.seq)
+        e = self.st.seen(t.terminal, t.seq)
         f.repeated = (a.recorded and e.kind == KIND_FORWARDED and e.seq == t.seq
                       and <uint64_t>e.amount_fen == a.record_no)
         self.journaled(f)
@@ -611,5 +611,5 @@ cdef class Router:
         e = self.st.standin_posted.find(t.terminal)
         if e == NULL or standin_key(self.auth.now_us, t.seq) > <uint64_t>e.a:
             return False
-        slot = self.st.slot(t.terminal, t.seq)
+        slot = self.st.seen(t.terminal, t.seq)
         return not (slot.seq == t.seq and slot.kind == t.kind)

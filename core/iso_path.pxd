@@ -35,8 +35,11 @@ cdef class IsoPath:
     cdef uint32_t frame_bytes_max
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,
                     uint32_t* messages, int* close) noexcept nogil
+    cdef bint shedding                 # refuse(): only retransmissions are answered
     cdef size_t refuse(self, const uint8_t* p, size_t n, OutBuf* out, uint8_t rc,
-                       uint32_t* frames, int* close) noexcept nogil
+                       bint repeats, uint32_t batch, uint32_t* frames, uint32_t* answered,
+                       int* close) noexcept nogil
+    cdef bint repeated(self, IsoMsg* m, const uint8_t* msg) noexcept nogil
     cdef void answer_format_error(self, IsoMsg* m, int rc, const uint8_t* hdr, OutBuf* out,
                                   uint32_t batch) noexcept nogil
     cdef void prepare(self, const uint8_t* msg, uint32_t length, Pending* pd) noexcept nogil

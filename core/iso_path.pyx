@@ -19,7 +19,7 @@ from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport *
 from onecard.core.crypto cimport (MAC_BYTES, MacJob, mac_equal, mac_job, mac_many,
                                   mac_many_in)
-from onecard.core.decide cimport decide
+from onecard.core.decide cimport decide, retransmitted
 from onecard.core.forward cimport (MODE_COLLECT, ROUTE_FORWARD, ROUTE_LOCAL,
                                    Router)
 from onecard.core.iso_values cimport *
@@ -290,12 +290,33 @@ cdef class IsoPath:
             mac_many_in(jobs, n_jobs, out.data)
         return pos
 
+    cdef bint repeated(self, IsoMsg* m, const uint8_t* msg) noexcept nogil:
+        """Whether the ring or the horizon holds a request of this frame's terminal under its
+        STAN: a retransmission, perhaps (a terminal lookup and a ring or horizon probe; the
+        MAC and the request's details are checked by run())."""
+        cdef uint64_t tid = 0, stan
+        cdef int64_t term_idx
+        cdef int i
+        if not has_field(m, 41) or field_u64(m, 11, &stan) != 0:
+            return False
+        for i in range(8):
+            tid = (tid << 8) | msg[m.off[41] + i]
+        term_idx = self.st.find_terminal(tid)
+        return term_idx >= 0 and holds(self.st.seen(<uint32_t>term_idx, <uint32_t>stan),
+                                       <uint32_t>stan)
+
     cdef size_t refuse(self, const uint8_t* p, size_t n, OutBuf* out, uint8_t rc,
-                       uint32_t* frames, int* close) noexcept nogil:
+                       bint repeats, uint32_t batch, uint32_t* frames, uint32_t* answered,
+                       int* close) noexcept nogil:
         """Answer every complete frame with ``rc`` (96 when shedding load) and do nothing
-        else: no terminal, card or ring lookup, no MAC, no state read or changed. A decode
-        (~100 ns) finds the fields a terminal matches a reply by (STAN, terminal, merchant);
-        the reply has no field 64, as a decline for a switch fault may go without a MAC."""
+        else: no card lookup, no MAC, no state read or changed. A decode (~100 ns) finds the
+        fields a terminal matches a reply by (STAN, terminal, merchant); the reply has no
+        field 64, as a decline for a switch fault may go without a MAC. With ``repeats``
+        (shedding), a frame whose STAN the terminal's ring or horizon holds is a
+        retransmission, perhaps: it goes through
+        run() (MAC and all), which answers it as the first time if it is one and 96 if not
+        (``shedding``: nothing is decided, forwarded or journaled); ``answered`` counts them."""
+        cdef bint routing = self.router.enabled
         cdef size_t pos = 0
         cdef uint32_t length
         cdef int dec
@@ -315,6 +336,14 @@ cdef class IsoPath:
                 break
             msg = p + pos + PREFIX_BYTES
             dec = iso_decode(msg, length, &m)
+            if repeats and dec == DEC_OK and self.repeated(&m, msg):
+                self.shedding = True
+                self.router.enabled = False
+                self.run(p + pos, PREFIX_BYTES + length, out, batch, answered, close)
+                self.router.enabled = routing
+                self.shedding = False
+                pos += PREFIX_BYTES + length
+                continue
             reply_header(msg, length, hdr)
             w_begin(&w, out.data, out.len, hdr,
                     reply_mti(m.mti) if dec != DEC_SHORT and dec != DEC_MTI else 0)
@@ -464,9 +493,14 @@ cdef class IsoPath:
             # A retransmission gets its original answer whatever the date (the ring's slot
             # holds its STAN); only a new request of a stale session is sent to sign on.
             if (stale_session(&self.st.term[t.terminal], pd.kind, self.auth.settle_day)
-                    and not holds(self.st.slot(t.terminal, t.seq), t.seq)):
+                    and not holds(self.st.seen(t.terminal, t.seq), t.seq)):
                 r.rc = RC_77
-        if r.rc == RC_00 and pd.kind != KIND_ECHO:
+        if r.rc == RC_00 and pd.kind != KIND_ECHO and self.shedding:
+            if not retransmitted(self.auth, &t):
+                r.rc = RC_96               # shedding: a new request is not decided
+            else:
+                decide(self.auth, &t, &r)
+        elif r.rc == RC_00 and pd.kind != KIND_ECHO:
             route = self.router.route(&t, &r)
             if route == ROUTE_FORWARD or (route == ROUTE_LOCAL and collecting):
                 return 1

@@ -88,9 +88,22 @@ cdef inline void money(State st, JHead* h, bint moves_balance) noexcept nogil:
         deny_changes(st, h, True)
 
 
+cdef inline int horizon_room(State st, JHead* h) noexcept nogil:
+    """Room in the idempotency horizon for the request this record's ring slot holds, if
+    it holds another one (ring_put files it there)."""
+    cdef RingEntry* e = st.slot(h.terminal, h.seq)
+    if e.kind == KIND_NONE or e.seq == h.seq:
+        return 0
+    return APPLY_NO_ROOM if st.horizon.reserve(st.horizon.day_of(h.ts_us)) != 0 else 0
+
+
 cdef void ring_put(State st, JHead* h, uint64_t no, uint8_t kind, int64_t amount,
                    int64_t balance, uint8_t aux, uint32_t extra) noexcept nogil:
     cdef RingEntry* e = st.slot(h.terminal, h.seq)
+    if e.kind != KIND_NONE and e.seq != h.seq:
+        # The slot's request is forgotten by the ring, not by the switch (room reserved by
+        # horizon_room in apply).
+        st.horizon.file(h.terminal, e.seq, <uint64_t*>e)
     e.seq = h.seq
     e.card = h.card
     e.record_no = no
@@ -105,8 +118,8 @@ cdef void ring_put(State st, JHead* h, uint64_t no, uint8_t kind, int64_t amount
 
 cdef void mark(State st, uint32_t terminal, uint32_t seq, uint8_t kind, uint8_t set_flags,
                uint8_t clear_flags) noexcept nogil:
-    """Change the flags of an earlier request's slot, if the ring still holds it."""
-    cdef RingEntry* e = st.slot(terminal, seq)
+    """Change the flags of an earlier request's entry, in the ring or the horizon."""
+    cdef RingEntry* e = st.seen(terminal, seq)
     if e.seq == seq and e.kind == kind:
         e.flags = (e.flags | set_flags) & ~clear_flags
 
@@ -400,6 +413,8 @@ cdef int apply(State st, JRec* r, uint64_t no) noexcept nogil:
         return apply_credit(st, r)
     if h.terminal >= st.n_terminals:
         return APPLY_BAD
+    if horizon_room(st, h) != 0:
+        return APPLY_NO_ROOM
     if (kind == KIND_PURCHASE or kind == KIND_VOID or kind == KIND_REVERSAL
             or kind == KIND_VOID_REVERSAL):
         return apply_payment(st, r, no)

@@ -39,8 +39,11 @@ cdef class NativePath:
     cdef uint32_t frame_bytes_max
     cdef uint32_t batch_max
     cdef public bint authenticated   # a frame since the flag was cleared had a valid MAC
+    cdef bint shedding               # refuse(): only retransmissions are answered
     cdef size_t refuse(self, const uint8_t* p, size_t n, OutBuf* out, uint8_t rc,
-                       const char* text, uint32_t* requests, int* close) noexcept nogil
+                       const char* text, bint repeats, uint32_t batch, uint32_t* requests,
+                       uint32_t* answered, int* close) noexcept nogil
+    cdef bint repeated(self, const uint8_t* tid, MpReader body, uint32_t n_msgs) noexcept nogil
     cdef void refuse_messages(self, MpReader* body, uint32_t n_msgs, OutBuf* out, Frame* f,
                               uint8_t rc, const char* text) noexcept nogil
     cdef size_t run(self, const uint8_t* p, size_t n, OutBuf* out, uint32_t batch,

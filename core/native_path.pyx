@@ -14,7 +14,7 @@ from libc.stdlib cimport abort
 from libc.string cimport memset, strlen
 
 from onecard.core.authorise cimport Authoriser, Res, Txn
-from onecard.core.decide cimport decide
+from onecard.core.decide cimport decide, retransmitted
 from onecard.core.forward cimport (MODE_COLLECT, MODE_CONSUME, MODE_PEEK, ROUTE_FORWARD,
                                    ROUTE_LOCAL, Router)
 from onecard.core.codes cimport *
@@ -226,13 +226,40 @@ cdef class NativePath:
             mac_many_in(jobs, n_jobs, out.data)
         return pos
 
+    cdef bint repeated(self, const uint8_t* tid, MpReader body,
+                       uint32_t n_msgs) noexcept nogil:
+        """Whether the ring or the horizon holds a request of this frame's terminal under one
+        of its messages' seqs: a retransmission, perhaps (run() checks the MAC and details)."""
+        cdef uint64_t packed = 0
+        cdef int64_t term_idx, seq = 0
+        cdef uint32_t _i
+        cdef RingEntry* e
+        if tid == NULL or not tid_text(tid, &packed):
+            return False
+        term_idx = self.st.find_terminal(packed)
+        if term_idx < 0:
+            return False
+        for _i in range(n_msgs):
+            next_seq(&body, &seq)
+            if seq < 0 or seq > <int64_t>0xffffffff:
+                continue
+            e = self.st.seen(<uint32_t>term_idx, <uint32_t>seq)
+            if e.kind != KIND_NONE and e.seq == <uint32_t>seq:
+                return True
+        return False
+
     cdef size_t refuse(self, const uint8_t* p, size_t n, OutBuf* out, uint8_t rc,
-                       const char* text, uint32_t* requests, int* close) noexcept nogil:
+                       const char* text, bint repeats, uint32_t batch, uint32_t* requests,
+                       uint32_t* answered, int* close) noexcept nogil:
         """Answer every complete frame with ErrorReplies (``rc``, ``text``) and do nothing
-        else: no terminal lookup, no MAC, no state read or changed. Each message gets its own
-        ErrorReply with its ``seq`` (only [tag, seq] of each is read), so a terminal can tell
-        which requests to send again; a frame whose body cannot be read that far gets one
-        ErrorReply with seq 0. The terminal id is echoed when it can be read."""
+        else: no MAC, no state read or changed. Each message gets its own ErrorReply with its
+        ``seq`` (only [tag, seq] of each is read), so a terminal can tell which requests to
+        send again; a frame whose body cannot be read that far gets one ErrorReply with seq 0.
+        The terminal id is echoed when it can be read. A frame one of whose seqs the
+        terminal's ring or horizon holds may be a retransmission: with ``repeats`` (shedding) it
+        goes through run() (MAC and all), whose messages are answered as the first time if
+        they are retransmissions and 96 if not (nothing decided, forwarded or journaled)."""
+        cdef bint routing = self.router.enabled
         cdef size_t pos = 0
         cdef uint32_t length, n_msgs
         cdef const uint8_t* tid
@@ -259,6 +286,14 @@ cdef class NativePath:
             if ob_reserve(out, FRAME_RESERVE + REPLY_RESERVE + n_msgs * (24 + text_len)):
                 close[0] = 1
                 break
+            if repeats and n_msgs and self.repeated(tid, body, n_msgs):
+                self.shedding = True
+                self.router.enabled = False
+                self.run(p + pos, PREFIX + length, out, batch, answered, close)
+                self.router.enabled = routing
+                self.shedding = False
+                pos += PREFIX + length
+                continue
             self.begin_reply(out, &f, tid, tid_len)
             if n_msgs == 0:
                 self.append_error(out, &f, 0, rc, text)
@@ -489,6 +524,11 @@ cdef class NativePath:
         elif t.kind == KIND_DENY_SYNC:
             self.mx.count(batch, t.kind, RC_00)
             return self.answer_deny_sync(&t, out, f)
+        elif self.shedding:
+            if retransmitted(self.auth, &t):
+                decide(self.auth, &t, &r)
+            else:
+                r.rc = RC_96             # shedding: a new request is not decided
         else:
             route = self.router.route(&t, &r)
             if route == ROUTE_FORWARD:

@@ -3,7 +3,7 @@
 Macao currencies, daily limits per card and per application), balance inquiry, void (撤销) of
 a same-day purchase, reversal of a purchase or of a void, and batch settlement (0500)."""
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 from onecard.core.authorise cimport CNY, Authoriser, Res, Txn, asked, currency_or_cny
 from onecard.core.codes cimport *
@@ -98,21 +98,11 @@ cdef inline void undo_spending(Authoriser a, JPayment* p, int64_t amount, int si
     p.app_spent_fen_after = <int32_t>(app_spent if app_spent > 0 else 0)
 
 
-cdef inline bint later_stan(uint32_t held, uint32_t stan) noexcept nogil:
-    """Whether STAN ``held`` came after ``stan`` (STANs count 1..999999 and wrap)."""
-    cdef uint32_t ahead = (held % STAN_MOD + STAN_MOD - stan % STAN_MOD) % STAN_MOD
-    return 0 < ahead < STAN_MOD // 2
-
-
-cdef inline bint advice_too_late(RingEntry* e, Txn* t, bint known, Res* r) noexcept nogil:
-    """A reversal advice whose terminal's ring has moved on past its STAN: whether the
-    original was decided here is no longer known, and a marker would take a later request's
-    slot. Nothing is recorded; 25 tells the advice's consumer to report it."""
-    if known or e.kind == KIND_NONE or not later_stan(e.seq, t.seq):
-        return False
-    r.rc = RC_25
-    r.duplicate = 1
-    return True
+cdef inline uint64_t seq_modulus(Authoriser a, uint32_t terminal) noexcept nogil:
+    """How a terminal's numbers wrap: ISO 8583 STANs after 999999, native sequences at 2^32."""
+    if a.state.term[terminal].protocol == PROTO_ISO8583:
+        return STAN_MOD
+    return <uint64_t>1 << 32
 
 
 cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
@@ -123,13 +113,18 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     A reversal advice (offline, no card number) comes from another region's switch that
     answered its terminal 91 for a request forwarded here (switch/region/link.py): the
     original, if this switch decided it, is found by terminal and STAN alone."""
-    cdef RingEntry* e = a.state.slot(t.terminal, t.seq)
+    cdef RingEntry* e = a.state.seen(t.terminal, t.seq)
     cdef bint of_void = t.proc_code // 10000 == 20
     cdef uint8_t orig_kind = KIND_VOID if of_void else KIND_PURCHASE
     cdef bint known = e.kind != KIND_NONE and e.seq == t.seq
     cdef bint advice = t.offline and t.pan == 0
     cdef int64_t idx
-    if advice and advice_too_late(e, t, known, r):
+    if not known and a.state.horizon.forgot(t.terminal, t.seq, seq_modulus(a, t.terminal)):
+        # Its original, if there was one, was decided before the horizon (idempotency_days
+        # settlement dates): acknowledging it would be 00 with no effect. Nothing recorded;
+        # 25 also tells an advice's consumer to report it.
+        r.rc = RC_25
+        r.duplicate = 1
         return
     if advice:
         idx = <int64_t>e.card if known and e.card != NONE32 else -1
@@ -145,9 +140,11 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
         r.duplicate = 1
         return
     if known and e.flags & RING_REVERSED:
-        r.rc = RC_00                   # already reversed: same answer, no second effect
+        r.rc = RC_00                   # already reversed: the first answer, no second effect
         r.duplicate = 1
         r.card = e.card
+        r.record_no = e.record_no      # the slot holds the first reversal's record
+        r.recorded = 1
         return
     r.rc = RC_00
     j = a.record(t, r, idx)
@@ -165,7 +162,7 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
         amount = e.extra               # what was charged (or, for a void, credited)
     if of_void and known:
         p.orig_seq = <uint32_t>e.balance_fen   # the purchase the void undid (same-day)
-        orig = a.state.slot(t.terminal, p.orig_seq)
+        orig = a.state.seen(t.terminal, p.orig_seq)
         today_s = (orig.kind == KIND_PURCHASE and orig.seq == p.orig_seq
                    and orig.balance_fen == a.today)
     elif known:
@@ -189,7 +186,7 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
 cdef void void_purchase(Authoriser a, Txn* t, Res* r) noexcept nogil:
     """撤销: undo a purchase of today, found by the STAN in field 61, under a new STAN."""
     cdef int64_t idx = a.state.find_card(t.pan)
-    cdef RingEntry* e = a.state.slot(t.terminal, t.orig_seq)
+    cdef RingEntry* e = a.state.seen(t.terminal, t.orig_seq)
     cdef JRec* j
     cdef JPayment* p
     cdef int64_t amount = 0
@@ -225,7 +222,7 @@ cdef void settle(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef RingEntry* e
     cdef JRec* j
     if a.duplicate(t, -1, r):
-        e = a.state.slot(t.terminal, t.seq)
+        e = a.state.seen(t.terminal, t.seq)
         r.x[0] = e.amount_fen
         r.x[1] = ring_settle_debits(e)
         r.x[2] = e.balance_fen

@@ -50,7 +50,7 @@ cdef void verify(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef JRec* j
     cdef int years
     if a.duplicate(t, idx, r):
-        scope = <uint8_t>(a.state.slot(t.terminal, t.seq).extra & 0xff)
+        scope = <uint8_t>(a.state.seen(t.terminal, t.seq).extra & 0xff)
     else:
         if a.card_checks(t, idx, r) >= 0:
             if scope == SCOPE_LODGING and a.state.holder == NULL:
@@ -194,7 +194,7 @@ cdef void medical_refund(Authoriser a, Txn* t, Res* r) noexcept nogil:
     """Undo a settlement (t.orig_seq) of this terminal: every share goes back where it came
     from, including the annual totals of the year it was made in."""
     cdef int64_t idx = a.state.find_card(t.pan)
-    cdef RingEntry* e = a.state.slot(t.terminal, t.orig_seq)
+    cdef RingEntry* e = a.state.seen(t.terminal, t.orig_seq)
     cdef Account* acct
     cdef JRec* j
     cdef JMedical* m

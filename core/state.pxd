@@ -2,6 +2,7 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from onecard.core.crypto cimport MacKey
+from onecard.core.horizon cimport Horizon
 from onecard.core.maps cimport Entry, U64Map
 
 # Transaction kinds: metrics "type", journal, permissions; as protocols/journal.py KINDS
@@ -225,6 +226,7 @@ cdef class State:
     cdef readonly U64Map standin_posted  # issuer: terminal -> latest stand-in advice posted
     cdef readonly U64Map foreign_deny    # another region's card -> foreign index, listed
     cdef readonly U64Map foreign_pan     # foreign index -> that card's number (deny-list sync)
+    cdef readonly Horizon horizon        # what the rings forgot, for idempotency_days dates
     cdef Card* card
     cdef Account* acct
     cdef Terminal* term
@@ -263,6 +265,7 @@ cdef class State:
     cdef int64_t find_terminal(self, uint64_t tid) noexcept nogil
     cdef int64_t find_station(self, uint32_t station_id) noexcept nogil
     cdef RingEntry* slot(self, uint32_t terminal, uint32_t seq) noexcept nogil
+    cdef RingEntry* seen(self, uint32_t terminal, uint32_t seq) noexcept nogil
     cdef int64_t add_card(self, uint64_t pan, uint32_t account) noexcept nogil
     cdef int deny(self, uint32_t card, bint removed) noexcept nogil
     cdef uint64_t deny_pan(self, uint32_t entry) noexcept nogil

@@ -15,6 +15,7 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from onecard.core.crypto cimport mackey_clear, mackey_set
+from onecard.core.horizon cimport FILED_ENTRY_WORDS, Horizon
 from onecard.core.maps cimport Entry, U64Map
 
 
@@ -44,6 +45,7 @@ TERMINAL_DTYPE = _dtype([("tid", "<u8"), ("debit_fen", "<i8"), ("credit_fen", "<
 RING_DTYPE = _dtype([("amount_fen", "<i8"), ("balance_fen", "<i8"), ("record_no", "<u8"),
                      ("seq", "<u4"), ("card", "<u4"), ("kind", "u1"), ("flags", "u1"),
                      ("rc", "u1"), ("aux", "u1"), ("extra", "<u4")], sizeof(RingEntry))
+assert sizeof(RingEntry) == FILED_ENTRY_WORDS * 8      # the horizon files ring entries whole
 REGION_DTYPE = _dtype([("code", "<u4"), ("province", "u1"), ("group", "u1"),
                        ("elderly_age", "u1"), ("elderly_pct", "u1"), ("disabled_pct", "u1"),
                        ("transfer_minutes", "u1"), ("transfer_discount_fen", "<u2"),
@@ -233,10 +235,14 @@ cdef class State:
 
     def __init__(self, *, cards, accounts, terminals, regions, operators, stations, fares,
                  apps, accept, policies, surnames, holders=None, ring=None,
-                 uint32_t ring_size=64, maps=None, uint64_t map_entries_max=1 << 26):
+                 uint32_t ring_size=64, maps=None, uint64_t map_entries_max=1 << 26,
+                 uint32_t idempotency_days=2, uint64_t idempotency_rows_max=1 << 26,
+                 int cutover_s=23 * 3600):
         """``map_entries_max`` bounds each map of state only some accounts have (daily totals
         per application, medical year totals): past it, a request that would add an entry is
-        declined with 96 and changes nothing."""
+        declined with 96 and changes nothing. The rings forget into a horizon of
+        ``idempotency_days`` settlement dates (from ``cutover_s``, core/horizon.pyx) holding
+        ``idempotency_rows_max`` requests at most (past it, 96 too)."""
         if ring_size < 8 or ring_size & (ring_size - 1):
             raise ValueError("ring_size must be a power of two >= 8")
         given = _array(cards, CARD_DTYPE, "cards")
@@ -278,6 +284,8 @@ cdef class State:
         self.standin_posted = U64Map(1024, map_entries_max)
         self.foreign_deny = U64Map(1024, map_entries_max)
         self.foreign_pan = U64Map(1024, map_entries_max)
+        self.horizon = Horizon(idempotency_days, idempotency_rows_max, self.n_terminals,
+                               cutover_s)
         self.set_catalogue(apps, accept, policies)
         self._check_references()
         self._bind()
@@ -441,6 +449,17 @@ cdef class State:
     cdef RingEntry* slot(self, uint32_t terminal, uint32_t seq) noexcept nogil:
         return &self.rng[<size_t>terminal * self.ring_size + (seq & self.ring_mask)]
 
+    cdef RingEntry* seen(self, uint32_t terminal, uint32_t seq) noexcept nogil:
+        """The newest request of this terminal under ``seq``: the ring's slot when it holds
+        it, else the horizon's entry, else the ring's slot (holding another seq, or empty:
+        callers compare ``seq``). An entry found in the horizon is changed where it is."""
+        cdef RingEntry* e = self.slot(terminal, seq)
+        cdef RingEntry* filed
+        if e.seq == seq and e.kind != KIND_NONE:
+            return e
+        filed = <RingEntry*>self.horizon.find(terminal, seq)
+        return filed if filed != NULL else e
+
     # ---- growth ------------------------------------------------------------------------------
 
     cdef int64_t add_card(self, uint64_t pan, uint32_t account) noexcept nogil:
@@ -572,7 +591,8 @@ cdef class State:
                 "filings": self.filings.export(), "standin": self.standin.export(),
                 "standin_posted": self.standin_posted.export(),
                 "foreign_deny": self.foreign_deny.export(),
-                "foreign_pan": self.foreign_pan.export(), "deny_log": deny}
+                "foreign_pan": self.foreign_pan.export(), "deny_log": deny,
+                **self.horizon.export()}
 
     def set_journal_key(self, key: bytes) -> None:
         """The key that enciphers card numbers in CARD_ADMIN records (derived from the data
@@ -583,6 +603,13 @@ cdef class State:
             raise ValueError("the journal key is 16 bytes")
         memcpy(self.journal_key, &view[0], 16)
         self.journal_keyed = True
+
+    def restore_horizon(self, arrays: dict) -> None:
+        """Refill the idempotency horizon from a checkpoint's arrays (State.snapshot); a
+        checkpoint from before the horizon has none, and it fills from now on."""
+        if "horizon_rows" in arrays:
+            self.horizon.load(arrays["horizon_rows"], arrays["horizon_gens"],
+                              arrays["horizon_dropped"])
 
     def restore_deny_log(self, log) -> None:
         cdef const uint32_t[::1] entries = np.ascontiguousarray(log, dtype=np.uint32)

@@ -38,8 +38,10 @@ asks the kernel how much is still queued (FIONREAD, one ioctl; never on a normal
 reads) and estimates ``(this read + queued bytes) x cost per byte``, the cost measured by
 timing the core on such reads (EWMA). Over budget, this buffer, the connection's oldest
 requests, is refused: dropping from the head drains the queue fastest, so what is admitted
-next has waited least. A retransmission is refused like any request while shedding:
-answering it from the ring would need the lookups the refusal avoids.
+next has waited least. A retransmission is answered while shedding, as the first time: a
+frame whose STAN or seq its terminal's ring or horizon holds (one terminal lookup and one
+probe) goes through the normal path, MAC and duplicate check, and costs no decision, no
+record and no fsync; a terminal resending what timed out is not refused what it was told.
 
 **Journal not writable.** When a commit fails for lack of space the writer keeps the records
 and retries (core/commit.pyx); meanwhile every new request is refused ``96`` the same way,
@@ -288,8 +290,7 @@ class Admission:
             if size < FULL_READ_BYTES:
                 return sw.engine.process(conn.proto, data)
             return self.process_timed(conn, data)
-        consumed, replies, close = self.refuse(conn, data)
-        return consumed, replies, -1, close
+        return self.refuse(conn, data)
 
     def admit_backlog(self, conn: Connection, size: int) -> bool:
         """For a read of FULL_READ_BYTES or more (the peer is sending faster than it is read):
@@ -313,8 +314,9 @@ class Admission:
         self.s_per_byte += (elapsed / max(len(data), 1) - self.s_per_byte) * COST_WEIGHT
         return result
 
-    def refuse(self, conn: Connection, data) -> tuple[int, bytes, bool]:
-        """Answer the buffer's frames 96 (Engine.refuse); nothing else happens."""
+    def refuse(self, conn: Connection, data) -> tuple[int, bytes, int, bool]:
+        """Answer the buffer's new requests 96 (Engine.refuse: batch -1 when that was all;
+        while shedding, retransmissions get their original answers)."""
         reason = REFUSE_OVERLOAD if self.refusing is None else self.refusing
         return self.switch.engine.refuse(conn.proto, data, reason)
 

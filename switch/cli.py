@@ -14,6 +14,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from onecard.protocols.clearing import cutover_minutes
 from onecard.protocols.enums import PROTO, TERMINAL_KIND
 from onecard.switch import __version__, logs
 from onecard.switch.config import Config, ConfigError, load, with_overrides
@@ -125,7 +126,10 @@ def _recover(config: Config, data_dir: Path):
 
     kek_file = config.security.kek_file or None
     options = {"ring_size": config.core.ring_size,
-               "map_entries_max": config.core.map_entries_max, "kek_file": kek_file}
+               "map_entries_max": config.core.map_entries_max, "kek_file": kek_file,
+               "idempotency_days": config.core.idempotency_days,
+               "idempotency_requests_max": config.core.idempotency_requests_max,
+               "cutover_s": cutover_minutes(config.clearing.cutover) * 60}
     if config.store.backend == "postgresql":
         from onecard.switch.pg import lease as pg_lease
         from onecard.switch.pg.journal import JournalGap

@@ -194,6 +194,14 @@ class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Retransmissions and reversals are matched against the last ring_size requests of each
     # terminal; a power of two, at least the deepest pipelining window a terminal uses.
     ring_size: Annotated[int, Meta(ge=8, le=65536)] = 64
+    # Behind the ring, every request stays findable by (terminal, STAN or sequence) for this
+    # many settlement dates, the current one included (core/horizon.pyx): a retransmission
+    # gets its original answer and a reversal finds its original, whatever came in between.
+    # A reversal of a request older than that is refused 25 (protocols/ISO8583.md).
+    idempotency_days: Annotated[int, Meta(ge=1, le=7)] = 2
+    # Requests the horizon holds at most (about 56-64 bytes each); past it, a request that
+    # would push one out of the ring is declined 96 (onecard_idempotency_requests shows it).
+    idempotency_requests_max: Annotated[int, Meta(ge=1024, le=(1 << 32) - 2)] = 1 << 26
     # Entries at most in each map of state only some accounts have (daily totals per
     # application, medical year totals); a request that would add one past it is declined 96.
     map_entries_max: Annotated[int, Meta(ge=16, le=1 << 40)] = 1 << 26

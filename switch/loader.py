@@ -31,6 +31,7 @@ from onecard.core.state import (
     TERMINAL_DTYPE,
     State,
 )
+from onecard.protocols.clearing import CUTOVER_DEFAULT, cutover_minutes
 from onecard.switch import catalogue, snapshots, store, transit
 from onecard.switch.reference import GROUPS
 from onecard.switch.security import encrypt_store, keystore, sealed_files
@@ -209,7 +210,7 @@ def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None) -> Iterator
         pg.close()
 
 
-def _state(src: _Source, ring_size: int, map_entries_max: int) -> State:
+def _state(src: _Source, ring_size: int, map_entries_max: int, horizon: dict) -> State:
     """The core's State from the reference tables and the checkpoint (before replay)."""
     conn, keys, arrays = src.conn, src.keys, src.arrays
     operators, stations, fares = transit.build(conn)
@@ -225,15 +226,19 @@ def _state(src: _Source, ring_size: int, map_entries_max: int) -> State:
                   regions=regions_array(conn), operators=operators, stations=stations,
                   fares=fares, apps=apps, accept=accept, policies=policies,
                   surnames=surnames_array(conn), holders=src.holders, ring=ring,
-                  ring_size=ring_size, maps=maps, map_entries_max=map_entries_max)
+                  ring_size=ring_size, maps=maps, map_entries_max=map_entries_max, **horizon)
     state.set_journal_key(keys.journal_key)
     if "deny_log" in arrays:
         state.restore_deny_log(arrays["deny_log"])
+    if ring is not None:               # the horizon's rows name the ring's terminals
+        state.restore_horizon(arrays)
     return state
 
 
 def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26,
-         kek_file: str | None = None, dsn: str | None = None) -> Loaded:
+         kek_file: str | None = None, dsn: str | None = None, idempotency_days: int = 2,
+         idempotency_requests_max: int = 1 << 26,
+         cutover_s: int = cutover_minutes(CUTOVER_DEFAULT) * 60) -> Loaded:
     """Recover the state: checkpoint + journal replay, from the SQLite data set in data_dir,
     or with ``dsn`` from the PostgreSQL store there (data_dir then only locates the
     key-encryption key). Raises if the data set or its checkpoint is missing, KekError if
@@ -241,7 +246,9 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
     started = time.perf_counter()
     source = _pg_source(dsn, data_dir, kek_file) if dsn else _sqlite_source(data_dir, kek_file)
     with source as src:
-        state = _state(src, ring_size, map_entries_max)
+        state = _state(src, ring_size, map_entries_max, {
+            "idempotency_days": idempotency_days,
+            "idempotency_rows_max": idempotency_requests_max, "cutover_s": cutover_s})
         replayed = 0
         for first_no, blob in src.journal_rows(src.upto):
             replayed += apply_records(state, blob, first_no, src.upto)

@@ -204,6 +204,17 @@ def _state(sw: Switch) -> Iterator[Metric]:
     yield GaugeMetricFamily("onecard_memory_bytes_per_card",
                             "Card, account and index bytes per card",
                             value=memory["bytes_per_card"])
+    horizon = sw.state.horizon.stats()
+    yield GaugeMetricFamily("onecard_idempotency_requests",
+                            "Requests the rings forgot, still findable for a retransmission "
+                            "or reversal ([core] idempotency_days settlement dates)",
+                            value=horizon["rows"])
+    yield GaugeMetricFamily("onecard_idempotency_requests_max",
+                            "[core] idempotency_requests_max: past it, requests are declined 96",
+                            value=horizon["rows_max"])
+    yield GaugeMetricFamily("onecard_idempotency_bytes",
+                            "Memory of the idempotency horizon (rows and indexes)",
+                            value=horizon["bytes"])
 
 
 def _region(sw: Switch) -> Iterator[Metric]:

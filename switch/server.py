@@ -204,6 +204,7 @@ class Switch:
                              fx_rates=config.fx.rates())
         self.engine.authoriser.topup_fen_max = config.limits.topup_fen_max
         self.engine.authoriser.cutover_s = clearing.cutover_minutes(config.clearing.cutover) * 60
+        self.state.horizon.cutover_s = self.engine.authoriser.cutover_s
         self.durable_no = loaded.next_record_no
         self.waiting: deque = deque()
         self.paused: set[Connection] = set()

@@ -46,8 +46,8 @@ def test_refused_iso_buffer_gets_96_per_frame_and_changes_nothing(world):
     stans = [t.next_stan() for _ in range(40)]
     requests = [t.purchase(pan, 100, stan=s) for s in stans]
     buffer = b"".join(requests) + requests[0][:7]              # and half a frame
-    consumed, replies, close = world.engine.refuse(ISO8583, buffer, REFUSE_OVERLOAD)
-    assert consumed == len(buffer) - 7 and not close
+    consumed, replies, batch, close = world.engine.refuse(ISO8583, buffer, REFUSE_OVERLOAD)
+    assert consumed == len(buffer) - 7 and not close and batch == -1
     decoded = split_iso(replies)
     assert [r["11"] for r in decoded] == stans
     assert all(r["39"] == "96" and r["41"] == t.info.tid and "64" not in r for r in decoded)
@@ -67,8 +67,8 @@ def test_refused_native_messages_get_an_error_reply_each_and_change_nothing(worl
     next_no = world.engine.journal.next_no
     batches = [[t.tap(pan), t.tap(pan)] for _ in range(5)]
     frames = [t.frame(b) for b in batches]
-    consumed, replies, close = world.engine.refuse(NATIVE, b"".join(frames), REFUSE_JOURNAL)
-    assert consumed == sum(map(len, frames)) and not close
+    consumed, replies, batch, close = world.engine.refuse(NATIVE, b"".join(frames), REFUSE_JOURNAL)
+    assert consumed == sum(map(len, frames)) and not close and batch == -1
     answered = split_native(replies)
     assert len(answered) == 5
     for batch, (frame, errors) in zip(batches, answered, strict=True):
@@ -82,16 +82,16 @@ def test_refused_native_messages_get_an_error_reply_each_and_change_nothing(worl
     assert int(world.engine.shed[NATIVE, REFUSE_JOURNAL]) == 10
     # A body that cannot be read as far as each message's seq: one ErrorReply, seq 0.
     bad = native.encode_frame(t.info.tid, b"\x91\xc1", b"")
-    _, replies, close = world.engine.refuse(NATIVE, bad, REFUSE_OVERLOAD)
+    _, replies, _, close = world.engine.refuse(NATIVE, bad, REFUSE_OVERLOAD)
     ((_, (err,)),) = split_native(replies)
     assert err.seq == 0 and err.rc == "96" and not close
 
 
 def test_an_unframeable_stream_is_still_closed_while_refusing(world):
-    consumed, replies, close = world.engine.refuse(ISO8583, b"\xff\xff" + b"x" * 10,
+    consumed, replies, batch, close = world.engine.refuse(ISO8583, b"\xff\xff" + b"x" * 10,
                                                    REFUSE_OVERLOAD)
     assert close and consumed == 0 and replies == b""
-    consumed, replies, close = world.engine.refuse(NATIVE, b"GET / HTTP/1.1\r\n\r\n",
+    consumed, replies, _, close = world.engine.refuse(NATIVE, b"GET / HTTP/1.1\r\n\r\n",
                                                    REFUSE_OVERLOAD)
     assert close
     ((_, (err,)),) = split_native(replies)
@@ -176,3 +176,50 @@ def read_iso(sock: socket.socket, count: int) -> list[dict]:
             at += 2 + n
             frames += 1
     return split_iso(bytes(buf[:at]))
+
+
+def test_while_shedding_a_retransmission_gets_its_original_answer(world):
+    """Item 4 of issue 27: a retransmission costs no new work (no decision, no record), so
+    it is answered as the first time even while new requests are refused 96: from the ring,
+    and from the horizon after the ring moved on. A new request in the same buffer is 96."""
+    t = world.iso()
+    pan, idx = world.card()
+    first = t.send(t.purchase(pan, 100, stan="000050"))[0]
+    for _ in range(3):                                  # 150 requests: out of the 64-slot ring
+        t.send(*[t.purchase(pan, 1) for _ in range(50)])
+    last_stan = f"{t.stan - 1:06d}"
+    charged, next_no = world.balance(idx), world.engine.journal.next_no
+    buffer = (t.purchase(pan, 100, stan="000050") + t.purchase(pan, 1, stan=last_stan)
+              + t.purchase(pan, 5, stan="900000"))
+    consumed, replies, batch, close = world.engine.refuse(ISO8583, buffer, REFUSE_OVERLOAD)
+    assert consumed == len(buffer) and not close and batch > 0
+    old, recent, new = split_iso(replies)
+    assert (old["39"], old["37"], old["38"]) == ("00", first["37"], first["38"])
+    assert t.verify_reply_mac(old)                      # answered with its MAC, as first
+    assert recent["39"] == "00" and recent["11"] == last_stan
+    assert new["39"] == "96" and "64" not in new
+    assert world.balance(idx) == charged and world.engine.journal.next_no == next_no
+    # A retransmission with a wrong MAC is not answered from the ring: A0.
+    forged = bytearray(t.purchase(pan, 100, stan="000050"))
+    forged[-1] ^= 1
+    _, replies, _, _ = world.engine.refuse(ISO8583, bytes(forged), REFUSE_OVERLOAD)
+    assert split_iso(replies)[0]["39"] == "A0"
+    # With the journal unwritable, everything is refused (its answers could not be released).
+    _, replies, batch, _ = world.engine.refuse(ISO8583, t.purchase(pan, 100, stan="000050"),
+                                               REFUSE_JOURNAL)
+    assert split_iso(replies)[0]["39"] == "96" and batch == -1
+
+
+def test_while_shedding_a_native_retransmission_gets_its_original_answer(world):
+    t = world.native(TERM_BUS_READER)
+    pan, idx = world.card()
+    tap = t.tap(pan)
+    (first,) = t.send([tap])
+    assert first.rc == "00"
+    charged, next_no = world.balance(idx), world.engine.journal.next_no
+    new = t.tap(pan)
+    _, replies, batch, _ = world.engine.refuse(NATIVE, t.frame([tap, new]), REFUSE_OVERLOAD)
+    ((_, (again, refused)),) = split_native(replies)
+    assert batch > 0 and (again.rc, again.seq) == ("00", first.seq)
+    assert refused.rc == "96" and refused.seq == new.seq
+    assert world.balance(idx) == charged and world.engine.journal.next_no == next_no
