@@ -88,7 +88,7 @@ def test_refused_native_messages_get_an_error_reply_each_and_change_nothing(worl
 
 
 def test_an_unframeable_stream_is_still_closed_while_refusing(world):
-    consumed, replies, batch, close = world.engine.refuse(ISO8583, b"\xff\xff" + b"x" * 10,
+    consumed, replies, _, close = world.engine.refuse(ISO8583, b"\xff\xff" + b"x" * 10,
                                                    REFUSE_OVERLOAD)
     assert close and consumed == 0 and replies == b""
     consumed, replies, _, close = world.engine.refuse(NATIVE, b"GET / HTTP/1.1\r\n\r\n",
