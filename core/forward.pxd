@@ -16,6 +16,7 @@ cdef enum:
     MODE_CONSUME = 0             # answering: take the answer in order, or collect and stop
     MODE_PEEK = 1                # a native frame's pre-pass: is every answer there?
     MODE_COLLECT = 2             # stopped: queue the request for its issuer, answer nothing
+    NO_PROVINCE = 0xFF           # a province code the region table does not hold
 
 cdef struct FwdReq:              # protocols/forward.py REQUEST
     uint64_t tid
@@ -64,6 +65,7 @@ cdef class Router:
     cdef uint64_t* counts_p
     cdef int64_t per_txn_fen[100]  # stand-in limits the issuer of each province published
     cdef int64_t per_day_fen[100]  # (0: no stand-in)
+    cdef uint8_t prov_index[100]   # province code -> the catalogue's province index
     cdef readonly U64Map blocked  # other regions' cards unusable: pan -> status, deny-listed
     cdef int64_t n_blocked       # of them, not active or deny-listed
     cdef FwdReq* adv             # stand-in advices of the last process() call, in order
@@ -71,6 +73,7 @@ cdef class Router:
     cdef size_t n_adv
     cdef size_t adv_cap
     cdef bint stand_in(self, Txn* t, Res* r, uint8_t province, uint8_t d) noexcept nogil
+    cdef uint8_t refusal(self, Txn* t, uint8_t province) noexcept nogil
     cdef bint stood_in(self, Txn* t, Res* r, uint8_t province, int64_t fen) noexcept nogil
     cdef JForwarded* forwarded(self, Txn* t, uint8_t province, uint8_t origin,
                                uint8_t rc) noexcept nogil

@@ -20,7 +20,8 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
 
 from onecard.core.authorise cimport ADVICE_STAND_IN, Authoriser, Res, Txn, currency_or_cny
-from onecard.core.codes cimport RC_00, RC_03, RC_05, RC_12, RC_14, RC_41, RC_58, RC_91, RC_94, RC_96
+from onecard.core.codes cimport (RC_00, RC_03, RC_05, RC_12, RC_14, RC_41, RC_51, RC_58, RC_62,
+                                 RC_91, RC_94, RC_96)
 from onecard.core.crypto cimport pan_cipher
 from onecard.core.decide cimport decide
 from onecard.core.journal cimport JF_APPROVED, JF_NO_ORIGINAL, JF_REVERSED, JF_VOIDED, NONE32
@@ -63,6 +64,8 @@ if (_offsets["record_no"] != <size_t>&_probe.record_no - <size_t>&_probe
         or _offsets["flags"] != <size_t>&_probe.flags - <size_t>&_probe):
     raise ImportError("core/forward.pxd FwdAns field offsets do not match protocols/forward.py")
 
+globals()["NO_PROVINCE"] = <int>NO_PROVINCE
+
 # The issuer's record flags an acquirer keeps: what batch totals and clearing read.
 cdef uint8_t KEPT_FLAGS = JF_APPROVED | JF_REVERSED | JF_NO_ORIGINAL | JF_VOIDED
 
@@ -81,6 +84,25 @@ cdef inline uint8_t province_of(uint64_t pan) noexcept nogil:
         p //= 10
         digits -= 1
     return <uint8_t>(p % 100)
+
+
+def province_index(regions) -> np.ndarray:
+    """The catalogue's index of each province code (uint8[100]; NO_PROVINCE where the region
+    table has none). A card names its province by code (digits 4-5 of its number), the
+    catalogue's acceptance masks by index, and a region's code begins with its province's
+    (GB/T 2260, as switch/catalogue.py and switch/clearing/hub.py read it): this is how a
+    card held only by another region finds its place in the catalogue. A code whose regions
+    disagree on the index is left out: stand-in could not tell what the issuer answers."""
+    out = np.full(PROVINCE_CODES, NO_PROVINCE, dtype=np.uint8)
+    found = {}
+    if regions is not None:
+        for code, index in zip((regions["code"] // 10000).tolist(),
+                               regions["province"].tolist()):
+            found.setdefault(code, set()).add(index)
+    for code, indexes in found.items():
+        if 0 < code < PROVINCE_CODES and len(indexes) == 1:
+            out[code] = indexes.pop()
+    return out
 
 
 def _packed(records) -> bytes:
@@ -161,6 +183,10 @@ cdef class Router:
         self.counts_p = <uint64_t*><size_t>self.counts.ctypes.data
         memset(self.per_txn_fen, 0, sizeof(self.per_txn_fen))
         memset(self.per_day_fen, 0, sizeof(self.per_day_fen))
+        # The region table is reference data, the same in every region and fixed while the
+        # switch runs (catalogue versions change the masks, never the province indexes).
+        for i, index in enumerate(province_index(self.st.regions).tolist()):
+            self.prov_index[i] = index
         self.blocked = U64Map(1024, BLOCKED_MAX)
         self.n_blocked = 0
 
@@ -351,16 +377,19 @@ cdef class Router:
         return True
 
     cdef bint stand_in(self, Txn* t, Res* r, uint8_t province, uint8_t d) noexcept nogil:
-        """Approve a tap or venue entry for an issuer that did not answer, within the limits
-        it published (per request, and per card per day, at the full fare or price: the
-        holder's concessions are the issuer's to know), journal the FORWARDED record (origin
-        STAND_IN) and queue the advice. False: not applicable, answered 91 as before."""
+        """Decide a tap or venue entry for an issuer that did not answer. Refused, as the
+        issuer would, when the catalogue refuses it or the card's published status does
+        (:meth:`refusal`); else approved within the limits it published (per request, and
+        per card per day, at the full fare or price: the holder's concessions are the
+        issuer's to know), with the advice queued. Either is journaled as a FORWARDED record
+        (origin STAND_IN). False: not applicable, answered 91 as before."""
         cdef Terminal* term = &self.st.term[t.terminal]
         cdef Operator* op
         cdef int64_t fen, spent = 0
         cdef Entry* e
+        cdef uint8_t rc
         if self.per_txn_fen[province] <= 0:
-            return False
+            return False             # the issuer asked for no stand-in: nothing is decided
         if t.kind == KIND_TAP and not t.offline and t.direction <= 1:
             op = &self.st.op[term.operator]
             # A metro tap may be charged up to the network's maximum (a trip left open, or
@@ -370,15 +399,17 @@ cdef class Router:
             fen = self.st.policy[term.policy].base_fen
         else:
             return False
+        rc = self.refusal(t, province)
+        if rc == RC_91:
+            return False
+        if rc != RC_00:
+            # The issuer refuses it whatever the amount: refused here too, before the limits
+            # (journaled, no advice: nothing moves). Approving it would let the holder
+            # through for a posting the issuer then refuses, charged to nobody.
+            r.rc = rc
+            return self.stood_in(t, r, province, 0)
         if fen < 0 or fen > self.per_txn_fen[province]:
             return False
-        e = self.blocked.find(t.pan)
-        if e != NULL and (e.a != CARD_ACTIVE or e.b):
-            # Its issuer published that it is lost, frozen, replaced or deny-listed: refused
-            # here as the issuer would (journaled, no advice: nothing moves).
-            r.rc = (RC_41 if e.a == CARD_LOST else RC_05 if e.a == CARD_FROZEN or e.b
-                    else RC_14)
-            return self.stood_in(t, r, province, 0)
         e = self.st.standin.find(t.pan)
         if e != NULL and e.a == self.auth.today:
             spent = e.b
@@ -390,6 +421,41 @@ cdef class Router:
             return False
         self.advise(t, term.tid, fen, d)
         return True
+
+    cdef uint8_t refusal(self, Txn* t, uint8_t province) noexcept nogil:
+        """What the issuer would answer a tap or entry whatever its amount, from what every
+        region holds: the catalogue and terminal registry, and what the card's issuer
+        published about it. The order of Authoriser.card_checks (application offered, card
+        status, the card's province accepted at the terminal's place), then the deny list.
+        RC_00: nothing known against it (its expiry and functions are the issuer's to know);
+        RC_91: its province is not in the region table, so no stand-in."""
+        cdef Terminal* term = &self.st.term[t.terminal]
+        cdef uint8_t card_prov = self.prov_index[province]
+        cdef uint8_t term_prov = self.st.region[term.region].province
+        cdef Entry* e = self.blocked.find(t.pan)
+        cdef Entry* listed
+        cdef bint denied
+        if not self.st.app[term.app].active:
+            return RC_58
+        if e != NULL and e.a != CARD_ACTIVE:
+            return RC_41 if e.a == CARD_LOST else RC_05 if e.a == CARD_FROZEN else RC_14
+        if card_prov == NO_PROVINCE:
+            return RC_91
+        if not ((self.st.accept_mask[<size_t>term.app * PROVINCES_MAX + term_prov]
+                 >> card_prov) & 1):
+            return RC_62
+        # Deny-listed: the issuer's latest word, else this switch's own deny list, which is
+        # journaled and so known from the start, before the bucket's watch has delivered.
+        if e != NULL:
+            denied = e.b != 0
+        else:
+            listed = self.st.foreign_deny.find(t.pan)
+            denied = listed != NULL and listed.b != 0
+        if denied:
+            # A deny-listed card's balance is below zero: a tap is refused for the listing,
+            # an entry (even a free one) for the funds (transit.ride, services.venue).
+            return RC_05 if t.kind == KIND_TAP else RC_51
+        return RC_00
 
     cdef bint stood_in(self, Txn* t, Res* r, uint8_t province, int64_t fen) noexcept nogil:
         """Journal this switch's own decision for the issuer (r.rc set: 00 for ``fen``

@@ -9,6 +9,9 @@ consumer posts them. Then, from both committed journals:
   TAP record, or the posting of its stand-in advice);
 - each card's balance is its opening balance minus the effects, to the fen;
 - no card's stand-in total for the day exceeds the published limits.
+A Jiangsu card at a Beijing reader (owned by "sh") is refused 62 by "js" while it answers and
+by "sh" standing in for it while it is dead: the catalogue's answer, not an approval "js"
+would refuse to post (issue 27).
 A 91 may have an effect only for a tap in flight when "js" died (decided and committed, never
 answered: native taps have no reversal yet, docs/regions.md); they are counted, at most one per
 reader."""
@@ -44,6 +47,7 @@ RUN_TIMEOUT_S = 180
 PAUSE_S = 0.004                      # between a reader's taps (a bus boards, one at a time)
 FLAG = {name: bit for name, bit, _ in FLAGS}
 TRANSIT = FN_FINANCIAL | FN_TRANSPORT            # cards a bus reader takes
+BEIJING = 11                 # owned by "sh"; its bus readers take JJJ cards, not Jiangsu's
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +112,9 @@ def wait_for(readers, taps: int) -> None:
         time.sleep(0.01)
 
 
-def reader(regions, index: int) -> NativeTerminal:
+def reader(regions, index: int, province: int = 31) -> NativeTerminal:
     info = [t for t in read_terminals(regions.dirs["sh"])
-            if t.kind == TERM_BUS_READER and t.province == 31][index]
+            if t.kind == TERM_BUS_READER and t.province == province][index]
     sock, exchange = socket_exchange("127.0.0.1", regions.switches["sh"].native, 4)
     regions.sockets.append(sock)
     g = NativeTerminal(info, exchange)
@@ -229,6 +233,11 @@ def test_an_issuer_killed_under_load_is_stood_in_for_and_every_answer_stays_true
              for nths in ([0], [1, 2, 3], [4, 5, 6])][:READERS]
     opening = {pan: balance_of(regions.dirs["js"], pan) for group in cards for pan in group}
     readers = [Reader(regions, info, group) for info, group in zip(infos, cards, strict=True)]
+    # A Beijing reader (owned by "sh"): the catalogue refuses Jiangsu cards there (62), at
+    # "js" while it answers and at "sh" standing in for it (issue 27).
+    beijing = reader(regions, 0, province=BEIJING)
+    outsider = card_of(regions.dirs["js"], JS, nth=10, functions=TRANSIT)[0]
+    assert beijing.send([beijing.tap(outsider)])[0].rc == "62"
     for r in readers:
         r.start()
     wait_for(readers, TAPS_PER_PHASE)
@@ -239,6 +248,7 @@ def test_an_issuer_killed_under_load_is_stood_in_for_and_every_answer_stays_true
     if lost is not None:                               # stand-in refuses it as js would
         g = reader(regions, READERS + 1)
         assert g.send([g.tap(lost)])[0].rc == "41"
+    assert beijing.send([beijing.tap(outsider)])[0].rc == "62"
     regions.start("js")
     back_at = [len(r.log) for r in readers]
     wait_for(readers, max(back_at) + TAPS_PER_PHASE)
@@ -250,10 +260,10 @@ def test_an_issuer_killed_under_load_is_stood_in_for_and_every_answer_stays_true
             for entry in r.log[a:b]]
     assert {code for _, _, code, _ in dead} <= {"00", "91"}
     assert "00" in {code for _, _, code, _ in dead}
-    # decided by stand-in: the readers' approvals and the lost card's refusal
+    # decided by stand-in: the readers' approvals, the lost card's refusal and Beijing's
     stood_in = metric(regions.switches["sh"],
                       'onecard_forwarded_requests_total{origin="stand_in",province="32"}')
-    stood_in -= lost is not None
+    stood_in -= (lost is not None) + 1
     assert stood_in > 0, "nothing was stood in for while the issuer was dead"
     # the advices drained: every stand-in posted at the issuer
     sh, js = regions.switches["sh"], regions.switches["js"]

@@ -409,3 +409,110 @@ def test_the_follower_journals_a_foreign_deny_list_change_once(world):
     asyncio.run(read(("js.7", cleared), ("js.7", cleared)))
     assert (b.foreign_deny_changes, world.state.deny_version) == (2, before + 2)
     assert world.engine.router.blocked_cards == 0
+
+
+# ---- what stand-in refuses as the issuer would (issue 27) -----------------------------------
+
+BEIJING = 11                 # JJJ: its transit and culture applications refuse YRD cards
+
+
+def enter(g, pan) -> str:
+    return g.send([native.VenueEntry(g.next_seq(), pan)])[0].rc
+
+
+def tap(g, pan) -> str:
+    return g.send([g.tap(pan)])[0].rc
+
+
+def test_stand_in_refuses_what_the_catalogue_refuses_and_approves_what_it_accepts(pair):
+    """A Jiangsu card at a Beijing bus reader or venue is refused 62 by its issuer (the
+    applications take their own province's and their group's cards: Beijing is JJJ, Jiangsu
+    YRD). With the issuer gone, stand-in refuses it 62 as well, whatever the amount, journaled
+    with nothing to post; the same card at a Shanghai reader (YRD) is still approved."""
+    pan, idx = pair.card()
+    bus = {prov: pair.native(TERM_BUS_READER, prov) for prov in (BEIJING, HOME)}
+    venue = pair.native(TERM_VENUE, BEIJING)
+    online = (tap(bus[BEIJING], pan), enter(venue, pan), tap(bus[HOME], pan))
+    assert online == ("62", "62", "00")                  # the issuer's answers
+    opening = pair.iss.balance(idx)
+    records(pair.acq)
+    pair.up = False
+    assert (tap(bus[BEIJING], pan), enter(venue, pan), tap(bus[HOME], pan)) == online
+    refused = [r for r in stood_in(pair.acq) if r.rc != _code("00")]
+    assert [(r.rc, r.amount_fen, r.issuer_province) for r in refused] == [
+        (_code("62"), 0, FOREIGN)] * 2
+    (advices,) = pair.acq.engine.router.take_advices()
+    assert len(advices[1]) == forward.REQUEST.itemsize   # the Shanghai tap's only
+    # Above the published limits a refusal is still the catalogue's; an approval is not
+    # possible there (91), as before.
+    txn = np.zeros(100, np.int64)
+    txn[FOREIGN] = 1
+    pair.acq.engine.router.configure_stand_in(txn, txn)
+    assert (tap(bus[BEIJING], pan), tap(bus[HOME], pan)) == ("62", "91")
+    pair.up = True
+    (ans,) = post(pair, [advices])
+    assert ans["rc"] == _code("00")
+    assert 0 < opening - pair.iss.balance(idx) <= fare_of(pair, bus[HOME])
+
+
+def test_stand_in_refuses_an_application_retired_from_the_catalogue(pair):
+    g = pair.native(TERM_BUS_READER)
+    pan, _ = pair.card()
+    for world in (pair.acq, pair.iss):                   # one catalogue in every region
+        st = world.state
+        apps = st.apps.copy()
+        apps["active"][st.terminals["app"][g.info.idx]] = 0
+        st.set_catalogue(apps, st.accept, st.policies)
+    assert tap(g, pan) == "58"                           # online: the issuer's answer
+    pair.up = False
+    assert tap(g, pan) == "58"
+    assert pair.acq.engine.router.take_advices() == []
+
+
+def test_stand_in_refuses_a_deny_listed_card_with_the_issuers_codes(pair):
+    """On its issuer's deny list (a balance below zero) a card is refused a tap (05) and an
+    entry, even a free one, for the funds (51). The acquirer knows it from its own journaled
+    deny list (FOREIGN_DENY) before the blocked-cards bucket has said anything since its
+    start; the catalogue's refusal comes first, as at the issuer."""
+    from onecard.core import operations
+    from onecard.core.state import CARD_ACTIVE, HOLDER_DENIED
+
+    pan, idx = pair.card()
+    bus, venue = pair.native(TERM_BUS_READER), pair.native(TERM_VENUE)
+    beijing = pair.native(TERM_BUS_READER, BEIJING)
+    account = pair.iss.state.cards["account"][idx]
+    pair.iss.set_balance(idx, -100)
+    pair.iss.state.accounts["flags"][account] |= HOLDER_DENIED
+    online = (tap(bus, pan), enter(venue, pan), tap(beijing, pan))
+    assert online == ("05", "51", "62")
+    pair.acq.engine.tick()
+    assert operations.foreign_deny(pair.acq.engine.authoriser, int(pan), True, FOREIGN) > 0
+    pair.up = False
+    assert (tap(bus, pan), enter(venue, pan), tap(beijing, pan)) == online
+    assert pair.acq.engine.router.take_advices() == []
+    # the issuer's latest word wins over the journaled list: topped up, off it
+    pair.acq.engine.router.block(int(pan), CARD_ACTIVE, False)
+    assert tap(bus, pan) == "00"
+
+
+def test_a_card_numbers_province_finds_its_catalogue_index(demo_dir):
+    """The acceptance masks are indexed by the region table's province order; a foreign
+    card has only its number's province code (digits 4-5)."""
+    import sqlite3
+
+    from onecard.core.forward import NO_PROVINCE, province_index
+    from onecard.switch import catalogue, loader
+
+    conn = sqlite3.connect(f"file:{demo_dir / 'onecard.db'}?mode=ro", uri=True)
+    codes = catalogue.provinces(conn)
+    conn.close()
+    regions = loader.load(demo_dir).state.regions
+    index = province_index(regions)
+    assert [int(index[c]) for c in codes] == list(range(len(codes)))
+    assert {int(index[c]) for c in set(range(100)) - set(codes)} == {NO_PROVINCE}
+    # regions that disagree on a code's province: no index, so no stand-in for its cards
+    mixed = regions.copy()
+    rows = np.flatnonzero(mixed["code"] // 10000 == FOREIGN)
+    assert len(rows) > 1
+    mixed["province"][rows[0]] += 1
+    assert province_index(mixed)[FOREIGN] == NO_PROVINCE
