@@ -54,7 +54,6 @@ cdef void decide(Authoriser a, Txn* t, Res* r) noexcept nogil:
         r.rc = RC_12
 
 
-
 cdef bint retransmitted(Authoriser a, Txn* t) noexcept nogil:
     """Whether deciding this request would only answer it again, from the ring or the
     horizon, with no record and no effect: what load shedding still answers

@@ -23,6 +23,7 @@ Memory: 48 bytes a row plus 8 to 16 bytes of index (``stats``). Bounded by ``row
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import numpy as np
 
@@ -42,6 +43,19 @@ cdef inline uint64_t home(uint32_t terminal, uint32_t seq, uint64_t icap) noexce
     k *= <uint64_t>0xff51afd7ed558ccd
     k ^= k >> 33
     return k & (icap - 1)
+
+
+cdef inline double now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1e9 + ts.tv_nsec
+
+
+cdef inline uint64_t mix_index(uint64_t i) noexcept nogil:
+    """Probes in a scattered order (a day's retransmissions are not in filing order)."""
+    i ^= i >> 31
+    i *= <uint64_t>0x9e3779b97f4a7c15
+    return i ^ (i >> 29)
 
 
 cdef inline uint64_t pow2_at_least(uint64_t n) noexcept nogil:
@@ -90,11 +104,13 @@ cdef int gen_room(Gen* g) noexcept nogil:
     cdef uint32_t* index
     cdef uint64_t icap, i, h
     if g.n == g.cap:
-        grown = <Filed*>realloc(g.rows, g.cap * 2 * sizeof(Filed))
+        # By half: a day's rows are the bulk of the memory, and doubling would leave up to
+        # half of it unused (the next date starts at this one's size anyway).
+        grown = <Filed*>realloc(g.rows, (g.cap + g.cap // 2) * sizeof(Filed))
         if grown == NULL:
             return -1
         g.rows = grown
-        g.cap *= 2
+        g.cap += g.cap // 2
     if (g.n + 1) * 2 > g.icap:
         icap = g.icap * 2
         index = <uint32_t*>calloc(icap, sizeof(uint32_t))
@@ -267,9 +283,40 @@ cdef class Horizon:
                 "days": int(self.days),
                 "dates": [int(self.gens[g].day) for g in range(self.n_gens)]}
 
+    def measure(self, uint64_t rows, uint64_t probes, uint32_t day=1) -> dict:
+        """bench/horizon.py: file ``rows`` synthetic requests (spread over the terminals, as
+        rings evict them) on settlement date ``day``, then look ``probes`` up that are held
+        and ``probes`` that are not (what every new request costs); nanoseconds each, and the
+        bytes held per row. Uses this (empty) horizon."""
+        cdef uint64_t i, k, found = 0
+        cdef uint64_t entry[5]
+        cdef uint32_t terms = max(self.n_terminals, 1)
+        cdef double t0, t1, t2, t3
+        if self.rows:
+            raise ValueError("measure() needs an empty horizon")
+        memset(entry, 0, sizeof(entry))
+        t0 = now_ns()
+        for i in range(rows):
+            entry[2] = i
+            if self.reserve(day) != 0:
+                raise MemoryError("rows_max reached")
+            self.file(<uint32_t>(i % terms), <uint32_t>(i // terms), entry)
+        t1 = now_ns()
+        for i in range(probes):
+            k = mix_index(i) % rows
+            found += self.find(<uint32_t>(k % terms), <uint32_t>(k // terms)) != NULL
+        t2 = now_ns()
+        for i in range(probes):
+            found += self.find(<uint32_t>(i % terms), <uint32_t>(rows // terms + 1 + i)) != NULL
+        t3 = now_ns()
+        if found != probes:
+            raise AssertionError(f"{found} found of {probes} held")
+        return {"rows": int(rows), "file_ns": (t1 - t0) / max(rows, 1),
+                "hit_ns": (t2 - t1) / max(probes, 1), "miss_ns": (t3 - t2) / max(probes, 1),
+                "bytes_per_row": self.stats()["bytes"] / max(rows, 1)}
+
     def settlement_day(self, int64_t ts_us) -> int:
         return self.day_of(ts_us)
 
     def forgotten(self, uint32_t terminal, uint32_t seq, uint64_t modulus) -> bool:
         return self.forgot(terminal, seq, modulus)
-

@@ -105,6 +105,29 @@ cdef inline uint64_t seq_modulus(Authoriser a, uint32_t terminal) noexcept nogil
     return <uint64_t>1 << 32
 
 
+cdef bint reversal_answered(Authoriser a, Txn* t, RingEntry* e, bint known, int64_t idx,
+                            Res* r) noexcept nogil:
+    """A reversal answered with nothing recorded: its original forgotten (past the horizon),
+    other details under its STAN, or reversed already. True when ``r`` is that answer."""
+    cdef uint8_t orig_kind = KIND_VOID if t.proc_code // 10000 == 20 else KIND_PURCHASE
+    if not known and a.state.horizon.forgot(t.terminal, t.seq, seq_modulus(a, t.terminal)):
+        # Its original, if there was one, was decided before the horizon (idempotency_days
+        # settlement dates): acknowledging it would be 00 with no effect. 25 also tells an
+        # advice's consumer to report it.
+        r.rc = RC_25
+    elif known and (e.kind != orig_kind or e.card != <uint32_t>idx or e.amount_fen != asked(t)):
+        r.rc = RC_25                   # that STAN was something else: touch nothing
+    elif known and e.flags & RING_REVERSED:
+        r.rc = RC_00                   # already reversed: the first answer, no second effect
+        r.card = e.card
+        r.record_no = e.record_no      # the slot holds the first reversal's record
+        r.recorded = 1
+    else:
+        return False
+    r.duplicate = 1
+    return True
+
+
 cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     """Undo a purchase (processing code 00xxxx) or a void (20xxxx) identified by its STAN.
     Idempotent; an unknown original is acknowledged and remembered so that a late original
@@ -115,18 +138,9 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     original, if this switch decided it, is found by terminal and STAN alone."""
     cdef RingEntry* e = a.state.seen(t.terminal, t.seq)
     cdef bint of_void = t.proc_code // 10000 == 20
-    cdef uint8_t orig_kind = KIND_VOID if of_void else KIND_PURCHASE
     cdef bint known = e.kind != KIND_NONE and e.seq == t.seq
-    cdef bint advice = t.offline and t.pan == 0
     cdef int64_t idx
-    if not known and a.state.horizon.forgot(t.terminal, t.seq, seq_modulus(a, t.terminal)):
-        # Its original, if there was one, was decided before the horizon (idempotency_days
-        # settlement dates): acknowledging it would be 00 with no effect. Nothing recorded;
-        # 25 also tells an advice's consumer to report it.
-        r.rc = RC_25
-        r.duplicate = 1
-        return
-    if advice:
+    if t.offline and t.pan == 0:       # an advice
         idx = <int64_t>e.card if known and e.card != NONE32 else -1
     else:
         idx = a.state.find_card(t.pan)
@@ -135,16 +149,7 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     cdef int64_t amount = 0
     cdef RingEntry* orig
     cdef bint today_s = False
-    if known and (e.kind != orig_kind or e.card != <uint32_t>idx or e.amount_fen != asked(t)):
-        r.rc = RC_25                   # that STAN was something else: touch nothing
-        r.duplicate = 1
-        return
-    if known and e.flags & RING_REVERSED:
-        r.rc = RC_00                   # already reversed: the first answer, no second effect
-        r.duplicate = 1
-        r.card = e.card
-        r.record_no = e.record_no      # the slot holds the first reversal's record
-        r.recorded = 1
+    if reversal_answered(a, t, e, known, idx, r):
         return
     r.rc = RC_00
     j = a.record(t, r, idx)

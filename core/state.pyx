@@ -238,11 +238,9 @@ cdef class State:
                  uint32_t ring_size=64, maps=None, uint64_t map_entries_max=1 << 26,
                  uint32_t idempotency_days=2, uint64_t idempotency_rows_max=1 << 26,
                  int cutover_s=23 * 3600):
-        """``map_entries_max`` bounds each map of state only some accounts have (daily totals
-        per application, medical year totals): past it, a request that would add an entry is
-        declined with 96 and changes nothing. The rings forget into a horizon of
-        ``idempotency_days`` settlement dates (from ``cutover_s``, core/horizon.pyx) holding
-        ``idempotency_rows_max`` requests at most (past it, 96 too)."""
+        """``map_entries_max`` bounds each map of state only some accounts have, and
+        ``idempotency_rows_max`` the horizon of ``idempotency_days`` dates behind the rings
+        (core/horizon.pyx): past either, a request that would add to it is declined 96."""
         if ring_size < 8 or ring_size & (ring_size - 1):
             raise ValueError("ring_size must be a power of two >= 8")
         given = _array(cards, CARD_DTYPE, "cards")

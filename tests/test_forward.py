@@ -357,7 +357,9 @@ def test_an_advice_undoes_an_approval_or_makes_the_late_original_refused(pair):
     assert pair.iss.balance(idx) == 100_000
 
 
-def test_an_advice_after_the_terminals_ring_moved_on_is_refused_and_records_nothing(pair):
+def test_an_advice_after_the_terminals_ring_moved_on_still_undoes_its_original(pair):
+    """Issue 27: the issuer finds the original in its idempotency horizon once the terminal's
+    ring (64) has moved on, and reverses it once; the advice delivered again changes nothing."""
     from onecard.switch.region.advices import reversal_advices
 
     t = pair.iso()
@@ -367,18 +369,16 @@ def test_an_advice_after_the_terminals_ring_moved_on_is_refused_and_records_noth
     _, [(_, lost)] = router.take()                 # its answer never reaches the acquirer
     router.clear()
     pair.serve(lost)
-    for _ in range(70):                            # more than the ring (64) since
+    for _ in range(200):                           # far more than the ring (64) since
         (r,) = t.send(t.purchase(pan, 1))
         assert r["39"] == "00"
-    last = t.stan - 1
     records(pair.iss)
-    ans = np.frombuffer(pair.serve(reversal_advices(
-        np.frombuffer(lost, dtype=forward.REQUEST)).tobytes()), dtype=forward.ANSWER)
-    assert ans["rc"][0] == _code("25")
-    assert records(pair.iss) == []                 # nothing journaled, no slot taken
-    assert pair.iss.balance(idx) == 1_000_000 - 100 - 70
-    (again,) = t.send(t.purchase(pan, 1, stan=f"{last:06d}"))
-    assert again["39"] == "00" and pair.iss.balance(idx) == 1_000_000 - 170
+    advice = reversal_advices(np.frombuffer(lost, dtype=forward.REQUEST)).tobytes()
+    for _ in range(2):
+        ans = np.frombuffer(pair.serve(advice), dtype=forward.ANSWER)
+        assert ans["rc"][0] == _code("00")
+        assert pair.iss.balance(idx) == 1_000_000 - 200
+    assert len(records(pair.iss)) == 1             # one reversal, journaled once
 
 
 def test_a_restart_sends_again_the_advices_of_91s_in_the_journal(pair):
