@@ -405,8 +405,8 @@ def test_a_restart_sends_again_the_advices_of_91s_in_the_journal(pair):
     n = advices.resend(records(pair.acq), pair.acq.state.terminals["tid"],
                        lambda p: "js" if p == FOREIGN else None, pair.acq.keys.journal_key)
     assert n == 1
-    (_, subject, payload, key) = advices.queue[0]
-    assert subject == "onecard.advice.js"
+    assert list(advices.queues) == ["onecard.advice.js"]
+    (_, payload, key) = advices.queues["onecard.advice.js"][0]
     advice = np.frombuffer(payload, dtype=forward.REQUEST)[0]
     assert (int(advice["txn"]["seq"]), int(advice["txn"]["amount_fen"])) == (int(stan), 555)
     # the live path builds the same advice (and key) from the request it forwarded
