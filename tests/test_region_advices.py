@@ -9,9 +9,13 @@ committed journal:
 - every advice was delivered once (js applied exactly as many as sh made, none unresolved);
 - they travelled and were applied in batches (fewer messages and core calls than advices);
 - each 91 purchase has exactly one card-less REVERSAL at js, each stood-in tap exactly one
-  STAND_IN posting, and nothing else was reversed or posted.
+  STAND_IN posting, and nothing else was reversed or posted;
+- "sh", killed (SIGKILL) once the stream holds them and started again, sends none of them
+  again: its journal still has their records (no checkpoint since), but the stream's
+  stored-up-to number for js covers them.
 Every wait is bounded; nothing asserts on how fast it went (bench/advices.py measures that)."""
 
+import asyncio
 import time
 
 import pytest
@@ -116,9 +120,35 @@ def test_a_backlog_of_thousands_of_advices_drains_and_each_is_applied_once(regio
     assert metric(js, "onecard_advices_unresolved_total") == 0
     assert metric(js, "onecard_advices_posted_total") == len(posted)
     assert metric(js, "onecard_advices_apply_calls_total") * 100 < made
+    last = max(r.no for r in journal(regions.dirs["sh"]) if r.kind_name == "FORWARDED")
+    wait_until(lambda: stored_upto(regions, "sh", "js") >= last)
+    assert stored_upto(regions, "sh", "js") >= last
+    regions.switches.pop("sh").kill9()
+    sh = regions.start("sh")
+    assert metric(sh, "onecard_advices_queued_total") == 0           # nothing sent again
+    assert metric(js, "onecard_advices_applied_total") == made
     regions.stop("sh")
     regions.stop("js")
     check(regions, reversed_, posted)
+
+
+def stored_upto(regions, acquirer: str, issuer: str) -> int:
+    """The journal number up to which the stream holds an acquirer's advices for an
+    issuer (-1: none noted)."""
+    import nats
+    from nats.js.errors import KeyNotFoundError
+
+    async def read() -> int:
+        nc = await nats.connect(servers=regions.cluster.urls)
+        try:
+            kv = await nc.jetstream().key_value(advices.STORED_BUCKET)
+            return int((await kv.get(f"{acquirer}.{issuer}")).value)
+        except KeyNotFoundError:
+            return -1
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
 
 
 def check(regions, reversed_: list, posted: list) -> None:

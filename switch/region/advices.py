@@ -32,6 +32,13 @@ and same ``Nats-Msg-Id`` (the advice's own for a batch of one, else a digest of 
 ids), so a publish whose acknowledgement was lost is stored once. The issuer fetches many
 messages at a time and applies them in core calls of up to ``forward.BATCH_MAX`` advices, in
 stream order (a terminal's stand-in watermark needs its advices in order), then acknowledges.
+
+A batch's id cannot deduplicate the resend at a start, which batches the journal's advices
+afresh. So the acquirer also keeps, per issuer, the journal number up to which every advice is
+stored (key ``<acquirer>.<issuer>`` of the bucket ``onecard_advices_stored``, written after
+the stream acknowledged), and its start sends again only the advices of later records. The
+issuer's core makes any advice delivered twice harmless anyway (a reversal finds its own
+slot, a stand-in advice the terminal's watermark).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from onecard.core.state import (
 )
 from onecard.protocols import forward
 from onecard.protocols.codes import CODE_INDEX
+from onecard.switch.region import routing
 
 if TYPE_CHECKING:
     from onecard.switch.region.link import RegionLink
@@ -75,6 +83,7 @@ CALL_MAX = forward.BATCH_MAX                 # advices applied in one core call
 FETCH_WAIT_S = 1.0
 RETRY_S = (0.05, 0.2, 1.0, 5.0)              # backoff while the stream does not acknowledge
 PUBLISH_TIMEOUT_S = 5.0
+STORED_BUCKET = "onecard_advices_stored"    # <acquirer>.<issuer>: journal no stored up to
 VOID_PROC = 200000                           # processing code 20xxxx: a void's reversal
 CST = dt.timezone(dt.timedelta(hours=8))
 CODES_INDEX_00 = CODE_INDEX["00"]
@@ -144,6 +153,8 @@ class Batch:
     payload: bytes                               # REQUEST records end to end
     key: str                                     # Nats-Msg-Id
     count: int
+    upto: int                                    # once stored: every advice of records up to
+                                                 # this one is (-1: no such record yet)
 
 
 class Advices:
@@ -154,6 +165,8 @@ class Advices:
         # Per issuer subject, in journal order: (journal no to await, REQUEST bytes, id).
         self.queues: dict[str, deque] = {}
         self.sending: dict[str, Batch] = {}      # made, not yet acknowledged by the stream
+        self.stored_upto: dict[str, int] = {}    # per issuer subject: Batch.upto stored
+        self.stored_changed = asyncio.Event()
         self.wakeup = asyncio.Event()
         self.queued = 0                          # advices made here (acquirer)
         self.published = 0
@@ -187,8 +200,50 @@ class Advices:
         name = self.link.name
         self.sub = await js.pull_subscribe(SUBJECT_PREFIX + name, durable=f"advices-{name}",
                                            stream=STREAM)
+        self.kv = await routing.open_bucket(js, replicas, STORED_BUCKET, history=1,
+                                            description="onecard: advices stored up to")
         self.link.spawn_loop(self._publish_loop())
         self.link.spawn_loop(self._consume_loop())
+        self.link.spawn_loop(self._stored_loop())
+
+    async def stored(self, peers: list[str]) -> dict[str, int]:
+        """Per issuer, the journal number up to which this switch's advices are stored (a
+        start resends only later ones); none where unknown (every advice is resent)."""
+        import nats.errors
+        from nats.js.errors import KeyNotFoundError
+
+        out = {}
+        for peer in peers:
+            try:
+                out[peer] = int((await self.kv.get(f"{self.link.name}.{peer}")).value)
+            except KeyNotFoundError:
+                pass
+            except (TimeoutError, ValueError, nats.errors.Error) as exc:
+                log.warning("region %s: advices stored for %s unknown, all sent again: %r",
+                            self.link.name, peer, exc)
+        return out
+
+    async def _stored_loop(self) -> None:
+        """Write each issuer's stored-up-to number, the latest only: a lost write costs a
+        few advices sent twice at the next start, never one left out."""
+        import nats.errors
+
+        written: dict[str, int] = {}
+        while not self.closed:
+            await self.stored_changed.wait()
+            self.stored_changed.clear()
+            for subject, upto in list(self.stored_upto.items()):
+                if written.get(subject) == upto:
+                    continue
+                peer = subject.removeprefix(SUBJECT_PREFIX)
+                try:
+                    await self.kv.put(f"{self.link.name}.{peer}", str(upto).encode())
+                    written[subject] = upto
+                except (TimeoutError, nats.errors.Error) as exc:
+                    log.warning("region %s: advices stored for %s not noted: %r",
+                                self.link.name, peer, exc)
+                    self.stored_changed.set()
+                    await asyncio.sleep(RETRY_S[-1])
 
     # ---- acquirer ----------------------------------------------------------------------------
 
@@ -223,17 +278,20 @@ class Advices:
         self.queued += 1
         self.wakeup.set()
 
-    def resend(self, records, tids: np.ndarray, owner_of, journal_key: bytes | None) -> int:
+    def resend(self, records, tids: np.ndarray, owner_of, journal_key: bytes | None,
+               stored: dict[str, int] | None = None) -> int:
         """At start: the advices of FORWARDED records answered 91 or stood in after the newest
-        checkpoint (their journal is durable; the stream may not have them). The key
+        checkpoint (their journal is durable; the stream may not have them), but not those
+        of records up to where ``stored`` (per issuer) says the stream has them. The key
         deciphers stood-in card numbers (None: they are in clear, as a test's core keeps
         them)."""
         n = 0
+        stored = stored or {}
         for rec in records:
             if rec.kind_name != "FORWARDED":
                 continue
             peer = owner_of(rec.issuer_province)
-            if peer is None:
+            if peer is None or rec.no <= stored.get(peer, -1):
                 continue
             if rec.origin == forward.ORIGIN["STAND_IN"]:
                 pan = rec.issuer_record_no
@@ -241,7 +299,7 @@ class Advices:
                     pan = crypto.pan_crypt(journal_key, pan, NONE32, NONE32, decrypt=True)
                 day = dt.datetime.fromtimestamp(rec.ts_us // 1_000_000, CST)
                 advice = stand_in_advice(int(tids[rec.terminal]), rec, pan)[0]
-                self._enqueue(0, peer, advice, day.strftime("%Y%m%d"))
+                self._enqueue(rec.no, peer, advice, day.strftime("%Y%m%d"))
                 n += 1
                 continue
             if (rec.origin != forward.ORIGIN["UNAVAILABLE"]
@@ -255,7 +313,7 @@ class Advices:
             t["kind"], t["proto"] = rec.orig_kind, PROTO_ISO8583
             day = dt.datetime.fromtimestamp(rec.ts_us / 1e6, CST).strftime("%Y%m%d")
             for advice in reversal_advices(req):
-                self._enqueue(0, peer, advice, day)
+                self._enqueue(rec.no, peer, advice, day)
                 n += 1
         return n
 
@@ -266,8 +324,10 @@ class Advices:
         if batch is None:
             queue = self.queues[subject]
             taken = [queue.popleft() for _ in range(min(len(queue), ADVICES_PER_MESSAGE))]
-            batch = Batch(max(no for no, _, _ in taken), b"".join(p for _, p, _ in taken),
-                          batch_id(self.link.name, [k for _, _, k in taken]), len(taken))
+            nos = [no for no, _, _ in taken]
+            batch = Batch(nos[-1], b"".join(p for _, p, _ in taken),
+                          batch_id(self.link.name, [k for _, _, k in taken]), len(taken),
+                          _upto(nos, queue[0][0] if queue else None))
             self.sending[subject] = batch
         return batch
 
@@ -289,6 +349,9 @@ class Advices:
                     del self.sending[subject]
                     self.published += batch.count
                     self.messages += 1
+                    if batch.upto > self.stored_upto.get(subject, -1):
+                        self.stored_upto[subject] = batch.upto
+                        self.stored_changed.set()
 
     async def _store(self, subject: str, batch: Batch) -> bool:
         """Publish a batch, retried with backoff: whether the stream acknowledged it."""
@@ -390,3 +453,13 @@ def _calls(msgs: list) -> list[list]:
         calls[-1].append(m)
         size += n
     return calls
+
+
+def _upto(nos: list[int], next_no: int | None) -> int:
+    """A batch's stored-up-to journal number, from its advices' journal numbers (in order)
+    and the next queued advice's. All the advices of one core batch carry its last record's
+    number, and may be split between two messages: a number the next advice shares is not
+    complete until that one is stored."""
+    if next_no is None or next_no > nos[-1]:
+        return nos[-1]
+    return max((no for no in nos if no < next_no), default=-1)
