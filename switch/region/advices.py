@@ -167,6 +167,9 @@ class Advices:
         self.sending: dict[str, Batch] = {}      # made, not yet acknowledged by the stream
         self.stored_upto: dict[str, int] = {}    # per issuer subject: Batch.upto stored
         self.stored_changed = asyncio.Event()
+        # Issuers an advice was dropped for: their stored-up-to number stays where it was,
+        # so that the next start sends the dropped one (its record is newer than any batch).
+        self.held: set[str] = set()
         self.wakeup = asyncio.Event()
         self.queued = 0                          # advices made here (acquirer)
         self.published = 0
@@ -264,13 +267,14 @@ class Advices:
                 self._enqueue(journal_no, peers[d - 1], advice, day.strftime("%Y%m%d"))
 
     def _enqueue(self, journal_no: int, peer: str, advice: np.void, day: str) -> None:
+        subject = SUBJECT_PREFIX + peer
         if self.pending >= QUEUED_MAX:
             self.dropped += 1
+            self.held.add(subject)
             log.error("region %s: %d advices waiting for the stream; one for %s dropped "
                       "(it is in the journal and is sent again at the next start)",
                       self.link.name, QUEUED_MAX, peer)
             return
-        subject = SUBJECT_PREFIX + peer
         queue = self.queues.get(subject)
         if queue is None:
             queue = self.queues[subject] = deque()
@@ -349,7 +353,8 @@ class Advices:
                     del self.sending[subject]
                     self.published += batch.count
                     self.messages += 1
-                    if batch.upto > self.stored_upto.get(subject, -1):
+                    if (subject not in self.held
+                            and batch.upto > self.stored_upto.get(subject, -1)):
                         self.stored_upto[subject] = batch.upto
                         self.stored_changed.set()
 
