@@ -27,6 +27,7 @@ from onecard.core.state import Kind
 from onecard.protocols.codes import CODES
 from onecard.protocols.forward import ORIGINS
 from onecard.switch.pg.committer import PgCommitter
+from onecard.switch.region.advices import Advices
 from onecard.switch.region.link import LATENCY_BOUNDS_US as LINK_BOUNDS_US
 from onecard.switch.server import PROTOCOL_NAMES, Switch
 
@@ -246,24 +247,8 @@ def _region(sw: Switch) -> Iterator[Metric]:
     yield CounterMetricFamily("onecard_forwarded_served_requests",
                               "Requests other regions forwarded here and this switch decided",
                               value=float(link.served_requests))
-    adv = link.advices
-    if adv is not None:
-        yield CounterMetricFamily("onecard_advices_published",
-                                  "Reversal and stand-in advices stored in the JetStream "
-                                  "stream for issuers", value=float(adv.published))
-        yield GaugeMetricFamily("onecard_advices_pending",
-                                "Advices waiting for the stream", value=len(adv.queue))
-        yield CounterMetricFamily("onecard_advices_applied",
-                                  "Other regions' advices applied here (delivered again "
-                                  "included)", value=float(adv.applied))
-        yield CounterMetricFamily("onecard_advices_posted",
-                                  "Other regions' stand-in advices posted here (once each)",
-                                  value=float(adv.posted))
-        yield CounterMetricFamily("onecard_advices_unresolved",
-                                  "Advices not applied: reversals after their terminal's ring "
-                                  "moved on, stand-ins for cards unusable here; reconcile "
-                                  "(logged with terminal and sequence)",
-                                  value=float(adv.unresolved))
+    if link.advices is not None:
+        yield from _advices(link.advices)
     blocks = link.blocks
     if blocks is not None:
         yield CounterMetricFamily("onecard_blocked_cards_published",
@@ -286,6 +271,40 @@ def _region(sw: Switch) -> Iterator[Metric]:
                                   value=float(link.catalogue.applied))
     yield GaugeMetricFamily("onecard_routing_table_version",
                             "Version of the routing table in use", value=link.table_version)
+
+
+def _advices(adv: Advices) -> Iterator[Metric]:
+    """Reversal and stand-in advices (switch/region/advices.py): the acquirer's side, then
+    the issuer's."""
+    yield CounterMetricFamily("onecard_advices_queued",
+                              "Reversal and stand-in advices made here for issuers",
+                              value=float(adv.queued))
+    yield CounterMetricFamily("onecard_advices_published",
+                              "Reversal and stand-in advices stored in the JetStream "
+                              "stream for issuers", value=float(adv.published))
+    yield CounterMetricFamily("onecard_advices_messages_published",
+                              "Stream messages the published advices travelled in "
+                              "(batches)", value=float(adv.messages))
+    yield GaugeMetricFamily("onecard_advices_pending",
+                            "Advices waiting for the stream (queued or being stored)",
+                            value=adv.pending)
+    yield CounterMetricFamily("onecard_advices_applied",
+                              "Other regions' advices applied here (delivered again "
+                              "included)", value=float(adv.applied))
+    yield CounterMetricFamily("onecard_advices_apply_calls",
+                              "Core calls that applied them (batches)",
+                              value=float(adv.calls))
+    yield GaugeMetricFamily("onecard_advices_inbound_pending",
+                            "Stream messages of advices for this region not yet fetched, "
+                            "as of the last fetch", value=adv.inbound_pending)
+    yield CounterMetricFamily("onecard_advices_posted",
+                              "Other regions' stand-in advices posted here (once each)",
+                              value=float(adv.posted))
+    yield CounterMetricFamily("onecard_advices_unresolved",
+                              "Advices not applied: reversals after their terminal's ring "
+                              "moved on, stand-ins for cards unusable here; reconcile "
+                              "(logged with terminal and sequence)",
+                              value=float(adv.unresolved))
 
 
 class SwitchCollector(Collector):

@@ -164,6 +164,25 @@ def test_regions_bench_refuses_a_malformed_run():
     assert out.returncode != 0 and "--window" in out.stderr
 
 
+@pytest.mark.slow
+def test_advices_bench_reports_made_and_drained_per_second_around_an_issuer_killed(tmp_path):
+    out, r = bench_json("advices", tmp_path / "advices.json", "--duration", "10", "--kill-at",
+                        "2", "--restart-at", "4", "--cards", "3000", "--purchases", "2",
+                        "--taps", "1", "--window", "2", timeout_s=600)
+    assert r["kill_s"] < r["ready_s"] < r["drained_s"]
+    assert r["made_while_down"] > 0 and r["produced_per_s"] > 0
+    # js applies at least what was made while it was down (and what was in flight at the kill)
+    assert r["applied_after_return"] >= r["made_while_down"] and r["drained_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["drained_per_s"] / r["produced_per_s"])
+    assert "drained / produced" in out.stdout
+    assert r["codes"]["purchases"].get("91", 0) > 0, r["codes"]
+
+
+def test_advices_bench_refuses_a_malformed_run():
+    out = bench("advices", "--kill-at", "30", "--restart-at", "15", timeout_s=60)
+    assert out.returncode != 0 and "--kill-at" in out.stderr
+
+
 def test_clearing_bench_reports_time_memory_and_lines(tmp_path):
     out, r = bench_json("clearing", tmp_path / "clearing.json", "--records", "20000", "--cards",
                         "1000", "--terminals", "50", "--file-records", "2000")

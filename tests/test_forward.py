@@ -381,6 +381,22 @@ def test_an_advice_after_the_terminals_ring_moved_on_still_undoes_its_original(p
     assert len(records(pair.iss)) == 1             # one reversal, journaled once
 
 
+def test_a_batch_of_advices_has_one_id_and_says_what_is_stored_once_it_is():
+    """A message of advices is deduplicated by one id, its advice's own when alone; once
+    stored, it says up to which journal record every advice is (a core batch's advices share
+    its last record's number, and one split between messages counts only when complete)."""
+    from onecard.switch.region.advices import _upto, batch_id
+
+    assert batch_id("sh", ["sh.1.2.100.156.20261207"]) == "sh.1.2.100.156.20261207"
+    two = batch_id("sh", ["a", "b"])
+    assert two.startswith("sh.b2.") and two == batch_id("sh", ["a", "b"])
+    assert two not in (batch_id("sh", ["b", "a"]), batch_id("sh", ["a", "b", "c"]))
+    assert _upto([5, 5, 9], None) == 9              # nothing after it
+    assert _upto([5, 5, 9], 12) == 9                # the next core batch's
+    assert _upto([5, 5, 9, 9], 9) == 5              # record 9's advices go on in the next
+    assert _upto([9, 9], 9) == -1                   # nothing complete yet
+
+
 def test_a_restart_sends_again_the_advices_of_91s_in_the_journal(pair):
     """What an acquirer reads back from its journal at start gives the same advice it sent
     live (the stream deduplicates, the issuer applies twice harmlessly)."""
@@ -405,8 +421,8 @@ def test_a_restart_sends_again_the_advices_of_91s_in_the_journal(pair):
     n = advices.resend(records(pair.acq), pair.acq.state.terminals["tid"],
                        lambda p: "js" if p == FOREIGN else None, pair.acq.keys.journal_key)
     assert n == 1
-    (_, subject, payload, key) = advices.queue[0]
-    assert subject == "onecard.advice.js"
+    assert list(advices.queues) == ["onecard.advice.js"]
+    (_, payload, key) = advices.queues["onecard.advice.js"][0]
     advice = np.frombuffer(payload, dtype=forward.REQUEST)[0]
     assert (int(advice["txn"]["seq"]), int(advice["txn"]["amount_fen"])) == (int(stan), 555)
     # the live path builds the same advice (and key) from the request it forwarded

@@ -264,9 +264,10 @@ def test_a_restart_sends_again_the_same_stand_in_advice(pair):
     n = again.resend(recs, pair.acq.state.terminals["tid"],
                      lambda p: "js" if p == FOREIGN else None, pair.acq.keys.journal_key)
     assert n == 1
-    assert list(again.queue) == list(live.queue)
-    (_, subject, payload, key) = again.queue[0]
-    assert subject == "onecard.advice.js" and ".s." in key
+    assert list(again.queues) == list(live.queues) == ["onecard.advice.js"]
+    ((_, payload, key),) = again.queues["onecard.advice.js"]
+    assert [(p, k) for _, p, k in live.queues["onecard.advice.js"]] == [(payload, key)]
+    assert ".s." in key
     assert int(np.frombuffer(payload, dtype=forward.REQUEST)["txn"]["pan"][0]) == int(pan)
 
 

@@ -140,7 +140,8 @@ class RegionLink:
         self.advices = Advices(self)
         await self.advices.start(self.nc.jetstream(), self.config.routing_replicas)
         tail, tids, owner_of = self._journal_tail()
-        resent = self.advices.resend(tail, tids, owner_of, self.switch.keys.journal_key)
+        stored = await self.advices.stored(sorted(set(self.owners.values()) - {self.name}))
+        resent = self.advices.resend(tail, tids, owner_of, self.switch.keys.journal_key, stored)
         if resent:
             log.info("region %s: %d advices from the journal sent again", self.name, resent)
         self.catalogue = CatalogueSync(self)
