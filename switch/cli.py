@@ -16,7 +16,7 @@ from pathlib import Path
 
 from onecard.protocols.enums import PROTO, TERMINAL_KIND
 from onecard.switch import __version__, logs
-from onecard.switch.config import Config, ConfigError, load, with_overrides
+from onecard.switch.config import Config, ConfigError, load, tokens_path, with_overrides
 from onecard.switch.pg.connect import PgError
 from onecard.switch.security import modes
 from onecard.switch.security.keystore import KekError
@@ -150,11 +150,6 @@ def _recover(config: Config, data_dir: Path):
         demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
                       ring_size=config.core.ring_size, kek_file=kek_file)
     return loader.load(data_dir, **options), None
-
-
-def tokens_path(config: Config) -> Path:
-    path = Path(config.admin.tokens_file)
-    return path if path.is_absolute() else Path(config.data_dir) / path
 
 
 async def _serve(config: Config, loaded, lease) -> int:
