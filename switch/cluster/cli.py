@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from onecard.switch.cluster import etcd, patroni
+from onecard.switch.cluster import etcd, patroni, tokens
 from onecard.switch.cluster import switch as cluster_switch
 from onecard.switch.cluster.patroni import Node
 from onecard.switch.cluster.procs import (
@@ -155,7 +155,7 @@ def up(directory: Path, count: int, timeout_s: float, *, switch_cards: int = 0) 
     print(f"rest: {' '.join(info['rest_urls'])}")
     if switch_cards:
         try:
-            sw = cluster_switch.start(directory, info["dsn"], switch_cards)
+            sw, made = cluster_switch.start(directory, info["dsn"], switch_cards)
         except BaseException:
             _stop(directory)
             raise
@@ -163,6 +163,7 @@ def up(directory: Path, count: int, timeout_s: float, *, switch_cards: int = 0) 
               f"{HOST}:{sw['native_port']}, http {HOST}:{sw['http_port']} (config "
               f"{sw['config']}, log {sw['log']}); try: onecard load --port "
               f"{sw['iso8583_port']} --data-dir {directory / 'switch' / 'demo'}")
+        tokens.show({"switch": made}, {"switch": Path(sw["config"])})
     print(f"written: {directory / CLUSTER_FILE}; stop with: onecard cluster down --dir "
           f"{directory}")
     return 0
