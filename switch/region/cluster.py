@@ -14,8 +14,8 @@ everything is. Which provinces each region owns is the layout (``--layout``):
 - ``groups``: one region per province group of ``switch/regions.csv`` (Beijing-Tianjin-Hebei,
   the delta, Guangdong with Hong Kong and Macao; with fewer regions than groups the last
   region takes the rest). No catalogue accepts another group's cards at these terminals,
-  so every forwarded purchase is refused ``62`` by its issuer: the layout for trying the
-  refusals, and what ``bench.regions`` measures.
+  so every forwarded purchase and tap is refused ``62`` by its issuer: the layout for trying
+  the refusals.
 
 The operators of every switch are made before it starts and their tokens printed once here
 (``switch/cluster/tokens.py``): a switch making its own would print them into its log.
@@ -28,6 +28,7 @@ import asyncio
 import csv
 import itertools
 import json
+import shlex
 import signal
 import sys
 import time
@@ -224,7 +225,7 @@ def _print(directory: Path, regions: dict, switches: dict) -> None:
         a, pa, b, pb = names[0], regions[names[0]][0], names[1], regions[names[1]][0]
         print(f"forwarded and refused (62: no catalogue accepts province {pb}'s cards at "
               f"province {pa}'s terminals; --layout split shows approvals):")
-    cards = f"--card-province {pb} --cards-data-dir {Path(switches[b]['home']) / 'data'}"
+    cards = f"--card-province {pb} --cards-data-dir {_data_dir(switches[b])}"
     print(f"  purchases  {_load(switches[a], pa, cards)}")
     # --verify-share 0: taps only (metro gates and bus readers), as the line says.
     print(f"  taps       {_load(switches[a], pa, cards, native=True)}")
@@ -236,8 +237,13 @@ def _load(sw: dict, province: int, extra: str = "", *, connections: int = 2,
     protocol = f"--protocol native --port {sw['native_port']} --verify-share 0" if native \
         else f"--port {sw['iso8583_port']}"
     return " ".join(part for part in (
-        f"onecard load {protocol} --data-dir {Path(sw['home']) / 'data'} --terminal-province "
-        f"{province}", extra, f"--connections {connections} --duration 10") if part)
+        f"onecard load {protocol} --data-dir {_data_dir(sw)} --terminal-province {province}",
+        extra, f"--connections {connections} --duration 10") if part)
+
+
+def _data_dir(sw: dict) -> str:
+    """A region's data set, quoted for a shell (the commands are copied and pasted)."""
+    return shlex.quote(str(Path(sw["home"]) / "data"))
 
 
 def is_regions(directory: Path) -> bool:
