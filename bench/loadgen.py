@@ -85,18 +85,21 @@ def _iso_specs(terminals: list[TerminalInfo], n: int, port: int, rng: random.Ran
 
 
 def _native_specs(terminals: list[TerminalInfo], n: int, port: int,
-                  rng: random.Random) -> list:
+                  rng: random.Random, province: int = 0) -> list:
     """Per connection: gates at two stations of one metro network, and a bus reader and a
-    verifier of the same province (a station concentrator and its neighbours)."""
+    verifier of the same province (a station concentrator and its neighbours); only the
+    networks of ``province`` when given (0: every network)."""
     gates_by_op: dict[int, list[TerminalInfo]] = {}
     for t in terminals:
-        if t.kind == TERM_METRO_GATE:
+        if t.kind == TERM_METRO_GATE and province in (0, t.province):
             gates_by_op.setdefault(t.operator, []).append(t)
     buses = [t for t in terminals if t.kind == TERM_BUS_READER]
     verifiers = [t for t in terminals if t.kind == TERM_VERIFIER]
     ops = sorted(gates_by_op)
     if not ops and n:
-        raise SystemExit("onecard load: the data set has no metro gates for native connections")
+        where = f" in province {province}" if province else ""
+        raise SystemExit(f"onecard load: the data set has no metro gates{where} for native "
+                         "connections")
     used: set[str] = set()
     specs = []
 
@@ -127,12 +130,14 @@ def _native_specs(terminals: list[TerminalInfo], n: int, port: int,
 
 def plan(args, terminals: list[TerminalInfo]) -> list[ConnSpec]:
     rng = random.Random(args.seed)
+    province = getattr(args, "terminal_province", 0)
     if args.protocol == "iso8583":
-        provinces = ((args.terminal_province,) if getattr(args, "terminal_province", 0)
-                     else MAINLAND)
+        provinces = (province,) if province else MAINLAND
         return _iso_specs(terminals, args.connections, args.port, rng, provinces)
     if args.protocol == "native":
-        return _native_specs(terminals, args.connections, args.port, rng)
+        # A regional switch serves the terminals of its own provinces: another province's
+        # gates would send their taps to the wrong acquirer (and its cards' catalogue).
+        return _native_specs(terminals, args.connections, args.port, rng, province)
     n_iso = max(1, round(args.connections * MIXED_ISO_SHARE))
     return (_iso_specs(terminals, n_iso, args.port, rng)
             + _native_specs(terminals, args.connections - n_iso, args.native_port, rng))
@@ -514,7 +519,8 @@ def add_arguments(p) -> None:
                    help="the data set's key-encryption key (default: $ONECARD_KEK, else "
                         "DATA_DIR.kek beside it), as [security] kek_file")
     p.add_argument("--terminal-province", type=int, default=0, metavar="CODE",
-                   help="iso8583: POS terminals of this province only (default: mainland)")
+                   help="POS terminals (iso8583) or gates, bus readers and verifiers "
+                   "(native) of this province only (default: mainland; native: any)")
     p.add_argument("--card-province", type=int, default=0, metavar="CODE",
                    help="use cards of this issuing province (default: each terminal's own); "
                    "with regional switches, another region's cards are forwarded")

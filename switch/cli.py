@@ -17,7 +17,7 @@ from pathlib import Path
 from onecard.protocols.clearing import cutover_minutes
 from onecard.protocols.enums import PROTO, TERMINAL_KIND
 from onecard.switch import __version__, logs
-from onecard.switch.config import Config, ConfigError, load, with_overrides
+from onecard.switch.config import Config, ConfigError, load, tokens_path, with_overrides
 from onecard.switch.pg.connect import PgError
 from onecard.switch.security import modes
 from onecard.switch.security.keystore import KekError
@@ -154,11 +154,6 @@ def _recover(config: Config, data_dir: Path):
         demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
                       ring_size=config.core.ring_size, kek_file=kek_file)
     return loader.load(data_dir, **options), None
-
-
-def tokens_path(config: Config) -> Path:
-    path = Path(config.admin.tokens_file)
-    return path if path.is_absolute() else Path(config.data_dir) / path
 
 
 async def _serve(config: Config, loaded, lease) -> int:
@@ -329,7 +324,9 @@ KCV_BYTES = 3        # the printed key check value: 6 hex digits, as key ceremon
 
 def cmd_terminals(args) -> int:
     """The terminal registry with each master key's check value; the key itself only with
-    --reveal-keys (a terminal being keyed by hand, or a simulator elsewhere)."""
+    --reveal-keys (a terminal being keyed by hand, or a simulator elsewhere). A metro gate's
+    station id is the ``station`` its native ``Tap`` must carry (protocols/NATIVE.md); other
+    terminals have none ("-": bus and ferry readers send 0)."""
     from onecard.core import crypto
     from onecard.switch.terminals import KIND_NAMES, read_terminals
 
@@ -338,7 +335,7 @@ def cmd_terminals(args) -> int:
     heading = "master key (hex)" if args.reveal_keys else "kcv"
     width = 32 if args.reveal_keys else 2 * KCV_BYTES
     print(f"{'terminal':8}  {'kind':8}  {'protocol':8}  {'mac':4}  {heading:{width}}  "
-          f"{'merchant':15}  name")
+          f"{'station':9}  {'merchant':15}  name")
     for t in read_terminals(config.data_dir, config.security.kek_file or None):
         if args.kind and KIND_NAMES[t.kind] != args.kind:
             continue
@@ -346,8 +343,9 @@ def cmd_terminals(args) -> int:
         # KCV: the key encrypting a zero block (core/crypto's check value), first 3 bytes.
         key = t.tmk.hex() if args.reveal_keys else (
             crypto.key_check_value(t.alg_name, t.tmk)[:KCV_BYTES].hex())
+        station = "-" if t.station_id is None else str(t.station_id)
         print(f"{t.tid:8}  {KIND_NAMES[t.kind]:8}  {proto:8}  {t.alg_name:4}  {key:{width}}  "
-              f"{t.merchant:15}  {t.name}")
+              f"{station:9}  {t.merchant:15}  {t.name}")
         shown += 1
         if shown >= args.limit:
             break

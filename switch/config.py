@@ -352,6 +352,12 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"config file {path}: {exc}") from exc
 
 
+def tokens_path(config: Config) -> Path:
+    """The operators file: ``[admin] tokens_file``, relative to the data directory."""
+    path = Path(config.admin.tokens_file)
+    return path if path.is_absolute() else Path(config.data_dir) / path
+
+
 def with_overrides(config: Config, **changes: object) -> Config:
     """Apply command-line overrides like ``server.terminal_host`` (None values are ignored) and
     validate the result the same way a file is validated."""

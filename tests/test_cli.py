@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from onecard.protocols.enums import TERMINAL_KIND
 from onecard.switch import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,24 @@ def test_terminals_lists_ids_and_key_check_values(demo_dir):
                    "--reveal-keys")
     assert all(re.match(r"G\d{7}\s+gate\s+native\s+(x919|sm4)\s+[0-9a-f]{32}", ln)
                for ln in keys.stdout.strip().splitlines()[1:])
+
+
+def test_terminals_show_each_gates_station_id(demo_dir, terminals):
+    """Integrators need a gate's station id for its native Tap (issue 27): every gate listed
+    shows the one in the registry; terminals without a station show "-"."""
+    registry = {t.tid: t for t in terminals}
+    gates = [t for t in terminals if t.kind == TERMINAL_KIND.value_of["gate"]]
+    out = onecard("terminals", "--data-dir", str(demo_dir), "--kind", "gate", "--limit",
+                  str(len(gates)))
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and lines[0].split()[:6] == [
+        "terminal", "kind", "protocol", "mac", "kcv", "station"]
+    assert len(lines) == 1 + len(gates) > 1
+    for line in lines[1:]:
+        tid, _, _, _, _, station = line.split()[:6]
+        assert station == str(registry[tid].station_id), line
+    bus = onecard("terminals", "--data-dir", str(demo_dir), "--kind", "bus", "--limit", "2")
+    assert [ln.split()[5] for ln in bus.stdout.strip().splitlines()[1:]] == ["-", "-"]
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """The open-loop schedule of ``onecard load``: requests are stamped with the time they were
 due, leave as soon as they are due (not an interval late, which read as latency), and the
 connections' schedules are spread over an interval instead of all firing at once. And the
-native connections' terminals: as many connections as the data set's terminals allow."""
+native connections' terminals: as many connections as the data set's terminals allow, of
+one province when asked."""
 
 import argparse
 import asyncio
@@ -70,8 +71,9 @@ def test_a_long_run_sends_the_rate_asked_for():
     asyncio.run(main())
 
 
-def native(connections: int) -> argparse.Namespace:
-    return argparse.Namespace(protocol="native", connections=connections, port=9999, seed=1)
+def native(connections: int, province: int = 0) -> argparse.Namespace:
+    return argparse.Namespace(protocol="native", connections=connections, port=9999, seed=1,
+                              terminal_province=province)
 
 
 def test_native_connections_use_every_province_before_giving_up(demo_dir):
@@ -167,3 +169,15 @@ def test_the_pos_simulator_counts_the_replies_answered_77(demo_dir):
     sim.rekey(bytes(range(16)))                       # the next sign-on's key
     with pytest.raises(ValueError, match="bad MAC key"):
         sim.rekey(b"short")
+
+
+def test_native_connections_keep_to_the_terminal_province(demo_dir):
+    """A regional switch serves its own provinces' gates (issue 27: the taps `cluster up
+    --regions` prints are Shanghai gates with Jiangsu cards, approved by the joint catalogue;
+    a Beijing gate among them would be refused 62)."""
+    terminals = read_terminals(demo_dir)
+    specs = plan(native(4, 31), terminals)
+    assert len(specs) == 4
+    assert {t.province for s in specs for _, t in s.terminals} == {31}
+    with pytest.raises(SystemExit, match="no metro gates in province 81"):
+        plan(native(1, 81), terminals)

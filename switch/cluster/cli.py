@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from onecard.switch.cluster import etcd, patroni
+from onecard.switch.cluster import etcd, patroni, tokens
 from onecard.switch.cluster import switch as cluster_switch
 from onecard.switch.cluster.patroni import Node
 from onecard.switch.cluster.procs import (
@@ -54,7 +54,12 @@ def add_arguments(sub) -> None:
                     help="cards in the --switch (or --regions) demo data set (default 100000)")
     up.add_argument("--regions", type=int, default=0, metavar="N",
                     help="instead of PostgreSQL: N regional switches and a 3-node NATS cluster, "
-                    "the demo data split by province group (docs/regions.md)")
+                    "the demo data split by province (docs/regions.md)")
+    up.add_argument("--layout", choices=("split", "groups"), default="split",
+                    help="--regions: which provinces each region owns. split (default): the "
+                    "Yangtze River Delta across the switches (sh, js, zj, ah: forwarded "
+                    "requests its joint catalogue approves); groups: one province group per "
+                    "region (jjj, yrd, gba: forwarded purchases refused 62)")
     up.add_argument("--latency-budget-ms", type=int, default=None, metavar="MS",
                     help="--regions: the switches' [server] latency_budget_ms (0: no load "
                     "shedding, for tests and benchmarks on shared machines)")
@@ -80,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.cluster_command == "up" and args.regions:
             return regions.up(args.dir, args.regions, args.cards, args.timeout,
-                              args.latency_budget_ms, args.forward_timeout_ms)
+                              args.latency_budget_ms, args.forward_timeout_ms,
+                              args.layout)
         if args.cluster_command == "up":
             return up(args.dir, args.nodes, args.timeout,
                       switch_cards=args.cards if args.switch else 0)
@@ -149,7 +155,7 @@ def up(directory: Path, count: int, timeout_s: float, *, switch_cards: int = 0) 
     print(f"rest: {' '.join(info['rest_urls'])}")
     if switch_cards:
         try:
-            sw = cluster_switch.start(directory, info["dsn"], switch_cards)
+            sw, made = cluster_switch.start(directory, info["dsn"], switch_cards)
         except BaseException:
             _stop(directory)
             raise
@@ -157,6 +163,7 @@ def up(directory: Path, count: int, timeout_s: float, *, switch_cards: int = 0) 
               f"{HOST}:{sw['native_port']}, http {HOST}:{sw['http_port']} (config "
               f"{sw['config']}, log {sw['log']}); try: onecard load --port "
               f"{sw['iso8583_port']} --data-dir {directory / 'switch' / 'demo'}")
+        tokens.show({"switch": made}, {"switch": Path(sw["config"])})
     print(f"written: {directory / CLUSTER_FILE}; stop with: onecard cluster down --dir "
           f"{directory}")
     return 0

@@ -3,10 +3,11 @@
 Under DIR/switch: ``demo``, a demo data set made and imported into the cluster's database
 ``onecard`` (the SQLite copy stays: the load generator reads its terminals there; its key
 file ``demo.kek`` is the switch's key-encryption key), ``local``, the switch's own directory
-(lock and tokens files), its configuration ``onecard.toml`` (the PostgreSQL store, a
-synchronous standby required) and its log. The
-switch runs in a session of its own; ``down`` stops it first (SIGTERM: it finishes its
-commits and checkpoints) because its command line names DIR."""
+(lock and operators files: the operators are made before the switch starts and their tokens
+shown once by ``cluster up``, never written to the log), its configuration ``onecard.toml``
+(the PostgreSQL store, a synchronous standby required) and its log. The switch runs in a
+session of its own; ``down`` stops it first (SIGTERM: it finishes its commits and
+checkpoints) because its command line names DIR."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from onecard.switch.cluster import tokens
 from onecard.switch.cluster.procs import HOST, ClusterError, alive, free_ports, log_tail, spawn
 
 DATABASE = "onecard"
@@ -56,8 +58,9 @@ def config_text(home: Path, dsn: str, ports: list[int]) -> str:
             "failover_timeout_s = 120\n")
 
 
-def start(directory: Path, cluster_dsn: str, cards: int) -> dict:
-    """Fill the store and start the switch; its ports and files once it is ready."""
+def start(directory: Path, cluster_dsn: str, cards: int) -> tuple[dict, dict[str, str]]:
+    """Fill the store and start the switch; its ports and files once it is ready, and its
+    operators' tokens (made here, to be shown once: the switch's output is its log)."""
     home = directory / "switch"
     home.mkdir(mode=0o700, exist_ok=True)
     dsn = _store(cluster_dsn)
@@ -65,6 +68,7 @@ def start(directory: Path, cluster_dsn: str, cards: int) -> dict:
     ports = free_ports(3)
     config = home / "onecard.toml"
     config.write_text(config_text(home, dsn, ports))
+    made = tokens.make_operators(config)
     log_path, pid_path = home / "switch.log", home / "switch.pid"
     pid = spawn([sys.executable, "-m", "onecard.switch.cli", "serve", "--config", str(config)],
                 log_path, pid_path).pid
@@ -72,7 +76,8 @@ def start(directory: Path, cluster_dsn: str, cards: int) -> dict:
     while time.monotonic() < deadline:
         if "onecard: ready" in log_path.read_text(errors="replace"):
             return {"config": str(config), "log": str(log_path), "pid": pid,
-                    "iso8583_port": ports[0], "native_port": ports[1], "http_port": ports[2]}
+                    "iso8583_port": ports[0], "native_port": ports[1],
+                    "http_port": ports[2]}, made
         if not alive(pid):
             raise ClusterError(f"the switch exited at start: {log_tail(log_path)}")
         time.sleep(POLL_S)

@@ -1,25 +1,41 @@
 """``onecard cluster up --regions N --dir DIR``: regional switches on loopback, to try them and
-to drive them with ``onecard load`` (issue 15, docs/regions.md).
+to drive them with ``onecard load`` (issues 15 and 27, docs/regions.md).
 
 Under DIR: ``demo`` (one demo data set with every province), ``nats/`` (a three-node NATS
 cluster with JetStream), and per region ``<name>/`` holding its part of the demo data
 (``onecard region split``), its configuration, log and pid file; ``regions.json`` says where
-everything is. The routing table gives each region the provinces of one group of
-``switch/regions.csv`` (Beijing-Tianjin-Hebei, the Yangtze River Delta, Guangdong with Hong
-Kong and Macao); with fewer regions than groups the last region takes the rest. Every process
-runs in a session of its own, so ``up`` returns and ``down`` stops them by their pid files."""
+everything is. Which provinces each region owns is the layout (``--layout``):
+
+- ``split`` (the default): the Yangtze River Delta's provinces on different switches (``sh``
+  Shanghai and every province outside the delta, then ``js`` Jiangsu, ``zj`` Zhejiang, ``ah``
+  Anhui, as many as asked). The delta's joint catalogue accepts each other's cards, so
+  Jiangsu cards at Shanghai terminals are forwarded to ``js`` and approved there: the first
+  thing a new user should see is an approved cross-region purchase and tap.
+- ``groups``: one region per province group of ``switch/regions.csv`` (Beijing-Tianjin-Hebei,
+  the delta, Guangdong with Hong Kong and Macao; with fewer regions than groups the last
+  region takes the rest). No catalogue accepts another group's cards at these terminals,
+  so every forwarded purchase and tap is refused ``62`` by its issuer: the layout for trying
+  the refusals.
+
+The operators of every switch are made before it starts and their tokens printed once here
+(``switch/cluster/tokens.py``): a switch making its own would print them into its log.
+Every process runs in a session of its own, so ``up`` returns and ``down`` stops them by their
+pid files."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import json
+import shlex
 import signal
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from onecard.switch.cluster import tokens
 from onecard.switch.cluster.procs import (
     HOST,
     ClusterError,
@@ -36,23 +52,62 @@ NATS_NODES = 3
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.2
+LAYOUTS = ("split", "groups")
+# The split layout's group and its switches' names (pinyin initials, as in docs/regions.md).
+SPLIT_GROUP = "yrd"
+SPLIT_NAMES = {31: "sh", 32: "js", 33: "zj", 34: "ah"}
+# Hong Kong and Macao have bank POS only (no gates), accepting Guangdong cards: no terminal
+# there shows a forwarded purchase and tap together.
+CROSS_BORDER = (81, 82)
 
 
-def plan(count: int) -> dict[str, list[int]]:
-    """Region name -> its provinces, from the groups of switch/regions.csv (in file order)."""
+def _groups() -> dict[str, list[int]]:
+    """Province group (lower case) -> its provinces, in switch/regions.csv's order."""
     groups: dict[str, list[int]] = {}
     with open(Path(__file__).parent.parent / "regions.csv", newline="") as f:
         for row in csv.DictReader(f):
             provinces = groups.setdefault(row["group"].lower(), [])
             if int(row["province"]) not in provinces:
                 provinces.append(int(row["province"]))
-    names = list(groups)
-    if not 2 <= count <= len(names):
-        raise ClusterError(f"--regions {count}: between 2 and {len(names)} (the province "
-                           f"groups of switch/regions.csv: {', '.join(names)})")
-    out = {name: groups[name] for name in names[:count - 1]}
-    out[names[count - 1]] = [p for name in names[count - 1:] for p in groups[name]]
-    return out
+    return groups
+
+
+def plan(count: int, layout: str = "split") -> dict[str, list[int]]:
+    """Region name -> its provinces (see the module docstring for the layouts); a region's
+    first province is the one its printed commands drive."""
+    groups = _groups()
+    if layout == "groups":
+        names = list(groups)
+        if not 2 <= count <= len(names):
+            raise ClusterError(f"--regions {count}: between 2 and {len(names)} with --layout "
+                               f"groups (the province groups of switch/regions.csv: "
+                               f"{', '.join(names)})")
+        out = {name: groups[name] for name in names[:count - 1]}
+        out[names[count - 1]] = [p for name in names[count - 1:] for p in groups[name]]
+        return out
+    if layout != "split":
+        raise ClusterError(f"--layout {layout}: one of {', '.join(LAYOUTS)}")
+    delta = groups[SPLIT_GROUP]
+    if not 2 <= count <= len(delta):
+        raise ClusterError(f"--regions {count}: between 2 and {len(delta)} with --layout split "
+                           f"(one switch per province of the {SPLIT_GROUP} group at most)")
+    alone = delta[1:count]
+    first = [delta[0]] + [p for g in groups.values() for p in g
+                          if p != delta[0] and p not in alone]
+    return {SPLIT_NAMES[delta[0]]: first, **{SPLIT_NAMES[p]: [p] for p in alone}}
+
+
+def forwarding_pair(regions: dict[str, list[int]]) -> tuple[str, int, str, int] | None:
+    """(acquiring region, its terminals' province, issuing region, its cards' province) for
+    the first two provinces of one group on different switches, mainland both (gates and
+    POS): their catalogues accept each other's cards, so forwarded requests are approved.
+    None when every group is on one switch."""
+    group_of = {p: name for name, ps in _groups().items() for p in ps}
+    for (a, owns_a), (b, owns_b) in itertools.permutations(regions.items(), 2):
+        for pa, pb in itertools.product(owns_a, owns_b):
+            if group_of[pa] == group_of[pb] and not {pa, pb} & set(CROSS_BORDER):
+                return a, pa, b, pb
+    return None
 
 
 def _config(home: Path, name: str, urls: list[str], ports: list[int],
@@ -68,15 +123,18 @@ def _config(home: Path, name: str, urls: list[str], ports: list[int],
 
 
 def _start_switch(home: Path, name: str, urls: list[str], latency_budget_ms: int | None,
-                  forward_timeout_ms: int | None) -> dict:
+                  forward_timeout_ms: int | None) -> tuple[dict, dict[str, str]]:
+    """Start one region's switch; its ports and files, and its operators' new tokens."""
     ports = free_ports(3)
     config = home / "onecard.toml"
     config.write_text(_config(home, name, urls, ports, latency_budget_ms, forward_timeout_ms))
+    # Before the switch starts: it makes no operators of its own then (its output is its log).
+    made = tokens.make_operators(config)
     log_path = home / "switch.log"
     pid = spawn([sys.executable, "-m", "onecard.switch.cli", "serve", "--config", str(config)],
                 log_path, home / "switch.pid").pid
     return {"home": str(home), "config": str(config), "log": str(log_path), "pid": pid,
-            "iso8583_port": ports[0], "native_port": ports[1], "http_port": ports[2]}
+            "iso8583_port": ports[0], "native_port": ports[1], "http_port": ports[2]}, made
 
 
 def _wait_ready(switches: dict[str, dict], timeout_s: float) -> None:
@@ -96,17 +154,18 @@ def _wait_ready(switches: dict[str, dict], timeout_s: float) -> None:
 
 
 def up(directory: Path, count: int, cards: int, timeout_s: float = READY_TIMEOUT_S,
-       latency_budget_ms: int | None = None, forward_timeout_ms: int | None = None) -> int:
+       latency_budget_ms: int | None = None, forward_timeout_ms: int | None = None,
+       layout: str = "split") -> int:
     """``latency_budget_ms``: the switches' [server] latency_budget_ms (None: the default;
     0: no load shedding, for tests and benchmarks on shared machines); ``forward_timeout_ms``
-    their [region] timeout_ms (None: the default)."""
+    their [region] timeout_ms (None: the default); ``layout``: see the module docstring."""
     from onecard.switch import demo
     from onecard.switch.region import nats_server, route_cli
     from onecard.switch.region.split import split_data_set
 
     if forward_timeout_ms is not None and not 10 <= forward_timeout_ms <= 10_000:
         raise ClusterError(f"--forward-timeout-ms {forward_timeout_ms}: from 10 to 10000")
-    regions = plan(count)
+    regions = plan(count, layout)
     directory = directory.resolve()
     if directory.exists() and any(directory.iterdir()):
         raise ClusterError(f"{directory} is not empty (a previous cluster? `onecard cluster "
@@ -124,15 +183,19 @@ def up(directory: Path, count: int, cards: int, timeout_s: float = READY_TIMEOUT
         nats.wait_ready(timeout_s)
         sets = [f"{','.join(map(str, owns))}={name}" for name, owns in regions.items()]
         asyncio.run(route_cli.publish(",".join(nats.urls), sets, replicas=3))
-        switches = {name: _start_switch(directory / name, name, nats.urls, latency_budget_ms,
-                                        forward_timeout_ms)
-                    for name in regions}
+        switches, made = {}, {}
+        for name in regions:
+            switches[name], made[name] = _start_switch(
+                directory / name, name, nats.urls, latency_budget_ms, forward_timeout_ms)
         _write(directory, nats.urls, regions, switches)
         _wait_ready(switches, timeout_s)
     except BaseException:
         _stop(directory)
         raise
     _print(directory, regions, switches)
+    tokens.show(made, {name: Path(sw["config"]) for name, sw in switches.items()})
+    print(f"stop with: onecard cluster down --dir {directory}")
+    print("ready", flush=True)
     return 0
 
 
@@ -147,21 +210,40 @@ def _print(directory: Path, regions: dict, switches: dict) -> None:
     print(f"NATS: {directory / 'nats'}; routing table: onecard region table --nats "
           f"{json.loads((directory / REGIONS_FILE).read_text())['nats_urls'][0]}")
     for name, sw in switches.items():
-        home = Path(sw["home"])
         print(f"region {name}: iso8583 {HOST}:{sw['iso8583_port']} native "
               f"{HOST}:{sw['native_port']} http {HOST}:{sw['http_port']}  (log {sw['log']})")
-        first = regions[name][0]
-        print(f"  try  onecard load --port {sw['iso8583_port']} --data-dir {home / 'data'} "
-              f"--terminal-province {first} --connections 4 --duration 10")
-    # Another region's cards at the first region's terminals: forwarded (and answered as the
-    # catalogue's acceptance rules say: cross-group purchases are 62 there, as on one switch).
-    names = list(switches)
-    a, b = switches[names[0]], switches[names[1]]
-    print(f"  forwarded: onecard load --port {a['iso8583_port']} --data-dir "
-          f"{Path(a['home']) / 'data'} --terminal-province {regions[names[0]][0]} "
-          f"--card-province {regions[names[1]][0]} --cards-data-dir "
-          f"{Path(b['home']) / 'data'} --connections 2 --duration 10")
-    print("ready", flush=True)
+        print(f"  try  {_load(sw, regions[name][0], connections=4)}")
+    pair = forwarding_pair(regions)
+    if pair is not None:
+        a, pa, b, pb = pair
+        print(f"forwarded and approved: province {pb}'s cards at province {pa}'s terminals "
+              f"({a}) are decided by {b}; their group's joint catalogue accepts them:")
+    else:
+        # No group is split: another group's cards are forwarded and refused 62 by their
+        # issuer, as the catalogue says (a single switch answers the same).
+        names = list(regions)
+        a, pa, b, pb = names[0], regions[names[0]][0], names[1], regions[names[1]][0]
+        print(f"forwarded and refused (62: no catalogue accepts province {pb}'s cards at "
+              f"province {pa}'s terminals; --layout split shows approvals):")
+    cards = f"--card-province {pb} --cards-data-dir {_data_dir(switches[b])}"
+    print(f"  purchases  {_load(switches[a], pa, cards)}")
+    # --verify-share 0: taps only (metro gates and bus readers), as the line says.
+    print(f"  taps       {_load(switches[a], pa, cards, native=True)}")
+
+
+def _load(sw: dict, province: int, extra: str = "", *, connections: int = 2,
+          native: bool = False) -> str:
+    """An ``onecard load`` command driving a region's terminals of ``province``."""
+    protocol = f"--protocol native --port {sw['native_port']} --verify-share 0" if native \
+        else f"--port {sw['iso8583_port']}"
+    return " ".join(part for part in (
+        f"onecard load {protocol} --data-dir {_data_dir(sw)} --terminal-province {province}",
+        extra, f"--connections {connections} --duration 10") if part)
+
+
+def _data_dir(sw: dict) -> str:
+    """A region's data set, quoted for a shell (the commands are copied and pasted)."""
+    return shlex.quote(str(Path(sw["home"]) / "data"))
 
 
 def is_regions(directory: Path) -> bool:
