@@ -475,4 +475,5 @@ def test_the_hub_finds_approvals_the_terminal_was_told_were_91(demo_dir, termina
     late = hub.late_approvals("sh", journals["sh"][0], "js", *journals["js"], when)
     assert [(x.acquirer, x.issuer, x.kind, x.seq, x.terminal) for x in late] == [
         ("sh", "js", "TAP", tap.seq, reader.info.idx)]
+    assert late[0].id == f"LATE-js-{late[0].issuer_record_no}"     # what an operator cites
     assert hub.late_approvals("js", journals["js"][0], "sh", *journals["sh"], when) == []

@@ -305,6 +305,6 @@ def _hub(config, date: dt.date, regions: list[str]) -> int:
                                         cutover=config.clearing.cutover)]
     print(f"late approvals (the terminal was told 91, the issuer approved): {len(late)}")
     for x in late:
-        print(f"  {x.acquirer} <- {x.issuer}: terminal {x.terminal} seq {x.seq} {x.kind} "
+        print(f"  {x.id} {x.acquirer} <- {x.issuer}: terminal {x.terminal} seq {x.seq} {x.kind} "
               f"{_yuan(x.amount_fen)} (issuer record {x.issuer_record_no})")
     return 0

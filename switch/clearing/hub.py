@@ -49,6 +49,7 @@ class Hub(msgspec.Struct, frozen=True):
 
 
 class LateApproval(msgspec.Struct, frozen=True):
+    id: str                 # stable: LATE-<issuer>-<issuer record>, what an operator cites
     acquirer: str           # the region whose terminal was told 91
     issuer: str             # the region that approved the request
     terminal: int           # index in the (shared) terminal registry
@@ -139,7 +140,8 @@ def late_approvals(acquirer: str, acq_recs: np.ndarray, issuer: str, iss_recs: n
     rows = np.flatnonzero(money)
     keys = _keys(iss_recs[rows])
     late = np.isin(keys, _keys(acq_recs[told_91])) & ~np.isin(keys, reversed_keys)
-    return [LateApproval(acquirer=acquirer, issuer=issuer, terminal=int(r["terminal"]),
+    return [LateApproval(id=f"LATE-{issuer}-{int(no)}", acquirer=acquirer, issuer=issuer,
+                         terminal=int(r["terminal"]),
                          seq=int(r["seq"]), kind=KIND_BY_VALUE[int(r["kind"])].name,
                          amount_fen=int(r["amount_fen"]), issuer_record_no=int(no))
             for r, no in zip(iss_recs[rows[late]], iss_nos[rows[late]].tolist(), strict=True)]
