@@ -24,7 +24,8 @@ from onecard.core.codes cimport (RC_00, RC_03, RC_05, RC_12, RC_14, RC_41, RC_51
                                  RC_91, RC_94, RC_96)
 from onecard.core.crypto cimport pan_cipher
 from onecard.core.decide cimport decide
-from onecard.core.journal cimport JF_APPROVED, JF_NO_ORIGINAL, JF_REVERSED, JF_VOIDED, NONE32
+from onecard.core.journal cimport (JF_APPROVED, JF_NO_ORIGINAL, JF_REVERSED, JF_STAND_IN,
+                                   JF_VOIDED, NONE32)
 from onecard.core.journal cimport JForwarded, JRec
 from onecard.core.ledger cimport apply, standin_key
 from onecard.core.maps cimport Entry, U64Map
@@ -652,15 +653,21 @@ cdef class Router:
 
     cdef bint post_advice(self, Txn* t, FwdAns* a) noexcept nogil:
         """Another region stood in for this tap or entry: True to post it now. False with
-        ``a`` answered when it cannot be (12) or was posted before (00, duplicate): the
-        terminal's stand-in watermark orders its advices, so one delivered again, by the
-        stream or by the acquirer's resend at its start, has no second effect."""
-        cdef Entry* e
+        ``a`` answered when it cannot be (12) or was posted before (00, duplicate): a posting
+        is kept by (terminal, seq) in the idempotency horizon (ledger.posted), so one
+        delivered again, by the stream, by its redelivery after a crash or by the acquirer's
+        resend at its start, has no second effect in whatever order it comes. Past the
+        horizon the terminal's stand-in watermark still says what was posted."""
+        cdef Entry* w
+        cdef RingEntry* e
         if (t.kind != KIND_TAP and t.kind != KIND_VENUE) or t.time_s == 0:
             a.rc = RC_12
             return False
-        e = self.st.standin_posted.find(t.terminal)
-        if e != NULL and standin_key(<int64_t>t.time_s * 1000000, t.seq) <= <uint64_t>e.a:
+        e = self.st.seen(t.terminal, t.seq)
+        w = self.st.standin_posted.find(t.terminal)
+        if ((e.seq == t.seq and e.kind == t.kind and e.flags & JF_STAND_IN)
+                or (w != NULL and self.st.horizon.forgot(t.terminal, t.seq, <uint64_t>1 << 32)
+                    and standin_key(<int64_t>t.time_s * 1000000, t.seq) <= <uint64_t>w.a)):
             a.rc = RC_00
             a.duplicate = 1
             return False

@@ -186,17 +186,34 @@ cdef int apply_payment(State st, JRec* r, uint64_t no) noexcept nogil:
 
 
 cdef inline int posted_room(State st, JHead* h) noexcept nogil:
-    if h.flags & JF_STAND_IN and st.standin_posted.reserve(h.terminal) != 0:
+    if h.flags & JF_STAND_IN and (st.standin_posted.reserve(h.terminal) != 0
+                                  or st.horizon.reserve(st.horizon.day_of(h.ts_us)) != 0):
         return APPLY_NO_ROOM
     return 0
 
 
-cdef inline void posted(State st, JHead* h) noexcept nogil:
-    """An issuer's posting of a stand-in advice: the terminal's watermark (room reserved)."""
-    cdef Entry* e = st.standin_posted.upsert(h.terminal)
+cdef inline void posted(State st, JHead* h, uint64_t no, uint8_t kind, int64_t amount,
+                        int64_t balance, uint8_t aux, uint32_t extra) noexcept nogil:
+    """An issuer's posting of a stand-in advice (room reserved): the terminal's watermark, and
+    its entry by (terminal, seq) in the idempotency horizon, not the ring (it must not push
+    out the live requests made since): a delivery again is found exactly, in whatever order
+    the advices come (forward.post_advice), and a live retransmission is answered as posted."""
+    cdef Entry* w = st.standin_posted.upsert(h.terminal)
     cdef uint64_t key = standin_key(h.ts_us, h.seq)
-    if key > <uint64_t>e.a:
-        e.a = <int64_t>key
+    cdef RingEntry e
+    if key > <uint64_t>w.a:
+        w.a = <int64_t>key
+    e.seq = h.seq
+    e.card = h.card
+    e.record_no = no
+    e.rc = h.rc
+    e.flags = h.flags & JF_RING_MASK
+    e.kind = kind
+    e.amount_fen = amount
+    e.balance_fen = balance
+    e.aux = aux
+    e.extra = extra
+    st.horizon.file(h.terminal, h.seq, <uint64_t*>&e)
 
 
 cdef int apply_tap(State st, JRec* r, uint64_t no) noexcept nogil:
@@ -213,8 +230,9 @@ cdef int apply_tap(State st, JRec* r, uint64_t no) noexcept nogil:
         st.card[p.card].trip_station = p.trip_station_after
         st.card[p.card].trip_time_s = p.trip_started_s_after
     if p.flags & JF_STAND_IN:
-        posted(st, &r.head)
-        return 0                              # idempotent by its own watermark
+        posted(st, &r.head, no, KIND_TAP, p.amount_fen, p.balance_fen_after, p.direction,
+               p.station_id)
+        return 0                              # idempotent by its horizon entry
     if p.kind == KIND_OFFLINE_TAP:
         if p.seq > t.offline_hw:
             t.offline_hw = p.seq
@@ -323,7 +341,8 @@ cdef int apply_service(State st, JRec* r, uint64_t no) noexcept nogil:
         return APPLY_NO_ROOM
     money(st, &r.head, kind == KIND_VENUE or kind == KIND_TOPUP)
     if r.head.flags & JF_STAND_IN:
-        posted(st, &r.head)
+        posted(st, &r.head, no, kind, r.venue.amount_fen, r.venue.balance_fen_after,
+               r.venue.entitlement, <uint32_t>r.venue.base_fen)
     elif kind == KIND_VERIFY:
         ring_put(st, &r.head, no, kind, 0, 0, r.verify.age_band, r.verify.scope)
     elif kind == KIND_VENUE:
