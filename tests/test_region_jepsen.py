@@ -238,18 +238,21 @@ def past_ring(poses: list[Pos], clients: list[Client]) -> None:
                f"{PAST_RING} forwarded requests decided per POS")
 
 
-def start_load(regions) -> tuple[list[Pos], list[Reader], dict[str, int]]:
-    """The clients, started, and the opening balance of every card they use."""
+def start_load(regions, lane: int) -> tuple[list[Pos], list[Reader], dict[str, int]]:
+    """The clients of one test (``lane``: its own terminals and cards, so that tests sharing
+    the switches share no terminal's numbers nor any card), started, and the opening balance
+    of every card they use."""
     terminals = read_terminals(regions.dirs["sh"])
     pos_infos = [t for t in terminals if t.kind == TERM_POS and t.province == HOME
-                 and t.app in ("", "FIN-PAY")][:POS_TERMINALS]
-    reader_infos = [t for t in terminals
-                    if t.kind == TERM_BUS_READER and t.province == HOME][:READERS]
+                 and t.app in ("", "FIN-PAY")][lane * POS_TERMINALS:][:POS_TERMINALS]
+    reader_infos = [t for t in terminals if t.kind == TERM_BUS_READER
+                    and t.province == HOME][lane * READERS:][:READERS]
     assert (len(pos_infos), len(reader_infos)) == (POS_TERMINALS, READERS)
     # Separate cards for taps and purchases, four per client: a reader's cards reach the
     # day's stand-in limit while js is dead (then 91, no advice), a POS's never run dry.
-    js_cards = cards_of(regions.dirs["js"], JS, TRANSIT, 4 * (READERS + POS_TERMINALS))
-    sh_cards = cards_of(regions.dirs["sh"], HOME, FN_FINANCIAL, 4)
+    per_lane = 4 * (READERS + POS_TERMINALS)
+    js_cards = cards_of(regions.dirs["js"], JS, TRANSIT, per_lane * (lane + 1))[-per_lane:]
+    sh_cards = cards_of(regions.dirs["sh"], HOME, FN_FINANCIAL, 4 * (lane + 1))[-4:]
     opening = {**balances(regions.dirs["js"], js_cards),
                **balances(regions.dirs["sh"], sh_cards)}
     readers = [Reader(regions, info, js_cards[4 * i:4 * i + 4])
@@ -261,12 +264,27 @@ def start_load(regions) -> tuple[list[Pos], list[Reader], dict[str, int]]:
     return poses, readers, opening
 
 
+def kill_while_applying(regions):
+    """Resume the advice consumer and kill js (SIGKILL) as soon as it has applied some: the
+    batch it was on may be committed and not acknowledged, to be delivered again (after the
+    consumer's ack wait) to the restarted js, which must find it already applied, or apply
+    it if it was not."""
+    pause_consumer(regions, 0)
+    deadline = time.monotonic() + PHASE_TIMEOUT_S
+    while metric(regions.switches["js"], "onecard_advices_applied_total") == 0:
+        assert time.monotonic() < deadline, "js applied no advice once resumed"
+        time.sleep(0.002)
+    victim = regions.switches.pop("js")
+    victim.kill9()
+    regions.start("js")
+    return victim
+
+
 def drain(regions) -> float:
-    """Resume the advice consumer and wait until sh has stored every advice and js has
-    applied (acknowledged) every one: how long that took."""
+    """Wait until sh has stored every advice and js has applied (acknowledged) every one:
+    how long that took."""
     sh = regions.switches["sh"]
     began = time.monotonic()
-    pause_consumer(regions, 0)
     while True:
         info, queued = consumer(regions), metric(sh, "onecard_advices_pending")
         if queued == 0 and info["num_pending"] == 0 and info["num_ack_pending"] == 0:
@@ -276,9 +294,23 @@ def drain(regions) -> float:
         time.sleep(0.2)
 
 
-def test_issuer_killed_under_load_with_advices_held_past_the_ring(regions):
+# The issuer killed again while it applies the held-back advices: what it had fetched and not
+# acknowledged comes again after the consumer's ack wait (30 s), behind advices the restarted
+# switch has applied meanwhile.
+REDELIVERY_BUG = ("a stand-in advice delivered again after the issuer's crash, behind later "
+                  "advices of its terminal, is answered as a duplicate by the terminal's "
+                  "stand-in watermark (core/forward.pyx Router.post_advice) and never posted")
+
+
+@pytest.mark.parametrize("kill_applying", [
+    False, pytest.param(True, marks=pytest.mark.xfail(reason=REDELIVERY_BUG))],
+    ids=["drained", "killed-while-applying"])
+def test_issuer_killed_under_load_with_advices_held_past_the_ring(regions, kill_applying):
     began = time.monotonic()
-    poses, readers, opening = start_load(regions)
+    for name in ("js", "sh"):                    # stopped by the test before this one
+        if name not in regions.switches:
+            regions.start(name)
+    poses, readers, opening = start_load(regions, lane=int(kill_applying))
     clients = [*poses, *readers]
     wait_until(clients, lambda: min(p.decided() for p in poses) >= 20
                and min(len(r.log) for r in readers) >= 10, "warm-up")
@@ -290,8 +322,8 @@ def test_issuer_killed_under_load_with_advices_held_past_the_ring(regions):
     finally:
         js.proc.send_signal(signal.SIGCONT)
     past_ring(poses, clients)
-    killed = regions.switches.pop("js")
-    killed.kill9()
+    killed = [regions.switches.pop("js")]
+    killed[0].kill9()
     marks = [len(c.log) for c in clients]
     wait_until(clients, lambda: all(len(c.log) >= m + 20 for c, m in zip(clients, marks,
                                                                           strict=True)),
@@ -305,20 +337,29 @@ def test_issuer_killed_under_load_with_advices_held_past_the_ring(regions):
         c.join(60)
         assert c.error is None, c.error
     assert metric(js, "onecard_advices_applied_total") == 0, "advices applied while paused"
-    drained_s = drain(regions)
-    sh = regions.switches["sh"]
-    counts = {"advices published": metric(sh, "onecard_advices_published_total"),
-              "advices applied": metric(js, "onecard_advices_applied_total"),
-              "stand-ins posted": metric(js, "onecard_advices_posted_total"),
-              "advices unresolved": metric(js, "onecard_advices_unresolved_total")}
+    published = metric(regions.switches["sh"], "onecard_advices_published_total")
+    if kill_applying:
+        killed.append(kill_while_applying(regions))
+    else:
+        pause_consumer(regions, 0)
+    counts = {"advices published while paused": published, "drain_s": drain(regions),
+              "advices delivered again": consumer(regions).get("num_redelivered", 0)}
+    # since the last start; the killed switches' are in their logs (checked below)
+    counts["advices unresolved"] = metric(regions.switches["js"],
+                                          "onecard_advices_unresolved_total")
     regions.stop("sh")
+    js = regions.switches["js"]
     regions.stop("js")
-    logs = killed.text() + js.text()
+    logs = "".join(sw.text() for sw in (*killed, js))
+    report(counts)                               # shown with a failure below too
     assert "ring moved on" not in logs and "not posted" not in logs
     assert counts["advices unresolved"] == 0, counts
-    counts.update(check(regions, poses, readers, opening))
-    counts.update(drain_s=round(drained_s, 1), run_s=round(time.monotonic() - began, 1))
-    print("jepsen:", ", ".join(f"{k} {v:g}" for k, v in counts.items()))
+    report(check(regions, poses, readers, opening))
+    print(f"jepsen: ran {time.monotonic() - began:.1f} s")
+
+
+def report(counts: dict) -> None:
+    print("jepsen:", ", ".join(f"{k} {round(v, 1):g}" for k, v in counts.items()))
 
 
 class Effects:
