@@ -16,11 +16,14 @@ and Shanghai bus readers tapping Jiangsu cards. The faults, in this order, all u
 5. js starts again (the consumer still paused), and each POS again makes more than RING_SLOTS
    requests js decides;
 6. the load stops; the consumer is resumed; the advices drain (a bounded wait). In the
-   second variant js crashes again between fetching the first batch of advices and
-   committing it (kill_while_applying): that batch comes again after the consumer's ack
-   wait, behind the advices the restarted js applied meanwhile.
+   second variant js crashes again between fetching the first messages of advices and
+   committing them (kill_while_applying): those come again after the consumer's ack wait,
+   behind the advices the restarted js applied meanwhile.
 
 Each POS then sends its oldest approval again: the original answer, RRN included.
+
+test_acquirer_stopped_with_advices_unsent_keeps_them: the acquirer's side of the same
+promise, its advices waiting in memory across checkpoints when it is killed or stopped.
 
 Then, from both committed journals:
 - every approval has exactly one effect at its issuer, with the amount (and, ISO, the RRN) the
@@ -271,14 +274,15 @@ def start_load(regions, lane: int, pos: bool = True
 
 
 def kill_while_applying(regions) -> tuple[object, int]:
-    """js crashes between fetching a batch of advices and committing it, made certain: js is
-    killed (SIGKILL) with its consumer paused, and the test takes the batch js would have
-    fetched first (advices.FETCH_MAX) from js's durable consumer itself, without
-    acknowledging it, as the dead process would have left it. js starts again: it applies
-    the advices after that batch, and gets the batch after the consumer's ack wait (30 s).
-    The killed switch, and how many advices were in the batch."""
+    """js crashes between fetching advices and committing them, made certain: js is killed
+    (SIGKILL) with its consumer paused, and the test takes the first half of the messages
+    waiting for js from its durable consumer itself, without acknowledging them, as the
+    dead process would have left them. js starts again: it applies the messages after those,
+    and gets those again after the consumer's ack wait (30 s). The killed switch, and how
+    many messages it had taken."""
     victim = regions.switches.pop("js")
     victim.kill9()
+    want = max(1, consumer(regions)["num_pending"] // 2)
     pause_consumer(regions, 0)
 
     async def take() -> int:
@@ -287,7 +291,12 @@ def kill_while_applying(regions) -> tuple[object, int]:
         try:
             sub = await nc.jetstream().pull_subscribe(
                 advices.SUBJECT_PREFIX + "js", durable=CONSUMER, stream=advices.STREAM)
-            return len(await sub.fetch(advices.FETCH_MAX, timeout=5))
+            taken = 0
+            for _ in range(want):                # bounded: a fetch returns one at least
+                taken += len(await sub.fetch(want - taken, timeout=5))
+                if taken >= want:
+                    break
+            return taken
         finally:
             await nc.close()
     handed = asyncio.run(take())
@@ -355,7 +364,7 @@ def test_issuer_killed_under_load_with_advices_held_past_the_ring(regions, kill_
     published = metric(regions.switches["sh"], "onecard_advices_published_total")
     counts = {"advices published while paused": published}
     if kill_applying:
-        victim, counts["advices handed to the killed js"] = kill_while_applying(regions)
+        victim, counts["advice messages taken from js"] = kill_while_applying(regions)
         killed.append(victim)
     else:
         pause_consumer(regions, 0)
