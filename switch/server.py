@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("onecard.server")
 IDLE_SWEEP_S = 1.0              # how often connections are checked for the idle timeouts
+STOP_UNSENT_WAIT_S = 5.0        # at stop, for advices still queued for other regions
 
 PROTOCOL_NAMES = PROTO.name_of          # keyed by ISO8583 and NATIVE, the core's Proto values
 
@@ -470,6 +471,8 @@ class Switch:
             big = (self.engine.journal.next_no - self.last_checkpoint_no
                    >= self.config.store.checkpoint_records)
             if (due or big) and not self.checkpointer.busy and self._pending_checkpoint is None:
+                if self.link is not None and self.link.unsent():
+                    continue                   # tried again each second until they are sent
                 self.checkpoint()
                 last = time.monotonic()
 
@@ -525,6 +528,22 @@ class Switch:
         if self.config.clearing.scheduled:
             self._tasks.append(asyncio.create_task(self.clearing.schedule()))
 
+    async def _sent_to_regions(self, timeout_s: float) -> bool:
+        """Whether what the region link has to publish (advices, card changes) left within
+        ``timeout_s``. If not, no checkpoint at stop: the next start finds their records in
+        the journal after the newest checkpoint and sends them then."""
+        if self.link is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while self.link.unsent() and time.monotonic() < deadline and self.failed is None:
+            await asyncio.sleep(0.05)
+        if self.link.unsent():
+            log.warning("%d advices and card changes not yet published to other regions: "
+                        "no checkpoint at stop; the next start sends them from the journal",
+                        self.link.unsent())
+            return False
+        return True
+
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, self.stopped.set)
@@ -545,7 +564,8 @@ class Switch:
         if self.failed is None:
             if self.engine.journal.pending:
                 self.committer.submit(self.engine.journal)
-            self.checkpoint()
+            if await self._sent_to_regions(STOP_UNSENT_WAIT_S):
+                self.checkpoint()
             deadline = time.monotonic() + 30
             while ((self.waiting or self._pending_checkpoint is not None)
                    and time.monotonic() < deadline and self.failed is None):

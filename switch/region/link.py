@@ -205,6 +205,19 @@ class RegionLink:
         per_txn, per_day = standin.arrays(self.owners, self.limits, self.name)
         self.switch.engine.router.configure_stand_in(per_txn, per_day)
 
+    def unsent(self) -> int:
+        """What this switch has to publish and holds only in memory: advices waiting for
+        the stream (or dropped from its full queue) and card changes waiting for the
+        blocked-cards bucket. Their journal records must stay after the newest checkpoint,
+        where the resend at start (``_journal_tail``) finds them: a checkpoint waits while
+        this is not 0 (switch/server.py), or a crash, or a stop, would lose them."""
+        n = 0
+        if self.advices is not None:
+            n += self.advices.pending + self.advices.dropped
+        if self.blocks is not None:
+            n += len(self.blocks.changed)
+        return n
+
     def ready(self) -> tuple[bool, str]:
         if self.nc is None or not self.nc.is_connected:
             return False, "NATS not connected"
