@@ -321,14 +321,8 @@ def drain(regions) -> float:
 # The issuer killed again while it applies the held-back advices: what it had fetched and not
 # acknowledged comes again after the consumer's ack wait (30 s), behind advices the restarted
 # switch has applied meanwhile.
-REDELIVERY_BUG = ("a stand-in advice delivered again after the issuer's crash, behind later "
-                  "advices of its terminal, is answered as a duplicate by the terminal's "
-                  "stand-in watermark (core/forward.pyx Router.post_advice) and never posted")
-
-
-@pytest.mark.parametrize("kill_applying", [
-    False, pytest.param(True, marks=pytest.mark.xfail(reason=REDELIVERY_BUG, strict=True))],
-    ids=["drained", "killed-while-applying"])
+@pytest.mark.parametrize("kill_applying", [False, True],
+                         ids=["drained", "killed-while-applying"])
 def test_issuer_killed_under_load_with_advices_held_past_the_ring(regions, kill_applying):
     began = time.monotonic()
     for name in ("js", "sh"):                    # stopped by the test before this one
