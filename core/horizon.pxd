@@ -13,6 +13,7 @@ cdef struct Filed:               # 48 bytes: one request the ring forgot
 cdef struct Gen:                 # the requests filed during one settlement date
     Filed* rows                  # in filing order
     uint32_t* index              # row position + 1, 0 = empty; a power of two, load <= 1/2
+    uint32_t* hi                 # per terminal: the highest seq filed on this date, 0 = none
     uint64_t n
     uint64_t cap
     uint64_t icap

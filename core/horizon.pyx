@@ -68,15 +68,17 @@ cdef inline uint64_t pow2_at_least(uint64_t n) noexcept nogil:
 cdef void gen_free(Gen* g) noexcept nogil:
     free(g.rows)
     free(g.index)
+    free(g.hi)
     memset(g, 0, sizeof(Gen))
 
 
-cdef int gen_init(Gen* g, uint32_t day, uint64_t cap) noexcept nogil:
+cdef int gen_init(Gen* g, uint32_t day, uint64_t cap, uint32_t n_terminals) noexcept nogil:
     memset(g, 0, sizeof(Gen))
     g.rows = <Filed*>malloc(cap * sizeof(Filed))
     g.icap = pow2_at_least(cap * 2)
     g.index = <uint32_t*>calloc(g.icap, sizeof(uint32_t))
-    if g.rows == NULL or g.index == NULL:
+    g.hi = <uint32_t*>calloc(max(n_terminals, 1), sizeof(uint32_t))
+    if g.rows == NULL or g.index == NULL or g.hi == NULL:
         gen_free(g)
         return -1
     g.cap = cap
@@ -163,10 +165,14 @@ cdef class Horizon:
         return <uint32_t>days if days > 0 else 0
 
     cdef uint64_t* find(self, uint32_t terminal, uint32_t seq) noexcept nogil:
-        """The newest filed entry of (terminal, seq), or NULL."""
+        """The newest filed entry of (terminal, seq), or NULL. A number above every number
+        of its terminal filed on a date is not looked for there: a new request (the common
+        case) costs no probe of an index that no cache holds."""
         cdef uint32_t g
         cdef uint64_t* e
         for g in range(self.n_gens):
+            if terminal < self.n_terminals and seq > self.gens[g].hi[terminal]:
+                continue
             e = gen_find(&self.gens[g], terminal, seq)
             if e != NULL:
                 return e
@@ -194,7 +200,7 @@ cdef class Horizon:
         if self.n_gens == 0 or day > self.gens[0].day:
             # A date is like the one before it: size the new one so it rarely grows.
             cap = self.gens[0].n if self.n_gens and self.gens[0].n > ROWS_FIRST else ROWS_FIRST
-            if gen_init(&fresh, day, cap) != 0:
+            if gen_init(&fresh, day, cap, self.n_terminals) != 0:
                 return -1
             while self.n_gens and (self.gens[self.n_gens - 1].day + self.days <= day
                                    or self.n_gens == HORIZON_GENS_MAX):
@@ -207,19 +213,21 @@ cdef class Horizon:
     cdef void file(self, uint32_t terminal, uint32_t seq, const uint64_t* entry) noexcept nogil:
         """Keep a request the ring is about to forget (room reserved by ``reserve``)."""
         cdef Gen* g = &self.gens[0]
-        cdef uint64_t* held = gen_find(g, terminal, seq)
-        cdef uint64_t h
-        if held != NULL:                 # the same number again on this date: the newer
-            memcpy(held, entry, sizeof(uint64_t) * FILED_ENTRY_WORDS)
-            return
+        cdef uint64_t h = home(terminal, seq, g.icap)
+        cdef Filed* f
+        while g.index[h] != 0:           # one walk: the same number again, or a free slot
+            f = &g.rows[g.index[h] - 1]
+            if f.seq == seq and f.terminal == terminal:
+                memcpy(f.entry, entry, sizeof(uint64_t) * FILED_ENTRY_WORDS)   # the newer
+                return
+            h = (h + 1) & (g.icap - 1)
         memcpy(g.rows[g.n].entry, entry, sizeof(uint64_t) * FILED_ENTRY_WORDS)
         g.rows[g.n].terminal = terminal
         g.rows[g.n].seq = seq
         g.n += 1
-        h = home(terminal, seq, g.icap)
-        while g.index[h] != 0:
-            h = (h + 1) & (g.icap - 1)
         g.index[h] = <uint32_t>g.n
+        if terminal < self.n_terminals and seq > g.hi[terminal]:
+            g.hi[terminal] = seq
         self.rows += 1
 
     cdef bint forgot(self, uint32_t terminal, uint32_t seq, uint64_t modulus) noexcept nogil:
