@@ -97,13 +97,9 @@ cdef inline int horizon_room(State st, JHead* h) noexcept nogil:
     return APPLY_NO_ROOM if st.horizon.reserve(st.horizon.day_of(h.ts_us)) != 0 else 0
 
 
-cdef void ring_put(State st, JHead* h, uint64_t no, uint8_t kind, int64_t amount,
-                   int64_t balance, uint8_t aux, uint32_t extra) noexcept nogil:
-    cdef RingEntry* e = st.slot(h.terminal, h.seq)
-    if e.kind != KIND_NONE and e.seq != h.seq:
-        # The slot's request is forgotten by the ring, not by the switch (room reserved by
-        # horizon_room in apply).
-        st.horizon.file(h.terminal, e.seq, <uint64_t*>e)
+cdef inline void fill(RingEntry* e, JHead* h, uint64_t no, uint8_t kind, int64_t amount,
+                      int64_t balance, uint8_t aux, uint32_t extra) noexcept nogil:
+    """A request's entry, as the ring and the horizon keep it (core/state.pxd RingEntry)."""
     e.seq = h.seq
     e.card = h.card
     e.record_no = no
@@ -114,6 +110,16 @@ cdef void ring_put(State st, JHead* h, uint64_t no, uint8_t kind, int64_t amount
     e.balance_fen = balance
     e.aux = aux
     e.extra = extra
+
+
+cdef void ring_put(State st, JHead* h, uint64_t no, uint8_t kind, int64_t amount,
+                   int64_t balance, uint8_t aux, uint32_t extra) noexcept nogil:
+    cdef RingEntry* e = st.slot(h.terminal, h.seq)
+    if e.kind != KIND_NONE and e.seq != h.seq:
+        # The slot's request is forgotten by the ring, not by the switch (room reserved by
+        # horizon_room in apply).
+        st.horizon.file(h.terminal, e.seq, <uint64_t*>e)
+    fill(e, h, no, kind, amount, balance, aux, extra)
 
 
 cdef void mark(State st, uint32_t terminal, uint32_t seq, uint8_t kind, uint8_t set_flags,
@@ -203,16 +209,7 @@ cdef inline void posted(State st, JHead* h, uint64_t no, uint8_t kind, int64_t a
     cdef RingEntry e
     if key > <uint64_t>w.a:
         w.a = <int64_t>key
-    e.seq = h.seq
-    e.card = h.card
-    e.record_no = no
-    e.rc = h.rc
-    e.flags = h.flags & JF_RING_MASK
-    e.kind = kind
-    e.amount_fen = amount
-    e.balance_fen = balance
-    e.aux = aux
-    e.extra = extra
+    fill(&e, h, no, kind, amount, balance, aux, extra)
     st.horizon.file(h.terminal, h.seq, <uint64_t*>&e)
 
 
