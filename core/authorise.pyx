@@ -151,7 +151,7 @@ cdef class Authoriser:
         duplicate."""
         cdef RingEntry* e = self.state.seen(t.terminal, t.seq)
         cdef bint same
-        if e.kind == KIND_NONE or e.seq != t.seq:
+        if not holds(e, t.seq):
             return False
         same = not (e.kind != t.kind or e.card != <uint32_t>idx
                     or (t.kind == KIND_TOPUP and e.amount_fen != t.amount_fen)

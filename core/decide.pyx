@@ -3,11 +3,11 @@
 
 from libc.string cimport memset
 
-from onecard.core.authorise cimport Authoriser, Res, Txn, asked
+from onecard.core.authorise cimport Authoriser, Res, Txn
 from onecard.core.codes cimport RC_12, RC_96
 from onecard.core.journal cimport NONE32
-from onecard.core.payments cimport (balance, batch_upload, purchase, reversal, settle,
-                                    void_purchase)
+from onecard.core.payments cimport (balance, batch_upload, purchase, reversal,
+                                    reversal_answered, settle, void_purchase)
 from onecard.core.services cimport medical, medical_refund, medical_totals, venue, verify
 from onecard.core.state cimport *
 from onecard.core.transit cimport tap, topup
@@ -61,20 +61,17 @@ cdef bint retransmitted(Authoriser a, Txn* t) noexcept nogil:
     issuer's) and an advice are not."""
     cdef RingEntry* e = a.state.seen(t.terminal, t.seq)
     cdef int64_t idx
-    cdef uint8_t orig_kind
     cdef Res probe
-    if e.kind == KIND_NONE or e.seq != t.seq or e.kind == KIND_FORWARDED or t.offline:
+    if not holds(e, t.seq) or e.kind == KIND_FORWARDED or t.offline:
         return False
     if t.kind == KIND_SIGNON or t.kind == KIND_BATCH_UPLOAD or t.kind == KIND_OFFLINE_TAP:
         return False                     # a new session, journaled again, or by watermark
     idx = a.state.find_card(t.pan)
-    if t.kind == KIND_REVERSAL:          # payments.reversal: what it answers unrecorded
-        orig_kind = KIND_VOID if t.proc_code // 10000 == 20 else KIND_PURCHASE
-        return (e.kind != orig_kind or e.card != <uint32_t>idx or e.amount_fen != asked(t)
-                or (e.flags & RING_REVERSED) != 0)
+    memset(&probe, 0, sizeof(Res))
+    if t.kind == KIND_REVERSAL:          # what payments.reversal answers unrecorded
+        return reversal_answered(a, t, e, True, idx, &probe)
     if t.kind == KIND_SETTLE or t.kind == KIND_MEDICAL_TOTALS:
         idx = -1                         # as payments.settle and services.medical_totals ask
-    memset(&probe, 0, sizeof(Res))
     return a.duplicate(t, idx, &probe)
 
 

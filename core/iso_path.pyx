@@ -78,10 +78,6 @@ cdef inline bint dated(uint8_t kind) noexcept nogil:
             or kind == KIND_VOID or kind == KIND_SETTLE)
 
 
-cdef inline bint holds(RingEntry* e, uint32_t seq) noexcept nogil:
-    return e.kind != 0 and e.seq == seq
-
-
 cdef inline bint stale_session(Terminal* term, uint8_t kind, uint16_t settle_day) noexcept nogil:
     """After the cut-over a POS still on the previous settlement date's session may settle
     its batch (0500) and reverse (0400), but not start new transactions: 77, sign on again
@@ -313,9 +309,9 @@ cdef class IsoPath:
         fields a terminal matches a reply by (STAN, terminal, merchant); the reply has no
         field 64, as a decline for a switch fault may go without a MAC. With ``repeats``
         (shedding), a frame whose STAN the terminal's ring or horizon holds is a
-        retransmission, perhaps: it goes through
-        run() (MAC and all), which answers it as the first time if it is one and 96 if not
-        (``shedding``: nothing is decided, forwarded or journaled); ``answered`` counts them."""
+        retransmission, perhaps: it goes through run() (MAC and all), which answers it as the
+        first time if it is one and 96 if not (``shedding``: nothing is decided, forwarded or
+        journaled); ``answered`` counts them."""
         cdef bint routing = self.router.enabled
         cdef size_t pos = 0
         cdef uint32_t length

@@ -233,7 +233,6 @@ cdef class NativePath:
         cdef uint64_t packed = 0
         cdef int64_t term_idx, seq = 0
         cdef uint32_t _i
-        cdef RingEntry* e
         if tid == NULL or not tid_text(tid, &packed):
             return False
         term_idx = self.st.find_terminal(packed)
@@ -243,8 +242,7 @@ cdef class NativePath:
             next_seq(&body, &seq)
             if seq < 0 or seq > <int64_t>0xffffffff:
                 continue
-            e = self.st.seen(<uint32_t>term_idx, <uint32_t>seq)
-            if e.kind != KIND_NONE and e.seq == <uint32_t>seq:
+            if holds(self.st.seen(<uint32_t>term_idx, <uint32_t>seq), <uint32_t>seq):
                 return True
         return False
 

@@ -138,7 +138,7 @@ cdef void reversal(Authoriser a, Txn* t, Res* r) noexcept nogil:
     original, if this switch decided it, is found by terminal and STAN alone."""
     cdef RingEntry* e = a.state.seen(t.terminal, t.seq)
     cdef bint of_void = t.proc_code // 10000 == 20
-    cdef bint known = e.kind != KIND_NONE and e.seq == t.seq
+    cdef bint known = holds(e, t.seq)
     cdef int64_t idx
     if t.offline and t.pan == 0:       # an advice
         idx = <int64_t>e.card if known and e.card != NONE32 else -1

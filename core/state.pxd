@@ -276,6 +276,11 @@ cdef class State:
 # Some ring slots and map entries keep two values in one field (their layouts are part of the
 # checkpoint format): they are packed and unpacked here and nowhere else.
 
+cdef inline bint holds(RingEntry* e, uint32_t seq) noexcept nogil:
+    """Whether a ring slot or horizon entry (State.slot, State.seen) is the request ``seq``."""
+    return e.kind != KIND_NONE and e.seq == seq
+
+
 cdef inline int64_t ring_asked(uint16_t currency, int64_t minor) noexcept nogil:
     """A purchase's or void's slot amount: as asked, with its currency, so that a
     retransmission, void or reversal of HKD 100.00 never matches CNY 100.00."""

@@ -453,7 +453,7 @@ cdef class State:
         callers compare ``seq``). An entry found in the horizon is changed where it is."""
         cdef RingEntry* e = self.slot(terminal, seq)
         cdef RingEntry* filed
-        if e.seq == seq and e.kind != KIND_NONE:
+        if holds(e, seq):
             return e
         filed = <RingEntry*>self.horizon.find(terminal, seq)
         return filed if filed != NULL else e
