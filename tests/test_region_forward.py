@@ -115,18 +115,24 @@ def regions(demo_dir, tmp_path_factory):
         yield r
 
 
+def matching_cards(st, province: int, functions: int) -> np.ndarray:
+    """Indexes of a state's active cards of a province (by card number) with these functions
+    and at least BALANCE_FEN."""
+    prov = np.array([int(str(int(p))[3:5]) for p in st.cards["pan"]])
+    ok = (prov == province) & (st.cards["status"] == CARD_ACTIVE)
+    ok &= (st.cards["functions"] & functions) == functions
+    ok &= st.accounts["balance_fen"][st.cards["account"]] >= BALANCE_FEN
+    return np.flatnonzero(ok)
+
+
 def card_of(data_dir, province: int, nth: int = 0,
             functions: int = FN_FINANCIAL) -> tuple[str, int]:
     """A Jiangsu (or other) card of a data set with these functions: its number and balance
     (fen), from the data set's own committed state."""
     st = loader.load(data_dir).state
-    pans = st.cards["pan"]
-    prov = np.array([int(str(int(p))[3:5]) for p in pans])
-    ok = (prov == province) & (st.cards["status"] == CARD_ACTIVE)
-    ok &= (st.cards["functions"] & functions) == functions
-    ok &= st.accounts["balance_fen"][st.cards["account"]] >= BALANCE_FEN
-    idx = int(np.flatnonzero(ok)[nth])
-    return str(int(pans[idx])), int(st.accounts["balance_fen"][st.cards["account"][idx]])
+    idx = int(matching_cards(st, province, functions)[nth])
+    return (str(int(st.cards["pan"][idx])),
+            int(st.accounts["balance_fen"][st.cards["account"][idx]]))
 
 
 def balance_of(data_dir, pan: str) -> int:

@@ -51,7 +51,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, FN_TRANSPORT, TERM_BUS_READER, TERM_POS
+from onecard.core.state import FN_FINANCIAL, FN_TRANSPORT, TERM_BUS_READER, TERM_POS
 from onecard.protocols import clearing, forward
 from onecard.protocols.journal import FLAGS
 from onecard.protocols.journal_codec import decode
@@ -60,7 +60,7 @@ from onecard.switch.terminals import read_terminals
 
 from checker import committed_journal
 from termsim import IsoTerminal, NativeTerminal, socket_exchange
-from test_region_forward import BALANCE_FEN, HOME, JS, metric, two_regions
+from test_region_forward import HOME, JS, matching_cards, metric, two_regions
 
 pytestmark = pytest.mark.slow
 
@@ -181,12 +181,7 @@ def regions(demo_dir, tmp_path_factory):
 def cards_of(data_dir, province: int, functions: int, n: int) -> list[str]:
     """n active cards of a province with these functions and at least BALANCE_FEN."""
     st = loader.load(data_dir).state
-    pans = st.cards["pan"]
-    prov = np.array([int(str(int(p))[3:5]) for p in pans])
-    ok = (prov == province) & (st.cards["status"] == CARD_ACTIVE)
-    ok &= (st.cards["functions"] & functions) == functions
-    ok &= st.accounts["balance_fen"][st.cards["account"]] >= BALANCE_FEN
-    found = [str(int(pans[i])) for i in np.flatnonzero(ok)[:n]]
+    found = [str(int(st.cards["pan"][i])) for i in matching_cards(st, province, functions)[:n]]
     assert len(found) == n, f"{len(found)} such cards of province {province}"
     return found
 
