@@ -22,7 +22,7 @@ Memory: 48 bytes a row plus 8 to 16 bytes of index (``stats``). Bounded by ``row
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import numpy as np
@@ -33,6 +33,7 @@ assert FILED_DTYPE.itemsize == sizeof(Filed)
 
 cdef enum:
     ROWS_FIRST = 1024            # a new generation's rows at least (then the last one's count)
+    DIRTY_MAX = 1 << 22          # changed rows noted between checkpoints (32 MiB)
     CST_OFFSET_S = 8 * 3600
     DAYS_1970_TO_2000 = 10957
 
@@ -129,6 +130,36 @@ cdef int gen_room(Gen* g) noexcept nogil:
     return 0
 
 
+cdef inline int64_t gen_file(Gen* g, uint32_t terminal, uint32_t seq, const uint64_t* entry,
+                             uint32_t n_terminals) noexcept nogil:
+    """File a row (room made by gen_room): the position of the row of the same number it
+    replaced (the newer wins), or -1 when appended."""
+    cdef uint64_t h = home(terminal, seq, g.icap)
+    cdef Filed* f
+    while g.index[h] != 0:           # one walk: the same number again, or a free slot
+        f = &g.rows[g.index[h] - 1]
+        if f.seq == seq and f.terminal == terminal:
+            memcpy(f.entry, entry, sizeof(uint64_t) * FILED_ENTRY_WORDS)
+            return g.index[h] - 1
+        h = (h + 1) & (g.icap - 1)
+    memcpy(g.rows[g.n].entry, entry, sizeof(uint64_t) * FILED_ENTRY_WORDS)
+    g.rows[g.n].terminal = terminal
+    g.rows[g.n].seq = seq
+    g.n += 1
+    g.index[h] = <uint32_t>g.n
+    if terminal < n_terminals and seq > g.hi[terminal]:
+        g.hi[terminal] = seq
+    return -1
+
+
+cdef object rows_of(Gen* g):
+    """A generation's rows as a numpy view (valid until the generation changes)."""
+    if g.n == 0:
+        return np.empty(0, dtype=FILED_DTYPE)
+    return np.asarray(<unsigned char[:g.n * sizeof(Filed)]><unsigned char*>g.rows).view(
+        FILED_DTYPE)
+
+
 cdef inline void memmove_gens(Gen* gens, uint32_t n) noexcept nogil:
     """Make gens[0] free: every generation one place older."""
     cdef int i
@@ -156,6 +187,7 @@ cdef class Horizon:
         for g in range(self.n_gens):
             gen_free(&self.gens[g])
         free(self.dropped)
+        free(self.dirty)
 
     cdef uint32_t day_of(self, int64_t ts_us) noexcept nogil:
         """A record's settlement date (protocols.clearing.settlement_days), days since 2000."""
@@ -175,6 +207,7 @@ cdef class Horizon:
                 continue
             e = gen_find(&self.gens[g], terminal, seq)
             if e != NULL:
+                self.changed(g, <uint64_t>(<Filed*>e - self.gens[g].rows))
                 return e
         return NULL
 
@@ -212,23 +245,36 @@ cdef class Horizon:
 
     cdef void file(self, uint32_t terminal, uint32_t seq, const uint64_t* entry) noexcept nogil:
         """Keep a request the ring is about to forget (room reserved by ``reserve``)."""
-        cdef Gen* g = &self.gens[0]
-        cdef uint64_t h = home(terminal, seq, g.icap)
-        cdef Filed* f
-        while g.index[h] != 0:           # one walk: the same number again, or a free slot
-            f = &g.rows[g.index[h] - 1]
-            if f.seq == seq and f.terminal == terminal:
-                memcpy(f.entry, entry, sizeof(uint64_t) * FILED_ENTRY_WORDS)   # the newer
+        cdef int64_t replaced = gen_file(&self.gens[0], terminal, seq, entry, self.n_terminals)
+        if replaced < 0:
+            self.rows += 1
+        else:
+            self.changed(0, <uint64_t>replaced)
+
+    cdef void changed(self, uint32_t g, uint64_t row) noexcept nogil:
+        """Row ``row`` of generation ``g`` may be written: if a checkpoint segment already
+        holds it, the next segment holds it again. Past DIRTY_MAX noted (or out of memory),
+        every row goes into the next segment instead (a new epoch: exports before it are
+        not confirmed)."""
+        cdef uint64_t* grown
+        cdef uint32_t i
+        if row >= self.gens[g].exported:
+            return
+        if self.n_dirty == self.dirty_cap:
+            grown = NULL
+            if self.dirty_cap < DIRTY_MAX:
+                grown = <uint64_t*>realloc(self.dirty, max(self.dirty_cap * 2, 1024) * 8)
+            if grown == NULL:
+                self.epoch += 1
+                self.n_dirty = 0
+                for i in range(self.n_gens):
+                    self.gens[i].saved = 0
+                    self.gens[i].exported = 0
                 return
-            h = (h + 1) & (g.icap - 1)
-        memcpy(g.rows[g.n].entry, entry, sizeof(uint64_t) * FILED_ENTRY_WORDS)
-        g.rows[g.n].terminal = terminal
-        g.rows[g.n].seq = seq
-        g.n += 1
-        g.index[h] = <uint32_t>g.n
-        if terminal < self.n_terminals and seq > g.hi[terminal]:
-            g.hi[terminal] = seq
-        self.rows += 1
+            self.dirty = grown
+            self.dirty_cap = max(self.dirty_cap * 2, 1024)
+        self.dirty[self.n_dirty] = (<uint64_t>self.gens[g].day << 32) | row
+        self.n_dirty += 1
 
     cdef bint forgot(self, uint32_t terminal, uint32_t seq, uint64_t modulus) noexcept nogil:
         """Whether ``seq`` is at or before the newest number of this terminal the horizon
@@ -243,43 +289,115 @@ cdef class Horizon:
 
     # ---- Python API: checkpoints, figures, tests -------------------------------------------
 
-    def export(self) -> dict:
-        """The filed rows (oldest date first), each date's (day, rows) and the per-terminal
-        numbers dropped, as arrays for a checkpoint."""
-        rows = np.empty(self.rows, dtype=FILED_DTYPE)
-        gens = np.zeros((self.n_gens, 2), dtype=np.uint64)
-        cdef unsigned char[::1] out = rows.view(np.uint8) if self.rows else None
-        cdef uint64_t at = 0
+    def export(self, bint since_confirmed=False) -> dict:
+        """The horizon as a checkpoint's arrays: its segment ``horizon_rows`` with the
+        (day, rows) runs they belong to (``horizon_rows_at``), each date's (day, rows) held
+        (``horizon_gens``, oldest first), the per-terminal numbers dropped, and the
+        ``horizon_mark`` to ``confirm`` once the checkpoint is written. The segment holds
+        every row, or ``since_confirmed`` only the rows filed or changed since the
+        checkpoints confirmed, whose segments it then needs (switch/snapshots.py chain)."""
         cdef int g
+        cdef Gen* gen
+        noted = np.zeros(0, dtype=np.uint64)
+        if since_confirmed and self.n_dirty:
+            noted = np.unique(np.asarray(<uint64_t[:self.n_dirty]>self.dirty))
+        parts, runs = [], []
+        gens = np.zeros((self.n_gens, 2), dtype=np.uint64)
         for g in range(<int>self.n_gens - 1, -1, -1):
-            if self.gens[g].n:
-                memcpy(&out[at], self.gens[g].rows, self.gens[g].n * sizeof(Filed))
-            at += self.gens[g].n * sizeof(Filed)
-            gens[self.n_gens - 1 - g] = (self.gens[g].day, self.gens[g].n)
+            gen = &self.gens[g]
+            gens[self.n_gens - 1 - g] = (gen.day, gen.n)
+            first = gen.saved if since_confirmed else 0
+            held = rows_of(gen)
+            at = noted[(noted >> 32) == gen.day] & 0xffffffff
+            part = np.concatenate([held[at[at < first].astype(np.int64)], held[first:]])
+            gen.exported = gen.n
+            if len(part):
+                parts.append(part)
+                runs.append((gen.day, len(part)))
         dropped = np.zeros(self.n_terminals, dtype=np.uint64)
         if self.n_terminals:
             dropped[:] = <uint64_t[:self.n_terminals]>self.dropped
-        return {"horizon_rows": rows, "horizon_gens": gens, "horizon_dropped": dropped}
+        return {"horizon_rows": np.concatenate(parts) if parts else np.empty(0, FILED_DTYPE),
+                "horizon_rows_at": np.array(runs, dtype=np.uint64).reshape(-1, 2),
+                "horizon_gens": gens, "horizon_dropped": dropped,
+                "horizon_mark": np.array([self.epoch, self.dirty_base + self.n_dirty,
+                                          not since_confirmed], dtype=np.uint64)}
 
-    def load(self, rows, gens, dropped) -> None:
-        """Refill from export() (before any request is filed)."""
+    def confirm(self, gens, mark) -> bool:
+        """The checkpoint of an export(``gens``, ``mark``) is written: its rows need no
+        later segment. False (nothing changed) for an export from before an overflow."""
+        cdef uint64_t done = int(mark[1])
+        cdef uint32_t g
+        if int(mark[0]) != self.epoch:
+            return False
+        for day, n in np.asarray(gens, dtype=np.uint64).tolist():
+            for g in range(self.n_gens):
+                if self.gens[g].day == day:
+                    self.gens[g].saved = max(self.gens[g].saved, min(<uint64_t>n,
+                                                                     self.gens[g].n))
+        if done > self.dirty_base:
+            assert done - self.dirty_base <= self.n_dirty, "confirmed past what was noted"
+            memmove(self.dirty, &self.dirty[done - self.dirty_base],
+                    (self.n_dirty - (done - self.dirty_base)) * 8)
+            self.n_dirty -= done - self.dirty_base
+            self.dirty_base = done
+        return True
+
+    def load(self, segments, gens, dropped) -> None:
+        """Refill (before any request is filed) to the dates and row counts ``gens`` from the
+        segments of a checkpoint's chain, oldest first, each (rows, runs) as ``export``
+        made them: a row filed again replaces the older, and rows of dates no longer held
+        are skipped. Everything loaded counts as confirmed."""
         cdef const unsigned char[::1] raw
         cdef const Filed* f
-        cdef uint64_t at = 0, i, n
-        rows = np.ascontiguousarray(rows, dtype=FILED_DTYPE)
-        if self.n_gens or int(np.asarray(gens)[:, 1].sum() if len(gens) else 0) != len(rows):
-            raise ValueError("horizon rows do not match their dates, or horizon not empty")
-        raw = rows.view(np.uint8) if len(rows) else b""
-        for day, count in np.asarray(gens, dtype=np.uint64).tolist():
-            for i in range(<uint64_t>count):
-                if self.reserve(<uint32_t>day) != 0:
-                    raise MemoryError("idempotency horizon: rows_max reached while loading")
-                f = <const Filed*>&raw[(at + i) * sizeof(Filed)]
-                self.file(f.terminal, f.seq, f.entry)
-            at += count
-        n = min(len(dropped), self.n_terminals)
-        for i in range(n):
+        cdef uint64_t at, i
+        cdef int g
+        want = np.asarray(gens, dtype=np.uint64).reshape(-1, 2)
+        if (self.n_gens or len(want) > HORIZON_GENS_MAX
+                or np.any(np.diff(want[:, 0].astype(np.int64)) <= 0)):
+            raise ValueError("horizon dates not ascending, too many, or horizon not empty")
+        for day, count in want.tolist():
+            if self.open_gen(day, max(count, ROWS_FIRST)) != 0:
+                raise MemoryError("idempotency horizon")
+        for rows, runs in segments:
+            rows = np.ascontiguousarray(rows, dtype=FILED_DTYPE)
+            raw = rows.view(np.uint8) if len(rows) else b""
+            at = 0
+            for day, count in np.asarray(runs, dtype=np.uint64).reshape(-1, 2).tolist():
+                g = self.gen_of(day)
+                for i in range(<uint64_t>count if g >= 0 else 0):
+                    if gen_room(&self.gens[g]) != 0:
+                        raise MemoryError("idempotency horizon")
+                    f = <const Filed*>&raw[(at + i) * sizeof(Filed)]
+                    if gen_file(&self.gens[g], f.terminal, f.seq, f.entry, self.n_terminals) < 0:
+                        self.rows += 1
+                at += count
+            if at != len(rows):
+                raise ValueError("horizon segment: its runs do not add up to its rows")
+        for g in range(self.n_gens):
+            if self.gens[g].n != want[self.n_gens - 1 - g, 1]:
+                raise ValueError(f"horizon date {self.gens[g].day}: {self.gens[g].n} rows in its "
+                                 f"segments, the checkpoint says {want[self.n_gens - 1 - g, 1]}")
+            self.gens[g].saved = self.gens[g].exported = self.gens[g].n
+        for i in range(min(len(dropped), self.n_terminals)):
             self.dropped[i] = int(dropped[i])
+
+    cdef int open_gen(self, uint32_t day, uint64_t cap) noexcept nogil:
+        """A newest generation for ``day`` (later than every held one)."""
+        cdef Gen fresh
+        if gen_init(&fresh, day, cap, self.n_terminals) != 0:
+            return -1
+        memmove_gens(self.gens, self.n_gens)
+        self.gens[0] = fresh
+        self.n_gens += 1
+        return 0
+
+    cdef int gen_of(self, uint32_t day) noexcept nogil:
+        cdef int g
+        for g in range(self.n_gens):
+            if self.gens[g].day == day:
+                return g
+        return -1
 
     def stats(self) -> dict:
         """Rows held, bytes held (rows and indexes) and the dates held."""
@@ -322,6 +440,20 @@ cdef class Horizon:
         return {"rows": int(rows), "file_ns": (t1 - t0) / max(rows, 1),
                 "hit_ns": (t2 - t1) / max(probes, 1), "miss_ns": (t3 - t2) / max(probes, 1),
                 "bytes_per_row": self.stats()["bytes"] / max(rows, 1)}
+
+    def file_for_test(self, uint32_t day, uint32_t terminal, uint32_t seq, uint64_t word) -> None:
+        """File a request whose entry is ``word`` in its third word (tests)."""
+        cdef uint64_t entry[5]
+        memset(entry, 0, sizeof(entry))
+        entry[2] = word
+        if self.reserve(day) != 0:
+            raise MemoryError("rows_max reached")
+        self.file(terminal, seq, entry)
+
+    def lookup_for_test(self, uint32_t terminal, uint32_t seq):
+        """The third word of the entry filed for (terminal, seq), or None (tests)."""
+        cdef uint64_t* e = self.find(terminal, seq)
+        return None if e == NULL else int(e[2])
 
     def settlement_day(self, int64_t ts_us) -> int:
         return self.day_of(ts_us)

@@ -577,8 +577,9 @@ cdef class State:
         return (raw[:HOLDER_NAME_BYTES].rstrip(b"\0").decode(),
                 raw[HOLDER_NAME_BYTES:].rstrip(b"\0").decode())
 
-    def snapshot(self) -> dict:
-        """Copies of the mutable state, for a checkpoint."""
+    def snapshot(self, bint horizon_since_confirmed=False) -> dict:
+        """Copies of the mutable state, for a checkpoint; the horizon's segment holds all of
+        its rows, or only those since the checkpoints it confirmed (Horizon.export)."""
         deny = np.empty(self.deny_version, dtype=np.uint32)
         cdef uint32_t[::1] deny_view = deny
         if self.deny_version:                # a C copy: the log grows with every listing
@@ -590,7 +591,7 @@ cdef class State:
                 "standin_posted": self.standin_posted.export(),
                 "foreign_deny": self.foreign_deny.export(),
                 "foreign_pan": self.foreign_pan.export(), "deny_log": deny,
-                **self.horizon.export()}
+                **self.horizon.export(horizon_since_confirmed)}
 
     def set_journal_key(self, key: bytes) -> None:
         """The key that enciphers card numbers in CARD_ADMIN records (derived from the data
@@ -603,11 +604,19 @@ cdef class State:
         self.journal_keyed = True
 
     def restore_horizon(self, arrays: dict) -> None:
-        """Refill the idempotency horizon from a checkpoint's arrays (State.snapshot); a
-        checkpoint from before the horizon has none, and it fills from now on."""
-        if "horizon_rows" in arrays:
-            self.horizon.load(arrays["horizon_rows"], arrays["horizon_gens"],
-                              arrays["horizon_dropped"])
+        """Refill the idempotency horizon from a checkpoint's arrays (State.snapshot): the
+        segments of earlier checkpoints it carries (``horizon_rows@UPTO``), oldest first, then
+        its own. A checkpoint from before the horizon has none, and it fills from now on."""
+        if "horizon_rows" not in arrays:
+            return
+        carried = sorted(int(name.split("@")[1]) for name in arrays
+                         if name.startswith("horizon_rows@"))
+        segments = [(arrays[f"horizon_rows@{u}"], arrays[f"horizon_rows_at@{u}"])
+                    for u in carried]
+        # A checkpoint of the first horizon build holds every row, in its dates' order.
+        segments.append((arrays["horizon_rows"],
+                         arrays.get("horizon_rows_at", arrays["horizon_gens"])))
+        self.horizon.load(segments, arrays["horizon_gens"], arrays["horizon_dropped"])
 
     def restore_deny_log(self, log) -> None:
         cdef const uint32_t[::1] entries = np.ascontiguousarray(log, dtype=np.uint32)

@@ -58,6 +58,9 @@ class Loaded:
     seconds: float
     migrated: list[int]          # store schema versions this start brought the data set to
     keys: DataKeys               # to seal checkpoints and card rows written from now on
+    # The horizon segments the checkpoint loaded was built from (snapshots.horizon_chain):
+    # the next checkpoint's segment carries on from them.
+    horizon_chain: list[tuple[int, int]] = field(default_factory=list)
 
 
 provinces = catalogue.provinces
@@ -210,8 +213,10 @@ def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None) -> Iterator
         pg.close()
 
 
-def _state(src: _Source, ring_size: int, map_entries_max: int, horizon: dict) -> State:
-    """The core's State from the reference tables and the checkpoint (before replay)."""
+def _state(src: _Source, ring_size: int, map_entries_max: int,
+           horizon: dict) -> tuple[State, list[tuple[int, int]]]:
+    """The core's State from the reference tables and the checkpoint (before replay), and
+    the chain of horizon segments it was loaded from (none when the rings were reset)."""
     conn, keys, arrays = src.conn, src.keys, src.arrays
     operators, stations, fares = transit.build(conn)
     apps, accept, policies = catalogue.build(conn)
@@ -230,9 +235,10 @@ def _state(src: _Source, ring_size: int, map_entries_max: int, horizon: dict) ->
     state.set_journal_key(keys.journal_key)
     if "deny_log" in arrays:
         state.restore_deny_log(arrays["deny_log"])
-    if ring is not None:               # the horizon's rows name the ring's terminals
-        state.restore_horizon(arrays)
-    return state
+    if ring is None:                   # the horizon's rows name the ring's terminals
+        return state, []
+    state.restore_horizon(arrays)
+    return state, snapshots.chain_of(src.upto, arrays)
 
 
 def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26,
@@ -246,7 +252,7 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
     started = time.perf_counter()
     source = _pg_source(dsn, data_dir, kek_file) if dsn else _sqlite_source(data_dir, kek_file)
     with source as src:
-        state = _state(src, ring_size, map_entries_max, {
+        state, chain = _state(src, ring_size, map_entries_max, {
             "idempotency_days": idempotency_days,
             "idempotency_rows_max": idempotency_requests_max, "cutover_s": cutover_s})
         replayed = 0
@@ -254,4 +260,4 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
             replayed += apply_records(state, blob, first_no, src.upto)
         next_no = max(src.journal_end(), src.upto)
     return Loaded(state, next_no, src.upto, replayed, time.perf_counter() - started,
-                  src.migrated, src.keys)
+                  src.migrated, src.keys, chain)

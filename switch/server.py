@@ -261,14 +261,15 @@ class Switch:
                                     failover_timeout_s=st.failover_timeout_s)
             return committer, Checkpointer(self.data_dir, None, st.snapshots_kept,
                                            keys=loaded.keys, dsn=st.dsn,
-                                           fence=pg_lease.fence(lease.epoch))
+                                           fence=pg_lease.fence(lease.epoch),
+                                           horizon_chain=loaded.horizon_chain)
         committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
                                    loaded.next_record_no, synchronous=st.synchronous,
                                    full_retry_ms=st.full_retry_ms)
         return committer, Checkpointer(self.data_dir, store.db_path(self.data_dir),
                                        st.snapshots_kept, keys=loaded.keys,
                                        wal_limit_bytes=st.wal_checkpoint_mb << 20,
-                                       committer=committer)
+                                       committer=committer, horizon_chain=loaded.horizon_chain)
 
     # ---- replies and durability --------------------------------------------------------------
 
@@ -455,7 +456,10 @@ class Switch:
         upto = self.engine.journal.next_no
         if upto == self.last_checkpoint_no:
             return
-        arrays = self.state.snapshot()
+        while self.checkpointer.confirmed:     # their horizon rows need no segment again
+            self.state.horizon.confirm(*self.checkpointer.confirmed.popleft())
+        arrays = self.state.snapshot(
+            horizon_since_confirmed=not self.checkpointer.horizon_whole)
         if upto <= self.durable_no:
             self.checkpointer.submit(upto, arrays)
         else:

@@ -9,6 +9,15 @@ With the PostgreSQL store the same sealed bytes go into its ``checkpoints`` tabl
 (``switch/pg/checkpoints.py``, ``Checkpointer(dsn=...)``), so that a switch starts from the
 store alone.
 
+The idempotency horizon (core/horizon.pyx) is the one part that grows all day (tens of millions
+of rows at a province's scale), so a checkpoint does not copy it whole: it writes a *segment*,
+the rows filed or changed since the checkpoints confirmed written, and names in
+``horizon_chain`` the earlier segments that, loaded oldest first, give the rest. A checkpoint
+directory carries those as hard links (``horizon_rows@UPTO.sealed``: no bytes copied, and the
+directory stays self-contained for backups, imports and pruning); PostgreSQL keeps their rows
+while a kept checkpoint's chain names them. A segment leaves the chain once every date it
+holds has left the horizon.
+
 Every array is sealed under the data set's data key (``security/sealed_files.py``): the cards
 hold card numbers and the terminals master and working keys, which are never on disk in clear.
 The associated data names the checkpoint and the array, so a file copied into another
@@ -18,6 +27,7 @@ read, and sealed in place by ``seal_clear`` (the store migration to schema 4, an
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -60,8 +70,60 @@ def fsync_path(path: Path) -> None:
 
 
 def label(upto: int, name: str) -> str:
-    """The associated data naming one array of one checkpoint (in a file or a bytea)."""
+    """The associated data naming one array of one checkpoint (in a file or a bytea); an
+    array carried from an earlier checkpoint (``NAME@UPTO``) opens as that one's."""
+    if "@" in name:
+        name, _, carried = name.partition("@")
+        upto = int(carried)
     return f"checkpoint {upto:016d} {name}"
+
+
+# The arrays of a horizon segment, and what a snapshot holds that is not written (the mark a
+# checkpoint confirms the horizon with once it is written).
+SEGMENT = ("horizon_rows", "horizon_rows_at")
+NOT_WRITTEN = ("horizon_mark",)
+
+
+def horizon_chain(arrays: dict[str, np.ndarray], upto: int,
+                  previous: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The segments (checkpoint upto, newest date in it) whose rows, loaded oldest first,
+    make the horizon of this checkpoint: the earlier ones still holding a date it holds
+    (none if its own segment holds every row), then its own if it has rows."""
+    if "horizon_gens" not in arrays:
+        return []
+    held = arrays["horizon_gens"][:, 0]
+    whole = "horizon_mark" not in arrays or bool(arrays["horizon_mark"][2])
+    oldest = int(held.min()) if len(held) else None
+    chain = [] if whole or oldest is None else [(u, d) for u, d in previous if d >= oldest]
+    runs = arrays.get("horizon_rows_at")
+    if runs is not None and len(runs):
+        chain.append((upto, int(runs[:, 0].max())))
+    return chain
+
+
+def chain_of(upto: int, arrays: dict[str, np.ndarray]) -> list[tuple[int, int]]:
+    """The chain a loaded checkpoint was written with (one written whole: its own)."""
+    if "horizon_chain" in arrays:
+        return [(int(u), int(d)) for u, d in arrays["horizon_chain"]]
+    return horizon_chain(arrays, upto, [])
+
+
+def _carry(tmp: Path, root: Path, chain: list[tuple[int, int]], upto: int) -> list[str]:
+    """Hard-link the earlier segments of ``chain`` from the newest checkpoint into ``tmp``;
+    their array names. OSError if one is not there (the chain is then broken: the caller
+    writes the horizon whole next)."""
+    found = newest(root.parent)
+    names = []
+    for carried, _ in chain:
+        if carried == upto:
+            continue
+        if found is None:
+            raise FileNotFoundError(f"horizon segment {carried}: no checkpoint to carry it from")
+        for base in SEGMENT:
+            src = found[1] / f"{base if found[0] == carried else f'{base}@{carried}'}{SEALED}"
+            os.link(src, tmp / f"{base}@{carried}{SEALED}")
+            names.append(f"{base}@{carried}")
+    return names
 
 
 def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: DataKeys, *,
@@ -74,11 +136,13 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: 
     tmp = root / f".tmp-{upto:016d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     modes.private_dir(tmp)
+    arrays = {name: arr for name, arr in arrays.items() if name not in NOT_WRITTEN}
     try:
+        carried = _carry(tmp, root, chain_of(upto, arrays), upto)
         for name, arr in arrays.items():
             sealed_files.write_array(tmp / f"{name}{SEALED}", arr, keys, label(upto, name))
         with modes.open_private(tmp / "manifest.json", "w") as f:
-            json.dump({"upto": upto, "arrays": sorted(arrays), "sealed": True}, f)
+            json.dump({"upto": upto, "arrays": sorted([*arrays, *carried]), "sealed": True}, f)
             f.flush()
             os.fsync(f.fileno())
         fsync_path(tmp)
@@ -155,7 +219,13 @@ class Checkpointer(threading.Thread):
     asks the writer to copy those between two of its commits (a pause of a millisecond or
     so); the WAL then stays near ``wal_limit_bytes`` and is rewritten in place.
 
-    With the PostgreSQL store (``dsn``) it only publishes checkpoints, into the store."""
+    With the PostgreSQL store (``dsn``) it only publishes checkpoints, into the store.
+
+    It keeps the horizon's chain of segments (``horizon_chain``): each checkpoint written
+    adds its own, and hands (horizon_gens, horizon_mark) back in ``confirmed`` for the loop
+    to confirm in the core, so the next segment starts after it. One that is not written
+    is not confirmed (its rows go into the next segment), and the next is written whole
+    (``horizon_whole``), so a broken chain never outlives one checkpoint."""
 
     CATCH_UP_FRAMES = 256               # what is left for the writer (1 MiB of 4 KiB pages)
     MAX_PASSES = 8                      # copies a round; if the writer outran them, next round
@@ -163,7 +233,8 @@ class Checkpointer(threading.Thread):
     def __init__(self, data_dir: Path, db_path: Path | None, keep: int, *,
                  keys: DataKeys | None = None, wal_limit_bytes: int = 16 << 20,
                  wal_interval_s: float = 1.0, committer: GroupCommitter | None = None,
-                 dsn: str | None = None, fence: Fence | None = None) -> None:
+                 dsn: str | None = None, fence: Fence | None = None,
+                 horizon_chain: list[tuple[int, int]] | None = None) -> None:
         """With ``dsn`` checkpoints go to the PostgreSQL store's ``checkpoints`` table on a
         connection of the thread's own (``fence``, if given, runs in each checkpoint's
         transaction: ``pg/checkpoints.write``), and there is no WAL to copy: ``db_path``,
@@ -189,6 +260,9 @@ class Checkpointer(threading.Thread):
         self.failed = 0
         self.last_duration_s = 0.0
         self.last_at_s = 0.0                # unix time of the last one published
+        self.chain = list(horizon_chain or [])
+        self.confirmed: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
+        self.horizon_whole = False
 
     def submit(self, upto: int, arrays: dict[str, np.ndarray]) -> None:
         """Publish this checkpoint; records below ``upto`` must already be durable."""
@@ -255,10 +329,13 @@ class Checkpointer(threading.Thread):
         try:
             if pg is None or pg.closed:
                 pg = connect(self._dsn, autocommit=True)
-            checkpoints.write(pg, arrays, upto, self._keys, self._keep, fence=self._fence)
+            arrays, chain = self._chained(upto, arrays)
+            wrote = checkpoints.write(pg, arrays, upto, self._keys, self._keep, fence=self._fence)
+            self._adopt(wrote, chain, arrays)
             self._done(upto, began)
         except (PgError, *driver_errors()) as exc:
             # As on SQLite: the journal still holds everything, the next start replays more.
+            self.horizon_whole = True
             self._done(upto, began, one_line(exc))
             if pg is not None:
                 pg.close()
@@ -298,14 +375,38 @@ class Checkpointer(threading.Thread):
         assert self._keys is not None, "checkpoints are written sealed: pass keys"
         began = time.monotonic()
         try:
+            arrays, chain = self._chained(upto, arrays)
+            existed = (snapshot_root(self._data_dir) / f"{PREFIX}{upto:016d}").exists()
             write(self._data_dir, arrays, upto, self._keys, keep=self._keep)
+            self._adopt(not existed, chain, arrays)
             self._done(upto, began)
         except OSError as exc:
             # The journal still holds everything; a failed checkpoint only makes the next
             # recovery replay more.
+            self.horizon_whole = True
             self._done(upto, began, str(exc))
         finally:
             self.busy = False
+
+    def _chained(self, upto: int, arrays: dict[str, np.ndarray]
+                 ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+        """The arrays with this checkpoint's ``horizon_chain`` (if it has a horizon), and the
+        chain."""
+        if "horizon_gens" not in arrays:
+            return arrays, self.chain
+        chain = horizon_chain(arrays, upto, self.chain)
+        return {**arrays, "horizon_chain": np.array(chain, dtype=np.uint64).reshape(-1, 2)}, chain
+
+    def _adopt(self, wrote: bool, chain: list[tuple[int, int]],
+               arrays: dict[str, np.ndarray]) -> None:
+        """A checkpoint is written (or was there already, from an earlier process: then its
+        segment is not this horizon's, and nothing is confirmed)."""
+        if not wrote or "horizon_mark" not in arrays:
+            return
+        self.chain = chain
+        if arrays["horizon_mark"][2]:
+            self.horizon_whole = False
+        self.confirmed.append((arrays["horizon_gens"], arrays["horizon_mark"]))
 
     def _done(self, upto: int, began: float, error: str | None = None) -> None:
         """Count and log a checkpoint written (or failed)."""

@@ -5,15 +5,19 @@ refused (25), never acknowledged with no effect. In process through the compiled
 then over TCP across a kill -9 of a real switch."""
 
 import datetime as dt
+import re
 import shutil
+import time
 
 import numpy as np
 import pytest
 from test_payments import CST, DAY_US, funded_card, pin_clock
 
 from onecard.core.horizon import Horizon
+from onecard.switch import snapshots
+from onecard.switch.pg import checkpoints
 
-from conftest import start_switch
+from conftest import start_switch, store_config
 from test_server import iso_terminal
 
 LATER = 1_000                      # requests between an original and its retransmission
@@ -165,11 +169,60 @@ def test_horizon_rows_survive_a_checkpoint(world):
     busy(t, pan, 300)
     snap = world.state.snapshot()
     h = Horizon(2, 1 << 20, len(world.state.terminals))
-    h.load(snap["horizon_rows"], snap["horizon_gens"], snap["horizon_dropped"])
+    h.load([(snap["horizon_rows"], snap["horizon_rows_at"])], snap["horizon_gens"],
+           snap["horizon_dropped"])
     again = h.export()
     assert h.stats()["rows"] == world.state.horizon.stats()["rows"] > 0
     assert np.array_equal(again["horizon_rows"], snap["horizon_rows"])
     assert np.array_equal(again["horizon_gens"], snap["horizon_gens"])
+
+
+def _fill(h: Horizon, day: int, terminal: int, seqs: range) -> None:
+    for seq in seqs:
+        h.file_for_test(day, terminal, seq, seq * 10)
+
+
+def test_segments_hold_only_what_changed_and_add_up_to_the_horizon():
+    """A checkpoint's segment holds the rows filed or changed since the checkpoints
+    confirmed; loading the chain of segments gives the horizon back exactly, also when a
+    checkpoint failed (never confirmed) or a row a segment holds was changed later."""
+    h = Horizon(2, 1 << 20, 4)
+    _fill(h, 9000, 0, range(1, 1001))
+    first = h.export(since_confirmed=True)
+    assert len(first["horizon_rows"]) == 1000
+    assert h.confirm(first["horizon_gens"], first["horizon_mark"])
+    _fill(h, 9000, 1, range(1, 101))
+    failed = h.export(since_confirmed=True)       # never written: not confirmed
+    assert len(failed["horizon_rows"]) == 100
+    h.file_for_test(9000, 0, 7, 777)             # a row the first segment holds, changed
+    _fill(h, 9001, 2, range(1, 51))               # the next settlement date
+    second = h.export(since_confirmed=True)
+    assert len(second["horizon_rows"]) == 100 + 1 + 50
+    assert second["horizon_rows_at"].tolist() == [[9000, 101], [9001, 50]]
+    assert h.confirm(second["horizon_gens"], second["horizon_mark"])
+    assert len(h.export(since_confirmed=True)["horizon_rows"]) == 0
+    again = Horizon(2, 1 << 20, 4)
+    again.load([(first["horizon_rows"], first["horizon_rows_at"]),
+                (second["horizon_rows"], second["horizon_rows_at"])],
+               second["horizon_gens"], second["horizon_dropped"])
+    assert again.lookup_for_test(0, 7) == 777 and again.lookup_for_test(0, 8) == 80
+    assert again.lookup_for_test(2, 50) == 500 and again.lookup_for_test(1, 100) == 1000
+    assert np.array_equal(again.export()["horizon_rows"], h.export()["horizon_rows"])
+    with pytest.raises(ValueError, match="segments"):   # a segment of the chain missing
+        Horizon(2, 1 << 20, 4).load([(second["horizon_rows"], second["horizon_rows_at"])],
+                                    second["horizon_gens"], second["horizon_dropped"])
+
+
+def test_an_export_taken_before_a_change_is_not_taken_for_it():
+    """A row changed after a checkpoint was taken and before it was confirmed goes into the
+    next segment."""
+    h = Horizon(2, 1 << 20, 4)
+    _fill(h, 9000, 0, range(1, 11))
+    taken = h.export(since_confirmed=True)
+    h.file_for_test(9000, 0, 3, 333)
+    assert h.confirm(taken["horizon_gens"], taken["horizon_mark"])
+    nxt = h.export(since_confirmed=True)
+    assert nxt["horizon_rows"]["seq"].tolist() == [3]
 
 
 def test_horizon_limits_and_dates():
@@ -213,6 +266,92 @@ def test_retransmission_and_reversal_of_forgotten_requests_after_kill9(demo_dir,
         assert rev["39"] == "00"
         (bal,) = t.send(t.balance(pan))
         assert int(bal["54"][-12:]) == charged + 4321
+        sock.close()
+    finally:
+        sw.stop()
+
+
+def _dsn(data) -> str | None:
+    found = re.search(r'dsn = "([^"]+)"', store_config(data))
+    return found.group(1) if found else None
+
+
+def _checkpoints(data) -> list[int]:
+    """The checkpoints held (files or PostgreSQL), oldest first."""
+    dsn = _dsn(data)
+    if dsn is None:
+        return sorted(int(p.name.split("-")[1]) for p in snapshots.snapshot_root(data).glob(
+            f"{snapshots.PREFIX}*") if (p / "manifest.json").exists())
+    import psycopg  # only with the PostgreSQL store
+
+    with psycopg.connect(dsn) as pg:
+        return checkpoints.uptos(pg)
+
+
+def _carried(data) -> bool:
+    """Whether the newest checkpoint is built on segments of earlier ones."""
+    dsn = _dsn(data)
+    if dsn is None:
+        return any("@" in name for name in snapshots.newest(data)[2])
+    import psycopg
+
+    with psycopg.connect(dsn) as pg:
+        (n,) = pg.execute("SELECT count(*) FROM checkpoints WHERE name LIKE 'horizon\\_rows%' "
+                          "AND upto < (SELECT max(upto) FROM checkpoints)").fetchone()
+    return n > 0
+
+
+def _next_checkpoint(data, after: int) -> int:
+    """Wait for a checkpoint past journal record ``after``; its upto."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        held = _checkpoints(data)
+        if held and held[-1] > after:
+            return held[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint past {after} within 30 s")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_a_reversal_in_an_earlier_checkpoints_segment_survives_kill9(switch_dir, tmp_path,
+                                                                     world):
+    """Checkpoints write the horizon in segments (each the rows since the last): a purchase
+    filed in one checkpoint's segment and reversed before the next, then two more
+    checkpoints, then kill -9. After the restart the repeated reversal is answered as the
+    first was and undoes nothing again; the newest checkpoint carries the older segments."""
+    data = switch_dir
+    cfg = tmp_path / "segments.toml"
+    cfg.write_text("[server]\nlatency_budget_ms = 0\n" + (store_config(data) or "[store]\n")
+                   + "checkpoint_records = 50\ncheckpoint_interval_s = 1\n")
+    pan, _ = world.card(nth=5)
+    other, _ = world.card(nth=6)
+    sw = start_switch(data, "--config", str(cfg))
+    try:
+        sock, t = iso_terminal(sw, world)
+        (bal,) = t.send(t.balance(pan))
+        before = int(bal["54"][-12:])
+        s900 = t.next_stan()
+        assert t.send(t.purchase(pan, 2345, stan=s900))[0]["39"] == "00"
+        busy(t, other, 200)                      # the purchase leaves the ring
+        seen = _next_checkpoint(data, (_checkpoints(data) or [0])[-1])
+        (rev,) = t.send(t.reversal(pan, 2345, s900))
+        assert rev["39"] == "00"
+        for _ in range(2):                       # two more checkpoints after the reversal
+            busy(t, other, 200)
+            seen = _next_checkpoint(data, seen)
+        busy(t, other, 100)
+        sock.close()
+    finally:
+        sw.kill9()
+    assert _carried(data)
+    sw = start_switch(data, "--config", str(cfg))
+    try:
+        sock, t = iso_terminal(sw, world)
+        t.stan = 9000
+        (again,) = t.send(t.reversal(pan, 2345, s900))
+        assert (again["39"], again["37"], again["38"]) == ("00", rev["37"], rev["38"])
+        (bal,) = t.send(t.balance(pan))
+        assert int(bal["54"][-12:]) == before
         sock.close()
     finally:
         sw.stop()

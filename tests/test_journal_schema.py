@@ -189,6 +189,7 @@ def test_a_version_1_journal_recovers_exactly_the_state_it_was_written_with(v1_d
     # same requests the rings held, nothing the fixture's state lacks.
     horizon = {name: got.pop(name) for name in list(got) if name.startswith("horizon_")}
     assert int(horizon["horizon_gens"][:, 1].sum()) == len(horizon["horizon_rows"])
+    assert int(horizon["horizon_rows_at"][:, 1].sum()) == len(horizon["horizon_rows"])
     # Other state added since the fixture was written (stand-in maps) is empty for its records.
     assert all(len(got.pop(name)) == 0 for name in set(got) - set(want))
     assert sorted(got) == sorted(want)

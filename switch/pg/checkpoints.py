@@ -6,6 +6,11 @@ imported file and a row written here are the same bytes and open the same way. A
 arrays go in in one transaction: any ``upto`` present is complete, and a reader needs no
 manifest. ``files`` holds the holders file the same way (its sealed bytes as they are).
 
+A checkpoint writes only its own horizon segment (switch/snapshots.py): the earlier ones its
+``horizon_chain`` names stay in the table under their own upto (``horizon_rows``,
+``horizon_rows_at``; or ``horizon_rows@UPTO`` under an imported checkpoint) while the newest
+checkpoints' chains name them, and ``latest`` hands them back as ``horizon_rows@UPTO``.
+
 A bytea value is at most 1 GB. The largest array is ``accounts`` (32 bytes a card; the cards
 array is 24): a 1M-card demo checkpoint is about 32 MB an array, far under the limit, which
 a data set reaches near 30M cards; ``write`` refuses an array past it with one line rather
@@ -21,7 +26,7 @@ import numpy as np
 
 from onecard.switch.pg.connect import PgError
 from onecard.switch.security import sealed_files
-from onecard.switch.snapshots import label
+from onecard.switch.snapshots import NOT_WRITTEN, SEGMENT, chain_of, label
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,7 +46,8 @@ def write(pg: psycopg.Connection, arrays: dict[str, np.ndarray], upto: int, keys
     and delete all but the newest ``keep``; False if that checkpoint was there already."""
     assert keep >= 1, "keep at least the checkpoint just written"
     sealed = {name: sealed_files.seal_array(arr, keys, label(upto, name))
-              for name, arr in arrays.items()}
+              for name, arr in arrays.items() if name not in NOT_WRITTEN}
+    carried = [u for u, _ in chain_of(upto, arrays) if u != upto]
     for name, blob in sealed.items():
         if len(blob) > BYTEA_MAX:
             raise PgError(f"checkpoint {upto}: array {name} is {len(blob):,} bytes sealed, "
@@ -58,8 +64,11 @@ def write(pg: psycopg.Connection, arrays: dict[str, np.ndarray], upto: int, keys
                 cur.execute("INSERT INTO checkpoints (upto, name, data) VALUES (%s, %s, %b)",
                             (upto, name, blob))
         pg.execute("DELETE FROM checkpoints WHERE upto < (SELECT min(upto) FROM (SELECT "
-                   "DISTINCT upto FROM checkpoints ORDER BY upto DESC LIMIT %s) AS newest)",
-                   (keep,))
+                   "DISTINCT upto FROM checkpoints WHERE name = 'cards' ORDER BY upto DESC "
+                   "LIMIT %s) AS newest) AND NOT (name = ANY(%s) AND upto = ANY(%s)) AND NOT "
+                   "(name LIKE 'horizon\\_rows%%@%%' "
+                   "AND split_part(name, '@', 2)::bigint = ANY(%s))",
+                   (keep, list(SEGMENT), carried, carried))
     return True
 
 
@@ -67,19 +76,34 @@ def latest(pg: psycopg.Connection, keys: DataKeys) -> tuple[int, dict[str, np.nd
     """The newest checkpoint: (upto, arrays opened), or None. One statement, so one snapshot
     even on an autocommit connection while a switch writes the next checkpoint."""
     with pg.cursor(binary=True) as cur:
-        rows = cur.execute("SELECT upto, name, data FROM checkpoints WHERE upto = "
-                           "(SELECT max(upto) FROM checkpoints) ORDER BY name").fetchall()
+        rows = cur.execute(
+            "WITH newest AS (SELECT max(upto) AS upto FROM checkpoints WHERE name = 'cards') "
+            "SELECT c.upto, c.name, c.data FROM checkpoints c, newest WHERE c.upto = "
+            "newest.upto OR (c.upto < newest.upto AND c.name LIKE 'horizon\\_rows%') "
+            "ORDER BY c.upto DESC, c.name").fetchall()
     if not rows:
         return None
     upto = int(rows[0][0])
-    return upto, {name: sealed_files.open_array(data, keys, label(upto, name),
-                                                where=f"checkpoint {upto} array {name}")
-                  for _, name, data in rows}
+    named = {name: data for u, name, data in rows if u == upto}
+    for u, name, data in rows:          # earlier segments: those its chain names
+        key = name if "@" in name else f"{name}@{u}"
+        if u != upto and key not in named:
+            named[key] = data
+    wanted = {u for u, _ in chain_of(upto, {"horizon_chain": _open(
+        named, "horizon_chain", upto, keys)} if "horizon_chain" in named else {})}
+    return upto, {name: _open(named, name, upto, keys) for name in named
+                  if "@" not in name or int(name.partition("@")[2]) in wanted}
+
+
+def _open(named: dict[str, bytes], name: str, upto: int, keys: DataKeys) -> np.ndarray:
+    return sealed_files.open_array(named[name], keys, label(upto, name),
+                                   where=f"checkpoint {upto} array {name}")
 
 
 def uptos(pg: psycopg.Connection) -> list[int]:
     """The checkpoints held, oldest first."""
-    return [int(u) for (u,) in pg.execute("SELECT DISTINCT upto FROM checkpoints ORDER BY upto")]
+    return [int(u) for (u,) in pg.execute(
+        "SELECT DISTINCT upto FROM checkpoints WHERE name = 'cards' ORDER BY upto")]
 
 
 def read_file(pg: psycopg.Connection, name: str) -> bytes | None:
