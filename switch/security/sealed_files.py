@@ -39,17 +39,33 @@ def _aad(label: str, plain_bytes: int, index: int) -> bytes:
 
 
 def _sealed_parts(data, keys: DataKeys, label: str) -> Iterator[bytes]:
-    """The header, then each chunk sealed: what a sealed file or blob holds, in order."""
-    view = memoryview(data).cast("B")
-    plain_bytes = len(view)
+    """The header, then each chunk sealed: what a sealed file or blob holds, in order.
+    ``data`` is bytes-like, or a list of them sealed as one (an .npy header and the array's
+    own memory: no copy of the whole, which on this machine costs more in page faults than
+    the sealing does)."""
+    views = [memoryview(p).cast("B") for p in (data if isinstance(data, list) else [data])]
+    plain_bytes = sum(len(v) for v in views)
     yield HEADER.pack(MAGIC, plain_bytes)
-    for index, start in enumerate(range(0, max(plain_bytes, 1), CHUNK_BYTES)):
-        chunk = view[start:start + CHUNK_BYTES]
-        yield keys.seal(bytes(chunk), _aad(label, plain_bytes, index))
+    for index, chunk in enumerate(_chunks(views, plain_bytes)):
+        yield keys.seal(chunk, _aad(label, plain_bytes, index))
+
+
+def _chunks(views: list[memoryview], plain_bytes: int) -> Iterator[bytes]:
+    """The concatenation of ``views`` in CHUNK_BYTES pieces (one empty piece if empty)."""
+    at, offset = 0, 0
+    for start in range(0, max(plain_bytes, 1), CHUNK_BYTES):
+        want, pieces = min(CHUNK_BYTES, plain_bytes - start), []
+        while want:
+            take = min(want, len(views[at]) - offset)
+            pieces.append(views[at][offset:offset + take])
+            want, offset = want - take, offset + take
+            if offset == len(views[at]):
+                at, offset = at + 1, 0
+        yield b"".join(pieces) if len(pieces) != 1 else pieces[0].tobytes()
 
 
 def seal_bytes(data, keys: DataKeys, label: str) -> bytes:
-    """``data`` (bytes-like) sealed, exactly as ``write_sealed`` would write it to a file
+    """``data`` (bytes-like, or a list of them) sealed, exactly as ``write_sealed`` would write it to a file
     (the PostgreSQL store keeps such blobs in bytea columns)."""
     return b"".join(_sealed_parts(data, keys, label))
 
@@ -93,10 +109,15 @@ def open_sealed(raw, keys: DataKeys, label: str, *, where: str = "sealed data") 
     return out
 
 
-def array_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getbuffer()
+def array_bytes(arr: np.ndarray) -> list:
+    """The .npy image of ``arr`` as [header, the array's bytes] (no copy of the array).
+    Not np.lib.format.write_array: it copies a structured array into a stream through a
+    buffered iterator, field by field (200 ms for a 91 MiB horizon segment)."""
+    arr = np.ascontiguousarray(arr)
+    assert not arr.dtype.hasobject, "checkpoints hold plain arrays"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(arr))
+    return [header.getvalue(), arr.reshape(-1).view(np.uint8)]
 
 
 def array_from(buf: bytearray) -> np.ndarray:
