@@ -577,9 +577,10 @@ cdef class State:
         return (raw[:HOLDER_NAME_BYTES].rstrip(b"\0").decode(),
                 raw[HOLDER_NAME_BYTES:].rstrip(b"\0").decode())
 
-    def snapshot(self, bint horizon_since_confirmed=False) -> dict:
+    def snapshot(self, bint horizon_since_confirmed=False, horizon_reuse=None) -> dict:
         """Copies of the mutable state, for a checkpoint; the horizon's segment holds all of
-        its rows, or only those since the checkpoints it confirmed (Horizon.export)."""
+        its rows, or only those since the checkpoint it confirmed last, in the memory of
+        ``horizon_reuse`` if it is large enough (Horizon.export)."""
         deny = np.empty(self.deny_version, dtype=np.uint32)
         cdef uint32_t[::1] deny_view = deny
         if self.deny_version:                # a C copy: the log grows with every listing
@@ -591,7 +592,7 @@ cdef class State:
                 "standin_posted": self.standin_posted.export(),
                 "foreign_deny": self.foreign_deny.export(),
                 "foreign_pan": self.foreign_pan.export(), "deny_log": deny,
-                **self.horizon.export(horizon_since_confirmed)}
+                **self.horizon.export(horizon_since_confirmed, horizon_reuse)}
 
     def set_journal_key(self, key: bytes) -> None:
         """The key that enciphers card numbers in CARD_ADMIN records (derived from the data

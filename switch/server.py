@@ -228,6 +228,7 @@ class Switch:
                                         daemon=True)
         self.last_checkpoint_no = loaded.snapshot_upto
         self._pending_checkpoint: tuple[int, dict] | None = None
+        self._horizon_segment = None          # the horizon rows of the last checkpoint taken
         self._record_waiters: list[tuple[int, asyncio.Future]] = []
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
@@ -457,9 +458,13 @@ class Switch:
         if upto == self.last_checkpoint_no:
             return
         while self.checkpointer.confirmed:     # their horizon rows need no segment again
-            self.state.horizon.confirm(*self.checkpointer.confirmed.popleft())
+            self.state.horizon.confirm(self.checkpointer.confirmed.popleft())
+        # The last segment's memory, once no checkpoint being written reads it.
+        idle = not self.checkpointer.busy and self._pending_checkpoint is None
         arrays = self.state.snapshot(
-            horizon_since_confirmed=not self.checkpointer.horizon_whole)
+            horizon_since_confirmed=not self.checkpointer.horizon_whole,
+            horizon_reuse=self._horizon_segment if idle else None)
+        self._horizon_segment = arrays.get("horizon_rows")
         if upto <= self.durable_no:
             self.checkpointer.submit(upto, arrays)
         else:

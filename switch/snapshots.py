@@ -11,7 +11,7 @@ store alone.
 
 The idempotency horizon (core/horizon.pyx) is the one part that grows all day (tens of millions
 of rows at a province's scale), so a checkpoint does not copy it whole: it writes a *segment*,
-the rows filed or changed since the checkpoints confirmed written, and names in
+the rows filed or changed since the last checkpoint written, and names in
 ``horizon_chain`` the earlier segments that, loaded oldest first, give the rest. A checkpoint
 directory carries those as hard links (``horizon_rows@UPTO.sealed``: no bytes copied, and the
 directory stays self-contained for backups, imports and pruning); PostgreSQL keeps their rows
@@ -92,7 +92,7 @@ def horizon_chain(arrays: dict[str, np.ndarray], upto: int,
     if "horizon_gens" not in arrays:
         return []
     held = arrays["horizon_gens"][:, 0]
-    whole = "horizon_mark" not in arrays or bool(arrays["horizon_mark"][2])
+    whole = "horizon_mark" not in arrays or bool(arrays["horizon_mark"][1])
     oldest = int(held.min()) if len(held) else None
     chain = [] if whole or oldest is None else [(u, d) for u, d in previous if d >= oldest]
     runs = arrays.get("horizon_rows_at")
@@ -222,7 +222,7 @@ class Checkpointer(threading.Thread):
     With the PostgreSQL store (``dsn``) it only publishes checkpoints, into the store.
 
     It keeps the horizon's chain of segments (``horizon_chain``): each checkpoint written
-    adds its own, and hands (horizon_gens, horizon_mark) back in ``confirmed`` for the loop
+    adds its own, and hands its ``horizon_mark`` back in ``confirmed`` for the loop
     to confirm in the core, so the next segment starts after it. One that is not written
     is not confirmed (its rows go into the next segment), and the next is written whole
     (``horizon_whole``), so a broken chain never outlives one checkpoint."""
@@ -261,7 +261,7 @@ class Checkpointer(threading.Thread):
         self.last_duration_s = 0.0
         self.last_at_s = 0.0                # unix time of the last one published
         self.chain = list(horizon_chain or [])
-        self.confirmed: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
+        self.confirmed: collections.deque[np.ndarray] = collections.deque()
         self.horizon_whole = False
 
     def submit(self, upto: int, arrays: dict[str, np.ndarray]) -> None:
@@ -404,9 +404,9 @@ class Checkpointer(threading.Thread):
         if not wrote or "horizon_mark" not in arrays:
             return
         self.chain = chain
-        if arrays["horizon_mark"][2]:
+        if arrays["horizon_mark"][1]:
             self.horizon_whole = False
-        self.confirmed.append((arrays["horizon_gens"], arrays["horizon_mark"]))
+        self.confirmed.append(arrays["horizon_mark"])
 
     def _done(self, upto: int, began: float, error: str | None = None) -> None:
         """Count and log a checkpoint written (or failed)."""

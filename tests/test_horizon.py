@@ -190,7 +190,7 @@ def test_segments_hold_only_what_changed_and_add_up_to_the_horizon():
     _fill(h, 9000, 0, range(1, 1001))
     first = h.export(since_confirmed=True)
     assert len(first["horizon_rows"]) == 1000
-    assert h.confirm(first["horizon_gens"], first["horizon_mark"])
+    assert h.confirm(first["horizon_mark"])
     _fill(h, 9000, 1, range(1, 101))
     failed = h.export(since_confirmed=True)       # never written: not confirmed
     assert len(failed["horizon_rows"]) == 100
@@ -199,7 +199,7 @@ def test_segments_hold_only_what_changed_and_add_up_to_the_horizon():
     second = h.export(since_confirmed=True)
     assert len(second["horizon_rows"]) == 100 + 1 + 50
     assert second["horizon_rows_at"].tolist() == [[9000, 101], [9001, 50]]
-    assert h.confirm(second["horizon_gens"], second["horizon_mark"])
+    assert h.confirm(second["horizon_mark"])
     assert len(h.export(since_confirmed=True)["horizon_rows"]) == 0
     again = Horizon(2, 1 << 20, 4)
     again.load([(first["horizon_rows"], first["horizon_rows_at"]),
@@ -220,7 +220,7 @@ def test_an_export_taken_before_a_change_is_not_taken_for_it():
     _fill(h, 9000, 0, range(1, 11))
     taken = h.export(since_confirmed=True)
     h.file_for_test(9000, 0, 3, 333)
-    assert h.confirm(taken["horizon_gens"], taken["horizon_mark"])
+    assert h.confirm(taken["horizon_mark"])
     nxt = h.export(since_confirmed=True)
     assert nxt["horizon_rows"]["seq"].tolist() == [3]
 

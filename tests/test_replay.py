@@ -116,6 +116,8 @@ def drive(world) -> None:
 def comparable(snapshot: dict) -> dict:
     out = {}
     for name, arr in snapshot.items():
+        if name == "horizon_mark":
+            continue                                # how many checkpoints were taken
         if name in ("daily_app", "medical_year", "filings"):
             arr = np.sort(arr, order="key")        # hash maps: order depends on history
         out[name] = arr

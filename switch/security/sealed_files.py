@@ -65,8 +65,8 @@ def _chunks(views: list[memoryview], plain_bytes: int) -> Iterator[bytes]:
 
 
 def seal_bytes(data, keys: DataKeys, label: str) -> bytes:
-    """``data`` (bytes-like, or a list of them) sealed, exactly as ``write_sealed`` would write it to a file
-    (the PostgreSQL store keeps such blobs in bytea columns)."""
+    """``data`` (bytes-like, or a list of them) sealed, exactly as ``write_sealed`` would
+    write it to a file (the PostgreSQL store keeps such blobs in bytea columns)."""
     return b"".join(_sealed_parts(data, keys, label))
 
 
