@@ -1,6 +1,7 @@
 """What stands before an admin handler: a limit on wrong tokens per peer address (a token
-bucket) with rate-limited logging of failures, so that tokens cannot be guessed at line rate
-and a guessing peer cannot flood the log either.
+bucket) with rate-limited logging of failures, so that a guessing peer costs little and
+cannot flood the log. Tokens are 256 random bits: guessing one is hopeless at any rate, so
+the right token is never refused for its address's wrong ones.
 
 The token lookup itself is ``Operators.find`` (switch/admin/operators.py); this module only counts
 its failures. A token is never logged.
@@ -33,8 +34,8 @@ class Peer:
 
 class FailureLimiter:
     """Wrong tokens per peer address: ``per_minute`` of them (the bucket's size), refilled
-    evenly over a minute. While the bucket is empty every request from the peer is refused
-    (429), the right token included: otherwise guessing could go on behind the refusals."""
+    evenly over a minute. While the bucket is empty a wrong token from the peer is answered
+    429 (not looked up again, not logged); a right one still passes."""
 
     def __init__(self, per_minute: int, clock=time.monotonic) -> None:
         assert per_minute >= 1
