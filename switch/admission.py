@@ -49,7 +49,8 @@ and retries (core/commit.pyx); meanwhile every new request is refused ``96`` the
 durable. Any other commit error still stops the switch (Switch._fail).
 
 **Descriptors.** The soft RLIMIT_NOFILE is raised to the hard limit at start. Terminal
-connections are capped per listener, per peer address, and so that ``fd_reserve``
+connections are capped per listener, per peer address (by default a quarter of what the
+process can hold, so that one address never starves the others), and so that ``fd_reserve``
 descriptors stay free for the admin/metrics port, the journal and checkpoints. A refused
 connection is closed at once, counted, and logged at most once per ``LOG_INTERVAL_S``.
 
@@ -203,7 +204,7 @@ class Admission:
         self._fionread = bytearray(4)
         # Connections.
         self.connections_max = srv.connections_max
-        self.per_peer_max = srv.connections_per_peer_max
+        self.per_peer_max = srv.connections_per_peer_max or max(srv.connections_max // 4, 1)
         self.terminal_fds_max = srv.connections_max
         self.open_terminal = 0
         self.peers: Counter[str] = Counter()
@@ -230,8 +231,11 @@ class Admission:
         nofile = raise_nofile_limit()
         reserve = self.switch.config.server.fd_reserve
         self.terminal_fds_max = max(nofile - open_fds() - reserve, 0)
-        log.info("open-files limit %d: up to %d terminal connections (%d kept in reserve)",
-                 nofile, self.terminal_fds_max, reserve)
+        if not self.switch.config.server.connections_per_peer_max:
+            self.per_peer_max = max(min(self.connections_max, self.terminal_fds_max) // 4, 1)
+        log.info("open-files limit %d: up to %d terminal connections (%d kept in reserve), "
+                 "%d from one address", nofile, self.terminal_fds_max, reserve,
+                 self.per_peer_max)
         if self.latency_budget_s > 0:
             self._next_tick = loop.time() + self.tick_s
             self._timer = loop.call_at(self._next_tick, self._tick)

@@ -82,8 +82,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Terminal connections per listener and per peer address; beyond either, or when fewer
     # than fd_reserve descriptors would be left (for the admin/metrics port, the journal and
     # checkpoints), a new connection is closed at once, counted and logged (rate-limited).
+    # Per peer, 0 (the default) is a quarter of the connections this process can hold (the
+    # smaller of connections_max and what the open-files limit leaves): one address, however
+    # busy, never takes them all. A terminal gateway or NAT that carries a whole fleet behind
+    # one address needs it set (docs/operations.md "Connection limits").
     connections_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
-    connections_per_peer_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
+    connections_per_peer_max: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
     fd_reserve: Annotated[int, Meta(ge=16, le=1_000_000)] = 128
     # Bytes of partial frames all connections together may hold; over it, the connection
     # holding the most is closed (400 slow senders x 1 MiB took 350 MB before).

@@ -54,11 +54,14 @@ def low_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
 
-def test_descriptor_exhaustion_keeps_the_admin_port_and_recovers(switch_dir, world):
+def test_descriptor_exhaustion_keeps_the_admin_port_and_recovers(switch_dir, world, tmp_path):
     """A switch limited to 256 descriptors: 400 idle sockets fill what terminals may use; the
     rest are closed at once and counted, /metrics and the admin API still answer, and once
-    the idle sockets go a new terminal is served."""
-    sw = start_switch(switch_dir, preexec_fn=low_fd_limit)
+    the idle sockets go a new terminal is served. (All from one address, as through a
+    gateway: the per-address cap is raised so that the descriptors run out first.)"""
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text("[server]\nlatency_budget_ms = 0\nconnections_per_peer_max = 100000\n")
+    sw = start_switch(switch_dir, "--config", str(cfg), preexec_fn=low_fd_limit)
     idle = []
     try:
         for _ in range(400):
@@ -112,6 +115,29 @@ def test_connections_per_peer_are_capped(switch_dir, tmp_path):
             s.close()
     finally:
         sw.stop()
+
+
+def test_by_default_one_address_holds_a_quarter_of_the_connections(switch_dir, tmp_path):
+    """No per-peer setting: one address (a reconnect loop, a hostile peer) gets a quarter of
+    connections_max and the others are still served."""
+    cfg = tmp_path / "onecard.toml"
+    cfg.write_text("[server]\nconnections_max = 12\n")
+    sw = start_switch(switch_dir, "--config", str(cfg))
+    try:
+        mine = [socket.create_connection(("127.0.0.1", sw.iso), timeout=10) for _ in range(3)]
+        eventually(lambda: metrics(sw)[("onecard_connections", (("protocol", "iso8583"),))] == 3)
+        fourth = socket.create_connection(("127.0.0.1", sw.iso), timeout=10)
+        assert closed_by_peer(fourth)
+        other = socket.create_connection(("127.0.0.1", sw.iso), timeout=10,
+                                         source_address=("127.0.0.2", 0))
+        other.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            other.recv(1)                                # another address is served
+        for s in [*mine, fourth, other]:
+            s.close()
+    finally:
+        sw.stop()
+    assert "3 from one address" in sw.text()
 
 
 def test_a_trickling_sender_is_closed_from_the_frames_first_byte(switch_dir, tmp_path, world):
