@@ -321,6 +321,64 @@ def test_a_switchs_committed_purchases_are_cleared_from_its_store(demo_dir, term
     assert all(row["card"] == files.mask_pan(int(pan)) for f in read for row in f.rows)
 
 
+def test_a_day_with_card_less_reversals_clears_by_every_command(demo_dir, terminals, world,
+                                                               tmp_path, capsys):
+    """Real path: 0400s of requests the switch never had, for a card it does not know (what
+    an issuer that lost its records journals for other regions' reversal advices: card-less
+    REVERSAL records), and a 1-fen purchase whose fee is 1 fen, through a running switch over
+    TCP into its store; then run, files, exceptions and hub from the store alone."""
+    import json
+    import shutil
+
+    from onecard.core.state import TERM_POS
+    from onecard.switch.clearing.cli import current_date
+
+    from conftest import iso_session, start_switch
+
+    path = tmp_path / "data"
+    shutil.copytree(demo_dir, path)
+    info = next(t for t in terminals if t.kind == TERM_POS and t.province == 31
+                and t.app == "FIN-PAY")
+    pan, _ = world.card(31)
+    unknown = pan[:-6] + "999999"
+    sw = start_switch(path)
+    try:
+        sock, t = iso_session(sw, info)
+        replies = t.send(t.purchase(pan, 1), t.reversal(unknown, 700, "900001"),
+                         t.reversal(unknown, 800, "900002"))
+        sock.close()
+    finally:
+        sw.stop()
+    assert [r["39"] for r in replies] == ["00"] * 3
+    date = current_date("23:00")
+    common = ["--data-dir", str(path), "--date", date.isoformat()]
+    assert cli.main(["clearing", "run", *common, "--json", str(tmp_path / "p.json")]) == 0
+    got = {p["party"]: p for p in json.loads((tmp_path / "p.json").read_text())["positions"]}
+    mine = got[f"acquirer:{info.merchant}"]
+    assert (mine["net_fen"], mine["fee_fen"], mine["count"]) == (0, 1, 1)
+    assert sum(p["net_fen"] for p in got.values()) == 0
+    found = []
+    for _ in range(2):                                     # the same ids every time
+        assert cli.main(["clearing", "exceptions", *common, "--json",
+                         str(tmp_path / "x.json")]) == 0
+        found.append([(e["id"], e["seq"], e["reason"])
+                      for e in json.loads((tmp_path / "x.json").read_text())
+                      if e["kind"] == "UNATTRIBUTED"])
+    assert found[0] == found[1] and [f[1:] for f in found[0]] == [(900001, "no_card"),
+                                                                  (900002, "no_card")]
+    assert all(i.startswith(f"{date:%Y%m%d}-UNATTRIBUTED-{info.tid}-") for i, *_ in found[0])
+    assert cli.main(["clearing", "files", *common, "--out", str(tmp_path / "out")]) == 0
+    f = files.read(tmp_path / "out" / f"{date:%Y%m%d}" / f"acquirer_{info.merchant}.csv")
+    assert (f.net_fen, f.fee_fen, len(f.rows)) == (0, 1, 1)          # the 1-fen purchase
+    assert cli.main(["clearing", "hub", "--date", date.isoformat(), "--region",
+                     f"all={path}"]) == 0
+    capsys.readouterr()
+    # the next settlement date has not begun, whatever the calendar says: exit 2
+    assert cli.main(["clearing", "run", "--data-dir", str(path), "--date",
+                     (date + dt.timedelta(days=1)).isoformat()]) == 2
+    assert "has not begun" in capsys.readouterr().err
+
+
 def test_the_documentation_names_every_role_and_kind():
     text = (Path(__file__).resolve().parent.parent / "protocols" / "CLEARING.md").read_text()
     for role in clearing.ROLES:
