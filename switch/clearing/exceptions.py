@@ -9,6 +9,11 @@ reversed; the terminal's is what it uploaded (a transaction uploaded twice count
 last copy). Compared by kind and STAN: missing at either side, amount or card mismatch; the
 end's count against the transactions uploaded; a batch whose upload has not ended.
 
+Unattributed records (issue 28): an approved money record naming no card, or a card,
+terminal or programme the registry does not have, is cleared with the suspense party in the
+unknown party's place (positions.py) and listed here, its journal record number as its
+reference, so a date is never refused for it.
+
 An exception's id names it for good (the date, kind, terminal, reference and STAN): the same
 journal gives the same exceptions, and an ADJUSTMENT record naming the same kind, terminal,
 reference and STAN resolves it.
