@@ -40,8 +40,14 @@ ROLES: Final[tuple[Role, ...]] = (
     Role("deposit", "province code", "cash an operator took in at the issuer's counter and "
          "credited (a top-up with no programme)"),
     Role("scheme", "onecard", "the switch operator: the fees"),
+    # Last: what the others cannot be named for. A record that names no card or terminal the
+    # registry knows still moves its legs (so a day always clears and nets to zero); the
+    # unknown party's legs are held here, and the record is an UNATTRIBUTED exception.
+    Role("suspense", "onecard", "held for the party of a record clearing cannot attribute "
+         "(no or unknown card, terminal or programme) until an operator resolves it"),
 )
 ROLE: Final[dict[str, int]] = {r.name: i for i, r in enumerate(ROLES)}
+SUSPENSE: Final = "suspense:onecard"
 
 
 class Leg(NamedTuple):
@@ -103,6 +109,9 @@ EXCEPTIONS: Final[tuple[ExceptionKind, ...]] = (
                   "not ended (no 0320 with network code 202)"),
     ExceptionKind("MEDICAL_TOTALS", 7, "a medical institution's daily totals for a fund "
                   "differ from the switch's"),
+    ExceptionKind("UNATTRIBUTED", 8, "an approved record that moves money names no card, "
+                  "terminal or programme the registry knows: its unknown party's legs are "
+                  "held by suspense:onecard"),
 )
 EXCEPTION: Final[dict[str, int]] = {e.name: e.value for e in EXCEPTIONS}
 EXCEPTION_NAME: Final[dict[int, str]] = {e.value: e.name for e in EXCEPTIONS}

@@ -392,6 +392,9 @@ def _clearing(sw: Switch) -> Iterator[Metric]:
     yield CounterMetricFamily("onecard_clearing_runs", "Settlement dates cleared", value=c.runs)
     yield CounterMetricFamily("onecard_clearing_failures", "Clearing runs that failed (logged; "
                               "a scheduled one is retried)", value=c.failures)
+    yield CounterMetricFamily("onecard_clearing_dates_failed", "Settlement dates the schedule "
+                              "gave up on after its attempts (logged; the next dates go on)",
+                              value=c.dates_failed)
     yield GaugeMetricFamily("onecard_clearing_last_duration_seconds",
                             "Duration of the last clearing run", value=c.last_duration_s)
     yield GaugeMetricFamily("onecard_clearing_last_records",

@@ -277,11 +277,13 @@ def test_shares_of_random_fares_are_exact_integer_splits(seed):
     assert got["issuer:31"] == -sum(int(c1[i] + c2[i]) for i in picks)
 
 
-def test_unknown_terminal_of_a_first_leg_is_a_clear_error():
-    from onecard.switch.clearing.positions import ClearingError
-
+def test_unknown_terminal_of_a_first_leg_pays_from_suspense():
+    """A first leg (of the day before) at a terminal the registry does not have: its
+    operator's share of the journey is the suspense party's (issue 28), never a refused
+    day; the day still nets to zero."""
     recs = np.concatenate([leg(400, terminal=0, ts_us=NOON_US - 86_400_000_000),
                            leg(100, 100, terminal=1)])
     recs["terminal"][0] = NONE
-    with pytest.raises(ClearingError, match="record 0"):
-        positions(recs, np.arange(2), REF, DAY)
+    got = {p.party: p.net_fen for p in positions(recs, np.arange(2), REF, DAY).positions}
+    assert got == {"issuer:31": -100, "acquirer:BUS310000": 100 + 67,
+                   clearing.SUSPENSE: -67}

@@ -13,7 +13,7 @@ from onecard.protocols.journal import KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import DTYPES, RECORD_DTYPE, view
 from onecard.switch import cli
 from onecard.switch.clearing import files
-from onecard.switch.clearing.positions import ClearingError, Reference, legs, positions
+from onecard.switch.clearing.positions import Reference, legs, positions
 
 CST = clearing.CST
 DAY = dt.date(2026, 11, 30)
@@ -148,10 +148,102 @@ def test_the_settlement_date_follows_the_cutover():
             clearing.cutover_minutes(bad)
 
 
-def test_a_money_record_naming_no_card_is_a_clear_error():
-    bad = rec("PURCHASE", 100, card=NONE)
-    with pytest.raises(ClearingError, match="journal record 1 moves money"):
-        positions(np.concatenate([rec("PURCHASE", 5), bad]), np.arange(2), REF, DAY)
+def unattributable_day() -> np.ndarray:
+    """Records clearing cannot attribute, each for another reason, and one it can."""
+    return np.concatenate([
+        rec("PURCHASE", 100, card=NONE),                         # no card: 1 fen of fee
+        rec("TAP", 300, card=1, terminal=99, app=1),              # a terminal not registered
+        rec("CREDIT", 1_000, programme=5),                        # a programme not registered
+        rec("PURCHASE", 200, card=50),                            # a card not registered
+        rec("PURCHASE", 10_000)])
+
+
+def test_records_clearing_cannot_attribute_are_held_by_the_suspense_party(tmp_path):
+    from onecard.switch.clearing import exceptions
+
+    recs = unattributable_day()
+    assert day_of(recs) == {"issuer:31": -10_000 + 1_000, "issuer:32": -300,
+                            "acquirer:SHOP-1": 99 + 199 + 9_950, "scheme:onecard": 1 + 1 + 50,
+                            clearing.SUSPENSE: -100 + 300 - 1_000 - 200}
+    nos = np.arange(500, 505)
+    found = exceptions.find(recs, nos, FILE_REF, DAY)
+    assert [(e.kind, e.reason, e.ref, e.status) for e in found] == [
+        ("UNATTRIBUTED", reason, no, "open") for reason, no in (
+            ("no_card", 500), ("unknown_terminal", 501), ("unknown_programme", 502),
+            ("unknown_card", 503))]
+    assert found[0].id == "20261130-UNATTRIBUTED-POS00001-500-0"
+    assert found[1].id == "20261130-UNATTRIBUTED-T99-501-0"
+    assert found[2].id == "20261130-UNATTRIBUTED-NONE-502-0"
+    assert all(clearing.SUSPENSE in e.detail and e.detail.startswith(f"journal record {e.ref}")
+               for e in found)
+    # stable: the same journal in another order gives the same exceptions
+    order = np.array([4, 2, 0, 3, 1])
+    assert exceptions.find(recs[order], nos[order], FILE_REF, DAY) == found
+    # the suspense party has its file, which agrees with its position
+    day = legs(recs, nos, FILE_REF, DAY)
+    files.write(files.render(day, FILE_REF, DAY, "23:00"), tmp_path, DAY)
+    held = files.read(tmp_path / "20261130" / "suspense_onecard.csv")
+    assert (held.net_fen, len(held.rows)) == (-1_000, 4)
+    assert [r["terminal"] for r in held.rows] == ["POS00001", "", "", "POS00001"]
+
+
+def test_an_empty_date_clears_to_no_positions_and_no_files(tmp_path):
+    recs = unattributable_day()                           # all of 2026-11-30
+    empty = DAY - dt.timedelta(days=3)
+    day = legs(recs, np.arange(len(recs)), FILE_REF, empty)
+    assert positions(recs, np.arange(len(recs)), FILE_REF, empty).positions == []
+    assert files.write(files.render(day, FILE_REF, empty, "23:00"), tmp_path, empty) == []
+    assert (tmp_path / "20261127").is_dir()               # cleared: a folder, no party file
+
+
+def test_a_date_has_not_begun_until_its_cutover():
+    from onecard.switch.clearing.cli import FutureDate, settlement_date
+
+    at = dt.datetime(2026, 11, 30, 23, 45, tzinfo=CST)
+    with pytest.raises(FutureDate, match="has not begun"):
+        settlement_date("2026-12-01", "23:46", at)         # the calendar's tomorrow, not yet
+    assert settlement_date("2026-12-01", "23:45", at) == dt.date(2026, 12, 1)   # from 23:45
+    assert settlement_date("2026-11-30", "23:46", at) == DAY
+    with pytest.raises(FutureDate):
+        settlement_date("2026-12-01", "00:00", at)         # midnight: the calendar date
+    with pytest.raises(FutureDate):
+        settlement_date("2026-12-02", "23:00", at)
+    for bad in ("30/11", "", "x" * 5_000, "2026-02-30"):
+        with pytest.raises(ValueError, match="YYYY-MM-DD"):
+            settlement_date(bad, "23:00", at)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_every_partys_file_agrees_with_its_position_to_the_fen(seed, tmp_path):
+    """Seeded random days of every kind, with 1-fen purchases whose fee is 1 fen (the
+    acquirer's leg moves 0 fen and carries the fee) and records naming unknown cards: each
+    party's file trailer gives its position's debit, credit, fee, net and count."""
+    rng = np.random.default_rng(seed)
+    kinds = list(clearing.LEGS)
+    n = 3_000
+    start = int(dt.datetime(2026, 11, 29, 0, 0, tzinfo=CST).timestamp() * 1e6)
+    ts = rng.integers(start, start + 2 * 86_400_000_000, n)
+    records = [rec(kinds[int(k)], int(rng.integers(0, 100_000)), card=int(c), terminal=int(t),
+                   app=int(rng.integers(0, 4)), ts_us=int(when),
+                   pool=int(rng.integers(0, 1_000)), personal=int(rng.integers(0, 100)),
+                   programme=int(rng.integers(0, 2)), direction=int(rng.integers(1, 3)))
+               for k, c, t, when in zip(rng.integers(0, len(kinds), n),
+                                        rng.choice([0, 1, 2, NONE, 7], n, p=[.3, .3, .3, .05, .05]),
+                                        rng.integers(0, 4, n), ts, strict=True)]
+    records += [rec("PURCHASE", 1, card=int(c), ts_us=int(when))         # fee 1 fen, net 0
+                for c, when in zip(rng.integers(0, 3, 300), ts[:300], strict=True)]
+    recs = np.concatenate(records)
+    nos = np.arange(len(recs))
+    for date in (dt.date(2026, 11, 29), DAY):
+        day = legs(recs, nos, FILE_REF, date)
+        summary = {p.party: p for p in positions(recs, nos, FILE_REF, date).positions}
+        paths = files.write(files.render(day, FILE_REF, date, "23:00"), tmp_path, date)
+        read = {f.party: f for f in map(files.read, paths)}
+        assert set(read) == set(summary) and clearing.SUSPENSE in read
+        for party, f in read.items():
+            p = summary[party]
+            assert (f.debit_fen, f.credit_fen, f.fee_fen, f.net_fen, len(f.rows)) == (
+                p.debit_fen, p.credit_fen, p.fee_fen, p.net_fen, p.count), party
 
 
 def test_the_command_clears_a_data_set_and_refuses_bad_dates(demo_dir, capsys):
@@ -227,6 +319,64 @@ def test_a_switchs_committed_purchases_are_cleared_from_its_store(demo_dir, term
             for name in written[0]]
     assert {f.party: f.net_fen for f in read} == nets
     assert all(row["card"] == files.mask_pan(int(pan)) for f in read for row in f.rows)
+
+
+def test_a_day_with_card_less_reversals_clears_by_every_command(demo_dir, terminals, world,
+                                                               tmp_path, capsys):
+    """Real path: 0400s of requests the switch never had, for a card it does not know (what
+    an issuer that lost its records journals for other regions' reversal advices: card-less
+    REVERSAL records), and a 1-fen purchase whose fee is 1 fen, through a running switch over
+    TCP into its store; then run, files, exceptions and hub from the store alone."""
+    import json
+    import shutil
+
+    from onecard.core.state import TERM_POS
+    from onecard.switch.clearing.cli import current_date
+
+    from conftest import iso_session, start_switch
+
+    path = tmp_path / "data"
+    shutil.copytree(demo_dir, path)
+    info = next(t for t in terminals if t.kind == TERM_POS and t.province == 31
+                and t.app == "FIN-PAY")
+    pan, _ = world.card(31)
+    unknown = pan[:-6] + "999999"
+    sw = start_switch(path)
+    try:
+        sock, t = iso_session(sw, info)
+        replies = t.send(t.purchase(pan, 1), t.reversal(unknown, 700, "900001"),
+                         t.reversal(unknown, 800, "900002"))
+        sock.close()
+    finally:
+        sw.stop()
+    assert [r["39"] for r in replies] == ["00"] * 3
+    date = current_date("23:00")
+    common = ["--data-dir", str(path), "--date", date.isoformat()]
+    assert cli.main(["clearing", "run", *common, "--json", str(tmp_path / "p.json")]) == 0
+    got = {p["party"]: p for p in json.loads((tmp_path / "p.json").read_text())["positions"]}
+    mine = got[f"acquirer:{info.merchant}"]
+    assert (mine["net_fen"], mine["fee_fen"], mine["count"]) == (0, 1, 1)
+    assert sum(p["net_fen"] for p in got.values()) == 0
+    found = []
+    for _ in range(2):                                     # the same ids every time
+        assert cli.main(["clearing", "exceptions", *common, "--json",
+                         str(tmp_path / "x.json")]) == 0
+        found.append([(e["id"], e["seq"], e["reason"])
+                      for e in json.loads((tmp_path / "x.json").read_text())
+                      if e["kind"] == "UNATTRIBUTED"])
+    assert found[0] == found[1] and [f[1:] for f in found[0]] == [(900001, "no_card"),
+                                                                  (900002, "no_card")]
+    assert all(i.startswith(f"{date:%Y%m%d}-UNATTRIBUTED-{info.tid}-") for i, *_ in found[0])
+    assert cli.main(["clearing", "files", *common, "--out", str(tmp_path / "out")]) == 0
+    f = files.read(tmp_path / "out" / f"{date:%Y%m%d}" / f"acquirer_{info.merchant}.csv")
+    assert (f.net_fen, f.fee_fen, len(f.rows)) == (0, 1, 1)          # the 1-fen purchase
+    assert cli.main(["clearing", "hub", "--date", date.isoformat(), "--region",
+                     f"all={path}"]) == 0
+    capsys.readouterr()
+    # the next settlement date has not begun, whatever the calendar says: exit 2
+    assert cli.main(["clearing", "run", "--data-dir", str(path), "--date",
+                     (date + dt.timedelta(days=1)).isoformat()]) == 2
+    assert "has not begun" in capsys.readouterr().err
 
 
 def test_the_documentation_names_every_role_and_kind():

@@ -35,6 +35,13 @@ def today() -> dt.date:
     return clearing.day_date(clearing.settlement_days(now_us, 23 * 60)[0])
 
 
+def not_begun() -> str:
+    """The settlement date after the current one (cut-over 23:00): from 23:00 to midnight
+    China time that is the day after the calendar's tomorrow, else the calendar's tomorrow,
+    which a calendar check let through."""
+    return (today() + dt.timedelta(days=1)).isoformat()
+
+
 def test_a_date_is_cleared_through_the_api_with_its_files(sw, supply, tmp_path):
     info = supply.terminal("FIN-PAY")
     sock, t = iso_session(sw, info)
@@ -221,3 +228,113 @@ def test_bad_adjustments_are_problem_documents(sw, ident, body, status):
     r = api.post(f"/admin/clearing/exceptions/{ident}/adjustment", body, role="finance")
     assert assert_problem(r, status)["detail"]
     assert api.get("/admin/audit?limit=1").json() == before    # nothing done
+
+
+def test_card_less_reversals_are_exceptions_and_the_date_still_clears(sw, supply):
+    """0400s of requests the switch never had, for a card it does not know: card-less
+    REVERSAL records. The date clears (they are held by suspense:onecard, 0 fen here), and
+    each is an UNATTRIBUTED exception an adjustment of 0 fen acknowledges."""
+    info = supply.terminal("FIN-PAY")
+    sock, t = iso_session(sw, info)
+    unknown = supply.card()[:-6] + "999999"
+    try:
+        replies = t.send(t.reversal(unknown, 700, "910001"), t.reversal(unknown, 900, "910002"))
+    finally:
+        sock.close()
+    assert [r["39"] for r in replies] == ["00", "00"]
+    api = AdminClient(sw)
+    date = today().isoformat()
+    r = api.post(f"/admin/clearing/{date}", role="finance")
+    assert r.status == 200, r.text
+    assert sum(p["net_fen"] for p in r.json()["positions"]) == 0
+    listed = api.get(f"/admin/clearing/{date}/exceptions", role="finance").json()
+    mine = [e for e in listed if e["kind"] == "UNATTRIBUTED" and e["terminal"] == info.tid]
+    assert [(e["seq"], e["reason"], e["status"]) for e in mine] == [
+        (910001, "no_card", "open"), (910002, "no_card", "open")]
+    again = api.get(f"/admin/clearing/{date}/exceptions", role="finance").json()
+    assert [e["id"] for e in again if e in mine] == [e["id"] for e in mine]    # stable
+    ident = mine[0]["id"]
+    moved = api.post(f"/admin/clearing/exceptions/{ident}/adjustment",
+                     {"amount_fen": 100, "direction": "acquirer_owed"}, role="finance")
+    assert "no card" in assert_problem(moved, 422)["detail"]
+    ack = api.post(f"/admin/clearing/exceptions/{ident}/adjustment",
+                   {"amount_fen": 0, "direction": "acquirer_owed", "note": "issuer lost it"},
+                   role="finance")
+    assert ack.status == 201, ack.text
+    assert ack.json()["status"] == "resolved"
+    resolved = api.get(f"/admin/clearing/{date}/exceptions?status=resolved",
+                       role="finance").json()
+    assert ident in [e["id"] for e in resolved]
+    assert_problem(api.post(f"/admin/clearing/exceptions/{ident}/adjustment",
+                            {"amount_fen": 0, "direction": "acquirer_owed"},
+                            role="finance"), 409)
+
+
+def test_an_empty_date_clears_to_no_positions_and_no_files(sw):
+    api = AdminClient(sw)
+    r = api.post("/admin/clearing/2001-01-01", role="finance")
+    assert r.status == 200, r.text
+    assert (r.json()["records"], r.json()["positions"]) == (0, [])
+    got = api.get("/admin/clearing/2001-01-01/files/scheme:onecard", role="finance")
+    assert "no line" in assert_problem(got, 404)["detail"]
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/admin/clearing/2026-11-30/files/" + "x" * 5_000, 400),
+    ("GET", "/admin/clearing/2026-11-30/files/acquirer:" + "A" * 5_000, 400),
+    ("GET", "/admin/clearing/2026-11-30/files/nobody:X", 400),
+    ("GET", "/admin/clearing/2026-11-30/files/acquirer:", 400),
+    ("GET", "/admin/clearing/2026-11-30/files/acquirer:..", 404),
+    ("GET", "/admin/clearing/2026-11-30/files/%2e%2e%2facquirer:X", 400),
+    ("GET", "/admin/clearing/" + "9" * 5_000 + "/positions", 400),
+    ("POST", "/admin/clearing/" + "9" * 5_000, 400),
+    ("GET", "/admin/clearing/NOT_BEGUN/positions", 422),
+    ("POST", "/admin/clearing/NOT_BEGUN", 422),
+    ("GET", "/admin/clearing/NOT_BEGUN/exceptions", 422),
+    ("GET", "/admin/clearing/NOT_BEGUN/adjustments", 422),
+    ("GET", "/admin/clearing/2026-11-30/exceptions?status=" + "z" * 5_000, 400),
+    ("GET", "/admin/clearing/0000-01-01/exceptions", 400),
+    ("POST", "/admin/clearing/exceptions/" + "x" * 5_000 + "/adjustment", 404),
+    ("POST", "/admin/clearing/exceptions/20261130-UNATTRIBUTED-NONE-" + "9" * 40
+     + "-1/adjustment", 404),
+])
+def test_odd_inputs_on_every_clearing_route_are_problem_documents(sw, method, path, status):
+    path = path.replace("NOT_BEGUN", not_begun())
+    body = {"amount_fen": 0, "direction": "acquirer_owed"} if method == "POST" else None
+    r = AdminClient(sw).call(method, path, body, role="finance")
+    assert assert_problem(r, status)["detail"]
+
+
+def test_the_schedule_gives_a_failing_date_up_and_clears_the_next(caplog):
+    """A date whose clearing fails is tried ATTEMPTS times, then logged and counted, and
+    the next date is cleared: the schedule never stays on one date."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from onecard.switch.clearing import service as service_module
+
+    service = ClearingService(SimpleNamespace(config=_config()))
+    service.retry_s = 0
+    bad, good = dt.date(2026, 11, 29), dt.date(2026, 11, 30)
+    tried = []
+
+    async def run(date, write=True):
+        tried.append(date)
+        if date == bad:
+            service.failures += 1
+            raise RuntimeError("disk on fire")
+
+    dates = iter([bad, good])
+
+    def next_run(now):
+        date = next(dates, None)
+        if date is None:
+            raise asyncio.CancelledError          # end of the test's schedule
+        return now, date
+
+    service.run, service.next_run = run, next_run
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(service.schedule())
+    assert tried == [bad] * service_module.ATTEMPTS + [good]
+    assert (service.dates_failed, service.failures) == (1, service_module.ATTEMPTS)
+    assert f"clearing {bad} failed {service_module.ATTEMPTS} times" in caplog.text

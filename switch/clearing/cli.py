@@ -141,20 +141,33 @@ class FutureDate(ValueError):
     """A settlement date that has not begun."""
 
 
-def settlement_date(text: str) -> dt.date:
+def current_date(cutover: str, now: dt.datetime | None = None) -> dt.date:
+    """The settlement date that has begun last at ``now`` (default: the clock): the China
+    date, or the next one from the cut-over on, as records are dated."""
+    now = now or dt.datetime.now(clearing.CST)
+    now_us = np.array([int(now.timestamp() * 1_000_000)])
+    return clearing.day_date(clearing.settlement_days(now_us,
+                                                      clearing.cutover_minutes(cutover))[0])
+
+
+def settlement_date(text: str, cutover: str = clearing.CUTOVER_DEFAULT,
+                    now: dt.datetime | None = None) -> dt.date:
     """A settlement date as given (YYYY-MM-DD): ValueError if malformed, FutureDate if it
-    has not begun."""
+    has not begun at ``now``. A date begins at the cut-over before it, not at midnight: at
+    23:45 with the cut-over at 23:46 tomorrow's date has no records yet, and positions of
+    it would be an empty answer that later changes."""
     try:
         date = dt.date.fromisoformat(text)
-    except ValueError:
+    except (ValueError, TypeError):
         raise ValueError(f"date {text!r} is not YYYY-MM-DD") from None
-    today = dt.datetime.now(clearing.CST).date()
-    if date > today + dt.timedelta(days=1):          # after the cut-over: tomorrow's date
-        raise FutureDate(f"{date} is in the future (today is {today})")
+    current = current_date(cutover, now)
+    if date > current:
+        raise FutureDate(f"{date} is in the future: it has not begun (the current "
+                         f"settlement date is {current}, cut-over {cutover} China time)")
     return date
 
 
-def _period(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
+def _period(args: argparse.Namespace, cutover: str) -> tuple[dt.date, dt.date]:
     """The dates a command covers: --date, or every date of --month."""
     if getattr(args, "month", None):
         try:
@@ -162,15 +175,15 @@ def _period(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
         except ValueError:
             raise ValueError(f"month {args.month!r} is not YYYY-MM") from None
         last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
-        settlement_date(first.isoformat())           # not a month still to come
+        settlement_date(first.isoformat(), cutover)   # not a month still to come
         return first, last
-    date = settlement_date(args.date)
+    date = settlement_date(args.date, cutover)
     return date, date
 
 
 def run(args: argparse.Namespace, config) -> int:
     try:
-        first, date = _period(args)
+        first, date = _period(args, config.clearing.cutover)
     except ValueError as exc:
         print(f"onecard clearing: {exc}", file=sys.stderr)
         return 2

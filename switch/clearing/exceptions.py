@@ -9,6 +9,11 @@ reversed; the terminal's is what it uploaded (a transaction uploaded twice count
 last copy). Compared by kind and STAN: missing at either side, amount or card mismatch; the
 end's count against the transactions uploaded; a batch whose upload has not ended.
 
+Unattributed records (issue 28): an approved money record naming no card, or a card,
+terminal or programme the registry does not have, is cleared with the suspense party in the
+unknown party's place (positions.py) and listed here, its journal record number as its
+reference, so a date is never refused for it.
+
 An exception's id names it for good (the date, kind, terminal, reference and STAN): the same
 journal gives the same exceptions, and an ADJUSTMENT record naming the same kind, terminal,
 reference and STAN resolves it.
@@ -23,16 +28,22 @@ import msgspec
 import numpy as np
 
 from onecard.protocols import clearing
-from onecard.protocols.journal import FLAG, KIND_BY_NAME, NONE
+from onecard.protocols.journal import FLAG, KIND_BY_NAME, KIND_BY_VALUE, NONE
 from onecard.protocols.journal_codec import view
 from onecard.switch.clearing import medical
 from onecard.switch.clearing.files import mask_pan
-from onecard.switch.clearing.positions import APPROVED, ClearingError, Reference
+from onecard.switch.clearing.positions import (
+    APPROVED,
+    Reference,
+    moving_rows,
+    unattributed,
+)
 
 K = {name: KIND_BY_NAME[name].value for name in (
     "PURCHASE", "VOID", "REVERSAL", "VOID_REVERSAL", "SETTLE", "BATCH_UPLOAD", "FORWARDED",
     "ADJUSTMENT")}
 CNY = 156
+REF_MASK = 0xFFFFFFFF                    # adjustment.ref is a u32
 UNBALANCED = 2                           # settle.result: the totals did not agree
 UNDID = FLAG["APPROVED"]                 # a reversal's flags: it undid an approved original
 BATCH_KINDS = [K[k] for k in ("PURCHASE", "VOID", "REVERSAL", "VOID_REVERSAL", "FORWARDED")]
@@ -67,6 +78,8 @@ class Exception_(msgspec.Struct, frozen=True):
     suggested_direction: str
     status: str = "open"     # "open" | "resolved"
     adjustment: Adjustment | None = None
+    reason: str = ""         # UNATTRIBUTED: no_card, unknown_card, unknown_terminal,
+                             #   unknown_programme (positions.unattributed)
 
 
 class Item(NamedTuple):
@@ -215,10 +228,12 @@ def _batches(recs: np.ndarray, ref: Reference, date: dt.date,
                          & (recs["rc"][settles] == APPROVED)]
     if len(unbalanced) == 0:
         return []
+    # A 0500 of a terminal the registry does not have cannot be reconciled against its
+    # acquirer: left out (its money records are UNATTRIBUTED exceptions), never a refused day.
+    unbalanced = unbalanced[recs["terminal"][unbalanced] < len(ref.terminal_acquirer)]
+    if len(unbalanced) == 0:
+        return []
     terminals = np.unique(recs["terminal"][unbalanced])
-    if int(terminals[-1]) >= len(ref.terminal_acquirer):
-        raise ClearingError(f"a 0500 of terminal {int(terminals[-1])} is journaled, and the "
-                            "registry has no such terminal")
     # only the rows of those terminals are looked at again (a few, of millions)
     rows = np.flatnonzero(np.isin(recs["terminal"], terminals)
                           & np.isin(kind, [*BATCH_KINDS, K["SETTLE"], K["BATCH_UPLOAD"]]))
@@ -296,16 +311,66 @@ def adjustments(recs: np.ndarray, nos: np.ndarray, ref: Reference,
     return out
 
 
+REASONS = {
+    "no_card": "names no card (a reversal advice of a request this switch no longer knew, "
+               "or an original it never had)",
+    "unknown_card": "names a card the registry does not have",
+    "unknown_terminal": "names a terminal the registry does not have",
+    "unknown_programme": "names a programme the registry does not have",
+}
+
+
+def _unattributed(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date,
+                  cutover: str) -> list[Exception_]:
+    """The date's money records clearing cannot attribute: their unknown party's legs are
+    held by the suspense party (positions.legs), and each is an exception an operator
+    acknowledges. The id names the journal record, so it never changes."""
+    rows = moving_rows(recs, date, cutover)
+    masks = unattributed(recs, rows, ref)
+    bad = np.zeros(len(rows), dtype=bool)
+    for mask in masks.values():
+        bad |= mask
+    out = []
+    picked = np.flatnonzero(bad)
+    # in journal order, whatever the order the records were read in
+    for i in picked[np.argsort(nos[rows[picked]], kind="stable")].tolist():
+        r = int(rows[i])
+        reason = next(name for name, mask in masks.items() if mask[i])
+        term, card, no = int(recs["terminal"][r]), int(recs["card"][r]), int(nos[r])
+        tid = (_tid(ref, term) if term < len(ref.terminal_acquirer)
+               else "NONE" if term == NONE else f"T{term}")
+        acquirer = (f"acquirer:{ref.terminal_acquirer[term]}"
+                    if term < len(ref.terminal_acquirer)
+                    else "" if term == NONE else clearing.SUSPENSE)   # NONE: a credit
+        card_ok = card < len(ref.card_province)
+        kind = KIND_BY_VALUE[int(recs["kind"][r])].name
+        amount = int(recs["amount_fen"][r])
+        out.append(Exception_(
+            id=exception_id(date, "UNATTRIBUTED", tid, no, int(recs["seq"][r])),
+            date=date.isoformat(), kind="UNATTRIBUTED", reason=reason,
+            detail=f"journal record {no} ({kind} of {amount} fen, terminal {tid} STAN "
+                   f"{int(recs['seq'][r])}) {REASONS[reason]}: what its party would owe or be "
+                   f"owed is held by {clearing.SUSPENSE}",
+            terminal=tid, terminal_idx=term, acquirer=acquirer, ref=no,
+            seq=int(recs["seq"][r]), card="", card_idx=card if card_ok else -1,
+            issuer=f"issuer:{int(ref.card_province[card])}" if card_ok else "",
+            switch_amount_minor=amount, terminal_amount_minor=0, currency=CNY,
+            suggested_fen=0, suggested_direction="acquirer_owed"))
+    return out
+
+
 def find(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
          cutover: str = clearing.CUTOVER_DEFAULT) -> list[Exception_]:
     """The date's exceptions, each with the adjustment that resolved it, if one did."""
     recs = np.ascontiguousarray(recs)
     found = _batches(recs, ref, date, clearing.cutover_minutes(cutover))
     found += _medical(recs, nos, ref, date, cutover)
+    found += _unattributed(recs, nos, ref, date, cutover)
     done = adjustments(recs, nos, ref, cutover)
     out = []
     for e in found:
-        adj = done.get((e.kind, e.terminal_idx, e.ref, e.seq))
+        # an adjustment keeps the reference's low 32 bits (a record number may be wider)
+        adj = done.get((e.kind, e.terminal_idx, e.ref & REF_MASK, e.seq))
         out.append(msgspec.structs.replace(e, status="resolved", adjustment=adj)
                    if adj is not None else e)
     return out

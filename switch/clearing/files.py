@@ -19,9 +19,9 @@ import msgspec
 import numpy as np
 
 from onecard.protocols import clearing
-from onecard.protocols.journal import KIND_BY_NAME, KIND_BY_VALUE, NONE
+from onecard.protocols.journal import KIND_BY_NAME, KIND_BY_VALUE
 from onecard.protocols.journal_codec import view
-from onecard.switch.clearing.positions import Legs, Reference
+from onecard.switch.clearing.positions import Legs, Reference, shown
 
 MAGIC = "ONECARD-CLEARING"
 VERSION = 1
@@ -62,6 +62,8 @@ def file_name(party: str) -> str:
 def _record_columns(recs: np.ndarray, nos: np.ndarray, ref: Reference,
                     date: dt.date) -> dict[str, list[str]]:
     """Each record's columns but the per-party ones, as text."""
+    if not len(recs):                  # an empty date (np.char cannot size no text)
+        return {c: [] for c in COLUMNS}
     local = (recs["ts_us"] // 1_000_000 + clearing.CST_OFFSET_S).astype("datetime64[s]")
     times = np.char.replace(np.char.replace(np.char.replace(
         np.datetime_as_string(local), "-", ""), ":", ""), "T", "")
@@ -78,13 +80,15 @@ def _record_columns(recs: np.ndarray, nos: np.ndarray, ref: Reference,
     terminal = recs["terminal"].tolist()
     card = recs["card"].tolist()
     pans = ref.card_pan if ref.card_pan is not None else np.zeros(0, dtype=np.uint64)
+    tids = ref.terminal_tid or []
+    # a terminal or card the registry does not have (its legs are the suspense party's,
+    # protocols/CLEARING.md) leaves its column empty
     return {
         "record_no": [str(n) for n in nos.tolist()],
         "settle_date": [date.strftime("%Y%m%d")] * len(recs),
         "time": times.tolist(),
         "kind": kinds,
-        "terminal": ["" if t == NONE or ref.terminal_tid is None else ref.terminal_tid[t]
-                     for t in terminal],
+        "terminal": [tids[t] if t < len(tids) else "" for t in terminal],
         "seq": [str(s) for s in recs["seq"].tolist()],
         "card": [mask_pan(int(pans[c])) if c < len(pans) else "" for c in card],
         "amount_asked_minor": [str(a) for a in asked.tolist()],
@@ -118,7 +122,7 @@ def _apportion_columns(day: Legs, journey: np.ndarray, ref: Reference,
 def render(day: Legs, ref: Reference, date: dt.date, cutover: str) -> dict[str, bytes]:
     """Every party's file of the date: {party: bytes}, parties and lines in a fixed order
     (by party, then by journal record number, then by leg)."""
-    kept = day.signed != 0
+    kept = shown(day.signed, day.fee)     # as positions count them: a file agrees to the fen
     plain = kept[:day.plain]
     used, local = np.unique(day.row[:day.plain][plain], return_inverse=True)
     columns = _record_columns(np.ascontiguousarray(day.records[used]), day.nos[used], ref, date)

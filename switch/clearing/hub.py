@@ -75,7 +75,7 @@ def home(p: Position, owners: dict[int, str], acquirer_province: dict[str, int])
     elif role in ("pool", "personal"):
         province = int(key) // 10_000            # a region code's first two digits
     else:
-        return ""                                # a programme: the region that paid it
+        return ""        # a programme (the region that paid it) or suspense (the region's own)
     if province is None or province not in owners:
         raise HubError(f"party {p.party}: no region owns its province {province}")
     return owners[province]

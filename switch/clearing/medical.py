@@ -81,7 +81,11 @@ def medical(recs: np.ndarray, ref: Reference, first: dt.date, last: dt.date, *,
     rows = np.flatnonzero((days >= clearing.day_number(first))
                           & (days <= clearing.day_number(last))
                           & np.isin(recs["kind"], [MEDICAL, REFUND])
-                          & (recs["rc"] == CODE_INDEX["00"]))
+                          & (recs["rc"] == CODE_INDEX["00"])
+                          # an unknown card or terminal has no fund or institution to
+                          # total: an UNATTRIBUTED exception (exceptions.py), not a failure
+                          & (recs["card"] < len(ref.card_province))
+                          & (recs["terminal"] < len(ref.terminal_acquirer)))
     amounts = medical_amounts(recs, rows)
     amounts["cash"] = amounts.pop("amount")
     sign = np.where(recs["kind"][rows] == REFUND, -1, 1).astype(np.int64)
@@ -123,7 +127,8 @@ def _switch_totals(recs: np.ndarray, n_terminals: int, date: dt.date,
     days = clearing.settlement_days(recs["ts_us"], clearing.cutover_minutes(cutover))
     rows = np.flatnonzero((days == clearing.day_number(date))
                           & np.isin(recs["kind"], [MEDICAL, REFUND])
-                          & (recs["rc"] == APPROVED))
+                          & (recs["rc"] == APPROVED)
+                          & (recs["terminal"] < n_terminals))     # unknown: UNATTRIBUTED
     amounts = medical_amounts(recs, rows)
     refund = recs["kind"][rows] == REFUND
     terminal = recs["terminal"][rows].astype(np.int64)
@@ -162,6 +167,8 @@ def totals_differences(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: 
     out = []
     for row in last.tolist():
         term = int(recs["terminal"][row])
+        if term >= len(ref.terminal_acquirer):
+            continue                     # no institution to raise it with
         for fund in COMPARED:
             field = fund if fund in ("settlements", "refunds") else f"{fund}_fen"
             mine, told = int(ours[fund][term]), int(theirs[field][row])

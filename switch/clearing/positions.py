@@ -120,15 +120,16 @@ def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str,
     if kind == "ADJUSTMENT":
         owes = view(recs, "adjustment")["direction"][rows] == clearing.ADJUST_OWES
         amounts["amount"] = np.where(owes, -amounts["amount"], amounts["amount"])
-    card = recs["card"][rows].astype(np.int64)
+    card = known(recs["card"][rows], len(lookups["issuer"]) - 1)
     n = len(rows)
     for leg in clearing.LEGS[kind]:
         if leg.role == "acquirer":
-            ids = lookups["acquirer"][recs["terminal"][rows].astype(np.int64)]
+            ids = lookups["acquirer"][known(recs["terminal"][rows], len(lookups["acquirer"]) - 1)]
         elif leg.role == "payer":
             programme = view(recs, "credit")["programme"][rows].astype(np.int64)
-            ids = np.where(programme > 0, lookups["programme"][np.maximum(programme - 1, 0)],
-                           lookups["deposit"][card])
+            ids = np.where(programme > 0, lookups["programme"][
+                known(np.maximum(programme - 1, 0), len(lookups["programme"]) - 1)],
+                lookups["deposit"][card])
         else:
             ids = lookups[leg.role][card]
         amount = amounts[leg.amount]
@@ -146,29 +147,63 @@ def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str,
 
 
 def _lookups(ref: Reference, parties: _Parties) -> dict[str, np.ndarray]:
+    """Party ids per card, terminal and programme index, each array one longer than the
+    registry: its last slot is the suspense party, where ``known`` sends an index the
+    registry does not have (NONE, or a card or terminal issued elsewhere)."""
     scheme = parties.id("scheme", "onecard")
+    suspense = np.array([parties.id(*clearing.SUSPENSE.split(":"))], dtype=np.int64)
+    programmes = (parties.ids("programme", np.array(ref.programme_codes, dtype=object))
+                  if ref.programme_codes else np.zeros(0, dtype=np.int64))
     return {
-        "issuer": parties.ids("issuer", ref.card_province),
-        "pool": parties.ids("pool", ref.card_region),
-        "personal": parties.ids("personal", ref.card_region),
-        "deposit": parties.ids("deposit", ref.card_province),
-        "acquirer": parties.ids("acquirer", np.array(ref.terminal_acquirer, dtype=object)),
-        "programme": (parties.ids("programme", np.array(ref.programme_codes, dtype=object))
-                      if ref.programme_codes else np.zeros(1, dtype=np.int64)),
+        "issuer": np.r_[parties.ids("issuer", ref.card_province), suspense],
+        "pool": np.r_[parties.ids("pool", ref.card_region), suspense],
+        "personal": np.r_[parties.ids("personal", ref.card_region), suspense],
+        "deposit": np.r_[parties.ids("deposit", ref.card_province), suspense],
+        "acquirer": np.r_[parties.ids("acquirer", np.array(ref.terminal_acquirer,
+                                                           dtype=object)), suspense],
+        "programme": np.r_[programmes, suspense],
         "scheme": np.int64(scheme),
     }
 
 
-def _check_references(recs: np.ndarray, nos: np.ndarray, rows: np.ndarray,
-                      ref: Reference) -> None:
+def known(index: np.ndarray, size: int) -> np.ndarray:
+    """Indices into a registry of ``size`` entries, an unknown one (NONE or beyond it) made
+    ``size``: the suspense slot of the lookups."""
+    index = np.asarray(index).astype(np.int64)
+    return np.where(index < size, index, size)
+
+
+def unattributed(recs: np.ndarray, rows: np.ndarray, ref: Reference) -> dict[str, np.ndarray]:
+    """Which of ``rows`` clearing cannot attribute, by reason (masks over ``rows``): no card,
+    a card or terminal the registry does not have, a credit's unknown programme. Their
+    legs go to the suspense party; exceptions.find lists them."""
     card, terminal = recs["card"][rows], recs["terminal"][rows]
     credit = recs["kind"][rows] == KIND_CREDIT
-    bad = (card == NONE) | (card >= len(ref.card_province))
-    bad |= ~credit & ((terminal == NONE) | (terminal >= len(ref.terminal_acquirer)))
-    if bad.any():
-        no = int(nos[rows[np.flatnonzero(bad)[0]]])
-        raise ClearingError(f"journal record {no} moves money but names no known card or "
-                            f"terminal: {int(bad.sum())} such records")
+    programme = view(recs, "credit")["programme"][rows].astype(np.int64)
+    return {
+        "no_card": card == NONE,
+        "unknown_card": (card != NONE) & (card >= len(ref.card_province)),
+        "unknown_terminal": ~credit & (terminal >= len(ref.terminal_acquirer)),
+        "unknown_programme": credit & (programme > len(ref.programme_codes)),
+    }
+
+
+def moving_rows(recs: np.ndarray, date: dt.date, cutover: str) -> np.ndarray:
+    """The rows of the records of the date that move money: approved, of a kind with legs
+    (an adjustment of 0 fen, an acknowledgement maybe naming no card, moves nothing)."""
+    moving = (clearing.settlement_days(recs["ts_us"], clearing.cutover_minutes(cutover))
+              == clearing.day_number(date))
+    moving &= recs["rc"] == APPROVED
+    moving &= np.isin(recs["kind"], [KIND_BY_NAME[k].value for k in clearing.LEGS])
+    moving &= (recs["kind"] != KIND_BY_NAME["ADJUSTMENT"].value) | (recs["amount_fen"] != 0)
+    return np.flatnonzero(moving)
+
+
+def shown(signed: np.ndarray, fee: np.ndarray) -> np.ndarray:
+    """The legs a file has a line for and a position counts: those that move money or carry
+    a fee. A 1-fen purchase with a 1-fen fee leaves its acquirer 0 fen but 1 fen of fee: it
+    is a line of the acquirer's file, as the fee is in its position (issue 28)."""
+    return (signed != 0) | (fee != 0)
 
 
 class Legs(msgspec.Struct, kw_only=True):
@@ -200,22 +235,14 @@ def legs(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
          cutover: str = clearing.CUTOVER_DEFAULT,
          fees: dict[str, clearing.Fee] | None = None) -> Legs:
     """The settlement date's legs from journal records (any superset of the date's)."""
-    cutover_min = clearing.cutover_minutes(cutover)
     recs = np.ascontiguousarray(recs)
-    moving = clearing.settlement_days(recs["ts_us"], cutover_min) == clearing.day_number(date)
-    moving &= recs["rc"] == APPROVED
     kinds = {KIND_BY_NAME[k].value: k for k in clearing.LEGS}
-    moving &= np.isin(recs["kind"], list(kinds))
-    # an adjustment of 0 fen (an acknowledgement, maybe naming no card) moves nothing
-    moving &= (recs["kind"] != KIND_BY_NAME["ADJUSTMENT"].value) | (recs["amount_fen"] != 0)
-    rows = np.flatnonzero(moving)
-    del moving
-    _check_references(recs, nos, rows, ref)
+    rows = moving_rows(recs, date, cutover)
     parties = _Parties()
     lookups = _lookups(ref, parties)
     fee_table = _fee_arrays(ref, clearing.FEES_DEFAULT if fees is None else fees)
     of_kind = {kind: rows[recs["kind"][rows] == value] for value, kind in kinds.items()}
-    journeys = _journeys(recs, nos, rows, ref, lookups["acquirer"])
+    journeys = _journeys(recs, nos, rows, lookups["acquirer"])
     total = sum(len(r) * (len(clearing.LEGS[k]) + (k in clearing.FEE_KINDS))
                 for k, r in of_kind.items()) + 2 * len(journeys.second)
     out = Legs(records=recs, nos=nos, moving=len(rows), row=np.empty(total, dtype=np.int64),
@@ -231,16 +258,16 @@ def legs(recs: np.ndarray, nos: np.ndarray, ref: Reference, date: dt.date, *,
     return out
 
 
-def _journeys(recs: np.ndarray, nos: np.ndarray, rows: np.ndarray, ref: Reference,
+def _journeys(recs: np.ndarray, nos: np.ndarray, rows: np.ndarray,
               acquirer: np.ndarray) -> apportion.Journeys:
     """The date's transfer journeys between two operators (one operator's own journey
-    moves nothing). A first leg of an earlier date was checked on its own date; it is
-    checked again here, as it names the party that pays."""
+    moves nothing). A leg at a terminal the registry does not have is the suspense party's
+    (``acquirer``'s last slot), as its own record's legs are."""
     j = apportion.journeys(recs, nos, rows)
-    _check_references(recs, nos, j.first, ref)
     terminal = recs["terminal"]
-    return apportion.between(j, acquirer[terminal[j.first].astype(np.int64)]
-                             != acquirer[terminal[j.second].astype(np.int64)])
+    last = len(acquirer) - 1
+    return apportion.between(j, acquirer[known(terminal[j.first], last)]
+                             != acquirer[known(terminal[j.second], last)])
 
 
 def _fill_apportion(recs: np.ndarray, j: apportion.Journeys, acquirer: np.ndarray, out: Legs,
@@ -250,7 +277,7 @@ def _fill_apportion(recs: np.ndarray, j: apportion.Journeys, acquirer: np.ndarra
     n = len(j.second)
     for rows, sign in ((j.first, -1), (j.second, +1)):
         out.row[at:at + n] = j.second
-        out.party[at:at + n] = acquirer[recs["terminal"][rows].astype(np.int64)]
+        out.party[at:at + n] = acquirer[known(recs["terminal"][rows], len(acquirer) - 1)]
         out.signed[at:at + n], out.fee[at:at + n] = sign * j.moved, 0
         at += n
     return at
@@ -276,7 +303,7 @@ def _sum(day: Legs) -> list[Position]:
     np.add.at(net, day.party, day.signed)
     np.add.at(credit, day.party, np.maximum(day.signed, 0))
     np.add.at(fees, day.party, day.fee)
-    counts = np.bincount(day.party[day.signed != 0], minlength=n)
+    counts = np.bincount(day.party[shown(day.signed, day.fee)], minlength=n)
     debit = credit - net
     if int(net.sum()) != 0:
         raise ClearingError(f"positions do not net to zero: credits {int(credit.sum())} fen, "

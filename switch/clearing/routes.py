@@ -4,6 +4,7 @@ positions, a party's clearing file, its exceptions and their adjustments (差错
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -16,6 +17,7 @@ from onecard.switch.admin import schema
 from onecard.switch.admin.routes import Problem
 from onecard.switch.clearing import exceptions
 from onecard.switch.clearing.cli import FutureDate, settlement_date
+from onecard.switch.clearing.positions import ClearingError, Day
 
 if TYPE_CHECKING:
     from onecard.switch.admin.operators import Operator
@@ -23,19 +25,45 @@ if TYPE_CHECKING:
     from onecard.switch.clearing.service import ClearingService
 
 
-def _date(request: web.Request, text: str | None = None) -> dt.date:
+# A party as its files are named: a role and a key of letters, digits, "_", "." or "-"
+# (merchant ids, operator, province and region codes). Anything else names no file, and
+# must not reach the file system (a 5,000-character name, "../" or a NUL).
+PARTY = re.compile(r"[a-z]{1,16}:[A-Za-z0-9_.-]{1,64}")
+
+
+def _date(request: web.Request, cutover: str, text: str | None = None) -> dt.date:
+    """The route's settlement date; 400 if malformed, 422 if it has not begun (by the
+    switch's cut-over, not the calendar)."""
     try:
-        return settlement_date(text or request.match_info["date"])
+        return settlement_date(text or request.match_info["date"], cutover)
     except FutureDate as exc:
         raise Problem(422, "Unprocessable Content", str(exc)) from None
     except ValueError as exc:
         raise Problem(400, "Bad Request", str(exc)) from None
 
 
+def _party(text: str) -> str:
+    role = text.partition(":")[0]
+    if not PARTY.fullmatch(text) or role not in clearing.ROLE:
+        raise Problem(400, "Bad Request", f"party {text[:80]!r} is not role:key (roles: "
+                      f"{', '.join(clearing.ROLE)}; keys of letters, digits, _ . -, at most "
+                      "64)")
+    return text
+
+
+async def _cleared(service: ClearingService, date: dt.date, write: bool) -> Day:
+    """A date's positions; a journal clearing cannot take as it is (ClearingError, the
+    message names the record) is a problem document, never a 500."""
+    try:
+        return await service.run(date, write=write)
+    except ClearingError as exc:
+        raise Problem(422, "Unprocessable Content", str(exc)) from None
+
+
 def add_routes(app: web.Application, api: AdminApi, service: ClearingService) -> None:
     async def cleared(request: web.Request, write: bool):
-        date = _date(request)
-        return date, await service.run(date, write=write)
+        date = _date(request, service.cutover)
+        return date, await _cleared(service, date, write)
 
     async def run(request: web.Request, op: Operator) -> web.Response:
         date, day = await cleared(request, True)
@@ -48,23 +76,25 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
         return web.json_response(body=msgspec.json.encode(day))
 
     async def party_file(request: web.Request, op: Operator) -> web.Response:
-        date = _date(request)
-        path = service.file(date, request.match_info["party"])
+        date = _date(request, service.cutover)
+        party = _party(request.match_info["party"])
+        path = service.file(date, party)
         if path is None:
-            raise Problem(404, "Not Found", f"no clearing file of {request.match_info['party']} "
-                          f"for {date}: clear the date first (POST /admin/clearing/{date})")
+            why = ("that party has no line on the date" if service.cleared(date) else
+                   f"clear the date first (POST /admin/clearing/{date})")
+            raise Problem(404, "Not Found", f"no clearing file of {party} for {date}: {why}")
         return web.Response(body=path.read_bytes(), content_type="text/csv", charset="ascii")
 
     async def listed(request: web.Request, op: Operator) -> web.Response:
         status = request.query.get("status")
         if status not in (None, "open", "resolved"):
             raise Problem(400, "Bad Request", "status must be open or resolved")
-        found = await service.exceptions(_date(request))
+        found = await service.exceptions(_date(request, service.cutover))
         return web.json_response(body=msgspec.json.encode(
             [e for e in found if status is None or e.status == status]))
 
     async def adjusted(request: web.Request, op: Operator) -> web.Response:
-        found = await service.exceptions(_date(request))
+        found = await service.exceptions(_date(request, service.cutover))
         return web.json_response(body=msgspec.json.encode(
             [e for e in found if e.adjustment is not None]))
 
@@ -74,7 +104,7 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
             date, _ = exceptions.parse_id(ident)
         except ValueError as exc:
             raise Problem(404, "Not Found", str(exc)) from None
-        _date(request, date.isoformat())
+        _date(request, service.cutover, date.isoformat())
         body = await api.body(request, schema.Adjust)
         limit = api.switch.config.limits.amount_fen_max
         if body.amount_fen > limit:
@@ -92,11 +122,17 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
                 raise Problem(422, "Unprocessable Content", f"exception {ident} names no card "
                               "the switch knows: there is no issuer to move money with (an "
                               "adjustment of 0 fen acknowledges it)")
+            if not 0 <= e.terminal_idx < api.switch.state.n_terminals:
+                # an adjustment is journaled against the exception's terminal
+                raise Problem(422, "Unprocessable Content", f"exception {ident} names no "
+                              "terminal the switch knows: it cannot be adjusted here (what "
+                              f"it moved is held by {clearing.SUSPENSE})")
             api.switch.engine.tick()
             no = operations.adjust(api.switch.engine.authoriser, e.terminal_idx, e.seq,
                                    e.card_idx if e.card_idx >= 0 else NO_CARD,
                                    body.amount_fen,
-                                   exception=clearing.EXCEPTION[e.kind], ref=e.ref,
+                                   exception=clearing.EXCEPTION[e.kind],
+                                   ref=e.ref & exceptions.REF_MASK,
                                    direction=clearing.DIRECTIONS[body.direction],
                                    operator=api.ops.index(op))
             await api.durable(no)

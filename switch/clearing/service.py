@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("onecard.clearing")
 
-RETRY_S = 300.0                          # a scheduled run that failed is tried again
+RETRY_S = 300.0                          # a scheduled run that failed is tried again ...
+ATTEMPTS = 3                             # ... this many times in all, then left for the
+                                         # operator (POST /admin/clearing/{date}): a date that
+                                         # cannot be cleared must not hold back the next ones
 
 
 class ClearingService:
@@ -46,7 +49,9 @@ class ClearingService:
         self.adjusting = asyncio.Lock()      # one adjustment at a time: none resolves twice
         self.open_exceptions = 0
         self.runs = 0
-        self.failures = 0
+        self.failures = 0                    # runs that failed (scheduled or asked)
+        self.dates_failed = 0                # dates the schedule gave up on, and went on
+        self.retry_s = RETRY_S
         self.last_date = ""
         self.last_duration_s = 0.0
         self.last_records = 0
@@ -101,9 +106,15 @@ class ClearingService:
         return exceptions.find(recs, nos, ref, date, cutover=self.cutover)
 
     def file(self, date: dt.date, party: str) -> Path | None:
-        """A party's file of a date, if that date was cleared here."""
+        """A party's file of a date, if that date was cleared here (``party`` checked by the
+        caller: role:key, no path in it)."""
         path = self.out_dir / date.strftime("%Y%m%d") / files.file_name(party)
         return path if path.is_file() else None
+
+    def cleared(self, date: dt.date) -> bool:
+        """Whether the date's files were written here (an empty date has its folder and no
+        party file)."""
+        return (self.out_dir / date.strftime("%Y%m%d")).is_dir()
 
     def next_run(self, now: dt.datetime) -> tuple[dt.datetime, dt.date]:
         """When the next scheduled run is due (the next cut-over plus the grace, for records
@@ -123,10 +134,26 @@ class ClearingService:
         while True:
             at, date = self.next_run(dt.datetime.now(clearing.CST))
             await asyncio.sleep(max((at - dt.datetime.now(clearing.CST)).total_seconds(), 0))
-            while True:
-                try:
-                    await self.run(date)
-                    break
-                except Exception as exc:       # logged and retried: the switch goes on
-                    log.error("clearing %s failed: %r; again in %.0f s", date, exc, RETRY_S)
-                    await asyncio.sleep(RETRY_S)
+            await self.scheduled(date)
+
+    async def scheduled(self, date: dt.date) -> bool:
+        """One scheduled date: tried ATTEMPTS times (a store failing over recovers within
+        them), then given up, logged and counted (onecard_clearing_dates_failed): the
+        schedule goes on with the next date either way. Whether it was cleared."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                await self.run(date)
+                return True
+            except Exception as exc:       # logged: the switch and the schedule go on
+                if attempt < ATTEMPTS:
+                    log.error("clearing %s failed (attempt %d of %d): %r; again in %.0f s",
+                              date, attempt, ATTEMPTS, exc, self.retry_s)
+                    await asyncio.sleep(self.retry_s)
+                else:
+                    log.error("clearing %s failed %d times, last: %r; left for an operator "
+                              "(POST /admin/clearing/%s), the next dates go on", date,
+                              ATTEMPTS, exc, date,
+                              extra=logs.extra("clearing", date=date.isoformat(),
+                                               failed=True))
+        self.dates_failed += 1
+        return False
