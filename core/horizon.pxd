@@ -51,7 +51,7 @@ cdef class Horizon:
     cdef readonly uint64_t exports   # checkpoints taken: a confirm is for the newest only
 
     cdef uint64_t* find(self, uint32_t terminal, uint32_t seq) noexcept nogil
-    cdef void drop_oldest(self) noexcept nogil
+    cdef void drop_oldest(self, Gen* keep) noexcept nogil
     cdef int open_gen(self, uint32_t day, uint64_t cap) noexcept nogil
     cdef int gen_of(self, uint32_t day) noexcept nogil
     cdef int reserve(self, uint32_t day) noexcept nogil

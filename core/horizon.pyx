@@ -3,37 +3,31 @@
 findable by (terminal, STAN or sequence) for ``days`` settlement dates (SPEC §5 "Exactly once
 for a business day").
 
-The ring (core/state.pyx) keeps each terminal's last ``ring_size`` requests and answers most
-retransmissions; the slot a new request takes held an older one, which is *filed* here
-(core/ledger.pyx ring_put) instead of being lost. Filed requests are kept per settlement date
-(a generation): a lookup looks at the newest first, and a settlement date that falls out of
-the horizon is dropped whole, without a sweep of the others. The terminal numbering is global
-(every region holds the whole terminal registry), so (terminal, seq) carries the acquiring
-region.
+The ring (core/state.pyx) keeps each terminal's last ``ring_size`` requests; the slot a new
+request takes held an older one, which is *filed* here (core/ledger.pyx ring_put). Filed
+requests are kept per settlement date (a generation), the newest looked at first; a date that
+falls out of the horizon is dropped whole, its memory taken by the next date. Terminal numbers
+are global (every region holds the whole registry), so (terminal, seq) names the acquirer.
 
 A terminal numbers its requests one after another, so a date keeps them in *pages* of 16
 consecutive numbers of one terminal, found through a hash index by (terminal, number / 16)
-and, for filing, through the terminal's page filed last. Filing (every request, once its
-terminal's ring is full) is then a copy into a page that is in cache, and the index is
-written once in 16 filings: against one hash slot per request, this halved the horizon's
-share of the switch's time (bench/README.md). A number above every number of its terminal
-on a date is not looked for there: a new request costs no probe at all.
+and, for filing, through the terminal's page filed last: filing is a copy into a page in
+cache, and the index is written once in 16 filings (against a hash slot per request, half
+the horizon's share of the switch's time: bench/README.md). A number above every number of
+its terminal on a date is not looked for there: a new request costs no probe.
 
-What was forgotten is still known in outline: per terminal, the newest sequence number
-dropped. A reversal for a number at or before it that is found nowhere is outside the horizon
-(``forgot``): its original may have been approved, so the switch refuses it (25) rather than
-acknowledge it with no effect.
+Per terminal, the newest number dropped is kept: a reversal for a number at or before it
+that is found nowhere is outside the horizon (``forgot``), and refused 25 rather than
+acknowledged with no effect.
 
-Checkpoints (switch/snapshots.py) write the horizon in segments: each page knows which of its
-slots a checkpoint taken (``exported``) and a checkpoint written (``saved``) hold, and a date
-lists its pages that are not wholly saved, so a checkpoint copies only what is new or
-changed since the last one written, without a sweep.
+Checkpoints (switch/snapshots.py) write the horizon in segments: each page knows which slots
+a checkpoint taken (``exported``) and written (``saved``) hold, and a date lists its pages
+not wholly saved, so a checkpoint copies only what changed since the last one written.
 
 Memory: 41 bytes a request in full pages, plus 2 to 4 bytes of index and 16 bytes per
-terminal and date (``stats``). Bounded by ``rows_max`` requests, and by ``rows_max / 8``
-pages plus one per terminal and date (a terminal whose numbers jump leaves pages part
-empty); past either, ``reserve`` fails and the request is declined 96: never a row lost
-silently.
+terminal and date (``stats``). Bounded by ``rows_max`` requests and ``rows_max / 8`` pages
+plus one per terminal and date (a terminal whose numbers jump leaves pages part empty); past
+either, ``reserve`` fails and the request is declined 96: never a row lost silently.
 """
 
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
@@ -140,6 +134,15 @@ cdef int gen_init(Gen* g, uint32_t day, uint64_t cap, uint32_t n_terminals) noex
         return -1
     g.day = day
     return 0
+
+
+cdef void gen_reuse(Gen* g, uint32_t day, uint32_t n_terminals) noexcept nogil:
+    """Empty a dropped date's memory for ``day``: the index and the per-terminal figures
+    cleared (a page is initialised when it is opened)."""
+    memset(g.index, 0, g.icap * sizeof(uint32_t))
+    memset(g.term, 0, max(n_terminals, 1) * sizeof(TermDay))
+    g.n_pages = g.n_listed = g.rows = 0
+    g.day = day
 
 
 cdef Page* gen_page(Gen* g, uint32_t terminal, uint32_t base) noexcept nogil:
@@ -359,15 +362,20 @@ cdef class Horizon:
                 return &p.entry[(seq & (PAGE_SLOTS - 1)) * FILED_ENTRY_WORDS]
         return NULL
 
-    cdef void drop_oldest(self) noexcept nogil:
-        """Forget the oldest settlement date, remembering each terminal's newest seq in it."""
+    cdef void drop_oldest(self, Gen* keep) noexcept nogil:
+        """Forget the oldest settlement date, remembering each terminal's newest seq in it;
+        its memory is freed, or handed to ``keep``."""
         cdef Gen* g = &self.gens[self.n_gens - 1]
         cdef uint32_t t
         for t in range(self.n_terminals):
             if g.term[t].last:
                 self.dropped[t] = g.term[t].last
         self.rows -= g.rows
-        gen_free(g)
+        if keep == NULL:
+            gen_free(g)
+        else:
+            keep[0] = g[0]
+            memset(g, 0, sizeof(Gen))
         self.n_gens -= 1
 
     cdef int reserve(self, uint32_t day) noexcept nogil:
@@ -387,11 +395,17 @@ cdef class Horizon:
             # A date is like the one before it: size the new one so it rarely grows.
             cap = (self.gens[0].n_pages if self.n_gens and self.gens[0].n_pages > PAGES_FIRST
                    else PAGES_FIRST)
-            if gen_init(&fresh, day, cap, self.n_terminals) != 0:
+            if self.n_gens and (self.gens[self.n_gens - 1].day + self.days <= day
+                                or self.n_gens == HORIZON_GENS_MAX):
+                # A steady day: the new date takes the memory of the one it drops, already
+                # faulted in (fresh memory costs a page fault per 4 KiB or 2 MiB).
+                self.drop_oldest(&fresh)
+                gen_reuse(&fresh, day, self.n_terminals)
+            elif gen_init(&fresh, day, cap, self.n_terminals) != 0:
                 return -1
             while self.n_gens and (self.gens[self.n_gens - 1].day + self.days <= day
                                    or self.n_gens == HORIZON_GENS_MAX):
-                self.drop_oldest()
+                self.drop_oldest(NULL)
             memmove_gens(self.gens, self.n_gens)
             self.gens[0] = fresh
             self.n_gens += 1

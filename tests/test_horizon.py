@@ -225,6 +225,21 @@ def test_an_export_taken_before_a_change_is_not_taken_for_it():
     assert nxt["horizon_rows"]["seq"].tolist() == [3]
 
 
+def test_a_new_date_in_the_memory_of_the_one_it_drops_holds_nothing_of_it():
+    """Two dates held: the third takes the first's memory; none of the first's requests is
+    found there, the second's still are, and the first's numbers count as forgotten."""
+    h = Horizon(2, 1 << 20, 4)
+    _fill(h, 9000, 0, range(1, 2001))
+    _fill(h, 9001, 1, range(1, 101))
+    _fill(h, 9002, 2, range(1, 51))
+    assert h.stats()["dates"] == [9002, 9001] and h.stats()["rows"] == 150
+    assert h.lookup_for_test(0, 7) is None and h.lookup_for_test(1, 100) == 1000
+    assert h.lookup_for_test(2, 50) == 500
+    assert h.forgotten(0, 2000, 1 << 32) and not h.forgotten(0, 2001, 1 << 32)
+    _fill(h, 9002, 0, range(2001, 2101))          # terminal 0 again, in reused pages
+    assert h.lookup_for_test(0, 2100) == 21000 and h.lookup_for_test(0, 1999) is None
+
+
 def test_horizon_limits_and_dates():
     with pytest.raises(ValueError):
         Horizon(0, 100, 1)
