@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onecard.switch import __version__, loader, snapshots, store
-from onecard.switch.security import keystore, modes
+from onecard.switch.security import first_tokens, keystore, modes
 
 FORMAT = 1
 MANIFEST = "backup-manifest.json"
@@ -40,7 +40,8 @@ LOCK_FILE = "onecard.lock"
 # Not copied: the database and its SQLite side files (the online backup copies the
 # database), the lock, and the checkpoints (the newest one is copied on its own).
 NOT_COPIED = {store.DB_NAME, *(store.DB_NAME + s for s in ("-wal", "-shm", "-journal")),
-              LOCK_FILE, snapshots.snapshot_root(".").name}
+              LOCK_FILE, snapshots.snapshot_root(".").name,
+              first_tokens.FILE_NAME}     # operator tokens in clear: never in a backup
 STEP_PAGES = 4096                 # 16 MiB of 4 KiB pages per backup step
 CHECKPOINT_TRIES = 5
 PROGRESS_EVERY_S = 1.0

@@ -160,13 +160,14 @@ async def _serve(config: Config, loaded, lease) -> int:
     from onecard.switch.admin import operators
     from onecard.switch.admin import routes as admin
     from onecard.switch.admin.http import start_http
+    from onecard.switch.security import first_tokens
     from onecard.switch.server import Switch
 
     switch = Switch(config, loaded, lease)
     ops, created = operators.load_or_create(tokens_path(config))
-    for name, token in created.items():      # shown once: the file keeps only hashes
-        roles = ",".join(next(op.roles for op in ops.operators if op.name == name))
-        print(f"onecard: operator {name} roles {roles} token {token}")
+    # Shown once (the operators file keeps only hashes), and never into a log.
+    first_tokens.hand_over(created, {op.name: ",".join(op.roles) for op in ops.operators},
+                           tokens_path(config))
     if loaded.migrated:
         print(f"onecard: data set upgraded to store schema {loaded.migrated[-1]} (from 4 on it "
               "is encrypted at rest; journal rows of formats 1 and 2 were rewritten as format 3 "

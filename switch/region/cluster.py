@@ -193,7 +193,8 @@ def up(directory: Path, count: int, cards: int, timeout_s: float = READY_TIMEOUT
         _stop(directory)
         raise
     _print(directory, regions, switches)
-    tokens.show(made, {name: Path(sw["config"]) for name, sw in switches.items()})
+    tokens.show(made, {name: Path(sw["config"]) for name, sw in switches.items()},
+                directory)
     print(f"stop with: onecard cluster down --dir {directory}")
     print("ready", flush=True)
     return 0
