@@ -1,24 +1,25 @@
 """Operator tokens of the switches ``onecard cluster up`` starts (``--regions``, ``--switch``).
 
-A switch makes one operator per role at its first start and prints their tokens once on its
-standard output. The switches ``cluster up`` starts run in the background with that output
-going to ``switch.log``, so left to themselves they would write the tokens there, in clear.
-Instead ``cluster up`` makes each switch's operators itself, before starting it (the switch
-then finds its operators file and makes none), and prints the tokens once on the terminal of
-whoever ran it. When its own standard output is not a terminal (a script, CI, a log) they go
-instead to ``DIR/operator-tokens.txt`` (0600) and only that path is printed, as a switch's
-first start does (``security/first_tokens.py``). The operators files keep only their hashes,
-and a lost or logged token is replaced with ``onecard operators rotate``."""
+A switch makes one operator per role at its first start and hands their tokens over once: on
+its standard output when that is a terminal, else in a 0600 file beside its operators file
+(``security/first_tokens.py``). The switches ``cluster up`` starts run in the background with
+their output going to ``switch.log``, so each would leave its tokens in a file of its own
+data directory. Instead ``cluster up`` makes each switch's operators itself, before starting
+it (the switch then finds its operators file and makes none), and hands all the tokens over
+at once, by the same rule: printed on the terminal of whoever ran it, or, when its own
+standard output is not a terminal (a script, CI, a log), written to
+``DIR/operator-tokens.txt`` (0600) with only that path printed. Never into a switch's log.
+The operators files keep only their hashes, and a lost or logged token is replaced with
+``onecard operators rotate``."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from onecard.switch import config as configuration
 from onecard.switch.admin import operators
-from onecard.switch.security import modes
+from onecard.switch.security import first_tokens
 
 FILE_NAME = "operator-tokens.txt"
 
@@ -49,7 +50,8 @@ def show(tokens: dict[str, dict[str, str]], configs: dict[str, Path], directory:
         print("\n".join(rows))
     else:
         path = directory / FILE_NAME
-        _write(path, rows)
+        first_tokens.write_private(path, "# switch   operator             token\n"
+                                   + "".join(row + "\n" for row in rows))
         print(f"operator tokens (Authorization: Bearer <token>) in {path} (0600; standard "
               "output is not a terminal, so they are not printed): keep them elsewhere and "
               "delete the file")
@@ -57,11 +59,3 @@ def show(tokens: dict[str, dict[str, str]], configs: dict[str, Path], directory:
         print(f"  {switch:8} hashes in {_tokens_file(config)}; a lost token: onecard "
               f"operators rotate NAME --config {config}")
 
-
-def _write(path: Path, rows: list[str]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    with modes.open_private(temporary, "w") as f:
-        f.write("# switch   operator             token\n" + "".join(r + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
