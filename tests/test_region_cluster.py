@@ -133,7 +133,7 @@ def test_three_regions_print_approved_forwarded_commands_and_tokens_once(tmp_pat
     assert down.returncode == 0 and "stopped 6 process group(s)" in down.stdout, down.stdout
     for region in ("sh", "js", "zj"):
         log = (home / region / "switch.log").read_text()
-        # What a switch making its own operators prints ("operator NAME roles R token T").
+        # The line a first start shows on a terminal ("operator NAME roles R token T"): never here.
         assert "onecard: ready" in log and not re.search(r"token [\w-]{40,}", log)
     assert {line.split(":")[0] for line in files_holding(home, [t for _, _, t in made])} == {
         str(token_file)}
