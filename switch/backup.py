@@ -12,16 +12,24 @@ and the database after it, in one read transaction: the copy is the journal as o
 commit, at or after that ``upto``. The key-encryption key is never in a backup (it lives
 beside the data directory, not in it): a backup alone opens nothing.
 
-Restore verifies every file against the manifest while copying it into a staging directory
-beside the target, checks that the key-encryption key opens the data set, then moves the
-files into the target (under the data directory's lock, so never under a running switch)
-and loads it: checkpoint plus replay, as a start does.
+The manifest is authenticated (issue 28): it carries an HMAC-SHA256 of its other fields
+under a key derived from the key-encryption key (``keystore.backup_mac_key``). The SHA-256s
+alone tell a damaged file, not a changed one: whoever can write to where backups are kept can
+change a file and its checksum together. With the HMAC, changing either needs the key.
+
+Restore checks the manifest's HMAC first, before it copies or opens anything (a manifest
+without one is refused unless asked for, ``unauthenticated``: backups made before the HMAC
+have none), then verifies every file against the manifest while copying it into a staging
+directory beside the target, checks that the key-encryption key opens the data set, then
+moves the files into the target (under the data directory's lock, so never under a running
+switch) and loads it: checkpoint plus replay, as a start does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -32,15 +40,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onecard.switch import __version__, loader, snapshots, store
-from onecard.switch.security import keystore, modes
+from onecard.switch.security import first_tokens, keystore, modes
 
 FORMAT = 1
 MANIFEST = "backup-manifest.json"
+HMAC_FIELD = "hmac_sha256"        # of the manifest's other fields, canonical JSON
 LOCK_FILE = "onecard.lock"
 # Not copied: the database and its SQLite side files (the online backup copies the
 # database), the lock, and the checkpoints (the newest one is copied on its own).
 NOT_COPIED = {store.DB_NAME, *(store.DB_NAME + s for s in ("-wal", "-shm", "-journal")),
-              LOCK_FILE, snapshots.snapshot_root(".").name}
+              LOCK_FILE, snapshots.snapshot_root(".").name,
+              first_tokens.FILE_NAME}     # operator tokens in clear: never in a backup
 STEP_PAGES = 4096                 # 16 MiB of 4 KiB pages per backup step
 CHECKPOINT_TRIES = 5
 PROGRESS_EVERY_S = 1.0
@@ -56,6 +66,30 @@ class BackupError(Exception):
 
 class Refused(BackupError):
     """Refused as asked (a non-empty target, no --force): a usage error."""
+
+
+class Unauthentic(Refused):
+    """A backup that is not what its key-holder wrote (a changed file or manifest, an HMAC
+    removed or made under another key): refused before anything is restored."""
+
+
+def manifest_hmac(manifest: dict, key: bytes) -> str:
+    """The HMAC-SHA256 of every manifest field but the HMAC itself, over canonical JSON
+    (sorted keys, no spaces: the same bytes after a JSON round trip)."""
+    fields = {k: v for k, v in manifest.items() if k != HMAC_FIELD}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _source_mac_key(data_dir: Path, kek_file: str | None) -> bytes:
+    """The manifest key of the data set in data_dir: from its KEK, checked to be the one its
+    data key is wrapped under (a backup signed under another key would never restore)."""
+    conn = store.connect(store.db_path(data_dir), readonly=True)
+    try:
+        kek, _where = keystore.checked_kek(conn, data_dir, kek_file)
+    finally:
+        conn.close()
+    return keystore.backup_mac_key(kek)
 
 
 def stderr(line: str) -> None:
@@ -197,9 +231,12 @@ def _nested(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def backup(data_dir: str | Path, to: str | Path, *, out: Progress = stderr) -> dict:
+def backup(data_dir: str | Path, to: str | Path, *, kek_file: str | None = None,
+           out: Progress = stderr) -> dict:
     """Copy the data set in data_dir (a switch may be serving from it) into the new or empty
-    directory ``to``; the manifest written. Refused if ``to`` holds anything."""
+    directory ``to``; the manifest written, authenticated under the data set's KEK (found as
+    a start finds it; ``kek_file`` is ``[security] kek_file``). Refused if ``to`` holds
+    anything."""
     data_dir, to = Path(data_dir), Path(to)
     if _nested(data_dir, to):
         raise Refused(f"backup target {to} and data directory {data_dir} must not contain "
@@ -208,6 +245,7 @@ def backup(data_dir: str | Path, to: str | Path, *, out: Progress = stderr) -> d
         raise Refused(f"backup target {to} is not empty")
     if not store.db_path(data_dir).exists():
         raise BackupError(f"no data set in {data_dir} ({store.DB_NAME} not found)")
+    mac_key = _source_mac_key(data_dir, kek_file)      # before anything is written
     modes.private_dir(to)
     try:
         upto, files = _copy_checkpoint(data_dir, to, out)
@@ -219,6 +257,7 @@ def backup(data_dir: str | Path, to: str | Path, *, out: Progress = stderr) -> d
         manifest = {"format": FORMAT, "created": dt.datetime.now(dt.UTC).isoformat(),
                     "onecard": __version__, "source": str(data_dir.resolve()),
                     "journal_end": end, "checkpoint_upto": upto, "files": files}
+        manifest[HMAC_FIELD] = manifest_hmac(manifest, mac_key)
         with modes.open_private(to / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
             f.flush()
@@ -253,14 +292,42 @@ def _stage(src: Path, staging: Path, manifest: dict, out: Progress) -> None:
             raise BackupError(f"{src / MANIFEST} names a file outside the backup: {rel}")
         source = src / rel
         if not source.is_file():
-            raise BackupError(f"backup file {source} is missing")
+            raise Unauthentic(f"backup file {source} is missing")
         modes.private_dir((staging / rel).parent)
         if want["bytes"] >= BIG_FILE_BYTES:
             out(f"onecard restore: checking and copying {rel} ({want['bytes'] / 2**20:,.0f} MiB)")
         got = _copy_file(source, staging / rel, int(want["mode"], 8) & 0o777)
         if got["sha256"] != want["sha256"] or got["bytes"] != want["bytes"]:
-            raise BackupError(f"backup file {source} is damaged: its SHA-256 is not the one "
-                              "the manifest recorded")
+            # The manifest is authenticated: the file was damaged or changed since.
+            raise Unauthentic(f"backup file {source} is damaged or changed: its SHA-256 is "
+                              "not the one the manifest recorded; nothing restored")
+
+
+def authenticate(src: Path, manifest: dict, data_dir: Path, kek_file: str | None, *,
+                 unauthenticated: bool = False, out: Progress = stderr) -> None:
+    """Check the manifest's HMAC under the KEK restore uses (found for ``data_dir`` as a start
+    finds it); Unauthentic in one line when it fails or, unless ``unauthenticated``, when the
+    manifest has none."""
+    if HMAC_FIELD not in manifest:
+        if not unauthenticated:
+            raise Unauthentic(f"backup {src} is not authenticated (its manifest has no HMAC: "
+                              "made before onecard authenticated backups, or the HMAC was "
+                              "removed); nothing restored (--unauthenticated restores it "
+                              "checked against its SHA-256s only)")
+        out(f"onecard restore: {src} has no HMAC; restoring it unauthenticated, as asked "
+            "(its files are checked against the manifest's SHA-256s only)")
+        return
+    try:
+        kek, where = keystore.load_kek(data_dir, kek_file)
+    except keystore.KekError as exc:
+        raise keystore.KekError(f"{exc}; a backup never holds the key-encryption key: put "
+                                "the data set's key where restore looks for it") from None
+    want = manifest_hmac(manifest, keystore.backup_mac_key(kek))
+    if not hmac.compare_digest(want, str(manifest[HMAC_FIELD])):
+        raise Unauthentic(f"backup {src} fails authentication (its manifest's HMAC): the "
+                          "manifest was changed, or the key-encryption key from "
+                          f"{where} is not the one of the data set it was taken from; "
+                          "nothing restored")
 
 
 def _check_kek(staging: Path, data_dir: Path, kek_file: str | None) -> None:
@@ -287,16 +354,19 @@ def _move_into(staging: Path, data_dir: Path, force: bool) -> None:
 
 
 def restore(src: str | Path, data_dir: str | Path, *, lock: Callable, force: bool = False,
-            kek_file: str | None = None, out: Progress = stderr,
-            **load_options) -> tuple[dict, loader.Loaded]:
+            kek_file: str | None = None, unauthenticated: bool = False,
+            out: Progress = stderr, **load_options) -> tuple[dict, loader.Loaded]:
     """Restore the backup in src into data_dir; the manifest and the data set loaded from
     it. ``lock(data_dir)`` takes the data directory's lock (refusing one a switch serves
-    from) and returns a handle to close."""
+    from) and returns a handle to close. ``unauthenticated`` accepts a manifest without an
+    HMAC (a backup made before they had one)."""
     src, data_dir = Path(src), Path(data_dir)
     if _nested(src, data_dir):
         raise Refused(f"backup {src} and data directory {data_dir} must not contain one "
                       "another")
     manifest = read_manifest(src)
+    # First: nothing of a backup is copied or opened before its manifest is authentic.
+    authenticate(src, manifest, data_dir, kek_file, unauthenticated=unauthenticated, out=out)
     if _entries(data_dir) and not force:
         raise Refused(f"data directory {data_dir} is not empty (--force replaces it)")
     created = not data_dir.exists()

@@ -160,13 +160,14 @@ async def _serve(config: Config, loaded, lease) -> int:
     from onecard.switch.admin import operators
     from onecard.switch.admin import routes as admin
     from onecard.switch.admin.http import start_http
+    from onecard.switch.security import first_tokens
     from onecard.switch.server import Switch
 
     switch = Switch(config, loaded, lease)
     ops, created = operators.load_or_create(tokens_path(config))
-    for name, token in created.items():      # shown once: the file keeps only hashes
-        roles = ",".join(next(op.roles for op in ops.operators if op.name == name))
-        print(f"onecard: operator {name} roles {roles} token {token}")
+    # Shown once (the operators file keeps only hashes), and never into a log.
+    first_tokens.hand_over(created, {op.name: ",".join(op.roles) for op in ops.operators},
+                           tokens_path(config))
     if loaded.migrated:
         print(f"onecard: data set upgraded to store schema {loaded.migrated[-1]} (from 4 on it "
               "is encrypted at rest; journal rows of formats 1 and 2 were rewritten as format 3 "
@@ -275,7 +276,8 @@ def cmd_backup(args) -> int:
     if not _embedded_only(config, "backup"):
         return 2
     data_dir = Path(config.data_dir)
-    manifest, status = _backup_step("backup", lambda: backup.backup(data_dir, args.to))
+    manifest, status = _backup_step("backup", lambda: backup.backup(
+        data_dir, args.to, kek_file=config.security.kek_file or None))
     if status:
         return status
     files = manifest["files"]
@@ -288,7 +290,8 @@ def cmd_backup(args) -> int:
     if data_dir.resolve() not in tokens.parents:
         print(f"onecard backup: the operators file {tokens} is outside the data directory: "
               "not in this backup")
-    print("onecard backup: the key-encryption key is not in a backup: keep it separately")
+    print("onecard backup: manifest authenticated (HMAC-SHA256 under a key derived from the "
+          "key-encryption key); the key-encryption key is not in a backup: keep it separately")
     return 0
 
 
@@ -302,7 +305,8 @@ def cmd_restore(args) -> int:
     kek_file = args.kek_file or config.security.kek_file or None
     done, status = _backup_step("restore", lambda: backup.restore(
         args.source, config.data_dir, lock=_lock, force=args.force, kek_file=kek_file,
-        ring_size=config.core.ring_size, map_entries_max=config.core.map_entries_max))
+        unauthenticated=args.unauthenticated, ring_size=config.core.ring_size,
+        map_entries_max=config.core.map_entries_max))
     if status:
         return status
     manifest, loaded = done
@@ -354,7 +358,8 @@ def cmd_terminals(args) -> int:
 
 def _backup_arguments(sub, common) -> None:
     b = common(sub.add_parser("backup", help="online copy of the embedded store (the switch "
-                              "may be running) with a checksum manifest; no key"))
+                              "may be running) with an authenticated checksum manifest; no "
+                              "key"))
     b.add_argument("--to", required=True, metavar="DIR",
                    help="new or empty directory for the backup")
     b.set_defaults(func=cmd_backup)
@@ -366,6 +371,9 @@ def _backup_arguments(sub, common) -> None:
                    "not empty (never one a switch runs on)")
     r.add_argument("--kek-file", help="the data set's key-encryption key (default: "
                    "[security] kek_file, else DATA_DIR.kek beside the data directory)")
+    r.add_argument("--unauthenticated", action="store_true", help="restore a backup whose "
+                   "manifest has no HMAC (made before backups were authenticated): its files "
+                   "are checked against its SHA-256s only")
     r.set_defaults(func=cmd_restore)
 
 

@@ -23,6 +23,7 @@ import pytest
 from onecard.core.engine import ISO8583, NATIVE, Engine
 from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, FN_MEDICAL, FN_TRANSPORT, TERM_POS
 from onecard.switch import demo, loader
+from onecard.switch.security import first_tokens
 from onecard.switch.terminals import TerminalInfo, read_terminals
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,8 +36,9 @@ DEMO_CARDS = 4000
 # from the environment; tests/test_at_rest.py unsets it to test the key file.
 TEST_KEK = "5e" * 32
 os.environ.setdefault("ONECARD_KEK", TEST_KEK)
-# Operator tokens are printed once by a switch's first start (the tokens file keeps hashes):
-# {data directory: {role: token}}, filled by start_switch.
+# Operator tokens are made by a switch's first start and, its stdout being a pipe, written to
+# a 0600 file it names (the tokens file keeps hashes): {data directory: {role: token}}, filled
+# by start_switch.
 TOKENS: dict[str, dict[str, str]] = {}
 
 # The admin API's routes that change something, with the role each needs: every one must
@@ -226,10 +228,11 @@ def start_switch(data_dir: Path, *extra: str, env: dict | None = None,
         m = re.match(r"onecard: listening (\w+) [\d.]+:(\d+)", line)
         if m:
             ports[m.group(1)] = int(m.group(2))
-        m = re.match(r"onecard: operator \S+ roles (\S+) token (\S+)", line)
-        if m:
-            for role in m.group(1).split(","):
-                TOKENS.setdefault(str(data_dir), {})[role] = m.group(2)
+        m = re.match(r"onecard: operator tokens in (\S+) ", line)
+        if m:       # a first start: its tokens are in that file (0600), never on stdout
+            for roles, token in first_tokens.read(Path(m.group(1))).values():
+                for role in roles.split(","):
+                    TOKENS.setdefault(str(data_dir), {})[role] = token
         if line.startswith("onecard: ready"):
             # Read on, or a switch that logs more than a pipe holds would block writing.
             drain = threading.Thread(target=_drain, args=(proc.stdout, output), daemon=True)

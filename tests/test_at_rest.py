@@ -7,7 +7,9 @@ hashes and managed without a restart; ``onecard terminals`` shows check values, 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import pty
 import re
 import shutil
 import sqlite3
@@ -24,7 +26,7 @@ from onecard.core import crypto
 from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, TERM_METRO_GATE, TERM_POS
 from onecard.switch import loader, snapshots
 from onecard.switch.admin import operators
-from onecard.switch.security import keystore, sealed_files
+from onecard.switch.security import first_tokens, keystore, sealed_files
 from onecard.switch.terminals import read_terminals
 
 from conftest import TOKENS, AdminClient, iso_session, native_session, start_switch
@@ -261,6 +263,27 @@ def test_a_clear_tokens_file_is_rewritten_with_hashes(tmp_path):
     ops, created = operators.load_or_create(path)
     assert created == {} and "t" * 24 not in path.read_text()
     assert ops.find("t" * 24).name == "old" and ops.find("u" * 24) is None
+
+
+def test_first_start_tokens_go_to_a_terminal_or_a_0600_file_never_to_a_pipe(tmp_path):
+    tokens_file = tmp_path / "admin-tokens.toml"
+    _, created = operators.load_or_create(tokens_file)
+    roles = {name: name.removesuffix("-operator") for name in created}
+    piped = io.StringIO()                   # not a terminal: what a log or a pipe collects
+    path = first_tokens.hand_over(created, roles, tokens_file, piped)
+    assert path == tmp_path / first_tokens.FILE_NAME and str(path) in piped.getvalue()
+    assert not any(token in piped.getvalue() for token in created.values())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert {name: token for name, (_, token) in first_tokens.read(path).items()} == created
+    path.unlink()
+    leader, follower = pty.openpty()        # an interactive terminal: shown there, no file
+    try:
+        with os.fdopen(follower, "w") as terminal:
+            assert first_tokens.hand_over(created, roles, tokens_file, terminal) is None
+        shown = os.read(leader, 1 << 16).decode()
+    finally:
+        os.close(leader)
+    assert all(token in shown for token in created.values()) and not path.exists()
 
 
 def test_terminals_shows_check_values_unless_keys_are_revealed(demo_dir):

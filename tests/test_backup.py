@@ -1,7 +1,10 @@
 """``onecard backup`` / ``onecard restore`` on the embedded store (switch/backup.py): a backup
 taken while a switch commits purchases (and writes checkpoints every second) restores into a
 new directory that loads to exactly the state of a committed prefix of the journal; damaged
-backups, non-empty targets, a running switch and a missing key-encryption key are refused."""
+backups, non-empty targets, a running switch and a missing key-encryption key are refused; a
+backup's manifest is authenticated (HMAC-SHA256 under a key derived from the KEK): a changed
+file or manifest, a removed HMAC and a wrong KEK are refused with the data directory as it
+was (issue 28)."""
 
 from __future__ import annotations
 
@@ -231,9 +234,9 @@ def test_restore_refuses_a_damaged_backup_naming_the_file(quiet_backup, tmp_path
     raw[len(raw) // 2] ^= 0x01
     victim.write_bytes(bytes(raw))
     target = tmp_path / "restored"
-    assert run_cli("restore", "--from", damaged, "--data-dir", target) == 1
+    assert run_cli("restore", "--from", damaged, "--data-dir", target) == 2
     err = capsys.readouterr().err
-    assert "damaged" in err and "accounts.sealed" in err
+    assert "damaged or changed" in err and "accounts.sealed" in err
     assert not target.exists()             # nothing restored, not even the directory
 
 
@@ -271,3 +274,94 @@ def test_restore_without_the_key_says_so(quiet_backup, tmp_path, monkeypatch, ca
     # The same key, in the file restore looks for beside the data directory, opens it.
     (tmp_path / "keyless.kek").write_text(TEST_KEK + "\n")
     assert run_cli("restore", "--from", quiet_backup, "--data-dir", target) == 0
+
+
+def test_the_manifest_hmac_is_under_a_key_derived_from_the_kek(quiet_backup):
+    manifest = manifest_of(quiet_backup)
+    kek = bytes.fromhex(TEST_KEK)
+    mac_key = keystore.backup_mac_key(kek)
+    assert mac_key != kek and len(mac_key) == 32
+    assert manifest[backup.HMAC_FIELD] == backup.manifest_hmac(manifest, mac_key)
+    assert manifest[backup.HMAC_FIELD] != backup.manifest_hmac(manifest, kek)
+
+
+def refused_untouched(source: Path, tmp_path: Path, capsys, *flags: str) -> str:
+    """Restore source over a data directory holding one file (--force): refused with exit
+    status 2 in one line, the directory as it was (but for the lock a restore takes); the
+    line."""
+    target = tmp_path / "target"
+    target.mkdir(exist_ok=True)
+    (target / "keep.txt").write_text("mine")
+    assert run_cli("restore", "--from", source, "--data-dir", target, "--force", *flags) == 2
+    refusals = [line for line in capsys.readouterr().err.splitlines()
+                if not line.startswith("onecard restore: checking")]
+    assert len(refusals) == 1, refusals
+    assert set(os.listdir(target)) - {"onecard.lock"} == {"keep.txt"}
+    assert (target / "keep.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".target.restoring-*"))
+    return refusals[0]
+
+
+def tampered(quiet_backup: Path, tmp_path: Path, change) -> Path:
+    """A copy of the backup with change(directory, manifest) applied, the manifest rewritten
+    as backup wrote it (so only what change did differs)."""
+    copy = tmp_path / "tampered"
+    shutil.copytree(quiet_backup, copy)
+    manifest = manifest_of(copy)
+    change(copy, manifest)
+    (copy / backup.MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return copy
+
+
+def changed_holders(copy: Path, manifest: dict) -> None:
+    """holders.bin changed and its checksum in the manifest with it (what someone who can
+    write the backup but has no key could do)."""
+    path = copy / "holders.bin"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    manifest["files"]["holders.bin"] = backup._sha256(path)
+
+
+def later_journal_end(_copy: Path, manifest: dict) -> None:
+    manifest["journal_end"] += 1
+
+
+def no_hmac(_copy: Path, manifest: dict) -> None:
+    del manifest[backup.HMAC_FIELD]
+
+
+@pytest.mark.parametrize("change, says", [
+    (changed_holders, "fails authentication"),
+    (later_journal_end, "fails authentication"),
+    (no_hmac, "is not authenticated"),
+])
+def test_a_tampered_backup_is_refused_and_nothing_restored(quiet_backup, tmp_path, capsys,
+                                                           change, says):
+    source = tampered(quiet_backup, tmp_path, change)
+    line = refused_untouched(source, tmp_path, capsys)
+    assert says in line and "nothing restored" in line, line
+
+
+def test_a_backup_is_refused_under_another_kek(quiet_backup, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ONECARD_KEK", "77" * 32)
+    line = refused_untouched(quiet_backup, tmp_path, capsys)
+    assert "fails authentication" in line and "$ONECARD_KEK" in line, line
+    # Nor is a backup taken under a KEK that does not open the data set (its HMAC would be
+    # under the wrong key): refused before the target is made.
+    target = tmp_path / "bk"
+    assert run_cli("backup", "--data-dir", quiet_backup.parent / "data", "--to", target) == 2
+    assert "is not the one" in capsys.readouterr().err and not target.exists()
+
+
+def test_a_backup_without_an_hmac_restores_only_when_asked(quiet_backup, tmp_path, capsys):
+    """A backup made before manifests had an HMAC: --unauthenticated restores it (its
+    SHA-256s still checked)."""
+    source = tampered(quiet_backup, tmp_path, no_hmac)
+    refused_untouched(source, tmp_path, capsys)
+    target = tmp_path / "target"
+    assert run_cli("restore", "--from", source, "--data-dir", target, "--force",
+                   "--unauthenticated") == 0
+    assert "restoring it unauthenticated, as asked" in capsys.readouterr().err
+    assert not (target / "keep.txt").exists()
+    assert loader.load(target).next_record_no == manifest_of(quiet_backup)["journal_end"]

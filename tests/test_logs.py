@@ -4,12 +4,14 @@ with a level and a stable event name; no full card number, identity number or ke
 import json
 import logging
 import shutil
+import stat
 
 import pytest
 
 from onecard.switch import logs
+from onecard.switch.security import first_tokens
 
-from conftest import AdminClient, Supply, start_switch
+from conftest import TOKENS, AdminClient, Supply, start_switch
 
 
 def record(msg: str, *args, event: str | None = None, **fields) -> logging.LogRecord:
@@ -53,9 +55,15 @@ def test_a_json_switch_logs_its_events_and_never_a_card_number(demo_dir, termina
     pan = Supply(demo_dir, terminals).card()
     sw = start_switch(path, "--config", str(config))
     try:
+        # The first start's tokens came from their 0600 file (stdout is a pipe) and work.
+        token_file = path / first_tokens.FILE_NAME
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        tokens = TOKENS[str(path)]
+        assert set(tokens) >= {"ops", "finance", "card", "catalogue"}
         r = AdminClient(sw).post(f"/admin/cards/{pan}/topup", {"amount_fen": 500},
                                  role="finance")
         assert r.status == 200, r.text
+        assert AdminClient(sw).get("/admin/audit?limit=1", role="ops").status == 200
     finally:
         assert sw.stop() == 0
     text = sw.text()
@@ -67,3 +75,7 @@ def test_a_json_switch_logs_its_events_and_never_a_card_number(demo_dir, termina
     action = next(e for e in events if e["event"] == "operator_action")
     assert action["action"] == "card.topup" and action["record"] is not None
     assert pan not in text
+    # Neither the JSON log nor stdout (a pipe, not a terminal) holds a token; stdout names
+    # the file.
+    assert not any(token in text for token in tokens.values())
+    assert f"operator tokens in {token_file} " in text

@@ -1,11 +1,13 @@
 """``onecard cluster up --regions 3``: three regional switches and a NATS cluster on loopback,
 driven by ``onecard load`` as an operator would (issue 15), then ``status`` and ``down``; the
 commands it prints give approved forwarded purchases and taps, and the operator tokens it
-prints are written nowhere (issue 27)."""
+makes are in one 0600 file (its stdout is not a terminal) and nowhere else, never in a log
+(issues 27, 28)."""
 
 import json
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from onecard.switch.cluster import tokens as cluster_tokens
 from onecard.switch.region.cluster import forwarding_pair, plan
 
 pytestmark = pytest.mark.slow
@@ -112,7 +115,12 @@ def test_three_regions_print_approved_forwarded_commands_and_tokens_once(tmp_pat
             assert "62" not in result["codes"] and "91" not in result["codes"]
         # Every one of them went to js, Jiangsu's issuer.
         assert forwarded(sh["http_port"], 32) == purchases["completed"] + taps["completed"]
-        made = TOKEN_LINE.findall(up.stdout)
+        # Not a terminal: the tokens are in a 0600 file, only its path on stdout.
+        token_file = home / cluster_tokens.FILE_NAME
+        assert f"in {token_file} (0600" in up.stdout
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        made = TOKEN_LINE.findall(token_file.read_text())
+        assert not any(t in up.stdout + up.stderr for _, _, t in made)
         assert len(made) == 3 * 4 and {r for r, _, _ in made} == {"sh", "js", "zj"}
         token = next(t for r, name, t in made if (r, name) == ("sh", "ops-operator"))
         request = urllib.request.Request(
@@ -125,9 +133,10 @@ def test_three_regions_print_approved_forwarded_commands_and_tokens_once(tmp_pat
     assert down.returncode == 0 and "stopped 6 process group(s)" in down.stdout, down.stdout
     for region in ("sh", "js", "zj"):
         log = (home / region / "switch.log").read_text()
-        # What a switch making its own operators prints ("operator NAME roles R token T").
+        # The line a first start shows on a terminal ("operator NAME roles R token T"): never here.
         assert "onecard: ready" in log and not re.search(r"token [\w-]{40,}", log)
-    assert files_holding(home, [t for _, _, t in made]) == []
+    assert {line.split(":")[0] for line in files_holding(home, [t for _, _, t in made])} == {
+        str(token_file)}
 
 
 def test_three_group_regions_up_loaded_and_down(tmp_path):

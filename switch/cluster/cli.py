@@ -163,7 +163,7 @@ def up(directory: Path, count: int, timeout_s: float, *, switch_cards: int = 0) 
               f"{HOST}:{sw['native_port']}, http {HOST}:{sw['http_port']} (config "
               f"{sw['config']}, log {sw['log']}); try: onecard load --port "
               f"{sw['iso8583_port']} --data-dir {directory / 'switch' / 'demo'}")
-        tokens.show({"switch": made}, {"switch": Path(sw["config"])})
+        tokens.show({"switch": made}, {"switch": Path(sw["config"])}, directory)
     print(f"written: {directory / CLUSTER_FILE}; stop with: onecard cluster down --dir "
           f"{directory}")
     return 0

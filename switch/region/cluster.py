@@ -17,8 +17,9 @@ everything is. Which provinces each region owns is the layout (``--layout``):
   so every forwarded purchase and tap is refused ``62`` by its issuer: the layout for trying
   the refusals.
 
-The operators of every switch are made before it starts and their tokens printed once here
-(``switch/cluster/tokens.py``): a switch making its own would print them into its log.
+The operators of every switch are made before it starts and their tokens handed over once
+here, all together (``switch/cluster/tokens.py``: on this terminal, or in one 0600 file);
+never into a switch's log.
 Every process runs in a session of its own, so ``up`` returns and ``down`` stops them by their
 pid files."""
 
@@ -128,7 +129,8 @@ def _start_switch(home: Path, name: str, urls: list[str], latency_budget_ms: int
     ports = free_ports(3)
     config = home / "onecard.toml"
     config.write_text(_config(home, name, urls, ports, latency_budget_ms, forward_timeout_ms))
-    # Before the switch starts: it makes no operators of its own then (its output is its log).
+    # Before the switch starts: it makes no operators of its own then (its tokens would be
+    # in a file in its data directory, not with the other switches').
     made = tokens.make_operators(config)
     log_path = home / "switch.log"
     pid = spawn([sys.executable, "-m", "onecard.switch.cli", "serve", "--config", str(config)],
@@ -193,7 +195,8 @@ def up(directory: Path, count: int, cards: int, timeout_s: float = READY_TIMEOUT
         _stop(directory)
         raise
     _print(directory, regions, switches)
-    tokens.show(made, {name: Path(sw["config"]) for name, sw in switches.items()})
+    tokens.show(made, {name: Path(sw["config"]) for name, sw in switches.items()},
+                directory)
     print(f"stop with: onecard cluster down --dir {directory}")
     print("ready", flush=True)
     return 0

@@ -17,6 +17,11 @@ under the DEK:
   found without its number being stored in clear;
 - a 16-byte double-length 3DES key derived with HKDF: the journal's CARD_ADMIN card numbers (a
   64-bit block fits the record's 8-byte field; ``protocols/journal.py``).
+
+One key is derived from the KEK itself rather than the DEK: the HMAC-SHA256 key of backup
+manifests (``backup_mac_key``; ``switch/backup.py``). A backup must be checked before any of
+its files is opened, so its key cannot come from the data key inside it; and it is derived
+(HKDF, a label of its own), so the KEK is never used for anything but wrapping and its check.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ JOURNAL_KEY_BYTES = 16
 KEK_SUFFIX = ".kek"
 DEK_AAD = b"onecard dek v1"
 CHECK_MESSAGE = b"onecard kek check v1"
+BACKUP_MAC_LABEL = b"backup manifest hmac v1"
 
 
 class KekError(Exception):
@@ -209,18 +215,41 @@ def has_keys(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM meta WHERE key = 'dek_wrapped'").fetchone() is not None
 
 
-def open_data_set(conn: sqlite3.Connection, data_dir: str | Path,
-                  configured: str | None = None) -> DataKeys:
-    """The DEK of a data set, unwrapped with the KEK; KekError in one line when it cannot."""
+def backup_mac_key(kek: bytes) -> bytes:
+    """The HMAC-SHA256 key of backup manifests, derived from the KEK (never the KEK itself)."""
+    return _derive(kek, BACKUP_MAC_LABEL, KEY_BYTES)
+
+
+def _meta_keys(conn: sqlite3.Connection, data_dir: str | Path) -> dict[str, str]:
     meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
                              "('dek_wrapped', 'kek_check')"))
     if "dek_wrapped" not in meta:
         raise KekError(f"data set {data_dir} has no data key (an older store schema: start "
                        "the switch once to encrypt it)")
+    return meta
+
+
+def checked_kek(conn: sqlite3.Connection, data_dir: str | Path,
+                configured: str | None = None) -> tuple[bytes, str]:
+    """(KEK, where it came from), checked to be the one the data set's key is wrapped under;
+    KekError in one line when it is not."""
+    return _checked_kek(_meta_keys(conn, data_dir), data_dir, configured)
+
+
+def _checked_kek(meta: dict[str, str], data_dir: str | Path,
+                 configured: str | None) -> tuple[bytes, str]:
     kek, where = load_kek(data_dir, configured)
     if not hmac.compare_digest(_check_value(kek), meta.get("kek_check", "")):
         raise KekError(f"the key-encryption key from {where} is not the one data set "
                        f"{data_dir} was encrypted with")
+    return kek, where
+
+
+def open_data_set(conn: sqlite3.Connection, data_dir: str | Path,
+                  configured: str | None = None) -> DataKeys:
+    """The DEK of a data set, unwrapped with the KEK; KekError in one line when it cannot."""
+    meta = _meta_keys(conn, data_dir)
+    kek, _where = _checked_kek(meta, data_dir, configured)
     wrapped = bytes.fromhex(meta["dek_wrapped"])
     try:
         dek = AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], DEK_AAD)
