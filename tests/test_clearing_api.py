@@ -42,19 +42,26 @@ def not_begun() -> str:
     return (today() + dt.timedelta(days=1)).isoformat()
 
 
-def test_a_date_is_cleared_through_the_api_with_its_files(sw, supply, tmp_path):
-    info = supply.terminal("FIN-PAY")
+def _sent_then_cleared(sw, info, requests) -> tuple[AdminClient, str, dict]:
+    """Send ``requests(t)`` from terminal ``info`` (each answered 00), then clear today
+    through the API (200): the client, the date and the day's JSON."""
     sock, t = iso_session(sw, info)
     try:
-        replies = t.send(t.purchase(supply.card(), 20_000), t.purchase(supply.card(), 300))
+        replies = t.send(*requests(t))
     finally:
         sock.close()
-    assert [r["39"] for r in replies] == ["00", "00"]
+    assert [r["39"] for r in replies] == ["00"] * len(replies)
     api = AdminClient(sw)
     date = today().isoformat()
     r = api.post(f"/admin/clearing/{date}", role="finance")
     assert r.status == 200, r.text
-    day = r.json()
+    return api, date, r.json()
+
+
+def test_a_date_is_cleared_through_the_api_with_its_files(sw, supply, tmp_path):
+    info = supply.terminal("FIN-PAY")
+    api, date, day = _sent_then_cleared(sw, info, lambda t: [
+        t.purchase(supply.card(), 20_000), t.purchase(supply.card(), 300)])
     nets = {p["party"]: p["net_fen"] for p in day["positions"]}
     assert day["records"] >= 2 and sum(nets.values()) == 0
     assert nets[f"acquirer:{info.merchant}"] == 20_300 - 100 - 2           # FIN-PAY's fees
@@ -235,18 +242,10 @@ def test_card_less_reversals_are_exceptions_and_the_date_still_clears(sw, supply
     REVERSAL records. The date clears (they are held by suspense:onecard, 0 fen here), and
     each is an UNATTRIBUTED exception an adjustment of 0 fen acknowledges."""
     info = supply.terminal("FIN-PAY")
-    sock, t = iso_session(sw, info)
     unknown = supply.card()[:-6] + "999999"
-    try:
-        replies = t.send(t.reversal(unknown, 700, "910001"), t.reversal(unknown, 900, "910002"))
-    finally:
-        sock.close()
-    assert [r["39"] for r in replies] == ["00", "00"]
-    api = AdminClient(sw)
-    date = today().isoformat()
-    r = api.post(f"/admin/clearing/{date}", role="finance")
-    assert r.status == 200, r.text
-    assert sum(p["net_fen"] for p in r.json()["positions"]) == 0
+    api, date, day = _sent_then_cleared(sw, info, lambda t: [
+        t.reversal(unknown, 700, "910001"), t.reversal(unknown, 900, "910002")])
+    assert sum(p["net_fen"] for p in day["positions"]) == 0
     listed = api.get(f"/admin/clearing/{date}/exceptions", role="finance").json()
     mine = [e for e in listed if e["kind"] == "UNATTRIBUTED" and e["terminal"] == info.tid]
     assert [(e["seq"], e["reason"], e["status"]) for e in mine] == [

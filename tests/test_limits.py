@@ -96,22 +96,29 @@ def test_descriptor_exhaustion_keeps_the_admin_port_and_recovers(switch_dir, wor
     assert 1 <= log.count("connections refused") <= 3, log[-2000:]
 
 
+def assert_one_address_capped_at_3(sw) -> list[socket.socket]:
+    """127.0.0.1 holds 3 connections and its 4th is closed at once, while 127.0.0.2 is still
+    served; the sockets, for the caller to close."""
+    mine = [socket.create_connection(("127.0.0.1", sw.iso), timeout=10) for _ in range(3)]
+    eventually(lambda: metrics(sw)[("onecard_connections", (("protocol", "iso8583"),))] == 3)
+    fourth = socket.create_connection(("127.0.0.1", sw.iso), timeout=10)
+    assert closed_by_peer(fourth)
+    other = socket.create_connection(("127.0.0.1", sw.iso), timeout=10,
+                                     source_address=("127.0.0.2", 0))
+    other.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        other.recv(1)                                    # another address is served
+    return [*mine, fourth, other]
+
+
 def test_connections_per_peer_are_capped(switch_dir, tmp_path):
     cfg = tmp_path / "onecard.toml"
     cfg.write_text("[server]\nconnections_per_peer_max = 3\n")
     sw = start_switch(switch_dir, "--config", str(cfg))
     try:
-        mine = [socket.create_connection(("127.0.0.1", sw.iso), timeout=10) for _ in range(3)]
-        eventually(lambda: metrics(sw)[("onecard_connections", (("protocol", "iso8583"),))] == 3)
-        fourth = socket.create_connection(("127.0.0.1", sw.iso), timeout=10)
-        assert closed_by_peer(fourth)
-        other = socket.create_connection(("127.0.0.1", sw.iso), timeout=10,
-                                         source_address=("127.0.0.2", 0))
-        other.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            other.recv(1)                                # another address is served
+        opened = assert_one_address_capped_at_3(sw)
         assert metrics(sw)[("onecard_connections_refused_total", (("reason", "peer_full"),))] == 1
-        for s in [*mine, fourth, other]:
+        for s in opened:
             s.close()
     finally:
         sw.stop()
@@ -124,16 +131,7 @@ def test_by_default_one_address_holds_a_quarter_of_the_connections(switch_dir, t
     cfg.write_text("[server]\nconnections_max = 12\n")
     sw = start_switch(switch_dir, "--config", str(cfg))
     try:
-        mine = [socket.create_connection(("127.0.0.1", sw.iso), timeout=10) for _ in range(3)]
-        eventually(lambda: metrics(sw)[("onecard_connections", (("protocol", "iso8583"),))] == 3)
-        fourth = socket.create_connection(("127.0.0.1", sw.iso), timeout=10)
-        assert closed_by_peer(fourth)
-        other = socket.create_connection(("127.0.0.1", sw.iso), timeout=10,
-                                         source_address=("127.0.0.2", 0))
-        other.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            other.recv(1)                                # another address is served
-        for s in [*mine, fourth, other]:
+        for s in assert_one_address_capped_at_3(sw):
             s.close()
     finally:
         sw.stop()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 from pathlib import Path
 
 import msgspec
@@ -110,13 +109,7 @@ def read(path: Path) -> TokensFile:
 
 def write(path: Path, data: TokensFile) -> None:
     """Replace the file atomically, 0600 (a reader sees the old file or the new one)."""
-    text = HEADER + msgspec.toml.encode(data).decode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with modes.open_private(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    modes.write_private(path, HEADER + msgspec.toml.encode(data).decode())
 
 
 def load_or_create(path: Path) -> tuple[Operators, dict[str, str]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from onecard.switch import config as configuration
 from onecard.switch.admin import operators
-from onecard.switch.security import first_tokens
+from onecard.switch.security import modes
 
 FILE_NAME = "operator-tokens.txt"
 
@@ -50,7 +50,7 @@ def show(tokens: dict[str, dict[str, str]], configs: dict[str, Path], directory:
         print("\n".join(rows))
     else:
         path = directory / FILE_NAME
-        first_tokens.write_private(path, "# switch   operator             token\n"
+        modes.write_private(path, "# switch   operator             token\n"
                                    + "".join(row + "\n" for row in rows))
         print(f"operator tokens (Authorization: Bearer <token>) in {path} (0600; standard "
               "output is not a terminal, so they are not printed): keep them elsewhere and "

@@ -11,7 +11,6 @@ operators rotate NAME``.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -32,20 +31,9 @@ def lines(created: dict[str, str], roles: dict[str, str]) -> list[str]:
             for name, token in created.items()]
 
 
-def write_private(path: Path, text: str) -> None:
-    """``text`` in ``path``, 0600 from its first byte, replacing any older file whole (a
-    reader never sees half of one)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    with modes.open_private(temporary, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
 def write(path: Path, created: dict[str, str], roles: dict[str, str]) -> None:
     """The tokens in ``path`` (0600), one ``lines`` line each under a comment."""
-    write_private(path, "# onecard operator tokens (Authorization: Bearer <token>), made at "
+    modes.write_private(path, "# onecard operator tokens (Authorization: Bearer <token>), made at "
                   "the first start.\n# Keep them elsewhere, then delete this file; only their "
                   "hashes are in the operators file.\n"
                   + "".join(line + "\n" for line in lines(created, roles)))

@@ -55,6 +55,17 @@ def open_private(path: str | Path, mode: str = "wb") -> IO:
     return os.fdopen(fd, "w" if mode == "x" else mode)
 
 
+def write_private(path: Path, text: str) -> None:
+    """``text`` in ``path``, 0600 from its first byte, replacing any older file whole (a
+    reader sees the old file or the new one, never half of one)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open_private(temporary, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
 def private_tree(root: str | Path) -> None:
     """Every directory under root 0700 and every file 0600 (the data directory at start)."""
     root = Path(root)
