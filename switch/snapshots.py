@@ -101,6 +101,11 @@ def horizon_chain(arrays: dict[str, np.ndarray], upto: int,
     return chain
 
 
+def carried_name(base: str, upto: int) -> str:
+    """The name an array of checkpoint ``upto`` has in a later checkpoint that carries it."""
+    return f"{base}@{upto}"
+
+
 def chain_of(upto: int, arrays: dict[str, np.ndarray]) -> list[tuple[int, int]]:
     """The chain a loaded checkpoint was written with (one written whole: its own)."""
     if "horizon_chain" in arrays:
@@ -108,11 +113,12 @@ def chain_of(upto: int, arrays: dict[str, np.ndarray]) -> list[tuple[int, int]]:
     return horizon_chain(arrays, upto, [])
 
 
-def _carry(tmp: Path, root: Path, chain: list[tuple[int, int]], upto: int) -> list[str]:
+def _carry(tmp: Path, data_dir: str | Path, chain: list[tuple[int, int]],
+           upto: int) -> list[str]:
     """Hard-link the earlier segments of ``chain`` from the newest checkpoint into ``tmp``;
     their array names. OSError if one is not there (the chain is then broken: the caller
     writes the horizon whole next)."""
-    found = newest(root.parent)
+    found = newest(data_dir)
     names = []
     for carried, _ in chain:
         if carried == upto:
@@ -120,9 +126,10 @@ def _carry(tmp: Path, root: Path, chain: list[tuple[int, int]], upto: int) -> li
         if found is None:
             raise FileNotFoundError(f"horizon segment {carried}: no checkpoint to carry it from")
         for base in SEGMENT:
-            src = found[1] / f"{base if found[0] == carried else f'{base}@{carried}'}{SEALED}"
-            os.link(src, tmp / f"{base}@{carried}{SEALED}")
-            names.append(f"{base}@{carried}")
+            name = carried_name(base, carried)
+            os.link(found[1] / f"{base if found[0] == carried else name}{SEALED}",
+                    tmp / f"{name}{SEALED}")
+            names.append(name)
     return names
 
 
@@ -138,7 +145,7 @@ def write(data_dir: str | Path, arrays: dict[str, np.ndarray], upto: int, keys: 
     modes.private_dir(tmp)
     arrays = {name: arr for name, arr in arrays.items() if name not in NOT_WRITTEN}
     try:
-        carried = _carry(tmp, root, chain_of(upto, arrays), upto)
+        carried = _carry(tmp, data_dir, chain_of(upto, arrays), upto)
         for name, arr in arrays.items():
             sealed_files.write_array(tmp / f"{name}{SEALED}", arr, keys, label(upto, name))
         with modes.open_private(tmp / "manifest.json", "w") as f:

@@ -26,7 +26,7 @@ import numpy as np
 
 from onecard.switch.pg.connect import PgError
 from onecard.switch.security import sealed_files
-from onecard.switch.snapshots import NOT_WRITTEN, SEGMENT, chain_of, label
+from onecard.switch.snapshots import NOT_WRITTEN, SEGMENT, carried_name, chain_of, label
 
 if TYPE_CHECKING:
     import psycopg
@@ -86,7 +86,7 @@ def latest(pg: psycopg.Connection, keys: DataKeys) -> tuple[int, dict[str, np.nd
     upto = int(rows[0][0])
     named = {name: data for u, name, data in rows if u == upto}
     for u, name, data in rows:          # earlier segments: those its chain names
-        key = name if "@" in name else f"{name}@{u}"
+        key = name if "@" in name else carried_name(name, u)
         if u != upto and key not in named:
             named[key] = data
     wanted = {u for u, _ in chain_of(upto, {"horizon_chain": _open(
