@@ -9,10 +9,10 @@ thread never takes the GIL while running; the loop hands it records with ``submi
 per batch) and learns what is durable from ``durable_no`` when the eventfd fires.
 
 The database is the same SQLite file the rest of the switch opens with the stdlib module;
-the row format is ``journal(first_no, n, ts_us, records, format)`` as in switch/store.py.
+the row format is ``journal(first_no, n, ts_us, records, format, day, kinds)`` as in switch/store.py.
 """
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from onecard.core.journal cimport JOURNAL_FORMAT, JREC_BYTES, JRec, Journal
 from onecard.core.wire cimport monotonic_ns, realtime_us
+from onecard.protocols.clearing import CST_OFFSET_S, DAYS_1970_TO_2000, SECONDS_PER_DAY
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t write(int fd, const void* buf, size_t n)
@@ -134,6 +135,31 @@ cdef int buf_append(Buf* b, const JRec* recs, size_t n) noexcept nogil:
     return 0
 
 
+cdef int64_t CST_OFFSET = CST_OFFSET_S, DAY_S = SECONDS_PER_DAY, DAY_2000 = DAYS_1970_TO_2000
+
+
+cdef inline int64_t calendar_day(int64_t ts_us) noexcept nogil:
+    """protocols/journal_codec.calendar_days of one time (floor division, as numpy's)."""
+    cdef int64_t s = ts_us // 1_000_000
+    if ts_us < 0 and s * 1_000_000 != ts_us:
+        s -= 1
+    s += CST_OFFSET
+    return (s // DAY_S - (1 if s < 0 and s % DAY_S else 0)) - DAY_2000
+
+
+cdef size_t day_run(const JRec* recs, size_t n, size_t most, int64_t* day,
+                    int64_t* kinds) noexcept nogil:
+    """How many records from ``recs`` make one row: those of the first one's calendar day
+    (journal_codec.day_runs), at most ``most``; that day and the row's kinds bit mask."""
+    cdef size_t i = 1
+    day[0] = calendar_day(recs[0].head.ts_us)
+    kinds[0] = (<int64_t>1) << recs[0].head.kind
+    while i < n and i < most and calendar_day(recs[i].head.ts_us) == day[0]:
+        kinds[0] |= (<int64_t>1) << recs[i].head.kind
+        i += 1
+    return i
+
+
 cdef class GroupCommitter:
     """Owns the writer connection and the records on their way to it."""
     cdef sqlite3* db
@@ -187,8 +213,8 @@ cdef class GroupCommitter:
             raise OSError(f"{path}: {sqlite3_errmsg(self.db).decode()}")
         # Also turns SQLite's own auto-checkpoint off for this connection.
         sqlite3_wal_hook(self.db, on_wal, &self.wal)
-        insert = ("INSERT INTO journal (first_no, n, ts_us, records, format) "
-                  f"VALUES (?, ?, ?, ?, {JOURNAL_FORMAT})").encode()
+        insert = ("INSERT INTO journal (first_no, n, ts_us, records, format, day, kinds) "
+                  f"VALUES (?, ?, ?, ?, {JOURNAL_FORMAT}, ?, ?)").encode()
         if sqlite3_prepare_v2(self.db, insert, -1, &self.insert, NULL) != SQLITE_OK:
             raise OSError(f"{path}: {sqlite3_errmsg(self.db).decode()}")
         self.efd = eventfd
@@ -291,17 +317,19 @@ cdef class GroupCommitter:
         other error (the writer stops)."""
         cdef uint64_t one = 1, started, us
         cdef size_t part
+        cdef int64_t day, kinds
         cdef int rc
         started = monotonic_ns()
         while self.done < self.writing.n:
-            part = self.writing.n - self.done
-            if part > MAX_ROW_RECORDS:
-                part = MAX_ROW_RECORDS
+            part = day_run(self.writing.recs + self.done, self.writing.n - self.done,
+                           MAX_ROW_RECORDS, &day, &kinds)
             sqlite3_bind_int64(self.insert, 1, <long long>(self.writing.first_no + self.done))
             sqlite3_bind_int64(self.insert, 2, <long long>part)
             sqlite3_bind_int64(self.insert, 3, realtime_us())
             sqlite3_bind_blob(self.insert, 4, self.writing.recs + self.done,
                               <int>(part * JREC_BYTES), NULL)
+            sqlite3_bind_int64(self.insert, 5, day)
+            sqlite3_bind_int64(self.insert, 6, kinds)
             rc = sqlite3_step(self.insert)
             sqlite3_reset(self.insert)
             if rc != SQLITE_DONE:

@@ -9,11 +9,13 @@ version-1 records. Everything here is derived from the table in ``protocols/jour
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import msgspec
 import numpy as np
 
+from onecard.protocols.clearing import CST_OFFSET_S, DAYS_1970_TO_2000, SECONDS_PER_DAY
 from onecard.protocols.journal import (
     FORMAT,
     HEAD,
@@ -141,3 +143,50 @@ def upgrade(data: bytes, fmt: int) -> bytes:
         if kind.layout == "settle":    # version 1 kept the debit total in amount_fen
             new["amount_fen"][rows] = 0
     return buf.tobytes()
+
+
+# Every journal row holds the records of one China calendar day (days since 2000-01-01, the
+# settlement date at a 00:00 cut-over) and says which: ``journal.day``, indexed with the bit
+# mask of the kinds in the row (``journal.kinds``, bit k for kind value k). Clearing reads a
+# date's rows and the rare kinds it needs from other days (adjustments, uploads, institutions'
+# totals) by that index, never the whole journal. Both committers cut a row where the day
+# changes; a row written without them (NULL) is read by every date.
+assert len(KIND_BY_VALUE) <= 63, "a row's kinds are bits of a signed 64-bit integer"
+
+
+def calendar_days(ts_us: np.ndarray) -> np.ndarray:
+    """China calendar day (days since 2000-01-01) of each time."""
+    seconds = np.floor_divide(np.asarray(ts_us, dtype=np.int64), 1_000_000)
+    return (seconds + CST_OFFSET_S) // SECONDS_PER_DAY - DAYS_1970_TO_2000
+
+
+def day_runs(recs: np.ndarray) -> np.ndarray:
+    """Where records (in journal order) begin a new calendar day: the row cuts, 0 first."""
+    if not len(recs):
+        return np.zeros(0, dtype=np.int64)
+    days = calendar_days(recs["ts_us"])
+    return np.concatenate(([0], np.flatnonzero(days[1:] != days[:-1]) + 1))
+
+
+def kinds_mask(kinds: np.ndarray) -> int:
+    """The bit mask of the record kinds present (bit k: kind value k)."""
+    return int(np.bitwise_or.reduce(np.left_shift(np.int64(1),
+                                                  np.unique(kinds).astype(np.int64)),
+                                    initial=np.int64(0)))
+
+
+def row_index(recs: np.ndarray) -> tuple[int, int]:
+    """A row's (day, kinds) columns; its records are of one day (cut by ``day_runs``)."""
+    days = calendar_days(recs["ts_us"])
+    assert len(days) and days.min() == days.max(), "a journal row holds one calendar day"
+    return int(days[0]), kinds_mask(recs["kind"])
+
+
+def day_rows(first_no: int, ts_us: int, fmt: int,
+             blob: bytes) -> list[tuple[int, int, int, bytes, int, int, int]]:
+    """A journal row written before rows had a day, as rows of one calendar day each:
+    (first_no, n, ts_us, records, format, day, kinds), the records as they were."""
+    recs = np.frombuffer(upgrade(blob, fmt), dtype=RECORD_DTYPE)
+    cuts = [*day_runs(recs).tolist(), len(recs)]
+    return [(first_no + lo, hi - lo, ts_us, blob[lo * RECORD_BYTES:hi * RECORD_BYTES], fmt,
+             *row_index(recs[lo:hi])) for lo, hi in itertools.pairwise(cuts)]

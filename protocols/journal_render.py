@@ -108,8 +108,11 @@ def render_md() -> str:
         f"Format version **{FORMAT}**. Every decision that changes state (and every declined "
         "request, for retransmissions) is one fixed "
         f"{RECORD_BYTES}-byte record, little-endian, numbered from 0 without gaps. The embedded "
-        "store keeps them in `journal(first_no, n, ts_us, records, format)` rows: `records` "
-        "holds `n` packed records numbered from `first_no`, all of one `format`. A record is "
+        "store keeps them in `journal(first_no, n, ts_us, records, format, day, kinds)` rows "
+        "(PostgreSQL the same): `records` holds `n` packed records numbered from `first_no`, "
+        "all of one `format` and decided on one China calendar day `day` (days since "
+        "2000-01-01); `kinds` has bit k set when a record of kind value k is in the row; "
+        "`(day, kinds)` is indexed, so clearing reads a date's rows only. A record is "
         "an after-image: applying the committed records in order to a checkpoint gives exactly "
         "the committed state (`core/ledger.pyx`; batch totals for settlement are the one "
         "running sum).", "",

@@ -171,7 +171,8 @@ async def _serve(config: Config, loaded, lease) -> int:
     if loaded.migrated:
         print(f"onecard: data set upgraded to store schema {loaded.migrated[-1]} (from 4 on it "
               "is encrypted at rest; journal rows of formats 1 and 2 were rewritten as format 3 "
-              "with their card numbers enciphered, the others keep their format)")
+              "with their card numbers enciphered, the others keep their format; from 5 on each "
+              "journal row is of one calendar day, indexed for clearing)")
     synced = admin.sync(switch)
     if synced:
         print(f"onecard: {synced} disbursement report rows rebuilt from the journal")

@@ -2,13 +2,15 @@
 
 The journal is written by ``onecard.core.commit.GroupCommitter``, a thread that takes every
 record the core has appended since its last commit (from all connections at once), writes them
-as one packed row, and commits with ``synchronous=FULL``; only then does the event loop release
-the replies that depended on them. A row is ``(first_no, n, ts_us, records, format)`` where
-``records`` is ``n`` 80-byte records of journal format ``format`` (``protocols/JOURNAL.md``)
-numbered from ``first_no``. Rows are read back in the current format whatever they were
-written in (``journal_rows``). Nothing rewrites a committed row, with one exception: the
-migration to store schema 4 re-enciphers the card numbers of rows written before the journal
-kept them enciphered (format 3), so that no card number stays on disk in clear.
+as one packed row per calendar day, and commits with ``synchronous=FULL``; only then does the
+event loop release the replies that depended on them. A row is ``(first_no, n, ts_us, records,
+format, day, kinds)`` where ``records`` is ``n`` 80-byte records of journal format ``format``
+(``protocols/JOURNAL.md``) numbered from ``first_no``, all decided on the China calendar day
+``day``, of the kinds in the bit mask ``kinds`` (indexed: ``rows_of_days``). Rows are read
+back in the current format whatever they were written in (``journal_rows``). Nothing rewrites
+a committed row, with two exceptions: the migration to store schema 4 re-enciphers the card
+numbers of rows written before the journal kept them enciphered (format 3), so that no card
+number stays on disk in clear; the migration to schema 5 cuts a row of two days in two.
 
 Nothing secret is stored in clear (``switch/security/keystore.py``): terminal master keys are
 wrapped (``terminals.tmk_wrapped``), card numbers are found by ``pan_hmac`` and kept sealed in
@@ -21,10 +23,11 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from onecard.protocols import journal_codec
 from onecard.protocols.journal_codec import RECORD_DTYPE, upgrade
 from onecard.switch.security import modes
 
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("onecard.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # A Python step gets the connection (inside the step's transaction) and the data set's keys
 # (created, with the key-encryption key, when the data set has none yet).
 PythonStep = Callable[[sqlite3.Connection, "DataKeys"], None]
@@ -45,14 +48,41 @@ def _encrypt_at_rest(conn: sqlite3.Connection, keys: DataKeys) -> None:
     encrypt_store.migrate(conn, keys)
 
 
+def _index_days(conn: sqlite3.Connection) -> None:
+    """Schema 5: each row's calendar day and kinds (journal_codec.row_index); a row of more
+    than one day is cut into rows of one. Read once, in order, a row at a time."""
+    conn.execute("ALTER TABLE journal ADD COLUMN day INTEGER")
+    conn.execute("ALTER TABLE journal ADD COLUMN kinds INTEGER")
+    rows = conn.execute("SELECT first_no, ts_us, format FROM journal ORDER BY first_no"
+                        ).fetchall()
+    for i, (first_no, ts_us, fmt) in enumerate(rows):
+        (blob,) = conn.execute("SELECT records FROM journal WHERE first_no = ?",
+                               (first_no,)).fetchone()
+        parts = journal_codec.day_rows(int(first_no), int(ts_us), int(fmt), bytes(blob))
+        if len(parts) > 1:
+            conn.execute("DELETE FROM journal WHERE first_no = ?", (first_no,))
+        conn.executemany("INSERT OR REPLACE INTO journal (first_no, n, ts_us, records, format, "
+                         "day, kinds) VALUES (?, ?, ?, ?, ?, ?, ?)", parts)
+        if i and i % 100_000 == 0:
+            log.info("store schema 5: %d of %d journal rows indexed by day", i, len(rows))
+    conn.execute("CREATE INDEX journal_day ON journal (day, kinds)")
+
+
+class ConnStep(NamedTuple):
+    """A Python step that needs no keys (it rewrites no secret: no vacuum after it)."""
+    run: Callable[[sqlite3.Connection], None]
+
+
 # Each step takes a database from the version before it to its own, in one transaction: SQL
-# statements, or a Python function.
-MIGRATIONS: dict[int, tuple[str, ...] | PythonStep] = {
+# statements, a Python function (given the data set's keys), or a ConnStep.
+MIGRATIONS: dict[int, tuple[str, ...] | PythonStep | ConnStep] = {
     # The journal's rows name their record format; rows written before it are format 1.
     3: ("ALTER TABLE journal ADD COLUMN format INTEGER NOT NULL DEFAULT 1",),
     # Data at rest: master keys wrapped, holders sealed, cards found by HMAC, journal card
     # numbers enciphered (security/encrypt_store.py).
     4: _encrypt_at_rest,
+    # The journal indexed by day, for clearing to read a date's rows only (issue 28).
+    5: ConnStep(_index_days),
 }
 DB_NAME = "onecard.db"
 
@@ -112,7 +142,8 @@ CREATE TABLE IF NOT EXISTS admin_log (
     action TEXT NOT NULL, target TEXT NOT NULL, details TEXT NOT NULL, record_no INTEGER);
 CREATE TABLE IF NOT EXISTS journal (
     first_no INTEGER PRIMARY KEY, n INTEGER NOT NULL, ts_us INTEGER NOT NULL,
-    records BLOB NOT NULL, format INTEGER NOT NULL);
+    records BLOB NOT NULL, format INTEGER NOT NULL, day INTEGER, kinds INTEGER);
+CREATE INDEX IF NOT EXISTS journal_day ON journal (day, kinds);
 """
 
 
@@ -178,7 +209,9 @@ def migrate(path: Path, kek_file: str | None = None) -> list[int]:
         for version in range(found + 1, SCHEMA_VERSION + 1):
             conn.execute("BEGIN IMMEDIATE")
             step = MIGRATIONS[version]
-            if callable(step):
+            if isinstance(step, ConnStep):
+                step.run(conn)
+            elif callable(step):
                 step(conn, _keys_for(conn, path, kek_file))
             else:
                 for statement in step:
@@ -217,6 +250,21 @@ def journal_rows(conn: sqlite3.Connection, since_no: int = 0) -> Iterator[tuple[
     cur = conn.execute("SELECT first_no, records, format FROM journal WHERE first_no + n > ? "
                        "ORDER BY first_no", (since_no,))
     for first_no, blob, fmt in cur:
+        yield int(first_no), upgrade(bytes(blob), int(fmt))
+
+
+# The rows of calendar days: those a committer wrote for the days, and any row without a day
+# (written by something else: read by every date, never lost to one).
+DAYS_SQL = ("SELECT first_no, records, format FROM journal WHERE (day BETWEEN ? AND ? OR day "
+            "IS NULL) AND (kinds IS NULL OR kinds & ? != 0) ORDER BY first_no")
+ALL_KINDS = (1 << 63) - 1
+
+
+def rows_of_days(conn: sqlite3.Connection, first_day: int, last_day: int,
+                 kinds: int = ALL_KINDS) -> Iterator[tuple[int, bytes]]:
+    """Journal rows of the China calendar days first_day..last_day (journal_codec) that
+    hold a record of a kind in the bit mask ``kinds``, in order, in the current format."""
+    for first_no, blob, fmt in conn.execute(DAYS_SQL, (int(first_day), int(last_day), int(kinds))):
         yield int(first_no), upgrade(bytes(blob), int(fmt))
 
 

@@ -23,6 +23,7 @@ from onecard.core.state import (
     TERM_VERIFIER,
 )
 from onecard.protocols import journal, journal_codec, journal_render, native
+from onecard.protocols.journal_codec import RECORD_DTYPE, upgrade
 from onecard.switch import loader, store
 from onecard.switch.admin import disbursements
 from onecard.switch.terminals import read_terminals
@@ -267,7 +268,8 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
     sw = start_switch(v1_dir)
     try:
         assert any("73 journal records replayed" in line for line in sw.output)
-        assert any("upgraded to store schema 4" in line for line in sw.output)
+        assert any(f"upgraded to store schema {store.SCHEMA_VERSION}" in line
+                   for line in sw.output)
         info = next(t for t in read_terminals(v1_dir) if t.kind == TERM_KIOSK
                     and t.province == 31)
         sock, exchange = socket_exchange("127.0.0.1", sw.native, 4)
@@ -281,9 +283,15 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
     conn = store.connect(store.db_path(v1_dir), readonly=True)
     try:
         formats = conn.execute("SELECT format, SUM(n) FROM journal GROUP BY format").fetchall()
+        rows = conn.execute("SELECT first_no, records, format, day, kinds FROM journal"
+                            ).fetchall()
     finally:
         conn.close()
     assert formats == [(3, 75)]                   # 73 rewritten, the sign-on and the top-up
+    for _, blob, fmt, day, kinds in rows:     # schema 5: every row of one day, indexed
+        recs = np.frombuffer(upgrade(blob, fmt), dtype=RECORD_DTYPE)
+        assert set(journal_codec.calendar_days(recs["ts_us"]).tolist()) == {day}
+        assert kinds == journal_codec.kinds_mask(recs["kind"])
     account = int(cards["account"][card])
     after = loader.load(v1_dir).state.accounts["balance_fen"][account]
     assert after == want["accounts"]["balance_fen"][account] + 2_500

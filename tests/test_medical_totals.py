@@ -313,7 +313,7 @@ def test_totals_over_tcp_are_compared_in_clearing_and_survive_a_restart(switch_d
     recs, nos, tids = committed_journal(switch_dir)
     sent = recs[recs["kind"] == TOTALS]
     assert [tids[int(t)] for t in sent["terminal"]] == [h1.info.tid] * 2 + [h2.info.tid] * 2
-    ref, recs, nos = reference(switch_dir)
+    ref, recs, nos = reference(switch_dir, date, date, clearing.CUTOVER_DEFAULT)
     got = totals_differences(recs, nos, ref, date)
     assert [(d.terminal, d.fund, d.switch_value, d.institution_value) for d in got] == [
         (h2.info.tid, "pool", s2.pool, s2.pool + 250),

@@ -110,7 +110,8 @@ def decided(world) -> tuple[int, bytes]:
 
 def place(dsn: str, first: int, data: bytes) -> None:
     with psycopg.connect(dsn) as conn:
-        conn.execute("INSERT INTO journal VALUES (%s, %s, 0, %s, 3)",
+        conn.execute("INSERT INTO journal (first_no, n, ts_us, records, format) "
+                     "VALUES (%s, %s, 0, %s, 3)",
                      (first, len(data) // RECORD_BYTES, data))
 
 
@@ -229,3 +230,43 @@ def test_a_fenced_adapter_writes_nothing_and_still_reads(store):
     assert stale.execute("SELECT key FROM meta WHERE key IN ('a', 'b', 'c')").fetchall() == \
         [("a",)]
     stale.close()
+
+
+def test_rows_are_of_one_calendar_day_each_and_indexed(store):
+    """Records across midnight (China time) become a row per day, with its kinds, as the
+    SQLite committer writes them (clearing reads a date's rows by that index)."""
+    from test_clearing_dates import assert_indexed, crossing_midnight
+
+    lease = pg_lease.take_over(store, require_sync=False)
+    recs = crossing_midnight()
+    committer = committed_alone(store, lease.epoch, 0, recs.tobytes())
+    assert committer.failure() is None and committer.durable_no == len(recs)
+    with psycopg.connect(store) as conn:
+        got = conn.execute("SELECT first_no, n FROM journal ORDER BY first_no").fetchall()
+        assert got == [(0, 2), (2, 2)]
+        assert_indexed(conn.execute("SELECT records, day, kinds FROM journal").fetchall())
+
+
+def test_the_version_5_migration_cuts_rows_by_day(dsn):
+    """A store at version 4 with a row across midnight: the migration to 5 indexes every row,
+    the records and their numbers as they were."""
+    from onecard.switch.pg.schema import MIGRATIONS
+
+    from test_clearing_dates import assert_indexed, crossing_midnight
+
+    recs = crossing_midnight()
+    with psycopg.connect(dsn) as conn:
+        for statement in MIGRATIONS[4]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+        conn.execute("INSERT INTO journal VALUES (0, %s, 7, %s, 3)", (len(recs), recs.tobytes()))
+    conn = connect(dsn)
+    assert migrate(conn) == [5]
+    conn.close()
+    with psycopg.connect(dsn) as conn:
+        got = conn.execute("SELECT first_no, n, ts_us FROM journal ORDER BY first_no").fetchall()
+        assert got == [(0, 2, 7), (2, 2, 7)]
+        assert_indexed(conn.execute("SELECT records, day, kinds FROM journal").fetchall())
+        joined = b"".join(bytes(r) for (r,) in conn.execute(
+            "SELECT records FROM journal ORDER BY first_no"))
+    assert joined == recs.tobytes()

@@ -120,7 +120,8 @@ def _commit(world: World) -> None:
     split must load them (replay), not just read the checkpoint."""
     first_no, data = world.engine.journal.take()
     conn = sqlite3.connect(world.data_dir / store.DB_NAME)
-    conn.execute("INSERT INTO journal VALUES (?, ?, ?, ?, ?)",
+    conn.execute("INSERT INTO journal (first_no, n, ts_us, records, format) "
+                 "VALUES (?, ?, ?, ?, ?)",
                  (first_no, len(data) // RECORD_DTYPE.itemsize, 0, data, FORMAT))
     conn.commit()
     conn.close()

@@ -51,7 +51,8 @@ def test_committer_reports_a_failed_commit(db, world):
     efd = os.eventfd(0)
     committer = GroupCommitter(str(db), efd, 0)
     conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO journal VALUES (0, 1, 0, x'00', 2)")   # number 0 already taken
+    conn.execute("INSERT INTO journal (first_no, n, ts_us, records, format) "
+                 "VALUES (0, 1, 0, x'00', 2)")                  # number 0 already taken
     conn.commit()
     thread = threading.Thread(target=committer.run)
     thread.start()
@@ -68,7 +69,8 @@ def test_wal_is_checkpointed_in_the_background_once_large(db, tmp_path):
     conn.execute("PRAGMA wal_autocheckpoint=0")
     blob = bytes(64 * 1024)
     for i in range(40):                                 # ~2.6 MB of WAL
-        conn.execute("INSERT INTO journal VALUES (?, 1, 0, ?, 2)", (i, blob))
+        conn.execute("INSERT INTO journal (first_no, n, ts_us, records, format) "
+                     "VALUES (?, 1, 0, ?, 2)", (i, blob))
     wal = tmp_path / "onecard.db-wal"
     assert wal.stat().st_size > 2 << 20 and db.stat().st_size < 1 << 20
     cp = Checkpointer(tmp_path, db, 2, wal_limit_bytes=1 << 20, wal_interval_s=0.05)
@@ -85,7 +87,8 @@ def test_wal_is_checkpointed_in_the_background_once_large(db, tmp_path):
 def test_small_wal_is_left_alone(db, tmp_path):
     conn = store.connect(db)
     conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("INSERT INTO journal VALUES (0, 1, 0, x'00', 2)")
+    conn.execute("INSERT INTO journal (first_no, n, ts_us, records, format) "
+                 "VALUES (0, 1, 0, x'00', 2)")
     size = db.stat().st_size
     cp = Checkpointer(tmp_path, db, 2, wal_limit_bytes=1 << 20, wal_interval_s=0.05)
     cp.start()

@@ -23,14 +23,22 @@ import numpy as np
 
 from onecard.core.engine import Engine
 from onecard.core.journal import FORMAT
+from onecard.protocols import journal_codec
 from onecard.switch import loader, snapshots, store
 
 # The statement core/commit.pyx prepares (its row format is store.py's).
-JOURNAL_INSERT = (f"INSERT INTO journal (first_no, n, ts_us, records, format) "
-                  f"VALUES (?, ?, ?, ?, {FORMAT})")
+JOURNAL_INSERT = (f"INSERT INTO journal (first_no, n, ts_us, records, format, day, kinds) "
+                  f"VALUES (?, ?, ?, ?, {FORMAT}, ?, ?)")
 RECORD_BYTES = 80
 PAGES_UNLIMITED = 1 << 30
 SNAPSHOTS_KEPT = 2
+
+
+def _day_of(blob: bytes) -> tuple[int | None, int | None]:
+    """The row's day and kinds; none for a row across midnight (one statement is one commit
+    here, so it is not cut: a row without a day is read by every date)."""
+    recs = np.frombuffer(blob, dtype=journal_codec.RECORD_DTYPE)
+    return (None, None) if len(journal_codec.day_runs(recs)) > 1 else journal_codec.row_index(recs)
 
 
 @dataclass
@@ -131,7 +139,8 @@ class Node:
         blob = b"".join(b for _, b in self.queue)
         before = self.wal_bytes()
         try:
-            self.conn.execute(JOURNAL_INSERT, (first_no, len(blob) // RECORD_BYTES, ts_us, blob))
+            self.conn.execute(JOURNAL_INSERT, (first_no, len(blob) // RECORD_BYTES, ts_us, blob,
+                                               *_day_of(blob)))
         except sqlite3.OperationalError as exc:        # SQLITE_FULL: nothing was written
             raise CommitFailed(str(exc)) from exc
         return Commit(first_no, blob, before, self.wal_bytes())

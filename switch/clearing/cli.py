@@ -16,7 +16,7 @@ import numpy as np
 from onecard.protocols import clearing
 from onecard.switch import loader, store
 from onecard.switch.backend import is_postgresql
-from onecard.switch.clearing import exceptions, files, hub, medical
+from onecard.switch.clearing import exceptions, files, hub, medical, reader
 from onecard.switch.clearing.positions import (
     ClearingError,
     Day,
@@ -49,32 +49,39 @@ def registry(conn, card_pan: np.ndarray, card_region: np.ndarray) -> Reference:
 
 
 def read_store(data_dir: str | Path, card_pan: np.ndarray, card_region: np.ndarray,
-               dsn: str | None = None) -> tuple[Reference, np.ndarray, np.ndarray]:
-    """The registry and every committed journal record (and their numbers), from the
-    data set's SQLite store, or with ``dsn`` from its PostgreSQL store."""
+               dsn: str | None, first: dt.date, last: dt.date,
+               cutover: str) -> tuple[Reference, np.ndarray, np.ndarray]:
+    """The registry and the committed records settlement dates first..last need (their
+    own and their context: reader.read_dates), from the data set's SQLite store, or with
+    ``dsn`` from its PostgreSQL store. Only those dates' rows are read (the day index)."""
     if dsn:
         from onecard.switch.pg.db import open_db
-        from onecard.switch.pg.journal import journal_rows
+        from onecard.switch.pg.journal import rows_of_days
 
         db = open_db(dsn)
         try:
             return (registry(db, card_pan, card_region),
-                    *store.records_of(journal_rows(db.pg)))
+                    *reader.read_dates(lambda a, b, k: rows_of_days(db.pg, a, b, k), first,
+                                       last, cutover))
         finally:
             db.close()
     conn = store.connect(store.db_path(data_dir), readonly=True)
     try:
-        return registry(conn, card_pan, card_region), *store.journal_records(conn)
+        return (registry(conn, card_pan, card_region),
+                *reader.read_dates(lambda a, b, k: store.rows_of_days(conn, a, b, k), first,
+                                   last, cutover))
     finally:
         conn.close()
 
 
-def reference(data_dir: str | Path, kek_file: str | None = None,
+def reference(data_dir: str | Path, first: dt.date, last: dt.date, cutover: str,
+              kek_file: str | None = None,
               dsn: str | None = None) -> tuple[Reference, np.ndarray, np.ndarray]:
     """A data set at rest: its registry with its cards after replay (cards issued since a
-    checkpoint count), and its committed journal."""
+    checkpoint count), and the committed records of settlement dates first..last."""
     state = loader.load(data_dir, kek_file=kek_file, dsn=dsn).state
-    return read_store(data_dir, state.cards["pan"].copy(), state.cards["region"], dsn)
+    return read_store(data_dir, state.cards["pan"].copy(), state.cards["region"], dsn, first,
+                      last, cutover)
 
 
 def load(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER_DEFAULT,
@@ -82,7 +89,7 @@ def load(data_dir: str | Path, date: dt.date, *, cutover: str = clearing.CUTOVER
          dsn: str | None = None) -> tuple[Legs, Reference]:
     """The date's legs from the data set's committed journal, and the registry they were
     resolved with."""
-    ref, recs, nos = reference(data_dir, kek_file, dsn)
+    ref, recs, nos = reference(data_dir, date, date, cutover, kek_file, dsn)
     return legs(recs, nos, ref, date, cutover=cutover, fees=fees), ref
 
 
@@ -230,8 +237,8 @@ def store_dsn(config) -> str | None:
 
 
 def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> int:
-    ref, recs, nos = reference(config.data_dir, config.security.kek_file or None,
-                               store_dsn(config))
+    ref, recs, nos = reference(config.data_dir, first, last, config.clearing.cutover,
+                               config.security.kek_file or None, store_dsn(config))
     totals = medical.medical(recs, ref, first, last, cutover=config.clearing.cutover)
     print(f"medical clearing, settlement dates {first} to {last}")
     for title, rows in (("per institution and insuring fund", totals.by_institution_fund),
@@ -255,8 +262,8 @@ def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> in
 
 
 def _exceptions(config, date: dt.date, json_path: str | None) -> int:
-    ref, recs, nos = reference(config.data_dir, config.security.kek_file or None,
-                               store_dsn(config))
+    ref, recs, nos = reference(config.data_dir, date, date, config.clearing.cutover,
+                               config.security.kek_file or None, store_dsn(config))
     found = exceptions.find(recs, nos, ref, date, cutover=config.clearing.cutover)
     still = sum(e.status == "open" for e in found)
     print(f"settlement date {date}: {len(found)} exceptions, {still} open")

@@ -85,7 +85,8 @@ class ClearingService:
 
     def _run(self, date: dt.date, pans: np.ndarray, regions: np.ndarray, write: bool) -> Day:
         cfg = self.switch.config
-        ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg))
+        ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg), date, date,
+                                    self.cutover)
         day_legs = legs(recs, nos, ref, date, cutover=self.cutover, fees=self.fees)
         found = exceptions.find(recs, nos, ref, date, cutover=self.cutover)
         self.open_exceptions = sum(e.status == "open" for e in found)
@@ -105,7 +106,8 @@ class ClearingService:
     def _exceptions(self, date: dt.date, pans: np.ndarray,
                     regions: np.ndarray) -> list[exceptions.Exception_]:
         cfg = self.switch.config
-        ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg))
+        ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg), date, date,
+                                    self.cutover)
         return exceptions.find(recs, nos, ref, date, cutover=self.cutover)
 
     def file(self, date: dt.date, party: str) -> Path | None:

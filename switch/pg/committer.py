@@ -37,7 +37,7 @@ import numpy as np
 
 from onecard.core.commit import LATENCY_BOUNDS_US, SIZE_BOUNDS
 from onecard.core.journal import FORMAT, Journal
-from onecard.protocols.journal_codec import RECORD_DTYPE
+from onecard.protocols.journal_codec import RECORD_DTYPE, day_runs, row_index
 from onecard.switch.pg.connect import APPLICATION_NAME, CONNECT_TIMEOUT_S, one_line
 
 if TYPE_CHECKING:
@@ -56,8 +56,8 @@ WATCH_INTERVAL_S: Final = 0.1
 COMMIT_SQL: Final = """
 WITH v AS (SELECT %(first_no)s::bigint AS first_no, %(n)s::int AS n, %(records)b::bytea AS recs),
 l AS (SELECT epoch FROM lease WHERE epoch = %(epoch)s FOR SHARE),
-ins AS (INSERT INTO journal (first_no, n, ts_us, records, format)
-        SELECT v.first_no, v.n, %(ts_us)s, v.recs, %(format)s FROM v, l
+ins AS (INSERT INTO journal (first_no, n, ts_us, records, format, day, kinds)
+        SELECT v.first_no, v.n, %(ts_us)s, v.recs, %(format)s, %(day)s, %(kinds)s FROM v, l
         ON CONFLICT (first_no) DO NOTHING RETURNING first_no)
 SELECT (SELECT count(*) FROM l), (SELECT count(*) FROM ins),
        (SELECT j.n = v.n AND j.records = v.recs FROM journal j, v
@@ -184,6 +184,10 @@ class PgCommitter:
             if self._error is not None or not self._pending:
                 return None
             cut = min(len(self._pending), ROW_RECORDS_MAX * RECORD_BYTES)
+            runs = day_runs(np.frombuffer(self._pending, dtype=RECORD_DTYPE,
+                                          count=cut // RECORD_BYTES))
+            if len(runs) > 1:              # a row holds one calendar day (journal_codec)
+                cut = int(runs[1]) * RECORD_BYTES
             first, data = self._pending_first, bytes(self._pending[:cut])
             del self._pending[:cut]
             self._pending_first += cut // RECORD_BYTES
@@ -246,8 +250,10 @@ class PgCommitter:
         CommitFailed; the connection to use next."""
         import psycopg
 
+        day, kinds = row_index(np.frombuffer(data, dtype=RECORD_DTYPE))
         params = {"epoch": self.epoch, "first_no": first, "n": len(data) // RECORD_BYTES,
-                  "ts_us": time.time_ns() // 1000, "records": data, "format": FORMAT}
+                  "ts_us": time.time_ns() // 1000, "records": data, "format": FORMAT,
+                  "day": day, "kinds": kinds}
         deadline = None
         why = ""
         while True:

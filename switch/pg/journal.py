@@ -55,3 +55,22 @@ def journal_rows(pg: psycopg.Connection, since_no: int = 0) -> Iterator[tuple[in
                                  f"starts at {first_no})")
             expected = first_no + int(n)
             yield first_no, upgrade(bytes(blob), int(fmt))
+
+
+DAYS_SQL: Final = ("SELECT first_no, records, format FROM journal WHERE (day BETWEEN %s AND %s "
+                   "OR day IS NULL) AND (kinds IS NULL OR kinds & %s != 0) ORDER BY first_no")
+
+
+def rows_of_days(pg: psycopg.Connection, first_day: int, last_day: int,
+                 kinds: int = (1 << 63) - 1) -> Iterator[tuple[int, bytes]]:
+    """store.rows_of_days for the PostgreSQL store (streamed: a date can be millions of
+    records), in the caller's transaction or, outside one, WITH HOLD as journal_rows."""
+    from psycopg.pq import TransactionStatus
+
+    outside = pg.info.transaction_status == TransactionStatus.IDLE
+    with pg.cursor(name="onecard_journal_days", binary=True,
+                   withhold=pg.autocommit and outside) as cur:
+        cur.itersize = FETCH_ROWS
+        cur.execute(DAYS_SQL, (int(first_day), int(last_day), int(kinds)))
+        for first_no, blob, fmt in cur:
+            yield int(first_no), upgrade(bytes(blob), int(fmt))

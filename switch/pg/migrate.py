@@ -51,8 +51,12 @@ def migrate(conn: psycopg.Connection) -> list[int]:
             version = FIRST_VERSION if found is None else found + 1
             if version not in MIGRATIONS:
                 raise PgError(f"schema version {found} has no migration to {version}")
-            for statement in MIGRATIONS[version]:
-                conn.execute(statement)
+            step = MIGRATIONS[version]
+            if callable(step):
+                step(conn)
+            else:
+                for statement in step:
+                    conn.execute(statement)
             conn.execute("INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) "
                          "DO UPDATE SET value = excluded.value", (str(version),))
         log.info("PostgreSQL store schema %s -> %d", found, version)

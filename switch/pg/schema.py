@@ -1,8 +1,8 @@
-"""The PostgreSQL schema: the SQLite store's (``switch/store.py`` SCHEMA, version 4, encrypted
+"""The PostgreSQL schema: the SQLite store's (``switch/store.py`` SCHEMA, version 5, encrypted
 at rest) in PostgreSQL types, plus the fencing lease.
 
-Versions follow the SQLite store's: a PostgreSQL database at version 4 holds exactly what a
-SQLite data set at version 4 holds, so ``onecard db import`` needs no translation, only a copy.
+Versions follow the SQLite store's: a PostgreSQL database at version 5 holds exactly what a
+SQLite data set at version 5 holds, so ``onecard db import`` needs no translation, only a copy.
 Two tables hold what the SQLite store keeps as files beside its database (``checkpoints``,
 ``files``): a switch starting from PostgreSQL needs only its key-encryption key locally.
 Integers are ``bigint`` wherever SQLite's 64-bit INTEGER could hold more than 2^31 (record
@@ -11,9 +11,15 @@ numbers, accounts, fen); blobs are ``bytea``; nothing is decrypted on the way.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
-SCHEMA_VERSION: Final = 4
+from onecard.protocols.journal_codec import day_rows
+
+if TYPE_CHECKING:
+    import psycopg
+
+SCHEMA_VERSION: Final = 5
 
 # Tables in an order that satisfies their foreign keys (import copies them in this order).
 TABLES: Final = (
@@ -112,9 +118,33 @@ END $$""",
     "INSERT INTO lease VALUES (0, '', now())",
 )
 
-# Each step takes the database from the version before it to its own, in one transaction.
-# There is no PostgreSQL store before version 4: an empty database goes straight to it.
-MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
-    SCHEMA_VERSION: BASE,
+
+
+def _index_days(conn: psycopg.Connection) -> None:
+    """Version 5, as the SQLite store's: each journal row's calendar day and kinds, a row of
+    more than one day cut into rows of one (journal_codec.day_rows); a few rows at a time."""
+    conn.execute("ALTER TABLE journal ADD COLUMN day bigint, ADD COLUMN kinds bigint")
+    after = -1
+    while True:
+        rows = conn.execute("SELECT first_no, ts_us, format, records FROM journal WHERE "
+                            "first_no > %s ORDER BY first_no LIMIT 200", (after,)).fetchall()
+        if not rows:
+            break
+        for first_no, ts_us, fmt, blob in rows:
+            parts = day_rows(int(first_no), int(ts_us), int(fmt), bytes(blob))
+            conn.execute("DELETE FROM journal WHERE first_no = %s", (first_no,))
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO journal (first_no, n, ts_us, records, format, "
+                                "day, kinds) VALUES (%s, %s, %s, %s, %s, %s, %s)", parts)
+            after = int(first_no) + sum(p[1] for p in parts) - 1
+    conn.execute("CREATE INDEX journal_day ON journal (day, kinds)")
+
+
+# Each step takes the database from the version before it to its own, in one transaction:
+# SQL statements, or a Python function of the connection. There is no PostgreSQL store
+# before version 4: an empty database goes straight to it, then on.
+MIGRATIONS: Final[dict[int, tuple[str, ...] | Callable[[psycopg.Connection], None]]] = {
+    4: BASE,
+    5: _index_days,
 }
 FIRST_VERSION: Final = min(MIGRATIONS)

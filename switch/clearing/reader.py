@@ -1,0 +1,145 @@
+"""What clearing reads for settlement dates: their records, and the few records of other days
+that clearing them needs, by the journal's day index (``store.rows_of_days``), never the
+whole journal. Memory is the dates' records plus that context; each row is filtered as it is
+read, so a row's other records are not kept.
+
+The context, each bounded and documented in protocols/CLEARING.md ("What a date reads"):
+- the previous leg of a transfer discounted on the dates: the account's rides of the
+  ``TRANSFER_DAYS`` calendar days before (a transfer window is minutes);
+- the records of a batch settled unbalanced on the dates, back to the terminal's previous
+  settlement, and its upload, up to the terminal's next settlement: a day at a time, at most
+  ``BATCH_DAYS`` days either way;
+- institutions' daily totals for the dates, sent at most ``TOTALS_DAYS`` days after;
+- every adjustment journaled from the day before the dates on (they are rare: operators'
+  resolutions of exceptions, found by the index's kinds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import numpy as np
+
+from onecard.protocols import clearing
+from onecard.protocols.journal import KIND_BY_NAME
+from onecard.protocols.journal_codec import RECORD_DTYPE, view
+from onecard.switch.clearing.apportion import TAP_KINDS, ride_ends
+from onecard.switch.clearing.exceptions import BATCH_KINDS, UNBALANCED
+
+# (first calendar day, last calendar day, kinds bit mask) -> (first_no, records) rows
+RowsOfDays = Callable[[int, int, int], Iterator[tuple[int, bytes]]]
+
+TRANSFER_DAYS: Final = 1
+BATCH_DAYS: Final = 7
+TOTALS_DAYS: Final = 7
+LAST_DAY: Final = 1 << 40                # "to the journal's end" in the index's days
+ALL_KINDS: Final = (1 << 63) - 1
+_K = {name: KIND_BY_NAME[name].value for name in (
+    "SETTLE", "BATCH_UPLOAD", "MEDICAL_TOTALS", "ADJUSTMENT")}
+
+
+def _bits(*kinds: int) -> int:
+    return sum(1 << k for k in set(kinds))
+
+
+def _collect(rows: Iterator[tuple[int, bytes]],
+             keep: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The records of ``rows`` that ``keep`` selects (copied: the rows are let go), and
+    their numbers."""
+    parts, numbers = [], []
+    for first_no, blob in rows:
+        recs = np.frombuffer(blob, dtype=RECORD_DTYPE)
+        picked = np.flatnonzero(keep(recs))
+        if len(picked):
+            parts.append(recs[picked].copy())
+            numbers.append(picked.astype(np.int64) + first_no)
+    if not parts:
+        return np.zeros(0, dtype=RECORD_DTYPE), np.zeros(0, dtype=np.int64)
+    return np.concatenate(parts), np.concatenate(numbers)
+
+
+def _walk(rows: RowsOfDays, days: range, kinds: int, keep: Callable[[np.ndarray], np.ndarray],
+          terminals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``keep``'s records of the calendar days in ``days``, a day at a time, until each of
+    ``terminals`` has a settlement among them."""
+    parts = []
+    for day in days:
+        parts.append(_collect(rows(day, day, kinds), keep))
+        settled = np.concatenate([p[0]["terminal"][p[0]["kind"] == _K["SETTLE"]]
+                                  for p in parts])
+        if np.isin(terminals, settled).all():
+            break
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+class _Dates:
+    """Settlement dates lo..hi (day numbers) under a cut-over."""
+
+    def __init__(self, first: dt.date, last: dt.date, cutover: str) -> None:
+        self.lo, self.hi = clearing.day_number(first), clearing.day_number(last)
+        self.cut = clearing.cutover_minutes(cutover)
+
+    def days(self, recs: np.ndarray) -> np.ndarray:
+        return clearing.settlement_days(recs["ts_us"], self.cut)
+
+    def inside(self, recs: np.ndarray) -> np.ndarray:
+        d = self.days(recs)
+        return (d >= self.lo) & (d <= self.hi)
+
+
+def read_dates(rows: RowsOfDays, first: dt.date, last: dt.date,
+               cutover: str) -> tuple[np.ndarray, np.ndarray]:
+    """The records of settlement dates first..last and their context, in journal order, and
+    their numbers: what positions.legs, exceptions.find and medical need for those dates."""
+    assert first <= last, (first, last)
+    d = _Dates(first, last, cutover)
+    # A date's records were decided on its calendar day or, from the cut-over on, the day
+    # before: read those days' rows, keep the dates' records.
+    main = _collect(rows(d.lo - 1, d.hi, ALL_KINDS), d.inside)
+    parts = [main, *_context(rows, d, *main)]
+    recs = np.concatenate([p[0] for p in parts])
+    nos = np.concatenate([p[1] for p in parts])
+    order = np.argsort(nos, kind="stable")
+    assert len(order) < 2 or np.all(np.diff(nos[order]) > 0), "a record read twice"
+    return recs[order], nos[order]
+
+
+def _context(rows: RowsOfDays, d: _Dates, recs: np.ndarray,
+             nos: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    kind = recs["kind"]
+    tap = view(recs, "tap")
+    discounted = np.isin(kind, TAP_KINDS) & (tap["transfer_discount_fen"] > 0)
+    if discounted.any():
+        accounts = np.unique(recs["account"][discounted])
+        out.append(_collect(
+            rows(d.lo - 1 - TRANSFER_DAYS, d.lo, _bits(*TAP_KINDS)),
+            lambda r: ride_ends(r) & np.isin(r["account"], accounts) & (d.days(r) < d.lo)))
+    settle = view(recs, "settle")
+    unbalanced = (kind == _K["SETTLE"]) & (settle["result"] == UNBALANCED)
+    if unbalanced.any():
+        terminals = np.unique(recs["terminal"][unbalanced])
+        # back to each terminal's settlement before (its batch), forward to its next one
+        # (its upload comes before it), a day at a time, BATCH_DAYS at most
+        out.append(_walk(rows, range(d.lo - 1, d.lo - 2 - BATCH_DAYS, -1), ALL_KINDS,
+                         lambda r: (np.isin(r["terminal"], terminals) & (d.days(r) < d.lo)
+                                    & np.isin(r["kind"], [*BATCH_KINDS, _K["SETTLE"]])),
+                         terminals))
+        out.append(_walk(rows, range(d.hi, d.hi + 1 + BATCH_DAYS),
+                         _bits(_K["BATCH_UPLOAD"], _K["SETTLE"]),
+                         lambda r: (np.isin(r["terminal"], terminals) & (d.days(r) > d.hi)
+                                    & np.isin(r["kind"], [_K["BATCH_UPLOAD"], _K["SETTLE"]])),
+                         terminals))
+
+    def totals(r: np.ndarray) -> np.ndarray:
+        told = view(r, "medical_totals")["settle_day"]
+        return ((r["kind"] == _K["MEDICAL_TOTALS"]) & (told >= d.lo) & (told <= d.hi)
+                & ~d.inside(r))
+
+    out.append(_collect(rows(d.lo - 1, d.hi + TOTALS_DAYS, _bits(_K["MEDICAL_TOTALS"])),
+                        totals))
+    out.append(_collect(rows(d.lo - 1, LAST_DAY, _bits(_K["ADJUSTMENT"])),
+                        lambda r: (r["kind"] == _K["ADJUSTMENT"]) & ~d.inside(r)))
+    return out
