@@ -299,7 +299,7 @@ elif point == "before-commit":
     rotate_dek._commit = lambda *a: kill()
 elif point == "after-commit":         # committed, no staged file renamed yet
     real = rotate_dek.finish_pending
-    rotate_dek.finish_pending = lambda d, g=None: kill() if g == 1 else real(d, g)
+    rotate_dek.finish_pending = lambda d, g=None, **k: kill() if g == 1 else real(d, g, **k)
 elif point == "renaming":             # committed, two staged files renamed
     os.replace = counted(os.replace, 3)
 sys.exit(cli.main(["keys", "rotate-dek", "--data-dir", sys.argv[1]]))
@@ -318,10 +318,11 @@ def test_a_rotation_killed_half_way_leaves_one_whole_key_set(demo_dir, tmp_path,
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert keystore.for_data_dir(data).generation == int(committed)
     assert list(rotate_dek._staged_files(data))  # sealed under the new key, not in place
-    loaded = loader.load(data)                   # finishes (or drops) what the crash left
-    assert not list(rotate_dek._staged_files(data))
+    loaded = loader.load(data)                   # finishes a committed rotation
+    assert bool(list(rotate_dek._staged_files(data))) == (not committed)    # left: unread
     assert_same_state(loaded.state, want)
     assert rotate(data) == 0                     # and the next rotation goes through
+    assert not list(rotate_dek._staged_files(data))
     assert keystore.for_data_dir(data).generation == int(committed) + 1
     assert_same_state(loader.load(data).state, want)
 

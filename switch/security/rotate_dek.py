@@ -18,8 +18,8 @@ exit status 2, while a switch holds it).
 Crash safety. The tables and the new key change in one SQLite transaction. Files cannot be
 part of it, so each is first sealed under the new key beside itself (``NAME.dek<generation>``,
 fsynced), then the transaction commits, then the staged files are renamed over the old ones.
-Until the commit the old key set is whole (the staged files are deleted by the next start or
-rotation); after it, ``finish_pending`` completes the renames, and every start, backup,
+Until the commit the old key set is whole (nothing reads the staged files; the next rotation
+deletes them); after it, ``finish_pending`` completes the renames, and every start, backup,
 import and rotation calls it first, so the new key set is whole before anything reads it. A
 crash after the commit thus needs no operator: the next start finishes the rotation.
 """
@@ -91,11 +91,15 @@ def current_generation(data_dir: str | Path) -> int:
     return int(row[0]) if row else 0
 
 
-def finish_pending(data_dir: str | Path, generation: int | None = None) -> int:
+def finish_pending(data_dir: str | Path, generation: int | None = None, *,
+                   drop_uncommitted: bool = False) -> int:
     """Complete a rotation that committed but was stopped before its files were all in
     place: its staged files (of ``generation``, the data set's current; read from the
-    database when None) renamed over the old ones; staged files of any other generation (a
-    rotation that never committed) deleted. How many were put in place; idempotent."""
+    database when None) renamed over the old ones. How many were put in place; idempotent.
+    Staged files of another generation are those of a rotation that has not committed:
+    running now (a reader without the lock must leave them alone) or killed before its
+    commit; only the rotation itself, holding the lock, deletes them
+    (``drop_uncommitted``)."""
     data_dir = Path(data_dir)
     if not store.db_path(data_dir).exists():
         return 0
@@ -107,8 +111,10 @@ def finish_pending(data_dir: str | Path, generation: int | None = None) -> int:
             if gen == generation:
                 os.replace(path, target)
                 done += 1
-            else:
+            elif drop_uncommitted:
                 path.unlink()
+            else:
+                continue
         except FileNotFoundError:       # another process finishing it at the same time
             continue
         dirs.add(path.parent)
@@ -300,7 +306,7 @@ def rotate(data_dir: str | Path, kek_file: str | None = None) -> Rotated:
                                 f"{store.SCHEMA_VERSION}: start this build's switch on it once")
         kek, _ = keystore.checked_kek(conn, data_dir, kek_file)
         old = keystore.open_data_set(conn, data_dir, kek_file)
-        finished = finish_pending(data_dir, old.generation)
+        finished = finish_pending(data_dir, old.generation, drop_uncommitted=True)
         encrypt_store.seal_files(data_dir, old, HOLDERS_FILE)     # clear leftovers: sealed
         _drop_unfinished_checkpoints(data_dir)
         missing = unindexed_cards(conn, lambda: _state_pans(data_dir, kek_file))
@@ -311,7 +317,7 @@ def rotate(data_dir: str | Path, kek_file: str | None = None) -> Rotated:
             files = _stage(data_dir, old, new)
             rotated = _commit(conn, old, new, meta, missing, files, finished)
         except BaseException:
-            finish_pending(data_dir, old.generation)          # the staged files go
+            finish_pending(data_dir, old.generation, drop_uncommitted=True)   # staged: gone
             raise
         finish_pending(data_dir, new.generation)
         # No page of the old ciphertexts or of the old wrapped DEK stays in the file.
