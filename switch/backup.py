@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onecard.switch import __version__, loader, snapshots, store
-from onecard.switch.security import first_tokens, keystore, modes
+from onecard.switch.security import first_tokens, keystore, modes, rotate_dek
 
 FORMAT = 1
 MANIFEST = "backup-manifest.json"
@@ -246,6 +246,9 @@ def backup(data_dir: str | Path, to: str | Path, *, kek_file: str | None = None,
     if not store.db_path(data_dir).exists():
         raise BackupError(f"no data set in {data_dir} ({store.DB_NAME} not found)")
     mac_key = _source_mac_key(data_dir, kek_file)      # before anything is written
+    # A data-key rotation stopped after its commit: its files (under the key the database
+    # names) put in place first, or the copy would pair them with the wrong key.
+    rotate_dek.finish_pending(data_dir)
     modes.private_dir(to)
     try:
         upto, files = _copy_checkpoint(data_dir, to, out)

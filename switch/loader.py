@@ -6,7 +6,9 @@ file and journal differs (``_sqlite_source``, ``_pg_source``).
 
 The data set's keys are opened first (a wrong or missing key-encryption key stops here with
 one line, ``keystore.KekError``); master keys are unwrapped, the checkpoint and the holders
-file are decrypted into memory. What is in memory is in clear: memory is not at rest."""
+file are decrypted into memory. Journal records written under an earlier data key (before
+``onecard keys rotate-dek``) are replayed through ``journal_generations``. What is in memory
+is in clear: memory is not at rest."""
 
 from __future__ import annotations
 
@@ -34,7 +36,13 @@ from onecard.core.state import (
 from onecard.protocols.clearing import CUTOVER_DEFAULT, cutover_minutes
 from onecard.switch import catalogue, snapshots, store, transit
 from onecard.switch.reference import GROUPS
-from onecard.switch.security import encrypt_store, keystore, sealed_files
+from onecard.switch.security import (
+    encrypt_store,
+    journal_generations,
+    keystore,
+    rotate_dek,
+    sealed_files,
+)
 from onecard.switch.security.keystore import DataKeys
 
 if TYPE_CHECKING:
@@ -170,6 +178,8 @@ def _sqlite_source(data_dir: str | Path, kek_file: str | None) -> Iterator[_Sour
     try:
         store.check_schema(conn, path)
         keys = keystore.open_data_set(conn, data_dir, kek_file)
+        # A data-key rotation stopped after its commit: its files are put in place first.
+        rotate_dek.finish_pending(data_dir, keys.generation)
         encrypt_store.seal_files(Path(data_dir), keys, HOLDERS_FILE)
         snap = snapshots.latest(data_dir, keys)
         if snap is None:
@@ -257,6 +267,9 @@ def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 
             "idempotency_rows_max": idempotency_requests_max, "cutover_s": cutover_s})
         replayed = 0
         for first_no, blob in src.journal_rows(src.upto):
+            # The core holds the current journal key only: rows from before a data-key
+            # rotation are handed over with their card numbers enciphered under it.
+            blob = journal_generations.current(src.keys, blob, first_no)
             replayed += apply_records(state, blob, first_no, src.upto)
         next_no = max(src.journal_end(), src.upto)
     return Loaded(state, next_no, src.upto, replayed, time.perf_counter() - started,

@@ -270,6 +270,16 @@ def test_a_restart_sends_again_the_same_stand_in_advice(pair):
     assert [(p, k) for _, p, k in live.queues["onecard.advice.js"]] == [(payload, key)]
     assert ".s." in key
     assert int(np.frombuffer(payload, dtype=forward.REQUEST)["txn"]["pan"][0]) == int(pan)
+    # After a data-key rotation (onecard keys rotate-dek) the record is of an earlier
+    # generation: the data set's keys pick its journal key by its number.
+    from onecard.switch.security.keystore import DataKeys, JournalGeneration
+
+    rotated = DataKeys(bytes(32), 1, recs[-1].no + 1,
+                       (JournalGeneration(0, 0, pair.acq.keys.journal_key),))
+    later = Advices(SimpleNamespace(name="sh"))
+    assert later.resend(recs, pair.acq.state.terminals["tid"],
+                        lambda p: "js" if p == FOREIGN else None, rotated) == 1
+    assert list(later.queues["onecard.advice.js"]) == list(again.queues["onecard.advice.js"])
 
 
 def test_a_card_its_issuer_published_as_unusable_is_refused_not_stood_in_for(pair):

@@ -26,7 +26,7 @@ from onecard.switch.loader import HOLDERS_FILE
 from onecard.switch.pg.connect import PgError
 from onecard.switch.pg.migrate import LOCK_KEY, migrate, require_current
 from onecard.switch.pg.schema import FILE_TABLES, LEASE_TABLE, SCHEMA_VERSION, TABLES
-from onecard.switch.security import sealed_files
+from onecard.switch.security import rotate_dek, sealed_files
 
 if TYPE_CHECKING:
     import psycopg
@@ -99,6 +99,9 @@ def read_sealed_files(data_dir: Path) -> SealedFiles:
     PgError in one line when there is no checkpoint or a file is not sealed yet."""
     if not store.db_path(data_dir).exists():
         raise PgError(f"{data_dir}: no data set ({store.DB_NAME} not found)")
+    # A data-key rotation stopped after its commit: its files, under the key the data set's
+    # meta names, are put in place before they are copied.
+    rotate_dek.finish_pending(data_dir)
     found = snapshots.newest(data_dir)
     if found is None:
         raise PgError(f"{data_dir}: no checkpoint under {snapshots.snapshot_root(data_dir)} "

@@ -68,6 +68,7 @@ from onecard.switch.region import routing
 
 if TYPE_CHECKING:
     from onecard.switch.region.link import RegionLink
+    from onecard.switch.security.keystore import DataKeys
 
 log = logging.getLogger("onecard.region")
 
@@ -282,13 +283,14 @@ class Advices:
         self.queued += 1
         self.wakeup.set()
 
-    def resend(self, records, tids: np.ndarray, owner_of, journal_key: bytes | None,
+    def resend(self, records, tids: np.ndarray, owner_of, journal_key: DataKeys | bytes | None,
                stored: dict[str, int] | None = None) -> int:
         """At start: the advices of FORWARDED records answered 91 or stood in after the newest
         checkpoint (their journal is durable; the stream may not have them), but not those
-        of records up to where ``stored`` (per issuer) says the stream has them. The key
-        deciphers stood-in card numbers (None: they are in clear, as a test's core keeps
-        them)."""
+        of records up to where ``stored`` (per issuer) says the stream has them. The data
+        set's keys decipher stood-in card numbers, each under the journal key of its record's
+        generation (a bare key: one for every record; None: they are in clear, as a test's
+        core keeps them)."""
         n = 0
         stored = stored or {}
         for rec in records:
@@ -300,7 +302,9 @@ class Advices:
             if rec.origin == forward.ORIGIN["STAND_IN"]:
                 pan = rec.issuer_record_no
                 if journal_key is not None:
-                    pan = crypto.pan_crypt(journal_key, pan, NONE32, NONE32, decrypt=True)
+                    key = (journal_key if isinstance(journal_key, bytes)
+                           else journal_key.journal_key_at(rec.no))
+                    pan = crypto.pan_crypt(key, pan, NONE32, NONE32, decrypt=True)
                 day = dt.datetime.fromtimestamp(rec.ts_us // 1_000_000, CST)
                 advice = stand_in_advice(int(tids[rec.terminal]), rec, pan)[0]
                 self._enqueue(rec.no, peer, advice, day.strftime("%Y%m%d"))

@@ -141,7 +141,7 @@ class RegionLink:
         await self.advices.start(self.nc.jetstream(), self.config.routing_replicas)
         tail, tids, owner_of = self._journal_tail()
         stored = await self.advices.stored(sorted(set(self.owners.values()) - {self.name}))
-        resent = self.advices.resend(tail, tids, owner_of, self.switch.keys.journal_key, stored)
+        resent = self.advices.resend(tail, tids, owner_of, self.switch.keys, stored)
         if resent:
             log.info("region %s: %d advices from the journal sent again", self.name, resent)
         self.catalogue = CatalogueSync(self)

@@ -40,11 +40,13 @@ name records of the source's journal), ``admin_log``, the operator tokens file (
 first start on the part creates new operators), checkpoints other than the one written.
 
 Keys: the part keeps the source's data key, wrapped by the same key-encryption key (the
-``meta`` rows are copied as they are), so card-number HMACs and sealed terminal keys stay
-valid; values bound to a row that moves (card numbers, names, ID numbers) are opened and
-sealed again. No key is ever written in clear except the KEK file itself, which is copied
-(0600) beside the part, ``<dst>.kek``, when the source found its KEK beside itself; with
-``$ONECARD_KEK`` or a configured ``kek_file`` the part opens with the same one.
+``meta`` rows are copied as they are, but for the journal keys of data keys replaced by
+``onecard keys rotate-dek``: they stay with the source's journal), so card-number HMACs and
+sealed terminal keys stay valid; values bound to a row that moves (card numbers, names, ID
+numbers) are opened and sealed again. No key is ever written in clear except the KEK file
+itself, which is copied (0600) beside the part, ``<dst>.kek``, when the source found its KEK
+beside itself; with ``$ONECARD_KEK`` or a configured ``kek_file`` the part opens with the
+same one.
 
 Only the embedded (SQLite) store is split. A part looks like a new data set (checkpoint at
 record 0, empty journal), which ``onecard db import`` takes into PostgreSQL like any other.
@@ -361,8 +363,10 @@ def _copy_rows(out: sqlite3.Connection, table: str, rows: Iterable[tuple]) -> in
 def _meta(conn: sqlite3.Connection, out: sqlite3.Connection, src: Path,
           owned: tuple[int, ...], kek_where: str) -> None:
     """The source's meta rows (the wrapped data key and the KEK's check value among them),
-    with where the KEK is, the disbursement sync at the new journal's start, and the split."""
-    rows = dict(conn.execute("SELECT key, value FROM meta"))
+    with where the KEK is, the disbursement sync at the new journal's start, and the split.
+    The journal keys of data keys the source's rotations replaced stay with its journal:
+    the part's own starts at record 0 under the current one."""
+    rows = keystore.own_journal_meta(dict(conn.execute("SELECT key, value FROM meta")))
     rows.pop("schema_version", None)            # the part's, from create_schema
     rows["kek_source"] = kek_where
     rows[SYNC_KEY] = "0"

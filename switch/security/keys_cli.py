@@ -1,10 +1,13 @@
-"""``onecard keys rotate-kek --new-kek-file F``: the key-encryption key rotated (docs/
-operations.md "Rotate keys"). Only the data key's wrapping changes, in one transaction; the
-switch must be stopped (the command takes the data directory's lock)."""
+"""``onecard keys rotate-kek --new-kek-file F`` and ``onecard keys rotate-dek``: the
+key-encryption key, or the data key, rotated (docs/operations.md "Rotate keys", "Rotating the
+data key"). Both with the switch stopped: on the embedded store the command takes the data
+directory's lock; on PostgreSQL ``rotate-dek`` refuses while other onecard connections are
+open to the store (and fences any switch that starts meanwhile)."""
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -13,16 +16,59 @@ from onecard.switch.security import keystore
 
 
 def add_arguments(sub, common) -> None:
-    p = sub.add_parser("keys", help="the data set's key-encryption key")
+    p = sub.add_parser("keys", help="the data set's key-encryption key and data key")
     ks = p.add_subparsers(dest="keys_command", required=True)
     r = common(ks.add_parser("rotate-kek", help="wrap the data key under a new key-encryption "
                              "key (the switch stopped)"))
     r.add_argument("--new-kek-file", required=True,
                    help="where the new key goes (created 0600 if missing; an existing one "
                         "must hold 64 hex digits)")
+    common(ks.add_parser("rotate-dek", help="a new data key, everything sealed at rest sealed "
+                         "again under it (the switch stopped)"))
 
 
 def run(args: argparse.Namespace, config, lock) -> int:
+    if args.keys_command == "rotate-dek":
+        return _rotate_dek(config, lock)
+    return _rotate_kek(args, config, lock)
+
+
+def _rotate_dek(config, lock) -> int:
+    from onecard.switch.cli import DataDirBusy
+    from onecard.switch.security import rotate_dek
+
+    data_dir = Path(config.data_dir)
+    kek_file = config.security.kek_file or None
+    if config.store.backend != "sqlite":
+        from onecard.switch.pg import rotate as pg_rotate
+
+        try:
+            done = pg_rotate.rotate(config.store.dsn, data_dir, kek_file)
+        except keystore.KekError as exc:
+            print(f"onecard keys: {exc}", file=sys.stderr)
+            return 2
+        print(rotate_dek.describe(done, "the PostgreSQL store"))
+        return 0
+    try:
+        handle = lock(data_dir)
+    except (OSError, DataDirBusy) as exc:
+        print(f"onecard keys: {exc}", file=sys.stderr)
+        return 2
+    try:
+        done = rotate_dek.rotate(data_dir, kek_file)
+    except (keystore.KekError, FileNotFoundError) as exc:
+        print(f"onecard keys: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:     # a full disk: the transaction rolled back
+        print(f"onecard keys: data key not rotated: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        handle.close()
+    print(rotate_dek.describe(done, str(data_dir)))
+    return 0
+
+
+def _rotate_kek(args: argparse.Namespace, config, lock) -> int:
     from onecard.switch.cli import DataDirBusy
 
     data_dir = Path(config.data_dir)

@@ -18,6 +18,15 @@ under the DEK:
 - a 16-byte double-length 3DES key derived with HKDF: the journal's CARD_ADMIN card numbers (a
   64-bit block fits the record's 8-byte field; ``protocols/journal.py``).
 
+The DEK can be replaced (``onecard keys rotate-dek``, ``security/rotate_dek.py``): everything
+sealed under it is sealed again under a new one, and the card-number index recomputed. Journal
+records are never rewritten, so the journal keys of earlier DEKs stay, each wrapped under the
+KEK in ``meta`` (``journal_key_<generation>``: the first record number it enciphered and the
+wrapped 16-byte key; never the earlier DEK itself), and a record's number says which one
+enciphered it: the current DEK's from ``dek_from_no`` on (``dek_generation`` counts the
+rotations; both absent before the first). A copy of the data set made before a rotation, with
+the KEK, therefore opens nothing written after it.
+
 One key is derived from the KEK itself rather than the DEK: the HMAC-SHA256 key of backup
 manifests (``backup_mac_key``; ``switch/backup.py``). A backup must be checked before any of
 its files is opened, so its key cannot come from the data key inside it; and it is derived
@@ -51,6 +60,7 @@ SEALED_OVERHEAD_BYTES = NONCE_BYTES + TAG_BYTES
 JOURNAL_KEY_BYTES = 16
 KEK_SUFFIX = ".kek"
 DEK_AAD = b"onecard dek v1"
+JOURNAL_KEY_PREFIX = "journal_key_"     # meta: an earlier generation's journal key, wrapped
 CHECK_MESSAGE = b"onecard kek check v1"
 BACKUP_MAC_LABEL = b"backup manifest hmac v1"
 
@@ -136,10 +146,25 @@ def _derive(dek: bytes, label: bytes, length: int) -> bytes:
 
 
 @dataclass(frozen=True)
+class JournalGeneration:
+    """An earlier DEK's journal key: it enciphered the card numbers of the records numbered
+    from ``from_no`` until the next generation's ``from_no``."""
+
+    generation: int
+    from_no: int
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class DataKeys:
-    """The DEK and the keys derived from it; the only holder of them in a process."""
+    """The DEK and the keys derived from it; the only holder of them in a process. With
+    ``earlier``, the journal keys of the DEKs it replaced (oldest first): the current DEK's
+    journal key enciphers records numbered from ``from_no`` on."""
 
     dek: bytes
+    generation: int = 0
+    from_no: int = 0
+    earlier: tuple[JournalGeneration, ...] = field(default=(), repr=False)
     index_key: bytes = field(init=False, repr=False)
     journal_key: bytes = field(init=False, repr=False)
     aead: AESGCM = field(init=False, repr=False)
@@ -177,6 +202,16 @@ class DataKeys:
             raise KekError(f"sealed file part {aad.decode(errors='replace')} does not open: "
                            "the file is damaged or belongs elsewhere") from None
 
+    def journal_key_at(self, no: int) -> bytes:
+        """The journal key that enciphered the card numbers of journal record ``no``."""
+        if no >= self.from_no:
+            return self.journal_key
+        for gen in reversed(self.earlier):
+            if no >= gen.from_no:
+                return gen.key
+        raise KekError(f"journal record {no} precedes every data key of the data set "
+                       "(meta journal_key_* rows are missing)")
+
     def pan_hmac(self, pan: int | str) -> bytes:
         """The card-number index: HMAC-SHA256 of the decimal digits."""
         return hmac.digest(self.index_key, str(int(pan)).encode(), "sha256")
@@ -201,14 +236,83 @@ def init_data_set(conn: sqlite3.Connection, data_dir: str | Path,
     the caller commits the meta rows with the rest of its transaction."""
     kek, where = create_kek(data_dir, configured)
     dek = os.urandom(KEY_BYTES)
-    nonce = os.urandom(NONCE_BYTES)
-    wrapped = nonce + AESGCM(kek).encrypt(nonce, dek, DEK_AAD)
-    # The upsert both stores accept (SQLite's INSERT OR REPLACE is its own).
-    for key, value in (("dek_wrapped", wrapped.hex()), ("kek_check", _check_value(kek)),
-                       ("kek_source", where)):
+    write_meta(conn, {"dek_wrapped": _wrap(kek, dek, DEK_AAD), "kek_check": _check_value(kek),
+                   "kek_source": where})
+    return DataKeys(dek)
+
+
+def write_meta(conn: sqlite3.Connection, rows: dict[str, str]) -> None:
+    """Set ``meta`` rows, in the caller's transaction (either store: the upsert both
+    accept; SQLite's INSERT OR REPLACE is its own)."""
+    for key, value in rows.items():
         conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
                      "value = excluded.value", (key, value))
-    return DataKeys(dek)
+
+
+def _wrap(kek: bytes, key: bytes, aad: bytes) -> str:
+    nonce = os.urandom(NONCE_BYTES)
+    return (nonce + AESGCM(kek).encrypt(nonce, key, aad)).hex()
+
+
+def _unwrap(kek: bytes, value: str, aad: bytes, row: str, data_dir: str | Path) -> bytes:
+    try:
+        wrapped = bytes.fromhex(value)
+        return AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad)
+    except (InvalidTag, ValueError):
+        raise KekError(f"a key of {data_dir} does not unwrap (meta {row} is damaged)") from None
+
+
+def _journal_aad(generation: int, from_no: int) -> bytes:
+    # The record number is bound too: a changed boundary would pick the wrong key silently.
+    return f"onecard journal key v1 {generation} {from_no}".encode()
+
+
+def _journal_row(kek: bytes, gen: JournalGeneration) -> tuple[str, str]:
+    return (f"{JOURNAL_KEY_PREFIX}{gen.generation}",
+            f"{gen.from_no}:{_wrap(kek, gen.key, _journal_aad(gen.generation, gen.from_no))}")
+
+
+def _earlier(meta: dict[str, str], kek: bytes,
+             data_dir: str | Path) -> tuple[JournalGeneration, ...]:
+    found = []
+    for row, value in meta.items():
+        if not row.startswith(JOURNAL_KEY_PREFIX):
+            continue
+        try:
+            generation = int(row[len(JOURNAL_KEY_PREFIX):])
+            from_text, _, wrapped = value.partition(":")
+            from_no = int(from_text)
+        except ValueError:
+            raise KekError(f"meta {row} of {data_dir} is damaged") from None
+        key = _unwrap(kek, wrapped, _journal_aad(generation, from_no), row, data_dir)
+        found.append(JournalGeneration(generation, from_no, key))
+    return tuple(sorted(found, key=lambda g: g.generation))
+
+
+def rotated(kek: bytes, old: DataKeys, from_no: int) -> tuple[DataKeys, dict[str, str]]:
+    """A new DEK, the next generation, whose journal key enciphers the records numbered
+    ``from_no`` on; and the meta rows making it the data set's, for the caller to write in
+    the transaction that seals everything again under it. The old DEK's journal key is kept
+    (wrapped under the KEK) for the records it enciphered, if any; the old DEK is not."""
+    assert len(kek) == KEY_BYTES and from_no >= old.from_no
+    dek, generation, earlier = os.urandom(KEY_BYTES), old.generation + 1, old.earlier
+    rows = {"dek_wrapped": _wrap(kek, dek, DEK_AAD), "dek_generation": str(generation),
+            "dek_from_no": str(from_no)}
+    if from_no > old.from_no:
+        kept = JournalGeneration(old.generation, old.from_no, old.journal_key)
+        earlier = (*earlier, kept)
+        rows.update([_journal_row(kek, kept)])
+    return DataKeys(dek, generation, from_no, earlier), rows
+
+
+def own_journal_meta(rows: dict[str, str]) -> dict[str, str]:
+    """The meta rows of a data set copied with a new journal, numbered from 0 (a region
+    split's part): the current DEK enciphers all of it, so earlier journal keys stay
+    behind with the journal they belong to."""
+    out = {k: v for k, v in rows.items() if not k.startswith(JOURNAL_KEY_PREFIX)}
+    if "dek_from_no" in out:
+        out["dek_from_no"] = "0"
+    return out
 
 
 def has_keys(conn: sqlite3.Connection) -> bool:
@@ -221,8 +325,7 @@ def backup_mac_key(kek: bytes) -> bytes:
 
 
 def _meta_keys(conn: sqlite3.Connection, data_dir: str | Path) -> dict[str, str]:
-    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
-                             "('dek_wrapped', 'kek_check')"))
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
     if "dek_wrapped" not in meta:
         raise KekError(f"data set {data_dir} has no data key (an older store schema: start "
                        "the switch once to encrypt it)")
@@ -247,16 +350,20 @@ def _checked_kek(meta: dict[str, str], data_dir: str | Path,
 
 def open_data_set(conn: sqlite3.Connection, data_dir: str | Path,
                   configured: str | None = None) -> DataKeys:
-    """The DEK of a data set, unwrapped with the KEK; KekError in one line when it cannot."""
+    """The DEK of a data set (with the journal keys of the DEKs it replaced), unwrapped with
+    the KEK; KekError in one line when it cannot."""
     meta = _meta_keys(conn, data_dir)
     kek, _where = _checked_kek(meta, data_dir, configured)
-    wrapped = bytes.fromhex(meta["dek_wrapped"])
+    return _open_keys(meta, kek, data_dir)
+
+
+def _open_keys(meta: dict[str, str], kek: bytes, data_dir: str | Path) -> DataKeys:
+    dek = _unwrap(kek, meta["dek_wrapped"], DEK_AAD, "dek_wrapped", data_dir)
     try:
-        dek = AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], DEK_AAD)
-    except InvalidTag:
-        raise KekError(f"the data key of {data_dir} does not unwrap (meta dek_wrapped is "
-                       "damaged)") from None
-    return DataKeys(dek)
+        generation, from_no = int(meta.get("dek_generation", 0)), int(meta.get("dek_from_no", 0))
+    except ValueError:
+        raise KekError(f"meta dek_generation or dek_from_no of {data_dir} is damaged") from None
+    return DataKeys(dek, generation, from_no, _earlier(meta, kek, data_dir))
 
 
 def for_data_dir(data_dir: str | Path, configured: str | None = None) -> DataKeys:
@@ -272,15 +379,20 @@ def for_data_dir(data_dir: str | Path, configured: str | None = None) -> DataKey
 
 def rewrap(conn: sqlite3.Connection, data_dir: str | Path, new_kek: bytes, new_source: str,
            configured: str | None = None) -> None:
-    """KEK rotation: the data key unwrapped with the current KEK and wrapped under
-    ``new_kek``, in one transaction (nothing else is encrypted under the KEK, so nothing
-    else changes). Raises KekError if the current KEK does not open the data set."""
+    """KEK rotation: the data key, and the journal keys of earlier data keys, unwrapped with
+    the current KEK and wrapped under ``new_kek``, in one transaction (nothing else is
+    encrypted under the KEK, so nothing else changes). Raises KekError if the current KEK
+    does not open the data set."""
     assert len(new_kek) == KEY_BYTES
     keys = open_data_set(conn, data_dir, configured)
-    nonce = os.urandom(NONCE_BYTES)
-    wrapped = nonce + AESGCM(new_kek).encrypt(nonce, keys.dek, DEK_AAD)
-    with conn:
-        for key, value in (("dek_wrapped", wrapped.hex()), ("kek_check", _check_value(new_kek)),
-                           ("kek_source", new_source)):
-            conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
-                         "value = excluded.value", (key, value))
+    rows = {"dek_wrapped": _wrap(new_kek, keys.dek, DEK_AAD),
+            "kek_check": _check_value(new_kek), "kek_source": new_source}
+    rows.update(_journal_row(new_kek, gen) for gen in keys.earlier)
+    # Explicitly one transaction: the store's connections are in autocommit.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        write_meta(conn, rows)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
