@@ -250,9 +250,9 @@ def test_rows_are_of_one_calendar_day_each_and_indexed(store):
 def test_the_version_5_migration_cuts_rows_by_day(dsn):
     """A store at version 4 with a row across midnight: the migration to 5 indexes every row,
     the records and their numbers as they were."""
-    from onecard.switch.pg.schema import MIGRATIONS
-
     from test_clearing_dates import assert_indexed, crossing_midnight
+
+    from onecard.switch.pg.schema import MIGRATIONS
 
     recs = crossing_midnight()
     with psycopg.connect(dsn) as conn:
