@@ -406,6 +406,12 @@ def _clearing(sw: Switch) -> Iterator[Metric]:
     yield GaugeMetricFamily("onecard_clearing_last_exceptions",
                             "Open exceptions (reconciliation) of the last date cleared",
                             value=c.last_exceptions)
+    yield CounterMetricFamily("onecard_clearing_computations", "Dates computed by a clearing "
+                              "worker process (positions, exceptions and files of a date at the "
+                              "same journal end share one)", value=c.computations)
+    yield GaugeMetricFamily("onecard_clearing_worker_peak_rss_bytes", "The largest resident "
+                            "memory a clearing worker process reached (the serving process "
+                            "holds no date's records)", value=c.worker_peak_rss_bytes)
 
 
 def registry_for(switch: Switch) -> CollectorRegistry:

@@ -21,8 +21,8 @@ from onecard.protocols.journal import KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import DTYPES, RECORD_DTYPE, unpack, view
 from onecard.switch import store
 from onecard.switch.clearing import apportion, files
-from onecard.switch.clearing.cli import registry
 from onecard.switch.clearing.positions import Reference, legs, positions, summarise
+from onecard.switch.clearing.reader import registry
 
 from test_transit import (
     MIN,

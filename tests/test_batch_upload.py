@@ -122,7 +122,7 @@ def test_a_terminal_without_an_unbalanced_batch_cannot_upload(world):
 # ---- reconciliation: the exceptions clearing finds ---------------------------------------
 
 def _ref(world):
-    from onecard.switch.clearing.cli import registry
+    from onecard.switch.clearing.reader import registry
     conn = sqlite3.connect(world.data_dir / "onecard.db")
     try:
         return registry(conn, world.state.cards["pan"].copy(), world.state.cards["region"])

@@ -497,7 +497,7 @@ def test_seeded_real_traffic_of_every_kind_nets_to_zero_on_every_date(demo_dir, 
 
     from onecard.protocols.journal_codec import unpack
     from onecard.switch import store
-    from onecard.switch.clearing.cli import registry
+    from onecard.switch.clearing.reader import registry
 
     from conftest import World
     from test_invariants import Traffic
@@ -533,7 +533,7 @@ def test_regions_clear_their_own_journals_and_the_hub_nets_between_them(demo_dir
     from onecard.protocols.journal_codec import unpack
     from onecard.switch import store
     from onecard.switch.clearing import hub
-    from onecard.switch.clearing.cli import registry
+    from onecard.switch.clearing.reader import registry
 
     from test_forward import FOREIGN, HOME, Pair
 

@@ -337,3 +337,51 @@ def test_the_schedule_gives_a_failing_date_up_and_clears_the_next(caplog):
     assert tried == [bad] * service_module.ATTEMPTS + [good]
     assert (service.dates_failed, service.failures) == (1, service_module.ATTEMPTS)
     assert f"clearing {bad} failed {service_module.ATTEMPTS} times" in caplog.text
+
+
+def test_positions_and_exceptions_asked_together_are_one_computation_in_a_worker(sw, supply):
+    """Three exceptions lists and the positions of one date, asked at once at the same
+    journal end: one worker process computes them (the serving process holds none of the
+    date's records), the others wait for it and get the same answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api, date, day = _sent_then_cleared(sw, supply.terminal("FIN-PAY"),
+                                        lambda t: [t.purchase(supply.card(), 700)])
+
+    def computations() -> float:
+        text = api.get("/metrics", role=None).text
+        return float(next(line.split()[-1] for line in text.splitlines()
+                          if line.startswith("onecard_clearing_computations_total")))
+
+    before = computations()
+    paths = [f"/admin/clearing/{date}/exceptions"] * 3 + [f"/admin/clearing/{date}/positions"]
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda p: api.get(p, role="finance"), paths))
+    assert [r.status for r in replies] == [200] * 4
+    assert replies[0].json() == replies[1].json() == replies[2].json()
+    assert replies[3].json() == day                       # the POST's, kept
+    assert computations() - before == 0                   # the POST's outcome was kept
+    text = api.get("/metrics", role=None).text
+    peak = next(line for line in text.splitlines()
+                if line.startswith("onecard_clearing_worker_peak_rss_bytes"))
+    assert float(peak.split()[-1]) > 0
+
+
+def test_a_worker_that_cannot_clear_is_a_worker_failure_and_the_switch_goes_on(tmp_path):
+    """The worker's own failure (here: no store where the configuration says) comes back as
+    WorkerFailed (a 503 problem document on the API), never as the journal's fault."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from onecard.switch.clearing.worker import WorkerFailed
+
+    config = _config()
+    config.data_dir = str(tmp_path / "nowhere")
+    config.store = SimpleNamespace(backend="sqlite", dsn="")
+    switch = SimpleNamespace(config=config, committer=SimpleNamespace(durable_no=0),
+                             state=SimpleNamespace(cards=np.zeros(0, dtype=[
+                                 ("pan", "u8"), ("region", "i8")])))
+    service = ClearingService(switch)
+    with pytest.raises(WorkerFailed, match="clearing 2026-11-30"):
+        asyncio.run(service.exceptions(dt.date(2026, 11, 30)))
+    assert service.computations == 1 and service.failures == 0     # a list, not a run

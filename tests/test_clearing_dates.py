@@ -22,8 +22,8 @@ from onecard.protocols.journal import KIND_BY_NAME
 from onecard.protocols.journal_codec import unpack
 from onecard.switch import store
 from onecard.switch.clearing import exceptions, reader
-from onecard.switch.clearing.cli import registry
 from onecard.switch.clearing.positions import legs, positions, summarise
+from onecard.switch.clearing.reader import registry
 
 from conftest import World
 from test_invariants import Traffic

@@ -334,8 +334,8 @@ def test_differences_are_exceptions_a_zero_fen_adjustment_acknowledges(world):
 
     from onecard.core import operations
     from onecard.switch.clearing import exceptions
-    from onecard.switch.clearing.cli import registry
     from onecard.switch.clearing.positions import positions
+    from onecard.switch.clearing.reader import registry
 
     doctor = terminal_at(world)
     date = engine_date(world)

@@ -25,27 +25,7 @@ from onecard.switch.clearing.positions import (
     legs,
     summarise,
 )
-
-
-def registry(conn, card_pan: np.ndarray, card_region: np.ndarray) -> Reference:
-    """Who is behind each card (its number and issuing region index, from the state),
-    terminal, application and programme (the store's tables)."""
-    # the regions table's codes (the state's copy numbers provinces by index)
-    rows = np.array(conn.execute("SELECT code, province FROM regions ORDER BY idx").fetchall(),
-                    dtype=np.int64).reshape(-1, 2)
-    terminals = conn.execute("SELECT t.tid, t.merchant, o.code, r.province FROM terminals t "
-                             "LEFT JOIN operators o ON o.idx = t.operator_idx JOIN regions r "
-                             "ON r.idx = t.region_idx ORDER BY t.idx").fetchall()
-    apps = [code for (code,) in conn.execute("SELECT code FROM catalogue ORDER BY idx")]
-    programmes = [code for (code,) in conn.execute("SELECT code FROM programmes ORDER BY idx")]
-    region = np.asarray(card_region, dtype=np.int64)
-    return Reference(card_province=rows[region, 1], card_region=rows[region, 0],
-                     terminal_acquirer=[operator or merchant for _, merchant, operator, _
-                                        in terminals],
-                     app_codes=apps, programme_codes=programmes,
-                     card_pan=np.asarray(card_pan, dtype=np.uint64),
-                     terminal_tid=[tid for tid, _, _, _ in terminals],
-                     terminal_province=np.array([p for *_, p in terminals], dtype=np.int64))
+from onecard.switch.clearing.reader import registry
 
 
 def read_store(data_dir: str | Path, card_pan: np.ndarray, card_region: np.ndarray,

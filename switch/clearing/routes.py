@@ -18,6 +18,7 @@ from onecard.switch.admin.routes import Problem
 from onecard.switch.clearing import exceptions
 from onecard.switch.clearing.cli import FutureDate, settlement_date
 from onecard.switch.clearing.positions import ClearingError, Day
+from onecard.switch.clearing.worker import WorkerFailed
 
 if TYPE_CHECKING:
     from onecard.switch.admin.operators import Operator
@@ -58,6 +59,17 @@ async def _cleared(service: ClearingService, date: dt.date, write: bool) -> Day:
         return await service.run(date, write=write)
     except ClearingError as exc:
         raise Problem(422, "Unprocessable Content", str(exc)) from None
+    except WorkerFailed as exc:
+        raise Problem(503, "Service Unavailable", str(exc)) from None
+
+
+async def _exceptions(service: ClearingService, date: dt.date) -> list:
+    try:
+        return await service.exceptions(date)
+    except ClearingError as exc:
+        raise Problem(422, "Unprocessable Content", str(exc)) from None
+    except WorkerFailed as exc:
+        raise Problem(503, "Service Unavailable", str(exc)) from None
 
 
 def add_routes(app: web.Application, api: AdminApi, service: ClearingService) -> None:
@@ -89,12 +101,12 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
         status = request.query.get("status")
         if status not in (None, "open", "resolved"):
             raise Problem(400, "Bad Request", "status must be open or resolved")
-        found = await service.exceptions(_date(request, service.cutover))
+        found = await _exceptions(service, _date(request, service.cutover))
         return web.json_response(body=msgspec.json.encode(
             [e for e in found if status is None or e.status == status]))
 
     async def adjusted(request: web.Request, op: Operator) -> web.Response:
-        found = await service.exceptions(_date(request, service.cutover))
+        found = await _exceptions(service, _date(request, service.cutover))
         return web.json_response(body=msgspec.json.encode(
             [e for e in found if e.adjustment is not None]))
 
@@ -111,7 +123,7 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
             raise Problem(422, "Unprocessable Content", f"amount_fen must be an integer from 0 "
                           f"to {limit} (limits.amount_fen_max)")
         async with service.adjusting:
-            e = next((x for x in await service.exceptions(date) if x.id == ident), None)
+            e = next((x for x in await _exceptions(service, date) if x.id == ident), None)
             if e is None:
                 raise Problem(404, "Not Found", f"no exception {ident} (GET "
                               f"/admin/clearing/{date}/exceptions lists them)")

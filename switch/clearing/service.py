@@ -2,10 +2,13 @@
 cut-over the settlement date that just closed is cleared from the committed journal and its
 files are written; the admin API clears a date on demand and serves positions and files.
 
-The work runs in a thread over its own connection to the store (either): the event loop
-keeps answering terminals. Only the cards' numbers and regions are taken from the live state
-(copied on the loop, between batches); everything else is read from the store, and only
-committed records are read, so a run is what ``onecard clearing`` would compute at rest.
+Each computation runs in a worker process (worker.py) that reads the date's rows from the
+store itself: the event loop keeps answering terminals, and the serving process never holds a
+date's records (its memory does not grow with a date). Only the cards' numbers and regions
+come from the live state, asked for by the worker in chunks and answered on the loop between
+batches; only committed records are read, so a run is what ``onecard clearing`` would compute
+at rest. One computation at a time; its outcome is kept for the date and the journal's end,
+so positions, exceptions and files of a date asked for together are one read.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import multiprocessing
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,9 +26,9 @@ import numpy as np
 
 from onecard.protocols import clearing
 from onecard.switch import logs
-from onecard.switch.clearing import exceptions, files
-from onecard.switch.clearing.cli import read_store, store_dsn
-from onecard.switch.clearing.positions import Day, legs, summarise
+from onecard.switch.backend import is_postgresql
+from onecard.switch.clearing import exceptions, files, worker
+from onecard.switch.clearing.positions import ClearingError, Day
 
 if TYPE_CHECKING:
     from onecard.switch.server import Switch
@@ -34,6 +39,16 @@ RETRY_S = 300.0                          # a scheduled run that failed is tried 
 ATTEMPTS = 3                             # ... this many times in all, then left for the
                                          # operator (POST /admin/clearing/{date}): a date that
                                          # cannot be cleared must not hold back the next ones
+WORKER_JOIN_S = 10.0
+# forkserver: a worker is forked from a small server process, never from the switch (whose
+# threads a fork would copy mid-lock), and starts with the clearing modules imported.
+CONTEXT = multiprocessing.get_context("forkserver")
+CONTEXT.set_forkserver_preload(["onecard.switch.clearing.worker"])
+
+
+def _answer(conn: Connection, pans: np.ndarray, regions: np.ndarray) -> None:
+    conn.send_bytes(pans.tobytes())
+    conn.send_bytes(regions.tobytes())
 
 
 class ClearingService:
@@ -57,19 +72,24 @@ class ClearingService:
         self.last_records = 0
         self.last_parties = 0
         self.last_exceptions = 0             # open exceptions the last run found
+        self.worker_peak_rss_bytes = 0       # the largest a worker grew to
+        self.computations = 0                # worker runs (the rest were kept outcomes)
+        # (date, journal end), whether it wrote the files, and what it gave
+        self._kept: tuple[tuple[dt.date, int], bool, worker.Outcome] | None = None
 
     async def run(self, date: dt.date, *, write: bool = True) -> Day:
         """Clear a date (again: the same journal gives the same positions and files)."""
         async with self.lock:
-            cards = self.switch.state.cards
-            pans, regions = cards["pan"].copy(), cards["region"].copy()
             began = time.perf_counter()
             try:
-                day = await asyncio.to_thread(self._run, date, pans, regions, write)
+                outcome = await self._outcome(date, write)
             except Exception:
                 self.failures += 1
                 raise
+            day = outcome.day
+            assert day is not None and outcome.found is not None
             self.runs += 1
+            self.open_exceptions = sum(e.status == "open" for e in outcome.found)
             self.last_date, self.last_duration_s = date.isoformat(), time.perf_counter() - began
             self.last_records, self.last_parties = day.records, len(day.positions)
             self.last_exceptions = self.open_exceptions
@@ -83,32 +103,67 @@ class ClearingService:
                                       seconds=round(self.last_duration_s, 3)))
             return day
 
-    def _run(self, date: dt.date, pans: np.ndarray, regions: np.ndarray, write: bool) -> Day:
-        cfg = self.switch.config
-        ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg), date, date,
-                                    self.cutover)
-        day_legs = legs(recs, nos, ref, date, cutover=self.cutover, fees=self.fees)
-        found = exceptions.find(recs, nos, ref, date, cutover=self.cutover)
-        self.open_exceptions = sum(e.status == "open" for e in found)
-        if write:
-            files.write(files.render(day_legs, ref, date, self.cutover), self.out_dir, date)
-        return summarise(day_legs, date, self.cutover)
-
     async def exceptions(self, date: dt.date) -> list[exceptions.Exception_]:
-        """The date's exceptions from the committed journal, resolved ones included. One
-        clearing computation at a time (the same lock as run): each reads the journal, so
-        three at once held three copies of it (7.8 GB at 17M records)."""
+        """The date's exceptions from the committed journal, resolved ones included (one
+        computation at a time, shared with run: three at once held three copies of the
+        journal, 7.8 GB at 17M records)."""
         async with self.lock:
-            cards = self.switch.state.cards
-            pans, regions = cards["pan"].copy(), cards["region"].copy()
-            return await asyncio.to_thread(self._exceptions, date, pans, regions)
+            found = (await self._outcome(date, False)).found
+            assert found is not None
+            return found
 
-    def _exceptions(self, date: dt.date, pans: np.ndarray,
-                    regions: np.ndarray) -> list[exceptions.Exception_]:
+    async def _outcome(self, date: dt.date, write: bool) -> worker.Outcome:
+        """The date cleared at the journal's committed end: kept from the last computation
+        if that was the same date at the same end (and wrote the files, if asked to)."""
+        key = (date, self.switch.committer.durable_no)
+        if self._kept is not None and self._kept[0] == key and (self._kept[1] or not write):
+            return self._kept[2]
         cfg = self.switch.config
-        ref, recs, nos = read_store(cfg.data_dir, pans, regions, store_dsn(cfg), date, date,
-                                    self.cutover)
-        return exceptions.find(recs, nos, ref, date, cutover=self.cutover)
+        job = worker.Job(data_dir=str(cfg.data_dir),
+                         dsn=cfg.store.dsn if is_postgresql(cfg) else None, date=date,
+                         cutover=self.cutover, fees=self.fees,
+                         out_dir=str(self.out_dir) if write else None)
+        outcome = await self._in_worker(job)
+        self.computations += 1
+        self.worker_peak_rss_bytes = max(self.worker_peak_rss_bytes, outcome.peak_rss_bytes)
+        if outcome.error:
+            raise ClearingError(outcome.error)
+        if outcome.failed:
+            raise worker.WorkerFailed(f"clearing {date}: {outcome.failed}")
+        self._kept = (key, write, outcome)
+        return outcome
+
+    async def _in_worker(self, job: worker.Job) -> worker.Outcome:
+        loop = asyncio.get_running_loop()
+        here, there = CONTEXT.Pipe()
+        proc = CONTEXT.Process(target=worker.main, args=(there, job), daemon=True,
+                               name=f"onecard-clearing-{job.date}")
+        proc.start()
+        there.close()
+        try:
+            while chunk := await loop.run_in_executor(None, here.recv_bytes):
+                pans, regions = self._cards(np.frombuffer(chunk, dtype=np.int64))
+                await loop.run_in_executor(None, _answer, here, pans, regions)
+            return await loop.run_in_executor(None, here.recv)
+        except (EOFError, OSError) as exc:
+            raise worker.WorkerFailed(f"the clearing worker for {job.date} ended without an "
+                                      f"answer ({exc!r}, exit status {proc.exitcode})") from None
+        finally:
+            here.close()
+            await loop.run_in_executor(None, proc.join, WORKER_JOIN_S)
+            if proc.is_alive():
+                proc.kill()
+
+    def _cards(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Numbers and regions of the cards the worker asks for, from the live state (on the
+        loop, between batches: a chunk is a few hundred microseconds)."""
+        cards = self.switch.state.cards
+        have = (idx >= 0) & (idx < len(cards))
+        pans = np.zeros(len(idx), dtype=np.uint64)
+        regions = np.full(len(idx), -1, dtype=np.int64)
+        pans[have] = cards["pan"][idx[have]]
+        regions[have] = cards["region"][idx[have]]
+        return pans, regions
 
     def file(self, date: dt.date, party: str) -> Path | None:
         """A party's file of a date, if that date was cleared here (``party`` checked by the
