@@ -67,6 +67,7 @@ def day(n: int, ref: Reference, rng: np.random.Generator) -> np.ndarray:
     recs["ts_us"] = np.sort(rng.integers(start - 3_600_000_000, start + 82_800_000_000, n))
     recs["amount_fen"] = rng.integers(100, 50_000, n)
     recs["card"] = rng.integers(0, len(ref.card_province), n)
+    recs["account"] = recs["card"]            # a holder per card: transfers pair by account
     recs["terminal"] = rng.integers(0, len(ref.terminal_acquirer), n)
     recs["app"] = rng.integers(0, len(ref.app_codes), n)
     recs["seq"] = rng.integers(1, 999_999, n)

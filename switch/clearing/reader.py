@@ -4,8 +4,9 @@ whole journal. Memory is the dates' records plus that context; each row is filte
 read, so a row's other records are not kept.
 
 The context, each bounded and documented in protocols/CLEARING.md ("What a date reads"):
-- the previous leg of a transfer discounted on the dates: the account's rides of the
-  ``TRANSFER_DAYS`` calendar days before (a transfer window is minutes);
+- the previous leg of a transfer discounted on the dates whose account rode nothing earlier
+  on them: that account's rides ended in the ``TRANSFER_S`` (6 hours) before the dates
+  began (a transfer window is minutes, a ride at most hours);
 - the records of a batch settled unbalanced on the dates, back to the terminal's previous
   settlement, and its upload, up to the terminal's next settlement: a day at a time, at most
   ``BATCH_DAYS`` days either way;
@@ -23,8 +24,9 @@ from typing import Final
 import numpy as np
 
 from onecard.protocols import clearing
+from onecard.protocols.clearing import CST_OFFSET_S, DAYS_1970_TO_2000, SECONDS_PER_DAY
 from onecard.protocols.journal import KIND_BY_NAME
-from onecard.protocols.journal_codec import RECORD_DTYPE, view
+from onecard.protocols.journal_codec import RECORD_DTYPE, calendar_days, view
 from onecard.switch.clearing.apportion import TAP_KINDS, ride_ends
 from onecard.switch.clearing.exceptions import BATCH_KINDS, UNBALANCED
 from onecard.switch.clearing.positions import Reference
@@ -32,7 +34,7 @@ from onecard.switch.clearing.positions import Reference
 # (first calendar day, last calendar day, kinds bit mask) -> (first_no, records) rows
 RowsOfDays = Callable[[int, int, int], Iterator[tuple[int, bytes]]]
 
-TRANSFER_DAYS: Final = 1
+TRANSFER_S: Final = 6 * 3600           # a ride ended this long before a date can be a leg
 BATCH_DAYS: Final = 7
 TOTALS_DAYS: Final = 7
 LAST_DAY: Final = 1 << 40                # "to the journal's end" in the index's days
@@ -61,6 +63,25 @@ def _collect(rows: Iterator[tuple[int, bytes]],
     return np.concatenate(parts), np.concatenate(numbers)
 
 
+def _without_first_leg(recs: np.ndarray) -> np.ndarray:
+    """Accounts with a transfer discounted among ``recs`` (the dates' records) and no ride
+    ended before it among them: their previous leg is before the dates."""
+    discounted = np.isin(recs["kind"], TAP_KINDS) & (view(recs, "tap")["transfer_discount_fen"]
+                                                     > 0)
+    if not discounted.any():
+        return np.zeros(0, dtype=recs["account"].dtype)
+    cand = np.flatnonzero(ride_ends(recs) | discounted)   # already in journal order
+    cand = cand[np.argsort(recs["account"][cand], kind="stable")]
+    account = recs["account"][cand]
+    first = np.ones(len(cand), dtype=bool)
+    first[1:] = account[1:] != account[:-1]
+    return np.unique(account[first & discounted[cand]])
+
+
+def _calendar_day(ts_us: int) -> int:
+    return int(calendar_days(np.array([ts_us]))[0])
+
+
 def _walk(rows: RowsOfDays, days: range, kinds: int, keep: Callable[[np.ndarray], np.ndarray],
           terminals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``keep``'s records of the calendar days in ``days``, a day at a time, until each of
@@ -84,6 +105,12 @@ class _Dates:
 
     def days(self, recs: np.ndarray) -> np.ndarray:
         return clearing.settlement_days(recs["ts_us"], self.cut)
+
+    def start_us(self) -> int:
+        """The first microsecond of the first date (its cut-over the day before)."""
+        shift_s = (24 * 60 - self.cut) % (24 * 60) * 60
+        day_s = (self.lo + DAYS_1970_TO_2000) * SECONDS_PER_DAY - CST_OFFSET_S - shift_s
+        return day_s * 1_000_000
 
     def inside(self, recs: np.ndarray) -> np.ndarray:
         d = self.days(recs)
@@ -111,13 +138,15 @@ def _context(rows: RowsOfDays, d: _Dates, recs: np.ndarray,
              nos: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     out = []
     kind = recs["kind"]
-    tap = view(recs, "tap")
-    discounted = np.isin(kind, TAP_KINDS) & (tap["transfer_discount_fen"] > 0)
-    if discounted.any():
-        accounts = np.unique(recs["account"][discounted])
+    first_leg = _without_first_leg(recs)
+    if len(first_leg):
+        start_us = d.start_us()
         out.append(_collect(
-            rows(d.lo - 1 - TRANSFER_DAYS, d.lo, _bits(*TAP_KINDS)),
-            lambda r: ride_ends(r) & np.isin(r["account"], accounts) & (d.days(r) < d.lo)))
+            rows(_calendar_day(start_us - TRANSFER_S * 10**6), _calendar_day(start_us),
+                 _bits(*TAP_KINDS)),
+            lambda r: (ride_ends(r) & np.isin(r["account"], first_leg)
+                       & (r["ts_us"] >= start_us - TRANSFER_S * 10**6)
+                       & (r["ts_us"] < start_us))))
     settle = view(recs, "settle")
     unbalanced = (kind == _K["SETTLE"]) & (settle["result"] == UNBALANCED)
     if unbalanced.any():
