@@ -401,8 +401,7 @@ def clear_every_region(regions) -> dict:
                             clearing.CUTOVER_DEFAULT)
             assert sum(p.net_fen for p in day.positions) == 0, (name, date)
             rows = moving_rows(recs, date, clearing.CUTOVER_DEFAULT)
-            odd = int(np.logical_or.reduce(list(unattributed(recs, rows, ref).values()),
-                                           initial=np.zeros(len(rows), dtype=bool)).sum())
+            odd = int(np.any(list(unattributed(recs, rows, ref).values()), axis=0).sum())
             found = clearing_cli.exceptions.find(date_recs, date_nos, ref, date)
             assert sum(e.kind == "UNATTRIBUTED" for e in found) == odd, (name, date)
             counts["unattributed"] += odd
