@@ -143,7 +143,8 @@ def replicas_for(n_servers: int) -> int:
     return 3 if n_servers >= 3 else 1
 
 
-CREATE_ATTEMPTS = 3
+CREATE_ATTEMPTS = 5
+PLACEMENT_RETRY_S = 1.0
 
 
 async def open_bucket(js: JetStreamContext, replicas: int, bucket: str = BUCKET,
@@ -166,6 +167,11 @@ async def open_bucket(js: JetStreamContext, replicas: int, bucket: str = BUCKET,
         except APIError as exc:
             # Another switch created it between our bind and create, with a different config
             # (JetStream accepts a create with the same one): 10058, stream name in use.
+            # 10005, no peers for placement: a node just (re)started is not yet counted as
+            # online by the meta leader, for a moment after it reports itself current.
+            if exc.err_code == 10005 and attempt < CREATE_ATTEMPTS - 1:
+                await asyncio.sleep(PLACEMENT_RETRY_S)
+                continue
             if exc.err_code != 10058:
                 raise
         except NatsTimeoutError:
