@@ -30,16 +30,17 @@ nats_server = pytest.importorskip("onecard.switch.region.nats_server")
 routing = pytest.importorskip("onecard.switch.region.routing")
 split = pytest.importorskip("onecard.switch.region.split")
 
-JS, HOME = 32, 31
+JS, HOME, ZJ = 32, 31, 33
 BALANCE_FEN = 100_000
 
 
 class Regions:
     """The NATS cluster, the two data sets, the routing table and the running switches."""
 
-    def __init__(self, root, demo_dir, pg_server=None) -> None:
+    def __init__(self, root, demo_dir, pg_server=None, *, zhejiang: bool = False) -> None:
         self.root = root
         self.pg_server = pg_server               # both regions' stores on it, if given
+        self.zhejiang = zhejiang                 # a third region, "zj", owning Zhejiang
         self.cluster = nats_server.start_cluster(root / "nats", nodes=3)
         self.switches: dict = {}
         self.state: dict = {}
@@ -57,16 +58,19 @@ class Regions:
             "SELECT DISTINCT province FROM regions ORDER BY province")]
         conn.close()
         self.dirs = {}
-        for name, owns in (("sh", [p for p in provinces if p != JS]), ("js", [JS])):
+        parts = [("sh", [p for p in provinces if p not in (JS, ZJ)]), ("js", [JS]),
+                 ("zj", [ZJ])]
+        if not self.zhejiang:
+            parts = [("sh", [p for p in provinces if p != JS]), ("js", [JS])]
+        for name, owns in parts:
             self.dirs[name] = root / name / "data"
             self.dirs[name].parent.mkdir()
             split.split_data_set(demo_dir, self.dirs[name], owns)
             if self.pg_server is not None:
                 on_postgresql(self.dirs[name], self.pg_server, f"{root.name}_{name}")
         urls = ",".join(self.cluster.urls)
-        others = ",".join(str(p) for p in provinces if p != JS)
-        assert cli.main(["region", "route", "--nats", urls, "--replicas", "3",
-                         "--set", f"{others}=sh", "--set", f"{JS}=js"]) == 0
+        sets = [x for name, owns in parts for x in ("--set", f"{','.join(map(str, owns))}={name}")]
+        assert cli.main(["region", "route", "--nats", urls, "--replicas", "3", *sets]) == 0
 
     def config(self, name: str, timeout_ms: int = 500, nodes: list[int] | None = None) -> str:
         path = self.root / name / "region.toml"
@@ -104,6 +108,18 @@ def two_regions(root, demo_dir, pg_server=None):
     try:
         r.start("js")
         r.start("sh")
+        yield r
+    finally:
+        r.close()
+
+
+@contextlib.contextmanager
+def three_regions(root, demo_dir):
+    """two_regions and a third switch, "zj", owning Zhejiang."""
+    r = Regions(root, demo_dir, zhejiang=True)
+    try:
+        for name in ("js", "zj", "sh"):
+            r.start(name)
         yield r
     finally:
         r.close()

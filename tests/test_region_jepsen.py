@@ -2,8 +2,9 @@
 under ISO 8583 and native load with stand-in on, and the reversal advices held back far
 longer than the RING_SLOTS requests per terminal a ring remembers.
 
-Two regional switches over a 3-node NATS cluster (test_region_forward.two_regions): "sh"
-acquires, "js" issues Jiangsu's cards. Independent clients log every answer: Shanghai POS
+Three regional switches over a 3-node NATS cluster (test_region_forward.three_regions): "sh"
+acquires, "js" issues Jiangsu's cards, "zj" owns Zhejiang (it takes no load: it is the
+third region every clearing check and the hub's netting run over). Independent clients log every answer: Shanghai POS
 terminals buying with Jiangsu cards (forwarded) and Shanghai cards (local) in the same frames,
 and Shanghai bus readers tapping Jiangsu cards. The faults, in this order, all under load:
 
@@ -60,7 +61,7 @@ from onecard.switch.terminals import read_terminals
 
 from checker import committed_journal
 from termsim import IsoTerminal, NativeTerminal, socket_exchange
-from test_region_forward import HOME, JS, matching_cards, metric, two_regions
+from test_region_forward import HOME, JS, matching_cards, metric, three_regions
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +175,7 @@ class Reader(Client):
 
 @pytest.fixture(scope="module")
 def regions(demo_dir, tmp_path_factory):
-    with two_regions(tmp_path_factory.mktemp("jepsen"), demo_dir) as r:
+    with three_regions(tmp_path_factory.mktemp("jepsen"), demo_dir) as r:
         yield r
 
 
@@ -320,7 +321,7 @@ def drain(regions) -> float:
                          ids=["drained", "killed-while-applying"])
 def test_issuer_killed_under_load_with_advices_held_past_the_ring(regions, kill_applying):
     began = time.monotonic()
-    for name in ("js", "sh"):                    # stopped by the test before this one
+    for name in ("js", "zj", "sh"):              # stopped by the test before this one
         if name not in regions.switches:
             regions.start(name)
     poses, readers, opening = start_load(regions, lane=int(kill_applying))
@@ -365,6 +366,7 @@ def test_issuer_killed_under_load_with_advices_held_past_the_ring(regions, kill_
     regions.stop("sh")
     js = regions.switches["js"]
     regions.stop("js")
+    regions.stop("zj")
     logs = "".join(sw.text() for sw in (*killed, js))
     report(counts)                               # shown with a failure below too
     assert "ring moved on" not in logs and "not posted" not in logs
@@ -384,7 +386,7 @@ def clear_every_region(regions) -> dict:
     from onecard.switch.clearing.positions import moving_rows, summarise, unattributed
 
     cut = clearing.cutover_minutes(clearing.CUTOVER_DEFAULT)
-    journals = {name: committed_journal(regions.dirs[name])[0] for name in ("sh", "js")}
+    journals = {name: committed_journal(regions.dirs[name])[0] for name in ("sh", "js", "zj")}
     dates = sorted({clearing.day_date(d) for recs in journals.values()
                     for d in np.unique(clearing.settlement_days(recs["ts_us"], cut)).tolist()})
     counts = {"dates cleared": len(dates), "unattributed": 0}
@@ -411,9 +413,9 @@ def clear_every_region(regions) -> dict:
                                  strict=True))
         netted = hub.net(days, owners, provinces)
         assert sum(r.net_fen for r in netted.regions) == 0, (date, netted)
-        assert cli.main(["clearing", "hub", "--date", str(date), "--region",
-                         f"sh={regions.dirs['sh']}", "--region",
-                         f"js={regions.dirs['js']}"]) == 0
+        assert cli.main(["clearing", "hub", "--date", str(date),
+                         *[x for name in journals
+                           for x in ("--region", f"{name}={regions.dirs[name]}")]]) == 0
     return counts
 
 
