@@ -19,6 +19,7 @@ import numpy as np
 from onecard.core.authorise import TXN_DTYPE
 from onecard.core.decide import decide_many
 from onecard.core.engine import Engine
+from onecard.core.holders import HolderVault
 from onecard.core.state import (
     ACCOUNT_DTYPE,
     APP_COUNT_MAX,
@@ -44,7 +45,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def synthetic_state(n: int, seed: int = 1) -> State:
+def synthetic_state(n: int, seed: int = 1, holders: HolderVault | None = None) -> State:
     rng = np.random.default_rng(seed)
     cards = np.zeros(n, dtype=CARD_DTYPE)
     # 621xxx BIN + 13 random digits: unique by construction (a permutation of a range)
@@ -66,7 +67,7 @@ def synthetic_state(n: int, seed: int = 1) -> State:
                  operators=np.zeros(0, dtype=OPERATOR_DTYPE),
                  stations=np.zeros(0, dtype=STATION_DTYPE), fares=np.zeros(0, dtype="<i4"),
                  apps=apps, accept=accept, policies=np.zeros(1, dtype=POLICY_DTYPE),
-                 surnames=np.zeros((1, SURNAME_BYTES), dtype="u1"))
+                 surnames=np.zeros((1, SURNAME_BYTES), dtype="u1"), holders=holders)
 
 
 def authorisation_rate(state: State, count: int = 2_000_000, seed: int = 3) -> float:

@@ -284,3 +284,9 @@ def rewrap(conn: sqlite3.Connection, data_dir: str | Path, new_kek: bytes, new_s
                            ("kek_source", new_source)):
             conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
                          "value = excluded.value", (key, value))
+
+
+def subkey(keys: DataKeys, label: bytes) -> bytes:
+    """A 32-byte key derived from the data key for one use (HKDF with a label of its own):
+    the holders file's key goes to the compiled core, which can then open nothing else."""
+    return _derive(keys.dek, label, KEY_BYTES)
