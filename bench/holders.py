@@ -33,54 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from onecard.bench.memory import synthetic_state
-from onecard.core.authorise import TXN_DTYPE
-from onecard.core.decide import decide_many
-from onecard.core.engine import Engine
-from onecard.core.holders import RECORD_BYTES
-from onecard.core.state import KIND_VERIFY, SCOPE_DEFAULT, SCOPE_LODGING, State
+from onecard.bench.memory import KEYS, synthetic_state, verify_ns, write_holders
+from onecard.core.state import SCOPE_DEFAULT, SCOPE_LODGING
 from onecard.switch.security import holders_file
-from onecard.switch.security.keystore import DataKeys
 
-KEYS = DataKeys(bytes(range(32)))
 HIT_CARDS = 256                  # a working set the default cache holds
-
-
-def write_file(path: Path, n: int, block_records: int) -> float:
-    """N synthetic records (name ``HOLDER <i>``, a fake 18-character id), sealed; seconds."""
-    def chunks():
-        step = 1 << 16
-        for start in range(0, n, step):
-            ids = np.arange(start, min(start + step, n))
-            rec = np.zeros((len(ids), RECORD_BYTES), dtype=np.uint8)
-            for col, text in enumerate((b"HOLDER ", b"ID")):
-                off = 0 if col == 0 else 30
-                rec[:, off:off + len(text)] = np.frombuffer(text, dtype=np.uint8)
-            digits = np.char.zfill(ids.astype(str), 12).astype("S12")
-            rec[:, 7:19] = np.frombuffer(digits.tobytes(), dtype=np.uint8).reshape(-1, 12)
-            yield rec.tobytes()
-    started = time.perf_counter()
-    holders_file.write(path, chunks(), n, KEYS, block_records=block_records)
-    return time.perf_counter() - started
-
-
-def verify_ns(state: State, cards: np.ndarray, scope: int, batch: int) -> float:
-    """Nanoseconds per verification, the median over batches (the rules alone)."""
-    state.terminals["scope"][0] = scope
-    engine = Engine(state, daily_limit_fen=2**31 - 1, amount_fen_max=10**9)
-    txns = np.zeros(len(cards), dtype=TXN_DTYPE)
-    txns["pan"] = state.cards["pan"][cards]
-    txns["seq"] = np.arange(len(cards)) % 999_999 + 1
-    txns["kind"] = KIND_VERIFY
-    per_batch = []
-    for start in range(0, len(cards), batch):
-        part = txns[start:start + batch]
-        t0 = time.perf_counter_ns()
-        rcs = decide_many(engine.authoriser, part)
-        per_batch.append((time.perf_counter_ns() - t0) / len(part))
-        engine.journal.take()
-        assert (rcs == 0).all(), np.unique(rcs)
-    return float(np.median(per_batch))
 
 
 def open_block_ns(path: Path, n: int, count: int) -> float:
@@ -97,7 +54,7 @@ def open_block_ns(path: Path, n: int, count: int) -> float:
 def measure(n: int, block_records: int, cache_bytes: int, batch: int, count: int,
             where: Path) -> dict:
     path = where / f"holders-{block_records}.bin"
-    write_s = write_file(path, n, block_records)
+    write_s = write_holders(path, n, block_records)
     rng = np.random.default_rng(5)
     random_cards = rng.integers(0, n, size=count)
     repeated = np.resize(rng.integers(0, n, size=HIT_CARDS), count)

@@ -24,7 +24,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-import os
+from posix.unistd cimport close, dup
 
 cdef extern from "unistd.h" nogil:
     ssize_t pread(int fd, void* buf, size_t count, long offset)
@@ -185,13 +185,18 @@ cdef class HolderVault:
         self.ctx = gcm_context(&key[0], False)
         if self.ctx == NULL:
             raise MemoryError("AES-256-GCM is not available")
-        self.fd = os.dup(fd)
+        self.fd = dup(fd)
+        if self.fd < 0:
+            raise OSError(errno, "cannot duplicate the holders file's descriptor")
 
     def __cinit__(self):
         self.fd = -1
 
     def __dealloc__(self):
-        self.clear_cache()
+        if self.cache != NULL:           # no Python method here: the object is going away
+            OPENSSL_cleanse(self.cache, <size_t>self.slots * self.plain_block)
+        if self.plain != NULL:
+            OPENSSL_cleanse(self.plain, self.plain_block)
         if self.ctx != NULL:
             EVP_CIPHER_CTX_free(<EVP_CIPHER_CTX*>self.ctx)
         free(self.sealed)
@@ -200,7 +205,7 @@ cdef class HolderVault:
         free(self.tags)
         free(self.used)
         if self.fd >= 0:
-            os.close(self.fd)
+            close(self.fd)
 
     cdef int record(self, uint64_t account, uint8_t* out) noexcept nogil:
         """Copy account's HOLDER_BYTES record to ``out``: 0, or -1 when its block does not

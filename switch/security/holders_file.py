@@ -11,9 +11,9 @@ and neither does any block once the header is changed. The key is derived from t
 for this file alone (``keystore.subkey``): the compiled core holds that key and no other.
 
 K = 4 (192 bytes of records a block), measured (``bench.holders``, bench/README.md "Holder
-records at rest and on read"): opening a block costs the same 0.9 us from one record to four
-(the pread and the GCM call's fixed cost dominate; 1.15 us at 16, 1.8 at 64, 4.4 at 256), and
-there is no locality between accounts for bigger blocks to cache. Four records a block make
+records at rest and on read"): opening a block costs about the same 0.8 us from one record to
+four (the pread and the GCM call's fixed cost dominate; 1.06 us at 16, 1.7 at 64, 4.5 at 256),
+and there is no locality between accounts for bigger blocks to cache. Four records a block make
 the file 55 bytes a record (one a block: 76, a record's nonce and tag; sixteen: 49.75), and a
 verification opens its holder and three others, not fifteen.
 
