@@ -49,6 +49,7 @@ MODULES = {
     "mpack": [],
     "maps": [],
     "horizon": [],
+    "holders": ["crypto"],
     "state": [],
     "records": [],
     "journal": [],

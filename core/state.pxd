@@ -2,6 +2,7 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from onecard.core.crypto cimport MacKey
+from onecard.core.holders cimport HolderVault
 from onecard.core.horizon cimport Horizon
 from onecard.core.maps cimport Entry, U64Map
 
@@ -97,8 +98,6 @@ cdef enum:
     PROVINCES_MAX = 64
     APPS_MAX = 256
     RULES_MAX = 6
-    HOLDER_BYTES = 48            # holders file: name (30 bytes UTF-8) + identity number (18)
-    HOLDER_NAME_BYTES = 30
     DENY_LOG_MAX = 0x7fffffff    # deny-list changes (versions are positive int32)
 
 cpdef enum DenyEntry:            # a deny-log entry's bits (a checkpoint array)
@@ -217,7 +216,8 @@ cdef struct Station:
 
 cdef class State:
     cdef readonly object accounts, terminals, ring, regions, operators, stations, fares
-    cdef readonly object apps, accept, policies, surnames, card_slots, terminal_slots, holders
+    cdef readonly object apps, accept, policies, surnames, card_slots, terminal_slots
+    cdef readonly HolderVault holders   # sealed holder records, opened when read; may be None
     cdef object _cards_store             # cards live in a larger buffer so new cards fit
     cdef readonly U64Map daily_app       # (account, app) -> day, spent today
     cdef readonly U64Map medical_year    # account -> year, deductible used, pool paid
@@ -239,7 +239,6 @@ cdef class State:
     cdef uint64_t* accept_mask   # [APPS_MAX][PROVINCES_MAX] -> mask of accepted card provinces
     cdef Policy* policy
     cdef uint8_t* surname        # [n][8] UTF-8
-    cdef const uint8_t* holder   # [accounts][HOLDER_BYTES], decrypted at load, may be NULL
     cdef uint32_t* cslot
     cdef uint64_t ccap
     cdef uint32_t cmask          # slot bits holding position + 1 (the rest: a hash tag)

@@ -3,8 +3,8 @@ from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Buffer
 
+from onecard.core.holders import HolderVault
 from onecard.core.horizon import Horizon
 from onecard.core.maps import U64Map
 
@@ -213,7 +213,7 @@ class State:
                  terminals: npt.ArrayLike, regions: npt.ArrayLike, operators: npt.ArrayLike,
                  stations: npt.ArrayLike, fares: npt.ArrayLike, apps: npt.ArrayLike,
                  accept: npt.ArrayLike, policies: npt.ArrayLike, surnames: npt.ArrayLike,
-                 holders: Buffer | None = ..., ring: npt.ArrayLike | None = ...,
+                 holders: HolderVault | None = ..., ring: npt.ArrayLike | None = ...,
                  ring_size: int = ..., maps: Mapping[str, npt.ArrayLike] | None = ...,
                  map_entries_max: int = ...) -> None: ...
     @property
@@ -245,7 +245,7 @@ class State:
     @property
     def terminal_slots(self) -> npt.NDArray[np.uint32]: ...
     @property
-    def holders(self) -> npt.NDArray[np.uint8] | None: ...
+    def holders(self) -> HolderVault | None: ...
     @property
     def daily_app(self) -> U64Map: ...
     @property

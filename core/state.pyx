@@ -4,8 +4,10 @@ authoriser as C structs, with compiled open-addressing indexes from card number 
 
 Memory per card is the card record (24 bytes), its account record (32 bytes, one per holder)
 and 4-byte index slots at a load factor of at most 0.75: :meth:`State.memory_report` gives the
-figure for the loaded data. Cards can be added while running (replacement and electronic
-cards): they live in a buffer with spare room, and the index is rebuilt larger when full.
+figure for the loaded data. Holder names and identity numbers are not held: they stay sealed
+on disk and are opened a block at a time when read (core/holders.pyx). Cards can be added
+while running (replacement and electronic cards): they live in a buffer with spare room, and
+the index is rebuilt larger when full.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
@@ -15,6 +17,7 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from onecard.core.crypto cimport mackey_clear, mackey_set
+from onecard.core.holders cimport HOLDER_BYTES, HOLDER_NAME_BYTES
 from onecard.core.horizon cimport FILED_ENTRY_WORDS, Horizon
 from onecard.core.maps cimport Entry, U64Map
 
@@ -271,10 +274,9 @@ cdef class State:
         self.ring = _array(ring, RING_DTYPE, "ring")
         if len(self.ring) != self.n_terminals * ring_size:
             raise ValueError("ring does not match terminals x ring_size")
-        if holders is not None:
-            self.holders = np.frombuffer(holders, dtype=np.uint8)
-            if len(self.holders) < self.n_accounts * HOLDER_BYTES:
-                raise ValueError("holders file is shorter than one record per account")
+        self.holders = holders
+        if holders is not None and self.holders.n_records < self.n_accounts:
+            raise ValueError("holders file is shorter than one record per account")
         self.daily_app = U64Map(4096, map_entries_max)
         self.medical_year = U64Map(4096, map_entries_max)
         self.filings = U64Map(1024)
@@ -372,8 +374,6 @@ cdef class State:
         self.stn = <Station*><size_t>self.stations.ctypes.data
         self.fare = <int32_t*><size_t>self.fares.ctypes.data
         self.surname = <uint8_t*><size_t>self.surnames.ctypes.data
-        self.holder = (<const uint8_t*><size_t>self.holders.ctypes.data
-                       if self.holders is not None else NULL)
         if self.card_slots is not None:
             self.cslot = <uint32_t*><size_t>self.card_slots.ctypes.data
             self.ccap = len(self.card_slots)
@@ -570,10 +570,11 @@ cdef class State:
         return self.find_terminal(pack_tid(tid))
 
     def holder_of(self, uint32_t account) -> tuple[str, str]:
-        """Full name and identity number of an account's holder (from the holders file)."""
-        if self.holder == NULL or account >= self.n_accounts:
+        """Full name and identity number of an account's holder (its block of the sealed
+        holders file opened; HolderRecordError if it does not open)."""
+        if self.holders is None or account >= self.n_accounts:
             return "", ""
-        raw = bytes(self.holders[account * HOLDER_BYTES:(account + 1) * HOLDER_BYTES])
+        raw = self.holders.record_bytes(account)
         return (raw[:HOLDER_NAME_BYTES].rstrip(b"\0").decode(),
                 raw[HOLDER_NAME_BYTES:].rstrip(b"\0").decode())
 
@@ -632,16 +633,21 @@ cdef class State:
             raise MemoryError()
 
     def memory_report(self) -> dict:
-        """Bytes held for cards: records, accounts and the card index, and per card."""
+        """Bytes held for cards: records, accounts and the card index, and per card; with
+        the holders, what their vault allocates (its bounded cache of decrypted blocks: the
+        sealed file is read by offset, never held)."""
         card_bytes = self.n_cards * sizeof(Card)
         total = card_bytes + self.accounts.nbytes + self.card_slots.nbytes
+        holder_bytes = 0 if self.holders is None else self.holders.stats()["resident_bytes"]
         return {
             "cards": int(self.n_cards),
             "accounts": int(self.n_accounts),
             "card_bytes": int(card_bytes),
             "account_bytes": int(self.accounts.nbytes),
             "index_bytes": int(self.card_slots.nbytes),
+            "holder_bytes": int(holder_bytes),
             "bytes_per_card": total / max(self.n_cards, 1),
+            "bytes_per_card_with_holders": (total + holder_bytes) / max(self.n_cards, 1),
             "terminal_bytes": int(self.terminals.nbytes + self.ring.nbytes
                                   + self.n_terminals * sizeof(MacKey)),
         }

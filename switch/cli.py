@@ -129,7 +129,8 @@ def _recover(config: Config, data_dir: Path):
                "map_entries_max": config.core.map_entries_max, "kek_file": kek_file,
                "idempotency_days": config.core.idempotency_days,
                "idempotency_requests_max": config.core.idempotency_requests_max,
-               "cutover_s": cutover_minutes(config.clearing.cutover) * 60}
+               "cutover_s": cutover_minutes(config.clearing.cutover) * 60,
+               "holder_cache_bytes": config.core.holder_cache_bytes}
     if config.store.backend == "postgresql":
         from onecard.switch.pg import lease as pg_lease
         from onecard.switch.pg.journal import JournalGap

@@ -209,6 +209,11 @@ class CoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Entries at most in each map of state only some accounts have (daily totals per
     # application, medical year totals); a request that would add one past it is declined 96.
     map_entries_max: Annotated[int, Meta(ge=16, le=1 << 40)] = 1 << 26
+    # Holder records (full name, identity number) stay sealed on disk; a lodging verification
+    # opens the block of 4 that holds its record. At most this many bytes of opened blocks
+    # are kept in memory, in clear (0: none, each block wiped once read): 1 MiB holds 21,840
+    # holders whatever the number of cards (bench/README.md, "Holder records at rest").
+    holder_cache_bytes: Annotated[int, Meta(ge=0, le=1 << 30)] = 1 << 20
     # How long the writer thread may wait for the GIL (Python's default is 5 ms, which would
     # sit on every commit under load).
     gil_switch_interval_us: Annotated[int, Meta(ge=10, le=5000)] = 100

@@ -83,7 +83,7 @@ from onecard.switch.reference import (
     TRANSFERS,
     regions,
 )
-from onecard.switch.security import encrypt_store, keystore, modes, sealed_files
+from onecard.switch.security import encrypt_store, holders_file, keystore, modes
 from onecard.switch.security.keystore import DataKeys
 
 Progress = Callable[[str], None]
@@ -314,11 +314,11 @@ def _holder(name: str, ident: str) -> bytes:
 
 
 def _write_holders(path: Path, rows: list[bytes], keys: DataKeys) -> None:
-    """Full names and identity numbers by account, fixed-size records the core reads from
-    memory (only lodging terminals ever see them), sealed under the data key on disk."""
-    tmp = path.with_suffix(".tmp")
-    sealed_files.write_sealed(tmp, b"".join(rows), keys, encrypt_store.HOLDERS_LABEL)
-    os.replace(tmp, path)
+    """Full names and identity numbers by account, fixed-size records sealed in blocks that
+    the core opens one at a time when a lodging terminal verifies a card (holders_file.py)."""
+    step = 1 << 16
+    holders_file.write(path, (b"".join(rows[i:i + step]) for i in range(0, len(rows), step)),
+                       len(rows), keys)
 
 
 class _People(NamedTuple):

@@ -5,10 +5,12 @@ queries read both (``switch/pg/db.py``), and only where each keeps its checkpoin
 file and journal differs (``_sqlite_source``, ``_pg_source``).
 
 The data set's keys are opened first (a wrong or missing key-encryption key stops here with
-one line, ``keystore.KekError``); master keys are unwrapped, the checkpoint and the holders
-file are decrypted into memory. Journal records written under an earlier data key (before
-``onecard keys rotate-dek``) are replayed through ``journal_generations``. What is in memory
-is in clear: memory is not at rest."""
+one line, ``keystore.KekError``); master keys are unwrapped and the checkpoint decrypted into
+memory (what is in memory is in clear: memory is not at rest). Journal records written under
+an earlier data key (before ``onecard keys rotate-dek``) are replayed through
+``journal_generations``. The holders file is not decrypted: it stays sealed and the core
+opens one block of it when a lodging terminal verifies a card (``security/holders_file.py``),
+keeping at most ``holder_cache_bytes`` decrypted."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onecard.core.holders import HolderVault
 from onecard.core.ledger import apply_records
 from onecard.core.state import (
     MAPS,
@@ -38,10 +41,10 @@ from onecard.switch import catalogue, snapshots, store, transit
 from onecard.switch.reference import GROUPS
 from onecard.switch.security import (
     encrypt_store,
+    holders_file,
     journal_generations,
     keystore,
     rotate_dek,
-    sealed_files,
 )
 from onecard.switch.security.keystore import DataKeys
 
@@ -132,12 +135,14 @@ def _merge_sessions(static: np.ndarray, saved: np.ndarray | None) -> np.ndarray:
     return static
 
 
-def holders(data_dir: Path, keys: DataKeys) -> bytearray | None:
-    """The holders file (full names and identity numbers), decrypted into memory, or None."""
+def holders(data_dir: Path, keys: DataKeys,
+            cache_bytes: int = holders_file.CACHE_BYTES_DEFAULT) -> HolderVault | None:
+    """The holders file (full names and identity numbers) opened for reading a block at a
+    time, nothing decrypted yet; None without one."""
     path = Path(data_dir) / HOLDERS_FILE
     if not path.exists() or path.stat().st_size == 0:
         return None
-    return sealed_files.read_sealed(path, keys, encrypt_store.HOLDERS_LABEL)
+    return holders_file.open_vault(path, keys, cache_bytes)
 
 
 def filings_entries(conn: sqlite3.Connection) -> np.ndarray:
@@ -161,14 +166,15 @@ class _Source:
     keys: DataKeys
     upto: int
     arrays: dict[str, np.ndarray]
-    holders: bytearray | None
+    holders: HolderVault | None
     journal_rows: Callable[[int], Iterator[tuple[int, bytes]]]
     journal_end: Callable[[], int]
     migrated: list[int] = field(default_factory=list)
 
 
 @contextmanager
-def _sqlite_source(data_dir: str | Path, kek_file: str | None) -> Iterator[_Source]:
+def _sqlite_source(data_dir: str | Path, kek_file: str | None,
+                   holder_cache_bytes: int) -> Iterator[_Source]:
     """The embedded store: migrated and its files sealed first (both only touch data_dir)."""
     path = store.db_path(data_dir)
     if not path.exists():
@@ -184,7 +190,7 @@ def _sqlite_source(data_dir: str | Path, kek_file: str | None) -> Iterator[_Sour
         snap = snapshots.latest(data_dir, keys)
         if snap is None:
             raise FileNotFoundError(f"no checkpoint under {snapshots.snapshot_root(data_dir)}")
-        yield _Source(conn, keys, *snap, holders(data_dir, keys),
+        yield _Source(conn, keys, *snap, holders(data_dir, keys, holder_cache_bytes),
                       functools.partial(store.journal_rows, conn),
                       functools.partial(store.journal_end, conn), migrated)
     finally:
@@ -192,7 +198,8 @@ def _sqlite_source(data_dir: str | Path, kek_file: str | None) -> Iterator[_Sour
 
 
 @contextmanager
-def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None) -> Iterator[_Source]:
+def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None,
+               holder_cache_bytes: int) -> Iterator[_Source]:
     """The PostgreSQL store, read in one snapshot (checkpoint and journal agree even while
     another switch writes). It is migrated by ``onecard db migrate``, never by a start: a
     schema other than this build's stops here in one line. Only the key-encryption key is
@@ -215,8 +222,8 @@ def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None) -> Iterator
             raise FileNotFoundError("no checkpoint in the PostgreSQL store (onecard db import "
                                     "brings a data set's newest one)")
         raw = checkpoints.read_file(pg, HOLDERS_FILE)
-        held = None if not raw else sealed_files.open_sealed(
-            raw, keys, encrypt_store.HOLDERS_LABEL, where=f"{HOLDERS_FILE} in PostgreSQL")
+        held = None if not raw else holders_file.vault_of_bytes(
+            raw, keys, holder_cache_bytes, where=f"{HOLDERS_FILE} in PostgreSQL")
         yield _Source(Db(pg), keys, *snap, held, functools.partial(journal.journal_rows, pg),
                       functools.partial(journal.journal_end, pg))
     finally:
@@ -254,13 +261,16 @@ def _state(src: _Source, ring_size: int, map_entries_max: int,
 def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26,
          kek_file: str | None = None, dsn: str | None = None, idempotency_days: int = 2,
          idempotency_requests_max: int = 1 << 26,
-         cutover_s: int = cutover_minutes(CUTOVER_DEFAULT) * 60) -> Loaded:
+         cutover_s: int = cutover_minutes(CUTOVER_DEFAULT) * 60,
+         holder_cache_bytes: int = holders_file.CACHE_BYTES_DEFAULT) -> Loaded:
     """Recover the state: checkpoint + journal replay, from the SQLite data set in data_dir,
     or with ``dsn`` from the PostgreSQL store there (data_dir then only locates the
     key-encryption key). Raises if the data set or its checkpoint is missing, KekError if
-    its keys do not open, PgError (JournalGap) if PostgreSQL's journal misses records."""
+    its keys do not open, PgError (JournalGap) if PostgreSQL's journal misses records.
+    ``holder_cache_bytes`` bounds the holder records kept decrypted ([core])."""
     started = time.perf_counter()
-    source = _pg_source(dsn, data_dir, kek_file) if dsn else _sqlite_source(data_dir, kek_file)
+    source = (_pg_source(dsn, data_dir, kek_file, holder_cache_bytes) if dsn
+              else _sqlite_source(data_dir, kek_file, holder_cache_bytes))
     with source as src:
         state, chain = _state(src, ring_size, map_entries_max, {
             "idempotency_days": idempotency_days,

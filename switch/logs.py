@@ -33,6 +33,7 @@ EVENTS: Final[dict[str, str]] = {
     "checkpoint": "a checkpoint was written (or failed)",
     "operator_action": "an operator changed something through the admin API",
     "clearing": "a settlement date was cleared",
+    "holder_refused": "lodging verifications answered 96: a holders block did not open",
     "log": "any other line (no event name given)",
 }
 

@@ -216,6 +216,23 @@ def _state(sw: Switch) -> Iterator[Metric]:
     yield GaugeMetricFamily("onecard_idempotency_bytes",
                             "Memory of the idempotency horizon (rows and indexes)",
                             value=horizon["bytes"])
+    if sw.state.holders is not None:
+        yield from _holders(sw.state.holders.stats())
+
+
+def _holders(st: dict) -> Iterator[Metric]:
+    """The holders file's vault: records opened from the cache, from disk, or refused."""
+    lookups = CounterMetricFamily("onecard_holder_lookups",
+                                  "Holder records read for lodging verifications, by how: "
+                                  "hit (an opened block kept), miss (a block read and "
+                                  "decrypted), refused (the block did not open: 96)",
+                                  labels=["result"])
+    for result, key in (("hit", "hits"), ("miss", "misses"), ("refused", "failures")):
+        lookups.add_metric([result], float(st[key]))
+    yield lookups
+    yield GaugeMetricFamily("onecard_holder_clear_bytes", "Holder records in clear in memory "
+                            "now (opened blocks kept; [core] holder_cache_bytes bounds it)",
+                            value=st["clear_bytes"])
 
 
 def _region(sw: Switch) -> Iterator[Metric]:

@@ -35,6 +35,7 @@ from onecard.switch.admission import (
 )
 from onecard.switch.config import Config
 from onecard.switch.loader import Loaded
+from onecard.switch.security import holders_file
 from onecard.switch.snapshots import Checkpointer
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class Switch:
         self.idle_closed = 0
         self.idle_log = RateLimitedLog("connections closed: silent, or a frame unfinished",
                                        event="connection_closed")
+        self.holder_watch = holders_file.FailureWatch(self.state.holders)
         self.stopped = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -476,6 +478,7 @@ class Switch:
         last = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
+            self.holder_watch.check()       # holder blocks that did not open: logged
             due = time.monotonic() - last >= interval
             big = (self.engine.journal.next_no - self.last_checkpoint_no
                    >= self.config.store.checkpoint_records)

@@ -24,7 +24,7 @@ from onecard.core import crypto
 from onecard.core.state import KIND_CARD_ADMIN
 from onecard.protocols import journal_codec, native
 from onecard.switch import cli, loader, snapshots, store
-from onecard.switch.security import encrypt_store, keystore, rotate_dek, sealed_files
+from onecard.switch.security import holders_file, keystore, rotate_dek
 from onecard.switch.terminals import read_terminals
 
 from conftest import (
@@ -187,8 +187,8 @@ def test_an_old_copy_and_the_kek_open_nothing_written_after(history):
     new = keystore.for_data_dir(history.data)
     assert (new.generation, old.generation) == (1, 0) and new.dek != old.dek
     with pytest.raises(keystore.KekError):
-        sealed_files.read_sealed(history.data / loader.HOLDERS_FILE, old,
-                                 encrypt_store.HOLDERS_LABEL)
+        holders_file.open_vault(history.data / loader.HOLDERS_FILE, old)
+    assert holders_file.open_vault(history.data / loader.HOLDERS_FILE, new).n_records
     with pytest.raises(keystore.KekError):
         snapshots.latest(history.data, old)                 # the checkpoints
     conn = sqlite3.connect(store.db_path(history.data))

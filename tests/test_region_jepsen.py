@@ -4,9 +4,10 @@ longer than the RING_SLOTS requests per terminal a ring remembers.
 
 Three regional switches over a 3-node NATS cluster (test_region_forward.three_regions): "sh"
 acquires, "js" issues Jiangsu's cards, "zj" owns Zhejiang (it takes no load: it is the
-third region every clearing check and the hub's netting run over). Independent clients log every answer: Shanghai POS
-terminals buying with Jiangsu cards (forwarded) and Shanghai cards (local) in the same frames,
-and Shanghai bus readers tapping Jiangsu cards. The faults, in this order, all under load:
+third region every clearing check and the hub's netting run over). Independent clients log
+every answer: Shanghai POS terminals buying with Jiangsu cards (forwarded) and Shanghai cards
+(local) in the same frames, and Shanghai bus readers tapping Jiangsu cards. The faults, in
+this order, all under load:
 
 1. js's advice consumer is paused (JetStream consumer pause): every advice waits from now on;
 2. js stalls (SIGSTOP) longer than sh's forwarding timeout: requests in flight get 91, and js,

@@ -26,7 +26,7 @@ from onecard.switch.loader import HOLDERS_FILE
 from onecard.switch.pg.connect import PgError
 from onecard.switch.pg.migrate import LOCK_KEY, migrate, require_current
 from onecard.switch.pg.schema import FILE_TABLES, LEASE_TABLE, SCHEMA_VERSION, TABLES
-from onecard.switch.security import rotate_dek, sealed_files
+from onecard.switch.security import holders_file, rotate_dek
 
 if TYPE_CHECKING:
     import psycopg
@@ -117,7 +117,7 @@ def read_sealed_files(data_dir: Path) -> SealedFiles:
         blobs["checkpoints", name] = file.read_bytes()
     holders = data_dir / HOLDERS_FILE
     if holders.exists() and holders.stat().st_size:
-        if not sealed_files.is_sealed(holders):
+        if not holders_file.is_sealed(holders):
             raise PgError(f"{holders} is not sealed yet (start this build's switch on the "
                           "data set once to seal it)")
         blobs["files", HOLDERS_FILE] = holders.read_bytes()

@@ -76,12 +76,11 @@ from onecard.core.state import (
     DENY_INDEX,
     DENY_REMOVED,
     FN_ECARD,
-    HOLDER_RECORD_BYTES,
     State,
 )
 from onecard.switch import loader, snapshots, store
 from onecard.switch.admin.disbursements import SYNC_KEY, sync_from_journal
-from onecard.switch.security import encrypt_store, keystore, modes, sealed_files
+from onecard.switch.security import encrypt_store, holders_file, keystore, modes
 from onecard.switch.security.keystore import DataKeys
 
 Progress = Callable[[str], None]
@@ -266,10 +265,8 @@ def _write_part(source: _Source, plan: Plan, owned: tuple[int, ...], dst: Path,
         kek_where = _destination_kek(source.path, dst, source.kek_file, written_kek)
         modes.private_dir(dst)
         counts = _write_store(source, dst, plan, owned, kek_where, progress)
-        holders = _holders(state, plan)
-        if holders is not None:
-            sealed_files.write_sealed(dst / loader.HOLDERS_FILE, holders, keys,
-                                      encrypt_store.HOLDERS_LABEL)
+        if state.holders is not None:   # the part's accounts' records, opened and sealed again
+            holders_file.reseal(dst / loader.HOLDERS_FILE, state.holders, keys, plan.accounts)
         sessions = np.isin(source.region_province[state.terminals["region"]], owned)
         arrays = checkpoint_arrays(state.snapshot(), plan, sessions)
         progress("onecard region split: writing the checkpoint")
@@ -453,13 +450,6 @@ def _copy_disbursements(conn: sqlite3.Connection, out: sqlite3.Connection,
 def _masked_province(masked: str) -> int | None:
     digits = masked[PAN_PROVINCE_DIGITS]
     return int(digits) if digits.isdigit() else None
-
-
-def _holders(state: State, plan: Plan) -> bytes | None:
-    if state.holders is None:
-        return None
-    records = np.asarray(state.holders)[:state.n_accounts * HOLDER_RECORD_BYTES]
-    return records.reshape(-1, HOLDER_RECORD_BYTES)[plan.accounts].tobytes()
 
 
 def checkpoint_arrays(snap: dict[str, np.ndarray], plan: Plan,

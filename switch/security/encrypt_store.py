@@ -4,9 +4,9 @@ Terminal master keys are wrapped, card numbers move to an HMAC index plus a seal
 holder names and ID numbers are sealed, disbursement rows are keyed by the HMAC, and journal
 rows of formats 1 and 2 are rewritten as format 3 with their CARD_ADMIN card numbers
 enciphered. The caller (``store.migrate``) then vacuums the file so that none of the replaced
-pages stays on disk; ``seal_files`` seals the holders file and clear checkpoints (run at every
-load as well: idempotent, and a crash between the transaction and the files leaves them
-readable).
+pages stays on disk; ``seal_files`` seals the holders file (in blocks opened when read,
+``holders_file.py``) and clear checkpoints (run at every load as well: idempotent, and a crash
+between the transaction and the files leaves them readable).
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from onecard.core.state import KIND_CARD_ADMIN
 from onecard.protocols import journal_codec
 from onecard.protocols.journal import FORMAT
 from onecard.switch import snapshots
-from onecard.switch.security import sealed_files
+from onecard.switch.security.holders_file import upgrade as upgrade_holders
 from onecard.switch.security.keystore import DataKeys
-
-HOLDERS_LABEL = "holders"
 
 
 def mask(pan: int | str) -> str:
@@ -106,10 +104,7 @@ def _journal(conn: sqlite3.Connection, keys: DataKeys) -> None:
 
 
 def seal_files(data_dir: Path, keys: DataKeys, holders_file: str) -> None:
-    """Seal a clear holders file and clear checkpoint arrays (no-op once sealed)."""
-    path = Path(data_dir) / holders_file
-    if path.exists() and path.stat().st_size and not sealed_files.is_sealed(path):
-        tmp = path.with_suffix(".sealing")
-        sealed_files.write_sealed(tmp, path.read_bytes(), keys, HOLDERS_LABEL)
-        tmp.replace(path)
+    """Bring a holders file in clear or sealed whole to the block format, and seal clear
+    checkpoint arrays (no-op once done)."""
+    upgrade_holders(Path(data_dir) / holders_file, keys)
     snapshots.seal_clear(data_dir, keys)

@@ -396,3 +396,9 @@ def rewrap(conn: sqlite3.Connection, data_dir: str | Path, new_kek: bytes, new_s
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def subkey(keys: DataKeys, label: bytes) -> bytes:
+    """A 32-byte key derived from the data key for one use (HKDF with a label of its own):
+    the holders file's key goes to the compiled core, which can then open nothing else."""
+    return _derive(keys.dek, label, KEY_BYTES)

@@ -33,12 +33,13 @@ import os
 import re
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from onecard.switch import snapshots, store
-from onecard.switch.security import encrypt_store, keystore, sealed_files
+from onecard.switch.security import encrypt_store, holders_file, keystore, sealed_files
 from onecard.switch.security.keystore import DataKeys, KekError
 
 HOLDERS_FILE = "holders.bin"            # loader.HOLDERS_FILE (the loader imports this module)
@@ -130,7 +131,7 @@ def sealed_paths(data_dir: Path) -> list[tuple[Path, str]]:
     found = []
     holders = data_dir / HOLDERS_FILE
     if holders.exists() and holders.stat().st_size:
-        found.append((holders, encrypt_store.HOLDERS_LABEL))
+        found.append((holders, HOLDERS))
     root = snapshots.snapshot_root(data_dir)
     for directory in sorted(root.glob(f"{snapshots.PREFIX}*")) if root.is_dir() else []:
         manifest = directory / "manifest.json"
@@ -142,18 +143,23 @@ def sealed_paths(data_dir: Path) -> list[tuple[Path, str]]:
     return found
 
 
-# The holders file's format is read and written by the rotation here only: the file, and
-# its bytes as the PostgreSQL store keeps them.
+# The holders file has its own block format (security/holders_file.py): streamed through a
+# vault that opens it with the old key, written under the new one.
+HOLDERS = "holders file"                 # sealed_paths' mark for it (not an array label)
+
+
 def reseal_holders(path: Path, to: Path, old: DataKeys, new: DataKeys) -> None:
     """The holders file sealed again under ``new`` into ``to``."""
-    plain = sealed_files.read_sealed(path, old, encrypt_store.HOLDERS_LABEL)
-    sealed_files.write_sealed(to, plain, new, encrypt_store.HOLDERS_LABEL)
+    holders_file.reseal(to, holders_file.open_vault(path, old, cache_bytes=0), new)
 
 
 def reseal_holders_bytes(raw: bytes, old: DataKeys, new: DataKeys, where: str) -> bytes:
-    """The holders file's bytes sealed again under ``new``."""
-    plain = sealed_files.open_sealed(raw, old, encrypt_store.HOLDERS_LABEL, where=where)
-    return sealed_files.seal_bytes(plain, new, encrypt_store.HOLDERS_LABEL)
+    """The holders file's bytes (the PostgreSQL store's row) sealed again under ``new``."""
+    vault = holders_file.vault_of_bytes(raw, old, cache_bytes=0, where=where)
+    with tempfile.TemporaryDirectory(prefix="onecard-holders-") as tmp:
+        to = Path(tmp) / "holders.bin"
+        holders_file.reseal(to, vault, new)
+        return to.read_bytes()
 
 
 def _stage(data_dir: Path, old: DataKeys, new: DataKeys) -> int:
@@ -168,7 +174,7 @@ def _stage(data_dir: Path, old: DataKeys, new: DataKeys) -> int:
         if first is not None and first[1] == label:
             to.unlink(missing_ok=True)
             os.link(first[0], to)
-        elif label == encrypt_store.HOLDERS_LABEL:
+        elif label == HOLDERS:
             reseal_holders(path, to, old, new)
         else:
             sealed_files.write_sealed(to, sealed_files.read_sealed(path, old, label), new, label)

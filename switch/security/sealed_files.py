@@ -109,6 +109,25 @@ def open_sealed(raw, keys: DataKeys, label: str, *, where: str = "sealed data") 
     return out
 
 
+def opened_chunks(raw, keys: DataKeys, label: str, *,
+                  where: str = "sealed data") -> Iterator[bytes]:
+    """The plaintext of sealed bytes one chunk at a time (at most CHUNK_BYTES in clear at
+    once): the holders file's conversion to its block format reads an old file this way."""
+    raw = memoryview(raw).cast("B")
+    if len(raw) < HEADER.size or HEADER.unpack_from(raw)[0] != MAGIC:
+        raise KekError(f"{where} is not sealed")
+    plain_bytes = HEADER.unpack_from(raw)[1]
+    pos = HEADER.size
+    for index, start in enumerate(range(0, max(plain_bytes, 1), CHUNK_BYTES)):
+        end = pos + NONCE_BYTES + min(CHUNK_BYTES, plain_bytes - start) + TAG_BYTES
+        if end > len(raw):
+            raise KekError(f"{where} is truncated")
+        yield keys.open(bytes(raw[pos:end]), _aad(label, plain_bytes, index))
+        pos = end
+    if pos != len(raw):
+        raise KekError(f"{where} has trailing bytes")
+
+
 def array_bytes(arr: np.ndarray) -> list:
     """The .npy image of ``arr`` as [header, the array's bytes] (no copy of the array).
     Not np.lib.format.write_array: it copies a structured array into a stream through a

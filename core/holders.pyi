@@ -1,0 +1,39 @@
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Buffer
+
+RECORD_BYTES: int
+NAME_BYTES: int
+HEADER_BYTES: int
+BLOCK_RECORDS_MAX: int
+SEAL_OVERHEAD_BYTES: int
+
+class HolderError(IntEnum):
+    HOLDER_OK = ...
+    HOLDER_READ_FAILED = ...
+    HOLDER_NOT_AUTHENTIC = ...
+
+class HolderRecordError(Exception): ...
+
+def seal_blocks(key: Buffer, header: Buffer, plain: Buffer, first_block: int,
+                block_records: int) -> bytearray: ...
+
+class HolderVault:
+    n_records: int
+    block_records: int
+    slots: int
+    hits: int
+    misses: int
+    failures: int
+    last_failed_block: int
+    last_error: int
+    def __init__(self, fd: int, key: Buffer, header: Buffer, n_records: int,
+                 block_records: int, data_offset: int, cache_bytes: int) -> None: ...
+    def record_bytes(self, account: int) -> bytes: ...
+    def read_many(self, accounts: npt.NDArray[np.uint32]) -> bytearray: ...
+    def check_block(self, block: int) -> bool: ...
+    def describe_failure(self) -> str: ...
+    def clear_cache(self) -> None: ...
+    def stats(self) -> dict[str, int]: ...
