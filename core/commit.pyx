@@ -8,8 +8,9 @@ plus a context switch each way): that wait was a quarter of the writer's time un
 thread never takes the GIL while running; the loop hands it records with ``submit`` (one call
 per batch) and learns what is durable from ``durable_no`` when the eventfd fires.
 
-The database is the same SQLite file the rest of the switch opens with the stdlib module;
-the row format is ``journal(first_no, n, ts_us, records, format, day, kinds)`` as in switch/store.py.
+The database is the same SQLite file the rest of the switch opens with the stdlib module; the
+row format is ``journal(first_no, n, ts_us, records, format, day, kinds)`` as in
+switch/store.py: a row is cut where the calendar day changes (``day_run``).
 """
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
