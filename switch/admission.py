@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING
 from onecard.core.engine import NATIVE, REFUSE_JOURNAL, REFUSE_OVERLOAD
 from onecard.protocols.enums import PROTO
 from onecard.switch import logs
+from onecard.switch.errors import DataSetError
 
 if TYPE_CHECKING:
     from onecard.switch.server import Connection, Switch
@@ -97,7 +98,7 @@ COST_WEIGHT = 0.1                  # EWMA weight of each timed full read's cost 
 COST_S_PER_BYTE_START = 20e-9      # ~1.9 us per ~95-byte ISO 8583 purchase, until measured
 
 
-class DataDirError(Exception):
+class DataDirError(DataSetError):
     """The data directory cannot take a commit; the message says why, in one line."""
 
 

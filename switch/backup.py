@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onecard.switch import __version__, loader, snapshots, store
+from onecard.switch.errors import EXIT_FAILED, EXIT_USAGE, DataSetError
 from onecard.switch.security import first_tokens, keystore, modes, rotate_dek
 
 FORMAT = 1
@@ -60,12 +61,16 @@ BIG_FILE_BYTES = 64 << 20         # restore names each file this big as it copie
 Progress = Callable[[str], None]
 
 
-class BackupError(Exception):
+class BackupError(DataSetError):
     """A backup or restore that failed; the message is one line for the operator."""
+
+    exit_status = EXIT_FAILED
 
 
 class Refused(BackupError):
     """Refused as asked (a non-empty target, no --force): a usage error."""
+
+    exit_status = EXIT_USAGE
 
 
 class Unauthentic(Refused):

@@ -18,13 +18,23 @@ import numpy as np
 
 from onecard.core.state import APP_COUNT_MAX, APP_DTYPE, POLICY_DTYPE, PROVINCES_MAX
 from onecard.protocols.enums import APPLICATION_FUNCTIONS, FUNCTION
+from onecard.switch.errors import AdminError
 from onecard.switch.reference import CROSS_BORDER, DOMAINS, JOINT_CATALOGUE_GROUPS
 
 SCOPE_TOKENS = ("province", "group", "cross_border", "all")
 
 
-class CatalogueError(ValueError):
-    """A change the catalogue cannot take; the message says why."""
+class CatalogueError(AdminError, ValueError):
+    """A change the catalogue cannot take; the message says why. A ValueError too: the
+    public listing answers a bad filter (a CatalogueError among others) 400."""
+
+
+class NoApplication(CatalogueError):
+    """The change names an application the catalogue does not have (the admin API's 404)."""
+
+
+class ApplicationExists(CatalogueError):
+    """An application added under a code the catalogue has (the admin API's 409)."""
 
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
@@ -197,7 +207,7 @@ def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
     row = conn.execute("SELECT idx, active FROM catalogue WHERE code = ?", (code,)).fetchone()
     if action == "add":
         if row is not None:
-            raise CatalogueError(f"application {code} exists")
+            raise ApplicationExists(f"application {code} exists")
         app = _validated(fields, NewApp)
         if app.domain not in DOMAINS:
             raise CatalogueError(f"domain {app.domain!r}: expected one of {DOMAINS}")
@@ -206,7 +216,7 @@ def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
         if idx >= APP_COUNT_MAX:
             raise CatalogueError(f"at most {APP_COUNT_MAX} applications")
     elif row is None:
-        raise CatalogueError(f"no application {code}")
+        raise NoApplication(f"no application {code}")
     new_version = version(conn) + 1
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     conn.execute("BEGIN IMMEDIATE")

@@ -17,10 +17,9 @@ from pathlib import Path
 from onecard.protocols.clearing import cutover_minutes
 from onecard.protocols.enums import PROTO, TERMINAL_KIND
 from onecard.switch import __version__, logs
-from onecard.switch.config import Config, ConfigError, load, tokens_path, with_overrides
-from onecard.switch.pg.connect import PgError
+from onecard.switch.config import Config, load, tokens_path, with_overrides
+from onecard.switch.errors import EXIT_USAGE, DataDirBusy, OnecardError
 from onecard.switch.security import modes
-from onecard.switch.security.keystore import KekError
 
 log = logging.getLogger("onecard")
 
@@ -52,10 +51,6 @@ def _logging(config: Config) -> None:
     logs.configure(config.log_level, config.log.format)
 
 
-class DataDirBusy(Exception):
-    pass
-
-
 def _lock(data_dir: Path):
     """One switch per data directory: two would each hold a different state in memory."""
     import fcntl
@@ -77,9 +72,9 @@ def _lock(data_dir: Path):
 
 
 def cmd_serve(args) -> int:
-    from onecard.switch.admission import DataDirError, check_data_dir
-    from onecard.switch.server import ListenError
-    from onecard.switch.tls import TlsError
+    """A start that cannot serve (a full data directory, a port taken, a TLS file, the
+    region's NATS) raises its OnecardError: one line from ``main``, exit status 2."""
+    from onecard.switch.admission import check_data_dir
 
     config = _config(args)
     _logging(config)
@@ -88,11 +83,7 @@ def cmd_serve(args) -> int:
         # The local directory keeps only what is this machine's: the lock and tokens files
         # (and, by default, the key-encryption key beside it).
         modes.private_dir(data_dir)
-    try:
-        check_data_dir(data_dir, config.store.free_mb_min)   # before the lock file's write
-    except DataDirError as exc:
-        print(f"onecard: {exc}", file=sys.stderr)
-        return 2
+    check_data_dir(data_dir, config.store.free_mb_min)   # before the lock file's write
     lock = _lock(data_dir)
     try:
         loaded, lease = _recover(config, data_dir)
@@ -112,9 +103,6 @@ def cmd_serve(args) -> int:
         import uvloop
 
         return uvloop.run(_serve(config, loaded, lease))
-    except (ListenError, TlsError) as exc:
-        print(f"onecard: {exc}", file=sys.stderr)
-        return 2
     finally:
         lock.close()
 
@@ -264,7 +252,7 @@ def _backup_step(what: str, call):
         return call(), 0
     except backup.Refused as exc:
         print(f"onecard {what}: {exc}", file=sys.stderr)
-        return None, 2
+        return None, exc.exit_status
     except (backup.BackupError, OSError, sqlite3.Error) as exc:
         print(f"onecard {what}: failed: {exc}", file=sys.stderr)
         return None, 1
@@ -452,16 +440,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an OnecardError it raises is one line on stderr and its exit status
+    (switch/errors.py), anything else a traceback: a bug."""
     modes.private_umask()
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, KekError, PgError) as exc:
+    except OnecardError as exc:
+        # "onecard: ", not the command's name: scripts and tests read these lines as they
+        # have always been (a command that names itself catches its errors itself).
         print(f"onecard: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, DataDirBusy) as exc:
+        return exc.exit_status
+    except FileNotFoundError as exc:
+        # Not a bug either: a file the operator named (a CSV, a data directory's file) that
+        # is not there. A missing data set is NoDataSet, an OnecardError, above.
         print(f"onecard: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

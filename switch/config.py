@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from onecard.protocols import clearing, forward
+from onecard.switch.errors import ConfigError
 
 log = logging.getLogger("onecard.config")
 
@@ -306,10 +307,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     region: RegionConfig = msgspec.field(default_factory=RegionConfig)
     clearing: ClearingConfig = msgspec.field(default_factory=ClearingConfig)
-
-
-class ConfigError(Exception):
-    """Start-up must stop: the message names the file and the key."""
 
 
 # Keys renamed to put the qualifier last (TIGER_STYLE: ``native_batch_max``, not

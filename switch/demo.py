@@ -68,6 +68,7 @@ from onecard.core.state import (
     TERM_VENUE,
     TERM_VERIFIER,
 )
+from onecard.protocols.cards import luhn_digit
 from onecard.switch import loader, snapshots, store, transit
 from onecard.switch.reference import (
     BUS_FARE_FEN,
@@ -134,18 +135,6 @@ PER_REGION = (
 CROSS_BORDER_POS = 10
 BANKS = ("中国工商银行", "中国农业银行", "中国银行", "中国建设银行", "交通银行", "中国邮政储蓄银行",
          "招商银行", "广州农村商业银行")
-
-
-def luhn_digit(digits: str) -> str:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return str((10 - total % 10) % 10)
 
 
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)

@@ -38,6 +38,7 @@ from onecard.core.state import (
 )
 from onecard.protocols.clearing import CUTOVER_DEFAULT, cutover_minutes
 from onecard.switch import catalogue, snapshots, store, transit
+from onecard.switch.errors import NoDataSet
 from onecard.switch.reference import GROUPS
 from onecard.switch.security import (
     encrypt_store,
@@ -178,7 +179,7 @@ def _sqlite_source(data_dir: str | Path, kek_file: str | None,
     """The embedded store: migrated and its files sealed first (both only touch data_dir)."""
     path = store.db_path(data_dir)
     if not path.exists():
-        raise FileNotFoundError(f"no data set at {path} (run: onecard demo-data)")
+        raise NoDataSet(f"no data set at {path} (run: onecard demo-data)")
     migrated = store.migrate(path, kek_file)
     conn = store.connect(path, readonly=True)
     try:
@@ -189,7 +190,7 @@ def _sqlite_source(data_dir: str | Path, kek_file: str | None,
         encrypt_store.seal_files(Path(data_dir), keys, HOLDERS_FILE)
         snap = snapshots.latest(data_dir, keys)
         if snap is None:
-            raise FileNotFoundError(f"no checkpoint under {snapshots.snapshot_root(data_dir)}")
+            raise NoDataSet(f"no checkpoint under {snapshots.snapshot_root(data_dir)}")
         yield _Source(conn, keys, *snap, holders(data_dir, keys, holder_cache_bytes),
                       functools.partial(store.journal_rows, conn),
                       functools.partial(store.journal_end, conn), migrated)
@@ -214,13 +215,13 @@ def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None,
         pg.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         require_current(pg)
         if not keystore.has_keys(Db(pg)):
-            raise FileNotFoundError("no data set in the PostgreSQL store (onecard db import "
-                                    "DATA_DIR brings one)")
+            raise NoDataSet("no data set in the PostgreSQL store (onecard db import DATA_DIR "
+                            "brings one)")
         keys = keystore.open_data_set(Db(pg), data_dir, kek_file)
         snap = checkpoints.latest(pg, keys)
         if snap is None:
-            raise FileNotFoundError("no checkpoint in the PostgreSQL store (onecard db import "
-                                    "brings a data set's newest one)")
+            raise NoDataSet("no checkpoint in the PostgreSQL store (onecard db import brings "
+                            "a data set's newest one)")
         raw = checkpoints.read_file(pg, HOLDERS_FILE)
         held = None if not raw else holders_file.vault_of_bytes(
             raw, keys, holder_cache_bytes, where=f"{HOLDERS_FILE} in PostgreSQL")

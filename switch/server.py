@@ -34,6 +34,7 @@ from onecard.switch.admission import (
     first_frame_limit_applies,
 )
 from onecard.switch.config import Config
+from onecard.switch.errors import ListenError
 from onecard.switch.loader import Loaded
 from onecard.switch.security import holders_file
 from onecard.switch.snapshots import Checkpointer
@@ -48,10 +49,6 @@ IDLE_SWEEP_S = 1.0              # how often connections are checked for the idle
 STOP_UNSENT_WAIT_S = 5.0        # at stop, for advices still queued for other regions
 
 PROTOCOL_NAMES = PROTO.name_of          # keyed by ISO8583 and NATIVE, the core's Proto values
-
-
-class ListenError(Exception):
-    """A listener could not be opened; the message says which and why."""
 
 
 class Connection(asyncio.Protocol):

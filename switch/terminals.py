@@ -19,6 +19,7 @@ from onecard.core.state import CARD_ACTIVE
 from onecard.protocols import native
 from onecard.protocols.enums import MAC_ALGORITHM, TERMINAL_KIND
 from onecard.switch import snapshots, store
+from onecard.switch.errors import NoDataSet
 from onecard.switch.security import keystore
 
 ALG_NAMES = MAC_ALGORITHM.name_of
@@ -69,7 +70,7 @@ def usable_cards(data_dir: str | Path, *, province: int | None = None, functions
     newest checkpoint, optionally of one province."""
     snap = snapshots.latest(data_dir, keystore.for_data_dir(data_dir, kek_file))
     if snap is None:
-        raise FileNotFoundError(f"no checkpoint in {data_dir}")
+        raise NoDataSet(f"no checkpoint in {data_dir}")
     cards, accounts = snap[1]["cards"], snap[1]["accounts"]
     conn = store.connect(store.db_path(data_dir), readonly=True)
     try:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from onecard.core.engine import ISO8583, NATIVE
 from onecard.switch.config import ServerConfig, TlsConfig
+from onecard.switch.errors import ConfigError
 
 
-class TlsError(Exception):
+class TlsError(ConfigError):
     """A TLS context cannot be built (a file missing, unreadable or not matching); the
     message names the setting and the file."""
 

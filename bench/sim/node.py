@@ -25,6 +25,7 @@ from onecard.core.engine import Engine
 from onecard.core.journal import FORMAT
 from onecard.protocols import journal_codec
 from onecard.switch import loader, snapshots, store
+from onecard.switch.errors import CommitFailed
 
 # The statement core/commit.pyx prepares (its row format is store.py's).
 JOURNAL_INSERT = (f"INSERT INTO journal (first_no, n, ts_us, records, format, day, kinds) "
@@ -57,10 +58,6 @@ class Commit:
     blob: bytes
     wal_bytes_before: int
     wal_bytes_after: int
-
-
-class CommitFailed(Exception):
-    """The store refused the commit (disk full, or a simulated fsync error)."""
 
 
 class Node:

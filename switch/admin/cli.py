@@ -20,13 +20,10 @@ from pathlib import Path
 
 from onecard.switch.admin import disbursements
 from onecard.switch.config import Config
+from onecard.switch.errors import AdminError
 
 CHUNK_ITEMS = 10_000          # per request: progress every few seconds, small request bodies
 TIMEOUT_S = 120
-
-
-class AdminError(Exception):
-    """The switch refused a request: its problem body, shown as is."""
 
 
 def _base_url(args, config: Config) -> str:

@@ -1,7 +1,9 @@
 """HTTP on the switch's event loop (aiohttp): Prometheus ``/metrics``, ``/healthz``,
 ``/readyz``, the public ``/catalogue`` and the admin API (switch/admin/routes.py).
 
-Errors are RFC 9457 problem documents (``application/problem+json``)."""
+Errors are RFC 9457 problem documents (``application/problem+json``): aiohttp's own, and
+every error of the switch's family a handler raises, from one table (switch/admin/problems.py).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from onecard.switch import __version__
 from onecard.switch.admin.guard import GuardCollector
 from onecard.switch.admin.operators import Operators
+from onecard.switch.admin.problems import ANSWERED, answer, problem_response
 from onecard.switch.admin.routes import AdminApi
+from onecard.switch.errors import ListenError
 from onecard.switch.metrics import registry_for
-from onecard.switch.server import PROTOCOL_NAMES, ListenError, Switch
+from onecard.switch.server import PROTOCOL_NAMES, Switch
 from onecard.switch.tls import server_context
-
-PROBLEM = "application/problem+json"
-
-
-def problem(status: int, title: str, detail: str) -> web.Response:
-    return web.json_response({"type": "about:blank", "title": title, "status": status,
-                              "detail": detail}, status=status, content_type=PROBLEM)
 
 
 @web.middleware
@@ -33,7 +30,13 @@ async def problems(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem(exc.status, exc.reason, f"{request.method} {request.path}: {exc.reason}")
+        return problem_response(exc.status, exc.reason,
+                                f"{request.method} {request.path}: {exc.reason}")
+    except ANSWERED as exc:
+        response = answer(request, exc)
+        if response is None:
+            raise                        # an error no table names: a bug, aiohttp's 500
+        return response
 
 
 def make_app(switch: Switch, operators: Operators | None = None) -> web.Application:

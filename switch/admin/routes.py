@@ -26,42 +26,25 @@ from onecard.core.state import (
     FN_ECARD,
     HOLDER_DENIED,
 )
+from onecard.protocols.cards import luhn_digit
 from onecard.protocols.codes import CODES
 from onecard.protocols.enums import CARD_STATUS, FUNCTION
 from onecard.switch import backend, catalogue, logs
 from onecard.switch.admin import disbursements, schema
 from onecard.switch.admin.guard import FailureLimiter
 from onecard.switch.admin.operators import Operator, Operators
-from onecard.switch.admin.schema import Body, BodyError
-from onecard.switch.demo import luhn_digit
-from onecard.switch.pg.connect import PgError, driver_errors, one_line
+from onecard.switch.admin.problems import Problem, problem_response
+from onecard.switch.admin.schema import Body
 from onecard.switch.security import encrypt_store
 from onecard.switch.server import Switch
 
 log = logging.getLogger("onecard.admin")
-PROBLEM = "application/problem+json"
-# What the store raises when it cannot take a request now (PostgreSQL failing over, or this
-# switch fenced by another): answered 503, never as the server's own error.
-STORE_ERRORS = (PgError, *driver_errors())
 PUBLISHED_CACHE_ENTRIES = 1024          # distinct filter combinations kept
 # Bodies larger than this are decoded in a worker thread (a disbursement batch item by item):
 # the loop keeps serving terminals between the GIL's switch intervals (100,000 items: ~6 MB).
 OFF_LOOP_BODY_BYTES = 256 << 10
 STATUS_NAMES = CARD_STATUS.name_of
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
-
-
-class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, **headers: str) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail = status, title, detail
-        self.headers = headers
-
-
-def problem_response(status: int, title: str, detail: str, **headers: str) -> web.Response:
-    return web.json_response({"type": "about:blank", "title": title, "status": status,
-                              "detail": detail}, status=status, content_type=PROBLEM,
-                             headers=headers)
 
 
 mask = encrypt_store.mask
@@ -90,25 +73,16 @@ class AdminApi:
     # ---- plumbing ----------------------------------------------------------------------------
 
     def guarded(self, role: str, handler: Handler):
+        """``handler`` for an operator with ``role``; what it raises is answered by the
+        ``problems`` middleware (switch/admin/problems.py)."""
         async def run(request: web.Request) -> web.Response:
             # Nothing of the body is read before the operator and the size are accepted.
-            try:
-                op = self.operator(request, role)
-                size = request.content_length
-                if size is not None and size > self.body_limit_bytes:
-                    raise Problem(413, "Content Too Large", f"body of {size} bytes: at most "
-                                  f"{self.body_limit_bytes} (admin.body_bytes_max)")
-                return await handler(request, op)
-            except Problem as p:
-                return problem_response(p.status, p.title, p.detail, **p.headers)
-            except STORE_ERRORS as exc:
-                # The PostgreSQL store failing over, or this switch fenced: nothing was
-                # changed by this request; a retry reaches the (new) primary.
-                log.warning("admin %s %s: store unavailable: %s", request.method,
-                            request.path, one_line(exc))
-                return problem_response(503, "Service Unavailable", "the store is "
-                                        f"unavailable: {one_line(exc)}; retry",
-                                        **{"Retry-After": "5"})
+            op = self.operator(request, role)
+            size = request.content_length
+            if size is not None and size > self.body_limit_bytes:
+                raise Problem(413, "Content Too Large", f"body of {size} bytes: at most "
+                              f"{self.body_limit_bytes} (admin.body_bytes_max)")
+            return await handler(request, op)
         return run
 
     def operator(self, request: web.Request, role: str) -> Operator:
@@ -140,14 +114,11 @@ class AdminApi:
 
     @staticmethod
     async def checked(large: bool, parse: Callable, *args):
-        """``parse(*args)``, in a worker thread when ``large``; BodyError as a problem."""
-        try:
-            if large:
-                return await asyncio.to_thread(parse, *args)
-            return parse(*args)
-        except BodyError as exc:
-            title = "Bad Request" if exc.status == 400 else "Unprocessable Content"
-            raise Problem(exc.status, title, str(exc)) from None
+        """``parse(*args)``, in a worker thread when ``large`` (a BodyError is the
+        middleware's 400 or 422)."""
+        if large:
+            return await asyncio.to_thread(parse, *args)
+        return parse(*args)
 
     def audit(self, op: Operator, action: str, target: str, details: dict,
               record_no: int | None = None) -> None:
@@ -231,14 +202,11 @@ class AdminApi:
         action = {"POST": "add", "PATCH": "change", "DELETE": "retire"}[method]
         link = self.switch.link
         sync = link.catalogue if link is not None else None
-        try:
-            if sync is None:
-                version = catalogue.change(self.db, op.name, action, code, fields)
-            else:
-                version = await self._catalogue_everywhere(sync, op, action, code, fields)
-        except catalogue.CatalogueError as exc:
-            status = 404 if "no application" in str(exc) else 409 if "exists" in str(exc) else 422
-            raise Problem(status, "Catalogue change refused", str(exc)) from exc
+        # A change refused (CatalogueError) is the middleware's 404, 409 or 422.
+        if sync is None:
+            version = catalogue.change(self.db, op.name, action, code, fields)
+        else:
+            version = await self._catalogue_everywhere(sync, op, action, code, fields)
         self.switch.catalogue_changed(self.db)                         # next batch uses it
         self.audit(op, f"catalogue.{action}", code, {**fields, "version": version})
         return web.json_response({"code": code, "action": action, "version": version})
@@ -246,17 +214,14 @@ class AdminApi:
     async def _catalogue_everywhere(self, sync, op: Operator, action: str, code: str,
                                     fields: dict) -> int:
         """A regional switch: checked here, published for every region, then made here
-        (switch/region/catalogues.py)."""
+        (switch/region/catalogues.py). Another region's change first is CatalogueConflict:
+        the middleware's 409."""
         import nats.errors
-
-        from onecard.switch.region.catalogues import CatalogueConflict
 
         async with sync.lock:
             catalogue.change(self.db, op.name, action, code, fields, dry_run=True)
             try:
                 version = await sync.publish(action, code, fields, op.name)
-            except CatalogueConflict as exc:
-                raise Problem(409, "Catalogue changed elsewhere", str(exc)) from exc
             except (TimeoutError, nats.errors.Error) as exc:
                 raise Problem(503, "Service Unavailable", f"the catalogue is every region's: "
                               f"its stream cannot be reached ({exc!r})") from exc

@@ -19,6 +19,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from onecard.switch.admin.disbursements import MAX_ITEM_FEN
 from onecard.switch.catalogue import Functions, LimitFen
+from onecard.switch.errors import AdminError
 
 # No C0/C1 control characters (NUL included), no line or paragraph separators, no
 # bidirectional overrides (they make a name display as something else), no lone surrogates
@@ -101,7 +102,7 @@ class Disbursement(msgspec.Struct, forbid_unknown_fields=True):
     items: msgspec.Raw               # a non-empty list of Item: split_items, items_arrays
 
 
-class BodyError(ValueError):
+class BodyError(AdminError, ValueError):
     """A body refused: ``status`` 400 (not a JSON object) or 422 (a value); the message
     names the field."""
 

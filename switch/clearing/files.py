@@ -22,6 +22,7 @@ from onecard.protocols import clearing
 from onecard.protocols.journal import KIND_BY_NAME, KIND_BY_VALUE
 from onecard.protocols.journal_codec import view
 from onecard.switch.clearing.positions import Legs, Reference, shown
+from onecard.switch.errors import ClearingError
 
 MAGIC = "ONECARD-CLEARING"
 VERSION = 1
@@ -34,7 +35,7 @@ ASKED_LAYOUT_KINDS = ("PURCHASE", "VOID", "REVERSAL", "VOID_REVERSAL")
 APPORTION = "APPORTION"         # a transfer journey's apportionment line (not a journal kind)
 
 
-class ClearingFileError(ValueError):
+class ClearingFileError(ClearingError, ValueError):
     """A clearing file that is not what its trailer says (the message says what differs)."""
 
 

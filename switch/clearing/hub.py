@@ -27,6 +27,7 @@ from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME, KIND_BY_VALUE
 from onecard.protocols.journal_codec import view
 from onecard.switch.clearing.positions import Day, Position
+from onecard.switch.errors import ClearingError
 
 HUB = "hub"                                  # the scheme's own fees are the hub's
 
@@ -59,7 +60,7 @@ class LateApproval(msgspec.Struct, frozen=True):
     issuer_record_no: int
 
 
-class HubError(ValueError):
+class HubError(ClearingError, ValueError):
     """A party whose home region cannot be told (the message names it)."""
 
 

@@ -25,14 +25,10 @@ from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import view
 from onecard.switch.clearing import apportion
+from onecard.switch.errors import ClearingError
 
 APPROVED = CODE_INDEX["00"]
 MEDICAL_KINDS = ("MEDICAL", "MEDICAL_REFUND")
-
-
-class ClearingError(Exception):
-    """The journal or the reference data cannot be cleared as they are (the message says
-    which record or table)."""
 
 
 class Position(msgspec.Struct, frozen=True):

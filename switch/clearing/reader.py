@@ -30,6 +30,7 @@ from onecard.protocols.journal_codec import RECORD_DTYPE, calendar_days, view
 from onecard.switch.clearing.apportion import TAP_KINDS, ride_ends
 from onecard.switch.clearing.exceptions import BATCH_KINDS, UNBALANCED
 from onecard.switch.clearing.positions import Reference
+from onecard.switch.errors import EXIT_USAGE, ClearingError
 
 # (first calendar day, last calendar day, kinds bit mask) -> (first_no, records) rows
 RowsOfDays = Callable[[int, int, int], Iterator[tuple[int, bytes]]]
@@ -194,3 +195,45 @@ def registry(conn, card_pan: np.ndarray, card_region: np.ndarray) -> Reference:
                      card_pan=np.asarray(card_pan, dtype=np.uint64),
                      terminal_tid=[tid for tid, _, _, _ in terminals],
                      terminal_province=np.array([p for *_, p in terminals], dtype=np.int64))
+
+
+# ---- the settlement dates asked for -----------------------------------------------------------
+# Here, below the commands: the admin API's clearing routes and `onecard clearing` read the
+# same dates, and the switch must not import a command module to do so.
+
+class DateError(ClearingError, ValueError):
+    """A settlement date that is not YYYY-MM-DD (or a month not YYYY-MM): a usage error
+    (exit status 2, the admin API's 400). A ValueError too: the command's date check catches
+    it with the month's."""
+
+    exit_status = EXIT_USAGE
+
+
+class FutureDate(DateError):
+    """A settlement date that has not begun (the admin API's 422: well formed, not yet)."""
+
+
+def current_date(cutover: str, now: dt.datetime | None = None) -> dt.date:
+    """The settlement date that has begun last at ``now`` (default: the clock): the China
+    date, or the next one from the cut-over on, as records are dated."""
+    now = now or dt.datetime.now(clearing.CST)
+    now_us = np.array([int(now.timestamp() * 1_000_000)])
+    return clearing.day_date(clearing.settlement_days(now_us,
+                                                      clearing.cutover_minutes(cutover))[0])
+
+
+def settlement_date(text: str, cutover: str = clearing.CUTOVER_DEFAULT,
+                    now: dt.datetime | None = None) -> dt.date:
+    """A settlement date as given (YYYY-MM-DD): DateError if malformed, FutureDate if it
+    has not begun at ``now``. A date begins at the cut-over before it, not at midnight: at
+    23:45 with the cut-over at 23:46 tomorrow's date has no records yet, and positions of
+    it would be an empty answer that later changes."""
+    try:
+        date = dt.date.fromisoformat(text)
+    except (ValueError, TypeError):
+        raise DateError(f"date {text!r} is not YYYY-MM-DD") from None
+    current = current_date(cutover, now)
+    if date > current:
+        raise FutureDate(f"{date} is in the future: it has not begun (the current "
+                         f"settlement date is {current}, cut-over {cutover} China time)")
+    return date

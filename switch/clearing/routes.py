@@ -1,5 +1,10 @@
 """The admin API's clearing routes (role ``finance``; docs/admin-api.md): clear a date, its
-positions, a party's clearing file, its exceptions and their adjustments (差错调整)."""
+positions, a party's clearing file, its exceptions and their adjustments (差错调整).
+
+What clearing raises is answered by the admin API's one table (switch/admin/problems.py):
+a malformed date 400, one not begun (FutureDate) 422, a journal clearing cannot take as it is
+(ClearingError, the message names the record) 422, a worker that failed (WorkerFailed) 503;
+never a 500."""
 
 from __future__ import annotations
 
@@ -14,11 +19,9 @@ from onecard.core import operations
 from onecard.protocols import clearing
 from onecard.protocols.journal import NONE as NO_CARD
 from onecard.switch.admin import schema
-from onecard.switch.admin.routes import Problem
+from onecard.switch.admin.problems import Problem
 from onecard.switch.clearing import exceptions
-from onecard.switch.clearing.cli import FutureDate, settlement_date
-from onecard.switch.clearing.positions import ClearingError, Day
-from onecard.switch.clearing.worker import WorkerFailed
+from onecard.switch.clearing.reader import settlement_date
 
 if TYPE_CHECKING:
     from onecard.switch.admin.operators import Operator
@@ -33,14 +36,9 @@ PARTY = re.compile(r"[a-z]{1,16}:[A-Za-z0-9_.-]{1,64}")
 
 
 def _date(request: web.Request, cutover: str, text: str | None = None) -> dt.date:
-    """The route's settlement date; 400 if malformed, 422 if it has not begun (by the
-    switch's cut-over, not the calendar)."""
-    try:
-        return settlement_date(text or request.match_info["date"], cutover)
-    except FutureDate as exc:
-        raise Problem(422, "Unprocessable Content", str(exc)) from None
-    except ValueError as exc:
-        raise Problem(400, "Bad Request", str(exc)) from None
+    """The route's settlement date; DateError (400) if malformed, FutureDate (422) if it has
+    not begun (by the switch's cut-over, not the calendar)."""
+    return settlement_date(text or request.match_info["date"], cutover)
 
 
 def _party(text: str) -> str:
@@ -52,30 +50,10 @@ def _party(text: str) -> str:
     return text
 
 
-async def _cleared(service: ClearingService, date: dt.date, write: bool) -> Day:
-    """A date's positions; a journal clearing cannot take as it is (ClearingError, the
-    message names the record) is a problem document, never a 500."""
-    try:
-        return await service.run(date, write=write)
-    except ClearingError as exc:
-        raise Problem(422, "Unprocessable Content", str(exc)) from None
-    except WorkerFailed as exc:
-        raise Problem(503, "Service Unavailable", str(exc)) from None
-
-
-async def _exceptions(service: ClearingService, date: dt.date) -> list:
-    try:
-        return await service.exceptions(date)
-    except ClearingError as exc:
-        raise Problem(422, "Unprocessable Content", str(exc)) from None
-    except WorkerFailed as exc:
-        raise Problem(503, "Service Unavailable", str(exc)) from None
-
-
 def add_routes(app: web.Application, api: AdminApi, service: ClearingService) -> None:
     async def cleared(request: web.Request, write: bool):
         date = _date(request, service.cutover)
-        return date, await _cleared(service, date, write)
+        return date, await service.run(date, write=write)
 
     async def run(request: web.Request, op: Operator) -> web.Response:
         date, day = await cleared(request, True)
@@ -101,12 +79,12 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
         status = request.query.get("status")
         if status not in (None, "open", "resolved"):
             raise Problem(400, "Bad Request", "status must be open or resolved")
-        found = await _exceptions(service, _date(request, service.cutover))
+        found = await service.exceptions(_date(request, service.cutover))
         return web.json_response(body=msgspec.json.encode(
             [e for e in found if status is None or e.status == status]))
 
     async def adjusted(request: web.Request, op: Operator) -> web.Response:
-        found = await _exceptions(service, _date(request, service.cutover))
+        found = await service.exceptions(_date(request, service.cutover))
         return web.json_response(body=msgspec.json.encode(
             [e for e in found if e.adjustment is not None]))
 
@@ -123,7 +101,7 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
             raise Problem(422, "Unprocessable Content", f"amount_fen must be an integer from 0 "
                           f"to {limit} (limits.amount_fen_max)")
         async with service.adjusting:
-            e = next((x for x in await _exceptions(service, date) if x.id == ident), None)
+            e = next((x for x in await service.exceptions(date) if x.id == ident), None)
             if e is None:
                 raise Problem(404, "Not Found", f"no exception {ident} (GET "
                               f"/admin/clearing/{date}/exceptions lists them)")

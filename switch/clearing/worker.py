@@ -40,8 +40,9 @@ CARDS_PER_ASK: Final = 65_536           # per round trip: well under a milliseco
 ASKED: set[int] = set()                 # pipes whose asking has ended (the empty chunk sent)
 
 
-class WorkerFailed(Exception):
-    """The worker could not clear the date (not the journal's fault: a crash, a store)."""
+class WorkerFailed(ClearingError):
+    """The worker could not clear the date (not the journal's fault: a crash, a store): the
+    admin API answers 503, a retry may clear it."""
 
 
 @dataclasses.dataclass(frozen=True)

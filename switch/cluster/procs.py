@@ -14,14 +14,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from onecard.switch.errors import OnecardError
+
 HOST = "127.0.0.1"
 HTTP_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 15
 STOP_POLL_S = 0.1
 
 
-class ClusterError(Exception):
-    """A failure the command reports as one line (no traceback)."""
+class ClusterError(OnecardError):
+    """A failure the command reports as one line (no traceback). No family of
+    switch/errors.py: the loopback clusters are a try-out, not the switch in production."""
 
 
 def free_ports(count: int) -> list[int]:

@@ -38,6 +38,7 @@ import numpy as np
 from onecard.core.commit import LATENCY_BOUNDS_US, SIZE_BOUNDS
 from onecard.core.journal import FORMAT, Journal
 from onecard.protocols.journal_codec import RECORD_DTYPE, day_runs, row_index
+from onecard.switch.errors import CommitFailed
 from onecard.switch.pg.connect import APPLICATION_NAME, CONNECT_TIMEOUT_S, one_line
 
 if TYPE_CHECKING:
@@ -62,10 +63,6 @@ ins AS (INSERT INTO journal (first_no, n, ts_us, records, format, day, kinds)
 SELECT (SELECT count(*) FROM l), (SELECT count(*) FROM ins),
        (SELECT j.n = v.n AND j.records = v.recs FROM journal j, v
         WHERE j.first_no = v.first_no)"""
-
-
-class CommitFailed(Exception):
-    """Nothing after this can be made durable by this switch."""
 
 
 def _bucket(bounds: tuple[int, ...], value: int) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from onecard.switch.errors import StoreError
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -17,7 +19,7 @@ CONNECT_TIMEOUT_S: Final = 10
 APPLICATION_NAME: Final = "onecard"
 
 
-class PgError(Exception):
+class PgError(StoreError):
     """A command must stop: the message is one line, fit to print as it is."""
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from onecard.switch import backend, catalogue
+from onecard.switch.errors import RegionError
 
 if TYPE_CHECKING:
     from onecard.switch.region.link import RegionLink
@@ -41,7 +42,7 @@ class Change(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     region: str
 
 
-class CatalogueConflict(Exception):
+class CatalogueConflict(RegionError):
     """Another region changed the catalogue since this switch last applied a version."""
 
 

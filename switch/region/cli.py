@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from onecard.switch.config import Config
+from onecard.switch.errors import NoDataSet
 
 AddCommon = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 Lock = Callable[[Path], Any]
@@ -76,25 +77,22 @@ def run(args: argparse.Namespace, config_of: Callable[[argparse.Namespace], Conf
 
 
 def run_split(args: argparse.Namespace, config: Config, lock: Lock) -> int:
-    """Split the data set under the source's lock (no switch may serve it meanwhile)."""
+    """Split the data set under the source's lock (no switch may serve it meanwhile). A
+    split that cannot be made raises SplitError: one line from ``cli.main``, exit status 2."""
     from onecard.switch import store
-    from onecard.switch.region.split import SplitError, split_data_set
+    from onecard.switch.region.split import split_data_set
 
     src = Path(config.data_dir)
+    owns = parse_owns(args.owns)
+    if not store.db_path(src).exists():        # the lock would create the directory
+        raise NoDataSet(f"no data set in {src} ({store.DB_NAME} not found)")
+    held = lock(src)
     try:
-        owns = parse_owns(args.owns)
-        if not store.db_path(src).exists():        # the lock would create the directory
-            raise FileNotFoundError(f"no data set in {src} ({store.DB_NAME} not found)")
-        held = lock(src)
-        try:
-            summary = split_data_set(src, args.to, owns,
-                                     kek_file=args.kek_file or config.security.kek_file or None,
-                                     ring_size=config.core.ring_size, progress=_stderr)
-        finally:
-            held.close()
-    except SplitError as exc:
-        print(f"onecard: {exc}", file=sys.stderr)
-        return 2
+        summary = split_data_set(src, args.to, owns,
+                                 kek_file=args.kek_file or config.security.kek_file or None,
+                                 ring_size=config.core.ring_size, progress=_stderr)
+    finally:
+        held.close()
     print(f"onecard region split: provinces {','.join(map(str, summary.owns))} -> {args.to}: "
           f"{summary.cards:,} cards, {summary.accounts:,} accounts, {summary.terminals:,} "
           f"terminals ({summary.sessions:,} sessions), balance {summary.balance_fen:,} fen, "

@@ -26,10 +26,10 @@ import numpy as np
 
 from onecard.core.state import KIND_CARD_ADMIN, KIND_FORWARDED
 from onecard.protocols import forward
+from onecard.switch.errors import ListenError, RegionError
 from onecard.switch.region.advices import Advices
 from onecard.switch.region.blocks import Blocks
 from onecard.switch.region.catalogues import CatalogueSync
-from onecard.switch.server import ListenError
 
 if TYPE_CHECKING:
     from onecard.switch.config import RegionConfig
@@ -48,8 +48,9 @@ LATENCY_BOUNDS_US = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_
                      500_000, 1_000_000)
 
 
-class RegionLinkError(ListenError):
-    """The switch cannot join its region (NATS unreachable at start): said in one line."""
+class RegionLinkError(RegionError, ListenError):
+    """The switch cannot join its region (NATS unreachable at start): said in one line. A
+    ListenError too: it stops a start as a listener that cannot open does."""
 
 
 class PeerStats:

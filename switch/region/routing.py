@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 import numpy as np
 
+from onecard.switch.errors import RegionError
+
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
@@ -48,7 +50,7 @@ WATCH_RETRY_S = 1.0             # after a failed watch, before the next attempt
 REPLICAS_MAX = 5                # JetStream's own limit for a stream's replicas
 
 
-class StaleRoutingTable(Exception):
+class StaleRoutingTable(RegionError):
     """The table changed since the revision the writer based its edit on (or was created
     meanwhile): read `current` again, re-apply the edit, publish again."""
 

@@ -80,6 +80,7 @@ from onecard.core.state import (
 )
 from onecard.switch import loader, snapshots, store
 from onecard.switch.admin.disbursements import SYNC_KEY, sync_from_journal
+from onecard.switch.errors import NoDataSet, RegionError
 from onecard.switch.security import encrypt_store, holders_file, keystore, modes
 from onecard.switch.security.keystore import DataKeys
 
@@ -98,7 +99,7 @@ ROWS_PER_CHUNK = 100_000
 PAN_PROVINCE_DIGITS = slice(3, 5)       # 621 PP T ...: the issuing province
 
 
-class SplitError(ValueError):
+class SplitError(RegionError, ValueError):
     """The split cannot be made as asked; the message is one line for the operator."""
 
 
@@ -227,7 +228,7 @@ def split_data_set(src: str | Path, dst: str | Path, owns: Iterable[int], *,
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
     if not store.db_path(src).exists():
-        raise FileNotFoundError(f"no data set at {store.db_path(src)}")
+        raise NoDataSet(f"no data set at {store.db_path(src)}")
     conn = store.connect(store.db_path(src), readonly=True)
     try:
         owned = _check_owns(owns, [p for (p,) in conn.execute(

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from onecard.switch import store
+from onecard.switch.errors import DataDirBusy
 from onecard.switch.security import keystore
 
 
@@ -34,7 +35,6 @@ def run(args: argparse.Namespace, config, lock) -> int:
 
 
 def _rotate_dek(config, lock) -> int:
-    from onecard.switch.cli import DataDirBusy
     from onecard.switch.security import rotate_dek
 
     data_dir = Path(config.data_dir)
@@ -69,7 +69,6 @@ def _rotate_dek(config, lock) -> int:
 
 
 def _rotate_kek(args: argparse.Namespace, config, lock) -> int:
-    from onecard.switch.cli import DataDirBusy
 
     data_dir = Path(config.data_dir)
     if config.store.backend != "sqlite":

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from onecard.switch.errors import KeysError
 from onecard.switch.security import modes
 
 log = logging.getLogger("onecard.keystore")
@@ -65,7 +66,7 @@ CHECK_MESSAGE = b"onecard kek check v1"
 BACKUP_MAC_LABEL = b"backup manifest hmac v1"
 
 
-class KekError(Exception):
+class KekError(KeysError):
     """The data set's keys cannot be opened; the message is one line for the operator."""
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onecard.switch import snapshots, store
+from onecard.switch.errors import NoDataSet
 from onecard.switch.security import encrypt_store, holders_file, keystore, sealed_files
 from onecard.switch.security.keystore import DataKeys, KekError
 
@@ -303,7 +304,7 @@ def rotate(data_dir: str | Path, kek_file: str | None = None) -> Rotated:
     data_dir = Path(data_dir)
     path = store.db_path(data_dir)
     if not path.exists():
-        raise FileNotFoundError(f"no data set at {path}")
+        raise NoDataSet(f"no data set at {path}")
     conn = store.connect(path)
     try:
         found = store.schema_version(conn)
