@@ -88,7 +88,7 @@ def python_functions(path: Path) -> list[tuple[int, int]]:
 def function_lengths() -> list[tuple[str, int, int]]:
     found = []
     for directory in PRODUCT_DIRS:
-        for path in sorted((ROOT / directory).iterdir()):
+        for path in sorted((ROOT / directory).rglob("*")):      # subpackages too
             if path.suffix == ".py":
                 functions = python_functions(path)
             elif path.suffix in (".pyx", ".pxd"):

@@ -88,6 +88,40 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
         return web.json_response(body=msgspec.json.encode(
             [e for e in found if e.adjustment is not None]))
 
+    adjust = _adjust_handler(api, service)
+
+    g = api.guarded
+    app.router.add_post("/admin/clearing/{date}", g("finance", run))
+    app.router.add_get("/admin/clearing/{date}/positions", g("finance", positions))
+    app.router.add_get("/admin/clearing/{date}/files/{party}", g("finance", party_file))
+    app.router.add_get("/admin/clearing/{date}/exceptions", g("finance", listed))
+    app.router.add_get("/admin/clearing/{date}/adjustments", g("finance", adjusted))
+    app.router.add_post("/admin/clearing/exceptions/{id}/adjustment", g("finance", adjust))
+
+
+def _check_adjustable(e: exceptions.Exception_ | None, ident: str, date: dt.date,
+                      amount_fen: int, n_terminals: int) -> exceptions.Exception_:
+    """The exception an adjustment may resolve, or the problem document saying why not."""
+    if e is None:
+        raise Problem(404, "Not Found", f"no exception {ident} (GET "
+                      f"/admin/clearing/{date}/exceptions lists them)")
+    if e.adjustment is not None:
+        raise Problem(409, "Conflict", f"exception {ident} was resolved by journal "
+                      f"record {e.adjustment.record_no}")
+    if e.card_idx < 0 and amount_fen:
+        raise Problem(422, "Unprocessable Content", f"exception {ident} names no card "
+                      "the switch knows: there is no issuer to move money with (an "
+                      "adjustment of 0 fen acknowledges it)")
+    if not 0 <= e.terminal_idx < n_terminals:
+        # an adjustment is journaled against the exception's terminal
+        raise Problem(422, "Unprocessable Content", f"exception {ident} names no "
+                      "terminal the switch knows: it cannot be adjusted here (what "
+                      f"it moved is held by {clearing.SUSPENSE})")
+    return e
+
+
+def _adjust_handler(api: AdminApi, service: ClearingService):
+    """POST /admin/clearing/exceptions/{id}/adjustment: an ADJUSTMENT record resolves it."""
     async def adjust(request: web.Request, op: Operator) -> web.Response:
         ident = request.match_info["id"]
         try:
@@ -101,22 +135,9 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
             raise Problem(422, "Unprocessable Content", f"amount_fen must be an integer from 0 "
                           f"to {limit} (limits.amount_fen_max)")
         async with service.adjusting:
-            e = next((x for x in await service.exceptions(date) if x.id == ident), None)
-            if e is None:
-                raise Problem(404, "Not Found", f"no exception {ident} (GET "
-                              f"/admin/clearing/{date}/exceptions lists them)")
-            if e.adjustment is not None:
-                raise Problem(409, "Conflict", f"exception {ident} was resolved by journal "
-                              f"record {e.adjustment.record_no}")
-            if e.card_idx < 0 and body.amount_fen:
-                raise Problem(422, "Unprocessable Content", f"exception {ident} names no card "
-                              "the switch knows: there is no issuer to move money with (an "
-                              "adjustment of 0 fen acknowledges it)")
-            if not 0 <= e.terminal_idx < api.switch.state.n_terminals:
-                # an adjustment is journaled against the exception's terminal
-                raise Problem(422, "Unprocessable Content", f"exception {ident} names no "
-                              "terminal the switch knows: it cannot be adjusted here (what "
-                              f"it moved is held by {clearing.SUSPENSE})")
+            e = _check_adjustable(
+                next((x for x in await service.exceptions(date) if x.id == ident), None),
+                ident, date, body.amount_fen, api.switch.state.n_terminals)
             api.switch.engine.tick()
             no = operations.adjust(api.switch.engine.authoriser, e.terminal_idx, e.seq,
                                    e.card_idx if e.card_idx >= 0 else NO_CARD,
@@ -137,10 +158,4 @@ def add_routes(app: web.Application, api: AdminApi, service: ClearingService) ->
         resolved = msgspec.structs.replace(e, status="resolved", adjustment=made)
         return web.json_response(body=msgspec.json.encode(resolved), status=201)
 
-    g = api.guarded
-    app.router.add_post("/admin/clearing/{date}", g("finance", run))
-    app.router.add_get("/admin/clearing/{date}/positions", g("finance", positions))
-    app.router.add_get("/admin/clearing/{date}/files/{party}", g("finance", party_file))
-    app.router.add_get("/admin/clearing/{date}/exceptions", g("finance", listed))
-    app.router.add_get("/admin/clearing/{date}/adjustments", g("finance", adjusted))
-    app.router.add_post("/admin/clearing/exceptions/{id}/adjustment", g("finance", adjust))
+    return adjust
