@@ -33,8 +33,9 @@ from onecard.protocols import clearing, journal_codec
 from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME
 from onecard.protocols.journal_codec import view
-from onecard.switch import demo, loader, store
+from onecard.switch import demo
 from onecard.switch.clearing.service import ClearingService
+from onecard.switch.store import loader, sqlite
 
 ROW_RECORDS = 1024                     # records per journal row (the committer's are 1-4,096)
 
@@ -45,9 +46,9 @@ def _progress(msg: str) -> None:
 
 def _append(data_dir: Path, recs: np.ndarray) -> None:
     """Records appended to the data set's journal in rows of one calendar day."""
-    conn = store.connect(store.db_path(data_dir), synchronous="OFF")
+    conn = sqlite.connect(sqlite.db_path(data_dir), synchronous="OFF")
     try:
-        first_no = store.journal_end(conn)
+        first_no = sqlite.journal_end(conn)
         cuts = [*journal_codec.day_runs(recs).tolist(), len(recs)]
         rows = []
         for lo, hi in itertools.pairwise(cuts):

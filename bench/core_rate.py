@@ -22,7 +22,8 @@ from onecard.core.engine import ISO8583, Engine
 from onecard.core.state import FN_FINANCIAL, KIND_PURCHASE, TERM_POS
 from onecard.core.terminal import IsoLoad, Recorder
 from onecard.protocols.iso8583_fields import pyiso8583_spec
-from onecard.switch import demo, loader
+from onecard.switch import demo
+from onecard.switch.store import loader
 from onecard.switch.terminals import REQUEST_TPDU_HEADER, TerminalInfo, read_terminals, usable_cards
 
 TARGET_RATIO = 60          # issue 3, target 1: the core at 60x pyiso8583's decode-only rate

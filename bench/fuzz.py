@@ -39,7 +39,7 @@ from onecard.core.state import (
     TERM_VERIFIER,
 )
 from onecard.protocols import native
-from onecard.switch import loader
+from onecard.switch.store import loader
 from onecard.switch.terminals import read_terminals
 
 from .sim.terminals import SPEC, IsoSim, NativeSim, split_frames

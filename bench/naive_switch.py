@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from onecard.protocols.enums import MAC_ALGORITHM
 from onecard.protocols.iso8583_fields import pyiso8583_spec
-from onecard.switch import snapshots
 from onecard.switch.security import keystore
+from onecard.switch.store import snapshots
 from onecard.switch.terminals import read_terminals
 
 SPEC = pyiso8583_spec()

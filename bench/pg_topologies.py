@@ -135,7 +135,7 @@ def _cluster_trees(directory: Path) -> Callable[[], dict[str, list[int]]]:
 
 
 def _create_database(dsn: str) -> None:
-    from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
+    from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line
 
     try:
         with connect(dsn, autocommit=True) as conn:

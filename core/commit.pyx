@@ -10,7 +10,7 @@ per batch) and learns what is durable from ``durable_no`` when the eventfd fires
 
 The database is the same SQLite file the rest of the switch opens with the stdlib module; the
 row format is ``journal(first_no, n, ts_us, records, format, day, kinds)`` as in
-switch/store.py: a row is cut where the calendar day changes (``day_run``).
+switch/store/sqlite.py: a row is cut where the calendar day changes (``day_run``).
 """
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t

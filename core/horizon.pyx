@@ -20,7 +20,7 @@ Per terminal, the newest number dropped is kept: a reversal for a number at or b
 that is found nowhere is outside the horizon (``forgot``), and refused 25 rather than
 acknowledged with no effect.
 
-Checkpoints (switch/snapshots.py) write the horizon in segments: each page knows which slots
+Checkpoints (switch/store/snapshots.py) write the horizon in segments: each page knows which slots
 a checkpoint taken (``exported``) and written (``saved``) hold, and a date lists its pages
 not wholly saved, so a checkpoint copies only what changed since the last one written.
 
@@ -451,7 +451,7 @@ cdef class Horizon:
         (``horizon_gens``, oldest first), the per-terminal numbers dropped, and the
         ``horizon_mark`` to ``confirm`` once the checkpoint is written. The segment holds
         every row, or ``since_confirmed`` only the rows filed or changed since the
-        checkpoint last confirmed, whose segments it then needs (switch/snapshots.py).
+        checkpoint last confirmed, whose segments it then needs (switch/store/snapshots.py).
         ``reuse``: a segment an earlier export returned that nobody reads any more; its
         memory takes this one if it is large enough (fresh memory costs its page faults:
         2% of the switch's time at 300k requests a second)."""

@@ -114,7 +114,7 @@ def upgrade(data: bytes, fmt: int) -> bytes:
     """Packed records of format ``fmt`` in the current format's layout. Version 1 is read
     through the table's ``v1`` sources; versions 2 and 3 share the layout and are returned as
     they are. Versions 1 and 2 keep CARD_ADMIN card numbers in clear: the store migration to
-    schema 4 (``switch/security/encrypt_store.py``) enciphers them and rewrites those rows
+    schema 4 (``switch/store/encrypt.py``) enciphers them and rewrites those rows
     as version 3, so a start never applies a clear number as an enciphered one."""
     if fmt in (2, FORMAT):
         return data

@@ -39,9 +39,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from onecard.switch import __version__, loader, snapshots, store
+from onecard.switch import __version__
 from onecard.switch.errors import EXIT_FAILED, EXIT_USAGE, DataSetError
-from onecard.switch.security import first_tokens, keystore, modes, rotate_dek
+from onecard.switch.security import first_tokens, keystore, modes
+from onecard.switch.store import loader, rotate_dek, snapshots, sqlite
 
 FORMAT = 1
 MANIFEST = "backup-manifest.json"
@@ -49,7 +50,7 @@ HMAC_FIELD = "hmac_sha256"        # of the manifest's other fields, canonical JS
 LOCK_FILE = "onecard.lock"
 # Not copied: the database and its SQLite side files (the online backup copies the
 # database), the lock, and the checkpoints (the newest one is copied on its own).
-NOT_COPIED = {store.DB_NAME, *(store.DB_NAME + s for s in ("-wal", "-shm", "-journal")),
+NOT_COPIED = {sqlite.DB_NAME, *(sqlite.DB_NAME + s for s in ("-wal", "-shm", "-journal")),
               LOCK_FILE, snapshots.snapshot_root(".").name,
               first_tokens.FILE_NAME}     # operator tokens in clear: never in a backup
 STEP_PAGES = 4096                 # 16 MiB of 4 KiB pages per backup step
@@ -89,7 +90,7 @@ def manifest_hmac(manifest: dict, key: bytes) -> str:
 def _source_mac_key(data_dir: Path, kek_file: str | None) -> bytes:
     """The manifest key of the data set in data_dir: from its KEK, checked to be the one its
     data key is wrapped under (a backup signed under another key would never restore)."""
-    conn = store.connect(store.db_path(data_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
     try:
         kek, _where = keystore.checked_kek(conn, data_dir, kek_file)
     finally:
@@ -172,13 +173,13 @@ def _copy_database(data_dir: Path, to: Path, out: Progress) -> tuple[int, dict]:
     snapshot: the journal as of one commit; a writer in another process never restarts it);
     (journal end of the copy, manifest entry). The copy is a rollback-journal file: one
     self-contained file (the store sets WAL again when it opens it)."""
-    src_path, dst_path = store.db_path(data_dir), store.db_path(to)
+    src_path, dst_path = sqlite.db_path(data_dir), sqlite.db_path(to)
     if not src_path.exists():
         raise BackupError(f"no database at {src_path}: not a data set")
     src = sqlite3.connect(f"{src_path.resolve().as_uri()}?mode=ro", uri=True,
                           isolation_level=None)
     dst = sqlite3.connect(dst_path, isolation_level=None)
-    store.private_db_files(dst_path)
+    sqlite.private_db_files(dst_path)
     last = [time.monotonic()]
 
     def progress(_status: int, remaining: int, total: int) -> None:
@@ -189,11 +190,11 @@ def _copy_database(data_dir: Path, to: Path, out: Progress) -> tuple[int, dict]:
 
     try:
         src.execute("BEGIN")
-        end = store.journal_end(src)           # starts the read transaction: the snapshot
+        end = sqlite.journal_end(src)           # starts the read transaction: the snapshot
         out(f"onecard backup: copying the database as of journal record {end:,}")
         src.backup(dst, pages=STEP_PAGES, progress=progress)
         src.execute("COMMIT")
-        copied_end = store.journal_end(dst)
+        copied_end = sqlite.journal_end(dst)
         dst.execute("PRAGMA journal_mode=DELETE")
     finally:
         src.close()
@@ -248,8 +249,8 @@ def backup(data_dir: str | Path, to: str | Path, *, kek_file: str | None = None,
                       "one another")
     if _entries(to):
         raise Refused(f"backup target {to} is not empty")
-    if not store.db_path(data_dir).exists():
-        raise BackupError(f"no data set in {data_dir} ({store.DB_NAME} not found)")
+    if not sqlite.db_path(data_dir).exists():
+        raise BackupError(f"no data set in {data_dir} ({sqlite.DB_NAME} not found)")
     mac_key = _source_mac_key(data_dir, kek_file)      # before anything is written
     # A data-key rotation stopped after its commit: its files (under the key the database
     # names) put in place first, or the copy would pair them with the wrong key.
@@ -257,7 +258,7 @@ def backup(data_dir: str | Path, to: str | Path, *, kek_file: str | None = None,
     modes.private_dir(to)
     try:
         upto, files = _copy_checkpoint(data_dir, to, out)
-        end, files[store.DB_NAME] = _copy_database(data_dir, to, out)
+        end, files[sqlite.DB_NAME] = _copy_database(data_dir, to, out)
         if end < upto:
             raise BackupError(f"the copied journal ends at record {end}, before the copied "
                               f"checkpoint's {upto}: the data set is damaged")
@@ -340,7 +341,7 @@ def authenticate(src: Path, manifest: dict, data_dir: Path, kek_file: str | None
 
 def _check_kek(staging: Path, data_dir: Path, kek_file: str | None) -> None:
     """The key-encryption key must open the backed-up data set (it is never in a backup)."""
-    conn = store.connect(store.db_path(staging), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(staging), readonly=True)
     try:
         keystore.open_data_set(conn, data_dir, kek_file)
     except keystore.KekError as exc:

@@ -110,7 +110,8 @@ def cmd_serve(args) -> int:
 def _recover(config: Config, data_dir: Path):
     """The state from the configured store (a demo data set made first for an empty embedded
     one); on PostgreSQL, after taking the lease over."""
-    from onecard.switch import demo, loader, store
+    from onecard.switch import demo
+    from onecard.switch.store import loader, sqlite
 
     kek_file = config.security.kek_file or None
     options = {"ring_size": config.core.ring_size,
@@ -120,8 +121,8 @@ def _recover(config: Config, data_dir: Path):
                "cutover_s": cutover_minutes(config.clearing.cutover) * 60,
                "holder_cache_bytes": config.core.holder_cache_bytes}
     if config.store.backend == "postgresql":
-        from onecard.switch.pg import lease as pg_lease
-        from onecard.switch.pg.journal import JournalGap
+        from onecard.switch.store.pg import lease as pg_lease
+        from onecard.switch.store.pg.journal import JournalGap
 
         # Loaded first, read-only: a start that fails (a wrong key, a damaged checkpoint)
         # must not take the lease and so fence a switch that is serving.
@@ -139,7 +140,7 @@ def _recover(config: Config, data_dir: Path):
             # lease now (nothing else commits).
             loaded = loader.load(data_dir, dsn=config.store.dsn, **options)
         return loaded, lease
-    if not store.db_path(data_dir).exists():
+    if not sqlite.db_path(data_dir).exists():
         demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
                       ring_size=config.core.ring_size, kek_file=kek_file)
     return loader.load(data_dir, **options), None
@@ -414,7 +415,7 @@ def parser() -> argparse.ArgumentParser:
     from onecard.switch.admin import cli as admin_cli
 
     admin_cli.add_arguments(sub, common)
-    from onecard.switch.pg import cli as db_cli
+    from onecard.switch.commands import db as db_cli
 
     db_cli.add_arguments(sub, _config)
     for name in ("disburse", "card"):

@@ -69,7 +69,7 @@ from onecard.core.state import (
     TERM_VERIFIER,
 )
 from onecard.protocols.cards import luhn_digit
-from onecard.switch import loader, snapshots, store, transit
+from onecard.switch import transit
 from onecard.switch.reference import (
     BUS_FARE_FEN,
     CATALOGUE,
@@ -84,8 +84,9 @@ from onecard.switch.reference import (
     TRANSFERS,
     regions,
 )
-from onecard.switch.security import encrypt_store, holders_file, keystore, modes
+from onecard.switch.security import holders_file, keystore, modes
 from onecard.switch.security.keystore import DataKeys
+from onecard.switch.store import encrypt, loader, snapshots, sqlite
 
 Progress = Callable[[str], None]
 
@@ -159,7 +160,7 @@ def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101
              kek_file: str | None = None) -> Path:
     """Create the demo data set in data_dir. Refuses to overwrite one unless force."""
     data_dir = Path(data_dir)
-    path = store.db_path(data_dir)
+    path = sqlite.db_path(data_dir)
     if path.exists() or snapshots.snapshot_root(data_dir).exists():
         if not force:
             raise FileExistsError(f"{data_dir} already holds a data set (use --force to replace)")
@@ -169,10 +170,10 @@ def generate(data_dir: str | Path, *, cards: int = 100_000, seed: int = 20241101
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     progress(f"onecard: generating demo data ({cards:,} cards) in {data_dir}/")
-    conn = store.connect(path)
+    conn = sqlite.connect(path)
     committed = False
     try:
-        store.create_schema(conn)            # executescript commits on its own
+        sqlite.create_schema(conn)            # executescript commits on its own
         conn.execute("BEGIN")
         keys = keystore.init_data_set(conn, data_dir, kek_file)
         region_rows = _write_reference(conn)
@@ -427,7 +428,7 @@ def _insert_cards(conn, rng, cards: np.ndarray, region_of: np.ndarray, region_ro
             rows.append((i, pan, i, name, first17 + id_check(first17),
                          BANKS[i % len(BANKS)]))
         conn.executemany("INSERT INTO cards VALUES (?,?,?,?,?,?,?,?)",
-                         [encrypt_store.card_row(keys, *row, "chip") for row in rows])
+                         [encrypt.card_row(keys, *row, "chip") for row in rows])
         holders[start:stop] = [_holder(name, ident) for _, _, _, name, ident, _ in rows]
         if n > chunk:
             progress(f"onecard:   cards {stop:,}/{n:,}")

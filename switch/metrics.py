@@ -26,10 +26,10 @@ from onecard.core.metrics import BATCH_BOUNDS, LATENCY_BOUNDS_US
 from onecard.core.state import Kind
 from onecard.protocols.codes import CODES
 from onecard.protocols.forward import ORIGINS
-from onecard.switch.pg.committer import PgCommitter
 from onecard.switch.region.advices import Advices
 from onecard.switch.region.link import LATENCY_BOUNDS_US as LINK_BOUNDS_US
 from onecard.switch.server import PROTOCOL_NAMES, Switch
+from onecard.switch.store.pg.committer import PgCommitter
 
 ORIGIN_NAMES = {value: name.lower() for value, name, _ in ORIGINS}
 KIND_NAMES = {int(k): k.name.removeprefix("KIND_").lower() for k in Kind
@@ -377,7 +377,7 @@ def _housekeeping(sw: Switch) -> Iterator[Metric]:
 
 
 def _replication(mon) -> Iterator[Metric]:
-    """The PostgreSQL primary's standbys (switch/pg/replication.py): failover and lag."""
+    """The PostgreSQL primary's standbys (switch/store/pg/replication.py): failover and lag."""
     yield GaugeMetricFamily("onecard_pg_primary_reachable", "1 when the last poll of "
                             "pg_stat_replication reached the primary", value=1 if mon.ok else 0)
     standbys = GaugeMetricFamily("onecard_pg_standbys", "Standbys attached to the primary",

@@ -26,7 +26,7 @@ from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583, NATIVE, Engine
 from onecard.protocols import clearing
 from onecard.protocols.enums import PROTO
-from onecard.switch import logs, store, tls
+from onecard.switch import logs, tls
 from onecard.switch.admission import (
     FULL_READ_BYTES,
     Admission,
@@ -35,14 +35,15 @@ from onecard.switch.admission import (
 )
 from onecard.switch.config import Config
 from onecard.switch.errors import ListenError
-from onecard.switch.loader import Loaded
 from onecard.switch.security import holders_file
-from onecard.switch.snapshots import Checkpointer
+from onecard.switch.store import sqlite
+from onecard.switch.store.loader import Loaded
+from onecard.switch.store.snapshots import Checkpointer
 
 if TYPE_CHECKING:
-    from onecard.switch.pg.committer import PgCommitter
-    from onecard.switch.pg.lease import Lease
     from onecard.switch.region.link import RegionLink
+    from onecard.switch.store.pg.committer import PgCommitter
+    from onecard.switch.store.pg.lease import Lease
 
 log = logging.getLogger("onecard.server")
 IDLE_SWEEP_S = 1.0              # how often connections are checked for the idle timeouts
@@ -220,7 +221,7 @@ class Switch:
         self.committer, self.checkpointer = self._writers(config, loaded, lease)
         self.replication = None                # PostgreSQL: the primary's standbys, polled
         if config.store.backend == "postgresql":
-            from onecard.switch.pg.replication import ReplicationMonitor
+            from onecard.switch.store.pg.replication import ReplicationMonitor
 
             self.replication = ReplicationMonitor(config.store.dsn)
         self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
@@ -251,8 +252,8 @@ class Switch:
         under the lease this switch took over)."""
         st = config.store
         if st.backend == "postgresql":
-            from onecard.switch.pg import lease as pg_lease
-            from onecard.switch.pg.committer import PgCommitter
+            from onecard.switch.store.pg import lease as pg_lease
+            from onecard.switch.store.pg.committer import PgCommitter
 
             assert lease is not None, "the PostgreSQL store is written under a lease"
             committer = PgCommitter(st.dsn, self._efd, loaded.next_record_no, lease.epoch,
@@ -263,10 +264,10 @@ class Switch:
                                            keys=loaded.keys, dsn=st.dsn,
                                            fence=pg_lease.fence(lease.epoch),
                                            horizon_chain=loaded.horizon_chain)
-        committer = GroupCommitter(str(store.db_path(self.data_dir)), self._efd,
+        committer = GroupCommitter(str(sqlite.db_path(self.data_dir)), self._efd,
                                    loaded.next_record_no, synchronous=st.synchronous,
                                    full_retry_ms=st.full_retry_ms)
-        return committer, Checkpointer(self.data_dir, store.db_path(self.data_dir),
+        return committer, Checkpointer(self.data_dir, sqlite.db_path(self.data_dir),
                                        st.snapshots_kept, keys=loaded.keys,
                                        wal_limit_bytes=st.wal_checkpoint_mb << 20,
                                        committer=committer, horizon_chain=loaded.horizon_chain)

@@ -18,9 +18,9 @@ from onecard.core import crypto, isocodec
 from onecard.core.state import CARD_ACTIVE
 from onecard.protocols import native
 from onecard.protocols.enums import MAC_ALGORITHM, TERMINAL_KIND
-from onecard.switch import snapshots, store
 from onecard.switch.errors import NoDataSet
 from onecard.switch.security import keystore
+from onecard.switch.store import snapshots, sqlite
 
 ALG_NAMES = MAC_ALGORITHM.name_of
 KIND_NAMES = TERMINAL_KIND.name_of
@@ -51,7 +51,7 @@ class TerminalInfo:
 
 def read_terminals(data_dir: str | Path, kek_file: str | None = None) -> list[TerminalInfo]:
     """The terminal registry with master keys unwrapped (KekError without the right KEK)."""
-    conn = store.connect(store.db_path(data_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
     try:
         keys = keystore.open_data_set(conn, data_dir, kek_file)
         rows = conn.execute(
@@ -72,7 +72,7 @@ def usable_cards(data_dir: str | Path, *, province: int | None = None, functions
     if snap is None:
         raise NoDataSet(f"no checkpoint in {data_dir}")
     cards, accounts = snap[1]["cards"], snap[1]["accounts"]
-    conn = store.connect(store.db_path(data_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
     try:
         region_prov = np.array([p for (p,) in conn.execute(
             "SELECT province FROM regions ORDER BY idx")])

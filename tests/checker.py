@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from onecard.core.state import KIND_PURCHASE
-from onecard.switch import store
-from onecard.switch.pg import journal as pg_journal
+from onecard.switch.store import sqlite
+from onecard.switch.store.pg import journal as pg_journal
 
 from conftest import STORE_FILE
 from termsim import iso_decode
@@ -137,9 +137,9 @@ def committed_journal(data_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[int,
     store the data set's switch is configured with."""
     cfg = data_dir.parent / f"{data_dir.name}{STORE_FILE}"
     if not cfg.exists():
-        conn = store.connect(store.db_path(data_dir), readonly=True)
+        conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
         try:
-            recs, nos = store.journal_records(conn)
+            recs, nos = sqlite.journal_records(conn)
             return recs, nos, dict(conn.execute("SELECT idx, tid FROM terminals"))
         finally:
             conn.close()
@@ -149,7 +149,7 @@ def committed_journal(data_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[int,
 
     dsn = tomllib.loads(cfg.read_text())["store"]["dsn"]
     with psycopg.connect(dsn) as conn:
-        recs, nos = store.records_of(pg_journal.journal_rows(conn))
+        recs, nos = sqlite.records_of(pg_journal.journal_rows(conn))
         tids = dict(conn.execute("SELECT idx, tid FROM terminals").fetchall())
     return recs, nos, tids
 

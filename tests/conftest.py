@@ -22,8 +22,9 @@ import pytest
 
 from onecard.core.engine import ISO8583, NATIVE, Engine
 from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, FN_MEDICAL, FN_TRANSPORT, TERM_POS
-from onecard.switch import demo, loader
+from onecard.switch import demo
 from onecard.switch.security import first_tokens
+from onecard.switch.store import loader
 from onecard.switch.terminals import TerminalInfo, read_terminals
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -19,10 +19,10 @@ from onecard.protocols import clearing, native
 from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import DTYPES, RECORD_DTYPE, unpack, view
-from onecard.switch import store
 from onecard.switch.clearing import apportion, files
 from onecard.switch.clearing.positions import Reference, legs, positions, summarise
 from onecard.switch.clearing.reader import registry
+from onecard.switch.store import sqlite
 
 from test_transit import (
     MIN,
@@ -51,7 +51,7 @@ def expected_shares(journey: list[tuple[int, int]]) -> tuple[int, int]:
 def journal_of(world) -> tuple[np.ndarray, np.ndarray, Reference]:
     first, data = world.engine.journal.take()
     recs = unpack(data)
-    conn = store.connect(store.db_path(world.data_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(world.data_dir), readonly=True)
     try:
         ref = registry(conn, world.state.cards["pan"], world.state.cards["region"])
     finally:

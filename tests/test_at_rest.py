@@ -24,9 +24,9 @@ import pytest
 
 from onecard.core import crypto
 from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, TERM_METRO_GATE, TERM_POS
-from onecard.switch import loader, snapshots
 from onecard.switch.admin import operators
 from onecard.switch.security import first_tokens, keystore, sealed_files
+from onecard.switch.store import loader, snapshots
 from onecard.switch.terminals import read_terminals
 
 from conftest import TOKENS, AdminClient, iso_session, native_session, start_switch

@@ -20,8 +20,9 @@ import pytest
 
 from onecard.core.ledger import apply_records
 from onecard.core.state import KIND_PURCHASE
-from onecard.switch import backup, cli, loader, snapshots, store
+from onecard.switch import backup, cli
 from onecard.switch.security import keystore
+from onecard.switch.store import loader, snapshots, sqlite
 
 from checker import Load, committed_journal
 from conftest import NO_SHEDDING, TEST_KEK, start_switch
@@ -57,9 +58,9 @@ def journal_prefix_state(demo_dir: Path, data_dir: Path, end: int):
     """The demo state with the data set's journal records below end applied: the state of
     that committed prefix, built without any checkpoint the switch wrote."""
     loaded = loader.load(demo_dir)
-    conn = store.connect(store.db_path(data_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
     try:
-        for first_no, blob in store.journal_rows(conn, loaded.next_record_no):
+        for first_no, blob in sqlite.journal_rows(conn, loaded.next_record_no):
             if first_no >= end:
                 break
             assert first_no + len(blob) // 80 <= end, "the backup cut a commit in two"

@@ -12,8 +12,8 @@ from onecard.core.ledger import apply_records
 from onecard.protocols import clearing
 from onecard.protocols.journal import KIND_BY_NAME
 from onecard.protocols.journal_codec import RECORD_DTYPE, view
-from onecard.switch import loader
 from onecard.switch.clearing import exceptions
+from onecard.switch.store import loader
 
 from test_cutover import DAY, at
 

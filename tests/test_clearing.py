@@ -496,8 +496,8 @@ def test_seeded_real_traffic_of_every_kind_nets_to_zero_on_every_date(demo_dir, 
     import random
 
     from onecard.protocols.journal_codec import unpack
-    from onecard.switch import store
     from onecard.switch.clearing.reader import registry
+    from onecard.switch.store import sqlite
 
     from conftest import World
     from test_invariants import Traffic
@@ -509,7 +509,7 @@ def test_seeded_real_traffic_of_every_kind_nets_to_zero_on_every_date(demo_dir, 
     first, data = world.engine.journal.take()
     recs = unpack(data)
     nos = np.arange(first, first + len(recs))
-    conn = store.connect(store.db_path(demo_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(demo_dir), readonly=True)
     try:
         ref = registry(conn, world.state.cards["pan"], world.state.cards["region"])
     finally:
@@ -531,9 +531,9 @@ def test_regions_clear_their_own_journals_and_the_hub_nets_between_them(demo_dir
     Shanghai card there by Shanghai ("sh"): each clears its own journal, and the hub finds that
     js owes sh the merchant's share and each region the hub its fees; the nets sum to zero."""
     from onecard.protocols.journal_codec import unpack
-    from onecard.switch import store
     from onecard.switch.clearing import hub
     from onecard.switch.clearing.reader import registry
+    from onecard.switch.store import sqlite
 
     from test_forward import FOREIGN, HOME, Pair
 
@@ -543,7 +543,7 @@ def test_regions_clear_their_own_journals_and_the_hub_nets_between_them(demo_dir
     local, _ = pair.acq.card(HOME)
     replies = t.send(t.purchase(foreign, 10_000), t.purchase(local, 3_000))
     assert [r["39"] for r in replies] == ["00", "00"]
-    conn = store.connect(store.db_path(demo_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(demo_dir), readonly=True)
     try:
         days, ref = {}, None
         for name, world in (("sh", pair.acq), ("js", pair.iss)):

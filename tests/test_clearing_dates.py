@@ -20,10 +20,10 @@ from onecard.core.commit import GroupCommitter
 from onecard.protocols import clearing, journal_codec
 from onecard.protocols.journal import KIND_BY_NAME
 from onecard.protocols.journal_codec import unpack, view
-from onecard.switch import store
 from onecard.switch.clearing import exceptions, reader
 from onecard.switch.clearing.positions import legs, positions, summarise
 from onecard.switch.clearing.reader import registry
+from onecard.switch.store import sqlite
 
 from conftest import World
 from test_invariants import Traffic
@@ -33,8 +33,8 @@ MIDNIGHT_US = int(dt.datetime(2026, 12, 1, 0, 0, tzinfo=CST).timestamp() * 1e6)
 
 
 def journal_db(tmp_path, name: str = "j.db") -> sqlite3.Connection:
-    conn = store.connect(tmp_path / name)
-    store.create_schema(conn)
+    conn = sqlite.connect(tmp_path / name)
+    sqlite.create_schema(conn)
     return conn
 
 
@@ -54,7 +54,7 @@ def write_rows(conn: sqlite3.Connection, recs: np.ndarray, first_no: int = 0,
 
 
 def rows_of(conn: sqlite3.Connection) -> reader.RowsOfDays:
-    return lambda a, b, k: store.rows_of_days(conn, a, b, k)
+    return lambda a, b, k: sqlite.rows_of_days(conn, a, b, k)
 
 
 def commit_with_sqlite(path, recs: np.ndarray) -> None:
@@ -103,10 +103,10 @@ def test_the_committer_cuts_its_rows_at_midnight_and_indexes_them(tmp_path):
     assert rows == [(0, 1, None), (1, 2, before), (3, 2, before + 1)]
     assert_indexed(conn.execute("SELECT records, day, kinds FROM journal WHERE day IS NOT NULL"
                                 ).fetchall())
-    assert [f for f, _ in store.rows_of_days(conn, before + 1, before + 1)] == [0, 3]
+    assert [f for f, _ in sqlite.rows_of_days(conn, before + 1, before + 1)] == [0, 3]
     adjustment = 1 << KIND_BY_NAME["ADJUSTMENT"].value
-    assert [f for f, _ in store.rows_of_days(conn, before - 5, before + 5, adjustment)] == [0, 3]
-    assert [f for f, _ in store.rows_of_days(conn, before - 9, before - 8)] == [0]
+    assert [f for f, _ in sqlite.rows_of_days(conn, before - 5, before + 5, adjustment)] == [0, 3]
+    assert [f for f, _ in sqlite.rows_of_days(conn, before - 9, before - 8)] == [0]
 
 
 def test_the_schema_5_migration_cuts_older_rows_by_day(tmp_path, demo_dir):
@@ -116,20 +116,20 @@ def test_the_schema_5_migration_cuts_older_rows_by_day(tmp_path, demo_dir):
 
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)
-    db = store.db_path(data)
-    conn = store.connect(db)
+    db = sqlite.db_path(data)
+    conn = sqlite.connect(db)
     conn.execute("DROP INDEX journal_day")
     conn.execute("ALTER TABLE journal DROP COLUMN day")
     conn.execute("ALTER TABLE journal DROP COLUMN kinds")
     conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-    end = store.journal_end(conn)
+    end = sqlite.journal_end(conn)
     recs = crossing_midnight()
     conn.execute("INSERT INTO journal VALUES (?, ?, 7, ?, 3)", (end, len(recs), recs.tobytes()))
-    before, _ = store.journal_records(conn)
+    before, _ = sqlite.journal_records(conn)
     conn.close()
-    assert store.migrate(db) == [5]
-    conn = store.connect(db, readonly=True)
-    after, nos = store.journal_records(conn)
+    assert sqlite.migrate(db) == [5]
+    conn = sqlite.connect(db, readonly=True)
+    after, nos = sqlite.journal_records(conn)
     assert after.tobytes() == before.tobytes() and np.array_equal(nos, np.arange(len(nos)))
     assert conn.execute("SELECT count(*) FROM journal WHERE first_no >= ?", (end,)
                         ).fetchone() == (2,)
@@ -170,7 +170,7 @@ def traffic_journal(demo_dir, terminals, tmp_path_factory):
     _discounts_within_the_window(recs)
     conn = journal_db(tmp_path_factory.mktemp("traffic"))
     write_rows(conn, recs, row_records=50)
-    src = store.connect(store.db_path(demo_dir), readonly=True)
+    src = sqlite.connect(sqlite.db_path(demo_dir), readonly=True)
     ref = registry(src, world.state.cards["pan"], world.state.cards["region"])
     src.close()
     return conn, recs, ref

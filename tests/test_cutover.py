@@ -8,7 +8,7 @@ import time
 
 from onecard.core.ledger import apply_records
 from onecard.protocols import clearing
-from onecard.switch import loader
+from onecard.switch.store import loader
 
 CST = clearing.CST
 DAY = dt.date(2031, 5, 20)

@@ -1,4 +1,4 @@
-"""Data-key rotation (issue 28, switch/security/rotate_dek.py, docs/operations.md "Rotating
+"""Data-key rotation (issue 28, switch/store/rotate_dek.py, docs/operations.md "Rotating
 the data key"): ``onecard keys rotate-dek`` with the switch stopped gives the data set a new
 data key; everything sealed at rest is sealed again under it and the card-number index is
 recomputed, while journal records keep the key of their generation. Afterwards the switch
@@ -23,8 +23,9 @@ import pytest
 from onecard.core import crypto
 from onecard.core.state import KIND_CARD_ADMIN
 from onecard.protocols import journal_codec, native
-from onecard.switch import cli, loader, snapshots, store
-from onecard.switch.security import holders_file, keystore, rotate_dek
+from onecard.switch import cli
+from onecard.switch.security import holders_file, keystore
+from onecard.switch.store import loader, rotate_dek, snapshots, sqlite
 from onecard.switch.terminals import read_terminals
 
 from conftest import (
@@ -117,9 +118,9 @@ def history(demo_dir, terminals, tmp_path_factory) -> History:
         assert api.view(after)["balance_fen"] == balances[after]
     finally:
         sw.stop()
-    conn = store.connect(store.db_path(data), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(data), readonly=True)
     try:
-        recs, nos = store.journal_records(conn)
+        recs, nos = sqlite.journal_records(conn)
     finally:
         conn.close()
     admin = recs["kind"] == KIND_CARD_ADMIN
@@ -191,7 +192,7 @@ def test_an_old_copy_and_the_kek_open_nothing_written_after(history):
     assert holders_file.open_vault(history.data / loader.HOLDERS_FILE, new).n_records
     with pytest.raises(keystore.KekError):
         snapshots.latest(history.data, old)                 # the checkpoints
-    conn = sqlite3.connect(store.db_path(history.data))
+    conn = sqlite3.connect(sqlite.db_path(history.data))
     try:
         tid, tmk = conn.execute("SELECT tid, tmk_wrapped FROM terminals LIMIT 1").fetchone()
         with pytest.raises(keystore.KekError):
@@ -210,9 +211,9 @@ def test_an_old_copy_and_the_kek_open_nothing_written_after(history):
         conn.close()
     # The card issued after the rotation: its journal record opens with the new journal key
     # only; the old generation's key is kept (wrapped under the KEK), the old DEK is not.
-    conn = store.connect(store.db_path(history.data), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(history.data), readonly=True)
     try:
-        recs, _ = store.journal_records(conn, history.after_no)
+        recs, _ = sqlite.journal_records(conn, history.after_no)
     finally:
         conn.close()
     r = journal_codec.view(recs[:1], "card_admin")[0]
@@ -255,7 +256,7 @@ def test_rotating_again_and_the_kek_after_keep_every_generation(history, tmp_pat
     keys = keystore.for_data_dir(data, str(new_kek))
     assert keys.generation == 2 and [g.generation for g in keys.earlier] == [0, 1]
     assert_same_state(loader.load(data, kek_file=str(new_kek)).state, want)
-    audit = sqlite3.connect(store.db_path(data)).execute(
+    audit = sqlite3.connect(sqlite.db_path(data)).execute(
         "SELECT action, details FROM admin_log WHERE role = 'keys'").fetchall()
     assert [a for a, _ in audit] == ["rotate data key"] * 2
     assert all(keys.dek.hex() not in d for _, d in audit)
@@ -278,7 +279,8 @@ def test_a_part_split_after_a_rotation_has_only_the_current_key(history, tmp_pat
 CRASH = """
 import os, signal, sys
 from onecard.switch import cli
-from onecard.switch.security import rotate_dek, sealed_files
+from onecard.switch.security import sealed_files
+from onecard.switch.store import rotate_dek
 
 point, calls = sys.argv[2], [0]
 
@@ -375,9 +377,9 @@ def test_the_postgresql_store_rotates_in_one_transaction(demo_dir, tmp_path, pg_
         assert AdminClient(sw).view(before)["status"] == "active"
     finally:
         sw.stop()
-    from onecard.switch.pg.checkpoints import latest
-    from onecard.switch.pg.connect import connect
-    from onecard.switch.pg.db import Db
+    from onecard.switch.store.pg.checkpoints import latest
+    from onecard.switch.store.pg.connect import connect
+    from onecard.switch.store.pg.db import Db
 
     pg = connect(dsn, autocommit=True)
     try:
@@ -397,12 +399,12 @@ def test_a_disbursement_row_of_a_card_without_its_row_is_rekeyed_from_the_state(
     data = tmp_path / "data"
     shutil.copytree(history.data, data)
     old = keystore.for_data_dir(data)
-    conn = sqlite3.connect(store.db_path(data), isolation_level=None)
+    conn = sqlite3.connect(sqlite.db_path(data), isolation_level=None)
     conn.execute("DELETE FROM cards WHERE pan_hmac = ?", (old.pan_hmac(history.paid),))
     conn.close()
     assert rotate(data) == 0
     new = keystore.for_data_dir(data)
-    conn = sqlite3.connect(store.db_path(data))
+    conn = sqlite3.connect(sqlite.db_path(data))
     (hmac_,) = conn.execute("SELECT DISTINCT pan_hmac FROM disbursements").fetchone()
     conn.close()
     assert hmac_ == new.pan_hmac(history.paid)
@@ -411,7 +413,7 @@ def test_a_disbursement_row_of_a_card_without_its_row_is_rekeyed_from_the_state(
 def test_a_failure_inside_the_transaction_changes_nothing(history, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(history.data, data)
-    conn = sqlite3.connect(store.db_path(data), isolation_level=None)
+    conn = sqlite3.connect(sqlite.db_path(data), isolation_level=None)
     conn.execute("INSERT INTO disbursements SELECT programme, period + 1, ?, card, amount_fen, "
                  "result, record_no, operator, at FROM disbursements", (b"\1" * 32,))
     conn.close()

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from onecard.core.state import KIND_PURCHASE, TERM_POS
-from onecard.switch import store
+from onecard.switch.store import sqlite
 
 from conftest import start_switch
 from termsim import IsoTerminal, iso_decode, socket_exchange
@@ -150,8 +150,8 @@ def test_full_disk_refuses_then_resumes_without_losing_an_approval(small_disk, d
 
     sw = start_switch(data, "--config", str(cfg))
     try:
-        conn = store.connect(store.db_path(data), readonly=True)
-        recs, nos = store.journal_records(conn)
+        conn = sqlite.connect(sqlite.db_path(data), readonly=True)
+        recs, nos = sqlite.journal_records(conn)
         conn.close()
         debits = (recs["kind"] == KIND_PURCHASE) & (recs["rc"] == 0)
         journaled = {int(no) for no in nos[debits]}

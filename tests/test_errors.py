@@ -40,9 +40,9 @@ WHERE_THEY_WERE = {
     "onecard.switch.clearing.worker": ["WorkerFailed"],
     "onecard.switch.cluster.procs": ["ClusterError"],
     "onecard.switch.config": ["ConfigError"],
-    "onecard.switch.pg.committer": ["CommitFailed"],
-    "onecard.switch.pg.connect": ["PgError"],
-    "onecard.switch.pg.journal": ["JournalGap"],
+    "onecard.switch.store.pg.committer": ["CommitFailed"],
+    "onecard.switch.store.pg.connect": ["PgError"],
+    "onecard.switch.store.pg.journal": ["JournalGap"],
     "onecard.switch.region.catalogues": ["CatalogueConflict"],
     "onecard.switch.region.link": ["RegionLinkError"],
     "onecard.switch.region.nats_server": ["NatsServerError"],
@@ -50,7 +50,7 @@ WHERE_THEY_WERE = {
     "onecard.switch.region.split": ["SplitError"],
     "onecard.switch.security.holders_file": ["HoldersFileError"],
     "onecard.switch.security.keystore": ["KekError"],
-    "onecard.switch.security.rotate_dek": ["RotationError"],
+    "onecard.switch.store.rotate_dek": ["RotationError"],
     "onecard.switch.server": ["ListenError"],
     "onecard.switch.tls": ["TlsError"],
 }
@@ -115,7 +115,7 @@ def test_each_error_imports_where_it_did():
 
 def test_one_commit_failed():
     from onecard.bench.sim import node
-    from onecard.switch.pg import committer
+    from onecard.switch.store.pg import committer
 
     assert node.CommitFailed is committer.CommitFailed is errors.CommitFailed
 
@@ -166,8 +166,8 @@ def test_the_admin_api_answers_each_family_from_one_table():
     from onecard.switch.catalogue import ApplicationExists, CatalogueError, NoApplication
     from onecard.switch.clearing.reader import DateError, FutureDate
     from onecard.switch.clearing.worker import WorkerFailed
-    from onecard.switch.pg.connect import PgError
     from onecard.switch.region.catalogues import CatalogueConflict
+    from onecard.switch.store.pg.connect import PgError
 
     expected = [(errors.ClearingError("x"), 422), (WorkerFailed("x"), 503),
                 (DateError("x"), 400), (FutureDate("x"), 422),

@@ -21,7 +21,7 @@ from onecard.core.state import (
     TERM_VERIFIER,
 )
 from onecard.protocols import native
-from onecard.switch import loader
+from onecard.switch.store import loader
 
 from termsim import frames
 

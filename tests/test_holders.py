@@ -28,9 +28,9 @@ from onecard.core.journal import unpack
 from onecard.core.state import KIND_VERIFY
 from onecard.protocols import native
 from onecard.protocols.codes import CODE_INDEX
-from onecard.switch import loader
 from onecard.switch.security import holders_file, sealed_files
 from onecard.switch.security.holders_file import HoldersFileError
+from onecard.switch.store import loader
 
 from conftest import AdminClient, World, start_switch
 from termsim import NativeTerminal, socket_exchange

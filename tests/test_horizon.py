@@ -14,8 +14,8 @@ import pytest
 from test_payments import CST, DAY_US, funded_card, pin_clock
 
 from onecard.core.horizon import Horizon
-from onecard.switch import snapshots
-from onecard.switch.pg import checkpoints
+from onecard.switch.store import snapshots
+from onecard.switch.store.pg import checkpoints
 
 from conftest import start_switch, store_config
 from test_server import iso_terminal

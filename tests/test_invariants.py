@@ -24,7 +24,7 @@ from onecard.core.state import (
 )
 from onecard.protocols import journal, journal_codec, native
 from onecard.protocols.codes import CODE_INDEX
-from onecard.switch import loader
+from onecard.switch.store import loader
 
 from conftest import World
 from termsim import IsoTerminal, NativeTerminal

@@ -24,8 +24,8 @@ from onecard.core.state import (
 )
 from onecard.protocols import journal, journal_codec, journal_render, native
 from onecard.protocols.journal_codec import RECORD_DTYPE, upgrade
-from onecard.switch import loader, store
 from onecard.switch.admin import disbursements
+from onecard.switch.store import loader, sqlite
 from onecard.switch.terminals import read_terminals
 
 from conftest import start_switch
@@ -212,13 +212,13 @@ def test_a_version_1_journal_recovers_exactly_the_state_it_was_written_with(v1_d
             assert all(np.array_equal(g[f], w[f]) for f in common), f"{name} differs"
             continue
         assert np.array_equal(g, w), f"{name} differs"
-    conn = store.connect(store.db_path(v1_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(v1_dir), readonly=True)
     try:
-        assert store.schema_version(conn) == store.SCHEMA_VERSION
+        assert sqlite.schema_version(conn) == sqlite.SCHEMA_VERSION
         # The migration to schema 4 rewrote the version-1 rows as version 3: the only rows
-        # ever rewritten, to encipher their card numbers (store.py).
+        # ever rewritten, to encipher their card numbers (sqlite.py).
         assert conn.execute("SELECT DISTINCT format FROM journal").fetchall() == [(3,)]
-        recs, nos = store.journal_records(conn)
+        recs, nos = sqlite.journal_records(conn)
     finally:
         conn.close()
     by_kind = {}
@@ -240,7 +240,7 @@ def test_a_version_1_journal_recovers_exactly_the_state_it_was_written_with(v1_d
 
 def test_version_1_disbursements_are_reported_from_the_journal(v1_dir):
     loaded = loader.load(v1_dir)
-    conn = store.connect(store.db_path(v1_dir))
+    conn = sqlite.connect(sqlite.db_path(v1_dir))
     try:
         conn.execute("DELETE FROM disbursements")
         assert disbursements.sync_from_journal(conn, loaded.keys,
@@ -258,7 +258,7 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
     migration; the new rows are version 3; a restart recovers what the first run answered."""
     want = expected_v1_state(v1_dir)
     cards = want["cards"]
-    conn = store.connect(store.db_path(v1_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(v1_dir), readonly=True)
     regions = loader.regions_array(conn)
     conn.close()
     shanghai = regions["code"][cards["region"]] // 10000 == 31
@@ -268,7 +268,7 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
     sw = start_switch(v1_dir)
     try:
         assert any("73 journal records replayed" in line for line in sw.output)
-        assert any(f"upgraded to store schema {store.SCHEMA_VERSION}" in line
+        assert any(f"upgraded to store schema {sqlite.SCHEMA_VERSION}" in line
                    for line in sw.output)
         info = next(t for t in read_terminals(v1_dir) if t.kind == TERM_KIOSK
                     and t.province == 31)
@@ -280,7 +280,7 @@ def test_a_switch_starts_on_a_version_1_data_directory_and_goes_on(v1_dir, tmp_p
         sock.close()
     finally:
         sw.kill9()
-    conn = store.connect(store.db_path(v1_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(v1_dir), readonly=True)
     try:
         formats = conn.execute("SELECT format, SUM(n) FROM journal GROUP BY format").fetchall()
         rows = conn.execute("SELECT first_no, records, format, day, kinds FROM journal"
@@ -322,9 +322,9 @@ def test_no_journal_field_is_packed_by_hand_outside_the_schema():
 
 def test_the_fixture_is_what_its_maker_says(v1_dir):
     """The version-1 fixture must be a version-1 journal: its rows carry no format column."""
-    conn = store.connect(store.db_path(v1_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(v1_dir), readonly=True)
     try:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(journal)")]
-        assert store.schema_version(conn) == 2 and "format" not in columns
+        assert sqlite.schema_version(conn) == 2 and "format" not in columns
     finally:
         conn.close()

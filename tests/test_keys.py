@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from onecard.switch import cli, loader
+from onecard.switch import cli
 from onecard.switch.security import keystore
+from onecard.switch.store import loader
 
 from conftest import start_switch
 

@@ -261,7 +261,7 @@ def test_the_deploy_files_are_what_the_runbook_installs(tmp_path):
 
 def test_the_replication_monitor_sees_a_primary_and_an_unreachable_one(pg_server):
     """The thread behind the replication panels, the standby alerts and /readyz."""
-    from onecard.switch.pg.replication import UNREACHABLE_POLLS, ReplicationMonitor
+    from onecard.switch.store.pg.replication import UNREACHABLE_POLLS, ReplicationMonitor
 
     up = ReplicationMonitor(pg_server.dsn, poll_s=0.05)
     down = ReplicationMonitor("host=127.0.0.1 port=1 dbname=x user=x connect_timeout=1",

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from onecard.switch.pg import lease as pg_lease
-from onecard.switch.pg.committer import RECORD_BYTES, PgCommitter
-from onecard.switch.pg.connect import PgError, connect
-from onecard.switch.pg.migrate import migrate
+from onecard.switch.store.pg import lease as pg_lease
+from onecard.switch.store.pg.committer import RECORD_BYTES, PgCommitter
+from onecard.switch.store.pg.connect import PgError, connect
+from onecard.switch.store.pg.migrate import migrate
 
 from pg_fixtures import dsn, pg, psycopg  # noqa: F401  (fixtures)
 
@@ -194,7 +194,7 @@ def test_an_unmigrated_store_is_refused_in_one_line(dsn):
 
 
 def test_the_admin_connection_reconnects_between_statements_after_a_loss(store):
-    from onecard.switch.pg.db import open_db
+    from onecard.switch.store.pg.db import open_db
 
     db = open_db(store)
     assert db.execute("SELECT epoch FROM lease").fetchone() == (0,)
@@ -216,7 +216,7 @@ def test_the_admin_connection_reconnects_between_statements_after_a_loss(store):
 
 
 def test_a_fenced_adapter_writes_nothing_and_still_reads(store):
-    from onecard.switch.pg.db import open_db
+    from onecard.switch.store.pg.db import open_db
 
     lease = pg_lease.take_over(store, require_sync=False)
     stale = open_db(store, fence_epoch=lease.epoch)
@@ -252,7 +252,7 @@ def test_the_version_5_migration_cuts_rows_by_day(dsn):
     the records and their numbers as they were."""
     from test_clearing_dates import assert_indexed, crossing_midnight
 
-    from onecard.switch.pg.schema import MIGRATIONS
+    from onecard.switch.store.pg.schema import MIGRATIONS
 
     recs = crossing_midnight()
     with psycopg.connect(dsn) as conn:

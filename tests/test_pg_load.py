@@ -15,14 +15,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from onecard.switch import backend, catalogue, cli, loader, snapshots
+from onecard.switch import catalogue, cli
 from onecard.switch.admin import disbursements
 from onecard.switch.config import Config, StoreConfig
-from onecard.switch.pg import checkpoints
-from onecard.switch.pg.connect import PgError, connect
-from onecard.switch.pg.db import Db, translate
-from onecard.switch.pg.importer import import_data_set
-from onecard.switch.pg.journal import JournalGap, journal_end, journal_rows
+from onecard.switch.store import backend, loader, snapshots
+from onecard.switch.store.pg import checkpoints
+from onecard.switch.store.pg.connect import PgError, connect
+from onecard.switch.store.pg.db import Db, translate
+from onecard.switch.store.pg.importer import import_data_set
+from onecard.switch.store.pg.journal import JournalGap, journal_end, journal_rows
 
 from conftest import AdminClient, Supply, iso_session, start_switch
 from pg_fixtures import dsn, pg, psycopg  # noqa: F401  (fixtures)
@@ -150,15 +151,15 @@ def test_a_store_at_another_schema_version_is_refused_at_load(demo_dir, dsn):
 def test_journal_rows_outside_a_transaction_and_journal_end(replayed_dir, dsn):
     imported(replayed_dir, dsn)
     src = sqlite3.connect(f"file:{replayed_dir / 'onecard.db'}?mode=ro", uri=True)
-    from onecard.switch import store
-    want = list(store.journal_rows(src, 3)), store.journal_end(src)
+    from onecard.switch.store import sqlite
+    want = list(sqlite.journal_rows(src, 3)), sqlite.journal_end(src)
     src.close()
     with connect(dsn, autocommit=True) as pg:              # WITH HOLD: no transaction needed
         assert (list(journal_rows(pg, 3)), journal_end(pg)) == want
 
 
 def test_disbursement_rows_are_rebuilt_from_the_postgresql_journal(replayed_dir, dsn):
-    """sync_from_journal reads the journal through the adapter (store.journal_records)."""
+    """sync_from_journal reads the journal through the adapter (sqlite.journal_records)."""
     imported(replayed_dir, dsn)
     columns = "programme, period, pan_hmac, card, amount_fen, result, record_no"
     src = sqlite3.connect(f"file:{replayed_dir / 'onecard.db'}?mode=ro", uri=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from onecard.switch.pg.lease import take_over
+from onecard.switch.store.pg.lease import take_over
 
 from checker import Load, check_exactly_once, opening_balances
 from conftest import STORE_FILE, AdminClient, assert_problem, on_postgresql, start_switch

@@ -13,8 +13,8 @@ import pytest
 
 from onecard.bench import pg_local
 from onecard.switch import cli
-from onecard.switch.pg.importer import journal_digest
-from onecard.switch.pg.schema import MIGRATIONS, SCHEMA_VERSION, TABLES
+from onecard.switch.store.pg.importer import journal_digest
+from onecard.switch.store.pg.schema import MIGRATIONS, SCHEMA_VERSION, TABLES
 
 from conftest import Supply, iso_session, start_switch
 from pg_fixtures import dsn, pg, psycopg  # noqa: F401  (fixtures)

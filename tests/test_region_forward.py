@@ -18,7 +18,8 @@ import pytest
 
 from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, TERM_BUS_READER, TERM_POS
 from onecard.protocols.journal_codec import decode
-from onecard.switch import cli, loader
+from onecard.switch import cli
+from onecard.switch.store import loader
 
 from checker import balance, committed_journal
 from conftest import on_postgresql, start_switch, store_config

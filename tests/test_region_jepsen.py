@@ -57,7 +57,7 @@ from onecard.core.state import FN_FINANCIAL, FN_TRANSPORT, TERM_BUS_READER, TERM
 from onecard.protocols import clearing, forward
 from onecard.protocols.journal import FLAGS
 from onecard.protocols.journal_codec import decode
-from onecard.switch import loader
+from onecard.switch.store import loader
 from onecard.switch.terminals import read_terminals
 
 from checker import committed_journal

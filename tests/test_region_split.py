@@ -28,7 +28,7 @@ from onecard.core.state import (
 from onecard.protocols import native
 from onecard.protocols.journal import FORMAT
 from onecard.protocols.journal_codec import RECORD_DTYPE
-from onecard.switch import cli, demo, loader, snapshots, store
+from onecard.switch import cli, demo
 from onecard.switch.region.split import (
     SplitError,
     card_provinces,
@@ -36,7 +36,8 @@ from onecard.switch.region.split import (
     split_data_set,
 )
 from onecard.switch.security import keystore
-from onecard.switch.security.encrypt_store import mask
+from onecard.switch.store import loader, snapshots, sqlite
+from onecard.switch.store.encrypt import mask
 from onecard.switch.terminals import read_terminals
 
 from conftest import World, iso_balance, iso_session, on_postgresql, start_switch
@@ -119,7 +120,7 @@ def _commit(world: World) -> None:
     """The engine's journal records into the data set's journal, after its checkpoint: a
     split must load them (replay), not just read the checkpoint."""
     first_no, data = world.engine.journal.take()
-    conn = sqlite3.connect(world.data_dir / store.DB_NAME)
+    conn = sqlite3.connect(world.data_dir / sqlite.DB_NAME)
     conn.execute("INSERT INTO journal (first_no, n, ts_us, records, format) "
                  "VALUES (?, ?, ?, ?, ?)",
                  (first_no, len(data) // RECORD_DTYPE.itemsize, 0, data, FORMAT))
@@ -165,8 +166,8 @@ def test_card_provinces_reads_the_number():
 
 def test_the_source_had_journal_records_after_its_checkpoint(traffic):
     upto, _, _ = snapshots.newest(traffic.world.data_dir)
-    conn = store.connect(store.db_path(traffic.world.data_dir), readonly=True)
-    assert store.journal_end(conn) > upto
+    conn = sqlite.connect(sqlite.db_path(traffic.world.data_dir), readonly=True)
+    assert sqlite.journal_end(conn) > upto
     conn.close()
 
 
@@ -186,7 +187,7 @@ def test_parts_add_up_to_the_whole_to_the_fen(traffic, parts, loaded):
     for column in ("debit_fen", "debit_count"):
         total = sum(int(part.state.terminals[column].sum()) for part in loaded.values())
         assert total == int(whole.terminals[column].sum()) > 0, column
-    src = sqlite3.connect(traffic.world.data_dir / store.DB_NAME)
+    src = sqlite3.connect(traffic.world.data_dir / sqlite.DB_NAME)
     for table, field in (("filings", "filings"), ("disbursements", "disbursements")):
         (rows,) = src.execute(f"SELECT count(*) FROM {table}").fetchone()
         assert sum(getattr(s, field) for s in summaries) == rows > 0, table
@@ -204,7 +205,7 @@ def test_every_card_of_a_part_is_of_an_owned_province(loaded):
 
 
 def _holder_row(data_dir: Path, keys, idx: int) -> tuple[bytes, str, str, str]:
-    conn = sqlite3.connect(data_dir / store.DB_NAME)
+    conn = sqlite3.connect(data_dir / sqlite.DB_NAME)
     row = conn.execute("SELECT pan_hmac, holder_name, id_number, bank FROM cards WHERE idx = ?",
                        (idx,)).fetchone()
     conn.close()

@@ -31,7 +31,7 @@ from onecard.core.state import (
 )
 from onecard.protocols import forward, native
 from onecard.protocols.journal import FLAGS
-from onecard.switch import loader
+from onecard.switch.store import loader
 from onecard.switch.terminals import read_terminals
 
 from conftest import AdminClient

@@ -23,7 +23,7 @@ from onecard.core.state import (
     TERM_VERIFIER,
 )
 from onecard.protocols import native
-from onecard.switch import loader, snapshots
+from onecard.switch.store import loader, snapshots
 
 from termsim import IsoTerminal, NativeTerminal
 

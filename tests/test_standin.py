@@ -359,7 +359,7 @@ def test_other_regions_deny_listed_cards_reach_the_gates_deny_list_sync(world):
     leaves the foreign one listed), the owner's publisher never sends it back, and replay
     gives the same deny log and foreign tables."""
     from onecard.core import operations
-    from onecard.switch import loader
+    from onecard.switch.store import loader
 
     a, st = world.engine.authoriser, world.state
     bus = world.native(TERM_BUS_READER)
@@ -513,7 +513,8 @@ def test_a_card_numbers_province_finds_its_catalogue_index(demo_dir):
     import sqlite3
 
     from onecard.core.forward import NO_PROVINCE, province_index
-    from onecard.switch import catalogue, loader
+    from onecard.switch import catalogue
+    from onecard.switch.store import loader
 
     conn = sqlite3.connect(f"file:{demo_dir / 'onecard.db'}?mode=ro", uri=True)
     codes = catalogue.provinces(conn)

@@ -10,15 +10,15 @@ import pytest
 
 from onecard.core.commit import GroupCommitter
 from onecard.core.journal import RECORD_DTYPE, Journal
-from onecard.switch import store
-from onecard.switch.snapshots import Checkpointer
+from onecard.switch.store import sqlite
+from onecard.switch.store.snapshots import Checkpointer
 
 
 @pytest.fixture
 def db(tmp_path):
     path = tmp_path / "onecard.db"
-    conn = store.connect(path)
-    store.create_schema(conn)
+    conn = sqlite.connect(path)
+    sqlite.create_schema(conn)
     conn.close()
     return path
 
@@ -41,7 +41,7 @@ def test_group_committer_writes_numbered_rows_and_signals(db, world):
     thread.join(10)
     assert committer.durable_no == 10 and committer.failure() is None
     conn = sqlite3.connect(db)
-    recs, nos = store.journal_records(conn)
+    recs, nos = sqlite.journal_records(conn)
     assert list(nos) == list(range(10)) and recs.dtype == RECORD_DTYPE
     assert int(np.sum(recs["amount_fen"])) == 900
     os.close(efd)
@@ -65,7 +65,7 @@ def test_committer_reports_a_failed_commit(db, world):
 
 
 def test_wal_is_checkpointed_in_the_background_once_large(db, tmp_path):
-    conn = store.connect(db)
+    conn = sqlite.connect(db)
     conn.execute("PRAGMA wal_autocheckpoint=0")
     blob = bytes(64 * 1024)
     for i in range(40):                                 # ~2.6 MB of WAL
@@ -85,7 +85,7 @@ def test_wal_is_checkpointed_in_the_background_once_large(db, tmp_path):
 
 
 def test_small_wal_is_left_alone(db, tmp_path):
-    conn = store.connect(db)
+    conn = sqlite.connect(db)
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("INSERT INTO journal (first_no, n, ts_us, records, format) "
                  "VALUES (0, 1, 0, x'00', 2)")
@@ -131,7 +131,7 @@ def test_wal_is_started_over_under_steady_commits(db, tmp_path, world):
     assert commits == 3000 and committer.failure() is None
     assert committer.wal_restarts >= 1 and committer.catch_ups >= 1
     assert wal.stat().st_size < 4 << 20
-    recs, nos = store.journal_records(sqlite3.connect(db))
+    recs, nos = sqlite.journal_records(sqlite3.connect(db))
     assert list(nos) == list(range(committer.durable_no))
     assert int(np.sum(recs["amount_fen"])) == 3000
     os.close(efd)

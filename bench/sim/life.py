@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from onecard.protocols import native
-from onecard.switch import loader, store
+from onecard.switch.store import loader, sqlite
 
 from . import checks
 from .node import Held, Node
@@ -212,7 +212,7 @@ class Lifecycle:
         self.summary.restarts += 1
         self.disk_full_steps = self.slow_steps = 0
         self.node = Node(data_dir, map_entries_max=self.map_entries_max, now_us=self.now_us)
-        got = b"".join(blob for _, blob in store.journal_rows(self.node.conn))
+        got = b"".join(blob for _, blob in sqlite.journal_rows(self.node.conn))
         want = b"".join(blob for _, blob in self.durable_rows)
         self.summary.checks["recovered journal = durable prefix"] += 1
         if got != want:

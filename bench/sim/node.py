@@ -24,10 +24,10 @@ import numpy as np
 from onecard.core.engine import Engine
 from onecard.core.journal import FORMAT
 from onecard.protocols import journal_codec
-from onecard.switch import loader, snapshots, store
 from onecard.switch.errors import CommitFailed
+from onecard.switch.store import loader, snapshots, sqlite
 
-# The statement core/commit.pyx prepares (its row format is store.py's).
+# The statement core/commit.pyx prepares (its row format is sqlite.py's).
 JOURNAL_INSERT = (f"INSERT INTO journal (first_no, n, ts_us, records, format, day, kinds) "
                   f"VALUES (?, ?, ?, ?, {FORMAT}, ?, ?)")
 RECORD_BYTES = 80
@@ -65,10 +65,10 @@ class Node:
 
     def __init__(self, data_dir: Path, *, map_entries_max: int, now_us: int) -> None:
         self.data_dir = Path(data_dir)
-        self.db_path = store.db_path(self.data_dir)
+        self.db_path = sqlite.db_path(self.data_dir)
         # Opened before loading, read-write, as the switch's committer is: SQLite recovers a
         # WAL left by a crash on the first such open.
-        self.conn = store.connect(self.db_path)
+        self.conn = sqlite.connect(self.db_path)
         self.conn.execute("PRAGMA wal_autocheckpoint=0")     # as core/commit.pyx runs
         self.loaded = loader.load(self.data_dir, map_entries_max=map_entries_max)
         self.state = self.loaded.state
@@ -199,7 +199,7 @@ class Node:
             else:
                 shutil.copyfile(item, image_dir / item.name)
         if wal_bytes is not None:
-            with open(image_dir / f"{store.DB_NAME}-wal", "r+b") as f:
+            with open(image_dir / f"{sqlite.DB_NAME}-wal", "r+b") as f:
                 f.truncate(wal_bytes)
         self.close()
 

@@ -19,7 +19,8 @@ from unittest import mock
 import numpy as np
 
 from onecard.core import crypto
-from onecard.switch import catalogue, demo, loader, store
+from onecard.switch import catalogue, demo
+from onecard.switch.store import loader, sqlite
 from onecard.switch.terminals import read_terminals
 
 from . import checks, faults
@@ -116,7 +117,7 @@ class Simulator(Lifecycle):
         infos = pick_terminals(read_terminals(self.base_dir))
         self.links = make_links(infos)
         self.link_by_tid = {link.tid: link for link in self.links}
-        conn = store.connect(store.db_path(self.base_dir), readonly=True)
+        conn = sqlite.connect(sqlite.db_path(self.base_dir), readonly=True)
         try:
             codes = np.array(catalogue.provinces(conn))       # province index -> code
         finally:

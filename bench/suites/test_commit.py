@@ -11,15 +11,15 @@ import time
 from onecard.core.commit import GroupCommitter
 from onecard.core.engine import ISO8583
 from onecard.core.journal import unpack
-from onecard.switch import store
+from onecard.switch.store import sqlite
 
 from .support import record
 
 
 def _db(tmp_path):
     path = tmp_path / "bench.db"
-    conn = store.connect(path)
-    store.create_schema(conn)
+    conn = sqlite.connect(path)
+    sqlite.create_schema(conn)
     conn.close()
     return path
 
@@ -55,7 +55,7 @@ def test_group_commit_onecard(benchmark, iso_source, tmp_path, n):
 
 def test_group_commit_sqlite_rows(benchmark, iso_source, tmp_path, n):
     engine = iso_source.engine
-    conn = store.connect(_db(tmp_path))
+    conn = sqlite.connect(_db(tmp_path))
     conn.execute("CREATE TABLE rows (no, ts_us, terminal, seq, card, amount, balance, rc)")
 
     def setup():

@@ -20,9 +20,9 @@ import numpy as np
 from onecard.core.state import KIND_CREDIT
 from onecard.protocols import journal_codec
 from onecard.protocols.codes import CODES
-from onecard.switch import backend, store
-from onecard.switch.security.encrypt_store import mask
 from onecard.switch.security.keystore import DataKeys
+from onecard.switch.store import backend, sqlite
+from onecard.switch.store.encrypt import mask
 
 RESULTS = {"00": "credited", "14": "unknown or cancelled card", "13": "invalid amount",
            "94": "already paid for this programme and period", "96": "system error"}
@@ -106,7 +106,7 @@ def sync_from_journal(conn: sqlite3.Connection, keys: DataKeys, card_pans: np.nd
     """Rows for credits in the journal that the table lacks; returns how many were added."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (SYNC_KEY,)).fetchone()
     since = int(row[0]) if row else 0
-    recs, nos = store.journal_records(conn, since)
+    recs, nos = sqlite.journal_records(conn, since)
     kind = recs["kind"] == KIND_CREDIT
     credits = journal_codec.view(recs[kind], "credit")
     paid = credits["programme"] > 0                 # 0: an operator's top-up

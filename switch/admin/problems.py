@@ -16,8 +16,8 @@ from onecard.switch.catalogue import ApplicationExists, CatalogueError, NoApplic
 from onecard.switch.clearing.reader import DateError, FutureDate
 from onecard.switch.clearing.worker import WorkerFailed
 from onecard.switch.errors import AdminError, ClearingError, OnecardError, StoreError
-from onecard.switch.pg.connect import driver_errors, one_line
 from onecard.switch.region.catalogues import CatalogueConflict
+from onecard.switch.store.pg.connect import driver_errors, one_line
 
 log = logging.getLogger("onecard.admin")
 PROBLEM: Final = "application/problem+json"

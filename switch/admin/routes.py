@@ -29,14 +29,14 @@ from onecard.core.state import (
 from onecard.protocols.cards import luhn_digit
 from onecard.protocols.codes import CODES
 from onecard.protocols.enums import CARD_STATUS, FUNCTION
-from onecard.switch import backend, catalogue, logs
+from onecard.switch import catalogue, logs
 from onecard.switch.admin import disbursements, schema
 from onecard.switch.admin.guard import FailureLimiter
 from onecard.switch.admin.operators import Operator, Operators
 from onecard.switch.admin.problems import Problem, problem_response
 from onecard.switch.admin.schema import Body
-from onecard.switch.security import encrypt_store
 from onecard.switch.server import Switch
+from onecard.switch.store import backend, encrypt
 
 log = logging.getLogger("onecard.admin")
 PUBLISHED_CACHE_ENTRIES = 1024          # distinct filter combinations kept
@@ -47,7 +47,7 @@ STATUS_NAMES = CARD_STATUS.name_of
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-mask = encrypt_store.mask
+mask = encrypt.mask
 
 
 Handler = Callable[[web.Request, Operator], Awaitable[web.Response]]
@@ -314,7 +314,7 @@ class AdminApi:
         name, ident, bank = ("", "", "") if old is None else (
             keys.open_text("cards", "holder_name", old_idx, old[0]),
             keys.open_text("cards", "id_number", old_idx, old[1]), old[2])
-        self.db.execute("INSERT INTO cards VALUES (?,?,?,?,?,?,?,?)", encrypt_store.card_row(
+        self.db.execute("INSERT INTO cards VALUES (?,?,?,?,?,?,?,?)", encrypt.card_row(
             keys, new_idx, new_pan, account, name, ident, bank,
             "electronic" if electronic else "chip"))
 

@@ -14,8 +14,6 @@ import msgspec
 import numpy as np
 
 from onecard.protocols import clearing
-from onecard.switch import loader, store
-from onecard.switch.backend import is_postgresql
 from onecard.switch.clearing import exceptions, files, hub, medical, reader
 from onecard.switch.clearing.positions import (
     ClearingError,
@@ -30,6 +28,8 @@ from onecard.switch.clearing.positions import (
 from onecard.switch.clearing.reader import DateError, registry, settlement_date
 from onecard.switch.clearing.reader import FutureDate as FutureDate
 from onecard.switch.clearing.reader import current_date as current_date
+from onecard.switch.store import loader, sqlite
+from onecard.switch.store.backend import is_postgresql
 
 
 def read_store(data_dir: str | Path, card_pan: np.ndarray, card_region: np.ndarray,
@@ -39,8 +39,8 @@ def read_store(data_dir: str | Path, card_pan: np.ndarray, card_region: np.ndarr
     own and their context: reader.read_dates), from the data set's SQLite store, or with
     ``dsn`` from its PostgreSQL store. Only those dates' rows are read (the day index)."""
     if dsn:
-        from onecard.switch.pg.db import open_db
-        from onecard.switch.pg.journal import rows_of_days
+        from onecard.switch.store.pg.db import open_db
+        from onecard.switch.store.pg.journal import rows_of_days
 
         db = open_db(dsn)
         try:
@@ -49,10 +49,10 @@ def read_store(data_dir: str | Path, card_pan: np.ndarray, card_region: np.ndarr
                                        last, cutover))
         finally:
             db.close()
-    conn = store.connect(store.db_path(data_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
     try:
         return (registry(conn, card_pan, card_region),
-                *reader.read_dates(lambda a, b, k: store.rows_of_days(conn, a, b, k), first,
+                *reader.read_dates(lambda a, b, k: sqlite.rows_of_days(conn, a, b, k), first,
                                    last, cutover))
     finally:
         conn.close()

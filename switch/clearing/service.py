@@ -26,9 +26,9 @@ import numpy as np
 
 from onecard.protocols import clearing
 from onecard.switch import logs
-from onecard.switch.backend import is_postgresql
 from onecard.switch.clearing import exceptions, files, worker
 from onecard.switch.clearing.positions import ClearingError, Day
+from onecard.switch.store.backend import is_postgresql
 
 if TYPE_CHECKING:
     from onecard.switch.server import Switch

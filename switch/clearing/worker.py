@@ -29,10 +29,10 @@ import numpy as np
 
 from onecard.protocols import clearing
 from onecard.protocols.journal import NONE
-from onecard.switch import store
 from onecard.switch.clearing import exceptions, files, reader
 from onecard.switch.clearing.positions import ClearingError, Day, legs, summarise
 from onecard.switch.clearing.reader import registry
+from onecard.switch.store import sqlite
 
 CARDS_PER_ASK: Final = 65_536           # per round trip: well under a millisecond of the loop
 
@@ -107,13 +107,13 @@ def _renumber(asking: _Asking,
 def _rows(job: Job):
     """(rows_of_days, registry source, closer) for the job's store."""
     if job.dsn:
-        from onecard.switch.pg.db import open_db
-        from onecard.switch.pg.journal import rows_of_days
+        from onecard.switch.store.pg.db import open_db
+        from onecard.switch.store.pg.journal import rows_of_days
 
         db = open_db(job.dsn)
         return (lambda a, b, k: rows_of_days(db.pg, a, b, k)), db, db.close
-    conn = store.connect(store.db_path(job.data_dir), readonly=True)
-    return (lambda a, b, k: store.rows_of_days(conn, a, b, k)), conn, conn.close
+    conn = sqlite.connect(sqlite.db_path(job.data_dir), readonly=True)
+    return (lambda a, b, k: sqlite.rows_of_days(conn, a, b, k)), conn, conn.close
 
 
 def clear(asking: _Asking, job: Job) -> Outcome:

@@ -36,8 +36,8 @@ def _store(cluster_dsn: str) -> str:
 
 def _fill(data_dir: Path, dsn: str, cards: int) -> None:
     from onecard.switch import demo
-    from onecard.switch.pg.connect import connect
-    from onecard.switch.pg.importer import import_data_set
+    from onecard.switch.store.pg.connect import connect
+    from onecard.switch.store.pg.importer import import_data_set
 
     demo.generate(data_dir, cards=cards)
     pg = connect(dsn)

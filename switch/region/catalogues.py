@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from onecard.switch import backend, catalogue
+from onecard.switch import catalogue
 from onecard.switch.errors import RegionError
+from onecard.switch.store import backend
 
 if TYPE_CHECKING:
     from onecard.switch.region.link import RegionLink

@@ -79,13 +79,13 @@ def run(args: argparse.Namespace, config_of: Callable[[argparse.Namespace], Conf
 def run_split(args: argparse.Namespace, config: Config, lock: Lock) -> int:
     """Split the data set under the source's lock (no switch may serve it meanwhile). A
     split that cannot be made raises SplitError: one line from ``cli.main``, exit status 2."""
-    from onecard.switch import store
     from onecard.switch.region.split import split_data_set
+    from onecard.switch.store import sqlite
 
     src = Path(config.data_dir)
     owns = parse_owns(args.owns)
-    if not store.db_path(src).exists():        # the lock would create the directory
-        raise NoDataSet(f"no data set in {src} ({store.DB_NAME} not found)")
+    if not sqlite.db_path(src).exists():        # the lock would create the directory
+        raise NoDataSet(f"no data set in {src} ({sqlite.DB_NAME} not found)")
     held = lock(src)
     try:
         summary = split_data_set(src, args.to, owns,

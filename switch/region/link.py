@@ -236,22 +236,22 @@ class RegionLink:
         (FORWARDED: advices; CARD_ADMIN: blocked cards), the terminals' ids, and the owner of
         a province now."""
         from onecard.protocols.journal_codec import decode
-        from onecard.switch import backend, store
+        from onecard.switch.store import backend, sqlite
 
         sw = self.switch
         upto = sw.loaded.snapshot_upto
         if backend.is_postgresql(sw.config):
-            from onecard.switch.pg import journal as pg_journal
+            from onecard.switch.store.pg import journal as pg_journal
 
             db = backend.open_db(sw.config)
             try:
-                recs, nos = store.records_of(pg_journal.journal_rows(db.pg, upto), upto)
+                recs, nos = sqlite.records_of(pg_journal.journal_rows(db.pg, upto), upto)
             finally:
                 db.close()
         else:
-            conn = store.connect(store.db_path(sw.data_dir), readonly=True)
+            conn = sqlite.connect(sqlite.db_path(sw.data_dir), readonly=True)
             try:
-                recs, nos = store.journal_records(conn, upto)
+                recs, nos = sqlite.journal_records(conn, upto)
             finally:
                 conn.close()
         tids = sw.state.terminals["tid"]          # as the core keys them

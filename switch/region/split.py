@@ -78,11 +78,11 @@ from onecard.core.state import (
     FN_ECARD,
     State,
 )
-from onecard.switch import loader, snapshots, store
 from onecard.switch.admin.disbursements import SYNC_KEY, sync_from_journal
 from onecard.switch.errors import NoDataSet, RegionError
-from onecard.switch.security import encrypt_store, holders_file, keystore, modes
+from onecard.switch.security import holders_file, keystore, modes
 from onecard.switch.security.keystore import DataKeys
+from onecard.switch.store import encrypt, loader, snapshots, sqlite
 
 Progress = Callable[[str], None]
 
@@ -179,7 +179,7 @@ def plan_split(cards: np.ndarray, account_provinces: np.ndarray,
     both = np.flatnonzero(mine & theirs)
     if len(both):
         example = np.flatnonzero(account == both[0])
-        masked = ", ".join(encrypt_store.mask(int(cards["pan"][i])) for i in example[:4])
+        masked = ", ".join(encrypt.mask(int(cards["pan"][i])) for i in example[:4])
         raise SplitError(f"{len(both):,} accounts have cards of owned and of other provinces "
                          f"(account {int(both[0])}: cards {masked}); an account cannot be "
                          "split: move its cards to one province first")
@@ -227,9 +227,9 @@ def split_data_set(src: str | Path, dst: str | Path, owns: Iterable[int], *,
     serve src meanwhile (the caller holds its lock)."""
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
-    if not store.db_path(src).exists():
-        raise NoDataSet(f"no data set at {store.db_path(src)}")
-    conn = store.connect(store.db_path(src), readonly=True)
+    if not sqlite.db_path(src).exists():
+        raise NoDataSet(f"no data set at {sqlite.db_path(src)}")
+    conn = sqlite.connect(sqlite.db_path(src), readonly=True)
     try:
         owned = _check_owns(owns, [p for (p,) in conn.execute(
             "SELECT DISTINCT province FROM regions ORDER BY province")])
@@ -237,7 +237,7 @@ def split_data_set(src: str | Path, dst: str | Path, owns: Iterable[int], *,
         conn.close()
     progress(f"onecard region split: loading {src}/ (checkpoint and journal)")
     loaded = loader.load(src, ring_size=ring_size, kek_file=kek_file)
-    conn = store.connect(store.db_path(src))
+    conn = sqlite.connect(sqlite.db_path(src))
     try:
         source = _Source(src, conn, loaded.state, loaded.keys, np.array(
             [p for (p,) in conn.execute("SELECT province FROM regions ORDER BY idx")],
@@ -329,9 +329,9 @@ def _write_store(source: _Source, dst: Path, plan: Plan, owned: tuple[int, ...],
                  kek_where: str, progress: Progress) -> dict[str, int]:
     """The part's database in one transaction; how many filings and disbursement rows."""
     conn = source.conn
-    out = store.connect(store.db_path(dst))
+    out = sqlite.connect(sqlite.db_path(dst))
     try:
-        store.create_schema(out)
+        sqlite.create_schema(out)
         out.execute("BEGIN")
         _meta(conn, out, source.path, owned, kek_where)
         for table in VERBATIM_TABLES:
@@ -395,9 +395,9 @@ def _copy_cards(source: _Source, out: sqlite3.Connection, plan: Plan,
                 continue
             pan = keys.open_text("cards", "pan", idx, pan_enc)
             if int(pan) != int(pans[idx]) or account != int(accounts[idx]):
-                raise SplitError(f"cards row {idx} ({encrypt_store.mask(pan)}) disagrees "
+                raise SplitError(f"cards row {idx} ({encrypt.mask(pan)}) disagrees "
                                  "with the checkpoint: the data set is damaged")
-            batch.append(encrypt_store.card_row(
+            batch.append(encrypt.card_row(
                 keys, new, pan, int(plan.account_map[account]),
                 keys.open_text("cards", "holder_name", idx, name),
                 keys.open_text("cards", "id_number", idx, ident), bank, kind))
@@ -425,7 +425,7 @@ def _remade_row(source: _Source, plan: Plan, new: int) -> tuple:
     else:
         (name, ident), bank = state.holder_of(account), ""
     kind = "electronic" if int(card["functions"]) & FN_ECARD else "chip"
-    return encrypt_store.card_row(keys, new, int(card["pan"]),
+    return encrypt.card_row(keys, new, int(card["pan"]),
                                   int(plan.account_map[account]), name, ident, bank, kind)
 
 

@@ -11,9 +11,9 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from onecard.switch import store
 from onecard.switch.errors import DataDirBusy
 from onecard.switch.security import keystore
+from onecard.switch.store import sqlite
 
 
 def add_arguments(sub, common) -> None:
@@ -35,12 +35,12 @@ def run(args: argparse.Namespace, config, lock) -> int:
 
 
 def _rotate_dek(config, lock) -> int:
-    from onecard.switch.security import rotate_dek
+    from onecard.switch.store import rotate_dek
 
     data_dir = Path(config.data_dir)
     kek_file = config.security.kek_file or None
     if config.store.backend != "sqlite":
-        from onecard.switch.pg import rotate as pg_rotate
+        from onecard.switch.store.pg import rotate as pg_rotate
 
         try:
             done = pg_rotate.rotate(config.store.dsn, data_dir, kek_file)
@@ -84,7 +84,7 @@ def _rotate_kek(args: argparse.Namespace, config, lock) -> int:
         print(f"onecard keys: {exc}", file=sys.stderr)
         return 2
     try:
-        conn = store.connect(store.db_path(data_dir))
+        conn = sqlite.connect(sqlite.db_path(data_dir))
         try:
             keystore.rewrap(conn, data_dir, new_kek, str(new_path),
                             config.security.kek_file or None)

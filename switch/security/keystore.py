@@ -18,7 +18,7 @@ under the DEK:
 - a 16-byte double-length 3DES key derived with HKDF: the journal's CARD_ADMIN card numbers (a
   64-bit block fits the record's 8-byte field; ``protocols/journal.py``).
 
-The DEK can be replaced (``onecard keys rotate-dek``, ``security/rotate_dek.py``): everything
+The DEK can be replaced (``onecard keys rotate-dek``, ``switch/store/rotate_dek.py``): everything
 sealed under it is sealed again under a new one, and the card-number index recomputed. Journal
 records are never rewritten, so the journal keys of earlier DEKs stay, each wrapped under the
 KEK in ``meta`` (``journal_key_<generation>``: the first record number it enciphered and the
@@ -369,9 +369,9 @@ def _open_keys(meta: dict[str, str], kek: bytes, data_dir: str | Path) -> DataKe
 
 def for_data_dir(data_dir: str | Path, configured: str | None = None) -> DataKeys:
     """The keys of a data set on disk (tools, terminal simulators, tests)."""
-    from onecard.switch import store
+    from onecard.switch.store import sqlite
 
-    conn = store.connect(store.db_path(data_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
     try:
         return open_data_set(conn, data_dir, configured)
     finally:

@@ -39,7 +39,7 @@ from onecard.core.commit import LATENCY_BOUNDS_US, SIZE_BOUNDS
 from onecard.core.journal import FORMAT, Journal
 from onecard.protocols.journal_codec import RECORD_DTYPE, day_runs, row_index
 from onecard.switch.errors import CommitFailed
-from onecard.switch.pg.connect import APPLICATION_NAME, CONNECT_TIMEOUT_S, one_line
+from onecard.switch.store.pg.connect import APPLICATION_NAME, CONNECT_TIMEOUT_S, one_line
 
 if TYPE_CHECKING:
     import psycopg

@@ -38,10 +38,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from onecard.switch import snapshots, store
 from onecard.switch.errors import NoDataSet
-from onecard.switch.security import encrypt_store, holders_file, keystore, sealed_files
+from onecard.switch.security import holders_file, keystore, sealed_files
 from onecard.switch.security.keystore import DataKeys, KekError
+from onecard.switch.store import encrypt, snapshots, sqlite
 
 HOLDERS_FILE = "holders.bin"            # loader.HOLDERS_FILE (the loader imports this module)
 STAGED = re.compile(r"^(?P<name>.+)\.dek(?P<generation>\d+)$")
@@ -85,7 +85,7 @@ def _staged_files(data_dir: Path) -> Iterator[tuple[Path, Path, int]]:
 
 def current_generation(data_dir: str | Path) -> int:
     """The generation of the data set's current DEK, from its database (no key needed)."""
-    conn = store.connect(store.db_path(data_dir), readonly=True)
+    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'dek_generation'").fetchone()
     finally:
@@ -103,7 +103,7 @@ def finish_pending(data_dir: str | Path, generation: int | None = None, *,
     commit; only the rotation itself, holding the lock, deletes them
     (``drop_uncommitted``)."""
     data_dir = Path(data_dir)
-    if not store.db_path(data_dir).exists():
+    if not sqlite.db_path(data_dir).exists():
         return 0
     if generation is None:
         generation = current_generation(data_dir)
@@ -302,23 +302,23 @@ def rotate(data_dir: str | Path, kek_file: str | None = None) -> Rotated:
     """Rotate the DEK of the SQLite data set in ``data_dir``; the caller holds its lock (no
     switch runs on it). KekError (RotationError) in one line when it cannot."""
     data_dir = Path(data_dir)
-    path = store.db_path(data_dir)
+    path = sqlite.db_path(data_dir)
     if not path.exists():
         raise NoDataSet(f"no data set at {path}")
-    conn = store.connect(path)
+    conn = sqlite.connect(path)
     try:
-        found = store.schema_version(conn)
-        if found != store.SCHEMA_VERSION:
+        found = sqlite.schema_version(conn)
+        if found != sqlite.SCHEMA_VERSION:
             raise RotationError(f"{path}: store schema {found or 'none'}, this build needs "
-                                f"{store.SCHEMA_VERSION}: start this build's switch on it once")
+                                f"{sqlite.SCHEMA_VERSION}: start this build's switch on it once")
         kek, _ = keystore.checked_kek(conn, data_dir, kek_file)
         old = keystore.open_data_set(conn, data_dir, kek_file)
         finished = finish_pending(data_dir, old.generation, drop_uncommitted=True)
-        encrypt_store.seal_files(data_dir, old, HOLDERS_FILE)     # clear leftovers: sealed
+        encrypt.seal_files(data_dir, old, HOLDERS_FILE)     # clear leftovers: sealed
         _drop_unfinished_checkpoints(data_dir)
         missing = unindexed_cards(conn, lambda: _state_pans(data_dir, kek_file))
         newest = snapshots.newest(data_dir)
-        from_no = max(store.journal_end(conn), newest[0] if newest else 0)
+        from_no = max(sqlite.journal_end(conn), newest[0] if newest else 0)
         new, meta = keystore.rotated(kek, old, from_no)
         try:
             files = _stage(data_dir, old, new)
@@ -351,6 +351,6 @@ def _commit(conn: sqlite3.Connection, old: DataKeys, new: DataKeys, meta: dict[s
 
 
 def _state_pans(data_dir: Path, kek_file: str | None):
-    from onecard.switch import loader
+    from onecard.switch.store import loader
 
     return loader.load(data_dir, kek_file=kek_file).state.cards["pan"].copy()

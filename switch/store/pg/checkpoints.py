@@ -6,7 +6,7 @@ imported file and a row written here are the same bytes and open the same way. A
 arrays go in in one transaction: any ``upto`` present is complete, and a reader needs no
 manifest. ``files`` holds the holders file the same way (its sealed bytes as they are).
 
-A checkpoint writes only its own horizon segment (switch/snapshots.py): the earlier ones its
+A checkpoint writes only its own horizon segment (switch/store/snapshots.py): the earlier ones its
 ``horizon_chain`` names stay in the table under their own upto (``horizon_rows``,
 ``horizon_rows_at``; or ``horizon_rows@UPTO`` under an imported checkpoint) while the newest
 checkpoints' chains name them, and ``latest`` hands them back as ``horizon_rows@UPTO``.
@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from onecard.switch.pg.connect import PgError
 from onecard.switch.security import sealed_files
-from onecard.switch.snapshots import NOT_WRITTEN, SEGMENT, carried_name, chain_of, label
+from onecard.switch.store.pg.connect import PgError
+from onecard.switch.store.snapshots import NOT_WRITTEN, SEGMENT, carried_name, chain_of, label
 
 if TYPE_CHECKING:
     import psycopg

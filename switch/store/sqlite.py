@@ -43,9 +43,9 @@ PythonStep = Callable[[sqlite3.Connection, "DataKeys"], None]
 
 
 def _encrypt_at_rest(conn: sqlite3.Connection, keys: DataKeys) -> None:
-    from onecard.switch.security import encrypt_store
+    from onecard.switch.store import encrypt
 
-    encrypt_store.migrate(conn, keys)
+    encrypt.migrate(conn, keys)
 
 
 def _index_days(conn: sqlite3.Connection) -> None:
@@ -79,7 +79,7 @@ MIGRATIONS: dict[int, tuple[str, ...] | PythonStep | ConnStep] = {
     # The journal's rows name their record format; rows written before it are format 1.
     3: ("ALTER TABLE journal ADD COLUMN format INTEGER NOT NULL DEFAULT 1",),
     # Data at rest: master keys wrapped, holders sealed, cards found by HMAC, journal card
-    # numbers enciphered (security/encrypt_store.py).
+    # numbers enciphered (security/encrypt.py).
     4: _encrypt_at_rest,
     # The journal indexed by day, for clearing to read a date's rows only (issue 28).
     5: ConnStep(_index_days),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Final
 
-from onecard.switch.pg.connect import PgError
-from onecard.switch.pg.schema import FIRST_VERSION, MIGRATIONS, SCHEMA_VERSION
+from onecard.switch.store.pg.connect import PgError
+from onecard.switch.store.pg.schema import FIRST_VERSION, MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     import psycopg

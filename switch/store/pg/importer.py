@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from onecard.switch import snapshots, store
-from onecard.switch.loader import HOLDERS_FILE
-from onecard.switch.pg.connect import PgError
-from onecard.switch.pg.migrate import LOCK_KEY, migrate, require_current
-from onecard.switch.pg.schema import FILE_TABLES, LEASE_TABLE, SCHEMA_VERSION, TABLES
-from onecard.switch.security import holders_file, rotate_dek
+from onecard.switch.security import holders_file
+from onecard.switch.store import rotate_dek, snapshots, sqlite
+from onecard.switch.store.loader import HOLDERS_FILE
+from onecard.switch.store.pg.connect import PgError
+from onecard.switch.store.pg.migrate import LOCK_KEY, migrate, require_current
+from onecard.switch.store.pg.schema import FILE_TABLES, LEASE_TABLE, SCHEMA_VERSION, TABLES
 
 if TYPE_CHECKING:
     import psycopg
@@ -74,13 +74,13 @@ def journal_digest(rows: Iterable[tuple[int, int, int, bytes, int]]) -> tuple[st
 
 
 def _source(data_dir: Path) -> sqlite3.Connection:
-    path = store.db_path(data_dir)
+    path = sqlite.db_path(data_dir)
     if not path.exists():
         raise PgError(f"{data_dir}: no data set ({path.name} not found)")
-    conn = store.connect(path, readonly=True)
+    conn = sqlite.connect(path, readonly=True)
     conn.isolation_level = None
     conn.execute("BEGIN")                 # one snapshot for every table
-    found = store.schema_version(conn)
+    found = sqlite.schema_version(conn)
     if found != SCHEMA_VERSION:
         conn.close()
         raise PgError(f"{path}: store schema {found or 'none'}, the import reads "
@@ -97,8 +97,8 @@ def _source(data_dir: Path) -> sqlite3.Connection:
 def read_sealed_files(data_dir: Path) -> SealedFiles:
     """The newest checkpoint's arrays and the holders file, as their files hold them;
     PgError in one line when there is no checkpoint or a file is not sealed yet."""
-    if not store.db_path(data_dir).exists():
-        raise PgError(f"{data_dir}: no data set ({store.DB_NAME} not found)")
+    if not sqlite.db_path(data_dir).exists():
+        raise PgError(f"{data_dir}: no data set ({sqlite.DB_NAME} not found)")
     # A data-key rotation stopped after its commit: its files, under the key the data set's
     # meta names, are put in place before they are copied.
     rotate_dek.finish_pending(data_dir)

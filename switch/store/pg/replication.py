@@ -52,7 +52,7 @@ class ReplicationMonitor(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
+        from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line
 
         pg = None
         while not self._stopping.is_set():

@@ -1,6 +1,6 @@
 """Which store a switch reads and writes its tables in: the embedded SQLite database in
 data_dir, or PostgreSQL at ``[store] dsn`` (``config.store.backend``). Both answer the same
-``sqlite3``-style calls (``switch/pg/db.py``), so the admin API and the loader's queries are
+``sqlite3``-style calls (``switch/store/pg/db.py``), so the admin API and the loader's queries are
 written once."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from onecard.switch import store
+from onecard.switch.store import sqlite
 
 if TYPE_CHECKING:
     from onecard.switch.config import Config
-    from onecard.switch.pg.db import Db
+    from onecard.switch.store.pg.db import Db
 
 
 def is_postgresql(config: Config) -> bool:
@@ -28,10 +28,10 @@ def open_db(config: Config, *, synchronous: str | None = None,
     durability is the server's (synchronous_commit), and its writes are fenced at the
     switch's lease epoch when ``fence_epoch`` is given."""
     if is_postgresql(config):
-        from onecard.switch.pg.db import open_db as open_pg
+        from onecard.switch.store.pg.db import open_db as open_pg
 
         return open_pg(config.store.dsn, fence_epoch)
-    return store.connect(store.db_path(config.data_dir),
+    return sqlite.connect(sqlite.db_path(config.data_dir),
                          synchronous=synchronous or config.store.synchronous)
 
 

@@ -1,4 +1,4 @@
-"""``onecard keys rotate-dek`` on the PostgreSQL store (``security/rotate_dek.py`` says what a
+"""``onecard keys rotate-dek`` on the PostgreSQL store (``switch/store/rotate_dek.py`` says what a
 rotation does and why).
 
 Here everything is in the store, so the whole rotation is one PostgreSQL transaction: the
@@ -18,13 +18,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onecard.switch.pg.checkpoints import read_file
-from onecard.switch.pg.connect import APPLICATION_NAME, PgError, connect, driver_errors, one_line
-from onecard.switch.pg.journal import journal_end
-from onecard.switch.security import keystore, rotate_dek, sealed_files
+from onecard.switch.security import keystore, sealed_files
 from onecard.switch.security.keystore import DataKeys
-from onecard.switch.security.rotate_dek import Rotated, RotationError
-from onecard.switch.snapshots import label
+from onecard.switch.store import rotate_dek
+from onecard.switch.store.pg.checkpoints import read_file
+from onecard.switch.store.pg.connect import (
+    APPLICATION_NAME,
+    PgError,
+    connect,
+    driver_errors,
+    one_line,
+)
+from onecard.switch.store.pg.journal import journal_end
+from onecard.switch.store.rotate_dek import Rotated, RotationError
+from onecard.switch.store.snapshots import label
 
 if TYPE_CHECKING:
     import psycopg
@@ -36,8 +43,8 @@ def rotate(dsn: str, data_dir: str | Path, kek_file: str | None = None) -> Rotat
     """Rotate the DEK of the data set in the PostgreSQL store at ``dsn`` (``data_dir`` only
     locates the KEK, as for a start). KekError (RotationError, or PgError's line) when it
     cannot."""
-    from onecard.switch.pg.db import Db
-    from onecard.switch.pg.migrate import require_current
+    from onecard.switch.store.pg.db import Db
+    from onecard.switch.store.pg.migrate import require_current
 
     try:
         pg = connect(dsn, autocommit=True)
@@ -102,6 +109,6 @@ def _reseal_files(pg: psycopg.Connection, old: DataKeys, new: DataKeys) -> int:
 
 
 def _state_pans(dsn: str, data_dir: str | Path, kek_file: str | None):
-    from onecard.switch import loader
+    from onecard.switch.store import loader
 
     return loader.load(data_dir, kek_file=kek_file, dsn=dsn).state.cards["pan"].copy()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from onecard.switch.pg.journal import journal_end
-from onecard.switch.pg.migrate import schema_version
-from onecard.switch.pg.schema import FILE_TABLES, TABLES
+from onecard.switch.store.pg.journal import journal_end
+from onecard.switch.store.pg.migrate import schema_version
+from onecard.switch.store.pg.schema import FILE_TABLES, TABLES
 
 if TYPE_CHECKING:
     import psycopg

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from onecard.protocols.journal_codec import upgrade
-from onecard.switch.pg.connect import PgError
+from onecard.switch.store.pg.connect import PgError
 
 if TYPE_CHECKING:
     import psycopg

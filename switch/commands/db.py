@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onecard.switch.config import Config
-from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
+from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line
 
 ConfigOf = Callable[[argparse.Namespace], Config]
 
@@ -31,8 +31,8 @@ def _progress(table: str, done: int, total: int) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
-    from onecard.switch.pg.migrate import migrate
-    from onecard.switch.pg.schema import SCHEMA_VERSION
+    from onecard.switch.store.pg.migrate import migrate
+    from onecard.switch.store.pg.schema import SCHEMA_VERSION
 
     with connect(_dsn(args, config)) as pg:
         done = migrate(pg)
@@ -45,7 +45,7 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
-    from onecard.switch.pg.importer import import_data_set
+    from onecard.switch.store.pg.importer import import_data_set
 
     data_dir = Path(args.data_dir_pos or config.data_dir)
     started = time.perf_counter()
@@ -67,7 +67,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from onecard.switch.pg.status import read_status
+    from onecard.switch.store.pg.status import read_status
 
     with connect(_dsn(args, config)) as pg:
         status = read_status(pg)

@@ -6,7 +6,7 @@ are durable, so recovery = newest checkpoint + journal records from ``upto`` on.
 Files live beside the database rather than in it so that writing hundreds of megabytes never
 holds SQLite's write lock against group commits.
 With the PostgreSQL store the same sealed bytes go into its ``checkpoints`` table instead
-(``switch/pg/checkpoints.py``, ``Checkpointer(dsn=...)``), so that a switch starts from the
+(``switch/store/pg/checkpoints.py``, ``Checkpointer(dsn=...)``), so that a switch starts from the
 store alone.
 
 The idempotency horizon (core/horizon.pyx) is the one part that grows all day (tens of millions
@@ -46,7 +46,7 @@ from onecard.switch.security import modes, sealed_files
 from onecard.switch.security.keystore import DataKeys
 
 if TYPE_CHECKING:
-    from onecard.switch.pg.checkpoints import Fence
+    from onecard.switch.store.pg.checkpoints import Fence
 
 log = logging.getLogger("onecard.snapshots")
 
@@ -328,8 +328,8 @@ class Checkpointer(threading.Thread):
 
     def _publish_postgresql(self, pg, upto: int, arrays: dict[str, np.ndarray]):
         """Write one checkpoint; the connection to use next (None after a failure)."""
-        from onecard.switch.pg import checkpoints
-        from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
+        from onecard.switch.store.pg import checkpoints
+        from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line
 
         assert self._keys is not None, "checkpoints are written sealed: pass keys"
         began = time.monotonic()

@@ -1,7 +1,7 @@
 """Build the core's State from the store: reference tables, the catalogue, the newest
 checkpoint, and the journal records after it (recovery is the same code path as every start).
 The store is the SQLite data set in data_dir or, given a DSN, the PostgreSQL store; the same
-queries read both (``switch/pg/db.py``), and only where each keeps its checkpoints, holders
+queries read both (``switch/store/pg/db.py``), and only where each keeps its checkpoints, holders
 file and journal differs (``_sqlite_source``, ``_pg_source``).
 
 The data set's keys are opened first (a wrong or missing key-encryption key stops here with
@@ -37,20 +37,15 @@ from onecard.core.state import (
     State,
 )
 from onecard.protocols.clearing import CUTOVER_DEFAULT, cutover_minutes
-from onecard.switch import catalogue, snapshots, store, transit
+from onecard.switch import catalogue, transit
 from onecard.switch.errors import NoDataSet
 from onecard.switch.reference import GROUPS
-from onecard.switch.security import (
-    encrypt_store,
-    holders_file,
-    journal_generations,
-    keystore,
-    rotate_dek,
-)
+from onecard.switch.security import holders_file, journal_generations, keystore
 from onecard.switch.security.keystore import DataKeys
+from onecard.switch.store import encrypt, rotate_dek, snapshots, sqlite
 
 if TYPE_CHECKING:
-    from onecard.switch.pg.db import Db
+    from onecard.switch.store.pg.db import Db
 
 log = logging.getLogger("onecard.loader")
 
@@ -177,23 +172,23 @@ class _Source:
 def _sqlite_source(data_dir: str | Path, kek_file: str | None,
                    holder_cache_bytes: int) -> Iterator[_Source]:
     """The embedded store: migrated and its files sealed first (both only touch data_dir)."""
-    path = store.db_path(data_dir)
+    path = sqlite.db_path(data_dir)
     if not path.exists():
         raise NoDataSet(f"no data set at {path} (run: onecard demo-data)")
-    migrated = store.migrate(path, kek_file)
-    conn = store.connect(path, readonly=True)
+    migrated = sqlite.migrate(path, kek_file)
+    conn = sqlite.connect(path, readonly=True)
     try:
-        store.check_schema(conn, path)
+        sqlite.check_schema(conn, path)
         keys = keystore.open_data_set(conn, data_dir, kek_file)
         # A data-key rotation stopped after its commit: its files are put in place first.
         rotate_dek.finish_pending(data_dir, keys.generation)
-        encrypt_store.seal_files(Path(data_dir), keys, HOLDERS_FILE)
+        encrypt.seal_files(Path(data_dir), keys, HOLDERS_FILE)
         snap = snapshots.latest(data_dir, keys)
         if snap is None:
             raise NoDataSet(f"no checkpoint under {snapshots.snapshot_root(data_dir)}")
         yield _Source(conn, keys, *snap, holders(data_dir, keys, holder_cache_bytes),
-                      functools.partial(store.journal_rows, conn),
-                      functools.partial(store.journal_end, conn), migrated)
+                      functools.partial(sqlite.journal_rows, conn),
+                      functools.partial(sqlite.journal_end, conn), migrated)
     finally:
         conn.close()
 
@@ -205,10 +200,10 @@ def _pg_source(dsn: str, data_dir: str | Path, kek_file: str | None,
     another switch writes). It is migrated by ``onecard db migrate``, never by a start: a
     schema other than this build's stops here in one line. Only the key-encryption key is
     looked for by data_dir ($ONECARD_KEK, kek_file, ``<data_dir>.kek``)."""
-    from onecard.switch.pg import checkpoints, journal
-    from onecard.switch.pg.connect import connect
-    from onecard.switch.pg.db import Db
-    from onecard.switch.pg.migrate import require_current
+    from onecard.switch.store.pg import checkpoints, journal
+    from onecard.switch.store.pg.connect import connect
+    from onecard.switch.store.pg.db import Db
+    from onecard.switch.store.pg.migrate import require_current
 
     pg = connect(dsn, autocommit=True)
     try:

@@ -1,5 +1,5 @@
-"""The PostgreSQL schema: the SQLite store's (``switch/store.py`` SCHEMA, version 5, encrypted
-at rest) in PostgreSQL types, plus the fencing lease.
+"""The PostgreSQL schema: the SQLite store's (``switch/store/sqlite.py`` SCHEMA, version 5,
+encrypted at rest) in PostgreSQL types, plus the fencing lease.
 
 Versions follow the SQLite store's: a PostgreSQL database at version 5 holds exactly what a
 SQLite data set at version 5 holds, so ``onecard db import`` needs no translation, only a copy.

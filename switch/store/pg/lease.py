@@ -31,9 +31,9 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from onecard.switch.pg.connect import PgError, connect, driver_errors, one_line
-from onecard.switch.pg.journal import journal_end
-from onecard.switch.pg.migrate import require_current
+from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line
+from onecard.switch.store.pg.journal import journal_end
+from onecard.switch.store.pg.migrate import require_current
 
 if TYPE_CHECKING:
     import psycopg

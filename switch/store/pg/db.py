@@ -53,7 +53,7 @@ class Db:
         self._dsn = dsn         # given: reconnect after the connection was lost
         self._in_transaction = False
         # Given: every write (a transaction, or a lone INSERT/UPDATE/DELETE) first locks the
-        # lease at this epoch, as the journal's commits do (pg/lease.py), so a switch that
+        # lease at this epoch, as the journal's commits do (store/pg/lease.py), so a switch that
         # was taken over writes no reference row either.
         self._fence_epoch = fence_epoch
 
@@ -64,7 +64,7 @@ class Db:
         word = translate(sql).lstrip()[:8].upper()
         if (self._dsn and (self.pg.closed or self.pg.broken)
                 and (not self._in_transaction or word.startswith(("BEGIN", "ROLLBACK")))):
-            from onecard.switch.pg.connect import connect
+            from onecard.switch.store.pg.connect import connect
 
             self.pg.close()
             self.pg = connect(self._dsn, autocommit=True)
@@ -93,7 +93,7 @@ class Db:
             return pg.execute(translate(sql), tuple(params))
 
     def _fence(self, pg: psycopg.Connection) -> None:
-        from onecard.switch.pg.lease import fence
+        from onecard.switch.store.pg.lease import fence
 
         try:
             fence(self._fence_epoch)(pg)
@@ -122,6 +122,6 @@ class Db:
 def open_db(dsn: str, fence_epoch: int | None = None) -> Db:
     """A Db on its own autocommit connection (its writes fenced at fence_epoch, if given);
     PgError in one line if it cannot connect."""
-    from onecard.switch.pg.connect import connect
+    from onecard.switch.store.pg.connect import connect
 
     return Db(connect(dsn, autocommit=True), dsn, fence_epoch)
