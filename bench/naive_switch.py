@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from onecard.protocols.enums import MAC_ALGORITHM
 from onecard.protocols.iso8583_fields import pyiso8583_spec
-from onecard.switch.security import keystore
-from onecard.switch.store import snapshots
+from onecard.switch.store import dataset, snapshots
 from onecard.switch.terminals import read_terminals
 
 SPEC = pyiso8583_spec()
@@ -59,7 +58,7 @@ class NaiveSwitch:
     def __init__(self, data_dir: Path) -> None:
         self.terminals = {t.tid: t for t in read_terminals(data_dir)}
         self.keys: dict[str, bytes] = {}
-        _, arrays = snapshots.latest(data_dir, keystore.for_data_dir(data_dir))
+        _, arrays = snapshots.latest(data_dir, dataset.for_data_dir(data_dir))
         cards, accounts = arrays["cards"], arrays["accounts"]
         self.balances = {str(int(pan)): int(accounts["balance_fen"][acct])
                          for pan, acct in zip(cards["pan"], cards["account"], strict=True)}

@@ -42,7 +42,7 @@ from pathlib import Path
 from onecard.switch import __version__
 from onecard.switch.errors import EXIT_FAILED, EXIT_USAGE, DataSetError
 from onecard.switch.security import first_tokens, keystore, modes
-from onecard.switch.store import loader, rotate_dek, snapshots, sqlite
+from onecard.switch.store import loader, snapshots, sqlite, staged
 
 FORMAT = 1
 MANIFEST = "backup-manifest.json"
@@ -254,7 +254,7 @@ def backup(data_dir: str | Path, to: str | Path, *, kek_file: str | None = None,
     mac_key = _source_mac_key(data_dir, kek_file)      # before anything is written
     # A data-key rotation stopped after its commit: its files (under the key the database
     # names) put in place first, or the copy would pair them with the wrong key.
-    rotate_dek.finish_pending(data_dir)
+    staged.finish_pending(data_dir)
     modes.private_dir(to)
     try:
         upto, files = _copy_checkpoint(data_dir, to, out)

@@ -20,7 +20,7 @@ from onecard.protocols import native
 from onecard.protocols.enums import MAC_ALGORITHM, TERMINAL_KIND
 from onecard.switch.errors import NoDataSet
 from onecard.switch.security import keystore
-from onecard.switch.store import snapshots, sqlite
+from onecard.switch.store import dataset, snapshots, sqlite
 
 ALG_NAMES = MAC_ALGORITHM.name_of
 KIND_NAMES = TERMINAL_KIND.name_of
@@ -68,7 +68,7 @@ def usable_cards(data_dir: str | Path, *, province: int | None = None, functions
                  min_balance_fen: int = 0, kek_file: str | None = None) -> np.ndarray:
     """Card numbers (uint64) that are active, unexpired and carry ``functions``, from the
     newest checkpoint, optionally of one province."""
-    snap = snapshots.latest(data_dir, keystore.for_data_dir(data_dir, kek_file))
+    snap = snapshots.latest(data_dir, dataset.for_data_dir(data_dir, kek_file))
     if snap is None:
         raise NoDataSet(f"no checkpoint in {data_dir}")
     cards, accounts = snap[1]["cards"], snap[1]["accounts"]

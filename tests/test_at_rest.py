@@ -26,7 +26,7 @@ from onecard.core import crypto
 from onecard.core.state import CARD_ACTIVE, FN_FINANCIAL, TERM_METRO_GATE, TERM_POS
 from onecard.switch.admin import operators
 from onecard.switch.security import first_tokens, keystore, sealed_files
-from onecard.switch.store import loader, snapshots
+from onecard.switch.store import dataset, loader, snapshots
 from onecard.switch.terminals import read_terminals
 
 from conftest import TOKENS, AdminClient, iso_session, native_session, start_switch
@@ -170,7 +170,7 @@ def test_nothing_secret_is_at_rest_and_a_restart_recovers_exactly(tmp_path, no_e
         assert sw.stop() == 0
     log_text = sw.text()
 
-    keys = keystore.for_data_dir(data_dir)
+    keys = dataset.for_data_dir(data_dir)
     secrets = secrets_of(data_dir, keys, working_keys)
     assert f"card {seen['replacement']} digits" in secrets      # the new card is scanned too
     assert any(k.startswith("working key") for k in secrets)

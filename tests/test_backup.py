@@ -22,7 +22,7 @@ from onecard.core.ledger import apply_records
 from onecard.core.state import KIND_PURCHASE
 from onecard.switch import backup, cli
 from onecard.switch.security import keystore
-from onecard.switch.store import loader, snapshots, sqlite
+from onecard.switch.store import dataset, loader, snapshots, sqlite
 
 from checker import Load, committed_journal
 from conftest import NO_SHEDDING, TEST_KEK, start_switch
@@ -151,7 +151,7 @@ def test_a_checkpoint_published_while_copying_is_taken_instead(switch_dir, world
     assert end == len(committed_journal(switch_dir)[1]) > 0
     shutil.rmtree(newest)
     state = loader.load(switch_dir).state
-    keys = keystore.for_data_dir(switch_dir)
+    keys = dataset.for_data_dir(switch_dir)
     copy_file, copied = backup._copy_file, []
 
     def publishing(src: Path, dst: Path, mode: int) -> dict:

@@ -23,7 +23,7 @@ from onecard.protocols.journal_codec import unpack, view
 from onecard.switch.clearing import exceptions, reader
 from onecard.switch.clearing.positions import legs, positions, summarise
 from onecard.switch.clearing.reader import registry
-from onecard.switch.store import sqlite
+from onecard.switch.store import dataset, sqlite
 
 from conftest import World
 from test_invariants import Traffic
@@ -127,7 +127,7 @@ def test_the_schema_5_migration_cuts_older_rows_by_day(tmp_path, demo_dir):
     conn.execute("INSERT INTO journal VALUES (?, ?, 7, ?, 3)", (end, len(recs), recs.tobytes()))
     before, _ = sqlite.journal_records(conn)
     conn.close()
-    assert sqlite.migrate(db) == [5]
+    assert dataset.migrate(db) == [5]
     conn = sqlite.connect(db, readonly=True)
     after, nos = sqlite.journal_records(conn)
     assert after.tobytes() == before.tobytes() and np.array_equal(nos, np.arange(len(nos)))

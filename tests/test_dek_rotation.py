@@ -25,7 +25,7 @@ from onecard.core.state import KIND_CARD_ADMIN
 from onecard.protocols import journal_codec, native
 from onecard.switch import cli
 from onecard.switch.security import holders_file, keystore
-from onecard.switch.store import loader, rotate_dek, snapshots, sqlite
+from onecard.switch.store import chain, dataset, loader, rotate_dek, snapshots, sqlite, staged
 from onecard.switch.terminals import read_terminals
 
 from conftest import (
@@ -57,7 +57,7 @@ def disburse(api: AdminClient, pan: str, fen: int) -> str:
 def assert_same_state(got, want) -> None:
     a, b = got.snapshot(), want.snapshot()
     assert set(a) == set(b)
-    for name in sorted(set(a) - set(snapshots.NOT_WRITTEN)):   # not state: a process's mark
+    for name in sorted(set(a) - set(chain.NOT_WRITTEN)):   # not state: a process's mark
         if name in ARRAYS:
             assert a[name].tobytes() == b[name].tobytes(), name
         else:
@@ -124,7 +124,7 @@ def history(demo_dir, terminals, tmp_path_factory) -> History:
     finally:
         conn.close()
     admin = recs["kind"] == KIND_CARD_ADMIN
-    from_no = keystore.for_data_dir(data).from_no
+    from_no = dataset.for_data_dir(data).from_no
     assert (nos[admin] < from_no).any() and (nos[admin] >= from_no).any()
     # a replacement journals the new card (appended: the highest index) and the old one's
     # status; the new card's record
@@ -163,9 +163,9 @@ def test_a_replay_over_both_generations_gives_the_switchs_state(history, tmp_pat
     tail."""
     full = tmp_path / "full"
     shutil.copytree(history.data, full)
-    upto, arrays = snapshots.latest(demo_dir, keystore.for_data_dir(demo_dir))
+    upto, arrays = snapshots.latest(demo_dir, dataset.for_data_dir(demo_dir))
     shutil.rmtree(snapshots.snapshot_root(full))
-    snapshots.write(full, arrays, upto, keystore.for_data_dir(full))
+    snapshots.write(full, arrays, upto, dataset.for_data_dir(full))
     replayed = loader.load(full)
     assert replayed.replayed > 0 and replayed.keys.earlier
     assert_same_state(replayed.state, loader.load(history.data).state)
@@ -184,8 +184,8 @@ def test_clearing_of_the_day_runs_after_a_rotation(history, tmp_path, capsys):
 
 
 def test_an_old_copy_and_the_kek_open_nothing_written_after(history):
-    old = keystore.for_data_dir(history.old)
-    new = keystore.for_data_dir(history.data)
+    old = dataset.for_data_dir(history.old)
+    new = dataset.for_data_dir(history.data)
     assert (new.generation, old.generation) == (1, 0) and new.dek != old.dek
     with pytest.raises(keystore.KekError):
         holders_file.open_vault(history.data / loader.HOLDERS_FILE, old)
@@ -238,7 +238,7 @@ def test_a_running_switch_keeps_its_data_key(demo_dir, tmp_path, capsys):
         assert "in use" in err and err.count("\n") == 1
     finally:
         sw.stop()
-    assert keystore.for_data_dir(data).generation == 0
+    assert dataset.for_data_dir(data).generation == 0
 
 
 def test_rotating_again_and_the_kek_after_keep_every_generation(history, tmp_path, capsys,
@@ -253,7 +253,7 @@ def test_rotating_again_and_the_kek_after_keep_every_generation(history, tmp_pat
     assert cli.main(["keys", "rotate-kek", "--data-dir", str(data), "--new-kek-file",
                      str(new_kek)]) == 0
     monkeypatch.delenv(keystore.ENV_KEK)
-    keys = keystore.for_data_dir(data, str(new_kek))
+    keys = dataset.for_data_dir(data, str(new_kek))
     assert keys.generation == 2 and [g.generation for g in keys.earlier] == [0, 1]
     assert_same_state(loader.load(data, kek_file=str(new_kek)).state, want)
     audit = sqlite3.connect(sqlite.db_path(data)).execute(
@@ -268,7 +268,7 @@ def test_a_part_split_after_a_rotation_has_only_the_current_key(history, tmp_pat
     dst = tmp_path / "part"
     assert cli.main(["region", "split", "--data-dir", str(src), "--owns", "31",
                      "--to", str(dst)]) == 0
-    keys = keystore.for_data_dir(dst)
+    keys = dataset.for_data_dir(dst)
     assert (keys.generation, keys.from_no, keys.earlier) == (1, 0, ())
     loader.load(dst)
 
@@ -318,14 +318,14 @@ def test_a_rotation_killed_half_way_leaves_one_whole_key_set(demo_dir, tmp_path,
     proc = subprocess.run([sys.executable, "-c", CRASH, str(data), point], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert keystore.for_data_dir(data).generation == int(committed)
-    assert list(rotate_dek._staged_files(data))  # sealed under the new key, not in place
+    assert dataset.for_data_dir(data).generation == int(committed)
+    assert list(staged.staged_files(data))  # sealed under the new key, not in place
     loaded = loader.load(data)                   # finishes a committed rotation
-    assert bool(list(rotate_dek._staged_files(data))) == (not committed)    # left: unread
+    assert bool(list(staged.staged_files(data))) == (not committed)    # left: unread
     assert_same_state(loaded.state, want)
     assert rotate(data) == 0                     # and the next rotation goes through
-    assert not list(rotate_dek._staged_files(data))
-    assert keystore.for_data_dir(data).generation == int(committed) + 1
+    assert not list(staged.staged_files(data))
+    assert dataset.for_data_dir(data).generation == int(committed) + 1
     assert_same_state(loader.load(data).state, want)
 
 
@@ -365,7 +365,7 @@ def test_the_postgresql_store_rotates_in_one_transaction(demo_dir, tmp_path, pg_
         assert "other onecard connections" in err and err.count("\n") == 1
     finally:
         sw.stop()
-    old = keystore.for_data_dir(data)          # the SQLite copy: the imported data key
+    old = dataset.for_data_dir(data)          # the SQLite copy: the imported data key
     assert rotate(data, "--config", str(config)) == 0
     assert "generation 1" in capsys.readouterr().out
     sw = start_switch(data)
@@ -398,12 +398,12 @@ def test_a_disbursement_row_of_a_card_without_its_row_is_rekeyed_from_the_state(
                                                                                  tmp_path):
     data = tmp_path / "data"
     shutil.copytree(history.data, data)
-    old = keystore.for_data_dir(data)
+    old = dataset.for_data_dir(data)
     conn = sqlite3.connect(sqlite.db_path(data), isolation_level=None)
     conn.execute("DELETE FROM cards WHERE pan_hmac = ?", (old.pan_hmac(history.paid),))
     conn.close()
     assert rotate(data) == 0
-    new = keystore.for_data_dir(data)
+    new = dataset.for_data_dir(data)
     conn = sqlite3.connect(sqlite.db_path(data))
     (hmac_,) = conn.execute("SELECT DISTINCT pan_hmac FROM disbursements").fetchone()
     conn.close()
@@ -422,7 +422,7 @@ def test_a_failure_inside_the_transaction_changes_nothing(history, tmp_path, cap
     assert rotate(data) == 2
     err = capsys.readouterr().err
     assert "1 disbursement rows name a card" in err and err.count("\n") == 1
-    assert keystore.for_data_dir(data).generation == 1
+    assert dataset.for_data_dir(data).generation == 1
     assert {p: p.read_bytes() for p, _ in rotate_dek.sealed_paths(data)} == files
-    assert not list(rotate_dek._staged_files(data))
+    assert not list(staged.staged_files(data))
     assert_same_state(loader.load(data).state, want)

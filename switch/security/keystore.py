@@ -367,17 +367,6 @@ def _open_keys(meta: dict[str, str], kek: bytes, data_dir: str | Path) -> DataKe
     return DataKeys(dek, generation, from_no, _earlier(meta, kek, data_dir))
 
 
-def for_data_dir(data_dir: str | Path, configured: str | None = None) -> DataKeys:
-    """The keys of a data set on disk (tools, terminal simulators, tests)."""
-    from onecard.switch.store import sqlite
-
-    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
-    try:
-        return open_data_set(conn, data_dir, configured)
-    finally:
-        conn.close()
-
-
 def rewrap(conn: sqlite3.Connection, data_dir: str | Path, new_kek: bytes, new_source: str,
            configured: str | None = None) -> None:
     """KEK rotation: the data key, and the journal keys of earlier data keys, unwrapped with

@@ -3,7 +3,7 @@
 Terminal master keys are wrapped, card numbers move to an HMAC index plus a sealed copy,
 holder names and ID numbers are sealed, disbursement rows are keyed by the HMAC, and journal
 rows of formats 1 and 2 are rewritten as format 3 with their CARD_ADMIN card numbers
-enciphered. The caller (``sqlite.migrate``) then vacuums the file so that none of the replaced
+enciphered. The caller (``dataset.migrate``) then vacuums the file so that none of the replaced
 pages stays on disk; ``seal_files`` seals the holders file (in blocks opened when read,
 ``holders_file.py``) and clear checkpoints (run at every load as well: idempotent, and a crash
 between the transaction and the files leaves them readable).
@@ -22,7 +22,7 @@ from onecard.protocols import journal_codec
 from onecard.protocols.journal import FORMAT
 from onecard.switch.security.holders_file import upgrade as upgrade_holders
 from onecard.switch.security.keystore import DataKeys
-from onecard.switch.store import snapshots
+from onecard.switch.store import snapshots, sqlite
 
 
 def mask(pan: int | str) -> str:
@@ -54,8 +54,6 @@ def card_row(keys: DataKeys, idx: int, pan: int | str, account: int, name: str, 
 
 
 def _cards(conn: sqlite3.Connection, keys: DataKeys) -> None:
-    from onecard.switch.store import sqlite
-
     conn.execute("ALTER TABLE cards RENAME TO cards_clear")
     conn.execute("DROP INDEX IF EXISTS cards_account")
     table = sqlite.SCHEMA.split("CREATE TABLE IF NOT EXISTS cards (")[1].split(";")[0]
@@ -70,8 +68,6 @@ def _cards(conn: sqlite3.Connection, keys: DataKeys) -> None:
 
 
 def _disbursements(conn: sqlite3.Connection, keys: DataKeys) -> None:
-    from onecard.switch.store import sqlite
-
     conn.execute("ALTER TABLE disbursements RENAME TO disbursements_clear")
     table = sqlite.SCHEMA.split("CREATE TABLE IF NOT EXISTS disbursements (")[1].split(";")[0]
     conn.execute(f"CREATE TABLE disbursements ({table}")

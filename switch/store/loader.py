@@ -42,7 +42,7 @@ from onecard.switch.errors import NoDataSet
 from onecard.switch.reference import GROUPS
 from onecard.switch.security import holders_file, journal_generations, keystore
 from onecard.switch.security.keystore import DataKeys
-from onecard.switch.store import encrypt, rotate_dek, snapshots, sqlite
+from onecard.switch.store import chain, dataset, encrypt, snapshots, sqlite, staged
 
 if TYPE_CHECKING:
     from onecard.switch.store.pg.db import Db
@@ -65,7 +65,7 @@ class Loaded:
     seconds: float
     migrated: list[int]          # store schema versions this start brought the data set to
     keys: DataKeys               # to seal checkpoints and card rows written from now on
-    # The horizon segments the checkpoint loaded was built from (snapshots.horizon_chain):
+    # The horizon segments the checkpoint loaded was built from (chain.horizon_chain):
     # the next checkpoint's segment carries on from them.
     horizon_chain: list[tuple[int, int]] = field(default_factory=list)
 
@@ -175,13 +175,13 @@ def _sqlite_source(data_dir: str | Path, kek_file: str | None,
     path = sqlite.db_path(data_dir)
     if not path.exists():
         raise NoDataSet(f"no data set at {path} (run: onecard demo-data)")
-    migrated = sqlite.migrate(path, kek_file)
+    migrated = dataset.migrate(path, kek_file)
     conn = sqlite.connect(path, readonly=True)
     try:
         sqlite.check_schema(conn, path)
         keys = keystore.open_data_set(conn, data_dir, kek_file)
         # A data-key rotation stopped after its commit: its files are put in place first.
-        rotate_dek.finish_pending(data_dir, keys.generation)
+        staged.finish_pending(data_dir, keys.generation)
         encrypt.seal_files(Path(data_dir), keys, HOLDERS_FILE)
         snap = snapshots.latest(data_dir, keys)
         if snap is None:
@@ -251,7 +251,7 @@ def _state(src: _Source, ring_size: int, map_entries_max: int,
     if ring is None:                   # the horizon's rows name the ring's terminals
         return state, []
     state.restore_horizon(arrays)
-    return state, snapshots.chain_of(src.upto, arrays)
+    return state, chain.chain_of(src.upto, arrays)
 
 
 def load(data_dir: str | Path, *, ring_size: int = 64, map_entries_max: int = 1 << 26,

@@ -30,21 +30,19 @@ import datetime as dt
 import getpass
 import json
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from onecard.switch.errors import NoDataSet
 from onecard.switch.security import holders_file, keystore, sealed_files
 from onecard.switch.security.keystore import DataKeys, KekError
-from onecard.switch.store import encrypt, snapshots, sqlite
+from onecard.switch.store import chain, encrypt, loader, snapshots, sqlite
+from onecard.switch.store.staged import finish_pending, staged
 
-HOLDERS_FILE = "holders.bin"            # loader.HOLDERS_FILE (the loader imports this module)
-STAGED = re.compile(r"^(?P<name>.+)\.dek(?P<generation>\d+)$")
+HOLDERS_FILE = loader.HOLDERS_FILE
 ROWS_PER_CHUNK = 10_000
 
 
@@ -67,64 +65,6 @@ class Rotated:
 
 # ---- sealed files of an embedded data set ----------------------------------------------------
 
-def staged(path: Path, generation: int) -> Path:
-    """Where ``path`` sealed under generation ``generation``'s key waits for its commit."""
-    return path.with_name(f"{path.name}.dek{generation}")
-
-
-def _staged_files(data_dir: Path) -> Iterator[tuple[Path, Path, int]]:
-    """(staged file, the file it replaces, its generation) in the data directory."""
-    root = snapshots.snapshot_root(data_dir)
-    dirs = [data_dir, *(sorted(root.glob(f"{snapshots.PREFIX}*")) if root.is_dir() else [])]
-    for directory in dirs:
-        for path in sorted(directory.glob("*.dek*")):
-            m = STAGED.match(path.name)
-            if m and path.is_file():
-                yield path, path.with_name(m["name"]), int(m["generation"])
-
-
-def current_generation(data_dir: str | Path) -> int:
-    """The generation of the data set's current DEK, from its database (no key needed)."""
-    conn = sqlite.connect(sqlite.db_path(data_dir), readonly=True)
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'dek_generation'").fetchone()
-    finally:
-        conn.close()
-    return int(row[0]) if row else 0
-
-
-def finish_pending(data_dir: str | Path, generation: int | None = None, *,
-                   drop_uncommitted: bool = False) -> int:
-    """Complete a rotation that committed but was stopped before its files were all in
-    place: its staged files (of ``generation``, the data set's current; read from the
-    database when None) renamed over the old ones. How many were put in place; idempotent.
-    Staged files of another generation are those of a rotation that has not committed:
-    running now (a reader without the lock must leave them alone) or killed before its
-    commit; only the rotation itself, holding the lock, deletes them
-    (``drop_uncommitted``)."""
-    data_dir = Path(data_dir)
-    if not sqlite.db_path(data_dir).exists():
-        return 0
-    if generation is None:
-        generation = current_generation(data_dir)
-    done, dirs = 0, set()
-    for path, target, gen in _staged_files(data_dir):
-        try:
-            if gen == generation:
-                os.replace(path, target)
-                done += 1
-            elif drop_uncommitted:
-                path.unlink()
-            else:
-                continue
-        except FileNotFoundError:       # another process finishing it at the same time
-            continue
-        dirs.add(path.parent)
-    for directory in dirs:
-        snapshots.fsync_path(directory)
-    return done
-
-
 def sealed_paths(data_dir: Path) -> list[tuple[Path, str]]:
     """Every sealed file of the data set with the label it is sealed under: the holders
     file and each array of each complete checkpoint (a carried horizon segment, a hard
@@ -140,7 +80,7 @@ def sealed_paths(data_dir: Path) -> list[tuple[Path, str]]:
             continue
         upto = int(json.loads(manifest.read_text())["upto"])
         for path in sorted(directory.glob(f"*{snapshots.SEALED}")):
-            found.append((path, snapshots.label(upto, path.name[:-len(snapshots.SEALED)])))
+            found.append((path, chain.label(upto, path.name[:-len(snapshots.SEALED)])))
     return found
 
 
@@ -351,6 +291,4 @@ def _commit(conn: sqlite3.Connection, old: DataKeys, new: DataKeys, meta: dict[s
 
 
 def _state_pans(data_dir: Path, kek_file: str | None):
-    from onecard.switch.store import loader
-
     return loader.load(data_dir, kek_file=kek_file).state.cards["pan"].copy()

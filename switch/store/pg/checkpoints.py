@@ -1,7 +1,7 @@
 """Checkpoints and sealed files in the PostgreSQL store (tables ``checkpoints`` and ``files``).
 
 A row of ``checkpoints`` is one array of one checkpoint, sealed exactly as ``snapshots.write``
-seals it into ``<name>.sealed`` (same label and associated data, ``snapshots.label``), so an
+seals it into ``<name>.sealed`` (same label and associated data, ``chain.label``), so an
 imported file and a row written here are the same bytes and open the same way. A checkpoint's
 arrays go in in one transaction: any ``upto`` present is complete, and a reader needs no
 manifest. ``files`` holds the holders file the same way (its sealed bytes as they are).
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 
 from onecard.switch.security import sealed_files
+from onecard.switch.store.chain import NOT_WRITTEN, SEGMENT, carried_name, chain_of, label
 from onecard.switch.store.pg.connect import PgError
-from onecard.switch.store.snapshots import NOT_WRITTEN, SEGMENT, carried_name, chain_of, label
 
 if TYPE_CHECKING:
     import psycopg

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from onecard.switch.security import holders_file
-from onecard.switch.store import rotate_dek, snapshots, sqlite
+from onecard.switch.store import snapshots, sqlite, staged
 from onecard.switch.store.loader import HOLDERS_FILE
 from onecard.switch.store.pg.connect import PgError
 from onecard.switch.store.pg.migrate import LOCK_KEY, migrate, require_current
@@ -101,7 +101,7 @@ def read_sealed_files(data_dir: Path) -> SealedFiles:
         raise PgError(f"{data_dir}: no data set ({sqlite.DB_NAME} not found)")
     # A data-key rotation stopped after its commit: its files, under the key the data set's
     # meta names, are put in place before they are copied.
-    rotate_dek.finish_pending(data_dir)
+    staged.finish_pending(data_dir)
     found = snapshots.newest(data_dir)
     if found is None:
         raise PgError(f"{data_dir}: no checkpoint under {snapshots.snapshot_root(data_dir)} "

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from onecard.switch.security import keystore, sealed_files
 from onecard.switch.security.keystore import DataKeys
 from onecard.switch.store import rotate_dek
+from onecard.switch.store.chain import label
 from onecard.switch.store.pg.checkpoints import read_file
 from onecard.switch.store.pg.connect import (
     APPLICATION_NAME,
@@ -31,7 +32,6 @@ from onecard.switch.store.pg.connect import (
 )
 from onecard.switch.store.pg.journal import journal_end
 from onecard.switch.store.rotate_dek import Rotated, RotationError
-from onecard.switch.store.snapshots import label
 
 if TYPE_CHECKING:
     import psycopg
