@@ -16,7 +16,7 @@ What "work waiting" is measured by, every ``tick`` (a fifth of the budget, 2..20
   processes has less capacity, and its queue is just as real (a one-off stall is filtered
   by the rule below).
 - *durability wait*: the age of the oldest reply batch waiting for the group commit (the
-  head of ``Switch.waiting``, seen at consecutive ticks). When the disk is the bottleneck
+  head of ``Durability.waiting``, seen at consecutive ticks). When the disk is the bottleneck
   this is where the queue is, and the event loop looks idle.
 
 ``delay = lag + durability wait``. Shedding starts when the delay has stayed over
@@ -27,7 +27,7 @@ budget of the last shedding: shedding makes the loop fast for a tick without the
 going away.
 
 Within one iteration (the tick cannot run in the middle of one): every record decided in it
-is handed to the writer only when it ends (Switch._submit_batches), so once the iteration's
+is handed to the writer only when it ends (Durability._submit_batches), so once the iteration's
 first read is ``latency_budget_ms`` old, its remaining reads are refused (one time
 comparison per read; the time is the read's own ``last_rx``).
 
@@ -46,7 +46,7 @@ record and no fsync; a terminal resending what timed out is not refused what it 
 **Journal not writable.** When a commit fails for lack of space the writer keeps the records
 and retries (core/commit.pyx); meanwhile every new request is refused ``96`` the same way,
 ``/readyz`` answers 503, and batches already decided wait for the retry that makes them
-durable. Any other commit error still stops the switch (Switch._fail).
+durable. Any other commit error still stops the switch (Switch.fail).
 
 **Descriptors.** The soft RLIMIT_NOFILE is raised to the hard limit at start. Terminal
 connections are capped per listener, per peer address (by default a quarter of what the
@@ -55,7 +55,7 @@ descriptors stay free for the admin/metrics port, the journal and checkpoints. A
 connection is closed at once, counted, and logged at most once per ``LOG_INTERVAL_S``.
 
 **Partial frames.** A frame must be complete ``partial_frame_timeout_s`` after its first
-byte (server._idle_loop); all connections together may hold ``partial_bytes_max`` bytes of
+byte (Intake.sweep_idle); all connections together may hold ``partial_bytes_max`` bytes of
 partial frames, and over it the connection holding the most is closed; a native connection
 may send a frame of at most ``native_first_frame_bytes_max`` until one of its frames has
 passed a MAC check (the core's ``Engine.authenticated``: a signed-on terminal's frame, or a
@@ -74,7 +74,7 @@ import resource
 import sys
 import termios
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,7 +84,7 @@ from onecard.switch import logs
 from onecard.switch.errors import DataSetError
 
 if TYPE_CHECKING:
-    from onecard.switch.server import Connection, Switch
+    from onecard.switch.config import ServerConfig
 
 log = logging.getLogger("onecard.admission")
 
@@ -96,6 +96,9 @@ PROBE_BYTES = 1 << 20              # written and fsynced at start: can the direc
 FULL_READ_BYTES = 64 << 10         # a read this big means the peer is ahead: check FIONREAD
 COST_WEIGHT = 0.1                  # EWMA weight of each timed full read's cost per byte
 COST_S_PER_BYTE_START = 20e-9      # ~1.9 us per ~95-byte ISO 8583 purchase, until measured
+# Admission's verdicts on a read besides a refusal's reason (an Engine.refuse reason, an int).
+RUN = "run"
+RUN_TIMED = "run_timed"            # run, and time it to learn the cost per byte
 
 
 class DataDirError(DataSetError):
@@ -180,9 +183,10 @@ def check_data_dir(data_dir: Path, free_mb_min: int) -> None:
 class Admission:
     """The switch's admission state; see the module docstring for the design."""
 
-    def __init__(self, switch: Switch) -> None:
-        srv = switch.config.server
-        self.switch = switch
+    def __init__(self, srv: ServerConfig, waiting: deque) -> None:
+        self.srv = srv
+        self.waiting = waiting             # Durability.waiting: its head's age is a delay
+        self._loop = None
         self.latency_budget_s = srv.latency_budget_ms / 1000
         self.tick_s = min(max(self.latency_budget_s / 5, TICK_S_MIN), TICK_S_MAX)
         # A loop iteration that has processed reads for this long refuses its other reads:
@@ -229,10 +233,11 @@ class Admission:
 
     def start(self, loop) -> None:
         """Descriptor budget (after the listeners are open) and the shedding tick."""
+        self._loop = loop
         nofile = raise_nofile_limit()
-        reserve = self.switch.config.server.fd_reserve
+        reserve = self.srv.fd_reserve
         self.terminal_fds_max = max(nofile - open_fds() - reserve, 0)
-        if not self.switch.config.server.connections_per_peer_max:
+        if not self.srv.connections_per_peer_max:
             self.per_peer_max = max(min(self.connections_max, self.terminal_fds_max) // 4, 1)
         log.info("open-files limit %d: up to %d terminal connections (%d kept in reserve), "
                  "%d from one address", nofile, self.terminal_fds_max, reserve,
@@ -249,10 +254,10 @@ class Admission:
     # ---- load shedding ----------------------------------------------------------------------
 
     def _tick(self) -> None:
-        loop = self.switch._loop
+        loop = self._loop
         now = loop.time()
         self.lag_s = max(now - self._next_tick, 0.0)
-        waiting = self.switch.waiting
+        waiting = self.waiting
         head = waiting[0] if waiting else None
         if head is not self._head:
             self._head, self._head_seen = head, now
@@ -283,47 +288,32 @@ class Admission:
         else:
             self.refusing = None
 
-    def handle(self, conn: Connection, data, now: float) -> tuple[int, bytes, int, bool]:
-        """The reads the fast path in Connection.data_received does not take: refusing, a
-        full read, or a loop iteration already busier than the budget. Returns what
-        Engine.process does, with batch -1 for a refusal."""
-        sw = self.switch
-        size = len(data)
-        if (self.refusing is None
-                and not (sw._submit_soon and now - sw.iteration_start >= self.iteration_max_s)
-                and (size < FULL_READ_BYTES or self.admit_backlog(conn, size))):
-            if size < FULL_READ_BYTES:
-                return sw.engine.process(conn.proto, data)
-            return self.process_timed(conn, data)
-        return self.refuse(conn, data)
+    def verdict(self, fd: int, size: int, busy_s: float) -> str | int:
+        """For a read the intake's fast path does not take (refusing, a full read, or a loop
+        iteration ``busy_s`` into its reads already): RUN, RUN_TIMED, or the Engine.refuse
+        reason to answer its new requests with."""
+        if (self.refusing is None and busy_s < self.iteration_max_s
+                and (size < FULL_READ_BYTES or self.admit_backlog(fd, size))):
+            return RUN if size < FULL_READ_BYTES else RUN_TIMED
+        return REFUSE_OVERLOAD if self.refusing is None else self.refusing
 
-    def admit_backlog(self, conn: Connection, size: int) -> bool:
+    def admit_backlog(self, fd: int, size: int) -> bool:
         """For a read of FULL_READ_BYTES or more (the peer is sending faster than it is read):
         whether this buffer and what is still queued behind it in the kernel (FIONREAD) can
         be processed within the budget, at the measured cost per byte. When not, this buffer
         (the connection's oldest requests) is refused, which drains the queue fastest."""
-        if self.latency_budget_s <= 0 or conn.fd < 0:
+        if self.latency_budget_s <= 0 or fd < 0:
             return True
         try:
-            fcntl.ioctl(conn.fd, termios.FIONREAD, self._fionread)
+            fcntl.ioctl(fd, termios.FIONREAD, self._fionread)
         except OSError:
             return True
         queued = int.from_bytes(self._fionread, sys.byteorder, signed=True)
         return (size + queued) * self.s_per_byte <= self.latency_budget_s
 
-    def process_timed(self, conn: Connection, data) -> tuple:
-        """Engine.process, timed to learn the cost per byte under load (full reads only)."""
-        started = time.perf_counter()
-        result = self.switch.engine.process(conn.proto, data)
-        elapsed = time.perf_counter() - started
-        self.s_per_byte += (elapsed / max(len(data), 1) - self.s_per_byte) * COST_WEIGHT
-        return result
-
-    def refuse(self, conn: Connection, data) -> tuple[int, bytes, int, bool]:
-        """Answer the buffer's new requests 96 (Engine.refuse: batch -1 when that was all;
-        while shedding, retransmissions get their original answers)."""
-        reason = REFUSE_OVERLOAD if self.refusing is None else self.refusing
-        return self.switch.engine.refuse(conn.proto, data, reason)
+    def learn_cost(self, elapsed_s: float, size: int) -> None:
+        """A RUN_TIMED read took ``elapsed_s`` in the core: the cost per byte under load."""
+        self.s_per_byte += (elapsed_s / max(size, 1) - self.s_per_byte) * COST_WEIGHT
 
     # ---- journal ----------------------------------------------------------------------------
 
@@ -347,67 +337,40 @@ class Admission:
 
     # ---- connections ------------------------------------------------------------------------
 
-    def accept(self, conn: Connection) -> bool:
-        """Whether a new terminal connection may stay open; counts it if so."""
-        listener = len(self.switch.connections[conn.proto])
-        host = conn.peer[0] if isinstance(conn.peer, tuple) else str(conn.peer)
+    def accept(self, host: str, proto: int, on_listener: int) -> bool:
+        """Whether a new terminal connection from ``host`` may stay open (``on_listener``
+        are open on its protocol's listener); counts it if so."""
         reason = None
-        if listener >= self.connections_max:
+        if on_listener >= self.connections_max:
             reason = "listener_full"
         elif self.open_terminal >= self.terminal_fds_max:
             reason = "descriptors"
         elif self.peers[host] >= self.per_peer_max:
             reason = "peer_full"
         if reason is not None:
-            self.refused[reason].note(f"{host} on {PROTO.name_of[conn.proto]}")
+            self.refused[reason].note(f"{host} on {PROTO.name_of[proto]}")
             return False
         self.peers[host] += 1
         self.open_terminal += 1
-        conn.peer_host = host
         return True
 
-    def release(self, conn: Connection) -> None:
-        """A connection accepted by :meth:`accept` is gone."""
-        self.partial_bytes -= len(conn._buf)
-        conn._buf.clear()
-        if conn.peer_host is None:
-            return
+    def release(self, host: str) -> None:
+        """A connection :meth:`accept` counted is gone."""
         self.open_terminal -= 1
-        self.peers[conn.peer_host] -= 1
-        if self.peers[conn.peer_host] <= 0:
-            del self.peers[conn.peer_host]
-        conn.peer_host = None
+        self.peers[host] -= 1
+        if self.peers[host] <= 0:
+            del self.peers[host]
         assert self.open_terminal >= 0 and self.partial_bytes >= 0
 
-    # ---- partial frames ---------------------------------------------------------------------
+    # ---- partial frames (the intake reads the buffers) ---------------------------------------
 
-    def partial(self, conn: Connection, held: int, consumed: int, now: float) -> None:
-        """After a read that left or had a partial frame: ``held`` bytes were buffered before
-        it, ``consumed`` bytes of (buffer + read) went to the core."""
-        buf = conn._buf
-        self.partial_bytes += len(buf) - held
-        if not buf:
-            return
-        if held == 0 or consumed > 0:
-            conn.partial_since = now           # a new frame began in this read: time it
-        if (not conn.authenticated and len(buf) >= NATIVE_PREFIX_BYTES
-                and int.from_bytes(buf[:NATIVE_PREFIX_BYTES], "big")
-                > self.first_frame_bytes_max):
-            self.first_frame_too_big.note(f"{conn.peer_host} announced "
-                                          f"{int.from_bytes(buf[:4], 'big')} bytes")
-            conn.close_now()
-        if self.partial_bytes > self.partial_bytes_max:
-            self._shrink_partials()
-
-    def _shrink_partials(self) -> None:
-        # Rare (only over budget): close the largest holders until under it.
-        conns = [c for cs in self.switch.connections.values() for c in cs if c._buf]
-        conns.sort(key=lambda c: len(c._buf), reverse=True)
-        for c in conns:
-            if self.partial_bytes <= self.partial_bytes_max:
-                break
-            self.partial_over_budget.note(f"{c.peer_host} held {len(c._buf)} bytes")
-            c.close_now()
+    def first_frame_admitted(self, announced: int, host: str | None) -> bool:
+        """Whether a connection not yet authenticated may go on with a first frame that
+        announces ``announced`` bytes; logged and counted when not."""
+        if announced <= self.first_frame_bytes_max:
+            return True
+        self.first_frame_too_big.note(f"{host} announced {announced} bytes")
+        return False
 
 
 def first_frame_limit_applies(proto: int) -> bool:

@@ -126,7 +126,7 @@ def _server(sw: Switch) -> Iterator[Metric]:
     conns = GaugeMetricFamily("onecard_connections", "Open terminal connections",
                               labels=["protocol"])
     for p, name in PROTOCOL_NAMES.items():
-        conns.add_metric([name], len(sw.connections[p]))
+        conns.add_metric([name], len(sw.intake.connections[p]))
     yield conns
     yield GaugeMetricFamily("onecard_connections_max", "Terminal connections this switch "
                             "accepts in all (server.connections_max, or fewer if the open-files "
@@ -135,16 +135,16 @@ def _server(sw: Switch) -> Iterator[Metric]:
     yield CounterMetricFamily("onecard_idle_connections_closed",
                               "Connections closed for sending nothing (or half a frame) "
                               "for longer than the configured timeout",
-                              value=sw.idle_closed)
+                              value=sw.intake.idle_closed)
     yield GaugeMetricFamily("onecard_journal_pending_records",
                             "Journal records decided but not yet durable",
-                            value=sw.engine.journal.next_no - sw.durable_no)
+                            value=sw.engine.journal.next_no - sw.durability.durable_no)
     yield GaugeMetricFamily("onecard_replies_waiting",
                             "Reply batches waiting for their journal records",
-                            value=len(sw.waiting))
+                            value=len(sw.durability.waiting))
     yield GaugeMetricFamily("onecard_connections_paused", "Connections not read from while "
                             "their replies wait for the journal (backpressure)",
-                            value=len(sw.paused))
+                            value=len(sw.durability.paused))
 
 
 def _admission(sw: Switch) -> Iterator[Metric]:

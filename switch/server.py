@@ -1,11 +1,9 @@
-"""The asyncio server: one listener per protocol, one Protocol object per connection, and the
-release of replies once the journal records they depend on are durable.
+"""The composition root of one switch process: the core, the store's writers, durability,
+admission, the intake (terminal connections), the region link and clearing are built here and
+given what each needs; the listeners, the checkpoint and idle loops, start and stop.
 
-Per received buffer the server makes one call into the core (``Engine.process``), so the work
-per message is all compiled; what remains in Python here is per batch. Replies keep request
-order on each connection: every batch waits for all journal records appended before it was
-answered, and records become durable in order, so batches are released in the order they were
-processed.
+Nothing below imports this module (docs/architecture.md): each part is given a narrow object
+(``Durability``, ``OperatorDoor``, ``Store``, ``RegionContext``), never the switch.
 """
 
 from __future__ import annotations
@@ -17,160 +15,32 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onecard.core.commit import GroupCommitter
-from onecard.core.engine import ISO8583, NATIVE, Engine
+from onecard.core.engine import Engine
 from onecard.protocols import clearing
-from onecard.protocols.enums import PROTO
-from onecard.switch import logs, tls
-from onecard.switch.admission import (
-    FULL_READ_BYTES,
-    Admission,
-    RateLimitedLog,
-    first_frame_limit_applies,
-)
+from onecard.switch import catalogue, logs, tls
+from onecard.switch.admission import Admission
+from onecard.switch.clearing.service import ClearingService
 from onecard.switch.config import Config
+from onecard.switch.durability import Durability, OperatorDoor
 from onecard.switch.errors import ListenError
+from onecard.switch.intake import PROTOCOL_NAMES, Intake
+from onecard.switch.region.context import RegionContext
+from onecard.switch.region.link import RegionLink
 from onecard.switch.security import holders_file
-from onecard.switch.store import sqlite
+from onecard.switch.store import backend
 from onecard.switch.store.loader import Loaded
-from onecard.switch.store.snapshots import Checkpointer
 
 if TYPE_CHECKING:
-    from onecard.switch.region.link import RegionLink
-    from onecard.switch.store.pg.committer import PgCommitter
     from onecard.switch.store.pg.lease import Lease
 
 log = logging.getLogger("onecard.server")
 IDLE_SWEEP_S = 1.0              # how often connections are checked for the idle timeouts
 STOP_UNSENT_WAIT_S = 5.0        # at stop, for advices still queued for other regions
-
-PROTOCOL_NAMES = PROTO.name_of          # keyed by ISO8583 and NATIVE, the core's Proto values
-
-
-class Connection(asyncio.Protocol):
-    """One terminal link. Buffers partial frames; everything else is the core's."""
-
-    __slots__ = ("_buf", "authenticated", "closing", "fd", "forwarding", "last_rx",
-                 "partial_since", "paused", "peer", "peer_host", "proto", "switch", "transport",
-                 "waiting_need")
-
-    def __init__(self, switch: Switch, proto: int) -> None:
-        self.switch = switch
-        self.proto = proto
-        self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self.closing = False
-        self.paused = False
-        self.forwarding = False               # waiting for other regions' answers (link.py)
-        self.peer = None
-        self.peer_host: str | None = None     # set once admission.accept() counted it
-        self.last_rx = self.partial_since = time.monotonic()
-        # Native connections get a small first-frame limit until a frame passes a MAC check.
-        self.authenticated = not first_frame_limit_applies(proto)
-        self.waiting_need = 0                 # journal record its last queued batch needs
-        self.fd = -1                          # for FIONREAD on full reads (admission.py)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
-        if not self.switch.admission.accept(self):
-            self.closing = True
-            transport.abort()                 # refused: closed at once, counted, logged
-            return
-        transport.set_write_buffer_limits(high=self.switch.config.server.write_buffer_high_bytes)
-        self.switch.connections[self.proto].add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.switch.connections[self.proto].discard(self)
-        self.switch.paused.discard(self)
-        self.switch.admission.release(self)
-        self.transport = None
-
-    def close_now(self) -> None:
-        """Drop the connection and its partial frame (limits of switch/admission.py)."""
-        self.closing = True
-        self.switch.admission.partial_bytes -= len(self._buf)
-        self._buf.clear()
-        if self.transport is not None:
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        sw = self.switch
-        self.last_rx = now = time.monotonic()
-        buf = self._buf
-        held = len(buf)
-        if self.forwarding:
-            # Read before reading paused: it waits behind the requests being forwarded.
-            buf += data
-            sw.admission.partial(self, held, 0, now)
-            return
-        if held:
-            buf += data
-            data = buf
-        adm = sw.admission
-        if (adm.refusing is None and len(data) < FULL_READ_BYTES
-                and (not sw._submit_soon or now - sw.iteration_start < adm.iteration_max_s)):
-            consumed, replies, batch, close = sw.engine.process(self.proto, data)
-        else:                                     # batch -1: refused (admission.handle)
-            consumed, replies, batch, close = adm.handle(self, data, now)
-        if not self.authenticated and batch > 0 and sw.engine.authenticated:
-            self.authenticated = True
-        self.ran(data, held, (consumed, replies, batch, close))
-
-    def ran(self, data: bytes | bytearray, held: int, result: tuple, *,
-            relay: bool = True) -> None:
-        """After a core run over ``data`` (the buffer, or a read when nothing was held):
-        keep what it did not consume, hand over the replies, and forward what the core
-        stopped at (``relay``; switch/region/link.py reruns the buffer itself)."""
-        consumed, replies, batch, close = result
-        sw = self.switch
-        buf = self._buf
-        if data is buf:
-            del buf[:consumed]
-        elif consumed < len(data):
-            buf += data[consumed:]
-        if replies:
-            sw.deliver(self, replies, batch, close)
-        elif close:
-            self.transport.close()
-        if close:
-            self.closing = True
-            sw.admission.partial_bytes -= held
-            buf.clear()
-            sw.engine.router.take()           # nothing to forward for a closed connection
-        elif buf or held:
-            sw.admission.partial(self, held, consumed, self.last_rx)
-        if relay and sw.engine.router.pending:
-            sw.link.relay(self)
-
-    def hold(self) -> None:
-        """Stop reading while the buffer waits for other regions' answers (bounded by the
-        forwarding timeout): replies keep request order and held bytes stay bounded."""
-        self.forwarding = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def release(self) -> None:
-        self.forwarding = False
-        if self.transport is not None and not self.paused and not self.closing:
-            self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        # The terminal is not reading its replies: stop reading its requests.
-        self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if not self.paused and not self.forwarding:
-            self.transport.resume_reading()
+__all__ = ["PROTOCOL_NAMES", "Listener", "Switch"]
 
 
 @dataclass
@@ -205,119 +75,38 @@ class Switch:
         self.engine.authoriser.topup_fen_max = config.limits.topup_fen_max
         self.engine.authoriser.cutover_s = clearing.cutover_minutes(config.clearing.cutover) * 60
         self.state.horizon.cutover_s = self.engine.authoriser.cutover_s
-        self.durable_no = loaded.next_record_no
-        self.waiting: deque = deque()
-        self.paused: set[Connection] = set()
-        self.connections: dict[int, set[Connection]] = {ISO8583: set(), NATIVE: set()}
         self.listeners: list[Listener] = []
-        self.failed: BaseException | None = None
-        self.idle_closed = 0
-        self.idle_log = RateLimitedLog("connections closed: silent, or a frame unfinished",
-                                       event="connection_closed")
         self.holder_watch = holders_file.FailureWatch(self.state.holders)
         self.stopped = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.committer, self.checkpointer = self._writers(config, loaded, lease)
-        self.replication = None                # PostgreSQL: the primary's standbys, polled
-        if config.store.backend == "postgresql":
-            from onecard.switch.store.pg.replication import ReplicationMonitor
-
-            self.replication = ReplicationMonitor(config.store.dsn)
+        self.store = backend.open_store(config)
+        self.committer, self.checkpointer = self.store.writers(self._efd, loaded, lease)
+        self.replication = self.store.replication()   # PostgreSQL: the standbys, polled
         self._writer = threading.Thread(target=self.committer.run, name="onecard-group-commit",
                                         daemon=True)
         self.last_checkpoint_no = loaded.snapshot_upto
         self._pending_checkpoint: tuple[int, dict] | None = None
         self._horizon_segment = None          # the horizon rows of the last checkpoint taken
-        self._record_waiters: list[tuple[int, asyncio.Future]] = []
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
-        self._submit_soon = False
-        self.iteration_start = 0.0
-        self.admission = Admission(self)
+        self.durability = Durability(self.engine, self.committer, loaded.next_record_no,
+                                     config.server.waiting_batches_max, self._checkpoint_durable)
+        self.door = OperatorDoor(self.engine, self.durability)
+        self.admission = Admission(config.server, self.durability.waiting)
+        self.intake = Intake(self.engine, self.admission, self.durability,
+                             config.server.write_buffer_high_bytes)
         self.link: RegionLink | None = None
         # Called after the catalogue changed (the admin API's cached public listing).
         self.catalogue_listeners: list = []
         if config.region.enabled:
-            from onecard.switch.region.link import RegionLink
+            context = RegionContext(config.region.name, self.engine, self.durability,
+                                    self.door, self.store, self.keys, loaded.snapshot_upto,
+                                    self.lease_epoch, self.catalogue_changed)
+            self.link = self.intake.link = RegionLink(context, config.region)
+        self.clearing = ClearingService(config, self.committer, self.state)
 
-            self.link = RegionLink(self, config.region)
-        from onecard.switch.clearing.service import ClearingService
-
-        self.clearing = ClearingService(self)
-
-    def _writers(self, config: Config, loaded: Loaded,
-                 lease: Lease | None) -> tuple[GroupCommitter | PgCommitter, Checkpointer]:
-        """The journal's writer and the checkpoints' for the configured store (PostgreSQL:
-        under the lease this switch took over)."""
-        st = config.store
-        if st.backend == "postgresql":
-            from onecard.switch.store.pg import lease as pg_lease
-            from onecard.switch.store.pg.committer import PgCommitter
-
-            assert lease is not None, "the PostgreSQL store is written under a lease"
-            committer = PgCommitter(st.dsn, self._efd, loaded.next_record_no, lease.epoch,
-                                    in_flight=st.commits_in_flight,
-                                    commit_timeout_s=st.commit_timeout_s,
-                                    failover_timeout_s=st.failover_timeout_s)
-            return committer, Checkpointer(self.data_dir, None, st.snapshots_kept,
-                                           keys=loaded.keys, dsn=st.dsn,
-                                           fence=pg_lease.fence(lease.epoch),
-                                           horizon_chain=loaded.horizon_chain)
-        committer = GroupCommitter(str(sqlite.db_path(self.data_dir)), self._efd,
-                                   loaded.next_record_no, synchronous=st.synchronous,
-                                   full_retry_ms=st.full_retry_ms)
-        return committer, Checkpointer(self.data_dir, sqlite.db_path(self.data_dir),
-                                       st.snapshots_kept, keys=loaded.keys,
-                                       wal_limit_bytes=st.wal_checkpoint_mb << 20,
-                                       committer=committer, horizon_chain=loaded.horizon_chain)
-
-    # ---- replies and durability --------------------------------------------------------------
-
-    def deliver(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
-        # The records go to the writer once per loop iteration, after every socket that was
-        # ready has been read (call_soon runs after the iteration's I/O callbacks): handed
-        # over per read, a waiting writer would start a commit for the first terminal's
-        # record alone and the rest would wait a whole fsync for the next one.
-        need = self.engine.journal.next_no
-        if batch < 0:
-            # A refusal made no record: it waits only for this connection's earlier replies
-            # (never for a commit the disk cannot take now), and keeps their order.
-            batch = 0
-            if conn.waiting_need <= self.durable_no:
-                self._write(conn, replies, batch, close)
-                return
-            need = conn.waiting_need
-        if not self._submit_soon and need > self.committer.submitted_no:
-            self._submit_soon = True
-            self.iteration_start = conn.last_rx   # this loop iteration's first read
-            self._loop.call_soon(self._submit_batches)
-        if self.committer.durable_no > self.durable_no:
-            # A commit finished while this loop iteration was busy with sockets: release its
-            # replies now rather than when the event loop reaches the eventfd.
-            self._durable(self.committer.durable_no)
-        if need <= self.durable_no:
-            self._write(conn, replies, batch, close)
-            return
-        self.waiting.append((need, conn, replies, batch, close))
-        conn.waiting_need = need
-        if len(self.waiting) > self.config.server.waiting_batches_max and not conn.paused:
-            conn.paused = True
-            self.paused.add(conn)
-            conn.transport.pause_reading()
-
-    def _submit_batches(self) -> None:
-        self._submit_soon = False
-        self.submit()
-
-    def _write(self, conn: Connection, replies: bytes, batch: int, close: bool) -> None:
-        transport = conn.transport
-        if transport is None:
-            return                           # the terminal went away; its state is journaled
-        transport.write(replies)
-        self.engine.metrics.written(batch)
-        if close:
-            transport.close()
+    # ---- durability ----------------------------------------------------------------------------
 
     def _on_commit(self) -> None:
         """The writer thread signalled the eventfd: a commit finished (or failed)."""
@@ -332,12 +121,10 @@ class Switch:
             self._fail(RuntimeError(failure))
             return
         self.admission.journal_state(self.committer.full_error())
-        self._durable(self.committer.durable_no)
+        self.durability.released(self.committer.durable_no)
 
     def catalogue_changed(self, db) -> None:
         """A new catalogue version is in the store: the next batch enforces it."""
-        from onecard.switch import catalogue
-
         self.state.set_catalogue(*catalogue.build(db))
         for listener in self.catalogue_listeners:
             listener()
@@ -348,82 +135,25 @@ class Switch:
         if self.link is not None and self.link.blocks is not None:
             self.link.blocks.cards_changed(cards)
 
+    @property
+    def failed(self) -> BaseException | None:
+        """The journal failure that stopped the switch, or None."""
+        return self.durability.failed
+
     async def committed(self, record_no: int) -> None:
-        """Wait until the journal record ``record_no`` (and all before it) is durable.
-        Operators' changes answer only then, like terminals' approvals."""
-        self.submit()
-        if record_no < self.durable_no:
-            return
-        if self.failed is not None:
-            raise RuntimeError(f"journal failed: {self.failed}")
-        future = self._loop.create_future()
-        self._record_waiters.append((record_no, future))
-        await future
+        """Wait until the journal record ``record_no`` (and all before it) is durable."""
+        await self.durability.committed(record_no)
 
-    def submit(self) -> None:
-        """Hand records appended outside a terminal batch (operators' changes) to the writer."""
-        if self.engine.journal.pending:
-            self.committer.submit(self.engine.journal)
-
-    def _durable(self, end_no: int) -> None:
-        self.durable_no = end_no
-        if self._record_waiters:
-            still = []
-            for no, future in self._record_waiters:
-                if no < end_no:
-                    if not future.done():
-                        future.set_result(None)
-                else:
-                    still.append((no, future))
-            self._record_waiters = still
-        waiting = self.waiting
-        if not waiting or waiting[0][0] > end_no:
-            pass
-        elif len(waiting) == 1 or waiting[1][0] > end_no:
-            _, conn, replies, batch, close = waiting.popleft()
-            self._write(conn, replies, batch, close)
-        else:
-            # Several batches released at once: one write per connection (fewer syscalls),
-            # still in each connection's request order.
-            released: dict[Connection, list] = {}
-            while waiting and waiting[0][0] <= end_no:
-                _, conn, replies, batch, close = waiting.popleft()
-                released.setdefault(conn, []).append((replies, batch, close))
-            for conn, items in released.items():
-                if len(items) == 1:
-                    self._write(conn, *items[0])
-                    continue
-                transport = conn.transport
-                if transport is None:
-                    continue
-                transport.write(b"".join(r for r, _, _ in items))
-                for _, batch, _ in items:
-                    self.engine.metrics.written(batch)
-                if any(c for _, _, c in items):
-                    transport.close()
-        if self.paused and len(waiting) < self.config.server.waiting_batches_max // 2:
-            for conn in list(self.paused):
-                conn.paused = False
-                conn.last_rx = time.monotonic()    # the pause is not the terminal's silence
-                if conn.transport is not None and not conn.forwarding:
-                    conn.transport.resume_reading()
-            self.paused.clear()
+    def _checkpoint_durable(self, end_no: int) -> None:
+        """Records below ``end_no`` are durable: a checkpoint waiting for them is written."""
         if self._pending_checkpoint is not None and self._pending_checkpoint[0] <= end_no:
             self.checkpointer.submit(*self._pending_checkpoint)
             self._pending_checkpoint = None
 
     def _fail(self, exc: BaseException) -> None:
         # Answers that are not durable must never leave: drop every connection and stop.
-        self.failed = exc
-        self.waiting.clear()
-        for _, future in self._record_waiters:
-            if not future.done():
-                future.set_exception(RuntimeError(f"journal failed: {exc}"))
-        self._record_waiters.clear()
-        for conns in self.connections.values():
-            for conn in list(conns):
-                if conn.transport is not None:
-                    conn.transport.abort()
+        self.durability.fail(exc)
+        self.intake.abort_all()
         for listener in self.listeners:
             listener.server.close()
         self.stopped.set()
@@ -465,7 +195,7 @@ class Switch:
             horizon_since_confirmed=not self.checkpointer.horizon_whole,
             horizon_reuse=self._horizon_segment if idle else None)
         self._horizon_segment = arrays.get("horizon_rows")
-        if upto <= self.durable_no:
+        if upto <= self.durability.durable_no:
             self.checkpointer.submit(upto, arrays)
         else:
             self._pending_checkpoint = (upto, arrays)
@@ -490,27 +220,14 @@ class Switch:
         srv = self.config.server
         while True:
             await asyncio.sleep(IDLE_SWEEP_S)
-            now = time.monotonic()
-            for conns in self.connections.values():
-                for conn in list(conns):
-                    idle_s = now - conn.last_rx
-                    if conn.transport is None or conn.closing or conn.paused:
-                        continue           # paused: not read because of the switch's backlog
-                    # A frame is timed from its first byte: a trickle never resets it.
-                    frame_s = now - conn.partial_since if conn._buf else 0.0
-                    if ((srv.idle_timeout_s and idle_s > srv.idle_timeout_s)
-                            or (srv.partial_frame_timeout_s
-                                and frame_s > srv.partial_frame_timeout_s)):
-                        self.idle_closed += 1
-                        self.idle_log.note(f"{PROTOCOL_NAMES[conn.proto]} from {conn.peer}: "
-                                           + (f"a frame unfinished after {frame_s:.0f} s"
-                                              if conn._buf else f"silent for {idle_s:.0f} s"))
-                        conn.close_now()
+            self.intake.sweep_idle(time.monotonic(), srv.idle_timeout_s,
+                                   srv.partial_frame_timeout_s)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.durability.start(self._loop)
         sys.setswitchinterval(self.config.core.gil_switch_interval_us / 1e6)
         self._loop.add_reader(self._efd, self._on_commit)
         self._writer.start()
@@ -524,7 +241,7 @@ class Switch:
         for spec in tls.terminal_listeners(srv):
             try:
                 server = await self._loop.create_server(
-                    lambda p=spec.proto: Connection(self, p), spec.host, spec.port,
+                    lambda p=spec.proto: self.intake.protocol(p), spec.host, spec.port,
                     reuse_address=True, backlog=1024, ssl=spec.ssl)
             except OSError as exc:
                 raise ListenError(f"cannot listen for {spec.name} on {spec.host}:{spec.port}: "
@@ -562,10 +279,7 @@ class Switch:
         """Stop accepting, let every reply become durable and be written, checkpoint."""
         for listener in self.listeners:
             listener.server.close()
-        for conns in self.connections.values():
-            for conn in conns:
-                if conn.transport is not None:
-                    conn.transport.pause_reading()
+        self.intake.pause_all()
         for task in self._tasks:
             task.cancel()
         self.admission.stop()
@@ -577,7 +291,7 @@ class Switch:
             if await self._sent_to_regions(STOP_UNSENT_WAIT_S):
                 self.checkpoint()
             deadline = time.monotonic() + 30
-            while ((self.waiting or self._pending_checkpoint is not None)
+            while ((self.durability.waiting or self._pending_checkpoint is not None)
                    and time.monotonic() < deadline and self.failed is None):
                 await asyncio.sleep(0.01)
         if self.link is not None:
@@ -592,7 +306,4 @@ class Switch:
             await asyncio.to_thread(self.replication.join, 10)
         self._loop.remove_reader(self._efd)
         os.close(self._efd)
-        for conns in self.connections.values():
-            for conn in list(conns):
-                if conn.transport is not None:
-                    conn.transport.close()
+        self.intake.close_all()

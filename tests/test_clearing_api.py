@@ -108,9 +108,8 @@ def _config():
     ((23, 2), (12, 1, 23, 1), (12, 1)),             # after the run: tomorrow night's
 ])
 def test_the_schedule_clears_each_date_after_its_cutover(now, at, date):
-    from types import SimpleNamespace
 
-    service = ClearingService(SimpleNamespace(config=_config()))
+    service = ClearingService(_config(), None, None)
     got_at, got_date = service.next_run(dt.datetime(2026, 11, 30, *now, tzinfo=clearing.CST))
     assert got_at == dt.datetime(2026, *at, tzinfo=clearing.CST)
     assert got_date == dt.date(2026, *date)
@@ -308,11 +307,10 @@ def test_the_schedule_gives_a_failing_date_up_and_clears_the_next(caplog):
     """A date whose clearing fails is tried ATTEMPTS times, then logged and counted, and
     the next date is cleared: the schedule never stays on one date."""
     import asyncio
-    from types import SimpleNamespace
 
     from onecard.switch.clearing import service as service_module
 
-    service = ClearingService(SimpleNamespace(config=_config()))
+    service = ClearingService(_config(), None, None)
     service.retry_s = 0
     bad, good = dt.date(2026, 11, 29), dt.date(2026, 11, 30)
     tried = []
@@ -378,10 +376,8 @@ def test_a_worker_that_cannot_clear_is_a_worker_failure_and_the_switch_goes_on(t
     config = _config()
     config.data_dir = str(tmp_path / "nowhere")
     config.store = SimpleNamespace(backend="sqlite", dsn="")
-    switch = SimpleNamespace(config=config, committer=SimpleNamespace(durable_no=0),
-                             state=SimpleNamespace(cards=np.zeros(0, dtype=[
-                                 ("pan", "u8"), ("region", "i8")])))
-    service = ClearingService(switch)
+    state = SimpleNamespace(cards=np.zeros(0, dtype=[("pan", "u8"), ("region", "i8")]))
+    service = ClearingService(config, SimpleNamespace(durable_no=0), state)
     with pytest.raises(WorkerFailed, match="clearing 2026-11-30"):
         asyncio.run(service.exceptions(dt.date(2026, 11, 30)))
     assert service.computations == 1 and service.failures == 0     # a list, not a run

@@ -324,8 +324,8 @@ def test_the_owner_publishes_its_deny_list_and_status_changes_in_bounded_slices(
     world.set_balance(idx, 0)
     (r,) = g.send([native.OfflineTap(g.next_seq(), pan, 0, native.TAP_IN, int(time.time()))])
     assert r.rc == "00" and world.state.deny_version >= 1
-    link = SimpleNamespace(name="sh", switch=SimpleNamespace(state=world.state))
-    b = blocks.Blocks(link)
+    region = SimpleNamespace(name="sh", engine=SimpleNamespace(state=world.state))
+    b = blocks.Blocks(region)
     b.kv = Kv()
     other = (idx + 1) % world.state.n_cards
     b.cards_changed([other])
@@ -406,8 +406,11 @@ def test_the_follower_journals_a_foreign_deny_list_change_once(world):
     from onecard.switch.region import blocks
 
     foreign = another_regions_card(world)
-    sw = SimpleNamespace(state=world.state, engine=world.engine, submit=lambda: None)
-    b = blocks.Blocks(SimpleNamespace(name="sh", switch=sw))
+    from onecard.switch.durability import OperatorDoor
+
+    durability = SimpleNamespace(submit=lambda: None)
+    b = blocks.Blocks(SimpleNamespace(name="sh", engine=world.engine, durability=durability,
+                                      door=OperatorDoor(world.engine, durability)))
     before = world.state.deny_version
 
     async def read(*entries) -> None:

@@ -64,9 +64,11 @@ def make_app(switch: Switch, operators: Operators | None = None) -> web.Applicat
             "uptime_s": round(time.time() - sw.started_at, 3),
             "cards": int(sw.state.n_cards),
             "terminals": int(sw.state.n_terminals),
-            "connections": {name: len(sw.connections[p]) for p, name in PROTOCOL_NAMES.items()},
-            "journal": {"next_record": sw.engine.journal.next_no, "durable": sw.durable_no,
-                        "waiting_batches": len(sw.waiting)},
+            "connections": {name: len(sw.intake.connections[p])
+                            for p, name in PROTOCOL_NAMES.items()},
+            "journal": {"next_record": sw.engine.journal.next_no,
+                        "durable": sw.durability.durable_no,
+                        "waiting_batches": len(sw.durability.waiting)},
         }
         if sw.failed:
             body["detail"] = f"journal commit failed: {sw.failed}"

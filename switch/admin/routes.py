@@ -255,8 +255,7 @@ class AdminApi:
         before, after = allowed[action]
         if status not in before:
             raise Problem(409, "Conflict", f"card is {STATUS_NAMES[status]}: cannot {action}")
-        self.switch.engine.tick()
-        no = operations.card_change(self.switch.engine.authoriser, idx, status=after,
+        no = self.switch.door.apply(operations.card_change, idx, status=after,
                                     operator=self.ops.index(op))
         await self.durable(no)
         self.switch.cards_changed([idx])
@@ -287,15 +286,18 @@ class AdminApi:
         today = dt.date.today()
         functions = (int(c["functions"]) | FN_ECARD) if electronic else (
             int(c["functions"]) & ~FN_ECARD)
-        a = self.switch.engine.authoriser
-        self.switch.engine.tick()
-        new_idx, no = operations.card_new(a, new_pan, account, region=int(c["region"]),
-                                          expiry_yymm=((today.year + 10) % 100) * 100
-                                          + today.month, functions=functions,
-                                          operator=self.ops.index(op))
-        if not electronic:
-            no = operations.card_change(a, idx, status=CARD_REPLACED,
-                                        operator=self.ops.index(op))
+
+        def issue(a) -> tuple[int, int]:      # one clock for both records
+            new_idx, no = operations.card_new(a, new_pan, account, region=int(c["region"]),
+                                              expiry_yymm=((today.year + 10) % 100) * 100
+                                              + today.month, functions=functions,
+                                              operator=self.ops.index(op))
+            if not electronic:
+                no = operations.card_change(a, idx, status=CARD_REPLACED,
+                                            operator=self.ops.index(op))
+            return new_idx, no
+
+        new_idx, no = self.switch.door.apply(issue)
         await self.durable(no)
         self.switch.cards_changed([idx, new_idx])
         self._insert_card(idx, new_idx, new_pan, account, electronic)
@@ -335,9 +337,8 @@ class AdminApi:
         if amount > limit:
             raise Problem(422, "Unprocessable Content", f"amount_fen must be an integer from 1 "
                           f"to {limit} (limits.amount_fen_max)")
-        self.switch.engine.tick()
-        code, no = operations.credit(self.switch.engine.authoriser, int(pan), amount,
-                                     operator=self.ops.index(op))
+        code, no = self.switch.door.apply(operations.credit, int(pan), amount,
+                                          operator=self.ops.index(op))
         if code != "00":
             raise Problem(409, "Conflict", f"top-up refused: {code} {dict(CODES)[code]}")
         await self.durable(no)
@@ -395,10 +396,9 @@ class AdminApi:
         fresh &= ~np.isin(pans, np.fromiter(paid, dtype=np.uint64, count=len(paid)))
         codes = np.full(len(pans), "94", dtype=object)
         nos = np.zeros(len(pans), dtype=np.uint64)
-        self.switch.engine.tick()
-        rcs, credited_nos = operations.disburse(self.switch.engine.authoriser, programme + 1,
-                                                period, pans[fresh], amounts[fresh],
-                                                self.ops.index(op))
+        rcs, credited_nos = self.switch.door.apply(operations.disburse, programme + 1, period,
+                                                   pans[fresh], amounts[fresh],
+                                                   self.ops.index(op))
         codes[fresh] = [CODES[r][0] for r in rcs]
         nos[fresh] = credited_nos
         credited = codes == "00"               # record numbers start at 0: test codes, not nos

@@ -138,14 +138,13 @@ def _adjust_handler(api: AdminApi, service: ClearingService):
             e = _check_adjustable(
                 next((x for x in await service.exceptions(date) if x.id == ident), None),
                 ident, date, body.amount_fen, api.switch.state.n_terminals)
-            api.switch.engine.tick()
-            no = operations.adjust(api.switch.engine.authoriser, e.terminal_idx, e.seq,
-                                   e.card_idx if e.card_idx >= 0 else NO_CARD,
-                                   body.amount_fen,
-                                   exception=clearing.EXCEPTION[e.kind],
-                                   ref=e.ref & exceptions.REF_MASK,
-                                   direction=clearing.DIRECTIONS[body.direction],
-                                   operator=api.ops.index(op))
+            no = api.switch.door.apply(operations.adjust, e.terminal_idx, e.seq,
+                                       e.card_idx if e.card_idx >= 0 else NO_CARD,
+                                       body.amount_fen,
+                                       exception=clearing.EXCEPTION[e.kind],
+                                       ref=e.ref & exceptions.REF_MASK,
+                                       direction=clearing.DIRECTIONS[body.direction],
+                                       operator=api.ops.index(op))
             await api.durable(no)
         api.audit(op, "clearing.adjust", ident, {"amount_fen": body.amount_fen,
                                                  "direction": body.direction,

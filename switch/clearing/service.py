@@ -31,7 +31,9 @@ from onecard.switch.clearing.positions import ClearingError, Day
 from onecard.switch.store.backend import is_postgresql
 
 if TYPE_CHECKING:
-    from onecard.switch.server import Switch
+    from onecard.core.state import State
+    from onecard.switch.config import Config
+    from onecard.switch.durability import Committer
 
 log = logging.getLogger("onecard.clearing")
 
@@ -52,14 +54,19 @@ def _answer(conn: Connection, pans: np.ndarray, regions: np.ndarray) -> None:
 
 
 class ClearingService:
-    def __init__(self, switch: Switch) -> None:
-        self.switch = switch
-        cfg = switch.config.clearing
+    """Clearing in the running switch: given the configuration, the journal's writer (what
+    is durable) and the live state (card numbers and regions a worker asks for)."""
+
+    def __init__(self, config: Config, committer: Committer, state: State) -> None:
+        self.config = config
+        self.committer = committer
+        self.state = state
+        cfg = config.clearing
         self.cutover = cfg.cutover
         self.fees = cfg.fee_table()
         self.grace_s = cfg.grace_s
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else (
-            Path(switch.config.data_dir) / "clearing")
+            Path(config.data_dir) / "clearing")
         self.lock = asyncio.Lock()           # one run at a time
         self.adjusting = asyncio.Lock()      # one adjustment at a time: none resolves twice
         self.open_exceptions = 0
@@ -115,10 +122,10 @@ class ClearingService:
     async def _outcome(self, date: dt.date, write: bool) -> worker.Outcome:
         """The date cleared at the journal's committed end: kept from the last computation
         if that was the same date at the same end (and wrote the files, if asked to)."""
-        key = (date, self.switch.committer.durable_no)
+        key = (date, self.committer.durable_no)
         if self._kept is not None and self._kept[0] == key and (self._kept[1] or not write):
             return self._kept[2]
-        cfg = self.switch.config
+        cfg = self.config
         job = worker.Job(data_dir=str(cfg.data_dir),
                          dsn=cfg.store.dsn if is_postgresql(cfg) else None, date=date,
                          cutover=self.cutover, fees=self.fees,
@@ -157,7 +164,7 @@ class ClearingService:
     def _cards(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Numbers and regions of the cards the worker asks for, from the live state (on the
         loop, between batches: a chunk is a few hundred microseconds)."""
-        cards = self.switch.state.cards
+        cards = self.state.cards
         have = (idx >= 0) & (idx < len(cards))
         pans = np.zeros(len(idx), dtype=np.uint64)
         regions = np.full(len(idx), -1, dtype=np.int64)

@@ -67,7 +67,7 @@ from onecard.protocols.codes import CODE_INDEX
 from onecard.switch.region import routing
 
 if TYPE_CHECKING:
-    from onecard.switch.region.link import RegionLink
+    from onecard.switch.region.context import RegionContext
     from onecard.switch.security.keystore import DataKeys
 
 log = logging.getLogger("onecard.region")
@@ -161,8 +161,8 @@ class Batch:
 class Advices:
     """The acquirer's queues of advices to publish and the issuer's consumer of its own."""
 
-    def __init__(self, link: RegionLink) -> None:
-        self.link = link
+    def __init__(self, region: RegionContext) -> None:
+        self.region = region
         # Per issuer subject, in journal order: (journal no to await, REQUEST bytes, id).
         self.queues: dict[str, deque] = {}
         self.sending: dict[str, Batch] = {}      # made, not yet acknowledged by the stream
@@ -201,14 +201,14 @@ class Advices:
             await js.add_stream(config)
         except BadRequestError:                  # made by another switch, maybe otherwise
             await js.stream_info(STREAM)
-        name = self.link.name
+        name = self.region.name
         self.sub = await js.pull_subscribe(SUBJECT_PREFIX + name, durable=f"advices-{name}",
                                            stream=STREAM)
         self.kv = await routing.open_bucket(js, replicas, STORED_BUCKET, history=1,
                                             description="onecard: advices stored up to")
-        self.link.spawn_loop(self._publish_loop())
-        self.link.spawn_loop(self._consume_loop())
-        self.link.spawn_loop(self._stored_loop())
+        self.region.spawn_loop(self._publish_loop())
+        self.region.spawn_loop(self._consume_loop())
+        self.region.spawn_loop(self._stored_loop())
 
     async def stored(self, peers: list[str]) -> dict[str, int]:
         """Per issuer, the journal number up to which this switch's advices are stored (a
@@ -219,12 +219,12 @@ class Advices:
         out = {}
         for peer in peers:
             try:
-                out[peer] = int((await self.kv.get(f"{self.link.name}.{peer}")).value)
+                out[peer] = int((await self.kv.get(f"{self.region.name}.{peer}")).value)
             except KeyNotFoundError:
                 pass
             except (TimeoutError, ValueError, nats.errors.Error) as exc:
                 log.warning("region %s: advices stored for %s unknown, all sent again: %r",
-                            self.link.name, peer, exc)
+                            self.region.name, peer, exc)
         return out
 
     async def _stored_loop(self) -> None:
@@ -241,11 +241,11 @@ class Advices:
                     continue
                 peer = subject.removeprefix(SUBJECT_PREFIX)
                 try:
-                    await self.kv.put(f"{self.link.name}.{peer}", str(upto).encode())
+                    await self.kv.put(f"{self.region.name}.{peer}", str(upto).encode())
                     written[subject] = upto
                 except (TimeoutError, nats.errors.Error) as exc:
                     log.warning("region %s: advices stored for %s not noted: %r",
-                                self.link.name, peer, exc)
+                                self.region.name, peer, exc)
                     self.stored_changed.set()
                     await asyncio.sleep(RETRY_S[-1])
 
@@ -274,12 +274,12 @@ class Advices:
             self.held.add(subject)
             log.error("region %s: %d advices waiting for the stream; one for %s dropped "
                       "(it is in the journal and is sent again at the next start)",
-                      self.link.name, QUEUED_MAX, peer)
+                      self.region.name, QUEUED_MAX, peer)
             return
         queue = self.queues.get(subject)
         if queue is None:
             queue = self.queues[subject] = deque()
-        queue.append((journal_no, advice.tobytes(), msg_id(self.link.name, advice, day)))
+        queue.append((journal_no, advice.tobytes(), msg_id(self.region.name, advice, day)))
         self.queued += 1
         self.wakeup.set()
 
@@ -334,13 +334,13 @@ class Advices:
             taken = [queue.popleft() for _ in range(min(len(queue), ADVICES_PER_MESSAGE))]
             nos = [no for no, _, _ in taken]
             batch = Batch(nos[-1], b"".join(p for _, p, _ in taken),
-                          batch_id(self.link.name, [k for _, _, k in taken]), len(taken),
+                          batch_id(self.region.name, [k for _, _, k in taken]), len(taken),
                           _upto(nos, queue[0][0] if queue else None))
             self.sending[subject] = batch
         return batch
 
     async def _publish_loop(self) -> None:
-        sw = self.link.switch
+        sw = self.region
         while not self.closed:
             subjects = [s for s, q in self.queues.items() if q or s in self.sending]
             if not subjects:
@@ -352,7 +352,7 @@ class Advices:
             for subject in subjects:
                 batch = self._batch(subject)
                 if batch.journal_no:
-                    await sw.committed(batch.journal_no)
+                    await sw.durability.committed(batch.journal_no)
                 if await self._store(subject, batch):
                     del self.sending[subject]
                     self.published += batch.count
@@ -372,7 +372,7 @@ class Advices:
                 return True
             except Exception as exc:             # any NATS failure: the advices must wait
                 log.warning("region %s: %d advices to %s not stored yet: %r",
-                            self.link.name, batch.count, subject, exc)
+                            self.region.name, batch.count, subject, exc)
                 await asyncio.sleep(delay_s if delay_s is not None else RETRY_S[-1])
         return False
 
@@ -387,7 +387,7 @@ class Advices:
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.Error as exc:
-                log.warning("region %s: advices: %r", self.link.name, exc)
+                log.warning("region %s: advices: %r", self.region.name, exc)
                 await asyncio.sleep(RETRY_S[-1])
                 continue
             await self._apply(msgs)
@@ -395,7 +395,7 @@ class Advices:
     async def _apply(self, msgs: list) -> None:
         """Apply fetched messages of advices in stream order, in as few core calls as whole
         messages allow, and acknowledge them once the journal holds what they did."""
-        sw = self.link.switch
+        sw = self.region
         good = []
         for m in msgs:
             n, rest = divmod(len(m.data), forward.REQUEST.itemsize)
@@ -404,7 +404,7 @@ class Advices:
                 good.append(m)
             else:                                # never applicable: say so, do not retry
                 log.error("region %s: malformed advice message dropped (%d bytes)",
-                          self.link.name, len(m.data))
+                          self.region.name, len(m.data))
                 await m.term()
         if msgs:
             with contextlib.suppress(Exception):     # only a gauge: never stop the loop
@@ -421,7 +421,7 @@ class Advices:
             self._report(np.frombuffer(data, dtype=forward.REQUEST),
                          np.frombuffer(answers, dtype=forward.ANSWER))
         if end_no:
-            await sw.committed(end_no - 1)
+            await sw.durability.committed(end_no - 1)
         for m in good:
             await m.ack()
 
@@ -442,10 +442,10 @@ class Advices:
         for req in reqs[late]:
             log.error("region %s: reversal advice for terminal %s STAN %06d came after that "
                       "terminal's ring moved on: reconcile it (the original may stand)",
-                      self.link.name, unpack_tid(int(req["tid"])), int(req["txn"]["seq"]))
+                      self.region.name, unpack_tid(int(req["tid"])), int(req["txn"]["seq"]))
         for req, ans in zip(reqs[refused], answers[refused], strict=True):
             log.error("region %s: stand-in advice from terminal %s sequence %d not posted "
-                      "(%s): reconcile it with the acquirer", self.link.name,
+                      "(%s): reconcile it with the acquirer", self.region.name,
                       unpack_tid(int(req["tid"])), int(req["txn"]["seq"]),
                       CODE_OF_INDEX.get(int(ans["rc"]), "?"))
 

@@ -36,7 +36,7 @@ from onecard.protocols.forward import province_of_pan
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
-    from onecard.switch.region.link import RegionLink
+    from onecard.switch.region.context import RegionContext
 
 log = logging.getLogger("onecard.region")
 
@@ -69,8 +69,8 @@ def decode(data: bytes) -> tuple[int, int, bool]:
 class Blocks:
     """The owner's publisher of its cards' changes, and the follower of everyone else's."""
 
-    def __init__(self, link: RegionLink) -> None:
-        self.link = link
+    def __init__(self, region: RegionContext) -> None:
+        self.region = region
         self.changed: set[int] = set()          # card indexes to publish
         self.wakeup = asyncio.Event()
         self.deny_published = 0                 # deny-log version published
@@ -82,7 +82,7 @@ class Blocks:
         """Publish and follow from now on. The bucket is opened in the background: a switch
         starting with others, while the bucket's stream forms, is not held up by it."""
         self.cards_changed(changed_since_checkpoint)
-        self.link.spawn_loop(self._run(js, replicas))
+        self.region.spawn_loop(self._run(js, replicas))
 
     async def _run(self, js, replicas: int) -> None:
         import nats.errors
@@ -94,19 +94,19 @@ class Blocks:
             try:
                 self.kv = await open_bucket(js, replicas)
                 try:
-                    tail = await self.kv.get(TAIL_PREFIX + self.link.name)
+                    tail = await self.kv.get(TAIL_PREFIX + self.region.name)
                     self.deny_published = int(tail.value or b"0")
                 except KeyNotFoundError:
                     self.deny_published = 0
                 break
             except (TimeoutError, nats.errors.Error) as exc:
-                log.warning("region %s: blocked-cards bucket not ready: %r", self.link.name,
+                log.warning("region %s: blocked-cards bucket not ready: %r", self.region.name,
                             exc)
                 await asyncio.sleep(RETRY_S)
         else:
             return
-        self.deny_published = min(self.deny_published, self.link.switch.state.deny_version)
-        self.link.spawn_loop(routing.follow(self.kv, ">", self))
+        self.deny_published = min(self.deny_published, self.region.engine.state.deny_version)
+        self.region.spawn_loop(routing.follow(self.kv, ">", self))
         await self._publish_loop()
 
     # ---- owner -------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class Blocks:
             self.wakeup.set()
 
     async def _publish_loop(self) -> None:
-        st = self.link.switch.state
+        st = self.region.engine.state
         while not self.closed:
             # A bounded slice of the deny log at a time (a first start may find a long one):
             # the event loop answers terminals in between.
@@ -139,7 +139,7 @@ class Blocks:
                 await self._publish(st, deny_end)
             except Exception as exc:            # any NATS failure: publish again later
                 log.warning("region %s: blocked cards not published yet: %r",
-                            self.link.name, exc)
+                            self.region.name, exc)
                 await asyncio.sleep(RETRY_S)
 
     async def _publish(self, st, deny_end: int) -> None:
@@ -150,33 +150,32 @@ class Blocks:
         pans = st.cards["pan"][cards]
         for card, pan, status, deny in zip(cards, pans.tolist(), statuses.tolist(),
                                            denied.tolist(), strict=True):
-            await self.kv.put(f"{self.link.name}.{card}", encode(pan, status, deny))
+            await self.kv.put(f"{self.region.name}.{card}", encode(pan, status, deny))
             self.changed.discard(card)
             self.published += 1
         if not self.changed and deny_end > self.deny_published:
             # Every card of the log up to deny_end is in the bucket: the tail moves on.
-            await self.kv.put(TAIL_PREFIX + self.link.name, str(deny_end).encode())
+            await self.kv.put(TAIL_PREFIX + self.region.name, str(deny_end).encode())
             self.deny_published = deny_end
 
     # ---- every other region ------------------------------------------------------------------
 
     async def entry(self, key: str, data: bytes | None) -> None:
         region = key.partition(".")[0]
-        if region == self.link.name or key.startswith(TAIL_PREFIX) or data is None:
+        if region == self.region.name or key.startswith(TAIL_PREFIX) or data is None:
             return
         try:
             pan, status, denied = decode(data)
         except ValueError as exc:
-            log.error("region %s: %s (key %s) ignored", self.link.name, exc, key)
+            log.error("region %s: %s (key %s) ignored", self.region.name, exc, key)
             return
-        sw = self.link.switch
-        sw.engine.router.block(pan, status, denied)
-        if sw.state.foreign_listed(pan) != denied:
+        region = self.region
+        region.engine.router.block(pan, status, denied)
+        if region.engine.state.foreign_listed(pan) != denied:
             # Appended to the journal like an operator's change; the gates may learn it
             # before it is durable: a crash re-reads the bucket and journals it again.
-            sw.engine.tick()
-            operations.foreign_deny(sw.engine.authoriser, pan, denied, province_of_pan(pan))
-            sw.submit()
+            region.door.apply(operations.foreign_deny, pan, denied, province_of_pan(pan))
+            region.durability.submit()
             self.foreign_deny_changes += 1
 
     async def reread(self, kv: KeyValue) -> None:

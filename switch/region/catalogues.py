@@ -22,10 +22,9 @@ import msgspec
 
 from onecard.switch import catalogue
 from onecard.switch.errors import RegionError
-from onecard.switch.store import backend
 
 if TYPE_CHECKING:
-    from onecard.switch.region.link import RegionLink
+    from onecard.switch.region.context import RegionContext
 
 log = logging.getLogger("onecard.region")
 
@@ -48,8 +47,8 @@ class CatalogueConflict(RegionError):
 
 
 class CatalogueSync:
-    def __init__(self, link: RegionLink) -> None:
-        self.link = link
+    def __init__(self, region: RegionContext) -> None:
+        self.region = region
         self.lock = asyncio.Lock()          # a local change, or an applied one, at a time
         self.last_seq = 0                   # the stream's last message seen here
         self.applied = 0                    # other regions' versions applied here
@@ -59,9 +58,8 @@ class CatalogueSync:
         from nats.js.api import StorageType, StreamConfig
         from nats.js.errors import BadRequestError
 
-        sw = self.link.switch
         self.js = js
-        self.db = backend.open_db(sw.config, fence_epoch=sw.lease_epoch)
+        self.db = self.region.store.open_db(fence_epoch=self.region.fence_epoch)
         config = StreamConfig(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE,
                               num_replicas=replicas)
         try:
@@ -85,7 +83,7 @@ class CatalogueSync:
         from nats.js.errors import APIError
 
         version = self.version() + 1
-        change = Change(version, action, code, fields, operator, self.link.name)
+        change = Change(version, action, code, fields, operator, self.region.name)
         try:
             ack = await self.js.publish(
                 SUBJECT, msgspec.json.encode(change), timeout=PUBLISH_TIMEOUT_S,
@@ -104,7 +102,7 @@ class CatalogueSync:
         try:
             change = msgspec.json.decode(msg.data, type=Change)
         except msgspec.MsgspecError as exc:
-            log.error("region %s: catalogue message %d ignored: %s", self.link.name, seq, exc)
+            log.error("region %s: catalogue message %d ignored: %s", self.region.name, seq, exc)
             self.last_seq = max(self.last_seq, seq)
             return
         async with self.lock:
@@ -114,7 +112,7 @@ class CatalogueSync:
                 return                        # this switch made it, or applied it before
             if change.version != have + 1:
                 log.error("region %s: catalogue version %d from %s, this switch is at %d: "
-                          "versions are missing from the stream", self.link.name,
+                          "versions are missing from the stream", self.region.name,
                           change.version, change.region, have)
                 return
             try:
@@ -122,9 +120,9 @@ class CatalogueSync:
                                  change.fields)
             except catalogue.CatalogueError as exc:
                 log.error("region %s: catalogue version %d from %s does not apply here: %s",
-                          self.link.name, change.version, change.region, exc)
+                          self.region.name, change.version, change.region, exc)
                 return
-            self.link.switch.catalogue_changed(self.db)
+            self.region.catalogue_changed(self.db)
             self.applied += 1
             log.info("region %s: catalogue version %d from region %s (%s %s)",
-                     self.link.name, change.version, change.region, change.action, change.code)
+                     self.region.name, change.version, change.region, change.action, change.code)

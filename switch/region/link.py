@@ -1,11 +1,11 @@
 """A regional switch's link to the others over NATS (issue 15, docs/regions.md).
 
 Acquirer: when the core stops before a request another region decides (``core/forward.pyx``),
-the connection stops reading and :meth:`RegionLink.relay` sends what the core collected, one
-NATS request per destination (chunked at ``protocols.forward.BATCH_MAX``), all at once; it
-installs the answers and runs the held buffer again, so the terminal's replies keep their
-order. A destination that does not answer within ``region.timeout_ms`` gets 91 for each of its
-requests.
+the intake holds the connection (``Intake.relay``) and :meth:`RegionLink.forward` sends what
+the core collected, one NATS request per destination (chunked at
+``protocols.forward.BATCH_MAX``), all at once; the intake installs the answers and runs the
+held buffer again, so the terminal's replies keep their order. A destination that does not
+answer within ``region.timeout_ms`` gets 91 for each of its requests.
 
 Issuer: forwarded batches arrive on ``onecard.auth.<region>`` (a queue group, so several
 processes of one region could share them); each is decided in one core call, and answered once
@@ -30,11 +30,11 @@ from onecard.switch.errors import ListenError, RegionError
 from onecard.switch.region.advices import Advices
 from onecard.switch.region.blocks import Blocks
 from onecard.switch.region.catalogues import CatalogueSync
+from onecard.switch.region.context import RegionContext
 
 if TYPE_CHECKING:
     from onecard.switch.config import RegionConfig
     from onecard.switch.region.routing import RoutingTable
-    from onecard.switch.server import Connection, Switch
 
 log = logging.getLogger("onecard.region")
 
@@ -42,7 +42,6 @@ ERROR_HEADER = "Onecard-Error"           # an issuer's refusal of a whole batch,
 CONNECT_TIMEOUT_S = 5.0
 FIRST_CONNECT_TIMEOUT_S = 15.0           # a switch that cannot join its region does not start
 STOP_TIMEOUT_S = 10.0                    # for answers and relays in flight when stopping
-ROUNDS_MAX = 8                           # reruns of one held buffer (routing changed meanwhile)
 # Forwarding round trips, µs: from loopback (a few hundred) to the timeout's order.
 LATENCY_BOUNDS_US = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
                      500_000, 1_000_000)
@@ -72,9 +71,14 @@ class PeerStats:
 
 
 class RegionLink:
-    def __init__(self, switch: Switch, config: RegionConfig) -> None:
+    """A regional switch's side of NATS: it forwards batches of requests to the regions that
+    decide them (``forward``; the intake holds the connection and reruns its buffer), answers
+    the batches other regions forward here, and runs advices, blocks and catalogues."""
+
+    def __init__(self, context: RegionContext, config: RegionConfig) -> None:
         assert config.enabled, "a link is for a named region"
-        self.switch = switch
+        assert context.name == config.name
+        self.context = context
         self.config = config
         self.name = config.name
         self.timeout_s = config.timeout_ms / 1000
@@ -91,7 +95,7 @@ class RegionLink:
         self.catalogue: CatalogueSync | None = None
         self._sub = None
         self._tasks: set[asyncio.Task] = set()   # relays and answers: finish before stopping
-        self._loops: set[asyncio.Task] = set()   # the watch and the advice loops: cancelled
+        # The watch and the advice loops (context.loops): cancelled at stop.
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -132,22 +136,22 @@ class RegionLink:
         else:
             log.warning("region %s: no routing table yet: every card is decided here until "
                         "one is published (onecard region route)", self.name)
-        self._loops.add(routing.watch(kv, self.apply, last_version=self.table_version))
+        self.context.loops.add(routing.watch(kv, self.apply, last_version=self.table_version))
         mine = standin.Limits(self.config.standin_per_txn_fen, self.config.standin_per_day_fen)
         await standin.publish(kv, self.name, mine)
         limits = standin.Follower(self.apply_limits)
         await limits.reread(kv)
         self.spawn_loop(routing.follow(kv, forward.STAND_IN_KEY + "*", limits))
-        self.advices = Advices(self)
+        self.advices = Advices(self.context)
         await self.advices.start(self.nc.jetstream(), self.config.routing_replicas)
         tail, tids, owner_of = self._journal_tail()
         stored = await self.advices.stored(sorted(set(self.owners.values()) - {self.name}))
-        resent = self.advices.resend(tail, tids, owner_of, self.switch.keys, stored)
+        resent = self.advices.resend(tail, tids, owner_of, self.context.keys, stored)
         if resent:
             log.info("region %s: %d advices from the journal sent again", self.name, resent)
-        self.catalogue = CatalogueSync(self)
+        self.catalogue = CatalogueSync(self.context)
         await self.catalogue.start(self.nc.jetstream(), self.config.routing_replicas)
-        self.blocks = Blocks(self)
+        self.blocks = Blocks(self.context)
         self.blocks.start(self.nc.jetstream(), self.config.routing_replicas,
                           [r.card for r in tail if r.kind_name == "CARD_ADMIN"])
         self._sub = await self.nc.subscribe(forward.SUBJECT_PREFIX + self.name,
@@ -170,7 +174,7 @@ class RegionLink:
         for part in (self.advices, self.blocks):
             if part is not None:
                 part.closed = True
-        tasks = [*self._tasks, *self._loops]
+        tasks = [*self._tasks, *self.context.loops]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -187,7 +191,7 @@ class RegionLink:
         from onecard.switch.region import routing
 
         dest, peers = routing.destinations(table, self.name)
-        self.switch.engine.router.configure(dest)
+        self.context.engine.router.configure(dest)
         self.peers, self.table_version = list(peers), table.version
         self.owners = dict(table.owners)
         self._configure_stand_in()
@@ -204,7 +208,7 @@ class RegionLink:
         from onecard.switch.region import standin
 
         per_txn, per_day = standin.arrays(self.owners, self.limits, self.name)
-        self.switch.engine.router.configure_stand_in(per_txn, per_day)
+        self.context.engine.router.configure_stand_in(per_txn, per_day)
 
     def unsent(self) -> int:
         """What this switch has to publish and holds only in memory: advices waiting for
@@ -236,25 +240,9 @@ class RegionLink:
         (FORWARDED: advices; CARD_ADMIN: blocked cards), the terminals' ids, and the owner of
         a province now."""
         from onecard.protocols.journal_codec import decode
-        from onecard.switch.store import backend, sqlite
 
-        sw = self.switch
-        upto = sw.loaded.snapshot_upto
-        if backend.is_postgresql(sw.config):
-            from onecard.switch.store.pg import journal as pg_journal
-
-            db = backend.open_db(sw.config)
-            try:
-                recs, nos = sqlite.records_of(pg_journal.journal_rows(db.pg, upto), upto)
-            finally:
-                db.close()
-        else:
-            conn = sqlite.connect(sqlite.db_path(sw.data_dir), readonly=True)
-            try:
-                recs, nos = sqlite.journal_records(conn, upto)
-            finally:
-                conn.close()
-        tids = sw.state.terminals["tid"]          # as the core keys them
+        recs, nos = self.context.store.records_since(self.context.since_no)
+        tids = self.context.engine.state.terminals["tid"]          # as the core keys them
         owners = self.owners
 
         def owner_of(province: int) -> str | None:
@@ -267,11 +255,10 @@ class RegionLink:
 
     def spawn_loop(self, coro) -> asyncio.Task:
         """A task that runs as long as the link (cancelled at stop)."""
-        task = asyncio.create_task(coro)
-        self._loops.add(task)
-        return task
+        return self.context.spawn_loop(coro)
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def spawn(self, coro) -> asyncio.Task:
+        """A task the link lets finish before it stops (a relay, an answer)."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -279,49 +266,14 @@ class RegionLink:
 
     # ---- acquirer ----------------------------------------------------------------------------
 
-    def relay(self, conn: Connection) -> None:
-        """The core stopped before a request another region decides: take what it collected
-        and run the connection's held buffer again once the answers are in."""
-        order, batches = self.switch.engine.router.take()
-        conn.hold()
-        self._spawn(self._relay(conn, order, batches))
-
-    async def _relay(self, conn: Connection, order, batches: list) -> None:
-        engine = self.switch.engine
-        try:
-            for _ in range(ROUNDS_MAX):
-                peers = self.peers               # as routed: a new table may come meanwhile
-                answers = await self.forward(batches, peers)
-                if conn.closing or conn.transport is None:
-                    # The terminal went away: what issuers approved is journaled there, and
-                    # its retransmission will be answered from their rings.
-                    return
-                router = engine.router
-                unanswered = router.install(order, answers)
-                try:
-                    result = engine.process(conn.proto, conn._buf)
-                    order, batches = router.take()
-                    stood_in = router.take_advices()
-                finally:
-                    router.clear()
-                conn.ran(conn._buf, len(conn._buf), result, relay=False)
-                self._advise(answers, unanswered, stood_in, peers)
-                if not batches:
-                    return
-            log.error("region %s: a connection's requests were rerouted %d times (routing "
-                      "table changing?): closing it", self.name, ROUNDS_MAX)
-            conn.close_now()
-        finally:
-            conn.release()
-
-    def _advise(self, answers: list, unanswered: list, stood_in: list,
+    def advise(self, answers: list, unanswered: list, stood_in: list,
                 peers: list[str]) -> None:
         """Requests the issuer did not answer (``Router.install``): stand-in advices for
         those the core stood in for, reversal advices for purchases and voids answered 91,
         each once the FORWARDED records just journaled are durable (advices.py)."""
         if self.advices is None:
             return
-        journal_no = self.switch.engine.journal.next_no - 1
+        journal_no = self.context.engine.journal.next_no - 1
         self.advices.queue_stand_in(peers, stood_in, journal_no)
         for (d, _, _), reqs in zip(answers, unanswered, strict=True):
             if len(reqs):
@@ -370,16 +322,16 @@ class RegionLink:
     async def _serve(self, msg) -> None:
         headers = msg.headers or {}
         version = headers.get(forward.HEADER)
-        sw = self.switch
+        ctx = self.context
         if version != str(forward.VERSION):
             await self._refuse(msg, f"forwarding version {version!r}, this switch speaks "
                                     f"{forward.VERSION}")
             return
-        if sw.failed is not None:
+        if ctx.durability.failed is not None:
             await self._refuse(msg, "journal failed")
             return
         try:
-            answers, end_no = sw.engine.serve_forwarded(msg.data)
+            answers, end_no = ctx.engine.serve_forwarded(msg.data)
         except ValueError as exc:
             await self._refuse(msg, str(exc))
             return
@@ -387,12 +339,12 @@ class RegionLink:
         self.served_requests += len(answers) // forward.ANSWER.itemsize
         # Answered once durable, without holding up the next batch: the subscription's
         # callback returns at once.
-        self._spawn(self._answer(msg, answers, end_no))
+        self.spawn(self._answer(msg, answers, end_no))
 
     async def _answer(self, msg, answers: bytes, end_no: int) -> None:
         try:
             if end_no:
-                await self.switch.committed(end_no - 1)
+                await self.context.durability.committed(end_no - 1)
         except RuntimeError as exc:
             await self._refuse(msg, str(exc))
             return
