@@ -88,7 +88,8 @@ def _cython_include() -> str:
 
 def _render_journal(staging: str) -> None:
     """The core's journal structs come from the table in protocols/journal.py: write them
-    (and the format's documentation) before Cython reads them."""
+    before Cython reads them (they are built, not committed; the format's documentation is
+    committed, and rendered by hand: python -m onecard.protocols.journal_render)."""
     sys.path.insert(0, staging)
     from onecard.protocols import journal_render
 

@@ -10,7 +10,8 @@ position is written. From it come:
   and reads by name, and the offsets the C compiler gave them, checked against this table
   when ``onecard.core.journal`` is imported;
 - the numpy dtypes and the typed reader of ``protocols/journal_codec.py``;
-- ``protocols/JOURNAL.md`` (rendered; a test fails when it is stale).
+- ``protocols/JOURNAL.md`` (rendered by ``python -m onecard.protocols.journal_render`` and
+  committed; a test fails when it is stale). The structs are built, not committed.
 
 Layout: a 44-byte head every record has, then the fields of the record's layout, each at its
 natural alignment. Versions 2 and 3 are this layout; version 1 (before this table) kept

@@ -33,8 +33,8 @@ from onecard.protocols.journal import (
     place,
 )
 
-GENERATED = ("Generated from protocols/journal.py by protocols/journal_render.py (setup.py "
-             "runs it on\n# every build): do not edit.")
+GENERATED = ("Generated from protocols/journal.py by protocols/journal_render.py: do not "
+             "edit.")
 STDINT = "from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t"
 
 
@@ -146,22 +146,31 @@ def render_md() -> str:
     return "\n".join(lines)
 
 
+# Each derived file is either built or committed, never both: the core's structs are built
+# (setup.py writes them before Cython reads them; not in git), the documentation is committed
+# (read where the repository is browsed) and a test fails when it is stale.
+BUILT = ("core/records.pxd", "core/records.pyx")
+COMMITTED = ("protocols/JOURNAL.md",)
+
+
 def outputs(root: Path) -> dict[Path, str]:
     return {root / "core" / "records.pxd": render_pxd(),
             root / "core" / "records.pyx": render_pyx(),
             root / "protocols" / "JOURNAL.md": render_md()}
 
 
-def stale(root: Path) -> list[Path]:
-    """Derived files that differ from what the table gives."""
+def stale(root: Path, which: tuple[str, ...] = BUILT + COMMITTED) -> list[Path]:
+    """Derived files (of ``which``) that differ from what the table gives."""
+    wanted = {root / name for name in which}
     return [p for p, text in outputs(root).items()
-            if not p.exists() or p.read_text(encoding="utf-8") != text]
+            if p in wanted and (not p.exists() or p.read_text(encoding="utf-8") != text)]
 
 
-def write(root: Path) -> list[Path]:
-    """Write the derived files that changed (an unchanged file keeps its mtime, so the build
-    does not recompile the core for nothing); the paths written."""
-    changed = stale(root)
+def write(root: Path, which: tuple[str, ...] = BUILT) -> list[Path]:
+    """Write the derived files (of ``which``: the build's by default) that changed (an
+    unchanged file keeps its mtime, so the build does not recompile the core for nothing);
+    the paths written."""
+    changed = stale(root, which)
     for path in changed:
         path.write_text(outputs(root)[path], encoding="utf-8")
     return changed
@@ -172,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report stale files")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
     args = parser.parse_args(argv)
-    paths = stale(args.root) if args.check else write(args.root)
+    # By hand: the committed documentation too (the build writes only its own files).
+    paths = stale(args.root) if args.check else write(args.root, BUILT + COMMITTED)
     for path in paths:
         print(f"{'stale' if args.check else 'wrote'}: {path}")
     return 1 if args.check and paths else 0

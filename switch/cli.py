@@ -20,6 +20,7 @@ from onecard.switch import __version__, logs
 from onecard.switch.config import Config, load, tokens_path, with_overrides
 from onecard.switch.errors import EXIT_USAGE, DataDirBusy, OnecardError
 from onecard.switch.security import modes
+from onecard.switch.store import backend
 
 log = logging.getLogger("onecard")
 
@@ -79,10 +80,7 @@ def cmd_serve(args) -> int:
     config = _config(args)
     _logging(config)
     data_dir = Path(config.data_dir)
-    if config.store.backend == "postgresql":
-        # The local directory keeps only what is this machine's: the lock and tokens files
-        # (and, by default, the key-encryption key beside it).
-        modes.private_dir(data_dir)
+    backend.open_store(config).prepare_local_dir()
     check_data_dir(data_dir, config.store.free_mb_min)   # before the lock file's write
     lock = _lock(data_dir)
     try:
@@ -111,7 +109,6 @@ def _recover(config: Config, data_dir: Path):
     """The state from the configured store (a demo data set made first for an empty embedded
     one); on PostgreSQL, after taking the lease over."""
     from onecard.switch import demo
-    from onecard.switch.store import loader, sqlite
 
     kek_file = config.security.kek_file or None
     options = {"ring_size": config.core.ring_size,
@@ -120,30 +117,13 @@ def _recover(config: Config, data_dir: Path):
                "idempotency_requests_max": config.core.idempotency_requests_max,
                "cutover_s": cutover_minutes(config.clearing.cutover) * 60,
                "holder_cache_bytes": config.core.holder_cache_bytes}
-    if config.store.backend == "postgresql":
-        from onecard.switch.store.pg import lease as pg_lease
-        from onecard.switch.store.pg.journal import JournalGap
-
-        # Loaded first, read-only: a start that fails (a wrong key, a damaged checkpoint)
-        # must not take the lease and so fence a switch that is serving.
-        try:
-            loaded = loader.load(data_dir, dsn=config.store.dsn, **options)
-        except JournalGap:
-            loaded = None              # rows past a gap: the takeover deletes them first
-        lease = pg_lease.take_over(config.store.dsn,
-                                   require_sync=config.store.require_sync_standby)
-        if lease.dropped_rows:
-            print(f"onecard: {lease.dropped_rows} journal rows past a commit that never "
-                  "completed deleted (never answered)")
-        if loaded is None or loaded.next_record_no != lease.journal_end:
-            # The previous holder committed after our snapshot: read it again, under the
-            # lease now (nothing else commits).
-            loaded = loader.load(data_dir, dsn=config.store.dsn, **options)
-        return loaded, lease
-    if not sqlite.db_path(data_dir).exists():
-        demo.generate(data_dir, cards=config.demo.cards, seed=config.demo.seed,
-                      ring_size=config.core.ring_size, kek_file=kek_file)
-    return loader.load(data_dir, **options), None
+    loaded, lease = backend.open_store(config).recover(options, lambda: demo.generate(
+        data_dir, cards=config.demo.cards, seed=config.demo.seed,
+        ring_size=config.core.ring_size, kek_file=kek_file))
+    if lease is not None and lease.dropped_rows:
+        print(f"onecard: {lease.dropped_rows} journal rows past a commit that never "
+              "completed deleted (never answered)")
+    return loaded, lease
 
 
 async def _serve(config: Config, loaded, lease) -> int:
@@ -236,12 +216,14 @@ def cmd_demo_data(args) -> int:
 
 
 def _embedded_only(config: Config, command: str) -> bool:
-    if config.store.backend != "postgresql":
-        return True
-    print(f"onecard {command}: the store is PostgreSQL; back it up with pg_basebackup and WAL "
-          "archiving (docs/operations.md). This command copies the embedded store.",
-          file=sys.stderr)
-    return False
+    try:
+        backend.open_store(config).only_embedded(
+            command, "back it up with pg_basebackup and WAL archiving (docs/operations.md). "
+            "This command copies the embedded store.")
+    except backend.NotEmbedded as exc:
+        print(exc, file=sys.stderr)
+        return False
+    return True
 
 
 def _backup_step(what: str, call):

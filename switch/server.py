@@ -104,7 +104,7 @@ class Switch:
                                     self.door, self.store, self.keys, loaded.snapshot_upto,
                                     self.lease_epoch, self.catalogue_changed)
             self.link = self.intake.link = RegionLink(context, config.region)
-        self.clearing = ClearingService(config, self.committer, self.state)
+        self.clearing = ClearingService(config, self.committer, self.state, self.store.dsn)
 
     # ---- durability ----------------------------------------------------------------------------
 

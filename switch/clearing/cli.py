@@ -29,7 +29,7 @@ from onecard.switch.clearing.reader import DateError, registry, settlement_date
 from onecard.switch.clearing.reader import FutureDate as FutureDate
 from onecard.switch.clearing.reader import current_date as current_date
 from onecard.switch.store import loader, sqlite
-from onecard.switch.store.backend import is_postgresql
+from onecard.switch.store.backend import open_store
 
 
 def read_store(data_dir: str | Path, card_pan: np.ndarray, card_region: np.ndarray,
@@ -187,7 +187,7 @@ def _files(day: Legs, ref: Reference, date: dt.date, cutover: str, out: Path,
 
 def store_dsn(config) -> str | None:
     """The PostgreSQL store's connection string, or None for the embedded SQLite store."""
-    return config.store.dsn if is_postgresql(config) else None
+    return open_store(config).dsn
 
 
 def _medical(config, first: dt.date, last: dt.date, json_path: str | None) -> int:

@@ -28,7 +28,6 @@ from onecard.protocols import clearing
 from onecard.switch import logs
 from onecard.switch.clearing import exceptions, files, worker
 from onecard.switch.clearing.positions import ClearingError, Day
-from onecard.switch.store.backend import is_postgresql
 
 if TYPE_CHECKING:
     from onecard.core.state import State
@@ -57,8 +56,10 @@ class ClearingService:
     """Clearing in the running switch: given the configuration, the journal's writer (what
     is durable) and the live state (card numbers and regions a worker asks for)."""
 
-    def __init__(self, config: Config, committer: Committer, state: State) -> None:
+    def __init__(self, config: Config, committer: Committer, state: State,
+                 dsn: str | None = None) -> None:
         self.config = config
+        self.dsn = dsn                       # the PostgreSQL store's (the worker reads it)
         self.committer = committer
         self.state = state
         cfg = config.clearing
@@ -127,7 +128,7 @@ class ClearingService:
             return self._kept[2]
         cfg = self.config
         job = worker.Job(data_dir=str(cfg.data_dir),
-                         dsn=cfg.store.dsn if is_postgresql(cfg) else None, date=date,
+                         dsn=self.dsn, date=date,
                          cutover=self.cutover, fees=self.fees,
                          out_dir=str(self.out_dir) if write else None)
         outcome = await self._in_worker(job)

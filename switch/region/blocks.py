@@ -169,13 +169,13 @@ class Blocks:
         except ValueError as exc:
             log.error("region %s: %s (key %s) ignored", self.region.name, exc, key)
             return
-        region = self.region
-        region.engine.router.block(pan, status, denied)
-        if region.engine.state.foreign_listed(pan) != denied:
+        ctx = self.region
+        ctx.engine.router.block(pan, status, denied)
+        if ctx.engine.state.foreign_listed(pan) != denied:
             # Appended to the journal like an operator's change; the gates may learn it
             # before it is durable: a crash re-reads the bucket and journals it again.
-            region.door.apply(operations.foreign_deny, pan, denied, province_of_pan(pan))
-            region.durability.submit()
+            ctx.door.apply(operations.foreign_deny, pan, denied, province_of_pan(pan))
+            ctx.durability.submit()
             self.foreign_deny_changes += 1
 
     async def reread(self, kv: KeyValue) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from onecard.switch.errors import DataDirBusy
 from onecard.switch.security import keystore
-from onecard.switch.store import sqlite
+from onecard.switch.store import backend, sqlite
 
 
 def add_arguments(sub, common) -> None:
@@ -37,25 +37,14 @@ def run(args: argparse.Namespace, config, lock) -> int:
 def _rotate_dek(config, lock) -> int:
     from onecard.switch.store import rotate_dek
 
-    data_dir = Path(config.data_dir)
-    kek_file = config.security.kek_file or None
-    if config.store.backend != "sqlite":
-        from onecard.switch.store.pg import rotate as pg_rotate
-
-        try:
-            done = pg_rotate.rotate(config.store.dsn, data_dir, kek_file)
-        except keystore.KekError as exc:
-            print(f"onecard keys: {exc}", file=sys.stderr)
-            return 2
-        print(rotate_dek.describe(done, "the PostgreSQL store"))
-        return 0
+    store = backend.open_store(config)
     try:
-        handle = lock(data_dir)
+        handle = store.offline_lock(lock)
     except (OSError, DataDirBusy) as exc:
         print(f"onecard keys: {exc}", file=sys.stderr)
         return 2
     try:
-        done = rotate_dek.rotate(data_dir, kek_file)
+        done = store.rotate_dek(config.security.kek_file or None)
     except (keystore.KekError, FileNotFoundError) as exc:
         print(f"onecard keys: {exc}", file=sys.stderr)
         return 2
@@ -63,18 +52,21 @@ def _rotate_dek(config, lock) -> int:
         print(f"onecard keys: data key not rotated: {exc}", file=sys.stderr)
         return 1
     finally:
-        handle.close()
-    print(rotate_dek.describe(done, str(data_dir)))
+        if handle is not None:
+            handle.close()
+    print(rotate_dek.describe(done, store.where()))
     return 0
 
 
 def _rotate_kek(args: argparse.Namespace, config, lock) -> int:
 
     data_dir = Path(config.data_dir)
-    if config.store.backend != "sqlite":
-        print("onecard keys: rotate-kek works on the embedded store (its meta table); on "
-              "PostgreSQL the data key is wrapped in the store's meta table the same way: "
-              "not yet automated", file=sys.stderr)
+    try:
+        backend.open_store(config).only_embedded(
+            "keys", "rotate-kek works on the embedded store (its meta table); on PostgreSQL "
+            "the data key is wrapped in the store's meta table the same way: not yet automated")
+    except backend.NotEmbedded as exc:
+        print(exc, file=sys.stderr)
         return 2
     new_path = Path(args.new_kek_file)
     try:

@@ -7,7 +7,7 @@ method of ``Store``, which the server opens once (``open_store``)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onecard.core.commit import GroupCommitter
+from onecard.switch.errors import StoreError
+from onecard.switch.security import modes
 from onecard.switch.store import sqlite
 from onecard.switch.store.snapshots import Checkpointer
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from onecard.switch.store.pg.db import Db
     from onecard.switch.store.pg.lease import Lease
     from onecard.switch.store.pg.replication import ReplicationMonitor
+    from onecard.switch.store.rotate_dek import Rotated
 
 
 def is_postgresql(config: Config) -> bool:
@@ -59,15 +62,48 @@ def transaction(conn: sqlite3.Connection | Db) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+class NotEmbedded(StoreError):
+    """A command that works on the embedded store only, run on a PostgreSQL store."""
+
+
 class Store:
-    """The configured store, opened once by the server: everything that differs between the
-    embedded SQLite database and PostgreSQL is a method here, so the runtime never asks which
-    one it has. Connections are opened per use (the writers own theirs)."""
+    """The configured store, opened once by the server and by each command: everything that
+    differs between the embedded SQLite database and PostgreSQL is a method here, so nothing
+    else asks which one it has (tests/test_architecture.py). Connections are opened per use
+    (the writers own theirs)."""
 
     name = ""
+    dsn: str | None = None          # PostgreSQL's connection string (a clearing worker's)
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.data_dir = Path(config.data_dir)
+
+    def where(self) -> str:
+        """The store, as an operator's message names it."""
+        raise NotImplementedError
+
+    def only_embedded(self, command: str, instead: str) -> None:
+        """Raise NotEmbedded (``onecard COMMAND: the store is PostgreSQL; INSTEAD``) for a
+        command the embedded store alone has."""
+
+    def prepare_local_dir(self) -> None:
+        """The local data directory before the lock is taken in it."""
+
+    def recover(self, options: dict,
+                make_data_set: Callable[[], None]) -> tuple[Loaded, Lease | None]:
+        """The state to serve from, and the lease it is written under (PostgreSQL).
+        ``make_data_set`` fills an empty embedded store first (the demo data set)."""
+        raise NotImplementedError
+
+    def offline_lock(self, lock: Callable[[Path], object]) -> object | None:
+        """What an offline change (a data-key rotation) holds while it runs: the data
+        directory's lock on SQLite; nothing on PostgreSQL, where it takes the lease."""
+        return None
+
+    def rotate_dek(self, kek_file: str | None) -> Rotated:
+        """A new data key, everything sealed under the old one sealed again (rotate_dek.py)."""
+        raise NotImplementedError
 
     def open_db(self, *, fence_epoch: int | None = None) -> sqlite3.Connection | Db:
         """A read-write, autocommit connection (``open_db``)."""
@@ -91,6 +127,24 @@ class Store:
 class SqliteStore(Store):
     name = "sqlite"
 
+    def where(self) -> str:
+        return str(self.data_dir)
+
+    def recover(self, options: dict, make_data_set: Callable[[], None]) -> tuple[Loaded, None]:
+        from onecard.switch.store import loader
+
+        if not sqlite.db_path(self.data_dir).exists():
+            make_data_set()
+        return loader.load(self.data_dir, **options), None
+
+    def offline_lock(self, lock: Callable[[Path], object]) -> object:
+        return lock(self.data_dir)
+
+    def rotate_dek(self, kek_file: str | None) -> Rotated:
+        from onecard.switch.store import rotate_dek
+
+        return rotate_dek.rotate(self.data_dir, kek_file)
+
     def records_since(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
         conn = sqlite.connect(sqlite.db_path(self.config.data_dir), readonly=True)
         try:
@@ -113,6 +167,46 @@ class PgStore(Store):
     """PostgreSQL at ``[store] dsn``; written under the switch's lease (``pg/lease.py``)."""
 
     name = "postgresql"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.dsn = config.store.dsn
+
+    def where(self) -> str:
+        return "the PostgreSQL store"
+
+    def only_embedded(self, command: str, instead: str) -> None:
+        raise NotEmbedded(f"onecard {command}: the store is PostgreSQL; {instead}")
+
+    def prepare_local_dir(self) -> None:
+        # The local directory keeps only what is this machine's: the lock and tokens files
+        # (and, by default, the key-encryption key beside it).
+        modes.private_dir(self.data_dir)
+
+    def recover(self, options: dict,
+                make_data_set: Callable[[], None]) -> tuple[Loaded, Lease]:
+        from onecard.switch.store import loader
+        from onecard.switch.store.pg import lease as pg_lease
+        from onecard.switch.store.pg.journal import JournalGap
+
+        st = self.config.store
+        # Loaded first, read-only: a start that fails (a wrong key, a damaged checkpoint)
+        # must not take the lease and so fence a switch that is serving.
+        try:
+            loaded = loader.load(self.data_dir, dsn=st.dsn, **options)
+        except JournalGap:
+            loaded = None              # rows past a gap: the takeover deletes them first
+        lease = pg_lease.take_over(st.dsn, require_sync=st.require_sync_standby)
+        if loaded is None or loaded.next_record_no != lease.journal_end:
+            # The previous holder committed after our snapshot: read it again, under the
+            # lease now (nothing else commits).
+            loaded = loader.load(self.data_dir, dsn=st.dsn, **options)
+        return loaded, lease
+
+    def rotate_dek(self, kek_file: str | None) -> Rotated:
+        from onecard.switch.store.pg import rotate as pg_rotate
+
+        return pg_rotate.rotate(self.dsn, self.data_dir, kek_file)
 
     def records_since(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
         from onecard.switch.store.pg import journal as pg_journal
