@@ -148,8 +148,8 @@ def _create_database(dsn: str) -> None:
 
 @contextlib.contextmanager
 def _patroni(data_dir: Path, work: Path, progress: Progress) -> Iterator[Store]:
-    from onecard.switch.cluster import cli as cluster
     from onecard.switch.cluster.procs import ClusterError
+    from onecard.switch.commands import cluster
 
     directory = work / "cluster"
     progress(f"onecard cluster up --nodes 3 --dir {directory}")

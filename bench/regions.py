@@ -41,7 +41,8 @@ import numpy as np
 from onecard.bench.e2e import LOAD_GRACE_S, metric_samples, start_switch
 from onecard.protocols import forward
 from onecard.switch import demo
-from onecard.switch.region import nats_server, route_cli
+from onecard.switch.commands import route as route_cli
+from onecard.switch.region import nats_server
 from onecard.switch.region.split import split_data_set
 
 JS, SH = 32, 31

@@ -66,6 +66,7 @@ what lifts its limit.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import logging
@@ -186,7 +187,7 @@ class Admission:
     def __init__(self, srv: ServerConfig, waiting: deque) -> None:
         self.srv = srv
         self.waiting = waiting             # Durability.waiting: its head's age is a delay
-        self._loop = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # start()
         self.latency_budget_s = srv.latency_budget_ms / 1000
         self.tick_s = min(max(self.latency_budget_s / 5, TICK_S_MIN), TICK_S_MAX)
         # A loop iteration that has processed reads for this long refuses its other reads:

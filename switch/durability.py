@@ -18,16 +18,19 @@ from collections.abc import Callable
 from typing import Protocol
 
 from onecard.core.engine import Engine
+from onecard.core.journal import Journal
 
 
 class Committer(Protocol):
     """What durability needs of a journal writer (core/commit.pyx's GroupCommitter and
     store/pg/committer.py's PgCommitter both are one)."""
 
-    submitted_no: int
-    durable_no: int
+    @property
+    def submitted_no(self) -> int: ...
+    @property
+    def durable_no(self) -> int: ...
 
-    def submit(self, journal: object) -> None: ...
+    def submit(self, journal: Journal) -> int: ...
 
 
 class Held(Protocol):
@@ -58,7 +61,8 @@ class Durability:
         self.iteration_start = 0.0            # this loop iteration's first read (intake)
         self._on_durable = on_durable         # the switch's checkpoint waiting for end_no
         self._record_waiters: list[tuple[int, asyncio.Future]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set by start(), before any connection or operator can reach deliver or committed.
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -95,6 +99,7 @@ class Durability:
         if len(self.waiting) > self.waiting_batches_max and not conn.paused:
             conn.paused = True
             self.paused.add(conn)
+            assert conn.transport is not None, "a reply queued for a connection gone"
             conn.transport.pause_reading()
 
     def _submit_batches(self) -> None:

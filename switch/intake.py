@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from onecard.core.engine import ISO8583, NATIVE, Engine
 from onecard.protocols.enums import PROTO
@@ -68,7 +68,8 @@ class Connection(asyncio.Protocol):
         self.fd = -1                          # for FIONREAD on full reads (admission.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        transport = cast(asyncio.Transport, transport)     # a stream server's
+        self.transport = transport
         self.peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
@@ -101,7 +102,7 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | bytearray) -> None:
         if self.closing:
             return
         it = self.intake
@@ -141,7 +142,7 @@ class Connection(asyncio.Protocol):
             buf += data[consumed:]
         if replies:
             it.durability.deliver(self, replies, batch, close)
-        elif close:
+        elif close and self.transport is not None:
             self.transport.close()
         if close:
             self.closing = True
@@ -171,10 +172,11 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The terminal is not reading its replies: stop reading its requests.
-        self.transport.pause_reading()
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.paused and not self.forwarding:
+        if self.transport is not None and not self.paused and not self.forwarding:
             self.transport.resume_reading()
 
 
@@ -212,6 +214,7 @@ class Intake:
             result = self.engine.process(conn.proto, data)
             self.admission.learn_cost(time.perf_counter() - started, len(data))
             return result
+        assert isinstance(verdict, int), verdict
         return self.engine.refuse(conn.proto, data, verdict)
 
     # ---- partial frames ----------------------------------------------------------------------
@@ -288,12 +291,13 @@ class Intake:
     def relay(self, conn: Connection) -> None:
         """The core stopped before a request another region decides: take what it collected
         and run the connection's held buffer again once the answers are in."""
+        assert self.link is not None, "the core forwards only on a regional switch"
         order, batches = self.engine.router.take()
         conn.hold()
-        self.link.spawn(self._relay(conn, order, batches))
+        self.link.spawn(self._relay(self.link, conn, order, batches))
 
-    async def _relay(self, conn: Connection, order, batches: list) -> None:
-        engine, link = self.engine, self.link
+    async def _relay(self, link: RegionLink, conn: Connection, order, batches: list) -> None:
+        engine = self.engine
         try:
             for _ in range(ROUNDS_MAX):
                 peers = link.peers               # as routed: a new table may come meanwhile

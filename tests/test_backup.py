@@ -1,4 +1,4 @@
-"""``onecard backup`` / ``onecard restore`` on the embedded store (switch/backup.py): a backup
+"""``onecard backup`` / ``onecard restore`` on the embedded store (switch/store/backup.py): a backup
 taken while a switch commits purchases (and writes checkpoints every second) restores into a
 new directory that loads to exactly the state of a committed prefix of the journal; damaged
 backups, non-empty targets, a running switch and a missing key-encryption key are refused; a
@@ -20,9 +20,10 @@ import pytest
 
 from onecard.core.ledger import apply_records
 from onecard.core.state import KIND_PURCHASE
-from onecard.switch import backup, cli
+from onecard.switch import cli
+from onecard.switch.commands import common
 from onecard.switch.security import keystore
-from onecard.switch.store import dataset, loader, snapshots, sqlite
+from onecard.switch.store import backup, dataset, loader, snapshots, sqlite
 
 from checker import Load, committed_journal
 from conftest import NO_SHEDDING, TEST_KEK, start_switch
@@ -256,7 +257,7 @@ def test_restore_refuses_a_non_empty_target_unless_forced(quiet_backup, tmp_path
 def test_restore_never_replaces_a_data_dir_in_use(quiet_backup, tmp_path, capsys):
     target = tmp_path / "busy"
     shutil.copytree(quiet_backup, target)
-    held = cli._lock(target)               # what a running switch holds
+    held = common.lock(target)               # what a running switch holds
     try:
         assert run_cli("restore", "--from", quiet_backup, "--data-dir", target,
                        "--force") == 2

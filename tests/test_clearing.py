@@ -197,7 +197,7 @@ def test_an_empty_date_clears_to_no_positions_and_no_files(tmp_path):
 
 
 def test_a_date_has_not_begun_until_its_cutover():
-    from onecard.switch.clearing.cli import FutureDate, settlement_date
+    from onecard.switch.commands.clearing import FutureDate, settlement_date
 
     at = dt.datetime(2026, 11, 30, 23, 45, tzinfo=CST)
     with pytest.raises(FutureDate, match="has not begun"):
@@ -274,7 +274,7 @@ def test_a_switchs_committed_purchases_are_cleared_from_its_store(demo_dir, term
     import time
 
     from onecard.core.state import TERM_POS
-    from onecard.switch.clearing.cli import clear
+    from onecard.switch.commands.clearing import clear
 
     from conftest import iso_session, start_switch
 
@@ -331,7 +331,7 @@ def test_a_day_with_card_less_reversals_clears_by_every_command(demo_dir, termin
     import shutil
 
     from onecard.core.state import TERM_POS
-    from onecard.switch.clearing.cli import current_date
+    from onecard.switch.commands.clearing import current_date
 
     from conftest import iso_session, start_switch
 

@@ -15,6 +15,7 @@ import pytest
 
 import onecard.switch
 from onecard.switch import cli, errors
+from onecard.switch.commands import terminals as terminals_command
 from onecard.switch.errors import OnecardError
 
 SWITCH = Path(onecard.switch.__file__).resolve().parent
@@ -26,14 +27,14 @@ OUTSIDE: dict[str, str] = {}
 # Every error class as callers and tests imported it before the family existed: each still
 # imports from there (defined there, or imported into it).
 WHERE_THEY_WERE = {
-    "onecard.switch.admin.cli": ["AdminError"],
+    "onecard.switch.commands.admin": ["AdminError"],
     "onecard.switch.admin.routes": ["Problem"],
     "onecard.switch.admin.schema": ["BodyError"],
     "onecard.switch.admission": ["DataDirError"],
-    "onecard.switch.backup": ["BackupError", "Refused", "Unauthentic"],
+    "onecard.switch.store.backup": ["BackupError", "Refused", "Unauthentic"],
     "onecard.switch.catalogue": ["CatalogueError"],
-    "onecard.switch.cli": ["DataDirBusy"],
-    "onecard.switch.clearing.cli": ["FutureDate"],
+    "onecard.switch.commands.common": ["DataDirBusy"],
+    "onecard.switch.commands.clearing": ["FutureDate"],
     "onecard.switch.clearing.files": ["ClearingFileError"],
     "onecard.switch.clearing.hub": ["HubError"],
     "onecard.switch.clearing.positions": ["ClearingError"],
@@ -123,7 +124,7 @@ def test_one_commit_failed():
 def test_still_the_builtin_exceptions_existing_handlers_catch():
     from onecard.switch.admin.schema import BodyError
     from onecard.switch.catalogue import CatalogueError
-    from onecard.switch.clearing.cli import FutureDate
+    from onecard.switch.commands.clearing import FutureDate
     from onecard.switch.region.link import RegionLinkError
     from onecard.switch.region.split import SplitError
 
@@ -145,7 +146,7 @@ def test_main_turns_an_onecard_error_into_one_line_and_its_exit_status(
     def command(args) -> int:
         raise raised
 
-    monkeypatch.setattr(cli, "cmd_terminals", command)      # parser() reads it at each main
+    monkeypatch.setattr(terminals_command, "run", command)  # parser() reads it at each main
     assert cli.main(["terminals"]) == status == raised.exit_status
     out, err = capsys.readouterr()
     assert (out, err) == ("", f"onecard: {raised}\n")
@@ -155,7 +156,7 @@ def test_anything_else_a_command_raises_is_a_traceback(monkeypatch):
     def command(args) -> int:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_terminals", command)
+    monkeypatch.setattr(terminals_command, "run", command)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["terminals"])
 

@@ -18,9 +18,9 @@ from onecard.protocols.codes import CODE_INDEX
 from onecard.protocols.journal import KIND_BY_NAME, NONE
 from onecard.protocols.journal_codec import DTYPES, RECORD_DTYPE, view
 from onecard.switch import cli
-from onecard.switch.clearing.cli import reference
 from onecard.switch.clearing.medical import MedicalDifference, totals_differences
 from onecard.switch.clearing.positions import Reference
+from onecard.switch.commands.clearing import reference
 
 from checker import committed_journal
 from conftest import start_switch

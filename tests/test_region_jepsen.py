@@ -383,8 +383,8 @@ def clear_every_region(regions) -> dict:
     by the suspense party (each money record naming no card, e.g. an advice of a request
     the issuer never knew), each region's positions net to zero and so do the regions'."""
     from onecard.switch import cli
-    from onecard.switch.clearing import cli as clearing_cli
     from onecard.switch.clearing.positions import moving_rows, summarise, unattributed
+    from onecard.switch.commands import clearing as clearing_cli
 
     cut = clearing.cutover_minutes(clearing.CUTOVER_DEFAULT)
     journals = {name: committed_journal(regions.dirs[name])[0] for name in ("sh", "js", "zj")}

@@ -162,7 +162,8 @@ def up(directory: Path, count: int, cards: int, timeout_s: float = READY_TIMEOUT
     0: no load shedding, for tests and benchmarks on shared machines); ``forward_timeout_ms``
     their [region] timeout_ms (None: the default); ``layout``: see the module docstring."""
     from onecard.switch import demo
-    from onecard.switch.region import nats_server, route_cli
+    from onecard.switch.commands import route as route_cli
+    from onecard.switch.region import nats_server
     from onecard.switch.region.split import split_data_set
 
     if forward_timeout_ms is not None and not 10 <= forward_timeout_ms <= 10_000:

@@ -28,7 +28,7 @@ rotations; both absent before the first). A copy of the data set made before a r
 the KEK, therefore opens nothing written after it.
 
 One key is derived from the KEK itself rather than the DEK: the HMAC-SHA256 key of backup
-manifests (``backup_mac_key``; ``switch/backup.py``). A backup must be checked before any of
+manifests (``backup_mac_key``; ``switch/store/backup.py``). A backup must be checked before any of
 its files is opened, so its key cannot come from the data key inside it; and it is derived
 (HKDF, a label of its own), so the KEK is never used for anything but wrapping and its check.
 """

@@ -91,7 +91,7 @@ class Store:
         """The local data directory before the lock is taken in it."""
 
     def recover(self, options: dict,
-                make_data_set: Callable[[], None]) -> tuple[Loaded, Lease | None]:
+                make_data_set: Callable[[], object]) -> tuple[Loaded, Lease | None]:
         """The state to serve from, and the lease it is written under (PostgreSQL).
         ``make_data_set`` fills an empty embedded store first (the demo data set)."""
         raise NotImplementedError
@@ -130,7 +130,7 @@ class SqliteStore(Store):
     def where(self) -> str:
         return str(self.data_dir)
 
-    def recover(self, options: dict, make_data_set: Callable[[], None]) -> tuple[Loaded, None]:
+    def recover(self, options: dict, make_data_set: Callable[[], object]) -> tuple[Loaded, None]:
         from onecard.switch.store import loader
 
         if not sqlite.db_path(self.data_dir).exists():
@@ -184,7 +184,7 @@ class PgStore(Store):
         modes.private_dir(self.data_dir)
 
     def recover(self, options: dict,
-                make_data_set: Callable[[], None]) -> tuple[Loaded, Lease]:
+                make_data_set: Callable[[], object]) -> tuple[Loaded, Lease]:
         from onecard.switch.store import loader
         from onecard.switch.store.pg import lease as pg_lease
         from onecard.switch.store.pg.journal import JournalGap
@@ -206,12 +206,13 @@ class PgStore(Store):
     def rotate_dek(self, kek_file: str | None) -> Rotated:
         from onecard.switch.store.pg import rotate as pg_rotate
 
-        return pg_rotate.rotate(self.dsn, self.data_dir, kek_file)
+        return pg_rotate.rotate(self.config.store.dsn, self.data_dir, kek_file)
 
     def records_since(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
         from onecard.switch.store.pg import journal as pg_journal
+        from onecard.switch.store.pg.db import open_db as open_pg
 
-        db = self.open_db()
+        db = open_pg(self.config.store.dsn, None)
         try:
             return sqlite.records_of(pg_journal.journal_rows(db.pg, upto), upto)
         finally:

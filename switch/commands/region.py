@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, config_of: Callable[[argparse.Namespace], Conf
     """``region split`` reads the configuration (data directory, keys); ``route`` and
     ``table`` only talk to NATS."""
     if args.region_command in ("route", "table"):
-        from onecard.switch.region import route_cli
+        from onecard.switch.commands import route as route_cli
 
         return route_cli.run(args)
     return run_split(args, config_of(args), lock)
