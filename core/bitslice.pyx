@@ -101,19 +101,19 @@ def x919_macs(keys: list[bytes], datas: list[bytes]) -> list[bytes]:
 
 
 cdef double _time_bitslice(OcBsJob* jobs, size_t batch, int rounds):
-    cdef int r
+    cdef int _r
     start = time.perf_counter_ns()
     with nogil:
-        for r in range(rounds):
+        for _r in range(rounds):
             bs_x919_many(jobs, batch)
     return (time.perf_counter_ns() - start) / (<double>rounds * batch)
 
 
 cdef double _time_table(MacJob* jobs, size_t batch, int rounds):
-    cdef int r
+    cdef int _r
     start = time.perf_counter_ns()
     with nogil:
-        for r in range(rounds):
+        for _r in range(rounds):
             mac_many(jobs, batch)
     return (time.perf_counter_ns() - start) / (<double>rounds * batch)
 

@@ -61,7 +61,7 @@ def output_bits(table: list[int], v: int) -> int:
 def pla(table: list[int]) -> str:
     lines = [".i 6", ".o 4", ".ilb a1 a2 a3 a4 a5 a6", ".ob o1 o2 o3 o4", ".type fd"]
     lines += [f"{v:06b} {output_bits(table, v):04b}" for v in range(64)]
-    return "\n".join(lines + [".e", ""])
+    return "\n".join([*lines, ".e", ""])
 
 
 def synthesise(table: list[int], work: Path, deep: int) -> str:
@@ -115,7 +115,8 @@ def truth(n: int, cover: list[list[str]]) -> int:
     table = 0
     for v in range(1 << n):
         bits = f"{v:0{n}b}" if n else ""
-        hit = any(all(c in ("-", b) for c, b in zip(row[0] if n else "", bits)) for row in cover)
+        patterns = [row[0] if n else "" for row in cover]
+        hit = any(all(c in ("-", b) for c, b in zip(p, bits, strict=True)) for p in patterns)
         table |= int(hit == on and bool(cover)) << v
     return table
 

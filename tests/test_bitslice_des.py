@@ -66,7 +66,7 @@ def test_3des_ede_two_and_three_key_against_cryptography(path):
     keys = [rng.randbytes(rng.choice((16, 24))) for _ in range(70)]
     blocks = [rng.randbytes(8) for _ in keys]
     got = bitslice.x919_macs(keys, blocks)
-    for key, block, mac in zip(keys, blocks, got):
+    for key, block, mac in zip(keys, blocks, got, strict=True):
         full = key if len(key) == 24 else key + key[:8]
         assert mac == Cipher(TripleDES(full), modes.ECB()).encryptor().update(block)
 
@@ -81,7 +81,7 @@ def batch(rng: random.Random, lanes: int, lengths=None):
 @pytest.mark.parametrize("lanes", [*range(1, 66), 127, 130, 255, 257, 513, 1100])
 def test_every_lane_count_agrees_with_the_table_based_macs(path, lanes):
     keys, datas = batch(random.Random(lanes), lanes)
-    expect = crypto.macs([("x919", k, d) for k, d in zip(keys, datas)])
+    expect = crypto.macs([("x919", k, d) for k, d in zip(keys, datas, strict=True)])
     assert bitslice.x919_macs(keys, datas) == expect
 
 
@@ -89,7 +89,7 @@ def test_every_lane_count_agrees_with_the_table_based_macs(path, lanes):
 def test_mixed_lengths_against_cryptography(path, lengths):
     keys, datas = batch(random.Random(len(lengths)), 90, lengths)
     got = bitslice.x919_macs(keys, datas)
-    for lane, (key, data) in enumerate(zip(keys, datas)):
+    for lane, (key, data) in enumerate(zip(keys, datas, strict=True)):
         assert got[lane] == x919_reference(key, data), (lane, len(data))
 
 
@@ -99,7 +99,7 @@ def test_fuzzed_batches_lane_by_lane(path):
         keys, datas = batch(rng, rng.randrange(1, 300))
         keys = [k + rng.randbytes(8) if rng.random() < 0.2 else k for k in keys]
         got = bitslice.x919_macs(keys, datas)
-        for lane, (key, data) in enumerate(zip(keys, datas)):
+        for lane, (key, data) in enumerate(zip(keys, datas, strict=True)):
             assert got[lane] == x919_reference(key, data), (lane, key.hex(), data.hex())
 
 
