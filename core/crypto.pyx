@@ -32,25 +32,17 @@ cdef extern from "openssl/des.h" nogil:
     int DES_ENCRYPT
     int DES_DECRYPT
 
-cdef extern from "openssl/evp.h" nogil:
-    ctypedef struct EVP_CIPHER_CTX:
-        pass
-    ctypedef struct EVP_CIPHER:
-        pass
-    ctypedef struct ENGINE:
-        pass
-    EVP_CIPHER_CTX* EVP_CIPHER_CTX_new()
-    void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX* ctx)
-    int EVP_CIPHER_CTX_set_padding(EVP_CIPHER_CTX* ctx, int pad)
-    const EVP_CIPHER* EVP_sm4_ecb()
-    int EVP_EncryptInit_ex(EVP_CIPHER_CTX* ctx, const EVP_CIPHER* cipher, ENGINE* impl,
-                           const unsigned char* key, const unsigned char* iv)
-    int EVP_EncryptUpdate(EVP_CIPHER_CTX* ctx, unsigned char* out, int* outl,
-                          const unsigned char* inp, int inl)
-    int EVP_DecryptInit_ex(EVP_CIPHER_CTX* ctx, const EVP_CIPHER* cipher, ENGINE* impl,
-                           const unsigned char* key, const unsigned char* iv)
-    int EVP_DecryptUpdate(EVP_CIPHER_CTX* ctx, unsigned char* out, int* outl,
-                          const unsigned char* inp, int inl)
+from onecard.core.evp cimport (
+    EVP_CIPHER_CTX,
+    EVP_CIPHER_CTX_free,
+    EVP_CIPHER_CTX_new,
+    EVP_CIPHER_CTX_set_padding,
+    EVP_DecryptInit_ex,
+    EVP_DecryptUpdate,
+    EVP_EncryptInit_ex,
+    EVP_EncryptUpdate,
+    EVP_sm4_ecb,
+)
 
 cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char* buf, int num)

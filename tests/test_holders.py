@@ -81,17 +81,22 @@ def flip(path, offset: int) -> None:
         f.write(bytes([byte ^ 0x01]))
 
 
+def _distinct(cards, key, count: int, taken=()) -> list[tuple[str, int]]:
+    """The first ``count`` cards whose ``key`` no card before them (nor ``taken``) had."""
+    chosen, seen = [], set(taken)
+    for pan, idx in cards:
+        if key(idx) not in seen:
+            seen.add(key(idx))
+            chosen.append((pan, idx))
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError("not enough cards")
+
+
 def lodging_cards(world: World, count: int) -> list[tuple[str, int]]:
     """``count`` usable cards of the hotel's province, each of a different account."""
-    cards, seen = [], set()
-    for nth in range(10 * count):
-        pan, idx = world.card(31, nth=nth)
-        if account(world, idx) not in seen:
-            seen.add(account(world, idx))
-            cards.append((pan, idx))
-        if len(cards) == count:
-            return cards
-    raise AssertionError("not enough cards")
+    return _distinct((world.card(31, nth=nth) for nth in range(10 * count)),
+                     lambda idx: account(world, idx), count)
 
 
 def block_of(world: World, idx: int) -> int:
@@ -100,14 +105,8 @@ def block_of(world: World, idx: int) -> int:
 
 def cards_in_other_blocks(world: World, count: int) -> list[tuple[str, int]]:
     """Cards whose holders are in different blocks, none in block 0 (which a start opens)."""
-    chosen, blocks = [], {0}
-    for pan, idx in lodging_cards(world, 10 * count):
-        if block_of(world, idx) not in blocks:
-            blocks.add(block_of(world, idx))
-            chosen.append((pan, idx))
-        if len(chosen) == count:
-            return chosen
-    raise AssertionError("not enough cards")
+    return _distinct(lodging_cards(world, 10 * count), lambda idx: block_of(world, idx), count,
+                     taken={0})
 
 
 def test_the_demo_data_set_holds_the_block_format(demo_dir):

@@ -57,7 +57,7 @@ def _collect(rows: Iterator[tuple[int, bytes]],
         recs = np.frombuffer(blob, dtype=RECORD_DTYPE)
         picked = np.flatnonzero(keep(recs))
         if len(picked):
-            parts.append(recs[picked].copy())
+            parts.append(recs[picked])            # a copy: the row's bytes are let go
             numbers.append(picked.astype(np.int64) + first_no)
     if not parts:
         return np.zeros(0, dtype=RECORD_DTYPE), np.zeros(0, dtype=np.int64)

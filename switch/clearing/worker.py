@@ -37,9 +37,6 @@ from onecard.switch.clearing.reader import registry
 CARDS_PER_ASK: Final = 65_536           # per round trip: well under a millisecond of the loop
 
 
-ASKED: set[int] = set()                 # pipes whose asking has ended (the empty chunk sent)
-
-
 class WorkerFailed(ClearingError):
     """The worker could not clear the date (not the journal's fault: a crash, a store): the
     admin API answers 503, a retry may clear it."""
@@ -65,28 +62,46 @@ class Outcome:
     peak_rss_bytes: int = 0             # the worker's
 
 
-def _cards(conn: Connection,
-           cards: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The records' card column renumbered densely; the numbers, regions and switch indices
-    of the cards by their new numbers (the switch's answers); a card the switch lacks is
-    numbered past them all (clearing's "unknown card")."""
-    named = np.unique(cards[cards != NONE]).astype(np.int64)
-    pans = np.zeros(len(named), dtype=np.uint64)
-    regions = np.full(len(named), -1, dtype=np.int64)
-    for at in range(0, len(named), CARDS_PER_ASK):
-        part = named[at:at + CARDS_PER_ASK]
-        conn.send_bytes(part.tobytes())
-        pans[at:at + len(part)] = np.frombuffer(conn.recv_bytes(), dtype=np.uint64)
-        regions[at:at + len(part)] = np.frombuffer(conn.recv_bytes(), dtype=np.int64)
-    conn.send_bytes(b"")
-    ASKED.add(id(conn))
-    known = regions >= 0
-    dense = np.cumsum(known) - 1
-    renumber = np.where(known, dense, np.count_nonzero(known) + np.arange(len(named)))
-    out = cards.copy()
+class _Asking:
+    """The pipe to the switch while the worker asks it for cards: the asking ends once, with
+    an empty chunk, whether the cards were all asked for or the job failed before."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.open = True
+
+    def cards(self, named: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Numbers and regions of the cards ``named`` (0 and -1 for a card it lacks)."""
+        pans = np.zeros(len(named), dtype=np.uint64)
+        regions = np.full(len(named), -1, dtype=np.int64)
+        for at in range(0, len(named), CARDS_PER_ASK):
+            part = named[at:at + CARDS_PER_ASK]
+            self.conn.send_bytes(part.tobytes())
+            pans[at:at + len(part)] = np.frombuffer(self.conn.recv_bytes(), dtype=np.uint64)
+            regions[at:at + len(part)] = np.frombuffer(self.conn.recv_bytes(), dtype=np.int64)
+        self.end()
+        return pans, regions
+
+    def end(self) -> None:
+        if self.open:
+            self.conn.send_bytes(b"")
+            self.open = False
+
+
+def _renumber(asking: _Asking,
+              recs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The records' cards renumbered densely, in place; the numbers, regions and switch
+    indices of the cards by their new numbers (the switch's answers). A card the switch
+    lacks is numbered past them all (clearing's "unknown card")."""
+    cards = recs["card"]
     some = cards != NONE
-    out[some] = renumber[np.searchsorted(named, cards[some])]
-    return out, pans[known], regions[known], named[known]
+    named = np.unique(cards[some]).astype(np.int64)
+    pans, regions = asking.cards(named)
+    known = regions >= 0
+    renumber = np.where(known, np.cumsum(known) - 1,
+                        np.count_nonzero(known) + np.arange(len(named)))
+    cards[some] = renumber[np.searchsorted(named, cards[some])]
+    return pans[known], regions[known], named[known]
 
 
 def _rows(job: Job):
@@ -101,13 +116,12 @@ def _rows(job: Job):
     return (lambda a, b, k: store.rows_of_days(conn, a, b, k)), conn, conn.close
 
 
-def clear(conn: Connection, job: Job) -> Outcome:
+def clear(asking: _Asking, job: Job) -> Outcome:
     began = time.perf_counter()
     rows, source, close = _rows(job)
     try:
-        recs, nos = reader.read_dates(rows, job.date, job.date, job.cutover)
-        recs = recs.copy()
-        recs["card"], pans, regions, original = _cards(conn, recs["card"])
+        recs, nos = reader.read_dates(rows, job.date, job.date, job.cutover)   # a new array
+        pans, regions, original = _renumber(asking, recs)
         ref = registry(source, pans, regions)
     finally:
         close()
@@ -124,14 +138,14 @@ def clear(conn: Connection, job: Job) -> Outcome:
 
 def main(conn: Connection, job: Job) -> None:
     """The worker process's body: one job, one Outcome, then exit (its memory goes back)."""
+    asking = _Asking(conn)
     try:
-        outcome = clear(conn, job)
+        outcome = clear(asking, job)
     except ClearingError as exc:
         outcome = Outcome(error=str(exc))
     except Exception as exc:                    # reported to the switch, which logs it
         outcome = Outcome(failed=f"{type(exc).__name__}: {exc}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if id(conn) not in ASKED:                   # failed before asking: end the asking first
-        conn.send_bytes(b"")
+    asking.end()                                # failed before asking: end it first
     conn.send(dataclasses.replace(outcome, peak_rss_bytes=peak))
     conn.close()
