@@ -116,7 +116,7 @@ cdef enum:
     X919_AUTO = 0          # by batch size: the table below VBMI_FROM messages, else VBMI
     X919_TABLE = 1         # des_lanes.h: SP-table lookups, 4 chains in lockstep
     X919_VBMI = 2          # des_vbmi.h: constant-time, 64 messages a pass (AVX-512 VBMI)
-    VBMI_FROM = 4          # the crossover measured by bench.macs (see des_vbmi.h's notes)
+    VBMI_FROM = 8          # the crossover bench.macs measured (protocols/ISO8583.md, MACs)
 
 X919_PATHS = {"auto": X919_AUTO, "table": X919_TABLE, "vbmi": X919_VBMI}
 cdef int vbmi_ok = oc_vb_supported()

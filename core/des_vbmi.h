@@ -85,16 +85,19 @@ OC_VB_ATTR static inline void oc_vb_inside(__m512i* z) {
 }
 
 /* The 8 x 8 transpose of 64-bit words across the registers: word w of z[g] <-> word g of
-   z[w] (block swaps of 4, 2, 1 words). */
+   z[w] (block swaps of 4, 2, 1 words; the indices are constants, the loops unrolled). */
+static const long long OC_VB_LO[3][8] __attribute__((aligned(64))) = {
+    {0, 1, 2, 3, 8, 9, 10, 11}, {0, 1, 8, 9, 4, 5, 12, 13}, {0, 8, 2, 10, 4, 12, 6, 14}};
+static const long long OC_VB_HI[3][8] __attribute__((aligned(64))) = {
+    {4, 5, 6, 7, 12, 13, 14, 15}, {2, 3, 10, 11, 6, 7, 14, 15}, {1, 9, 3, 11, 5, 13, 7, 15}};
+
 OC_VB_ATTR static inline void oc_vb_across(__m512i* z) {
-    for (int d = 4; d != 0; d >>= 1) {
-        long long lo[8], hi[8];
-        for (int i = 0; i < 8; i++) {
-            lo[i] = (i & d) ? 8 + i - d : i;
-            hi[i] = (i & d) ? 8 + i : i + d;
-        }
-        const __m512i ilo = _mm512_loadu_si512((const void*)lo);
-        const __m512i ihi = _mm512_loadu_si512((const void*)hi);
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; s++) {
+        const int d = 4 >> s;
+        const __m512i ilo = _mm512_load_si512((const void*)OC_VB_LO[s]);
+        const __m512i ihi = _mm512_load_si512((const void*)OC_VB_HI[s]);
+#pragma GCC unroll 8
         for (int a = 0; a < 8; a++) {
             if (a & d)
                 continue;
@@ -121,8 +124,11 @@ OC_VB_ATTR static inline void oc_vb_to_rows(__m512i* z) {
    (bits from the least significant). Masked swaps; no bit crosses a byte. */
 OC_VB_ATTR static inline void oc_vb_bits(__m512i* z) {
     static const uint8_t masks[3] = {0x0f, 0x33, 0x55};
-    for (int s = 4, m = 0; s != 0; s >>= 1, m++) {
+#pragma GCC unroll 3
+    for (int m = 0; m < 3; m++) {
+        const int s = 4 >> m;
         const __m512i mask = _mm512_set1_epi8((char)masks[m]);
+#pragma GCC unroll 8
         for (int a = 0; a < 8; a++) {
             if (a & s)
                 continue;
@@ -184,20 +190,27 @@ OC_VB_ATTR static void oc_vb_des(__m512i* x, const __m512i (*k)[8]) {
     }
 }
 
-/* The lanes' round keys for one key of every job: k[round][chunk]. */
-OC_VB_ATTR static void oc_vb_keys(const OcDesKey* const* keys, size_t count,
-                                  __m512i (*k)[8]) {
-    uint64_t rows[64] __attribute__((aligned(64)));
-    __m512i z[8];
-    for (int round = 0; round < 16; round++) {
-        for (size_t q = 0; q < 64; q++) {
-            uint64_t v = 0;
-            if (q < count)
-                memcpy(&v, &keys[q]->r[round], 8);
-            rows[q] = v;
+/* The lanes' round keys for one key of every job: k[round][chunk]. keys[0..64) are the
+   lanes' schedules (lanes without a job point at a zero one), loaded whole (two registers a
+   lane: rounds 0-7, 8-15); a transpose of words across each 8 lanes' registers gives each
+   round's words of those lanes, which to_lanes turns into the round's chunks. */
+OC_VB_ATTR static void oc_vb_keys(const OcDesKey* const* keys, __m512i (*k)[8]) {
+    __m512i lo[8], hi[8], z[8];
+    for (int g = 0; g < 8; g++) {
+        for (int l = 0; l < 8; l++) {
+            lo[l] = _mm512_loadu_si512((const void*)&keys[8 * g + l]->r[0]);
+            hi[l] = _mm512_loadu_si512((const void*)&keys[8 * g + l]->r[8]);
         }
+        oc_vb_across(lo);
+        oc_vb_across(hi);
+        for (int round = 0; round < 8; round++) {
+            k[round][g] = lo[round];             /* k as scratch: round's words, lanes 8g.. */
+            k[8 + round][g] = hi[round];
+        }
+    }
+    for (int round = 0; round < 16; round++) {
         for (int g = 0; g < 8; g++)
-            z[g] = _mm512_load_si512((const void*)(rows + 8 * g));
+            z[g] = k[round][g];
         oc_vb_to_lanes(z);
         for (int j = 0; j < 8; j++)
             k[round][j] = z[OC_VB_KPOS[j]];
@@ -249,14 +262,15 @@ OC_VB_ATTR static void oc_vb_step(const OcMacJob* const* jobs, size_t count, siz
 /* One pass: jobs[0..count), count <= 64, `blocks` the most blocks among them. */
 OC_VB_ATTR static void oc_vb_pass(const OcMacJob* const* jobs, size_t count, size_t blocks) {
     __m512i k1[16][8], k2[16][8], x[8], z[8];
+    static const OcDesKey zero;
     const OcDesKey* keys[64];
     uint64_t rows[64] __attribute__((aligned(64)));
-    for (size_t q = 0; q < count; q++)
-        keys[q] = jobs[q]->k1;
-    oc_vb_keys(keys, count, k1);
+    for (size_t q = 0; q < 64; q++)
+        keys[q] = q < count ? jobs[q]->k1 : &zero;
+    oc_vb_keys(keys, k1);
     for (size_t q = 0; q < count; q++)
         keys[q] = jobs[q]->k2d;
-    oc_vb_keys(keys, count, k2);
+    oc_vb_keys(keys, k2);
     for (int i = 0; i < 8; i++)
         x[i] = _mm512_setzero_si512();
     for (size_t step = 0; step < blocks; step++) {
