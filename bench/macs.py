@@ -10,7 +10,8 @@ des_bitslice.h) on each of its paths.
 A purchase is MACed twice (request and reply), so "pair" is twice the per-MAC figure: issue
 30's aim is a pair <= 150 ns at batch 64. crypto's keys are scheduled before timing (as at
 sign-on: the table and VBMI paths read the same per-terminal schedule); the bitsliced path
-takes the raw keys (its key schedule is wiring, done per pass). Both run in C over the same buffers (no Python per message); the best of --repeat
+takes the raw keys (its key schedule is wiring, done per pass). All run in C over the same
+buffers (no Python per message); the best of --repeat
 runs is kept, since on a shared machine the noise is upwards.
 """
 

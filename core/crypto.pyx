@@ -101,6 +101,7 @@ cdef extern from "sm4_lanes.h" nogil:
 cdef extern from "des_vbmi.h" nogil:
     void oc_vb_init()
     int oc_vb_supported()
+    int oc_vb_prefer(const OcMacJob* jobs, size_t count)
     void oc_vb_x919_many(const OcMacJob* jobs, size_t count)
 
 oc_des_init()
@@ -113,10 +114,9 @@ cdef enum:
 
 
 cdef enum:
-    X919_AUTO = 0          # by batch size: the table below VBMI_FROM messages, else VBMI
+    X919_AUTO = 0          # by batch: VBMI where oc_vb_prefer says it is faster, else table
     X919_TABLE = 1         # des_lanes.h: SP-table lookups, 4 chains in lockstep
     X919_VBMI = 2          # des_vbmi.h: constant-time, 64 messages a pass (AVX-512 VBMI)
-    VBMI_FROM = 8          # the crossover bench.macs measured (protocols/ISO8583.md, MACs)
 
 X919_PATHS = {"auto": X919_AUTO, "table": X919_TABLE, "vbmi": X919_VBMI}
 cdef int vbmi_ok = oc_vb_supported()
@@ -143,11 +143,12 @@ x919_path(os.environ.get("ONECARD_X919") or None)
 
 
 cdef void x919_many(const OcMacJob* jobs, size_t count) noexcept nogil:
-    """X9.19 MACs of jobs[0..count) on the forced path, or by batch size: from VBMI_FROM
-    messages on, when the CPU runs it, the constant-time VBMI path, else the table's."""
+    """X9.19 MACs of jobs[0..count) on the forced path, or by batch: when the CPU runs it and
+    the crossover measured (des_vbmi.h, oc_vb_prefer: ~8 messages of 64 bytes) says it is
+    faster, the constant-time VBMI path, else the table's."""
     cdef int path = x919_forced
     if path == X919_AUTO:
-        path = X919_VBMI if vbmi_ok and count >= VBMI_FROM else X919_TABLE
+        path = X919_VBMI if vbmi_ok and oc_vb_prefer(jobs, count) else X919_TABLE
     if path == X919_VBMI:
         oc_vb_x919_many(jobs, count)
     else:

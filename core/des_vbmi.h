@@ -37,6 +37,25 @@
 
 #include "des_lanes.h"
 
+/* Whether the VBMI path beats the table's on jobs[0..count), from the costs bench.macs
+   measured (ns, this 2-core VM): the table's ~44 a block of every message (two more blocks a
+   message for the final decrypt-encrypt), the VBMI path's ~670 a pass of 64 (round keys,
+   sort, output) and ~270 a step of the pass's longest message. It picks the table below ~8
+   messages of 64 bytes, ~9 of 32 bytes, ~12 of 8 bytes (protocols/ISO8583.md). Public
+   inputs only: the number of messages and their lengths. */
+enum { OC_VB_TABLE_BLOCK_NS = 44, OC_VB_PASS_NS = 670, OC_VB_STEP_NS = 270 };
+
+static int oc_vb_prefer(const OcMacJob* jobs, size_t count) {
+    size_t steps = 0, longest = 0;
+    for (size_t i = 0; i < count; i++) {
+        size_t b = (jobs[i].n == 0 ? 1 : (jobs[i].n + 7) / 8) + 2;
+        steps += b;
+        longest = b > longest ? b : longest;
+    }
+    size_t passes = (count + 63) / 64;
+    return steps * OC_VB_TABLE_BLOCK_NS > passes * (OC_VB_PASS_NS + longest * OC_VB_STEP_NS);
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define OC_VB_X86 1
