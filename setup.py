@@ -45,6 +45,7 @@ MODULES = {
     "codes": [],
     "commit": ["sqlite3"],
     "crypto": ["crypto"],
+    "bitslice": [],
     "isocodec": [],
     "mpack": [],
     "maps": [],

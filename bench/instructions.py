@@ -34,7 +34,10 @@ from onecard.core.engine import ISO8583
 TOGGLE = "__pyx_pw_7onecard_4core_6engine_6Engine_*process"
 MAX_MESSAGES = 200_000            # under callgrind a purchase takes ~50x as long
 # A function line of `callgrind_annotate`: "1,234 (5.6%)  file:function [object]".
-ANNOTATE_RE = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+(.*?):(\S+) \[(.*)\]\s*$")
+# The object is sometimes left off (seen for the first line): the module then comes from
+# the function's Cython name (__pyx_f_7onecard_4core_6crypto_x919_many -> crypto).
+ANNOTATE_RE = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+(.*?):(\S+)(?: \[(.*)\])?\s*$")
+CYTHON_NAME_RE = re.compile(r"^__pyx_\w+?_7onecard_4core_(\d+)")
 
 
 def child(data_dir: Path, messages: int, batch: int, mac: str) -> None:
@@ -54,6 +57,15 @@ def module_of(object_path: str) -> str:
     return Path(object_path).name.split(".cpython")[0].split(".so")[0]
 
 
+def cython_module(function: str) -> str:
+    """The core module a Cython-mangled function belongs to, else "unknown"."""
+    m = CYTHON_NAME_RE.match(function)
+    if not m:
+        return "unknown"
+    start = m.end()
+    return function[start:start + int(m.group(1))]
+
+
 def parse_annotate(text: str) -> dict[str, int]:
     """Exclusive instructions per ``module:function`` from ``callgrind_annotate`` output."""
     costs: dict[str, int] = {}
@@ -61,7 +73,7 @@ def parse_annotate(text: str) -> dict[str, int]:
         m = ANNOTATE_RE.match(line)
         if m:
             ir, _, function, obj = m.groups()
-            key = f"{module_of(obj)}:{function}"
+            key = f"{module_of(obj) if obj else cython_module(function)}:{function}"
             costs[key] = costs.get(key, 0) + int(ir.replace(",", ""))
     return costs
 

@@ -15,6 +15,8 @@ left. SM4 MAC: GB/T 15852.1 MAC algorithm 1 (CBC-MAC, zero IV) with padding meth
 zeros, always added), leftmost 8 bytes of the last block.
 """
 
+import os
+
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdlib cimport calloc, free
@@ -96,12 +98,61 @@ cdef extern from "sm4_lanes.h" nogil:
     void oc_sm4_key(const uint8_t* key16, OcSm4Key* k)
     void oc_sm4_mac_many(const OcSm4Job* jobs, size_t count)
 
+cdef extern from "des_vbmi.h" nogil:
+    void oc_vb_init()
+    int oc_vb_supported()
+    int oc_vb_prefer(const OcMacJob* jobs, size_t count)
+    void oc_vb_x919_many(const OcMacJob* jobs, size_t count)
+
 oc_des_init()
+oc_vb_init()
 oc_sm4_init()
 assert sizeof(OcDesKey) == 32 * sizeof(uint32_t) and sizeof(OcSm4Key) == 32 * sizeof(uint32_t)
 
 cdef enum:
     LANE_JOBS = 64         # X9.19 jobs handed to the lanes at a time (stack bound)
+
+
+cdef enum:
+    X919_AUTO = 0          # by batch: VBMI where oc_vb_prefer says it is faster, else table
+    X919_TABLE = 1         # des_lanes.h: SP-table lookups, 4 chains in lockstep
+    X919_VBMI = 2          # des_vbmi.h: constant-time, 64 messages a pass (AVX-512 VBMI)
+
+X919_PATHS = {"auto": X919_AUTO, "table": X919_TABLE, "vbmi": X919_VBMI}
+cdef int vbmi_ok = oc_vb_supported()
+cdef int x919_forced = X919_AUTO
+
+
+def x919_paths() -> list[str]:
+    """The X9.19 paths this CPU runs ("auto" picks one by batch size)."""
+    return [name for name in X919_PATHS if name != "vbmi" or vbmi_ok]
+
+
+def x919_path(name: str | None = None) -> str:
+    """Force the X9.19 path by name (None or "auto": by batch size); returns the one in force.
+    ONECARD_X919 sets it at import, for the tests and the bench."""
+    global x919_forced
+    if name is not None:
+        if name not in x919_paths():
+            raise ValueError(f"X9.19 path {name!r} not run by this CPU; it runs {x919_paths()}")
+        x919_forced = X919_PATHS[name]
+    return next(n for n, v in X919_PATHS.items() if v == x919_forced)
+
+
+x919_path(os.environ.get("ONECARD_X919") or None)
+
+
+cdef void x919_many(const OcMacJob* jobs, size_t count) noexcept nogil:
+    """X9.19 MACs of jobs[0..count) on the forced path, or by batch: when the CPU runs it and
+    the crossover measured (des_vbmi.h, oc_vb_prefer: ~8 messages of 64 bytes) says it is
+    faster, the constant-time VBMI path, else the table's."""
+    cdef int path = x919_forced
+    if path == X919_AUTO:
+        path = X919_VBMI if vbmi_ok and oc_vb_prefer(jobs, count) else X919_TABLE
+    if path == X919_VBMI:
+        oc_vb_x919_many(jobs, count)
+    else:
+        oc_x919_many(jobs, count)
 
 
 cdef inline void _x919_job(MacKey* k, const uint8_t* data, size_t n, uint8_t* out8,
@@ -133,7 +184,7 @@ cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil:
             _x919_job(jobs[i].key, jobs[i].data, jobs[i].n, jobs[i].out8, &x919[n_x919])
             n_x919 += 1
             if n_x919 == LANE_JOBS:
-                oc_x919_many(x919, n_x919)
+                x919_many(x919, n_x919)
                 n_x919 = 0
         elif jobs[i].key.alg == MAC_SM4:
             _sm4_job(jobs[i].key, jobs[i].data, jobs[i].n, jobs[i].out8, &sm4[n_sm4])
@@ -144,7 +195,7 @@ cdef void mac_many(MacJob* jobs, size_t count) noexcept nogil:
         else:
             jobs[i].rc = -1
     if n_x919:
-        oc_x919_many(x919, n_x919)
+        x919_many(x919, n_x919)
     if n_sm4:
         oc_sm4_mac_many(sm4, n_sm4)
 

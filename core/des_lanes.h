@@ -21,8 +21,13 @@
 #include <string.h>
 
 typedef struct {
-    uint32_t even[16];   /* subkey chunks 0, 2, 4, 6 in the low 6 bits of bytes 3, 2, 1, 0 */
-    uint32_t odd[16];    /* subkey chunks 7, 1, 3, 5 likewise */
+    uint32_t even;       /* subkey chunks 0, 2, 4, 6 in the low 6 bits of bytes 3, 2, 1, 0 */
+    uint32_t odd;        /* subkey chunks 7, 1, 3, 5 likewise */
+} OcDesRound;
+
+/* A round's two words side by side: des_vbmi.h loads a lane's round key as one 64-bit word. */
+typedef struct {
+    OcDesRound r[16];
 } OcDesKey;
 
 typedef struct {
@@ -149,13 +154,12 @@ static void oc_des_key(const uint8_t* key8, OcDesKey* enc, OcDesKey* dec) {
         uint32_t chunk[8];
         for (int i = 0; i < 8; i++)
             chunk[i] = (uint32_t)(sub >> (42 - 6 * i)) & 63u;
-        enc->even[round] = chunk[0] << 24 | chunk[2] << 16 | chunk[4] << 8 | chunk[6];
-        enc->odd[round] = chunk[7] << 24 | chunk[1] << 16 | chunk[3] << 8 | chunk[5];
+        enc->r[round].even = chunk[0] << 24 | chunk[2] << 16 | chunk[4] << 8 | chunk[6];
+        enc->r[round].odd = chunk[7] << 24 | chunk[1] << 16 | chunk[3] << 8 | chunk[5];
     }
     if (dec != NULL) {
         for (int round = 0; round < 16; round++) {
-            dec->even[round] = enc->even[15 - round];
-            dec->odd[round] = enc->odd[15 - round];
+            dec->r[round] = enc->r[15 - round];
         }
     }
 }
@@ -164,8 +168,8 @@ static void oc_des_key(const uint8_t* key8, OcDesKey* enc, OcDesKey* dec) {
    low bits of a byte of t or u), so the 48-bit XOR with the subkey is two 32-bit ones and
    each table index is a byte. */
 #define OC_F(R, K, round) ({ \
-    uint32_t t_ = oc_rotr((R), 3) ^ (K)->even[round]; \
-    uint32_t u_ = oc_rotr((R), 7) ^ (K)->odd[round]; \
+    uint32_t t_ = oc_rotr((R), 3) ^ (K)->r[round].even; \
+    uint32_t u_ = oc_rotr((R), 7) ^ (K)->r[round].odd; \
     OC_SP[0][t_ >> 24] ^ OC_SP[2][(uint8_t)(t_ >> 16)] ^ OC_SP[4][(uint8_t)(t_ >> 8)] ^ \
     OC_SP[6][(uint8_t)t_] ^ OC_SP[7][u_ >> 24] ^ OC_SP[1][(uint8_t)(u_ >> 16)] ^ \
     OC_SP[3][(uint8_t)(u_ >> 8)] ^ OC_SP[5][(uint8_t)u_]; })
