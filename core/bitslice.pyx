@@ -8,8 +8,13 @@ the number and lengths of the messages (public). The path is the narrowest that 
 in one pass, up to the widest the CPU runs; ONECARD_BITSLICE=portable|avx2|avx512 (read at
 import) or use_path() forces one, for the tests and the bench.
 
-The switch still computes its MACs with crypto's table-based lanes: this module sits beside
-them with a batch function for the tests and bench.macs, and bs_x919_many for the core.
+The switch does not use this path: at the batch sizes it sees (up to 64 messages a call) a
+bitsliced pass costs more than the table lanes (the crossover is ~150 messages here,
+bench.macs). The switch's X9.19 MACs go through crypto's ``x919_many`` dispatcher, which picks
+the constant-time VBMI path (des_vbmi.h) from about 8 messages on a CPU that has it, and the
+table lanes otherwise (protocols/ISO8583.md). This module stays as the portable constant-time
+reference, checked by tests/test_constant_time.py under valgrind, with a batch function for the
+tests and bench.macs.
 """
 
 import os
