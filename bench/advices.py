@@ -47,8 +47,8 @@ from onecard.bench.regions import (
     _provinces,
     _setup,
 )
+from onecard.switch.cluster import nats as nats_server
 from onecard.switch.commands import route as route_cli
-from onecard.switch.region import nats_server
 
 SAMPLE_S = 0.05
 DRAIN_TIMEOUT_S = 300.0

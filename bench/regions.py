@@ -41,9 +41,9 @@ import numpy as np
 from onecard.bench.e2e import LOAD_GRACE_S, metric_samples, start_switch
 from onecard.protocols import forward
 from onecard.switch import demo
+from onecard.switch.cluster import nats as nats_server
 from onecard.switch.commands import route as route_cli
-from onecard.switch.region import nats_server
-from onecard.switch.region.split import split_data_set
+from onecard.switch.commands.split import split_data_set
 
 JS, SH = 32, 31
 ISSUERS = {"js": JS, "zj": 33}               # the regions that own one province each

@@ -570,7 +570,7 @@ def test_regions_clear_their_own_journals_and_the_hub_nets_between_them(demo_dir
 def test_the_hub_command_nets_the_regions_data_sets(demo_dir, tmp_path, capsys):
     import sqlite3
 
-    from onecard.switch.region.split import split_data_set
+    from onecard.switch.commands.split import split_data_set
 
     conn = sqlite3.connect(f"file:{demo_dir / 'onecard.db'}?mode=ro", uri=True)
     provinces = [p for (p,) in conn.execute("SELECT DISTINCT province FROM regions")]

@@ -46,9 +46,9 @@ WHERE_THEY_WERE = {
     "onecard.switch.store.pg.journal": ["JournalGap"],
     "onecard.switch.region.catalogues": ["CatalogueConflict"],
     "onecard.switch.region.link": ["RegionLinkError"],
-    "onecard.switch.region.nats_server": ["NatsServerError"],
+    "onecard.switch.cluster.nats": ["NatsServerError"],
     "onecard.switch.region.routing": ["StaleRoutingTable"],
-    "onecard.switch.region.split": ["SplitError"],
+    "onecard.switch.commands.split": ["SplitError"],
     "onecard.switch.security.holders_file": ["HoldersFileError"],
     "onecard.switch.security.keystore": ["KekError"],
     "onecard.switch.store.rotate_dek": ["RotationError"],
@@ -125,8 +125,8 @@ def test_still_the_builtin_exceptions_existing_handlers_catch():
     from onecard.switch.admin.schema import BodyError
     from onecard.switch.catalogue import CatalogueError
     from onecard.switch.commands.clearing import FutureDate
+    from onecard.switch.commands.split import SplitError
     from onecard.switch.region.link import RegionLinkError
-    from onecard.switch.region.split import SplitError
 
     for cls in (BodyError, CatalogueError, FutureDate, SplitError):
         assert issubclass(cls, ValueError), cls

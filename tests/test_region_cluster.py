@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from onecard.switch.cluster import tokens as cluster_tokens
-from onecard.switch.region.cluster import forwarding_pair, plan
+from onecard.switch.cluster.regions import forwarding_pair, plan
 
 pytestmark = pytest.mark.slow
 

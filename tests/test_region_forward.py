@@ -27,9 +27,9 @@ from termsim import IsoTerminal, NativeTerminal, socket_exchange
 
 pytestmark = pytest.mark.slow
 
-nats_server = pytest.importorskip("onecard.switch.region.nats_server")
+nats_server = pytest.importorskip("onecard.switch.cluster.nats")
 routing = pytest.importorskip("onecard.switch.region.routing")
-split = pytest.importorskip("onecard.switch.region.split")
+split = pytest.importorskip("onecard.switch.commands.split")
 
 JS, HOME, ZJ = 32, 31, 33
 BALANCE_FEN = 100_000

@@ -1,5 +1,5 @@
 """Regional switches' NATS layer (issue 15): a real 3-node JetStream cluster on loopback
-(switch/region/nats_server.py) and the versioned routing table in its key-value bucket
+(switch/cluster/nats.py) and the versioned routing table in its key-value bucket
 (switch/region/routing.py).
 
 The table's checks and `destinations` run without servers. The rest shares one module-scoped
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onecard.switch.region import nats_server, routing
-from onecard.switch.region.nats_server import NatsServerError, start_cluster
+from onecard.switch.cluster import nats as nats_server
+from onecard.switch.cluster.nats import NatsServerError, start_cluster
+from onecard.switch.region import routing
 from onecard.switch.region.routing import RoutingTable, StaleRoutingTable
 
 CONNECT_TIMEOUT_S = 2

@@ -1,4 +1,4 @@
-"""Cutting a data set into regional parts (switch/region/split.py): parts covering every
+"""Cutting a data set into regional parts (switch/commands/split.py): parts covering every
 province hold every card exactly once, with the state the whole had (balances, holders, deny
 list, sessions, the answers a retransmission must get), they add up to the whole to the fen,
 each loads and is served by a switch, and requests that cannot be met write nothing."""
@@ -29,7 +29,7 @@ from onecard.protocols import native
 from onecard.protocols.journal import FORMAT
 from onecard.protocols.journal_codec import RECORD_DTYPE
 from onecard.switch import cli, demo
-from onecard.switch.region.split import (
+from onecard.switch.commands.split import (
     SplitError,
     card_provinces,
     plan_split,
@@ -466,7 +466,7 @@ def test_other_regions_deny_entries_are_left_out_of_every_part():
     from types import SimpleNamespace
 
     from onecard.core.state import DENY_FOREIGN, DENY_REMOVED
-    from onecard.switch.region import split
+    from onecard.switch.commands import split
 
     plan = SimpleNamespace(card_map=np.array([1, -1, 0]))
     log = np.array([0, DENY_FOREIGN | 2, 2 | DENY_REMOVED, 1, DENY_FOREIGN | DENY_REMOVED | 0],

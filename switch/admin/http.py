@@ -47,7 +47,7 @@ def make_app(switch: Switch, operators: Operators | None = None) -> web.Applicat
     if operators is not None:
         api = AdminApi(switch, operators)
         api.routes(app)
-        from onecard.switch.clearing import routes as clearing_routes
+        from onecard.switch.admin import clearing as clearing_routes
 
         clearing_routes.add_routes(app, api, switch.clearing)
         registry.register(GuardCollector(api.failures))

@@ -80,7 +80,7 @@ def add_arguments(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one cluster subcommand; a ClusterError is one line on stderr and exit status 2."""
-    from onecard.switch.region import cluster as regions
+    from onecard.switch.cluster import regions
 
     try:
         if args.cluster_command == "up" and args.regions:

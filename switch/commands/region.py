@@ -52,7 +52,7 @@ def add_arguments(sub: argparse._SubParsersAction, common: AddCommon) -> None:
 
 def parse_owns(text: str) -> list[int]:
     """'31,32' -> [31, 32]; SplitError for anything else."""
-    from onecard.switch.region.split import SplitError
+    from onecard.switch.commands.split import SplitError
 
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts or not all(p.isdigit() for p in parts):
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, config_of: Callable[[argparse.Namespace], Conf
 def run_split(args: argparse.Namespace, config: Config, lock: Lock) -> int:
     """Split the data set under the source's lock (no switch may serve it meanwhile). A
     split that cannot be made raises SplitError: one line from ``cli.main``, exit status 2."""
-    from onecard.switch.region.split import split_data_set
+    from onecard.switch.commands.split import split_data_set
     from onecard.switch.store import sqlite
 
     src = Path(config.data_dir)

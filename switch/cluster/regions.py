@@ -162,9 +162,9 @@ def up(directory: Path, count: int, cards: int, timeout_s: float = READY_TIMEOUT
     0: no load shedding, for tests and benchmarks on shared machines); ``forward_timeout_ms``
     their [region] timeout_ms (None: the default); ``layout``: see the module docstring."""
     from onecard.switch import demo
+    from onecard.switch.cluster import nats as nats_server
     from onecard.switch.commands import route as route_cli
-    from onecard.switch.region import nats_server
-    from onecard.switch.region.split import split_data_set
+    from onecard.switch.commands.split import split_data_set
 
     if forward_timeout_ms is not None and not 10 <= forward_timeout_ms <= 10_000:
         raise ClusterError(f"--forward-timeout-ms {forward_timeout_ms}: from 10 to 10000")
