@@ -18,19 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from onecard.core.engine import Engine
-from onecard.core.journal import Journal
-
-
-class Committer(Protocol):
-    """What durability needs of a journal writer (core/commit.pyx's GroupCommitter and
-    store/pg/committer.py's PgCommitter both are one)."""
-
-    @property
-    def submitted_no(self) -> int: ...
-    @property
-    def durable_no(self) -> int: ...
-
-    def submit(self, journal: Journal) -> int: ...
+from onecard.switch.store.backend import JournalWriter
 
 
 class Held(Protocol):
@@ -47,7 +35,7 @@ class Held(Protocol):
 class Durability:
     """The reply batches waiting for the journal, and the futures of operators waiting."""
 
-    def __init__(self, engine: Engine, committer: Committer, durable_no: int,
+    def __init__(self, engine: Engine, committer: JournalWriter, durable_no: int,
                  waiting_batches_max: int, on_durable: Callable[[int], None]) -> None:
         assert waiting_batches_max > 0
         self.engine = engine

@@ -32,7 +32,7 @@ from onecard.switch.clearing.positions import ClearingError, Day
 if TYPE_CHECKING:
     from onecard.core.state import State
     from onecard.switch.config import Config
-    from onecard.switch.durability import Committer
+    from onecard.switch.store.backend import JournalWriter
 
 log = logging.getLogger("onecard.clearing")
 
@@ -56,7 +56,7 @@ class ClearingService:
     """Clearing in the running switch: given the configuration, the journal's writer (what
     is durable) and the live state (card numbers and regions a worker asks for)."""
 
-    def __init__(self, config: Config, committer: Committer, state: State,
+    def __init__(self, config: Config, committer: JournalWriter, state: State,
                  dsn: str | None = None) -> None:
         self.config = config
         self.dsn = dsn                       # the PostgreSQL store's (the worker reads it)

@@ -10,11 +10,12 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from onecard.core.commit import GroupCommitter
+from onecard.core.journal import Journal
 from onecard.switch.errors import StoreError
 from onecard.switch.security import modes
 from onecard.switch.store import sqlite
@@ -60,6 +61,26 @@ def transaction(conn: sqlite3.Connection | Db) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class JournalWriter(Protocol):
+    """What the switch asks of the journal's writer, whichever store it writes to:
+    core/commit.pyx's GroupCommitter (SQLite) and pg/committer.py's PgCommitter both are one.
+    It runs in a thread of its own (``run``), takes what the core appended (``submit``) and
+    signals the switch's eventfd after each commit."""
+
+    @property
+    def submitted_no(self) -> int: ...
+    @property
+    def durable_no(self) -> int: ...
+    @property
+    def full_retries(self) -> int: ...
+
+    def submit(self, journal: Journal) -> int: ...
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+    def failure(self) -> str | None: ...
+    def full_error(self) -> str | None: ...
 
 
 class NotEmbedded(StoreError):
@@ -114,7 +135,7 @@ class Store:
         raise NotImplementedError
 
     def writers(self, efd: int, loaded: Loaded,
-                lease: Lease | None) -> tuple[GroupCommitter | PgCommitter, Checkpointer]:
+                lease: Lease | None) -> tuple[JournalWriter, Checkpointer]:
         """The journal's writer (signalling ``efd`` after each commit) and the checkpoints'
         writer, from the state the switch loaded."""
         raise NotImplementedError
