@@ -18,7 +18,7 @@ import numpy as np
 
 from onecard.core import crypto
 from onecard.core.state import KIND_CARD_ADMIN
-from onecard.protocols import journal_codec
+from onecard.protocols import journal_codec, store_tables
 from onecard.protocols.journal import FORMAT
 from onecard.switch.security.holders_file import upgrade as upgrade_holders
 from onecard.switch.security.keystore import DataKeys
@@ -56,8 +56,8 @@ def card_row(keys: DataKeys, idx: int, pan: int | str, account: int, name: str, 
 def _cards(conn: sqlite3.Connection, keys: DataKeys) -> None:
     conn.execute("ALTER TABLE cards RENAME TO cards_clear")
     conn.execute("DROP INDEX IF EXISTS cards_account")
-    table = sqlite.SCHEMA.split("CREATE TABLE IF NOT EXISTS cards (")[1].split(";")[0]
-    conn.execute(f"CREATE TABLE cards ({table}")
+    table = store_tables.create_table(store_tables.table("cards"), sqlite.SQLITE, 4)
+    conn.execute(table)
     conn.execute("CREATE INDEX cards_account ON cards(account)")
     cur = conn.execute("SELECT idx, pan, account, holder_name, id_number, bank, kind "
                        "FROM cards_clear ORDER BY idx")
@@ -69,8 +69,8 @@ def _cards(conn: sqlite3.Connection, keys: DataKeys) -> None:
 
 def _disbursements(conn: sqlite3.Connection, keys: DataKeys) -> None:
     conn.execute("ALTER TABLE disbursements RENAME TO disbursements_clear")
-    table = sqlite.SCHEMA.split("CREATE TABLE IF NOT EXISTS disbursements (")[1].split(";")[0]
-    conn.execute(f"CREATE TABLE disbursements ({table}")
+    table = store_tables.create_table(store_tables.table("disbursements"), sqlite.SQLITE, 4)
+    conn.execute(table)
     rows = conn.execute("SELECT programme, period, pan, amount_fen, result, record_no, "
                         "operator, at FROM disbursements_clear").fetchall()
     conn.executemany("INSERT INTO disbursements VALUES (?,?,?,?,?,?,?,?,?)",

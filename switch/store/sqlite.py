@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onecard.protocols import store_tables
 from onecard.protocols.journal_codec import RECORD_DTYPE, upgrade
 from onecard.switch.security import modes
 
@@ -35,68 +36,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("onecard.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = store_tables.SCHEMA_VERSION
+SQLITE = 0                              # store_tables dialect
 DB_NAME = "onecard.db"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS regions (
-    idx INTEGER PRIMARY KEY, code INTEGER NOT NULL UNIQUE, name_zh TEXT NOT NULL,
-    name_en TEXT NOT NULL, province INTEGER NOT NULL, grp TEXT NOT NULL,
-    elderly_age INTEGER NOT NULL, elderly_pct INTEGER NOT NULL, disabled_pct INTEGER NOT NULL,
-    transfer_minutes INTEGER NOT NULL, transfer_discount_fen INTEGER NOT NULL,
-    med_deductible_fen INTEGER NOT NULL, med_ratio_pct INTEGER NOT NULL,
-    med_cap_fen INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS operators (
-    idx INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
-    kind INTEGER NOT NULL, region_idx INTEGER NOT NULL REFERENCES regions(idx),
-    flat_fare_fen INTEGER NOT NULL, fare_rule TEXT);
-CREATE TABLE IF NOT EXISTS stations (
-    id INTEGER PRIMARY KEY, operator_idx INTEGER NOT NULL REFERENCES operators(idx),
-    line TEXT NOT NULL, name TEXT NOT NULL, km REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS catalogue (
-    code TEXT PRIMARY KEY, idx INTEGER NOT NULL UNIQUE, name_zh TEXT NOT NULL,
-    name_en TEXT NOT NULL, domain TEXT NOT NULL, functions INTEGER NOT NULL,
-    scope TEXT NOT NULL, daily_limit_fen INTEGER NOT NULL, active INTEGER NOT NULL,
-    version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS catalogue_history (
-    version INTEGER PRIMARY KEY, code TEXT NOT NULL, change TEXT NOT NULL,
-    operator TEXT NOT NULL, at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS policies (
-    idx INTEGER PRIMARY KEY, name TEXT NOT NULL, base_fen INTEGER NOT NULL,
-    rules TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS surnames (idx INTEGER PRIMARY KEY, surname TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS terminals (
-    idx INTEGER PRIMARY KEY, tid TEXT NOT NULL UNIQUE, merchant TEXT NOT NULL,
-    kind INTEGER NOT NULL, protocol INTEGER NOT NULL,
-    region_idx INTEGER NOT NULL REFERENCES regions(idx), operator_idx INTEGER,
-    station_id INTEGER, mac_alg INTEGER NOT NULL, permitted INTEGER NOT NULL,
-    tmk_wrapped BLOB NOT NULL, name TEXT NOT NULL, place TEXT NOT NULL,
-    app_code TEXT NOT NULL REFERENCES catalogue(code), policy_idx INTEGER NOT NULL,
-    scope INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS cards (
-    idx INTEGER PRIMARY KEY, pan_hmac BLOB NOT NULL UNIQUE, pan_enc BLOB NOT NULL,
-    account INTEGER NOT NULL, holder_name BLOB NOT NULL, id_number BLOB NOT NULL,
-    bank TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'chip');
-CREATE INDEX IF NOT EXISTS cards_account ON cards(account);
-CREATE TABLE IF NOT EXISTS filings (
-    account INTEGER NOT NULL, province INTEGER NOT NULL, operator TEXT NOT NULL,
-    at TEXT NOT NULL, PRIMARY KEY (account, province));
-CREATE TABLE IF NOT EXISTS programmes (
-    idx INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, name_zh TEXT NOT NULL,
-    name_en TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS disbursements (
-    programme INTEGER NOT NULL, period INTEGER NOT NULL, pan_hmac BLOB NOT NULL,
-    card TEXT NOT NULL, amount_fen INTEGER NOT NULL, result TEXT NOT NULL, record_no INTEGER,
-    operator TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (programme, period, pan_hmac));
-CREATE TABLE IF NOT EXISTS admin_log (
-    id INTEGER PRIMARY KEY, at TEXT NOT NULL, operator TEXT NOT NULL, role TEXT NOT NULL,
-    action TEXT NOT NULL, target TEXT NOT NULL, details TEXT NOT NULL, record_no INTEGER);
-CREATE TABLE IF NOT EXISTS journal (
-    first_no INTEGER PRIMARY KEY, n INTEGER NOT NULL, ts_us INTEGER NOT NULL,
-    records BLOB NOT NULL, format INTEGER NOT NULL, day INTEGER, kinds INTEGER);
-CREATE INDEX IF NOT EXISTS journal_day ON journal (day, kinds);
-"""
+# Rendered from the one declaration of the store's tables (protocols/store_tables.py), which
+# the PostgreSQL store's schema is rendered from too.
+SCHEMA = "".join(f"{statement};\n" for statement in store_tables.statements(SQLITE))
 
 
 def db_path(data_dir: str | Path) -> Path:

@@ -1,5 +1,7 @@
-"""The PostgreSQL schema: the SQLite store's (``switch/store/sqlite.py`` SCHEMA, version 5,
-encrypted at rest) in PostgreSQL types, plus the fencing lease.
+"""The PostgreSQL schema: the store's tables (``protocols/store_tables.py``, the one declaration
+the SQLite store's schema is rendered from too) in PostgreSQL types, plus what PostgreSQL
+alone has: the checkpoints and sealed files the SQLite store keeps beside its database, and
+the fencing lease.
 
 Versions follow the SQLite store's: a PostgreSQL database at version 5 holds exactly what a
 SQLite data set at version 5 holds, so ``onecard db import`` needs no translation, only a copy.
@@ -14,19 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from onecard.protocols import store_tables
 from onecard.protocols.journal_codec import day_rows
 
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = store_tables.SCHEMA_VERSION
 
 # Tables in an order that satisfies their foreign keys (import copies them in this order).
-TABLES: Final = (
-    "meta", "regions", "operators", "stations", "catalogue", "catalogue_history", "policies",
-    "surnames", "terminals", "cards", "filings", "programmes", "disbursements", "admin_log",
-    "journal",
-)
+TABLES: Final = store_tables.NAMES
 # Not in the SQLite store: the fencing lease (later phases check and advance it in every
 # commit transaction). One row at most; its epoch only grows, so import never resets it.
 LEASE_TABLE: Final = "lease"
@@ -36,64 +35,11 @@ LEASE_TABLE: Final = "lease"
 # them from those files and checks them apart from TABLES.
 FILE_TABLES: Final = ("checkpoints", "files")
 
+POSTGRESQL: Final = 1                      # store_tables dialect
+# Version 4 of the store's tables, rendered from their one declaration (protocols/
+# store_tables.py, which the SQLite schema comes from too), then what PostgreSQL alone has.
 BASE: Final = (
-    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
-    """CREATE TABLE regions (
-    idx bigint PRIMARY KEY, code bigint NOT NULL UNIQUE, name_zh text NOT NULL,
-    name_en text NOT NULL, province bigint NOT NULL, grp text NOT NULL,
-    elderly_age bigint NOT NULL, elderly_pct bigint NOT NULL, disabled_pct bigint NOT NULL,
-    transfer_minutes bigint NOT NULL, transfer_discount_fen bigint NOT NULL,
-    med_deductible_fen bigint NOT NULL, med_ratio_pct bigint NOT NULL,
-    med_cap_fen bigint NOT NULL)""",
-    """CREATE TABLE operators (
-    idx bigint PRIMARY KEY, code text NOT NULL UNIQUE, name text NOT NULL,
-    kind bigint NOT NULL, region_idx bigint NOT NULL REFERENCES regions(idx),
-    flat_fare_fen bigint NOT NULL, fare_rule text)""",
-    """CREATE TABLE stations (
-    id bigint PRIMARY KEY, operator_idx bigint NOT NULL REFERENCES operators(idx),
-    line text NOT NULL, name text NOT NULL, km double precision NOT NULL)""",
-    """CREATE TABLE catalogue (
-    code text PRIMARY KEY, idx bigint NOT NULL UNIQUE, name_zh text NOT NULL,
-    name_en text NOT NULL, domain text NOT NULL, functions bigint NOT NULL,
-    scope text NOT NULL, daily_limit_fen bigint NOT NULL, active bigint NOT NULL,
-    version bigint NOT NULL)""",
-    """CREATE TABLE catalogue_history (
-    version bigint PRIMARY KEY, code text NOT NULL, change text NOT NULL,
-    operator text NOT NULL, at text NOT NULL)""",
-    """CREATE TABLE policies (
-    idx bigint PRIMARY KEY, name text NOT NULL, base_fen bigint NOT NULL, rules text NOT NULL)""",
-    "CREATE TABLE surnames (idx bigint PRIMARY KEY, surname text NOT NULL)",
-    """CREATE TABLE terminals (
-    idx bigint PRIMARY KEY, tid text NOT NULL UNIQUE, merchant text NOT NULL,
-    kind bigint NOT NULL, protocol bigint NOT NULL,
-    region_idx bigint NOT NULL REFERENCES regions(idx), operator_idx bigint,
-    station_id bigint, mac_alg bigint NOT NULL, permitted bigint NOT NULL,
-    tmk_wrapped bytea NOT NULL, name text NOT NULL, place text NOT NULL,
-    app_code text NOT NULL REFERENCES catalogue(code), policy_idx bigint NOT NULL,
-    scope bigint NOT NULL)""",
-    """CREATE TABLE cards (
-    idx bigint PRIMARY KEY, pan_hmac bytea NOT NULL UNIQUE, pan_enc bytea NOT NULL,
-    account bigint NOT NULL, holder_name bytea NOT NULL, id_number bytea NOT NULL,
-    bank text NOT NULL, kind text NOT NULL DEFAULT 'chip')""",
-    "CREATE INDEX cards_account ON cards(account)",
-    """CREATE TABLE filings (
-    account bigint NOT NULL, province bigint NOT NULL, operator text NOT NULL,
-    at text NOT NULL, PRIMARY KEY (account, province))""",
-    """CREATE TABLE programmes (
-    idx bigint PRIMARY KEY, code text NOT NULL UNIQUE, name_zh text NOT NULL,
-    name_en text NOT NULL)""",
-    """CREATE TABLE disbursements (
-    programme bigint NOT NULL, period bigint NOT NULL, pan_hmac bytea NOT NULL,
-    card text NOT NULL, amount_fen bigint NOT NULL, result text NOT NULL, record_no bigint,
-    operator text NOT NULL, at text NOT NULL, PRIMARY KEY (programme, period, pan_hmac))""",
-    """CREATE TABLE admin_log (
-    id bigint PRIMARY KEY, at text NOT NULL, operator text NOT NULL, role text NOT NULL,
-    action text NOT NULL, target text NOT NULL, details text NOT NULL, record_no bigint)""",
-    # A row: n records of 80 bytes (protocols/JOURNAL.md) numbered from first_no.
-    """CREATE TABLE journal (
-    first_no bigint PRIMARY KEY CHECK (first_no >= 0), n int NOT NULL CHECK (n > 0),
-    ts_us bigint NOT NULL, records bytea NOT NULL CHECK (octet_length(records) = 80 * n),
-    format smallint NOT NULL)""",
+    *store_tables.statements(POSTGRESQL, version=4),
     # A row: one array of the checkpoint taken at journal record upto, its sealed bytes exactly
     # as snapshots.write puts them in <name>.sealed (same label and associated data). All of a
     # checkpoint's arrays are written in one transaction, so every upto here is complete.
