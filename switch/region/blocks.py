@@ -32,6 +32,7 @@ import numpy as np
 from onecard.core import operations
 from onecard.core.state import HOLDER_DENIED
 from onecard.protocols.forward import province_of_pan
+from onecard.switch.region import routing
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -49,8 +50,6 @@ RETRY_S = 1.0
 
 
 async def open_bucket(js, replicas: int) -> KeyValue:
-    from onecard.switch.region import routing
-
     return await routing.open_bucket(js, replicas, BUCKET, history=1,
                                      description="onecard: regions' unusable cards")
 
@@ -87,8 +86,6 @@ class Blocks:
     async def _run(self, js, replicas: int) -> None:
         import nats.errors
         from nats.js.errors import KeyNotFoundError
-
-        from onecard.switch.region import routing
 
         while not self.closed:
             try:

@@ -26,7 +26,9 @@ import numpy as np
 
 from onecard.core.state import KIND_CARD_ADMIN, KIND_FORWARDED
 from onecard.protocols import forward
+from onecard.protocols.journal_codec import decode
 from onecard.switch.errors import ListenError, RegionError
+from onecard.switch.region import routing, standin
 from onecard.switch.region.advices import Advices
 from onecard.switch.region.blocks import Blocks
 from onecard.switch.region.catalogues import CatalogueSync
@@ -119,8 +121,6 @@ class RegionLink:
     async def _start(self) -> None:
         import nats
 
-        from onecard.switch.region import routing, standin
-
         # Reconnects are unbounded once linked; the first connection is not (nats-py would
         # go round the servers for ever).
         self.nc = await asyncio.wait_for(
@@ -188,8 +188,6 @@ class RegionLink:
 
     def apply(self, table: RoutingTable) -> None:
         """A routing table version: which peer decides each province from now on."""
-        from onecard.switch.region import routing
-
         dest, peers = routing.destinations(table, self.name)
         self.context.engine.router.configure(dest)
         self.peers, self.table_version = list(peers), table.version
@@ -205,8 +203,6 @@ class RegionLink:
         self._configure_stand_in()
 
     def _configure_stand_in(self) -> None:
-        from onecard.switch.region import standin
-
         per_txn, per_day = standin.arrays(self.owners, self.limits, self.name)
         self.context.engine.router.configure_stand_in(per_txn, per_day)
 
@@ -239,8 +235,6 @@ class RegionLink:
         """The journal records after the newest checkpoint that may need publishing again
         (FORWARDED: advices; CARD_ADMIN: blocked cards), the terminals' ids, and the owner of
         a province now."""
-        from onecard.protocols.journal_codec import decode
-
         recs, nos = self.context.store.records_since(self.context.since_no)
         tids = self.context.engine.state.terminals["tid"]          # as the core keys them
         owners = self.owners
