@@ -12,6 +12,7 @@ cannot keep the switch busy. Requests are built and replies read by the compiled
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import multiprocessing as mp
 import os
@@ -92,6 +93,7 @@ def _native_specs(terminals: list[TerminalInfo], n: int, port: int,
     gates_by_op: dict[int, list[TerminalInfo]] = {}
     for t in terminals:
         if t.kind == TERM_METRO_GATE and province in (0, t.province):
+            assert t.operator is not None       # a metro gate is its network operator's
             gates_by_op.setdefault(t.operator, []).append(t)
     buses = [t for t in terminals if t.kind == TERM_BUS_READER]
     verifiers = [t for t in terminals if t.kind == TERM_VERIFIER]
@@ -121,6 +123,7 @@ def _native_specs(terminals: list[TerminalInfo], n: int, port: int,
         a = gates[0]
         b = next((g for g in gates if g.station_id != a.station_id), gates[1])
         bus, ver = free(buses, a.province), free(verifiers, a.province)
+        assert bus is not None and ver is not None      # both found free above
         used.update(t.tid for t in (a, b, bus, ver))
         specs.append(ConnSpec("native", port, [("gate_in", a), ("gate_out", b), ("bus", bus),
                                                ("verifier", ver)], a.province,
@@ -231,6 +234,7 @@ class LoadConnection(asyncio.Protocol):
 
     def _send(self, n: int, first_ns: int = 0, interval_ns: int = 0) -> None:
         self.in_flight += n
+        assert self.transport is not None       # sending starts at connection_made
         self.transport.write(self.sim.build(n, first_ns, interval_ns))
 
     def connection_made(self, transport) -> None:
@@ -271,7 +275,7 @@ class LoadConnection(asyncio.Protocol):
         self.scheduled += due
         return True
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | bytearray) -> None:
         if self.signing_on:
             self.buf += data
             if not self._signed_on():
@@ -291,6 +295,8 @@ class LoadConnection(asyncio.Protocol):
             self.holding = True
         if self.holding and self.in_flight <= 0 and not self.stop.is_set():
             self.holding, self.signing_on = False, True
+            # Holding is for a POS given its terminal; the reply came over the transport.
+            assert self.terminal is not None and self.transport is not None
             self.transport.write(iso_signon_request(self.terminal))
             return
         if self.window:
@@ -307,6 +313,7 @@ class LoadConnection(asyncio.Protocol):
         if len(self.buf) < 2 or len(self.buf) < 2 + int.from_bytes(self.buf[:2], "big"):
             return False
         end = 2 + int.from_bytes(self.buf[:2], "big")
+        assert self.terminal is not None        # only a POS given its terminal signs on again
         self.sim.rekey(iso_signon_key(self.terminal, bytes(self.buf[2:end])))
         del self.buf[:end]
         self.signing_on = False
@@ -336,8 +343,7 @@ async def _drive(host: str, specs: list[ConnSpec], sims: list, opts: dict, recor
         pos = (spec.terminals[0][1] if spec.protocol == "iso8583" and not opts["no_signon"]
                else None)
         _, c = await loop.create_connection(
-            lambda s=sim, p=phase_ns, t=pos: LoadConnection(s, opts["window"], budget, stop,
-                                                             p, t),
+            functools.partial(LoadConnection, sim, opts["window"], budget, stop, phase_ns, pos),
             host, spec.port)
         conns.append(c)
     started = time.perf_counter()
@@ -539,7 +545,8 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     if args.compare:
         a, b = (LoadResult.load(f) for f in args.compare)
-        print(compare(a, b, tuple(Path(f).stem for f in args.compare)))
+        name_a, name_b = (Path(f).stem for f in args.compare)
+        print(compare(a, b, (name_a, name_b)))
         if args.plot:
             plot([(Path(f).stem, r) for f, r in zip(args.compare, (a, b), strict=True)],
                  args.plot)

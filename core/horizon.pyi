@@ -1,9 +1,19 @@
 from collections.abc import Iterable
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
 FILED_DTYPE: np.dtype[np.void]
+
+class _Stats(TypedDict):
+    rows: int
+    bytes: int
+    rows_max: int
+    pages: int
+    pages_max: int
+    days: int
+    dates: list[int]                     # each generation's settlement date
 
 class Horizon:
     """What the terminals' rings forgot, by (terminal, seq), for ``days`` settlement dates."""
@@ -30,7 +40,7 @@ class Horizon:
     def confirm(self, mark: npt.ArrayLike) -> bool: ...
     def load(self, segments: Iterable[tuple[npt.ArrayLike, npt.ArrayLike]], gens: npt.ArrayLike,
              dropped: npt.ArrayLike) -> None: ...
-    def stats(self) -> dict[str, object]: ...
+    def stats(self) -> _Stats: ...
     def measure(self, rows: int, probes: int, day: int = ...) -> dict[str, float]: ...
     def file_for_test(self, day: int, terminal: int, seq: int, word: int) -> None: ...
     def lookup_for_test(self, terminal: int, seq: int) -> int | None: ...

@@ -91,7 +91,7 @@ def decode(recs: np.ndarray, first_no: int | Iterable[int] = 0) -> list[msgspec.
             raise ValueError(f"journal record {no}: unknown kind {int(raw['kind'][i])}")
         row = raw[i:i + 1].view(DTYPES[kind.layout])[0]
         values = {name: (bytes(row[name]) if row[name].shape else int(row[name]))
-                  for name in DTYPES[kind.layout].names}
+                  for name in DTYPES[kind.layout].names or ()}
         out.append(STRUCTS[kind.layout](no=no, kind_name=kind.name, **values))
     return out
 

@@ -205,7 +205,7 @@ class Admission:
         self._shed_last = -1e9
         self._head = None
         self._head_seen = 0.0
-        self._timer = None
+        self._timer: asyncio.TimerHandle | None = None
         self.s_per_byte = COST_S_PER_BYTE_START
         self._fionread = bytearray(4)
         # Connections.

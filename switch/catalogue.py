@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 import numpy as np
@@ -20,6 +19,9 @@ from onecard.core.state import APP_COUNT_MAX, APP_DTYPE, POLICY_DTYPE, PROVINCES
 from onecard.protocols.enums import APPLICATION_FUNCTIONS, FUNCTION
 from onecard.switch.errors import AdminError
 from onecard.switch.reference import CROSS_BORDER, DOMAINS, JOINT_CATALOGUE_GROUPS
+from onecard.switch.sql import SqlConnection
+
+_S = TypeVar("_S", bound=msgspec.Struct)
 
 SCOPE_TOKENS = ("province", "group", "cross_border", "all")
 
@@ -63,7 +65,7 @@ class AppChange(msgspec.Struct, forbid_unknown_fields=True):
     active: bool | None = None
 
 
-def _validated(fields: dict, kind: type) -> msgspec.Struct:
+def _validated(fields: dict, kind: type[_S]) -> _S:
     try:
         return msgspec.convert(fields, kind)
     except msgspec.ValidationError as exc:
@@ -85,12 +87,12 @@ def parse_scope(scope: str, provinces: list[int]) -> list[str]:
     return tokens
 
 
-def provinces(conn: sqlite3.Connection) -> list[int]:
+def provinces(conn: SqlConnection) -> list[int]:
     """Province codes in index order (the core stores provinces by this index)."""
     return [r[0] for r in conn.execute("SELECT DISTINCT province FROM regions ORDER BY province")]
 
 
-def accepted(scope: str, conn: sqlite3.Connection) -> dict[int, set[int]]:
+def accepted(scope: str, conn: SqlConnection) -> dict[int, set[int]]:
     """terminal province -> card provinces accepted, for one scope."""
     provs = provinces(conn)
     group_of = dict(conn.execute("SELECT DISTINCT province, grp FROM regions"))
@@ -112,7 +114,7 @@ def accepted(scope: str, conn: sqlite3.Connection) -> dict[int, set[int]]:
     return out
 
 
-def build(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def build(conn: SqlConnection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(apps, accept, policies) arrays for State.set_catalogue."""
     index = {p: i for i, p in enumerate(provinces(conn))}
     rows = conn.execute("SELECT idx, functions, scope, daily_limit_fen, active FROM catalogue "
@@ -140,12 +142,12 @@ def build(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return apps, accept, policies
 
 
-def version(conn: sqlite3.Connection) -> int:
+def version(conn: SqlConnection) -> int:
     row = conn.execute("SELECT MAX(version) FROM catalogue_history").fetchone()
     return int(row[0] or 0)
 
 
-def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str | None = None,
+def listing(conn: SqlConnection, *, region: int | None = None, domain: str | None = None,
             place: str | None = None) -> dict:
     """The published catalogue: every active application with its accepted provinces and
     the places (by region and kind of place) it is offered at."""
@@ -180,6 +182,7 @@ def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str 
         where = places.get(code, [])
         acc = accepted(scope, conn)
         if region is not None:
+            assert region_province is not None      # set with region (province is NOT NULL)
             where = [p for p in where if region in (p["region"], p["province"])]
             if not acc.get(region_province) and not where:
                 continue
@@ -199,7 +202,7 @@ def listing(conn: sqlite3.Connection, *, region: int | None = None, domain: str 
             "applications": apps}
 
 
-def change(conn: sqlite3.Connection, operator: str, action: str, code: str,
+def change(conn: SqlConnection, operator: str, action: str, code: str,
            fields: dict, *, dry_run: bool = False) -> int:
     """Add, retire or change an application in one durable transaction; the new version.
     ``dry_run``: check it (CatalogueError) and change nothing."""

@@ -251,7 +251,7 @@ def _write_reference(conn) -> list:
 def _write_terminals(conn, region_rows, keys: DataKeys) -> int:
     region_idx = {r.code: i for i, r in enumerate(region_rows)}
     serial: dict[str, int] = {}
-    rows = []
+    rows: list[tuple] = []
     letters = {TERM_POS: "P", TERM_METRO_GATE: "G", TERM_BUS_READER: "B",
                TERM_FERRY_READER: "F", TERM_VERIFIER: "V", TERM_VENUE: "E", TERM_MEDICAL: "M",
                TERM_KIOSK: "K"}

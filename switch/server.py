@@ -35,6 +35,8 @@ from onecard.switch.store import backend
 from onecard.switch.store.loader import Loaded
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from onecard.switch.store.pg.lease import Lease
 
 log = logging.getLogger("onecard.server")
@@ -87,7 +89,8 @@ class Switch:
                                         daemon=True)
         self.last_checkpoint_no = loaded.snapshot_upto
         self._pending_checkpoint: tuple[int, dict] | None = None
-        self._horizon_segment = None          # the horizon rows of the last checkpoint taken
+        # The horizon rows of the last checkpoint taken.
+        self._horizon_segment: np.ndarray | None = None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task] = []
         self.durability = Durability(self.engine, self.committer, loaded.next_record_no,
@@ -272,6 +275,7 @@ class Switch:
         return True
 
     def install_signal_handlers(self) -> None:
+        assert self._loop is not None                   # set by start
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, self.stopped.set)
 
@@ -304,6 +308,7 @@ class Switch:
         await asyncio.to_thread(self.checkpointer.join, 120)
         if self.replication is not None:
             await asyncio.to_thread(self.replication.join, 10)
+        assert self._loop is not None                   # set by start
         self._loop.remove_reader(self._efd)
         os.close(self._efd)
         self.intake.close_all()

@@ -61,7 +61,7 @@ def read_terminals(data_dir: str | Path, kek_file: str | None = None) -> list[Te
             "JOIN regions r ON r.idx = t.region_idx ORDER BY t.idx").fetchall()
     finally:
         conn.close()
-    return [TerminalInfo(*r[:10], keys.unwrap_tmk(r[1], r[10]), *r[11:]) for r in rows]
+    return [TerminalInfo(*(*r[:10], keys.unwrap_tmk(r[1], r[10]), *r[11:])) for r in rows]
 
 
 def usable_cards(data_dir: str | Path, *, province: int | None = None, functions: int = 0,

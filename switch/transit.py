@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 
 import numpy as np
 
 from onecard.core.state import OP_METRO, OPERATOR_DTYPE, STATION_DTYPE
 from onecard.switch.reference import FareRule
+from onecard.switch.sql import SqlConnection
 
 
 def rule_to_json(rule: FareRule) -> str:
@@ -50,7 +50,7 @@ def network_distances(stations: list[tuple[str, str, float]]) -> tuple[list[str]
     return names, dist
 
 
-def build(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def build(conn: SqlConnection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(operators, stations, fares) arrays from the operators and stations tables."""
     op_rows = conn.execute("SELECT idx, kind, region_idx, flat_fare_fen, fare_rule "
                            "FROM operators ORDER BY idx").fetchall()

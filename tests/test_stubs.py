@@ -45,7 +45,9 @@ def test_the_compiled_modules_with_a_python_api_have_stubs():
 @pytest.mark.parametrize("stub", STUBS, ids=lambda p: p.stem)
 def test_stub_classes_match_the_compiled_classes(stub):
     module = importlib.import_module(f"onecard.core.{stub.stem}")
-    classes = [n for n in ast.parse(stub.read_text()).body if isinstance(n, ast.ClassDef)]
+    # A private class is the stub's own (a TypedDict a method returns), not the module's.
+    classes = [n for n in ast.parse(stub.read_text()).body
+               if isinstance(n, ast.ClassDef) and public(n.name)]
     for node in classes:
         compiled = getattr(module, node.name)
         assert declared(node.body) == runtime(compiled), node.name

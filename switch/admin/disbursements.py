@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import sqlite3
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from onecard.core.state import KIND_CREDIT
 from onecard.protocols import journal_codec
 from onecard.protocols.codes import CODES
 from onecard.switch.security.keystore import DataKeys
+from onecard.switch.sql import SqlConnection
 from onecard.switch.store import backend, sqlite
 from onecard.switch.store.encrypt import mask
 
@@ -70,7 +70,7 @@ def parse_csv(text: str) -> list[dict]:
     return items
 
 
-def already_paid(conn: sqlite3.Connection, keys: DataKeys, programme: int, period: int,
+def already_paid(conn: SqlConnection, keys: DataKeys, programme: int, period: int,
                  pans: np.ndarray) -> set[int]:
     """Which of these cards were credited for the programme and period. Looked up by primary
     key for the batch's cards only: a province's run arrives in many batches, and reading
@@ -87,7 +87,7 @@ def already_paid(conn: sqlite3.Connection, keys: DataKeys, programme: int, perio
     return paid
 
 
-def record(conn: sqlite3.Connection, keys: DataKeys, programme: int, period: int, pans, amounts,
+def record(conn: SqlConnection, keys: DataKeys, programme: int, period: int, pans, amounts,
            codes, nos, operator: str) -> None:
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     with backend.transaction(conn):
@@ -102,7 +102,7 @@ def record(conn: sqlite3.Connection, keys: DataKeys, programme: int, period: int
              for p, a, c, n in zip(pans, amounts, codes, nos, strict=True) if c != "94"])
 
 
-def sync_from_journal(conn: sqlite3.Connection, keys: DataKeys, card_pans: np.ndarray) -> int:
+def sync_from_journal(conn: SqlConnection, keys: DataKeys, card_pans: np.ndarray) -> int:
     """Rows for credits in the journal that the table lacks; returns how many were added."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (SYNC_KEY,)).fetchone()
     since = int(row[0]) if row else 0
@@ -128,7 +128,7 @@ def sync_from_journal(conn: sqlite3.Connection, keys: DataKeys, card_pans: np.nd
     return added
 
 
-def totals(conn: sqlite3.Connection) -> list[dict]:
+def totals(conn: SqlConnection) -> list[dict]:
     # CAST: PostgreSQL sums bigints as numeric (a Decimal, which JSON cannot encode). Sorted
     # here rather than by ORDER BY, whose text order depends on PostgreSQL's collation.
     rows = conn.execute(

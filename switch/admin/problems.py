@@ -55,8 +55,9 @@ PROBLEMS: Final[dict[type[BaseException], tuple[int, str | None]]] = {
     StoreError: (503, None),
     **{driver_error: (503, None) for driver_error in driver_errors()},
 }
-STORE_ERRORS: Final = (StoreError, *driver_errors())
-ANSWERED: Final = (OnecardError, *driver_errors())      # what the middleware turns into one
+STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (StoreError, *driver_errors())
+# What the middleware turns into one.
+ANSWERED: Final[tuple[type[BaseException], ...]] = (OnecardError, *driver_errors())
 
 
 def problem_response(status: int, title: str, detail: str, **headers: str) -> web.Response:

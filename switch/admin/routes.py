@@ -199,6 +199,7 @@ class AdminApi:
             code = fields.pop("code")
         elif method == "PATCH":
             fields = msgspec.to_builtins(await self.body(request, schema.CatalogueChange))
+        assert code is not None             # in the body (POST) or the path (PATCH, DELETE)
         action = {"POST": "add", "PATCH": "change", "DELETE": "retire"}[method]
         link = self.switch.link
         sync = link.catalogue if link is not None else None

@@ -81,9 +81,9 @@ def journeys(recs: np.ndarray, nos: np.ndarray, rows: np.ndarray) -> Journeys:
         return Journeys(empty, empty, empty)
     account = recs["account"]
     # Only the accounts with a discounted leg today: their rides, by account, then by number.
-    cand = ride_ends(recs) & np.isin(account, account[discounted])
-    cand[discounted] = True            # a discount is a ride's end, whatever the gate said
-    cand = np.flatnonzero(cand)
+    ends = ride_ends(recs) & np.isin(account, account[discounted])
+    ends[discounted] = True            # a discount is a ride's end, whatever the gate said
+    cand = np.flatnonzero(ends)
     cand = cand[np.lexsort((nos[cand], account[cand]))]
     at = np.flatnonzero(np.isin(cand, discounted))
     at = at[at > 0]

@@ -125,9 +125,11 @@ def _switch_batch(recs: np.ndarray, rows: np.ndarray, ref: Reference) -> dict:
             continue
         if kind in (K["PURCHASE"], K["VOID"]):
             card = int(recs["card"][r])
-            known = card != NONE and ref.card_pan is not None and card < len(ref.card_pan)
-            items[(kind, seq)] = Item(amount, currency, card,
-                                      mask_pan(int(ref.card_pan[card])) if known else "")
+            pans = ref.card_pan
+            masked = ""
+            if card != NONE and pans is not None and card < len(pans):
+                masked = mask_pan(int(pans[card]))
+            items[(kind, seq)] = Item(amount, currency, card, masked)
     return items
 
 
@@ -173,7 +175,7 @@ def _make(b: _Batch, ref: Reference, kind: str, seq: int, detail: str, mine: Ite
         issuer=f"issuer:{int(ref.card_province[card])}" if known else "",
         switch_amount_minor=mine.amount_minor if mine else 0,
         terminal_amount_minor=theirs.amount_minor if theirs else 0,
-        currency=(mine or theirs).currency if (mine or theirs) else CNY,
+        currency=either.currency if (either := mine or theirs) else CNY,
         suggested_fen=abs(follow_fen),
         suggested_direction="acquirer_owes" if follow_fen < 0 else "acquirer_owed")
 

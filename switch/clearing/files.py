@@ -139,7 +139,8 @@ def render(day: Legs, ref: Reference, date: dt.date, cutover: str) -> dict[str, 
     order = np.lexsort((np.arange(len(local)), day.nos[day.row[kept]], leg_party))
     party, row = leg_party[order], local[order]
     signed, fee = day.signed[kept][order], day.fee[kept][order]
-    starts = np.flatnonzero(np.r_[True, party[1:] != party[:-1]]) if len(party) else ()
+    starts = (np.flatnonzero(np.r_[True, party[1:] != party[:-1]]) if len(party)
+              else np.zeros(0, dtype=np.intp))
     ends = [*starts[1:].tolist(), len(party)] if len(party) else []
     out = {}
     for start, end in zip(starts, ends, strict=True):

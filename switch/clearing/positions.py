@@ -129,7 +129,7 @@ def _fill_kind(recs: np.ndarray, rows: np.ndarray, kind: str, lookups: dict[str,
         else:
             ids = lookups[leg.role][card]
         amount = amounts[leg.amount]
-        fee = 0
+        fee: int | np.ndarray = 0
         if leg.role == "acquirer" and kind in clearing.FEE_KINDS:
             app = np.minimum(recs["app"][rows].astype(np.int64), len(fees[0]) - 1)
             fee = clearing.fees_fen(amount, fees[0][app], fees[1][app])

@@ -141,7 +141,8 @@ class NatsCluster:
         self.clustered = clustered
         ports = free_ports(3 * nodes)
         self._nodes = [
-            _Node(i, f"n{i}", self.directory / f"n{i}", *ports[3 * i:3 * i + 3])
+            _Node(i, f"n{i}", self.directory / f"n{i}", ports[3 * i], ports[3 * i + 1],
+                  ports[3 * i + 2])
             for i in range(nodes)]
         for node in self._nodes:
             node.directory.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from onecard.switch.errors import OnecardError
@@ -174,7 +175,7 @@ def ours(pid: int, directory: Path) -> bool:
     return str(directory).encode() in cmdline and alive(pid)
 
 
-def stop_waves(directory: Path, waves: list[tuple[list[Path], int, float]], *,
+def stop_waves(directory: Path, waves: Sequence[tuple[list[Path], int, float]], *,
                spare_runuser: bool = False) -> int:
     """Stop, wave after wave, the process groups whose pid files are listed (those of our
     commands only): every group of a wave gets ``sig`` at once and up to ``timeout_s`` to

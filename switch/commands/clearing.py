@@ -249,7 +249,8 @@ def totals_report(differences: list[medical.MedicalDifference], dates: int) -> l
 
 def _hub(config, date: dt.date, regions: list[str]) -> int:
     """Each region's positions from its own data set, netted between regions."""
-    days, owners, acquirer_province, journals = {}, {}, {}, {}
+    days, owners, journals = {}, {}, {}
+    acquirer_province: dict[str, int] = {}
     for spec in regions:
         name, sep, data_dir = spec.partition("=")
         if not (sep and name and data_dir and Path(data_dir).is_dir()):
@@ -262,6 +263,7 @@ def _hub(config, date: dt.date, regions: list[str]) -> int:
         journals[name] = (day.records, day.nos)
         # A region's data set holds its own provinces' cards only (onecard region split).
         owners.update({int(p): name for p in np.unique(ref.card_province)})
+        assert ref.terminal_province is not None    # load reads it with the terminals
         acquirer_province.update(zip(ref.terminal_acquirer, ref.terminal_province.tolist(),
                                      strict=True))
     netted = hub.net(days, owners, acquirer_province)        # HubError: run's, exit 1

@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.region_command == "route":
-            table = asyncio.run(publish(args.nats, args.set, args.replicas))
-            print(f"onecard region route: version {table.version} published: "
-                  f"{describe(table)}")
+            published = asyncio.run(publish(args.nats, args.set, args.replicas))
+            print(f"onecard region route: version {published.version} published: "
+                  f"{describe(published)}")
             return 0
         table = asyncio.run(_table(args))
     except (ValueError, routing.StaleRoutingTable) as exc:

@@ -219,7 +219,7 @@ class Advices:
         out = {}
         for peer in peers:
             try:
-                out[peer] = int((await self.kv.get(f"{self.region.name}.{peer}")).value)
+                out[peer] = int((await self.kv.get(f"{self.region.name}.{peer}")).value or b"")
             except KeyNotFoundError:
                 pass
             except (TimeoutError, ValueError, nats.errors.Error) as exc:
@@ -305,9 +305,9 @@ class Advices:
                     key = (journal_key if isinstance(journal_key, bytes)
                            else journal_key.journal_key_at(rec.no))
                     pan = crypto.pan_crypt(key, pan, NONE32, NONE32, decrypt=True)
-                day = dt.datetime.fromtimestamp(rec.ts_us // 1_000_000, CST)
+                day = dt.datetime.fromtimestamp(rec.ts_us // 1_000_000, CST).strftime("%Y%m%d")
                 advice = stand_in_advice(int(tids[rec.terminal]), rec, pan)[0]
-                self._enqueue(rec.no, peer, advice, day.strftime("%Y%m%d"))
+                self._enqueue(rec.no, peer, advice, day)
                 n += 1
                 continue
             if (rec.origin != forward.ORIGIN["UNAVAILABLE"]

@@ -25,6 +25,7 @@ from onecard.switch.errors import RegionError
 
 if TYPE_CHECKING:
     from onecard.switch.region.context import RegionContext
+    from onecard.switch.sql import SqlConnection
 
 log = logging.getLogger("onecard.region")
 
@@ -52,7 +53,7 @@ class CatalogueSync:
         self.lock = asyncio.Lock()          # a local change, or an applied one, at a time
         self.last_seq = 0                   # the stream's last message seen here
         self.applied = 0                    # other regions' versions applied here
-        self.db = None
+        self.db: SqlConnection | None = None
 
     async def start(self, js, replicas: int) -> None:
         from nats.js.api import StorageType, StreamConfig
@@ -73,8 +74,12 @@ class CatalogueSync:
             self.db.close()
             self.db = None
 
+    def _db(self) -> SqlConnection:
+        assert self.db is not None, "used between start and close"
+        return self.db
+
     def version(self) -> int:
-        return catalogue.version(self.db)
+        return catalogue.version(self._db())
 
     async def publish(self, action: str, code: str, fields: dict, operator: str) -> int:
         """Publish a local change (checked already): the version it will be. Raises
@@ -116,13 +121,13 @@ class CatalogueSync:
                           change.version, change.region, have)
                 return
             try:
-                catalogue.change(self.db, change.operator, change.action, change.code,
+                catalogue.change(self._db(), change.operator, change.action, change.code,
                                  change.fields)
             except catalogue.CatalogueError as exc:
                 log.error("region %s: catalogue version %d from %s does not apply here: %s",
                           self.region.name, change.version, change.region, exc)
                 return
-            self.region.catalogue_changed(self.db)
+            self.region.catalogue_changed(self._db())
             self.applied += 1
             log.info("region %s: catalogue version %d from region %s (%s %s)",
                      self.region.name, change.version, change.region, change.action, change.code)

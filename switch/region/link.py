@@ -35,6 +35,9 @@ from onecard.switch.region.catalogues import CatalogueSync
 from onecard.switch.region.context import RegionContext
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.subscription import Subscription
+
     from onecard.switch.config import RegionConfig
     from onecard.switch.region.routing import RoutingTable
 
@@ -91,11 +94,11 @@ class RegionLink:
         self.stats: dict[str, PeerStats] = {}
         self.served_batches = 0
         self.served_requests = 0
-        self.nc = None
+        self.nc: Client | None = None            # connected by start, never unset
         self.advices: Advices | None = None
         self.blocks: Blocks | None = None
         self.catalogue: CatalogueSync | None = None
-        self._sub = None
+        self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task] = set()   # relays and answers: finish before stopping
         # The watch and the advice loops (context.loops): cancelled at stop.
 
@@ -288,7 +291,8 @@ class RegionLink:
         import nats.errors
 
         start_ns = time.perf_counter_ns()
-        answer = None
+        answer: bytes | str | None = None
+        assert self.nc is not None                # batches are forwarded once started
         try:
             msg = await self.nc.request(forward.SUBJECT_PREFIX + peer, payload,
                                         timeout=self.timeout_s,
@@ -346,4 +350,5 @@ class RegionLink:
 
     async def _refuse(self, msg, why: str) -> None:
         if msg.reply:
+            assert self.nc is not None            # the message came through it
             await self.nc.publish(msg.reply, b"", headers={ERROR_HEADER: why[:200]})

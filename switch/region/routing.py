@@ -192,6 +192,7 @@ async def current(kv: KeyValue) -> tuple[RoutingTable, int] | None:
         entry = await kv.get(KEY)
     except KeyNotFoundError:
         return None
+    assert entry.revision is not None           # an entry read from the stream has its sequence
     return decode(entry.value or b""), entry.revision
 
 

@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import logging
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from onecard.switch.errors import KeysError
 from onecard.switch.security import modes
+from onecard.switch.sql import SqlConnection
 
 log = logging.getLogger("onecard.keystore")
 
@@ -231,7 +231,7 @@ class DataKeys:
         return self.open(bytes(blob), b"terminals.tmk:" + tid.encode())
 
 
-def init_data_set(conn: sqlite3.Connection, data_dir: str | Path,
+def init_data_set(conn: SqlConnection, data_dir: str | Path,
                   configured: str | None = None) -> DataKeys:
     """A new DEK for a data set that has none, wrapped under the KEK (created if missing);
     the caller commits the meta rows with the rest of its transaction."""
@@ -242,7 +242,7 @@ def init_data_set(conn: sqlite3.Connection, data_dir: str | Path,
     return DataKeys(dek)
 
 
-def write_meta(conn: sqlite3.Connection, rows: dict[str, str]) -> None:
+def write_meta(conn: SqlConnection, rows: dict[str, str]) -> None:
     """Set ``meta`` rows, in the caller's transaction (either store: the upsert both
     accept; SQLite's INSERT OR REPLACE is its own)."""
     for key, value in rows.items():
@@ -316,7 +316,7 @@ def own_journal_meta(rows: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def has_keys(conn: sqlite3.Connection) -> bool:
+def has_keys(conn: SqlConnection) -> bool:
     return conn.execute("SELECT 1 FROM meta WHERE key = 'dek_wrapped'").fetchone() is not None
 
 
@@ -325,7 +325,7 @@ def backup_mac_key(kek: bytes) -> bytes:
     return _derive(kek, BACKUP_MAC_LABEL, KEY_BYTES)
 
 
-def _meta_keys(conn: sqlite3.Connection, data_dir: str | Path) -> dict[str, str]:
+def _meta_keys(conn: SqlConnection, data_dir: str | Path) -> dict[str, str]:
     meta = dict(conn.execute("SELECT key, value FROM meta"))
     if "dek_wrapped" not in meta:
         raise KekError(f"data set {data_dir} has no data key (an older store schema: start "
@@ -333,7 +333,7 @@ def _meta_keys(conn: sqlite3.Connection, data_dir: str | Path) -> dict[str, str]
     return meta
 
 
-def checked_kek(conn: sqlite3.Connection, data_dir: str | Path,
+def checked_kek(conn: SqlConnection, data_dir: str | Path,
                 configured: str | None = None) -> tuple[bytes, str]:
     """(KEK, where it came from), checked to be the one the data set's key is wrapped under;
     KekError in one line when it is not."""
@@ -349,7 +349,7 @@ def _checked_kek(meta: dict[str, str], data_dir: str | Path,
     return kek, where
 
 
-def open_data_set(conn: sqlite3.Connection, data_dir: str | Path,
+def open_data_set(conn: SqlConnection, data_dir: str | Path,
                   configured: str | None = None) -> DataKeys:
     """The DEK of a data set (with the journal keys of the DEKs it replaced), unwrapped with
     the KEK; KekError in one line when it cannot."""
@@ -367,7 +367,7 @@ def _open_keys(meta: dict[str, str], kek: bytes, data_dir: str | Path) -> DataKe
     return DataKeys(dek, generation, from_no, _earlier(meta, kek, data_dir))
 
 
-def rewrap(conn: sqlite3.Connection, data_dir: str | Path, new_kek: bytes, new_source: str,
+def rewrap(conn: SqlConnection, data_dir: str | Path, new_kek: bytes, new_source: str,
            configured: str | None = None) -> None:
     """KEK rotation: the data key, and the journal keys of earlier data keys, unwrapped with
     the current KEK and wrapped under ``new_kek``, in one transaction (nothing else is

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from onecard.core.commit import GroupCommitter
 from onecard.core.journal import Journal
 from onecard.switch.errors import StoreError
 from onecard.switch.security import modes
+from onecard.switch.sql import SqlConnection
 from onecard.switch.store import sqlite
 from onecard.switch.store.snapshots import Checkpointer
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from onecard.switch.store.pg.lease import Lease
     from onecard.switch.store.pg.replication import ReplicationMonitor
     from onecard.switch.store.rotate_dek import Rotated
+
+_Lock = TypeVar("_Lock")                 # what a lock function holds (the lock file)
 
 
 def is_postgresql(config: Config) -> bool:
@@ -50,7 +53,7 @@ def open_db(config: Config, *, synchronous: str | None = None,
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection | Db) -> Iterator[None]:
+def transaction(conn: SqlConnection) -> Iterator[None]:
     """BEGIN ... COMMIT on an autocommit connection of either store, ROLLBACK if the block
     raises. Without the ROLLBACK a failed statement would leave PostgreSQL's transaction
     aborted, and every later query on the admin API's one connection refused."""
@@ -117,7 +120,7 @@ class Store:
         ``make_data_set`` fills an empty embedded store first (the demo data set)."""
         raise NotImplementedError
 
-    def offline_lock(self, lock: Callable[[Path], object]) -> object | None:
+    def offline_lock(self, lock: Callable[[Path], _Lock]) -> _Lock | None:
         """What an offline change (a data-key rotation) holds while it runs: the data
         directory's lock on SQLite; nothing on PostgreSQL, where it takes the lease."""
         return None
@@ -158,7 +161,7 @@ class SqliteStore(Store):
             make_data_set()
         return loader.load(self.data_dir, **options), None
 
-    def offline_lock(self, lock: Callable[[Path], object]) -> object:
+    def offline_lock(self, lock: Callable[[Path], _Lock]) -> _Lock:
         return lock(self.data_dir)
 
     def rotate_dek(self, kek_file: str | None) -> Rotated:

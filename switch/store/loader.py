@@ -42,6 +42,7 @@ from onecard.switch.errors import NoDataSet
 from onecard.switch.reference import GROUPS
 from onecard.switch.security import holders_file, journal_generations, keystore
 from onecard.switch.security.keystore import DataKeys
+from onecard.switch.sql import SqlConnection
 from onecard.switch.store import chain, dataset, encrypt, snapshots, sqlite, staged
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class Loaded:
 provinces = catalogue.provinces
 
 
-def regions_array(conn: sqlite3.Connection) -> np.ndarray:
+def regions_array(conn: SqlConnection) -> np.ndarray:
     prov_index = {p: i for i, p in enumerate(provinces(conn))}
     rows = conn.execute("SELECT idx, code, province, grp, elderly_age, elderly_pct, "
                         "disabled_pct, transfer_minutes, transfer_discount_fen, "
@@ -86,7 +87,7 @@ def regions_array(conn: sqlite3.Connection) -> np.ndarray:
     return out
 
 
-def surnames_array(conn: sqlite3.Connection) -> np.ndarray:
+def surnames_array(conn: SqlConnection) -> np.ndarray:
     rows = conn.execute("SELECT surname FROM surnames ORDER BY idx").fetchall()
     out = np.zeros((max(len(rows), 1), SURNAME_BYTES), dtype="u1")
     for i, (name,) in enumerate(rows):
@@ -95,7 +96,7 @@ def surnames_array(conn: sqlite3.Connection) -> np.ndarray:
     return out
 
 
-def terminals_array(conn: sqlite3.Connection, keys: DataKeys) -> np.ndarray:
+def terminals_array(conn: SqlConnection, keys: DataKeys) -> np.ndarray:
     """The terminal registry as the core's array, master keys unwrapped."""
     app_idx = dict(conn.execute("SELECT code, idx FROM catalogue"))
     rows = conn.execute("SELECT idx, tid, merchant, kind, protocol, region_idx, operator_idx, "
@@ -123,7 +124,7 @@ def _merge_sessions(static: np.ndarray, saved: np.ndarray | None) -> np.ndarray:
             log.warning("terminal registry changed since the checkpoint: sessions reset")
         return static
     for name in SESSION_FIELDS:
-        if name in saved.dtype.names:       # a checkpoint written before a field existed
+        if name in (saved.dtype.names or ()):   # a checkpoint written before a field existed
             static[name] = saved[name]
     rekeyed = ~np.all(saved["tmk"] == static["tmk"], axis=1)   # a new master key: sign on again
     static["signed_on"][rekeyed] = 0
@@ -131,7 +132,7 @@ def _merge_sessions(static: np.ndarray, saved: np.ndarray | None) -> np.ndarray:
     return static
 
 
-def holders(data_dir: Path, keys: DataKeys,
+def holders(data_dir: str | Path, keys: DataKeys,
             cache_bytes: int = holders_file.CACHE_BYTES_DEFAULT) -> HolderVault | None:
     """The holders file (full names and identity numbers) opened for reading a block at a
     time, nothing decrypted yet; None without one."""
@@ -141,7 +142,7 @@ def holders(data_dir: Path, keys: DataKeys,
     return holders_file.open_vault(path, keys, cache_bytes)
 
 
-def filings_entries(conn: sqlite3.Connection) -> np.ndarray:
+def filings_entries(conn: SqlConnection) -> np.ndarray:
     from onecard.core.maps import ENTRY_DTYPE
 
     index = {p: i for i, p in enumerate(provinces(conn))}

@@ -258,6 +258,7 @@ class Checkpointer(threading.Thread):
         if self._dsn:
             self._run_postgresql()
             return
+        assert self._db_path is not None, "the embedded store's checkpoints: pass db_path"
         conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
         frame_bytes = conn.execute("PRAGMA page_size").fetchone()[0] + WAL_FRAME_HEADER
         try:
@@ -293,9 +294,10 @@ class Checkpointer(threading.Thread):
     def _publish_postgresql(self, pg, upto: int, arrays: dict[str, np.ndarray]):
         """Write one checkpoint; the connection to use next (None after a failure)."""
         from onecard.switch.store.pg import checkpoints
-        from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line
+        from onecard.switch.store.pg.connect import connect, one_line, store_errors
 
         assert self._keys is not None, "checkpoints are written sealed: pass keys"
+        assert self._dsn is not None                # run writes to PostgreSQL only with one
         began = time.monotonic()
         try:
             if pg is None or pg.closed:
@@ -304,7 +306,7 @@ class Checkpointer(threading.Thread):
             wrote = checkpoints.write(pg, arrays, upto, self._keys, self._keep, fence=self._fence)
             self._adopt(wrote, chain, arrays)
             self._done(upto, began)
-        except (PgError, *driver_errors()) as exc:
+        except store_errors() as exc:
             # As on SQLite: the journal still holds everything, the next start replays more.
             self.horizon_whole = True
             self._done(upto, began, one_line(exc))
@@ -339,6 +341,7 @@ class Checkpointer(threading.Thread):
             # SQLite syncs the database only after a pass that copied everything, which no
             # pass here does under load: flush the copied pages now, so the writer's own sync
             # at the end of its short copy has little left to write.
+            assert self._db_path is not None        # copying the WAL: the embedded store
             fsync_path(self._db_path)
             self._committer.request_catch_up()
 

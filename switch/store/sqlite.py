@@ -30,6 +30,7 @@ import numpy as np
 from onecard.protocols import store_tables
 from onecard.protocols.journal_codec import RECORD_DTYPE, upgrade
 from onecard.switch.security import modes
+from onecard.switch.sql import SqlConnection
 
 if TYPE_CHECKING:
     pass
@@ -87,14 +88,14 @@ def check_schema(conn: sqlite3.Connection, path: Path) -> None:
                            f"{SCHEMA_VERSION}")
 
 
-def journal_end(conn: sqlite3.Connection) -> int:
+def journal_end(conn: SqlConnection) -> int:
     """Number of the next journal record (records are numbered from 0 without gaps)."""
     row = conn.execute("SELECT first_no + n FROM journal ORDER BY first_no DESC LIMIT 1"
                        ).fetchone()
     return int(row[0]) if row else 0
 
 
-def journal_rows(conn: sqlite3.Connection, since_no: int = 0) -> Iterator[tuple[int, bytes]]:
+def journal_rows(conn: SqlConnection, since_no: int = 0) -> Iterator[tuple[int, bytes]]:
     """Journal rows that hold records numbered since_no or later, in order, their records in
     the current format (an older row is read through its format's reader)."""
     cur = conn.execute("SELECT first_no, records, format FROM journal WHERE first_no + n > ? "
@@ -110,7 +111,7 @@ DAYS_SQL = ("SELECT first_no, records, format FROM journal WHERE (day BETWEEN ? 
 ALL_KINDS = (1 << 63) - 1
 
 
-def rows_of_days(conn: sqlite3.Connection, first_day: int, last_day: int,
+def rows_of_days(conn: SqlConnection, first_day: int, last_day: int,
                  kinds: int = ALL_KINDS) -> Iterator[tuple[int, bytes]]:
     """Journal rows of the China calendar days first_day..last_day (journal_codec) that
     hold a record of a kind in the bit mask ``kinds``, in order, in the current format."""
@@ -118,7 +119,7 @@ def rows_of_days(conn: sqlite3.Connection, first_day: int, last_day: int,
         yield int(first_no), upgrade(bytes(blob), int(fmt))
 
 
-def journal_records(conn: sqlite3.Connection,
+def journal_records(conn: SqlConnection,
                     since_no: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """All records numbered since_no or later, and their numbers."""
     return records_of(journal_rows(conn, since_no), since_no)

@@ -39,7 +39,12 @@ from onecard.core.commit import LATENCY_BOUNDS_US, SIZE_BOUNDS
 from onecard.core.journal import FORMAT, Journal
 from onecard.protocols.journal_codec import RECORD_DTYPE, day_runs, row_index
 from onecard.switch.errors import CommitFailed
-from onecard.switch.store.pg.connect import APPLICATION_NAME, CONNECT_TIMEOUT_S, one_line
+from onecard.switch.store.pg.connect import (
+    APPLICATION_NAME,
+    CONNECT_TIMEOUT_S,
+    one_line,
+    one_row,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -236,7 +241,7 @@ class PgCommitter:
         conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                application_name=f"{APPLICATION_NAME}-commit")
         # The durability contract: COMMIT returns once a synchronous standby flushed it.
-        (level,) = conn.execute("SHOW synchronous_commit").fetchone()
+        (level,) = one_row(conn.execute("SHOW synchronous_commit"))
         if level != "remote_apply":
             conn.execute("SET synchronous_commit = on")
         return conn
@@ -264,7 +269,7 @@ class PgCommitter:
                 with self._cond:
                     self._on_wire[i] = (conn.pgconn.socket, time.monotonic())
                 try:
-                    locked, inserted, same = conn.execute(COMMIT_SQL, params).fetchone()
+                    locked, inserted, same = one_row(conn.execute(COMMIT_SQL, params))
                 finally:
                     with self._cond:
                         self._on_wire.pop(i, None)

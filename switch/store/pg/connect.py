@@ -6,7 +6,7 @@ need it, so it is imported here, when a command first connects.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from onecard.switch.errors import StoreError
 
@@ -61,3 +61,16 @@ def driver_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         return ()
     return (psycopg.Error,)
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """PgError and the driver's errors: what a store operation turns into one line."""
+    return (PgError, *driver_errors())
+
+
+def one_row(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The row of a statement that always returns one (SHOW, an aggregate without GROUP BY,
+    an UPDATE ... RETURNING of a row known to exist)."""
+    row = cur.fetchone()
+    assert row is not None, "one_row: the statement returned no row"
+    return row

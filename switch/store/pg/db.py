@@ -95,6 +95,7 @@ class Db:
     def _fence(self, pg: psycopg.Connection) -> None:
         from onecard.switch.store.pg.lease import fence
 
+        assert self._fence_epoch is not None        # callers fence only a fenced Db
         try:
             fence(self._fence_epoch)(pg)
         except Exception:

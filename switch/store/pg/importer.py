@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 from onecard.switch.security import holders_file
 from onecard.switch.store import snapshots, sqlite, staged
 from onecard.switch.store.loader import HOLDERS_FILE
-from onecard.switch.store.pg.connect import PgError
+from onecard.switch.store.pg.connect import PgError, one_row
 from onecard.switch.store.pg.migrate import LOCK_KEY, migrate, require_current
 from onecard.switch.store.pg.schema import FILE_TABLES, LEASE_TABLE, SCHEMA_VERSION, TABLES
 
@@ -142,8 +142,8 @@ def _verify_sealed(pg: psycopg.Connection, result: ImportResult) -> None:
         (result.checkpoint_upto,))}
     found |= {("files", name): digest for name, digest in pg.execute(
         "SELECT name, encode(sha256(data), 'hex') FROM files")}
-    (others,) = pg.execute("SELECT count(*) FROM checkpoints WHERE upto != %s",
-                           (result.checkpoint_upto,)).fetchone()
+    (others,) = one_row(pg.execute("SELECT count(*) FROM checkpoints WHERE upto != %s",
+                                   (result.checkpoint_upto,)))
     if found != result.sealed or others:
         differ = [f"{t}/{n}" for t, n in sorted(set(found) | set(result.sealed))
                   if found.get((t, n)) != result.sealed.get((t, n))]
@@ -159,10 +159,10 @@ def _target_rows(pg: psycopg.Connection) -> dict[str, int]:
     """Rows in each table of the target (meta without its schema_version row)."""
     rows = {}
     for table in TABLES:
-        (rows[table],) = pg.execute(f"SELECT count(*) FROM {table}").fetchone()
+        (rows[table],) = one_row(pg.execute(f"SELECT count(*) FROM {table}"))
     rows["meta"] -= 1
     for table in FILE_TABLES:
-        (rows[table],) = pg.execute(f"SELECT count(*) FROM {table}").fetchone()
+        (rows[table],) = one_row(pg.execute(f"SELECT count(*) FROM {table}"))
     return rows
 
 
@@ -201,7 +201,7 @@ def _copy_table(src: sqlite3.Connection, pg: psycopg.Connection, table: str,
 
 def _verify(src: sqlite3.Connection, pg: psycopg.Connection, result: ImportResult) -> None:
     for table, rows in result.rows.items():
-        (found,) = pg.execute(f"SELECT count(*) FROM {table}").fetchone()
+        (found,) = one_row(pg.execute(f"SELECT count(*) FROM {table}"))
         if found != rows:
             raise PgError(f"import check: {table} has {found} rows in PostgreSQL, {rows} in "
                           "the data set (nothing committed)")

@@ -31,7 +31,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line
+from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line, one_row
 from onecard.switch.store.pg.journal import journal_end
 from onecard.switch.store.pg.migrate import require_current
 
@@ -62,8 +62,8 @@ def holder_name() -> str:
 
 def check_synchronous(pg: psycopg.Connection) -> str:
     """One line describing the synchronous standbys; PgError if commits would not wait for one."""
-    (names,) = pg.execute("SHOW synchronous_standby_names").fetchone()
-    (level,) = pg.execute("SHOW synchronous_commit").fetchone()
+    (names,) = one_row(pg.execute("SHOW synchronous_standby_names"))
+    (level,) = one_row(pg.execute("SHOW synchronous_commit"))
     if not names.strip():
         raise PgError("store.require_sync_standby = true but the PostgreSQL primary has no "
                       "synchronous standby (synchronous_standby_names is empty): an approval "
@@ -102,8 +102,9 @@ def take_over(dsn: str, *, require_sync: bool, holder: str | None = None) -> Lea
             if row is None:
                 raise PgError("the PostgreSQL store has no lease row: not migrated by this "
                               "build (run: onecard db migrate)")
-            (epoch,) = pg.execute("UPDATE lease SET epoch = epoch + 1, holder = %s, at = now() "
-                                  "RETURNING epoch", (holder,)).fetchone()
+            (epoch,) = one_row(pg.execute(
+                "UPDATE lease SET epoch = epoch + 1, holder = %s, at = now() RETURNING epoch",
+                (holder,)))
             gap = _tail_gap(pg)
             dropped = 0
             if gap is not None:

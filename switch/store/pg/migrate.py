@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Final
 
-from onecard.switch.store.pg.connect import PgError
+from onecard.switch.store.pg.connect import PgError, one_row
 from onecard.switch.store.pg.schema import FIRST_VERSION, MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ LOCK_KEY: Final = 0x6F6E6563617264
 
 def schema_version(conn: psycopg.Connection) -> int | None:
     """The database's version, None when it has no store at all (no meta table)."""
-    (meta,) = conn.execute("SELECT to_regclass('meta')").fetchone()
+    (meta,) = one_row(conn.execute("SELECT to_regclass('meta')"))
     if meta is None:
         return None
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()

@@ -52,7 +52,7 @@ class ReplicationMonitor(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        from onecard.switch.store.pg.connect import PgError, connect, driver_errors, one_line
+        from onecard.switch.store.pg.connect import connect, one_line, store_errors
 
         pg = None
         while not self._stopping.is_set():
@@ -65,7 +65,7 @@ class ReplicationMonitor(threading.Thread):
                                               None if b is None else int(b), float(lag))
                                       for n, s, y, b, lag in rows)
                 self.ok, self.failing = True, 0
-            except (PgError, *driver_errors()) as exc:
+            except store_errors() as exc:
                 if self.ok or self.polls_failed == 0:
                     log.warning("standbys not read from the primary: %s", one_line(exc))
                 self.ok, self.standbys = False, ()

@@ -27,8 +27,9 @@ from onecard.switch.store.pg.connect import (
     APPLICATION_NAME,
     PgError,
     connect,
-    driver_errors,
     one_line,
+    one_row,
+    store_errors,
 )
 from onecard.switch.store.pg.journal import journal_end
 from onecard.switch.store.rotate_dek import Rotated, RotationError
@@ -59,7 +60,7 @@ def rotate(dsn: str, data_dir: str | Path, kek_file: str | None = None) -> Rotat
         kek, _ = keystore.checked_kek(db, data_dir, kek_file)
         old = keystore.open_data_set(db, data_dir, kek_file)
         missing = rotate_dek.unindexed_cards(db, lambda: _state_pans(dsn, data_dir, kek_file))
-        (upto,) = pg.execute("SELECT COALESCE(max(upto), 0) FROM checkpoints").fetchone()
+        (upto,) = one_row(pg.execute("SELECT COALESCE(max(upto), 0) FROM checkpoints"))
         new, meta = keystore.rotated(kek, old, max(journal_end(pg), int(upto)))
         with pg.transaction():
             pg.execute("UPDATE lease SET epoch = epoch + 1, holder = %s, at = now()",
@@ -70,16 +71,16 @@ def rotate(dsn: str, data_dir: str | Path, kek_file: str | None = None) -> Rotat
             keystore.write_meta(db, meta)
             rotate_dek.audit(db, rotated)
         return rotated
-    except (PgError, *driver_errors()) as exc:
+    except store_errors() as exc:
         raise RotationError(f"PostgreSQL store: {one_line(exc)}") from None
     finally:
         pg.close()
 
 
 def _refuse_if_in_use(pg: psycopg.Connection) -> None:
-    (others,) = pg.execute(
+    (others,) = one_row(pg.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
-        "application_name = %s AND pid <> pg_backend_pid()", (APPLICATION_NAME,)).fetchone()
+        "application_name = %s AND pid <> pg_backend_pid()", (APPLICATION_NAME,)))
     if others:
         raise RotationError(f"{others} other onecard connections are open to the PostgreSQL "
                             "store (a switch, a standby switch or a command): stop them first")
@@ -91,8 +92,8 @@ def _reseal_files(pg: psycopg.Connection, old: DataKeys, new: DataKeys) -> int:
     names = pg.execute("SELECT upto, name FROM checkpoints ORDER BY upto, name").fetchall()
     for upto, name in names:
         with pg.cursor(binary=True) as cur:
-            (raw,) = cur.execute("SELECT data FROM checkpoints WHERE upto = %s AND name = %s",
-                                 (upto, name)).fetchone()
+            (raw,) = one_row(cur.execute(
+                "SELECT data FROM checkpoints WHERE upto = %s AND name = %s", (upto, name)))
         tag = label(int(upto), name)
         plain = sealed_files.open_sealed(raw, old, tag, where=f"checkpoint {upto} {name}")
         pg.execute("UPDATE checkpoints SET data = %b WHERE upto = %s AND name = %s",
@@ -102,8 +103,9 @@ def _reseal_files(pg: psycopg.Connection, old: DataKeys, new: DataKeys) -> int:
         if name != rotate_dek.HOLDERS_FILE:
             raise RotationError(f"file {name} in the PostgreSQL store: this build does not "
                                 "know what it is sealed under; nothing rotated")
-        again = rotate_dek.reseal_holders_bytes(read_file(pg, name), old, new,
-                                                f"{name} in PostgreSQL")
+        raw = read_file(pg, name)
+        assert raw is not None                      # listed above, in this transaction
+        again = rotate_dek.reseal_holders_bytes(raw, old, new, f"{name} in PostgreSQL")
         pg.execute("UPDATE files SET data = %b WHERE name = %s", (again, name))
     return len(names) + len(files)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from onecard.switch.store.pg.connect import one_row
 from onecard.switch.store.pg.journal import journal_end
 from onecard.switch.store.pg.migrate import schema_version
 from onecard.switch.store.pg.schema import FILE_TABLES, TABLES
@@ -27,14 +28,14 @@ def read_status(pg: psycopg.Connection) -> Status:
     status = Status()
     with pg.transaction():
         pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        (version,) = pg.execute("SHOW server_version").fetchone()
+        (version,) = one_row(pg.execute("SHOW server_version"))
         info = pg.info
         status.server = f"PostgreSQL {version} at {info.host}:{info.port}/{info.dbname}"
         status.schema_version = schema_version(pg)
         if status.schema_version is None:
             return status
         for table in TABLES + FILE_TABLES:
-            (status.rows[table],) = pg.execute(f"SELECT count(*) FROM {table}").fetchone()
+            (status.rows[table],) = one_row(pg.execute(f"SELECT count(*) FROM {table}"))
         status.journal_end = journal_end(pg)
         row = pg.execute("SELECT epoch FROM lease").fetchone()
         status.lease_epoch = int(row[0]) if row else None
