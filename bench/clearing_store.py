@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -36,6 +37,11 @@ from onecard.protocols.journal_codec import view
 from onecard.switch import demo
 from onecard.switch.clearing.service import ClearingService
 from onecard.switch.store import loader, sqlite
+
+if TYPE_CHECKING:
+    from onecard.core.state import State
+    from onecard.switch.config import Config
+    from onecard.switch.store.backend import JournalWriter
 
 ROW_RECORDS = 1024                     # records per journal row (the committer's are 1-4,096)
 
@@ -93,9 +99,11 @@ def _clear(data_dir: Path, cards: np.ndarray, date: dt.date) -> dict:
         data_dir=str(data_dir), store=SimpleNamespace(backend="sqlite", dsn=""),
         clearing=SimpleNamespace(cutover=clearing.CUTOVER_DEFAULT, grace_s=60.0, out_dir="",
                                  fee_table=lambda: dict(clearing.FEES_DEFAULT)))
-    switch = SimpleNamespace(config=config, committer=SimpleNamespace(durable_no=0),
-                             state=SimpleNamespace(cards=cards))
-    service = ClearingService(switch)
+    # Stand-ins with what the service reads of them: the [clearing] settings, the durable end
+    # (nothing is being committed) and the live cards.
+    service = ClearingService(cast("Config", config),
+                              cast("JournalWriter", SimpleNamespace(durable_no=0)),
+                              cast("State", SimpleNamespace(cards=cards)))
     Path("/proc/self/clear_refs").write_text("5")
     rss_before = _vm("VmRSS")
     began = time.perf_counter()

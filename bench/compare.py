@@ -39,12 +39,14 @@ def start_server(cmd: list[str], ready: str) -> tuple[subprocess.Popen, int]:
     """Start a server pinned to core 0; wait for its ``ready`` line; its ISO 8583 port."""
     proc = subprocess.Popen([*_pin(0), *cmd], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None              # stdout=PIPE
     port = None
     for line in proc.stdout:
         m = re.search(r"listening iso8583 [\d.]+:(\d+)", line)
         if m:
             port = int(m.group(1))
         if line.strip().endswith(ready):
+            assert port is not None, f"{cmd[0]} was ready before it said where it listens"
             return proc, port
     raise RuntimeError(f"{cmd[0]} did not start")
 

@@ -95,7 +95,7 @@ def pyiso8583_rate(buffers: list[bytes], limit: int) -> float:
     import iso8583
 
     spec = pyiso8583_spec()
-    messages = []
+    messages: list[bytearray] = []
     for buf in buffers:
         pos = 0
         while pos < len(buf) and len(messages) < limit:

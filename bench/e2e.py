@@ -31,7 +31,7 @@ LOAD_GRACE_S = 120.0        # a load generator this long past its duration is ki
 
 
 def _pin(core: int | None) -> list[str]:
-    if core is None or shutil.which("taskset") is None or os.cpu_count() < 2:
+    if core is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         return []
     return ["taskset", "-c", str(core)]
 
@@ -71,6 +71,7 @@ def start_switch(data_dir: Path, cards: int, core: int | None, *, config: Path |
 
     watchdog = threading.Timer(ready_timeout_s, kill)
     watchdog.start()
+    assert proc.stdout is not None              # stdout=PIPE
     try:
         for line in proc.stdout:
             if line.startswith("onecard: listening"):

@@ -98,6 +98,7 @@ def _remac_iso(h: Harness, data: bytes) -> bytes:
         n = int.from_bytes(data[pos:pos + 2], "big")
         frame = bytearray(data[pos:pos + 2 + n])
         if len(frame) == 2 + n and n > 27:
+            assert h.pos.mak is not None        # the harness signed it on
             frame[-8:] = crypto.mac(h.pos.alg, h.pos.mak, bytes(frame[2 + 11:-8]))
         out += frame
         pos += 2 + n
@@ -113,6 +114,7 @@ def _remac_native(h: Harness, data: bytes) -> bytes:
     t = h.natives.get(frame.terminal)
     if t is None:
         return data
+    assert t.mak is not None                    # the harness signed it on
     return native.encode_frame(frame.terminal, frame.body, crypto.mac(t.alg, t.mak, frame.body))
 
 

@@ -158,7 +158,8 @@ def measure(n: int, holders_dir: Path) -> dict:
     write_holders(path, n, holders_file.BLOCK_RECORDS)
     before = rss_bytes()
     start = time.perf_counter()
-    state = synthetic_state(n, holders=holders_file.open_vault(path, KEYS))
+    vault = holders_file.open_vault(path, KEYS)
+    state = synthetic_state(n, holders=vault)
     build_s = time.perf_counter() - start
     after = rss_bytes()
     report = state.memory_report()
@@ -177,7 +178,7 @@ def measure(n: int, holders_dir: Path) -> dict:
             "rss_bytes_per_card": round((after - before) / n, 2),
             "holder_bytes": report["holder_bytes"], "lodging_verify_ns": verify,
             "rss_file_bytes_grown_by_verifies": rss_file_bytes() - file_pages,
-            "holder_clear_bytes_after_verifies": state.holders.stats()["clear_bytes"],
+            "holder_clear_bytes_after_verifies": vault.stats()["clear_bytes"],
             "holders_file_bytes_per_card": round(path.stat().st_size / n, 2),
             "build_s": round(build_s, 2), "lookups_per_s": round(len(probe) / lookups_s),
             "authorisations_per_s": round(authorisation_rate(state))}

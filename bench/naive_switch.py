@@ -58,7 +58,9 @@ class NaiveSwitch:
     def __init__(self, data_dir: Path) -> None:
         self.terminals = {t.tid: t for t in read_terminals(data_dir)}
         self.keys: dict[str, bytes] = {}
-        _, arrays = snapshots.latest(data_dir, dataset.for_data_dir(data_dir))
+        snap = snapshots.latest(data_dir, dataset.for_data_dir(data_dir))
+        assert snap is not None, f"no checkpoint in {data_dir}"
+        _, arrays = snap
         cards, accounts = arrays["cards"], arrays["accounts"]
         self.balances = {str(int(pan)): int(accounts["balance_fen"][acct])
                          for pan, acct in zip(cards["pan"], cards["account"], strict=True)}

@@ -85,7 +85,9 @@ def measure_asyncpg(dsn: str, seconds: float, records_per_row: int) -> dict | No
     params = conninfo_to_dict(dsn)
 
     async def run() -> tuple[int, float]:
-        conn = await asyncpg.connect(host=params.get("host"), port=int(params.get("port", 5432)),
+        port = params.get("port")
+        conn = await asyncpg.connect(host=params.get("host"),
+                                     port=int(port) if port is not None else 5432,
                                      user=params.get("user"), password=params.get("password"),
                                      database=params.get("dbname"))
         try:
@@ -142,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
 
         server = pg_local.start(durable=True)
     try:
-        dsn = args.dsn or server.dsn
+        dsn = args.dsn
+        if not dsn:
+            assert server is not None           # started above, without --dsn
+            dsn = server.dsn
         where = "a throwaway local server, fsync on" if server else "--dsn"   # no password
         print(f"psycopg 3, {args.records_per_row} records ({args.records_per_row * 80} B) a "
               f"row, {args.seconds:g} s a mode, {where}")

@@ -54,6 +54,7 @@ def _drain(proc: subprocess.Popen) -> None:
     """Read a switch's output after it is ready: a pipe nobody reads fills, and then the
     switch blocks on its next log line (a stopped issuer makes the acquirer log)."""
     def run() -> None:
+        assert proc.stdout is not None          # started with stdout=PIPE
         for _ in proc.stdout:
             pass
 

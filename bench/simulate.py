@@ -53,7 +53,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     base = base_data_set(root / f"base-{CARDS}", CARDS)
     rates = FaultRates().scaled(args.faults)
-    totals, checked, started = Counter(), Counter(), time.perf_counter()
+    totals: Counter[str] = Counter()            # faults injected, by kind
+    checked: Counter[str] = Counter()           # checks made, by name
+    started = time.perf_counter()
     steps = replies = records = done = 0
     for seed in seeds:
         if time.perf_counter() - started > args.minutes * 60:

@@ -1,5 +1,5 @@
-"""mypy finds no error in the switch (and what it imports: the core's stubs, protocols/, the
-bench's load generator), with the configuration in pyproject.toml.
+"""mypy finds no error in the switch and the bench (and what they import: the core's stubs,
+protocols/), with the configuration in pyproject.toml.
 
 The repository root is the package ``onecard`` (pyproject's package-dir maps core/, switch/,
 protocols/ and bench/ under it), so there is no directory in which ``onecard`` resolves to
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["onecard.switch"]
+PACKAGES = ["onecard.switch", "onecard.bench"]
 
 
 def test_mypy_finds_no_error(tmp_path):

@@ -4,6 +4,7 @@ checkpoints, and the checks made after each."""
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from onecard.protocols import native
 from onecard.switch.store import loader, sqlite
@@ -11,6 +12,18 @@ from onecard.switch.store import loader, sqlite
 from . import checks
 from .node import Held, Node
 from .terminals import IsoSim, Request, iso_answer, native_answer
+
+if TYPE_CHECKING:
+    import random
+    from _hashlib import HASH
+    from pathlib import Path
+
+    from onecard.core.state import State
+
+    from .checks import Books
+    from .operator import Operator
+    from .traffic import Link, Traffic
+    from .world import Hooks, Summary
 
 # Requests whose approval must name a durable record (those that change the state).
 JOURNALED = frozenset({"purchase", "void", "void reversal", "settlement", "balance", "tap",
@@ -25,6 +38,29 @@ SPLIT_SHARE = 0.08
 
 
 class Lifecycle:
+    # What the steps here use of the Simulator (world.py) that sets it up, for the type checker.
+    rng: random.Random
+    now_us: int
+    incarnation: int
+    map_entries_max: int
+    work_dir: Path
+    hooks: Hooks
+    summary: Summary
+    digest: HASH
+    links: list[Link]
+    link_by_tid: dict[str, Link]
+    traffic: Traffic
+    operator: Operator
+    opening: State
+    shadow_durable: State
+    books_durable: Books
+    durable_rows: list[tuple[int, bytes]]
+
+    if TYPE_CHECKING:
+        def fail(self, invariant: str, detail: str) -> NoReturn: ...
+
+        def _fresh_state(self) -> State: ...
+
     # ---- terminals and the operator act ----------------------------------------------------
 
     def _act(self) -> None:
@@ -117,6 +153,7 @@ class Lifecycle:
     def _deliver(self, held: Held) -> None:
         link = self.link_by_tid[held.tid]
         iso = isinstance(link.sim, IsoSim)
+        reply: Any                      # an ISO 8583 document (a dict) if iso, else a struct
         for reply in link.sim.parse(held.data):
             self.summary.replies += 1
             seq = int(reply["11"]) if iso else reply.seq
@@ -195,6 +232,7 @@ class Lifecycle:
                 continue
             link = self.link_by_tid[held.tid]
             iso = isinstance(link.sim, IsoSim)
+            reply: Any                  # as in _deliver
             for reply in link.sim.parse(held.data):
                 seq = int(reply["11"]) if iso else reply.seq
                 req = next((r for r in link.outstanding if r.seq == seq), None)

@@ -142,6 +142,7 @@ class IsoSim:
         doc = {k: v for k, v in reply.items() if k not in ("p", "1")}
         got, doc["64"] = doc["64"], "00" * 8
         raw = iso_encode(doc)[2:]
+        assert self.mak is not None             # checked by parse, its caller
         return crypto.mac(self.alg, self.mak, raw[11:-8]).hex().upper() == got
 
     def learn_keys(self, reply: dict) -> None:

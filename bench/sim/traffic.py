@@ -180,6 +180,7 @@ class Traffic:
     # ---- native --------------------------------------------------------------------------
 
     def _native(self, link: Link, kind: str, messages: list) -> tuple:
+        assert isinstance(link.sim, NativeSim)  # a native terminal's link
         frame = link.sim.frame(messages)
         return link, frame, [Request(link.tid, m.seq, kind, frame) for m in messages]
 

@@ -14,6 +14,7 @@ import types
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 from unittest import mock
 
 import numpy as np
@@ -30,6 +31,9 @@ from .node import CommitFailed, Node
 from .operator import Operator
 from .traffic import Link, Traffic, make_links, pick_cards, pick_terminals
 
+if TYPE_CHECKING:
+    from onecard.core.state import State
+
 # The data set is generated as of a fixed day with master keys from a fixed generator, and
 # the simulated clock starts that day at 08:00 China time: a seed replays the same run on any
 # day, on any machine.
@@ -41,9 +45,12 @@ JUMP_US_MAX = 12 * 3600 * 1_000_000        # now and then hours pass (daily tota
 SMALL_MAP_ENTRIES = 8                       # "map at its limit": a quarter of the seeds
 
 
-class _FixedDate(dt.date):
-    @classmethod
-    def today(cls) -> dt.date:
+class _FixedDate:
+    """demo's ``dt.date`` while it makes the base data set: what it calls, today(), is the
+    data set's day."""
+
+    @staticmethod
+    def today() -> dt.date:
         return DATA_DAY
 
 
@@ -128,7 +135,7 @@ class Simulator(Lifecycle):
         self.traffic = Traffic(self.links, cards, self.rng)
         self.operator = Operator(cards, self.rng)
 
-    def _fresh_state(self):
+    def _fresh_state(self) -> State:
         return loader.load(self.base_dir, map_entries_max=self.map_entries_max).state
 
     # ---- the run ---------------------------------------------------------------------------
@@ -163,7 +170,7 @@ class Simulator(Lifecycle):
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
-    def fail(self, invariant: str, detail: str) -> None:
+    def fail(self, invariant: str, detail: str) -> NoReturn:
         raise InvariantViolation(self.seed, self.step_no, invariant, detail)
 
     def step(self) -> None:
