@@ -7,6 +7,7 @@ method of ``Store``, which the server opens once (``open_store``)."""
 from __future__ import annotations
 
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,7 +91,7 @@ class NotEmbedded(StoreError):
     """A command that works on the embedded store only, run on a PostgreSQL store."""
 
 
-class Store:
+class Store(ABC):
     """The configured store, opened once by the server and by each command: everything that
     differs between the embedded SQLite database and PostgreSQL is a method here, so nothing
     else asks which one it has (tests/test_architecture.py). Connections are opened per use
@@ -103,45 +104,48 @@ class Store:
         self.config = config
         self.data_dir = Path(config.data_dir)
 
+    @abstractmethod
     def where(self) -> str:
         """The store, as an operator's message names it."""
-        raise NotImplementedError
 
     def only_embedded(self, command: str, instead: str) -> None:
         """Raise NotEmbedded (``onecard COMMAND: the store is PostgreSQL; INSTEAD``) for a
-        command the embedded store alone has."""
+        command the embedded store alone has; nothing on the embedded store."""
+        return None
 
     def prepare_local_dir(self) -> None:
-        """The local data directory before the lock is taken in it."""
+        """The local data directory before the lock is taken in it (nothing to do when the
+        store is in it: it is made with the data set)."""
+        return None
 
+    @abstractmethod
     def recover(self, options: dict,
                 make_data_set: Callable[[], object]) -> tuple[Loaded, Lease | None]:
         """The state to serve from, and the lease it is written under (PostgreSQL).
         ``make_data_set`` fills an empty embedded store first (the demo data set)."""
-        raise NotImplementedError
 
     def offline_lock(self, lock: Callable[[Path], _Lock]) -> _Lock | None:
         """What an offline change (a data-key rotation) holds while it runs: the data
         directory's lock on SQLite; nothing on PostgreSQL, where it takes the lease."""
         return None
 
+    @abstractmethod
     def rotate_dek(self, kek_file: str | None) -> Rotated:
         """A new data key, everything sealed under the old one sealed again (rotate_dek.py)."""
-        raise NotImplementedError
 
     def open_db(self, *, fence_epoch: int | None = None) -> sqlite3.Connection | Db:
         """A read-write, autocommit connection (``open_db``)."""
         return open_db(self.config, fence_epoch=fence_epoch)
 
+    @abstractmethod
     def records_since(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
         """Every journal record numbered ``upto`` or later, and their numbers."""
-        raise NotImplementedError
 
+    @abstractmethod
     def writers(self, efd: int, loaded: Loaded,
                 lease: Lease | None) -> tuple[JournalWriter, Checkpointer]:
         """The journal's writer (signalling ``efd`` after each commit) and the checkpoints'
         writer, from the state the switch loaded."""
-        raise NotImplementedError
 
     def replication(self) -> ReplicationMonitor | None:
         """A monitor of the standbys the store replicates to, when it has any."""
