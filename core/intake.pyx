@@ -201,6 +201,12 @@ cdef class Replies:
         self.submit_soon = False
         self.submit()
 
+    cpdef submit(self):
+        """Hand the journal's pending records (this iteration's batches', or operators'
+        changes made outside a terminal batch) to the writer."""
+        if self.engine.journal.n:
+            self.committer.submit(self.engine.journal)
+
     cpdef deliver(self, Conn conn, bytes replies, int64_t batch, bint close):
         """Write ``replies`` once the records of their batch are durable. The records go to
         the writer once per loop iteration, after every socket that was ready has been read

@@ -59,11 +59,6 @@ class Durability(Replies):
         self.record_waiters.append((record_no, future))
         await future
 
-    def submit(self) -> None:
-        """Hand records appended outside a terminal batch (operators' changes) to the writer."""
-        if self.engine.journal.pending:
-            self.committer.submit(self.engine.journal)
-
     def fail(self, exc: BaseException) -> None:
         """The journal failed: answers that are not durable must never leave."""
         self.failed = exc
