@@ -67,6 +67,7 @@ MODULES = {
     "native_msg": [],
     "native_path": [],
     "engine": [],
+    "intake": [],
     "terminal": [],
 }
 

@@ -17,7 +17,7 @@ from onecard.core.iso_path cimport IsoPath
 from onecard.core.journal cimport Journal
 from onecard.core.metrics cimport CoreMetrics
 from onecard.core.native_path cimport NativePath
-from onecard.core.outbuf cimport OutBuf, ob_free
+from onecard.core.outbuf cimport ob_free
 from onecard.core.state cimport PROTO_ISO8583, PROTO_NATIVE, State
 from onecard.core.wire cimport realtime_us
 
@@ -35,19 +35,6 @@ REFUSE_TEXT[1] = b"journal not writable: retry later"
 
 
 cdef class Engine:
-    cdef readonly State state
-    cdef readonly Journal journal
-    cdef readonly Authoriser authoriser
-    cdef readonly CoreMetrics metrics
-    cdef readonly Router router
-    cdef IsoPath iso
-    cdef NativePath native
-    cdef OutBuf out
-    cdef public int64_t clock_offset_us     # tests move the clock; 0 in production
-    cdef public int64_t clock_us            # simulated time when non-zero (bench/sim)
-    cdef readonly object shed               # uint64[protocol, reason]: requests refused
-    cdef uint64_t* shed_p
-
     def __init__(self, State state, *, uint64_t next_record_no=0,
                  int64_t daily_limit_fen=500_000, int64_t amount_fen_max=10_000_000,
                  uint32_t iso_frame_bytes_max=8192, uint32_t native_frame_bytes_max=1 << 20,
@@ -73,7 +60,7 @@ cdef class Engine:
         """Bring the decision clock to now (before an operator's change between batches)."""
         self.authoriser.begin(self.now_us())
 
-    cdef inline int64_t now_us(self) noexcept nogil:
+    cdef int64_t now_us(self) noexcept nogil:
         # The simulator drives the clock itself so that a seed replays byte for byte.
         if self.clock_us:
             return self.clock_us
@@ -93,30 +80,41 @@ cdef class Engine:
         them (switch/region/link.py).
         """
         cdef Py_buffer view
-        cdef uint32_t batch, messages = 0
+        cdef uint32_t batch
         cdef int close = 0
         cdef size_t consumed
         if proto != PROTO_ISO8583 and proto != PROTO_NATIVE:
             raise ValueError(f"unknown protocol {proto}")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self.authoriser.begin(self.now_us())
-            batch = self.metrics.begin_batch(<uint8_t>proto)
-            self.out.len = 0
-            self.router.mode = MODE_CONSUME      # a run that stopped left it collecting
-            if proto == PROTO_ISO8583:
-                consumed = self.iso.run(<const uint8_t*>view.buf, view.len, &self.out, batch,
-                                        &messages, &close)
-            else:
-                self.native.authenticated = 0
-                consumed = self.native.run(<const uint8_t*>view.buf, view.len, &self.out,
-                                           batch, &messages, &close)
-            self.metrics.end_batch(batch, messages)
+            replies = self.feed(proto, <const uint8_t*>view.buf, view.len, &consumed, &batch,
+                                &close)
         finally:
             PyBuffer_Release(&view)
-        replies = (PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
-                   if self.out.len else b"")
-        return consumed, replies, batch if messages else 0, bool(close)
+        return consumed, replies, batch, bool(close)
+
+    cdef bytes feed(self, int proto, const uint8_t* data, size_t n, size_t* consumed,
+                    uint32_t* batch, int* close):
+        """What :meth:`process` does, on ``n`` bytes at ``data`` (``proto`` checked by the
+        caller): sets ``consumed``, ``batch`` (0 when there were no messages) and ``close``;
+        returns the reply bytes."""
+        cdef uint32_t messages = 0
+        cdef uint32_t b
+        self.authoriser.begin(self.now_us())
+        b = self.metrics.begin_batch(<uint8_t>proto)
+        self.out.len = 0
+        close[0] = 0
+        self.router.mode = MODE_CONSUME      # a run that stopped left it collecting
+        if proto == PROTO_ISO8583:
+            consumed[0] = self.iso.run(data, n, &self.out, b, &messages, close)
+        else:
+            self.native.authenticated = 0
+            consumed[0] = self.native.run(data, n, &self.out, b, &messages, close)
+        self.metrics.end_batch(b, messages)
+        batch[0] = b if messages else 0
+        if self.out.len:
+            return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+        return b""
 
     def serve_forwarded(self, data) -> tuple:
         """Decide a batch another region forwarded (protocols.forward REQUEST records): the

@@ -33,3 +33,4 @@ cdef class CoreMetrics:
     cdef uint32_t begin_batch(self, uint8_t proto) noexcept nogil
     cdef void count(self, uint32_t batch, uint8_t kind, uint8_t rc) noexcept nogil
     cdef void end_batch(self, uint32_t batch, uint32_t messages) noexcept nogil
+    cdef void note_written(self, uint32_t batch) noexcept nogil

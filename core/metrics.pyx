@@ -88,6 +88,10 @@ cdef class CoreMetrics:
 
     def written(self, uint32_t batch) -> None:
         """The replies of ``batch`` are written: record their receive-to-written latency."""
+        self.note_written(batch)
+
+    cdef void note_written(self, uint32_t batch) noexcept nogil:
+        # written(), for compiled callers (core/intake.pyx).
         cdef BatchRec* b = &self.ring[batch & (BATCH_RING - 1)]
         cdef uint64_t us
         cdef int i, k

@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onecard.core.engine import NATIVE, REFUSE_JOURNAL, REFUSE_OVERLOAD
+from onecard.core.intake import FULL_READ_BYTES, Gate  # a read this big: the peer is ahead
 from onecard.protocols.enums import PROTO
 from onecard.switch import logs
 from onecard.switch.errors import DataSetError
@@ -94,7 +95,6 @@ TICK_S_MIN = 0.002
 TICK_S_MAX = 0.020
 NATIVE_PREFIX_BYTES = 4
 PROBE_BYTES = 1 << 20              # written and fsynced at start: can the directory commit?
-FULL_READ_BYTES = 64 << 10         # a read this big means the peer is ahead: check FIONREAD
 COST_WEIGHT = 0.1                  # EWMA weight of each timed full read's cost per byte
 COST_S_PER_BYTE_START = 20e-9      # ~1.9 us per ~95-byte ISO 8583 purchase, until measured
 # Admission's verdicts on a read besides a refusal's reason (an Engine.refuse reason, an int).
@@ -181,8 +181,10 @@ def check_data_dir(data_dir: Path, free_mb_min: int) -> None:
                            f"store.free_mb_min = {free_mb_min} MiB: free space first")
 
 
-class Admission:
-    """The switch's admission state; see the module docstring for the design."""
+class Admission(Gate):
+    """The switch's admission state; see the module docstring for the design. What every
+    read needs of it (``admitting``, ``iteration_max_s``) is in its compiled base
+    (core/intake.pyx's ``Gate``), kept current by :attr:`refusing`'s setter."""
 
     def __init__(self, srv: ServerConfig, waiting: deque) -> None:
         self.srv = srv
@@ -193,8 +195,7 @@ class Admission:
         # A loop iteration that has processed reads for this long refuses its other reads:
         # nothing it decides is even handed to the writer before the iteration ends.
         self.iteration_max_s = self.latency_budget_s if self.latency_budget_s > 0 else 1e18
-        # None: admit. Else the Engine.refuse reason every new buffer is answered with.
-        self.refusing: int | None = None
+        self._refusing: int | None = None
         self.overloaded = False
         self.journal_writable = True
         self.journal_full_since = 0.0
@@ -229,6 +230,16 @@ class Admission:
         self.first_frame_too_big = RateLimitedLog("native connections closed: first frame "
                                                   "above server.native_first_frame_bytes_max",
                                                   event="connection_closed")
+
+    @property
+    def refusing(self) -> int | None:
+        """None: admit. Else the Engine.refuse reason every new buffer is answered with."""
+        return self._refusing
+
+    @refusing.setter
+    def refusing(self, reason: int | None) -> None:
+        self._refusing = reason
+        self.admitting = reason is None
 
     # ---- start ------------------------------------------------------------------------------
 

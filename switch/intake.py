@@ -2,12 +2,13 @@
 the core's ``Engine.process`` and ``Engine.refuse``.
 
 Per received buffer the intake makes one call into the core, so the work per message is all
-compiled; what remains in Python here is per read. The common read (admission not refusing,
-a small read, the loop iteration within its budget) is decided in ``data_received`` with a
-few attribute reads; every other read asks admission for a verdict (run, run timed, or refuse
-with a reason) and the intake acts on it: admission itself never calls the core and never
-sees a buffer. Replies go to ``Durability.deliver``, which writes them once their records are
-durable.
+compiled; so is the work per read: ``Connection`` derives from core/intake.pyx's ``Conn``,
+whose ``data_received`` decides the common read (admission admitting, a small read, the loop
+iteration within its budget) from C fields, calls the core without a Python call
+(``Engine.feed``) and hands the replies to ``Durability.deliver`` (compiled too). Every other
+read asks admission for a verdict here (run, run timed, or refuse with a reason) and the
+intake acts on it: admission itself never calls the core and never sees a buffer. Replies go
+to ``Durability.deliver``, which writes them once their records are durable.
 
 A request another region decides stops the core (the router collects it); the intake holds
 the connection's buffer, has the region link forward what was collected
@@ -24,9 +25,9 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from onecard.core.engine import ISO8583, NATIVE, Engine
+from onecard.core.intake import Conn
 from onecard.protocols.enums import PROTO
 from onecard.switch.admission import (
-    FULL_READ_BYTES,
     NATIVE_PREFIX_BYTES,
     RUN,
     RUN_TIMED,
@@ -44,28 +45,17 @@ ROUNDS_MAX = 8                  # reruns of one held buffer (routing changed mea
 PROTOCOL_NAMES = PROTO.name_of  # keyed by ISO8583 and NATIVE, the core's Proto values
 
 
-class Connection(asyncio.Protocol):
-    """One terminal link. Buffers partial frames; everything else is the core's."""
+class Connection(Conn, asyncio.Protocol):
+    """One terminal link. Buffers partial frames; everything else is the core's. The read
+    path (``data_received``, ``ran``) and the connection's fields are compiled
+    (core/intake.pyx's ``Conn``); its life (made, lost, held, paused) is here."""
 
-    __slots__ = ("_buf", "authenticated", "closing", "fd", "forwarding", "intake", "last_rx",
-                 "partial_since", "paused", "peer", "peer_host", "proto", "transport",
-                 "waiting_need")
+    __slots__ = ()
 
     def __init__(self, intake: Intake, proto: int) -> None:
-        self.intake = intake
-        self.proto = proto
-        self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self.closing = False
-        self.paused = False
-        self.forwarding = False               # waiting for other regions' answers
-        self.peer = None
-        self.peer_host: str | None = None     # set once admission.accept() counted it
-        self.last_rx = self.partial_since = time.monotonic()
+        super().__init__(intake, proto)
         # Native connections get a small first-frame limit until a frame passes a MAC check.
         self.authenticated = not first_frame_limit_applies(proto)
-        self.waiting_need = 0                 # journal record its last queued batch needs
-        self.fd = -1                          # for FIONREAD on full reads (admission.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)     # a stream server's
@@ -101,58 +91,6 @@ class Connection(asyncio.Protocol):
         self._buf.clear()
         if self.transport is not None:
             self.transport.abort()
-
-    def data_received(self, data: bytes | bytearray) -> None:
-        if self.closing:
-            return
-        it = self.intake
-        self.last_rx = now = time.monotonic()
-        buf = self._buf
-        held = len(buf)
-        if self.forwarding:
-            # Read before reading paused: it waits behind the requests being forwarded.
-            buf += data
-            it.partial(self, held, 0, now)
-            return
-        if held:
-            buf += data
-            data = buf
-        adm = it.admission
-        dur = it.durability
-        if (adm.refusing is None and len(data) < FULL_READ_BYTES
-                and (not dur.submit_soon or now - dur.iteration_start < adm.iteration_max_s)):
-            consumed, replies, batch, close = it.engine.process(self.proto, data)
-        else:                                     # batch -1: refused
-            consumed, replies, batch, close = it.handle(self, data, now)
-        if not self.authenticated and batch > 0 and it.engine.authenticated:
-            self.authenticated = True
-        self.ran(data, held, (consumed, replies, batch, close))
-
-    def ran(self, data: bytes | bytearray, held: int, result: tuple, *,
-            relay: bool = True) -> None:
-        """After a core run over ``data`` (the buffer, or a read when nothing was held):
-        keep what it did not consume, hand over the replies, and forward what the core
-        stopped at (``relay``; a rerun after forwarding relays itself)."""
-        consumed, replies, batch, close = result
-        it = self.intake
-        buf = self._buf
-        if data is buf:
-            del buf[:consumed]
-        elif consumed < len(data):
-            buf += data[consumed:]
-        if replies:
-            it.durability.deliver(self, replies, batch, close)
-        elif close and self.transport is not None:
-            self.transport.close()
-        if close:
-            self.closing = True
-            it.admission.partial_bytes -= held
-            buf.clear()
-            it.engine.router.take()           # nothing to forward for a closed connection
-        elif buf or held:
-            it.partial(self, held, consumed, self.last_rx)
-        if relay and it.engine.router.pending:
-            it.relay(self)
 
     @property
     def held_bytes(self) -> int:
