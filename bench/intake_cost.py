@@ -49,10 +49,25 @@ class Committer:
     def __init__(self, no: int) -> None:
         self.submitted_no = self.durable_no = no
 
+    full_retries = 0
+
     def submit(self, journal: Journal) -> int:
         journal.take()
         self.submitted_no = journal.next_no
         return self.submitted_no
+
+    # The rest of store.backend.JournalWriter: no thread, no failure, never full.
+    def run(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def failure(self) -> str | None:
+        return None
+
+    def full_error(self) -> str | None:
+        return None
 
 
 class Loop:
