@@ -77,8 +77,7 @@ class Connection(Conn, asyncio.Protocol):
         it = self.intake
         it.connections[self.proto].discard(self)
         it.durability.paused.discard(self)
-        it.admission.partial_bytes -= len(self._buf)
-        self._buf.clear()
+        self._drop_partial()
         if self.peer_host is not None:
             it.admission.release(self.peer_host)
             self.peer_host = None
@@ -87,14 +86,14 @@ class Connection(Conn, asyncio.Protocol):
     def close_now(self) -> None:
         """Drop the connection and its partial frame (limits of switch/admission.py)."""
         self.closing = True
-        self.intake.admission.partial_bytes -= len(self._buf)
-        self._buf.clear()
+        self._drop_partial()
         if self.transport is not None:
             self.transport.abort()
 
-    @property
-    def held_bytes(self) -> int:
-        return len(self._buf)
+    def _drop_partial(self) -> None:
+        """The partial frame held, no longer counted against server.partial_bytes_max."""
+        self.intake.admission.partial_bytes -= len(self._buf)
+        self._buf.clear()
 
     def hold(self) -> None:
         """Stop reading while the buffer waits for other regions' answers (bounded by the
@@ -206,23 +205,10 @@ class Intake:
 
     # ---- every connection at once ------------------------------------------------------------
 
-    def each(self) -> list[Connection]:
-        return [conn for conns in self.connections.values() for conn in conns]
-
-    def abort_all(self) -> None:
-        for conn in self.each():
-            if conn.transport is not None:
-                conn.transport.abort()
-
-    def pause_all(self) -> None:
-        for conn in self.each():
-            if conn.transport is not None:
-                conn.transport.pause_reading()
-
-    def close_all(self) -> None:
-        for conn in self.each():
-            if conn.transport is not None:
-                conn.transport.close()
+    def transports(self) -> list[asyncio.Transport]:
+        """Every open connection's transport (a list: closing one changes the sets)."""
+        return [conn.transport for conns in self.connections.values() for conn in conns
+                if conn.transport is not None]
 
     # ---- requests other regions decide -------------------------------------------------------
 

@@ -156,7 +156,8 @@ class Switch:
     def _fail(self, exc: BaseException) -> None:
         # Answers that are not durable must never leave: drop every connection and stop.
         self.durability.fail(exc)
-        self.intake.abort_all()
+        for transport in self.intake.transports():
+            transport.abort()
         for listener in self.listeners:
             listener.server.close()
         self.stopped.set()
@@ -283,7 +284,8 @@ class Switch:
         """Stop accepting, let every reply become durable and be written, checkpoint."""
         for listener in self.listeners:
             listener.server.close()
-        self.intake.pause_all()
+        for transport in self.intake.transports():
+            transport.pause_reading()
         for task in self._tasks:
             task.cancel()
         self.admission.stop()
@@ -311,4 +313,5 @@ class Switch:
         assert self._loop is not None                   # set by start
         self._loop.remove_reader(self._efd)
         os.close(self._efd)
-        self.intake.close_all()
+        for transport in self.intake.transports():
+            transport.close()
